@@ -1,0 +1,114 @@
+"""The Python API: files or PIL images in, stylized images out. The CLI and the batch runner
+call this; no stylization logic lives anywhere above it."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from . import __version__
+from .color import preserve_colors
+from .engine import Progress, init_batch, optimize, trunk_for
+from .errors import InputError
+from .images import fit_longest_side, open_rgb, resize, to_image, to_rgb, to_tensor
+from .params import StyleParams
+from .runtime import Runtime
+from .targets import torch_targets
+from .vgg import min_input_side
+
+ImageSource = str | os.PathLike | Image.Image
+
+
+@dataclass
+class StyleJob:
+    content: ImageSource
+    styles: Sequence[ImageSource]
+
+
+@dataclass
+class StyleResult:
+    image: Image.Image
+    losses: dict[str, float]   # final weighted terms: content, style, tv, total
+    iterations: int
+    seconds: float             # wall time of the whole batch this job ran in
+    metadata: dict = field(default_factory=dict)
+
+
+def _rgb(src: ImageSource) -> tuple[Image.Image, str]:
+    if isinstance(src, Image.Image):
+        return to_rgb(src), "<image>"
+    return open_rgb(src), str(src)
+
+
+def _sized(src: ImageSource, longest: int, min_side: int, role: str) -> torch.Tensor:
+    img, name = _rgb(src)
+    size = fit_longest_side(img.size, longest)
+    if min(size) < min_side:
+        raise InputError(f"{name}: {role} image {img.size[0]}x{img.size[1]} would be "
+                         f"{size[0]}x{size[1]}, below the {min_side} px minimum side for these "
+                         "layers; use a larger size or a less elongated image")
+    return to_tensor(resize(img, size))
+
+
+def prepare(job: StyleJob, params: StyleParams) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Decode and resize one job's images: content at the output size, styles at style_scale."""
+    if not job.styles:
+        raise InputError("at least one style image is needed")
+    params.validate(n_styles=len(job.styles))
+    content = _sized(job.content, params.size, min_input_side(params.layers), "content")
+    style_side = max(1, round(params.size * params.style_scale))
+    styles = [_sized(s, style_side, min_input_side(params.style_layers), "style")
+              for s in job.styles]
+    return content, styles
+
+
+def _init_image(params: StyleParams, hw: tuple[int, int]) -> torch.Tensor | None:
+    if params.init in ("content", "noise"):
+        return None
+    img, _ = _rgb(params.init)
+    return to_tensor(resize(img, (hw[1], hw[0])))[None]
+
+
+def stylize_batch(jobs: Sequence[StyleJob], params: StyleParams = StyleParams(),
+                  runtime: Runtime | None = None, progress: Progress | None = None
+                  ) -> list[StyleResult]:
+    """Stylize jobs that share parameters and output size as one batch."""
+    runtime = runtime or Runtime.create()
+    prepared = [prepare(job, params) for job in jobs]
+    shapes = {tuple(c.shape) for c, _ in prepared}
+    if len(shapes) != 1:
+        raise InputError(f"a batch needs one output size, got {sorted(shapes)}")
+    trunk, weights = trunk_for(params, runtime)
+    dev = runtime.device
+    contents = torch.stack([c for c, _ in prepared]).to(dev)
+    blend = params.style_blend or (1.0,) * len(jobs[0].styles)
+    targets = torch_targets(trunk, contents, [[s.to(dev) for s in st] for _, st in prepared],
+                            [blend] * len(jobs), params.content_layers, params.style_layers)
+    x0 = init_batch(params, contents, _init_image(params, contents.shape[2:]))
+    start = time.perf_counter()
+    out, terms = optimize(trunk, x0, targets, params, runtime, progress)
+    if params.preserve_colors:
+        out = preserve_colors(out, contents)
+    seconds = time.perf_counter() - start
+    metadata = {"params": params.to_dict(), "precision": runtime.precision,
+                "weights_digest": weights.digest, "version": __version__}
+    losses = {k: v.tolist() for k, v in terms.items()}
+    return [StyleResult(to_image(out[i]), {k: v[i] for k, v in losses.items()},
+                        params.iterations, seconds, metadata) for i in range(len(jobs))]
+
+
+def stylize(content: ImageSource, styles: ImageSource | Sequence[ImageSource],
+            params: StyleParams = StyleParams(), runtime: Runtime | None = None,
+            progress: Progress | None = None) -> Image.Image:
+    """Stylize one content image with one or more style images; returns the RGB image."""
+    if isinstance(styles, str | os.PathLike | Image.Image):
+        styles = [styles]
+    return stylize_batch([StyleJob(content, list(styles))], params, runtime, progress)[0].image
+
+
+__all__ = ["StyleJob", "StyleResult", "stylize", "stylize_batch"]

@@ -1,0 +1,111 @@
+"""Image files in and out: any PIL mode to RGB, resizing by longest side, atomic PNG/JPEG writes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+from torch import Tensor
+
+from .errors import InputError
+from .files import atomic_path
+
+OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+METADATA_KEY = "style-pipeline"
+
+
+def _high_bit_depth_to_rgb(img: Image.Image) -> Image.Image:
+    """16/32-bit integer and float images: PIL's convert('RGB') clips them, so rescale first."""
+    arr = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        peak = 1.0 if arr.max(initial=0.0) <= 1.0 else 255.0
+    else:  # I;16*, I: 16-bit data unless every value already fits in 8 bits
+        peak = 65535.0 if arr.max(initial=0) > 255 else 255.0
+    arr8 = np.clip(np.rint(arr * (255.0 / peak)), 0, 255).astype(np.uint8)
+    return Image.fromarray(arr8, mode="L").convert("RGB")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any mode to 8-bit RGB; transparency is composited over white."""
+    if img.mode.startswith("I") or img.mode == "F":
+        return _high_bit_depth_to_rgb(img)
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, img).convert("RGB")
+    return img.convert("RGB")
+
+
+def open_rgb(path: str | os.PathLike) -> Image.Image:
+    """Decode a file fully (so truncation shows up here), honour EXIF orientation, return RGB."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as e:
+        raise InputError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+
+
+def fit_longest_side(size: tuple[int, int], longest: int) -> tuple[int, int]:
+    """(w, h) scaled so max(w, h) == longest, aspect ratio kept, each side at least 1."""
+    w, h = size
+    scale = longest / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def resize(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    return img if img.size == size else img.resize(size, Image.Resampling.LANCZOS)
+
+
+def to_tensor(img: Image.Image) -> Tensor:
+    """RGB PIL image -> float32 [3, H, W] on the 0-255 scale the trunk expects."""
+    return torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1).contiguous()
+
+
+def to_image(x: Tensor) -> Image.Image:
+    """[3, H, W] on the 0-255 scale -> 8-bit RGB PIL image (clamped, rounded)."""
+    arr = x.detach().float().clamp(0, 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(arr, mode="RGB")
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Fail before any work is done if we cannot write this kind of file."""
+    path = Path(path)
+    if path.suffix.lower() not in OUTPUT_FORMATS:
+        raise InputError(f"{path}: output must end in .png, .jpg or .jpeg")
+    return path
+
+
+def save_image(img: Image.Image, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Write PNG or JPEG by extension, atomically, with `metadata` embedded as JSON."""
+    path = check_output_path(path)
+    fmt = OUTPUT_FORMATS[path.suffix.lower()]
+    text = json.dumps(metadata or {}, sort_keys=True, default=str)
+    with atomic_path(path) as tmp:
+        if fmt == "PNG":
+            info = PngImagePlugin.PngInfo()
+            info.add_text(METADATA_KEY, text)
+            img.save(tmp, format="PNG", pnginfo=info)
+        else:
+            img.save(tmp, format="JPEG", quality=95, comment=text.encode())
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The parameters we embedded in an output file (empty if none)."""
+    with Image.open(path) as img:
+        raw = img.info.get(METADATA_KEY) or img.info.get("comment")
+    if isinstance(raw, bytes):
+        raw = raw.decode()
+    return json.loads(raw) if raw else {}
