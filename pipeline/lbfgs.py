@@ -7,9 +7,12 @@ curvature test and the convergence test are per sample. Each step is one objecti
 with a fixed step (lr, the first step scaled by 1/|g|_1) and no line search, exactly as
 `torch.optim.LBFGS(max_iter=1)` (pastiche) and neural-style's optim.lbfgs do.
 
-Departures from torch: `max_step` caps each sample's largest per-coordinate change in one
-step (off by default here; the engine turns it on), which removes the huge overshoot of the
-second fixed-size step. And when a sample fails the curvature test (y.s <= 1e-10) the pair still
+Departures from torch, both with `max_step` set (the engine sets it): torch's first step,
+1/|g|_1, moves pixels by ~1e-9, so the first curvature pair y = g1 - g0 is mostly float
+rounding noise and the second step (lr = 1 on that curvature) overshoots wildly (the loss
+jumps by 1e6x) and is chaotic: fp32 reassociation changes it. Instead the first step moves the
+largest coordinate by `max_step`, and every later step is capped at `max_step` per coordinate.
+And when a sample fails the curvature test (y.s <= 1e-10) the pair still
 takes a history slot, with rho = 0 so it contributes nothing. This keeps every slot a plain
 [N, D] tensor and each sample independent of the others.
 """
@@ -81,13 +84,16 @@ class BatchedLBFGS:
         with torch.enable_grad():
             result = closure()
         n = self.x.shape[0]
-        g = self.x.grad.reshape(n, -1).float()
+        g = self.x.grad.reshape(n, -1)
         if self.n_iter == 0:
             d = -g
-            t = (1.0 / g.abs().sum(1).clamp_min(1e-30)).clamp(max=1.0) * self.lr
+            if self.max_step is None:
+                t = (1.0 / g.abs().sum(1).clamp_min(1e-30)).clamp(max=1.0) * self.lr
+            else:  # a gradient step whose largest coordinate change is max_step
+                t = self.max_step / g.abs().amax(1).clamp_min(1e-30)
         else:
             d = self._direction(g)
-            t = torch.full((n,), self.lr, device=g.device)
+            t = torch.full((n,), self.lr, device=g.device, dtype=g.dtype)
         move = (g.abs().amax(1) > self.tolerance_grad) & (_dot(g, d) < -self.tolerance_change)
         t = torch.where(move, t, 0.0)
         if self.max_step is not None:

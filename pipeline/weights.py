@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 from torch import Tensor
 
 from .errors import SourceMissingError
@@ -86,7 +86,8 @@ def _load_caffe(cache: Path | None) -> WeightSet:
     cached = cache_dir(cache) / "weights" / f"vgg19-caffe-{digest[:16]}.safetensors"
     if cached.is_file():
         try:
-            return WeightSet("caffe", "caffe", digest, load_file(cached))
+            # Read, not mmap: a cache file truncated under us must not crash the process.
+            return WeightSet("caffe", "caffe", digest, load(cached.read_bytes()))
         except Exception:  # a corrupt cache entry is rebuilt, never used
             cached.unlink(missing_ok=True)
     state = dequantize(torch.load(src, map_location="cpu", weights_only=True))
@@ -118,7 +119,7 @@ def _load_file(path: Path, source: str) -> WeightSet:
 
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-        sd = load_file(path)
+        sd = load(path.read_bytes())
     else:
         sd = torch.load(path, map_location="cpu", weights_only=True)
         sd = sd.get("state_dict", sd)

@@ -1,0 +1,59 @@
+"""Shared fixtures. Tests make their own tiny images and use a private cache directory, so a
+fresh clone passes without ../shared and without touching the user's cache."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("STYLE_PIPELINE_CACHE", tempfile.mkdtemp(prefix="style-pipeline-test-"))
+
+from pipeline.runtime import Runtime  # noqa: E402
+
+
+def make_photo(size: tuple[int, int] = (64, 48), seed: int = 0) -> Image.Image:
+    """A smooth 'photo': gradients plus a bright disc, so content layers have structure."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    rng = np.random.default_rng(seed)
+    r = 255 * xx / max(w - 1, 1)
+    g = 255 * yy / max(h - 1, 1)
+    b = np.full_like(r, 80.0 + 60 * rng.random())
+    disc = (xx - w * 0.6) ** 2 + (yy - h * 0.4) ** 2 < (min(w, h) * 0.25) ** 2
+    b[disc] = 250
+    return Image.fromarray(np.stack([r, g, b], -1).clip(0, 255).astype(np.uint8))
+
+
+def make_painting(size: tuple[int, int] = (64, 64), seed: int = 1) -> Image.Image:
+    """A 'painting': strong diagonal stripes and noise, a texture clearly unlike the photo."""
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    rng = np.random.default_rng(seed)
+    stripes = (np.sin((xx + yy) / 3.0) > 0).astype(np.float32)
+    rgb = np.stack([220 * stripes + 20, 60 + 120 * (1 - stripes), 200 * (1 - stripes)], -1)
+    rgb += rng.normal(0, 20, rgb.shape)
+    return Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
+
+
+@pytest.fixture
+def photo_path(tmp_path: Path) -> Path:
+    path = tmp_path / "photo.png"
+    make_photo().save(path)
+    return path
+
+
+@pytest.fixture
+def painting_path(tmp_path: Path) -> Path:
+    path = tmp_path / "painting.jpg"
+    make_painting().save(path, quality=95)
+    return path
+
+
+@pytest.fixture(scope="session")
+def cpu32() -> Runtime:
+    return Runtime.create("cpu", "fp32", channels_last=False)

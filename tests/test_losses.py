@@ -1,0 +1,48 @@
+import torch
+
+from pipeline.color import preserve_colors
+from pipeline.losses import LossWeights, Targets, gram, loss_terms, mse_per_sample, tv_per_sample
+
+
+def test_gram_matches_definition_and_is_per_sample():
+    f = torch.randn(2, 3, 4, 5)
+    g = gram(f)
+    assert g.shape == (2, 3, 3)
+    for i in range(2):
+        m = f[i].reshape(3, 20)
+        torch.testing.assert_close(g[i], m @ m.T / (3 * 4 * 5))
+    torch.testing.assert_close(gram(f[1:]), g[1:])  # no coupling between samples
+
+
+def test_gram_is_fp32_for_bf16_features():
+    f = torch.randn(1, 8, 4, 4).bfloat16()
+    assert gram(f).dtype == torch.float32
+
+
+def test_tv_of_constant_is_zero_and_of_step_is_known():
+    assert tv_per_sample(torch.full((1, 3, 5, 5), 7.0)).item() == 0
+    x = torch.zeros(1, 1, 3, 3)
+    x[..., 2] = 2.0  # a vertical edge: dx = 2 on 2 rows of the [H-1, W-1] region, dy = 0
+    assert tv_per_sample(x).item() == 0.5 * 2 * 2.0**2
+
+
+def test_loss_terms_zero_at_targets_and_weighted():
+    feats = {"a": torch.randn(2, 4, 3, 3), "b": torch.randn(2, 5, 2, 2)}
+    image = torch.full((2, 3, 8, 8), 100.0)
+    targets = Targets({"a": feats["a"].clone()}, {"b": gram(feats["b"])})
+    w = LossWeights(content=5, style=100, tv=1e-3, style_layers={"b": 1.0})
+    terms = loss_terms(feats, image, targets, w)
+    for k in ("content", "style", "tv", "total"):
+        assert terms[k].shape == (2,) and torch.all(terms[k] == 0), k
+    shifted = {"a": feats["a"] + 1.0, "b": feats["b"]}
+    terms = loss_terms(shifted, image, targets, w)
+    torch.testing.assert_close(terms["content"], torch.full((2,), 5.0))
+    torch.testing.assert_close(mse_per_sample(feats["a"] + 2, feats["a"]), torch.full((2,), 4.0))
+
+
+def test_preserve_colors_keeps_output_luminance_and_content_chroma():
+    out, content = torch.rand(2, 3, 6, 6) * 255, torch.rand(2, 3, 6, 6) * 255
+    merged = preserve_colors(out, content)
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    torch.testing.assert_close((merged * luma).sum(1), (out * luma).sum(1), rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(preserve_colors(content, content), content, rtol=1e-4, atol=1e-3)

@@ -1,0 +1,93 @@
+import torch
+from safetensors.torch import save_file
+
+from pipeline import weights as W
+from pipeline.files import cache_dir
+from pipeline.vgg import CONV_NAMES, LAYER_NAMES, min_input_side
+
+
+def test_layer_names_follow_gatys():
+    assert LAYER_NAMES[:5] == ("conv1_1", "relu1_1", "conv1_2", "relu1_2", "pool1")
+    assert len(CONV_NAMES) == 16 and LAYER_NAMES[-1] == "pool5"
+    assert "relu4_2" in LAYER_NAMES and "relu5_1" in LAYER_NAMES
+    assert min_input_side(["relu1_1"]) == 1 and min_input_side(["relu5_1"]) == 16
+
+
+def test_trunk_shapes_and_truncation():
+    ws = W.load_weights("caffe")
+    trunk = ws.trunk(last_layer="relu5_1")
+    assert trunk.layer_names[-1] == "relu5_1"
+    assert not any(p.requires_grad for p in trunk.parameters())
+    feats = trunk(torch.rand(2, 3, 64, 48) * 255, ["relu1_1", "relu2_1", "relu3_1", "relu4_2",
+                                                  "relu5_1"])
+    assert feats["relu1_1"].shape == (2, 64, 64, 48)
+    assert feats["relu2_1"].shape == (2, 128, 32, 24)
+    assert feats["relu3_1"].shape == (2, 256, 16, 12)
+    assert feats["relu4_2"].shape == (2, 512, 8, 6)
+    assert feats["relu5_1"].shape == (2, 512, 4, 3)
+
+
+def test_dequantized_weights_match_quantized_file():
+    q = torch.load(W.caffe_quantized_path(), map_location="cpu", weights_only=True)
+    state = W.load_weights("caffe").state
+    for name in CONV_NAMES:
+        b, i = name[4:].split("_")
+        key = f"block{b}_conv{i}"
+        expected = q[f"{key}_W_table"][q[f"{key}_W_q"].long()]
+        torch.testing.assert_close(state[f"{name}.weight"], expected, rtol=0, atol=0)
+        torch.testing.assert_close(state[f"{name}.bias"], q[f"{key}_b"], rtol=0, atol=0)
+    assert state["conv1_1.weight"].shape == (64, 3, 3, 3)
+
+
+def test_dequantized_cache_is_used_and_corrupt_cache_is_rebuilt():
+    first = W.load_weights("caffe")
+    cached = list((cache_dir() / "weights").glob("vgg19-caffe-*.safetensors"))
+    assert len(cached) == 1
+    cached[0].write_bytes(b"garbage")
+    again = W.load_weights("caffe")
+    torch.testing.assert_close(again.state["conv5_4.weight"], first.state["conv5_4.weight"])
+    assert cached[0].stat().st_size > 1000
+
+
+def test_preprocessings_differ_as_expected(tmp_path):
+    """The same conv weights behind the two normalizations: imagenet-normalized input equals the
+    caffe trunk fed the imagenet-normalized tensor by hand, and the two feature sets differ."""
+    caffe = W.load_weights("caffe")
+    tv_sd = {f"features.{i}.{p}": caffe.state[f"{n}.{p}"]
+             for n, i in zip(CONV_NAMES, W._TORCHVISION_CONV_INDEX, strict=True)
+             for p in ("weight", "bias")}
+    path = tmp_path / "vgg19-tv.pth"
+    torch.save(tv_sd, path)
+    tv = W.load_weights(str(path))
+    assert tv.normalization == "imagenet" and caffe.normalization == "caffe"
+    img = torch.rand(1, 3, 32, 32) * 255
+    f_caffe = caffe.trunk(last_layer="relu2_1")(img, ["relu2_1"])["relu2_1"]
+    f_tv = tv.trunk(last_layer="relu2_1")(img, ["relu2_1"])["relu2_1"]
+    assert (f_caffe - f_tv).abs().max() > 1.0
+    # Caffe: BGR, minus the mean pixel; imagenet: RGB/255, minus mean, over std.
+    red = torch.zeros(1, 3, 1, 1)
+    red[0, 0] = 255.0
+    caffe_in = caffe.trunk(last_layer="relu1_1").normalize(red).flatten()
+    torch.testing.assert_close(caffe_in, torch.tensor([-103.939, -116.779, 255 - 123.68]))
+    tv_in = tv.trunk(last_layer="relu1_1").normalize(red).flatten()
+    torch.testing.assert_close(tv_in, torch.tensor([(1 - .485) / .229, -.456 / .224, -.406 / .225]))
+    # A safetensors user file with our layer names and declared normalization.
+    st = tmp_path / "mine.safetensors"
+    save_file(caffe.state, st, metadata={"normalization": "imagenet"})
+    assert W.load_weights(str(st)).normalization == "imagenet"
+
+
+def test_missing_sources_say_how_to_get_them(tmp_path, monkeypatch):
+    import pytest
+
+    from pipeline.errors import SourceMissingError
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(SourceMissingError, match="IMAGENET1K_V1"):
+        W.load_weights("torchvision")
+    with pytest.raises(SourceMissingError, match="not found"):
+        W.load_weights(str(tmp_path / "nope.pth"))
+    bad = tmp_path / "bad.pth"
+    torch.save({"x": torch.zeros(1)}, bad)
+    with pytest.raises(SourceMissingError, match="not a VGG19"):
+        W.load_weights(str(bad))
