@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -15,10 +16,11 @@ from . import __version__
 from .color import preserve_colors
 from .engine import Progress, init_batch, optimize, trunk_for
 from .errors import InputError
-from .images import fit_longest_side, open_rgb, resize, to_image, to_rgb, to_tensor
+from .images import SizedImage, fit_longest_side, open_rgb, resize, to_image, to_rgb, to_tensor
 from .params import StyleParams
 from .runtime import Runtime
-from .targets import torch_targets
+from .target_cache import image_digest
+from .targets import builder_for
 from .vgg import min_input_side
 
 ImageSource = str | os.PathLike | Image.Image
@@ -39,23 +41,25 @@ class StyleResult:
     metadata: dict = field(default_factory=dict)
 
 
-def _rgb(src: ImageSource) -> tuple[Image.Image, str]:
+def _open(src: ImageSource) -> tuple[Image.Image, str, str]:
+    """(RGB image, digest of the source, display name)."""
     if isinstance(src, Image.Image):
-        return to_rgb(src), "<image>"
-    return open_rgb(src), str(src)
+        return to_rgb(src), image_digest(src), "<image>"
+    return open_rgb(src), image_digest(src), Path(src).name
 
 
-def _sized(src: ImageSource, longest: int, min_side: int, role: str) -> torch.Tensor:
-    img, name = _rgb(src)
+def _sized(src: ImageSource, longest: int, min_side: int, role: str) -> SizedImage:
+    img, digest, name = _open(src)
     size = fit_longest_side(img.size, longest)
     if min(size) < min_side:
-        raise InputError(f"{name}: {role} image {img.size[0]}x{img.size[1]} would be "
+        label = name if isinstance(src, Image.Image) else str(src)
+        raise InputError(f"{label}: {role} image {img.size[0]}x{img.size[1]} would be "
                          f"{size[0]}x{size[1]}, below the {min_side} px minimum side for these "
                          "layers; use a larger size or a less elongated image")
-    return to_tensor(resize(img, size))
+    return SizedImage(to_tensor(resize(img, size)), digest, name)
 
 
-def prepare(job: StyleJob, params: StyleParams) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def prepare(job: StyleJob, params: StyleParams) -> tuple[SizedImage, list[SizedImage]]:
     """Decode and resize one job's images: content at the output size, styles at style_scale."""
     if not job.styles:
         raise InputError("at least one style image is needed")
@@ -67,11 +71,11 @@ def prepare(job: StyleJob, params: StyleParams) -> tuple[torch.Tensor, list[torc
     return content, styles
 
 
-def _init_image(params: StyleParams, hw: tuple[int, int]) -> torch.Tensor | None:
+def _init_image(params: StyleParams, size: tuple[int, int]) -> torch.Tensor | None:
     if params.init in ("content", "noise"):
         return None
-    img, _ = _rgb(params.init)
-    return to_tensor(resize(img, (hw[1], hw[0])))[None]
+    img, _, _ = _open(params.init)
+    return to_tensor(resize(img, size))[None]
 
 
 def stylize_batch(jobs: Sequence[StyleJob], params: StyleParams = StyleParams(),
@@ -80,23 +84,24 @@ def stylize_batch(jobs: Sequence[StyleJob], params: StyleParams = StyleParams(),
     """Stylize jobs that share parameters and output size as one batch."""
     runtime = runtime or Runtime.create()
     prepared = [prepare(job, params) for job in jobs]
-    shapes = {tuple(c.shape) for c, _ in prepared}
-    if len(shapes) != 1:
-        raise InputError(f"a batch needs one output size, got {sorted(shapes)}")
+    sizes = {c.size for c, _ in prepared}
+    if len(sizes) != 1:
+        raise InputError(f"a batch needs one output size, got {sorted(sizes)}")
     trunk, weights = trunk_for(params, runtime)
-    dev = runtime.device
-    contents = torch.stack([c for c, _ in prepared]).to(dev)
+    builder = builder_for(weights, trunk, params.pooling, runtime)
     blend = params.style_blend or (1.0,) * len(jobs[0].styles)
-    targets = torch_targets(trunk, contents, [[s.to(dev) for s in st] for _, st in prepared],
-                            [blend] * len(jobs), params.content_layers, params.style_layers)
-    x0 = init_batch(params, contents, _init_image(params, contents.shape[2:]))
+    targets = builder.batch([c for c, _ in prepared], [s for _, s in prepared], blend,
+                            params.content_layers, params.style_layers).to(runtime.device)
+    contents = torch.stack([c.pixels for c, _ in prepared]).to(runtime.device)
+    x0 = init_batch(params, contents, _init_image(params, prepared[0][0].size))
     start = time.perf_counter()
     out, terms = optimize(trunk, x0, targets, params, runtime, progress)
     if params.preserve_colors:
         out = preserve_colors(out, contents)
     seconds = time.perf_counter() - start
     metadata = {"params": params.to_dict(), "precision": runtime.precision,
-                "weights_digest": weights.digest, "version": __version__}
+                "targets": builder.model, "weights_digest": weights.digest,
+                "version": __version__}
     losses = {k: v.tolist() for k, v in terms.items()}
     return [StyleResult(to_image(out[i]), {k: v[i] for k, v in losses.items()},
                         params.iterations, seconds, metadata) for i in range(len(jobs))]

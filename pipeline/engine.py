@@ -78,7 +78,8 @@ def objective(trunk: VGG19Trunk, targets: Targets, params: StyleParams, runtime:
 
 
 def optimize(trunk: VGG19Trunk, x0: Tensor, targets: Targets, params: StyleParams,
-             runtime: Runtime, progress: Progress | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+             runtime: Runtime, progress: Progress | None = None
+             ) -> tuple[Tensor, dict[str, Tensor]]:
     """Run `params.iterations` evaluations from x0 [N, 3, H, W]; return the final images and
     the per-sample loss terms of the last evaluation."""
     evaluate = objective(trunk, targets, params, runtime)

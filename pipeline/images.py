@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,19 @@ from .files import atomic_path
 
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 METADATA_KEY = "style-pipeline"
+
+
+@dataclass(frozen=True)
+class SizedImage:
+    """An image ready for the trunk, and what identifies it in the target cache."""
+
+    pixels: Tensor   # [3, H, W] float32, RGB, 0-255
+    digest: str      # sha256 of the source file's bytes (or of an in-memory image's pixels)
+    name: str        # for messages
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.pixels.shape[2], self.pixels.shape[1]
 
 
 def _high_bit_depth_to_rgb(img: Image.Image) -> Image.Image:

@@ -31,8 +31,9 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
 
 
 class BatchedLBFGS:
-    def __init__(self, x: Tensor, lr: float = 1.0, history: int = 100, max_step: float | None = None,
-                 tolerance_grad: float = 1e-7, tolerance_change: float = 1e-9):
+    def __init__(self, x: Tensor, lr: float = 1.0, history: int = 100,
+                 max_step: float | None = None, tolerance_grad: float = 1e-7,
+                 tolerance_change: float = 1e-9):
         if not x.is_leaf or not x.requires_grad:
             raise ValueError("x must be a leaf tensor that requires grad")
         self.x = x

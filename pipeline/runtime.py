@@ -47,10 +47,17 @@ class Runtime:
     precision: str = "fp32"       # resolved: fp32 or bf16 (trunk under autocast; Grams/losses fp32)
     channels_last: bool = True    # NHWC convs: faster for bf16 oneDNN and cuDNN tensor cores
     cudnn_benchmark: bool = True  # autotune conv algorithms per input shape (CUDA only)
+    targets: str = "onnx"         # target features from ONNX Runtime ("onnx") or PyTorch ("torch")
+    providers: tuple[str, ...] = ("tensorrt", "cuda", "cpu")  # ORT providers, in order of choice
+    trt_fp16: bool = False        # TensorRT fp16 for targets (off: targets stay fp32-exact)
+    cache: str | None = None      # cache root; None: $STYLE_PIPELINE_CACHE or the user cache dir
+    cache_targets: bool = True    # keep computed targets on disk
 
     @classmethod
     def create(cls, device: str = "auto", precision: str = "auto",
-               channels_last: bool | None = None, cudnn_benchmark: bool = True) -> Runtime:
+               channels_last: bool | None = None, cudnn_benchmark: bool = True,
+               targets: str = "onnx", providers: str | None = None, trt_fp16: bool = False,
+               cache: str | None = None, cache_targets: bool = True) -> Runtime:
         """`auto`/None resolve per device: bf16 where it is fast; channels_last on CUDA and
         with bf16 (on CPU it measured slower than NCHW in fp32, faster in bf16)."""
         dev = resolve_device(device)
@@ -66,7 +73,12 @@ class Runtime:
             # fp32 accumulation; well inside the tolerance the objective needs.
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        return cls(dev, precision, channels_last, cudnn_benchmark)
+        if targets not in ("onnx", "torch"):
+            raise InputError(f"targets must be onnx or torch, got {targets!r}")
+        from .ort_session import parse_providers
+
+        return cls(dev, precision, channels_last, cudnn_benchmark, targets,
+                   parse_providers(providers), trt_fp16, cache, cache_targets)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "bf16":

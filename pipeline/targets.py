@@ -1,26 +1,29 @@
-"""Content and style targets from the PyTorch trunk, computed once per job (never per iteration)."""
+"""Content and style targets, computed once per image and cached, never per iteration.
+
+Features come from ONNX Runtime over the exported trunk (default) or from the PyTorch trunk;
+either way they are fp32, and style Grams are taken from them here. The optimization loop only
+ever sees the finished `Targets`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from .files import cache_dir
+from .images import SizedImage
 from .losses import Targets, gram
+from .runtime import Runtime
+from .target_cache import TargetCache, target_key
 from .vgg import VGG19Trunk
+from .weights import WeightSet
 
-
-@torch.no_grad()
-def features(trunk: VGG19Trunk, images: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
-    """fp32 activations of [N, 3, H, W] images (0-255 RGB) at `layers`."""
-    return {k: v.float() for k, v in trunk(images, layers).items()}
-
-
-@torch.no_grad()
-def style_grams(trunk: VGG19Trunk, image: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
-    """Gram matrices [C, C] of one style image [1, 3, h, w] at `layers`."""
-    return {k: gram(v)[0] for k, v in trunk(image, layers).items()}
+FeatureFn = Callable[[Tensor, Sequence[str]], dict[str, Tensor]]
+BACKENDS = ("onnx", "torch")
 
 
 def blend_grams(grams: Sequence[dict[str, Tensor]], blend: Sequence[float]) -> dict[str, Tensor]:
@@ -32,12 +35,63 @@ def blend_grams(grams: Sequence[dict[str, Tensor]], blend: Sequence[float]) -> d
             for k in grams[0]}
 
 
-def torch_targets(trunk: VGG19Trunk, contents: Tensor, styles: Sequence[Sequence[Tensor]],
-                  blends: Sequence[Sequence[float]], content_layers: Sequence[str],
-                  style_layers: Sequence[str]) -> Targets:
-    """Targets for a batch: contents [N, 3, H, W]; styles[i] are job i's style images."""
-    content = features(trunk, contents, content_layers) if content_layers else {}
-    per_job = [blend_grams([style_grams(trunk, s[None], style_layers) for s in job_styles], blend)
-               for job_styles, blend in zip(styles, blends, strict=True)]
-    grams = {k: torch.stack([g[k] for g in per_job]) for k in style_layers}
-    return Targets(content, grams)
+@dataclass
+class TargetBuilder:
+    features: FeatureFn
+    model: dict[str, str]   # backend, digest, normalization, pooling: part of every cache key
+    cache: TargetCache
+
+    def content(self, image: SizedImage, layers: Sequence[str]) -> dict[str, Tensor]:
+        """Features [C, h, w] of one content image at `layers`."""
+        key = target_key("content", image.digest, image.size, self.model, layers)
+        return self.cache.get(
+            key, lambda: {k: v[0] for k, v in self.features(image.pixels[None], layers).items()},
+            f"content {image.name} {image.size[0]}x{image.size[1]}")
+
+    def style(self, image: SizedImage, layers: Sequence[str]) -> dict[str, Tensor]:
+        """Gram matrices [C, C] of one style image at `layers`."""
+        key = target_key("style", image.digest, image.size, self.model, layers)
+        return self.cache.get(
+            key, lambda: {k: gram(v)[0] for k, v in self.features(image.pixels[None],
+                                                                   layers).items()},
+            f"style {image.name} {image.size[0]}x{image.size[1]}")
+
+    def batch(self, contents: Sequence[SizedImage], styles: Sequence[Sequence[SizedImage]],
+              blend: Sequence[float], content_layers: Sequence[str],
+              style_layers: Sequence[str]) -> Targets:
+        """Targets of a batch of jobs: job i is contents[i] with styles[i] blended."""
+        content = [self.content(c, content_layers) for c in contents] if content_layers else []
+        per_job = [blend_grams([self.style(s, style_layers) for s in job], blend)
+                   for job in styles]
+        return Targets({k: torch.stack([c[k] for c in content]) for k in content_layers},
+                       {k: torch.stack([g[k] for g in per_job]) for k in style_layers})
+
+
+def torch_features(trunk: VGG19Trunk) -> FeatureFn:
+    device = next(trunk.parameters()).device
+
+    @torch.no_grad()
+    def run(images: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
+        return {k: v.float() for k, v in trunk(images.to(device), layers).items()}
+
+    return run
+
+
+@functools.lru_cache(maxsize=4)
+def builder_for(weights: WeightSet, trunk: VGG19Trunk, pooling: str, runtime: Runtime
+                ) -> TargetBuilder:
+    """One builder per worker and model: its session and memo live as long as the process."""
+    root = cache_dir(runtime.cache)
+    cache = TargetCache(root / "targets" if runtime.cache_targets else None)
+    identity = {"normalization": weights.normalization, "pooling": pooling}
+    if runtime.targets == "torch":
+        return TargetBuilder(torch_features(trunk),
+                             {"backend": "torch", "digest": weights.digest, **identity}, cache)
+    from export.onnx_export import ensure_model
+
+    from .ort_session import create_session
+
+    model, sidecar = ensure_model(weights, pooling, root / "models")
+    session = create_session(model, runtime.device, root, runtime.providers, runtime.trt_fp16)
+    return TargetBuilder(session, {"backend": "onnx", "digest": sidecar["model_sha256"],
+                                   **identity}, cache)

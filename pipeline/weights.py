@@ -29,14 +29,15 @@ _TORCHVISION_CONV_INDEX = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 3
 
 NORMALIZATIONS: dict[str, dict] = {
     # Caffe: BGR, 0-255, mean pixel subtracted, no std scaling.
-    "caffe": {"mean": (103.939, 116.779, 123.68), "std": (1.0, 1.0, 1.0), "bgr": True, "scale": 1.0},
+    "caffe": {"mean": (103.939, 116.779, 123.68), "std": (1.0, 1.0, 1.0), "bgr": True,
+              "scale": 1.0},
     # torchvision: RGB in [0, 1], ImageNet mean/std.
     "imagenet": {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "bgr": False,
                  "scale": 1.0 / 255.0},
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # hashed by identity: one instance per loaded source
 class WeightSet:
     source: str          # "caffe", "torchvision" or the user file's path
     normalization: str   # a key of NORMALIZATIONS
@@ -129,8 +130,8 @@ def _load_file(path: Path, source: str) -> WeightSet:
         state = {k: v.float() for k, v in sd.items() if k.split(".")[0] in CONV_NAMES}
         norm = metadata.get("normalization", "caffe")
     else:
-        raise SourceMissingError(f"{path}: not a VGG19 state dict (expected keys 'features.0.weight' "
-                                 "or 'conv1_1.weight')")
+        raise SourceMissingError(f"{path}: not a VGG19 state dict (expected keys "
+                                 "'features.0.weight' or 'conv1_1.weight')")
     if norm not in NORMALIZATIONS:
         raise SourceMissingError(f"{path}: unknown normalization {norm!r} in metadata")
     missing = [n for n in CONV_NAMES if f"{n}.weight" not in state]
@@ -147,8 +148,9 @@ def load_weights(source: str = "caffe", cache: str | os.PathLike | None = None) 
         path = torchvision_default_path()
         if not path.is_file():
             raise SourceMissingError(
-                f"torchvision VGG19 weights not found at {path}; on a machine with internet run "
-                "python -c \"import torchvision; torchvision.models.vgg19(weights='IMAGENET1K_V1')\" "
-                "and copy the file there, or pass --weights /path/to/vgg19-dcbb9e9d.pth")
+                f"torchvision VGG19 weights not found at {path}; on a machine with internet "
+                "run python -c \"import torchvision; "
+                "torchvision.models.vgg19(weights='IMAGENET1K_V1')\" and copy the file "
+                "there, or pass --weights /path/to/vgg19-dcbb9e9d.pth")
         return _load_file(path, "torchvision")
     return _load_file(Path(source).expanduser(), str(source))

@@ -13,7 +13,7 @@ from PIL import Image
 
 os.environ.setdefault("STYLE_PIPELINE_CACHE", tempfile.mkdtemp(prefix="style-pipeline-test-"))
 
-from pipeline.runtime import Runtime  # noqa: E402
+from pipeline.runtime import Runtime
 
 
 def make_photo(size: tuple[int, int] = (64, 48), seed: int = 0) -> Image.Image:

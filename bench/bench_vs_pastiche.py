@@ -1,0 +1,135 @@
+"""Seconds per iteration and final objective: style-pipeline vs the pastiche CLI, same machine,
+same images, size, iterations, weights and objective, in one run.
+
+Each tool runs at two iteration counts; (t_long - t_short) / (n_long - n_short) is seconds per
+objective evaluation (forward + backward), free of start-up costs. pastiche's L-BFGS
+(torch.optim.LBFGS, max_iter=1) evaluates once per step, as ours does.
+
+pastiche's default objective, 0.01 * content MSE + sum_l 10/C_l^2 * MSE(F F^T / HW), equals ours
+with content_weight=0.01, style_weight=10, tv_weight=0 (our Gram is F F^T / CHW). Both outputs
+are scored with that objective in fp32 from the written PNGs.
+
+Usage: python bench/bench_vs_pastiche.py [--size 256] [--short 10] [--long 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bench.flops import iteration_flops
+from pipeline import Runtime, StyleParams
+from pipeline.engine import objective, trunk_for
+from pipeline.images import fit_longest_side, open_rgb, resize, to_tensor
+from pipeline.targets import torch_targets
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data" / "images"
+# pastiche's objective in our terms.
+SAME_OBJECTIVE = ["--content-weight", "0.01", "--style-weight", "10", "--tv-weight", "0"]
+VARIANTS = {  # name -> extra CLI options for `pipeline stylize`
+    "ours (defaults: bf16 auto, channels_last auto)": [],
+    "ours fp32 NCHW (no levers)": ["--precision", "fp32", "--channels-last", "off"],
+    "ours fp32 channels_last": ["--precision", "fp32", "--channels-last", "on"],
+    "ours bf16 NCHW": ["--precision", "bf16", "--channels-last", "off"],
+    "ours bf16, no L-BFGS step cap (pastiche's trajectory)": ["--lbfgs-max-step", "0"],
+}
+
+
+def prepare_inputs(out: Path, size: int) -> tuple[Path, Path]:
+    """Pre-resize so neither tool resizes: both start from identical pixels."""
+    if (SHARED / "tubingen.jpg").is_file():
+        sources = SHARED / "tubingen.jpg", SHARED / "starry_night.jpg"
+    else:  # a clean clone without ../shared: the demo's generated images
+        from pipeline.demo import landscape, swirls
+
+        out.mkdir(parents=True, exist_ok=True)
+        landscape().save(out / "landscape.png")
+        swirls().save(out / "swirls.png")
+        sources = out / "landscape.png", out / "swirls.png"
+    paths = []
+    for src, name in zip(sources, ("content.png", "style.png"), strict=True):
+        img = open_rgb(src)
+        resize(img, fit_longest_side(img.size, size)).save(out / name)
+        paths.append(out / name)
+    return paths[0], paths[1]
+
+
+def timed(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def pastiche_cmd(content: Path, style: Path, out: Path, size: int, n: int) -> list[str]:
+    return [sys.executable, "-m", "pastiche", "--content", str(content), "--styles", str(style),
+            "--output", str(out), "--size", str(size), "--style-size", str(size),
+            "--num-steps", str(n), "--device", "cpu", "--seed", "0", "--no-verbose"]
+
+
+def ours_cmd(content: Path, style: Path, out: Path, size: int, n: int, extra: list[str]
+             ) -> list[str]:
+    return [sys.executable, "-m", "pipeline", "stylize", str(content), str(style), "-o", str(out),
+            "--size", str(size), "--iterations", str(n), "--device", "cpu", "-q",
+            *SAME_OBJECTIVE, *extra]
+
+
+def score(paths: list[Path], content: Path, style: Path, size: int) -> list[float]:
+    """The shared objective, fp32, NCHW, evaluated on the written 8-bit images."""
+    params = StyleParams(size=size, content_weight=0.01, style_weight=10, tv_weight=0)
+    rt = Runtime.create("cpu", "fp32", channels_last=False)
+    trunk, _ = trunk_for(params, rt)
+    c = to_tensor(open_rgb(content))[None]
+    s = to_tensor(open_rgb(style))
+    targets = torch_targets(trunk, c, [[s]], [(1.0,)], params.content_layers, params.style_layers)
+    evaluate = objective(trunk, targets, params, rt)
+    with torch.no_grad():
+        return [evaluate(to_tensor(open_rgb(p))[None])["total"].item() for p in paths]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--short", type=int, default=10)
+    ap.add_argument("--long", type=int, default=100)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench-out")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    content, style = prepare_inputs(args.out, args.size)
+    w, h = open_rgb(content).size
+    flops = iteration_flops(h, w)["total"]
+    steps = args.long - args.short
+
+    rows: list[tuple[str, float, Path]] = []
+    runs = {"pastiche 1.6 CLI (fp32, torch.optim.LBFGS)":
+            lambda n, o: pastiche_cmd(content, style, o, args.size, n)}
+    for name, extra in VARIANTS.items():
+        runs[name] = lambda n, o, extra=extra: ours_cmd(content, style, o, args.size, n, extra)
+    for i, (name, make) in enumerate(runs.items()):
+        final = args.out / f"run{i}.png"
+        t_short = timed(make(args.short, args.out / f"run{i}_short.png"))
+        t_long = timed(make(args.long, final))
+        rows.append((name, (t_long - t_short) / steps, final))
+        print(f"{name}: {rows[-1][1]:.3f} s/it", file=sys.stderr, flush=True)
+
+    objectives = score([r[2] for r in rows], content, style, args.size)
+    base_t, base_obj = rows[0][1], objectives[0]
+    print(f"\nCPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+          f"threads; {w}x{h} px, {args.long} L-BFGS iterations; one iteration = "
+          f"{flops / 1e9:.1f} GFLOP (trunk fwd+bwd to input, Grams)\n")
+    print("| run | s/iteration | speed-up vs pastiche | GFLOP/s | final objective | "
+          "objective vs pastiche |")
+    print("|---|---|---|---|---|---|")
+    for (name, spi, _), obj in zip(rows, objectives, strict=True):
+        print(f"| {name} | {spi:.3f} | {base_t / spi:.2f}x | {flops / spi / 1e9:.1f} | "
+              f"{obj:.4g} | {obj / base_obj:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""ONNX export of the truncated VGG19 trunk (see onnx_export.py)."""

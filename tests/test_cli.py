@@ -1,0 +1,55 @@
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.images import read_metadata
+
+runner = CliRunner()
+
+
+def test_help_documents_every_option():
+    result = runner.invoke(app, ["stylize", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    for option in ("--size", "--iterations", "--optimizer", "--content-weight", "--style-weight",
+                   "--style-blend", "--tv-weight", "--init", "--seed", "--style-scale",
+                   "--preserve-colors", "--pooling", "--device", "--precision", "--weights",
+                   "--channels-last", "[default: 512]"):
+        assert option in result.output, option
+
+
+def test_stylize_end_to_end(photo_path, painting_path, tmp_path):
+    out = tmp_path / "out" / "result.png"
+    result = runner.invoke(app, ["stylize", str(photo_path), str(painting_path), "-o", str(out),
+                                 "--size", "48", "--iterations", "3", "--device", "cpu",
+                                 "--precision", "fp32", "--seed", "7"])
+    assert result.exit_code == 0, result.output
+    meta = read_metadata(out)
+    assert meta["params"]["size"] == 48 and meta["params"]["seed"] == 7
+    assert meta["precision"] == "fp32" and len(meta["weights_digest"]) == 64
+
+
+def test_two_styles_and_jpeg(photo_path, painting_path, tmp_path):
+    out = tmp_path / "r.jpg"
+    result = runner.invoke(app, ["stylize", str(photo_path), str(painting_path), str(photo_path),
+                                 "-o", str(out), "--size", "32", "--iterations", "1",
+                                 "--style-blend", "3,1", "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    assert read_metadata(out)["params"]["style_blend"] == [3.0, 1.0]
+
+
+def test_bad_input_is_one_line_with_exit_code_2(photo_path, painting_path, tmp_path):
+    cases = [
+        ([str(tmp_path / "missing.png"), str(painting_path), "-o", str(tmp_path / "o.png")],
+         "missing.png: no such image file"),
+        ([str(photo_path), str(painting_path), "-o", str(tmp_path / "o.bmp")],
+         "output must end in"),
+        ([str(photo_path), str(painting_path), "-o", str(tmp_path / "o.png"), "--tv-weight",
+          "nan"], "tv_weight must be a finite number"),
+        ([str(photo_path), str(painting_path), "-o", str(tmp_path / "o.png"), "--device",
+          "tpu"], "unknown device"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, ["stylize", *args, "--size", "32", "--iterations", "1"])
+        assert result.exit_code == 2, (args, result.output)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and message in lines[0], result.output
+    assert not (tmp_path / "o.png").exists()

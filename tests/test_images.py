@@ -1,0 +1,113 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import StyleJob, StyleParams, stylize_batch
+from pipeline.errors import InputError
+from pipeline.images import open_rgb, read_metadata, save_image, to_rgb
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "I;16", "I", "F", "1"])
+def test_every_mode_becomes_rgb(mode, tmp_path):
+    base = Image.fromarray(np.full((20, 30, 3), (200, 100, 50), np.uint8))
+    if mode == "I;16":
+        img = Image.fromarray(np.full((20, 30), 40000, np.uint16))
+        assert img.mode == "I;16"
+    elif mode == "I":
+        img = Image.fromarray(np.full((20, 30), 65535, np.int32), mode="I")
+    elif mode == "F":
+        img = Image.fromarray(np.full((20, 30), 0.5, np.float32), mode="F")
+    else:
+        img = base.convert(mode)
+    path = tmp_path / ("x.tiff" if mode in ("I;16", "I", "F", "CMYK") else "x.png")
+    img.save(path)
+    out = open_rgb(path)
+    assert out.mode == "RGB" and out.size == (30, 20)
+    px = np.asarray(out)[0, 0]
+    if mode == "I;16":  # 16-bit scaled, not clipped to white
+        assert abs(int(px[0]) - round(40000 / 257)) <= 1
+    elif mode == "I":
+        assert tuple(px) == (255, 255, 255)
+    elif mode == "F":
+        assert abs(int(px[0]) - 128) <= 1
+
+
+def test_transparency_is_composited_over_white():
+    rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert np.asarray(to_rgb(rgba))[0, 0].tolist() == [255, 255, 255]
+    half = Image.new("RGBA", (4, 4), (0, 0, 0, 128))
+    assert 120 <= np.asarray(to_rgb(half))[0, 0, 0] <= 135
+
+
+def test_exif_orientation_is_honoured(tmp_path):
+    img = Image.new("RGB", (40, 20), (10, 20, 30))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 on display
+    path = tmp_path / "rot.jpg"
+    img.save(path, exif=exif)
+    assert open_rgb(path).size == (20, 40)
+
+
+def test_missing_corrupt_and_truncated_files_name_the_file(tmp_path):
+    with pytest.raises(InputError, match=r"nope\.png: no such image file"):
+        open_rgb(tmp_path / "nope.png")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"this is not an image")
+    with pytest.raises(InputError, match=r"bad\.jpg: cannot decode"):
+        open_rgb(bad)
+    good = tmp_path / "good.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(good)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(good.read_bytes()[:2000])
+    with pytest.raises(InputError, match=r"cut\.png: cannot decode"):
+        open_rgb(cut)
+
+
+def test_tiny_or_elongated_images_are_rejected(tmp_path, cpu32):
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (400, 8)).save(tiny)
+    style = tmp_path / "s.png"
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(style)
+    with pytest.raises(InputError, match=r"tiny\.png: content image 400x8 would be 64x1"):
+        stylize_batch([StyleJob(tiny, [style])], StyleParams(size=64, iterations=1), cpu32)
+    with pytest.raises(InputError, match=r"tiny\.png: style image"):
+        stylize_batch([StyleJob(style, [tiny])], StyleParams(size=64, iterations=1), cpu32)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"size": 8}, "size must be between"), ({"size": 10**6}, "size must be between"),
+    ({"tv_weight": float("nan")}, "tv_weight must be a finite"),
+    ({"style_weight": float("inf")}, "style_weight must be a finite"),
+    ({"optimizer": "sgd"}, "optimizer must be one of"), ({"pooling": "min"}, "pooling"),
+    ({"content_layers": ("relu9_9",)}, "unknown VGG19 layer"),
+    ({"style_blend": (1.0, 2.0)}, "style_blend has 2 values but needs 1"),
+    ({"style_layer_weights": (1.0,)}, "style_layer_weights has 1 values"),
+    ({"iterations": -1}, "iterations must be"), ({"style_scale": 0.0}, "style_scale"),
+])
+def test_bad_parameters_are_named(change, message):
+    with pytest.raises(InputError, match=message):
+        StyleParams(**change).validate()
+
+
+def test_save_is_atomic_with_metadata(tmp_path):
+    img = Image.new("RGB", (8, 8), (1, 2, 3))
+    for name in ("a.png", "b.jpg"):
+        path = save_image(img, tmp_path / name, {"params": {"size": 8}})
+        assert read_metadata(path) == {"params": {"size": 8}}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.jpg"]  # no temp files
+    with pytest.raises(InputError, match=r"must end in \.png"):
+        save_image(img, tmp_path / "c.gif")
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "out.png"
+    save_image(Image.new("RGB", (8, 8)), path, {"v": 1})
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", boom)
+    with pytest.raises(OSError):
+        save_image(Image.new("RGB", (8, 8)), path, {"v": 2})
+    assert read_metadata(path) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
