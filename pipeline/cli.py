@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import functools
+import logging
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
+from rich.logging import RichHandler
 from rich.table import Table
 
 from .errors import InputError, SourceMissingError
@@ -50,8 +53,19 @@ def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @app.callback()
-def main() -> None:
+def main(verbose: bool = typer.Option(True, "--verbose/--quiet-log",
+                                      help="Log target and model events (provider chosen, "
+                                           "cache hits, exports) to stderr.")) -> None:
     """Batch neural style transfer (Gatys et al., CVPR 2016)."""
+    handler = RichHandler(console=console, show_path=False, show_time=False)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler],
+                        force=True)
+    logging.getLogger("pipeline").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+cache_option = typer.Option(None, "--cache-dir", envvar="STYLE_PIPELINE_CACHE",
+                            help="Cache root for weights, ONNX models, TensorRT engines and "
+                                 "targets.  [default: the user cache dir]")
 
 
 @app.command()
@@ -91,6 +105,13 @@ def stylize(
                                       "for CUDA and bf16), on or off."),
     cudnn_benchmark: bool = typer.Option(True, help="Let cuDNN autotune conv algorithms per "
                                          "image size (CUDA only)."),
+    targets: str = typer.Option("onnx", help="Compute content/style targets with onnx (ONNX "
+                                "Runtime over the exported trunk) or torch."),
+    providers: str = typer.Option("auto", help="ONNX Runtime providers in order of choice, e.g. "
+                                  "cuda,cpu. auto = tensorrt,cuda,cpu, keeping those that load."),
+    trt_fp16: bool = typer.Option(False, help="TensorRT fp16 for targets (default fp32)."),
+    cache_dir: str | None = cache_option,
+    cache_targets: bool = typer.Option(True, help="Keep computed targets in the cache."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Stylize CONTENT with one or more STYLES and write OUTPUT."""
@@ -110,7 +131,7 @@ def stylize(
         preserve_colors=preserve_colors, pooling=pooling, weights=weights,
     ).validate(n_styles=len(styles))
     runtime = Runtime.create(device, precision, {"auto": None, "on": True, "off": False}[
-        channels_last], cudnn_benchmark)
+        channels_last], cudnn_benchmark, targets, providers, trt_fp16, cache_dir, cache_targets)
     start = time.perf_counter()
     with iteration_bar(f"{content.name} x {len(styles)} style(s)", iterations, quiet) as progress:
         result = stylize_batch([StyleJob(content, styles)], params, runtime, progress)[0]
@@ -126,3 +147,88 @@ def stylize(
         table.add_row("total", f"{time.perf_counter() - start:.1f} s")
         table.add_row("final loss", format_losses(result.losses))
         console.print(table)
+
+
+@app.command("export")
+@reports_errors
+def export_cmd(
+    weights: str = typer.Option(D.weights, help=HELP["weights"]),
+    pooling: str = typer.Option(D.pooling, help=HELP["pooling"]),
+    cache_dir: str | None = cache_option,
+    output: Path | None = typer.Option(None, "--output", "-o", help="Also copy the model and its "
+                                       "sidecar JSON here (a .onnx path)."),
+    force: bool = typer.Option(False, help="Export again even if the cache has the model."),
+) -> None:
+    """Export the VGG19 trunk (through relu5_1, plus relu4_2) to ONNX and verify it against
+    PyTorch. Runs happen automatically when a run needs a missing model; this command does it
+    ahead of time (e.g. while building a GPU image)."""
+    from export.onnx_export import ensure_model
+
+    from .files import cache_dir as resolve_cache
+    from .params import POOLINGS
+    from .weights import load_weights
+
+    if pooling not in POOLINGS:
+        raise InputError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    path, sidecar = ensure_model(load_weights(weights, cache_dir), pooling,
+                                 resolve_cache(cache_dir) / "models", force=force)
+    if output is not None:
+        from .files import atomic_path
+
+        for src, dst in ((path, output), (path.with_suffix(".json"),
+                                          output.with_suffix(".json"))):
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
+    table = Table(title="export", show_header=False)
+    table.add_row("model", f"{path} ({path.stat().st_size / 1e6:.1f} MB, weights inside)")
+    table.add_row("weights", f"{sidecar['weights_source']} ({sidecar['weights_digest'][:16]}), "
+                  f"{sidecar['normalization']} input normalization, {sidecar['pooling']} pool")
+    table.add_row("outputs", ", ".join(sidecar["outputs"]))
+    table.add_row("input", sidecar["input"])
+    table.add_row("opset", f"{sidecar['opset']} (torch {sidecar['torch']}, onnx "
+                  f"{sidecar['onnx']})")
+    ver = sidecar["verification"]
+    table.add_row("verified", f"max relative error {ver['max_rel_error']:.1e} <= "
+                  f"{ver['limit']:.0e} ({ver['inputs']})")
+    console.print(table)
+
+
+cache_app = typer.Typer(no_args_is_help=True, help="Show or empty the cache.")
+app.add_typer(cache_app, name="cache")
+CACHE_PARTS = {"weights": "dequantized weights", "models": "ONNX models",
+               "trt": "TensorRT engines", "targets": "content/style targets"}
+
+
+@cache_app.command("info")
+@reports_errors
+def cache_info(cache_dir: str | None = cache_option) -> None:
+    """Files and sizes per part of the cache."""
+    from .files import cache_dir as resolve_cache
+
+    root = resolve_cache(cache_dir)
+    table = Table(title=f"cache {root}")
+    for col in ("part", "files", "size"):
+        table.add_column(col, justify="right" if col != "part" else "left")
+    for part, label in CACHE_PARTS.items():
+        files = [p for p in (root / part).rglob("*") if p.is_file()]
+        table.add_row(f"{part} ({label})", str(len(files)),
+                      f"{sum(p.stat().st_size for p in files) / 1e6:.1f} MB")
+    console.print(table)
+
+
+@cache_app.command("clear")
+@reports_errors
+def cache_clear(
+    parts: list[str] = typer.Argument(None, help="Parts to empty: weights, models, trt, "
+                                      "targets. Default: all."),
+    cache_dir: str | None = cache_option,
+) -> None:
+    """Delete cached files; everything is recomputed on demand."""
+    from .files import cache_dir as resolve_cache
+
+    root = resolve_cache(cache_dir)
+    for part in parts or list(CACHE_PARTS):
+        if part not in CACHE_PARTS:
+            raise InputError(f"unknown cache part {part!r}; use {', '.join(CACHE_PARTS)}")
+        shutil.rmtree(root / part, ignore_errors=True)
+        console.print(f"cleared {root / part}")

@@ -53,3 +53,24 @@ def test_bad_input_is_one_line_with_exit_code_2(photo_path, painting_path, tmp_p
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert len(lines) == 1 and message in lines[0], result.output
     assert not (tmp_path / "o.png").exists()
+
+
+def test_export_and_cache_commands(tmp_path):
+    from pipeline.files import cache_dir
+
+    out = tmp_path / "model.onnx"
+    result = runner.invoke(app, ["export", "-o", str(out)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "max relative error" in result.output and out.stat().st_size > 40e6
+    assert out.with_suffix(".json").is_file()
+
+    cache = tmp_path / "cache"
+    (cache / "targets" / "ab").mkdir(parents=True)
+    (cache / "targets" / "ab" / "x.safetensors").write_bytes(b"1234")
+    result = runner.invoke(app, ["cache", "info", "--cache-dir", str(cache)], terminal_width=200)
+    assert result.exit_code == 0 and "targets" in result.output and "ONNX models" in result.output
+    result = runner.invoke(app, ["cache", "clear", "targets", "--cache-dir", str(cache)])
+    assert result.exit_code == 0 and not (cache / "targets").exists()
+    result = runner.invoke(app, ["cache", "clear", "bogus", "--cache-dir", str(cache)])
+    assert result.exit_code == 2 and "unknown cache part" in result.output
+    assert (cache_dir() / "models").is_dir()  # the shared test cache is untouched

@@ -1,0 +1,166 @@
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from export.onnx_export import OUTPUT_LAYERS, ensure_model, read_sidecar
+from pipeline import Runtime, StyleJob, StyleParams, stylize_batch
+from pipeline.errors import InputError
+from pipeline.files import cache_dir
+from pipeline.images import SizedImage, to_tensor
+from pipeline.ort_session import create_session, parse_providers
+from pipeline.target_cache import TargetCache, target_key
+from pipeline.targets import TargetBuilder, torch_features
+from pipeline.vgg import STYLE_LAYERS
+from pipeline.weights import load_weights
+from tests.conftest import make_painting, make_photo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model():
+    weights = load_weights("caffe")
+    path, sidecar = ensure_model(weights, "max", cache_dir() / "models")
+    return weights, path, sidecar
+
+
+def _image(img, name="x"):
+    return SizedImage(to_tensor(img), f"digest-{name}", name)
+
+
+def test_export_contract_and_dynamic_shapes(model):
+    weights, path, sidecar = model
+    assert sidecar["outputs"] == list(OUTPUT_LAYERS) and sidecar["external_data"] is False
+    assert sidecar["weights_digest"] == weights.digest and sidecar["opset"] >= 17
+    assert sidecar["verification"]["max_rel_error"] <= 1e-4
+    assert json.loads(path.with_suffix(".json").read_text()) == sidecar
+    session = create_session(path, torch.device("cpu"), cache_dir())
+    feats = session(torch.rand(2, 3, 37, 53) * 255, list(OUTPUT_LAYERS))  # odd, unseen shape
+    assert feats["relu1_1"].shape == (2, 64, 37, 53)
+    assert feats["relu5_1"].shape == (2, 512, 37 // 16, 53 // 16)
+
+
+def test_ort_targets_equal_torch_targets(model, caplog):
+    weights, path, _ = model
+    trunk = weights.trunk()
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        session = create_session(path, torch.device("cpu"), cache_dir(),
+                                 providers=parse_providers("auto"))
+    assert "provider CPUExecutionProvider" in caplog.text
+    ort_b = TargetBuilder(session, {"backend": "onnx"}, TargetCache(None))
+    torch_b = TargetBuilder(torch_features(trunk), {"backend": "torch"}, TargetCache(None))
+    content, style = _image(make_photo()), _image(make_painting(), "s")
+    for k, v in torch_b.content(content, ["relu4_2"]).items():
+        torch.testing.assert_close(ort_b.content(content, ["relu4_2"])[k], v, rtol=1e-4,
+                                   atol=1e-3)
+    for k, v in torch_b.style(style, STYLE_LAYERS).items():
+        got = ort_b.style(style, STYLE_LAYERS)[k]
+        assert (got - v).abs().max() <= 1e-4 * v.abs().max(), k
+
+
+def test_run_on_ort_targets_reaches_same_loss_as_torch_targets():
+    job = [StyleJob(make_photo(), [make_painting()])]
+    params = StyleParams(size=64, iterations=8)
+    final = {}
+    for backend in ("onnx", "torch"):
+        rt = Runtime.create("cpu", "fp32", channels_last=False, targets=backend)
+        final[backend] = stylize_batch(job, params, rt)[0].losses["total"]
+    assert final["onnx"] == pytest.approx(final["torch"], rel=1e-3)
+
+
+def test_changing_any_input_changes_the_key():
+    base = dict(kind="style", image_digest="abc", size=(64, 48),
+                model={"backend": "onnx", "digest": "m1", "normalization": "caffe",
+                       "pooling": "max"}, layers=("relu1_1", "relu2_1"))
+    key = target_key(**base)
+    assert key == target_key(**base)
+    changes = [{"kind": "content"}, {"image_digest": "abd"}, {"size": (64, 47)},
+               {"layers": ("relu1_1",)}, {"layers": ("relu2_1", "relu1_1")}]
+    changes += [{"model": {**base["model"], field: "other"}} for field in base["model"]]
+    keys = {target_key(**{**base, **change}) for change in changes}
+    assert key not in keys and len(keys) == len(changes)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "flip"])
+def test_corrupt_cache_entry_is_recomputed_never_used(tmp_path, damage, caplog):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"relu1_1": torch.arange(12.0).reshape(3, 4)}
+
+    TargetCache(tmp_path).get("k" * 64, compute, "style x")
+    (entry,) = tmp_path.rglob("*.safetensors")
+    data = bytearray(entry.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) - 10]
+    elif damage == "garbage":
+        data = bytearray(b"\x00" * len(data))
+    else:
+        data[-5] ^= 0xFF  # a flipped bit in the tensor data: caught by the checksum
+    entry.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        out = TargetCache(tmp_path).get("k" * 64, compute, "style x")
+    assert "corrupt" in caplog.text and len(calls) == 2
+    torch.testing.assert_close(out["relu1_1"], torch.arange(12.0).reshape(3, 4))
+    assert TargetCache(tmp_path).get("k" * 64, lambda: pytest.fail("recomputed"), "x")
+
+
+def test_second_run_hits_the_cache(tmp_path, caplog):
+    photo, painting = tmp_path / "p.png", tmp_path / "s.png"
+    make_photo().save(photo)
+    make_painting().save(painting)
+    params = StyleParams(size=48, iterations=1)
+    rt = Runtime.create("cpu", "fp32", channels_last=False, cache=str(tmp_path / "c"))
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        stylize_batch([StyleJob(photo, [painting])], params, rt)
+    assert caplog.text.count("computed, cached") == 2
+    entries = list((tmp_path / "c" / "targets").rglob("*.safetensors"))
+    assert len(entries) == 2
+    # A new process-level cache (as in a second run) reads them back from disk.
+    from pipeline.targets import builder_for
+
+    builder_for.cache_clear()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        stylize_batch([StyleJob(photo, [painting])], params, rt)
+    assert caplog.text.count("cache hit") == 2 and "computed" not in caplog.text
+
+
+def test_two_processes_export_at_once(tmp_path):
+    script = textwrap.dedent("""
+        import logging, sys
+        from pathlib import Path
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        from export.onnx_export import ensure_model
+        from pipeline.weights import load_weights
+        cache = Path(sys.argv[1])
+        path, sidecar = ensure_model(load_weights("caffe", cache), "avg", cache / "models")
+        print("MODEL", path, sidecar["model_sha256"])
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert sum(o.count("exported vgg19") for o in outs) == 1, outs
+    models = [line.split()[1:] for o in outs for line in o.splitlines() if line.startswith("MODEL")]
+    assert len(models) == 2 and models[0] == models[1]
+    path = Path(models[0][0])
+    assert read_sidecar(path) is not None
+    assert sorted(p.suffix for p in path.parent.iterdir()) == [".json", ".lock", ".onnx"]
+
+
+def test_provider_names_are_checked():
+    assert parse_providers("CUDAExecutionProvider,cpu") == ("cuda", "cpu")
+    assert parse_providers(None) == ("tensorrt", "cuda", "cpu")
+    with pytest.raises(InputError, match="unknown ONNX Runtime providers"):
+        parse_providers("tpu")
