@@ -6,8 +6,11 @@ GPU    ?=
 EXTRA  := $(if $(GPU),gpu,cpu)
 STAMP  := $(VENV)/.installed-$(EXTRA)
 DEMO_OUT ?= demo-out
+MANIFEST ?= manifests/demo.parquet
+OUT      ?= out
+RUN_ARGS ?=
 
-.PHONY: install test demo lint bench clean
+.PHONY: install test demo run lint bench clean
 
 install: $(STAMP)
 
@@ -26,11 +29,19 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check pipeline export tests bench
 
+# Draws the example images (nothing is downloaded), then runs the example manifest on the CPU:
+# its two jobs share one output size and parameters, so they run as one batch of 2.
 demo: install
-	$(PY) -m pipeline.demo --out $(DEMO_OUT)
+	$(PY) -m pipeline.demo manifests/images
+	$(VENV)/bin/pipeline run manifests/demo.parquet --out $(DEMO_OUT) --devices cpu --batch-size 2
+	$(VENV)/bin/pipeline status $(DEMO_OUT)
+
+# For CI pipelines: make run MANIFEST=path/to/manifest.parquet OUT=folder [RUN_ARGS="--devices auto"]
+run: install
+	$(VENV)/bin/pipeline run $(MANIFEST) --out $(OUT) $(RUN_ARGS)
 
 bench: install
-	$(PY) bench/bench_vs_pastiche.py
+	$(PY) -m bench.bench_vs_pastiche
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) bench-out .pytest_cache .ruff_cache *.egg-info

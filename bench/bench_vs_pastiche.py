@@ -26,8 +26,9 @@ import torch
 from bench.flops import iteration_flops
 from pipeline import Runtime, StyleParams
 from pipeline.engine import objective, trunk_for
-from pipeline.images import fit_longest_side, open_rgb, resize, to_tensor
-from pipeline.targets import torch_targets
+from pipeline.images import SizedImage, fit_longest_side, open_rgb, resize, to_tensor
+from pipeline.target_cache import TargetCache
+from pipeline.targets import TargetBuilder, torch_features
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "images"
@@ -85,9 +86,10 @@ def score(paths: list[Path], content: Path, style: Path, size: int) -> list[floa
     params = StyleParams(size=size, content_weight=0.01, style_weight=10, tv_weight=0)
     rt = Runtime.create("cpu", "fp32", channels_last=False)
     trunk, _ = trunk_for(params, rt)
-    c = to_tensor(open_rgb(content))[None]
-    s = to_tensor(open_rgb(style))
-    targets = torch_targets(trunk, c, [[s]], [(1.0,)], params.content_layers, params.style_layers)
+    builder = TargetBuilder(torch_features(trunk), {"backend": "torch"}, TargetCache(None))
+    c = SizedImage(to_tensor(open_rgb(content)), "content", content.name)
+    s = SizedImage(to_tensor(open_rgb(style)), "style", style.name)
+    targets = builder.batch([c], [[s]], (1.0,), params.content_layers, params.style_layers)
     evaluate = objective(trunk, targets, params, rt)
     with torch.no_grad():
         return [evaluate(to_tensor(open_rgb(p))[None])["total"].item() for p in paths]

@@ -14,7 +14,7 @@ from PIL import Image
 
 from . import __version__
 from .color import preserve_colors
-from .engine import Progress, init_batch, optimize, trunk_for
+from .engine import Checkpointing, Progress, init_batch, optimize, trunk_for
 from .errors import InputError
 from .images import SizedImage, fit_longest_side, open_rgb, resize, to_image, to_rgb, to_tensor
 from .params import StyleParams
@@ -79,23 +79,32 @@ def _init_image(params: StyleParams, size: tuple[int, int]) -> torch.Tensor | No
 
 
 def stylize_batch(jobs: Sequence[StyleJob], params: StyleParams = StyleParams(),
-                  runtime: Runtime | None = None, progress: Progress | None = None
-                  ) -> list[StyleResult]:
+                  runtime: Runtime | None = None, progress: Progress | None = None,
+                  checkpointing: Checkpointing | None = None) -> list[StyleResult]:
     """Stylize jobs that share parameters and output size as one batch."""
+    return stylize_prepared([prepare(job, params) for job in jobs], params, runtime, progress,
+                            checkpointing)
+
+
+def stylize_prepared(prepared: Sequence[tuple[SizedImage, list[SizedImage]]],
+                     params: StyleParams, runtime: Runtime | None = None,
+                     progress: Progress | None = None,
+                     checkpointing: Checkpointing | None = None) -> list[StyleResult]:
+    """stylize_batch for jobs already decoded by `prepare` (the batch runner checks each job
+    alone first, so one bad image fails only its own job)."""
     runtime = runtime or Runtime.create()
-    prepared = [prepare(job, params) for job in jobs]
     sizes = {c.size for c, _ in prepared}
     if len(sizes) != 1:
         raise InputError(f"a batch needs one output size, got {sorted(sizes)}")
     trunk, weights = trunk_for(params, runtime)
     builder = builder_for(weights, trunk, params.pooling, runtime)
-    blend = params.style_blend or (1.0,) * len(jobs[0].styles)
+    blend = params.style_blend or (1.0,) * len(prepared[0][1])
     targets = builder.batch([c for c, _ in prepared], [s for _, s in prepared], blend,
                             params.content_layers, params.style_layers).to(runtime.device)
     contents = torch.stack([c.pixels for c, _ in prepared]).to(runtime.device)
     x0 = init_batch(params, contents, _init_image(params, prepared[0][0].size))
     start = time.perf_counter()
-    out, terms = optimize(trunk, x0, targets, params, runtime, progress)
+    out, terms = optimize(trunk, x0, targets, params, runtime, progress, checkpointing)
     if params.preserve_colors:
         out = preserve_colors(out, contents)
     seconds = time.perf_counter() - start
@@ -104,7 +113,7 @@ def stylize_batch(jobs: Sequence[StyleJob], params: StyleParams = StyleParams(),
                 "version": __version__}
     losses = {k: v.tolist() for k, v in terms.items()}
     return [StyleResult(to_image(out[i]), {k: v[i] for k, v in losses.items()},
-                        params.iterations, seconds, metadata) for i in range(len(jobs))]
+                        params.iterations, seconds, metadata) for i in range(len(prepared))]
 
 
 def stylize(content: ImageSource, styles: ImageSource | Sequence[ImageSource],

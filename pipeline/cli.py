@@ -3,16 +3,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.logging import RichHandler
+from rich.progress import TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .errors import InputError, SourceMissingError
@@ -68,6 +70,33 @@ cache_option = typer.Option(None, "--cache-dir", envvar="STYLE_PIPELINE_CACHE",
                                  "targets.  [default: the user cache dir]")
 
 
+
+PRECISION = typer.Option("auto", help="Trunk precision: auto (bf16 on CUDA and on CPUs with AMX, "
+                         "else fp32), fp32 or bf16. Grams and losses are always fp32.")
+CHANNELS_LAST = typer.Option("auto", help="NHWC memory layout for the trunk: auto (on for CUDA "
+                             "and bf16), on or off.")
+CUDNN_BENCHMARK = typer.Option(True, help="Let cuDNN autotune conv algorithms per image size "
+                               "(CUDA only).")
+TARGETS = typer.Option("onnx", help="Compute content/style targets with onnx (ONNX Runtime over "
+                       "the exported trunk) or torch.")
+PROVIDERS = typer.Option("auto", help="ONNX Runtime providers in order of choice, e.g. cuda,cpu. "
+                         "auto = tensorrt,cuda,cpu, keeping those that load.")
+TRT_FP16 = typer.Option(False, help="TensorRT fp16 for targets (default fp32).")
+CACHE_TARGETS = typer.Option(True, help="Keep computed targets in the cache.")
+
+
+def runtime_options(precision: str, channels_last: str, cudnn_benchmark: bool, targets: str,
+                    providers: str, trt_fp16: bool, cache_dir: str | None,
+                    cache_targets: bool) -> dict[str, Any]:
+    """The Runtime.create keyword arguments (all but the device) from the shared options."""
+    if channels_last not in ("auto", "on", "off"):
+        raise InputError(f"--channels-last must be auto, on or off, got {channels_last!r}")
+    return {"precision": precision,
+            "channels_last": {"auto": None, "on": True, "off": False}[channels_last],
+            "cudnn_benchmark": cudnn_benchmark, "targets": targets, "providers": providers,
+            "trt_fp16": trt_fp16, "cache": cache_dir, "cache_targets": cache_targets}
+
+
 @app.command()
 @reports_errors
 def stylize(
@@ -98,20 +127,14 @@ def stylize(
     pooling: str = typer.Option(D.pooling, help=HELP["pooling"]),
     weights: str = typer.Option(D.weights, help=HELP["weights"]),
     device: str = typer.Option("auto", help="auto (first GPU, else CPU), cpu, cuda or cuda:N."),
-    precision: str = typer.Option("auto", help="Trunk precision: auto (bf16 on CUDA and on "
-                                  "CPUs with AMX, else fp32), fp32 or bf16. Grams and losses "
-                                  "are always fp32."),
-    channels_last: str = typer.Option("auto", help="NHWC memory layout for the trunk: auto (on "
-                                      "for CUDA and bf16), on or off."),
-    cudnn_benchmark: bool = typer.Option(True, help="Let cuDNN autotune conv algorithms per "
-                                         "image size (CUDA only)."),
-    targets: str = typer.Option("onnx", help="Compute content/style targets with onnx (ONNX "
-                                "Runtime over the exported trunk) or torch."),
-    providers: str = typer.Option("auto", help="ONNX Runtime providers in order of choice, e.g. "
-                                  "cuda,cpu. auto = tensorrt,cuda,cpu, keeping those that load."),
-    trt_fp16: bool = typer.Option(False, help="TensorRT fp16 for targets (default fp32)."),
+    precision: str = PRECISION,
+    channels_last: str = CHANNELS_LAST,
+    cudnn_benchmark: bool = CUDNN_BENCHMARK,
+    targets: str = TARGETS,
+    providers: str = PROVIDERS,
+    trt_fp16: bool = TRT_FP16,
     cache_dir: str | None = cache_option,
-    cache_targets: bool = typer.Option(True, help="Keep computed targets in the cache."),
+    cache_targets: bool = CACHE_TARGETS,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Stylize CONTENT with one or more STYLES and write OUTPUT."""
@@ -120,8 +143,8 @@ def stylize(
     from .runtime import Runtime
 
     check_output_path(output)
-    if channels_last not in ("auto", "on", "off"):
-        raise InputError(f"--channels-last must be auto, on or off, got {channels_last!r}")
+    options = runtime_options(precision, channels_last, cudnn_benchmark, targets, providers,
+                              trt_fp16, cache_dir, cache_targets)
     params = StyleParams(
         size=size, iterations=iterations, optimizer=optimizer, lr=lr, lbfgs_history=lbfgs_history,
         lbfgs_max_step=lbfgs_max_step, content_weight=content_weight, style_weight=style_weight,
@@ -130,8 +153,7 @@ def stylize(
         style_blend=_floats(style_blend), style_scale=style_scale, init=init, seed=seed,
         preserve_colors=preserve_colors, pooling=pooling, weights=weights,
     ).validate(n_styles=len(styles))
-    runtime = Runtime.create(device, precision, {"auto": None, "on": True, "off": False}[
-        channels_last], cudnn_benchmark, targets, providers, trt_fp16, cache_dir, cache_targets)
+    runtime = Runtime.create(device, **options)
     start = time.perf_counter()
     with iteration_bar(f"{content.name} x {len(styles)} style(s)", iterations, quiet) as progress:
         result = stylize_batch([StyleJob(content, styles)], params, runtime, progress)[0]
@@ -232,3 +254,183 @@ def cache_clear(
             raise InputError(f"unknown cache part {part!r}; use {', '.join(CACHE_PARTS)}")
         shutil.rmtree(root / part, ignore_errors=True)
         console.print(f"cleared {root / part}")
+
+
+manifest_app = typer.Typer(no_args_is_help=True, help="Build and check Parquet manifests.")
+app.add_typer(manifest_app, name="manifest")
+SET_OPTION = typer.Option(None, "--set", help="Column default name=value for rows that leave "
+                          "it empty or lack the column (repeatable), e.g. --set size=256.")
+
+
+def _print_errors(errors: list, limit: int = 100) -> None:
+    """One line per invalid row (grep-able, never wrapped)."""
+    for e in errors[:limit]:
+        console.print(f"[red]invalid[/red] {e}", highlight=False, soft_wrap=True)
+    if len(errors) > limit:
+        console.print(f"... and {len(errors) - limit} more")
+
+
+@contextlib.contextmanager
+def scanning() -> Iterator[Callable[[int], None]]:
+    """A transient counter while manifest rows are checked; yields `advance(n)`."""
+    from rich.progress import Progress, SpinnerColumn
+
+    with Progress(SpinnerColumn(), TextColumn("[bold]checking rows"), TextColumn(
+            "{task.completed}"), TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("rows", total=None)
+        yield lambda n: bar.advance(task, n)
+
+
+@manifest_app.command("build")
+@reports_errors
+def manifest_build(
+    content: str = typer.Option(..., help="Folder of content images, or a glob pattern."),
+    style: str = typer.Option(..., help="Folder of style images, or a glob pattern."),
+    param: list[str] = typer.Option(None, "--param", help="Parameter grid axis name=v1,v2 "
+                                    "(repeatable), e.g. --param style_weight=50,200; list "
+                                    "parameters separate values with ';'."),
+    output: Path = typer.Option(..., "--output", "-o", help="Manifest to write (.parquet)."),
+) -> None:
+    """Write the cross product contents x styles x parameter grid, one row per output.
+    Paths are stored relative to the manifest's folder."""
+    from .manifest import build_rows, expand_inputs, parse_grid, write_manifest
+
+    rows = build_rows(expand_inputs(content), expand_inputs(style), parse_grid(param or []),
+                      relative_to=output.resolve().parent)
+    write_manifest(rows, output)
+    console.print(f"wrote {output}: {len(rows)} rows")
+
+
+@manifest_app.command("validate")
+@reports_errors
+def manifest_validate(
+    manifest: Path = typer.Argument(..., help="Manifest (.parquet)."),
+    out: Path = typer.Option(Path("out"), "--out", help="Output folder the run would use "
+                             "(relative `output` cells resolve against it)."),
+    set_: list[str] = SET_OPTION,
+) -> None:
+    """Check every row: columns, types, ranges, files exist and decode, duplicate outputs.
+    Exit code 2 when any row is invalid."""
+    from .manifest import parse_overrides
+    from .runner import scan
+
+    with scanning() as advance:
+        found = scan(manifest, out, parse_overrides(set_ or []), advance)
+    if found.errors:
+        _print_errors(found.errors)
+    console.print(f"{manifest}: {len(found.jobs)} valid, {len(found.errors)} invalid row(s)")
+    if found.errors:
+        raise typer.Exit(2)
+
+
+@app.command()
+@reports_errors
+def run(
+    manifest: Path = typer.Argument(..., help="Manifest (.parquet): one row per output image."),
+    out: Path = typer.Option(..., "--out", help="Output folder: images, ledger/, checkpoints, "
+                             "run.json. Rerunning on it resumes."),
+    devices: str = typer.Option("auto", help="auto (every GPU, else the CPU), or a list such "
+                                "as cuda:0,cuda:1 or cpu. One worker process per device."),
+    workers: int = typer.Option(1, help="Worker processes on the CPU (each gets an equal share "
+                                "of the cores)."),
+    batch_size: int = typer.Option(0, help="Jobs optimized together (same size and "
+                                   "parameters). 0 = per device: 4 on CUDA, 1 on CPU."),
+    checkpoint_every: int = typer.Option(50, help="Checkpoint each batch every N iterations "
+                                         "(0: only when stopped)."),
+    set_: list[str] = SET_OPTION,
+    skip_bad_rows: bool = typer.Option(False, help="Record invalid rows as failed and run the "
+                                       "rest, instead of refusing to start."),
+    retry_failed: bool = typer.Option(False, help="Run jobs that failed in an earlier run "
+                                      "again (they are skipped otherwise)."),
+    precision: str = PRECISION,
+    channels_last: str = CHANNELS_LAST,
+    cudnn_benchmark: bool = CUDNN_BENCHMARK,
+    targets: str = TARGETS,
+    providers: str = PROVIDERS,
+    trt_fp16: bool = TRT_FP16,
+    cache_dir: str | None = cache_option,
+    cache_targets: bool = CACHE_TARGETS,
+) -> None:
+    """Stylize every row of MANIFEST into --out, resumably. Exit codes: 0 all done, 1 some
+    jobs failed, 2 invalid manifest or options, 4 the folder is in use, 130 interrupted."""
+    from .manifest import parse_overrides
+    from .progress import RunDisplay
+    from .runner import ManifestInvalid, RunLocked, RunOptions
+    from .runner import run as run_manifest
+
+    if batch_size < 0 or workers < 1 or checkpoint_every < 0:
+        raise InputError("--batch-size and --checkpoint-every must be >= 0, --workers >= 1")
+    opts = RunOptions(out, devices, workers, batch_size, checkpoint_every,
+                      parse_overrides(set_ or []), skip_bad_rows, retry_failed,
+                      runtime_options(precision, channels_last, cudnn_benchmark, targets,
+                                      providers, trt_fp16, cache_dir, cache_targets))
+    try:
+        result = run_manifest(manifest, opts, RunDisplay, scanning)
+    except ManifestInvalid as e:
+        _print_errors(e.errors)
+        console.print(f"[red]error:[/red] {manifest}: {len(e.errors)} invalid row(s); fix them, "
+                      "or pass --skip-bad-rows to run the rest", soft_wrap=True)
+        raise typer.Exit(2) from None
+    except RunLocked as e:
+        console.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        raise typer.Exit(4) from None
+    table = Table(title=f"run {out}", show_header=False)
+    table.add_row("jobs", str(result.total))
+    table.add_row("done now", str(result.done))
+    table.add_row("done before (skipped)", str(result.done_before))
+    table.add_row("failed", str(len(result.failed) + result.failed_before)
+                  + (f" ({result.failed_before} from earlier runs; --retry-failed reruns them)"
+                     if result.failed_before else ""))
+    table.add_row("pending", str(result.pending))
+    table.add_row("devices", ", ".join(sorted(set(result.devices))))
+    table.add_row("time", f"{result.seconds:.1f} s"
+                  + (f" ({result.done / result.seconds * 3600:,.0f} images/hour)"
+                     if result.done else ""))
+    console.print(table)
+    if result.interrupted:
+        console.print(f"interrupted; resume with: pipeline run {manifest} --out {out}")
+        raise typer.Exit(130)
+    if result.failed or result.failed_before:
+        raise typer.Exit(1)
+
+
+@app.command()
+@reports_errors
+def status(out: Path = typer.Argument(..., help="Output folder of a run.")) -> None:
+    """Ledger summary of a run: done / failed / pending, throughput, failures with reasons."""
+    import json
+
+    from . import ledger
+
+    info_path = out / "run.json"
+    if not info_path.is_file():
+        raise InputError(f"{out}: no run.json here; is this a `pipeline run --out` folder?")
+    info = json.loads(info_path.read_text())
+    rows = ledger.read(out)
+    keys = set(info["keys"])
+    done = [r for k, r in rows.items() if k in keys and r["status"] == ledger.DONE]
+    failed = [r for r in rows.values() if r["status"] != ledger.DONE
+              and (r["key"] in keys or r["status"] == ledger.INVALID)]
+    pending = len(keys) - len(done) - sum(1 for r in failed if r["key"] in keys)
+    table = Table(title=f"status {out}", show_header=False)
+    table.add_row("manifest", info["manifest"])
+    table.add_row("jobs", str(info["total"]))
+    table.add_row("done", str(len(done)))
+    table.add_row("failed", str(len(failed)))
+    table.add_row("pending", str(pending))
+    timed = [r for r in done if r["seconds"]]
+    if timed:
+        span = max(r["finished_at"] for r in timed) - min(r["started_at"] for r in timed)
+        table.add_row("throughput", f"{len(timed) / max(span, 1e-9) * 3600:,.0f} images/hour "
+                      f"over {span:.0f} s; {sum(r['seconds'] for r in timed) / len(timed):.1f}"
+                      " s per batch run")
+        devices = sorted({r["device"] for r in timed})
+        table.add_row("devices", ", ".join(devices))
+    console.print(table)
+    if failed:
+        failures = Table(title="failures")
+        failures.add_column("row", justify="right")
+        failures.add_column("error", overflow="fold")
+        for r in sorted(failed, key=lambda r: r["row"]):
+            failures.add_row(str(r["row"]), r["error"])
+        console.print(failures)

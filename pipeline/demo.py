@@ -1,23 +1,17 @@
-"""`make demo`: stylize images drawn by code (nothing downloaded) as one batch, on the CPU.
+"""Example images drawn by code, for `make demo` and the example manifest (nothing downloaded).
 
 The content is a landscape (sky, sun, hills, a house); the styles are swirling brush strokes
-and a stained-glass mosaic. Outputs and the generated inputs go to --out.
+and a stained-glass mosaic. `python -m pipeline.demo DIR` writes them to DIR (default
+manifests/images), where manifests/demo.parquet expects them.
 """
 
 from __future__ import annotations
 
-import argparse
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-
-from .api import StyleJob, stylize_batch
-from .images import save_image
-from .params import StyleParams
-from .progress import console, format_losses, iteration_bar
-from .runtime import Runtime
 
 
 def landscape(w: int = 640, h: int = 480) -> Image.Image:
@@ -67,32 +61,19 @@ def mosaic(w: int = 512, h: int = 512, seed: int = 1) -> Image.Image:
     return Image.fromarray(rgb.astype(np.uint8))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path("demo-out"))
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--iterations", type=int, default=150)
-    args = parser.parse_args()
-    inputs = args.out / "inputs"
-    inputs.mkdir(parents=True, exist_ok=True)
-    content = inputs / "landscape.png"
-    styles = {"swirls": inputs / "swirls.png", "mosaic": inputs / "mosaic.png"}
-    landscape().save(content)
-    swirls().save(styles["swirls"])
-    mosaic().save(styles["mosaic"])
-    params = StyleParams(size=args.size, iterations=args.iterations)
-    runtime = Runtime.create("cpu")
-    console.print(f"demo: {len(styles)} jobs as one batch, {args.size} px, {args.iterations} "
-                  f"L-BFGS iterations on {runtime.device} ({runtime.precision})")
-    jobs = [StyleJob(content, [path]) for path in styles.values()]
-    start = time.perf_counter()
-    with iteration_bar("demo batch", args.iterations) as progress:
-        results = stylize_batch(jobs, params, runtime, progress)
-    for name, result in zip(styles, results, strict=True):
-        out = save_image(result.image, args.out / f"landscape_x_{name}.png", result.metadata)
-        console.print(f"wrote {out}  ({format_losses(result.losses)})")
-    console.print(f"done in {time.perf_counter() - start:.1f} s")
+IMAGES = {"landscape.png": landscape, "swirls.png": swirls, "mosaic.png": mosaic}
+
+
+def write_images(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, draw in IMAGES.items():
+        draw().save(folder / name)
+        paths.append(folder / name)
+    return paths
 
 
 if __name__ == "__main__":
-    main()
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "manifests/images")
+    for path in write_images(target):
+        print(f"drew {path}")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -23,6 +25,22 @@ from .vgg import LAYER_INDEX, VGG19Trunk
 from .weights import WeightSet, load_weights
 
 Progress = Callable[[int, dict[str, Tensor]], None]
+
+
+class Interrupted(Exception):
+    """The run was asked to stop; a checkpoint of the current iteration was saved."""
+
+
+@dataclass
+class Checkpointing:
+    """Resumable optimization: `save(iteration, images, optimizer_state)` runs every `every`
+    iterations and when `stop()` turns true (then Interrupted is raised); `resume` restarts
+    from a saved (iteration, images, optimizer_state)."""
+
+    save: Callable[[int, Tensor, dict[str, Any]], None]
+    every: int = 0
+    resume: tuple[int, Tensor, dict[str, Any]] | None = None
+    stop: Callable[[], bool] = lambda: False
 
 
 @functools.lru_cache(maxsize=4)
@@ -78,18 +96,23 @@ def objective(trunk: VGG19Trunk, targets: Targets, params: StyleParams, runtime:
 
 
 def optimize(trunk: VGG19Trunk, x0: Tensor, targets: Targets, params: StyleParams,
-             runtime: Runtime, progress: Progress | None = None
-             ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Run `params.iterations` evaluations from x0 [N, 3, H, W]; return the final images and
-    the per-sample loss terms of the last evaluation."""
+             runtime: Runtime, progress: Progress | None = None,
+             checkpointing: Checkpointing | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """Run `params.iterations` evaluations from x0 [N, 3, H, W] (or from a checkpoint); return
+    the final images and the per-sample loss terms of the last evaluation."""
     evaluate = objective(trunk, targets, params, runtime)
+    start = 0
+    if checkpointing is not None and checkpointing.resume is not None:
+        start, x0, _ = checkpointing.resume
     x = x0.detach().clone().to(runtime.device).requires_grad_(True)
     if params.optimizer == "lbfgs":
-        opt = BatchedLBFGS(x, lr=params.step_size, history=params.lbfgs_history,
-                           max_step=params.lbfgs_max_step or None)
+        opt: Any = BatchedLBFGS(x, lr=params.step_size, history=params.lbfgs_history,
+                                max_step=params.lbfgs_max_step or None)
     else:
         # Adam is elementwise, so it is already exact for a batch of independent jobs.
         opt = torch.optim.Adam([x], lr=params.step_size)
+    if checkpointing is not None and checkpointing.resume is not None:
+        opt.load_state_dict(tree_to(checkpointing.resume[2], runtime.device))
 
     def closure() -> dict[str, Tensor]:
         x.grad = None
@@ -98,14 +121,31 @@ def optimize(trunk: VGG19Trunk, x0: Tensor, targets: Targets, params: StyleParam
         return {k: v.detach() for k, v in terms.items()}
 
     terms: dict[str, Tensor] = {}
-    for i in range(params.iterations):
+    for i in range(start, params.iterations):
         terms = opt.step(closure)
         if params.optimizer == "adam":
             with torch.no_grad():
                 x.clamp_(0, 255)  # box constraint; L-BFGS is left unclamped, as in neural-style
         if progress is not None:
             progress(i + 1, terms)
+        if checkpointing is not None and i + 1 < params.iterations:
+            stopping = checkpointing.stop()
+            if stopping or (checkpointing.every and (i + 1) % checkpointing.every == 0):
+                checkpointing.save(i + 1, x.detach(), opt.state_dict())
+            if stopping:
+                raise Interrupted(f"stopped at iteration {i + 1}")
     if not terms:  # zero iterations: report the objective at the start
         with torch.no_grad():
             terms = evaluate(x)
     return x.detach(), terms
+
+
+def tree_to(state: Any, device: torch.device | str) -> Any:
+    """Move every tensor in a (nested) optimizer state to `device`."""
+    if isinstance(state, Tensor):
+        return state.detach().to(device)
+    if isinstance(state, dict):
+        return {k: tree_to(v, device) for k, v in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(tree_to(v, device) for v in state)
+    return state

@@ -63,3 +63,66 @@ def iteration_bar(description: str, total: int, quiet: bool = False) -> Iterator
         yield update
     finally:
         bar.stop()
+
+
+class RateHourColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        elapsed = task.elapsed or 0
+        rate = task.completed / elapsed * 3600 if elapsed > 1 and task.completed else None
+        return Text(f"{rate:,.0f} img/h" if rate else "-- img/h", style="progress.data.speed")
+
+
+class RunDisplay:
+    """Overall jobs bar plus one line per worker; fed the workers' events."""
+
+    def __init__(self, total: int, devices: list[str]):
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                            MofNCompleteColumn(), RateHourColumn(), RateColumn(),
+                            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                            console=console)
+        self.overall = self.bar.add_task("jobs", total=total)
+        self.workers = [self.bar.add_task(f"  w{i} {d}: starting", total=1, start=False)
+                        for i, d in enumerate(devices)]
+        self.devices = devices
+
+    def __enter__(self) -> RunDisplay:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def handle(self, event: tuple) -> None:
+        kind, wid = event[0], event[1]
+        task = self.workers[wid]
+        if kind == "ready":
+            self.devices[wid] = f"{event[2]} {event[3]}"
+            self.bar.update(task, description=f"  w{wid} {self.devices[wid]}: waiting")
+        elif kind == "batch":
+            n, total, start = event[2], event[3], event[4]
+            resumed = f", resumed at {start}" if start else ""
+            if start:
+                self.bar.console.print(f"w{wid}: resuming a batch of {n} from its checkpoint at "
+                                       f"iteration {start}/{total}", highlight=False)
+            self.bar.reset(task, total=total, completed=start,
+                           description=f"  w{wid} {self.devices[wid]}: batch of {n}{resumed}")
+        elif kind == "iter":
+            self.bar.update(task, completed=event[2])
+        elif kind == "done":
+            self.bar.advance(self.overall, event[2] + len(event[3]))
+            for row, error in event[3]:
+                self.bar.console.print(f"[red]failed[/red] row {row}: {error}", highlight=False,
+                                       soft_wrap=True)
+        elif kind == "fatal":
+            self.bar.console.print(f"[red]worker {wid} could not start:[/red] {event[2]}",
+                                   soft_wrap=True)
+        elif kind == "exit":
+            self.bar.update(task, description=f"  w{wid} {self.devices[wid]}: finished")
+
+    def worker_died(self, wid: int, code: int | None) -> None:
+        self.bar.console.print(f"[red]worker {wid} died (exit code {code})[/red]; its batch "
+                               "stays pending and resumes on the next run")
+
+    def interrupted(self) -> None:
+        self.bar.console.print("[yellow]stopping: each worker saves a checkpoint of its batch"
+                               "...[/yellow]")

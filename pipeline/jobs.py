@@ -1,0 +1,81 @@
+"""Jobs of a bulk run: checking each row's images, the job key, grouping into batches.
+
+A job's key is a hash of its input image bytes and its parameters: the same inputs always
+give the same key, so a finished output is recognized across runs and never recomputed.
+Batches group jobs with the same parameters and output size, in manifest order, so that the
+same set of unfinished jobs always forms the same batches (which is what lets a batch resume
+from its checkpoint).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+from .images import fit_longest_side, open_rgb
+from .manifest import JobSpec
+from .target_cache import image_digest
+from .vgg import min_input_side
+
+
+@dataclass(frozen=True)
+class Job:
+    spec: JobSpec
+    key: str
+    size: tuple[int, int]  # output (w, h)
+
+    @property
+    def group(self) -> str:
+        """Jobs that can share a batch: same parameters, output size and number of styles."""
+        return json.dumps([self.spec.params.to_dict(), self.size, len(self.spec.styles)],
+                          sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Batch:
+    jobs: tuple[Job, ...]
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256("".join(j.key for j in self.jobs).encode()).hexdigest()[:16]
+
+
+class Inspector:
+    """Decodes every image a job needs (each distinct file once) and computes its key."""
+
+    def __init__(self) -> None:
+        self._seen: dict[Path, tuple[str, tuple[int, int]]] = {}
+
+    def _image(self, path: Path, row: int) -> tuple[str, tuple[int, int]]:
+        if path not in self._seen:
+            try:
+                size = open_rgb(path).size
+            except InputError as e:
+                raise InputError(f"row {row}: {e}") from None
+            self._seen[path] = (image_digest(path), size)
+        return self._seen[path]
+
+    def __call__(self, spec: JobSpec) -> Job:
+        params = spec.params
+        digest, size = self._image(spec.content, spec.row)
+        out_size = fit_longest_side(size, params.size)
+        if min(out_size) < min_input_side(params.layers):
+            raise InputError(f"row {spec.row}: {spec.content}: output would be "
+                             f"{out_size[0]}x{out_size[1]}, too small for these layers")
+        style_digests = [self._image(s, spec.row)[0] for s in spec.styles]
+        payload = {"content": digest, "styles": style_digests, "params": params.to_dict()}
+        key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        return Job(spec, key, out_size)
+
+
+def make_batches(jobs: Iterable[Job], batch_size: int) -> Iterator[Batch]:
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(job.group, []).append(job)
+    for members in groups.values():
+        for i in range(0, len(members), batch_size):
+            yield Batch(tuple(members[i:i + batch_size]))

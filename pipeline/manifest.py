@@ -1,0 +1,214 @@
+"""Parquet manifests: one row per output image. Reading in batches, turning rows into jobs,
+validating every row, and building manifests as a cross product.
+
+Columns: `content` (path) and `style` (path, or list of paths) are required; `style_weights`
+(list of floats) blends several styles; `output` names the output file (relative to the run's
+--out folder; default: derived from the input names and a parameter hash); every StyleParams
+field may be a column. Null cells and missing columns take the command line's `--set` value,
+else the default. Relative input paths resolve against the manifest's folder. Rows are
+numbered from 0, as pyarrow and pandas number them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import InputError
+from .files import atomic_path
+from .params import StyleParams
+
+PARAM_TYPES = {f.name: f.type for f in fields(StyleParams)}
+LIST_PARAMS = {"content_layers", "style_layers", "style_layer_weights", "style_blend"}
+COLUMNS = {"content", "style", "style_weights", "output", *PARAM_TYPES} - {"style_blend"}
+READ_BATCH = 8192
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    row: int
+    content: Path
+    styles: tuple[Path, ...]
+    params: StyleParams
+    output: Path      # absolute, under the run's --out folder unless the row gave an absolute one
+
+    def param_hash(self) -> str:
+        text = json.dumps(self.params.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """A cell (or --set string) to the parameter's Python type; ValueError if it can't be."""
+    kind = PARAM_TYPES[name]
+    if name in LIST_PARAMS:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        conv = float if "float" in kind else str
+        return tuple(conv(v.strip() if isinstance(v, str) else v) for v in items)
+    if "bool" in kind:
+        if isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"not a boolean: {value!r}")
+            return value.lower() in ("true", "1", "yes")
+        return bool(value)
+    if "int" in kind and "float" not in kind:
+        number = float(value)
+        if not number.is_integer():
+            raise ValueError(f"not an integer: {value!r}")
+        return int(number)
+    if "float" in kind:
+        return float(value)
+    return str(value)
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """`--set name=value` pairs to typed column defaults."""
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in PARAM_TYPES:
+            raise InputError(f"--set {item!r}: expected name=value with name one of "
+                             f"{', '.join(sorted(PARAM_TYPES))}")
+        try:
+            out[name] = _coerce(name, value)
+        except ValueError as e:
+            raise InputError(f"--set {item!r}: {e}") from None
+    return out
+
+
+def _resolve(base: Path, value: str) -> Path:
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else (base / path)
+
+
+def default_output(content: Path, styles: Sequence[Path], params: StyleParams) -> str:
+    spec_hash = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode())
+    return f"{content.stem}__{'+'.join(s.stem for s in styles)}__{spec_hash.hexdigest()[:8]}.png"
+
+
+def row_to_job(row: dict[str, Any], index: int, base: Path, out_dir: Path,
+               overrides: dict[str, Any]) -> JobSpec:
+    """One manifest row to a job; InputError('row N: ...') on anything wrong with it."""
+    try:
+        if not row.get("content"):
+            raise ValueError("content is empty")
+        style = row.get("style")
+        styles = [style] if isinstance(style, str) else list(style or [])
+        if not styles or not all(isinstance(s, str) and s for s in styles):
+            raise ValueError("style must be a path or a non-empty list of paths")
+        values = dict(overrides)
+        for name in PARAM_TYPES:
+            if row.get(name) is not None and name != "style_blend":
+                values[name] = _coerce(name, row[name])
+        if row.get("style_weights") is not None:
+            values["style_blend"] = _coerce("style_blend", row["style_weights"])
+        params = StyleParams(**values).validate(n_styles=len(styles))
+        content = _resolve(base, row["content"])
+        style_paths = tuple(_resolve(base, s) for s in styles)
+        output = row.get("output") or default_output(content, style_paths, params)
+        output_path = _resolve(out_dir, output)
+        if output_path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+            raise ValueError(f"output {output!r} must end in .png, .jpg or .jpeg")
+        return JobSpec(index, content, style_paths, params, output_path)
+    except (InputError, ValueError, TypeError) as e:
+        raise InputError(f"row {index}: {e}") from None
+
+
+def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(row number, row) pairs, READ_BATCH rows at a time; checks the columns first."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such manifest")
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"{path}: not a Parquet file ({e})") from None
+    names = set(parquet.schema_arrow.names)
+    missing = {"content", "style"} - names
+    if missing:
+        raise InputError(f"{path}: missing required column(s) {sorted(missing)}")
+    unknown = names - COLUMNS
+    if unknown:
+        raise InputError(f"{path}: unknown column(s) {sorted(unknown)}; known: "
+                         f"{', '.join(sorted(COLUMNS))}")
+    index = 0
+    for batch in parquet.iter_batches(batch_size=READ_BATCH):
+        for row in batch.to_pylist():
+            yield index, row
+            index += 1
+
+
+def read_jobs(path: Path, out_dir: Path, overrides: dict[str, Any] | None = None
+              ) -> Iterator[JobSpec | InputError]:
+    """Every row as a JobSpec, or the InputError that explains why it is not one."""
+    base = path.resolve().parent
+    for index, row in read_rows(path):
+        try:
+            yield row_to_job(row, index, base, out_dir.resolve(), overrides or {})
+        except InputError as e:
+            yield e
+
+
+def write_manifest(rows: list[dict[str, Any]], dest: Path) -> Path:
+    """Write rows atomically; list-valued `style` when any row blends styles."""
+    table = pa.Table.from_pylist(rows)
+    with atomic_path(dest) as tmp:
+        pq.write_table(table, tmp)
+    return dest
+
+
+def expand_inputs(spec: str) -> list[Path]:
+    """A folder (its images, sorted) or a glob pattern."""
+    path = Path(os.path.expanduser(spec))
+    exts = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in exts)
+    else:
+        import glob
+
+        found = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True))
+    if not found:
+        raise InputError(f"{spec}: no images found")
+    return found
+
+
+def build_rows(contents: Sequence[Path], styles: Sequence[Path], grid: dict[str, list[Any]],
+               relative_to: Path | None = None) -> list[dict[str, Any]]:
+    """contents x styles x parameter grid, one row each."""
+    def rel(p: Path) -> str:
+        if relative_to is None:
+            return str(p.resolve())
+        return os.path.relpath(p.resolve(), relative_to.resolve())
+
+    names = list(grid)
+    rows = []
+    for content, style, values in itertools.product(contents, styles,
+                                                    itertools.product(*grid.values())):
+        rows.append({"content": rel(content), "style": rel(style), **dict(zip(names, values,
+                                                                              strict=True))})
+    return rows
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
+    """`--param name=v1,v2` (list parameters take ';' between values) to typed value lists."""
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in PARAM_TYPES or name == "style_blend":
+            raise InputError(f"--param {item!r}: expected name=v1,v2 with name a parameter")
+        split = values.split(";") if name in LIST_PARAMS else values.split(",")
+        try:
+            grid[name] = [_coerce(name, v) for v in split if v.strip()]
+        except ValueError as e:
+            raise InputError(f"--param {item!r}: {e}") from None
+        grid[name] = [list(v) if isinstance(v, tuple) else v for v in grid[name]]
+    return grid

@@ -1,0 +1,264 @@
+"""`pipeline run`: the distributor. Validates the manifest, skips finished jobs, groups the
+rest into batches, and feeds them to one worker process per device through a shared queue.
+
+Concurrency rule: one `pipeline run` per output folder. A second one on the same folder is
+refused (a lock file), because two runs sharing a folder could pick the same batch.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import queue
+import time
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock, Timeout
+
+from . import ledger
+from .errors import InputError
+from .files import atomic_write_bytes
+from .images import read_metadata
+from .jobs import Inspector, Job, make_batches
+from .manifest import read_jobs
+
+
+class RunLocked(RuntimeError):
+    """Another `pipeline run` holds the output folder."""
+
+
+class ManifestInvalid(InputError):
+    def __init__(self, errors: list[InputError]):
+        self.errors = errors
+        super().__init__(f"{len(errors)} invalid row(s)")
+
+
+@dataclass
+class RunOptions:
+    out_dir: Path
+    devices: str = "auto"
+    workers: int = 1
+    batch_size: int = 0                 # 0: per device (4 on CUDA, 1 on CPU)
+    checkpoint_every: int = 50
+    overrides: dict[str, Any] = field(default_factory=dict)
+    skip_bad_rows: bool = False
+    retry_failed: bool = False
+    runtime: dict[str, Any] = field(default_factory=dict)  # Runtime.create options but device
+
+
+@dataclass
+class Scan:
+    jobs: list[Job]
+    errors: list[InputError]
+
+
+def resolve_devices(spec: str, workers: int) -> list[str]:
+    """`auto`: every GPU, else the CPU; or a comma list. CPU gets `workers` processes."""
+    if spec == "auto":
+        names = ([f"cuda:{i}" for i in range(torch.cuda.device_count())]
+                 if torch.cuda.is_available() else ["cpu"])
+    else:
+        names = [d.strip() for d in spec.split(",") if d.strip()]
+    out: list[str] = []
+    for name in names:
+        if name == "cpu":
+            out += ["cpu"] * max(1, workers)
+        elif name.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise InputError(f"device {name} requested but CUDA is not available here")
+            out.append(name if ":" in name else "cuda:0")
+        else:
+            raise InputError(f"unknown device {name!r}; use auto, cpu or cuda:N")
+    return out
+
+
+def scan(manifest: Path, out_dir: Path, overrides: dict[str, Any],
+         progress: Callable[[int], None] | None = None) -> Scan:
+    """Every row checked: columns, types, ranges, files exist and decode, duplicate outputs."""
+    inspect = Inspector()
+    jobs: list[Job] = []
+    errors: list[InputError] = []
+    outputs: dict[Path, int] = {}
+    for item in read_jobs(manifest, out_dir, overrides):
+        if progress is not None:
+            progress(1)
+        if isinstance(item, InputError):
+            errors.append(item)
+            continue
+        try:
+            job = inspect(item)
+        except InputError as e:
+            errors.append(e)
+            continue
+        if (first := outputs.setdefault(item.output, item.row)) != item.row:
+            errors.append(InputError(f"row {item.row}: output {item.output} duplicates row "
+                                     f"{first}"))
+            continue
+        jobs.append(job)
+    return Scan(jobs, errors)
+
+
+def _finished(job: Job, state: dict[str, dict[str, Any]]) -> bool:
+    row = state.get(job.key)
+    if row and row["status"] == ledger.DONE and Path(row["output"]).is_file():
+        return True
+    # Written but not yet in the ledger when the last run died.
+    if job.spec.output.is_file():
+        try:
+            return read_metadata(job.spec.output).get("job_key") == job.key
+        except Exception:
+            return False
+    return False
+
+
+@dataclass
+class Plan:
+    todo: list[Job]
+    done: int
+    failed_before: int      # failed in an earlier run and not retried
+    recovered: list[Job]    # outputs found on disk whose ledger row was lost
+
+
+def plan(jobs: Iterable[Job], out_dir: Path, retry_failed: bool) -> Plan:
+    state = ledger.read(out_dir)
+    p = Plan([], 0, 0, [])
+    for job in jobs:
+        row = state.get(job.key)
+        if _finished(job, state):
+            p.done += 1
+            if not (row and row["status"] == ledger.DONE):
+                p.recovered.append(job)
+        elif row and row["status"] == ledger.FAILED and not retry_failed:
+            p.failed_before += 1
+        else:
+            p.todo.append(job)
+    return p
+
+
+@dataclass
+class RunResult:
+    total: int
+    done_before: int
+    done: int = 0
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    failed_before: int = 0
+    pending: int = 0
+    interrupted: bool = False
+    seconds: float = 0.0
+    devices: list[str] = field(default_factory=list)
+
+
+def write_run_info(out_dir: Path, manifest: Path, jobs: list[Job], invalid: int) -> None:
+    info = {"manifest": str(manifest.resolve()), "started_at": time.time(),
+            "total": len(jobs) + invalid, "invalid": invalid, "keys": [j.key for j in jobs]}
+    atomic_write_bytes(out_dir / "run.json", json.dumps(info).encode())
+
+
+def execute(batches: list, devices: list[str], opts: RunOptions, display: Any,
+            result: RunResult) -> None:
+    """Run batches on one worker per device entry; `display` gets the events."""
+    ctx = mp.get_context("spawn")
+    tasks, events, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
+    for batch in batches:
+        tasks.put(batch)
+    threads = max(1, (os.cpu_count() or 1) // max(1, devices.count("cpu") or 1))
+    procs = []
+    for wid, device in enumerate(devices):
+        tasks.put(None)
+        proc = ctx.Process(target=_worker_entry, name=f"pipeline-worker-{wid}", daemon=True,
+                           args=(wid, device, opts.runtime, threads if device == "cpu" else 1,
+                                 str(opts.out_dir), opts.checkpoint_every, tasks, events, stop,
+                                 os.getpid()))
+        proc.start()
+        procs.append(proc)
+    exited: set[int] = set()
+    while len(exited) < len(procs):
+        try:
+            try:
+                event = events.get(timeout=0.5)
+            except queue.Empty:
+                for wid, proc in enumerate(procs):  # a worker that died without saying so
+                    if not proc.is_alive() and wid not in exited:
+                        exited.add(wid)
+                        display.worker_died(wid, proc.exitcode)
+                continue
+            kind, wid = event[0], event[1]
+            if kind == "done":
+                result.done += event[2]
+                result.failed += event[3]
+            elif kind in ("exit", "fatal"):
+                exited.add(wid)
+            display.handle(event)
+        except KeyboardInterrupt:
+            if not stop.is_set():
+                stop.set()
+                result.interrupted = True
+                display.interrupted()
+    for proc in procs:
+        proc.join(timeout=30)
+
+
+def _worker_entry(*args: Any) -> None:
+    from .worker import worker_main
+
+    worker_main(*args)
+
+
+def run(manifest: Path, opts: RunOptions, display_factory: Callable[..., Any],
+        scan_view: Callable[[], AbstractContextManager[Callable[[int], None]]] = nullcontext
+        ) -> RunResult:
+    """`display_factory(total=, devices=)` is a context manager fed the workers' events;
+    `scan_view()` one that yields a row counter while the manifest is checked."""
+    out_dir = opts.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out_dir / ".run.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RunLocked(f"another `pipeline run` is using {out_dir}; wait for it to finish, or "
+                        "use another --out folder") from None
+    try:
+        start = time.perf_counter()
+        with scan_view() as advance:
+            found = scan(manifest, out_dir, opts.overrides, advance)
+        if found.errors and not opts.skip_bad_rows:
+            raise ManifestInvalid(found.errors)
+        write_run_info(out_dir, manifest, found.jobs, len(found.errors))
+        p = plan(found.jobs, out_dir, opts.retry_failed)
+        now = time.time()
+        ledger.append(out_dir, [
+            ledger.make_row(f"invalid-row-{_row_of(e)}", _row_of(e), ledger.INVALID, "", [], "",
+                            None, now, error=str(e)) for e in found.errors])
+        ledger.append(out_dir, [_recovered_row(j, now) for j in p.recovered])
+        devices = resolve_devices(opts.devices, opts.workers)
+        size = opts.batch_size or (4 if devices[0].startswith("cuda") else 1)
+        batches = list(make_batches(p.todo, size))
+        result = RunResult(total=len(found.jobs) + len(found.errors), done_before=p.done,
+                           failed_before=p.failed_before, devices=devices)
+        result.failed += [(_row_of(e), str(e)) for e in found.errors]
+        if batches:
+            with display_factory(total=len(p.todo), devices=devices) as display:
+                execute(batches, devices, opts, display, result)
+        result.pending = len(p.todo) - result.done - (len(result.failed) - len(found.errors))
+        result.seconds = time.perf_counter() - start
+        return result
+    finally:
+        lock.release()
+
+
+def _row_of(error: InputError) -> int:
+    text = str(error)
+    return int(text.split(":")[0].split()[1]) if text.startswith("row ") else -1
+
+
+def _recovered_row(job: Job, now: float) -> dict[str, Any]:
+    spec = job.spec
+    return ledger.make_row(job.key, spec.row, ledger.DONE, str(spec.content),
+                           [str(s) for s in spec.styles], str(spec.output),
+                           spec.params.to_dict(), now, error="recovered from output file")

@@ -1,0 +1,124 @@
+"""One worker process per device: takes batches from the shared queue, runs them, writes the
+outputs and its own ledger rows, and reports progress to the parent through an event queue.
+
+Order of writes for a batch: outputs (each atomic, with its job key embedded), then the ledger
+part, then the checkpoint is deleted. A crash between any two steps is repaired on rerun: an
+output carrying the right job key counts as done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import ledger
+from .api import StyleJob, prepare, stylize_prepared
+from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from .engine import Checkpointing, Interrupted
+from .errors import InputError
+from .images import save_image
+from .jobs import Batch, Job
+from .runtime import Runtime
+
+
+def _row(job: Job, status: str, started: float, device: str = "", **kw: Any) -> dict[str, Any]:
+    spec = job.spec
+    return ledger.make_row(job.key, spec.row, status, str(spec.content),
+                           [str(s) for s in spec.styles], str(spec.output),
+                           spec.params.to_dict(), started, device, **kw)
+
+
+class Worker:
+    def __init__(self, wid: int, runtime: Runtime, out_dir: Path, every: int, events: Any,
+                 stop: Any, parent_pid: int):
+        self.wid, self.runtime, self.out_dir, self.every = wid, runtime, out_dir, every
+        self.events, self.stop, self.parent_pid = events, stop, parent_pid
+
+    def stopping(self) -> bool:
+        """Asked to stop, or orphaned (the parent was killed): checkpoint and leave."""
+        return self.stop.is_set() or os.getppid() != self.parent_pid
+
+    def run(self, batch: Batch) -> None:
+        started = time.time()
+        params = batch.jobs[0].spec.params
+        rows: list[dict[str, Any]] = []
+        ready: list[tuple[Job, Any]] = []
+        for job in batch.jobs:  # decode each job alone: a bad image fails only its own job
+            try:
+                ready.append((job, prepare(StyleJob(job.spec.content, list(job.spec.styles)),
+                                           params)))
+            except InputError as e:
+                rows.append(_row(job, ledger.FAILED, started, error=str(e)))
+        if ready:
+            rows += self._optimize(ready, started, split_on_oom=True)
+        ledger.append(self.out_dir, rows)
+        failures = [(r["row"], r["error"]) for r in rows if r["status"] != ledger.DONE]
+        self.events.put(("done", self.wid, len(rows) - len(failures), failures))
+
+    def _optimize(self, ready: list[tuple[Job, Any]], started: float, split_on_oom: bool
+                  ) -> list[dict[str, Any]]:
+        jobs = [job for job, _ in ready]
+        params = jobs[0].spec.params
+        keys = [job.key for job in jobs]
+        ckpt = checkpoint_path(self.out_dir, Batch(tuple(jobs)).id)
+        resume = load_checkpoint(ckpt, keys)
+        self.events.put(("batch", self.wid, len(jobs), params.iterations,
+                         resume[0] if resume else 0))
+        checkpointing = Checkpointing(
+            save=lambda it, x, state: save_checkpoint(ckpt, keys, it, x, state),
+            every=self.every, resume=resume, stop=self.stopping)
+        device = str(self.runtime.device)
+        try:
+            results = stylize_prepared(
+                [p for _, p in ready], params, self.runtime,
+                lambda it, _terms: self.events.put(("iter", self.wid, it)), checkpointing)
+        except torch.OutOfMemoryError:
+            if self.runtime.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if split_on_oom and len(ready) > 1:  # once, at half the batch
+                half = len(ready) // 2
+                return (self._optimize(ready[:half], started, False)
+                        + self._optimize(ready[half:], started, False))
+            return [_row(j, ledger.FAILED, started, device,
+                         error=f"out of memory at batch {len(jobs)}, size {j.size[0]}x"
+                               f"{j.size[1]}") for j in jobs]
+        except Interrupted:
+            raise
+        except Exception as e:  # one batch's failure must not end the run
+            message = f"{type(e).__name__}: {e}".splitlines()[0]
+            return [_row(j, ledger.FAILED, started, device, error=message) for j in jobs]
+        rows = []
+        for job, result in zip(jobs, results, strict=True):
+            save_image(result.image, job.spec.output, {**result.metadata, "job_key": job.key})
+            rows.append(_row(job, ledger.DONE, started, device, losses=result.losses,
+                             iterations=result.iterations, seconds=result.seconds))
+        ckpt.unlink(missing_ok=True)
+        return rows
+
+
+def worker_main(wid: int, device: str, runtime_options: dict[str, Any], threads: int,
+                out_dir: str, every: int, tasks: Any, events: Any, stop: Any,
+                parent_pid: int) -> None:
+    """Process entry point (spawned). Ctrl-C is the parent's to handle: it sets `stop`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        runtime = Runtime.create(device=device, **runtime_options)
+    except Exception as e:  # reported to the parent, which decides
+        events.put(("fatal", wid, f"{type(e).__name__}: {e}"))
+        return
+    events.put(("ready", wid, str(runtime.device), runtime.precision))
+    worker = Worker(wid, runtime, Path(out_dir), every, events, stop, parent_pid)
+    try:
+        while (batch := tasks.get()) is not None and not worker.stopping():
+            worker.run(batch)
+    except Interrupted:
+        pass
+    events.put(("exit", wid))

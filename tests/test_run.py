@@ -1,0 +1,224 @@
+"""Bulk runs, end to end through the CLI, on the CPU with 2 workers and tiny images."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from filelock import FileLock
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipeline import ledger
+from pipeline.cli import app
+from pipeline.images import read_metadata, to_tensor
+from pipeline.jobs import Batch, Inspector
+from pipeline.manifest import build_rows, read_jobs, write_manifest
+from tests.conftest import make_painting, make_photo
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+FAST = ["--devices", "cpu", "--set", "size=32", "--set", "iterations=6", "--precision", "fp32"]
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """3 contents x 2 styles = a 6-job manifest, paths relative to the manifest's folder."""
+    images = tmp_path / "data"
+    (images / "content").mkdir(parents=True)
+    (images / "style").mkdir()
+    for i, size in enumerate([(64, 48), (48, 64), (64, 48)]):
+        make_photo(size, seed=i).save(images / "content" / f"c{i}.png")
+    for i in range(2):
+        make_painting(seed=10 + i).save(images / "style" / f"s{i}.png")
+    manifest = images / "manifest.parquet"
+    result = runner.invoke(app, ["manifest", "build", "--content", str(images / "content"),
+                                 "--style", str(images / "style"), "-o", str(manifest)])
+    assert result.exit_code == 0, result.output
+    return manifest
+
+
+def _cell(output: str, label: str) -> str:
+    """The value beside `label` in a rich summary table."""
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.strip("│ ").split("│")]
+        if len(cells) == 2 and cells[0] == label:
+            return cells[1]
+    raise AssertionError(f"{label!r} not in:\n{output}")
+
+
+def _run(manifest, out, *extra):
+    return runner.invoke(app, ["run", str(manifest), "--out", str(out), *FAST, *extra],
+                         terminal_width=200)
+
+
+def test_manifest_build_is_a_cross_product(dataset):
+    table = pq.read_table(dataset)
+    assert table.num_rows == 6 and set(table.column_names) == {"content", "style"}
+    assert table.column("content")[0].as_py() == "content/c0.png"  # relative to the manifest
+    rows = build_rows([Path("a.png")], [Path("s.png")], {"size": [32, 64], "seed": [1, 2]})
+    assert len(rows) == 4 and {r["size"] for r in rows} == {32, 64}
+
+
+def test_six_jobs_run_to_completion_and_rerun_skips_them(dataset, tmp_path):
+    out = tmp_path / "out"
+    result = _run(dataset, out, "--workers", "2")
+    assert result.exit_code == 0, result.output
+    outputs = sorted(out.glob("*.png"))
+    assert len(outputs) == 6
+    rows = ledger.read(out)
+    assert len(rows) == 6 and all(r["status"] == "done" for r in rows.values())
+    assert all(r["loss_total"] > 0 and r["iterations"] == 6 for r in rows.values())
+    assert {read_metadata(p)["job_key"] for p in outputs} == set(rows)
+    mtimes = {p: p.stat().st_mtime_ns for p in outputs}
+    parts = sorted((out / "ledger").glob("*.parquet"))
+    assert _cell(result.output, "done now") == "6"
+
+    again = _run(dataset, out, "--workers", "2")
+    assert again.exit_code == 0, again.output
+    assert _cell(again.output, "done now") == "0"
+    assert _cell(again.output, "done before (skipped)") == "6"
+    assert {p: p.stat().st_mtime_ns for p in outputs} == mtimes
+    assert sorted((out / "ledger").glob("*.parquet")) == parts
+    status = runner.invoke(app, ["status", str(out)], terminal_width=200)
+    assert status.exit_code == 0 and "images/hour" in status.output
+    assert "pending" in status.output
+
+
+def test_invalid_rows_are_listed_and_skip_bad_rows_runs_the_rest(dataset, tmp_path):
+    bad = dataset.parent / "content" / "c1.png"
+    bad.write_bytes(b"not a png")
+    out = tmp_path / "out"
+    refused = _run(dataset, out)
+    assert refused.exit_code == 2
+    assert "row 2:" in refused.output and "c1.png: cannot decode" in refused.output
+    assert not list(out.glob("*.png"))
+    result = _run(dataset, out, "--skip-bad-rows", "--workers", "2")
+    assert result.exit_code == 1, result.output
+    assert len(list(out.glob("*.png"))) == 4
+    status = runner.invoke(app, ["status", str(out)], terminal_width=200)
+    assert "cannot decode" in status.output
+
+
+def test_a_job_whose_image_breaks_after_validation_fails_alone(dataset, tmp_path):
+    import multiprocessing as mp
+
+    from pipeline.runtime import Runtime
+    from pipeline.worker import Worker
+
+    out = tmp_path / "out"
+    inspect = Inspector()
+    jobs = [inspect(j) for j in read_jobs(dataset, out, {"size": 32, "iterations": 3})]
+    by_content = {j.spec.content: j for j in jobs if j.size == jobs[0].size}
+    same_size = list(by_content.values())[:2]  # same output size, different content files
+    same_size[1].spec.content.write_bytes(b"broken")  # breaks after inspection
+    events = mp.get_context("spawn").Queue()
+    worker = Worker(0, Runtime.create("cpu", "fp32", channels_last=False), out, 0, events,
+                    mp.get_context("spawn").Event(), os.getppid())
+    worker.run(Batch(tuple(same_size)))
+    rows = ledger.read(out)
+    assert rows[same_size[0].key]["status"] == "done"
+    assert rows[same_size[1].key]["status"] == "failed"
+    assert "cannot decode" in rows[same_size[1].key]["error"]
+
+
+@pytest.mark.parametrize(("cell", "message"), [
+    ({"content": "nope.png"}, "no such image file"),
+    ({"size": "abc"}, "could not convert"),
+    ({"size": "5"}, "size must be between"),
+    ({"tv_weight": "nan"}, "tv_weight must be a finite"),
+    ({"optimizer": "sgd"}, "optimizer must be one of"),
+    ({"output": "x.gif"}, "must end in .png"),
+    ({"output": "same.png"}, "duplicates row"),
+    ({"style_weights": "1,2"}, "style_blend has 2 values but needs 1"),
+    ({"style": ""}, "style must be a path"),
+])
+def test_validation_catches_each_kind_of_bad_row(dataset, tmp_path, cell, message):
+    rows = pq.read_table(dataset).to_pylist()
+    rows = [{**r, "size": "32", "tv_weight": "0.001", "optimizer": "lbfgs", "output": None,
+             "style_weights": None} for r in rows]
+    for r in rows[2:4]:
+        r.update(cell)
+    manifest = write_manifest(rows, dataset.parent / "bad.parquet")
+    result = runner.invoke(app, ["manifest", "validate", str(manifest), "--out",
+                                 str(tmp_path / "o")], terminal_width=300)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "row 3" in result.output
+
+
+def test_unknown_and_missing_columns(dataset, tmp_path):
+    rows = pq.read_table(dataset).to_pylist()
+    bad = write_manifest([{**r, "colour": 1} for r in rows], tmp_path / "u.parquet")
+    result = runner.invoke(app, ["manifest", "validate", str(bad)], terminal_width=300)
+    assert result.exit_code == 2 and "unknown column(s) ['colour']" in result.output
+    bad = write_manifest([{"content": r["content"]} for r in rows], tmp_path / "m.parquet")
+    result = runner.invoke(app, ["manifest", "validate", str(bad)], terminal_width=300)
+    assert result.exit_code == 2 and "missing required column(s) ['style']" in result.output
+
+
+def test_second_run_on_the_same_folder_is_refused(dataset, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with FileLock(str(out / ".run.lock")):
+        result = _run(dataset, out)
+    assert result.exit_code == 4 and "another `pipeline run` is using" in result.output
+
+
+def _spawn_run(manifest, out, iterations):
+    cmd = [sys.executable, "-m", "pipeline", "run", str(manifest), "--out", str(out),
+           "--devices", "cpu", "--workers", "2", "--set", "size=32", "--set",
+           f"iterations={iterations}", "--precision", "fp32", "--checkpoint-every", "2"]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, text=True)
+
+
+def _wait_for(predicate, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    pytest.fail("timed out")
+
+
+def _images(out):
+    return {p.name: to_tensor(Image.open(p).convert("RGB")) for p in out.glob("*.png")}
+
+
+@pytest.mark.parametrize("how", ["sigkill", "ctrl-c"])
+def test_killed_run_resumes_and_matches_an_uninterrupted_one(dataset, tmp_path, how):
+    reference, out = tmp_path / "ref", tmp_path / "out"
+    proc = _spawn_run(dataset, reference, 60)
+    assert proc.wait(timeout=600) == 0, proc.stdout.read()
+
+    proc = _spawn_run(dataset, out, 60)
+    _wait_for(lambda: list((out / "ledger").glob("part-*.parquet"))
+              and list((out / ".checkpoints").glob("*.pt")))
+    if how == "sigkill":  # the whole run, workers included, as a crash or reboot would
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    else:
+        proc.send_signal(signal.SIGINT)
+        text = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 130, text
+        assert "resume with: pipeline run" in text
+    done_before = {k: r["finished_at"] for k, r in ledger.read(out).items()
+                   if r["status"] == "done"}
+    assert 0 < len(done_before) < 6
+    assert list((out / ".checkpoints").glob("*.pt"))
+
+    proc = _spawn_run(dataset, out, 60)
+    text = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, text
+    assert "resuming a batch of 1 from its checkpoint at iteration" in text
+    after = ledger.read(out)
+    assert all(after[k]["finished_at"] == t for k, t in done_before.items())  # not redone
+    assert not list((out / ".checkpoints").glob("*.pt"))
+    ref_images, images = _images(reference), _images(out)
+    assert ref_images.keys() == images.keys() and len(images) == 6
+    for name, img in images.items():
+        assert (img - ref_images[name]).abs().max() <= 1.0, name
