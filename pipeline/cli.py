@@ -19,7 +19,7 @@ from rich.table import Table
 
 from .errors import InputError, SourceMissingError
 from .params import HELP, StyleParams
-from .progress import console, format_losses, iteration_bar
+from .progress import console, format_losses, iteration_bar, say
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
                   help="Batch neural style transfer (Gatys et al., CVPR 2016).")
@@ -34,6 +34,10 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
+def say_error(message: object) -> None:
+    say("error:", "red", message)
+
+
 def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn our exceptions into one line on stderr and a documented exit code."""
 
@@ -42,13 +46,13 @@ def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except InputError as e:
-            console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            say_error(e)
             raise typer.Exit(2) from None
         except SourceMissingError as e:
-            console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            say_error(e)
             raise typer.Exit(3) from None
         except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/yellow]")
+            say("interrupted", "yellow")
             raise typer.Exit(130) from None
 
     return wrapper
@@ -265,7 +269,7 @@ SET_OPTION = typer.Option(None, "--set", help="Column default name=value for row
 def _print_errors(errors: list, limit: int = 100) -> None:
     """One line per invalid row (grep-able, never wrapped)."""
     for e in errors[:limit]:
-        console.print(f"[red]invalid[/red] {e}", highlight=False, soft_wrap=True)
+        say("invalid", "red", e)
     if len(errors) > limit:
         console.print(f"... and {len(errors) - limit} more")
 
@@ -284,8 +288,10 @@ def scanning() -> Iterator[Callable[[int], None]]:
 @manifest_app.command("build")
 @reports_errors
 def manifest_build(
-    content: str = typer.Option(..., help="Folder of content images, or a glob pattern."),
-    style: str = typer.Option(..., help="Folder of style images, or a glob pattern."),
+    content: list[str] = typer.Option(..., help="Content images: a folder, a glob pattern or a "
+                                      "file (repeatable)."),
+    style: list[str] = typer.Option(..., help="Style images: a folder, a glob pattern or a file "
+                                    "(repeatable)."),
     param: list[str] = typer.Option(None, "--param", help="Parameter grid axis name=v1,v2 "
                                     "(repeatable), e.g. --param style_weight=50,200; list "
                                     "parameters separate values with ';'."),
@@ -295,7 +301,9 @@ def manifest_build(
     Paths are stored relative to the manifest's folder."""
     from .manifest import build_rows, expand_inputs, parse_grid, write_manifest
 
-    rows = build_rows(expand_inputs(content), expand_inputs(style), parse_grid(param or []),
+    contents = [p for spec in content for p in expand_inputs(spec)]
+    styles = [p for spec in style for p in expand_inputs(spec)]
+    rows = build_rows(contents, styles, parse_grid(param or []),
                       relative_to=output.resolve().parent)
     write_manifest(rows, output)
     console.print(f"wrote {output}: {len(rows)} rows")
@@ -368,11 +376,11 @@ def run(
         result = run_manifest(manifest, opts, RunDisplay, scanning)
     except ManifestInvalid as e:
         _print_errors(e.errors)
-        console.print(f"[red]error:[/red] {manifest}: {len(e.errors)} invalid row(s); fix them, "
-                      "or pass --skip-bad-rows to run the rest", soft_wrap=True)
+        say_error(f"{manifest}: {len(e.errors)} invalid row(s); fix them, or pass "
+                  "--skip-bad-rows to run the rest")
         raise typer.Exit(2) from None
     except RunLocked as e:
-        console.print(f"[red]error:[/red] {e}", soft_wrap=True)
+        say_error(e)
         raise typer.Exit(4) from None
     table = Table(title=f"run {out}", show_header=False)
     table.add_row("jobs", str(result.total))

@@ -19,7 +19,15 @@ from rich.progress import (
 from rich.text import Text
 from torch import Tensor
 
-console = Console(stderr=True)
+# Markup off: file names and error messages are printed as they are (a[1].png stays a[1].png);
+# color goes through `say`.
+console = Console(stderr=True, markup=False)
+
+
+def say(label: str, style: str, message: object = "", target: Console | None = None) -> None:
+    """`label` in `style`, then the message as plain text, on one unwrapped line."""
+    (target or console).print(Text.assemble((label, style), " " if message else "",
+                                            str(message)), highlight=False, soft_wrap=True)
 
 # Reading loss values forces a device sync; do it only every this many iterations.
 LOSS_EVERY = 10
@@ -45,9 +53,10 @@ def iteration_bar(description: str, total: int, quiet: bool = False) -> Iterator
     if quiet:
         yield None
         return
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               RateColumn(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-               TextColumn("{task.fields[losses]}")]
+    columns = [TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
+               MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(), TextColumn("eta"),
+               TimeRemainingColumn(),
+               TextColumn("{task.fields[losses]}", markup=False)]
     bar = Progress(*columns, console=console, transient=False)
     task = bar.add_task(description, total=total, losses="")
 
@@ -66,7 +75,11 @@ def iteration_bar(description: str, total: int, quiet: bool = False) -> Iterator
 
 
 class RateHourColumn(ProgressColumn):
+    """Images per hour, for tasks that count images (not iterations)."""
+
     def render(self, task: Task) -> Text:
+        if not task.fields.get("images"):
+            return Text("")
         elapsed = task.elapsed or 0
         rate = task.completed / elapsed * 3600 if elapsed > 1 and task.completed else None
         return Text(f"{rate:,.0f} img/h" if rate else "-- img/h", style="progress.data.speed")
@@ -76,14 +89,15 @@ class RunDisplay:
     """Overall jobs bar plus one line per worker; fed the workers' events."""
 
     def __init__(self, total: int, devices: list[str]):
-        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+        self.bar = Progress(TextColumn("{task.description}", style="bold", markup=False),
+                            BarColumn(),
                             MofNCompleteColumn(), RateHourColumn(), RateColumn(),
                             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                             console=console)
-        self.overall = self.bar.add_task("jobs", total=total)
+        self.overall = self.bar.add_task("jobs", total=total, images=True)
         self.workers = [self.bar.add_task(f"  w{i} {d}: starting", total=1, start=False)
                         for i, d in enumerate(devices)]
-        self.devices = devices
+        self.devices = list(devices)  # relabelled with precision once workers report
 
     def __enter__(self) -> RunDisplay:
         self.bar.start()
@@ -102,8 +116,8 @@ class RunDisplay:
             n, total, start = event[2], event[3], event[4]
             resumed = f", resumed at {start}" if start else ""
             if start:
-                self.bar.console.print(f"w{wid}: resuming a batch of {n} from its checkpoint at "
-                                       f"iteration {start}/{total}", highlight=False)
+                say(f"w{wid}:", "cyan", f"resuming a batch of {n} from its checkpoint at "
+                    f"iteration {start}/{total}", self.bar.console)
             self.bar.reset(task, total=total, completed=start,
                            description=f"  w{wid} {self.devices[wid]}: batch of {n}{resumed}")
         elif kind == "iter":
@@ -111,18 +125,16 @@ class RunDisplay:
         elif kind == "done":
             self.bar.advance(self.overall, event[2] + len(event[3]))
             for row, error in event[3]:
-                self.bar.console.print(f"[red]failed[/red] row {row}: {error}", highlight=False,
-                                       soft_wrap=True)
+                say("failed", "red", f"row {row}: {error}", self.bar.console)
         elif kind == "fatal":
-            self.bar.console.print(f"[red]worker {wid} could not start:[/red] {event[2]}",
-                                   soft_wrap=True)
+            say(f"worker {wid} could not start:", "red", event[2], self.bar.console)
         elif kind == "exit":
             self.bar.update(task, description=f"  w{wid} {self.devices[wid]}: finished")
 
     def worker_died(self, wid: int, code: int | None) -> None:
-        self.bar.console.print(f"[red]worker {wid} died (exit code {code})[/red]; its batch "
-                               "stays pending and resumes on the next run")
+        say(f"worker {wid} died (exit code {code});", "red",
+            "its batch stays pending and resumes on the next run", self.bar.console)
 
     def interrupted(self) -> None:
-        self.bar.console.print("[yellow]stopping: each worker saves a checkpoint of its batch"
-                               "...[/yellow]")
+        say("stopping:", "yellow", "each worker saves a checkpoint of its batch...",
+            self.bar.console)
