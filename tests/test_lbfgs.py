@@ -9,16 +9,20 @@ def _rosenbrock_like(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (scale[:, None] * (b - a**2) ** 2 + (1 - a) ** 2).sum(1)
 
 
-def _run_batched(x0: torch.Tensor, scale: torch.Tensor, steps: int, **kw) -> torch.Tensor:
-    x = x0.clone().requires_grad_(True)
-    opt = BatchedLBFGS(x, **kw)
-
+def _closure(x: torch.Tensor, scale: torch.Tensor):
     def closure():
         x.grad = None
         loss = _rosenbrock_like(x, scale)
         loss.sum().backward()
         return loss.detach()
 
+    return closure
+
+
+def _run_batched(x0: torch.Tensor, scale: torch.Tensor, steps: int, **kw) -> torch.Tensor:
+    x = x0.clone().requires_grad_(True)
+    opt = BatchedLBFGS(x, **kw)
+    closure = _closure(x, scale)
     for _ in range(steps):
         opt.step(closure)
     return x.detach()
@@ -59,13 +63,7 @@ def test_converges_and_max_step_bounds_each_move():
     scale = torch.tensor([2.0, 2.0], dtype=torch.float64)
     x = x0.clone().requires_grad_(True)
     opt = BatchedLBFGS(x, history=10, max_step=0.25)
-
-    def closure():
-        x.grad = None
-        loss = _rosenbrock_like(x, scale)
-        loss.sum().backward()
-        return loss.detach()
-
+    closure = _closure(x, scale)
     start = closure()
     prev = x.detach().clone()
     for _ in range(200):
@@ -83,26 +81,12 @@ def test_state_dict_round_trip_resumes_identically():
 
     x = x0.clone().requires_grad_(True)
     opt = BatchedLBFGS(x, history=3)
-
-    def closure():
-        x.grad = None
-        loss = _rosenbrock_like(x, scale)
-        loss.sum().backward()
-        return loss.detach()
-
     for _ in range(6):
-        opt.step(closure)
+        opt.step(_closure(x, scale))
     state = opt.state_dict()
     x2 = x.detach().clone().requires_grad_(True)
     opt2 = BatchedLBFGS(x2, history=3)
     opt2.load_state_dict(state)
-
-    def closure2():
-        x2.grad = None
-        loss = _rosenbrock_like(x2, scale)
-        loss.sum().backward()
-        return loss.detach()
-
     for _ in range(6):
-        opt2.step(closure2)
+        opt2.step(_closure(x2, scale))
     torch.testing.assert_close(x2.detach(), straight, rtol=1e-12, atol=1e-12)
