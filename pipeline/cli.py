@@ -159,7 +159,7 @@ def stylize(
     ).validate(n_styles=len(styles))
     runtime = Runtime.create(device, **options)
     start = time.perf_counter()
-    with iteration_bar(f"{content.name} x {len(styles)} style(s)", iterations, quiet) as progress:
+    with iteration_bar(content.name, iterations, quiet) as progress:
         result = stylize_batch([StyleJob(content, styles)], params, runtime, progress)[0]
     save_image(result.image, output, result.metadata)
     if not quiet:

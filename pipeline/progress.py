@@ -64,8 +64,8 @@ def iteration_bar(description: str, total: int, quiet: bool = False) -> Iterator
         if not bar.live.is_started:  # shown from the first iteration, after inputs are checked
             bar.start()
         fields = {}
-        if iteration % LOSS_EVERY == 0 or iteration == total:
-            fields["losses"] = format_losses(terms)
+        if iteration % LOSS_EVERY == 0 or iteration == total:  # all terms: in the summary
+            fields["losses"] = f"loss {float(terms['total'][0]):.4g}"
         bar.update(task, completed=iteration, **fields)
 
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -82,11 +83,13 @@ class TargetCache:
             log.info("targets: %s: cache hit %s", label, key[:12])
         else:
             self.misses += 1
+            start = time.perf_counter()
             tensors = {k: v.detach().float().cpu().contiguous() for k, v in compute().items()}
+            seconds = time.perf_counter() - start
             if self.root is not None:
                 meta = {"key": key, "checksum": _checksum(tensors)}
                 atomic_write_bytes(self.path(key), save(tensors, metadata=meta))
-            log.info("targets: %s: computed, cached as %s", label, key[:12])
+            log.info("targets: %s: computed in %.2f s, cached as %s", label, seconds, key[:12])
         self.memo[key] = tensors
         if len(self.memo) > self.memo_entries:
             self.memo.popitem(last=False)
