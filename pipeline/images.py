@@ -71,6 +71,27 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
         raise InputError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
 
 
+def header_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(w, h) as displayed (EXIF rotation applied), from the header alone: no pixel decode."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if img.format == "PNG":  # PNG's getexif() decodes the pixels; its eXIf chunk won't
+                exif = Image.Exif()
+                if raw := img.info.get("exif"):
+                    exif.load(raw)
+            else:
+                exif = img.getexif()
+            orientation = exif.get(0x0112, 1)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as e:
+        raise InputError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
 def fit_longest_side(size: tuple[int, int], longest: int) -> tuple[int, int]:
     """(w, h) scaled so max(w, h) == longest, aspect ratio kept, each side at least 1."""
     w, h = size

@@ -79,9 +79,10 @@ def resolve_devices(spec: str, workers: int) -> list[str]:
 
 
 def scan(manifest: Path, out_dir: Path, overrides: dict[str, Any],
-         progress: Callable[[int], None] | None = None) -> Scan:
-    """Every row checked: columns, types, ranges, files exist and decode, duplicate outputs."""
-    inspect = Inspector()
+         progress: Callable[[int], None] | None = None, decode: bool = True) -> Scan:
+    """Every row checked: columns, types, ranges, files exist and decode (or, with
+    decode=False, have a readable header), duplicate outputs."""
+    inspect = Inspector(decode)
     jobs: list[Job] = []
     errors: list[InputError] = []
     outputs: dict[Path, int] = {}
@@ -226,7 +227,7 @@ def run(manifest: Path, opts: RunOptions, display_factory: Callable[..., Any],
     try:
         start = time.perf_counter()
         with scan_view() as advance:
-            found = scan(manifest, out_dir, opts.overrides, advance)
+            found = scan(manifest, out_dir, opts.overrides, advance, decode=False)
         if found.errors and not opts.skip_bad_rows:
             raise ManifestInvalid(found.errors)
         write_run_info(out_dir, manifest, found.jobs, len(found.errors))

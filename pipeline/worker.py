@@ -95,7 +95,12 @@ class Worker:
             return [_row(j, ledger.FAILED, started, device, error=message) for j in jobs]
         rows = []
         for job, result in zip(jobs, results, strict=True):
-            save_image(result.image, job.spec.output, {**result.metadata, "job_key": job.key})
+            try:
+                save_image(result.image, job.spec.output, {**result.metadata, "job_key": job.key})
+            except OSError as e:  # disk full, a path blocked: this job fails, the others go on
+                rows.append(_row(job, ledger.FAILED, started, device,
+                                 error=f"cannot write {job.spec.output}: {e.strerror or e}"))
+                continue
             rows.append(_row(job, ledger.DONE, started, device, losses=result.losses,
                              iterations=result.iterations, seconds=result.seconds))
         ckpt.unlink(missing_ok=True)

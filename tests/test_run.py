@@ -222,3 +222,80 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(dataset, tmp_path, 
     assert ref_images.keys() == images.keys() and len(images) == 6
     for name, img in images.items():
         assert (img - ref_images[name]).abs().max() <= 1.0, name
+
+
+def test_failed_jobs_are_skipped_until_retry_failed(dataset, tmp_path):
+    """A failure that does not change the job (its output path is blocked by a file) stays
+    failed across runs until --retry-failed."""
+    rows = pq.read_table(dataset).to_pylist()
+    rows = [{**r, "output": f"blocked/{i}.png" if i < 2 else f"ok/{i}.png"}
+            for i, r in enumerate(rows)]
+    manifest = write_manifest(rows, dataset.parent / "outputs.parquet")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "blocked").write_text("a file where a folder should be")
+    first = _run(manifest, out, "--workers", "2")
+    assert first.exit_code == 1, first.output
+    assert _cell(first.output, "done now") == "4"
+    failed = [r for r in ledger.read(out).values() if r["status"] == "failed"]
+    assert len(failed) == 2 and all("cannot write" in r["error"] for r in failed)
+    (out / "blocked").unlink()
+    skipped = _run(manifest, out)
+    assert skipped.exit_code == 1 and _cell(skipped.output, "done now") == "0"
+    assert "from earlier runs" in skipped.output
+    retried = _run(manifest, out, "--retry-failed")
+    assert retried.exit_code == 0, retried.output
+    assert _cell(retried.output, "done now") == "2"
+    assert all(r["status"] == "done" for r in ledger.read(out).values())
+
+
+def test_out_of_memory_retries_once_at_half_the_batch(dataset, tmp_path, monkeypatch):
+    import multiprocessing as mp
+
+    import torch
+
+    import pipeline.worker as worker_module
+    from pipeline.runtime import Runtime
+
+    real = worker_module.stylize_prepared
+    sizes = []
+
+    def fake(prepared, *args, **kwargs):
+        sizes.append(len(prepared))
+        if len(prepared) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(prepared, *args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "stylize_prepared", fake)
+    out = tmp_path / "out"
+    inspect = Inspector()
+    jobs = [inspect(j) for j in read_jobs(dataset, out, {"size": 32, "iterations": 2})]
+    pair = [j for j in jobs if j.size == jobs[0].size][:2]
+    ctx = mp.get_context("spawn")
+    worker = worker_module.Worker(0, Runtime.create("cpu", "fp32", channels_last=False), out, 0,
+                                  ctx.Queue(), ctx.Event(), os.getppid())
+    worker.run(Batch(tuple(pair)))
+    assert sizes == [2, 1, 1]
+    assert all(r["status"] == "done" for r in ledger.read(out).values())
+
+    def always_oom(prepared, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(worker_module, "stylize_prepared", always_oom)
+    out2 = tmp_path / "out2"
+    worker.out_dir = out2
+    worker.run(Batch(tuple(pair)))
+    rows = ledger.read(out2)
+    assert all(r["status"] == "failed" and "out of memory" in r["error"] for r in rows.values())
+
+
+def test_large_manifest_is_read_in_batches(dataset, tmp_path):
+    from pipeline.runner import scan
+
+    base = pq.read_table(dataset).to_pylist()[0]
+    rows = [{**base, "output": f"o{i}.png", "seed": i} for i in range(10_000)]
+    manifest = write_manifest(rows, dataset.parent / "big.parquet")
+    seen = []
+    found = scan(manifest, tmp_path / "out", {}, seen.append, decode=False)
+    assert not found.errors and len(found.jobs) == 10_000 and sum(seen) == 10_000
+    assert len({j.key for j in found.jobs}) == 10_000  # the seed is part of each key
