@@ -70,8 +70,8 @@ def init_batch(params: StyleParams, contents: Tensor, init_image: Tensor | None)
     if params.init == "content":
         return contents.clone()
     if params.init == "noise":
-        # One generator per sample, same seed: a job's start does not depend on its batch.
-        gen = torch.Generator().manual_seed(params.seed)
+        # Reseeded per sample: a job's start does not depend on its place in the batch.
+        gen = torch.Generator()
         noise = [torch.rand(contents.shape[1:], generator=gen.manual_seed(params.seed)) * 255
                  for _ in range(contents.shape[0])]
         return torch.stack(noise).to(contents.device)
