@@ -54,6 +54,13 @@ def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             say("interrupted", "yellow")
             raise typer.Exit(130) from None
+        except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+            text = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if not isinstance(e, MemoryError) and "memory" not in text.lower():
+                raise
+            say_error(f"out of memory ({text}); try a smaller --size, fewer styles, "
+                      "--lbfgs-history 20 or --optimizer adam")
+            raise typer.Exit(1) from None
 
     return wrapper
 

@@ -74,3 +74,20 @@ def test_export_and_cache_commands(tmp_path):
     result = runner.invoke(app, ["cache", "clear", "bogus", "--cache-dir", str(cache)])
     assert result.exit_code == 2 and "unknown cache part" in result.output
     assert (cache_dir() / "models").is_dir()  # the shared test cache is untouched
+
+
+def test_out_of_memory_is_one_line_not_a_traceback(photo_path, painting_path, tmp_path,
+                                                   monkeypatch):
+    import torch
+
+    import pipeline.api
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(pipeline.api, "stylize_batch", oom)
+    result = runner.invoke(app, ["stylize", str(photo_path), str(painting_path), "-o",
+                                 str(tmp_path / "o.png")])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "out of memory" in lines[0] and "--size" in lines[0]
