@@ -128,6 +128,8 @@ class RunDisplay:
                 say("failed", "red", f"row {row}: {error}", self.bar.console)
         elif kind == "fatal":
             say(f"worker {wid} could not start:", "red", event[2], self.bar.console)
+        elif kind == "log":
+            say(f"w{wid}:", "cyan", event[2], self.bar.console)
         elif kind == "exit":
             self.bar.update(task, description=f"  w{wid} {self.devices[wid]}: finished")
 

@@ -107,13 +107,30 @@ class Worker:
         return rows
 
 
+class ForwardLog(logging.Handler):
+    """Send the lines a user needs from a worker (the target provider, warnings) to the parent;
+    per-image cache lines stay here, they would flood a 100k-job run."""
+
+    def __init__(self, wid: int, events: Any):
+        super().__init__(logging.INFO)
+        self.wid, self.events = wid, events
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING or "provider" in message:
+            self.events.put(("log", self.wid, message))
+
+
 def worker_main(wid: int, device: str, runtime_options: dict[str, Any], threads: int,
                 out_dir: str, every: int, tasks: Any, events: Any, stop: Any,
                 parent_pid: int) -> None:
     """Process entry point (spawned). Ctrl-C is the parent's to handle: it sets `stop`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.WARNING)
+    logger = logging.getLogger("pipeline")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(ForwardLog(wid, events))
+    logger.propagate = False
     try:
         runtime = Runtime.create(device=device, **runtime_options)
     except Exception as e:  # reported to the parent, which decides

@@ -77,6 +77,7 @@ def test_six_jobs_run_to_completion_and_rerun_skips_them(dataset, tmp_path):
     mtimes = {p: p.stat().st_mtime_ns for p in outputs}
     parts = sorted((out / "ledger").glob("*.parquet"))
     assert _cell(result.output, "done now") == "6"
+    assert "targets: ONNX Runtime provider CPUExecutionProvider" in result.output
 
     again = _run(dataset, out, "--workers", "2")
     assert again.exit_code == 0, again.output
