@@ -10,7 +10,6 @@ weights (52 MB through conv5_1) are stored inside the .onnx file, not as externa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import warnings
@@ -22,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.errors import SourceMissingError
-from pipeline.files import atomic_path, atomic_write_bytes
+from pipeline.files import atomic_path, atomic_write_bytes, file_digest
 from pipeline.vgg import VGG19Trunk
 from pipeline.weights import WeightSet
 
@@ -110,7 +109,7 @@ def export_onnx(weights: WeightSet, pooling: str, dest: Path, opset: int = OPSET
         if error > MAX_REL_ERROR:
             raise ExportError(f"ONNX Runtime differs from PyTorch by {error:.2e} (relative), "
                               f"above {MAX_REL_ERROR:.0e}")
-        sha = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        sha = file_digest(tmp)
     sidecar = {
         "model_sha256": sha, "weights_source": weights.source,
         "weights_digest": weights.digest, "normalization": weights.normalization,
@@ -135,8 +134,7 @@ def read_sidecar(path: Path) -> dict | None:
         sidecar = json.loads(meta.read_text())
     except (OSError, ValueError):
         return None
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return sidecar if sidecar.get("model_sha256") == digest else None
+    return sidecar if sidecar.get("model_sha256") == file_digest(path) else None
 
 
 def ensure_model(weights: WeightSet, pooling: str, models_dir: Path, opset: int = OPSET,

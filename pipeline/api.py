@@ -16,7 +16,7 @@ from . import __version__
 from .color import preserve_colors
 from .engine import Checkpointing, Progress, init_batch, optimize, trunk_for
 from .errors import InputError
-from .images import SizedImage, fit_longest_side, open_rgb, resize, to_image, to_rgb, to_tensor
+from .images import SizedImage, fit_longest_side, read_rgb, resize, to_image, to_rgb, to_tensor
 from .params import StyleParams
 from .runtime import Runtime
 from .target_cache import image_digest
@@ -45,7 +45,8 @@ def _open(src: ImageSource) -> tuple[Image.Image, str, str]:
     """(RGB image, digest of the source, display name)."""
     if isinstance(src, Image.Image):
         return to_rgb(src), image_digest(src), "<image>"
-    return open_rgb(src), image_digest(src), Path(src).name
+    img, digest = read_rgb(src)
+    return img, digest, Path(src).name
 
 
 def _sized(src: ImageSource, longest: int, min_side: int, role: str) -> SizedImage:

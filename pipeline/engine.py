@@ -101,9 +101,8 @@ def optimize(trunk: VGG19Trunk, x0: Tensor, targets: Targets, params: StyleParam
     """Run `params.iterations` evaluations from x0 [N, 3, H, W] (or from a checkpoint); return
     the final images and the per-sample loss terms of the last evaluation."""
     evaluate = objective(trunk, targets, params, runtime)
-    start = 0
-    if checkpointing is not None and checkpointing.resume is not None:
-        start, x0, _ = checkpointing.resume
+    resume = checkpointing.resume if checkpointing is not None else None
+    start, x0, opt_state = resume if resume is not None else (0, x0, None)
     x = x0.detach().clone().to(runtime.device).requires_grad_(True)
     if params.optimizer == "lbfgs":
         opt: Any = BatchedLBFGS(x, lr=params.step_size, history=params.lbfgs_history,
@@ -111,8 +110,8 @@ def optimize(trunk: VGG19Trunk, x0: Tensor, targets: Targets, params: StyleParam
     else:
         # Adam is elementwise, so it is already exact for a batch of independent jobs.
         opt = torch.optim.Adam([x], lr=params.step_size)
-    if checkpointing is not None and checkpointing.resume is not None:
-        opt.load_state_dict(tree_to(checkpointing.resume[2], runtime.device))
+    if opt_state is not None:
+        opt.load_state_dict(tree_to(opt_state, runtime.device))
 
     def closure() -> dict[str, Tensor]:
         x.grad = None

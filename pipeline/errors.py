@@ -5,5 +5,13 @@ class InputError(ValueError):
     """Bad user input (file, image, parameter): reported in one line, exit code 2."""
 
 
+class RowError(InputError):
+    """A manifest row that cannot run; `row` is its number (from 0)."""
+
+    def __init__(self, row: int, message: object):
+        self.row = row
+        super().__init__(f"row {row}: {message}")
+
+
 class SourceMissingError(RuntimeError):
     """A weight source or model that is not installed here: the message says how to get it."""

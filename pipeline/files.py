@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -11,6 +12,15 @@ from pathlib import Path
 import platformdirs
 
 CACHE_ENV = "STYLE_PIPELINE_CACHE"
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def cache_dir(override: str | os.PathLike | None = None) -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -56,19 +58,26 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_rgb(path: str | os.PathLike) -> Image.Image:
-    """Decode a file fully (so truncation shows up here), honour EXIF orientation, return RGB."""
+def read_rgb(path: str | os.PathLike) -> tuple[Image.Image, str]:
+    """Decode a file fully (so truncation shows up here), honour EXIF orientation; return the
+    RGB image and the sha256 of the file's bytes, from one read of the file."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such image file")
+    data = path.read_bytes()
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(data)) as img:
             img.load()
             img = ImageOps.exif_transpose(img)
-            return to_rgb(img)
+            rgb = to_rgb(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
             Image.DecompressionBombError) as e:
         raise InputError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+    return rgb, hashlib.sha256(data).hexdigest()
+
+
+def open_rgb(path: str | os.PathLike) -> Image.Image:
+    return read_rgb(path)[0]
 
 
 def header_size(path: str | os.PathLike) -> tuple[int, int]:

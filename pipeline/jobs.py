@@ -15,8 +15,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputError
-from .images import fit_longest_side, header_size, open_rgb
+from .errors import InputError, RowError
+from .images import fit_longest_side, header_size, read_rgb
 from .manifest import JobSpec
 from .target_cache import image_digest
 from .vgg import min_input_side
@@ -59,10 +59,13 @@ class Inspector:
     def _image(self, path: Path, row: int) -> tuple[str, tuple[int, int]]:
         if path not in self._seen:
             try:
-                size = open_rgb(path).size if self.decode else header_size(path)
+                if self.decode:  # one read: decode and hash the same bytes
+                    img, digest = read_rgb(path)
+                    self._seen[path] = (digest, img.size)
+                else:
+                    self._seen[path] = (image_digest(path), header_size(path))
             except InputError as e:
-                raise InputError(f"row {row}: {e}") from None
-            self._seen[path] = (image_digest(path), size)
+                raise RowError(row, e) from None
         return self._seen[path]
 
     def __call__(self, spec: JobSpec) -> Job:
@@ -70,8 +73,8 @@ class Inspector:
         digest, size = self._image(spec.content, spec.row)
         out_size = fit_longest_side(size, params.size)
         if min(out_size) < min_input_side(params.layers):
-            raise InputError(f"row {spec.row}: {spec.content}: output would be "
-                             f"{out_size[0]}x{out_size[1]}, too small for these layers")
+            raise RowError(spec.row, f"{spec.content}: output would be {out_size[0]}x"
+                                     f"{out_size[1]}, too small for these layers")
         style_digests = [self._image(s, spec.row)[0] for s in spec.styles]
         payload = {"content": digest, "styles": style_digests, "params": params.to_dict()}
         key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

@@ -11,12 +11,15 @@ import json
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .files import atomic_path
+
+if TYPE_CHECKING:
+    from .jobs import Job
 
 SCHEMA = pa.schema([
     ("key", pa.string()), ("row", pa.int64()), ("status", pa.string()),
@@ -44,6 +47,14 @@ def make_row(key: str, row: int, status: str, content: str, styles: list[str], o
             "loss_style": losses.get("style"), "loss_tv": losses.get("tv"),
             "iterations": iterations, "seconds": seconds, "device": device, "error": error,
             "started_at": started_at, "finished_at": time.time()}
+
+
+def job_row(job: Job, status: str, started_at: float, device: str = "", **kw: Any
+            ) -> dict[str, Any]:
+    """make_row for a job of a run: its key, row, paths and parameters."""
+    spec = job.spec
+    return make_row(job.key, spec.row, status, str(spec.content), [str(s) for s in spec.styles],
+                    str(spec.output), spec.params.to_dict(), started_at, device, **kw)
 
 
 def append(out_dir: Path, rows: list[dict[str, Any]]) -> None:

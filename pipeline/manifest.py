@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import InputError
+from .errors import InputError, RowError
 from .files import atomic_path
 from .params import StyleParams
 
@@ -97,7 +97,7 @@ def default_output(content: Path, styles: Sequence[Path], params: StyleParams) -
 
 def row_to_job(row: dict[str, Any], index: int, base: Path, out_dir: Path,
                overrides: dict[str, Any]) -> JobSpec:
-    """One manifest row to a job; InputError('row N: ...') on anything wrong with it."""
+    """One manifest row to a job; RowError on anything wrong with it."""
     try:
         if not row.get("content"):
             raise ValueError("content is empty")
@@ -120,7 +120,7 @@ def row_to_job(row: dict[str, Any], index: int, base: Path, out_dir: Path,
             raise ValueError(f"output {output!r} must end in .png, .jpg or .jpeg")
         return JobSpec(index, content, style_paths, params, output_path)
     except (InputError, ValueError, TypeError) as e:
-        raise InputError(f"row {index}: {e}") from None
+        raise RowError(index, e) from None
 
 
 def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -147,13 +147,13 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def read_jobs(path: Path, out_dir: Path, overrides: dict[str, Any] | None = None
-              ) -> Iterator[JobSpec | InputError]:
-    """Every row as a JobSpec, or the InputError that explains why it is not one."""
+              ) -> Iterator[JobSpec | RowError]:
+    """Every row as a JobSpec, or the RowError that explains why it is not one."""
     base = path.resolve().parent
     for index, row in read_rows(path):
         try:
             yield row_to_job(row, index, base, out_dir.resolve(), overrides or {})
-        except InputError as e:
+        except RowError as e:
             yield e
 
 

@@ -22,7 +22,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from . import ledger
-from .errors import InputError
+from .errors import InputError, RowError
 from .files import atomic_write_bytes
 from .images import read_metadata
 from .jobs import Inspector, Job, make_batches
@@ -34,7 +34,7 @@ class RunLocked(RuntimeError):
 
 
 class ManifestInvalid(InputError):
-    def __init__(self, errors: list[InputError]):
+    def __init__(self, errors: list[RowError]):
         self.errors = errors
         super().__init__(f"{len(errors)} invalid row(s)")
 
@@ -55,7 +55,7 @@ class RunOptions:
 @dataclass
 class Scan:
     jobs: list[Job]
-    errors: list[InputError]
+    errors: list[RowError]
 
 
 def resolve_devices(spec: str, workers: int) -> list[str]:
@@ -84,22 +84,21 @@ def scan(manifest: Path, out_dir: Path, overrides: dict[str, Any],
     decode=False, have a readable header), duplicate outputs."""
     inspect = Inspector(decode)
     jobs: list[Job] = []
-    errors: list[InputError] = []
+    errors: list[RowError] = []
     outputs: dict[Path, int] = {}
     for item in read_jobs(manifest, out_dir, overrides):
         if progress is not None:
             progress(1)
-        if isinstance(item, InputError):
+        if isinstance(item, RowError):
             errors.append(item)
             continue
         try:
             job = inspect(item)
-        except InputError as e:
+        except RowError as e:
             errors.append(e)
             continue
         if (first := outputs.setdefault(item.output, item.row)) != item.row:
-            errors.append(InputError(f"row {item.row}: output {item.output} duplicates row "
-                                     f"{first}"))
+            errors.append(RowError(item.row, f"output {item.output} duplicates row {first}"))
             continue
         jobs.append(job)
     return Scan(jobs, errors)
@@ -168,7 +167,7 @@ def execute(batches: list, devices: list[str], opts: RunOptions, display: Any,
     tasks, events, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
     for batch in batches:
         tasks.put(batch)
-    threads = max(1, (os.cpu_count() or 1) // max(1, devices.count("cpu") or 1))
+    threads = max(1, (os.cpu_count() or 1) // max(1, devices.count("cpu")))
     procs = []
     for wid, device in enumerate(devices):
         tasks.put(None)
@@ -234,15 +233,17 @@ def run(manifest: Path, opts: RunOptions, display_factory: Callable[..., Any],
         p = plan(found.jobs, out_dir, opts.retry_failed)
         now = time.time()
         ledger.append(out_dir, [
-            ledger.make_row(f"invalid-row-{_row_of(e)}", _row_of(e), ledger.INVALID, "", [], "",
-                            None, now, error=str(e)) for e in found.errors])
-        ledger.append(out_dir, [_recovered_row(j, now) for j in p.recovered])
+            ledger.make_row(f"invalid-row-{e.row}", e.row, ledger.INVALID, "", [], "", None, now,
+                            error=str(e)) for e in found.errors])
+        ledger.append(out_dir, [ledger.job_row(j, ledger.DONE, now,
+                                               error="recovered from output file")
+                                for j in p.recovered])
         devices = resolve_devices(opts.devices, opts.workers)
         size = opts.batch_size or (4 if devices[0].startswith("cuda") else 1)
         batches = list(make_batches(p.todo, size))
         result = RunResult(total=len(found.jobs) + len(found.errors), done_before=p.done,
                            failed_before=p.failed_before, devices=devices)
-        result.failed += [(_row_of(e), str(e)) for e in found.errors]
+        result.failed += [(e.row, str(e)) for e in found.errors]
         if batches:
             with display_factory(total=len(p.todo), devices=devices) as display:
                 execute(batches, devices, opts, display, result)
@@ -251,15 +252,3 @@ def run(manifest: Path, opts: RunOptions, display_factory: Callable[..., Any],
         return result
     finally:
         lock.release()
-
-
-def _row_of(error: InputError) -> int:
-    text = str(error)
-    return int(text.split(":")[0].split()[1]) if text.startswith("row ") else -1
-
-
-def _recovered_row(job: Job, now: float) -> dict[str, Any]:
-    spec = job.spec
-    return ledger.make_row(job.key, spec.row, ledger.DONE, str(spec.content),
-                           [str(s) for s in spec.styles], str(spec.output),
-                           spec.params.to_dict(), now, error="recovered from output file")

@@ -20,7 +20,7 @@ from pathlib import Path
 from safetensors.torch import load, save
 from torch import Tensor
 
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, file_digest
 
 log = logging.getLogger("pipeline.targets")
 
@@ -100,13 +100,11 @@ def image_digest(source: object) -> str:
     """sha256 of a file's bytes, or of a PIL image's mode, size and pixels."""
     from PIL import Image
 
-    h = hashlib.sha256()
     if isinstance(source, Image.Image):
-        h.update(f"{source.mode}{source.size}".encode())
+        h = hashlib.sha256(f"{source.mode}{source.size}".encode())
         h.update(source.tobytes())
-    else:
-        h.update(Path(source).read_bytes())
-    return h.hexdigest()
+        return h.hexdigest()
+    return file_digest(source)
 
 
 __all__ = ["TargetCache", "image_digest", "target_key"]

@@ -23,7 +23,6 @@ from .vgg import VGG19Trunk
 from .weights import WeightSet
 
 FeatureFn = Callable[[Tensor, Sequence[str]], dict[str, Tensor]]
-BACKENDS = ("onnx", "torch")
 
 
 def blend_grams(grams: Sequence[dict[str, Tensor]], blend: Sequence[float]) -> dict[str, Tensor]:

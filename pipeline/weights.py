@@ -8,7 +8,6 @@ path to a user file (safetensors or a torch state dict).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from safetensors.torch import load, save_file
 from torch import Tensor
 
 from .errors import SourceMissingError
-from .files import atomic_path, cache_dir
+from .files import atomic_path, cache_dir, file_digest
 from .vgg import CONV_NAMES, Normalize, VGG19Trunk
 
 CAFFE_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
@@ -47,14 +46,6 @@ class WeightSet:
     def trunk(self, pooling: str = "max", last_layer: str = "relu5_1") -> VGG19Trunk:
         return VGG19Trunk(self.state, Normalize(**NORMALIZATIONS[self.normalization]),
                           pooling=pooling, last_layer=last_layer)
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def caffe_quantized_path() -> Path:

@@ -27,13 +27,6 @@ from .jobs import Batch, Job
 from .runtime import Runtime
 
 
-def _row(job: Job, status: str, started: float, device: str = "", **kw: Any) -> dict[str, Any]:
-    spec = job.spec
-    return ledger.make_row(job.key, spec.row, status, str(spec.content),
-                           [str(s) for s in spec.styles], str(spec.output),
-                           spec.params.to_dict(), started, device, **kw)
-
-
 class Worker:
     def __init__(self, wid: int, runtime: Runtime, out_dir: Path, every: int, events: Any,
                  stop: Any, parent_pid: int):
@@ -54,7 +47,7 @@ class Worker:
                 ready.append((job, prepare(StyleJob(job.spec.content, list(job.spec.styles)),
                                            params)))
             except InputError as e:
-                rows.append(_row(job, ledger.FAILED, started, error=str(e)))
+                rows.append(ledger.job_row(job, ledger.FAILED, started, error=str(e)))
         if ready:
             rows += self._optimize(ready, started, split_on_oom=True)
         ledger.append(self.out_dir, rows)
@@ -85,23 +78,23 @@ class Worker:
                 half = len(ready) // 2
                 return (self._optimize(ready[:half], started, False)
                         + self._optimize(ready[half:], started, False))
-            return [_row(j, ledger.FAILED, started, device,
+            return [ledger.job_row(j, ledger.FAILED, started, device,
                          error=f"out of memory at batch {len(jobs)}, size {j.size[0]}x"
                                f"{j.size[1]}") for j in jobs]
         except Interrupted:
             raise
         except Exception as e:  # one batch's failure must not end the run
             message = f"{type(e).__name__}: {e}".splitlines()[0]
-            return [_row(j, ledger.FAILED, started, device, error=message) for j in jobs]
+            return [ledger.job_row(j, ledger.FAILED, started, device, error=message) for j in jobs]
         rows = []
         for job, result in zip(jobs, results, strict=True):
             try:
                 save_image(result.image, job.spec.output, {**result.metadata, "job_key": job.key})
             except OSError as e:  # disk full, a path blocked: this job fails, the others go on
-                rows.append(_row(job, ledger.FAILED, started, device,
+                rows.append(ledger.job_row(job, ledger.FAILED, started, device,
                                  error=f"cannot write {job.spec.output}: {e.strerror or e}"))
                 continue
-            rows.append(_row(job, ledger.DONE, started, device, losses=result.losses,
+            rows.append(ledger.job_row(job, ledger.DONE, started, device, losses=result.losses,
                              iterations=result.iterations, seconds=result.seconds))
         ckpt.unlink(missing_ok=True)
         return rows
