@@ -26,12 +26,16 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=N
 D = StyleParams()
 
 
-def _floats(text: str | None) -> tuple[float, ...] | None:
-    return None if text is None else tuple(float(v) for v in text.split(",") if v.strip())
+def _list(name: str, text: str | None) -> tuple | None:
+    """A comma-separated list option, parsed as a manifest cell would be."""
+    from .manifest import coerce_param
 
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
+    if text is None:
+        return None
+    try:
+        return coerce_param(name, text)
+    except ValueError as e:
+        raise InputError(f"--{name.replace('_', '-')} {text!r}: {e}") from None
 
 
 def say_error(message: object) -> None:
@@ -159,10 +163,11 @@ def stylize(
     params = StyleParams(
         size=size, iterations=iterations, optimizer=optimizer, lr=lr, lbfgs_history=lbfgs_history,
         lbfgs_max_step=lbfgs_max_step, content_weight=content_weight, style_weight=style_weight,
-        tv_weight=tv_weight, content_layers=_names(content_layers),
-        style_layers=_names(style_layers), style_layer_weights=_floats(style_layer_weights),
-        style_blend=_floats(style_blend), style_scale=style_scale, init=init, seed=seed,
-        preserve_colors=preserve_colors, pooling=pooling, weights=weights,
+        tv_weight=tv_weight, content_layers=_list("content_layers", content_layers),
+        style_layers=_list("style_layers", style_layers),
+        style_layer_weights=_list("style_layer_weights", style_layer_weights),
+        style_blend=_list("style_blend", style_blend), style_scale=style_scale, init=init,
+        seed=seed, preserve_colors=preserve_colors, pooling=pooling, weights=weights,
     ).validate(n_styles=len(styles))
     runtime = Runtime.create(device, **options)
     start = time.perf_counter()

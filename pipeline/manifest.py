@@ -46,11 +46,12 @@ class JobSpec:
         return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-def _coerce(name: str, value: Any) -> Any:
-    """A cell (or --set string) to the parameter's Python type; ValueError if it can't be."""
+def coerce_param(name: str, value: Any) -> Any:
+    """A cell, --set or CLI string to the parameter's Python type; ValueError if it can't be.
+    List parameters take a list or a comma-separated string."""
     kind = PARAM_TYPES[name]
     if name in LIST_PARAMS:
-        items = value.split(",") if isinstance(value, str) else list(value)
+        items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else value
         conv = float if "float" in kind else str
         return tuple(conv(v.strip() if isinstance(v, str) else v) for v in items)
     if "bool" in kind:
@@ -79,7 +80,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
             raise InputError(f"--set {item!r}: expected name=value with name one of "
                              f"{', '.join(sorted(PARAM_TYPES))}")
         try:
-            out[name] = _coerce(name, value)
+            out[name] = coerce_param(name, value)
         except ValueError as e:
             raise InputError(f"--set {item!r}: {e}") from None
     return out
@@ -108,9 +109,9 @@ def row_to_job(row: dict[str, Any], index: int, base: Path, out_dir: Path,
         values = dict(overrides)
         for name in PARAM_TYPES:
             if row.get(name) is not None and name != "style_blend":
-                values[name] = _coerce(name, row[name])
+                values[name] = coerce_param(name, row[name])
         if row.get("style_weights") is not None:
-            values["style_blend"] = _coerce("style_blend", row["style_weights"])
+            values["style_blend"] = coerce_param("style_blend", row["style_weights"])
         params = StyleParams(**values).validate(n_styles=len(styles))
         content = _resolve(base, row["content"])
         style_paths = tuple(_resolve(base, s) for s in styles)
@@ -207,7 +208,7 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
             raise InputError(f"--param {item!r}: expected name=v1,v2 with name a parameter")
         split = values.split(";") if name in LIST_PARAMS else values.split(",")
         try:
-            grid[name] = [_coerce(name, v) for v in split if v.strip()]
+            grid[name] = [coerce_param(name, v) for v in split if v.strip()]
         except ValueError as e:
             raise InputError(f"--param {item!r}: {e}") from None
         grid[name] = [list(v) if isinstance(v, tuple) else v for v in grid[name]]

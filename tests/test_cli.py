@@ -46,6 +46,8 @@ def test_bad_input_is_one_line_with_exit_code_2(photo_path, painting_path, tmp_p
           "nan"], "tv_weight must be a finite number"),
         ([str(photo_path), str(painting_path), "-o", str(tmp_path / "o.png"), "--device",
           "tpu"], "unknown device"),
+        ([str(photo_path), str(painting_path), "-o", str(tmp_path / "o.png"), "--style-blend",
+          "abc"], "--style-blend 'abc': could not convert"),
     ]
     for args, message in cases:
         result = runner.invoke(app, ["stylize", *args, "--size", "32", "--iterations", "1"])
