@@ -31,6 +31,19 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
     return path
 
 
+# atomic_path's temp files: ".<name>.<random>.tmp<suffix>".
+TEMP_GLOB = ".*.tmp*"
+
+
+def remove_stale_temps(folder: Path) -> int:
+    """Delete temp files that a killed process left under `folder`. Only for a folder no live
+    process writes to (the caller holds its lock); returns how many were removed."""
+    stale = [p for p in folder.rglob(TEMP_GLOB) if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside `dest`; rename it over `dest` only if the block succeeds.

@@ -23,7 +23,7 @@ from filelock import FileLock, Timeout
 
 from . import ledger
 from .errors import InputError, RowError
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, remove_stale_temps
 from .images import read_metadata
 from .jobs import Inspector, Job, make_batches
 from .manifest import read_jobs
@@ -225,6 +225,7 @@ def run(manifest: Path, opts: RunOptions, display_factory: Callable[..., Any],
                         "use another --out folder") from None
     try:
         start = time.perf_counter()
+        remove_stale_temps(out_dir)  # half-written files of a run that was killed
         with scan_view() as advance:
             found = scan(manifest, out_dir, opts.overrides, advance, decode=False)
         if found.errors and not opts.skip_bad_rows:

@@ -66,8 +66,13 @@ def test_manifest_build_is_a_cross_product(dataset):
 
 def test_six_jobs_run_to_completion_and_rerun_skips_them(dataset, tmp_path):
     out = tmp_path / "out"
+    stale = [out / ".checkpoints" / ".ab.pt.x1.tmp.pt", out / ".c0.png.x2.tmp.png"]
+    for path in stale:  # left by a run killed mid-write
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half")
     result = _run(dataset, out, "--workers", "2")
     assert result.exit_code == 0, result.output
+    assert not any(p.exists() for p in stale)
     outputs = sorted(out.glob("*.png"))
     assert len(outputs) == 6
     rows = ledger.read(out)
