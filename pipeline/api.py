@@ -14,13 +14,22 @@ from PIL import Image
 
 from . import __version__
 from .color import preserve_colors
-from .engine import Checkpointing, Progress, init_batch, optimize, trunk_for
+from .engine import Checkpointing, Progress, Stage, init_batch, optimize, trunk_for
 from .errors import InputError
-from .images import SizedImage, fit_longest_side, read_rgb, resize, to_image, to_rgb, to_tensor
+from .images import (
+    SizedImage,
+    fit_longest_side,
+    read_rgb,
+    rescale,
+    resize,
+    to_image,
+    to_rgb,
+    to_tensor,
+)
 from .params import StyleParams
 from .runtime import Runtime
 from .target_cache import image_digest
-from .targets import builder_for
+from .targets import TargetBuilder, builder_for
 from .vgg import min_input_side
 
 ImageSource = str | os.PathLike | Image.Image
@@ -79,6 +88,30 @@ def _init_image(params: StyleParams, size: tuple[int, int]) -> torch.Tensor | No
     return to_tensor(resize(img, size))[None]
 
 
+def _stages(prepared: Sequence[tuple[SizedImage, list[SizedImage]]], params: StyleParams,
+            builder: TargetBuilder, device: torch.device) -> list[Stage]:
+    """The coarse-to-fine schedule with each size's targets (content and styles rescaled
+    alike); a coarse size at which an image would fall below the layers' minimum is left out."""
+    blend = params.style_blend or (1.0,) * len(prepared[0][1])
+    min_content, min_style = min_input_side(params.layers), min_input_side(params.style_layers)
+    schedule = []
+    for longest in params.scale_sizes():
+        style_side = max(1, round(longest * params.style_scale))
+        jobs = [(rescale(c, longest), [rescale(s, style_side) for s in styles])
+                for c, styles in prepared]
+        fits = all(min(c.size) >= min_content and all(min(s.size) >= min_style for s in styles)
+                   for c, styles in jobs)
+        if fits or longest == params.size:
+            schedule.append(jobs)
+    stages = []
+    for k, jobs in enumerate(schedule):
+        targets = builder.batch([c for c, _ in jobs], [s for _, s in jobs], blend,
+                                params.content_layers, params.style_layers)
+        end = params.iterations * (k + 1) // len(schedule)  # an even split, the rest at the end
+        stages.append(Stage(jobs[0][0].size, end, targets.to(device)))
+    return stages
+
+
 def stylize_batch(jobs: Sequence[StyleJob], params: StyleParams = StyleParams(),
                   runtime: Runtime | None = None, progress: Progress | None = None,
                   checkpointing: Checkpointing | None = None) -> list[StyleResult]:
@@ -99,13 +132,11 @@ def stylize_prepared(prepared: Sequence[tuple[SizedImage, list[SizedImage]]],
         raise InputError(f"a batch needs one output size, got {sorted(sizes)}")
     trunk, weights = trunk_for(params, runtime)
     builder = builder_for(weights, trunk, params.pooling, runtime)
-    blend = params.style_blend or (1.0,) * len(prepared[0][1])
-    targets = builder.batch([c for c, _ in prepared], [s for _, s in prepared], blend,
-                            params.content_layers, params.style_layers).to(runtime.device)
+    stages = _stages(prepared, params, builder, runtime.device)
     contents = torch.stack([c.pixels for c, _ in prepared]).to(runtime.device)
     x0 = init_batch(params, contents, _init_image(params, prepared[0][0].size))
     start = time.perf_counter()
-    out, terms = optimize(trunk, x0, targets, params, runtime, progress, checkpointing)
+    out, terms = optimize(trunk, x0, stages, params, runtime, progress, checkpointing)
     if params.preserve_colors:
         out = preserve_colors(out, contents)
     seconds = time.perf_counter() - start

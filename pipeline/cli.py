@@ -121,6 +121,7 @@ def stylize(
                                 "Written atomically, with the parameters embedded."),
     size: int = typer.Option(D.size, help=HELP["size"]),
     iterations: int = typer.Option(D.iterations, help=HELP["iterations"]),
+    scales: int = typer.Option(D.scales, help=HELP["scales"]),
     optimizer: str = typer.Option(D.optimizer, help=HELP["optimizer"]),
     lr: float | None = typer.Option(D.lr, help=HELP["lr"]),
     lbfgs_history: int = typer.Option(D.lbfgs_history, help=HELP["lbfgs_history"]),
@@ -161,9 +162,10 @@ def stylize(
     options = runtime_options(precision, channels_last, cudnn_benchmark, targets, providers,
                               trt_fp16, cache_dir, cache_targets)
     params = StyleParams(
-        size=size, iterations=iterations, optimizer=optimizer, lr=lr, lbfgs_history=lbfgs_history,
-        lbfgs_max_step=lbfgs_max_step, content_weight=content_weight, style_weight=style_weight,
-        tv_weight=tv_weight, content_layers=_list("content_layers", content_layers),
+        size=size, iterations=iterations, scales=scales, optimizer=optimizer, lr=lr,
+        lbfgs_history=lbfgs_history, lbfgs_max_step=lbfgs_max_step,
+        content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
+        content_layers=_list("content_layers", content_layers),
         style_layers=_list("style_layers", style_layers),
         style_layer_weights=_list("style_layer_weights", style_layer_weights),
         style_blend=_list("style_blend", style_blend), style_scale=style_scale, init=init,

@@ -9,12 +9,14 @@ may run in bf16 while Grams and losses stay fp32.
 
 from __future__ import annotations
 
+import copy
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .lbfgs import BatchedLBFGS
@@ -54,6 +56,20 @@ def load_trunk(source: str, pooling: str, last_layer: str, runtime: Runtime
     return trunk, weights
 
 
+@functools.lru_cache(maxsize=4)
+def compute_trunk(trunk: VGG19Trunk, runtime: Runtime) -> VGG19Trunk:
+    """The trunk the optimization runs: in bf16 mode, a copy with bf16 convolutions. Storing
+    bf16 weights (rather than autocast) saves casting all 20M weights on every call: autocast
+    caches casts only for weights that require grad. Targets keep using the fp32 trunk."""
+    if runtime.precision != "bf16":
+        return trunk
+    low = copy.deepcopy(trunk)
+    for name, layer in low.layers.items():
+        if name != "conv1_1":
+            layer.to(torch.bfloat16)
+    return low
+
+
 def trunk_for(params: StyleParams, runtime: Runtime) -> tuple[VGG19Trunk, WeightSet]:
     last = max(params.layers, key=LAYER_INDEX.__getitem__)
     return load_trunk(params.weights, params.pooling, last, runtime)
@@ -81,29 +97,71 @@ def init_batch(params: StyleParams, contents: Tensor, init_image: Tensor | None)
 
 def objective(trunk: VGG19Trunk, targets: Targets, params: StyleParams, runtime: Runtime
               ) -> Callable[[Tensor], dict[str, Tensor]]:
-    """Per-sample loss terms of a batch of images: the trunk under the runtime's precision,
+    """Per-sample loss terms of a batch of images: the trunk in the runtime's precision,
     Grams and losses in fp32."""
     weights = loss_weights(params)
     layers = params.layers
+    net = compute_trunk(trunk, runtime)
 
     def evaluate(x: Tensor) -> dict[str, Tensor]:
-        with runtime.autocast():
-            feats = trunk(runtime.layout(x), layers)
-        with runtime.fp32():
-            return loss_terms(feats, x, targets, weights)
+        return loss_terms(net(runtime.layout(x), layers), x, targets, weights)
 
     return evaluate
 
 
-def optimize(trunk: VGG19Trunk, x0: Tensor, targets: Targets, params: StyleParams,
+@dataclass
+class Stage:
+    """One size of a coarse-to-fine schedule: optimize at `size` (w, h) against `targets` until
+    the run's iteration count reaches `end`. A plain run is one stage."""
+
+    size: tuple[int, int]
+    end: int
+    targets: Targets
+
+
+def resample(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Images [N, 3, H, W] to size (w, h): bicubic, antialiased when shrinking."""
+    if (x.shape[3], x.shape[2]) == size:
+        return x
+    return F.interpolate(x, size=(size[1], size[0]), mode="bicubic", antialias=True,
+                         align_corners=False)
+
+
+def optimize(trunk: VGG19Trunk, x0: Tensor, stages: Sequence[Stage], params: StyleParams,
              runtime: Runtime, progress: Progress | None = None,
              checkpointing: Checkpointing | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-    """Run `params.iterations` evaluations from x0 [N, 3, H, W] (or from a checkpoint); return
-    the final images and the per-sample loss terms of the last evaluation."""
-    evaluate = objective(trunk, targets, params, runtime)
+    """Run the stages from x0 [N, 3, H, W] (or from a checkpoint, which may lie in any stage);
+    return the final images and their per-sample loss terms in fp32.
+
+    Coarse-to-fine as in crowsonkb's style-transfer-pytorch: each stage starts from the last
+    one's images upsampled, with a fresh optimizer (L-BFGS history is tied to the image size).
+    A coarse iteration costs a quarter of the next size's, and it fixes the large structures
+    that take a full-size optimization many iterations to move."""
     resume = checkpointing.resume if checkpointing is not None else None
-    start, x0, opt_state = resume if resume is not None else (0, x0, None)
-    x = x0.detach().clone().to(runtime.device).requires_grad_(True)
+    i, x, opt_state = resume if resume is not None else (0, x0, None)
+    x = x.detach().to(runtime.device)
+    for stage in stages:
+        if i >= stage.end:
+            continue
+        if (x.shape[3], x.shape[2]) != stage.size:  # a new stage (a checkpoint is mid-stage)
+            x, opt_state = resample(x, stage.size), None
+        x = _run_stage(trunk, x, stage, i, opt_state, params, runtime, progress, checkpointing)
+        i = stage.end
+    # Report the objective of the images returned, in fp32: the last closure saw them before
+    # the last step, and in the runtime's precision. One forward, no backward.
+    with torch.no_grad():
+        x = resample(x, stages[-1].size)  # zero iterations: the init, at the output size
+        fp32 = replace(runtime, precision="fp32")
+        terms = objective(trunk, stages[-1].targets, params, fp32)(x)
+    return x, terms
+
+
+def _run_stage(trunk: VGG19Trunk, x0: Tensor, stage: Stage, start: int,
+               opt_state: dict[str, Any] | None, params: StyleParams, runtime: Runtime,
+               progress: Progress | None, checkpointing: Checkpointing | None) -> Tensor:
+    """Iterations start..stage.end of one stage; returns its final images."""
+    evaluate = objective(trunk, stage.targets, params, runtime)
+    x = x0.detach().clone().requires_grad_(True)
     if params.optimizer == "lbfgs":
         opt: Any = BatchedLBFGS(x, lr=params.step_size, history=params.lbfgs_history,
                                 max_step=params.lbfgs_max_step or None)
@@ -119,8 +177,7 @@ def optimize(trunk: VGG19Trunk, x0: Tensor, targets: Targets, params: StyleParam
         terms["total"].sum().backward()
         return {k: v.detach() for k, v in terms.items()}
 
-    terms: dict[str, Tensor] = {}
-    for i in range(start, params.iterations):
+    for i in range(start, stage.end):
         terms = opt.step(closure)
         if params.optimizer == "adam":
             with torch.no_grad():
@@ -133,10 +190,7 @@ def optimize(trunk: VGG19Trunk, x0: Tensor, targets: Targets, params: StyleParam
                 checkpointing.save(i + 1, x.detach(), opt.state_dict())
             if stopping:
                 raise Interrupted(f"stopped at iteration {i + 1}")
-    if not terms:  # zero iterations: report the objective at the start
-        with torch.no_grad():
-            terms = evaluate(x)
-    return x.detach(), terms
+    return x.detach()
 
 
 def tree_to(state: Any, device: torch.device | str) -> Any:

@@ -112,6 +112,15 @@ def resize(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     return img if img.size == size else img.resize(size, Image.Resampling.LANCZOS)
 
 
+def rescale(image: SizedImage, longest: int) -> SizedImage:
+    """The same image (and cache identity) with its longest side at `longest`; its pixels are
+    8-bit values, so the round trip through PIL is exact."""
+    size = fit_longest_side(image.size, longest)
+    if size == image.size:
+        return image
+    return SizedImage(to_tensor(resize(to_image(image.pixels), size)), image.digest, image.name)
+
+
 def to_tensor(img: Image.Image) -> Tensor:
     """RGB PIL image -> float32 [3, H, W] on the 0-255 scale the trunk expects."""
     return torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1).contiguous()

@@ -20,6 +20,37 @@ def gram(features: Tensor) -> Tensor:
     return torch.bmm(f, f.transpose(1, 2)).div_(c * h * w)
 
 
+class _GramMSE(torch.autograd.Function):
+    """Per-sample MSE between the Gram of `features` and `target`, in fp32, with the backward
+    written out. Autograd's bmm backward takes two products and a sum of two [N, C, HW]
+    tensors; since G - T is symmetric, dL/dF = 4 (G - T) F / (C^3 HW) is one product."""
+
+    @staticmethod
+    def forward(ctx, features: Tensor, target: Tensor) -> Tensor:  # type: ignore[override]
+        diff = gram(features) - target
+        ctx.save_for_backward(features, diff)
+        return diff.square().mean((1, 2))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        features, diff = ctx.saved_tensors
+        n, c, h, w = features.shape
+        # In fp32 like the forward; only the result is rounded to the trunk's dtype (a bf16
+        # product measured a slightly worse final objective for no clear gain).
+        d = diff * (grad.view(n, 1, 1) * (4.0 / (c**3 * h * w)))
+        f = features.float().reshape(n, c, h * w)
+        if features.is_contiguous():
+            out = torch.bmm(d, f).view(n, c, h, w)
+        else:  # channels_last: rows of F^T are pixels; (D F)^T = F^T D keeps that layout.
+            out = torch.bmm(f.transpose(1, 2), d).view(n, h, w, c).permute(0, 3, 1, 2)
+        return out.to(features.dtype), None
+
+
+def gram_mse(features: Tensor, target: Tensor) -> Tensor:
+    """MSE(gram(features), target) per sample: [N, C, H, W], [N, C, C] -> [N]."""
+    return _GramMSE.apply(features, target)
+
+
 def mse_per_sample(x: Tensor, target: Tensor) -> Tensor:
     """Mean squared error over every dim but the first: [N, ...] -> [N]."""
     return (x.float() - target).square().flatten(1).mean(1)
@@ -58,7 +89,7 @@ def loss_terms(feats: dict[str, Tensor], image: Tensor, targets: Targets,
     n = image.shape[0]
     zero = image.new_zeros(n, dtype=torch.float32)
     content = sum((mse_per_sample(feats[k], t) for k, t in targets.content.items()), zero)
-    style = sum((lw * mse_per_sample(gram(feats[k]), targets.grams[k])
+    style = sum((lw * gram_mse(feats[k], targets.grams[k])
                  for k, lw in w.style_layers.items()), zero)
     terms = {"content": w.content * content, "style": w.style * style}
     terms["tv"] = w.tv * tv_per_sample(image.float()) if w.tv > 0 else zero

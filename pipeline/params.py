@@ -17,6 +17,7 @@ from .vgg import CONTENT_LAYERS, LAYER_INDEX, STYLE_LAYERS
 OPTIMIZERS = ("lbfgs", "adam")
 POOLINGS = ("max", "avg")
 MAX_SIZE = 16384
+MIN_SCALE_SIZE = 128  # coarser than this, VGG19's deep layers see too few pixels to help
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -30,6 +31,10 @@ class StyleParams:
     size: int = _f(512, "Longest side of the output in pixels; the content image's aspect ratio "
                         "is kept.")
     iterations: int = _f(500, "Optimizer iterations; each is one forward+backward pass.")
+    scales: int = _f(1, "Coarse-to-fine: optimize at this many sizes, each twice the one "
+                        "before and the last at `size`, each upsampled to start the next; the "
+                        "iterations are split evenly. Sizes under 128 px are skipped. 1 = full "
+                        "size only.")
     optimizer: str = _f("lbfgs", "lbfgs (batched L-BFGS, best quality per iteration) or adam.")
     lr: float | None = _f(None, "Step size: default 1.0 for lbfgs, 10.0 for adam (pixels are on "
                                 "a 0-255 scale).")
@@ -66,6 +71,11 @@ class StyleParams:
             return self.lr
         return 1.0 if self.optimizer == "lbfgs" else 10.0
 
+    def scale_sizes(self) -> tuple[int, ...]:
+        """Longest sides of the coarse-to-fine schedule, coarsest first, ending at `size`."""
+        sizes = (round(self.size / 2**k) for k in reversed(range(self.scales)))
+        return tuple(s for s in sizes if s >= MIN_SCALE_SIZE or s == self.size)
+
     @property
     def layers(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(self.content_layers + self.style_layers))
@@ -86,6 +96,7 @@ class StyleParams:
         checks: list[tuple[bool, str]] = [
             (16 <= self.size <= MAX_SIZE, f"size must be between 16 and {MAX_SIZE}, got "
                                           f"{self.size}"),
+            (1 <= self.scales <= 8, f"scales must be between 1 and 8, got {self.scales}"),
             (self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got "
                                            f"{self.optimizer!r}"),

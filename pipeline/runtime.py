@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -44,7 +43,7 @@ class Runtime:
     """Speed settings; none of them changes the objective, only how it is computed."""
 
     device: torch.device
-    precision: str = "fp32"       # resolved: fp32 or bf16 (trunk under autocast; Grams/losses fp32)
+    precision: str = "fp32"       # resolved: fp32 or bf16 (bf16 convolutions; Grams/losses fp32)
     channels_last: bool = True    # NHWC convs: faster for bf16 oneDNN and cuDNN tensor cores
     cudnn_benchmark: bool = True  # autotune conv algorithms per input shape (CUDA only)
     targets: str = "onnx"         # target features from ONNX Runtime ("onnx") or PyTorch ("torch")
@@ -79,15 +78,6 @@ class Runtime:
 
         return cls(dev, precision, channels_last, cudnn_benchmark, targets,
                    parse_providers(providers), trt_fp16, cache, cache_targets)
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def fp32(self) -> contextlib.AbstractContextManager:
-        """Leave autocast for the parts that must stay fp32 (Grams, losses)."""
-        return torch.autocast(self.device.type, enabled=False)
 
     def layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

@@ -102,7 +102,10 @@ class VGG19Trunk(nn.Module):
         feats: dict[str, Tensor] = {}
         x = self.normalize(image)
         for name in self.layer_names[: deepest + 1]:
-            x = self.layers[name](x)
+            layer = self.layers[name]
+            if isinstance(layer, nn.Conv2d):
+                x = x.to(layer.weight.dtype)  # a trunk may mix dtypes (see engine.compute_trunk)
+            x = layer(x)
             if name in wanted:
                 feats[name] = x
         return feats

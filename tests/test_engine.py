@@ -1,8 +1,11 @@
+import copy
+
 import pytest
 import torch
 from PIL import Image
 
 from pipeline import StyleJob, StyleParams, stylize_batch
+from pipeline.engine import Checkpointing
 from pipeline.images import to_tensor
 from tests.conftest import make_painting, make_photo
 
@@ -87,3 +90,36 @@ def test_multiple_styles_blend_and_preserve_colors(cpu32):
     u = torch.tensor([-0.14713, -0.28886, 0.436]).view(3, 1, 1)
     assert ((out * u).sum(0) - (content * u).sum(0)).abs().mean() < 4.0
     assert res.metadata["params"]["style_blend"] == [0.7, 0.3]
+
+
+def test_scale_sizes_halve_down_to_128_px():
+    assert StyleParams(size=512, scales=3).scale_sizes() == (128, 256, 512)
+    assert StyleParams(size=300, scales=4).scale_sizes() == (150, 300)
+    assert StyleParams(size=64, scales=3).scale_sizes() == (64,)
+    assert StyleParams(size=512).scale_sizes() == (512,)
+
+
+def test_coarse_to_fine_resumes_from_any_iteration(cpu32):
+    """Two stages (128 then 256 px, 2 iterations each): a checkpoint from inside the coarse
+    stage, at the stage boundary, or inside the fine stage resumes to the same image."""
+    job = StyleJob(make_photo((256, 192)), [make_painting((128, 128))])
+    params = StyleParams(size=256, iterations=4, scales=2)
+    saved, sizes = {}, []
+
+    def save(it, x, state):
+        saved[it] = (it, x.clone(), copy.deepcopy(state))
+        sizes.append(tuple(x.shape[2:]))
+
+    (full,) = stylize_batch([job], params, cpu32, checkpointing=Checkpointing(save, every=1))
+    assert full.image.size == (256, 192)
+    assert sizes == [(96, 128), (96, 128), (192, 256)]  # iterations 1, 2 coarse; 3 fine
+    assert full.losses["total"] > 0
+    plain = to_tensor(stylize_batch([job], params.replace(scales=1), cpu32)[0].image)
+    assert (to_tensor(full.image) - plain).abs().mean() > 1  # the schedule changes the result
+    for it in (1, 2, 3):
+        (resumed,) = stylize_batch([job], params, cpu32,
+                                   checkpointing=Checkpointing(lambda *a: None,
+                                                               resume=saved[it]))
+        torch.testing.assert_close(to_tensor(resumed.image), to_tensor(full.image), atol=1,
+                                   rtol=0)
+        assert resumed.losses["total"] == pytest.approx(full.losses["total"], rel=1e-3)

@@ -1,7 +1,16 @@
+import pytest
 import torch
 
 from pipeline.color import preserve_colors
-from pipeline.losses import LossWeights, Targets, gram, loss_terms, mse_per_sample, tv_per_sample
+from pipeline.losses import (
+    LossWeights,
+    Targets,
+    gram,
+    gram_mse,
+    loss_terms,
+    mse_per_sample,
+    tv_per_sample,
+)
 
 
 def test_gram_matches_definition_and_is_per_sample():
@@ -17,6 +26,28 @@ def test_gram_matches_definition_and_is_per_sample():
 def test_gram_is_fp32_for_bf16_features():
     f = torch.randn(1, 8, 4, 4).bfloat16()
     assert gram(f).dtype == torch.float32
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+def test_gram_mse_gradient_matches_autograd_of_the_definition(channels_last, dtype, tol):
+    torch.manual_seed(0)
+    f = torch.randn(2, 8, 5, 6).to(dtype)
+    if channels_last:
+        f = f.contiguous(memory_format=torch.channels_last)
+    f.requires_grad_(True)
+    target, w = gram(torch.randn(2, 8, 5, 6)), torch.tensor([0.3, 2.0])
+    (gram_mse(f, target) * w).sum().backward()
+    ours, f.grad = f.grad, None
+    ref = f.double().reshape(2, 8, 30)
+    g = ref @ ref.transpose(1, 2) / (8 * 30)
+    loss = (g - target).square().mean((1, 2))
+    torch.testing.assert_close(loss.float(), gram_mse(f, target).detach())
+    (loss * w).sum().backward()
+    assert ours.dtype == dtype  # the trunk's gradient stays in the trunk's dtype
+    assert ours.is_contiguous(memory_format=torch.channels_last) == channels_last
+    err = (ours.double() - f.grad.double()).abs().max() / f.grad.abs().max()
+    assert err < tol
 
 
 def test_tv_of_constant_is_zero_and_of_step_is_known():
