@@ -14,7 +14,7 @@ from PIL import Image
 
 from . import __version__
 from .color import preserve_colors
-from .engine import Checkpointing, Progress, Stage, init_batch, optimize, trunk_for
+from .engine import Checkpointing, Progress, Stage, compute_trunk, init_batch, optimize, trunk_for
 from .errors import InputError
 from .images import (
     SizedImage,
@@ -26,6 +26,7 @@ from .images import (
     to_rgb,
     to_tensor,
 )
+from .memory import check_fits
 from .params import StyleParams
 from .runtime import Runtime
 from .target_cache import image_digest
@@ -131,6 +132,8 @@ def stylize_prepared(prepared: Sequence[tuple[SizedImage, list[SizedImage]]],
     if len(sizes) != 1:
         raise InputError(f"a batch needs one output size, got {sorted(sizes)}")
     trunk, weights = trunk_for(params, runtime)
+    check_fits(compute_trunk(trunk, runtime), params, prepared[0][0].size, len(prepared),
+               runtime.device, runtime.channels_last)
     builder = builder_for(weights, trunk, params.pooling, runtime)
     stages = _stages(prepared, params, builder, runtime.device)
     contents = torch.stack([c.pixels for c, _ in prepared]).to(runtime.device)

@@ -1,0 +1,42 @@
+import pytest
+import torch
+
+from pipeline import StyleJob, StyleParams, memory, stylize_batch
+from pipeline.engine import compute_trunk, trunk_for
+from pipeline.errors import InputError
+from tests.conftest import make_painting, make_photo
+
+
+def _one_image_bytes(runtime, params, size):
+    trunk, _ = trunk_for(params, runtime)
+    cost = memory.pixel_cost(compute_trunk(trunk, runtime), params.layers,
+                             params.content_layers, runtime.channels_last)
+    return memory.bytes_per_image(cost, params, size)
+
+
+def test_estimate_counts_activations_and_lbfgs_history(cpu32):
+    params = StyleParams(size=64, iterations=200)
+    small = _one_image_bytes(cpu32, params, (64, 48))
+    assert _one_image_bytes(cpu32, params, (128, 96)) == pytest.approx(4 * small, rel=0.01)
+    # 100 L-BFGS pairs of [3, H, W] fp32 steps and gradient changes, at least
+    assert small > 2 * 100 * 3 * 64 * 48 * 4
+    assert _one_image_bytes(cpu32, params.replace(lbfgs_history=5), (64, 48)) < small / 2
+
+
+def test_a_size_that_cannot_fit_is_a_clear_error(cpu32, monkeypatch):
+    params = StyleParams(size=64, iterations=2)
+    need = _one_image_bytes(cpu32, params, (64, 48))
+    jobs = [StyleJob(make_photo(seed=i), [make_painting()]) for i in range(2)]
+    monkeypatch.setattr(memory, "available_bytes", lambda device: int(need * 0.5))
+    with pytest.raises(InputError, match=r"64x48 px on cpu needs about .* GiB per image"):
+        stylize_batch(jobs[:1], params, cpu32)
+    # One image fits, two do not: the batch runner's out-of-memory split takes over.
+    monkeypatch.setattr(memory, "available_bytes", lambda device: int(need * 1.5 / memory.SAFETY))
+    with pytest.raises(torch.OutOfMemoryError, match="a batch of 2"):
+        stylize_batch(jobs, params, cpu32)
+    assert stylize_batch(jobs[:1], params, cpu32)[0].image.size == (64, 48)
+
+
+def test_free_memory_is_read_on_this_machine():
+    free = memory.available_bytes(torch.device("cpu"))
+    assert free is None or free > 0
