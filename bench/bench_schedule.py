@@ -1,0 +1,81 @@
+"""Coarse-to-fine against full-size-only: the full-size objective against seconds, one process.
+
+Each run records (seconds since the optimization started, full-size objective) at every
+full-size iteration; the coarse stages have no full-size objective, so a coarse-to-fine curve
+starts when its last stage does. Prints the objective at fractions of the baseline's time and
+the seconds each run needs to reach the baseline's final objective.
+
+Usage: python -m bench.bench_schedule [--size 256] [--iterations 200] [--scales 1,2]
+[--device cpu] (on a GPU machine: --device cuda --size 512 --iterations 500 --scales 1,2,3)
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import time
+
+from pipeline import Runtime, StyleJob, StyleParams, stylize_batch
+from pipeline.demo import landscape, swirls
+
+
+def curve(job: StyleJob, params: StyleParams, runtime: Runtime
+          ) -> tuple[list[tuple[float, float]], float, float]:
+    """[(seconds, objective)] at full-size iterations, total seconds, final objective (fp32)."""
+    full_from = params.iterations * (len(params.scale_sizes()) - 1) // len(params.scale_sizes())
+    points: list[tuple[float, float]] = []
+    start = time.perf_counter()
+
+    def progress(i: int, terms: dict) -> None:
+        if i > full_from:
+            points.append((time.perf_counter() - start, terms["total"][0].item()))
+
+    (result,) = stylize_batch([job], params, runtime, progress)
+    return points, result.seconds, result.losses["total"]
+
+
+def reach(points: list[tuple[float, float]], objective: float) -> float | None:
+    """Seconds at which the running minimum of the curve first gets to `objective`."""
+    best = float("inf")
+    for t, value in points:
+        best = min(best, value)
+        if best <= objective:
+            return t
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--iterations", type=int, default=200)
+    ap.add_argument("--scales", default="1,2")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    runtime = Runtime.create(args.device)
+    job = StyleJob(landscape(), [swirls()])
+    runs = {}
+    for scales in (int(s) for s in args.scales.split(",")):
+        params = StyleParams(size=args.size, iterations=args.iterations, scales=scales)
+        runs[scales] = (params.scale_sizes(), *curve(job, params, runtime))
+    _, _, base_seconds, base_final = runs[min(runs)]
+    fractions = (0.25, 0.5, 0.75, 1.0)
+    print(f"{runtime.device} {runtime.precision}, {args.size} px landscape, {args.iterations} "
+          "L-BFGS iterations split evenly over the sizes; objective = full-size total loss\n")
+    print("| sizes | seconds | final objective (fp32) | "
+          + " | ".join(f"objective at {f:.0%} of full-size-only time" for f in fractions)
+          + " | seconds to full-size-only's final objective |")
+    print("|---|---|---|" + "---|" * len(fractions) + "---|")
+    for sizes, points, seconds, final in runs.values():
+        times = [t for t, _ in points]
+        at = []
+        for f in fractions:
+            k = bisect.bisect_right(times, f * base_seconds)
+            at.append(f"{min(v for _, v in points[:k]):.4g}" if k else "(coarse)")
+        hit = reach(points, base_final)
+        print(f"| {' -> '.join(map(str, sizes))} | {seconds:.1f} | {final:.4g} | "
+              + " | ".join(at) + f" | {f'{hit:.1f}' if hit is not None else 'not reached'} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
