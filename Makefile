@@ -40,9 +40,13 @@ demo: install
 run: install
 	$(VENV)/bin/pipeline run $(MANIFEST) --out $(OUT) $(RUN_ARGS)
 
+# Prints every table of BENCHMARKS.md (about 20 minutes on a 2-core CPU).
 bench: install
+	$(PY) -m bench.flops
 	$(PY) -m bench.bench_vs_pastiche
+	$(PY) -m bench.bench_schedule
 	$(PY) -m bench.bench_batch
+	$(PY) -m bench.bench_memory
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) bench-out .pytest_cache .ruff_cache *.egg-info

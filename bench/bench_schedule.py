@@ -5,8 +5,9 @@ full-size iteration; the coarse stages have no full-size objective, so a coarse-
 starts when its last stage does. Prints the objective at fractions of the baseline's time and
 the seconds each run needs to reach the baseline's final objective.
 
-Usage: python -m bench.bench_schedule [--size 256] [--iterations 200] [--scales 1,2]
-[--device cpu] (on a GPU machine: --device cuda --size 512 --iterations 500 --scales 1,2,3)
+Usage: python -m bench.bench_schedule [--size 256] [--runs 1x200,2x200,2x300,2x400]
+[--device cpu]; a run is SCALESxITERATIONS, the first is the baseline (on a GPU machine:
+--device cuda --size 512 --runs 1x500,2x500,3x500,2x800)
 """
 
 from __future__ import annotations
@@ -47,32 +48,33 @@ def reach(points: list[tuple[float, float]], objective: float) -> float | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--iterations", type=int, default=200)
-    ap.add_argument("--scales", default="1,2")
+    ap.add_argument("--runs", default="1x200,2x200,2x300,2x400")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     runtime = Runtime.create(args.device)
     job = StyleJob(landscape(), [swirls()])
-    runs = {}
-    for scales in (int(s) for s in args.scales.split(",")):
-        params = StyleParams(size=args.size, iterations=args.iterations, scales=scales)
-        runs[scales] = (params.scale_sizes(), *curve(job, params, runtime))
-    _, _, base_seconds, base_final = runs[min(runs)]
+    runs = []
+    for run in args.runs.split(","):
+        scales, iterations = map(int, run.split("x"))
+        params = StyleParams(size=args.size, iterations=iterations, scales=scales)
+        runs.append((params, *curve(job, params, runtime)))
+    _, _, base_seconds, base_final = runs[0]
     fractions = (0.25, 0.5, 0.75, 1.0)
-    print(f"{runtime.device} {runtime.precision}, {args.size} px landscape, {args.iterations} "
-          "L-BFGS iterations split evenly over the sizes; objective = full-size total loss\n")
-    print("| sizes | seconds | final objective (fp32) | "
-          + " | ".join(f"objective at {f:.0%} of full-size-only time" for f in fractions)
-          + " | seconds to full-size-only's final objective |")
-    print("|---|---|---|" + "---|" * len(fractions) + "---|")
-    for sizes, points, seconds, final in runs.values():
+    print(f"{runtime.device} {runtime.precision}, {args.size} px landscape, L-BFGS, iterations "
+          "split evenly over the sizes; objective = full-size total loss; baseline = first row\n")
+    print("| sizes | iterations | seconds | final objective (fp32) | "
+          + " | ".join(f"objective at {f:.0%} of baseline time" for f in fractions)
+          + " | seconds to the baseline's final objective |")
+    print("|---|---|---|---|" + "---|" * len(fractions) + "---|")
+    for params, points, seconds, final in runs:
         times = [t for t, _ in points]
         at = []
         for f in fractions:
             k = bisect.bisect_right(times, f * base_seconds)
             at.append(f"{min(v for _, v in points[:k]):.4g}" if k else "(coarse)")
         hit = reach(points, base_final)
-        print(f"| {' -> '.join(map(str, sizes))} | {seconds:.1f} | {final:.4g} | "
+        sizes = " -> ".join(map(str, params.scale_sizes()))
+        print(f"| {sizes} | {params.iterations} | {seconds:.1f} | {final:.4g} | "
               + " | ".join(at) + f" | {f'{hit:.1f}' if hit is not None else 'not reached'} |",
               flush=True)
 

