@@ -28,7 +28,7 @@ class PixelCost:
     """Bytes per input pixel of one image, from the probe."""
 
     saved: float      # tensors autograd keeps for the backward pass
-    largest: float    # the largest single activation (gradients of its size coexist)
+    largest: float    # the largest single activation
     content: float    # content targets (fp32 features at the content layers)
 
 
@@ -56,8 +56,10 @@ def pixel_cost(net: VGG19Trunk, layers: tuple[str, ...], content_layers: tuple[s
 
 
 def bytes_per_image(cost: PixelCost, params: StyleParams, size: tuple[int, int]) -> int:
-    """Peak bytes one image of `size` (w, h) adds: activations, two gradient buffers of the
-    largest one, content targets, and the optimizer's copies of the image (fp32)."""
+    """Peak bytes one image of `size` (w, h) adds: saved activations, the backward's working
+    set (gradients and the Grams' fp32 copies: four of the largest activation, which matched
+    measurements at 512-2048 px; bench/bench_memory.py), content targets, and the optimizer's
+    copies of the image (fp32)."""
     pixels = size[0] * size[1]
     image = 4 * 3 * pixels
     if params.optimizer == "lbfgs":
@@ -65,7 +67,7 @@ def bytes_per_image(cost: PixelCost, params: StyleParams, size: tuple[int, int])
         copies = 2 * min(params.lbfgs_history, max(1, params.iterations)) + 6
     else:
         copies = 4  # x, grad, Adam's two moments
-    per_pixel = cost.saved + 2 * cost.largest + cost.content
+    per_pixel = cost.saved + 4 * cost.largest + cost.content
     return int(per_pixel * pixels + copies * image)
 
 
