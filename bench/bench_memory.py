@@ -22,7 +22,7 @@ import torch
 
 from pipeline import Runtime, StyleJob, StyleParams
 from pipeline.engine import compute_trunk, trunk_for
-from pipeline.memory import GIB, SAFETY, bytes_per_image, pixel_cost
+from pipeline.memory import GIB, SAFETY, image_bytes
 
 MEASURE = dict(iterations=8, lbfgs_history=5)
 ASPECT = (4, 3)  # landscape, as the demo and most photos
@@ -34,9 +34,7 @@ def size_of(longest: int) -> tuple[int, int]:
 
 def estimate(params: StyleParams, runtime: Runtime, size: tuple[int, int]) -> int:
     trunk, _ = trunk_for(params, runtime)
-    cost = pixel_cost(compute_trunk(trunk, runtime), params.layers, params.content_layers,
-                      runtime.channels_last)
-    return bytes_per_image(cost, params, size)
+    return image_bytes(compute_trunk(trunk, runtime), params, size, runtime.channels_last)
 
 
 def rss() -> int:

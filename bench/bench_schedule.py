@@ -23,7 +23,8 @@ from pipeline.demo import landscape, swirls
 def curve(job: StyleJob, params: StyleParams, runtime: Runtime
           ) -> tuple[list[tuple[float, float]], float, float]:
     """[(seconds, objective)] at full-size iterations, total seconds, final objective (fp32)."""
-    full_from = params.iterations * (len(params.scale_sizes()) - 1) // len(params.scale_sizes())
+    ends = params.stage_ends(len(params.scale_sizes()))  # the demo images fit every size
+    full_from = ends[-2] if len(ends) > 1 else 0
     points: list[tuple[float, float]] = []
     start = time.perf_counter()
 
@@ -71,7 +72,8 @@ def main() -> None:
         at = []
         for f in fractions:
             k = bisect.bisect_right(times, f * base_seconds)
-            at.append(f"{min(v for _, v in points[:k]):.4g}" if k else "(coarse)")
+            before = "(coarse)" if params.scales > 1 else "(none yet)"  # no full-size point
+            at.append(f"{min(v for _, v in points[:k]):.4g}" if k else before)
         hit = reach(points, base_final)
         sizes = " -> ".join(map(str, params.scale_sizes()))
         print(f"| {sizes} | {params.iterations} | {seconds:.1f} | {final:.4g} | "

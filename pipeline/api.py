@@ -105,10 +105,9 @@ def _stages(prepared: Sequence[tuple[SizedImage, list[SizedImage]]], params: Sty
         if fits or longest == params.size:
             schedule.append(jobs)
     stages = []
-    for k, jobs in enumerate(schedule):
+    for jobs, end in zip(schedule, params.stage_ends(len(schedule)), strict=True):
         targets = builder.batch([c for c, _ in jobs], [s for _, s in jobs], blend,
                                 params.content_layers, params.style_layers)
-        end = params.iterations * (k + 1) // len(schedule)  # an even split, the rest at the end
         stages.append(Stage(jobs[0][0].size, end, targets.to(device)))
     return stages
 

@@ -150,7 +150,6 @@ def optimize(trunk: VGG19Trunk, x0: Tensor, stages: Sequence[Stage], params: Sty
     # Report the objective of the images returned, in fp32: the last closure saw them before
     # the last step, and in the runtime's precision. One forward, no backward.
     with torch.no_grad():
-        x = resample(x, stages[-1].size)  # zero iterations: the init, at the output size
         fp32 = replace(runtime, precision="fp32")
         terms = objective(trunk, stages[-1].targets, params, fp32)(x)
     return x, terms

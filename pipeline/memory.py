@@ -71,6 +71,13 @@ def bytes_per_image(cost: PixelCost, params: StyleParams, size: tuple[int, int])
     return int(per_pixel * pixels + copies * image)
 
 
+def image_bytes(net: VGG19Trunk, params: StyleParams, size: tuple[int, int],
+                channels_last: bool) -> int:
+    """The pre-flight estimate for one image of `size` (w, h) on `net`."""
+    cost = pixel_cost(net, params.layers, params.content_layers, channels_last)
+    return bytes_per_image(cost, params, size)
+
+
 def available_bytes(device: torch.device) -> int | None:
     """Free memory on the device; None where it cannot be read (the check is then skipped)."""
     if device.type == "cuda":
@@ -114,8 +121,7 @@ def check_fits(net: VGG19Trunk, params: StyleParams, size: tuple[int, int], batc
     free = available_bytes(device)
     if free is None:
         return
-    cost = pixel_cost(net, params.layers, params.content_layers, channels_last)
-    one = bytes_per_image(cost, params, size)
+    one = image_bytes(net, params, size, channels_last)
     budget = SAFETY * free
     where = f"{size[0]}x{size[1]} px on {device}"
     if one > budget:

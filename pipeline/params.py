@@ -76,6 +76,10 @@ class StyleParams:
         sizes = (round(self.size / 2**k) for k in reversed(range(self.scales)))
         return tuple(s for s in sizes if s >= MIN_SCALE_SIZE or s == self.size)
 
+    def stage_ends(self, stages: int) -> list[int]:
+        """The iteration at which each of `stages` sizes ends: an even split, the rest last."""
+        return [self.iterations * (k + 1) // stages for k in range(stages)]
+
     @property
     def layers(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(self.content_layers + self.style_layers))

@@ -97,6 +97,7 @@ def test_scale_sizes_halve_down_to_128_px():
     assert StyleParams(size=300, scales=4).scale_sizes() == (150, 300)
     assert StyleParams(size=64, scales=3).scale_sizes() == (64,)
     assert StyleParams(size=512).scale_sizes() == (512,)
+    assert StyleParams(iterations=7).stage_ends(3) == [2, 4, 7]
 
 
 def test_coarse_to_fine_resumes_from_any_iteration(cpu32):

@@ -9,9 +9,7 @@ from tests.conftest import make_painting, make_photo
 
 def _one_image_bytes(runtime, params, size):
     trunk, _ = trunk_for(params, runtime)
-    cost = memory.pixel_cost(compute_trunk(trunk, runtime), params.layers,
-                             params.content_layers, runtime.channels_last)
-    return memory.bytes_per_image(cost, params, size)
+    return memory.image_bytes(compute_trunk(trunk, runtime), params, size, runtime.channels_last)
 
 
 def test_estimate_counts_activations_and_lbfgs_history(cpu32):
