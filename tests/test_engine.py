@@ -5,8 +5,10 @@ import torch
 from PIL import Image
 
 from pipeline import Runtime, StyleJob, StyleParams, stylize_batch
-from pipeline.engine import Checkpointing
+from pipeline.api import _stages, prepare
+from pipeline.engine import Checkpointing, objective, optimize, trunk_for
 from pipeline.images import to_tensor
+from pipeline.targets import builder_for
 from tests.conftest import make_painting, make_photo
 
 SMALL = dict(size=64, iterations=8)
@@ -145,3 +147,21 @@ def test_bf16_trunk_keeps_the_final_objective_within_1_percent_of_fp32():
     assert all(abs(r - 1) < 0.002 for r in ratios["control"]), ratios
     assert abs(sum(ratios["bf16"]) / 3 - 1) < 0.01, ratios
     assert all(abs(r - 1) < 0.02 for r in ratios["bf16"]), ratios
+
+
+def test_reported_objective_is_that_of_the_returned_images_in_fp32():
+    """A bf16 run reports the fp32 objective of the images it returns, not the last bf16
+    evaluation (which saw the images before the last step)."""
+    bf16 = Runtime.create("cpu", "bf16", channels_last=True, targets="torch")
+    fp32 = Runtime.create("cpu", "fp32", channels_last=False, targets="torch")
+    params = StyleParams(size=64, iterations=5)
+    trunk, weights = trunk_for(params, bf16)
+    prepared = [prepare(StyleJob(make_photo(), [make_painting()]), params)]
+    stages = _stages(prepared, params, builder_for(weights, trunk, params.pooling, bf16),
+                     bf16.device)
+    trace = []
+    out, terms = optimize(trunk, prepared[0][0].pixels[None], stages, params, bf16,
+                          progress=lambda i, t: trace.append(t["total"].item()))
+    exact = objective(trunk, stages[-1].targets, params, fp32)(out)["total"].item()
+    assert terms["total"].item() == pytest.approx(exact, rel=1e-4)
+    assert terms["total"].item() != pytest.approx(trace[-1], rel=1e-4)
