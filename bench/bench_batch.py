@@ -1,52 +1,82 @@
-"""Throughput per image against batch size: one process, warm, after a few iterations.
+"""Throughput per image against batch size, including L-BFGS's full-history steady state.
 
-Usage: python -m bench.bench_batch [--sizes 256,512] [--batches 1,2,4,8] [--iterations 12]
-[--device cpu] [--precision auto]. Prints seconds per iteration for the batch and per image,
-and images per hour at 500 iterations, with the ratio to batch 1.
+Usage: python -m bench.bench_batch [--sizes 256,512] [--batches 1,2,4,8] [--iterations 110]
+[--device cpu] [--precision auto].
+
+This machine's speed drifts by up to 30% over minutes (identical matmul loops differ that
+much), so the batch sizes are not run one after another: one optimization per batch size is
+set up, and they take turns, one iteration each. Every ratio then compares iterations taken
+seconds apart. An iteration's cost grows with the L-BFGS history (two passes over up to 100
+stored pairs), so the runs go past the point where it is full: "early" is iterations 4..12,
+"steady" the last 10. A 500-iteration run is estimated as the measured iterations plus
+(500 - iterations) steady ones.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 import time
 
-from pipeline import Runtime, StyleJob, StyleParams, stylize_batch
+import torch
+
+from pipeline import Runtime, StyleJob, StyleParams
+from pipeline.api import prepare, setup_batch
 from pipeline.demo import landscape, swirls
+from pipeline.engine import StageRun
+
+RUN_LENGTH = 500  # iterations of the run that images/hour is quoted for
 
 
-def per_iteration(batch: int, size: int, iterations: int, runtime: Runtime) -> float:
-    """Median wall seconds per iteration, skipping the first three (allocation, autotune)."""
+def start_run(batch: int, params: StyleParams, runtime: Runtime) -> StageRun:
     jobs = [StyleJob(landscape(), [swirls(seed=i)]) for i in range(batch)]
-    stamps: list[float] = []
-    stylize_batch(jobs, StyleParams(size=size, iterations=iterations), runtime,
-                  progress=lambda i, t: stamps.append(time.perf_counter()))
-    return statistics.median(b - a for a, b in itertools.pairwise(stamps[3:]))
+    problem = setup_batch([prepare(job, params) for job in jobs], params, runtime)
+    return StageRun.start(problem.trunk, problem.x0, problem.stages[0], None, params, runtime)
+
+
+def timed_step(run: StageRun) -> float:
+    if run.x.is_cuda:
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    run.step()
+    if run.x.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="256,512")
     ap.add_argument("--batches", default="1,2,4,8")
-    ap.add_argument("--iterations", type=int, default=12)
+    ap.add_argument("--iterations", type=int, default=110,
+                    help="iterations per run; past lbfgs_history (100) + 10 for 'steady'")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="auto")
     args = ap.parse_args()
     runtime = Runtime.create(args.device, args.precision)
-    print(f"{runtime.device} {runtime.precision}, landscape 4:3, median of iterations "
-          f"4..{args.iterations}\n")
-    print("| size | batch | s/iteration (batch) | s/iteration per image | images/hour at 500 it "
-          "| vs batch 1 |")
+    batches = [int(b) for b in args.batches.split(",")]
+    print(f"{runtime.device} {runtime.precision}, landscape 4:3, {args.iterations} iterations "
+          f"per run, batch sizes interleaved iteration by iteration; s/iteration per image\n")
+    print("| size | batch | early (it 4-12) | steady (history full) | images/hour, "
+          f"{RUN_LENGTH}-it run | vs batch 1 |")
     print("|---|---|---|---|---|---|")
     for size in (int(s) for s in args.sizes.split(",")):
-        base = None
-        for batch in (int(b) for b in args.batches.split(",")):
-            spi = per_iteration(batch, size, args.iterations, runtime)
-            per_image = spi / batch
-            base = base or per_image
-            print(f"| {size} | {batch} | {spi:.3f} | {per_image:.3f} | "
-                  f"{3600 / (per_image * 500):.1f} | {base / per_image:.2f}x |", flush=True)
+        params = StyleParams(size=size, iterations=args.iterations)
+        runs = [start_run(b, params, runtime) for b in batches]
+        # seconds[k][i]: iteration i of batch size k, per image
+        seconds = [[] for _ in batches]
+        for _ in range(args.iterations):
+            for run, b, per_batch in zip(runs, batches, seconds, strict=True):
+                per_batch.append(timed_step(run) / b)
+        del runs
+        totals = []
+        for per_image in seconds:
+            steady = statistics.median(per_image[-10:])
+            totals.append(sum(per_image) + steady * (RUN_LENGTH - len(per_image)))
+        for b, per_image, total in zip(batches, seconds, totals, strict=True):
+            print(f"| {size} | {b} | {statistics.median(per_image[3:12]):.3f} | "
+                  f"{statistics.median(per_image[-10:]):.3f} | {3600 / total:.1f} | "
+                  f"{totals[0] / total:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -31,7 +32,7 @@ from .params import StyleParams
 from .runtime import Runtime
 from .target_cache import image_digest
 from .targets import TargetBuilder, builder_for
-from .vgg import min_input_side
+from .vgg import VGG19Trunk, min_input_side
 
 ImageSource = str | os.PathLike | Image.Image
 
@@ -120,13 +121,20 @@ def stylize_batch(jobs: Sequence[StyleJob], params: StyleParams = StyleParams(),
                             checkpointing)
 
 
-def stylize_prepared(prepared: Sequence[tuple[SizedImage, list[SizedImage]]],
-                     params: StyleParams, runtime: Runtime | None = None,
-                     progress: Progress | None = None,
-                     checkpointing: Checkpointing | None = None) -> list[StyleResult]:
-    """stylize_batch for jobs already decoded by `prepare` (the batch runner checks each job
-    alone first, so one bad image fails only its own job)."""
-    runtime = runtime or Runtime.create()
+@dataclass
+class BatchProblem:
+    """What one batch's optimization starts from, ready on the runtime's device."""
+
+    trunk: VGG19Trunk
+    stages: list[Stage]
+    contents: torch.Tensor  # [N, 3, H, W], 0-255
+    x0: torch.Tensor
+    metadata: dict[str, Any]
+
+
+def setup_batch(prepared: Sequence[tuple[SizedImage, list[SizedImage]]], params: StyleParams,
+                runtime: Runtime) -> BatchProblem:
+    """Checks the batch fits in memory, then builds its targets and starting images."""
     sizes = {c.size for c, _ in prepared}
     if len(sizes) != 1:
         raise InputError(f"a batch needs one output size, got {sorted(sizes)}")
@@ -137,17 +145,30 @@ def stylize_prepared(prepared: Sequence[tuple[SizedImage, list[SizedImage]]],
     stages = _stages(prepared, params, builder, runtime.device)
     contents = torch.stack([c.pixels for c, _ in prepared]).to(runtime.device)
     x0 = init_batch(params, contents, _init_image(params, prepared[0][0].size))
-    start = time.perf_counter()
-    out, terms = optimize(trunk, x0, stages, params, runtime, progress, checkpointing)
-    if params.preserve_colors:
-        out = preserve_colors(out, contents)
-    seconds = time.perf_counter() - start
     metadata = {"params": params.to_dict(), "precision": runtime.precision,
                 "targets": builder.model, "weights_digest": weights.digest,
                 "version": __version__}
+    return BatchProblem(trunk, stages, contents, x0, metadata)
+
+
+def stylize_prepared(prepared: Sequence[tuple[SizedImage, list[SizedImage]]],
+                     params: StyleParams, runtime: Runtime | None = None,
+                     progress: Progress | None = None,
+                     checkpointing: Checkpointing | None = None) -> list[StyleResult]:
+    """stylize_batch for jobs already decoded by `prepare` (the batch runner checks each job
+    alone first, so one bad image fails only its own job)."""
+    runtime = runtime or Runtime.create()
+    problem = setup_batch(prepared, params, runtime)
+    start = time.perf_counter()
+    out, terms = optimize(problem.trunk, problem.x0, problem.stages, params, runtime, progress,
+                          checkpointing)
+    if params.preserve_colors:
+        out = preserve_colors(out, problem.contents)
+    seconds = time.perf_counter() - start
     losses = {k: v.tolist() for k, v in terms.items()}
     return [StyleResult(to_image(out[i]), {k: v[i] for k, v in losses.items()},
-                        params.iterations, seconds, metadata) for i in range(len(prepared))]
+                        params.iterations, seconds, problem.metadata)
+            for i in range(len(prepared))]
 
 
 def stylize(content: ImageSource, styles: ImageSource | Sequence[ImageSource],

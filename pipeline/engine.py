@@ -155,41 +155,63 @@ def optimize(trunk: VGG19Trunk, x0: Tensor, stages: Sequence[Stage], params: Sty
     return x, terms
 
 
+@dataclass
+class StageRun:
+    """One stage's optimization state: the image being optimized (a leaf), its optimizer and
+    objective. `step()` is one iteration; benchmarks step several runs in turn."""
+
+    x: Tensor
+    opt: Any
+    evaluate: Callable[[Tensor], dict[str, Tensor]]
+    clamp: bool  # Adam keeps the box constraint; L-BFGS is left unclamped, as in neural-style
+
+    @classmethod
+    def start(cls, trunk: VGG19Trunk, x0: Tensor, stage: Stage,
+              opt_state: dict[str, Any] | None, params: StyleParams, runtime: Runtime
+              ) -> StageRun:
+        x = x0.detach().clone().requires_grad_(True)
+        if params.optimizer == "lbfgs":
+            opt: Any = BatchedLBFGS(x, lr=params.step_size, history=params.lbfgs_history,
+                                    max_step=params.lbfgs_max_step or None)
+        else:
+            # Adam is elementwise, so it is already exact for a batch of independent jobs.
+            opt = torch.optim.Adam([x], lr=params.step_size)
+        if opt_state is not None:
+            opt.load_state_dict(tree_to(opt_state, runtime.device))
+        return cls(x, opt, objective(trunk, stage.targets, params, runtime),
+                   params.optimizer == "adam")
+
+    def _closure(self) -> dict[str, Tensor]:
+        self.x.grad = None
+        terms = self.evaluate(self.x)
+        terms["total"].sum().backward()
+        return {k: v.detach() for k, v in terms.items()}
+
+    def step(self) -> dict[str, Tensor]:
+        """One iteration; returns the loss terms of the images before it."""
+        terms = self.opt.step(self._closure)
+        if self.clamp:
+            with torch.no_grad():
+                self.x.clamp_(0, 255)
+        return terms
+
+
 def _run_stage(trunk: VGG19Trunk, x0: Tensor, stage: Stage, start: int,
                opt_state: dict[str, Any] | None, params: StyleParams, runtime: Runtime,
                progress: Progress | None, checkpointing: Checkpointing | None) -> Tensor:
     """Iterations start..stage.end of one stage; returns its final images."""
-    evaluate = objective(trunk, stage.targets, params, runtime)
-    x = x0.detach().clone().requires_grad_(True)
-    if params.optimizer == "lbfgs":
-        opt: Any = BatchedLBFGS(x, lr=params.step_size, history=params.lbfgs_history,
-                                max_step=params.lbfgs_max_step or None)
-    else:
-        # Adam is elementwise, so it is already exact for a batch of independent jobs.
-        opt = torch.optim.Adam([x], lr=params.step_size)
-    if opt_state is not None:
-        opt.load_state_dict(tree_to(opt_state, runtime.device))
-
-    def closure() -> dict[str, Tensor]:
-        x.grad = None
-        terms = evaluate(x)
-        terms["total"].sum().backward()
-        return {k: v.detach() for k, v in terms.items()}
-
+    run = StageRun.start(trunk, x0, stage, opt_state, params, runtime)
     for i in range(start, stage.end):
-        terms = opt.step(closure)
-        if params.optimizer == "adam":
-            with torch.no_grad():
-                x.clamp_(0, 255)  # box constraint; L-BFGS is left unclamped, as in neural-style
+        terms = run.step()
         if progress is not None:
             progress(i + 1, terms)
         if checkpointing is not None and i + 1 < params.iterations:
             stopping = checkpointing.stop()
             if stopping or (checkpointing.every and (i + 1) % checkpointing.every == 0):
-                checkpointing.save(i + 1, x.detach(), opt.state_dict())
+                checkpointing.save(i + 1, run.x.detach(), run.opt.state_dict())
             if stopping:
                 raise Interrupted(f"stopped at iteration {i + 1}")
-    return x.detach()
+    return run.x.detach()
 
 
 def tree_to(state: Any, device: torch.device | str) -> Any:
