@@ -31,7 +31,8 @@ RUN_LENGTH = 500  # iterations of the run that images/hour is quoted for
 def start_run(batch: int, params: StyleParams, runtime: Runtime) -> StageRun:
     jobs = [StyleJob(landscape(), [swirls(seed=i)]) for i in range(batch)]
     problem = setup_batch([prepare(job, params) for job in jobs], params, runtime)
-    return StageRun.start(problem.trunk, problem.x0, problem.stages[0], None, params, runtime)
+    return StageRun.start(problem.trunk, problem.x0, problem.stages[0], 0, None, params,
+                          runtime)
 
 
 def timed_step(run: StageRun) -> float:

@@ -166,12 +166,15 @@ class StageRun:
     clamp: bool  # Adam keeps the box constraint; L-BFGS is left unclamped, as in neural-style
 
     @classmethod
-    def start(cls, trunk: VGG19Trunk, x0: Tensor, stage: Stage,
+    def start(cls, trunk: VGG19Trunk, x0: Tensor, stage: Stage, start: int,
               opt_state: dict[str, Any] | None, params: StyleParams, runtime: Runtime
               ) -> StageRun:
         x = x0.detach().clone().requires_grad_(True)
         if params.optimizer == "lbfgs":
-            opt: Any = BatchedLBFGS(x, lr=params.step_size, history=params.lbfgs_history,
+            # A stage of L iterations stores at most L pairs: the history buffer need not
+            # be larger (it is allocated whole on a GPU).
+            history = min(params.lbfgs_history, max(1, stage.end - start))
+            opt: Any = BatchedLBFGS(x, lr=params.step_size, history=history,
                                     max_step=params.lbfgs_max_step or None)
         else:
             # Adam is elementwise, so it is already exact for a batch of independent jobs.
@@ -200,7 +203,7 @@ def _run_stage(trunk: VGG19Trunk, x0: Tensor, stage: Stage, start: int,
                opt_state: dict[str, Any] | None, params: StyleParams, runtime: Runtime,
                progress: Progress | None, checkpointing: Checkpointing | None) -> Tensor:
     """Iterations start..stage.end of one stage; returns its final images."""
-    run = StageRun.start(trunk, x0, stage, opt_state, params, runtime)
+    run = StageRun.start(trunk, x0, stage, start, opt_state, params, runtime)
     for i in range(start, stage.end):
         terms = run.step()
         if progress is not None:

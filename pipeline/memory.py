@@ -63,8 +63,9 @@ def bytes_per_image(cost: PixelCost, params: StyleParams, size: tuple[int, int])
     pixels = size[0] * size[1]
     image = 4 * 3 * pixels
     if params.optimizer == "lbfgs":
-        # s and y per history pair, plus x, grad, direction, previous grad, two-loop temps.
-        copies = 2 * min(params.lbfgs_history, max(1, params.iterations)) + 6
+        # s and y per history pair; x, grad, direction, previous grad; at the peak of a
+        # direction, the stacked [g, y, s] and H g and gamma g (lbfgs.py).
+        copies = 2 * min(params.lbfgs_history, max(1, params.iterations)) + 9
     else:
         copies = 4  # x, grad, Adam's two moments
     per_pixel = cost.saved + 4 * cost.largest + cost.content

@@ -90,3 +90,45 @@ def test_state_dict_round_trip_resumes_identically():
     for _ in range(6):
         opt2.step(_closure(x2, scale))
     torch.testing.assert_close(x2.detach(), straight, rtol=1e-12, atol=1e-12)
+
+
+def _two_loop(g: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]],
+              gamma: float) -> torch.Tensor:
+    """The textbook two-loop recursion (Nocedal & Wright, Algorithm 7.4): -H g."""
+    q, alphas = g.clone(), []
+    for s, y in reversed(pairs):
+        rho = 1.0 / (y @ s)
+        alphas.append(rho * (s @ q))
+        q -= alphas[-1] * y
+    r = gamma * q
+    for (s, y), a in zip(pairs, reversed(alphas), strict=True):
+        r += s * (a - (y @ r) / (y @ s))
+    return -r
+
+
+def test_compact_direction_equals_two_loop_with_evictions_and_rejected_pairs():
+    """Random pairs, about half failing the curvature test, 3 samples, history 4 over 11
+    pairs: each sample's direction equals the two-loop over its own window of accepted pairs."""
+    torch.manual_seed(3)
+    n, dim, m = 3, 40, 4
+    opt = BatchedLBFGS(torch.zeros(n, dim, dtype=torch.float64, requires_grad=True), history=m)
+    windows: list[list[tuple[torch.Tensor, torch.Tensor] | None]] = [[] for _ in range(n)]
+    gammas = [1.0] * n
+    rejected = 0
+    for _ in range(11):
+        opt.prev_grad, opt.d = torch.randn(n, dim, dtype=torch.float64), torch.randn(
+            n, dim, dtype=torch.float64)
+        opt.t = torch.rand(n, dtype=torch.float64) + 0.1
+        g = torch.randn(n, dim, dtype=torch.float64)
+        ours = opt._direction(g)
+        for i in range(n):
+            s, y = opt.d[i] * opt.t[i], g[i] - opt.prev_grad[i]
+            accepted = bool(y @ s > 1e-10)
+            rejected += not accepted
+            windows[i] = (windows[i] + [(s, y) if accepted else None])[-m:]
+            if accepted:
+                gammas[i] = float((y @ s) / (y @ y))
+            pairs = [p for p in windows[i] if p is not None]
+            torch.testing.assert_close(ours[i], _two_loop(g[i], pairs, gammas[i]),
+                                       rtol=1e-9, atol=1e-9)
+    assert 5 < rejected < 28  # both kinds of pair were exercised
