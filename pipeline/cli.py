@@ -356,7 +356,8 @@ def run(
     workers: int = typer.Option(1, help="Worker processes on the CPU (each gets an equal share "
                                 "of the cores)."),
     batch_size: int = typer.Option(0, help="Jobs optimized together (same size and "
-                                   "parameters). 0 = per device: 4 on CUDA, 1 on CPU."),
+                                   "parameters). 0 = per device: 4 on CUDA; on the CPU up "
+                                   "to 4 images of 256x192 px in all (1 at 512 px)."),
     checkpoint_every: int = typer.Option(50, help="Checkpoint each batch every N iterations "
                                          "(0: only when stopped)."),
     set_: list[str] = SET_OPTION,

@@ -25,7 +25,7 @@ from . import ledger
 from .errors import InputError, RowError
 from .files import atomic_write_bytes, remove_stale_temps
 from .images import read_metadata
-from .jobs import Inspector, Job, make_batches
+from .jobs import Inspector, Job, default_batch_size, make_batches
 from .manifest import read_jobs
 
 
@@ -44,7 +44,7 @@ class RunOptions:
     out_dir: Path
     devices: str = "auto"
     workers: int = 1
-    batch_size: int = 0                 # 0: per device (4 on CUDA, 1 on CPU)
+    batch_size: int = 0                 # 0: jobs.default_batch_size per device and size
     checkpoint_every: int = 50
     overrides: dict[str, Any] = field(default_factory=dict)
     skip_bad_rows: bool = False
@@ -240,8 +240,8 @@ def run(manifest: Path, opts: RunOptions, display_factory: Callable[..., Any],
                                                error="recovered from output file")
                                 for j in p.recovered])
         devices = resolve_devices(opts.devices, opts.workers)
-        size = opts.batch_size or (4 if devices[0].startswith("cuda") else 1)
-        batches = list(make_batches(p.todo, size))
+        batches = list(make_batches(p.todo, lambda job: opts.batch_size or default_batch_size(
+            devices[0], job.size)))
         result = RunResult(total=len(found.jobs) + len(found.errors), done_before=p.done,
                            failed_before=p.failed_before, devices=devices)
         result.failed += [(e.row, str(e)) for e in found.errors]

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from pipeline import ledger
 from pipeline.cli import app
 from pipeline.images import read_metadata, to_tensor
-from pipeline.jobs import Batch, Inspector
+from pipeline.jobs import Batch, Inspector, default_batch_size
 from pipeline.manifest import build_rows, read_jobs, write_manifest
 from tests.conftest import make_painting, make_photo
 
@@ -177,7 +177,8 @@ def test_second_run_on_the_same_folder_is_refused(dataset, tmp_path):
 def _spawn_run(manifest, out, iterations):
     cmd = [sys.executable, "-m", "pipeline", "run", str(manifest), "--out", str(out),
            "--devices", "cpu", "--workers", "2", "--set", "size=32", "--set",
-           f"iterations={iterations}", "--precision", "fp32", "--checkpoint-every", "2"]
+           f"iterations={iterations}", "--precision", "fp32", "--checkpoint-every", "2",
+           "--batch-size", "1"]  # jobs finish one by one, so a kill finds some done
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True, text=True)
 
@@ -305,3 +306,11 @@ def test_large_manifest_is_read_in_batches(dataset, tmp_path):
     found = scan(manifest, tmp_path / "out", {}, seen.append, decode=False)
     assert not found.errors and len(found.jobs) == 10_000 and sum(seen) == 10_000
     assert len({j.key for j in found.jobs}) == 10_000  # the seed is part of each key
+
+
+def test_default_batch_size_batches_only_small_images_on_the_cpu():
+    assert default_batch_size("cpu", (256, 192)) == 4
+    assert default_batch_size("cpu", (320, 240)) == 2
+    assert default_batch_size("cpu", (512, 384)) == 1
+    assert default_batch_size("cpu", (4000, 3000)) == 1
+    assert default_batch_size("cuda:1", (512, 384)) == 4
