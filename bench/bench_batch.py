@@ -3,13 +3,13 @@
 Usage: python -m bench.bench_batch [--sizes 256,512] [--batches 1,2,4,8] [--iterations 110]
 [--device cpu] [--precision auto].
 
-This machine's speed drifts by up to 30% over minutes (identical matmul loops differ that
-much), so the batch sizes are not run one after another: one optimization per batch size is
-set up, and they take turns, one iteration each. Every ratio then compares iterations taken
-seconds apart. An iteration's cost grows with the L-BFGS history (two passes over up to 100
-stored pairs), so the runs go past the point where it is full: "early" is iterations 4..12,
-"steady" the last 10. A 500-iteration run is estimated as the measured iterations plus
-(500 - iterations) steady ones.
+This machine's speed drifts by up to 2x over minutes (identical matmul loops differ by 30%
+within one minute), so the batch sizes are not run one after another: one optimization per
+batch size is set up, and they take turns, one iteration each. Every ratio then compares
+iterations taken seconds apart. An iteration's cost grows with the L-BFGS history (two passes
+over up to 100 stored pairs), so the runs go past the point where it is full: "early" is
+iterations 4..12, "steady" the last 10. A 500-iteration run is estimated as the measured
+iterations plus (500 - iterations) steady ones.
 """
 
 from __future__ import annotations
@@ -70,14 +70,12 @@ def main() -> None:
             for run, b, per_batch in zip(runs, batches, seconds, strict=True):
                 per_batch.append(timed_step(run) / b)
         del runs
-        totals = []
-        for per_image in seconds:
-            steady = statistics.median(per_image[-10:])
-            totals.append(sum(per_image) + steady * (RUN_LENGTH - len(per_image)))
-        for b, per_image, total in zip(batches, seconds, totals, strict=True):
-            print(f"| {size} | {b} | {statistics.median(per_image[3:12]):.3f} | "
-                  f"{statistics.median(per_image[-10:]):.3f} | {3600 / total:.1f} | "
-                  f"{totals[0] / total:.2f}x |", flush=True)
+        steady = [statistics.median(per_image[-10:]) for per_image in seconds]
+        totals = [sum(per_image) + st * (RUN_LENGTH - len(per_image))
+                  for per_image, st in zip(seconds, steady, strict=True)]
+        for b, per_image, st, total in zip(batches, seconds, steady, totals, strict=True):
+            print(f"| {size} | {b} | {statistics.median(per_image[3:12]):.3f} | {st:.3f} | "
+                  f"{3600 / total:.1f} | {totals[0] / total:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

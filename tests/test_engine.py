@@ -5,10 +5,9 @@ import torch
 from PIL import Image
 
 from pipeline import Runtime, StyleJob, StyleParams, stylize_batch
-from pipeline.api import _stages, prepare
-from pipeline.engine import Checkpointing, objective, optimize, trunk_for
+from pipeline.api import prepare, setup_batch
+from pipeline.engine import Checkpointing, objective, optimize
 from pipeline.images import to_tensor
-from pipeline.targets import builder_for
 from tests.conftest import make_painting, make_photo
 
 SMALL = dict(size=64, iterations=8)
@@ -155,13 +154,12 @@ def test_reported_objective_is_that_of_the_returned_images_in_fp32():
     bf16 = Runtime.create("cpu", "bf16", channels_last=True, targets="torch")
     fp32 = Runtime.create("cpu", "fp32", channels_last=False, targets="torch")
     params = StyleParams(size=64, iterations=5)
-    trunk, weights = trunk_for(params, bf16)
-    prepared = [prepare(StyleJob(make_photo(), [make_painting()]), params)]
-    stages = _stages(prepared, params, builder_for(weights, trunk, params.pooling, bf16),
-                     bf16.device)
+    problem = setup_batch([prepare(StyleJob(make_photo(), [make_painting()]), params)], params,
+                          bf16)
     trace = []
-    out, terms = optimize(trunk, prepared[0][0].pixels[None], stages, params, bf16,
+    out, terms = optimize(problem.trunk, problem.x0, problem.stages, params, bf16,
                           progress=lambda i, t: trace.append(t["total"].item()))
-    exact = objective(trunk, stages[-1].targets, params, fp32)(out)["total"].item()
+    exact = objective(problem.trunk, problem.stages[-1].targets, params, fp32)(out)
+    exact = exact["total"].item()
     assert terms["total"].item() == pytest.approx(exact, rel=1e-4)
     assert terms["total"].item() != pytest.approx(trace[-1], rel=1e-4)
