@@ -92,6 +92,9 @@ CHANNELS_LAST = typer.Option("auto", help="NHWC memory layout for the trunk: aut
                              "and bf16), on or off.")
 CUDNN_BENCHMARK = typer.Option(True, help="Let cuDNN autotune conv algorithms per image size "
                                "(CUDA only).")
+KEEP_CPU_MEMORY = typer.Option(True, help="CPU: keep freed memory in the process for the next "
+                               "iteration instead of returning it to the kernel (no page "
+                               "faults on large activations; returned after each batch).")
 TARGETS = typer.Option("onnx", help="Compute content/style targets with onnx (ONNX Runtime over "
                        "the exported trunk) or torch.")
 PROVIDERS = typer.Option("auto", help="ONNX Runtime providers in order of choice, e.g. cuda,cpu. "
@@ -100,15 +103,16 @@ TRT_FP16 = typer.Option(False, help="TensorRT fp16 for targets (default fp32).")
 CACHE_TARGETS = typer.Option(True, help="Keep computed targets in the cache.")
 
 
-def runtime_options(precision: str, channels_last: str, cudnn_benchmark: bool, targets: str,
-                    providers: str, trt_fp16: bool, cache_dir: str | None,
-                    cache_targets: bool) -> dict[str, Any]:
+def runtime_options(precision: str, channels_last: str, cudnn_benchmark: bool,
+                    keep_cpu_memory: bool, targets: str, providers: str, trt_fp16: bool,
+                    cache_dir: str | None, cache_targets: bool) -> dict[str, Any]:
     """The Runtime.create keyword arguments (all but the device) from the shared options."""
     if channels_last not in ("auto", "on", "off"):
         raise InputError(f"--channels-last must be auto, on or off, got {channels_last!r}")
     return {"precision": precision,
             "channels_last": {"auto": None, "on": True, "off": False}[channels_last],
-            "cudnn_benchmark": cudnn_benchmark, "targets": targets, "providers": providers,
+            "cudnn_benchmark": cudnn_benchmark, "keep_cpu_memory": keep_cpu_memory,
+            "targets": targets, "providers": providers,
             "trt_fp16": trt_fp16, "cache": cache_dir, "cache_targets": cache_targets}
 
 
@@ -146,6 +150,7 @@ def stylize(
     precision: str = PRECISION,
     channels_last: str = CHANNELS_LAST,
     cudnn_benchmark: bool = CUDNN_BENCHMARK,
+    keep_cpu_memory: bool = KEEP_CPU_MEMORY,
     targets: str = TARGETS,
     providers: str = PROVIDERS,
     trt_fp16: bool = TRT_FP16,
@@ -159,8 +164,8 @@ def stylize(
     from .runtime import Runtime
 
     check_output_path(output)
-    options = runtime_options(precision, channels_last, cudnn_benchmark, targets, providers,
-                              trt_fp16, cache_dir, cache_targets)
+    options = runtime_options(precision, channels_last, cudnn_benchmark, keep_cpu_memory,
+                              targets, providers, trt_fp16, cache_dir, cache_targets)
     params = StyleParams(
         size=size, iterations=iterations, scales=scales, optimizer=optimizer, lr=lr,
         lbfgs_history=lbfgs_history, lbfgs_max_step=lbfgs_max_step,
@@ -368,6 +373,7 @@ def run(
     precision: str = PRECISION,
     channels_last: str = CHANNELS_LAST,
     cudnn_benchmark: bool = CUDNN_BENCHMARK,
+    keep_cpu_memory: bool = KEEP_CPU_MEMORY,
     targets: str = TARGETS,
     providers: str = PROVIDERS,
     trt_fp16: bool = TRT_FP16,
@@ -385,8 +391,9 @@ def run(
         raise InputError("--batch-size and --checkpoint-every must be >= 0, --workers >= 1")
     opts = RunOptions(out, devices, workers, batch_size, checkpoint_every,
                       parse_overrides(set_ or []), skip_bad_rows, retry_failed,
-                      runtime_options(precision, channels_last, cudnn_benchmark, targets,
-                                      providers, trt_fp16, cache_dir, cache_targets))
+                      runtime_options(precision, channels_last, cudnn_benchmark,
+                                      keep_cpu_memory, targets, providers, trt_fp16,
+                                      cache_dir, cache_targets))
     try:
         result = run_manifest(manifest, opts, RunDisplay, scanning)
     except ManifestInvalid as e:

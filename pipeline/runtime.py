@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import cpu_heap
 from .errors import InputError
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -46,6 +47,7 @@ class Runtime:
     precision: str = "fp32"       # resolved: fp32 or bf16 (bf16 convolutions; Grams/losses fp32)
     channels_last: bool = True    # NHWC convs: faster for bf16 oneDNN and cuDNN tensor cores
     cudnn_benchmark: bool = True  # autotune conv algorithms per input shape (CUDA only)
+    keep_cpu_memory: bool = True  # CPU: reuse freed memory, no page faults (cpu_heap.py)
     targets: str = "onnx"         # target features from ONNX Runtime ("onnx") or PyTorch ("torch")
     providers: tuple[str, ...] = ("tensorrt", "cuda", "cpu")  # ORT providers, in order of choice
     trt_fp16: bool = False        # TensorRT fp16 for targets (off: targets stay fp32-exact)
@@ -55,8 +57,9 @@ class Runtime:
     @classmethod
     def create(cls, device: str = "auto", precision: str = "auto",
                channels_last: bool | None = None, cudnn_benchmark: bool = True,
-               targets: str = "onnx", providers: str | None = None, trt_fp16: bool = False,
-               cache: str | None = None, cache_targets: bool = True) -> Runtime:
+               keep_cpu_memory: bool = True, targets: str = "onnx", providers: str | None = None,
+               trt_fp16: bool = False, cache: str | None = None, cache_targets: bool = True
+               ) -> Runtime:
         """`auto`/None resolve per device: bf16 where it is fast; channels_last on CUDA and
         with bf16 (on CPU it measured slower than NCHW in fp32, faster in bf16)."""
         dev = resolve_device(device)
@@ -72,11 +75,12 @@ class Runtime:
             # fp32 accumulation; well inside the tolerance the objective needs.
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        keep_cpu_memory = keep_cpu_memory and dev.type == "cpu" and cpu_heap.keep_freed_memory()
         if targets not in ("onnx", "torch"):
             raise InputError(f"targets must be onnx or torch, got {targets!r}")
         from .ort_session import parse_providers
 
-        return cls(dev, precision, channels_last, cudnn_benchmark, targets,
+        return cls(dev, precision, channels_last, cudnn_benchmark, keep_cpu_memory, targets,
                    parse_providers(providers), trt_fp16, cache, cache_targets)
 
     def layout(self, x: torch.Tensor) -> torch.Tensor:

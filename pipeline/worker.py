@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from . import ledger
+from . import cpu_heap, ledger
 from .api import StyleJob, prepare, stylize_prepared
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .engine import Checkpointing, Interrupted
@@ -134,6 +134,8 @@ def worker_main(wid: int, device: str, runtime_options: dict[str, Any], threads:
     try:
         while (batch := tasks.get()) is not None and not worker.stopping():
             worker.run(batch)
+            if runtime.keep_cpu_memory:
+                cpu_heap.release()  # the next batch may be smaller; others share the machine
     except Interrupted:
         pass
     events.put(("exit", wid))

@@ -1,0 +1,48 @@
+"""Freed CPU memory is reused: an allocation the size of the last one needs no fresh pages."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import cpu_heap
+from pipeline.runtime import Runtime
+
+pytestmark = pytest.mark.skipif(cpu_heap._glibc() is None, reason="glibc's allocator only")
+
+# A fresh interpreter: what glibc does depends on what the process allocated before.
+# 64 MB is over glibc's largest mmap threshold, like a batch's activations.
+PROBE = """
+import json, resource, sys, torch
+from pipeline import cpu_heap
+if sys.argv[1] == "keep":
+    cpu_heap.keep_freed_memory()
+def page_faults_of_a_filled_tensor():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t = torch.ones(16 * 2**20)
+    del t
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+faults = [page_faults_of_a_filled_tensor() for _ in range(4)]
+cpu_heap.release()
+print(json.dumps({"again": min(faults[1:]), "after_release": page_faults_of_a_filled_tensor()}))
+"""
+
+
+def probe(mode: str) -> dict[str, int]:
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parents[1])
+    return json.loads(out.stdout)
+
+
+def test_kept_memory_is_reused_without_page_faults_and_released_on_request():
+    default, kept = probe("default"), probe("keep")
+    assert default["again"] > 0  # glibc maps it anew every time
+    assert kept["again"] * 10 < default["again"]
+    assert kept["after_release"] * 2 > default["again"]  # handed back: new pages again
+
+
+def test_runtime_keeps_cpu_memory_unless_told_not_to():
+    assert Runtime.create("cpu", "fp32").keep_cpu_memory
+    assert not Runtime.create("cpu", "fp32", keep_cpu_memory=False).keep_cpu_memory
