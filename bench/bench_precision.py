@@ -1,0 +1,80 @@
+"""The bf16 quality guard at full size: final objective (fp32) of bf16 against all-fp32 runs.
+
+Usage: python -m bench.bench_precision [--size 512] [--iterations 500] [--every 100]
+[--device cpu].
+
+Three runs of the same job from the same start: fp32 NCHW (no levers), fp32 channels_last
+(the same math reassociated: how far apart chaos alone puts two fp32 runs) and the default
+bf16 channels_last. They take turns, one iteration each, so the seconds per iteration are
+compared under the same machine load. Every `--every` iterations each run's images are scored
+with one fp32 NCHW objective (as `engine.optimize` reports it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from pipeline import Runtime, StyleJob, StyleParams
+from pipeline.api import prepare, setup_batch
+from pipeline.demo import landscape, swirls
+from pipeline.engine import StageRun, objective
+
+VARIANTS = {  # name -> Runtime.create options
+    "fp32 NCHW": {"precision": "fp32", "channels_last": False},
+    "fp32 channels_last": {"precision": "fp32", "channels_last": True},
+    "bf16 channels_last (default)": {"precision": "bf16", "channels_last": True},
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--iterations", type=int, default=500)
+    ap.add_argument("--every", type=int, default=100)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    params = StyleParams(size=args.size, iterations=args.iterations)
+    job = StyleJob(landscape(), [swirls()])
+    names = list(VARIANTS)
+    runs, seconds = {}, {}
+    for name, options in VARIANTS.items():
+        runtime = Runtime.create(args.device, **options)
+        problem = setup_batch([prepare(job, params)], params, runtime)
+        runs[name] = StageRun.start(problem.trunk, problem.x0, problem.stages[0], 0, None,
+                                    params, runtime)
+        seconds[name] = 0.0
+        if name == names[0]:  # the fp32 NCHW run's objective scores them all
+            score = objective(problem.trunk, problem.stages[0].targets, params, runtime)
+    print(f"{args.device}, {args.size} px landscape, L-BFGS, {args.iterations} iterations, "
+          "runs interleaved; objective = fp32 NCHW total loss of each run's images\n")
+    print("| iteration | " + " | ".join(f"{n}: objective (vs fp32 NCHW)" for n in names) + " |")
+    print("|---|" + "---|" * len(names))
+    final = {}
+    for i in range(1, args.iterations + 1):
+        for name, run in runs.items():
+            if run.x.is_cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            run.step()
+            if run.x.is_cuda:
+                torch.cuda.synchronize()
+            seconds[name] += time.perf_counter() - start
+        if i % args.every == 0 or i == args.iterations:
+            with torch.no_grad():
+                final = {n: score(r.x.detach())["total"].item() for n, r in runs.items()}
+            base = final[names[0]]
+            print(f"| {i} | " + " | ".join(f"{final[n]:.4g} ({final[n] / base:.4f})"
+                                           for n in names) + " |", flush=True)
+    base_s = seconds[names[0]]
+    print("\n| run | s/iteration | speed vs fp32 NCHW | final objective vs fp32 NCHW |")
+    print("|---|---|---|---|")
+    for n in names:
+        print(f"| {n} | {seconds[n] / args.iterations:.3f} | {base_s / seconds[n]:.2f}x | "
+              f"{final[n] / final[names[0]]:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
