@@ -2,17 +2,16 @@
 
 glibc serves every allocation over its mmap threshold (32 MB at most) with a fresh mmap and
 unmaps it on free. An iteration at 512 px, or a batch of four at 256 px, has activations that
-large, so each iteration got them back from the kernel as new zeroed pages: 60-90k page faults
-and 30-50 ms of kernel time per image per iteration measured at batch 4 x 256x192 (about a
-third of the iteration). With mmap off and no trimming, the next iteration reuses the same
-heap memory. The price is a process that keeps its peak; `release` hands it back (the worker
+large, so each iteration got them back from the kernel as new zeroed pages: 56-90k page faults
+and 30-50 ms of kernel time per image per iteration at batch 4 x 256x192, which made the
+iteration 8% slower (bench/bench_heap.py). With mmap off and no trimming, the next iteration
+reuses the same heap memory. The price is a process that keeps its peak; `release` hands it back (the worker
 calls it after each batch).
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # mallopt, glibc's malloc.h
@@ -21,11 +20,10 @@ MMAP_CEILING = 32 * 2**20  # the largest mmap threshold glibc's dynamic rule rea
 
 @functools.cache
 def _glibc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
-        libc.gnu_get_libc_version  # noqa: B018 (only glibc has it: musl, macOS differ)
-    except (OSError, AttributeError, TypeError):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018 (only glibc has it)
+    except (OSError, AttributeError):  # macOS, Windows, musl
         return None
     return libc
 
