@@ -362,7 +362,7 @@ def run(
                                 "of the cores)."),
     batch_size: int = typer.Option(0, help="Jobs optimized together (same size and "
                                    "parameters). 0 = per device: 4 on CUDA; on the CPU up "
-                                   "to 4 images of 256x192 px in all (1 at 512 px)."),
+                                   "to 4 images of 512x384 px in all (1 at 1024 px)."),
     checkpoint_every: int = typer.Option(50, help="Checkpoint each batch every N iterations "
                                          "(0: only when stopped)."),
     set_: list[str] = SET_OPTION,

@@ -92,15 +92,17 @@ def make_batches(jobs: Iterable[Job], batch_size: Callable[[Job], int]) -> Itera
             yield Batch(tuple(members[i:i + step]))
 
 
-# Pixels per batch on the CPU: bench/bench_batch.py measured 1.17x / 1.24x images per hour
-# at batch 2 / 4 for 256x192 images, and a loss for every batch at 512x384 (0.94x at 2).
-CPU_BATCH_PIXELS = 4 * 256 * 192
+# Pixels per batch on the CPU: with freed memory kept (cpu_heap.py), bench/bench_batch.py
+# measured 1.13-1.23x images per hour at batch 4 for 256x192 images and 1.09x / 1.10x at
+# batch 2 / 4 for 512x384 (before, every 512 px batch lost to page faults). Larger sizes were
+# not measured, so they run alone.
+CPU_BATCH_PIXELS = 4 * 512 * 384
 CUDA_BATCH = 4  # not measured yet (no GPU run); the memory check splits what cannot fit
 
 
 def default_batch_size(device: str, size: tuple[int, int]) -> int:
-    """Jobs per batch when --batch-size is 0: a few on CUDA; on the CPU only small images
-    gain from batching (two cores are already busy with one large image)."""
+    """Jobs per batch when --batch-size is 0: a few on CUDA; on the CPU up to 4 images of
+    512x384 px in all (beyond that, unmeasured: one at a time)."""
     if device.startswith("cuda"):
         return CUDA_BATCH
     return max(1, min(4, CPU_BATCH_PIXELS // (size[0] * size[1])))

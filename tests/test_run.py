@@ -308,9 +308,10 @@ def test_large_manifest_is_read_in_batches(dataset, tmp_path):
     assert len({j.key for j in found.jobs}) == 10_000  # the seed is part of each key
 
 
-def test_default_batch_size_batches_only_small_images_on_the_cpu():
+def test_default_batch_size_batches_only_measured_sizes_on_the_cpu():
     assert default_batch_size("cpu", (256, 192)) == 4
-    assert default_batch_size("cpu", (320, 240)) == 2
-    assert default_batch_size("cpu", (512, 384)) == 1
+    assert default_batch_size("cpu", (512, 384)) == 4
+    assert default_batch_size("cpu", (724, 543)) == 2
+    assert default_batch_size("cpu", (1024, 768)) == 1
     assert default_batch_size("cpu", (4000, 3000)) == 1
     assert default_batch_size("cuda:1", (512, 384)) == 4
