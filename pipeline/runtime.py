@@ -61,7 +61,8 @@ class Runtime:
                trt_fp16: bool = False, cache: str | None = None, cache_targets: bool = True
                ) -> Runtime:
         """`auto`/None resolve per device: bf16 where it is fast; channels_last on CUDA and
-        with bf16 (on CPU it measured slower than NCHW in fp32, faster in bf16)."""
+        with bf16 (on CPU it measured slower than NCHW in fp32, faster in bf16). Like the
+        cuDNN and tf32 switches, keep_cpu_memory is process-wide (cpu_heap.py)."""
         dev = resolve_device(device)
         if precision not in PRECISIONS:
             raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
