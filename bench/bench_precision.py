@@ -13,14 +13,12 @@ with one fp32 NCHW objective (as `engine.optimize` reports it).
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
-from pipeline import Runtime, StyleJob, StyleParams
-from pipeline.api import prepare, setup_batch
-from pipeline.demo import landscape, swirls
-from pipeline.engine import StageRun, objective
+from pipeline import Runtime, StyleParams
+
+from .bench_batch import start_run, timed_step
 
 VARIANTS = {  # name -> Runtime.create options
     "fp32 NCHW": {"precision": "fp32", "channels_last": False},
@@ -37,17 +35,11 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     params = StyleParams(size=args.size, iterations=args.iterations)
-    job = StyleJob(landscape(), [swirls()])
     names = list(VARIANTS)
-    runs, seconds = {}, {}
-    for name, options in VARIANTS.items():
-        runtime = Runtime.create(args.device, **options)
-        problem = setup_batch([prepare(job, params)], params, runtime)
-        runs[name] = StageRun.start(problem.trunk, problem.x0, problem.stages[0], 0, None,
-                                    params, runtime)
-        seconds[name] = 0.0
-        if name == names[0]:  # the fp32 NCHW run's objective scores them all
-            score = objective(problem.trunk, problem.stages[0].targets, params, runtime)
+    runs = {name: start_run(1, params, Runtime.create(args.device, **options))
+            for name, options in VARIANTS.items()}
+    seconds = dict.fromkeys(names, 0.0)
+    score = runs[names[0]].evaluate  # the fp32 NCHW run's objective scores them all
     print(f"{args.device}, {args.size} px landscape, L-BFGS, {args.iterations} iterations, "
           "runs interleaved; objective = fp32 NCHW total loss of each run's images\n")
     print("| iteration | " + " | ".join(f"{n}: objective (vs fp32 NCHW)" for n in names) + " |")
@@ -55,13 +47,7 @@ def main() -> None:
     final = {}
     for i in range(1, args.iterations + 1):
         for name, run in runs.items():
-            if run.x.is_cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            run.step()
-            if run.x.is_cuda:
-                torch.cuda.synchronize()
-            seconds[name] += time.perf_counter() - start
+            seconds[name] += timed_step(run)
         if i % args.every == 0 or i == args.iterations:
             with torch.no_grad():
                 final = {n: score(r.x.detach())["total"].item() for n, r in runs.items()}
