@@ -60,9 +60,10 @@ def _open(src: ImageSource) -> tuple[Image.Image, str, str]:
     return img, digest, Path(src).name
 
 
-def _sized(src: ImageSource, longest: int, min_side: int, role: str) -> SizedImage:
+def _sized(src: ImageSource, longest: int, min_side: int, role: str,
+           bucket: int = 0) -> SizedImage:
     img, digest, name = _open(src)
-    size = fit_longest_side(img.size, longest)
+    size = fit_longest_side(img.size, longest, bucket)
     if min(size) < min_side:
         label = name if isinstance(src, Image.Image) else str(src)
         raise InputError(f"{label}: {role} image {img.size[0]}x{img.size[1]} would be "
@@ -76,7 +77,8 @@ def prepare(job: StyleJob, params: StyleParams) -> tuple[SizedImage, list[SizedI
     if not job.styles:
         raise InputError("at least one style image is needed")
     params.validate(n_styles=len(job.styles))
-    content = _sized(job.content, params.size, min_input_side(params.layers), "content")
+    content = _sized(job.content, params.size, min_input_side(params.layers), "content",
+                     params.size_bucket)
     style_side = max(1, round(params.size * params.style_scale))
     styles = [_sized(s, style_side, min_input_side(params.style_layers), "style")
               for s in job.styles]

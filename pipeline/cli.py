@@ -124,6 +124,7 @@ def stylize(
     output: Path = typer.Option(..., "--output", "-o", help="Output file: .png or .jpg/.jpeg. "
                                 "Written atomically, with the parameters embedded."),
     size: int = typer.Option(D.size, help=HELP["size"]),
+    size_bucket: int = typer.Option(D.size_bucket, help=HELP["size_bucket"]),
     iterations: int = typer.Option(D.iterations, help=HELP["iterations"]),
     scales: int = typer.Option(D.scales, help=HELP["scales"]),
     optimizer: str = typer.Option(D.optimizer, help=HELP["optimizer"]),
@@ -167,7 +168,8 @@ def stylize(
     options = runtime_options(precision, channels_last, cudnn_benchmark, keep_cpu_memory,
                               targets, providers, trt_fp16, cache_dir, cache_targets)
     params = StyleParams(
-        size=size, iterations=iterations, scales=scales, optimizer=optimizer, lr=lr,
+        size=size, size_bucket=size_bucket, iterations=iterations, scales=scales,
+        optimizer=optimizer, lr=lr,
         lbfgs_history=lbfgs_history, lbfgs_max_step=lbfgs_max_step,
         content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
         content_layers=_list("content_layers", content_layers),

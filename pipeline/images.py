@@ -101,11 +101,23 @@ def header_size(path: str | os.PathLike) -> tuple[int, int]:
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
-def fit_longest_side(size: tuple[int, int], longest: int) -> tuple[int, int]:
-    """(w, h) scaled so max(w, h) == longest, aspect ratio kept, each side at least 1."""
+def fit_longest_side(size: tuple[int, int], longest: int, bucket: int = 0) -> tuple[int, int]:
+    """(w, h) scaled so max(w, h) == longest, aspect ratio kept, each side at least 1.
+
+    With `bucket`, the other side is then rounded to the nearest multiple of it (at most
+    `longest`; a side under half a bucket is kept), moving it by at most bucket / 2 pixels.
+    Photos of nearly the same
+    shape then get one output size (at 512 px, 3000x2000 gives 512x341 and 1024x683 gives
+    512x342; with bucket 8 both give 512x344), and only jobs of one size share a batch.
+    """
     w, h = size
     scale = longest / max(w, h)
-    return max(1, round(w * scale)), max(1, round(h * scale))
+    w, h = max(1, round(w * scale)), max(1, round(h * scale))
+    if bucket:
+        def snap(side: int) -> int:
+            return min(longest, round(side / bucket) * bucket or side)
+        w, h = (w, snap(h)) if w >= h else (snap(w), h)
+    return w, h
 
 
 def resize(img: Image.Image, size: tuple[int, int]) -> Image.Image:

@@ -71,7 +71,7 @@ class Inspector:
     def __call__(self, spec: JobSpec) -> Job:
         params = spec.params
         digest, size = self._image(spec.content, spec.row)
-        out_size = fit_longest_side(size, params.size)
+        out_size = fit_longest_side(size, params.size, params.size_bucket)
         if min(out_size) < min_input_side(params.layers):
             raise RowError(spec.row, f"{spec.content}: output would be {out_size[0]}x"
                                      f"{out_size[1]}, too small for these layers")

@@ -30,6 +30,11 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 class StyleParams:
     size: int = _f(512, "Longest side of the output in pixels; the content image's aspect ratio "
                         "is kept.")
+    size_bucket: int = _f(0, "Round the output's shorter side to a multiple of this many "
+                             "pixels (0 = keep the content's aspect ratio exactly). Photos of "
+                             "nearly the same shape then get one output size, so a bulk run "
+                             "batches them together (and on CUDA tunes cuDNN once for them); "
+                             "the content is stretched by at most size_bucket/2 pixels.")
     iterations: int = _f(500, "Optimizer iterations; each is one forward+backward pass.")
     scales: int = _f(1, "Coarse-to-fine: optimize at this many sizes, each twice the one "
                         "before and the last at `size`, each upsampled to start the next; the "
@@ -100,6 +105,8 @@ class StyleParams:
         checks: list[tuple[bool, str]] = [
             (16 <= self.size <= MAX_SIZE, f"size must be between 16 and {MAX_SIZE}, got "
                                           f"{self.size}"),
+            (0 <= self.size_bucket <= self.size, f"size_bucket must be between 0 and size "
+                                                 f"({self.size}), got {self.size_bucket}"),
             (1 <= self.scales <= 8, f"scales must be between 1 and 8, got {self.scales}"),
             (self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got "

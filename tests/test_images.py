@@ -4,7 +4,7 @@ from PIL import Image
 
 from pipeline import StyleJob, StyleParams, stylize_batch
 from pipeline.errors import InputError
-from pipeline.images import open_rgb, read_metadata, save_image, to_rgb
+from pipeline.images import fit_longest_side, open_rgb, read_metadata, save_image, to_rgb
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "I;16", "I", "F", "1"])
@@ -74,6 +74,24 @@ def test_tiny_or_elongated_images_are_rejected(tmp_path, cpu32):
         stylize_batch([StyleJob(style, [tiny])], StyleParams(size=64, iterations=1), cpu32)
 
 
+def test_size_bucket_rounds_the_shorter_side_by_at_most_half_a_bucket():
+    rng = np.random.default_rng(0)
+    for w, h in rng.integers(40, 5000, size=(300, 2)):
+        for longest, bucket in ((512, 8), (512, 64), (300, 7)):
+            exact = fit_longest_side((w, h), longest)
+            snapped = fit_longest_side((w, h), longest, bucket)
+            short = int(np.argmin(exact)) if w != h else 1
+            assert snapped[1 - short] == exact[1 - short] == longest
+            assert abs(snapped[short] - exact[short]) <= bucket / 2
+            assert snapped[short] % bucket == 0 or snapped[short] in (longest, exact[short])
+    assert fit_longest_side((3000, 2000), 512) != fit_longest_side((1024, 683), 512)
+    assert fit_longest_side((3000, 2000), 512, 8) == fit_longest_side((1024, 683), 512, 8) \
+        == (512, 344)
+    assert fit_longest_side((683, 1024), 512, 8) == (344, 512)  # portrait: the width snaps
+    assert fit_longest_side((5000, 100), 512, 16) == (512, 16)
+    assert fit_longest_side((5000, 50), 512, 16) == (512, 5)  # under half a bucket: kept
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"size": 8}, "size must be between"), ({"size": 10**6}, "size must be between"),
     ({"tv_weight": float("nan")}, "tv_weight must be a finite"),
@@ -83,6 +101,8 @@ def test_tiny_or_elongated_images_are_rejected(tmp_path, cpu32):
     ({"style_blend": (1.0, 2.0)}, "style_blend has 2 values but needs 1"),
     ({"style_layer_weights": (1.0,)}, "style_layer_weights has 1 values"),
     ({"iterations": -1}, "iterations must be"), ({"style_scale": 0.0}, "style_scale"),
+    ({"size_bucket": -8}, "size_bucket must be between 0 and size"),
+    ({"size": 64, "size_bucket": 65}, "size_bucket must be between 0 and size"),
 ])
 def test_bad_parameters_are_named(change, message):
     with pytest.raises(InputError, match=message):

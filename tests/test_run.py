@@ -308,6 +308,33 @@ def test_large_manifest_is_read_in_batches(dataset, tmp_path):
     assert len({j.key for j in found.jobs}) == 10_000  # the seed is part of each key
 
 
+def test_size_bucket_lets_nearly_equal_shapes_share_a_batch(tmp_path):
+    from pipeline.jobs import make_batches
+    from pipeline.runner import scan
+
+    images = tmp_path / "data"
+    images.mkdir()
+    for i, size in enumerate([(90, 60), (91, 60)]):  # 64x43 and 64x42 at size 64
+        make_photo(size, seed=i).save(images / f"c{i}.png")
+    make_painting(seed=10).save(images / "s.png")
+    rows = build_rows(sorted(images.glob("c*.png")), [images / "s.png"], {})
+    manifest = write_manifest(rows, images / "manifest.parquet")
+
+    def batches(bucket: int) -> list[Batch]:
+        found = scan(manifest, tmp_path / "scan", {"size": 64, "size_bucket": bucket},
+                     lambda n: None, decode=False)
+        return list(make_batches(found.jobs, lambda job: 4))
+
+    assert [[j.size for j in b.jobs] for b in batches(0)] == [[(64, 43)], [(64, 42)]]
+    assert [[j.size for j in b.jobs] for b in batches(8)] == [[(64, 40), (64, 40)]]
+    out = tmp_path / "out"
+    result = _run(manifest, out, "--set", "size=64", "--set", "size_bucket=8")
+    assert result.exit_code == 0, result.output
+    assert [Image.open(p).size for p in sorted(out.glob("*.png"))] == [(64, 40), (64, 40)]
+    started = {r["started_at"] for r in ledger.read(out).values()}
+    assert len(started) == 1  # one batch
+
+
 def test_default_batch_size_batches_only_measured_sizes_on_the_cpu():
     assert default_batch_size("cpu", (256, 192)) == 4
     assert default_batch_size("cpu", (512, 384)) == 4
