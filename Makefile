@@ -47,6 +47,7 @@ bench: install
 	$(PY) -m bench.bench_schedule
 	$(PY) -m bench.bench_batch --sizes 256
 	$(PY) -m bench.bench_batch --sizes 512 --batches 1,2,4
+	$(PY) -m bench.bench_layers
 	$(PY) -m bench.bench_heap
 	$(PY) -m bench.bench_precision
 	$(PY) -m bench.bench_memory

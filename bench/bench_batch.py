@@ -9,7 +9,9 @@ batch size is set up, and they take turns, one iteration each. Every ratio then 
 iterations taken seconds apart. An iteration's cost grows with the L-BFGS history (two passes
 over up to 100 stored pairs), so the runs go past the point where it is full: "early" is
 iterations 4..12, "steady" the last 10. A 500-iteration run is estimated as the measured
-iterations plus (500 - iterations) steady ones.
+iterations plus (500 - iterations) steady ones. The steady time is also split into the
+objective (trunk forward, losses, backward: the part batching can speed up) and the L-BFGS
+step (per-sample products over the history, which do not batch on the CPU).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -35,14 +39,34 @@ def start_run(batch: int, params: StyleParams, runtime: Runtime) -> StageRun:
                           runtime)
 
 
-def timed_step(run: StageRun) -> float:
-    if run.x.is_cuda:
-        torch.cuda.synchronize()
+def timed_call(device: torch.device, fn: Callable[[], Any]) -> float:
+    """Seconds of fn(), with the device's queued work finished before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     t = time.perf_counter()
-    run.step()
-    if run.x.is_cuda:
-        torch.cuda.synchronize()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - t
+
+
+def timed_step(run: StageRun) -> float:
+    return timed_call(run.x.device, run.step)
+
+
+def time_objective(run: StageRun) -> list[float]:
+    """From now on, the seconds of each of `run`'s objective evaluations (trunk, losses,
+    backward) are appended to the returned list; the rest of a step is the optimizer's."""
+    seconds: list[float] = []
+    closure = run.closure
+
+    def timed() -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        seconds.append(timed_call(run.x.device, lambda: out.update(closure())))
+        return out
+
+    run.closure = timed  # type: ignore[method-assign]
+    return seconds
 
 
 def main() -> None:
@@ -58,12 +82,13 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     print(f"{runtime.device} {runtime.precision}, landscape 4:3, {args.iterations} iterations "
           f"per run, batch sizes interleaved iteration by iteration; s/iteration per image\n")
-    print("| size | batch | early (it 4-12) | steady (history full) | images/hour, "
-          f"{RUN_LENGTH}-it run | vs batch 1 |")
-    print("|---|---|---|---|---|---|")
+    print("| size | batch | early (it 4-12) | steady (history full) | steady: objective + "
+          f"L-BFGS | images/hour, {RUN_LENGTH}-it run | vs batch 1 | objective vs batch 1 |")
+    print("|---|---|---|---|---|---|---|---|")
     for size in (int(s) for s in args.sizes.split(",")):
         params = StyleParams(size=size, iterations=args.iterations)
         runs = [start_run(b, params, runtime) for b in batches]
+        objective = [time_objective(run) for run in runs]
         # seconds[k][i]: iteration i of batch size k, per image
         seconds = [[] for _ in batches]
         for _ in range(args.iterations):
@@ -71,11 +96,15 @@ def main() -> None:
                 per_batch.append(timed_step(run) / b)
         del runs
         steady = [statistics.median(per_image[-10:]) for per_image in seconds]
+        steady_obj = [statistics.median(obj[-10:]) / b for obj, b in zip(objective, batches,
+                                                                          strict=True)]
         totals = [sum(per_image) + st * (RUN_LENGTH - len(per_image))
                   for per_image, st in zip(seconds, steady, strict=True)]
-        for b, per_image, st, total in zip(batches, seconds, steady, totals, strict=True):
+        for b, per_image, st, obj, total in zip(batches, seconds, steady, steady_obj, totals,
+                                                strict=True):
             print(f"| {size} | {b} | {statistics.median(per_image[3:12]):.3f} | {st:.3f} | "
-                  f"{3600 / total:.1f} | {totals[0] / total:.2f}x |", flush=True)
+                  f"{obj:.3f} + {st - obj:.3f} | {3600 / total:.1f} | {totals[0] / total:.2f}x "
+                  f"| {steady_obj[0] / obj:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -184,7 +184,8 @@ class StageRun:
         return cls(x, opt, objective(trunk, stage.targets, params, runtime),
                    params.optimizer == "adam")
 
-    def _closure(self) -> dict[str, Tensor]:
+    def closure(self) -> dict[str, Tensor]:
+        """One objective evaluation and its gradient: what the optimizer calls each step."""
         self.x.grad = None
         terms = self.evaluate(self.x)
         terms["total"].sum().backward()
@@ -192,7 +193,7 @@ class StageRun:
 
     def step(self) -> dict[str, Tensor]:
         """One iteration; returns the loss terms of the images before it."""
-        terms = self.opt.step(self._closure)
+        terms = self.opt.step(self.closure)
         if self.clamp:
             with torch.no_grad():
                 self.x.clamp_(0, 255)
