@@ -20,9 +20,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from pipeline import Runtime
+from pipeline import Runtime, StyleParams
 from pipeline.engine import compute_trunk, trunk_for
-from pipeline.params import StyleParams
 from pipeline.vgg import CONV_NAMES, LAYER_INDEX
 
 from .bench_batch import timed_call

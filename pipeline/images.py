@@ -106,9 +106,9 @@ def fit_longest_side(size: tuple[int, int], longest: int, bucket: int = 0) -> tu
 
     With `bucket`, the other side is then rounded to the nearest multiple of it (at most
     `longest`; a side under half a bucket is kept), moving it by at most bucket / 2 pixels.
-    Photos of nearly the same
-    shape then get one output size (at 512 px, 3000x2000 gives 512x341 and 1024x683 gives
-    512x342; with bucket 8 both give 512x344), and only jobs of one size share a batch.
+    Photos of nearly the same shape then get one output size (at 512 px, 3000x2000 gives
+    512x341 and 1024x683 gives 512x342; with bucket 8 both give 512x344), and only jobs of
+    one size share a batch.
     """
     w, h = size
     scale = longest / max(w, h)

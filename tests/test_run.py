@@ -322,7 +322,7 @@ def test_size_bucket_lets_nearly_equal_shapes_share_a_batch(tmp_path):
 
     def batches(bucket: int) -> list[Batch]:
         found = scan(manifest, tmp_path / "scan", {"size": 64, "size_bucket": bucket},
-                     lambda n: None, decode=False)
+                     decode=False)
         return list(make_batches(found.jobs, lambda job: 4))
 
     assert [[j.size for j in b.jobs] for b in batches(0)] == [[(64, 43)], [(64, 42)]]
