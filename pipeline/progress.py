@@ -138,5 +138,9 @@ class RunDisplay:
             "its batch stays pending and resumes on the next run", self.bar.console)
 
     def interrupted(self) -> None:
-        say("stopping:", "yellow", "each worker saves a checkpoint of its batch...",
+        say("stopping:", "yellow", "each worker saves a checkpoint of its batch... "
+            "(Ctrl-C again to quit now)", self.bar.console)
+
+    def aborted(self) -> None:
+        say("quitting now:", "yellow", "batches in progress resume from their last checkpoint",
             self.bar.console)

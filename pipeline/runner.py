@@ -25,6 +25,7 @@ from . import ledger
 from .errors import InputError, RowError
 from .files import atomic_write_bytes, remove_stale_temps
 from .images import read_metadata
+from .interrupts import ctrl_c_presses
 from .jobs import Inspector, Job, default_batch_size, make_batches
 from .manifest import read_jobs
 
@@ -162,9 +163,14 @@ def write_run_info(out_dir: Path, manifest: Path, jobs: list[Job], invalid: int)
 
 def execute(batches: list, devices: list[str], opts: RunOptions, display: Any,
             result: RunResult) -> None:
-    """Run batches on one worker per device entry; `display` gets the events."""
+    """Run batches on one worker per device entry; `display` gets the events. The first Ctrl-C
+    asks every worker to checkpoint its batch and leave; a second one ends them at once (their
+    batches resume from the last periodic checkpoint)."""
     ctx = mp.get_context("spawn")
     tasks, events, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
+    # Batches the workers never take (a stop, a dead worker) must not hold this process at exit:
+    # by default it waits until its feeder thread has pushed all of them into the pipe.
+    tasks.cancel_join_thread()
     for batch in batches:
         tasks.put(batch)
     threads = max(1, (os.cpu_count() or 1) // max(1, devices.count("cpu")))
@@ -178,10 +184,21 @@ def execute(batches: list, devices: list[str], opts: RunOptions, display: Any,
         proc.start()
         procs.append(proc)
     exited: set[int] = set()
-    while len(exited) < len(procs):
-        try:
+    with ctrl_c_presses() as presses:
+        while len(exited) < len(procs):
+            pressed = presses()
+            if pressed and not stop.is_set():
+                stop.set()
+                result.interrupted = True
+                display.interrupted()
+                pressed -= 1
+            if pressed:
+                for proc in procs:
+                    proc.terminate()
+                display.aborted()
+                break
             try:
-                event = events.get(timeout=0.5)
+                event = events.get(timeout=0.25)
             except queue.Empty:
                 for wid, proc in enumerate(procs):  # a worker that died without saying so
                     if not proc.is_alive() and wid not in exited:
@@ -195,11 +212,6 @@ def execute(batches: list, devices: list[str], opts: RunOptions, display: Any,
             elif kind in ("exit", "fatal"):
                 exited.add(wid)
             display.handle(event)
-        except KeyboardInterrupt:
-            if not stop.is_set():
-                stop.set()
-                result.interrupted = True
-                display.interrupted()
     for proc in procs:
         proc.join(timeout=30)
 

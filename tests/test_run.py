@@ -231,6 +231,64 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(dataset, tmp_path, 
         assert (img - ref_images[name]).abs().max() <= 1.0, name
 
 
+def test_ctrl_c_with_hundreds_of_batches_queued_exits_at_once(dataset, tmp_path):
+    """More queued batches than a pipe holds: a stopped run must not wait to hand them over."""
+    rows = pq.read_table(dataset).to_pylist()
+    manifest = write_manifest([{**r, "output": f"o/{i}_{j}.png"} for i in range(100)
+                               for j, r in enumerate(rows)], dataset.parent / "long.parquet")
+    out = tmp_path / "out"
+    proc = _spawn_run(manifest, out, 60)
+    try:
+        _wait_for(lambda: list((out / ".checkpoints").glob("*.pt")))
+        proc.send_signal(signal.SIGINT)
+        text = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, text
+    assert int(_cell(text, "done now")) + int(_cell(text, "pending")) == 600
+
+
+def test_a_second_ctrl_c_quits_at_once_and_the_run_resumes(dataset, tmp_path):
+    from pipeline.manifest import parse_overrides
+    from pipeline.progress import RunDisplay
+    from pipeline.runner import RunOptions
+    from pipeline.runner import run as run_manifest
+
+    pressed = []
+
+    class Impatient(RunDisplay):
+        """Presses Ctrl-C at the first iteration, and again as soon as the run says it is
+        stopping (before any worker can have saved its stop checkpoint and left)."""
+
+        def handle(self, event):
+            super().handle(event)
+            if event[0] == "iter" and not pressed:
+                pressed.append("stop")
+                os.kill(os.getpid(), signal.SIGINT)
+
+        def interrupted(self):
+            super().interrupted()
+            pressed.append("again")
+            os.kill(os.getpid(), signal.SIGINT)
+
+        def aborted(self):
+            super().aborted()
+            pressed.append("quit")
+
+    handler = signal.getsignal(signal.SIGINT)
+    opts = RunOptions(tmp_path / "out", devices="cpu", workers=2, batch_size=1,
+                      checkpoint_every=2, overrides=parse_overrides(["size=32", "iterations=60"]),
+                      runtime={"precision": "fp32"})
+    result = run_manifest(dataset, opts, Impatient)
+    assert pressed == ["stop", "again", "quit"]
+    assert result.interrupted and result.pending > 0
+    assert signal.getsignal(signal.SIGINT) is handler  # Ctrl-C is the caller's again
+    result = run_manifest(dataset, opts, RunDisplay)
+    assert not result.interrupted and not result.failed
+    assert result.done_before + result.done == 6
+
+
 def test_failed_jobs_are_skipped_until_retry_failed(dataset, tmp_path):
     """A failure that does not change the job (its output path is blocked by a file) stays
     failed across runs until --retry-failed."""
