@@ -192,6 +192,12 @@ def _wait_for(predicate, timeout=300):
     pytest.fail("timed out")
 
 
+def _checkpoints(out):
+    """Saved checkpoints, not the hidden temp file of one being written (pathlib's `*` matches
+    it too, and a kill mid-write leaves nothing to resume from)."""
+    return [p for p in (out / ".checkpoints").glob("*.pt") if not p.name.startswith(".")]
+
+
 def _images(out):
     return {p.name: to_tensor(Image.open(p).convert("RGB")) for p in out.glob("*.png")}
 
@@ -204,7 +210,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(dataset, tmp_path, 
 
     proc = _spawn_run(dataset, out, 60)
     _wait_for(lambda: list((out / "ledger").glob("part-*.parquet"))
-              and list((out / ".checkpoints").glob("*.pt")))
+              and _checkpoints(out))
     if how == "sigkill":  # the whole run, workers included, as a crash or reboot would
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -216,7 +222,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(dataset, tmp_path, 
     done_before = {k: r["finished_at"] for k, r in ledger.read(out).items()
                    if r["status"] == "done"}
     assert 0 < len(done_before) < 6
-    assert list((out / ".checkpoints").glob("*.pt"))
+    assert _checkpoints(out)
 
     proc = _spawn_run(dataset, out, 60)
     text = proc.communicate(timeout=600)[0]
@@ -224,7 +230,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(dataset, tmp_path, 
     assert "resuming a batch of 1 from its checkpoint at iteration" in text
     after = ledger.read(out)
     assert all(after[k]["finished_at"] == t for k, t in done_before.items())  # not redone
-    assert not list((out / ".checkpoints").glob("*.pt"))
+    assert not list((out / ".checkpoints").glob("*.pt"))  # temp files included
     ref_images, images = _images(reference), _images(out)
     assert ref_images.keys() == images.keys() and len(images) == 6
     for name, img in images.items():
@@ -239,7 +245,7 @@ def test_ctrl_c_with_hundreds_of_batches_queued_exits_at_once(dataset, tmp_path)
     out = tmp_path / "out"
     proc = _spawn_run(manifest, out, 60)
     try:
-        _wait_for(lambda: list((out / ".checkpoints").glob("*.pt")))
+        _wait_for(lambda: _checkpoints(out))
         proc.send_signal(signal.SIGINT)
         text = proc.communicate(timeout=120)[0]
     finally:
