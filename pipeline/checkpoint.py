@@ -2,12 +2,14 @@
 
 One file per batch under <out>/.checkpoints/, named by the batch id (a hash of its job keys).
 A checkpoint whose job keys or format do not match, or that fails to load, is ignored and
-deleted: the batch then starts over, which is slower but never wrong.
+deleted: the batch then starts over, which is slower but never wrong. One whose jobs are all
+done is swept at the end of a run (see `sweep_finished`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,12 @@ log = logging.getLogger("pipeline.run")
 FORMAT = 2
 
 
+def checkpoint_dir(out_dir: Path) -> Path:
+    return out_dir / ".checkpoints"
+
+
 def checkpoint_path(out_dir: Path, batch_id: str) -> Path:
-    return out_dir / ".checkpoints" / f"{batch_id}.pt"
+    return checkpoint_dir(out_dir) / f"{batch_id}.pt"
 
 
 def save_checkpoint(path: Path, keys: list[str], iteration: int, images: Tensor,
@@ -47,3 +53,28 @@ def load_checkpoint(path: Path, keys: list[str]) -> tuple[int, Tensor, dict[str,
         log.warning("checkpoint %s unreadable (%s); starting the batch over", path.name, e)
     path.unlink(missing_ok=True)
     return None
+
+
+def sweep_finished(out_dir: Path, done_keys: Callable[[], set[str]]) -> tuple[int, int]:
+    """Delete the checkpoints whose jobs are all done; returns (files, bytes) removed.
+
+    A worker deletes its batch's checkpoint after writing the ledger, but a kill between the two,
+    or a rerun with other batching (another --batch-size, a batch halved after an out-of-memory
+    error) leaves files of ~100 MB per image that no batch id will ever match again. A checkpoint
+    with any job not done is kept: a later run may resume it. `done_keys` is only called when
+    there is something to check, so a clean folder costs no ledger read.
+    """
+    files = [p for p in checkpoint_dir(out_dir).glob("*.pt") if not p.name.startswith(".")]
+    if not files:
+        return 0, 0
+    done, removed, freed = done_keys(), 0, 0
+    for path in files:
+        try:  # mmap: only the keys are read, not the images or the L-BFGS history
+            keys = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["keys"]
+        except Exception:  # torn or foreign: load_checkpoint deals with it if its batch comes
+            continue
+        if set(keys) <= done:
+            freed += path.stat().st_size
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed, freed

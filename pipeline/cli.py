@@ -420,6 +420,9 @@ def run(
     table.add_row("time", f"{result.seconds:.1f} s"
                   + (f" ({result.done / result.seconds * 3600:,.0f} images/hour)"
                      if result.done else ""))
+    if result.swept[0]:
+        table.add_row("checkpoints removed", f"{result.swept[0]} of finished batches "
+                      f"({result.swept[1] / 1e6:,.0f} MB)")
     console.print(table)
     if result.interrupted:
         console.print(f"interrupted; resume with: pipeline run {manifest} --out {out}")

@@ -22,6 +22,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from . import ledger
+from .checkpoint import sweep_finished
 from .errors import InputError, RowError
 from .files import atomic_write_bytes, remove_stale_temps
 from .images import read_metadata
@@ -153,6 +154,7 @@ class RunResult:
     interrupted: bool = False
     seconds: float = 0.0
     devices: list[str] = field(default_factory=list)
+    swept: tuple[int, int] = (0, 0)  # finished batches' checkpoints removed: files, bytes
 
 
 def write_run_info(out_dir: Path, manifest: Path, jobs: list[Job], invalid: int) -> None:
@@ -264,6 +266,8 @@ def run(manifest: Path, opts: RunOptions, display_factory: Callable[..., Any],
             with display_factory(total=len(p.todo), devices=devices) as display:
                 execute(batches, devices, opts, display, result)
         result.pending = len(p.todo) - result.done - (len(result.failed) - len(found.errors))
+        result.swept = sweep_finished(out_dir, lambda: {
+            key for key, row in ledger.read(out_dir).items() if row["status"] == ledger.DONE})
         result.seconds = time.perf_counter() - start
         return result
     finally:

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 from filelock import FileLock
 from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline import ledger
+from pipeline.checkpoint import save_checkpoint
 from pipeline.cli import app
 from pipeline.images import read_metadata, to_tensor
 from pipeline.jobs import Batch, Inspector, auto_cpu_workers, default_batch_size
@@ -84,8 +86,16 @@ def test_six_jobs_run_to_completion_and_rerun_skips_them(dataset, tmp_path):
     assert _cell(result.output, "done now") == "6"
     assert "targets: ONNX Runtime provider CPUExecutionProvider" in result.output
 
+    # Checkpoints a run killed between its ledger write and the unlink, or a rerun with other
+    # batching, leaves behind: swept once all their jobs are done, kept while any is not.
+    keys = sorted(rows)
+    orphan, live = out / ".checkpoints" / "orphan.pt", out / ".checkpoints" / "live.pt"
+    save_checkpoint(orphan, keys[:4], 3, torch.zeros(4, 3, 8, 8), {})
+    save_checkpoint(live, [keys[0], "a job of another manifest"], 3, torch.zeros(2, 3, 8, 8), {})
     again = _run(dataset, out, "--workers", "2")
     assert again.exit_code == 0, again.output
+    assert not orphan.exists() and live.exists()
+    assert _cell(again.output, "checkpoints removed").startswith("1 of finished batches")
     assert _cell(again.output, "done now") == "0"
     assert _cell(again.output, "done before (skipped)") == "6"
     assert {p: p.stat().st_mtime_ns for p in outputs} == mtimes
