@@ -48,6 +48,7 @@ bench: install
 	$(PY) -m bench.bench_batch --sizes 256
 	$(PY) -m bench.bench_batch --sizes 512 --batches 1,2,4
 	$(PY) -m bench.bench_layers
+	$(PY) -m bench.bench_gram
 	$(PY) -m bench.bench_workers
 	$(PY) -m bench.bench_heap
 	$(PY) -m bench.bench_precision

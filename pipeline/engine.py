@@ -4,7 +4,7 @@ Reads top to bottom as Gatys et al. (2016): the image is the variable, the VGG19
 its features, the loss compares them with fixed targets, and an optimizer (L-BFGS by default,
 as in the paper) updates the pixels. Departures from the paper: loss normalization follows
 neural-style (see losses.py), a batch of independent jobs is optimized at once, and the trunk
-may run in bf16 while Grams and losses stay fp32.
+may run in bf16 (its Gram GEMMs too, accumulating in fp32) while the losses stay fp32.
 """
 
 from __future__ import annotations
@@ -97,8 +97,8 @@ def init_batch(params: StyleParams, contents: Tensor, init_image: Tensor | None)
 
 def objective(trunk: VGG19Trunk, targets: Targets, params: StyleParams, runtime: Runtime
               ) -> Callable[[Tensor], dict[str, Tensor]]:
-    """Per-sample loss terms of a batch of images: the trunk in the runtime's precision,
-    Grams and losses in fp32."""
+    """Per-sample loss terms of a batch of images: the trunk and its Gram GEMMs in the
+    runtime's precision, the losses in fp32."""
     weights = loss_weights(params)
     layers = params.layers
     net = compute_trunk(trunk, runtime)

@@ -44,7 +44,7 @@ class Runtime:
     """Speed settings; none of them changes the objective, only how it is computed."""
 
     device: torch.device
-    precision: str = "fp32"       # resolved: fp32 or bf16 (bf16 convolutions; Grams/losses fp32)
+    precision: str = "fp32"       # resolved: fp32 or bf16 (bf16 convs and Gram GEMMs; losses fp32)
     channels_last: bool = True    # NHWC convs: faster for bf16 oneDNN and cuDNN tensor cores
     cudnn_benchmark: bool = True  # autotune conv algorithms per input shape (CUDA only)
     keep_cpu_memory: bool = True  # CPU: reuse freed memory, no page faults (cpu_heap.py)
@@ -72,10 +72,13 @@ class Runtime:
             channels_last = dev.type == "cuda" or precision == "bf16"
         if dev.type == "cuda":
             torch.backends.cudnn.benchmark = cudnn_benchmark
-            # tf32 for the fp32 paths (Grams, losses, fp32 trunk): 10-bit mantissa products,
+            # tf32 for the fp32 paths (losses, fp32 trunk and Grams): 10-bit mantissa products,
             # fp32 accumulation; well inside the tolerance the objective needs.
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+            # A bf16 Gram sums over every pixel; cuBLAS may split that sum and add the parts
+            # in bf16, which would lose the fp32 accumulation losses._GramMSE relies on.
+            torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
         keep_cpu_memory = keep_cpu_memory and dev.type == "cpu" and cpu_heap.keep_freed_memory()
         if targets not in ("onnx", "torch"):
             raise InputError(f"targets must be onnx or torch, got {targets!r}")
