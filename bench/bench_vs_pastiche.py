@@ -17,6 +17,7 @@ Usage: python -m bench.bench_vs_pastiche [--size 256] [--short 10] [--long 100] 
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import statistics
 import subprocess
@@ -144,8 +145,11 @@ def main() -> None:
         for i, (name, make) in enumerate(runs.items()):
             t_short = timed(make(args.short, args.out / f"run{i}_short.png"))
             t_long = timed(make(args.long, args.out / f"run{i}.png"))
-            best[name] = min(best.get(name, float("inf")), (t_long - t_short) / steps)
-            print(f"round {r + 1}: {name}: {(t_long - t_short) / steps:.3f} s/it",
+            spi = (t_long - t_short) / steps
+            # The short run slower than the long one: the machine slowed down in between, and
+            # the difference says nothing; such a round must not become the best.
+            best[name] = min(best.get(name, math.inf), spi if spi > 0 else math.inf)
+            print(f"round {r + 1}: {name}: {spi:.3f} s/it" + ("" if spi > 0 else " (invalid)"),
                   file=sys.stderr, flush=True)
     rows = [(name, spi, args.out / f"run{i}.png") for i, (name, spi) in enumerate(best.items())]
 
@@ -159,8 +163,10 @@ def main() -> None:
           "objective vs pastiche |")
     print("|---|---|---|---|---|---|")
     for (name, spi, _), obj in zip(rows, objectives, strict=True):
-        print(f"| {name} | {spi:.3f} | {base_t / spi:.2f}x | {flops / spi / 1e9:.1f} | "
-              f"{obj:.4g} | {obj / base_obj:.3f} |")
+        timing = (f"{spi:.3f} | {base_t / spi:.2f}x | {flops / spi / 1e9:.1f}"
+                  if math.isfinite(spi) else
+                  "no valid round (the machine slowed between the short and long run) | | ")
+        print(f"| {name} | {timing} | {obj:.4g} | {obj / base_obj:.3f} |")
     if args.device == "cpu":
         print("\nThe bare trunk (forward + backward to the input, no losses or optimizer), "
               "same size, same process:\n")
