@@ -34,6 +34,12 @@ def checkpoint_path(out_dir: Path, batch_id: str) -> Path:
     return checkpoint_dir(out_dir) / f"{batch_id}.pt"
 
 
+def saved_checkpoints(out_dir: Path) -> list[Path]:
+    """The checkpoint files, not the hidden temp file of one being written (which `*.pt` also
+    matches: files.atomic_path names it `.<name>.<random>.tmp.pt`)."""
+    return [p for p in checkpoint_dir(out_dir).glob("*.pt") if not p.name.startswith(".")]
+
+
 def save_checkpoint(path: Path, keys: list[str], iteration: int, images: Tensor,
                     optimizer_state: dict[str, Any]) -> None:
     state = {"format": FORMAT, "keys": keys, "iteration": iteration,
@@ -64,7 +70,7 @@ def sweep_finished(out_dir: Path, done_keys: Callable[[], set[str]]) -> tuple[in
     with any job not done is kept: a later run may resume it. `done_keys` is only called when
     there is something to check, so a clean folder costs no ledger read.
     """
-    files = [p for p in checkpoint_dir(out_dir).glob("*.pt") if not p.name.startswith(".")]
+    files = saved_checkpoints(out_dir)
     if not files:
         return 0, 0
     done, removed, freed = done_keys(), 0, 0

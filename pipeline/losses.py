@@ -18,11 +18,10 @@ from .batched import bmm
 
 def gram(features: Tensor) -> Tensor:
     """[N, C, H, W] -> [N, C, C] in fp32, normalized by C*H*W."""
-    n, c, h, w = features.shape
-    f = features.float().reshape(n, c, h * w)
+    f = _matrix(features.float())
     # torch.bmm, not batched.bmm: for F F^T the batched CPU path is the faster one (3.1 vs
     # 4.0 ms per image at relu1_1, N = 4).
-    return torch.bmm(f, f.transpose(1, 2)).div_(c * h * w)
+    return torch.bmm(f, f.transpose(1, 2)).div_(features[0].numel())
 
 
 def _matrix(features: Tensor) -> Tensor:

@@ -15,7 +15,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline import ledger
-from pipeline.checkpoint import save_checkpoint
+from pipeline.checkpoint import save_checkpoint, saved_checkpoints
 from pipeline.cli import app
 from pipeline.images import read_metadata, to_tensor
 from pipeline.jobs import Batch, Inspector, auto_cpu_workers, default_batch_size
@@ -202,12 +202,6 @@ def _wait_for(predicate, timeout=300):
     pytest.fail("timed out")
 
 
-def _checkpoints(out):
-    """Saved checkpoints, not the hidden temp file of one being written (pathlib's `*` matches
-    it too, and a kill mid-write leaves nothing to resume from)."""
-    return [p for p in (out / ".checkpoints").glob("*.pt") if not p.name.startswith(".")]
-
-
 def _images(out):
     return {p.name: to_tensor(Image.open(p).convert("RGB")) for p in out.glob("*.png")}
 
@@ -220,7 +214,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(dataset, tmp_path, 
 
     proc = _spawn_run(dataset, out, 60)
     _wait_for(lambda: list((out / "ledger").glob("part-*.parquet"))
-              and _checkpoints(out))
+              and saved_checkpoints(out))
     if how == "sigkill":  # the whole run, workers included, as a crash or reboot would
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -232,7 +226,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(dataset, tmp_path, 
     done_before = {k: r["finished_at"] for k, r in ledger.read(out).items()
                    if r["status"] == "done"}
     assert 0 < len(done_before) < 6
-    assert _checkpoints(out)
+    assert saved_checkpoints(out)
 
     proc = _spawn_run(dataset, out, 60)
     text = proc.communicate(timeout=600)[0]
@@ -255,7 +249,7 @@ def test_ctrl_c_with_hundreds_of_batches_queued_exits_at_once(dataset, tmp_path)
     out = tmp_path / "out"
     proc = _spawn_run(manifest, out, 60)
     try:
-        _wait_for(lambda: _checkpoints(out))
+        _wait_for(lambda: saved_checkpoints(out))
         proc.send_signal(signal.SIGINT)
         text = proc.communicate(timeout=120)[0]
     finally:
