@@ -10,7 +10,7 @@ MANIFEST ?= manifests/demo.parquet
 OUT      ?= out
 RUN_ARGS ?=
 
-.PHONY: install test demo run lint bench clean
+.PHONY: install test demo run lint bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -53,6 +53,10 @@ bench: install
 	$(PY) -m bench.bench_heap
 	$(PY) -m bench.bench_precision
 	$(PY) -m bench.bench_memory
+
+# The GPU tables of BENCHMARKS.md on the first CUDA device: make install GPU=1 && make bench-gpu
+bench-gpu: install
+	PY=$(PY) bash bench/gpu.sh
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) bench-out .pytest_cache .ruff_cache *.egg-info

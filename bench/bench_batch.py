@@ -102,8 +102,8 @@ def main() -> None:
                   for per_image, st in zip(seconds, steady, strict=True)]
         for b, per_image, st, obj, total in zip(batches, seconds, steady, steady_obj, totals,
                                                 strict=True):
-            print(f"| {size} | {b} | {statistics.median(per_image[3:12]):.3f} | {st:.3f} | "
-                  f"{obj:.3f} + {st - obj:.3f} | {3600 / total:.1f} | {totals[0] / total:.2f}x "
+            print(f"| {size} | {b} | {statistics.median(per_image[3:12]):.4g} | {st:.4g} | "
+                  f"{obj:.4g} + {st - obj:.4g} | {3600 / total:.1f} | {totals[0] / total:.2f}x "
                   f"| {steady_obj[0] / obj:.2f}x |", flush=True)
 
 

@@ -67,7 +67,7 @@ def main() -> None:
             scores = [score(run.x.detach())["total"].sum().item()
                       for run in (fp32_run, default_run)]
         slow, fast = statistics.median(fp32_s[3:]), statistics.median(default_s[3:])
-        print(f"| {batch} | {slow:.3f} | {fast:.3f} | {slow / fast:.2f}x | "
+        print(f"| {batch} | {slow:.4g} | {fast:.4g} | {slow / fast:.2f}x | "
               f"{scores[1] / scores[0]:.4f} |", flush=True)
 
 

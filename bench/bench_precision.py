@@ -58,7 +58,7 @@ def main() -> None:
     print("\n| run | s/iteration | speed vs fp32 NCHW | final objective vs fp32 NCHW |")
     print("|---|---|---|---|")
     for n in names:
-        print(f"| {n} | {seconds[n] / args.iterations:.3f} | {base_s / seconds[n]:.2f}x | "
+        print(f"| {n} | {seconds[n] / args.iterations:.4g} | {base_s / seconds[n]:.2f}x | "
               f"{final[n] / final[names[0]]:.4f} |")
 
 

@@ -10,8 +10,9 @@ with content_weight=0.01, style_weight=10, tv_weight=0 (our Gram is F F^T / CHW)
 are scored with that objective in fp32 from the written PNGs.
 
 Usage: python -m bench.bench_vs_pastiche [--size 256] [--short 10] [--long 100] [--rounds 2]
-[--device cpu]
-(on a GPU machine: --device cuda --size 512 --long 500 fills the GPU table of BENCHMARKS.md)
+[--device cpu] [--variants all]
+(on a GPU machine, bench/gpu.sh runs it at 512 px, 20 and 1020 iterations: a GPU iteration
+takes milliseconds, so the difference must span many of them to outweigh start-up noise)
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from bench.flops import iteration_flops
+from bench.bench_batch import timed_call
+from bench.flops import gpu_rates, iteration_flops
 from pipeline import Runtime, StyleParams
 from pipeline.engine import compute_trunk, objective, trunk_for
 from pipeline.images import SizedImage, fit_longest_side, open_rgb, resize, to_tensor
@@ -102,19 +104,20 @@ def score(paths: list[Path], content: Path, style: Path, size: int) -> list[floa
         return [evaluate(to_tensor(open_rgb(p))[None])["total"].item() for p in paths]
 
 
-def trunk_seconds(h: int, w: int, precision: str, channels_last: bool, reps: int = 7) -> float:
+def trunk_seconds(h: int, w: int, precision: str, channels_last: bool, device: str = "cpu",
+                  reps: int = 7) -> float:
     """Median seconds of the bare trunk's forward + backward to the input (no losses, no
-    optimizer): the CPU floor an iteration is compared with."""
+    optimizer): the floor an iteration is compared with."""
     params = StyleParams()
-    rt = Runtime.create("cpu", precision, channels_last=channels_last)
+    rt = Runtime.create(device, precision, channels_last=channels_last)
     net = compute_trunk(trunk_for(params, rt)[0], rt)
-    x = rt.layout(torch.rand(1, 3, h, w) * 255).requires_grad_(True)
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
+    x = rt.layout(torch.rand(1, 3, h, w, device=rt.device) * 255).requires_grad_(True)
+
+    def one_pass() -> None:
         feats = net(x, params.layers)
         sum(f.float().sum() for f in feats.values()).backward()
-        times.append(time.perf_counter() - start)
+
+    times = [timed_call(rt.device, one_pass) for _ in range(reps + 2 * (rt.device.type == "cuda"))]
     return statistics.median(times[2:])
 
 
@@ -126,6 +129,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench-out")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (both tools run there)")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--variants", default="all",
+                    help="which of our rows to run: all, or 1-based numbers such as 1,2,6")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     content, style = prepare_inputs(args.out, args.size)
@@ -135,12 +140,16 @@ def main() -> None:
 
     runs = {"pastiche 1.6 CLI (fp32, torch.optim.LBFGS)":
             lambda n, o: pastiche_cmd(content, style, o, args.size, n, args.device)}
-    for name, extra in VARIANTS.items():
+    picked = (list(VARIANTS) if args.variants == "all" else
+              [list(VARIANTS)[int(k) - 1] for k in args.variants.split(",")])
+    for name in picked:
+        extra = VARIANTS[name]
         runs[name] = lambda n, o, extra=extra: ours_cmd(content, style, o, args.size, n,
                                                         args.device, extra)
     # This machine's speed drifts by up to 2x over minutes: every tool and variant runs once
     # per round, and each keeps its best round (noise only ever adds time).
     best: dict[str, float] = {}
+    wall: dict[str, float] = {}  # seconds of the whole --long run, start-up included
     for r in range(args.rounds):
         for i, (name, make) in enumerate(runs.items()):
             t_short = timed(make(args.short, args.out / f"run{i}_short.png"))
@@ -149,36 +158,44 @@ def main() -> None:
             # The short run slower than the long one: the machine slowed down in between, and
             # the difference says nothing; such a round must not become the best.
             best[name] = min(best.get(name, math.inf), spi if spi > 0 else math.inf)
+            wall[name] = min(wall.get(name, math.inf), t_long)
             print(f"round {r + 1}: {name}: {spi:.3f} s/it" + ("" if spi > 0 else " (invalid)"),
                   file=sys.stderr, flush=True)
     rows = [(name, spi, args.out / f"run{i}.png") for i, (name, spi) in enumerate(best.items())]
 
     objectives = score([r[2] for r in rows], content, style, args.size)
     base_t, base_obj = rows[0][1], objectives[0]
-    where = (torch.cuda.get_device_name() if args.device.startswith("cuda") else
+    cuda = args.device.startswith("cuda")
+    where = (torch.cuda.get_device_name(args.device) if cuda else
              f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    # On a GPU, the floor of an iteration is its FLOPs at the measured bf16 matmul rate.
+    bf16_rate = gpu_rates(torch.device(args.device))["bf16"] * 1e12 if cuda else None
     print(f"\n{where}; {w}x{h} px, {args.long} L-BFGS iterations; one iteration = "
-          f"{flops / 1e9:.1f} GFLOP (trunk fwd+bwd to input, Grams)\n")
-    print("| run | s/iteration | speed-up vs pastiche | GFLOP/s | final objective | "
+          f"{flops / 1e9:.1f} GFLOP (trunk fwd+bwd to input, Grams)"
+          + (f"; bf16 matmul measured at {bf16_rate / 1e12:.0f} TFLOP/s" if cuda else "")
+          + "\n")
+    print(f"| run | s/iteration | speed-up vs pastiche | GFLOP/s |{' floor / s/it |' * cuda} "
+          f"s for {args.long} iterations, start-up included | final objective | "
           "objective vs pastiche |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|" + "---|" * cuda)
     for (name, spi, _), obj in zip(rows, objectives, strict=True):
-        timing = (f"{spi:.3f} | {base_t / spi:.2f}x | {flops / spi / 1e9:.1f}"
-                  if math.isfinite(spi) else
-                  "no valid round (the machine slowed between the short and long run) | | ")
-        print(f"| {name} | {timing} | {obj:.4g} | {obj / base_obj:.3f} |")
-    if args.device == "cpu":
-        print("\nThe bare trunk (forward + backward to the input, no losses or optimizer), "
-              "same size, same process:\n")
-        print("| trunk | s/pass | GFLOP/s | our default iteration / this |")
-        print("|---|---|---|---|")
-        ours = rows[1][1]
-        for name, precision, cl in (("fp32 NCHW", "fp32", False), ("bf16 channels_last "
-                                    "(conv1_1 fp32)", "bf16", True)):
-            t = trunk_seconds(h, w, precision, cl)
-            print(f"| {name} | {t:.3f} | {2 * iteration_flops(h, w)['forward'] / t / 1e9:.1f} "
-                  f"| {ours / t:.2f} |")
-
+        if math.isfinite(spi):
+            timing = f"{spi:.4g} | {base_t / spi:.2f}x | {flops / spi / 1e9:.1f}"
+            timing += f" | {flops / bf16_rate / spi:.1%}" if cuda else ""
+        else:
+            timing = "no valid round (the machine slowed between the short and long run) | |"
+            timing += " |" * cuda
+        print(f"| {name} | {timing} | {wall[name]:.1f} | {obj:.4g} | {obj / base_obj:.3f} |")
+    print("\nThe bare trunk (forward + backward to the input, no losses or optimizer), "
+          "same size, same process:\n")
+    print("| trunk | s/pass | GFLOP/s | our default iteration / this |")
+    print("|---|---|---|---|")
+    ours = rows[1][1]
+    for name, precision, cl in (("fp32 NCHW", "fp32", False), ("bf16 channels_last "
+                                "(conv1_1 fp32)", "bf16", True)):
+        t = trunk_seconds(h, w, precision, cl, args.device)
+        print(f"| {name} | {t:.4g} | {2 * iteration_flops(h, w)['forward'] / t / 1e9:.1f} "
+              f"| {ours / t:.2f} |")
 
 if __name__ == "__main__":
     main()

@@ -1,15 +1,24 @@
-"""Analytic FLOPs of one iteration: VGG19 trunk forward + backward to the input, Grams, losses.
+"""Analytic FLOPs of one iteration: VGG19 trunk forward + backward to the input, Grams, losses;
+with --device cuda, also the GPU's measured matmul rates and the floor they give an iteration.
 
 Weights are frozen, so the backward pass needs only input gradients: one conv-sized GEMM per
 conv, the same as its forward. Elementwise ops (ReLU, pooling, losses) are counted as 0; they
 are memory-bound and well under 1% of the GEMM work.
+
+Usage: python -m bench.flops [--device cpu|cuda]
 """
 
 from __future__ import annotations
 
+import argparse
+import statistics
+
+import torch
+
 from pipeline.vgg import LAYER_NAMES, STYLE_LAYERS
 
 _CHANNELS = {1: 64, 2: 128, 3: 256, 4: 512, 5: 512}
+SIZES = ((256, 192), (256, 256), (512, 384), (512, 512), (1024, 768), (1024, 1024))
 
 
 def iteration_flops(height: int, width: int, last_layer: str = "relu5_1",
@@ -30,14 +39,47 @@ def iteration_flops(height: int, width: int, last_layer: str = "relu5_1",
     return {"forward": conv, "backward": conv, "grams": grams, "total": 2 * conv + grams}
 
 
+def matmul_tflops(device: torch.device, dtype: torch.dtype, n: int = 8192, reps: int = 20
+                  ) -> float:
+    """Median TFLOP/s of an n^3 product on random data (zeros run faster than real data);
+    fp32 products use tf32 tensor cores when torch allows them (the runtime does)."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return 2 * n**3 / statistics.median(times) / 1e12
+
+
+def gpu_rates(device: torch.device) -> dict[str, float]:
+    """Measured dense matmul TFLOP/s: bf16, and fp32 as tf32 (what our fp32 paths get)."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    return {"bf16": matmul_tflops(device, torch.bfloat16),
+            "tf32": matmul_tflops(device, torch.float32)}
+
+
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", help="cuda: also measure the matmul floor")
+    args = ap.parse_args()
+    rates = gpu_rates(torch.device(args.device)) if args.device.startswith("cuda") else {}
+    if rates:
+        print(f"{torch.cuda.get_device_name(args.device)}: measured 8192^3 matmul "
+              + ", ".join(f"{k} {v:.0f} TFLOP/s" for k, v in rates.items()) + "\n")
     print("| image (w x h) | forward GFLOP | backward GFLOP | Grams GFLOP | total GFLOP / "
-          "iteration |")
-    print("|---|---|---|---|---|")
-    for w, h in ((256, 192), (256, 256), (512, 384), (512, 512), (1024, 768), (1024, 1024)):
+          "iteration |" + "".join(f" floor at {k} rate (ms) |" for k in rates))
+    print("|---|---|---|---|---|" + "---|" * len(rates))
+    for w, h in SIZES:
         f = iteration_flops(h, w)
         print(f"| {w}x{h} | {f['forward'] / 1e9:.1f} | {f['backward'] / 1e9:.1f} | "
-              f"{f['grams'] / 1e9:.1f} | {f['total'] / 1e9:.1f} |")
+              f"{f['grams'] / 1e9:.1f} | {f['total'] / 1e9:.1f} |"
+              + "".join(f" {f['total'] / (r * 1e12) * 1e3:.3f} |" for r in rates.values()))
 
 
 if __name__ == "__main__":

@@ -94,6 +94,9 @@ CHANNELS_LAST = typer.Option("auto", help="NHWC memory layout for the trunk: aut
                              "and bf16), on or off.")
 CUDNN_BENCHMARK = typer.Option(True, help="Let cuDNN autotune conv algorithms per image size "
                                "(CUDA only).")
+CUDA_GRAPHS = typer.Option(True, help="CUDA: capture each batch's objective and gradient once "
+                           "as a CUDA graph and replay it every iteration (launches a few "
+                           "hundred kernels at once instead of one by one from Python).")
 KEEP_CPU_MEMORY = typer.Option(True, help="CPU: keep freed memory in the process for the next "
                                "iteration instead of returning it to the kernel (no page "
                                "faults on large activations; returned after each batch).")
@@ -106,15 +109,15 @@ CACHE_TARGETS = typer.Option(True, help="Keep computed targets in the cache.")
 
 
 def runtime_options(precision: str, channels_last: str, cudnn_benchmark: bool,
-                    keep_cpu_memory: bool, targets: str, providers: str, trt_fp16: bool,
-                    cache_dir: str | None, cache_targets: bool) -> dict[str, Any]:
+                    cuda_graphs: bool, keep_cpu_memory: bool, targets: str, providers: str,
+                    trt_fp16: bool, cache_dir: str | None, cache_targets: bool) -> dict[str, Any]:
     """The Runtime.create keyword arguments (all but the device) from the shared options."""
     if channels_last not in ("auto", "on", "off"):
         raise InputError(f"--channels-last must be auto, on or off, got {channels_last!r}")
     return {"precision": precision,
             "channels_last": {"auto": None, "on": True, "off": False}[channels_last],
-            "cudnn_benchmark": cudnn_benchmark, "keep_cpu_memory": keep_cpu_memory,
-            "targets": targets, "providers": providers,
+            "cudnn_benchmark": cudnn_benchmark, "cuda_graphs": cuda_graphs,
+            "keep_cpu_memory": keep_cpu_memory, "targets": targets, "providers": providers,
             "trt_fp16": trt_fp16, "cache": cache_dir, "cache_targets": cache_targets}
 
 
@@ -153,6 +156,7 @@ def stylize(
     precision: str = PRECISION,
     channels_last: str = CHANNELS_LAST,
     cudnn_benchmark: bool = CUDNN_BENCHMARK,
+    cuda_graphs: bool = CUDA_GRAPHS,
     keep_cpu_memory: bool = KEEP_CPU_MEMORY,
     targets: str = TARGETS,
     providers: str = PROVIDERS,
@@ -167,8 +171,9 @@ def stylize(
     from .runtime import Runtime
 
     check_output_path(output)
-    options = runtime_options(precision, channels_last, cudnn_benchmark, keep_cpu_memory,
-                              targets, providers, trt_fp16, cache_dir, cache_targets)
+    options = runtime_options(precision, channels_last, cudnn_benchmark, cuda_graphs,
+                              keep_cpu_memory, targets, providers, trt_fp16, cache_dir,
+                              cache_targets)
     params = StyleParams(
         size=size, size_bucket=size_bucket, iterations=iterations, scales=scales,
         optimizer=optimizer, lr=lr,
@@ -379,6 +384,7 @@ def run(
     precision: str = PRECISION,
     channels_last: str = CHANNELS_LAST,
     cudnn_benchmark: bool = CUDNN_BENCHMARK,
+    cuda_graphs: bool = CUDA_GRAPHS,
     keep_cpu_memory: bool = KEEP_CPU_MEMORY,
     targets: str = TARGETS,
     providers: str = PROVIDERS,
@@ -397,7 +403,7 @@ def run(
         raise InputError("--batch-size, --workers and --checkpoint-every must be >= 0")
     opts = RunOptions(out, devices, workers, batch_size, checkpoint_every,
                       parse_overrides(set_ or []), skip_bad_rows, retry_failed,
-                      runtime_options(precision, channels_last, cudnn_benchmark,
+                      runtime_options(precision, channels_last, cudnn_benchmark, cuda_graphs,
                                       keep_cpu_memory, targets, providers, trt_fp16,
                                       cache_dir, cache_targets))
     try:

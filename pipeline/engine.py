@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .cuda_graph import GraphedGradient, evaluate_and_backward
 from .lbfgs import BatchedLBFGS
 from .losses import LossWeights, Targets, loss_terms
 from .params import StyleParams
@@ -164,6 +165,7 @@ class StageRun:
     opt: Any
     evaluate: Callable[[Tensor], dict[str, Tensor]]
     clamp: bool  # Adam keeps the box constraint; L-BFGS is left unclamped, as in neural-style
+    graphed: GraphedGradient | None = None  # CUDA: the closure as a replayed graph
 
     @classmethod
     def start(cls, trunk: VGG19Trunk, x0: Tensor, stage: Stage, start: int,
@@ -181,15 +183,16 @@ class StageRun:
             opt = torch.optim.Adam([x], lr=params.step_size)
         if opt_state is not None:
             opt.load_state_dict(tree_to(opt_state, runtime.device))
-        return cls(x, opt, objective(trunk, stage.targets, params, runtime),
-                   params.optimizer == "adam")
+        evaluate = objective(trunk, stage.targets, params, runtime)
+        graphed = GraphedGradient(evaluate, x) if runtime.cuda_graphs else None
+        return cls(x, opt, evaluate, params.optimizer == "adam", graphed)
 
     def closure(self) -> dict[str, Tensor]:
         """One objective evaluation and its gradient: what the optimizer calls each step."""
-        self.x.grad = None
-        terms = self.evaluate(self.x)
-        terms["total"].sum().backward()
-        return {k: v.detach() for k, v in terms.items()}
+        if self.graphed is None:
+            return evaluate_and_backward(self.evaluate, self.x)
+        terms, self.x.grad = self.graphed(self.x)
+        return terms
 
     def step(self) -> dict[str, Tensor]:
         """One iteration; returns the loss terms of the images before it."""

@@ -92,7 +92,8 @@ class BatchedLBFGS:
         self.sy[:, :c, slot] = prods[:, 1, :, 0]
         self.sy[:, slot, :c] = prods[:, 2, :, 1]
         self.yy[:, :c, slot] = self.yy[:, slot, :c] = prods[:, 1, :, 1]
-        order = torch.tensor([(self.count - c + j) % m for j in range(c)], device=g.device)
+        # Slots oldest first; made on the device (a list would be a blocking host copy).
+        order = (torch.arange(c, device=g.device) + (self.count - c)) % m
         sy = self.sy[:, order][:, :, order]
         yy = self.yy[:, order][:, :, order]
         diag = sy.diagonal(dim1=1, dim2=2)

@@ -47,6 +47,7 @@ class Runtime:
     precision: str = "fp32"       # resolved: fp32 or bf16 (bf16 convs and Gram GEMMs; losses fp32)
     channels_last: bool = True    # NHWC convs: faster for bf16 oneDNN and cuDNN tensor cores
     cudnn_benchmark: bool = True  # autotune conv algorithms per input shape (CUDA only)
+    cuda_graphs: bool = False     # CUDA: replay each stage's objective + backward as a graph
     keep_cpu_memory: bool = True  # CPU: reuse freed memory, no page faults (cpu_heap.py)
     targets: str = "onnx"         # target features from ONNX Runtime ("onnx") or PyTorch ("torch")
     providers: tuple[str, ...] = ("tensorrt", "cuda", "cpu")  # ORT providers, in order of choice
@@ -57,9 +58,9 @@ class Runtime:
     @classmethod
     def create(cls, device: str = "auto", precision: str = "auto",
                channels_last: bool | None = None, cudnn_benchmark: bool = True,
-               keep_cpu_memory: bool = True, targets: str = "onnx", providers: str | None = None,
-               trt_fp16: bool = False, cache: str | None = None, cache_targets: bool = True
-               ) -> Runtime:
+               cuda_graphs: bool = True, keep_cpu_memory: bool = True, targets: str = "onnx",
+               providers: str | None = None, trt_fp16: bool = False, cache: str | None = None,
+               cache_targets: bool = True) -> Runtime:
         """`auto`/None resolve per device: bf16 where it is fast; channels_last on CUDA and
         with bf16 (on CPU it measured slower than NCHW in fp32, faster in bf16). Like the
         cuDNN and tf32 switches, keep_cpu_memory is process-wide (cpu_heap.py)."""
@@ -79,13 +80,14 @@ class Runtime:
             # A bf16 Gram sums over every pixel; cuBLAS may split that sum and add the parts
             # in bf16, which would lose the fp32 accumulation losses._GramMSE relies on.
             torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+        cuda_graphs = cuda_graphs and dev.type == "cuda"
         keep_cpu_memory = keep_cpu_memory and dev.type == "cpu" and cpu_heap.keep_freed_memory()
         if targets not in ("onnx", "torch"):
             raise InputError(f"targets must be onnx or torch, got {targets!r}")
         from .ort_session import parse_providers
 
-        return cls(dev, precision, channels_last, cudnn_benchmark, keep_cpu_memory, targets,
-                   parse_providers(providers), trt_fp16, cache, cache_targets)
+        return cls(dev, precision, channels_last, cudnn_benchmark, cuda_graphs, keep_cpu_memory,
+                   targets, parse_providers(providers), trt_fp16, cache, cache_targets)
 
     def layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

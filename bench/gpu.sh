@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Every GPU table of BENCHMARKS.md, on the first CUDA device (`make bench-gpu`; about 10
+# minutes on an H100). Arguments pick some of them by module name (`bash bench/gpu.sh flops
+# bench_batch`). PY is the Python that has style-pipeline's dependencies. A bench that fails is
+# reported and the others still run; the exit status says whether any failed.
+set -u
+PY=${PY:-.venv/bin/python}
+picked=" $* "
+failed=0
+bench() {
+    [[ $# -eq 0 || "$picked" == "  " || "$picked" == *" ${1#bench.} "* ]] || return 0
+    echo; echo "\$ python -m $*"
+    "$PY" -m "$@" || { echo "FAILED (exit $?): python -m $*"; failed=1; }
+}
+bench bench.flops --device cuda
+bench bench.bench_graphs --device cuda --sizes 256,512 --batches 1,4,8
+bench bench.bench_batch --device cuda --sizes 256,512 --batches 1,2,4,8
+bench bench.bench_vs_pastiche --device cuda --size 512 --short 20 --long 1020 --rounds 1 \
+    --variants 1,2,5,6
+bench bench.bench_gram --device cuda --size 512 --batches 1,4
+bench bench.bench_precision --device cuda
+bench bench.bench_schedule --device cuda --size 512 --runs 1x500,2x1000,3x1500
+bench bench.bench_memory --device cuda
+exit $failed

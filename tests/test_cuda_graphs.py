@@ -1,0 +1,59 @@
+"""The CUDA-graph closure computes what the eager one does. These need a GPU: CI has none and
+skips them; they were run on an H100 (BENCHMARKS.md, GPU section)."""
+
+import pytest
+import torch
+
+from pipeline import Runtime, StyleJob, StyleParams, stylize_batch
+from pipeline.api import prepare, setup_batch
+from pipeline.cuda_graph import GraphedGradient, evaluate_and_backward
+from pipeline.engine import objective
+from tests.conftest import make_painting, make_photo
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def test_cuda_graphs_are_off_where_there_is_no_gpu():
+    assert not Runtime.create("cpu", cuda_graphs=True).cuda_graphs
+
+
+def _problem(precision: str, batch: int = 2):
+    runtime = Runtime.create("cuda", precision, targets="torch")
+    params = StyleParams(size=64, iterations=10)
+    jobs = [StyleJob(make_photo(seed=i), [make_painting(seed=i + 10)]) for i in range(batch)]
+    problem = setup_batch([prepare(job, params) for job in jobs], params, runtime)
+    stage = problem.stages[0]
+    return objective(problem.trunk, stage.targets, params, runtime), problem.x0
+
+
+@cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_replay_gives_the_eager_terms_and_gradient_at_every_new_input(precision):
+    evaluate, x0 = _problem(precision)
+    graphed = GraphedGradient(evaluate, x0)
+    kept = []
+    for k in range(3):
+        x = (x0 + 20 * k * torch.randn_like(x0)).requires_grad_(True)
+        eager = evaluate_and_backward(evaluate, x)
+        terms, grad = graphed(x.detach())
+        for name, value in eager.items():
+            torch.testing.assert_close(terms[name], value, rtol=1e-4, atol=0)
+        torch.testing.assert_close(grad, x.grad, rtol=1e-3, atol=1e-3 * x.grad.abs().max())
+        kept.append((grad, x.grad))
+    # What a replay returns is a copy: later replays do not overwrite it.
+    for grad, expected in kept:
+        torch.testing.assert_close(grad, expected, rtol=1e-3, atol=1e-3 * expected.abs().max())
+
+
+@cuda
+def test_a_run_with_graphs_follows_the_eager_run():
+    job = StyleJob(make_photo(), [make_painting()])
+    params = StyleParams(size=64, iterations=20)
+    traces = {}
+    for graphs in (False, True):
+        runtime = Runtime.create("cuda", "fp32", cuda_graphs=graphs, targets="torch")
+        trace = []
+        stylize_batch([job], params, runtime, lambda i, t, tr=trace: tr.append(t["total"][0]))
+        traces[graphs] = torch.stack(trace)
+    assert traces[True][-1] < 0.5 * traces[True][0]
+    torch.testing.assert_close(traces[True], traces[False], rtol=1e-2, atol=0)
