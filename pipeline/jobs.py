@@ -97,7 +97,7 @@ def make_batches(jobs: Iterable[Job], batch_size: Callable[[Job], int]) -> Itera
 # 1.09x / 1.10x at batch 2 / 4 for 512x384 (before, every 512 px batch lost to page faults).
 # Larger sizes were not measured, so they run alone.
 CPU_BATCH_PIXELS = 4 * 512 * 384
-CUDA_BATCH = 4  # not measured yet (no GPU run); the memory check splits what cannot fit
+CUDA_BATCH = 8  # H100, 256 and 512 px: the best of 1, 2, 4, 8 (bench_batch); memory splits more
 
 
 def auto_cpu_workers(sizes: Iterable[tuple[int, int]], cores: int) -> int:

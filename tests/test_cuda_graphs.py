@@ -47,6 +47,9 @@ def test_replay_gives_the_eager_terms_and_gradient_at_every_new_input(precision)
 
 @cuda
 def test_a_run_with_graphs_follows_the_eager_run():
+    """Same start, same objective: the optimizer gets the replayed gradient. tf32 noise (about
+    1e-4 of the gradient) grows over L-BFGS iterations without a line search (an H100 run had
+    them 13% apart at iteration 15 of 20), so the traces are compared over the first 6."""
     job = StyleJob(make_photo(), [make_painting()])
     params = StyleParams(size=64, iterations=20)
     traces = {}
@@ -56,4 +59,4 @@ def test_a_run_with_graphs_follows_the_eager_run():
         stylize_batch([job], params, runtime, lambda i, t, tr=trace: tr.append(t["total"][0]))
         traces[graphs] = torch.stack(trace)
     assert traces[True][-1] < 0.5 * traces[True][0]
-    torch.testing.assert_close(traces[True], traces[False], rtol=1e-2, atol=0)
+    torch.testing.assert_close(traces[True][:6], traces[False][:6], rtol=2e-3, atol=0)
