@@ -371,7 +371,8 @@ def run(
                                 "share of the cores. 0 = 2 where the machine has 2+ cores and "
                                 "two of the largest jobs fit 4 x 512x384 px together, else 1."),
     batch_size: int = typer.Option(0, help="Jobs optimized together (same size and "
-                                   "parameters). 0 = per device: 4 on CUDA; on the CPU up "
+                                   "parameters). 0 = per device: on CUDA 8 up to 512x384 px, "
+                                   "else 1; on the CPU up "
                                    "to 4 images, 4 x 512x384 px in all over the CPU workers "
                                    "(1 at 1024 px)."),
     checkpoint_every: int = typer.Option(50, help="Checkpoint each batch every N iterations "

@@ -97,7 +97,11 @@ def make_batches(jobs: Iterable[Job], batch_size: Callable[[Job], int]) -> Itera
 # 1.09x / 1.10x at batch 2 / 4 for 512x384 (before, every 512 px batch lost to page faults).
 # Larger sizes were not measured, so they run alone.
 CPU_BATCH_PIXELS = 4 * 512 * 384
-CUDA_BATCH = 8  # H100, 256 and 512 px: the best of 1, 2, 4, 8 (bench_batch); memory splits more
+# CUDA (an H100, bench_batch, CUDA graphs on): batch 8 gave 4.40x the images per hour of
+# batch 1 at 256x192 and 1.67x at 512x384, the best of 1, 2, 4, 8; at 1024x768 batches of 2
+# and 4 were slower per image than 1 (0.62x, 0.80x), so larger images run alone.
+CUDA_BATCH = 8
+CUDA_BATCH_PIXELS = 512 * 384
 
 
 def auto_cpu_workers(sizes: Iterable[tuple[int, int]], cores: int) -> int:
@@ -111,11 +115,12 @@ def auto_cpu_workers(sizes: Iterable[tuple[int, int]], cores: int) -> int:
 
 
 def default_batch_size(device: str, size: tuple[int, int], cpu_workers: int = 1) -> int:
-    """Jobs per batch when --batch-size is 0: a few on CUDA; on the CPU at most 4 images and
+    """Jobs per batch when --batch-size is 0: on CUDA 8 up to 512x384 px, else 1 (the memory
+    check splits a batch that cannot fit); on the CPU at most 4 images and
     4 x 512x384 px in flight over all the CPU workers (beyond that, unmeasured: one at a
     time). With two workers, batches of 1, 2 and 4 came out within this machine's drift of
     one another (bench_workers); 2 keeps at most 4 images in flight, as one worker at 4 did."""
     if device.startswith("cuda"):
-        return CUDA_BATCH
+        return CUDA_BATCH if size[0] * size[1] <= CUDA_BATCH_PIXELS else 1
     share = CPU_BATCH_PIXELS // cpu_workers // (size[0] * size[1])
     return max(1, min(4 // cpu_workers, share))
