@@ -54,6 +54,16 @@ def timed_step(run: StageRun) -> float:
     return timed_call(run.x.device, run.step)
 
 
+def interleaved_seconds(runs: list[StageRun], iterations: int) -> list[list[float]]:
+    """seconds[k][i]: iteration i of runs[k], per image. The runs take turns, one iteration
+    each, so every ratio between them compares iterations taken seconds apart."""
+    seconds: list[list[float]] = [[] for _ in runs]
+    for _ in range(iterations):
+        for run, per_image in zip(runs, seconds, strict=True):
+            per_image.append(timed_step(run) / run.x.shape[0])
+    return seconds
+
+
 def time_objective(run: StageRun) -> list[float]:
     """From now on, the seconds of each of `run`'s objective evaluations (trunk, losses,
     backward) are appended to the returned list; the rest of a step is the optimizer's."""
@@ -89,11 +99,7 @@ def main() -> None:
         params = StyleParams(size=size, iterations=args.iterations)
         runs = [start_run(b, params, runtime) for b in batches]
         objective = [time_objective(run) for run in runs]
-        # seconds[k][i]: iteration i of batch size k, per image
-        seconds = [[] for _ in batches]
-        for _ in range(args.iterations):
-            for run, b, per_batch in zip(runs, batches, seconds, strict=True):
-                per_batch.append(timed_step(run) / b)
+        seconds = interleaved_seconds(runs, args.iterations)
         del runs
         steady = [statistics.median(per_image[-10:]) for per_image in seconds]
         steady_obj = [statistics.median(obj[-10:]) / b for obj, b in zip(objective, batches,

@@ -19,7 +19,7 @@ import statistics
 from pipeline import Runtime, StyleParams
 from pipeline.cuda_graph import GraphedGradient
 
-from .bench_batch import start_run, timed_call, timed_step
+from .bench_batch import interleaved_seconds, start_run, timed_call
 
 
 def main() -> None:
@@ -40,11 +40,8 @@ def main() -> None:
         params = StyleParams(size=size, iterations=args.iterations)
         for batch in (int(b) for b in args.batches.split(",")):
             runs = [start_run(batch, params, runtime) for runtime in (eager, graphs)]
-            seconds: list[list[float]] = [[], []]
-            for _ in range(args.iterations):
-                for run, per_image in zip(runs, seconds, strict=True):
-                    per_image.append(timed_step(run) / batch)
-            slow, fast = (statistics.median(s[3:]) for s in seconds)
+            slow, fast = (statistics.median(s[3:])
+                          for s in interleaved_seconds(runs, args.iterations))
             capture = timed_call(graphs.device,
                                  lambda run=runs[1]: GraphedGradient(run.evaluate, run.x))
             print(f"| {size} | {batch} | {slow:.4g} | {fast:.4g} | {slow / fast:.2f}x | "
