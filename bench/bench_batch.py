@@ -1,7 +1,7 @@
 """Throughput per image against batch size, including L-BFGS's full-history steady state.
 
-Usage: python -m bench.bench_batch [--sizes 256,512] [--batches 1,2,4,8] [--iterations 110]
-[--device cpu] [--precision auto].
+Usage: python -m bench.bench_batch [--sizes 256,512] [--batches 1,2,4,8] [--unsplit 4]
+[--iterations 110] [--device cpu] [--precision auto].
 
 This machine's speed drifts by up to 2x over minutes (identical matmul loops differ by 30%
 within one minute), so the batch sizes are not run one after another: one optimization per
@@ -11,12 +11,15 @@ over up to 100 stored pairs), so the runs go past the point where it is full: "e
 iterations 4..12, "steady" the last 10. A 500-iteration run is estimated as the measured
 iterations plus (500 - iterations) steady ones. The steady time is also split into the
 objective (trunk forward, losses, backward: the part batching can speed up) and the L-BFGS
-step (per-sample products over the history, which do not batch on the CPU).
+step (per-sample products over the history, which do not batch on the CPU). On the CPU a
+batch runs as one shard per core (cpu_shards.py); `--unsplit` adds rows for batch sizes run
+as one shard whose ops are split over the cores (`--no-split-batches`), the way before.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -26,17 +29,21 @@ import torch
 
 from pipeline import Runtime, StyleJob, StyleParams
 from pipeline.api import prepare, setup_batch
+from pipeline.cpu_shards import ShardedRun
 from pipeline.demo import landscape, swirls
 from pipeline.engine import StageRun
+from pipeline.engine import start_run as start_stage
 
 RUN_LENGTH = 500  # iterations of the run that images/hour is quoted for
 
 
-def start_run(batch: int, params: StyleParams, runtime: Runtime) -> StageRun:
+Run = StageRun | ShardedRun
+
+
+def start_run(batch: int, params: StyleParams, runtime: Runtime) -> Run:
     jobs = [StyleJob(landscape(), [swirls(seed=i)]) for i in range(batch)]
     problem = setup_batch([prepare(job, params) for job in jobs], params, runtime)
-    return StageRun.start(problem.trunk, problem.x0, problem.stages[0], 0, None, params,
-                          runtime)
+    return start_stage(problem.trunk, problem.x0, problem.stages[0], 0, None, params, runtime)
 
 
 def timed_call(device: torch.device, fn: Callable[[], Any]) -> float:
@@ -50,11 +57,11 @@ def timed_call(device: torch.device, fn: Callable[[], Any]) -> float:
     return time.perf_counter() - t
 
 
-def timed_step(run: StageRun) -> float:
+def timed_step(run: Run) -> float:
     return timed_call(run.x.device, run.step)
 
 
-def interleaved_seconds(runs: list[StageRun], iterations: int) -> list[list[float]]:
+def interleaved_seconds(runs: list[Run], iterations: int) -> list[list[float]]:
     """seconds[k][i]: iteration i of runs[k], per image. The runs take turns, one iteration
     each, so every ratio between them compares iterations taken seconds apart."""
     seconds: list[list[float]] = [[] for _ in runs]
@@ -64,18 +71,19 @@ def interleaved_seconds(runs: list[StageRun], iterations: int) -> list[list[floa
     return seconds
 
 
-def time_objective(run: StageRun) -> list[float]:
+def time_objective(run: Run) -> list[float]:
     """From now on, the seconds of each of `run`'s objective evaluations (trunk, losses,
-    backward) are appended to the returned list; the rest of a step is the optimizer's."""
+    backward) are appended to the returned list, one per shard per step (the shards of a
+    sharded run evaluate side by side, so one shard's seconds are the batch's); the rest of a
+    step is the optimizer's."""
     seconds: list[float] = []
-    closure = run.closure
+    for shard in run.shards if isinstance(run, ShardedRun) else [run]:
+        def timed(closure=shard.closure, device=shard.x.device) -> dict[str, torch.Tensor]:
+            out: dict[str, torch.Tensor] = {}
+            seconds.append(timed_call(device, lambda: out.update(closure())))
+            return out
 
-    def timed() -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        seconds.append(timed_call(run.x.device, lambda: out.update(closure())))
-        return out
-
-    run.closure = timed  # type: ignore[method-assign]
+        shard.closure = timed  # type: ignore[method-assign]
     return seconds
 
 
@@ -83,13 +91,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="256,512")
     ap.add_argument("--batches", default="1,2,4,8")
+    ap.add_argument("--unsplit", default="4",
+                    help="batch sizes also run unsplit (CPU; empty for none)")
     ap.add_argument("--iterations", type=int, default=110,
                     help="iterations per run; past lbfgs_history (100) + 10 for 'steady'")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="auto")
     args = ap.parse_args()
     runtime = Runtime.create(args.device, args.precision)
-    batches = [int(b) for b in args.batches.split(",")]
+    unsplit = dataclasses.replace(runtime, split_batches=False)
+    configs = [(int(b), runtime) for b in args.batches.split(",")]
+    if runtime.split_batches:
+        configs += [(int(b), unsplit) for b in args.unsplit.split(",") if b]
     print(f"{runtime.device} {runtime.precision}, landscape 4:3, {args.iterations} iterations "
           f"per run, batch sizes interleaved iteration by iteration; s/iteration per image\n")
     print("| size | batch | early (it 4-12) | steady (history full) | steady: objective + "
@@ -97,18 +110,21 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for size in (int(s) for s in args.sizes.split(",")):
         params = StyleParams(size=size, iterations=args.iterations)
-        runs = [start_run(b, params, runtime) for b in batches]
+        runs = [start_run(b, params, rt) for b, rt in configs]
+        shards = [len(run.shards) if isinstance(run, ShardedRun) else 1 for run in runs]
         objective = [time_objective(run) for run in runs]
         seconds = interleaved_seconds(runs, args.iterations)
         del runs
         steady = [statistics.median(per_image[-10:]) for per_image in seconds]
-        steady_obj = [statistics.median(obj[-10:]) / b for obj, b in zip(objective, batches,
-                                                                          strict=True)]
+        steady_obj = [statistics.median(obj[-10 * k:]) / b
+                      for obj, k, (b, _) in zip(objective, shards, configs, strict=True)]
         totals = [sum(per_image) + st * (RUN_LENGTH - len(per_image))
                   for per_image, st in zip(seconds, steady, strict=True)]
-        for b, per_image, st, obj, total in zip(batches, seconds, steady, steady_obj, totals,
-                                                strict=True):
-            print(f"| {size} | {b} | {statistics.median(per_image[3:12]):.4g} | {st:.4g} | "
+        for (b, rt), k, per_image, st, obj, total in zip(configs, shards, seconds, steady,
+                                                         steady_obj, totals, strict=True):
+            label = f"{b}" + (f" ({k} shards)" if k > 1 else
+                              ", one shard" if b > 1 and rt.device.type == "cpu" else "")
+            print(f"| {size} | {label} | {statistics.median(per_image[3:12]):.4g} | {st:.4g} | "
                   f"{obj:.4g} + {st - obj:.4g} | {3600 / total:.1f} | {totals[0] / total:.2f}x "
                   f"| {steady_obj[0] / obj:.2f}x |", flush=True)
 

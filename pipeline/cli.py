@@ -100,6 +100,9 @@ CUDA_GRAPHS = typer.Option(True, help="CUDA: capture each batch's objective and 
 KEEP_CPU_MEMORY = typer.Option(True, help="CPU: keep freed memory in the process for the next "
                                "iteration instead of returning it to the kernel (no page "
                                "faults on large activations; returned after each batch).")
+SPLIT_BATCHES = typer.Option(True, help="CPU: run a batch as one shard per core, stepped side "
+                             "by side with one thread each, instead of one batch whose every "
+                             "op is split over the cores (faster for batches of 2+).")
 TARGETS = typer.Option("onnx", help="Compute content/style targets with onnx (ONNX Runtime over "
                        "the exported trunk) or torch.")
 PROVIDERS = typer.Option("auto", help="ONNX Runtime providers in order of choice, e.g. cuda,cpu. "
@@ -109,15 +112,17 @@ CACHE_TARGETS = typer.Option(True, help="Keep computed targets in the cache.")
 
 
 def runtime_options(precision: str, channels_last: str, cudnn_benchmark: bool,
-                    cuda_graphs: bool, keep_cpu_memory: bool, targets: str, providers: str,
-                    trt_fp16: bool, cache_dir: str | None, cache_targets: bool) -> dict[str, Any]:
+                    cuda_graphs: bool, keep_cpu_memory: bool, split_batches: bool, targets: str,
+                    providers: str, trt_fp16: bool, cache_dir: str | None,
+                    cache_targets: bool) -> dict[str, Any]:
     """The Runtime.create keyword arguments (all but the device) from the shared options."""
     if channels_last not in ("auto", "on", "off"):
         raise InputError(f"--channels-last must be auto, on or off, got {channels_last!r}")
     return {"precision": precision,
             "channels_last": {"auto": None, "on": True, "off": False}[channels_last],
             "cudnn_benchmark": cudnn_benchmark, "cuda_graphs": cuda_graphs,
-            "keep_cpu_memory": keep_cpu_memory, "targets": targets, "providers": providers,
+            "keep_cpu_memory": keep_cpu_memory, "split_batches": split_batches,
+            "targets": targets, "providers": providers,
             "trt_fp16": trt_fp16, "cache": cache_dir, "cache_targets": cache_targets}
 
 
@@ -158,6 +163,7 @@ def stylize(
     cudnn_benchmark: bool = CUDNN_BENCHMARK,
     cuda_graphs: bool = CUDA_GRAPHS,
     keep_cpu_memory: bool = KEEP_CPU_MEMORY,
+    split_batches: bool = SPLIT_BATCHES,
     targets: str = TARGETS,
     providers: str = PROVIDERS,
     trt_fp16: bool = TRT_FP16,
@@ -172,8 +178,8 @@ def stylize(
 
     check_output_path(output)
     options = runtime_options(precision, channels_last, cudnn_benchmark, cuda_graphs,
-                              keep_cpu_memory, targets, providers, trt_fp16, cache_dir,
-                              cache_targets)
+                              keep_cpu_memory, split_batches, targets, providers, trt_fp16,
+                              cache_dir, cache_targets)
     params = StyleParams(
         size=size, size_bucket=size_bucket, iterations=iterations, scales=scales,
         optimizer=optimizer, lr=lr,
@@ -387,6 +393,7 @@ def run(
     cudnn_benchmark: bool = CUDNN_BENCHMARK,
     cuda_graphs: bool = CUDA_GRAPHS,
     keep_cpu_memory: bool = KEEP_CPU_MEMORY,
+    split_batches: bool = SPLIT_BATCHES,
     targets: str = TARGETS,
     providers: str = PROVIDERS,
     trt_fp16: bool = TRT_FP16,
@@ -405,8 +412,8 @@ def run(
     opts = RunOptions(out, devices, workers, batch_size, checkpoint_every,
                       parse_overrides(set_ or []), skip_bad_rows, retry_failed,
                       runtime_options(precision, channels_last, cudnn_benchmark, cuda_graphs,
-                                      keep_cpu_memory, targets, providers, trt_fp16,
-                                      cache_dir, cache_targets))
+                                      keep_cpu_memory, split_batches, targets, providers,
+                                      trt_fp16, cache_dir, cache_targets))
     try:
         result = run_manifest(manifest, opts, RunDisplay, scanning)
     except ManifestInvalid as e:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .cpu_shards import ShardedRun, rows, shard_bounds
 from .cuda_graph import GraphedGradient, evaluate_and_backward
 from .lbfgs import BatchedLBFGS
 from .losses import LossWeights, Targets, loss_terms
@@ -202,12 +203,30 @@ class StageRun:
                 self.x.clamp_(0, 255)
         return terms
 
+    def state_dict(self) -> dict[str, Any]:
+        return self.opt.state_dict()
+
+
+def start_run(trunk: VGG19Trunk, x0: Tensor, stage: Stage, start: int,
+              opt_state: dict[str, Any] | None, params: StyleParams, runtime: Runtime
+              ) -> StageRun | ShardedRun:
+    """One stage's run: a StageRun, or on a multi-core CPU one StageRun per core on its
+    share of the batch (cpu_shards.py)."""
+    bounds = shard_bounds(x0.shape[0], runtime)
+    if len(bounds) == 1:
+        return StageRun.start(trunk, x0, stage, start, opt_state, params, runtime)
+    return ShardedRun([
+        StageRun.start(trunk, x0[lo:hi], replace(stage, targets=stage.targets.rows(lo, hi)),
+                       start, None if opt_state is None else rows(opt_state, lo, hi), params,
+                       runtime)
+        for lo, hi in bounds])
+
 
 def _run_stage(trunk: VGG19Trunk, x0: Tensor, stage: Stage, start: int,
                opt_state: dict[str, Any] | None, params: StyleParams, runtime: Runtime,
                progress: Progress | None, checkpointing: Checkpointing | None) -> Tensor:
     """Iterations start..stage.end of one stage; returns its final images."""
-    run = StageRun.start(trunk, x0, stage, start, opt_state, params, runtime)
+    run = start_run(trunk, x0, stage, start, opt_state, params, runtime)
     for i in range(start, stage.end):
         terms = run.step()
         if progress is not None:
@@ -215,7 +234,7 @@ def _run_stage(trunk: VGG19Trunk, x0: Tensor, stage: Stage, start: int,
         if checkpointing is not None and i + 1 < params.iterations:
             stopping = checkpointing.stop()
             if stopping or (checkpointing.every and (i + 1) % checkpointing.every == 0):
-                checkpointing.save(i + 1, run.x.detach(), run.opt.state_dict())
+                checkpointing.save(i + 1, run.x.detach(), run.state_dict())
             if stopping:
                 raise Interrupted(f"stopped at iteration {i + 1}")
     return run.x.detach()

@@ -99,6 +99,11 @@ class Targets:
         return Targets({k: v.to(device) for k, v in self.content.items()},
                        {k: v.to(device) for k, v in self.grams.items()})
 
+    def rows(self, lo: int, hi: int) -> Targets:
+        """The targets of samples lo..hi."""
+        return Targets({k: v[lo:hi] for k, v in self.content.items()},
+                       {k: v[lo:hi] for k, v in self.grams.items()})
+
 
 @dataclass(frozen=True)
 class LossWeights:

@@ -49,6 +49,7 @@ class Runtime:
     cudnn_benchmark: bool = True  # autotune conv algorithms per input shape (CUDA only)
     cuda_graphs: bool = False     # CUDA: replay each stage's objective + backward as a graph
     keep_cpu_memory: bool = True  # CPU: reuse freed memory, no page faults (cpu_heap.py)
+    split_batches: bool = False   # CPU: a batch's shards step side by side, one per core
     targets: str = "onnx"         # target features from ONNX Runtime ("onnx") or PyTorch ("torch")
     providers: tuple[str, ...] = ("tensorrt", "cuda", "cpu")  # ORT providers, in order of choice
     trt_fp16: bool = False        # TensorRT fp16 for targets (off: targets stay fp32-exact)
@@ -58,7 +59,8 @@ class Runtime:
     @classmethod
     def create(cls, device: str = "auto", precision: str = "auto",
                channels_last: bool | None = None, cudnn_benchmark: bool = True,
-               cuda_graphs: bool = True, keep_cpu_memory: bool = True, targets: str = "onnx",
+               cuda_graphs: bool = True, keep_cpu_memory: bool = True,
+               split_batches: bool = True, targets: str = "onnx",
                providers: str | None = None, trt_fp16: bool = False, cache: str | None = None,
                cache_targets: bool = True) -> Runtime:
         """`auto`/None resolve per device: bf16 where it is fast; channels_last on CUDA and
@@ -82,12 +84,14 @@ class Runtime:
             torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
         cuda_graphs = cuda_graphs and dev.type == "cuda"
         keep_cpu_memory = keep_cpu_memory and dev.type == "cpu" and cpu_heap.keep_freed_memory()
+        split_batches = split_batches and dev.type == "cpu"
         if targets not in ("onnx", "torch"):
             raise InputError(f"targets must be onnx or torch, got {targets!r}")
         from .ort_session import parse_providers
 
         return cls(dev, precision, channels_last, cudnn_benchmark, cuda_graphs, keep_cpu_memory,
-                   targets, parse_providers(providers), trt_fp16, cache, cache_targets)
+                   split_batches, targets, parse_providers(providers), trt_fp16, cache,
+                   cache_targets)
 
     def layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

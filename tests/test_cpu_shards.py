@@ -1,0 +1,113 @@
+"""A CPU batch split into shards, one per core: same results as one shard, and checkpoints
+that resume with any split."""
+
+import copy
+import dataclasses
+import threading
+
+import pytest
+import torch
+
+from pipeline import StyleJob, StyleParams, stylize_batch
+from pipeline.cpu_shards import concat, rows, shard_bounds
+from pipeline.engine import Checkpointing, StageRun
+from pipeline.images import to_tensor
+from pipeline.lbfgs import BatchedLBFGS
+from tests.conftest import make_painting, make_photo
+
+JOBS = [StyleJob(make_photo(seed=s), [make_painting(seed=s + 1)]) for s in (0, 5, 9)]
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def unsplit(cpu32):
+    return dataclasses.replace(cpu32, split_batches=False)
+
+
+def traced(params, runtime, jobs=JOBS, **kw):
+    trace = []
+    results = stylize_batch(jobs, params, runtime,
+                            progress=lambda i, t: trace.append(t["total"].clone()), **kw)
+    return results, torch.stack(trace)
+
+
+def assert_same_run(a, b):
+    (res_a, trace_a), (res_b, trace_b) = a, b
+    for x, y in zip(res_a, res_b, strict=True):
+        # 8-bit outputs: allow a rare 1-level rounding flip from float reassociation.
+        assert (to_tensor(x.image) - to_tensor(y.image)).abs().max() <= 1.0
+    torch.testing.assert_close(trace_a, trace_b, rtol=1e-4, atol=0)
+
+
+def test_one_shard_per_thread_as_even_as_they_go(cpu32, unsplit, two_threads):
+    assert cpu32.split_batches
+    assert shard_bounds(1, cpu32) == [(0, 1)]
+    assert shard_bounds(3, cpu32) == [(0, 2), (2, 3)]
+    assert shard_bounds(4, cpu32) == [(0, 2), (2, 4)]
+    assert shard_bounds(4, unsplit) == [(0, 4)]
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_split_batch_equals_one_shard(optimizer, cpu32, unsplit, two_threads, monkeypatch):
+    """Also: each shard steps on its own thread with one intra-op thread, and the caller's
+    thread count is back afterwards. Compared at 8 iterations, where fixed-step L-BFGS has not
+    yet amplified float reassociation (see test_engine's batch test)."""
+    params = StyleParams(optimizer=optimizer, size=64, iterations=8)
+    seen = set()
+    step = StageRun.step
+
+    def recording(run):
+        seen.add((threading.current_thread().name, run.x.shape[0], torch.get_num_threads()))
+        return step(run)
+
+    monkeypatch.setattr(StageRun, "step", recording)
+    split = traced(params, cpu32)
+    assert {(n, t) for _, n, t in seen} == {(2, 1), (1, 1)}
+    assert all(name.startswith("shard") for name, _, _ in seen)
+    assert len({name for name, _, _ in seen}) == 2
+    assert torch.get_num_threads() == 2
+    seen.clear()
+    whole = traced(params, unsplit)
+    assert {(n, t) for _, n, t in seen} == {(3, 2)}
+    assert_same_run(split, whole)
+
+
+def test_checkpoint_resumes_with_another_split(cpu32, unsplit, two_threads):
+    """A split run's checkpoint (the shards' optimizer states joined) resumes unsplit to the
+    same result, and an unsplit one resumes split. (Adam is left out: its first steps move
+    each pixel by about lr * sign(g), so a gradient near zero flips with float reassociation
+    and runs with different thread counts part by a few levels; its state is checked below.)"""
+    params = StyleParams(size=64, iterations=8)
+    for first, then in ((cpu32, unsplit), (unsplit, cpu32)):
+        saved = {}
+
+        def save(it, x, state, saved=saved):
+            saved[it] = (it, x.clone(), copy.deepcopy(state))
+
+        full = traced(params, first, checkpointing=Checkpointing(save, every=1))
+        _, x, state = saved[5]
+        assert x.shape[0] == 3 and state["n_iter"] == 5
+        assert state["pairs"].shape[:2] == (3, 4)  # the first step stores no pair
+        resumed = traced(params, then,
+                         checkpointing=Checkpointing(lambda *a: None, resume=saved[5]))
+        assert_same_run(resumed, (full[0], full[1][5:]))
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_states_split_and_join_exactly(optimizer):
+    x = torch.randn(3, 3, 8, 8, requires_grad=True)
+    run = StageRun(x, None, lambda v: {"total": v.square().flatten(1).sum(1)}, False)
+    run.opt = (BatchedLBFGS(x, max_step=4.0) if optimizer == "lbfgs"
+               else torch.optim.Adam([x], lr=1.0))
+    for _ in range(3):
+        run.step()
+    state = run.state_dict()
+    joined = concat([rows(state, 0, 2), rows(state, 2, 3)])
+    torch.testing.assert_close(joined, state, rtol=0, atol=0)
