@@ -7,6 +7,14 @@ and 30-50 ms of kernel time per image per iteration at batch 4 x 256x192, which 
 iteration 8% slower (bench/bench_heap.py). With mmap off and no trimming, the next iteration
 reuses the same heap memory. The price is a process that keeps its peak; `release` hands it
 back (the worker calls it after each batch).
+
+Threads get glibc arenas of their own, and those do not keep memory: an allocation over 64 MB
+(a heap's size) is always mapped anew, and with "never trim" set, heap_trim's padding sum
+wraps around, so a thread's heap is unmapped whenever its free top covers it. The shards of a
+CPU batch (cpu_shards.py) allocate on their own threads, and took 1.2-20k page faults per
+iteration at 256 px batch 4, against a steady 1,152 unsplit. So all threads share the main
+arena. A thread keeps the arena it got at its first allocation, so this has to happen before
+the process starts threads (Runtime.create does it before any model or target work).
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from __future__ import annotations
 import ctypes
 import functools
 
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4  # mallopt, glibc's malloc.h
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -3, -4, -8  # malloc.h
 MMAP_CEILING = 32 * 2**20  # the largest mmap threshold glibc's dynamic rule reaches (64-bit)
 
 
@@ -32,12 +40,13 @@ def keep_freed_memory(keep: bool = True) -> bool:
     """Serve large allocations from the heap and never trim it; process-wide. keep=False puts
     back what glibc does by default once its dynamic threshold has grown to its ceiling (what
     a run would get without this; benchmarks switch between the two). Returns whether it
-    applied (glibc only; elsewhere the allocator is left as it is)."""
+    applied (glibc only; elsewhere the allocator is left as it is). The one shared arena stays
+    either way: glibc fixes the arena limit at the first thread that needs one."""
     libc = _glibc()
     if libc is None:
         return False
     if keep:  # no mmap at all; a trim threshold of -1 never trims (mallopt(3))
-        settings = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: -1}
+        settings = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: -1, M_ARENA_MAX: 1}
     else:
         settings = {M_MMAP_MAX: 65536, M_MMAP_THRESHOLD: MMAP_CEILING,
                     M_TRIM_THRESHOLD: 2 * MMAP_CEILING}

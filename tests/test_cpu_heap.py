@@ -12,32 +12,39 @@ from pipeline.runtime import Runtime
 
 pytestmark = pytest.mark.skipif(cpu_heap._glibc() is None, reason="glibc's allocator only")
 
-# A fresh interpreter: what glibc does depends on what the process allocated before.
-# 64 MB is over glibc's largest mmap threshold, like a batch's activations.
+# A fresh interpreter: what glibc does depends on what the process allocated before, and a
+# thread's arena on when it first allocated. 64 MB is over glibc's largest mmap threshold, like
+# a batch's activations; the thread case allocates where a shard of a CPU batch does.
 PROBE = """
 import json, resource, sys, torch
+from concurrent.futures import ThreadPoolExecutor
 from pipeline import cpu_heap
 if sys.argv[1] == "keep":
     cpu_heap.keep_freed_memory()
-def page_faults_of_a_filled_tensor():
+def filled_tensor():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t = torch.ones(16 * 2**20)
     del t
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+def page_faults_of_a_filled_tensor():
+    if sys.argv[2] == "main":
+        return filled_tensor()
+    return ThreadPoolExecutor(1).submit(filled_tensor).result()  # a new thread each time
 faults = [page_faults_of_a_filled_tensor() for _ in range(4)]
 cpu_heap.release()
 print(json.dumps({"again": min(faults[1:]), "after_release": page_faults_of_a_filled_tensor()}))
 """
 
 
-def probe(mode: str) -> dict[str, int]:
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True,
-                         check=True, cwd=Path(__file__).parents[1])
+def probe(mode: str, thread: str) -> dict[str, int]:
+    out = subprocess.run([sys.executable, "-c", PROBE, mode, thread], capture_output=True,
+                         text=True, check=True, cwd=Path(__file__).parents[1])
     return json.loads(out.stdout)
 
 
-def test_kept_memory_is_reused_without_page_faults_and_released_on_request():
-    default, kept = probe("default"), probe("keep")
+@pytest.mark.parametrize("thread", ["main", "other"])
+def test_kept_memory_is_reused_without_page_faults_and_released_on_request(thread: str):
+    default, kept = probe("default", thread), probe("keep", thread)
     assert default["again"] > 0  # glibc maps it anew every time
     assert kept["again"] * 10 < default["again"]
     assert kept["after_release"] * 2 > default["again"]  # handed back: new pages again
