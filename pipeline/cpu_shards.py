@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from .runtime import Runtime
+from .tensor_tree import map_tensors
 
 
 class Run(Protocol):
@@ -47,13 +48,7 @@ def shard_bounds(batch: int, runtime: Runtime) -> list[tuple[int, int]]:
 def rows(tree: Any, lo: int, hi: int) -> Any:
     """Samples lo..hi of a (nested) per-sample state; tensors without a leading dim and
     non-tensors are shared by every sample."""
-    if isinstance(tree, Tensor):
-        return tree[lo:hi] if tree.dim() else tree
-    if isinstance(tree, dict):
-        return {k: rows(v, lo, hi) for k, v in tree.items()}
-    if isinstance(tree, list | tuple):
-        return type(tree)(rows(v, lo, hi) for v in tree)
-    return tree
+    return map_tensors(lambda t: t[lo:hi] if t.dim() else t, tree)
 
 
 def concat(trees: Sequence[Any]) -> Any:

@@ -127,6 +127,25 @@ def test_coarse_to_fine_resumes_from_any_iteration(cpu32):
         assert resumed.losses["total"] == pytest.approx(full.losses["total"], rel=1e-3)
 
 
+def test_a_resume_leaves_the_state_it_was_given_untouched(cpu32):
+    """Adam updates its moments in place; a resume loads a copy, so one in-memory state (as a
+    caller of the Python API may hold) resumes twice to the same image."""
+    job = StyleJob(make_photo(), [make_painting()])
+    params = StyleParams(optimizer="adam", size=64, iterations=4)
+    saved = {}
+
+    def save(it, x, state):  # a snapshot, as the checkpoint file is
+        saved[it] = (it, x.clone(), copy.deepcopy(state))
+
+    stylize_batch([job], params, cpu32, checkpointing=Checkpointing(save, every=1))
+    resume = saved[2]
+    before = copy.deepcopy(resume[2])
+    images = [to_tensor(stylize_batch([job], params, cpu32, checkpointing=Checkpointing(
+        lambda *a: None, resume=resume))[0].image) for _ in range(2)]
+    torch.testing.assert_close(images[0], images[1], atol=0, rtol=0)
+    torch.testing.assert_close(resume[2], before, atol=0, rtol=0)
+
+
 def test_bf16_trunk_keeps_the_final_objective_within_1_percent_of_fp32():
     """The bf16 lever's quality guard: final objective, re-evaluated in fp32, against an
     all-fp32 run from the same inputs. L-BFGS without a line search is chaotic (two fp32 runs
