@@ -14,12 +14,15 @@ objective (trunk forward, losses, backward: the part batching can speed up) and 
 step (per-sample products over the history, which do not batch on the CPU). On the CPU a
 batch runs as one shard per core (cpu_shards.py); `--unsplit` adds rows for batch sizes run
 as one shard whose ops are split over the cores (`--no-split-batches`), the way before.
+The last column counts the process's minor page faults per steady iteration: memory the
+allocator handed back and took again (cpu_heap.py keeps it).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -87,6 +90,23 @@ def time_objective(run: Run) -> list[float]:
     return seconds
 
 
+def count_page_faults(run: Run) -> list[int]:
+    """From now on, the minor page faults of the process during each of `run`'s steps (any
+    thread's: the shards allocate on their own)."""
+    faults: list[int] = []
+    step = run.step
+
+    def counted() -> dict[str, torch.Tensor]:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        try:
+            return step()
+        finally:
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+
+    run.step = counted  # type: ignore[method-assign]
+    return faults
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="256,512")
@@ -106,13 +126,15 @@ def main() -> None:
     print(f"{runtime.device} {runtime.precision}, landscape 4:3, {args.iterations} iterations "
           f"per run, batch sizes interleaved iteration by iteration; s/iteration per image\n")
     print("| size | batch | early (it 4-12) | steady (history full) | steady: objective + "
-          f"L-BFGS | images/hour, {RUN_LENGTH}-it run | vs batch 1 | objective vs batch 1 |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"L-BFGS | images/hour, {RUN_LENGTH}-it run | vs batch 1 | objective vs batch 1 "
+          "| page faults / it, steady |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for size in (int(s) for s in args.sizes.split(",")):
         params = StyleParams(size=size, iterations=args.iterations)
         runs = [start_run(b, params, rt) for b, rt in configs]
         shards = [len(run.shards) if isinstance(run, ShardedRun) else 1 for run in runs]
         objective = [time_objective(run) for run in runs]
+        faults = [count_page_faults(run) for run in runs]
         seconds = interleaved_seconds(runs, args.iterations)
         del runs
         steady = [statistics.median(per_image[-10:]) for per_image in seconds]
@@ -120,13 +142,14 @@ def main() -> None:
                       for obj, k, (b, _) in zip(objective, shards, configs, strict=True)]
         totals = [sum(per_image) + st * (RUN_LENGTH - len(per_image))
                   for per_image, st in zip(seconds, steady, strict=True)]
-        for (b, rt), k, per_image, st, obj, total in zip(configs, shards, seconds, steady,
-                                                         steady_obj, totals, strict=True):
+        for (b, rt), k, per_image, st, obj, total, flt in zip(
+                configs, shards, seconds, steady, steady_obj, totals, faults, strict=True):
             label = f"{b}" + (f" ({k} shards)" if k > 1 else
                               ", one shard" if b > 1 and rt.device.type == "cpu" else "")
             print(f"| {size} | {label} | {statistics.median(per_image[3:12]):.4g} | {st:.4g} | "
                   f"{obj:.4g} + {st - obj:.4g} | {3600 / total:.1f} | {totals[0] / total:.2f}x "
-                  f"| {steady_obj[0] / obj:.2f}x |", flush=True)
+                  f"| {steady_obj[0] / obj:.2f}x | {statistics.median(flt[-10:]):.0f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":
