@@ -63,13 +63,19 @@ def load_trunk(source: str, pooling: str, last_layer: str, runtime: Runtime
 def compute_trunk(trunk: VGG19Trunk, runtime: Runtime) -> VGG19Trunk:
     """The trunk the optimization runs: in bf16 mode, a copy with bf16 convolutions. Storing
     bf16 weights (rather than autocast) saves casting all 20M weights on every call: autocast
-    caches casts only for weights that require grad. Targets keep using the fp32 trunk."""
+    caches casts only for weights that require grad. Targets keep using the fp32 trunk.
+
+    conv1_1 keeps fp32 weights and input: in bf16 the pixels would be quantized to ~0.5 levels,
+    which flattens the objective for small L-BFGS steps. Its output is rounded to bf16 like
+    every other layer's, so relu1_1, its Gram and their backward, the largest elementwise work
+    of an iteration, move half the bytes of fp32."""
     if runtime.precision != "bf16":
         return trunk
     low = copy.deepcopy(trunk)
     for name, layer in low.layers.items():
         if name != "conv1_1":
             layer.to(torch.bfloat16)
+    low.layers["conv1_1"].register_forward_hook(lambda _m, _i, out: out.to(torch.bfloat16))
     return low
 
 
