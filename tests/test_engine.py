@@ -6,7 +6,7 @@ from PIL import Image
 
 from pipeline import Runtime, StyleJob, StyleParams, stylize_batch
 from pipeline.api import prepare, setup_batch
-from pipeline.engine import Checkpointing, objective, optimize
+from pipeline.engine import Checkpointing, compute_trunk, objective, optimize, trunk_for
 from pipeline.images import to_tensor
 from tests.conftest import make_painting, make_photo
 
@@ -49,7 +49,6 @@ def test_batch_of_two_equals_each_alone(optimizer, cpu32):
 def test_output_moves_toward_style(cpu32):
     """After optimizing, the image's Gram matrices are closer to the style's than the content's
     were, and it is no longer the content image."""
-    from pipeline.engine import trunk_for
     from pipeline.losses import gram
 
     params = StyleParams(size=64, iterations=30)
@@ -144,6 +143,24 @@ def test_a_resume_leaves_the_state_it_was_given_untouched(cpu32):
         lambda *a: None, resume=resume))[0].image) for _ in range(2)]
     torch.testing.assert_close(images[0], images[1], atol=0, rtol=0)
     torch.testing.assert_close(resume[2], before, atol=0, rtol=0)
+
+
+def test_bf16_trunk_reads_fp32_pixels_and_leaves_the_target_trunk_fp32():
+    """conv1_1 sees the fp32 image (bf16 would quantize pixels); every feature it hands on is
+    bf16; the trunk the targets use is not touched by the bf16 copy."""
+    runtime = Runtime.create("cpu", "bf16")
+    trunk, _ = trunk_for(StyleParams(size=64), runtime)
+    low = compute_trunk(trunk, runtime)
+    assert low.layers["conv1_1"].weight.dtype == torch.float32
+    assert low.layers["conv1_2"].weight.dtype == torch.bfloat16
+    x = torch.rand(1, 3, 64, 64) * 255
+    layers = ("relu1_1", "relu4_2", "relu5_1")
+    assert {f.dtype for f in low(x, layers).values()} == {torch.bfloat16}
+    exact = trunk(x, layers)
+    assert {f.dtype for f in exact.values()} == {torch.float32}
+    # relu1_1 is conv1_1's fp32 output rounded once, nothing more
+    torch.testing.assert_close(low(x, ["relu1_1"])["relu1_1"].float(), exact["relu1_1"],
+                               rtol=2**-8, atol=1e-6)
 
 
 def test_bf16_trunk_keeps_the_final_objective_within_1_percent_of_fp32():
