@@ -46,7 +46,8 @@ def main() -> None:
     ap.add_argument("--precision", default="auto")
     args = ap.parse_args()
     runtime = Runtime.create(args.device, args.precision)
-    exact = Runtime.create(args.device, "fp32", channels_last=False)
+    # unsplit: the scoring objective takes the whole batch at once
+    exact = Runtime.create(args.device, "fp32", channels_last=False, split_batches=False)
     params = StyleParams(size=args.size, iterations=args.iterations)
     print(f"{runtime.device} {runtime.precision}, {args.size} px landscape, L-BFGS, "
           f"{args.iterations} iterations, runs interleaved; median s/iteration per image over "

@@ -22,7 +22,7 @@ from torch import Tensor
 from .cpu_shards import ShardedRun, rows, shard_bounds
 from .cuda_graph import GraphedGradient, evaluate_and_backward
 from .lbfgs import BatchedLBFGS
-from .losses import LossWeights, Targets, loss_terms
+from .losses import LossWeights, SplitTarget, Targets, loss_terms
 from .params import StyleParams
 from .runtime import Runtime
 from .tensor_tree import map_tensors
@@ -115,9 +115,13 @@ def objective(trunk: VGG19Trunk, targets: Targets, params: StyleParams, runtime:
     # the loss's gradient comes out NCHW and its sum with the channels_last one runs ~10x
     # slower than a same-layout add.
     targets = replace(targets, content={k: runtime.layout(t) for k, t in targets.content.items()})
+    # Every feature is in the trunk's dtype (compute_trunk), so each style target is split for
+    # the Gram GEMMs once here rather than in every iteration.
+    dtype = torch.bfloat16 if runtime.precision == "bf16" else torch.float32
+    grams = {k: SplitTarget.of(t, dtype) for k, t in targets.grams.items()}
 
     def evaluate(x: Tensor) -> dict[str, Tensor]:
-        return loss_terms(net(runtime.layout(x), layers), x, targets, weights)
+        return loss_terms(net(runtime.layout(x), layers), x, targets, weights, grams)
 
     return evaluate
 

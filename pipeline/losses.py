@@ -8,6 +8,7 @@ run in the trunk's dtype with an fp32 accumulator (see _GramMSE).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -51,29 +52,52 @@ class _GramMSE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, features: Tensor, target: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, features: Tensor, hi: Tensor, lo: Tensor | None  # type: ignore[override]
+                ) -> Tensor:
         f = _matrix(features)
-        hi = target.to(features.dtype)
         diff = torch.baddbmm(hi, f, f.transpose(1, 2), beta=-1, alpha=1.0 / features[0].numel())
-        diff = diff.float().sub_(target - hi.float())
+        diff = diff.float()
+        if lo is not None:
+            diff.sub_(lo)
         ctx.save_for_backward(features, diff)
         return diff.square().mean((1, 2))
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         features, diff = ctx.saved_tensors
         n, c, h, w = features.shape
         d = (diff * (grad.view(n, 1, 1) * (4.0 / (c**3 * h * w)))).to(features.dtype)
         f = _matrix(features)
         if features.is_contiguous():
-            return bmm(d, f).view(n, c, h, w), None
+            return bmm(d, f).view(n, c, h, w), None, None
         # channels_last: rows of F^T are pixels; (D F)^T = F^T D keeps that layout.
-        return bmm(f.transpose(1, 2), d).view(n, h, w, c).permute(0, 3, 1, 2), None
+        return bmm(f.transpose(1, 2), d).view(n, h, w, c).permute(0, 3, 1, 2), None, None
 
 
-def gram_mse(features: Tensor, target: Tensor) -> Tensor:
-    """MSE(gram(features), target) per sample: [N, C, H, W], [N, C, C] -> [N]."""
-    return _GramMSE.apply(features, target)
+@dataclass(frozen=True)
+class SplitTarget:
+    """A style target as _GramMSE uses it: `hi` in the features' dtype, `lo` = target - hi in
+    fp32 (None when hi is the fp32 target itself). Constant over a run, so the objective
+    splits each target once instead of every iteration."""
+
+    target: Tensor
+    hi: Tensor
+    lo: Tensor | None
+
+    @classmethod
+    def of(cls, target: Tensor, dtype: torch.dtype) -> SplitTarget:
+        hi = target.to(dtype)
+        return cls(target, hi, None if hi.dtype == target.dtype else target - hi.float())
+
+
+def gram_mse(features: Tensor, target: Tensor | SplitTarget) -> Tensor:
+    """MSE(gram(features), target) per sample: [N, C, H, W], [N, C, C] -> [N]. A target split
+    for another dtype than the features' is split again."""
+    if isinstance(target, Tensor):
+        target = SplitTarget.of(target, features.dtype)
+    elif target.hi.dtype != features.dtype:
+        target = SplitTarget.of(target.target, features.dtype)
+    return _GramMSE.apply(features, target.hi, target.lo)
 
 
 def mse_per_sample(x: Tensor, target: Tensor) -> Tensor:
@@ -113,14 +137,15 @@ class LossWeights:
     style_layers: dict[str, float]  # layer -> weight (style_weight not included)
 
 
-def loss_terms(feats: dict[str, Tensor], image: Tensor, targets: Targets,
-               w: LossWeights) -> dict[str, Tensor]:
-    """Weighted per-sample terms {content, style, tv, total}, each [N]."""
+def loss_terms(feats: dict[str, Tensor], image: Tensor, targets: Targets, w: LossWeights,
+               grams: Mapping[str, Tensor | SplitTarget] | None = None) -> dict[str, Tensor]:
+    """Weighted per-sample terms {content, style, tv, total}, each [N]. `grams`: the style
+    targets already split for the features' dtype (engine.objective), else targets.grams."""
     n = image.shape[0]
     zero = image.new_zeros(n, dtype=torch.float32)
+    grams = targets.grams if grams is None else grams
     content = sum((mse_per_sample(feats[k], t) for k, t in targets.content.items()), zero)
-    style = sum((lw * gram_mse(feats[k], targets.grams[k])
-                 for k, lw in w.style_layers.items()), zero)
+    style = sum((lw * gram_mse(feats[k], grams[k]) for k, lw in w.style_layers.items()), zero)
     terms = {"content": w.content * content, "style": w.style * style}
     terms["tv"] = w.tv * tv_per_sample(image.float()) if w.tv > 0 else zero
     terms["total"] = terms["content"] + terms["style"] + terms["tv"]

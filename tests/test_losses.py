@@ -4,6 +4,7 @@ import torch
 from pipeline.color import preserve_colors
 from pipeline.losses import (
     LossWeights,
+    SplitTarget,
     Targets,
     gram,
     gram_mse,
@@ -48,6 +49,20 @@ def test_gram_mse_gradient_matches_autograd_of_the_definition(channels_last, dty
     assert ours.is_contiguous(memory_format=torch.channels_last) == channels_last
     err = (ours.double() - f.grad.double()).abs().max() / f.grad.abs().max()
     assert err < tol
+
+
+@pytest.mark.parametrize("split_for", [torch.bfloat16, torch.float32])
+def test_a_target_split_once_gives_the_loss_of_one_split_per_call(split_for):
+    """engine.objective splits each style target once; features of another dtype than the
+    split's get it split again, so the loss never depends on which path ran."""
+    torch.manual_seed(0)
+    f = torch.randn(2, 8, 5, 6).relu().bfloat16()
+    target = gram(torch.randn(2, 8, 5, 6).relu())
+    split = SplitTarget.of(target, split_for)
+    assert (split.lo is None) == (split_for == torch.float32)
+    torch.testing.assert_close(gram_mse(f, split), gram_mse(f, target), rtol=0, atol=0)
+    torch.testing.assert_close(gram_mse(f.float(), split), gram_mse(f.float(), target),
+                               rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
