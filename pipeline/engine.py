@@ -198,7 +198,9 @@ class StageRun:
             # Adam is elementwise, so it is already exact for a batch of independent jobs.
             opt = torch.optim.Adam([x], lr=params.step_size)
         if opt_state is not None:
-            opt.load_state_dict(tree_to(opt_state, runtime.device))
+            # A copy: the optimizer updates its state in place (Adam does), which must not
+            # write into the caller's.
+            opt.load_state_dict(tree_to(opt_state, runtime.device, copy=True))
         evaluate = objective(trunk, stage.targets, params, runtime)
         graphed = GraphedGradient(evaluate, x) if runtime.cuda_graphs else None
         return cls(x, opt, evaluate, params.optimizer == "adam", graphed)
@@ -255,7 +257,6 @@ def _run_stage(trunk: VGG19Trunk, x0: Tensor, stage: Stage, start: int,
     return run.x.detach()
 
 
-def tree_to(state: Any, device: torch.device | str) -> Any:
-    """A copy of a (nested) optimizer state on `device`: the optimizer that loads it updates
-    it in place (Adam does), which must not write into the caller's state."""
-    return map_tensors(lambda t: t.detach().to(device, copy=True), state)
+def tree_to(state: Any, device: torch.device | str, copy: bool = False) -> Any:
+    """A (nested) optimizer state on `device`; copy=True also copies what is already there."""
+    return map_tensors(lambda t: t.detach().to(device, copy=copy), state)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .batched import bmm
+from .tensor_tree import map_tensors
 
 
 def gram(features: Tensor) -> Tensor:
@@ -120,13 +121,11 @@ class Targets:
     grams: dict[str, Tensor]
 
     def to(self, device: torch.device) -> Targets:
-        return Targets({k: v.to(device) for k, v in self.content.items()},
-                       {k: v.to(device) for k, v in self.grams.items()})
+        return Targets(*map_tensors(lambda t: t.to(device), (self.content, self.grams)))
 
     def rows(self, lo: int, hi: int) -> Targets:
         """The targets of samples lo..hi."""
-        return Targets({k: v[lo:hi] for k, v in self.content.items()},
-                       {k: v[lo:hi] for k, v in self.grams.items()})
+        return Targets(*map_tensors(lambda t: t[lo:hi], (self.content, self.grams)))
 
 
 @dataclass(frozen=True)

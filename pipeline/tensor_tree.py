@@ -1,7 +1,7 @@
-"""Nested optimizer states: tensors in dicts, lists and tuples, as `state_dict()` returns them.
+"""Nested tensors: in dicts, lists and tuples, as `state_dict()` returns them.
 
-Checkpoints move them between devices and CPU shards slice them per sample; one walker serves
-both."""
+Checkpoints move optimizer states between devices, and CPU shards slice them and the targets
+per sample; one walker serves all of them."""
 
 from __future__ import annotations
 
