@@ -24,6 +24,7 @@ from .cuda_graph import GraphedGradient, evaluate_and_backward
 from .lbfgs import BatchedLBFGS
 from .losses import LossWeights, SplitTarget, Targets, loss_terms
 from .params import StyleParams
+from .pixel_conv import PixelConv
 from .runtime import Runtime
 from .tensor_tree import map_tensors
 from .vgg import LAYER_INDEX, VGG19Trunk
@@ -65,17 +66,14 @@ def compute_trunk(trunk: VGG19Trunk, runtime: Runtime) -> VGG19Trunk:
     bf16 weights (rather than autocast) saves casting all 20M weights on every call: autocast
     caches casts only for weights that require grad. Targets keep using the fp32 trunk.
 
-    conv1_1 keeps fp32 weights and input: in bf16 the pixels would be quantized to ~0.5 levels,
-    which flattens the objective for small L-BFGS steps. Its output is rounded to bf16 like
-    every other layer's, so relu1_1, its Gram and their backward, the largest elementwise work
-    of an iteration, move half the bytes of fp32."""
+    conv1_1 reads the fp32 pixels and hands on bf16 features (pixel_conv.py)."""
     if runtime.precision != "bf16":
         return trunk
     low = copy.deepcopy(trunk)
     for name, layer in low.layers.items():
         if name != "conv1_1":
             layer.to(torch.bfloat16)
-    low.layers["conv1_1"].register_forward_hook(lambda _m, _i, out: out.to(torch.bfloat16))
+    low.layers["conv1_1"] = PixelConv(low.layers["conv1_1"])
     return low
 
 

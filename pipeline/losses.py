@@ -102,8 +102,11 @@ def gram_mse(features: Tensor, target: Tensor | SplitTarget) -> Tensor:
 
 
 def mse_per_sample(x: Tensor, target: Tensor) -> Tensor:
-    """Mean squared error over every dim but the first: [N, ...] -> [N]."""
-    return (x.float() - target).square().flatten(1).mean(1)
+    """Mean squared error over every dim but the first: [N, ...] -> [N]. A sum, then a
+    divide per sample: on channels_last features, flatten copies to NCHW and mean's backward
+    writes its gradient NCHW, and either way the content gradient reached the trunk's
+    channels_last one on autograd's slow mixed-layout add."""
+    return (x.float() - target).square().sum(tuple(range(1, x.dim()))) / x[0].numel()
 
 
 def tv_per_sample(x: Tensor) -> Tensor:

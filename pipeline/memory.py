@@ -36,7 +36,7 @@ class PixelCost:
 def pixel_cost(net: VGG19Trunk, layers: tuple[str, ...], content_layers: tuple[str, ...],
                channels_last: bool) -> PixelCost:
     device = next(net.parameters()).device
-    weights = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    weights = {t.untyped_storage().data_ptr() for t in (*net.parameters(), *net.buffers())}
     saved: dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:

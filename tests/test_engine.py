@@ -163,6 +163,26 @@ def test_bf16_trunk_reads_fp32_pixels_and_leaves_the_target_trunk_fp32():
                                rtol=2**-8, atol=1e-6)
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_bf16_conv1_1_backward_is_the_fp32_pixel_gradient_to_bf16_rounding(batch):
+    """conv1_1's backward runs in bf16 (pixel_conv.py): the pixel gradient it gives for a bf16
+    upstream gradient is fp32, channels_last like the input, and the fp32 conv's gradient
+    within a few bf16 roundings."""
+    runtime = Runtime.create("cpu", "bf16")
+    trunk, _ = trunk_for(StyleParams(size=64), runtime)
+    exact, low = trunk.layers["conv1_1"], compute_trunk(trunk, runtime).layers["conv1_1"]
+    x = runtime.layout(torch.rand(batch, 3, 40, 48) * 255).requires_grad_(True)
+    upstream = torch.randn(batch, 64, 40, 48).to(torch.bfloat16)
+    out = low(x)
+    assert out.dtype == torch.bfloat16
+    (got,) = torch.autograd.grad(out, x, runtime.layout(upstream))
+    (want,) = torch.autograd.grad(exact(x), x, upstream.float())
+    assert got.dtype == torch.float32
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert ((got - want).norm() / want.norm()).item() < 2**-7
+    assert not torch.equal(got, want)  # it did run in bf16
+
+
 def test_bf16_trunk_keeps_the_final_objective_within_1_percent_of_fp32():
     """The bf16 lever's quality guard: final objective, re-evaluated in fp32, against an
     all-fp32 run from the same inputs. L-BFGS without a line search is chaotic (two fp32 runs

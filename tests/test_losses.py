@@ -83,6 +83,19 @@ def test_bf16_gram_mse_is_exact_to_the_residual_not_to_the_gram(channels_last):
     assert ((rounded - exact).abs() / exact).min() > 0.1  # what the split avoids
 
 
+def test_content_gradient_keeps_the_features_layout():
+    """mse_per_sample on channels_last features gives a channels_last gradient (flatten or
+    mean would write it NCHW, and autograd then adds it to the trunk's on a slow path)."""
+    feats = torch.randn(2, 8, 6, 5).to(memory_format=torch.channels_last)
+    feats = feats.to(torch.bfloat16).requires_grad_(True)
+    target = torch.randn(2, 8, 6, 5).to(memory_format=torch.channels_last)
+    loss = mse_per_sample(feats, target)
+    want = ((feats.detach().float() - target) ** 2).reshape(2, -1).mean(1)
+    torch.testing.assert_close(loss, want)
+    (grad,) = torch.autograd.grad(loss.sum(), feats)  # as it flows, before any leaf's layout
+    assert grad.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_tv_of_constant_is_zero_and_of_step_is_known():
     assert tv_per_sample(torch.full((1, 3, 5, 5), 7.0)).item() == 0
     x = torch.zeros(1, 1, 3, 3)
