@@ -114,8 +114,10 @@ def trunk_seconds(h: int, w: int, precision: str, channels_last: bool, device: s
     x = rt.layout(torch.rand(1, 3, h, w, device=rt.device) * 255).requires_grad_(True)
 
     def one_pass() -> None:
-        feats = net(x, params.layers)
-        sum(f.float().sum() for f in feats.values()).backward()
+        # Gradients in each feature's layout: a sum's expanded gradient would reach a
+        # channels_last trunk as NCHW and time autograd's mixed-layout path instead.
+        feats = list(net(x, params.layers).values())
+        torch.autograd.backward(feats, [torch.ones_like(f) for f in feats])
 
     times = [timed_call(rt.device, one_pass) for _ in range(reps + 2 * (rt.device.type == "cuda"))]
     return statistics.median(times[2:])
