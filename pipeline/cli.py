@@ -88,8 +88,8 @@ cache_option = typer.Option(None, "--cache-dir", envvar="STYLE_PIPELINE_CACHE",
 
 PRECISION = typer.Option("auto", help="Trunk precision: auto (bf16 on CUDA and on CPUs with AMX, "
                          "else fp32), fp32 or bf16. bf16 covers the convolutions and the Gram "
-                         "GEMMs (fp32 accumulation); the first conv and the losses are always "
-                         "fp32.")
+                         "GEMMs (fp32 accumulation); the first conv reads the pixels in fp32 "
+                         "and the losses are always fp32.")
 CHANNELS_LAST = typer.Option("auto", help="NHWC memory layout for the trunk: auto (on for CUDA "
                              "and bf16), on or off.")
 CUDNN_BENCHMARK = typer.Option(True, help="Let cuDNN autotune conv algorithms per image size "
