@@ -21,4 +21,5 @@ bench bench.bench_gram --device cuda --size 512 --batches 1,4
 bench bench.bench_precision --device cuda
 bench bench.bench_schedule --device cuda --size 512 --runs 1x500,2x1000,3x1500
 bench bench.bench_memory --device cuda
+bench bench.bench_targets --device cuda  # ORT's CUDA and TensorRT rows need onnxruntime-gpu
 exit $failed

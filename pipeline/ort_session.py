@@ -114,7 +114,11 @@ def create_session(model: Path, device: torch.device, cache: Path,
         providers=[(PROVIDER_NAMES[p], _provider_options(p, device, cache, trt_fp16))
                    for p in wanted])
     loaded = session.get_providers()
-    provider = next(p for p in wanted if PROVIDER_NAMES[p] in loaded)
+    usable = [p for p in wanted if PROVIDER_NAMES[p] in loaded]
+    if not usable:  # ORT drops a provider whose libraries fail to load and runs on its CPU one
+        raise SourceMissingError(f"none of the providers {wanted} loaded (ONNX Runtime fell back "
+                                 f"to {loaded}); check the CUDA/TensorRT libraries, or add cpu")
+    provider = usable[0]
     dropped = [p for p in wanted if PROVIDER_NAMES[p] not in loaded]
     log.info("targets: ONNX Runtime provider %s%s", PROVIDER_NAMES[provider],
              f" ({', '.join(dropped)} failed to load)" if dropped else "")

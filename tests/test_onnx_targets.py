@@ -11,7 +11,7 @@ import torch
 
 from export.onnx_export import OUTPUT_LAYERS, ensure_model, read_sidecar
 from pipeline import Runtime, StyleJob, StyleParams, stylize_batch
-from pipeline.errors import InputError
+from pipeline.errors import InputError, SourceMissingError
 from pipeline.files import cache_dir
 from pipeline.images import SizedImage, to_tensor
 from pipeline.ort_session import create_session, parse_providers
@@ -157,6 +157,27 @@ def test_two_processes_export_at_once(tmp_path):
     path = Path(models[0][0])
     assert read_sidecar(path) is not None
     assert sorted(p.suffix for p in path.parent.iterdir()) == [".json", ".lock", ".onnx"]
+
+
+def test_a_provider_that_fails_to_load_is_a_clear_error(monkeypatch, tmp_path):
+    """ORT quietly runs on its CPU provider when, say, CUDA's libraries are missing; asked for
+    CUDA only, that is an error naming what loaded, not a silent CPU run (or a crash)."""
+    import onnxruntime as ort
+
+    class CpuOnlySession:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    monkeypatch.setattr(ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", CpuOnlySession)
+    with pytest.raises(SourceMissingError, match=r"none of the providers \['cuda'\] loaded"):
+        create_session(tmp_path / "m.onnx", torch.device("cuda"), tmp_path, ("cuda",))
+    session = create_session(tmp_path / "m.onnx", torch.device("cuda"), tmp_path, ("cuda", "cpu"))
+    assert (session.provider, session.device.type) == ("cpu", "cpu")
 
 
 def test_provider_names_are_checked():
