@@ -21,21 +21,18 @@ from torch import Tensor, nn
 
 class _PixelConv(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, conv: nn.Conv2d, low_weight: Tensor  # type: ignore[override]
-                ) -> Tensor:
+    def forward(ctx, x: Tensor, conv: PixelConv) -> Tensor:  # type: ignore[override]
         ctx.conv, ctx.input_shape = conv, x.shape
-        ctx.save_for_backward(low_weight)
         out = F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
                        conv.groups)
         return out.to(torch.bfloat16)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        (low_weight,) = ctx.saved_tensors
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         conv = ctx.conv
-        grad_x = torch.nn.grad.conv2d_input(ctx.input_shape, low_weight, grad, conv.stride,
+        grad_x = torch.nn.grad.conv2d_input(ctx.input_shape, conv.low_weight, grad, conv.stride,
                                             conv.padding, conv.dilation, conv.groups)
-        return grad_x.float(), None, None
+        return grad_x.float(), None
 
 
 class PixelConv(nn.Conv2d):
@@ -49,4 +46,4 @@ class PixelConv(nn.Conv2d):
         self.register_buffer("low_weight", conv.weight.detach().to(torch.bfloat16))
 
     def forward(self, x: Tensor) -> Tensor:
-        return _PixelConv.apply(x, self, self.low_weight)
+        return _PixelConv.apply(x, self)
