@@ -3,6 +3,7 @@ call this; no stylization logic lives anywhere above it."""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -35,6 +36,10 @@ from .targets import TargetBuilder, builder_for
 from .vgg import VGG19Trunk, min_input_side
 
 ImageSource = str | os.PathLike | Image.Image
+log = logging.getLogger("pipeline.images")
+# Enlarging an input more than this many times is worth a word: a thumbnail or a 1x1 image
+# passed by mistake makes a blurry output that no error would otherwise explain.
+UPSCALE_WARNING = 4
 
 
 @dataclass
@@ -64,11 +69,14 @@ def _sized(src: ImageSource, longest: int, min_side: int, role: str,
            bucket: int = 0) -> SizedImage:
     img, digest, name = _open(src)
     size = fit_longest_side(img.size, longest, bucket)
+    label = name if isinstance(src, Image.Image) else str(src)
     if min(size) < min_side:
-        label = name if isinstance(src, Image.Image) else str(src)
         raise InputError(f"{label}: {role} image {img.size[0]}x{img.size[1]} would be "
                          f"{size[0]}x{size[1]}, below the {min_side} px minimum side for these "
                          "layers; use a larger size or a less elongated image")
+    if max(size) > UPSCALE_WARNING * max(img.size):
+        log.warning("%s: %s image %dx%d upscaled %.0fx to %dx%d: it will look blurry", label,
+                    role, *img.size, max(size) / max(img.size), *size)
     return SizedImage(to_tensor(resize(img, size)), digest, name)
 
 

@@ -58,12 +58,21 @@ def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             say("interrupted", "yellow")
             raise typer.Exit(130) from None
+        except ArithmeticError as e:  # engine.NonFinite: the job diverged
+            say_error(e)
+            raise typer.Exit(1) from None
         except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
             text = str(e).splitlines()[0] if str(e) else type(e).__name__
             if not isinstance(e, MemoryError) and "memory" not in text.lower():
                 raise
             say_error(f"out of memory ({text}); try a smaller --size, fewer styles, "
                       "--lbfgs-history 20 or --optimizer adam")
+            raise typer.Exit(1) from None
+        except OSError as e:  # a write the checks before the work could not foresee
+            from .files import describe_os_error
+
+            where = Path(e.filename).parent if e.filename else Path.cwd()
+            say_error(describe_os_error(e, where))
             raise typer.Exit(1) from None
 
     return wrapper
@@ -173,10 +182,20 @@ def stylize(
 ) -> None:
     """Stylize CONTENT with one or more STYLES and write OUTPUT."""
     from .api import StyleJob, stylize_batch
+    from .files import check_writable_dir, describe_os_error
     from .images import check_output_path, save_image
     from .runtime import Runtime
 
     check_output_path(output)
+    inputs = [content, *styles] + ([Path(init)] if init not in ("content", "noise") else [])
+    if output.exists() and any(output.samefile(p) for p in inputs if p.exists()):
+        raise InputError(f"{output}: the output would overwrite one of the input images")
+    if output.is_dir():
+        raise InputError(f"{output}: is a folder; give a file name ending in .png or .jpg")
+    try:  # before minutes of optimizing, not after
+        check_writable_dir(output.parent)
+    except OSError as e:
+        raise InputError(f"--output: {describe_os_error(e, output.parent)}") from None
     options = runtime_options(precision, channels_last, cudnn_benchmark, cuda_graphs,
                               keep_cpu_memory, split_batches, targets, providers, trt_fp16,
                               cache_dir, cache_targets)
@@ -256,23 +275,25 @@ def export_cmd(
 cache_app = typer.Typer(no_args_is_help=True, help="Show or empty the cache.")
 app.add_typer(cache_app, name="cache")
 CACHE_PARTS = {"weights": "dequantized weights", "models": "ONNX models",
-               "trt": "TensorRT engines", "targets": "content/style targets"}
+               "trt": "TensorRT engines", "targets": "content/style targets",
+               "probes": "measured hardware defaults"}
 
 
 @cache_app.command("info")
 @reports_errors
 def cache_info(cache_dir: str | None = cache_option) -> None:
-    """Files and sizes per part of the cache."""
+    """Files and sizes per part of the cache (files of other programs counted apart)."""
+    from .cache_entries import entries
     from .files import cache_dir as resolve_cache
 
     root = resolve_cache(cache_dir)
     table = Table(title=f"cache {root}")
-    for col in ("part", "files", "size"):
+    for col in ("part", "files", "size", "other files"):
         table.add_column(col, justify="right" if col != "part" else "left")
     for part, label in CACHE_PARTS.items():
-        files = [p for p in (root / part).rglob("*") if p.is_file()]
-        table.add_row(f"{part} ({label})", str(len(files)),
-                      f"{sum(p.stat().st_size for p in files) / 1e6:.1f} MB")
+        ours, others = entries(root, part)
+        table.add_row(f"{part} ({label})", str(len(ours)),
+                      f"{sum(p.stat().st_size for p in ours) / 1e6:.1f} MB", str(len(others)))
     console.print(table)
 
 
@@ -280,18 +301,22 @@ def cache_info(cache_dir: str | None = cache_option) -> None:
 @reports_errors
 def cache_clear(
     parts: list[str] = typer.Argument(None, help="Parts to empty: weights, models, trt, "
-                                      "targets. Default: all."),
+                                      "targets, probes. Default: all."),
     cache_dir: str | None = cache_option,
 ) -> None:
-    """Delete cached files; everything is recomputed on demand."""
+    """Delete the files this program cached; everything is recomputed on demand. Files of
+    any other name in the cache folders are left alone (and counted)."""
+    from .cache_entries import clear_part
     from .files import cache_dir as resolve_cache
 
     root = resolve_cache(cache_dir)
     for part in parts or list(CACHE_PARTS):
         if part not in CACHE_PARTS:
             raise InputError(f"unknown cache part {part!r}; use {', '.join(CACHE_PARTS)}")
-        shutil.rmtree(root / part, ignore_errors=True)
-        console.print(f"cleared {root / part}")
+        removed, kept = clear_part(root, part)
+        console.print(f"cleared {root / part}: {removed} file(s) removed"
+                      + (f", {kept} file(s) not written by style-pipeline left alone"
+                         if kept else ""))
 
 
 manifest_app = typer.Typer(no_args_is_help=True, help="Build and check Parquet manifests.")
@@ -335,8 +360,13 @@ def manifest_build(
     Paths are stored relative to the manifest's folder."""
     from .manifest import build_rows, expand_inputs, parse_grid, write_manifest
 
-    contents = [p for spec in content for p in expand_inputs(spec)]
-    styles = [p for spec in style for p in expand_inputs(spec)]
+    skipped: list[Path] = []
+    contents = [p for spec in content for p in expand_inputs(spec, skipped)]
+    styles = [p for spec in style for p in expand_inputs(spec, skipped)]
+    if skipped:
+        say("warning:", "yellow", f"skipped {len(skipped)} entries that are not image files "
+            f"(folders, broken links): {', '.join(str(p) for p in skipped[:10])}"
+            + (" ..." if len(skipped) > 10 else ""))
     rows = build_rows(contents, styles, parse_grid(param or []),
                       relative_to=output.resolve().parent)
     write_manifest(rows, output)
@@ -400,11 +430,14 @@ def run(
     cache_dir: str | None = cache_option,
     cache_targets: bool = CACHE_TARGETS,
 ) -> None:
-    """Stylize every row of MANIFEST into --out, resumably. Exit codes: 0 all done, 1 some
-    jobs failed, 2 invalid manifest or options, 4 the folder is in use, 130 interrupted."""
+    """Stylize every row of MANIFEST into --out, resumably. Outputs never land outside --out,
+    and nothing this program did not write is deleted. Exit codes: 0 every job is done, 1 some
+    jobs failed or are still pending (a worker died, a write failed), 2 invalid manifest or
+    options, 4 the folder is in use, 130 Ctrl-C, 143 SIGTERM (both: checkpointed, rerun to
+    resume)."""
     from .manifest import parse_overrides
     from .progress import RunDisplay
-    from .runner import ManifestInvalid, RunLocked, RunOptions
+    from .runner import ManifestInvalid, RunLocked, RunOptions, exit_code
     from .runner import run as run_manifest
 
     if batch_size < 0 or workers < 0 or checkpoint_every < 0:
@@ -439,12 +472,13 @@ def run(
     if result.swept[0]:
         table.add_row("checkpoints removed", f"{result.swept[0]} of finished batches "
                       f"({result.swept[1] / 1e6:,.0f} MB)")
+    for error in result.errors:
+        table.add_row("stopped", error)
     console.print(table)
-    if result.interrupted:
-        console.print(f"interrupted; resume with: pipeline run {manifest} --out {out}")
-        raise typer.Exit(130)
-    if result.failed or result.failed_before:
-        raise typer.Exit(1)
+    if result.interrupted or result.errors or result.pending:
+        console.print(f"{'interrupted' if result.interrupted else 'not finished'}; resume "
+                      f"with: pipeline run {manifest} --out {out}")
+    raise typer.Exit(exit_code(result))
 
 
 @app.command()
@@ -458,16 +492,23 @@ def status(out: Path = typer.Argument(..., help="Output folder of a run.")) -> N
     info_path = out / "run.json"
     if not info_path.is_file():
         raise InputError(f"{out}: no run.json here; is this a `pipeline run --out` folder?")
-    info = json.loads(info_path.read_text())
     rows = ledger.read(out)
-    keys = set(info["keys"])
-    done = [r for k, r in rows.items() if k in keys and r["status"] == ledger.DONE]
-    failed = [r for r in rows.values() if r["status"] != ledger.DONE
-              and (r["key"] in keys or r["status"] == ledger.INVALID)]
-    pending = len(keys) - len(done) - sum(1 for r in failed if r["key"] in keys)
+    try:
+        info = json.loads(info_path.read_text())
+        jobs = {tuple(j) for j in info["jobs"]}
+        manifest, total = info["manifest"], str(info["total"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        say("warning:", "yellow", f"{info_path} is unreadable ({type(e).__name__}); counting "
+            "the ledger alone (a rerun of the manifest rewrites it)")
+        jobs = {job for job, r in rows.items() if r["status"] != ledger.INVALID}
+        manifest, total = "unknown (run.json unreadable)", "unknown"
+    done = [r for job, r in rows.items() if job in jobs and r["status"] == ledger.DONE]
+    failed = [r for job, r in rows.items() if r["status"] != ledger.DONE
+              and (job in jobs or r["status"] == ledger.INVALID)]
+    pending = len(jobs) - len(done) - sum(1 for r in failed if r["status"] != ledger.INVALID)
     table = Table(title=f"status {out}", show_header=False)
-    table.add_row("manifest", info["manifest"])
-    table.add_row("jobs", str(info["total"]))
+    table.add_row("manifest", manifest)
+    table.add_row("jobs", total)
     table.add_row("done", str(len(done)))
     table.add_row("failed", str(len(failed)))
     table.add_row("pending", str(pending))

@@ -37,6 +37,31 @@ class Interrupted(Exception):
     """The run was asked to stop; a checkpoint of the current iteration was saved."""
 
 
+class NonFinite(ArithmeticError):
+    """The objective of some samples of the batch became inf or NaN: those images are not
+    results. The other samples are unharmed (every loss is per sample), but the batch stops
+    here: the caller runs them again without the diverged ones."""
+
+    def __init__(self, samples: list[int], iteration: int):
+        self.samples, self.iteration = samples, iteration
+        super().__init__(f"the objective became inf/NaN at iteration {iteration}: the loss "
+                         "weights or the step size (lr, lbfgs_max_step) are too large")
+
+
+# How often the loss is checked for inf/NaN: each check reads it on the host, which on a GPU
+# waits for the iteration to finish. It is also checked before every checkpoint and at the end.
+FINITE_EVERY = {"cpu": 1, "cuda": 10}
+
+
+def check_finite(total: Tensor, iteration: int, images: Tensor | None = None) -> None:
+    """Raise NonFinite naming the samples whose loss (or image) is not finite."""
+    bad = ~torch.isfinite(total)
+    if images is not None:
+        bad |= ~torch.isfinite(images.flatten(1)).all(1)
+    if bad.any():
+        raise NonFinite(bad.nonzero().flatten().tolist(), iteration)
+
+
 @dataclass
 class Checkpointing:
     """Resumable optimization: `save(iteration, images, optimizer_state)` runs every `every`
@@ -66,9 +91,12 @@ def compute_trunk(trunk: VGG19Trunk, runtime: Runtime) -> VGG19Trunk:
     bf16 weights (rather than autocast) saves casting all 20M weights on every call: autocast
     caches casts only for weights that require grad. Targets keep using the fp32 trunk.
 
-    conv1_1 reads the fp32 pixels and hands on bf16 features (pixel_conv.py)."""
-    if runtime.precision != "bf16":
+    conv1_1 reads the fp32 pixels and hands on bf16 features (pixel_conv.py). In fp64 mode,
+    an fp64 copy (reference runs)."""
+    if runtime.precision == "fp32":
         return trunk
+    if runtime.precision == "fp64":
+        return copy.deepcopy(trunk).double()
     low = copy.deepcopy(trunk)
     for name, layer in low.layers.items():
         if name != "conv1_1":
@@ -115,8 +143,7 @@ def objective(trunk: VGG19Trunk, targets: Targets, params: StyleParams, runtime:
     targets = replace(targets, content={k: runtime.layout(t) for k, t in targets.content.items()})
     # Every feature is in the trunk's dtype (compute_trunk), so each style target is split for
     # the Gram GEMMs once here rather than in every iteration.
-    dtype = torch.bfloat16 if runtime.precision == "bf16" else torch.float32
-    grams = {k: SplitTarget.of(t, dtype) for k, t in targets.grams.items()}
+    grams = {k: SplitTarget.of(t, runtime.trunk_dtype) for k, t in targets.grams.items()}
 
     def evaluate(x: Tensor) -> dict[str, Tensor]:
         return loss_terms(net(runtime.layout(x), layers), x, targets, weights, grams)
@@ -154,7 +181,7 @@ def optimize(trunk: VGG19Trunk, x0: Tensor, stages: Sequence[Stage], params: Sty
     that take a full-size optimization many iterations to move."""
     resume = checkpointing.resume if checkpointing is not None else None
     i, x, opt_state = resume if resume is not None else (0, x0, None)
-    x = x.detach().to(runtime.device)
+    x = x.detach().to(runtime.device, runtime.pixel_dtype)
     for stage in stages:
         if i >= stage.end:
             continue
@@ -162,11 +189,12 @@ def optimize(trunk: VGG19Trunk, x0: Tensor, stages: Sequence[Stage], params: Sty
             x, opt_state = resample(x, stage.size), None
         x = _run_stage(trunk, x, stage, i, opt_state, params, runtime, progress, checkpointing)
         i = stage.end
-    # Report the objective of the images returned, in fp32: the last closure saw them before
-    # the last step, and in the runtime's precision. One forward, no backward.
+    # Report the objective of the images returned, in fp32 (or fp64): the last closure saw them
+    # before the last step, and in the runtime's precision. One forward, no backward.
     with torch.no_grad():
-        fp32 = replace(runtime, precision="fp32")
-        terms = objective(trunk, stages[-1].targets, params, fp32)(x)
+        wide = replace(runtime, precision="fp64" if runtime.precision == "fp64" else "fp32")
+        terms = objective(trunk, stages[-1].targets, params, wide)(x)
+    check_finite(terms["total"], params.iterations, x)
     return x, terms
 
 
@@ -242,14 +270,19 @@ def _run_stage(trunk: VGG19Trunk, x0: Tensor, stage: Stage, start: int,
                progress: Progress | None, checkpointing: Checkpointing | None) -> Tensor:
     """Iterations start..stage.end of one stage; returns its final images."""
     run = start_run(trunk, x0, stage, start, opt_state, params, runtime)
+    finite_every = FINITE_EVERY.get(runtime.device.type, 1)
     for i in range(start, stage.end):
-        terms = run.step()
+        terms = run.step()  # the loss of the images before this step, i.e. after i steps
+        if (i + 1) % finite_every == 0:
+            check_finite(terms["total"], i)
         if progress is not None:
             progress(i + 1, terms)
         if checkpointing is not None and i + 1 < params.iterations:
             stopping = checkpointing.stop()
             if stopping or (checkpointing.every and (i + 1) % checkpointing.every == 0):
-                checkpointing.save(i + 1, run.x.detach(), run.state_dict())
+                x = run.x.detach()
+                check_finite(terms["total"], i, x)  # a checkpoint only ever holds finite images
+                checkpointing.save(i + 1, x, run.state_dict())
             if stopping:
                 raise Interrupted(f"stopped at iteration {i + 1}")
     return run.x.detach()

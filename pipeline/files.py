@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import platformdirs
@@ -31,17 +33,65 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
     return path
 
 
-# atomic_path's temp files: ".<name>.<random>.tmp<suffix>".
-TEMP_GLOB = ".*.tmp*"
+# atomic_path's temp files: ".<name>.<8 random chars>.style-pipeline-tmp<suffix>". Only a name
+# of exactly this shape is ever swept, so a user's own ".notes.tmp.docx" is never touched.
+TEMP_TAG = ".style-pipeline-tmp"
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}" + re.escape(TEMP_TAG) + r"(\.[A-Za-z0-9]+)?")
 
 
-def remove_stale_temps(folder: Path) -> int:
-    """Delete temp files that a killed process left under `folder`. Only for a folder no live
-    process writes to (the caller holds its lock); returns how many were removed."""
-    stale = [p for p in folder.rglob(TEMP_GLOB) if p.is_file()]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return len(stale)
+def is_our_temp(path: Path) -> bool:
+    return bool(_TEMP_NAME.fullmatch(path.name))
+
+
+def remove_stale_temps(folders: Iterable[Path]) -> int:
+    """Delete the temp files that a killed process of ours left directly in `folders` (not
+    below them). Only for folders no live process writes to (the caller holds their lock);
+    returns how many were removed."""
+    removed = 0
+    for folder in dict.fromkeys(folders):
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if is_our_temp(path) and path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def _default_mode() -> int:
+    """What a plain open() would create under the current umask (mkstemp makes 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def describe_os_error(e: OSError, where: str | os.PathLike) -> str:
+    """One line for a failed write, naming the folder for the errors a user fixes there."""
+    folder = Path(where)
+    if e.errno == errno.ENOSPC:
+        return f"no space left on {folder} (the device is full)"
+    if e.errno == errno.EDQUOT:
+        return f"disk quota exceeded on {folder}"
+    if e.errno == errno.EROFS:
+        return f"{folder} is on a read-only file system"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"no permission to write in {folder}"
+    return f"cannot write in {folder}: {e.strerror or e}"
+
+
+def check_writable_dir(folder: Path) -> None:
+    """Create `folder` if needed and write and delete a probe file in it: raises OSError (or
+    NotADirectoryError) before any work is done, rather than after minutes of optimizing."""
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{folder} exists and is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".write-probe.", suffix=TEMP_TAG, dir=folder)
+    try:  # a page of data: an empty file needs no space, so a full disk would pass
+        os.write(fd, bytes(4096))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(probe)
 
 
 @contextlib.contextmanager
@@ -52,7 +102,7 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp" + dest.suffix,
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TEMP_TAG + dest.suffix,
                                dir=dest.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -60,6 +110,7 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+            os.fchmod(f.fileno(), _default_mode())
         os.replace(tmp_path, dest)
     finally:
         tmp_path.unlink(missing_ok=True)

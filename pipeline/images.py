@@ -58,21 +58,43 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def check_image_file(path: Path) -> None:
+    """A one-line InputError unless `path` is a readable regular file (or a link to one)."""
+    if path.is_file():
+        if not os.access(path, os.R_OK):
+            raise InputError(f"{path}: image file is not readable (permission denied)")
+        return
+    if path.is_symlink():
+        raise InputError(f"{path}: broken link (its target {os.readlink(path)} does not exist)")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not an image file")
+    raise InputError(f"{path}: no such image file")
+
+
+def _decode_error(path: Path, e: Exception) -> InputError:
+    # PIL names the BytesIO it was handed (`<_io.BytesIO object at 0x...>`), not the file.
+    reason = ("not an image format Pillow can read" if isinstance(e, UnidentifiedImageError)
+              else f"{type(e).__name__}: {e}")
+    return InputError(f"{path}: cannot decode image ({reason})")
+
+
+DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+                 Image.DecompressionBombError)
+
+
 def read_rgb(path: str | os.PathLike) -> tuple[Image.Image, str]:
     """Decode a file fully (so truncation shows up here), honour EXIF orientation; return the
     RGB image and the sha256 of the file's bytes, from one read of the file."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such image file")
+    check_image_file(path)
     data = path.read_bytes()
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             img = ImageOps.exif_transpose(img)
             rgb = to_rgb(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-            Image.DecompressionBombError) as e:
-        raise InputError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+    except DECODE_ERRORS as e:
+        raise _decode_error(path, e) from None
     return rgb, hashlib.sha256(data).hexdigest()
 
 
@@ -83,8 +105,7 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
 def header_size(path: str | os.PathLike) -> tuple[int, int]:
     """(w, h) as displayed (EXIF rotation applied), from the header alone: no pixel decode."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such image file")
+    check_image_file(path)
     try:
         with Image.open(path) as img:
             w, h = img.size
@@ -95,9 +116,8 @@ def header_size(path: str | os.PathLike) -> tuple[int, int]:
             else:
                 exif = img.getexif()
             orientation = exif.get(0x0112, 1)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-            Image.DecompressionBombError) as e:
-        raise InputError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+    except DECODE_ERRORS as e:
+        raise _decode_error(path, e) from None
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
@@ -167,10 +187,25 @@ def save_image(img: Image.Image, path: str | os.PathLike, metadata: dict | None 
     return path
 
 
-def read_metadata(path: str | os.PathLike) -> dict:
-    """The parameters we embedded in an output file (empty if none)."""
-    with Image.open(path) as img:
-        raw = img.info.get(METADATA_KEY) or img.info.get("comment")
+def carries_key(path: Path, key: str) -> bool:
+    """`path` is a whole image (it decodes to the end) with `key` embedded: a finished output.
+    A truncated file, garbage or another job's output is not."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return _embedded(img).get("job_key") == key
+    except (*DECODE_ERRORS, json.JSONDecodeError):
+        return False
+
+
+def _embedded(img: Image.Image) -> dict:
+    raw = img.info.get(METADATA_KEY) or img.info.get("comment")
     if isinstance(raw, bytes):
         raw = raw.decode()
     return json.loads(raw) if raw else {}
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The parameters we embedded in an output file (empty if none)."""
+    with Image.open(path) as img:
+        return _embedded(img)

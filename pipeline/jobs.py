@@ -29,6 +29,12 @@ class Job:
     size: tuple[int, int]  # output (w, h)
 
     @property
+    def id(self) -> tuple[str, str]:
+        """What the ledger tracks: rows with the same inputs and parameters share a key but
+        not an output."""
+        return self.key, self.spec.output_name
+
+    @property
     def group(self) -> str:
         """Jobs that can share a batch: same parameters, output size and number of styles."""
         return json.dumps([self.spec.params.to_dict(), self.size, len(self.spec.styles)],
@@ -55,6 +61,7 @@ class Inspector:
     def __init__(self, decode: bool = True) -> None:
         self.decode = decode
         self._seen: dict[Path, tuple[str, tuple[int, int]]] = {}
+        self._folders: dict[Path, Path | None] = {}  # output folder -> a file blocking it
 
     def _image(self, path: Path, row: int) -> tuple[str, tuple[int, int]]:
         if path not in self._seen:
@@ -62,11 +69,25 @@ class Inspector:
                 if self.decode:  # one read: decode and hash the same bytes
                     img, digest = read_rgb(path)
                     self._seen[path] = (digest, img.size)
-                else:
-                    self._seen[path] = (image_digest(path), header_size(path))
+                else:  # the header first: it names a folder or a broken link clearly
+                    size = header_size(path)
+                    self._seen[path] = (image_digest(path), size)
             except InputError as e:
                 raise RowError(row, e) from None
+            except OSError as e:  # unreadable after the header was read
+                raise RowError(row, f"{path}: cannot read ({e.strerror or e})") from None
         return self._seen[path]
+
+    def _destination(self, output: Path, row: int) -> None:
+        """The output can be written: not a folder, and no file where a folder must be."""
+        if output.is_dir():
+            raise RowError(row, f"output {output} is an existing folder")
+        parent = output.parent
+        if parent not in self._folders:
+            blocked = next((p for p in (parent, *parent.parents) if p.exists()), None)
+            self._folders[parent] = None if blocked is None or blocked.is_dir() else blocked
+        if (blocked := self._folders[parent]) is not None:
+            raise RowError(row, f"output {output}: {blocked} is a file, not a folder")
 
     def __call__(self, spec: JobSpec) -> Job:
         params = spec.params
@@ -76,7 +97,13 @@ class Inspector:
             raise RowError(spec.row, f"{spec.content}: output would be {out_size[0]}x"
                                      f"{out_size[1]}, too small for these layers")
         style_digests = [self._image(s, spec.row)[0] for s in spec.styles]
+        init = self._image(Path(params.init), spec.row)[0] if params.init_is_file else None
+        if params.weights not in ("caffe", "torchvision") and not Path(params.weights).is_file():
+            raise RowError(spec.row, f"weights file {params.weights} does not exist")
+        self._destination(spec.output, spec.row)
         payload = {"content": digest, "styles": style_digests, "params": params.to_dict()}
+        if init is not None:  # an init image's bytes matter as the content's do
+            payload["init"] = init
         key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
         return Job(spec, key, out_size)
 

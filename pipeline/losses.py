@@ -18,9 +18,14 @@ from .batched import bmm
 from .tensor_tree import map_tensors
 
 
+def wide(x: Tensor) -> Tensor:
+    """`x` in the losses' dtype: fp32, or fp64 when `x` is fp64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def gram(features: Tensor) -> Tensor:
-    """[N, C, H, W] -> [N, C, C] in fp32, normalized by C*H*W."""
-    f = _matrix(features.float())
+    """[N, C, H, W] -> [N, C, C] in fp32 (or fp64), normalized by C*H*W."""
+    f = _matrix(wide(features))
     # torch.bmm, not batched.bmm: for F F^T the batched CPU path is the faster one (3.1 vs
     # 4.0 ms per image at relu1_1, N = 4).
     return torch.bmm(f, f.transpose(1, 2)).div_(features[0].numel())
@@ -57,7 +62,7 @@ class _GramMSE(torch.autograd.Function):
                 ) -> Tensor:
         f = _matrix(features)
         diff = torch.baddbmm(hi, f, f.transpose(1, 2), beta=-1, alpha=1.0 / features[0].numel())
-        diff = diff.float()
+        diff = wide(diff)
         if lo is not None:
             diff.sub_(lo)
         ctx.save_for_backward(features, diff)
@@ -78,7 +83,7 @@ class _GramMSE(torch.autograd.Function):
 @dataclass(frozen=True)
 class SplitTarget:
     """A style target as _GramMSE uses it: `hi` in the features' dtype, `lo` = target - hi in
-    fp32 (None when hi is the fp32 target itself). Constant over a run, so the objective
+    fp32 (None when `dtype` holds the target exactly). Constant over a run, so the objective
     splits each target once instead of every iteration."""
 
     target: Tensor
@@ -88,7 +93,8 @@ class SplitTarget:
     @classmethod
     def of(cls, target: Tensor, dtype: torch.dtype) -> SplitTarget:
         hi = target.to(dtype)
-        return cls(target, hi, None if hi.dtype == target.dtype else target - hi.float())
+        exact = torch.finfo(dtype).bits >= torch.finfo(target.dtype).bits
+        return cls(target, hi, None if exact else target - hi.float())
 
 
 def gram_mse(features: Tensor, target: Tensor | SplitTarget) -> Tensor:
@@ -106,7 +112,7 @@ def mse_per_sample(x: Tensor, target: Tensor) -> Tensor:
     divide per sample: on channels_last features, flatten copies to NCHW and mean's backward
     writes its gradient NCHW, and either way the content gradient reached the trunk's
     channels_last one on autograd's slow mixed-layout add."""
-    return (x.float() - target).square().sum(tuple(range(1, x.dim()))) / x[0].numel()
+    return (wide(x) - target).square().sum(tuple(range(1, x.dim()))) / x[0].numel()
 
 
 def tv_per_sample(x: Tensor) -> Tensor:
@@ -144,11 +150,11 @@ def loss_terms(feats: dict[str, Tensor], image: Tensor, targets: Targets, w: Los
     """Weighted per-sample terms {content, style, tv, total}, each [N]. `grams`: the style
     targets already split for the features' dtype (engine.objective), else targets.grams."""
     n = image.shape[0]
-    zero = image.new_zeros(n, dtype=torch.float32)
+    zero = image.new_zeros(n, dtype=torch.promote_types(image.dtype, torch.float32))
     grams = targets.grams if grams is None else grams
     content = sum((mse_per_sample(feats[k], t) for k, t in targets.content.items()), zero)
     style = sum((lw * gram_mse(feats[k], grams[k]) for k, lw in w.style_layers.items()), zero)
     terms = {"content": w.content * content, "style": w.style * style}
-    terms["tv"] = w.tv * tv_per_sample(image.float()) if w.tv > 0 else zero
+    terms["tv"] = w.tv * tv_per_sample(wide(image)) if w.tv > 0 else zero
     terms["total"] = terms["content"] + terms["style"] + terms["tv"]
     return terms

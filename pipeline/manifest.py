@@ -3,10 +3,11 @@ validating every row, and building manifests as a cross product.
 
 Columns: `content` (path) and `style` (path, or list of paths) are required; `style_weights`
 (list of floats) blends several styles; `output` names the output file (relative to the run's
---out folder; default: derived from the input names and a parameter hash); every StyleParams
-field may be a column. Null cells and missing columns take the command line's `--set` value,
-else the default. Relative input paths resolve against the manifest's folder. Rows are
-numbered from 0, as pyarrow and pandas number them.
+--out folder, and it must stay inside it; default: derived from the input names and a parameter
+hash); every StyleParams field may be a column. Null cells and missing columns take the command
+line's `--set` value, else the default. Relative input paths (content, style, an init image, a
+weights file) resolve against the manifest's folder. Rows are numbered from 0, as pyarrow and
+pandas number them.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ PARAM_TYPES = {f.name: f.type for f in fields(StyleParams)}
 LIST_PARAMS = {"content_layers", "style_layers", "style_layer_weights", "style_blend"}
 COLUMNS = {"content", "style", "style_weights", "output", *PARAM_TYPES} - {"style_blend"}
 READ_BATCH = 8192
+# Parameters that name a file unless they hold one of these words.
+FILE_PARAMS = {"init": ("content", "noise"), "weights": ("caffe", "torchvision")}
+# Folders of a run's own under --out: no output may land in them.
+RESERVED = ("ledger", ".checkpoints")
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,8 @@ class JobSpec:
     content: Path
     styles: tuple[Path, ...]
     params: StyleParams
-    output: Path      # absolute, under the run's --out folder unless the row gave an absolute one
+    output: Path      # absolute and resolved (links followed), inside the run's --out folder
+    output_name: str  # the same, relative to --out (what the ledger records)
 
     def param_hash(self) -> str:
         text = json.dumps(self.params.to_dict(), sort_keys=True)
@@ -83,12 +89,31 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
             out[name] = coerce_param(name, value)
         except ValueError as e:
             raise InputError(f"--set {item!r}: {e}") from None
+        if name in FILE_PARAMS and out[name] not in FILE_PARAMS[name]:  # against the cwd
+            out[name] = str(Path(os.path.expanduser(out[name])).absolute())
     return out
 
 
 def _resolve(base: Path, value: str) -> Path:
     path = Path(os.path.expanduser(value))
     return path if path.is_absolute() else (base / path)
+
+
+def output_path(out_dir: Path, value: str, inputs: Sequence[Path]) -> Path:
+    """Where an `output` cell writes: resolved (`..` and links), inside `out_dir` (resolved),
+    outside the run's own folders, and none of the job's inputs. A manifest is data, often
+    written by someone else: a cell must not be able to write anywhere else."""
+    path = Path(os.path.realpath(_resolve(out_dir, value)))
+    if not path.is_relative_to(out_dir) or path == out_dir:
+        raise ValueError(f"output {value!r} resolves to {path}, outside the --out folder "
+                         f"{out_dir}")
+    if path.relative_to(out_dir).parts[0] in RESERVED:
+        raise ValueError(f"output {value!r} is inside the run's own {RESERVED} folders")
+    if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise ValueError(f"output {value!r} must end in .png, .jpg or .jpeg")
+    if any(path == Path(os.path.realpath(p)) for p in inputs):
+        raise ValueError(f"output {value!r} is one of the job's own input images")
+    return path
 
 
 def default_output(content: Path, styles: Sequence[Path], params: StyleParams) -> str:
@@ -107,19 +132,25 @@ def row_to_job(row: dict[str, Any], index: int, base: Path, out_dir: Path,
         if not styles or not all(isinstance(s, str) and s for s in styles):
             raise ValueError("style must be a path or a non-empty list of paths")
         values = dict(overrides)
+        cells = {"style_blend": "style_weights"}  # the parameter a column fills, if renamed
         for name in PARAM_TYPES:
-            if row.get(name) is not None and name != "style_blend":
-                values[name] = coerce_param(name, row[name])
-        if row.get("style_weights") is not None:
-            values["style_blend"] = coerce_param("style_blend", row["style_weights"])
-        params = StyleParams(**values).validate(n_styles=len(styles))
+            column = cells.get(name, name)
+            if row.get(column) is not None:
+                try:
+                    values[name] = coerce_param(name, row[column])
+                except (ValueError, TypeError) as e:
+                    raise ValueError(f"{column}: {e}") from None
+        for name in FILE_PARAMS:  # a file in a cell resolves as content does
+            if row.get(name) is not None and values[name] not in FILE_PARAMS[name]:
+                values[name] = str(_resolve(base, values[name]))
+        params = StyleParams(**values).validate(n_styles=len(styles), blend_name="style_weights")
         content = _resolve(base, row["content"])
         style_paths = tuple(_resolve(base, s) for s in styles)
-        output = row.get("output") or default_output(content, style_paths, params)
-        output_path = _resolve(out_dir, output)
-        if output_path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-            raise ValueError(f"output {output!r} must end in .png, .jpg or .jpeg")
-        return JobSpec(index, content, style_paths, params, output_path)
+        inputs = [content, *style_paths] + ([Path(params.init)] if params.init_is_file else [])
+        output = output_path(out_dir, row.get("output")
+                             or default_output(content, style_paths, params), inputs)
+        return JobSpec(index, content, style_paths, params, output,
+                       output.relative_to(out_dir).as_posix())
     except (InputError, ValueError, TypeError) as e:
         raise RowError(index, e) from None
 
@@ -151,9 +182,10 @@ def read_jobs(path: Path, out_dir: Path, overrides: dict[str, Any] | None = None
               ) -> Iterator[JobSpec | RowError]:
     """Every row as a JobSpec, or the RowError that explains why it is not one."""
     base = path.resolve().parent
+    out_dir = Path(os.path.realpath(out_dir))
     for index, row in read_rows(path):
         try:
-            yield row_to_job(row, index, base, out_dir.resolve(), overrides or {})
+            yield row_to_job(row, index, base, out_dir, overrides or {})
         except RowError as e:
             yield e
 
@@ -166,16 +198,20 @@ def write_manifest(rows: list[dict[str, Any]], dest: Path) -> Path:
     return dest
 
 
-def expand_inputs(spec: str) -> list[Path]:
-    """A folder (its images, sorted) or a glob pattern."""
+def expand_inputs(spec: str, skipped: list[Path] | None = None) -> list[Path]:
+    """A folder (its image files, sorted) or a glob pattern. Entries that are not files (a
+    folder named like an image, a dangling link) are left out and added to `skipped`."""
     path = Path(os.path.expanduser(spec))
     exts = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
     if path.is_dir():
-        found = sorted(p for p in path.iterdir() if p.suffix.lower() in exts)
+        candidates = sorted(p for p in path.iterdir() if p.suffix.lower() in exts)
     else:
         import glob
 
-        found = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True))
+        candidates = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True))
+    found = [p for p in candidates if p.is_file()]
+    if skipped is not None:
+        skipped += [p for p in candidates if not p.is_file()]
     if not found:
         raise InputError(f"{spec}: no images found")
     return found

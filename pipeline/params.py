@@ -17,6 +17,9 @@ from .vgg import CONTENT_LAYERS, LAYER_INDEX, STYLE_LAYERS
 OPTIMIZERS = ("lbfgs", "adam")
 POOLINGS = ("max", "avg")
 MAX_SIZE = 16384
+# A sanity bound, not a quality limit: 500 is the default and 5,000 is far past convergence;
+# 10^9 is a typo that would otherwise run for decades.
+MAX_ITERATIONS = 100_000
 MIN_SCALE_SIZE = 128  # coarser than this, VGG19's deep layers see too few pixels to help
 
 
@@ -71,6 +74,10 @@ class StyleParams:
                                "(IMAGENET1K_V1 from the torch hub cache) or a file path.")
 
     @property
+    def init_is_file(self) -> bool:
+        return self.init not in ("content", "noise")
+
+    @property
     def step_size(self) -> float:
         if self.lr is not None:
             return self.lr
@@ -95,8 +102,9 @@ class StyleParams:
     def replace(self, **changes: Any) -> StyleParams:
         return replace(self, **changes)
 
-    def validate(self, n_styles: int = 1) -> StyleParams:
-        """Raise InputError naming the first bad parameter; return self when all are valid."""
+    def validate(self, n_styles: int = 1, blend_name: str = "style_blend") -> StyleParams:
+        """Raise InputError naming the first bad parameter; return self when all are valid.
+        `blend_name`: what the caller calls style_blend (a manifest's column: style_weights)."""
         for name in ("lr", "lbfgs_max_step", "content_weight", "style_weight", "tv_weight",
                      "style_scale"):
             value = getattr(self, name)
@@ -108,7 +116,8 @@ class StyleParams:
             (0 <= self.size_bucket <= self.size, f"size_bucket must be between 0 and size "
                                                  f"({self.size}), got {self.size_bucket}"),
             (1 <= self.scales <= 8, f"scales must be between 1 and 8, got {self.scales}"),
-            (self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}"),
+            (0 <= self.iterations <= MAX_ITERATIONS, f"iterations must be between 0 and "
+                                                      f"{MAX_ITERATIONS}, got {self.iterations}"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got "
                                            f"{self.optimizer!r}"),
             (self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}"),
@@ -133,9 +142,9 @@ class StyleParams:
         if self.style_layer_weights is not None:
             _check_weights("style_layer_weights", self.style_layer_weights, len(self.style_layers))
         if self.style_blend is not None:
-            _check_weights("style_blend", self.style_blend, n_styles)
+            _check_weights(blend_name, self.style_blend, n_styles)
             if sum(self.style_blend) <= 0:
-                raise InputError("style_blend must have a positive sum")
+                raise InputError(f"{blend_name} must have a positive sum")
         return self
 
 

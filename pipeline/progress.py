@@ -128,14 +128,21 @@ class RunDisplay:
                 say("failed", "red", f"row {row}: {error}", self.bar.console)
         elif kind == "fatal":
             say(f"worker {wid} could not start:", "red", event[2], self.bar.console)
+        elif kind == "write-failed":
+            say("stopping:", "red", event[2], self.bar.console)
         elif kind == "log":
             say(f"w{wid}:", "cyan", event[2], self.bar.console)
         elif kind == "exit":
             self.bar.update(task, description=f"  w{wid} {self.devices[wid]}: finished")
 
     def worker_died(self, wid: int, code: int | None) -> None:
-        say(f"worker {wid} died (exit code {code});", "red",
-            "its batch stays pending and resumes on the next run", self.bar.console)
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        say(f"worker {wid} died ({how})", "red", "", self.bar.console)
+
+    def worker_restarted(self, wid: int) -> None:
+        say(f"w{wid}:", "cyan", "a new worker takes over its batch, from its last checkpoint",
+            self.bar.console)
+        self.bar.update(self.workers[wid], description=f"  w{wid} {self.devices[wid]}: starting")
 
     def interrupted(self) -> None:
         say("stopping:", "yellow", "each worker saves a checkpoint of its batch... "

@@ -9,7 +9,9 @@ import torch
 from . import cpu_heap
 from .errors import InputError
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp64")
+# The trunk's dtype per precision; the pixels and the losses are fp32 (fp64 for fp64).
+TRUNK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
 
 
 def bf16_is_fast(device: torch.device) -> bool:
@@ -44,7 +46,8 @@ class Runtime:
     """Speed settings; none of them changes the objective, only how it is computed."""
 
     device: torch.device
-    precision: str = "fp32"       # resolved: fp32 or bf16 (bf16 convs and Gram GEMMs; losses fp32)
+    precision: str = "fp32"       # resolved: fp32, bf16 (bf16 convs and Gram GEMMs; losses fp32)
+                                  # or fp64 (reference runs: float rounding far below 8 bits)
     channels_last: bool = True    # NHWC convs: faster for bf16 oneDNN and cuDNN tensor cores
     cudnn_benchmark: bool = True  # autotune conv algorithms per input shape (CUDA only)
     cuda_graphs: bool = False     # CUDA: replay each stage's objective + backward as a graph
@@ -92,6 +95,15 @@ class Runtime:
         return cls(dev, precision, channels_last, cudnn_benchmark, cuda_graphs, keep_cpu_memory,
                    split_batches, targets, parse_providers(providers), trt_fp16, cache,
                    cache_targets)
+
+    @property
+    def trunk_dtype(self) -> torch.dtype:
+        return TRUNK_DTYPES[self.precision]
+
+    @property
+    def pixel_dtype(self) -> torch.dtype:
+        """The optimized images' and the losses' dtype."""
+        return torch.promote_types(self.trunk_dtype, torch.float32)
 
     def layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

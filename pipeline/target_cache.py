@@ -4,7 +4,8 @@ A key is the sha256 of everything the tensors depend on: the image's bytes, the 
 resized to and how, the model (backend + digest), the layers and the input normalization.
 Changing any of them changes the key, so an entry is never stale, only unused. Entries are
 safetensors files written atomically and carrying their key and a checksum of their tensors;
-one that fails to load or verify is deleted and recomputed, never used.
+one that fails to load or verify is deleted and recomputed, never used. Targets that are not
+finite (damaged weights) are refused, not cached.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
 from safetensors.torch import load, save
 from torch import Tensor
 
 from .files import atomic_write_bytes, file_digest
+from .tensor_tree import tree_digest
 
 log = logging.getLogger("pipeline.targets")
 
@@ -35,12 +38,8 @@ def target_key(kind: str, image_digest: str, size: tuple[int, int], model: dict[
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _checksum(tensors: dict[str, Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        h.update(name.encode())
-        h.update(tensors[name].contiguous().numpy().tobytes())
-    return h.hexdigest()
+class NonFiniteTargets(ArithmeticError):
+    """Targets with inf/NaN in them: never cached, never optimized against."""
 
 
 class TargetCache:
@@ -63,7 +62,7 @@ class TargetCache:
             data = path.read_bytes()
             tensors = load(data)
             meta = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])["__metadata__"]
-            if meta["key"] == key and meta["checksum"] == _checksum(tensors):
+            if meta["key"] == key and meta["checksum"] == tree_digest(tensors):
                 return tensors
         except Exception:  # truncated, garbled, foreign: all the same to us
             pass
@@ -86,8 +85,12 @@ class TargetCache:
             start = time.perf_counter()
             tensors = {k: v.detach().float().cpu().contiguous() for k, v in compute().items()}
             seconds = time.perf_counter() - start
+            bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
+            if bad:
+                raise NonFiniteTargets(f"targets: {label}: {', '.join(bad)} hold inf/NaN (are "
+                                       "the weights damaged?); not cached")
             if self.root is not None:
-                meta = {"key": key, "checksum": _checksum(tensors)}
+                meta = {"key": key, "checksum": tree_digest(tensors)}
                 atomic_write_bytes(self.path(key), save(tensors, metadata=meta))
             log.info("targets: %s: computed in %.2f s, cached as %s", label, seconds, key[:12])
         self.memo[key] = tensors

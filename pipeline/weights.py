@@ -9,6 +9,8 @@ path to a user file (safetensors or a torch state dict).
 from __future__ import annotations
 
 import importlib.util
+import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +19,12 @@ import torch
 from safetensors.torch import load, save_file
 from torch import Tensor
 
-from .errors import SourceMissingError
+from .errors import InputError, SourceMissingError
 from .files import atomic_path, cache_dir, file_digest
+from .tensor_tree import tree_digest
 from .vgg import CONV_NAMES, Normalize, VGG19Trunk
+
+log = logging.getLogger("pipeline.weights")
 
 CAFFE_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 TORCHVISION_FILE = "vgg19-dcbb9e9d.pth"
@@ -79,12 +84,20 @@ def _load_caffe(cache: Path | None) -> WeightSet:
     if cached.is_file():
         try:
             # Read, not mmap: a cache file truncated under us must not crash the process.
-            return WeightSet("caffe", "caffe", digest, load(cached.read_bytes()))
-        except Exception:  # a corrupt cache entry is rebuilt, never used
-            cached.unlink(missing_ok=True)
+            data = cached.read_bytes()
+            state = load(data)
+            header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+            if header["__metadata__"]["checksum"] == tree_digest(state):
+                return WeightSet("caffe", "caffe", digest, state)
+        except Exception:  # truncated, garbled, or written before the checksum existed
+            pass
+        # A damaged copy is rebuilt, never used: its NaNs would reach every target and image.
+        log.warning("weights cache %s is damaged; rebuilding it", cached.name)
+        cached.unlink(missing_ok=True)
     state = dequantize(torch.load(src, map_location="cpu", weights_only=True))
     with atomic_path(cached) as tmp:
-        save_file(state, tmp, metadata={"source": "caffe", "digest": digest})
+        save_file(state, tmp, metadata={"source": "caffe", "digest": digest,
+                                        "checksum": tree_digest(state)})
     return WeightSet("caffe", "caffe", digest, state)
 
 
@@ -106,15 +119,22 @@ def _load_file(path: Path, source: str) -> WeightSet:
     if not path.is_file():
         raise SourceMissingError(f"weights file not found: {path}")
     metadata: dict[str, str] = {}
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-        sd = load(path.read_bytes())
-    else:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-        sd = sd.get("state_dict", sd)
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+            sd = load(path.read_bytes())
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+            sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+    except Exception as e:  # a JPEG, a truncated download, a pickle of something else
+        reason = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+        raise InputError(f"{path}: not a weights file that can be read ({reason}); give a "
+                         "safetensors file or a torch state dict of VGG19") from None
+    if not isinstance(sd, dict):
+        raise InputError(f"{path}: holds a {type(sd).__name__}, not a state dict of VGG19")
     if "features.0.weight" in sd:
         state, norm = _from_torchvision_state(sd), "imagenet"
     elif "conv1_1.weight" in sd:

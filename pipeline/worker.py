@@ -4,6 +4,11 @@ outputs and its own ledger rows, and reports progress to the parent through an e
 Order of writes for a batch: outputs (each atomic, with its job key embedded), then the ledger
 part, then the checkpoint is deleted. A crash between any two steps is repaired on rerun: an
 output carrying the right job key counts as done.
+
+A write that fails (disk full, read-only, quota) is the machine's problem, not the job's: the
+worker reports it and leaves, the run stops, and nothing is recorded as failed, so a plain rerun
+picks the jobs up. Only a checkpoint that cannot be written is let go (with a warning): the
+job goes on without it.
 """
 
 from __future__ import annotations
@@ -20,11 +25,18 @@ import torch
 from . import cpu_heap, ledger
 from .api import StyleJob, prepare, stylize_prepared
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from .engine import Checkpointing, Interrupted
+from .engine import Checkpointing, Interrupted, NonFinite
 from .errors import InputError
+from .files import describe_os_error
 from .images import save_image
 from .jobs import Batch, Job
 from .runtime import Runtime
+
+log = logging.getLogger("pipeline.run")
+
+
+class WriteFailed(Exception):
+    """An output or ledger write failed: the run must stop (see the module docstring)."""
 
 
 class Worker:
@@ -50,7 +62,11 @@ class Worker:
                 rows.append(ledger.job_row(job, ledger.FAILED, started, error=str(e)))
         if ready:
             rows += self._optimize(ready, started, split_on_oom=True)
-        ledger.append(self.out_dir, rows)
+        try:
+            ledger.append(self.out_dir, rows)
+        except OSError as e:  # the outputs are written: a rerun finds them by their keys
+            raise WriteFailed(f"cannot write the ledger: "
+                              f"{describe_os_error(e, ledger.ledger_dir(self.out_dir))}") from e
         failures = [(r["row"], r["error"]) for r in rows if r["status"] != ledger.DONE]
         self.events.put(("done", self.wid, len(rows) - len(failures), failures))
 
@@ -63,9 +79,19 @@ class Worker:
         resume = load_checkpoint(ckpt, keys)
         self.events.put(("batch", self.wid, len(jobs), params.iterations,
                          resume[0] if resume else 0))
-        checkpointing = Checkpointing(
-            save=lambda it, x, state: save_checkpoint(ckpt, keys, it, x, state),
-            every=self.every, resume=resume, stop=self.stopping)
+        warned = []
+
+        def save(it: int, x: Any, state: Any) -> None:
+            try:
+                save_checkpoint(ckpt, keys, it, x, state)
+            except OSError as e:
+                if not warned:  # once per batch: the job goes on, only resumability is lost
+                    warned.append(e)
+                    log.warning("cannot write a checkpoint (%s); going on without one",
+                                describe_os_error(e, ckpt.parent))
+
+        checkpointing = Checkpointing(save=save, every=self.every, resume=resume,
+                                      stop=self.stopping)
         device = str(self.runtime.device)
         try:
             results = stylize_prepared(
@@ -83,19 +109,27 @@ class Worker:
                                f"{j.size[1]}") for j in jobs]
         except Interrupted:
             raise
+        except NonFinite as e:  # those jobs fail; the rest of the batch runs again without them
+            ckpt.unlink(missing_ok=True)
+            diverged = set(e.samples)
+            rows = [ledger.job_row(j, ledger.FAILED, started, device, error=str(e))
+                    for i, j in enumerate(jobs) if i in diverged]
+            rest = [item for i, item in enumerate(ready) if i not in diverged]
+            return rows + (self._optimize(rest, started, split_on_oom) if rest else [])
         except Exception as e:  # one batch's failure must not end the run
+            ckpt.unlink(missing_ok=True)  # its space is better left to the other batches
             message = f"{type(e).__name__}: {e}".splitlines()[0]
             return [ledger.job_row(j, ledger.FAILED, started, device, error=message) for j in jobs]
         rows = []
         for job, result in zip(jobs, results, strict=True):
             try:
                 save_image(result.image, job.spec.output, {**result.metadata, "job_key": job.key})
-            except OSError as e:  # disk full, a path blocked: this job fails, the others go on
-                rows.append(ledger.job_row(job, ledger.FAILED, started, device,
-                                 error=f"cannot write {job.spec.output}: {e.strerror or e}"))
-                continue
+            except OSError as e:
+                raise WriteFailed(f"cannot write {job.spec.output_name}: "
+                                  f"{describe_os_error(e, job.spec.output.parent)}") from e
             rows.append(ledger.job_row(job, ledger.DONE, started, device, losses=result.losses,
-                             iterations=result.iterations, seconds=result.seconds))
+                                       iterations=result.iterations, seconds=result.seconds,
+                                       written=job.spec.output))
         ckpt.unlink(missing_ok=True)
         return rows
 
@@ -138,4 +172,7 @@ def worker_main(wid: int, device: str, runtime_options: dict[str, Any], threads:
                 cpu_heap.release()  # the next batch may be smaller; others share the machine
     except Interrupted:
         pass
+    except WriteFailed as e:
+        events.put(("write-failed", wid, str(e)))
+        return
     events.put(("exit", wid))

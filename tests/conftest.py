@@ -57,3 +57,12 @@ def painting_path(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def cpu32() -> Runtime:
     return Runtime.create("cpu", "fp32", channels_last=False)
+
+
+@pytest.fixture(scope="session")
+def cpu64() -> Runtime:
+    """For equivalences that hold in exact arithmetic (a batch vs each job alone, shards vs one
+    batch): fixed-step L-BFGS amplifies float reassociation (another oneDNN kernel, another
+    blocking) by ~1e6 over 8 iterations, which in fp32 reaches whole 8-bit levels on some CPUs
+    and not on others. In fp64 the same amplification stays ~1e-9 of a level on any CPU."""
+    return Runtime.create("cpu", "fp64", channels_last=False)

@@ -67,12 +67,22 @@ def test_export_and_cache_commands(tmp_path):
     assert out.with_suffix(".json").is_file()
 
     cache = tmp_path / "cache"
-    (cache / "targets" / "ab").mkdir(parents=True)
-    (cache / "targets" / "ab" / "x.safetensors").write_bytes(b"1234")
+    ours = [cache / "targets" / "ab" / f"ab{'0' * 62}.safetensors",
+            cache / "models" / f"vgg19-caffe-{'1' * 16}-max-opset18.onnx",
+            cache / "weights" / f"vgg19-caffe-{'2' * 16}.safetensors"]
+    foreign = [cache / "models" / "my_model.ckpt", cache / "targets" / "ab" / "notes.txt",
+               cache / "weights" / "vgg19.safetensors"]
+    for path in ours + foreign:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"1234")
     result = runner.invoke(app, ["cache", "info", "--cache-dir", str(cache)], terminal_width=200)
     assert result.exit_code == 0 and "targets" in result.output and "ONNX models" in result.output
     result = runner.invoke(app, ["cache", "clear", "targets", "--cache-dir", str(cache)])
-    assert result.exit_code == 0 and not (cache / "targets").exists()
+    assert result.exit_code == 0 and not ours[0].exists() and ours[1].exists()
+    result = runner.invoke(app, ["cache", "clear", "--cache-dir", str(cache)])
+    assert result.exit_code == 0 and not any(p.exists() for p in ours)
+    assert all(p.read_bytes() == b"1234" for p in foreign)  # a user's files are not ours
+    assert "not written by style-pipeline left alone" in result.output
     result = runner.invoke(app, ["cache", "clear", "bogus", "--cache-dir", str(cache)])
     assert result.exit_code == 2 and "unknown cache part" in result.output
     assert (cache_dir() / "models").is_dir()  # the shared test cache is untouched

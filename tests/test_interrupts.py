@@ -1,34 +1,37 @@
-"""Ctrl-C in the run loop: counted from the wakeup pipe, whichever thread the kernel picks."""
+"""Ctrl-C and SIGTERM in the run loop: read from the wakeup pipe, whichever thread the kernel
+picks."""
 
 import os
 import signal
 import threading
 import time
 
-from pipeline.interrupts import ctrl_c_presses
+from pipeline.interrupts import stop_signals
 
 
-def _count(presses, expected: int) -> int:
-    seen, deadline = 0, time.time() + 10
-    while seen < expected and time.time() < deadline:
-        seen += presses()
+def _collect(received, expected: int) -> list[int]:
+    seen, deadline = [], time.time() + 10
+    while len(seen) < expected and time.time() < deadline:
+        seen += received()
         time.sleep(0.01)
     return seen
 
 
 def test_every_press_is_counted_whichever_thread_receives_it():
-    before = signal.getsignal(signal.SIGINT)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     idle = threading.Event()
     helper = threading.Thread(target=idle.wait, daemon=True)
     helper.start()
-    with ctrl_c_presses() as presses:
+    with stop_signals() as received:
         os.kill(os.getpid(), signal.SIGINT)  # raises no KeyboardInterrupt in here
         signal.pthread_kill(helper.ident, signal.SIGINT)  # lands on a thread that is not main
-        assert _count(presses, 2) == 2
+        assert _collect(received, 2) == [signal.SIGINT] * 2
+        os.kill(os.getpid(), signal.SIGTERM)  # does not end the process either
+        assert _collect(received, 1) == [signal.SIGTERM]
         time.sleep(0.1)
-        assert presses() == 0  # each press is read once
+        assert received() == []  # each signal is read once
     idle.set()
-    assert signal.getsignal(signal.SIGINT) is before
+    assert {s: signal.getsignal(s) for s in before} == before
 
 
 def test_outside_the_main_thread_ctrl_c_is_left_to_the_caller():
@@ -36,11 +39,11 @@ def test_outside_the_main_thread_ctrl_c_is_left_to_the_caller():
     seen = []
 
     def body():
-        with ctrl_c_presses() as presses:
-            seen.append(presses())
+        with stop_signals() as received:
+            seen.append(received())
             seen.append(signal.getsignal(signal.SIGINT))
 
     thread = threading.Thread(target=body)
     thread.start()
     thread.join()
-    assert seen == [0, before]
+    assert seen == [[], before]

@@ -1,0 +1,511 @@
+"""What a run promises (README, "Guarantees"), each tried as a careless or hostile user would:
+it never writes outside --out, never deletes what it did not create, never records a non-finite
+result as done, and exits 0 only when every job is done."""
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from pipeline import ledger
+from pipeline.checkpoint import load_checkpoint, save_checkpoint, saved_checkpoints
+from pipeline.cli import app
+from pipeline.engine import NonFinite
+from pipeline.jobs import Batch, Inspector
+from pipeline.manifest import read_jobs, write_manifest
+from pipeline.runner import MAX_WORKER_DEATHS, RunResult, _bury, _Slot, exit_code
+from pipeline.runtime import Runtime
+from tests.conftest import make_photo
+from tests.run_helpers import cell, make_dataset, run_cli, runner, spawn_run, wait_for
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return make_dataset(tmp_path)
+
+
+def _one_line_error(result, *words):
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert "Traceback" not in result.output, result.output
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and all(w in errors[0] for w in words), result.output
+
+
+def _manifest(dataset, name, **columns):
+    """The dataset's rows with some cells replaced: column -> {row: value}."""
+    rows = pq.read_table(dataset).to_pylist()
+    for column, cells in columns.items():
+        for r in rows:
+            r.setdefault(column, None)
+        for i, value in cells.items():
+            rows[i][column] = value
+    return write_manifest(rows, dataset.parent / name)
+
+
+# --- never deletes what it did not create ------------------------------------------------
+
+def test_a_refused_run_writes_and_deletes_nothing(dataset, tmp_path):
+    out = tmp_path / "u"
+    (out / "d").mkdir(parents=True)
+    users = [out / ".thesis.tmp.docx", out / "d" / ".cfg.tmpl"]
+    for path in users:
+        path.write_text("mine")
+    bogus = tmp_path / "notparquet.parquet"
+    bogus.write_text("not parquet")
+    assert run_cli(bogus, out).exit_code == 2
+    assert run_cli(dataset, out, "--set", "size=5").exit_code == 2  # every row invalid
+    assert all(p.read_text() == "mine" for p in users)
+    assert sorted(p.name for p in out.rglob("*")) == [".cfg.tmpl", ".thesis.tmp.docx", "d"]
+    fresh = tmp_path / "fresh"
+    assert run_cli(dataset, fresh, "--set", "size=5").exit_code == 2
+    assert not fresh.exists()  # not even the folder
+
+
+# --- never writes outside --out, never onto an input --------------------------------------
+
+def test_outputs_stay_inside_out_and_off_the_inputs(dataset, tmp_path):
+    out = tmp_path / "out"
+    (out / "pics").mkdir(parents=True)
+    inside = out / "pics" / "photo.png"
+    make_photo().save(inside)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / "link").symlink_to(elsewhere)
+    manifest = _manifest(dataset, "hostile.parquet",
+                         content={0: str(inside)},
+                         output={0: "pics/photo.png", 1: "link/x.png", 2: "a.png",
+                                 3: "sub/../a.png"})
+    result = runner.invoke(app, ["manifest", "validate", str(manifest), "--out", str(out)],
+                           terminal_width=400)
+    assert result.exit_code == 2
+    assert "row 0: output 'pics/photo.png' is one of the job's own input images" in result.output
+    assert "row 1: output 'link/x.png' resolves to" in result.output
+    assert "outside the --out folder" in result.output
+    assert "row 3: output a.png duplicates row 2" in result.output
+    photo = inside.read_bytes()
+    result = run_cli(manifest, out, "--skip-bad-rows")
+    assert result.exit_code == 1, result.output
+    assert inside.read_bytes() == photo and not list(elsewhere.iterdir())
+    assert (out / "a.png").is_file()
+
+
+def test_stylize_refuses_to_write_over_its_input(photo_path, painting_path):
+    before = photo_path.read_bytes()
+    result = runner.invoke(app, ["stylize", str(photo_path), str(painting_path), "-o",
+                                 str(photo_path), "--size", "32", "--iterations", "2"])
+    assert result.exit_code == 2
+    _one_line_error(result, "would overwrite one of the input images")
+    assert photo_path.read_bytes() == before
+
+
+# --- non-finite results are failures ------------------------------------------------------
+
+def test_a_diverging_job_fails_with_its_reason_and_writes_no_image(dataset, tmp_path):
+    out = tmp_path / "out"
+    result = run_cli(dataset, out, "--set", "style_weight=1e38", "--workers", "1")
+    assert result.exit_code == 1, result.output
+    assert not list(out.glob("*.png"))
+    rows = ledger.read(out).values()
+    assert len(rows) == 6 and all(r["status"] == "failed" and "inf/NaN" in r["error"]
+                                  for r in rows)
+    assert not saved_checkpoints(out)
+    again = run_cli(dataset, out, "--set", "style_weight=1e38")
+    assert again.exit_code == 1 and cell(again.output, "done before (skipped)") == "0"
+
+
+def test_stylize_reports_divergence_in_one_line(photo_path, painting_path, tmp_path):
+    output = tmp_path / "o.png"
+    result = runner.invoke(app, ["stylize", str(photo_path), str(painting_path), "-o",
+                                 str(output), "--size", "32", "--iterations", "3",
+                                 "--style-weight", "1e38", "--quiet"])
+    assert result.exit_code == 1
+    _one_line_error(result, "inf/NaN at iteration 0")
+    assert not output.exists()
+
+
+def test_a_diverged_job_fails_alone_and_the_rest_of_its_batch_runs_again(
+        dataset, tmp_path, monkeypatch):
+    import multiprocessing as mp
+
+    import pipeline.worker as worker_module
+
+    real, calls = worker_module.stylize_prepared, []
+
+    def diverge_once(prepared, *args, **kwargs):
+        calls.append(len(prepared))
+        if len(calls) == 1:
+            raise NonFinite([1], 4)
+        return real(prepared, *args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "stylize_prepared", diverge_once)
+    out = tmp_path / "out"
+    jobs = [Inspector()(j) for j in read_jobs(dataset, out, {"size": 32, "iterations": 2})]
+    batch = [j for j in jobs if j.size == jobs[0].size][:3]
+    ctx = mp.get_context("spawn")
+    worker = worker_module.Worker(0, Runtime.create("cpu", "fp32", channels_last=False), out, 0,
+                                  ctx.Queue(), ctx.Event(), os.getppid())
+    worker.run(Batch(tuple(batch)))
+    assert calls == [3, 2]
+    rows = ledger.read(out)
+    assert [rows[j.id]["status"] for j in batch] == ["done", "failed", "done"]
+    assert "inf/NaN at iteration 4" in rows[batch[1].id]["error"]
+    assert not batch[1].spec.output.exists() and batch[0].spec.output.exists()
+
+
+# --- checkpoints are checked -------------------------------------------------------------
+
+def test_a_damaged_checkpoint_restarts_its_batch(tmp_path, caplog):
+    path = tmp_path / "b.pt"
+    images = torch.rand(2, 3, 64, 64) * 255
+    save_checkpoint(path, ["k1", "k2"], 40, images, {"pairs": torch.rand(2, 4, 2, 12288)})
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4000] = bytes(4000)  # same size, zeros inside the tensors
+    path.write_bytes(bytes(data))
+    assert load_checkpoint(path, ["k1", "k2"]) is None
+    assert not path.exists()
+    assert "checksum does not match" in caplog.text
+
+
+# --- exit 0 only when every job is done ---------------------------------------------------
+
+def _workers_of(pid):
+    """The spawned worker processes of a run (children running multiprocessing's spawn)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid and "spawn_main" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_killed_worker_s_batch_is_taken_over_and_the_run_completes(dataset, tmp_path):
+    out = tmp_path / "out"
+    proc = spawn_run(dataset, out, 60)
+    try:
+        wait_for(lambda: saved_checkpoints(out) and len(_workers_of(proc.pid)) == 2)
+        os.kill(_workers_of(proc.pid)[0], signal.SIGKILL)
+        text = proc.communicate(timeout=600)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, text
+    assert "died (killed by signal 9)" in text and "takes over its batch" in text
+    rows = ledger.read(out).values()
+    assert len(rows) == 6 and all(r["status"] == "done" for r in rows)
+    assert len(list(out.glob("*.png"))) == 6
+
+
+class _Dead:
+    exitcode = -signal.SIGKILL
+
+
+class _Display:
+    def __init__(self):
+        self.said = []
+
+    def worker_died(self, wid, code):
+        self.said.append(("died", wid))
+
+    def worker_restarted(self, wid):
+        self.said.append(("restarted", wid))
+
+
+def test_a_batch_that_keeps_killing_its_worker_is_left_pending_and_the_run_fails(dataset, tmp_path):
+    from collections import deque
+
+    out = tmp_path / "out"
+    jobs = [Inspector(decode=False)(j) for j in read_jobs(dataset, out, {})]
+    batch, todo, deaths, display = Batch(tuple(jobs[:2])), deque(), {}, _Display()
+    result = RunResult(total=2, done_before=0)
+    slots = [_Slot("cpu", _Dead(), None, batch)]
+    started = []
+
+    def start(wid, device):
+        started.append(wid)
+        return _Slot(device, _Dead(), None, batch)
+
+    stop = type("Stop", (), {"is_set": lambda self: False})()
+    for _ in range(MAX_WORKER_DEATHS):
+        _bury(0, slots[0], slots, start, todo, deaths, stop, display, result)
+    assert started == [0] * (MAX_WORKER_DEATHS - 1)
+    assert list(todo) == [batch] * (MAX_WORKER_DEATHS - 1)  # requeued until the last death
+    assert result.errors and "left pending" in result.errors[0]
+    result.pending = 2
+    assert exit_code(result) == 1
+
+
+def test_pending_jobs_mean_a_nonzero_exit():
+    assert exit_code(RunResult(total=3, done_before=3)) == 0
+    assert exit_code(RunResult(total=3, done_before=1, pending=2)) == 1
+    assert exit_code(RunResult(total=3, done_before=1, interrupted=signal.SIGTERM)) == 143
+
+
+# --- disk full -----------------------------------------------------------------------------
+
+def test_a_failed_output_or_ledger_write_stops_the_worker_and_records_nothing(
+        dataset, tmp_path, monkeypatch):
+    import multiprocessing as mp
+
+    import pipeline.worker as worker_module
+
+    out = tmp_path / "out"
+    jobs = [Inspector()(j) for j in read_jobs(dataset, out, {"size": 32, "iterations": 2})]
+    ctx = mp.get_context("spawn")
+    worker = worker_module.Worker(0, Runtime.create("cpu", "fp32", channels_last=False), out, 0,
+                                  ctx.Queue(), ctx.Event(), os.getppid())
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    for target in ("save_image", "ledger.append"):
+        with monkeypatch.context() as m:
+            m.setattr(worker_module if target == "save_image" else worker_module.ledger,
+                      target.split(".")[-1], full)
+            with pytest.raises(worker_module.WriteFailed, match="no space left on"):
+                worker.run(Batch((jobs[0],)))
+    assert not ledger.read(out)  # nothing recorded as failed: a plain rerun picks them up
+
+
+def _tmpfs(path: Path, size: str, *options: str) -> None:
+    path.mkdir()
+    opts = ",".join((f"size={size}", *options))
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)],
+                          capture_output=True)
+    if done.returncode:
+        pytest.skip("needs a tmpfs mount (root in a mount namespace that allows it)")
+
+
+def _fill(folder: Path, leave: int) -> Path:
+    """A file that leaves about `leave` bytes free on folder's file system."""
+    filler = folder / "filler"
+    free = shutil.disk_usage(folder).free
+    with open(filler, "wb") as f:
+        f.write(bytes(max(0, free - leave)))
+    return filler
+
+
+def test_a_full_disk_stops_the_run_and_a_plain_rerun_finishes_it(dataset, tmp_path):
+    out = tmp_path / "small"
+    _tmpfs(out, "4m")
+    try:
+        filler = _fill(out, 0)
+        result = run_cli(dataset, out, "--workers", "1")
+        assert result.exit_code == 2  # not even the first write fits: refused up front
+        _one_line_error(result, "no space left on")
+        filler.unlink()
+        filler = _fill(out, 200_000)  # the outputs fit, checkpoints (~1 MB each) do not
+        result = run_cli(dataset, out, "--workers", "1", "--set", "iterations=20",
+                         "--checkpoint-every", "5")
+        assert result.exit_code == 0, result.output
+        assert "cannot write a checkpoint" in result.output
+        assert "no space left on" in result.output
+        filler.unlink()
+        stem = dataset.parent / "more.parquet"
+        write_manifest([{**r, "output": f"big/{i}.png", "size": 256}
+                        for i, r in enumerate(pq.read_table(dataset).to_pylist())], stem)
+        filler = _fill(out, 150_000)  # about one 256 px output
+        stopped = run_cli(stem, out, "--workers", "1", "--set", "iterations=1")
+        assert stopped.exit_code == 1, stopped.output
+        assert "no space left on" in cell(stopped.output, "stopped")
+        assert not [r for r in ledger.read(out).values() if r["status"] == "failed"]
+        filler.unlink()
+        finished = run_cli(stem, out, "--workers", "1", "--set", "iterations=1")
+        assert finished.exit_code == 0, finished.output
+        assert len(list((out / "big").glob("*.png"))) == 6
+    finally:
+        subprocess.run(["umount", "-l", str(out)], check=False)
+
+
+def test_unwritable_destinations_are_refused_before_any_work(dataset, tmp_path, photo_path,
+                                                             painting_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    result = run_cli(dataset, a_file)
+    assert result.exit_code == 2
+    _one_line_error(result, "is a file, not a folder")
+    result = runner.invoke(app, ["stylize", str(photo_path), str(painting_path), "-o",
+                                 str(a_file / "o.png")])
+    assert result.exit_code == 2
+    _one_line_error(result, "--output", "exists and is not a folder")
+    readonly = tmp_path / "ro"
+    _tmpfs(readonly, "1m", "ro")
+    try:
+        started = time.perf_counter()
+        result = runner.invoke(app, ["stylize", str(photo_path), str(painting_path), "-o",
+                                     str(readonly / "o.png"), "--size", "64"])
+        assert result.exit_code == 2
+        _one_line_error(result, "read-only file system")
+        assert time.perf_counter() - started < 60  # refused, not optimized for minutes first
+        result = run_cli(dataset, readonly)
+        assert result.exit_code == 2
+        _one_line_error(result, "read-only file system")
+    finally:
+        subprocess.run(["umount", "-l", str(readonly)], check=False)
+
+
+def test_weights_that_are_not_weights_are_a_one_line_error(photo_path, painting_path, tmp_path):
+    for name, data in (("w.jpg", None), ("w.pth", b"garbage" * 100),
+                       ("w.safetensors", b"\x10" * 64)):
+        path = tmp_path / name
+        if data is None:
+            make_photo().save(path, format="JPEG")
+        else:
+            path.write_bytes(data)
+        result = runner.invoke(app, ["stylize", str(photo_path), str(painting_path), "-o",
+                                     str(tmp_path / "o.png"), "--weights", str(path)])
+        assert result.exit_code == 2, (name, result.output)
+        _one_line_error(result, str(path), "not a weights file")
+
+
+# --- done means: the requested output exists and is the job's --------------------------------
+
+def test_done_means_the_requested_output_exists_and_carries_its_key(dataset, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli(dataset, out).exit_code == 0
+    outputs = sorted(out.glob("*.png"))
+    renamed = _manifest(dataset, "renamed.parquet", output={0: "b.png"})
+    result = run_cli(renamed, out)
+    assert result.exit_code == 0 and cell(result.output, "done now") == "1"
+    assert (out / "b.png").is_file()
+    outputs[1].write_bytes(b"garbage over an output")
+    outputs[2].write_bytes(outputs[2].read_bytes()[:300])  # cut short
+    result = run_cli(dataset, out)
+    assert result.exit_code == 0 and cell(result.output, "done now") == "2"
+    assert all(Image.open(p).size == (32, 24) or Image.open(p).size == (24, 32)
+               for p in outputs)
+    copy = tmp_path / "copy"  # a copied run folder: paths in its ledger are relative to it
+    shutil.copytree(out, copy, symlinks=True, copy_function=shutil.copy2)
+    (copy / outputs[3].name).unlink()
+    result = run_cli(dataset, copy)
+    assert result.exit_code == 0 and cell(result.output, "done now") == "1"
+    assert (out / outputs[3].name).is_file()
+
+
+def test_rows_that_share_a_key_are_counted_apart(dataset, tmp_path):
+    out = tmp_path / "out"
+    rows = pq.read_table(dataset).to_pylist()[:1]
+    manifest = write_manifest([{**rows[0], "output": "a.png"}, {**rows[0], "output": "b.png"}],
+                              dataset.parent / "twice.parquet")
+    assert run_cli(manifest, out).exit_code == 0
+    status = runner.invoke(app, ["status", str(out)], terminal_width=200)
+    assert cell(status.output, "jobs") == "2" and cell(status.output, "done") == "2"
+    assert cell(status.output, "pending") == "0"
+
+
+# --- bad paths in a manifest --------------------------------------------------------------
+
+def test_a_folder_or_broken_link_as_an_image_is_a_row_error_not_a_traceback(dataset, tmp_path):
+    content = dataset.parent / "content"
+    (content / "folder.png").mkdir()
+    (content / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    manifest = _manifest(dataset, "paths.parquet",
+                         content={0: "content/folder.png", 1: "content/gone.png"})
+    result = run_cli(manifest, tmp_path / "out", "--skip-bad-rows")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    status = runner.invoke(app, ["status", str(tmp_path / "out")], terminal_width=300)
+    assert "is a folder, not an image file" in status.output
+    assert "broken link" in status.output
+    built = tmp_path / "built.parquet"
+    result = runner.invoke(app, ["manifest", "build", "--content", str(content), "--style",
+                                 str(dataset.parent / "style"), "-o", str(built)],
+                           terminal_width=300)
+    assert result.exit_code == 0, result.output
+    assert "skipped 2" in result.output and "folder.png" in result.output
+    assert pq.read_table(built).num_rows == 6
+
+
+# --- a damaged ledger or run.json does not wedge the folder ----------------------------------
+
+def test_a_damaged_ledger_part_is_set_aside_and_rebuilt_from_the_outputs(dataset, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli(dataset, out, "--workers", "1", "--batch-size", "1").exit_code == 0
+    parts = sorted((out / "ledger").glob("part-*.parquet"))
+    parts[0].write_bytes(parts[0].read_bytes()[:100])
+    parts[1].write_bytes(b"")
+    status = runner.invoke(app, ["status", str(out)], terminal_width=300)
+    assert status.exit_code == 0 and "unreadable" in status.output
+    result = run_cli(dataset, out)
+    assert result.exit_code == 0, result.output
+    assert cell(result.output, "done before (skipped)") == "6"
+    assert sorted(p.name for p in (out / "ledger" / "quarantine").iterdir()) == sorted(
+        p.name for p in parts[:2])
+    assert sum(r["status"] == "done" for r in ledger.read(out).values()) == 6
+    (out / "run.json").write_text("{not json")
+    status = runner.invoke(app, ["status", str(out)], terminal_width=300)
+    assert status.exit_code == 0 and "run.json is unreadable" in status.output
+    assert cell(status.output, "done") == "6"
+
+
+# --- caches --------------------------------------------------------------------------------
+
+def test_a_damaged_weights_cache_is_rebuilt_and_non_finite_targets_are_never_cached(tmp_path):
+    from pipeline.target_cache import NonFiniteTargets, TargetCache
+    from pipeline.weights import load_weights
+
+    first = load_weights("caffe", tmp_path)
+    (cached,) = (tmp_path / "weights").glob("*.safetensors")
+    data = bytearray(cached.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 64] = b"\xff" * 64  # NaNs in some weight
+    cached.write_bytes(bytes(data))
+    again = load_weights("caffe", tmp_path)
+    assert all(torch.equal(again.state[k], v) for k, v in first.state.items())
+    cache = TargetCache(tmp_path / "targets")
+    with pytest.raises(NonFiniteTargets, match="inf/NaN"):
+        cache.get("k" * 64, lambda: {"relu1_1": torch.tensor([1.0, float("nan")])}, "style x")
+    assert not list((tmp_path / "targets").rglob("*.safetensors"))
+
+
+# --- smaller things ------------------------------------------------------------------------
+
+def test_files_are_written_with_the_umask_s_mode(dataset, tmp_path):
+    out = tmp_path / "out"
+    old = os.umask(0o022)
+    try:
+        assert run_cli(dataset, out, "--checkpoint-every", "2",
+                       "--set", "iterations=3").exit_code == 0
+        save_checkpoint(out / ".checkpoints" / "x.pt", ["k"], 1, torch.zeros(1, 3, 4, 4), {})
+    finally:
+        os.umask(old)
+    written = [*out.glob("*.png"), *(out / "ledger").glob("*.parquet"), out / "run.json",
+               out / ".checkpoints" / "x.pt"]
+    assert {oct(p.stat().st_mode & 0o777) for p in written} == {"0o644"}
+
+
+def test_decode_errors_name_the_file_and_tiny_inputs_are_warned_about(tmp_path, painting_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG not really")
+    result = runner.invoke(app, ["stylize", str(bad), str(painting_path), "-o",
+                                 str(tmp_path / "o.png")])
+    assert result.exit_code == 2 and "BytesIO" not in result.output
+    _one_line_error(result, "bad.png: cannot decode image")
+    tiny = tmp_path / "tiny.png"
+    make_photo((4, 3)).save(tiny)
+    result = runner.invoke(app, ["stylize", str(tiny), str(painting_path), "-o",
+                                 str(tmp_path / "o.png"), "--size", "32", "--iterations", "1",
+                                 "--quiet"], terminal_width=300)
+    assert result.exit_code == 0, result.output
+    assert "upscaled 8x to 32x24" in result.output
+
+
+def test_run_json_lists_each_job_once(dataset, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli(dataset, out, "--set", "iterations=1").exit_code == 0
+    info = json.loads((out / "run.json").read_text())
+    assert len(info["jobs"]) == 6 and len({tuple(j) for j in info["jobs"]}) == 6
+    assert all(not Path(name).is_absolute() for _, name in info["jobs"])
+
