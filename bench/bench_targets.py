@@ -38,7 +38,7 @@ def backends(runtime: Runtime, params: StyleParams) -> dict[str, FeatureFn]:
     trunk, weights = trunk_for(params, runtime)
     found: dict[str, FeatureFn] = {"PyTorch trunk (fp32)": torch_features(trunk)}
     root = cache_dir(runtime.cache)
-    model, _ = ensure_model(weights, params.pooling, root / "models")
+    model, _ = ensure_model(weights, params.pooling, root / "models", params.layers)
     wanted = ["cpu"] if runtime.device.type == "cpu" else ["cpu", "cuda", "tensorrt"]
     for name in wanted:
         try:

@@ -33,7 +33,7 @@ from .params import StyleParams
 from .runtime import Runtime
 from .target_cache import image_digest
 from .targets import TargetBuilder, builder_for
-from .vgg import VGG19Trunk, min_input_side
+from .vgg import VGG19Trunk, in_order, min_input_side
 
 ImageSource = str | os.PathLike | Image.Image
 log = logging.getLogger("pipeline.images")
@@ -151,7 +151,7 @@ def setup_batch(prepared: Sequence[tuple[SizedImage, list[SizedImage]]], params:
     trunk, weights = trunk_for(params, runtime)
     check_fits(compute_trunk(trunk, runtime), params, prepared[0][0].size, len(prepared),
                runtime.device, runtime.channels_last)
-    builder = builder_for(weights, trunk, params.pooling, runtime)
+    builder = builder_for(weights, trunk, params.pooling, runtime, in_order(params.layers))
     stages = _stages(prepared, params, builder, runtime.device)
     contents = torch.stack([c.pixels for c, _ in prepared]).to(runtime.device)
     x0 = init_batch(params, contents, _init_image(params, prepared[0][0].size))

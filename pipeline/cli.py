@@ -234,13 +234,16 @@ def export_cmd(
     weights: str = typer.Option(D.weights, help=HELP["weights"]),
     pooling: str = typer.Option(D.pooling, help=HELP["pooling"]),
     cache_dir: str | None = cache_option,
+    layers: str = typer.Option(",".join(D.layers), help="VGG19 layers to output (any conv, "
+                               "relu or pool layer), comma-separated: a job's content and style "
+                               "layers together. The default is the default jobs' set."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Also copy the model and its "
                                        "sidecar JSON here (a .onnx path)."),
     force: bool = typer.Option(False, help="Export again even if the cache has the model."),
 ) -> None:
-    """Export the VGG19 trunk (through relu5_1, plus relu4_2) to ONNX and verify it against
-    PyTorch. Runs happen automatically when a run needs a missing model; this command does it
-    ahead of time (e.g. while building a GPU image)."""
+    """Export the VGG19 trunk, truncated at the deepest of --layers, to ONNX and verify it
+    against PyTorch. Runs export the model their layers need when it is missing; this command
+    does it ahead of time (e.g. while building a GPU image)."""
     from export.onnx_export import ensure_model
 
     from .files import cache_dir as resolve_cache
@@ -249,8 +252,10 @@ def export_cmd(
 
     if pooling not in POOLINGS:
         raise InputError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    wanted = _list("content_layers", layers) or ()
+    StyleParams(content_layers=(), content_weight=0, style_layers=wanted).validate()
     path, sidecar = ensure_model(load_weights(weights, cache_dir), pooling,
-                                 resolve_cache(cache_dir) / "models", force=force)
+                                 resolve_cache(cache_dir) / "models", wanted, force=force)
     if output is not None:
         from .files import atomic_path
 

@@ -18,17 +18,13 @@ import torch
 from torch import Tensor
 
 from .errors import InputError, SourceMissingError
+from .vgg import feature_shape
 
 log = logging.getLogger("pipeline.targets")
 
 PROVIDER_NAMES = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider",
                   "cpu": "CPUExecutionProvider"}
 DEFAULT_ORDER = ("tensorrt", "cuda", "cpu")
-# Pools floor-divide: a layer after k pools is H >> k by W >> k.
-POOLS_BEFORE = {"relu1_1": 0, "relu2_1": 1, "relu3_1": 2, "relu4_1": 3, "relu4_2": 3,
-                "relu5_1": 4}
-CHANNELS = {"relu1_1": 64, "relu2_1": 128, "relu3_1": 256, "relu4_1": 512, "relu4_2": 512,
-            "relu5_1": 512}
 
 
 def parse_providers(text: str | None) -> tuple[str, ...]:
@@ -82,8 +78,7 @@ class FeatureSession:
         binding.bind_input("image", "cuda", index, np.float32, tuple(x.shape), x.data_ptr())
         outs = {}
         for name in layers:
-            k = POOLS_BEFORE[name]
-            out = torch.empty((n, CHANNELS[name], h >> k, w >> k), device=self.device)
+            out = torch.empty((n, *feature_shape(name, h, w)), device=self.device)
             binding.bind_output(name, "cuda", index, np.float32, tuple(out.shape),
                                 out.data_ptr())
             outs[name] = out

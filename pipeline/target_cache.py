@@ -34,7 +34,7 @@ def target_key(kind: str, image_digest: str, size: tuple[int, int], model: dict[
                layers: Sequence[str]) -> str:
     """`model` holds backend, digest, normalization and pooling."""
     payload = {"kind": kind, "image": image_digest, "size": list(size), "resample": RESAMPLE,
-               "model": model, "layers": list(layers), "format": 1}
+               "model": model, "layers": list(layers), "format": 2}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 

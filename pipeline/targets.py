@@ -77,9 +77,10 @@ def torch_features(trunk: VGG19Trunk) -> FeatureFn:
 
 
 @functools.lru_cache(maxsize=4)
-def builder_for(weights: WeightSet, trunk: VGG19Trunk, pooling: str, runtime: Runtime
-                ) -> TargetBuilder:
-    """One builder per worker and model: its session and memo live as long as the process."""
+def builder_for(weights: WeightSet, trunk: VGG19Trunk, pooling: str, runtime: Runtime,
+                layers: tuple[str, ...]) -> TargetBuilder:
+    """One builder per worker, model and layer set (`layers`: every layer its jobs ask for):
+    its session and memo live as long as the process."""
     root = cache_dir(runtime.cache)
     cache = TargetCache(root / "targets" if runtime.cache_targets else None)
     identity = {"normalization": weights.normalization, "pooling": pooling}
@@ -90,7 +91,9 @@ def builder_for(weights: WeightSet, trunk: VGG19Trunk, pooling: str, runtime: Ru
 
     from .ort_session import create_session
 
-    model, sidecar = ensure_model(weights, pooling, root / "models")
+    model, _ = ensure_model(weights, pooling, root / "models", layers)
     session = create_session(model, runtime.device, root, runtime.providers, runtime.trt_fp16)
-    return TargetBuilder(session, {"backend": "onnx", "digest": sidecar["model_sha256"],
-                                   **identity}, cache)
+    # Every layer set's model computes the same features of the same weights (each verified
+    # against PyTorch), so the cache key names the weights, not one model file.
+    return TargetBuilder(session, {"backend": "onnx", "digest": weights.digest, **identity},
+                         cache)

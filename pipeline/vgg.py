@@ -34,6 +34,22 @@ CONTENT_LAYERS: tuple[str, ...] = ("relu4_2",)
 STYLE_LAYERS: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 
 
+CHANNELS_OF_BLOCK = {1: 64, 2: 128, 3: 256, 4: 512, 5: 512}
+
+
+def in_order(layers: Iterable[str]) -> tuple[str, ...]:
+    """Distinct layer names, shallowest first."""
+    return tuple(sorted(set(layers), key=LAYER_INDEX.__getitem__))
+
+
+def feature_shape(name: str, height: int, width: int) -> tuple[int, int, int]:
+    """(C, H, W) of a layer's output for an input of height x width: one floor-halving per
+    pool up to and including it."""
+    pools = sum(1 for n in LAYER_NAMES[:LAYER_INDEX[name] + 1] if n.startswith("pool"))
+    block = int(next(c for c in name if c.isdigit()))  # conv4_2, relu4_2, pool4: block 4
+    return CHANNELS_OF_BLOCK[block], height >> pools, width >> pools
+
+
 def min_input_side(layers: Iterable[str]) -> int:
     """Smallest input side that leaves every requested layer at least 1x1 (one halving per pool)."""
     deepest = max(LAYER_INDEX[name] for name in layers)

@@ -2,6 +2,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.images import read_metadata
+from tests.conftest import make_painting
 
 runner = CliRunner()
 
@@ -103,3 +104,54 @@ def test_out_of_memory_is_one_line_not_a_traceback(photo_path, painting_path, tm
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "out of memory" in lines[0] and "--size" in lines[0]
+
+
+def test_every_stylize_option_runs_end_to_end(photo_path, painting_path, tmp_path):
+    """Two tiny runs that between them set every option of `stylize --help` away from its
+    default: non-default layer sets (through the ONNX targets), per-layer weights, a blend,
+    noise and image init, both optimizers, all three precisions' paths, a weights file."""
+    import re
+
+    from safetensors.torch import save_file
+
+    from pipeline.weights import load_weights
+
+    weights_file = tmp_path / "vgg19.safetensors"
+    save_file(load_weights("caffe").state, weights_file, metadata={"normalization": "caffe"})
+    second_style = tmp_path / "second.png"
+    make_painting(seed=4).save(second_style)
+    cache = tmp_path / "cache"
+    adam = ["--size", "48", "--size-bucket", "8", "--iterations", "3", "--scales", "2",
+            "--optimizer", "adam", "--lr", "5", "--content-weight", "2", "--style-weight", "50",
+            "--tv-weight", "0.01", "--content-layers", "relu5_2",
+            "--style-layers", "relu1_2,relu3_2", "--style-layer-weights", "1,2",
+            "--style-blend", "3,1", "--style-scale", "1.5", "--init", "noise", "--seed", "3",
+            "--preserve-colors", "--pooling", "avg", "--weights", "caffe", "--device", "cpu",
+            "--precision", "bf16", "--channels-last", "on", "--no-cudnn-benchmark",
+            "--no-cuda-graphs", "--no-keep-cpu-memory", "--no-split-batches",
+            "--targets", "onnx", "--providers", "cpu", "--no-trt-fp16", "--cache-dir",
+            str(cache), "--no-cache-targets", "--quiet"]
+    lbfgs = ["--size", "40", "--iterations", "2", "--optimizer", "lbfgs", "--lbfgs-history", "3",
+             "--lbfgs-max-step", "8", "--init", str(photo_path), "--no-preserve-colors",
+             "--weights", str(weights_file), "--precision", "fp64", "--channels-last", "off",
+             "--cudnn-benchmark", "--cuda-graphs", "--keep-cpu-memory", "--split-batches",
+             "--cache-targets", "--trt-fp16", "--targets", "torch", "--cache-dir", str(cache)]
+    help_text = runner.invoke(app, ["stylize", "--help"], terminal_width=300).output
+    options = set(re.findall(r"--[a-z0-9-]+", help_text)) - {"--help", "--output"}
+    assert options <= {a for a in adam + lbfgs if a.startswith("--")}, options - set(adam + lbfgs)
+    for name, args, styles in (("adam.png", adam, [painting_path, second_style]),
+                               ("lbfgs.png", lbfgs, [painting_path])):
+        out = tmp_path / name
+        result = runner.invoke(app, ["stylize", str(photo_path), *map(str, styles), "-o",
+                                     str(out), *args], terminal_width=200)
+        assert result.exit_code == 0, result.output
+        meta = read_metadata(out)
+        assert meta["params"]["size"] == int(args[1])
+    adam_meta, lbfgs_meta = read_metadata(tmp_path / "adam.png"), read_metadata(tmp_path /
+                                                                                "lbfgs.png")
+    assert adam_meta["params"]["style_layers"] == ["relu1_2", "relu3_2"]
+    assert adam_meta["params"]["content_layers"] == ["relu5_2"]
+    assert adam_meta["precision"] == "bf16" and lbfgs_meta["precision"] == "fp64"
+    assert adam_meta["targets"]["backend"] == "onnx" and lbfgs_meta["targets"]["backend"] == "torch"
+    assert list((cache / "models").glob("*-to-relu5_2-*.onnx"))  # the layer set's own model
+    assert len(list((cache / "targets").rglob("*.safetensors"))) == 2  # lbfgs's only

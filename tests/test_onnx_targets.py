@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from export.onnx_export import OUTPUT_LAYERS, ensure_model, read_sidecar
+from export.onnx_export import DEFAULT_LAYERS, ensure_model, read_sidecar
 from pipeline import Runtime, StyleJob, StyleParams, stylize_batch
 from pipeline.errors import InputError, SourceMissingError
 from pipeline.files import cache_dir
@@ -17,7 +17,7 @@ from pipeline.images import SizedImage, to_tensor
 from pipeline.ort_session import create_session, parse_providers
 from pipeline.target_cache import TargetCache, target_key
 from pipeline.targets import TargetBuilder, torch_features
-from pipeline.vgg import STYLE_LAYERS
+from pipeline.vgg import LAYER_NAMES, STYLE_LAYERS, feature_shape
 from pipeline.weights import load_weights
 from tests.conftest import make_painting, make_photo
 
@@ -37,14 +37,38 @@ def _image(img, name="x"):
 
 def test_export_contract_and_dynamic_shapes(model):
     weights, path, sidecar = model
-    assert sidecar["outputs"] == list(OUTPUT_LAYERS) and sidecar["external_data"] is False
+    assert sidecar["outputs"] == list(DEFAULT_LAYERS) and sidecar["external_data"] is False
     assert sidecar["weights_digest"] == weights.digest and sidecar["opset"] >= 17
     assert sidecar["verification"]["max_rel_error"] <= 1e-4
     assert json.loads(path.with_suffix(".json").read_text()) == sidecar
     session = create_session(path, torch.device("cpu"), cache_dir())
-    feats = session(torch.rand(2, 3, 37, 53) * 255, list(OUTPUT_LAYERS))  # odd, unseen shape
+    feats = session(torch.rand(2, 3, 37, 53) * 255, list(DEFAULT_LAYERS))  # odd, unseen shape
     assert feats["relu1_1"].shape == (2, 64, 37, 53)
     assert feats["relu5_1"].shape == (2, 512, 37 // 16, 53 // 16)
+
+
+def test_any_layer_set_gets_its_own_verified_model_with_those_outputs():
+    """neural-style accepts any layer; so do the ONNX targets (conv and pool layers too)."""
+    weights = load_weights("caffe")
+    layers = ("relu1_2", "conv3_2", "pool3", "relu5_2")
+    path, sidecar = ensure_model(weights, "max", cache_dir() / "models", reversed(layers))
+    assert sidecar["outputs"] == list(layers)  # shallowest first, whatever the order asked
+    assert "-to-relu5_2-" in path.name
+    assert path != ensure_model(weights, "max", cache_dir() / "models")[0]
+    session = create_session(path, torch.device("cpu"), cache_dir())
+    x = torch.rand(1, 3, 45, 61) * 255
+    got = session(x, list(layers))
+    want = weights.trunk(last_layer="relu5_2")(x, layers)
+    for name in layers:
+        assert got[name].shape == want[name].shape, name
+        assert (got[name] - want[name]).abs().max() <= 1e-4 * want[name].abs().max(), name
+
+
+def test_feature_shapes_follow_the_trunk_for_every_layer():
+    trunk = load_weights("caffe").trunk(last_layer=LAYER_NAMES[-1])
+    feats = trunk(torch.rand(1, 3, 53, 37) * 255, LAYER_NAMES)
+    for name in LAYER_NAMES:
+        assert tuple(feats[name].shape[1:]) == feature_shape(name, 53, 37), name
 
 
 def test_ort_targets_equal_torch_targets(model, caplog):
