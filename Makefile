@@ -4,6 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 GPU    ?=
 EXTRA  := $(if $(GPU),gpu,cpu)
+OTHER_ORT := $(if $(GPU),onnxruntime,onnxruntime-gpu)
 STAMP  := $(VENV)/.installed-$(EXTRA)
 DEMO_OUT ?= demo-out
 MANIFEST ?= manifests/demo.parquet
@@ -18,7 +19,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(if $(GPU),-$(PY) -m pip uninstall -q -y onnxruntime,-$(PY) -m pip uninstall -q -y onnxruntime-gpu)
+	# onnxruntime and onnxruntime-gpu install the same module: remove the other one if present.
+	! $(PY) -m pip show -q $(OTHER_ORT) >/dev/null 2>&1 || $(PY) -m pip uninstall -q -y $(OTHER_ORT)
 	$(PY) -m pip install -q -e ".[$(EXTRA),dev]"
 	rm -f $(VENV)/.installed-*
 	touch $@

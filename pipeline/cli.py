@@ -95,10 +95,13 @@ cache_option = typer.Option(None, "--cache-dir", envvar="STYLE_PIPELINE_CACHE",
 
 
 
-PRECISION = typer.Option("auto", help="Trunk precision: auto (bf16 on CUDA and on CPUs with AMX, "
-                         "else fp32), fp32 or bf16. bf16 covers the convolutions and the Gram "
-                         "GEMMs (fp32 accumulation); the first conv reads the pixels in fp32 "
-                         "and the losses are always fp32.")
+PRECISION = typer.Option("auto", help="Trunk precision: auto, fp32, bf16 or fp64. auto: bf16 "
+                         "on CUDA GPUs that have it; on the CPU bf16 where the CPU has native "
+                         "bf16 dot products (AVX512-BF16 or AMX) and a one-second probe, cached "
+                         "per machine, measures it faster; else fp32. bf16 covers the "
+                         "convolutions and the Gram GEMMs (fp32 accumulation); the first conv "
+                         "reads the pixels in fp32 and the losses are always fp32. fp64: "
+                         "reference runs (slow).")
 CHANNELS_LAST = typer.Option("auto", help="NHWC memory layout for the trunk: auto (on for CUDA "
                              "and bf16), on or off.")
 CUDNN_BENCHMARK = typer.Option(True, help="Let cuDNN autotune conv algorithms per image size "
@@ -220,6 +223,7 @@ def stylize(
         table.add_row("output", f"{output} ({result.image.width}x{result.image.height})")
         table.add_row("device", f"{runtime.device} {runtime.precision}"
                       f"{' channels_last' if runtime.channels_last else ''}")
+        table.add_row("precision", f"{runtime.precision} ({runtime.precision_reason})")
         table.add_row("iterations", f"{result.iterations} ({params.optimizer})")
         s_per_it = result.seconds / max(1, result.iterations)
         table.add_row("optimize", f"{result.seconds:.1f} s ({s_per_it:.3f} s/it)")
@@ -471,6 +475,8 @@ def run(
                      if result.failed_before else ""))
     table.add_row("pending", str(result.pending))
     table.add_row("devices", ", ".join(sorted(set(result.devices))))
+    for line in sorted(set(result.precision.values())):
+        table.add_row("precision", line)
     table.add_row("time", f"{result.seconds:.1f} s"
                   + (f" ({result.done / result.seconds * 3600:,.0f} images/hour)"
                      if result.done else ""))

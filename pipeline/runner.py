@@ -162,6 +162,7 @@ class RunResult:
     errors: list[str] = field(default_factory=list)  # what stopped the run early
     seconds: float = 0.0
     devices: list[str] = field(default_factory=list)
+    precision: dict[str, str] = field(default_factory=dict)  # device -> "bf16 (why)"
     swept: tuple[int, int] = (0, 0)  # finished batches' checkpoints removed: files, bytes
 
 
@@ -239,7 +240,9 @@ def execute(batches: list[Batch], devices: list[str], opts: RunOptions, display:
                 continue
             kind, wid = event[0], event[1]
             slot = slots[wid]
-            if kind == "done":
+            if kind == "ready":
+                result.precision[event[2]] = f"{event[3]} ({event[4]})"
+            elif kind == "done":
                 result.done += event[2]
                 result.failed += event[3]
             elif kind == "write-failed":

@@ -14,14 +14,18 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp64")
 TRUNK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
 
 
-def bf16_is_fast(device: torch.device) -> bool:
-    """bf16 pays off on CUDA GPUs that have it and on CPUs with AMX tiles; elsewhere it is
-    emulated and slower than fp32."""
+def auto_precision(device: torch.device, cache: str | None) -> tuple[str, str]:
+    """(precision, why) for --precision auto: bf16 on CUDA GPUs that have it; on the CPU
+    whatever this CPU measured faster (precision_probe.py)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
-    return False
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "auto: this GPU has bf16 tensor cores"
+        return "fp32", "auto: this GPU has no bf16"
+    from .files import cache_dir
+    from .precision_probe import choose_cpu_precision
+
+    choice = choose_cpu_precision(cache_dir(cache))
+    return choice.precision, choice.reason
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -58,6 +62,7 @@ class Runtime:
     trt_fp16: bool = False        # TensorRT fp16 for targets (off: targets stay fp32-exact)
     cache: str | None = None      # cache root; None: $STYLE_PIPELINE_CACHE or the user cache dir
     cache_targets: bool = True    # keep computed targets on disk
+    precision_reason: str = "set by --precision"  # one line for summaries
 
     @classmethod
     def create(cls, device: str = "auto", precision: str = "auto",
@@ -66,14 +71,19 @@ class Runtime:
                split_batches: bool = True, targets: str = "onnx",
                providers: str | None = None, trt_fp16: bool = False, cache: str | None = None,
                cache_targets: bool = True) -> Runtime:
-        """`auto`/None resolve per device: bf16 where it is fast; channels_last on CUDA and
+        """`auto`/None resolve per device: bf16 where it is measurably faster (auto_precision);
+        channels_last on CUDA and
         with bf16 (on CPU it measured slower than NCHW in fp32, faster in bf16). Like the
         cuDNN and tf32 switches, keep_cpu_memory is process-wide (cpu_heap.py)."""
         dev = resolve_device(device)
         if precision not in PRECISIONS:
             raise InputError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        # Before any torch work (the precision probe's too): a thread keeps the malloc arena
+        # it first allocated in (cpu_heap.py).
+        keep_cpu_memory = keep_cpu_memory and dev.type == "cpu" and cpu_heap.keep_freed_memory()
+        reason = "set by --precision"
         if precision == "auto":
-            precision = "bf16" if bf16_is_fast(dev) else "fp32"
+            precision, reason = auto_precision(dev, cache)
         if channels_last is None:
             channels_last = dev.type == "cuda" or precision == "bf16"
         if dev.type == "cuda":
@@ -86,7 +96,6 @@ class Runtime:
             # in bf16, which would lose the fp32 accumulation losses._GramMSE relies on.
             torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
         cuda_graphs = cuda_graphs and dev.type == "cuda"
-        keep_cpu_memory = keep_cpu_memory and dev.type == "cpu" and cpu_heap.keep_freed_memory()
         split_batches = split_batches and dev.type == "cpu"
         if targets not in ("onnx", "torch"):
             raise InputError(f"targets must be onnx or torch, got {targets!r}")
@@ -94,7 +103,7 @@ class Runtime:
 
         return cls(dev, precision, channels_last, cudnn_benchmark, cuda_graphs, keep_cpu_memory,
                    split_batches, targets, parse_providers(providers), trt_fp16, cache,
-                   cache_targets)
+                   cache_targets, reason)
 
     @property
     def trunk_dtype(self) -> torch.dtype:

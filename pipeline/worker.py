@@ -163,7 +163,7 @@ def worker_main(wid: int, device: str, runtime_options: dict[str, Any], threads:
     except Exception as e:  # reported to the parent, which decides
         events.put(("fatal", wid, f"{type(e).__name__}: {e}"))
         return
-    events.put(("ready", wid, str(runtime.device), runtime.precision))
+    events.put(("ready", wid, str(runtime.device), runtime.precision, runtime.precision_reason))
     worker = Worker(wid, runtime, Path(out_dir), every, events, stop, parent_pid)
     try:
         while (batch := tasks.get()) is not None and not worker.stopping():
