@@ -1,9 +1,8 @@
 """Products per sample of a batch of independent problems: matrix products and dot products.
 
 On CPU both go one sample at a time: torch's CPU bmm takes a slow batched path for some
-shapes (a [1, D] x [D, 1] product, the L-BFGS dot, is 40x slower per sample at N = 4; the
-relu1_1 Gram backward 2.4x), while one mm or dot per sample never is. On GPU, one batched
-kernel.
+shapes (a [1, D] x [D, 1] product, the L-BFGS dot; the relu1_1 Gram backward), while one mm or
+dot per sample never is (docs/bench-log.md, "Batch size"). On GPU, one batched kernel.
 """
 
 from __future__ import annotations

@@ -268,6 +268,8 @@ def export_cmd(
             with atomic_path(dst) as tmp:
                 shutil.copyfile(src, tmp)
     table = Table(title="export", show_header=False)
+    table.add_column()
+    table.add_column(overflow="fold")  # the model's path in full, wrapped
     table.add_row("model", f"{path} ({path.stat().st_size / 1e6:.1f} MB, weights inside)")
     table.add_row("weights", f"{sidecar['weights_source']} ({sidecar['weights_digest'][:16]}), "
                   f"{sidecar['normalization']} input normalization, {sidecar['pooling']} pool")

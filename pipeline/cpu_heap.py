@@ -2,9 +2,9 @@
 
 glibc serves every allocation over its mmap threshold (32 MB at most) with a fresh mmap and
 unmaps it on free. An iteration at 512 px, or a batch of four at 256 px, has activations that
-large, so each iteration got them back from the kernel as new zeroed pages: 56-90k page faults
-and 30-50 ms of kernel time per image per iteration at batch 4 x 256x192, which made the
-iteration 8% slower (bench/bench_heap.py). With mmap off and no trimming, the next iteration
+large, so each iteration got them back from the kernel as new zeroed pages: tens of
+thousands of page faults per iteration, measurably slower (bench/bench_heap.py; BENCHMARKS.md,
+"Levers"). With mmap off and no trimming, the next iteration
 reuses the same heap memory. The price is a process that keeps its peak; `release` hands it
 back (the worker calls it after each batch).
 

@@ -1,8 +1,8 @@
 """One objective evaluation and its gradient, captured once as a CUDA graph and replayed.
 
-Why: at batch 1 on an H100 an iteration at 512x384 took 10 ms while the bare trunk's eager
-forward and backward took 3.6 ms and the FLOPs floor is 0.4 ms. The difference is Python
-and kernel-launch time: a few hundred small kernels, each launched from Python. A replay
+Why: at batch 1 on a GPU an eager iteration costs several times its FLOPs floor, and the
+difference is Python and kernel-launch time: a few hundred small kernels, each launched from
+Python (BENCHMARKS.md, "Levers"). A replay
 launches the whole captured forward + backward at once. The shapes are fixed within a stage
 (one image size and batch), so one capture serves every iteration of the stage; the optimizer
 step stays eager (its Python control flow changes with the history's fill).

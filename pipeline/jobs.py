@@ -119,24 +119,22 @@ def make_batches(jobs: Iterable[Job], batch_size: Callable[[Job], int]) -> Itera
             yield Batch(tuple(members[i:i + step]))
 
 
-# Pixels in flight on the CPU, all workers together: with freed memory kept (cpu_heap.py),
-# bench/bench_batch.py measured 1.10-1.27x images per hour at batch 4 for 256x192 images and
-# 1.09x / 1.10x at batch 2 / 4 for 512x384 (before, every 512 px batch lost to page faults).
-# Larger sizes were not measured, so they run alone.
+# Pixels in flight on the CPU, all workers together: batches up to this measured faster per
+# image than single images (bench/bench_batch.py, both CPU kinds of BENCHMARKS.md); larger
+# sizes were not measured, so they run alone.
 CPU_BATCH_PIXELS = 4 * 512 * 384
-# CUDA (an H100, bench_batch, CUDA graphs on): batch 8 gave 4.40x the images per hour of
-# batch 1 at 256x192 and 1.67x at 512x384, the best of 1, 2, 4, 8; at 1024x768 batches of 2
-# and 4 were slower per image than 1 (0.62x, 0.80x), so larger images run alone.
+# CUDA (bench_batch with CUDA graphs): batch 8 was the best of 1, 2, 4, 8 up to 512x384, and
+# at 1024x768 batches were slower per image than 1, so larger images run alone.
 CUDA_BATCH = 8
 CUDA_BATCH_PIXELS = 512 * 384
 
 
 def auto_cpu_workers(sizes: Iterable[tuple[int, int]], cores: int) -> int:
     """CPU workers for `--workers 0`. Two processes with half the cores each beat one with all
-    of them (bench/bench_workers.py: 1.56x the images/hour at 256 px on 2 cores: no thread
-    hand-offs, and one's memory-bound work overlaps the other's GEMMs). Two, not more: more
-    were not measured. And only when two of the largest jobs fit the pixel budget together,
-    so peak memory stays within what one worker was measured at."""
+    of them on both CPU kinds measured (bench/bench_workers.py): no thread hand-offs, and one's
+    memory-bound work overlaps the other's GEMMs. Two, not more: more were not measured. And
+    only when two of the largest jobs fit the pixel budget together, so peak memory stays
+    within what one worker was measured at."""
     largest = max((w * h for w, h in sizes), default=0)
     return 2 if cores >= 2 and 2 * largest <= CPU_BATCH_PIXELS else 1
 
@@ -145,8 +143,8 @@ def default_batch_size(device: str, size: tuple[int, int], cpu_workers: int = 1)
     """Jobs per batch when --batch-size is 0: on CUDA 8 up to 512x384 px, else 1 (the memory
     check splits a batch that cannot fit); on the CPU at most 4 images and
     4 x 512x384 px in flight over all the CPU workers (beyond that, unmeasured: one at a
-    time). With two workers, batches of 1, 2 and 4 came out within this machine's drift of
-    one another (bench_workers); 2 keeps at most 4 images in flight, as one worker at 4 did."""
+    time). With two workers, batches of 1, 2 and 4 came out within the machine's drift of one
+    another (bench_workers); 2 keeps at most 4 images in flight, as one worker at 4 did."""
     if device.startswith("cuda"):
         return CUDA_BATCH if size[0] * size[1] <= CUDA_BATCH_PIXELS else 1
     share = CPU_BATCH_PIXELS // cpu_workers // (size[0] * size[1])
