@@ -185,25 +185,25 @@ class _Slot:
 
 
 def execute(batches: list[Batch], devices: list[str], opts: RunOptions, display: Any,
-            result: RunResult) -> None:
+            result: RunResult, cpu_threads: int = 1) -> None:
     """Run batches on one worker per device entry; `display` gets the events. Each worker is
     handed its next batch when it reports ready or done, so the batch of a worker that dies
     is known and handed to a fresh worker in its place. The first Ctrl-C or SIGTERM asks
     every worker to checkpoint its batch and leave; a second one ends them at once (their
     batches resume from the last periodic checkpoint). A worker that reports a failed write
-    (disk full) stops the run the same way."""
+    (disk full) stops the run the same way. `cpu_threads`: intra-op threads of each CPU
+    worker."""
     ctx = mp.get_context("spawn")
     events, stop = ctx.Queue(), ctx.Event()
     todo = deque(batches)
     deaths: dict[str, int] = {}
-    threads = max(1, (os.cpu_count() or 1) // max(1, devices.count("cpu")))
     slots: list[_Slot] = []
 
     def start(wid: int, device: str) -> _Slot:
         tasks = ctx.Queue()
         tasks.cancel_join_thread()  # a stopped run must not wait to hand over its batches
         proc = ctx.Process(target=_worker_entry, name=f"pipeline-worker-{wid}", daemon=True,
-                           args=(wid, device, opts.runtime, threads if device == "cpu" else 1,
+                           args=(wid, device, opts.runtime, cpu_threads if device == "cpu" else 1,
                                  str(opts.out_dir), opts.checkpoint_every, tasks, events, stop,
                                  os.getpid()))
         proc.start()
@@ -346,13 +346,16 @@ def run(manifest: Path, opts: RunOptions, display_factory: Callable[..., Any],
         devices = resolve_devices(opts.devices, workers)
         batches = list(make_batches(p.todo, lambda job: opts.batch_size or default_batch_size(
             devices[0], job.size, devices.count("cpu") or 1)))
+        # Threads follow the configured workers, not how many are started: a resumed run's
+        # last batch gets the threads it had in the uninterrupted run, so the same bytes.
+        cpu_threads = max(1, (os.cpu_count() or 1) // max(1, devices.count("cpu")))
         devices = devices[:max(1, len(batches))]  # a worker with no batch would only start up
         result = RunResult(total=len(found.jobs) + len(found.errors), done_before=p.done,
                            failed_before=p.failed_before, devices=devices)
         result.failed += [(e.row, str(e)) for e in found.errors]
         if batches:
             with display_factory(total=len(p.todo), devices=devices) as display:
-                execute(batches, devices, opts, display, result)
+                execute(batches, devices, opts, display, result, cpu_threads)
         result.pending = len(p.todo) - result.done - (len(result.failed) - len(found.errors))
         result.swept = sweep_finished(out_dir, lambda: {
             key for (key, _), row in ledger.read(out_dir).items() if row["status"] == ledger.DONE})

@@ -509,3 +509,20 @@ def test_run_json_lists_each_job_once(dataset, tmp_path):
     assert len(info["jobs"]) == 6 and len({tuple(j) for j in info["jobs"]}) == 6
     assert all(not Path(name).is_absolute() for _, name in info["jobs"])
 
+
+
+def test_a_run_finishing_one_last_batch_gives_the_bytes_of_an_uninterrupted_run(dataset,
+                                                                                 tmp_path):
+    """The same configuration, the same bytes: a rerun with one job left starts one worker,
+    which must still get the threads its batch had in the full run (another thread count
+    reassociates the convolutions)."""
+    args = ("--workers", "2", "--batch-size", "1", "--set", "iterations=20")
+    reference, out = tmp_path / "ref", tmp_path / "out"
+    assert run_cli(dataset, reference, *args).exit_code == 0
+    outputs = sorted(reference.glob("*.png"))
+    out.mkdir()
+    for path in outputs[1:]:
+        shutil.copy2(path, out / path.name)
+    result = run_cli(dataset, out, *args)
+    assert result.exit_code == 0 and cell(result.output, "done now") == "1"
+    assert (out / outputs[0].name).read_bytes() == outputs[0].read_bytes()
