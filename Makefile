@@ -56,6 +56,7 @@ bench: install
 	$(PY) -m bench.bench_precision
 	$(PY) -m bench.bench_memory
 	$(PY) -m bench.bench_targets
+	$(PY) -m bench.bench_manifest
 
 # The GPU tables of BENCHMARKS.md on the first CUDA device: make install GPU=1 && make bench-gpu
 bench-gpu: install

@@ -358,28 +358,59 @@ def scanning() -> Iterator[Callable[[int], None]]:
 @manifest_app.command("build")
 @reports_errors
 def manifest_build(
-    content: list[str] = typer.Option(..., help="Content images: a folder, a glob pattern or a "
-                                      "file (repeatable)."),
-    style: list[str] = typer.Option(..., help="Style images: a folder, a glob pattern or a file "
+    output: Path = typer.Option(..., "--output", "-o", help="Manifest to write (.parquet)."),
+    content: list[str] = typer.Option(None, help="Content images: a folder, a glob pattern or a "
+                                      "file (repeatable). Every content x every style."),
+    style: list[str] = typer.Option(None, help="Style images: a folder, a glob pattern or a file "
                                     "(repeatable)."),
+    content_dir: Path | None = typer.Option(None, help="Dataset mode: the content images under "
+                                            "this folder, with --style-dir and --assign."),
+    style_dir: Path | None = typer.Option(None, help="Dataset mode: the style images in this "
+                                          "folder."),
+    recursive: bool = typer.Option(False, help="Dataset mode: also the images in subfolders "
+                                   "(class folders)."),
+    assign: str = typer.Option("cross", help="Dataset mode: cross (every content with every "
+                               "style), random (--styles-per-image styles drawn per image, "
+                               "reproducible from --seed and the image's path) or cycle "
+                               "(round-robin in sorted order)."),
+    styles_per_image: int = typer.Option(1, help="Dataset mode, random and cycle: styles per "
+                                         "content image (one row each)."),
+    seed: int = typer.Option(0, help="Dataset mode, random: the draw's seed."),
+    mirror: bool = typer.Option(False, help="Dataset mode: each output path mirrors the "
+                                "content's path under --content-dir (class folders kept), with "
+                                "the extension --format; several styles or settings per image "
+                                "add __<style> and __<setting number> to the name."),
+    fmt: str = typer.Option("png", "--format", help="Dataset mode with --mirror: png or jpg."),
     param: list[str] = typer.Option(None, "--param", help="Parameter grid axis name=v1,v2 "
                                     "(repeatable), e.g. --param style_weight=50,200; list "
                                     "parameters separate values with ';'."),
-    output: Path = typer.Option(..., "--output", "-o", help="Manifest to write (.parquet)."),
 ) -> None:
-    """Write the cross product contents x styles x parameter grid, one row per output.
-    Paths are stored relative to the manifest's folder."""
+    """Write a manifest, one row per output: the cross product of --content x --style x the
+    parameter grid, or (dataset mode) the images under --content-dir each with styles from
+    --style-dir as --assign says. Paths are stored relative to the manifest's folder."""
+    from .dataset import dataset_rows
     from .manifest import build_rows, expand_inputs, parse_grid, write_manifest
 
+    dataset = content_dir is not None or style_dir is not None
+    if dataset == bool(content or style) or (dataset and not (content_dir and style_dir)):
+        raise InputError("give --content and --style, or --content-dir and --style-dir")
+    if not dataset and (mirror or assign != "cross"):
+        raise InputError("--assign and --mirror need --content-dir and --style-dir")
     skipped: list[Path] = []
-    contents = [p for spec in content for p in expand_inputs(spec, skipped)]
-    styles = [p for spec in style for p in expand_inputs(spec, skipped)]
+    grid = parse_grid(param or [])
+    base = output.resolve().parent
+    if dataset:
+        rows = dataset_rows(content_dir, style_dir, recursive=recursive, assign=assign,
+                            per_image=styles_per_image, seed=seed, mirror=mirror, fmt=fmt,
+                            grid=grid, relative_to=base, skipped=skipped)
+    else:
+        contents = [p for spec in content for p in expand_inputs(spec, skipped)]
+        styles = [p for spec in style for p in expand_inputs(spec, skipped)]
+        rows = build_rows(contents, styles, grid, relative_to=base)
     if skipped:
         say("warning:", "yellow", f"skipped {len(skipped)} entries that are not image files "
             f"(folders, broken links): {', '.join(str(p) for p in skipped[:10])}"
             + (" ..." if len(skipped) > 10 else ""))
-    rows = build_rows(contents, styles, parse_grid(param or []),
-                      relative_to=output.resolve().parent)
     write_manifest(rows, output)
     console.print(f"wrote {output}: {len(rows)} rows")
 

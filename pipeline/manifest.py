@@ -32,6 +32,7 @@ PARAM_TYPES = {f.name: f.type for f in fields(StyleParams)}
 LIST_PARAMS = {"content_layers", "style_layers", "style_layer_weights", "style_blend"}
 COLUMNS = {"content", "style", "style_weights", "output", *PARAM_TYPES} - {"style_blend"}
 READ_BATCH = 8192
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 # Parameters that name a file unless they hold one of these words.
 FILE_PARAMS = {"init": ("content", "noise"), "weights": ("caffe", "torchvision")}
 # Folders of a run's own under --out: no output may land in them.
@@ -99,11 +100,30 @@ def _resolve(base: Path, value: str) -> Path:
     return path if path.is_absolute() else (base / path)
 
 
-def output_path(out_dir: Path, value: str, inputs: Sequence[Path]) -> Path:
+class RealPaths:
+    """os.path.realpath for one read of a manifest, each folder resolved once: rows repeat the
+    same folders thousands of times. A file's own name is still checked for a link."""
+
+    def __init__(self) -> None:
+        self._folders: dict[Path, Path] = {}
+
+    def __call__(self, path: Path) -> Path:
+        if path.name in ("", ".", ".."):
+            return Path(os.path.realpath(path))
+        folder = self._folders.get(path.parent)
+        if folder is None:
+            folder = self._folders[path.parent] = Path(os.path.realpath(path.parent))
+        resolved = folder / path.name
+        return Path(os.path.realpath(resolved)) if resolved.is_symlink() else resolved
+
+
+def output_path(out_dir: Path, value: str, inputs: Sequence[Path],
+                real: RealPaths | None = None) -> Path:
     """Where an `output` cell writes: resolved (`..` and links), inside `out_dir` (resolved),
     outside the run's own folders, and none of the job's inputs. A manifest is data, often
     written by someone else: a cell must not be able to write anywhere else."""
-    path = Path(os.path.realpath(_resolve(out_dir, value)))
+    real = real or RealPaths()
+    path = real(_resolve(out_dir, value))
     if not path.is_relative_to(out_dir) or path == out_dir:
         raise ValueError(f"output {value!r} resolves to {path}, outside the --out folder "
                          f"{out_dir}")
@@ -111,7 +131,7 @@ def output_path(out_dir: Path, value: str, inputs: Sequence[Path]) -> Path:
         raise ValueError(f"output {value!r} is inside the run's own {RESERVED} folders")
     if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise ValueError(f"output {value!r} must end in .png, .jpg or .jpeg")
-    if any(path == Path(os.path.realpath(p)) for p in inputs):
+    if any(path == real(p) for p in inputs):
         raise ValueError(f"output {value!r} is one of the job's own input images")
     return path
 
@@ -122,7 +142,7 @@ def default_output(content: Path, styles: Sequence[Path], params: StyleParams) -
 
 
 def row_to_job(row: dict[str, Any], index: int, base: Path, out_dir: Path,
-               overrides: dict[str, Any]) -> JobSpec:
+               overrides: dict[str, Any], real: RealPaths | None = None) -> JobSpec:
     """One manifest row to a job; RowError on anything wrong with it."""
     try:
         if not row.get("content"):
@@ -148,7 +168,7 @@ def row_to_job(row: dict[str, Any], index: int, base: Path, out_dir: Path,
         style_paths = tuple(_resolve(base, s) for s in styles)
         inputs = [content, *style_paths] + ([Path(params.init)] if params.init_is_file else [])
         output = output_path(out_dir, row.get("output")
-                             or default_output(content, style_paths, params), inputs)
+                             or default_output(content, style_paths, params), inputs, real)
         return JobSpec(index, content, style_paths, params, output,
                        output.relative_to(out_dir).as_posix())
     except (InputError, ValueError, TypeError) as e:
@@ -183,9 +203,10 @@ def read_jobs(path: Path, out_dir: Path, overrides: dict[str, Any] | None = None
     """Every row as a JobSpec, or the RowError that explains why it is not one."""
     base = path.resolve().parent
     out_dir = Path(os.path.realpath(out_dir))
+    real = RealPaths()
     for index, row in read_rows(path):
         try:
-            yield row_to_job(row, index, base, out_dir, overrides or {})
+            yield row_to_job(row, index, base, out_dir, overrides or {}, real)
         except RowError as e:
             yield e
 
@@ -202,9 +223,8 @@ def expand_inputs(spec: str, skipped: list[Path] | None = None) -> list[Path]:
     """A folder (its image files, sorted) or a glob pattern. Entries that are not files (a
     folder named like an image, a dangling link) are left out and added to `skipped`."""
     path = Path(os.path.expanduser(spec))
-    exts = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
     if path.is_dir():
-        candidates = sorted(p for p in path.iterdir() if p.suffix.lower() in exts)
+        candidates = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     else:
         import glob
 
@@ -217,20 +237,23 @@ def expand_inputs(spec: str, skipped: list[Path] | None = None) -> list[Path]:
     return found
 
 
+def relative_path(path: Path, relative_to: Path | None) -> str:
+    """A manifest cell: `path` relative to the manifest's folder (absolute without one)."""
+    if relative_to is None:
+        return str(path.resolve())
+    return os.path.relpath(path.resolve(), relative_to.resolve())
+
+
 def build_rows(contents: Sequence[Path], styles: Sequence[Path], grid: dict[str, list[Any]],
                relative_to: Path | None = None) -> list[dict[str, Any]]:
     """contents x styles x parameter grid, one row each."""
-    def rel(p: Path) -> str:
-        if relative_to is None:
-            return str(p.resolve())
-        return os.path.relpath(p.resolve(), relative_to.resolve())
-
     names = list(grid)
     rows = []
     for content, style, values in itertools.product(contents, styles,
                                                     itertools.product(*grid.values())):
-        rows.append({"content": rel(content), "style": rel(style), **dict(zip(names, values,
-                                                                              strict=True))})
+        rows.append({"content": relative_path(content, relative_to),
+                     "style": relative_path(style, relative_to),
+                     **dict(zip(names, values, strict=True))})
     return rows
 
 

@@ -71,7 +71,8 @@ def iteration_bar(description: str, total: int, quiet: bool = False) -> Iterator
     try:
         yield update
     finally:
-        bar.stop()
+        if bar.live.is_started:  # stopping a bar never shown prints an empty line
+            bar.stop()
 
 
 class RateHourColumn(ProgressColumn):

@@ -130,7 +130,8 @@ def _load_file(path: Path, source: str) -> WeightSet:
             sd = torch.load(path, map_location="cpu", weights_only=True)
             sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
     except Exception as e:  # a JPEG, a truncated download, a pickle of something else
-        reason = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+        text = str(e).splitlines()[0] if str(e) else ""
+        reason = f"{type(e).__name__}: {text}" if 0 < len(text) <= 80 else type(e).__name__
         raise InputError(f"{path}: not a weights file that can be read ({reason}); give a "
                          "safetensors file or a torch state dict of VGG19") from None
     if not isinstance(sd, dict):

@@ -80,10 +80,11 @@ def test_outputs_stay_inside_out_and_off_the_inputs(dataset, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (out / "link").symlink_to(elsewhere)
+    (out / "evil.png").symlink_to(elsewhere / "target.png")  # a link as the file itself
     manifest = _manifest(dataset, "hostile.parquet",
                          content={0: str(inside)},
                          output={0: "pics/photo.png", 1: "link/x.png", 2: "a.png",
-                                 3: "sub/../a.png"})
+                                 3: "sub/../a.png", 4: "evil.png"})
     result = runner.invoke(app, ["manifest", "validate", str(manifest), "--out", str(out)],
                            terminal_width=400)
     assert result.exit_code == 2
@@ -91,6 +92,7 @@ def test_outputs_stay_inside_out_and_off_the_inputs(dataset, tmp_path):
     assert "row 1: output 'link/x.png' resolves to" in result.output
     assert "outside the --out folder" in result.output
     assert "row 3: output a.png duplicates row 2" in result.output
+    assert "row 4: output 'evil.png' resolves to" in result.output
     photo = inside.read_bytes()
     result = run_cli(manifest, out, "--skip-bad-rows")
     assert result.exit_code == 1, result.output

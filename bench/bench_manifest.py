@@ -1,0 +1,62 @@
+"""Seconds to build and check a large dataset-mode manifest: what a bulk run pays before its
+first iteration.
+
+Makes CONTENTS small images in class folders and STYLES style images (each distinct file is
+read once however many rows use it), builds the cross product with `--mirror` (CONTENTS x
+STYLES rows), and times the build, the check `pipeline run` makes (headers only) and the one
+`pipeline manifest validate` makes (every image decoded).
+
+Usage: python -m bench.bench_manifest [--contents 2000] [--styles 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from pipeline.dataset import dataset_rows
+from pipeline.demo import landscape, swirls
+from pipeline.manifest import write_manifest
+from pipeline.runner import scan
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--contents", type=int, default=2000)
+    ap.add_argument("--styles", type=int, default=50)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-manifest-") as tmp:
+        root = Path(tmp)
+        photo, style = landscape(96, 72), swirls(64, 64)
+        for i in range(args.contents):
+            folder = root / "train" / f"class{i % 20:02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            photo.save(folder / f"img{i:06d}.png")
+        (root / "styles").mkdir()
+        for i in range(args.styles):
+            style.save(root / "styles" / f"s{i:03d}.png")
+        seconds = {}
+        start = time.perf_counter()
+        rows = dataset_rows(root / "train", root / "styles", recursive=True, assign="cross",
+                            per_image=1, seed=0, mirror=True, fmt="png", grid={},
+                            relative_to=root, skipped=[])
+        manifest = write_manifest(rows, root / "m.parquet")
+        seconds["manifest build --content-dir --recursive --mirror (cross)"] = (
+            time.perf_counter() - start)
+        for label, decode in (("pipeline run's check (headers)", False),
+                              ("manifest validate (every image decoded)", True)):
+            start = time.perf_counter()
+            found = scan(manifest, root / "out", {}, decode=decode)
+            seconds[label] = time.perf_counter() - start
+            assert not found.errors and len(found.jobs) == len(rows), found.errors[:3]
+    print(f"{len(rows):,} rows: {args.contents:,} content images x {args.styles} styles\n")
+    print("| step | seconds | rows per second |")
+    print("|---|---|---|")
+    for label, s in seconds.items():
+        print(f"| {label} | {s:.1f} | {len(rows) / s:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()

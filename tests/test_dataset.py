@@ -1,0 +1,99 @@
+"""Dataset mode of `pipeline manifest build`: class-folder trees in, reproducible style
+assignment, an output tree that mirrors the input tree."""
+
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.cli import app
+from pipeline.dataset import assign_styles
+from tests.conftest import make_painting, make_photo
+from tests.run_helpers import run_cli, runner
+
+
+@pytest.fixture
+def tree(tmp_path):
+    content, styles = tmp_path / "train", tmp_path / "styles"
+    for i, rel in enumerate(["cat/a.jpg", "cat/b.png", "dog/c.png", "dog/deep/d.png"]):
+        (content / rel).parent.mkdir(parents=True, exist_ok=True)
+        make_photo((64, 48), seed=i).save(content / rel)
+    styles.mkdir()
+    for i in range(3):
+        make_painting(seed=20 + i).save(styles / f"s{i}.png")
+    return content, styles
+
+
+def _build(tmp_path, content, styles, *extra, name="m.parquet"):
+    manifest = tmp_path / name
+    result = runner.invoke(app, ["manifest", "build", "--content-dir", str(content),
+                                 "--style-dir", str(styles), "-o", str(manifest), *extra],
+                           terminal_width=300)
+    assert result.exit_code == 0, result.output
+    return pq.read_table(manifest).to_pylist()
+
+
+def test_random_assignment_is_reproducible_and_mirrors_the_tree(tmp_path, tree):
+    content, styles = tree
+    args = ("--recursive", "--assign", "random", "--seed", "5", "--mirror")
+    rows = _build(tmp_path, content, styles, *args)
+    assert rows == _build(tmp_path, content, styles, *args, name="again.parquet")
+    assert [r["output"] for r in rows] == ["cat/a.png", "cat/b.png", "dog/c.png",
+                                           "dog/deep/d.png"]
+    assert {Path(r["style"]).name for r in rows} <= {"s0.png", "s1.png", "s2.png"}
+    other = _build(tmp_path, content, styles, "--recursive", "--assign", "random", "--seed",
+                   "6", "--mirror", name="other.parquet")
+    assert [r["style"] for r in other] != [r["style"] for r in rows]  # the seed matters
+    make_photo(seed=9).save(content / "cat" / "aa.png")  # an image added to the dataset
+    grown = {r["content"]: r["style"] for r in _build(tmp_path, content, styles, *args,
+                                                      name="grown.parquet")}
+    assert all(grown[r["content"]] == r["style"] for r in rows)  # the others keep theirs
+
+
+def test_cycle_uses_every_style_evenly_and_names_outputs_apart(tmp_path, tree):
+    content, styles = tree
+    rows = _build(tmp_path, content, styles, "--recursive", "--assign", "cycle",
+                  "--styles-per-image", "3", "--mirror", "--format", "jpg")
+    assert len(rows) == 12
+    assert set(Counter(Path(r["style"]).name for r in rows).values()) == {4}
+    assert "cat/a__s0.jpg" in {r["output"] for r in rows}
+    assert len({r["output"] for r in rows}) == 12
+    assert assign_styles(["a", "b"], ["x", "y", "z"], "cycle", 2, 0) == [["x", "y"], ["z", "x"]]
+
+
+def test_a_mirrored_manifest_runs_into_a_mirrored_tree(tmp_path, tree):
+    content, styles = tree
+    _build(tmp_path, content / "cat", styles, "--assign", "random", "--mirror", "--param",
+           "size=32", "--param", "iterations=2")
+    _build(tmp_path, content, styles, "--recursive", "--assign", "random", "--mirror",
+           "--param", "size=32", "--param", "iterations=2", name="all.parquet")
+    assert run_cli(tmp_path / "m.parquet", tmp_path / "cats").exit_code == 0
+    result = run_cli(tmp_path / "all.parquet", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.relative_to(tmp_path / "out").as_posix()
+                  for p in (tmp_path / "out").rglob("*.png")) == [
+        "cat/a.png", "cat/b.png", "dog/c.png", "dog/deep/d.png"]
+    assert sorted(p.name for p in (tmp_path / "cats").iterdir() if p.is_file()) == [
+        "a.png", "b.png", "run.json"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--assign", "random", "--styles-per-image", "4"], "between 1 and the 3 styles"),
+    (["--assign", "sideways"], "--assign must be one of"),
+    (["--format", "gif", "--mirror"], "--format must be one of"),
+])
+def test_bad_dataset_options_are_one_line_errors(tmp_path, tree, args, message):
+    content, styles = tree
+    result = runner.invoke(app, ["manifest", "build", "--content-dir", str(content),
+                                 "--style-dir", str(styles), "-o", str(tmp_path / "m.parquet"),
+                                 *args], terminal_width=300)
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_mirror_needs_the_folders(tmp_path, tree):
+    content, styles = tree
+    result = runner.invoke(app, ["manifest", "build", "--content", str(content / "cat"),
+                                 "--style", str(styles), "--mirror", "-o",
+                                 str(tmp_path / "m.parquet")], terminal_width=300)
+    assert result.exit_code == 2 and "need --content-dir and --style-dir" in result.output
