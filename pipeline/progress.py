@@ -19,6 +19,18 @@ from rich.progress import (
 from rich.text import Text
 from torch import Tensor
 
+from .events import (
+    BatchDone,
+    BatchStarted,
+    CannotWrite,
+    CouldNotStart,
+    Event,
+    Exited,
+    Iteration,
+    Log,
+    Ready,
+)
+
 # Markup off: file names and error messages are printed as they are (a[1].png stays a[1].png);
 # color goes through `say`.
 console = Console(stderr=True, markup=False)
@@ -107,34 +119,34 @@ class RunDisplay:
     def __exit__(self, *exc: object) -> None:
         self.bar.stop()
 
-    def handle(self, event: tuple) -> None:
-        kind, wid = event[0], event[1]
+    def handle(self, event: Event) -> None:
+        wid = event.worker
         task = self.workers[wid]
-        if kind == "ready":
-            self.devices[wid] = f"{event[2]} {event[3]}"
-            self.bar.update(task, description=f"  w{wid} {self.devices[wid]}: waiting")
-        elif kind == "batch":
-            n, total, start = event[2], event[3], event[4]
-            resumed = f", resumed at {start}" if start else ""
-            if start:
-                say(f"w{wid}:", "cyan", f"resuming a batch of {n} from its checkpoint at "
-                    f"iteration {start}/{total}", self.bar.console)
-            self.bar.reset(task, total=total, completed=start,
-                           description=f"  w{wid} {self.devices[wid]}: batch of {n}{resumed}")
-        elif kind == "iter":
-            self.bar.update(task, completed=event[2])
-        elif kind == "done":
-            self.bar.advance(self.overall, event[2] + len(event[3]))
-            for row, error in event[3]:
-                say("failed", "red", f"row {row}: {error}", self.bar.console)
-        elif kind == "fatal":
-            say(f"worker {wid} could not start:", "red", event[2], self.bar.console)
-        elif kind == "write-failed":
-            say("stopping:", "red", event[2], self.bar.console)
-        elif kind == "log":
-            say(f"w{wid}:", "cyan", event[2], self.bar.console)
-        elif kind == "exit":
-            self.bar.update(task, description=f"  w{wid} {self.devices[wid]}: finished")
+        match event:
+            case Ready(device=device, precision=precision):
+                self.devices[wid] = f"{device} {precision}"
+                self.bar.update(task, description=f"  w{wid} {self.devices[wid]}: waiting")
+            case BatchStarted(jobs=n, iterations=total, resumed_at=start):
+                resumed = f", resumed at {start}" if start else ""
+                if start:
+                    say(f"w{wid}:", "cyan", f"resuming a batch of {n} from its checkpoint at "
+                        f"iteration {start}/{total}", self.bar.console)
+                self.bar.reset(task, total=total, completed=start,
+                               description=f"  w{wid} {self.devices[wid]}: batch of {n}{resumed}")
+            case Iteration(iteration=iteration):
+                self.bar.update(task, completed=iteration)
+            case BatchDone(done=done, failures=failures):
+                self.bar.advance(self.overall, done + len(failures))
+                for row, error in failures:
+                    say("failed", "red", f"row {row}: {error}", self.bar.console)
+            case CouldNotStart(message=message):
+                say(f"worker {wid} could not start:", "red", message, self.bar.console)
+            case CannotWrite(message=message):
+                say("stopping:", "red", message, self.bar.console)
+            case Log(message=message):
+                say(f"w{wid}:", "cyan", message, self.bar.console)
+            case Exited():
+                self.bar.update(task, description=f"  w{wid} {self.devices[wid]}: finished")
 
     def worker_died(self, wid: int, code: int | None) -> None:
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"

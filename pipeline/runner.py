@@ -27,6 +27,7 @@ import torch
 from . import ledger
 from .checkpoint import checkpoint_dir, sweep_finished
 from .errors import InputError, RowError
+from .events import BatchDone, CannotWrite, CouldNotStart, Exited, Ready
 from .files import atomic_write_bytes, check_writable_dir, describe_os_error, remove_stale_temps
 from .images import carries_key
 from .interrupts import stop_signals
@@ -238,19 +239,18 @@ def execute(batches: list[Batch], devices: list[str], opts: RunOptions, display:
                     if not slot.exited and not slot.process.is_alive():
                         _bury(wid, slot, slots, start, todo, deaths, stop, display, result)
                 continue
-            kind, wid = event[0], event[1]
-            slot = slots[wid]
-            if kind == "ready":
-                result.precision[event[2]] = f"{event[3]} ({event[4]})"
-            elif kind == "done":
-                result.done += event[2]
-                result.failed += event[3]
-            elif kind == "write-failed":
-                result.errors.append(event[2])
+            slot = slots[event.worker]
+            if isinstance(event, Ready):
+                result.precision[event.device] = f"{event.precision} ({event.reason})"
+            elif isinstance(event, BatchDone):
+                result.done += event.done
+                result.failed += event.failures
+            elif isinstance(event, CannotWrite):
+                result.errors.append(event.message)
                 halt()
-            if kind in ("ready", "done"):
+            if isinstance(event, Ready | BatchDone):
                 feed(slot)
-            elif kind in ("exit", "fatal", "write-failed"):
+            elif isinstance(event, Exited | CouldNotStart | CannotWrite):
                 slot.exited, slot.batch = True, None
             display.handle(event)
     for slot in slots:

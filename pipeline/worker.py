@@ -27,6 +27,16 @@ from .api import StyleJob, prepare, stylize_prepared
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .engine import Checkpointing, Interrupted, NonFinite
 from .errors import InputError
+from .events import (
+    BatchDone,
+    BatchStarted,
+    CannotWrite,
+    CouldNotStart,
+    Exited,
+    Iteration,
+    Log,
+    Ready,
+)
 from .files import describe_os_error
 from .images import save_image
 from .jobs import Batch, Job
@@ -68,7 +78,7 @@ class Worker:
             raise WriteFailed(f"cannot write the ledger: "
                               f"{describe_os_error(e, ledger.ledger_dir(self.out_dir))}") from e
         failures = [(r["row"], r["error"]) for r in rows if r["status"] != ledger.DONE]
-        self.events.put(("done", self.wid, len(rows) - len(failures), failures))
+        self.events.put(BatchDone(self.wid, len(rows) - len(failures), failures))
 
     def _optimize(self, ready: list[tuple[Job, Any]], started: float, split_on_oom: bool
                   ) -> list[dict[str, Any]]:
@@ -77,8 +87,8 @@ class Worker:
         keys = [job.key for job in jobs]
         ckpt = checkpoint_path(self.out_dir, Batch(tuple(jobs)).id)
         resume = load_checkpoint(ckpt, keys)
-        self.events.put(("batch", self.wid, len(jobs), params.iterations,
-                         resume[0] if resume else 0))
+        self.events.put(BatchStarted(self.wid, len(jobs), params.iterations,
+                                            resume[0] if resume else 0))
         warned = []
 
         def save(it: int, x: Any, state: Any) -> None:
@@ -96,7 +106,8 @@ class Worker:
         try:
             results = stylize_prepared(
                 [p for _, p in ready], params, self.runtime,
-                lambda it, _terms: self.events.put(("iter", self.wid, it)), checkpointing)
+                lambda it, _terms: self.events.put(Iteration(self.wid, it)),
+                checkpointing)
         except torch.OutOfMemoryError:
             if self.runtime.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -145,7 +156,7 @@ class ForwardLog(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         if record.levelno >= logging.WARNING or "provider" in message:
-            self.events.put(("log", self.wid, message))
+            self.events.put(Log(self.wid, message))
 
 
 def worker_main(wid: int, device: str, runtime_options: dict[str, Any], threads: int,
@@ -161,9 +172,9 @@ def worker_main(wid: int, device: str, runtime_options: dict[str, Any], threads:
     try:
         runtime = Runtime.create(device=device, **runtime_options)
     except Exception as e:  # reported to the parent, which decides
-        events.put(("fatal", wid, f"{type(e).__name__}: {e}"))
+        events.put(CouldNotStart(wid, f"{type(e).__name__}: {e}"))
         return
-    events.put(("ready", wid, str(runtime.device), runtime.precision, runtime.precision_reason))
+    events.put(Ready(wid, str(runtime.device), runtime.precision, runtime.precision_reason))
     worker = Worker(wid, runtime, Path(out_dir), every, events, stop, parent_pid)
     try:
         while (batch := tasks.get()) is not None and not worker.stopping():
@@ -173,6 +184,6 @@ def worker_main(wid: int, device: str, runtime_options: dict[str, Any], threads:
     except Interrupted:
         pass
     except WriteFailed as e:
-        events.put(("write-failed", wid, str(e)))
+        events.put(CannotWrite(wid, str(e)))
         return
-    events.put(("exit", wid))
+    events.put(Exited(wid))

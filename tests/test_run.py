@@ -12,6 +12,7 @@ from PIL import Image
 from pipeline import ledger
 from pipeline.checkpoint import save_checkpoint, saved_checkpoints
 from pipeline.cli import app
+from pipeline.events import Iteration
 from pipeline.images import read_metadata
 from pipeline.jobs import Batch, Inspector, auto_cpu_workers, default_batch_size
 from pipeline.manifest import build_rows, read_jobs, write_manifest
@@ -239,7 +240,7 @@ def test_a_second_ctrl_c_quits_at_once_and_the_run_resumes(dataset, tmp_path):
 
         def handle(self, event):
             super().handle(event)
-            if event[0] == "iter" and not pressed:
+            if isinstance(event, Iteration) and not pressed:
                 pressed.append("stop")
                 os.kill(os.getpid(), signal.SIGINT)
 
