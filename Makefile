@@ -16,12 +16,13 @@ RUN_ARGS ?=
 install: $(STAMP)
 
 # torch is pinned in pyproject.toml; pip takes it from the local wheel copy where there is one.
+# onnxruntime and onnxruntime-gpu install the same module: the other one is removed if present.
+# setuptools' advice on editable installs (a UserWarning of its build backend) is not for users.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# onnxruntime and onnxruntime-gpu install the same module: remove the other one if present.
 	! $(PY) -m pip show -q $(OTHER_ORT) >/dev/null 2>&1 || $(PY) -m pip uninstall -q -y $(OTHER_ORT)
-	$(PY) -m pip install -q -e ".[$(EXTRA),dev]"
+	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install -q -e ".[$(EXTRA),dev]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 
