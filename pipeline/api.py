@@ -94,7 +94,7 @@ def prepare(job: StyleJob, params: StyleParams) -> tuple[SizedImage, list[SizedI
 
 
 def _init_image(params: StyleParams, size: tuple[int, int]) -> torch.Tensor | None:
-    if params.init in ("content", "noise"):
+    if not params.init_is_file:
         return None
     img, _, _ = _open(params.init)
     return to_tensor(resize(img, size))[None]

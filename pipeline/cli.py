@@ -17,8 +17,8 @@ from rich.logging import RichHandler
 from rich.progress import TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .errors import InputError, SourceMissingError
-from .params import HELP, StyleParams
+from .errors import InputError, NonFiniteError, SourceMissingError
+from .params import HELP, INIT_WORDS, StyleParams
 from .progress import console, format_losses, iteration_bar, say
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
@@ -58,7 +58,7 @@ def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             say("interrupted", "yellow")
             raise typer.Exit(130) from None
-        except ArithmeticError as e:  # engine.NonFinite: the job diverged
+        except NonFiniteError as e:  # the job diverged
             say_error(e)
             raise typer.Exit(1) from None
         except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
@@ -190,7 +190,7 @@ def stylize(
     from .runtime import Runtime
 
     check_output_path(output)
-    inputs = [content, *styles] + ([Path(init)] if init not in ("content", "noise") else [])
+    inputs = [content, *styles] + ([Path(init)] if init not in INIT_WORDS else [])
     if output.exists() and any(output.samefile(p) for p in inputs if p.exists()):
         raise InputError(f"{output}: the output would overwrite one of the input images")
     if output.is_dir():

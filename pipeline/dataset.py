@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import InputError
-from .manifest import IMAGE_EXTENSIONS, relative_path
+from .manifest import image_files, relative_path
 
 ASSIGNMENTS = ("cross", "random", "cycle")
 FORMATS = ("png", "jpg")
@@ -29,10 +29,7 @@ def list_images(folder: Path, recursive: bool, skipped: list[Path]) -> list[Path
     images that are not files (folders, broken links) go to `skipped`."""
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder")
-    pattern = "**/*" if recursive else "*"
-    candidates = sorted(p for p in folder.glob(pattern) if p.suffix.lower() in IMAGE_EXTENSIONS)
-    skipped += [p for p in candidates if not p.is_file()]
-    found = [p for p in candidates if p.is_file()]
+    found = image_files(folder.glob("**/*" if recursive else "*"), skipped)
     if not found:
         raise InputError(f"{folder}: no images found" + ("" if recursive else
                                                          " (--recursive looks in subfolders)"))

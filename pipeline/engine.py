@@ -21,6 +21,7 @@ from torch import Tensor
 
 from .cpu_shards import ShardedRun, rows, shard_bounds
 from .cuda_graph import GraphedGradient, evaluate_and_backward
+from .errors import NonFiniteError
 from .lbfgs import BatchedLBFGS
 from .losses import LossWeights, SplitTarget, Targets, loss_terms
 from .params import StyleParams
@@ -37,7 +38,7 @@ class Interrupted(Exception):
     """The run was asked to stop; a checkpoint of the current iteration was saved."""
 
 
-class NonFinite(ArithmeticError):
+class NonFinite(NonFiniteError):
     """The objective of some samples of the batch became inf or NaN: those images are not
     results. The other samples are unharmed (every loss is per sample), but the batch stops
     here: the caller runs them again without the diverged ones."""

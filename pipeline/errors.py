@@ -13,5 +13,9 @@ class RowError(InputError):
         super().__init__(f"row {row}: {message}")
 
 
+class NonFiniteError(ArithmeticError):
+    """A loss or target became inf or NaN: a failed job, never an output (one line, exit 1)."""
+
+
 class SourceMissingError(RuntimeError):
     """A weight source or model that is not installed here: the message says how to get it."""

@@ -98,7 +98,7 @@ class Inspector:
                                      f"{out_size[1]}, too small for these layers")
         style_digests = [self._image(s, spec.row)[0] for s in spec.styles]
         init = self._image(Path(params.init), spec.row)[0] if params.init_is_file else None
-        if params.weights not in ("caffe", "torchvision") and not Path(params.weights).is_file():
+        if params.weights_is_file and not Path(params.weights).is_file():
             raise RowError(spec.row, f"weights file {params.weights} does not exist")
         self._destination(spec.output, spec.row)
         payload = {"content": digest, "styles": style_digests, "params": params.to_dict()}

@@ -16,7 +16,7 @@ import hashlib
 import itertools
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 
 from .errors import InputError, RowError
 from .files import atomic_path
-from .params import StyleParams
+from .images import OUTPUT_FORMATS
+from .params import INIT_WORDS, WEIGHT_SOURCES, StyleParams
 
 PARAM_TYPES = {f.name: f.type for f in fields(StyleParams)}
 LIST_PARAMS = {"content_layers", "style_layers", "style_layer_weights", "style_blend"}
@@ -34,7 +35,7 @@ COLUMNS = {"content", "style", "style_weights", "output", *PARAM_TYPES} - {"styl
 READ_BATCH = 8192
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 # Parameters that name a file unless they hold one of these words.
-FILE_PARAMS = {"init": ("content", "noise"), "weights": ("caffe", "torchvision")}
+FILE_PARAMS = {"init": INIT_WORDS, "weights": WEIGHT_SOURCES}
 # Folders of a run's own under --out: no output may land in them.
 RESERVED = ("ledger", ".checkpoints")
 
@@ -129,7 +130,7 @@ def output_path(out_dir: Path, value: str, inputs: Sequence[Path],
                          f"{out_dir}")
     if path.relative_to(out_dir).parts[0] in RESERVED:
         raise ValueError(f"output {value!r} is inside the run's own {RESERVED} folders")
-    if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+    if path.suffix.lower() not in OUTPUT_FORMATS:
         raise ValueError(f"output {value!r} must end in .png, .jpg or .jpeg")
     if any(path == real(p) for p in inputs):
         raise ValueError(f"output {value!r} is one of the job's own input images")
@@ -219,19 +220,28 @@ def write_manifest(rows: list[dict[str, Any]], dest: Path) -> Path:
     return dest
 
 
+def image_files(candidates: Iterable[Path], skipped: list[Path] | None,
+                any_extension: bool = False) -> list[Path]:
+    """The candidates named like images (any name, with `any_extension`) that are files,
+    sorted; the others named like images (folders, broken links) go to `skipped`."""
+    named = sorted(p for p in candidates
+                   if any_extension or p.suffix.lower() in IMAGE_EXTENSIONS)
+    if skipped is not None:
+        skipped += [p for p in named if not p.is_file()]
+    return [p for p in named if p.is_file()]
+
+
 def expand_inputs(spec: str, skipped: list[Path] | None = None) -> list[Path]:
     """A folder (its image files, sorted) or a glob pattern. Entries that are not files (a
     folder named like an image, a dangling link) are left out and added to `skipped`."""
     path = Path(os.path.expanduser(spec))
     if path.is_dir():
-        candidates = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        found = image_files(path.iterdir(), skipped)
     else:
         import glob
 
-        candidates = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True))
-    found = [p for p in candidates if p.is_file()]
-    if skipped is not None:
-        skipped += [p for p in candidates if not p.is_file()]
+        found = image_files(map(Path, glob.glob(os.path.expanduser(spec), recursive=True)),
+                            skipped, any_extension=True)
     if not found:
         raise InputError(f"{spec}: no images found")
     return found

@@ -21,6 +21,9 @@ MAX_SIZE = 16384
 # 10^9 is a typo that would otherwise run for decades.
 MAX_ITERATIONS = 100_000
 MIN_SCALE_SIZE = 128  # coarser than this, VGG19's deep layers see too few pixels to help
+# The words `init` and `weights` take; any other value is a file's path.
+INIT_WORDS = ("content", "noise")
+WEIGHT_SOURCES = ("caffe", "torchvision")
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -75,7 +78,11 @@ class StyleParams:
 
     @property
     def init_is_file(self) -> bool:
-        return self.init not in ("content", "noise")
+        return self.init not in INIT_WORDS
+
+    @property
+    def weights_is_file(self) -> bool:
+        return self.weights not in WEIGHT_SOURCES
 
     @property
     def step_size(self) -> float:

@@ -116,14 +116,18 @@ def scan(manifest: Path, out_dir: Path, overrides: dict[str, Any],
     return Scan(jobs, errors)
 
 
+def _recorded(job: Job, row: dict[str, Any] | None) -> bool:
+    """The ledger's done row records writing the very file now at the job's output."""
+    return bool(row and row["status"] == ledger.DONE
+                and ledger.matches_file(row, job.spec.output))
+
+
 def _finished(job: Job, row: dict[str, Any] | None) -> bool:
     """Its requested output exists and is its own: the ledger's record of writing that very
     file, else (a file the ledger never saw, copied or touched since) the file decodes and
     carries the job's key."""
     output = job.spec.output
-    if row and row["status"] == ledger.DONE and ledger.matches_file(row, output):
-        return True
-    return output.is_file() and carries_key(output, job.key)
+    return _recorded(job, row) or (output.is_file() and carries_key(output, job.key))
 
 
 @dataclass
@@ -139,10 +143,10 @@ def plan(jobs: Iterable[Job], out_dir: Path, retry_failed: bool) -> Plan:
     p = Plan([], 0, 0, [])
     for job in jobs:
         row = state.get(job.id)
-        if _finished(job, row):
+        recorded = _recorded(job, row)
+        if recorded or _finished(job, None):
             p.done += 1
-            if not (row and row["status"] == ledger.DONE and ledger.matches_file(
-                    row, job.spec.output)):
+            if not recorded:
                 p.recovered.append(job)
         elif row and row["status"] == ledger.FAILED and not retry_failed:
             p.failed_before += 1

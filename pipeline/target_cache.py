@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load, save
 from torch import Tensor
 
+from .errors import NonFiniteError
 from .files import atomic_write_bytes, file_digest
 from .tensor_tree import tree_digest
 
@@ -38,7 +39,7 @@ def target_key(kind: str, image_digest: str, size: tuple[int, int], model: dict[
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-class NonFiniteTargets(ArithmeticError):
+class NonFiniteTargets(NonFiniteError):
     """Targets with inf/NaN in them: never cached, never optimized against."""
 
 
