@@ -31,22 +31,19 @@ from typing import Any
 import torch
 
 from pipeline import Runtime, StyleJob, StyleParams
+from pipeline.accel.cpu_shards import ShardedRun
 from pipeline.api import prepare, setup_batch
-from pipeline.cpu_shards import ShardedRun
-from pipeline.demo import landscape, swirls
-from pipeline.engine import StageRun
-from pipeline.engine import start_run as start_stage
+from pipeline.cli.demo import landscape, swirls
+from pipeline.gatys.engine import Run
 
 RUN_LENGTH = 500  # iterations of the run that images/hour is quoted for
 
-
-Run = StageRun | ShardedRun
 
 
 def start_run(batch: int, params: StyleParams, runtime: Runtime) -> Run:
     jobs = [StyleJob(landscape(), [swirls(seed=i)]) for i in range(batch)]
     problem = setup_batch([prepare(job, params) for job in jobs], params, runtime)
-    return start_stage(problem.trunk, problem.x0, problem.stages[0], 0, None, params, runtime)
+    return runtime.start_run(problem.trunk, problem.x0, problem.stages[0], 0, None, params)
 
 
 def timed_call(device: torch.device, fn: Callable[[], Any]) -> float:

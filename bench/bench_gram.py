@@ -20,7 +20,8 @@ from collections.abc import Iterator
 
 import torch
 
-from pipeline import Runtime, StyleParams, losses
+from pipeline import Runtime, StyleParams
+from pipeline.gatys import losses
 
 from .bench_batch import start_run, timed_step
 

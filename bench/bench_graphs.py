@@ -17,7 +17,7 @@ import dataclasses
 import statistics
 
 from pipeline import Runtime, StyleParams
-from pipeline.cuda_graph import GraphedGradient
+from pipeline.accel.cuda_graph import GraphedGradient
 
 from .bench_batch import interleaved_seconds, start_run, timed_call
 

@@ -14,7 +14,8 @@ import resource
 import statistics
 import time
 
-from pipeline import Runtime, StyleParams, cpu_heap
+from pipeline import Runtime, StyleParams
+from pipeline.accel import cpu_heap
 
 from .bench_batch import start_run
 

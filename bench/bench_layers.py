@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import Runtime, StyleParams
-from pipeline.engine import compute_trunk, trunk_for
-from pipeline.vgg import CONV_NAMES, LAYER_INDEX
+from pipeline.gatys.engine import trunk_for
+from pipeline.gatys.vgg import CONV_NAMES, LAYER_INDEX
 
 from .bench_batch import timed_call
 
@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--precision", default="auto")
     args = ap.parse_args()
     runtime = Runtime.create(args.device, args.precision)
-    trunk = compute_trunk(trunk_for(StyleParams(), runtime)[0], runtime)
+    trunk = runtime.compute_trunk(trunk_for(StyleParams(), runtime)[0])
     h, w = round(args.size * 3 / 4), args.size
     print(f"{runtime.device} {runtime.precision}, {w}x{h} px input; ms per image, median of "
           f"{args.reps}, batch 1 and {args.batch} interleaved\n")

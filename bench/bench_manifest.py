@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.dataset import dataset_rows
-from pipeline.demo import landscape, swirls
-from pipeline.manifest import write_manifest
-from pipeline.runner import scan
+from pipeline.bulk.dataset import dataset_rows
+from pipeline.bulk.manifest import write_manifest
+from pipeline.bulk.runner import scan
+from pipeline.cli.demo import landscape, swirls
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Peak memory per image: the pre-flight estimate (pipeline.memory) against a measurement, and
+"""Peak memory per image: the pre-flight estimate (pipeline.accel.memory) against a measurement, and
 the largest size that fits a given memory.
 
 Each size is measured in a fresh process: peak resident memory (ru_maxrss) during a short
@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from pipeline import Runtime, StyleJob, StyleParams
-from pipeline.engine import compute_trunk, trunk_for
-from pipeline.memory import GIB, SAFETY, image_bytes
+from pipeline.accel.memory import GIB, SAFETY, image_bytes
+from pipeline.gatys.engine import trunk_for
 
 MEASURE = dict(iterations=8, lbfgs_history=5)
 ASPECT = (4, 3)  # landscape, as the demo and most photos
@@ -34,7 +34,7 @@ def size_of(longest: int) -> tuple[int, int]:
 
 def estimate(params: StyleParams, runtime: Runtime, size: tuple[int, int]) -> int:
     trunk, _ = trunk_for(params, runtime)
-    return image_bytes(compute_trunk(trunk, runtime), params, size, runtime.channels_last)
+    return image_bytes(runtime.compute_trunk(trunk), params, size, runtime.channels_last)
 
 
 def rss() -> int:
@@ -47,7 +47,7 @@ def rss() -> int:
 def measure_child(longest: int, device: str) -> None:
     """In a fresh process: print the peak bytes one image's optimization added."""
     from pipeline.api import prepare, stylize_prepared
-    from pipeline.demo import landscape, swirls
+    from pipeline.cli.demo import landscape, swirls
 
     runtime = Runtime.create(device)
     params = StyleParams(size=longest, **MEASURE)

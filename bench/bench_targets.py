@@ -21,12 +21,13 @@ from collections.abc import Callable
 
 import torch
 
-from export.onnx_export import ensure_model
 from pipeline import Runtime, StyleParams
-from pipeline.engine import trunk_for
-from pipeline.files import cache_dir
-from pipeline.ort_session import PROVIDER_NAMES, create_session
-from pipeline.targets import torch_features
+from pipeline.accel.runtime import PROVIDER_NAMES
+from pipeline.gatys.engine import trunk_for
+from pipeline.io.files import cache_dir
+from pipeline.targets.builder import torch_features
+from pipeline.targets.onnx_export import ensure_model
+from pipeline.targets.ort_session import create_session
 
 from .bench_batch import timed_call
 

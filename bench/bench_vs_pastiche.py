@@ -31,10 +31,10 @@ import torch
 from bench.bench_batch import timed_call
 from bench.flops import gpu_rates, iteration_flops
 from pipeline import Runtime, StyleParams
-from pipeline.engine import compute_trunk, objective, trunk_for
-from pipeline.images import SizedImage, fit_longest_side, open_rgb, resize, to_tensor
-from pipeline.target_cache import TargetCache
-from pipeline.targets import TargetBuilder, torch_features
+from pipeline.gatys.engine import objective, trunk_for
+from pipeline.io.images import SizedImage, fit_longest_side, open_rgb, resize, to_tensor
+from pipeline.targets.builder import TargetBuilder, torch_features
+from pipeline.targets.cache import TargetCache
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "images"
@@ -56,7 +56,7 @@ def prepare_inputs(out: Path, size: int) -> tuple[Path, Path]:
     if (SHARED / "tubingen.jpg").is_file():
         sources = SHARED / "tubingen.jpg", SHARED / "starry_night.jpg"
     else:  # a clean clone without ../shared: the demo's generated images
-        from pipeline.demo import landscape, swirls
+        from pipeline.cli.demo import landscape, swirls
 
         out.mkdir(parents=True, exist_ok=True)
         landscape().save(out / "landscape.png")
@@ -110,7 +110,7 @@ def trunk_seconds(h: int, w: int, precision: str, channels_last: bool, device: s
     optimizer): the floor an iteration is compared with."""
     params = StyleParams()
     rt = Runtime.create(device, precision, channels_last=channels_last)
-    net = compute_trunk(trunk_for(params, rt)[0], rt)
+    net = rt.compute_trunk(trunk_for(params, rt)[0])
     x = rt.layout(torch.rand(1, 3, h, w, device=rt.device) * 255).requires_grad_(True)
 
     def one_pass() -> None:

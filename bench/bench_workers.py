@@ -20,9 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipeline import ledger
-from pipeline.demo import landscape, swirls
-from pipeline.manifest import build_rows, write_manifest
+from pipeline.bulk import ledger
+from pipeline.bulk.manifest import build_rows, write_manifest
+from pipeline.cli.demo import landscape, swirls
 
 JOBS = 8
 

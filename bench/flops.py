@@ -15,7 +15,7 @@ import statistics
 
 import torch
 
-from pipeline.vgg import LAYER_NAMES, STYLE_LAYERS
+from pipeline.gatys.vgg import LAYER_NAMES, STYLE_LAYERS
 
 _CHANNELS = {1: 64, 2: 128, 3: 256, 4: 512, 5: 512}
 SIZES = ((256, 192), (256, 256), (512, 384), (512, 512), (1024, 768), (1024, 1024))

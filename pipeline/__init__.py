@@ -1,10 +1,9 @@
 """style-pipeline: batch neural style transfer (Gatys et al., CVPR 2016)."""
 
-__version__ = "0.1.0"
-
+from .accel.runtime import Runtime, RuntimeOptions
 from .api import StyleJob, StyleResult, stylize, stylize_batch
-from .params import StyleParams
-from .runtime import Runtime
+from .gatys.params import StyleParams
+from .version import __version__
 
-__all__ = ["Runtime", "StyleJob", "StyleParams", "StyleResult", "__version__", "stylize",
-           "stylize_batch"]
+__all__ = ["Runtime", "RuntimeOptions", "StyleJob", "StyleParams", "StyleResult", "__version__",
+           "stylize", "stylize_batch"]

@@ -14,11 +14,21 @@ from typing import Any
 import torch
 from PIL import Image
 
-from . import __version__
-from .color import preserve_colors
-from .engine import Checkpointing, Progress, Stage, compute_trunk, init_batch, optimize, trunk_for
+from .accel.memory import check_fits
+from .accel.runtime import Runtime
 from .errors import InputError
-from .images import (
+from .gatys.color import preserve_colors
+from .gatys.engine import (
+    Checkpointing,
+    Progress,
+    Stage,
+    init_batch,
+    optimize,
+    trunk_for,
+)
+from .gatys.params import StyleParams
+from .gatys.vgg import VGG19Trunk, in_order, min_input_side
+from .io.images import (
     SizedImage,
     fit_longest_side,
     read_rgb,
@@ -28,12 +38,9 @@ from .images import (
     to_rgb,
     to_tensor,
 )
-from .memory import check_fits
-from .params import StyleParams
-from .runtime import Runtime
-from .target_cache import image_digest
-from .targets import TargetBuilder, builder_for
-from .vgg import VGG19Trunk, in_order, min_input_side
+from .targets.builder import TargetBuilder, builder_for
+from .targets.cache import image_digest
+from .version import __version__
 
 ImageSource = str | os.PathLike | Image.Image
 log = logging.getLogger("pipeline.images")
@@ -149,7 +156,7 @@ def setup_batch(prepared: Sequence[tuple[SizedImage, list[SizedImage]]], params:
     if len(sizes) != 1:
         raise InputError(f"a batch needs one output size, got {sorted(sizes)}")
     trunk, weights = trunk_for(params, runtime)
-    check_fits(compute_trunk(trunk, runtime), params, prepared[0][0].size, len(prepared),
+    check_fits(runtime.compute_trunk(trunk), params, prepared[0][0].size, len(prepared),
                runtime.device, runtime.channels_last)
     builder = builder_for(weights, trunk, params.pooling, runtime, in_order(params.layers))
     stages = _stages(prepared, params, builder, runtime.device)

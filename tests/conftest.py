@@ -13,7 +13,7 @@ from PIL import Image
 
 os.environ.setdefault("STYLE_PIPELINE_CACHE", tempfile.mkdtemp(prefix="style-pipeline-test-"))
 
-from pipeline.runtime import Runtime
+from pipeline.accel.runtime import Runtime
 
 
 def make_photo(size: tuple[int, int] = (64, 48), seed: int = 0) -> Image.Image:
@@ -66,3 +66,11 @@ def cpu64() -> Runtime:
     blocking) by ~1e6 over 8 iterations, which in fp32 reaches whole 8-bit levels on some CPUs
     and not on others. In fp64 the same amplification stays ~1e-9 of a level on any CPU."""
     return Runtime.create("cpu", "fp64", channels_last=False)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """A 6-job manifest of tiny images (tests/run_helpers.make_dataset)."""
+    from tests.run_helpers import make_dataset
+
+    return make_dataset(tmp_path)

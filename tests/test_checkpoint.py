@@ -1,6 +1,6 @@
 import torch
 
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.bulk.checkpoint import load_checkpoint, save_checkpoint
 
 
 def test_checkpoint_round_trips_and_a_foreign_format_is_dropped(tmp_path):

@@ -1,7 +1,7 @@
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.images import read_metadata
+from pipeline.cli.commands import app
+from pipeline.io.images import read_metadata
 from tests.conftest import make_painting
 
 runner = CliRunner()
@@ -59,7 +59,7 @@ def test_bad_input_is_one_line_with_exit_code_2(photo_path, painting_path, tmp_p
 
 
 def test_export_and_cache_commands(tmp_path):
-    from pipeline.files import cache_dir
+    from pipeline.io.files import cache_dir
 
     out = tmp_path / "model.onnx"
     result = runner.invoke(app, ["export", "-o", str(out)], terminal_width=200)
@@ -114,7 +114,7 @@ def test_every_stylize_option_runs_end_to_end(photo_path, painting_path, tmp_pat
 
     from safetensors.torch import save_file
 
-    from pipeline.weights import load_weights
+    from pipeline.gatys.weights import load_weights
 
     weights_file = tmp_path / "vgg19.safetensors"
     save_file(load_weights("caffe").state, weights_file, metadata={"normalization": "caffe"})

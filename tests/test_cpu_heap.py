@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cpu_heap
-from pipeline.runtime import Runtime
+from pipeline.accel import cpu_heap
+from pipeline.accel.runtime import Runtime
 
 pytestmark = pytest.mark.skipif(cpu_heap._glibc() is None, reason="glibc's allocator only")
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(cpu_heap._glibc() is None, reason="glibc's alloc
 PROBE = """
 import json, resource, sys, torch
 from concurrent.futures import ThreadPoolExecutor
-from pipeline import cpu_heap
+from pipeline.accel import cpu_heap
 if sys.argv[1] == "keep":
     cpu_heap.keep_freed_memory()
 def filled_tensor():

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from pipeline import Runtime, StyleJob, StyleParams, stylize_batch
+from pipeline.accel.cuda_graph import GraphedGradient
 from pipeline.api import prepare, setup_batch
-from pipeline.cuda_graph import GraphedGradient, evaluate_and_backward
-from pipeline.engine import objective
+from pipeline.gatys.engine import evaluate_and_backward, objective
 from tests.conftest import make_painting, make_photo
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

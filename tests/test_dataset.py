@@ -7,8 +7,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.cli import app
-from pipeline.dataset import assign_styles
+from pipeline.bulk.dataset import assign_styles
+from pipeline.cli.commands import app
 from tests.conftest import make_painting, make_photo
 from tests.run_helpers import run_cli, runner
 

@@ -6,8 +6,8 @@ from PIL import Image
 
 from pipeline import Runtime, StyleJob, StyleParams, stylize_batch
 from pipeline.api import prepare, setup_batch
-from pipeline.engine import Checkpointing, compute_trunk, objective, optimize, trunk_for
-from pipeline.images import to_tensor
+from pipeline.gatys.engine import Checkpointing, objective, optimize, trunk_for
+from pipeline.io.images import to_tensor
 from tests.conftest import make_painting, make_photo
 
 SMALL = dict(size=64, iterations=8)
@@ -45,7 +45,7 @@ def test_batch_of_two_equals_each_alone(optimizer, cpu64):
 def test_output_moves_toward_style(cpu32):
     """After optimizing, the image's Gram matrices are closer to the style's than the content's
     were, and it is no longer the content image."""
-    from pipeline.losses import gram
+    from pipeline.gatys.losses import gram
 
     params = StyleParams(size=64, iterations=30)
     photo, painting = make_photo(), make_painting()
@@ -146,7 +146,7 @@ def test_bf16_trunk_reads_fp32_pixels_and_leaves_the_target_trunk_fp32():
     bf16; the trunk the targets use is not touched by the bf16 copy."""
     runtime = Runtime.create("cpu", "bf16")
     trunk, _ = trunk_for(StyleParams(size=64), runtime)
-    low = compute_trunk(trunk, runtime)
+    low = runtime.compute_trunk(trunk)
     assert low.layers["conv1_1"].weight.dtype == torch.float32
     assert low.layers["conv1_2"].weight.dtype == torch.bfloat16
     x = torch.rand(1, 3, 64, 64) * 255
@@ -166,7 +166,7 @@ def test_bf16_conv1_1_backward_is_the_fp32_pixel_gradient_to_bf16_rounding(batch
     within a few bf16 roundings."""
     runtime = Runtime.create("cpu", "bf16")
     trunk, _ = trunk_for(StyleParams(size=64), runtime)
-    exact, low = trunk.layers["conv1_1"], compute_trunk(trunk, runtime).layers["conv1_1"]
+    exact, low = trunk.layers["conv1_1"], runtime.compute_trunk(trunk).layers["conv1_1"]
     x = runtime.layout(torch.rand(batch, 3, 40, 48) * 255).requires_grad_(True)
     upstream = torch.randn(batch, 64, 40, 48).to(torch.bfloat16)
     out = low(x)

@@ -16,21 +16,16 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import ledger
-from pipeline.checkpoint import load_checkpoint, save_checkpoint, saved_checkpoints
-from pipeline.cli import app
-from pipeline.engine import NonFinite
-from pipeline.jobs import Batch, Inspector
-from pipeline.manifest import read_jobs, write_manifest
-from pipeline.runner import MAX_WORKER_DEATHS, RunResult, _bury, _Slot, exit_code
-from pipeline.runtime import Runtime
+from pipeline.accel.runtime import Runtime
+from pipeline.bulk import ledger
+from pipeline.bulk.checkpoint import load_checkpoint, save_checkpoint, saved_checkpoints
+from pipeline.bulk.jobs import Batch, Inspector
+from pipeline.bulk.manifest import read_jobs, write_manifest
+from pipeline.bulk.runner import RunResult, exit_code
+from pipeline.cli.commands import app
+from pipeline.gatys.engine import NonFinite
 from tests.conftest import make_photo
-from tests.run_helpers import cell, make_dataset, run_cli, runner, spawn_run, wait_for
-
-
-@pytest.fixture
-def dataset(tmp_path):
-    return make_dataset(tmp_path)
+from tests.run_helpers import cell, run_cli, runner, spawn_run, wait_for
 
 
 def _one_line_error(result, *words):
@@ -136,9 +131,8 @@ def test_stylize_reports_divergence_in_one_line(photo_path, painting_path, tmp_p
 
 def test_a_diverged_job_fails_alone_and_the_rest_of_its_batch_runs_again(
         dataset, tmp_path, monkeypatch):
-    import multiprocessing as mp
 
-    import pipeline.worker as worker_module
+    import pipeline.bulk.worker as worker_module
 
     real, calls = worker_module.stylize_prepared, []
 
@@ -152,9 +146,8 @@ def test_a_diverged_job_fails_alone_and_the_rest_of_its_batch_runs_again(
     out = tmp_path / "out"
     jobs = [Inspector()(j) for j in read_jobs(dataset, out, {"size": 32, "iterations": 2})]
     batch = [j for j in jobs if j.size == jobs[0].size][:3]
-    ctx = mp.get_context("spawn")
     worker = worker_module.Worker(0, Runtime.create("cpu", "fp32", channels_last=False), out, 0,
-                                  ctx.Queue(), ctx.Event(), os.getppid())
+                                  [].append)
     worker.run(Batch(tuple(batch)))
     assert calls == [3, 2]
     rows = ledger.read(out)
@@ -212,45 +205,6 @@ def test_a_killed_worker_s_batch_is_taken_over_and_the_run_completes(dataset, tm
     assert len(list(out.glob("*.png"))) == 6
 
 
-class _Dead:
-    exitcode = -signal.SIGKILL
-
-
-class _Display:
-    def __init__(self):
-        self.said = []
-
-    def worker_died(self, wid, code):
-        self.said.append(("died", wid))
-
-    def worker_restarted(self, wid):
-        self.said.append(("restarted", wid))
-
-
-def test_a_batch_that_keeps_killing_its_worker_is_left_pending_and_the_run_fails(dataset, tmp_path):
-    from collections import deque
-
-    out = tmp_path / "out"
-    jobs = [Inspector(decode=False)(j) for j in read_jobs(dataset, out, {})]
-    batch, todo, deaths, display = Batch(tuple(jobs[:2])), deque(), {}, _Display()
-    result = RunResult(total=2, done_before=0)
-    slots = [_Slot("cpu", _Dead(), None, batch)]
-    started = []
-
-    def start(wid, device):
-        started.append(wid)
-        return _Slot(device, _Dead(), None, batch)
-
-    stop = type("Stop", (), {"is_set": lambda self: False})()
-    for _ in range(MAX_WORKER_DEATHS):
-        _bury(0, slots[0], slots, start, todo, deaths, stop, display, result)
-    assert started == [0] * (MAX_WORKER_DEATHS - 1)
-    assert list(todo) == [batch] * (MAX_WORKER_DEATHS - 1)  # requeued until the last death
-    assert result.errors and "left pending" in result.errors[0]
-    result.pending = 2
-    assert exit_code(result) == 1
-
-
 def test_pending_jobs_mean_a_nonzero_exit():
     assert exit_code(RunResult(total=3, done_before=3)) == 0
     assert exit_code(RunResult(total=3, done_before=1, pending=2)) == 1
@@ -261,15 +215,13 @@ def test_pending_jobs_mean_a_nonzero_exit():
 
 def test_a_failed_output_or_ledger_write_stops_the_worker_and_records_nothing(
         dataset, tmp_path, monkeypatch):
-    import multiprocessing as mp
 
-    import pipeline.worker as worker_module
+    import pipeline.bulk.worker as worker_module
 
     out = tmp_path / "out"
     jobs = [Inspector()(j) for j in read_jobs(dataset, out, {"size": 32, "iterations": 2})]
-    ctx = mp.get_context("spawn")
     worker = worker_module.Worker(0, Runtime.create("cpu", "fp32", channels_last=False), out, 0,
-                                  ctx.Queue(), ctx.Event(), os.getppid())
+                                  [].append)
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -456,8 +408,8 @@ def test_a_damaged_ledger_part_is_set_aside_and_rebuilt_from_the_outputs(dataset
 # --- caches --------------------------------------------------------------------------------
 
 def test_a_damaged_weights_cache_is_rebuilt_and_non_finite_targets_are_never_cached(tmp_path):
-    from pipeline.target_cache import NonFiniteTargets, TargetCache
-    from pipeline.weights import load_weights
+    from pipeline.gatys.weights import load_weights
+    from pipeline.targets.cache import NonFiniteTargets, TargetCache
 
     first = load_weights("caffe", tmp_path)
     (cached,) = (tmp_path / "weights").glob("*.safetensors")

@@ -4,7 +4,7 @@ from PIL import Image
 
 from pipeline import StyleJob, StyleParams, stylize_batch
 from pipeline.errors import InputError
-from pipeline.images import fit_longest_side, open_rgb, read_metadata, save_image, to_rgb
+from pipeline.io.images import fit_longest_side, open_rgb, read_metadata, save_image, to_rgb
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "I;16", "I", "F", "1"])

@@ -6,7 +6,7 @@ import signal
 import threading
 import time
 
-from pipeline.interrupts import stop_signals
+from pipeline.bulk.interrupts import stop_signals
 
 
 def _collect(received, expected: int) -> list[int]:

@@ -1,6 +1,6 @@
 import torch
 
-from pipeline.lbfgs import BatchedLBFGS
+from pipeline.gatys.lbfgs import BatchedLBFGS
 
 
 def _rosenbrock_like(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

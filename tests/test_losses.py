@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from pipeline.color import preserve_colors
-from pipeline.losses import (
+from pipeline.gatys.color import preserve_colors
+from pipeline.gatys.losses import (
     LossWeights,
     SplitTarget,
     Targets,

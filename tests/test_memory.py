@@ -1,15 +1,16 @@
 import pytest
 import torch
 
-from pipeline import StyleJob, StyleParams, memory, stylize_batch
-from pipeline.engine import compute_trunk, trunk_for
+from pipeline import StyleJob, StyleParams, stylize_batch
+from pipeline.accel import memory
 from pipeline.errors import InputError
+from pipeline.gatys.engine import trunk_for
 from tests.conftest import make_painting, make_photo
 
 
 def _one_image_bytes(runtime, params, size):
     trunk, _ = trunk_for(params, runtime)
-    return memory.image_bytes(compute_trunk(trunk, runtime), params, size, runtime.channels_last)
+    return memory.image_bytes(runtime.compute_trunk(trunk), params, size, runtime.channels_last)
 
 
 def test_estimate_counts_activations_and_lbfgs_history(cpu32):

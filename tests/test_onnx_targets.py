@@ -9,16 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from export.onnx_export import DEFAULT_LAYERS, ensure_model, read_sidecar
 from pipeline import Runtime, StyleJob, StyleParams, stylize_batch
+from pipeline.accel.runtime import parse_providers
 from pipeline.errors import InputError, SourceMissingError
-from pipeline.files import cache_dir
-from pipeline.images import SizedImage, to_tensor
-from pipeline.ort_session import create_session, parse_providers
-from pipeline.target_cache import TargetCache, target_key
-from pipeline.targets import TargetBuilder, torch_features
-from pipeline.vgg import LAYER_NAMES, STYLE_LAYERS, feature_shape
-from pipeline.weights import load_weights
+from pipeline.gatys.vgg import LAYER_NAMES, STYLE_LAYERS, feature_shape
+from pipeline.gatys.weights import load_weights
+from pipeline.io.files import cache_dir
+from pipeline.io.images import SizedImage, to_tensor
+from pipeline.targets.builder import TargetBuilder, torch_features
+from pipeline.targets.cache import TargetCache, target_key
+from pipeline.targets.onnx_export import DEFAULT_LAYERS, ensure_model, read_sidecar
+from pipeline.targets.ort_session import create_session
 from tests.conftest import make_painting, make_photo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,7 +150,7 @@ def test_second_run_hits_the_cache(tmp_path, caplog):
     entries = list((tmp_path / "c" / "targets").rglob("*.safetensors"))
     assert len(entries) == 2
     # A new process-level cache (as in a second run) reads them back from disk.
-    from pipeline.targets import builder_for
+    from pipeline.targets.builder import builder_for
 
     builder_for.cache_clear()
     caplog.clear()
@@ -163,8 +164,8 @@ def test_two_processes_export_at_once(tmp_path):
         import logging, sys
         from pathlib import Path
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-        from export.onnx_export import ensure_model
-        from pipeline.weights import load_weights
+        from pipeline.targets.onnx_export import ensure_model
+        from pipeline.gatys.weights import load_weights
         cache = Path(sys.argv[1])
         path, sidecar = ensure_model(load_weights("caffe", cache), "avg", cache / "models")
         print("MODEL", path, sidecar["model_sha256"])

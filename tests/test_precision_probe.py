@@ -3,8 +3,8 @@ CPU's name alone; no test here depends on this machine's speed."""
 
 import pytest
 
-from pipeline import precision_probe
-from pipeline.precision_probe import Choice, choose_cpu_precision, decide, measure
+from pipeline.accel import precision_probe
+from pipeline.accel.precision_probe import Choice, choose_cpu_precision, decide, measure
 
 
 def test_bf16_only_where_it_measures_clearly_faster():

@@ -9,29 +9,24 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import ledger
-from pipeline.checkpoint import save_checkpoint, saved_checkpoints
-from pipeline.cli import app
-from pipeline.events import Iteration
-from pipeline.images import read_metadata
-from pipeline.jobs import Batch, Inspector, auto_cpu_workers, default_batch_size
-from pipeline.manifest import build_rows, read_jobs, write_manifest
-from pipeline.runner import folder_lock
+from pipeline.bulk import ledger
+from pipeline.bulk.checkpoint import save_checkpoint, saved_checkpoints
+from pipeline.bulk.events import Iteration
+from pipeline.bulk.jobs import Batch, Inspector, auto_cpu_workers, default_batch_size
+from pipeline.bulk.manifest import build_rows, read_jobs, write_manifest
+from pipeline.bulk.runner import folder_lock
+from pipeline.cli.commands import app
+from pipeline.io.images import read_metadata
 from tests.conftest import make_painting, make_photo
 from tests.run_helpers import (
     cell,
     images_in,
-    make_dataset,
     run_cli,
     runner,
     spawn_run,
     wait_for,
 )
 
-
-@pytest.fixture
-def dataset(tmp_path):
-    return make_dataset(tmp_path)
 
 def test_manifest_build_is_a_cross_product(dataset):
     table = pq.read_table(dataset)
@@ -100,10 +95,9 @@ def test_invalid_rows_are_listed_and_skip_bad_rows_runs_the_rest(dataset, tmp_pa
 
 
 def test_a_job_whose_image_breaks_after_validation_fails_alone(dataset, tmp_path):
-    import multiprocessing as mp
 
-    from pipeline.runtime import Runtime
-    from pipeline.worker import Worker
+    from pipeline.accel.runtime import Runtime
+    from pipeline.bulk.worker import Worker
 
     out = tmp_path / "out"
     inspect = Inspector()
@@ -111,9 +105,7 @@ def test_a_job_whose_image_breaks_after_validation_fails_alone(dataset, tmp_path
     by_content = {j.spec.content: j for j in jobs if j.size == jobs[0].size}
     same_size = list(by_content.values())[:2]  # same output size, different content files
     same_size[1].spec.content.write_bytes(b"broken")  # breaks after inspection
-    events = mp.get_context("spawn").Queue()
-    worker = Worker(0, Runtime.create("cpu", "fp32", channels_last=False), out, 0, events,
-                    mp.get_context("spawn").Event(), os.getppid())
+    worker = Worker(0, Runtime.create("cpu", "fp32", channels_last=False), out, 0, [].append)
     worker.run(Batch(tuple(same_size)))
     rows = ledger.read(out)
     assert rows[same_size[0].id]["status"] == "done"
@@ -227,10 +219,11 @@ def test_ctrl_c_with_hundreds_of_batches_queued_exits_at_once(dataset, tmp_path)
 
 
 def test_a_second_ctrl_c_quits_at_once_and_the_run_resumes(dataset, tmp_path):
-    from pipeline.manifest import parse_overrides
-    from pipeline.progress import RunDisplay
-    from pipeline.runner import RunOptions
-    from pipeline.runner import run as run_manifest
+    from pipeline.accel.runtime import RuntimeOptions
+    from pipeline.bulk.manifest import parse_overrides
+    from pipeline.bulk.runner import RunOptions
+    from pipeline.bulk.runner import run as run_manifest
+    from pipeline.cli.progress import RunDisplay
 
     pressed = []
 
@@ -256,7 +249,7 @@ def test_a_second_ctrl_c_quits_at_once_and_the_run_resumes(dataset, tmp_path):
     handler = signal.getsignal(signal.SIGINT)
     opts = RunOptions(tmp_path / "out", devices="cpu", workers=2, batch_size=1,
                       checkpoint_every=2, overrides=parse_overrides(["size=32", "iterations=60"]),
-                      runtime={"precision": "fp32"})
+                      runtime=RuntimeOptions(precision="fp32"))
     result = run_manifest(dataset, opts, Impatient)
     assert pressed == ["stop", "again", "quit"]
     assert result.interrupted and result.pending > 0
@@ -287,12 +280,11 @@ def test_failed_jobs_are_skipped_until_retry_failed(dataset, tmp_path):
 
 
 def test_out_of_memory_retries_once_at_half_the_batch(dataset, tmp_path, monkeypatch):
-    import multiprocessing as mp
 
     import torch
 
-    import pipeline.worker as worker_module
-    from pipeline.runtime import Runtime
+    import pipeline.bulk.worker as worker_module
+    from pipeline.accel.runtime import Runtime
 
     real = worker_module.stylize_prepared
     sizes = []
@@ -308,9 +300,8 @@ def test_out_of_memory_retries_once_at_half_the_batch(dataset, tmp_path, monkeyp
     inspect = Inspector()
     jobs = [inspect(j) for j in read_jobs(dataset, out, {"size": 32, "iterations": 2})]
     pair = [j for j in jobs if j.size == jobs[0].size][:2]
-    ctx = mp.get_context("spawn")
     worker = worker_module.Worker(0, Runtime.create("cpu", "fp32", channels_last=False), out, 0,
-                                  ctx.Queue(), ctx.Event(), os.getppid())
+                                  [].append)
     worker.run(Batch(tuple(pair)))
     assert sizes == [2, 1, 1]
     assert all(r["status"] == "done" for r in ledger.read(out).values())
@@ -327,7 +318,7 @@ def test_out_of_memory_retries_once_at_half_the_batch(dataset, tmp_path, monkeyp
 
 
 def test_large_manifest_is_read_in_batches(dataset, tmp_path):
-    from pipeline.runner import scan
+    from pipeline.bulk.runner import scan
 
     base = pq.read_table(dataset).to_pylist()[0]
     rows = [{**base, "output": f"o{i}.png", "seed": i} for i in range(10_000)]
@@ -339,8 +330,8 @@ def test_large_manifest_is_read_in_batches(dataset, tmp_path):
 
 
 def test_size_bucket_lets_nearly_equal_shapes_share_a_batch(tmp_path):
-    from pipeline.jobs import make_batches
-    from pipeline.runner import scan
+    from pipeline.bulk.jobs import BatchQueue
+    from pipeline.bulk.runner import scan
 
     images = tmp_path / "data"
     images.mkdir()
@@ -353,7 +344,8 @@ def test_size_bucket_lets_nearly_equal_shapes_share_a_batch(tmp_path):
     def batches(bucket: int) -> list[Batch]:
         found = scan(manifest, tmp_path / "scan", {"size": 64, "size_bucket": bucket},
                      decode=False)
-        return list(make_batches(found.jobs, lambda job: 4))
+        queue = BatchQueue(found.jobs)
+        return list(iter(lambda: queue.take(lambda job: 4), None))
 
     assert [[j.size for j in b.jobs] for b in batches(0)] == [[(64, 43)], [(64, 42)]]
     assert [[j.size for j in b.jobs] for b in batches(8)] == [[(64, 40), (64, 40)]]

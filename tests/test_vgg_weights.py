@@ -1,9 +1,9 @@
 import torch
 from safetensors.torch import save_file
 
-from pipeline import weights as W
-from pipeline.files import cache_dir
-from pipeline.vgg import CONV_NAMES, LAYER_NAMES, min_input_side
+from pipeline.gatys import weights as W
+from pipeline.gatys.vgg import CONV_NAMES, LAYER_NAMES, min_input_side
+from pipeline.io.files import cache_dir
 
 
 def test_layer_names_follow_gatys():

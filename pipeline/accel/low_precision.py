@@ -1,0 +1,35 @@
+"""The trunk the optimization runs, in the runtime's precision."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..gatys.vgg import VGG19Trunk
+from .pixel_conv import PixelConv
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+
+@functools.lru_cache(maxsize=4)
+def compute_trunk(trunk: VGG19Trunk, runtime: Runtime) -> VGG19Trunk:
+    """The trunk the optimization runs: in bf16 mode, a copy with bf16 convolutions. Storing
+    bf16 weights (rather than autocast) saves casting all 20M weights on every call: autocast
+    caches casts only for weights that require grad. Targets keep using the fp32 trunk.
+
+    conv1_1 reads the fp32 pixels and hands on bf16 features (pixel_conv.py). In fp64 mode,
+    an fp64 copy (reference runs)."""
+    if runtime.precision == "fp32":
+        return trunk
+    if runtime.precision == "fp64":
+        return copy.deepcopy(trunk).double()
+    low = copy.deepcopy(trunk)
+    for name, layer in low.layers.items():
+        if name != "conv1_1":
+            layer.to(torch.bfloat16)
+    low.layers["conv1_1"] = PixelConv(low.layers["conv1_1"])
+    return low

@@ -1,0 +1,30 @@
+"""How a stage's run starts on this runtime: the accelerators wrapped around engine.StageRun."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from torch import Tensor
+
+from ..gatys.engine import Run, Stage, StageRun
+from ..gatys.params import StyleParams
+from ..gatys.vgg import VGG19Trunk
+from .cpu_shards import ShardedRun, rows, shard_bounds
+from .cuda_graph import GraphedRun
+from .runtime import Runtime
+
+
+def start_run(trunk: VGG19Trunk, x0: Tensor, stage: Stage, start: int,
+              opt_state: dict[str, Any] | None, params: StyleParams, *, runtime: Runtime) -> Run:
+    """A StageRun; on a multi-core CPU one per core on its share of the batch (cpu_shards.py);
+    with CUDA graphs, one whose objective and gradient replay as a graph (cuda_graph.py)."""
+    bounds = shard_bounds(x0.shape[0], runtime)
+    if len(bounds) > 1:
+        return ShardedRun([
+            StageRun.start(trunk, x0[lo:hi], replace(stage, targets=stage.targets.rows(lo, hi)),
+                           start, None if opt_state is None else rows(opt_state, lo, hi),
+                           params, runtime)
+            for lo, hi in bounds])
+    run = StageRun.start(trunk, x0, stage, start, opt_state, params, runtime)
+    return GraphedRun.of(run) if runtime.cuda_graphs else run

@@ -1,0 +1,1 @@
+"""Bulk runs: manifests, jobs, the runner, distributors, workers, ledger, checkpoints."""

@@ -1,0 +1,123 @@
+"""Batch checkpoints: images, optimizer state and iteration, written atomically and checksummed.
+
+One file per batch under <out>/.checkpoints/, named by the batch id (a hash of its job keys).
+A checkpoint whose job keys, format or checksum do not match, or that fails to load, is
+ignored and deleted: the batch then starts over, which is slower but never wrong. One whose
+jobs are all done is swept at the end of a run (see `sweep_finished`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import torch
+from torch import Tensor
+
+from ..gatys.engine import tree_to
+from ..io.files import atomic_path
+from ..io.tensor_tree import tree_digest
+
+log = logging.getLogger("pipeline.run")
+
+# Bumped when the layout changes (2: the compact L-BFGS history; 3: a checksum); a checkpoint
+# of another format is ignored like a foreign one.
+FORMAT = 3
+
+
+def checkpoint_dir(out_dir: Path) -> Path:
+    return out_dir / ".checkpoints"
+
+
+def checkpoint_path(out_dir: Path, batch_id: str) -> Path:
+    return checkpoint_dir(out_dir) / f"{batch_id}.pt"
+
+
+def saved_checkpoints(out_dir: Path) -> list[Path]:
+    """The checkpoint files, not the hidden temp file of one being written (which `*.pt` also
+    matches: files.atomic_path names it `.<name>.<random>.tmp.pt`)."""
+    return [p for p in checkpoint_dir(out_dir).glob("*.pt") if not p.name.startswith(".")]
+
+
+class _KeepWriteError:
+    """A file torch.save writes through, keeping the OSError of a failed write: torch turns
+    it into a RuntimeError ("unexpected pos ...") that no longer says the disk is full."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _content(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: state[k] for k in ("keys", "iteration", "images", "optimizer")}
+
+
+def save_checkpoint(path: Path, keys: list[str], iteration: int, images: Tensor,
+                    optimizer_state: dict[str, Any]) -> None:
+    """Raises OSError when the file cannot be written (disk full), and leaves no part of it."""
+    state = {"format": FORMAT, "keys": keys, "iteration": iteration,
+             "images": images.detach().cpu(), "optimizer": tree_to(optimizer_state, "cpu")}
+    state["checksum"] = tree_digest(_content(state))
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        writer = _KeepWriteError(f)
+        try:
+            torch.save(state, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+
+def load_checkpoint(path: Path, keys: list[str]) -> tuple[int, Tensor, dict[str, Any]] | None:
+    """The saved (iteration, images, optimizer state) of the batch with these job keys; None
+    (and the file deleted) when there is none, or it is torn, foreign or fails its checksum."""
+    if not path.is_file():
+        return None
+    reason = "of another format or batch"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("format") == FORMAT and state["keys"] == keys:
+            if state["checksum"] == tree_digest(_content(state)):
+                return state["iteration"], state["images"], state["optimizer"]
+            reason = "its checksum does not match: the file was damaged"
+    except Exception as e:  # a torn or foreign file: start the batch over
+        reason = f"unreadable: {type(e).__name__}: {e}".splitlines()[0]
+    log.warning("checkpoint %s %s; starting the batch over", path.name, reason)
+    path.unlink(missing_ok=True)
+    return None
+
+
+def sweep_finished(out_dir: Path, done_keys: Callable[[], set[str]]) -> tuple[int, int]:
+    """Delete the checkpoints whose jobs are all done; returns (files, bytes) removed.
+
+    A worker deletes its batch's checkpoint after writing the ledger, but a kill between the two,
+    or a rerun with other batching (another --batch-size, a batch halved after an out-of-memory
+    error) leaves files of ~100 MB per image that no batch id will ever match again. A checkpoint
+    with any job not done is kept: a later run may resume it. `done_keys` is only called when
+    there is something to check, so a clean folder costs no ledger read.
+    """
+    files = saved_checkpoints(out_dir)
+    if not files:
+        return 0, 0
+    done, removed, freed = done_keys(), 0, 0
+    for path in files:
+        try:  # mmap: only the keys are read, not the images or the L-BFGS history
+            keys = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["keys"]
+        except Exception:  # torn or foreign: load_checkpoint deals with it if its batch comes
+            continue
+        if set(keys) <= done:
+            freed += path.stat().st_size
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed, freed

@@ -1,0 +1,87 @@
+"""The local distributor: one spawned worker process per device entry of this machine."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import signal
+from typing import Any
+
+from ..distribute import Slot
+from ..events import Event, Exited, Lost
+from ..jobs import Batch
+from ..worker import WorkerConfig, start_worker
+
+
+def _how(code: int | None) -> str:
+    return f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+
+
+class LocalDistributor:
+    """Workers are processes; batches go to each through its own queue and events come back
+    through one shared queue. A worker that finds its parent gone (killed) checkpoints and
+    leaves."""
+
+    def __init__(self, slots: list[Slot], config: WorkerConfig):
+        self.slots, self.config = slots, config
+        self._ctx = mp.get_context("spawn")
+        self._events, self._stop = self._ctx.Queue(), self._ctx.Event()
+        self._procs: dict[int, Any] = {}
+        self._tasks: dict[int, Any] = {}
+        self._lost: set[int] = set()
+
+    def start(self, wid: int) -> None:
+        tasks = self._ctx.Queue()
+        tasks.cancel_join_thread()  # a stopped run must not wait to hand over its batches
+        slot = self.slots[wid]
+        proc = self._ctx.Process(target=_process, name=f"pipeline-worker-{wid}", daemon=True,
+                                 args=(wid, slot.device, slot.threads, self.config, tasks,
+                                       self._events, self._stop, os.getpid()))
+        proc.start()
+        self._procs[wid], self._tasks[wid] = proc, tasks
+        self._lost.discard(wid)
+
+    def send(self, wid: int, batch: Batch | None) -> None:
+        self._tasks[wid].put(batch)
+
+    def events(self, timeout: float) -> list[Event]:
+        try:
+            found = [self._events.get(timeout=timeout)]
+        except queue.Empty:  # quiet: is everyone still alive?
+            dead = [w for w, p in self._procs.items() if w not in self._lost and not p.is_alive()]
+            self._lost.update(dead)
+            return [Lost(w, _how(self._procs[w].exitcode)) for w in dead]
+        while True:
+            try:
+                found.append(self._events.get_nowait())
+            except queue.Empty:
+                return found
+
+    def restartable(self, wid: int) -> bool:
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def kill(self) -> None:
+        for proc in self._procs.values():
+            proc.terminate()
+
+    def close(self) -> None:
+        for proc in self._procs.values():
+            proc.join(timeout=30)
+
+
+def _process(wid: int, device: str, threads: int, config: WorkerConfig, tasks: Any,
+             events: Any, stop: Any, parent_pid: int) -> None:
+    """A worker process (spawned). Ctrl-C is the parent's to handle: it sets `stop`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker = start_worker(wid, device, threads, config, events.put,
+                          lambda: stop.is_set() or os.getppid() != parent_pid)
+    if worker is None:
+        return
+    while (batch := tasks.get()) is not None:
+        if not worker.serve(batch):
+            return
+    events.put(Exited(wid))

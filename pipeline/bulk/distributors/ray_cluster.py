@@ -1,0 +1,171 @@
+"""The Ray distributor: one actor per GPU of every node of a Ray cluster, or per CPU worker
+slot on nodes without GPUs, fed by the same run loop as local workers (distribute.py).
+
+Contract: the run folder is on storage every node mounts at the same path (NFS or any POSIX
+mount), and every node has this package installed. Workers read inputs and write outputs,
+checkpoints and ledger parts there; only small events and batch descriptions travel through
+Ray. So a batch whose node dies is handed to another actor and resumes from the checkpoint
+its first worker left in the run folder.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from ...errors import InputError
+from ..distribute import Slot
+from ..events import Event, Exited, Iteration, Lost
+from ..jobs import Batch, auto_cpu_workers
+from ..worker import Worker, WorkerConfig, start_worker
+
+try:
+    import ray
+    from ray.exceptions import RayError
+    from ray.util.queue import Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+except ImportError as e:  # the optional extra
+    raise InputError('--distributor ray needs Ray: pip install -e ".[ray]" (with the cpu or '
+                     'gpu extra)') from e
+
+# An actor reports its iteration at most this often: each report is a call to the driver.
+ITERATION_EVERY_S = 0.5
+
+
+class RayWorker:
+    """A worker as a Ray actor (two threads: `stop` is heard while `run` works)."""
+
+    def __init__(self, wid: int, threads: int, config: WorkerConfig, events: Queue):
+        self.wid, self.threads, self.config, self.events = wid, threads, config, events
+        self.stopped = threading.Event()
+        self.worker: Worker | None = None
+        self.last_iteration = 0.0
+
+    def emit(self, event: Event) -> None:
+        if isinstance(event, Iteration):
+            now = time.monotonic()
+            if now - self.last_iteration < ITERATION_EVERY_S:
+                return
+            self.last_iteration = now
+        self.events.put(event)
+
+    def start(self) -> bool:
+        # Ray hides all but the assigned GPU (CUDA_VISIBLE_DEVICES): it is cuda:0 here.
+        device = "cuda:0" if ray.get_gpu_ids() else "cpu"
+        self.worker = start_worker(self.wid, device, self.threads, self.config, self.emit,
+                                   self.stopped.is_set)
+        return self.worker is not None
+
+    def run(self, batch: Batch) -> bool:
+        assert self.worker is not None, "run before a successful start"
+        return self.worker.serve(batch)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+class RayDistributor:
+    def __init__(self, address: str | None, config: WorkerConfig, workers: int,
+                 sizes: list[tuple[int, int]]):
+        """`address`: a running cluster's (None: RAY_ADDRESS, else start Ray on this
+        machine). `workers`: CPU workers per node without GPUs (0: as a local run picks)."""
+        self.config = config
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                raise InputError(f"cannot connect to Ray at {address or 'RAY_ADDRESS'}: "
+                                 f"{str(e).splitlines()[0]}") from None
+        self.slots: list[Slot] = []
+        self._placement: list[dict[str, Any]] = []  # per wid: node id, num_cpus, num_gpus
+        for node in sorted(ray.nodes(), key=lambda n: n["NodeID"]):
+            if not node["Alive"]:
+                continue
+            gpus, cpus = int(node["Resources"].get("GPU", 0)), int(node["Resources"].get(
+                "CPU", 0))
+            name = f"node {node['NodeID'][:6]}"
+            if gpus:
+                per = {"num_gpus": 1, "num_cpus": 1 if cpus >= gpus else 0}
+                self._add(node, [Slot("cuda", f"{name} cuda", 1)] * gpus, per)
+            elif cpus:
+                k = min(cpus, workers or auto_cpu_workers(sizes, cpus))
+                per = {"num_gpus": 0, "num_cpus": cpus // k}
+                self._add(node, [Slot("cpu", f"{name} cpu", cpus // k, k)] * k, per)
+        if not self.slots:
+            self.close()
+            raise InputError("the Ray cluster has no node with a CPU or GPU for workers")
+        here = ray.get_runtime_context().get_node_id()
+        self._events = Queue(actor_options={"num_cpus": 0, "scheduling_strategy":
+                                            NodeAffinitySchedulingStrategy(here, soft=False)})
+        self._actors: dict[int, Any] = {}
+        self._refs: dict[Any, int] = {}
+        self._said: list[Event] = []
+        self._lost: set[int] = set()
+
+    def _add(self, node: dict[str, Any], slots: list[Slot], per: dict[str, Any]) -> None:
+        self.slots += slots
+        self._placement += [{"node": node["NodeID"], **per}] * len(slots)
+
+    def start(self, wid: int) -> None:
+        place = self._placement[wid]
+        actor = ray.remote(RayWorker).options(
+            num_cpus=place["num_cpus"], num_gpus=place["num_gpus"], max_concurrency=2,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(place["node"], soft=False),
+        ).remote(wid, self.slots[wid].threads, self.config, self._events)
+        self._actors[wid] = actor
+        self._lost.discard(wid)
+        self._refs[actor.start.remote()] = wid
+
+    def send(self, wid: int, batch: Batch | None) -> None:
+        if batch is None:
+            self._said.append(Exited(wid))
+            ray.kill(self._actors.pop(wid))  # its CPUs or GPU go back to the cluster
+        else:
+            self._refs[self._actors[wid].run.remote(batch)] = wid
+
+    def _drain(self) -> list[Event]:
+        n = self._events.qsize()
+        return list(self._events.get_nowait_batch(n)) if n else []
+
+    def events(self, timeout: float) -> list[Event]:
+        found = self._drain() + self._said
+        self._said = []
+        refs = list(self._refs)
+        if refs and not found:
+            ray.wait(refs, num_returns=1, timeout=timeout)
+        elif not found:
+            time.sleep(timeout)
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=0) if refs else ([], [])
+        found += self._drain()  # what a worker said before its call returned comes first
+        for ref in done:
+            wid = self._refs.pop(ref)
+            try:
+                ray.get(ref)
+            except RayError as e:  # the actor or its node died, or the call itself failed
+                if wid not in self._lost:
+                    self._lost.add(wid)
+                    self._actors.pop(wid, None)
+                    found.append(Lost(wid, str(e).strip().splitlines()[0][:200]))
+        return found
+
+    def restartable(self, wid: int) -> bool:
+        node = self._placement[wid]["node"]
+        return any(n["NodeID"] == node and n["Alive"] for n in ray.nodes())
+
+    def stop(self) -> None:
+        for actor in self._actors.values():
+            actor.stop.remote()
+
+    def kill(self) -> None:
+        for actor in self._actors.values():
+            ray.kill(actor)
+        self._actors.clear()
+
+    def close(self) -> None:
+        if hasattr(self, "_actors"):
+            self.kill()
+            self._events.shutdown()
+        if self._owns_ray:
+            ray.shutdown()

@@ -1,0 +1,77 @@
+"""What workers tell the run: one small frozen dataclass per kind of event, sent through a
+distributor (so picklable) and read by the run's loop (distribute.py) and the progress
+display. `Lost` is the one a distributor says for a worker that could not: it died."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The worker has its runtime and waits for a batch."""
+
+    worker: int
+    device: str
+    precision: str
+    reason: str  # why that precision (Runtime.precision_reason)
+
+
+@dataclass(frozen=True)
+class BatchStarted:
+    worker: int
+    jobs: int
+    iterations: int
+    resumed_at: int  # the checkpoint's iteration, 0 for a fresh start
+
+
+@dataclass(frozen=True)
+class Iteration:
+    worker: int
+    iteration: int
+
+
+@dataclass(frozen=True)
+class BatchDone:
+    """The batch's outputs and ledger rows are written."""
+
+    worker: int
+    done: int
+    failures: list[tuple[int, str]]  # (manifest row, one-line error)
+
+
+@dataclass(frozen=True)
+class Log:
+    worker: int
+    message: str
+
+
+@dataclass(frozen=True)
+class CouldNotStart:
+    worker: int
+    message: str
+
+
+@dataclass(frozen=True)
+class CannotWrite:
+    """An output or ledger write failed (disk full): the run must stop."""
+
+    worker: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Exited:
+    worker: int
+
+
+@dataclass(frozen=True)
+class Lost:
+    """The worker died without a word (killed, crashed, its node lost)."""
+
+    worker: int
+    how: str  # "signal 9", "exit code 1", "node ... is dead"
+
+
+Event = (Ready | BatchStarted | Iteration | BatchDone | Log | CouldNotStart | CannotWrite | Exited
+         | Lost)

@@ -1,0 +1,178 @@
+"""Jobs of a bulk run: checking each row's images, the job key, grouping into batches.
+
+A job's key is a hash of its input image bytes and its parameters: the same inputs always
+give the same key, so a finished output is recognized across runs and never recomputed.
+Batches group jobs with the same parameters and output size, in manifest order, so that the
+same set of unfinished jobs always forms the same batches (which is what lets a batch resume
+from its checkpoint).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InputError, RowError
+from ..gatys.vgg import min_input_side
+from ..io.images import fit_longest_side, header_size, read_rgb
+from ..targets.cache import image_digest
+from .manifest import JobSpec
+
+
+@dataclass(frozen=True)
+class Job:
+    spec: JobSpec
+    key: str
+    size: tuple[int, int]  # output (w, h)
+
+    @property
+    def id(self) -> tuple[str, str]:
+        """What the ledger tracks: rows with the same inputs and parameters share a key but
+        not an output."""
+        return self.key, self.spec.output_name
+
+    @property
+    def group(self) -> str:
+        """Jobs that can share a batch: same parameters, output size and number of styles."""
+        return json.dumps([self.spec.params.to_dict(), self.size, len(self.spec.styles)],
+                          sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Batch:
+    jobs: tuple[Job, ...]
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256("".join(j.key for j in self.jobs).encode()).hexdigest()[:16]
+
+
+class Inspector:
+    """Checks every image a job needs (each distinct file once) and computes its key.
+
+    `decode=True` (manifest validate) decodes every pixel; `decode=False` (pipeline run) reads
+    only headers, so a 100k-row run starts in minutes, not hours: an image that is corrupt past
+    its header then fails its own job in the worker, with the same message.
+    """
+
+    def __init__(self, decode: bool = True) -> None:
+        self.decode = decode
+        self._seen: dict[Path, tuple[str, tuple[int, int]]] = {}
+        self._folders: dict[Path, Path | None] = {}  # output folder -> a file blocking it
+
+    def _image(self, path: Path, row: int) -> tuple[str, tuple[int, int]]:
+        if path not in self._seen:
+            try:
+                if self.decode:  # one read: decode and hash the same bytes
+                    img, digest = read_rgb(path)
+                    self._seen[path] = (digest, img.size)
+                else:  # the header first: it names a folder or a broken link clearly
+                    size = header_size(path)
+                    self._seen[path] = (image_digest(path), size)
+            except InputError as e:
+                raise RowError(row, e) from None
+            except OSError as e:  # unreadable after the header was read
+                raise RowError(row, f"{path}: cannot read ({e.strerror or e})") from None
+        return self._seen[path]
+
+    def _destination(self, output: Path, row: int) -> None:
+        """The output can be written: not a folder, and no file where a folder must be."""
+        if output.is_dir():
+            raise RowError(row, f"output {output} is an existing folder")
+        parent = output.parent
+        if parent not in self._folders:
+            blocked = next((p for p in (parent, *parent.parents) if p.exists()), None)
+            self._folders[parent] = None if blocked is None or blocked.is_dir() else blocked
+        if (blocked := self._folders[parent]) is not None:
+            raise RowError(row, f"output {output}: {blocked} is a file, not a folder")
+
+    def __call__(self, spec: JobSpec) -> Job:
+        params = spec.params
+        digest, size = self._image(spec.content, spec.row)
+        out_size = fit_longest_side(size, params.size, params.size_bucket)
+        if min(out_size) < min_input_side(params.layers):
+            raise RowError(spec.row, f"{spec.content}: output would be {out_size[0]}x"
+                                     f"{out_size[1]}, too small for these layers")
+        style_digests = [self._image(s, spec.row)[0] for s in spec.styles]
+        init = self._image(Path(params.init), spec.row)[0] if params.init_is_file else None
+        if params.weights_is_file and not Path(params.weights).is_file():
+            raise RowError(spec.row, f"weights file {params.weights} does not exist")
+        self._destination(spec.output, spec.row)
+        payload = {"content": digest, "styles": style_digests, "params": params.to_dict()}
+        if init is not None:  # an init image's bytes matter as the content's do
+            payload["init"] = init
+        key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        return Job(spec, key, out_size)
+
+
+class BatchQueue:
+    """The run's batches, cut when a worker asks for one, at that worker's batch size (a GPU
+    and a CPU worker each get what suits them). Groups are cut in manifest order, so workers
+    with equal batch sizes always form the same batches from the same unfinished jobs. A batch
+    handed back (its worker died) goes out first and whole: it resumes from its checkpoint."""
+
+    def __init__(self, jobs: Iterable[Job]):
+        groups: dict[str, deque[Job]] = {}
+        for job in jobs:
+            groups.setdefault(job.group, deque()).append(job)
+        self._groups = deque(groups.values())
+        self._returned: deque[Batch] = deque()
+
+    def take(self, batch_size: Callable[[Job], int]) -> Batch | None:
+        """The next batch, of at most `batch_size(job)` jobs of one group; None when empty."""
+        if self._returned:
+            return self._returned.popleft()
+        if not self._groups:
+            return None
+        group = self._groups[0]
+        batch = Batch(tuple(group.popleft() for _ in range(min(batch_size(group[0]),
+                                                                len(group)))))
+        if not group:
+            self._groups.popleft()
+        return batch
+
+    def put_back(self, batch: Batch) -> None:
+        self._returned.appendleft(batch)
+
+    def count(self, batch_size: Callable[[Job], int]) -> int:
+        """How many batches remain if every one is cut with `batch_size`."""
+        return len(self._returned) + sum(-(-len(g) // batch_size(g[0])) for g in self._groups)
+
+    def __bool__(self) -> bool:
+        return bool(self._returned or self._groups)
+
+
+# Pixels in flight on the CPU, all workers together: batches up to this measured faster per
+# image than single images (bench/bench_batch.py, both CPU kinds of BENCHMARKS.md); larger
+# sizes were not measured, so they run alone.
+CPU_BATCH_PIXELS = 4 * 512 * 384
+# CUDA (bench_batch with CUDA graphs): batch 8 was the best of 1, 2, 4, 8 up to 512x384, and
+# at 1024x768 batches were slower per image than 1, so larger images run alone.
+CUDA_BATCH = 8
+CUDA_BATCH_PIXELS = 512 * 384
+
+
+def auto_cpu_workers(sizes: Iterable[tuple[int, int]], cores: int) -> int:
+    """CPU workers for `--workers 0`. Two processes with half the cores each beat one with all
+    of them on both CPU kinds measured (bench/bench_workers.py): no thread hand-offs, and one's
+    memory-bound work overlaps the other's GEMMs. Two, not more: more were not measured. And
+    only when two of the largest jobs fit the pixel budget together, so peak memory stays
+    within what one worker was measured at."""
+    largest = max((w * h for w, h in sizes), default=0)
+    return 2 if cores >= 2 and 2 * largest <= CPU_BATCH_PIXELS else 1
+
+
+def default_batch_size(device: str, size: tuple[int, int], cpu_workers: int = 1) -> int:
+    """Jobs per batch when --batch-size is 0: on CUDA 8 up to 512x384 px, else 1 (the memory
+    check splits a batch that cannot fit); on the CPU at most 4 images and
+    4 x 512x384 px in flight over all the CPU workers (beyond that, unmeasured: one at a
+    time). With two workers, batches of 1, 2 and 4 came out within the machine's drift of one
+    another (bench_workers); 2 keeps at most 4 images in flight, as one worker at 4 did."""
+    if device.startswith("cuda"):
+        return CUDA_BATCH if size[0] * size[1] <= CUDA_BATCH_PIXELS else 1
+    share = CPU_BATCH_PIXELS // cpu_workers // (size[0] * size[1])
+    return max(1, min(4 // cpu_workers, share))

@@ -1,0 +1,118 @@
+"""The results ledger: one Parquet row per finished or failed job, under <out>/ledger/.
+
+Each worker writes its own part files (one per batch, atomically), so nothing is lost if the
+parent process dies, and no two processes ever write the same file. Reading takes the latest
+row per job, a job being its key and its output (relative to --out, so a copied run folder
+stays valid): a retried job's success replaces its earlier failure. A part that cannot be read
+is skipped with a warning (and moved aside by a run); what it held is rebuilt from the keys
+embedded in the outputs, or run again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..io.files import atomic_path
+
+if TYPE_CHECKING:
+    from .jobs import Job
+
+log = logging.getLogger("pipeline.run")
+
+SCHEMA = pa.schema([
+    ("key", pa.string()), ("row", pa.int64()), ("status", pa.string()),
+    ("content", pa.string()), ("styles", pa.list_(pa.string())), ("output", pa.string()),
+    ("params", pa.string()), ("loss_total", pa.float64()), ("loss_content", pa.float64()),
+    ("loss_style", pa.float64()), ("loss_tv", pa.float64()), ("iterations", pa.int64()),
+    ("seconds", pa.float64()), ("device", pa.string()), ("error", pa.string()),
+    ("started_at", pa.float64()), ("finished_at", pa.float64()),
+    # The output file as written (size, mtime): a rerun trusts a done row whose file still
+    # matches, and decodes the file to check its embedded key otherwise.
+    ("output_bytes", pa.int64()), ("output_mtime_ns", pa.int64()),
+])
+DONE, FAILED, INVALID = "done", "failed", "invalid"
+QUARANTINE = "quarantine"
+
+JobId = tuple[str, str]  # (job key, output relative to --out)
+
+
+def ledger_dir(out_dir: Path) -> Path:
+    return out_dir / "ledger"
+
+
+def make_row(key: str, row: int, status: str, content: str, styles: list[str], output: str,
+             params: dict[str, Any] | None, started_at: float, device: str = "",
+             losses: dict[str, float] | None = None, iterations: int = 0,
+             seconds: float = 0.0, error: str = "", written: Path | None = None
+             ) -> dict[str, Any]:
+    """`written`: the output file just written, whose size and mtime are recorded."""
+    losses = losses or {}
+    stat = written.stat() if written is not None else None
+    return {"key": key, "row": row, "status": status, "content": content, "styles": styles,
+            "output": output, "params": json.dumps(params or {}, sort_keys=True),
+            "loss_total": losses.get("total"), "loss_content": losses.get("content"),
+            "loss_style": losses.get("style"), "loss_tv": losses.get("tv"),
+            "iterations": iterations, "seconds": seconds, "device": device, "error": error,
+            "started_at": started_at, "finished_at": time.time(),
+            "output_bytes": stat.st_size if stat else None,
+            "output_mtime_ns": stat.st_mtime_ns if stat else None}
+
+
+def job_row(job: Job, status: str, started_at: float, device: str = "", **kw: Any
+            ) -> dict[str, Any]:
+    """make_row for a job of a run: its key, row, paths and parameters."""
+    spec = job.spec
+    return make_row(job.key, spec.row, status, str(spec.content), [str(s) for s in spec.styles],
+                    spec.output_name, spec.params.to_dict(), started_at, device, **kw)
+
+
+def matches_file(row: dict[str, Any], path: Path) -> bool:
+    """The file at `path` is still the one this done row recorded writing."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    return (row["output_bytes"], row["output_mtime_ns"]) == (stat.st_size, stat.st_mtime_ns)
+
+
+def append(out_dir: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    dest = ledger_dir(out_dir) / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+    with atomic_path(dest) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), tmp)
+
+
+def read(out_dir: Path, quarantine: bool = False) -> dict[JobId, dict[str, Any]]:
+    """Latest row per job. A part that does not read is skipped with a warning, and with
+    `quarantine` (the caller holds the run lock) moved to ledger/quarantine/."""
+    folder = ledger_dir(out_dir)
+    parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+    empty = dict.fromkeys(SCHEMA.names)  # parts written before a column was added lack it
+    latest: dict[JobId, dict[str, Any]] = {}
+    for part in parts:  # names sort by write time
+        try:
+            rows = pq.read_table(part).to_pylist()
+        except (pa.ArrowException, OSError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if quarantine:
+                (folder / QUARANTINE).mkdir(exist_ok=True)
+                part.rename(folder / QUARANTINE / part.name)
+                log.warning("ledger part %s is unreadable (%s): moved to %s/; its jobs are "
+                            "taken from their outputs or run again", part.name, reason,
+                            QUARANTINE)
+            else:
+                log.warning("ledger part %s is unreadable (%s); skipped", part.name, reason)
+            continue
+        for row in rows:
+            row = {**empty, **row}
+            latest[(row["key"], row["output"])] = row
+    return latest

@@ -1,0 +1,246 @@
+"""`pipeline run`: validates the manifest, skips finished jobs, queues the rest as batches,
+and runs them through a distributor (distributors/: this machine's devices, or a Ray cluster).
+
+Concurrency rule: one `pipeline run` per output folder. A second one on the same folder is
+refused (an OS lock on the folder itself, which no file deletion can lift), because two runs
+sharing a folder could pick the same batch.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..accel.runtime import RuntimeOptions
+from ..errors import InputError, RowError
+from ..io.files import atomic_write_bytes, check_writable_dir, describe_os_error, remove_stale_temps
+from ..io.images import carries_key
+from . import ledger
+from .checkpoint import checkpoint_dir, sweep_finished
+from .distribute import distribute
+from .distributors import open_distributor
+from .jobs import BatchQueue, Inspector, Job
+from .manifest import read_jobs
+from .worker import WorkerConfig
+
+
+class RunLocked(RuntimeError):
+    """Another `pipeline run` holds the output folder."""
+
+
+class ManifestInvalid(InputError):
+    def __init__(self, errors: list[RowError]):
+        self.errors = errors
+        super().__init__(f"{len(errors)} invalid row(s)")
+
+
+@dataclass
+class RunOptions:
+    out_dir: Path
+    devices: str = "auto"               # the local distributor's
+    workers: int = 0                    # CPU workers per machine; 0: jobs.auto_cpu_workers
+    batch_size: int = 0                 # 0: jobs.default_batch_size per device and size
+    checkpoint_every: int = 50
+    overrides: dict[str, Any] = field(default_factory=dict)
+    skip_bad_rows: bool = False
+    retry_failed: bool = False
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    distributor: str = "local"
+    ray_address: str | None = None      # None: RAY_ADDRESS, else a Ray started here
+
+
+@dataclass
+class Scan:
+    jobs: list[Job]
+    errors: list[RowError]
+
+
+def scan(manifest: Path, out_dir: Path, overrides: dict[str, Any],
+         progress: Callable[[int], None] | None = None, decode: bool = True) -> Scan:
+    """Every row checked: columns, types, ranges, files exist and decode (or, with
+    decode=False, have a readable header), outputs inside --out and not duplicated."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {out_dir} is a file, not a folder")
+    inspect = Inspector(decode)
+    jobs: list[Job] = []
+    errors: list[RowError] = []
+    outputs: dict[Path, int] = {}
+    for item in read_jobs(manifest, out_dir, overrides):
+        if progress is not None:
+            progress(1)
+        if isinstance(item, RowError):
+            errors.append(item)
+            continue
+        try:
+            job = inspect(item)
+        except RowError as e:
+            errors.append(e)
+            continue
+        if (first := outputs.setdefault(item.output, item.row)) != item.row:
+            errors.append(RowError(item.row, f"output {item.output_name} duplicates row {first}"))
+            continue
+        jobs.append(job)
+    return Scan(jobs, errors)
+
+
+def _recorded(job: Job, row: dict[str, Any] | None) -> bool:
+    """The ledger's done row records writing the very file now at the job's output."""
+    return bool(row and row["status"] == ledger.DONE
+                and ledger.matches_file(row, job.spec.output))
+
+
+def _finished(job: Job, row: dict[str, Any] | None) -> bool:
+    """Its requested output exists and is its own: the ledger's record of writing that very
+    file, else (a file the ledger never saw, copied or touched since) the file decodes and
+    carries the job's key."""
+    output = job.spec.output
+    return _recorded(job, row) or (output.is_file() and carries_key(output, job.key))
+
+
+@dataclass
+class Plan:
+    todo: list[Job]
+    done: int
+    failed_before: int      # failed in an earlier run and not retried
+    recovered: list[Job]    # outputs found on disk that the ledger does not record as written
+
+
+def plan(jobs: Iterable[Job], out_dir: Path, retry_failed: bool) -> Plan:
+    state = ledger.read(out_dir, quarantine=True)
+    p = Plan([], 0, 0, [])
+    for job in jobs:
+        row = state.get(job.id)
+        recorded = _recorded(job, row)
+        if recorded or _finished(job, None):
+            p.done += 1
+            if not recorded:
+                p.recovered.append(job)
+        elif row and row["status"] == ledger.FAILED and not retry_failed:
+            p.failed_before += 1
+        else:
+            p.todo.append(job)
+    return p
+
+
+@dataclass
+class RunResult:
+    total: int
+    done_before: int
+    done: int = 0
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    failed_before: int = 0
+    pending: int = 0
+    interrupted: int = 0    # the signal that stopped the run (SIGINT, SIGTERM), 0 if none
+    errors: list[str] = field(default_factory=list)  # what stopped the run early
+    seconds: float = 0.0
+    devices: list[str] = field(default_factory=list)
+    precision: dict[str, str] = field(default_factory=dict)  # device -> "bf16 (why)"
+    swept: tuple[int, int] = (0, 0)  # finished batches' checkpoints removed: files, bytes
+
+
+def write_run_info(out_dir: Path, manifest: Path, jobs: list[Job], invalid: int) -> str:
+    """run.json; returns the run's id, by which workers elsewhere know they see the folder."""
+    run_id = uuid.uuid4().hex
+    info = {"manifest": str(manifest.resolve()), "run_id": run_id, "started_at": time.time(),
+            "total": len(jobs) + invalid, "invalid": invalid,
+            "jobs": [list(j.id) for j in jobs]}
+    atomic_write_bytes(out_dir / "run.json", json.dumps(info).encode())
+    return run_id
+
+
+@contextmanager
+def folder_lock(out_dir: Path) -> Iterator[None]:
+    """An exclusive flock on the folder itself: released by the kernel when this process ends,
+    however it ends, and not defeated by deleting a file."""
+    fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise RunLocked(f"another `pipeline run` is using {out_dir}; wait for it to "
+                            "finish, or use another --out folder") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _own_folders(out_dir: Path, jobs: Iterable[Job]) -> list[Path]:
+    """Where this program writes: the run's folders and each output's folder."""
+    return [out_dir, ledger.ledger_dir(out_dir), checkpoint_dir(out_dir),
+            *(job.spec.output.parent for job in jobs)]
+
+
+def run(manifest: Path, opts: RunOptions, display_factory: Callable[..., Any],
+        scan_view: Callable[[], AbstractContextManager[Callable[[int], None]]] = nullcontext
+        ) -> RunResult:
+    """`display_factory(total=, devices=)` is a context manager fed the workers' events;
+    `scan_view()` one that yields a row counter while the manifest is checked. Nothing is
+    written (not even the folder) until the manifest has been checked."""
+    out_dir = opts.out_dir
+    start = time.perf_counter()
+    with scan_view() as advance:
+        found = scan(manifest, out_dir, opts.overrides, advance, decode=False)
+    if found.errors and not opts.skip_bad_rows:
+        raise ManifestInvalid(found.errors)
+    try:
+        check_writable_dir(out_dir)
+    except OSError as e:
+        raise InputError(f"--out: {describe_os_error(e, out_dir)}") from None
+    with folder_lock(out_dir):
+        remove_stale_temps(_own_folders(out_dir, found.jobs))  # of a run that was killed
+        run_id = write_run_info(out_dir, manifest, found.jobs, len(found.errors))
+        p = plan(found.jobs, out_dir, opts.retry_failed)
+        now = time.time()
+        ledger.append(out_dir, [
+            ledger.make_row(f"invalid-row-{e.row}", e.row, ledger.INVALID, "", [], "", None, now,
+                            error=str(e)) for e in found.errors])
+        ledger.append(out_dir, [ledger.job_row(j, ledger.DONE, now, written=j.spec.output,
+                                               error="recovered from output file")
+                                for j in p.recovered])
+        result = RunResult(total=len(found.jobs) + len(found.errors), done_before=p.done,
+                           failed_before=p.failed_before)
+        result.failed += [(e.row, str(e)) for e in found.errors]
+        if p.todo:
+            config = WorkerConfig(out_dir, opts.checkpoint_every, opts.runtime, run_id)
+            with open_distributor(opts.distributor, config, opts.devices, opts.workers,
+                                  opts.ray_address, [job.size for job in p.todo]) as workers:
+                queue = BatchQueue(p.todo)
+                # A worker with no batch would only start up.
+                workers.slots = workers.slots[:max(1, queue.count(
+                    workers.slots[0].batch_size(opts.batch_size)))]
+                result.devices = [slot.label for slot in workers.slots]
+                with display_factory(total=len(p.todo), devices=result.devices) as display:
+                    outcome = distribute(workers, queue, opts.batch_size, display,
+                                         lambda batch: all(_finished(j, None) for j in batch.jobs))
+            result.done, result.interrupted = outcome.done, outcome.interrupted
+            result.failed += outcome.failed
+            result.errors, result.precision = outcome.errors, outcome.precision
+        result.pending = len(p.todo) - result.done - (len(result.failed) - len(found.errors))
+        result.swept = sweep_finished(out_dir, lambda: {
+            key for (key, _), row in ledger.read(out_dir).items() if row["status"] == ledger.DONE})
+        result.seconds = time.perf_counter() - start
+        return result
+
+
+def exit_code(result: RunResult) -> int:
+    """0 only when every job of the manifest is done; see `pipeline run --help`."""
+    if result.interrupted:
+        return 128 + result.interrupted
+    if result.failed or result.failed_before or result.pending or result.errors:
+        return 1
+    return 0
+
+
+__all__ = ["ManifestInvalid", "RunLocked", "RunOptions", "RunResult", "exit_code", "run",
+           "scan"]

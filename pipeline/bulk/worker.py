@@ -1,0 +1,225 @@
+"""A worker: the unit every distributor runs, one per device. It gets batches one at a time,
+runs them, writes the outputs and its own ledger rows, and reports typed events through a
+callback. It needs nothing from the driver's process but a WorkerConfig (picklable) and a
+run folder it can see, so it runs as a spawned process (distributors/local.py) or a Ray actor
+on another machine (distributors/ray_cluster.py) alike.
+
+Order of writes for a batch: outputs (each atomic, with its job key embedded), then the ledger
+part, then the checkpoint is deleted. A crash between any two steps is repaired on rerun: an
+output carrying the right job key counts as done.
+
+A write that fails (disk full, read-only, quota) is the machine's problem, not the job's: the
+worker reports it and leaves, the run stops, and nothing is recorded as failed, so a plain rerun
+picks the jobs up. Only a checkpoint that cannot be written is let go (with a warning): the
+job goes on without it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..accel import cpu_heap
+from ..accel.runtime import Runtime, RuntimeOptions
+from ..api import StyleJob, prepare, stylize_prepared
+from ..errors import InputError
+from ..gatys.engine import Checkpointing, Interrupted, NonFinite
+from ..io.files import describe_os_error
+from ..io.images import save_image
+from . import ledger
+from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from .events import (
+    BatchDone,
+    BatchStarted,
+    CannotWrite,
+    CouldNotStart,
+    Event,
+    Exited,
+    Iteration,
+    Log,
+    Ready,
+)
+from .jobs import Batch, Job
+
+log = logging.getLogger("pipeline.run")
+
+
+class WriteFailed(Exception):
+    """An output or ledger write failed: the run must stop (see the module docstring)."""
+
+
+Emit = Callable[[Event], None]
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every worker of a run is given."""
+
+    out_dir: Path
+    checkpoint_every: int
+    runtime: RuntimeOptions
+    run_id: str  # run.json's: proves the worker sees this run's folder
+
+
+class Worker:
+    def __init__(self, wid: int, runtime: Runtime, out_dir: Path, every: int, emit: Emit,
+                 stopping: Callable[[], bool] = lambda: False):
+        """`stopping()` true: checkpoint the batch and leave (asked to stop, or orphaned)."""
+        self.wid, self.runtime, self.out_dir, self.every = wid, runtime, out_dir, every
+        self.emit, self.stopping = emit, stopping
+
+    def serve(self, batch: Batch) -> bool:
+        """Run one batch; False when this worker must leave: it was stopped (Exited sent) or a
+        write failed (CannotWrite sent)."""
+        if self.stopping():
+            self.emit(Exited(self.wid))
+            return False
+        try:
+            self.run(batch)
+        except Interrupted:
+            self.emit(Exited(self.wid))
+            return False
+        except WriteFailed as e:
+            self.emit(CannotWrite(self.wid, str(e)))
+            return False
+        if self.runtime.keep_cpu_memory:
+            cpu_heap.release()  # the next batch may be smaller; others share the machine
+        return True
+
+    def run(self, batch: Batch) -> None:
+        started = time.time()
+        params = batch.jobs[0].spec.params
+        rows: list[dict[str, Any]] = []
+        ready: list[tuple[Job, Any]] = []
+        for job in batch.jobs:  # decode each job alone: a bad image fails only its own job
+            try:
+                ready.append((job, prepare(StyleJob(job.spec.content, list(job.spec.styles)),
+                                           params)))
+            except InputError as e:
+                rows.append(ledger.job_row(job, ledger.FAILED, started, error=str(e)))
+        if ready:
+            rows += self._optimize(ready, started, split_on_oom=True)
+        try:
+            ledger.append(self.out_dir, rows)
+        except OSError as e:  # the outputs are written: a rerun finds them by their keys
+            raise WriteFailed(f"cannot write the ledger: "
+                              f"{describe_os_error(e, ledger.ledger_dir(self.out_dir))}") from e
+        failures = [(r["row"], r["error"]) for r in rows if r["status"] != ledger.DONE]
+        self.emit(BatchDone(self.wid, len(rows) - len(failures), failures))
+
+    def _optimize(self, ready: list[tuple[Job, Any]], started: float, split_on_oom: bool
+                  ) -> list[dict[str, Any]]:
+        jobs = [job for job, _ in ready]
+        params = jobs[0].spec.params
+        keys = [job.key for job in jobs]
+        ckpt = checkpoint_path(self.out_dir, Batch(tuple(jobs)).id)
+        resume = load_checkpoint(ckpt, keys)
+        self.emit(BatchStarted(self.wid, len(jobs), params.iterations,
+                                            resume[0] if resume else 0))
+        warned = []
+
+        def save(it: int, x: Any, state: Any) -> None:
+            try:
+                save_checkpoint(ckpt, keys, it, x, state)
+            except OSError as e:
+                if not warned:  # once per batch: the job goes on, only resumability is lost
+                    warned.append(e)
+                    log.warning("cannot write a checkpoint (%s); going on without one",
+                                describe_os_error(e, ckpt.parent))
+
+        checkpointing = Checkpointing(save=save, every=self.every, resume=resume,
+                                      stop=self.stopping)
+        device = str(self.runtime.device)
+        try:
+            results = stylize_prepared(
+                [p for _, p in ready], params, self.runtime,
+                lambda it, _terms: self.emit(Iteration(self.wid, it)),
+                checkpointing)
+        except torch.OutOfMemoryError:
+            if self.runtime.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if split_on_oom and len(ready) > 1:  # once, at half the batch
+                half = len(ready) // 2
+                return (self._optimize(ready[:half], started, False)
+                        + self._optimize(ready[half:], started, False))
+            return [ledger.job_row(j, ledger.FAILED, started, device,
+                         error=f"out of memory at batch {len(jobs)}, size {j.size[0]}x"
+                               f"{j.size[1]}") for j in jobs]
+        except Interrupted:
+            raise
+        except NonFinite as e:  # those jobs fail; the rest of the batch runs again without them
+            ckpt.unlink(missing_ok=True)
+            diverged = set(e.samples)
+            rows = [ledger.job_row(j, ledger.FAILED, started, device, error=str(e))
+                    for i, j in enumerate(jobs) if i in diverged]
+            rest = [item for i, item in enumerate(ready) if i not in diverged]
+            return rows + (self._optimize(rest, started, split_on_oom) if rest else [])
+        except Exception as e:  # one batch's failure must not end the run
+            ckpt.unlink(missing_ok=True)  # its space is better left to the other batches
+            message = f"{type(e).__name__}: {e}".splitlines()[0]
+            return [ledger.job_row(j, ledger.FAILED, started, device, error=message) for j in jobs]
+        rows = []
+        for job, result in zip(jobs, results, strict=True):
+            try:
+                save_image(result.image, job.spec.output, {**result.metadata, "job_key": job.key})
+            except OSError as e:
+                raise WriteFailed(f"cannot write {job.spec.output_name}: "
+                                  f"{describe_os_error(e, job.spec.output.parent)}") from e
+            rows.append(ledger.job_row(job, ledger.DONE, started, device, losses=result.losses,
+                                       iterations=result.iterations, seconds=result.seconds,
+                                       written=job.spec.output))
+        ckpt.unlink(missing_ok=True)
+        return rows
+
+
+class ForwardLog(logging.Handler):
+    """Send the lines a user needs from a worker (the target provider, warnings) to the driver;
+    per-image cache lines stay here, they would flood a 100k-job run."""
+
+    def __init__(self, wid: int, emit: Emit):
+        super().__init__(logging.INFO)
+        self.wid, self.send = wid, emit
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING or "provider" in message:
+            self.send(Log(self.wid, message))
+
+
+def sees_run_folder(config: WorkerConfig) -> bool:
+    """This machine sees the run's folder: its run.json carries the run's id."""
+    try:
+        return json.loads((config.out_dir / "run.json").read_text())["run_id"] == config.run_id
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def start_worker(wid: int, device: str, threads: int, config: WorkerConfig, emit: Emit,
+                 stopping: Callable[[], bool]) -> Worker | None:
+    """Set up a worker in this process (threads, log forwarding, runtime) and say Ready; or
+    say CouldNotStart and return None."""
+    torch.set_num_threads(threads)
+    logger = logging.getLogger("pipeline")
+    logger.setLevel(logging.INFO)
+    logger.handlers = [h for h in logger.handlers if not isinstance(h, ForwardLog)]
+    logger.addHandler(ForwardLog(wid, emit))
+    logger.propagate = False
+    if not sees_run_folder(config):
+        emit(CouldNotStart(wid, f"cannot see the run folder {config.out_dir} (its run.json "
+                                "is missing or from another run): every machine must mount "
+                                "it at the same path"))
+        return None
+    try:
+        runtime = Runtime.resolve(device, config.runtime)
+    except Exception as e:  # reported to the driver, which decides
+        emit(CouldNotStart(wid, f"{type(e).__name__}: {e}"))
+        return None
+    emit(Ready(wid, str(runtime.device), runtime.precision, runtime.precision_reason))
+    return Worker(wid, runtime, config.out_dir, config.checkpoint_every, emit, stopping)

@@ -1,0 +1,166 @@
+"""Rich progress display for optimizations: iteration bar, loss terms and it/s on stderr."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+from torch import Tensor
+
+from ..bulk.events import (
+    BatchDone,
+    BatchStarted,
+    CannotWrite,
+    CouldNotStart,
+    Event,
+    Exited,
+    Iteration,
+    Log,
+    Lost,
+    Ready,
+)
+
+# Markup off: file names and error messages are printed as they are (a[1].png stays a[1].png);
+# color goes through `say`.
+console = Console(stderr=True, markup=False)
+
+
+def say(label: str, style: str, message: object = "", target: Console | None = None) -> None:
+    """`label` in `style`, then the message as plain text, on one unwrapped line."""
+    (target or console).print(Text.assemble((label, style), " " if message else "",
+                                            str(message)), highlight=False, soft_wrap=True)
+
+# Reading loss values forces a device sync; do it only every this many iterations.
+LOSS_EVERY = 10
+
+
+class RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.2f} it/s" if speed else "-- it/s", style="progress.data.speed")
+
+
+def format_losses(terms: dict[str, Tensor] | dict[str, float], index: int = 0) -> str:
+    def value(v: Tensor | float) -> float:
+        return float(v[index]) if isinstance(v, Tensor) else float(v)
+
+    return "  ".join(f"{k} {value(terms[k]):.4g}" for k in ("total", "content", "style", "tv")
+                     if k in terms)
+
+
+@contextmanager
+def iteration_bar(description: str, total: int, quiet: bool = False) -> Iterator:
+    """Yields a progress callback for engine.optimize."""
+    if quiet:
+        yield None
+        return
+    columns = [TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
+               MofNCompleteColumn(), RateColumn(), TimeElapsedColumn(), TextColumn("eta"),
+               TimeRemainingColumn(),
+               TextColumn("{task.fields[losses]}", markup=False)]
+    bar = Progress(*columns, console=console, transient=False)
+    task = bar.add_task(description, total=total, losses="")
+
+    def update(iteration: int, terms: dict[str, Tensor]) -> None:
+        if not bar.live.is_started:  # shown from the first iteration, after inputs are checked
+            bar.start()
+        fields = {}
+        if iteration % LOSS_EVERY == 0 or iteration == total:  # all terms: in the summary
+            fields["losses"] = f"loss {float(terms['total'][0]):.4g}"
+        bar.update(task, completed=iteration, **fields)
+
+    try:
+        yield update
+    finally:
+        if bar.live.is_started:  # stopping a bar never shown prints an empty line
+            bar.stop()
+
+
+class RateHourColumn(ProgressColumn):
+    """Images per hour, for tasks that count images (not iterations)."""
+
+    def render(self, task: Task) -> Text:
+        if not task.fields.get("images"):
+            return Text("")
+        elapsed = task.elapsed or 0
+        rate = task.completed / elapsed * 3600 if elapsed > 1 and task.completed else None
+        return Text(f"{rate:,.0f} img/h" if rate else "-- img/h", style="progress.data.speed")
+
+
+class RunDisplay:
+    """Overall jobs bar plus one line per worker; fed the workers' events."""
+
+    def __init__(self, total: int, devices: list[str]):
+        self.bar = Progress(TextColumn("{task.description}", style="bold", markup=False),
+                            BarColumn(),
+                            MofNCompleteColumn(), RateHourColumn(), RateColumn(),
+                            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                            console=console)
+        self.overall = self.bar.add_task("jobs", total=total, images=True)
+        self.workers = [self.bar.add_task(f"  w{i} {d}: starting", total=1, start=False)
+                        for i, d in enumerate(devices)]
+        self.devices = list(devices)  # relabelled with precision once workers report
+
+    def __enter__(self) -> RunDisplay:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def handle(self, event: Event) -> None:
+        wid = event.worker
+        task = self.workers[wid]
+        match event:
+            case Ready(device=device, precision=precision):
+                self.devices[wid] = f"{device} {precision}"
+                self.bar.update(task, description=f"  w{wid} {self.devices[wid]}: waiting")
+            case BatchStarted(jobs=n, iterations=total, resumed_at=start):
+                resumed = f", resumed at {start}" if start else ""
+                if start:
+                    say(f"w{wid}:", "cyan", f"resuming a batch of {n} from its checkpoint at "
+                        f"iteration {start}/{total}", self.bar.console)
+                self.bar.reset(task, total=total, completed=start,
+                               description=f"  w{wid} {self.devices[wid]}: batch of {n}{resumed}")
+            case Iteration(iteration=iteration):
+                self.bar.update(task, completed=iteration)
+            case BatchDone(done=done, failures=failures):
+                self.bar.advance(self.overall, done + len(failures))
+                for row, error in failures:
+                    say("failed", "red", f"row {row}: {error}", self.bar.console)
+            case CouldNotStart(message=message):
+                say(f"worker {wid} could not start:", "red", message, self.bar.console)
+            case CannotWrite(message=message):
+                say("stopping:", "red", message, self.bar.console)
+            case Log(message=message):
+                say(f"w{wid}:", "cyan", message, self.bar.console)
+            case Exited():
+                self.bar.update(task, description=f"  w{wid} {self.devices[wid]}: finished")
+            case Lost(how=how):
+                say(f"worker {wid} died ({how})", "red", "", self.bar.console)
+                self.bar.update(task, description=f"  w{wid} {self.devices[wid]}: lost")
+
+    def worker_restarted(self, wid: int) -> None:
+        say(f"w{wid}:", "cyan", "a new worker takes over its batch, from its last checkpoint",
+            self.bar.console)
+        self.bar.update(self.workers[wid], description=f"  w{wid} {self.devices[wid]}: starting")
+
+    def interrupted(self) -> None:
+        say("stopping:", "yellow", "each worker saves a checkpoint of its batch... "
+            "(Ctrl-C again to quit now)", self.bar.console)
+
+    def aborted(self) -> None:
+        say("quitting now:", "yellow", "batches in progress resume from their last checkpoint",
+            self.bar.console)

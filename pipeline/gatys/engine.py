@@ -1,0 +1,296 @@
+"""The optimization: from an initial batch of images and their targets to stylized images.
+
+Reads top to bottom as Gatys et al. (2016): the image is the variable, the VGG19 trunk gives
+its features, the loss compares them with fixed targets, and an optimizer (L-BFGS by default,
+as in the paper) updates the pixels. Departures from the paper: loss normalization follows
+neural-style (see losses.py), a batch of independent jobs is optimized at once, and the trunk
+may run in bf16 (its Gram GEMMs too, accumulating in fp32) while the losses stay fp32.
+
+Nothing here knows how it is accelerated: the runtime (`Numerics`) hands over the trunk in its
+precision and starts each stage's run, and the accelerators (pipeline/accel: bf16 trunk, CPU
+shards, CUDA graphs) wrap StageRun there.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import NonFiniteError
+from ..io.tensor_tree import map_tensors
+from .lbfgs import BatchedLBFGS
+from .losses import LossWeights, SplitTarget, Targets, loss_terms
+from .params import StyleParams
+from .vgg import LAYER_INDEX, VGG19Trunk
+from .weights import WeightSet, load_weights
+
+Progress = Callable[[int, dict[str, Tensor]], None]
+
+
+class Run(Protocol):
+    """One stage's optimization, stepped by the loop: StageRun, or an accelerator's wrapper."""
+
+    x: Tensor
+
+    def step(self) -> dict[str, Tensor]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+
+class Numerics(Protocol):
+    """How the math runs (accel.runtime.Runtime): the device, dtypes and layout, and the two
+    places where accelerators plug in without the loop knowing them: the trunk in the run's
+    precision, and how a stage's run is started (StageRun.start, or a wrapper of it)."""
+
+    device: torch.device
+    precision: str
+    channels_last: bool
+
+    @property
+    def trunk_dtype(self) -> torch.dtype: ...
+
+    @property
+    def pixel_dtype(self) -> torch.dtype: ...
+
+    def layout(self, x: Tensor) -> Tensor: ...
+
+    def widened(self) -> Numerics: ...
+
+    def compute_trunk(self, trunk: VGG19Trunk) -> VGG19Trunk: ...
+
+    def start_run(self, trunk: VGG19Trunk, x0: Tensor, stage: Stage, start: int,
+                  opt_state: dict[str, Any] | None, params: StyleParams) -> Run: ...
+
+
+class Interrupted(Exception):
+    """The run was asked to stop; a checkpoint of the current iteration was saved."""
+
+
+class NonFinite(NonFiniteError):
+    """The objective of some samples of the batch became inf or NaN: those images are not
+    results. The other samples are unharmed (every loss is per sample), but the batch stops
+    here: the caller runs them again without the diverged ones."""
+
+    def __init__(self, samples: list[int], iteration: int):
+        self.samples, self.iteration = samples, iteration
+        super().__init__(f"the objective became inf/NaN at iteration {iteration}: the loss "
+                         "weights or the step size (lr, lbfgs_max_step) are too large")
+
+
+# How often the loss is checked for inf/NaN: each check reads it on the host, which on a GPU
+# waits for the iteration to finish. It is also checked before every checkpoint and at the end.
+FINITE_EVERY = {"cpu": 1, "cuda": 10}
+
+
+def check_finite(total: Tensor, iteration: int, images: Tensor | None = None) -> None:
+    """Raise NonFinite naming the samples whose loss (or image) is not finite."""
+    bad = ~torch.isfinite(total)
+    if images is not None:
+        bad |= ~torch.isfinite(images.flatten(1)).all(1)
+    if bad.any():
+        raise NonFinite(bad.nonzero().flatten().tolist(), iteration)
+
+
+@dataclass
+class Checkpointing:
+    """Resumable optimization: `save(iteration, images, optimizer_state)` runs every `every`
+    iterations and when `stop()` turns true (then Interrupted is raised); `resume` restarts
+    from a saved (iteration, images, optimizer_state)."""
+
+    save: Callable[[int, Tensor, dict[str, Any]], None]
+    every: int = 0
+    resume: tuple[int, Tensor, dict[str, Any]] | None = None
+    stop: Callable[[], bool] = lambda: False
+
+
+@functools.lru_cache(maxsize=4)
+def load_trunk(source: str, pooling: str, last_layer: str, runtime: Numerics
+               ) -> tuple[VGG19Trunk, WeightSet]:
+    """The frozen trunk on the runtime's device; cached so a worker loads weights once."""
+    weights = load_weights(source)
+    trunk = weights.trunk(pooling=pooling, last_layer=last_layer).to(runtime.device)
+    if runtime.channels_last:
+        trunk = trunk.to(memory_format=torch.channels_last)
+    return trunk, weights
+
+
+def trunk_for(params: StyleParams, runtime: Numerics) -> tuple[VGG19Trunk, WeightSet]:
+    last = max(params.layers, key=LAYER_INDEX.__getitem__)
+    return load_trunk(params.weights, params.pooling, last, runtime)
+
+
+def loss_weights(params: StyleParams) -> LossWeights:
+    layer_w = params.style_layer_weights or (1.0,) * len(params.style_layers)
+    return LossWeights(params.content_weight, params.style_weight, params.tv_weight,
+                       dict(zip(params.style_layers, layer_w, strict=True)))
+
+
+def init_batch(params: StyleParams, contents: Tensor, init_image: Tensor | None) -> Tensor:
+    """The starting images: the content, seeded uniform noise, or a given image."""
+    if params.init == "content":
+        return contents.clone()
+    if params.init == "noise":
+        # Reseeded per sample: a job's start does not depend on its place in the batch.
+        gen = torch.Generator()
+        noise = [torch.rand(contents.shape[1:], generator=gen.manual_seed(params.seed)) * 255
+                 for _ in range(contents.shape[0])]
+        return torch.stack(noise).to(contents.device)
+    assert init_image is not None, "init image path given but no image loaded"
+    return init_image.expand_as(contents).clone()
+
+
+def objective(trunk: VGG19Trunk, targets: Targets, params: StyleParams, runtime: Numerics
+              ) -> Callable[[Tensor], dict[str, Tensor]]:
+    """Per-sample loss terms of a batch of images: the trunk and its Gram GEMMs in the
+    runtime's precision, the losses in fp32."""
+    weights = loss_weights(params)
+    layers = params.layers
+    net = runtime.compute_trunk(trunk)
+    # Content targets in the features' layout: with channels_last features and NCHW targets,
+    # the loss's gradient comes out NCHW and its sum with the channels_last one runs ~10x
+    # slower than a same-layout add.
+    targets = replace(targets, content={k: runtime.layout(t) for k, t in targets.content.items()})
+    # Every feature is in the trunk's dtype (compute_trunk), so each style target is split for
+    # the Gram GEMMs once here rather than in every iteration.
+    grams = {k: SplitTarget.of(t, runtime.trunk_dtype) for k, t in targets.grams.items()}
+
+    def evaluate(x: Tensor) -> dict[str, Tensor]:
+        return loss_terms(net(runtime.layout(x), layers), x, targets, weights, grams)
+
+    return evaluate
+
+
+@dataclass
+class Stage:
+    """One size of a coarse-to-fine schedule: optimize at `size` (w, h) against `targets` until
+    the run's iteration count reaches `end`. A plain run is one stage."""
+
+    size: tuple[int, int]
+    end: int
+    targets: Targets
+
+
+def resample(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Images [N, 3, H, W] to size (w, h): bicubic, antialiased when shrinking."""
+    if (x.shape[3], x.shape[2]) == size:
+        return x
+    return F.interpolate(x, size=(size[1], size[0]), mode="bicubic", antialias=True,
+                         align_corners=False)
+
+
+def optimize(trunk: VGG19Trunk, x0: Tensor, stages: Sequence[Stage], params: StyleParams,
+             runtime: Numerics, progress: Progress | None = None,
+             checkpointing: Checkpointing | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """Run the stages from x0 [N, 3, H, W] (or from a checkpoint, which may lie in any stage);
+    return the final images and their per-sample loss terms in fp32.
+
+    Coarse-to-fine as in crowsonkb's style-transfer-pytorch: each stage starts from the last
+    one's images upsampled, with a fresh optimizer (L-BFGS history is tied to the image size).
+    A coarse iteration costs a quarter of the next size's, and it fixes the large structures
+    that take a full-size optimization many iterations to move."""
+    resume = checkpointing.resume if checkpointing is not None else None
+    i, x, opt_state = resume if resume is not None else (0, x0, None)
+    x = x.detach().to(runtime.device, runtime.pixel_dtype)
+    for stage in stages:
+        if i >= stage.end:
+            continue
+        if (x.shape[3], x.shape[2]) != stage.size:  # a new stage (a checkpoint is mid-stage)
+            x, opt_state = resample(x, stage.size), None
+        x = _run_stage(trunk, x, stage, i, opt_state, params, runtime, progress, checkpointing)
+        i = stage.end
+    # Report the objective of the images returned, in fp32 (or fp64): the last closure saw them
+    # before the last step, and in the runtime's precision. One forward, no backward.
+    with torch.no_grad():
+        terms = objective(trunk, stages[-1].targets, params, runtime.widened())(x)
+    check_finite(terms["total"], params.iterations, x)
+    return x, terms
+
+
+@dataclass
+class StageRun:
+    """One stage's optimization state: the image being optimized (a leaf), its optimizer and
+    objective. `step()` is one iteration; benchmarks step several runs in turn."""
+
+    x: Tensor
+    opt: Any
+    evaluate: Callable[[Tensor], dict[str, Tensor]]
+    clamp: bool  # Adam keeps the box constraint; L-BFGS is left unclamped, as in neural-style
+
+    @classmethod
+    def start(cls, trunk: VGG19Trunk, x0: Tensor, stage: Stage, start: int,
+              opt_state: dict[str, Any] | None, params: StyleParams, runtime: Numerics
+              ) -> StageRun:
+        x = x0.detach().clone().requires_grad_(True)
+        if params.optimizer == "lbfgs":
+            # A stage of L iterations stores at most L pairs: the history buffer need not
+            # be larger (it is allocated whole on a GPU).
+            history = min(params.lbfgs_history, max(1, stage.end - start))
+            opt: Any = BatchedLBFGS(x, lr=params.step_size, history=history,
+                                    max_step=params.lbfgs_max_step or None)
+        else:
+            # Adam is elementwise, so it is already exact for a batch of independent jobs.
+            opt = torch.optim.Adam([x], lr=params.step_size)
+        if opt_state is not None:
+            # A copy: the optimizer updates its state in place (Adam does), which must not
+            # write into the caller's.
+            opt.load_state_dict(tree_to(opt_state, runtime.device, copy=True))
+        evaluate = objective(trunk, stage.targets, params, runtime)
+        return cls(x, opt, evaluate, params.optimizer == "adam")
+
+    def closure(self) -> dict[str, Tensor]:
+        """One objective evaluation and its gradient: what the optimizer calls each step."""
+        return evaluate_and_backward(self.evaluate, self.x)
+
+    def step(self) -> dict[str, Tensor]:
+        """One iteration; returns the loss terms of the images before it."""
+        terms = self.opt.step(self.closure)
+        if self.clamp:
+            with torch.no_grad():
+                self.x.clamp_(0, 255)
+        return terms
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.opt.state_dict()
+
+
+def _run_stage(trunk: VGG19Trunk, x0: Tensor, stage: Stage, start: int,
+               opt_state: dict[str, Any] | None, params: StyleParams, runtime: Numerics,
+               progress: Progress | None, checkpointing: Checkpointing | None) -> Tensor:
+    """Iterations start..stage.end of one stage; returns its final images."""
+    run = runtime.start_run(trunk, x0, stage, start, opt_state, params)
+    finite_every = FINITE_EVERY.get(runtime.device.type, 1)
+    for i in range(start, stage.end):
+        terms = run.step()  # the loss of the images before this step, i.e. after i steps
+        if (i + 1) % finite_every == 0:
+            check_finite(terms["total"], i)
+        if progress is not None:
+            progress(i + 1, terms)
+        if checkpointing is not None and i + 1 < params.iterations:
+            stopping = checkpointing.stop()
+            if stopping or (checkpointing.every and (i + 1) % checkpointing.every == 0):
+                x = run.x.detach()
+                check_finite(terms["total"], i, x)  # a checkpoint only ever holds finite images
+                checkpointing.save(i + 1, x, run.state_dict())
+            if stopping:
+                raise Interrupted(f"stopped at iteration {i + 1}")
+    return run.x.detach()
+
+
+def evaluate_and_backward(evaluate: Callable[[Tensor], dict[str, Tensor]], x: Tensor
+                          ) -> dict[str, Tensor]:
+    """The terms of `evaluate` at x (detached), with dL/dx left in x.grad."""
+    x.grad = None
+    terms = evaluate(x)
+    terms["total"].sum().backward()
+    return {k: v.detach() for k, v in terms.items()}
+
+
+def tree_to(state: Any, device: torch.device | str, copy: bool = False) -> Any:
+    """A (nested) optimizer state on `device`; copy=True also copies what is already there."""
+    return map_tensors(lambda t: t.detach().to(device, copy=copy), state)

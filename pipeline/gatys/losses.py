@@ -1,0 +1,159 @@
+"""The Gatys objective, per sample: nothing here mixes samples of a batch.
+
+Normalization follows jcjohnson's neural-style (so its tried defaults carry over): content is
+the feature MSE; the Gram matrix is F F^T / (C H W) and the style loss is its MSE against the
+target; TV is 0.5 * sum of squared neighbour differences. The losses are fp32; the Gram GEMMs
+run in the trunk's dtype with an fp32 accumulator (see _GramMSE).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..io.tensor_tree import map_tensors
+from .batched import bmm
+
+
+def wide(x: Tensor) -> Tensor:
+    """`x` in the losses' dtype: fp32, or fp64 when `x` is fp64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def gram(features: Tensor) -> Tensor:
+    """[N, C, H, W] -> [N, C, C] in fp32 (or fp64), normalized by C*H*W."""
+    f = _matrix(wide(features))
+    # torch.bmm, not batched.bmm: for F F^T the batched CPU path is the faster one.
+    return torch.bmm(f, f.transpose(1, 2)).div_(features[0].numel())
+
+
+def _matrix(features: Tensor) -> Tensor:
+    """[N, C, H, W] -> F as [N, C, HW] without a copy: for channels_last, the transposed view of
+    its [N, HW, C] rows, which the GEMMs read as is."""
+    n, c, h, w = features.shape
+    if features.is_contiguous(memory_format=torch.channels_last) and not features.is_contiguous():
+        return features.permute(0, 2, 3, 1).reshape(n, h * w, c).transpose(1, 2)
+    return features.reshape(n, c, h * w)
+
+
+class _GramMSE(torch.autograd.Function):
+    """Per-sample MSE between the Gram of `features` and `target`, with the backward written out.
+
+    The GEMMs run in the features' dtype: with the bf16 trunk, on AMX or tensor cores, about 2x
+    the fp32 GEMM rate. That keeps the Gram itself exact to fp32: products of bf16 numbers are
+    exact and the accumulation is fp32. Only its output is rounded, and rounding G to bf16 would
+    be wrong: near convergence G - T is a small difference of large numbers (an error of 2^-9 of
+    G was 12% of G - T in a test). So the target is split, T = T_hi + T_lo with T_hi in bf16; the
+    GEMM subtracts T_hi inside its fp32 accumulator (baddbmm with beta = -1), which rounds only
+    the residual, and T_lo is subtracted after in fp32. The residual then carries 2^-9 of
+    itself, like any bf16 activation. In fp32, T_lo is zero and this is the plain definition.
+
+    Autograd's bmm backward would take two products and a sum of two [N, C, HW] tensors; since
+    G - T is symmetric, dL/dF = 4 (G - T) F / (C^3 HW) is one product (in the features' dtype,
+    like the rest of the trunk's backward).
+    """
+
+    @staticmethod
+    def forward(ctx, features: Tensor, hi: Tensor, lo: Tensor | None  # type: ignore[override]
+                ) -> Tensor:
+        f = _matrix(features)
+        diff = torch.baddbmm(hi, f, f.transpose(1, 2), beta=-1, alpha=1.0 / features[0].numel())
+        diff = wide(diff)
+        if lo is not None:
+            diff.sub_(lo)
+        ctx.save_for_backward(features, diff)
+        return diff.square().mean((1, 2))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        features, diff = ctx.saved_tensors
+        n, c, h, w = features.shape
+        d = (diff * (grad.view(n, 1, 1) * (4.0 / (c**3 * h * w)))).to(features.dtype)
+        f = _matrix(features)
+        if features.is_contiguous():
+            return bmm(d, f).view(n, c, h, w), None, None
+        # channels_last: rows of F^T are pixels; (D F)^T = F^T D keeps that layout.
+        return bmm(f.transpose(1, 2), d).view(n, h, w, c).permute(0, 3, 1, 2), None, None
+
+
+@dataclass(frozen=True)
+class SplitTarget:
+    """A style target as _GramMSE uses it: `hi` in the features' dtype, `lo` = target - hi in
+    fp32 (None when `dtype` holds the target exactly). Constant over a run, so the objective
+    splits each target once instead of every iteration."""
+
+    target: Tensor
+    hi: Tensor
+    lo: Tensor | None
+
+    @classmethod
+    def of(cls, target: Tensor, dtype: torch.dtype) -> SplitTarget:
+        hi = target.to(dtype)
+        exact = torch.finfo(dtype).bits >= torch.finfo(target.dtype).bits
+        return cls(target, hi, None if exact else target - hi.float())
+
+
+def gram_mse(features: Tensor, target: Tensor | SplitTarget) -> Tensor:
+    """MSE(gram(features), target) per sample: [N, C, H, W], [N, C, C] -> [N]. A target split
+    for another dtype than the features' is split again."""
+    if isinstance(target, Tensor):
+        target = SplitTarget.of(target, features.dtype)
+    elif target.hi.dtype != features.dtype:
+        target = SplitTarget.of(target.target, features.dtype)
+    return _GramMSE.apply(features, target.hi, target.lo)
+
+
+def mse_per_sample(x: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error over every dim but the first: [N, ...] -> [N]. A sum, then a
+    divide per sample: on channels_last features, flatten copies to NCHW and mean's backward
+    writes its gradient NCHW, and either way the content gradient reached the trunk's
+    channels_last one on autograd's slow mixed-layout add."""
+    return (wide(x) - target).square().sum(tuple(range(1, x.dim()))) / x[0].numel()
+
+
+def tv_per_sample(x: Tensor) -> Tensor:
+    """0.5 * sum of squared horizontal and vertical differences, as neural-style's TVLoss."""
+    dx = x[:, :, :-1, 1:] - x[:, :, :-1, :-1]
+    dy = x[:, :, 1:, :-1] - x[:, :, :-1, :-1]
+    return 0.5 * (dx.square() + dy.square()).flatten(1).sum(1)
+
+
+@dataclass
+class Targets:
+    """What the output must match: content features [N, C, H, W] and blended Grams [N, C, C]."""
+
+    content: dict[str, Tensor]
+    grams: dict[str, Tensor]
+
+    def to(self, device: torch.device) -> Targets:
+        return Targets(*map_tensors(lambda t: t.to(device), (self.content, self.grams)))
+
+    def rows(self, lo: int, hi: int) -> Targets:
+        """The targets of samples lo..hi."""
+        return Targets(*map_tensors(lambda t: t[lo:hi], (self.content, self.grams)))
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    content: float
+    style: float
+    tv: float
+    style_layers: dict[str, float]  # layer -> weight (style_weight not included)
+
+
+def loss_terms(feats: dict[str, Tensor], image: Tensor, targets: Targets, w: LossWeights,
+               grams: Mapping[str, Tensor | SplitTarget] | None = None) -> dict[str, Tensor]:
+    """Weighted per-sample terms {content, style, tv, total}, each [N]. `grams`: the style
+    targets already split for the features' dtype (engine.objective), else targets.grams."""
+    n = image.shape[0]
+    zero = image.new_zeros(n, dtype=torch.promote_types(image.dtype, torch.float32))
+    grams = targets.grams if grams is None else grams
+    content = sum((mse_per_sample(feats[k], t) for k, t in targets.content.items()), zero)
+    style = sum((lw * gram_mse(feats[k], grams[k]) for k, lw in w.style_layers.items()), zero)
+    terms = {"content": w.content * content, "style": w.style * style}
+    terms["tv"] = w.tv * tv_per_sample(wide(image)) if w.tv > 0 else zero
+    terms["total"] = terms["content"] + terms["style"] + terms["tv"]
+    return terms

@@ -1,0 +1,168 @@
+"""Every parameter of a stylization job, its default and its meaning, in one place.
+
+The CLI help and the manifest schema read their help text from `HELP`, so a parameter is
+documented once. Defaults follow jcjohnson's neural-style (content 5, style 100, TV 1e-3, L-BFGS),
+whose loss normalization we use, and give good images at 512 px.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from ..errors import InputError
+from .vgg import CONTENT_LAYERS, LAYER_INDEX, STYLE_LAYERS
+
+OPTIMIZERS = ("lbfgs", "adam")
+POOLINGS = ("max", "avg")
+MAX_SIZE = 16384
+# A sanity bound, not a quality limit: 500 is the default and 5,000 is far past convergence;
+# 10^9 is a typo that would otherwise run for decades.
+MAX_ITERATIONS = 100_000
+MIN_SCALE_SIZE = 128  # coarser than this, VGG19's deep layers see too few pixels to help
+# The words `init` and `weights` take; any other value is a file's path.
+INIT_WORDS = ("content", "noise")
+WEIGHT_SOURCES = ("caffe", "torchvision")
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, list | tuple):
+        return field(default_factory=lambda: tuple(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass(frozen=True)
+class StyleParams:
+    size: int = _f(512, "Longest side of the output in pixels; the content image's aspect ratio "
+                        "is kept.")
+    size_bucket: int = _f(0, "Round the output's shorter side to a multiple of this many "
+                             "pixels (0 = keep the content's aspect ratio exactly). Photos of "
+                             "nearly the same shape then get one output size, so a bulk run "
+                             "batches them together (and on CUDA tunes cuDNN once for them); "
+                             "the content is stretched by at most size_bucket/2 pixels.")
+    iterations: int = _f(500, "Optimizer iterations; each is one forward+backward pass.")
+    scales: int = _f(1, "Coarse-to-fine: optimize at this many sizes, each twice the one "
+                        "before and the last at `size`, each upsampled to start the next; the "
+                        "iterations are split evenly. Sizes under 128 px are skipped. 1 = full "
+                        "size only.")
+    optimizer: str = _f("lbfgs", "lbfgs (batched L-BFGS, best quality per iteration) or adam.")
+    lr: float | None = _f(None, "Step size: default 1.0 for lbfgs, 10.0 for adam (pixels are on "
+                                "a 0-255 scale).")
+    lbfgs_history: int = _f(100, "L-BFGS memory: how many (step, gradient change) pairs to keep.")
+    lbfgs_max_step: float = _f(64.0, "Largest change of any pixel (0-255 scale) in one L-BFGS "
+                                     "step; stops the early overshoot of fixed-step L-BFGS. 0 = "
+                                     "no cap (pastiche's and neural-style's behaviour).")
+    content_weight: float = _f(5.0, "Weight of the content loss (feature MSE at content layers).")
+    style_weight: float = _f(100.0, "Weight of the style loss (Gram-matrix MSE, summed over "
+                                    "style layers).")
+    tv_weight: float = _f(1e-3, "Weight of the total-variation smoothness loss; 0 disables it.")
+    content_layers: tuple[str, ...] = _f(CONTENT_LAYERS, "VGG19 layers whose features the "
+                                                         "output must match.")
+    style_layers: tuple[str, ...] = _f(STYLE_LAYERS, "VGG19 layers whose Gram matrices the "
+                                                     "output must match.")
+    style_layer_weights: tuple[float, ...] | None = _f(None, "Per style layer weights, same "
+                                                       "order as style_layers; default all 1.")
+    style_blend: tuple[float, ...] | None = _f(None, "Blend weights of several style images; "
+                                               "normalized to sum to 1; default equal.")
+    style_scale: float = _f(1.0, "Style image's longest side relative to the output's; larger "
+                                 "makes the style's strokes larger.")
+    init: str = _f("content", "Start image: 'content', 'noise' (seeded uniform noise) or a path "
+                              "to an image.")
+    seed: int = _f(0, "Random seed: the same seed and inputs give the same image.")
+    preserve_colors: bool = _f(False, "Keep the content's colors: the output's luminance with "
+                                      "the content's chrominance (YUV).")
+    pooling: str = _f("max", "VGG pooling: max (neural-style default) or avg (Gatys et al.).")
+    weights: str = _f("caffe", "VGG19 weights: caffe (original, bundled), torchvision "
+                               "(IMAGENET1K_V1 from the torch hub cache) or a file path.")
+
+    @property
+    def init_is_file(self) -> bool:
+        return self.init not in INIT_WORDS
+
+    @property
+    def weights_is_file(self) -> bool:
+        return self.weights not in WEIGHT_SOURCES
+
+    @property
+    def step_size(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 1.0 if self.optimizer == "lbfgs" else 10.0
+
+    def scale_sizes(self) -> tuple[int, ...]:
+        """Longest sides of the coarse-to-fine schedule, coarsest first, ending at `size`."""
+        sizes = (round(self.size / 2**k) for k in reversed(range(self.scales)))
+        return tuple(s for s in sizes if s >= MIN_SCALE_SIZE or s == self.size)
+
+    def stage_ends(self, stages: int) -> list[int]:
+        """The iteration at which each of `stages` sizes ends: an even split, the rest last."""
+        return [self.iterations * (k + 1) // stages for k in range(stages)]
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.content_layers + self.style_layers))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, tuples as lists (JSON's arrays). Not dataclasses.asdict: its deep copy
+        made this a third of checking a large manifest, and every field is flat."""
+        values = ((f.name, getattr(self, f.name)) for f in fields(self))
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values}
+
+    def replace(self, **changes: Any) -> StyleParams:
+        return replace(self, **changes)
+
+    def validate(self, n_styles: int = 1, blend_name: str = "style_blend") -> StyleParams:
+        """Raise InputError naming the first bad parameter; return self when all are valid.
+        `blend_name`: what the caller calls style_blend (a manifest's column: style_weights)."""
+        for name in ("lr", "lbfgs_max_step", "content_weight", "style_weight", "tv_weight",
+                     "style_scale"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise InputError(f"{name} must be a finite number, got {value}")
+        checks: list[tuple[bool, str]] = [
+            (16 <= self.size <= MAX_SIZE, f"size must be between 16 and {MAX_SIZE}, got "
+                                          f"{self.size}"),
+            (0 <= self.size_bucket <= self.size, f"size_bucket must be between 0 and size "
+                                                 f"({self.size}), got {self.size_bucket}"),
+            (1 <= self.scales <= 8, f"scales must be between 1 and 8, got {self.scales}"),
+            (0 <= self.iterations <= MAX_ITERATIONS, f"iterations must be between 0 and "
+                                                      f"{MAX_ITERATIONS}, got {self.iterations}"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got "
+                                           f"{self.optimizer!r}"),
+            (self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.lbfgs_history >= 1, f"lbfgs_history must be >= 1, got {self.lbfgs_history}"),
+            (self.lbfgs_max_step >= 0, f"lbfgs_max_step must be >= 0, got {self.lbfgs_max_step}"),
+            (min(self.content_weight, self.style_weight, self.tv_weight) >= 0,
+             "content_weight, style_weight and tv_weight must be >= 0"),
+            (0.05 <= self.style_scale <= 8, f"style_scale must be in [0.05, 8], got "
+                                            f"{self.style_scale}"),
+            (self.pooling in POOLINGS, f"pooling must be one of {POOLINGS}, got "
+                                       f"{self.pooling!r}"),
+            (bool(self.content_layers) or self.content_weight == 0,
+             "content_layers is empty but content_weight > 0"),
+            (bool(self.style_layers), "style_layers must name at least one layer"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise InputError(message)
+        for name in self.layers:
+            if name not in LAYER_INDEX:
+                raise InputError(f"unknown VGG19 layer {name!r}; layers are named like relu4_2")
+        if self.style_layer_weights is not None:
+            _check_weights("style_layer_weights", self.style_layer_weights, len(self.style_layers))
+        if self.style_blend is not None:
+            _check_weights(blend_name, self.style_blend, n_styles)
+            if sum(self.style_blend) <= 0:
+                raise InputError(f"{blend_name} must have a positive sum")
+        return self
+
+
+def _check_weights(name: str, values: tuple[float, ...], expected: int) -> None:
+    if len(values) != expected:
+        raise InputError(f"{name} has {len(values)} values but needs {expected}")
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        raise InputError(f"{name} must be finite and >= 0, got {list(values)}")
+
+
+HELP: dict[str, str] = {f.name: f.metadata["help"] for f in fields(StyleParams)}

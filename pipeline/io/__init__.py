@@ -1,0 +1,1 @@
+"""Image and file I/O: decoding, atomic writes, the cache folder."""

@@ -1,0 +1,1 @@
+"""Content and style targets: the ONNX export, ONNX Runtime sessions, builder and cache."""

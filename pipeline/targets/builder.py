@@ -1,0 +1,98 @@
+"""Content and style targets, computed once per image and cached, never per iteration.
+
+Features come from ONNX Runtime over the exported trunk (default) or from the PyTorch trunk;
+either way they are fp32, and style Grams are taken from them here. The optimization loop only
+ever sees the finished `Targets`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..accel.runtime import Runtime
+from ..gatys.losses import Targets, gram
+from ..gatys.vgg import VGG19Trunk
+from ..gatys.weights import WeightSet
+from ..io.files import cache_dir
+from ..io.images import SizedImage
+from .cache import TargetCache, target_key
+
+FeatureFn = Callable[[Tensor, Sequence[str]], dict[str, Tensor]]
+
+
+def blend_grams(grams: Sequence[dict[str, Tensor]], blend: Sequence[float]) -> dict[str, Tensor]:
+    """Weighted mean of several styles' Grams. With weights summing to 1, matching the mean
+    gives the same gradients as summing per-style losses (they differ by a constant), at the
+    cost of one Gram comparison instead of one per style."""
+    total = float(sum(blend))
+    return {k: sum(w / total * g[k] for w, g in zip(blend, grams, strict=True))
+            for k in grams[0]}
+
+
+@dataclass
+class TargetBuilder:
+    features: FeatureFn
+    model: dict[str, str]   # backend, digest, normalization, pooling: part of every cache key
+    cache: TargetCache
+
+    def content(self, image: SizedImage, layers: Sequence[str]) -> dict[str, Tensor]:
+        """Features [C, h, w] of one content image at `layers`."""
+        key = target_key("content", image.digest, image.size, self.model, layers)
+        return self.cache.get(
+            key, lambda: {k: v[0] for k, v in self.features(image.pixels[None], layers).items()},
+            f"content {image.name} {image.size[0]}x{image.size[1]}")
+
+    def style(self, image: SizedImage, layers: Sequence[str]) -> dict[str, Tensor]:
+        """Gram matrices [C, C] of one style image at `layers`."""
+        key = target_key("style", image.digest, image.size, self.model, layers)
+        return self.cache.get(
+            key, lambda: {k: gram(v)[0] for k, v in self.features(image.pixels[None],
+                                                                   layers).items()},
+            f"style {image.name} {image.size[0]}x{image.size[1]}")
+
+    def batch(self, contents: Sequence[SizedImage], styles: Sequence[Sequence[SizedImage]],
+              blend: Sequence[float], content_layers: Sequence[str],
+              style_layers: Sequence[str]) -> Targets:
+        """Targets of a batch of jobs: job i is contents[i] with styles[i] blended."""
+        content = [self.content(c, content_layers) for c in contents] if content_layers else []
+        per_job = [blend_grams([self.style(s, style_layers) for s in job], blend)
+                   for job in styles]
+        return Targets({k: torch.stack([c[k] for c in content]) for k in content_layers},
+                       {k: torch.stack([g[k] for g in per_job]) for k in style_layers})
+
+
+def torch_features(trunk: VGG19Trunk) -> FeatureFn:
+    device = next(trunk.parameters()).device
+
+    @torch.no_grad()
+    def run(images: Tensor, layers: Sequence[str]) -> dict[str, Tensor]:
+        return {k: v.float() for k, v in trunk(images.to(device), layers).items()}
+
+    return run
+
+
+@functools.lru_cache(maxsize=4)
+def builder_for(weights: WeightSet, trunk: VGG19Trunk, pooling: str, runtime: Runtime,
+                layers: tuple[str, ...]) -> TargetBuilder:
+    """One builder per worker, model and layer set (`layers`: every layer its jobs ask for):
+    its session and memo live as long as the process."""
+    root = cache_dir(runtime.cache)
+    cache = TargetCache(root / "targets" if runtime.cache_targets else None)
+    identity = {"normalization": weights.normalization, "pooling": pooling}
+    if runtime.targets == "torch":
+        return TargetBuilder(torch_features(trunk),
+                             {"backend": "torch", "digest": weights.digest, **identity}, cache)
+    from .onnx_export import ensure_model
+    from .ort_session import create_session
+
+    model, _ = ensure_model(weights, pooling, root / "models", layers)
+    session = create_session(model, runtime.device, root, runtime.providers, runtime.trt_fp16)
+    # Every layer set's model computes the same features of the same weights (each verified
+    # against PyTorch), so the cache key names the weights, not one model file.
+    return TargetBuilder(session, {"backend": "onnx", "digest": weights.digest, **identity},
+                         cache)

@@ -1,0 +1,128 @@
+"""The run loop (distribute.py) over fake distributors: scheduling, recovery and stopping
+decided once for every distributor."""
+
+from __future__ import annotations
+
+from pipeline.bulk.distribute import MAX_WORKER_DEATHS, Slot, distribute
+from pipeline.bulk.events import BatchDone, BatchStarted, Exited, Lost, Ready
+from pipeline.bulk.jobs import BatchQueue, Inspector
+from pipeline.bulk.manifest import read_jobs
+
+
+class Display:
+    def __init__(self):
+        self.events, self.restarted = [], []
+
+    def handle(self, event):
+        self.events.append(event)
+
+    def worker_restarted(self, wid):
+        self.restarted.append(wid)
+
+    def interrupted(self):
+        pass
+
+    def aborted(self):
+        pass
+
+
+class Fake:
+    """Workers that say Ready when started and do with a batch what `outcome(wid, batch)`
+    says: "done" (BatchDone), "die" (Lost), after `delay[wid]` polls."""
+
+    def __init__(self, n, outcome, delay=None, restartable=True):
+        self.slots = [Slot("cpu", "cpu", 1)] * n
+        self.outcome, self.delay, self.can_restart = outcome, delay or {}, restartable
+        self.started, self.ran, self.polls, self.later = [], [], 0, []
+
+    def _say(self, wid, event):
+        self.later.append((self.polls + self.delay.get(wid, 0), event))
+
+    def start(self, wid):
+        self.started.append(wid)
+        self._say(wid, Ready(wid, "cpu", "fp32", "test"))
+
+    def send(self, wid, batch):
+        if batch is None:
+            self._say(wid, Exited(wid))
+        elif self.outcome(wid, batch) == "die":
+            self._say(wid, Lost(wid, "killed by signal 9"))
+        else:
+            self.ran.append((wid, batch))
+            self._say(wid, BatchStarted(wid, len(batch.jobs), 10, 0))
+            self._say(wid, BatchDone(wid, len(batch.jobs), []))
+
+    def events(self, timeout):
+        self.polls += 1
+        due = [e for t, e in self.later if t < self.polls]
+        self.later = [(t, e) for t, e in self.later if t >= self.polls]
+        return due
+
+    def restartable(self, wid):
+        return self.can_restart
+
+    def stop(self):
+        pass
+
+    def kill(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def _jobs(dataset, tmp_path):
+    return [Inspector(decode=False)(j) for j in read_jobs(dataset, tmp_path / "out", {})]
+
+
+def test_a_batch_that_keeps_killing_its_worker_is_left_pending(dataset, tmp_path):
+    jobs = _jobs(dataset, tmp_path)[:1]
+    workers = Fake(1, lambda wid, batch: "die")
+    display = Display()
+    outcome = distribute(workers, BatchQueue(jobs), 1, display, lambda batch: False)
+    assert workers.started == [0] * MAX_WORKER_DEATHS  # restarted until the last death
+    assert display.restarted == [0] * (MAX_WORKER_DEATHS - 1)
+    assert outcome.done == 0 and "left pending" in outcome.errors[0]
+    assert "killed by signal 9" in outcome.errors[0]
+
+
+def test_a_lost_workers_batch_goes_to_a_worker_that_was_waiting(dataset, tmp_path):
+    """Worker 0's machine is gone (no restart); worker 1 has finished everything else and
+    waits, so it takes the batch worker 0 lost. Every job is done exactly once."""
+    jobs = _jobs(dataset, tmp_path)
+    first = []
+
+    def outcome(wid, batch):
+        if wid == 0 and not first:
+            first.append(batch)
+            return "die"
+        return "done"
+
+    workers = Fake(2, outcome, delay={0: 5}, restartable=False)
+    display = Display()
+    result = distribute(workers, BatchQueue(jobs), 1, display, lambda batch: False)
+    assert result.done == len(jobs) and not result.errors
+    assert (1, first[0]) in workers.ran  # worker 1 ran worker 0's batch
+    ran = [job for _, batch in workers.ran for job in batch.jobs]
+    assert sorted(j.id for j in ran) == sorted(j.id for j in jobs)  # each once
+    assert workers.started == [0, 1]
+    assert any(isinstance(e, Lost) for e in display.events)
+
+
+def test_a_batch_whose_outputs_were_written_is_not_run_again(dataset, tmp_path):
+    jobs = _jobs(dataset, tmp_path)[:2]
+    workers = Fake(1, lambda wid, batch: "die")
+    result = distribute(workers, BatchQueue(jobs), 2, Display(), lambda batch: True)
+    assert result.done == 2 and not result.errors
+    assert workers.started == [0]  # nothing left to restart for
+
+
+def test_workers_with_different_batch_sizes_cut_their_own(dataset, tmp_path):
+    jobs = [j for j in _jobs(dataset, tmp_path)]
+    same = [j for j in jobs if j.group == jobs[0].group]
+    queue = BatchQueue(same)
+    big = queue.take(lambda job: 8)
+    assert big is not None and len(big.jobs) == len(same)
+    queue = BatchQueue(same)
+    assert len(queue.take(lambda job: 1).jobs) == 1
+    assert queue.count(lambda job: 1) == len(same) - 1
