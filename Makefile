@@ -35,7 +35,7 @@ lint: install
 # Draws the example images (nothing is downloaded), then runs the example manifest on the CPU:
 # its two jobs share one output size and parameters, so they run as one batch of 2.
 demo: install
-	$(PY) -m pipeline.cli.demo manifests/images
+	$(PY) -m pipeline.io.examples manifests/images
 	$(VENV)/bin/pipeline run manifests/demo.parquet --out $(DEMO_OUT) --devices cpu --batch-size 2
 	$(VENV)/bin/pipeline status $(DEMO_OUT)
 

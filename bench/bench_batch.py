@@ -33,7 +33,7 @@ import torch
 from pipeline import Runtime, StyleJob, StyleParams
 from pipeline.accel.cpu_shards import ShardedRun
 from pipeline.api import prepare, setup_batch
-from pipeline.cli.demo import landscape, swirls
+from pipeline.io.examples import landscape, swirls
 from pipeline.gatys.engine import Run
 
 RUN_LENGTH = 500  # iterations of the run that images/hour is quoted for

@@ -19,7 +19,7 @@ from pathlib import Path
 from pipeline.bulk.dataset import dataset_rows
 from pipeline.bulk.manifest import write_manifest
 from pipeline.bulk.runner import scan
-from pipeline.cli.demo import landscape, swirls
+from pipeline.io.examples import landscape, swirls
 
 
 def main() -> None:

@@ -47,7 +47,7 @@ def rss() -> int:
 def measure_child(longest: int, device: str) -> None:
     """In a fresh process: print the peak bytes one image's optimization added."""
     from pipeline.api import prepare, stylize_prepared
-    from pipeline.cli.demo import landscape, swirls
+    from pipeline.io.examples import landscape, swirls
 
     runtime = Runtime.create(device)
     params = StyleParams(size=longest, **MEASURE)

@@ -17,7 +17,7 @@ import bisect
 import time
 
 from pipeline import Runtime, StyleJob, StyleParams, stylize_batch
-from pipeline.cli.demo import landscape, swirls
+from pipeline.io.examples import landscape, swirls
 
 
 def curve(job: StyleJob, params: StyleParams, runtime: Runtime

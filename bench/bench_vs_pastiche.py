@@ -56,7 +56,7 @@ def prepare_inputs(out: Path, size: int) -> tuple[Path, Path]:
     if (SHARED / "tubingen.jpg").is_file():
         sources = SHARED / "tubingen.jpg", SHARED / "starry_night.jpg"
     else:  # a clean clone without ../shared: the demo's generated images
-        from pipeline.cli.demo import landscape, swirls
+        from pipeline.io.examples import landscape, swirls
 
         out.mkdir(parents=True, exist_ok=True)
         landscape().save(out / "landscape.png")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pipeline.bulk import ledger
 from pipeline.bulk.manifest import build_rows, write_manifest
-from pipeline.cli.demo import landscape, swirls
+from pipeline.io.examples import landscape, swirls
 
 JOBS = 8
 

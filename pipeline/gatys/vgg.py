@@ -120,7 +120,7 @@ class VGG19Trunk(nn.Module):
         for name in self.layer_names[: deepest + 1]:
             layer = self.layers[name]
             if isinstance(layer, nn.Conv2d):
-                x = x.to(layer.weight.dtype)  # a trunk may mix dtypes (see engine.compute_trunk)
+                x = x.to(layer.weight.dtype)  # a trunk may mix dtypes (accel/low_precision.py)
             x = layer(x)
             if name in wanted:
                 feats[name] = x

@@ -68,8 +68,8 @@ def model_stem(weights: WeightSet, pooling: str, layers: tuple[str, ...],
 
 def _verification_inputs() -> list[Tensor]:
     """Random and real-looking images, two sizes, batch 1 and 3."""
-    from pipeline.demo import landscape, swirls
-    from pipeline.images import to_tensor
+    from ..io.examples import landscape, swirls
+    from ..io.images import to_tensor
 
     gen = torch.Generator().manual_seed(0)
     real = [to_tensor(img) for img in (landscape(72, 56), swirls(72, 56), landscape(72, 56))]

@@ -1,7 +1,7 @@
 """Example images drawn by code, for `make demo` and the example manifest (nothing downloaded).
 
 The content is a landscape (sky, sun, hills, a house); the styles are swirling brush strokes
-and a stained-glass mosaic. `python -m pipeline.demo DIR` writes them to DIR (default
+and a stained-glass mosaic. `python -m pipeline.io.examples DIR` writes them to DIR (default
 manifests/images), where manifests/demo.parquet expects them.
 """
 
