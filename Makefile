@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	! $(PY) -m pip show -q $(OTHER_ORT) >/dev/null 2>&1 || $(PY) -m pip uninstall -q -y $(OTHER_ORT)
-	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install -q -e ".[$(EXTRA),dev]"
+	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install -q -e ".[$(EXTRA),dev,ray]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -33,8 +33,8 @@ import torch
 from pipeline import Runtime, StyleJob, StyleParams
 from pipeline.accel.cpu_shards import ShardedRun
 from pipeline.api import prepare, setup_batch
-from pipeline.io.examples import landscape, swirls
 from pipeline.gatys.engine import Run
+from pipeline.io.examples import landscape, swirls
 
 RUN_LENGTH = 500  # iterations of the run that images/hour is quoted for
 
@@ -115,7 +115,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="auto")
     args = ap.parse_args()
-    runtime = Runtime.create(args.device, args.precision)
+    runtime = Runtime.start(args.device, args.precision)
     unsplit = dataclasses.replace(runtime, split_batches=False)
     configs = [(int(b), runtime) for b in args.batches.split(",")]
     if runtime.split_batches:

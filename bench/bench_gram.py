@@ -46,9 +46,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="auto")
     args = ap.parse_args()
-    runtime = Runtime.create(args.device, args.precision)
+    runtime = Runtime.start(args.device, args.precision)
     # unsplit: the scoring objective takes the whole batch at once
-    exact = Runtime.create(args.device, "fp32", channels_last=False, split_batches=False)
+    exact = Runtime.start(args.device, "fp32", channels_last=False, split_batches=False)
     params = StyleParams(size=args.size, iterations=args.iterations)
     print(f"{runtime.device} {runtime.precision}, {args.size} px landscape, L-BFGS, "
           f"{args.iterations} iterations, runs interleaved; median s/iteration per image over "

@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--precision", default="auto")
     args = ap.parse_args()
-    graphs = Runtime.create(args.device, args.precision, cuda_graphs=True)
+    graphs = Runtime.start(args.device, args.precision, cuda_graphs=True)
     eager = dataclasses.replace(graphs, cuda_graphs=False)
     print(f"{graphs.device} {graphs.precision}, landscape 4:3, L-BFGS, {args.iterations} "
           "iterations, runs interleaved; median s/iteration per image over iterations 4..end\n")

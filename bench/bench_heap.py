@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=5, help="blocks of each allocator per case")
     ap.add_argument("--precision", default="auto")
     args = ap.parse_args()
-    runtime = Runtime.create("cpu", args.precision)
+    runtime = Runtime.start("cpu", args.precision)
     if not runtime.keep_cpu_memory:
         raise SystemExit("not glibc: there is no other allocator setting to compare")
     print(f"cpu {runtime.precision}, L-BFGS from iteration 1, {args.blocks} blocks of {TIMED} "

@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="auto")
     args = ap.parse_args()
-    runtime = Runtime.create(args.device, args.precision)
+    runtime = Runtime.start(args.device, args.precision)
     trunk = runtime.compute_trunk(trunk_for(StyleParams(), runtime)[0])
     h, w = round(args.size * 3 / 4), args.size
     print(f"{runtime.device} {runtime.precision}, {w}x{h} px input; ms per image, median of "

@@ -49,7 +49,7 @@ def measure_child(longest: int, device: str) -> None:
     from pipeline.api import prepare, stylize_prepared
     from pipeline.io.examples import landscape, swirls
 
-    runtime = Runtime.create(device)
+    runtime = Runtime.start(device)
     params = StyleParams(size=longest, **MEASURE)
     job = prepare(StyleJob(landscape(*size_of(longest)), [swirls()]), params)
     stylize_prepared([job], params.replace(iterations=0), runtime)  # load, build targets
@@ -83,7 +83,7 @@ def main() -> None:
     if args.child:
         measure_child(args.child, args.device)
         return
-    runtime = Runtime.create(args.device)
+    runtime = Runtime.start(args.device)
     default = StyleParams()
     print(f"{runtime.device} {runtime.precision}{' channels_last' if runtime.channels_last else ''}"
           f", 4:3 images, L-BFGS\n")

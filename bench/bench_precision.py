@@ -20,7 +20,7 @@ from pipeline import Runtime, StyleParams
 
 from .bench_batch import start_run, timed_step
 
-VARIANTS = {  # name -> Runtime.create options
+VARIANTS = {  # name -> Runtime.start options
     "fp32 NCHW": {"precision": "fp32", "channels_last": False},
     "fp32 channels_last": {"precision": "fp32", "channels_last": True},
     "bf16 channels_last (default)": {"precision": "bf16", "channels_last": True},
@@ -36,7 +36,7 @@ def main() -> None:
     args = ap.parse_args()
     params = StyleParams(size=args.size, iterations=args.iterations)
     names = list(VARIANTS)
-    runs = {name: start_run(1, params, Runtime.create(args.device, **options))
+    runs = {name: start_run(1, params, Runtime.start(args.device, **options))
             for name, options in VARIANTS.items()}
     seconds = dict.fromkeys(names, 0.0)
     score = runs[names[0]].evaluate  # the fp32 NCHW run's objective scores them all

@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--runs", default="1x200,2x200,2x300,2x400")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    runtime = Runtime.create(args.device)
+    runtime = Runtime.start(args.device)
     job = StyleJob(landscape(), [swirls()])
     runs = []
     for run in args.runs.split(","):

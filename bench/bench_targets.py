@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
-    runtime = Runtime.create(args.device)
+    runtime = Runtime.start(args.device)
     params = StyleParams()
     layers = params.layers
     fns = backends(runtime, params)

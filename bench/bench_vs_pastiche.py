@@ -93,7 +93,7 @@ def ours_cmd(content: Path, style: Path, out: Path, size: int, n: int, device: s
 def score(paths: list[Path], content: Path, style: Path, size: int) -> list[float]:
     """The shared objective, fp32, NCHW, evaluated on the written 8-bit images."""
     params = StyleParams(size=size, content_weight=0.01, style_weight=10, tv_weight=0)
-    rt = Runtime.create("cpu", "fp32", channels_last=False)
+    rt = Runtime.start("cpu", "fp32", channels_last=False)
     trunk, _ = trunk_for(params, rt)
     builder = TargetBuilder(torch_features(trunk), {"backend": "torch"}, TargetCache(None))
     c = SizedImage(to_tensor(open_rgb(content)), "content", content.name)
@@ -109,7 +109,7 @@ def trunk_seconds(h: int, w: int, precision: str, channels_last: bool, device: s
     """Median seconds of the bare trunk's forward + backward to the input (no losses, no
     optimizer): the floor an iteration is compared with."""
     params = StyleParams()
-    rt = Runtime.create(device, precision, channels_last=channels_last)
+    rt = Runtime.start(device, precision, channels_last=channels_last)
     net = rt.compute_trunk(trunk_for(params, rt)[0])
     x = rt.layout(torch.rand(1, 3, h, w, device=rt.device) * 255).requires_grad_(True)
 

@@ -174,7 +174,7 @@ def stylize_prepared(prepared: Sequence[tuple[SizedImage, list[SizedImage]]],
                      checkpointing: Checkpointing | None = None) -> list[StyleResult]:
     """stylize_batch for jobs already decoded by `prepare` (the batch runner checks each job
     alone first, so one bad image fails only its own job)."""
-    runtime = runtime or Runtime.create()
+    runtime = runtime or Runtime.start()
     problem = setup_batch(prepared, params, runtime)
     start = time.perf_counter()
     out, terms = optimize(problem.trunk, problem.x0, problem.stages, params, runtime, progress,

@@ -53,3 +53,14 @@ def test_kept_memory_is_reused_without_page_faults_and_released_on_request(threa
 def test_runtime_keeps_cpu_memory_unless_told_not_to():
     assert Runtime.create("cpu", "fp32").keep_cpu_memory
     assert not Runtime.create("cpu", "fp32", keep_cpu_memory=False).keep_cpu_memory
+
+
+def test_building_a_runtime_sets_no_process_switch_and_starting_one_does(monkeypatch):
+    calls = []
+    monkeypatch.setattr(cpu_heap, "keep_freed_memory", lambda keep=True: calls.append(keep)
+                        or True)
+    Runtime.create("cpu", "fp32")
+    assert calls == []  # a config object only
+    assert Runtime.start("cpu", "fp32").keep_cpu_memory and calls == [True]
+    assert not Runtime.start("cpu", "fp32", keep_cpu_memory=False).keep_cpu_memory
+    assert calls == [True]

@@ -126,3 +126,21 @@ def test_workers_with_different_batch_sizes_cut_their_own(dataset, tmp_path):
     queue = BatchQueue(same)
     assert len(queue.take(lambda job: 1).jobs) == 1
     assert queue.count(lambda job: 1) == len(same) - 1
+
+
+def test_a_worker_that_cannot_see_the_run_folder_says_so_and_does_not_start(tmp_path):
+    from pipeline.accel.runtime import RuntimeOptions
+    from pipeline.bulk.events import CouldNotStart
+    from pipeline.bulk.worker import WorkerConfig, start_worker
+
+    said = []
+    config = WorkerConfig(tmp_path / "elsewhere", 0, RuntimeOptions(precision="fp32"), "abc")
+    assert start_worker(0, "cpu", 1, config, said.append, lambda: False) is None
+    assert isinstance(said[-1], CouldNotStart)
+    assert "cannot see the run folder" in said[-1].message and "same path" in said[-1].message
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "run.json").write_text('{"run_id": "another run"}')
+    assert start_worker(0, "cpu", 1, config, said.append, lambda: False) is None
+    (tmp_path / "elsewhere" / "run.json").write_text('{"run_id": "abc"}')
+    worker = start_worker(0, "cpu", 1, config, said.append, lambda: False)
+    assert worker is not None and isinstance(said[-1], Ready)

@@ -14,7 +14,7 @@ wraps around, so a thread's heap is unmapped whenever its free top covers it. Th
 CPU batch (cpu_shards.py) allocate on their own threads, and took 1.2-20k page faults per
 iteration at 256 px batch 4, against a steady 1,152 unsplit. So all threads share the main
 arena. A thread keeps the arena it got at its first allocation, so this has to happen before
-the process starts threads (Runtime.create does it before any model or target work).
+the process starts threads (Runtime.start does it before any model or target work).
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 Every setting a user can give is declared once, in RuntimeOptions: Runtime.create's keyword
 arguments, the CLI's options of `stylize` and `run` (with their help) and what a worker is
 sent all come from it. Runtime is the resolved, hashable result for one device; building it
-changes nothing in the process: `apply_process_settings` does that, in one place.
+(`create`) changes nothing in the process. The process-wide switches (cuDNN, tf32, the CPU
+heap) are set in one place, `apply_process_settings`, which `Runtime.start` calls for the
+process that will run the runtime.
 """
 
 from __future__ import annotations
@@ -143,7 +145,7 @@ class Runtime:
                                   # or fp64 (reference runs: float rounding far below 8 bits)
     channels_last: bool = True    # NHWC convs: faster for bf16 oneDNN and cuDNN tensor cores
     cuda_graphs: bool = False     # CUDA: replay each stage's objective + backward as a graph
-    keep_cpu_memory: bool = False  # CPU: the heap keeps freed memory (released after a batch)
+    keep_cpu_memory: bool = False  # CPU: the heap keeps freed memory; release it after a batch
     split_batches: bool = False   # CPU: a batch's shards step side by side, one per core
     targets: str = "onnx"         # target features from ONNX Runtime ("onnx") or PyTorch ("torch")
     providers: tuple[str, ...] = DEFAULT_PROVIDERS  # ORT providers, in order of choice
@@ -154,21 +156,32 @@ class Runtime:
 
     @classmethod
     def create(cls, device: str = "auto", *args: Any, **kwargs: Any) -> Runtime:
-        """Resolve RuntimeOptions(*args, **kwargs) for `device`, after applying the process
-        switches it needs (apply_process_settings): bf16 where it is measurably faster
-        (auto_precision); channels_last on CUDA and with bf16 (on the CPU it measured slower
-        than NCHW in fp32, faster in bf16)."""
+        """Resolve RuntimeOptions(*args, **kwargs) for `device`: bf16 where it is measurably
+        faster (auto_precision); channels_last on CUDA and with bf16 (on the CPU it measured
+        slower than NCHW in fp32, faster in bf16). Changes nothing in the process: `start`
+        does, for the process that will run it."""
         return cls.resolve(device, RuntimeOptions(*args, **kwargs))
 
     @classmethod
-    def resolve(cls, device: str, options: RuntimeOptions) -> Runtime:
+    def start(cls, device: str = "auto", *args: Any, **kwargs: Any) -> Runtime:
+        """`create`, for the process that runs it: its process-wide switches are applied first
+        (apply_process_settings), before the CPU precision probe does any torch work."""
+        options = RuntimeOptions(*args, **kwargs)
+        kept = apply_process_settings(resolve_device(device), options)
+        return cls.resolve(device, options, kept)
+
+    @classmethod
+    def resolve(cls, device: str, options: RuntimeOptions, heap_kept: bool | None = None
+                ) -> Runtime:
+        """`heap_kept`: whether the CPU heap keeps freed memory (None: as the options ask)."""
         dev = resolve_device(device)
         if options.precision not in PRECISIONS:
             raise InputError(f"precision must be one of {PRECISIONS}, got {options.precision!r}")
         if options.targets not in ("onnx", "torch"):
             raise InputError(f"targets must be onnx or torch, got {options.targets!r}")
         providers = parse_providers(options.providers)
-        kept = apply_process_settings(dev, options)
+        if heap_kept is None:
+            heap_kept = options.keep_cpu_memory and dev.type == "cpu"
         precision, reason = options.precision, "set by --precision"
         if precision == "auto":
             precision, reason = auto_precision(dev, options.cache)
@@ -176,7 +189,7 @@ class Runtime:
         if channels_last is None:
             channels_last = dev.type == "cuda" or precision == "bf16"
         return cls(dev, precision, channels_last, options.cuda_graphs and dev.type == "cuda",
-                   kept, options.split_batches and dev.type == "cpu", options.targets,
+                   heap_kept, options.split_batches and dev.type == "cpu", options.targets,
                    providers, options.trt_fp16, options.cache, options.cache_targets, reason)
 
     @property

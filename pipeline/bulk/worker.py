@@ -16,6 +16,7 @@ job goes on without it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -217,7 +218,7 @@ def start_worker(wid: int, device: str, threads: int, config: WorkerConfig, emit
                                 "it at the same path"))
         return None
     try:
-        runtime = Runtime.resolve(device, config.runtime)
+        runtime = Runtime.start(device, **dataclasses.asdict(config.runtime))
     except Exception as e:  # reported to the driver, which decides
         emit(CouldNotStart(wid, f"{type(e).__name__}: {e}"))
         return None

@@ -192,7 +192,7 @@ def stylize(
         style_blend=_list("style_blend", style_blend), style_scale=style_scale, init=init,
         seed=seed, preserve_colors=preserve_colors, pooling=pooling, weights=weights,
     ).validate(n_styles=len(styles))
-    runtime = Runtime.resolve(device, options)
+    runtime = Runtime.start(device, **dataclasses.asdict(options))
     start = time.perf_counter()
     with iteration_bar(content.name, iterations, quiet) as progress:
         result = stylize_batch([StyleJob(content, styles)], params, runtime, progress)[0]

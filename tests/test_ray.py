@@ -1,0 +1,141 @@
+"""The Ray distributor on a real (simulated) multi-node cluster: a head with no CPUs and two
+1-CPU worker nodes on this machine, as `ray.cluster_utils.Cluster` starts them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.bulk import ledger
+from pipeline.bulk.events import BatchStarted, Iteration
+from pipeline.cli.progress import RunDisplay
+from tests.run_helpers import ROOT, images_in
+
+ray = pytest.importorskip("ray", reason="the ray extra: pip install -e '.[cpu,dev,ray]'")
+
+# Equal outputs need equal arithmetic: fp32, one job per batch, one thread per worker (each
+# node has one CPU; the local run gets as many workers as cores).
+SAME = ["--precision", "fp32", "--batch-size", "1", "--set", "size=32"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    env = {"RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": None}
+    saved = {k: os.environ.pop(k, None) for k in env}
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    store = {"object_store_memory": 100 * 2**20}
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, **store})
+    nodes = [c.add_node(num_cpus=1, **store) for _ in range(2)]
+    c.wait_for_nodes()
+    try:
+        yield c, nodes
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        c.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _pipeline(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", "run", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+def _local_reference(dataset, out, iterations: int) -> dict:
+    done = _pipeline(str(dataset), "--out", str(out), "--devices", "cpu", "--workers",
+                     str(os.cpu_count() or 1), "--set", f"iterations={iterations}", *SAME)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return images_in(out)
+
+
+def test_a_ray_run_on_three_nodes_equals_a_local_run(cluster, dataset, tmp_path):
+    import torch
+
+    c, _ = cluster
+    out = tmp_path / "ray"
+    done = _pipeline(str(dataset), "--out", str(out), "--distributor", "ray", "--ray-address",
+                     c.address, "--set", "iterations=8", *SAME)
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text
+    assert "node " in text  # the workers are named by node in the display and summary
+    rows = ledger.read(out).values()
+    assert len(rows) == 6 and all(r["status"] == "done" for r in rows)
+    reference = _local_reference(dataset, tmp_path / "local", 8)
+    images = images_in(out)
+    assert images.keys() == reference.keys() and len(images) == 6
+    for name, img in images.items():
+        assert torch.equal(img, reference[name]), name
+
+
+def test_losing_a_node_mid_run_loses_and_repeats_nothing(cluster, dataset, tmp_path):
+    """The node running a batch is removed after the batch's checkpoint at iteration 10:
+    its batch goes to the other node's actor, which resumes it from that checkpoint."""
+    import torch
+
+    from pipeline.accel.runtime import RuntimeOptions
+    from pipeline.bulk.checkpoint import saved_checkpoints
+    from pipeline.bulk.manifest import parse_overrides
+    from pipeline.bulk.runner import RunOptions, exit_code
+    from pipeline.bulk.runner import run as run_manifest
+
+    c, nodes = cluster
+    out = tmp_path / "ray"
+    iterations = 120
+    removed, resumed = [], []
+
+    class Saboteur(RunDisplay):
+        def __init__(self, total, devices):
+            super().__init__(total, devices)
+            self.labels = devices
+
+        def handle(self, event):
+            super().handle(event)
+            if isinstance(event, BatchStarted) and event.resumed_at:
+                resumed.append(event.resumed_at)
+            if (isinstance(event, Iteration) and event.iteration >= 12 and not removed
+                    and saved_checkpoints(out)):
+                label = self.labels[event.worker]
+                node = next(n for n in nodes if label.startswith(f"node {n.node_id[:6]}"))
+                removed.append(label)
+                c.remove_node(node)
+
+    opts = RunOptions(out, batch_size=1, checkpoint_every=5,
+                      overrides=parse_overrides(["size=32", f"iterations={iterations}"]),
+                      runtime=RuntimeOptions(precision="fp32"), distributor="ray",
+                      ray_address=c.address)
+    result = run_manifest(dataset, opts, Saboteur)
+    assert removed, "no node was removed: the run ended before a checkpoint"
+    assert exit_code(result) == 0, result
+    assert result.done == 6 and not result.pending and not result.failed
+    assert resumed and all(10 <= it < iterations for it in resumed)  # from its checkpoint
+    parts = [row for part in sorted(ledger.ledger_dir(out).glob("part-*.parquet"))
+             for row in pq.read_table(part).to_pylist()]
+    done = [(r["key"], r["output"]) for r in parts if r["status"] == ledger.DONE]
+    assert len(done) == len(set(done)) == 6  # each job recorded done exactly once
+    reference = _local_reference(dataset, tmp_path / "local", iterations)
+    images = images_in(out)
+    assert images.keys() == reference.keys()
+    for name, img in images.items():
+        assert torch.equal(img, reference[name]), name
+
+
+def test_ray_without_the_extra_is_a_one_line_error(dataset, tmp_path, monkeypatch):
+    from tests.run_helpers import run_cli
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.delitem(sys.modules, "pipeline.bulk.distributors.ray_cluster", raising=False)
+    result = run_cli(dataset, tmp_path / "out", "--distributor", "ray")
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and '.[ray]' in errors[0], result.output
