@@ -194,6 +194,14 @@ class ForwardLog(logging.Handler):
             self.send(Log(self.wid, message))
 
 
+def forward_logs(wid: int, emit: Emit) -> None:
+    """In a worker's own process: the package's log lines go to the driver (ForwardLog)."""
+    logger = logging.getLogger("pipeline")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(ForwardLog(wid, emit))
+    logger.propagate = False
+
+
 def sees_run_folder(config: WorkerConfig) -> bool:
     """This machine sees the run's folder: its run.json carries the run's id."""
     try:
@@ -204,14 +212,9 @@ def sees_run_folder(config: WorkerConfig) -> bool:
 
 def start_worker(wid: int, device: str, threads: int, config: WorkerConfig, emit: Emit,
                  stopping: Callable[[], bool]) -> Worker | None:
-    """Set up a worker in this process (threads, log forwarding, runtime) and say Ready; or
-    say CouldNotStart and return None."""
+    """Set up a worker in this process (threads, runtime) and say Ready; or say CouldNotStart
+    and return None."""
     torch.set_num_threads(threads)
-    logger = logging.getLogger("pipeline")
-    logger.setLevel(logging.INFO)
-    logger.handlers = [h for h in logger.handlers if not isinstance(h, ForwardLog)]
-    logger.addHandler(ForwardLog(wid, emit))
-    logger.propagate = False
     if not sees_run_folder(config):
         emit(CouldNotStart(wid, f"cannot see the run folder {config.out_dir} (its run.json "
                                 "is missing or from another run): every machine must mount "

@@ -120,7 +120,7 @@ class VGG19Trunk(nn.Module):
         for name in self.layer_names[: deepest + 1]:
             layer = self.layers[name]
             if isinstance(layer, nn.Conv2d):
-                x = x.to(layer.weight.dtype)  # a trunk may mix dtypes (accel/low_precision.py)
+                x = x.to(layer.weight.dtype)  # a bf16 trunk reads fp32 pixels
             x = layer(x)
             if name in wanted:
                 feats[name] = x

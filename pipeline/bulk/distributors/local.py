@@ -11,7 +11,7 @@ from typing import Any
 from ..distribute import Slot
 from ..events import Event, Exited, Lost
 from ..jobs import Batch
-from ..worker import WorkerConfig, start_worker
+from ..worker import WorkerConfig, forward_logs, start_worker
 
 
 def _how(code: int | None) -> str:
@@ -77,6 +77,7 @@ def _process(wid: int, device: str, threads: int, config: WorkerConfig, tasks: A
              events: Any, stop: Any, parent_pid: int) -> None:
     """A worker process (spawned). Ctrl-C is the parent's to handle: it sets `stop`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    forward_logs(wid, events.put)
     worker = start_worker(wid, device, threads, config, events.put,
                           lambda: stop.is_set() or os.getppid() != parent_pid)
     if worker is None:

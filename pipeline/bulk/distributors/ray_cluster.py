@@ -18,7 +18,7 @@ from ...errors import InputError
 from ..distribute import Slot
 from ..events import Event, Exited, Iteration, Lost
 from ..jobs import Batch, auto_cpu_workers
-from ..worker import Worker, WorkerConfig, start_worker
+from ..worker import Worker, WorkerConfig, forward_logs, start_worker
 
 try:
     import ray
@@ -53,6 +53,7 @@ class RayWorker:
     def start(self) -> bool:
         # Ray hides all but the assigned GPU (CUDA_VISIBLE_DEVICES): it is cuda:0 here.
         device = "cuda:0" if ray.get_gpu_ids() else "cpu"
+        forward_logs(self.wid, self.emit)
         self.worker = start_worker(self.wid, device, self.threads, self.config, self.emit,
                                    self.stopped.is_set)
         return self.worker is not None
