@@ -102,6 +102,7 @@ class _State:
     gone: set[int] = field(default_factory=set)
     deaths: dict[str, int] = field(default_factory=dict)
     stopping: bool = False
+    refused: list[str] = field(default_factory=list)  # why workers could not start
 
 
 def distribute(workers: Distributor, queue: BatchQueue, batch_size: int, display: Display,
@@ -129,6 +130,8 @@ def distribute(workers: Distributor, queue: BatchQueue, batch_size: int, display
             if state.stopping or not (state.queue or state.running):
                 while state.idle:  # nothing left for them
                     workers.send(state.idle.pop(), None)
+    if state.queue or state.running:  # work left: say why no worker took it
+        state.outcome.errors += list(dict.fromkeys(state.refused))
     return state.outcome
 
 
@@ -144,6 +147,8 @@ def _handle(event: Event, workers: Distributor, state: _State, display: Display)
         outcome.done += event.done
         outcome.failed += event.failures
         state.running.pop(wid, None)
+    elif isinstance(event, CouldNotStart):
+        state.refused.append(f"a worker could not start: {event.message}")
     elif isinstance(event, CannotWrite):
         outcome.errors.append(event.message)
         _halt(workers, state, display)

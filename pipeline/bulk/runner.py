@@ -212,7 +212,9 @@ def run(manifest: Path, opts: RunOptions, display_factory: Callable[..., Any],
                            failed_before=p.failed_before)
         result.failed += [(e.row, str(e)) for e in found.errors]
         if p.todo:
-            config = WorkerConfig(out_dir, opts.checkpoint_every, opts.runtime, run_id)
+            # Absolute: a worker elsewhere has another working folder.
+            config = WorkerConfig(Path(os.path.realpath(out_dir)), opts.checkpoint_every,
+                                  opts.runtime, run_id)
             with open_distributor(opts.distributor, config, opts.devices, opts.workers,
                                   opts.ray_address, [job.size for job in p.todo]) as workers:
                 queue = BatchQueue(p.todo)

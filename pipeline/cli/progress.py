@@ -111,6 +111,7 @@ class RunDisplay:
         self.overall = self.bar.add_task("jobs", total=total, images=True)
         self.workers = [self.bar.add_task(f"  w{i} {d}: starting", total=1, start=False)
                         for i, d in enumerate(devices)]
+        self.labels = list(devices)
         self.devices = list(devices)  # relabelled with precision once workers report
 
     def __enter__(self) -> RunDisplay:
@@ -124,8 +125,8 @@ class RunDisplay:
         wid = event.worker
         task = self.workers[wid]
         match event:
-            case Ready(device=device, precision=precision):
-                self.devices[wid] = f"{device} {precision}"
+            case Ready(precision=precision):
+                self.devices[wid] = f"{self.labels[wid]} {precision}"
                 self.bar.update(task, description=f"  w{wid} {self.devices[wid]}: waiting")
             case BatchStarted(jobs=n, iterations=total, resumed_at=start):
                 resumed = f", resumed at {start}" if start else ""
@@ -137,6 +138,7 @@ class RunDisplay:
             case Iteration(iteration=iteration):
                 self.bar.update(task, completed=iteration)
             case BatchDone(done=done, failures=failures):
+                self.bar.update(task, completed=self.bar.tasks[task].total)  # reports may be sparse
                 self.bar.advance(self.overall, done + len(failures))
                 for row, error in failures:
                     say("failed", "red", f"row {row}: {error}", self.bar.console)

@@ -10,6 +10,7 @@ its first worker left in the run folder.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
@@ -75,7 +76,8 @@ class RayDistributor:
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+                ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.WARNING)
             except (ConnectionError, RuntimeError, ValueError) as e:
                 raise InputError(f"cannot connect to Ray at {address or 'RAY_ADDRESS'}: "
                                  f"{str(e).splitlines()[0]}") from None
