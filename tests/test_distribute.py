@@ -144,3 +144,23 @@ def test_a_worker_that_cannot_see_the_run_folder_says_so_and_does_not_start(tmp_
     (tmp_path / "elsewhere" / "run.json").write_text('{"run_id": "abc"}')
     worker = start_worker(0, "cpu", 1, config, said.append, lambda: False)
     assert worker is not None and isinstance(said[-1], Ready)
+
+
+def test_a_waiting_worker_that_dies_is_not_sent_anything_more(dataset, tmp_path):
+    """Worker 1 waits for work while worker 0 runs the last batch, then worker 1 dies."""
+    jobs = _jobs(dataset, tmp_path)[:1]
+    workers = Fake(2, lambda wid, batch: "done", restartable=False)
+    sent = []
+    send = workers.send
+
+    def record(wid, batch):
+        sent.append((wid, batch))
+        send(wid, batch)
+        if wid == 0 and batch is not None:  # worker 0 works a while; worker 1, waiting, dies
+            workers.later = [(t + 5, e) for t, e in workers.later]
+            workers._say(1, Lost(1, "killed by signal 9"))
+
+    workers.send = record
+    result = distribute(workers, BatchQueue(jobs), 1, Display(), lambda batch: False)
+    assert result.done == 1 and not result.errors
+    assert all(wid == 0 for wid, _ in sent)  # nothing for the dead worker, not even None

@@ -187,6 +187,8 @@ def _bury(wid: int, how: str, workers: Distributor, state: _State, display: Disp
     to the front of the queue, for a fresh worker in its place or any other, unless it has now
     ended MAX_WORKER_DEATHS workers."""
     state.gone.add(wid)
+    if wid in state.idle:
+        state.idle.remove(wid)
     batch = state.running.pop(wid, None)
     restart = not state.stopping and workers.restartable(wid)
     if batch is not None:

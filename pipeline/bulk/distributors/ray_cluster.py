@@ -124,7 +124,8 @@ class RayDistributor:
     def send(self, wid: int, batch: Batch | None) -> None:
         if batch is None:
             self._said.append(Exited(wid))
-            ray.kill(self._actors.pop(wid))  # its CPUs or GPU go back to the cluster
+            if (actor := self._actors.pop(wid, None)) is not None:
+                ray.kill(actor)  # its CPUs or GPU go back to the cluster
         else:
             self._refs[self._actors[wid].run.remote(batch)] = wid
 
