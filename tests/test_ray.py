@@ -20,6 +20,7 @@ ray = pytest.importorskip("ray", reason="the ray extra: pip install -e '.[cpu,de
 # Equal outputs need equal arithmetic: fp32, one job per batch, one thread per worker (each
 # node has one CPU; the local run gets as many workers as cores).
 SAME = ["--precision", "fp32", "--batch-size", "1", "--set", "size=32"]
+STORE = 100 * 2**20  # object store bytes per node: only small events pass through it
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def cluster():
     env = {"RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": None}
     saved = {k: os.environ.pop(k, None) for k in env}
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    store = {"object_store_memory": 100 * 2**20}
+    store = {"object_store_memory": STORE}
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, **store})
     nodes = [c.add_node(num_cpus=1, **store) for _ in range(2)]
     c.wait_for_nodes()
@@ -114,7 +115,12 @@ def test_losing_a_node_mid_run_loses_and_repeats_nothing(cluster, dataset, tmp_p
                       overrides=parse_overrides(["size=32", f"iterations={iterations}"]),
                       runtime=RuntimeOptions(precision="fp32"), distributor="ray",
                       ray_address=c.address)
-    result = run_manifest(dataset, opts, Saboteur)
+    try:
+        result = run_manifest(dataset, opts, Saboteur)
+    finally:  # the cluster is the module's: give it its two nodes back
+        for _ in removed:
+            nodes.append(c.add_node(num_cpus=1, object_store_memory=STORE))
+        c.wait_for_nodes()
     assert removed, "no node was removed: the run ended before a checkpoint"
     assert exit_code(result) == 0, result
     assert result.done == 6 and not result.pending and not result.failed
@@ -130,12 +136,43 @@ def test_losing_a_node_mid_run_loses_and_repeats_nothing(cluster, dataset, tmp_p
         assert torch.equal(img, reference[name]), name
 
 
+def test_ctrl_c_checkpoints_every_worker_of_the_cluster_and_the_run_resumes(
+        cluster, dataset, tmp_path):
+    import signal
+
+    from pipeline.bulk.checkpoint import saved_checkpoints
+    from tests.run_helpers import cell, wait_for
+
+    c, _ = cluster
+    out = tmp_path / "ray"
+    args = [str(dataset), "--out", str(out), "--distributor", "ray", "--ray-address", c.address,
+            "--set", "iterations=60", "--checkpoint-every", "5", *SAME]
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    try:
+        wait_for(lambda: len(saved_checkpoints(out)) >= 2, timeout=300)
+        proc.send_signal(signal.SIGINT)
+        text = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, text
+    assert "each worker saves a checkpoint" in text
+    assert int(cell(text, "pending")) == 6 - int(cell(text, "done now"))
+    again = _pipeline(*args)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stderr.count("resuming a batch") + again.stdout.count("resuming a batch") >= 2
+
+
 def test_ray_without_the_extra_is_a_one_line_error(dataset, tmp_path, monkeypatch):
-    from tests.run_helpers import run_cli
+    from pipeline.cli import app
+    from tests.run_helpers import runner
 
     monkeypatch.setitem(sys.modules, "ray", None)
     monkeypatch.delitem(sys.modules, "pipeline.bulk.distributors.ray_cluster", raising=False)
-    result = run_cli(dataset, tmp_path / "out", "--distributor", "ray")
+    result = runner.invoke(app, ["run", str(dataset), "--out", str(tmp_path / "out"),
+                                 "--distributor", "ray"])
     assert result.exit_code == 2
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and '.[ray]' in errors[0], result.output

@@ -463,6 +463,9 @@ def run(
 
     if batch_size < 0 or workers < 0 or checkpoint_every < 0:
         raise InputError("--batch-size, --workers and --checkpoint-every must be >= 0")
+    if distributor != "local" and devices != "auto":
+        raise InputError(f"--devices is for --distributor local; --distributor {distributor} "
+                         "uses every GPU of every node (else --workers CPU workers per node)")
     opts = RunOptions(out, devices, workers, batch_size, checkpoint_every,
                       parse_overrides(set_ or []), skip_bad_rows, retry_failed, options,
                       distributor, ray_address)
