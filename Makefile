@@ -58,6 +58,8 @@ bench: install
 	$(PY) -m bench.bench_memory
 	$(PY) -m bench.bench_targets
 	$(PY) -m bench.bench_manifest
+	$(PY) -m bench.bench_distributors
+	$(PY) -m bench.bench_distributors --iterations 160
 
 # The GPU tables of BENCHMARKS.md on the first CUDA device: make install GPU=1 && make bench-gpu
 bench-gpu: install
