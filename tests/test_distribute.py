@@ -30,8 +30,9 @@ class Fake:
     """Workers that say Ready when started and do with a batch what `outcome(wid, batch)`
     says: "done" (BatchDone), "die" (Lost), after `delay[wid]` polls."""
 
-    def __init__(self, n, outcome, delay=None, restartable=True):
+    def __init__(self, n, outcome, delay=None, restartable=True, no_start=()):
         self.slots = [Slot("cpu", "cpu", 1)] * n
+        self.no_start = set(no_start)  # these die before they are ready
         self.outcome, self.delay, self.can_restart = outcome, delay or {}, restartable
         self.started, self.ran, self.polls, self.later = [], [], 0, []
 
@@ -40,7 +41,10 @@ class Fake:
 
     def start(self, wid):
         self.started.append(wid)
-        self._say(wid, Ready(wid, "cpu", "fp32", "test"))
+        if wid in self.no_start:
+            self._say(wid, Lost(wid, "exit code 1"))
+        else:
+            self._say(wid, Ready(wid, "cpu", "fp32", "test"))
 
     def send(self, wid, batch):
         if batch is None:
@@ -164,3 +168,14 @@ def test_a_waiting_worker_that_dies_is_not_sent_anything_more(dataset, tmp_path)
     result = distribute(workers, BatchQueue(jobs), 1, Display(), lambda batch: False)
     assert result.done == 1 and not result.errors
     assert all(wid == 0 for wid, _ in sent)  # nothing for the dead worker, not even None
+
+
+def test_a_worker_that_dies_before_it_is_ready_is_not_started_again(dataset, tmp_path):
+    jobs = _jobs(dataset, tmp_path)[:2]
+    workers = Fake(2, lambda wid, batch: "done", no_start={1})
+    result = distribute(workers, BatchQueue(jobs), 1, Display(), lambda batch: False)
+    assert workers.started == [0, 1] and result.done == 2 and not result.errors
+    workers = Fake(1, lambda wid, batch: "done", no_start={0})
+    result = distribute(workers, BatchQueue(jobs), 1, Display(), lambda batch: False)
+    assert workers.started == [0] and result.done == 0
+    assert result.errors == ["a worker died before it was ready (exit code 1)"]

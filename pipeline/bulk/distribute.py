@@ -103,6 +103,7 @@ class _State:
     deaths: dict[str, int] = field(default_factory=dict)
     stopping: bool = False
     refused: list[str] = field(default_factory=list)  # why workers could not start
+    ready: set[int] = field(default_factory=set)  # said Ready since they were (re)started
 
 
 def distribute(workers: Distributor, queue: BatchQueue, batch_size: int, display: Display,
@@ -142,6 +143,7 @@ def _handle(event: Event, workers: Distributor, state: _State, display: Display)
         _bury(wid, event.how, workers, state, display)
         return
     if isinstance(event, Ready):
+        state.ready.add(wid)
         outcome.precision[event.device] = f"{event.precision} ({event.reason})"
     elif isinstance(event, BatchDone):
         outcome.done += event.done
@@ -190,7 +192,12 @@ def _bury(wid: int, how: str, workers: Distributor, state: _State, display: Disp
     if wid in state.idle:
         state.idle.remove(wid)
     batch = state.running.pop(wid, None)
-    restart = not state.stopping and workers.restartable(wid)
+    # One that never got as far as Ready (it cannot import, its machine cannot start it)
+    # would only die again.
+    restart = not state.stopping and wid in state.ready and workers.restartable(wid)
+    if wid not in state.ready:
+        state.refused.append(f"a worker died before it was ready ({how})")
+    state.ready.discard(wid)
     if batch is not None:
         if state.finished(batch):  # done; only its report was lost
             state.outcome.done += len(batch.jobs)
