@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
+from ..io.files import CACHE_ENV
 from . import cpu_heap
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp64")
@@ -71,7 +72,7 @@ class RuntimeOptions:
     trt_fp16: bool = setting(False, "TensorRT fp16 for targets (default fp32).")
     cache: str | None = setting(
         None, "Cache root for weights, ONNX models, TensorRT engines and targets.  [default: "
-        "the user cache dir]", flag="--cache-dir", envvar="STYLE_PIPELINE_CACHE")
+        "the user cache dir]", flag="--cache-dir", envvar=CACHE_ENV)
     cache_targets: bool = setting(True, "Keep computed targets in the cache.")
 
 

@@ -93,22 +93,26 @@ def main(verbose: bool = typer.Option(True, "--verbose/--quiet-log",
     logging.getLogger("pipeline").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
-cache_option = typer.Option(None, "--cache-dir", envvar="STYLE_PIPELINE_CACHE",
-                            help=RuntimeOptions.__dataclass_fields__["cache"].metadata["help"])
+def setting_option(f: dataclasses.Field) -> Any:
+    """The Typer option of a RuntimeOptions field: its default (as a word where it has
+    words), flag, environment variable and help, all from the field."""
+    words, flag = f.metadata["words"], f.metadata["flag"]
+    default = next((w for w, v in (words or {}).items() if v == f.default), f.default)
+    return typer.Option(default, *([flag] if flag else []), envvar=f.metadata["envvar"],
+                        help=f.metadata["help"])
+
+
+# The cache root is also an option of the commands that take no other runtime setting.
+cache_option = setting_option(RuntimeOptions.__dataclass_fields__["cache"])
 
 
 def with_runtime_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Give a command one option per RuntimeOptions field (its default and help come from
     there), handed to it as `options: RuntimeOptions`."""
     hints = typing.get_type_hints(RuntimeOptions)
-    params = []
-    for f in dataclasses.fields(RuntimeOptions):
-        words, flag = f.metadata["words"], f.metadata["flag"]
-        default = next((w for w, v in (words or {}).items() if v == f.default), f.default)
-        option = typer.Option(default, *([flag] if flag else []), envvar=f.metadata["envvar"],
-                              help=f.metadata["help"])
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
-                                         annotation=str if words else hints[f.name]))
+    params = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=setting_option(f),
+                                annotation=str if f.metadata["words"] else hints[f.name])
+              for f in dataclasses.fields(RuntimeOptions)]
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
