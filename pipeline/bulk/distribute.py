@@ -107,13 +107,14 @@ class _State:
 
 
 def distribute(workers: Distributor, queue: BatchQueue, batch_size: int, display: Display,
-               finished: Callable[[Batch], bool]) -> Outcome:
-    """Run the queue's batches on `workers`; `finished(batch)`: its outputs are all written
-    (a batch whose worker died after writing them is not run again). The first Ctrl-C or
+               finished: Callable[[Batch], bool], into: Outcome | None = None) -> Outcome:
+    """Run the queue's batches on `workers`, adding what happens to `into` (a new Outcome if
+    None); `finished(batch)`: its outputs are all written (a batch whose worker died after
+    writing them is not run again). The first Ctrl-C or
     SIGTERM asks every worker to checkpoint and leave; a second one kills them (their batches
     resume from the last periodic checkpoint). A failed write (disk full) stops the run the
     same way as a first Ctrl-C."""
-    state = _State(queue, batch_size, finished, Outcome())
+    state = _State(queue, batch_size, finished, into if into is not None else Outcome())
     for wid in range(len(workers.slots)):
         workers.start(wid)
     with stop_signals() as signals:

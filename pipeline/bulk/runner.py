@@ -26,7 +26,7 @@ from ..io.files import atomic_write_bytes, check_writable_dir, describe_os_error
 from ..io.images import carries_key
 from . import ledger
 from .checkpoint import checkpoint_dir, sweep_finished
-from .distribute import distribute
+from .distribute import Outcome, distribute
 from .distributors import open_distributor
 from .jobs import BatchQueue, Inspector, Job
 from .manifest import read_jobs
@@ -132,18 +132,15 @@ def plan(jobs: Iterable[Job], out_dir: Path, retry_failed: bool) -> Plan:
 
 
 @dataclass
-class RunResult:
-    total: int
-    done_before: int
-    done: int = 0
-    failed: list[tuple[int, str]] = field(default_factory=list)
+class RunResult(Outcome):
+    """The run loop's Outcome (done, failed, interrupted, errors, precision) and the rest."""
+
+    total: int = 0
+    done_before: int = 0
     failed_before: int = 0
     pending: int = 0
-    interrupted: int = 0    # the signal that stopped the run (SIGINT, SIGTERM), 0 if none
-    errors: list[str] = field(default_factory=list)  # what stopped the run early
     seconds: float = 0.0
     devices: list[str] = field(default_factory=list)
-    precision: dict[str, str] = field(default_factory=dict)  # device -> "bf16 (why)"
     swept: tuple[int, int] = (0, 0)  # finished batches' checkpoints removed: files, bytes
 
 
@@ -223,11 +220,8 @@ def run(manifest: Path, opts: RunOptions, display_factory: Callable[..., Any],
                     workers.slots[0].batch_size(opts.batch_size)))]
                 result.devices = [slot.label for slot in workers.slots]
                 with display_factory(total=len(p.todo), devices=result.devices) as display:
-                    outcome = distribute(workers, queue, opts.batch_size, display,
-                                         lambda batch: all(_finished(j, None) for j in batch.jobs))
-            result.done, result.interrupted = outcome.done, outcome.interrupted
-            result.failed += outcome.failed
-            result.errors, result.precision = outcome.errors, outcome.precision
+                    distribute(workers, queue, opts.batch_size, display,
+                               lambda batch: all(_finished(j, None) for j in batch.jobs), result)
         result.pending = len(p.todo) - result.done - (len(result.failed) - len(found.errors))
         result.swept = sweep_finished(out_dir, lambda: {
             key for (key, _), row in ledger.read(out_dir).items() if row["status"] == ledger.DONE})
