@@ -81,6 +81,9 @@ class RayWorker:
         return self.worker.serve(batch)
 
 
+RemoteWorker = ray.remote(RayWorker)
+
+
 class RayDistributor:
     def __init__(self, address: str | None, config: WorkerConfig, workers: int,
                  sizes: list[tuple[int, int]]):
@@ -121,7 +124,6 @@ class RayDistributor:
         self._actors: dict[int, Any] = {}
         self._refs: dict[Any, int] = {}
         self._said: list[Event] = []
-        self._lost: set[int] = set()
 
     def _add(self, node: dict[str, Any], slots: list[Slot], per: dict[str, Any]) -> None:
         self.slots += slots
@@ -129,12 +131,11 @@ class RayDistributor:
 
     def start(self, wid: int) -> None:
         place = self._placement[wid]
-        actor = ray.remote(RayWorker).options(
+        actor = RemoteWorker.options(
             num_cpus=place["num_cpus"], num_gpus=place["num_gpus"],
             scheduling_strategy=NodeAffinitySchedulingStrategy(place["node"], soft=False),
         ).remote(wid, self.slots[wid].threads, self.config, self._events)
         self._actors[wid] = actor
-        self._lost.discard(wid)
         self._refs[actor.start.remote()] = wid
 
     def send(self, wid: int, batch: Batch | None) -> None:
@@ -160,14 +161,16 @@ class RayDistributor:
         done, _ = ray.wait(refs, num_returns=len(refs), timeout=0) if refs else ([], [])
         found += self._drain()  # what a worker said before its call returned comes first
         for ref in done:
-            wid = self._refs.pop(ref)
+            if (wid := self._refs.pop(ref, None)) is None:  # its worker was already lost
+                continue
             try:
                 ray.get(ref)
             except RayError as e:  # the actor or its node died, or the call itself failed
-                if wid not in self._lost:
-                    self._lost.add(wid)
-                    self._actors.pop(wid, None)
-                    found.append(Lost(wid, str(e).strip().splitlines()[0][:200]))
+                # Its other calls (the next batch may be queued already) die with it: one
+                # Lost, never one for the worker started in its place.
+                self._refs = {r: w for r, w in self._refs.items() if w != wid}
+                self._actors.pop(wid, None)
+                found.append(Lost(wid, str(e).strip().splitlines()[0][:200]))
         return found
 
     def restartable(self, wid: int) -> bool:
