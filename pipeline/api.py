@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from .gatys.engine import (
     Stage,
     init_batch,
     optimize,
+    resample,
     trunk_for,
 )
 from .gatys.params import StyleParams
@@ -43,6 +44,8 @@ from .targets.cache import image_digest
 from .version import __version__
 
 ImageSource = str | os.PathLike | Image.Image
+# (iteration, job's index in the batch, its image after that many iterations)
+SaveImage = Callable[[int, int, Image.Image], None]
 log = logging.getLogger("pipeline.images")
 # Enlarging an input more than this many times is worth a word: a thumbnail or a 1x1 image
 # passed by mistake makes a blurry output that no error would otherwise explain.
@@ -59,9 +62,10 @@ class StyleJob:
 class StyleResult:
     image: Image.Image
     losses: dict[str, float]   # final weighted terms: content, style, tv, total
-    iterations: int
+    iterations: int            # taken: fewer than asked when it stopped early (tol)
     seconds: float             # wall time of the whole batch this job ran in
     metadata: dict = field(default_factory=dict)
+    trace: list[dict[str, Any]] = field(default_factory=list)  # with trace_every: loss terms
 
 
 def _open(src: ImageSource) -> tuple[Image.Image, str, str]:
@@ -132,10 +136,12 @@ def _stages(prepared: Sequence[tuple[SizedImage, list[SizedImage]]], params: Sty
 
 def stylize_batch(jobs: Sequence[StyleJob], params: StyleParams = StyleParams(),
                   runtime: Runtime | None = None, progress: Progress | None = None,
-                  checkpointing: Checkpointing | None = None) -> list[StyleResult]:
-    """Stylize jobs that share parameters and output size as one batch."""
+                  checkpointing: Checkpointing | None = None, trace_every: int = 0,
+                  save_image: SaveImage | None = None) -> list[StyleResult]:
+    """Stylize jobs that share parameters and output size as one batch (see
+    stylize_prepared)."""
     return stylize_prepared([prepare(job, params) for job in jobs], params, runtime, progress,
-                            checkpointing)
+                            checkpointing, trace_every, save_image)
 
 
 @dataclass
@@ -171,20 +177,36 @@ def setup_batch(prepared: Sequence[tuple[SizedImage, list[SizedImage]]], params:
 def stylize_prepared(prepared: Sequence[tuple[SizedImage, list[SizedImage]]],
                      params: StyleParams, runtime: Runtime | None = None,
                      progress: Progress | None = None,
-                     checkpointing: Checkpointing | None = None) -> list[StyleResult]:
+                     checkpointing: Checkpointing | None = None, trace_every: int = 0,
+                     save_image: SaveImage | None = None) -> list[StyleResult]:
     """stylize_batch for jobs already decoded by `prepare` (the batch runner checks each job
-    alone first, so one bad image fails only its own job)."""
+    alone first, so one bad image fails only its own job). `trace_every`: each result's trace
+    holds its loss terms every that many iterations; `save_image`: gets the images every
+    params.save_every iterations (of the jobs still moving)."""
     runtime = runtime or Runtime.start()
     problem = setup_batch(prepared, params, runtime)
+
+    def finish(images: torch.Tensor) -> torch.Tensor:
+        if not params.preserve_colors:
+            return images
+        return preserve_colors(images, resample(problem.contents, (images.shape[3],
+                                                                   images.shape[2])))
+
+    def snapshot(iteration: int, images: torch.Tensor, moved: torch.Tensor) -> None:
+        assert save_image is not None
+        images = finish(images)
+        for i in moved.nonzero().flatten().tolist():
+            save_image(iteration, i, to_image(images[i]))
+
     start = time.perf_counter()
-    out, terms = optimize(problem.trunk, problem.x0, problem.stages, params, runtime, progress,
-                          checkpointing)
-    if params.preserve_colors:
-        out = preserve_colors(out, problem.contents)
+    result = optimize(problem.trunk, problem.x0, problem.stages, params, runtime, progress,
+                      checkpointing, trace_every=trace_every,
+                      snapshot=snapshot if save_image is not None else None)
+    out = finish(result.images)
     seconds = time.perf_counter() - start
-    losses = {k: v.tolist() for k, v in terms.items()}
+    losses = {k: v.tolist() for k, v in result.terms.items()}
     return [StyleResult(to_image(out[i]), {k: v[i] for k, v in losses.items()},
-                        params.iterations, seconds, problem.metadata)
+                        result.iterations[i], seconds, problem.metadata, result.trace[i])
             for i in range(len(prepared))]
 
 

@@ -209,8 +209,9 @@ def test_reported_objective_is_that_of_the_returned_images_in_fp32():
     problem = setup_batch([prepare(StyleJob(make_photo(), [make_painting()]), params)], params,
                           bf16)
     trace = []
-    out, terms = optimize(problem.trunk, problem.x0, problem.stages, params, bf16,
-                          progress=lambda i, t: trace.append(t["total"].item()))
+    result = optimize(problem.trunk, problem.x0, problem.stages, params, bf16,
+                      progress=lambda i, t: trace.append(t["total"].item()))
+    out, terms = result.images, result.terms
     exact = objective(problem.trunk, problem.stages[-1].targets, params, fp32)(out)
     exact = exact["total"].item()
     assert terms["total"].item() == pytest.approx(exact, rel=1e-4)

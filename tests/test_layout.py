@@ -9,6 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent / "pipeline"
 # Lowest first: a module may import from its own layer and the layers before it.
 LAYERS = [{"errors", "version"}, {"io"}, {"gatys"}, {"accel"}, {"targets"}, {"api"}, {"bulk"},
+          {"report"},
           {"cli"}, {"__init__", "__main__"}]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

@@ -9,9 +9,9 @@ as two worker processes do (BENCHMARKS.md, "Worker processes on the CPU"), but i
 process with one copy of the weights, targets and checkpoint. The shards step in lockstep, so
 progress, checkpoints and Ctrl-C see one batch.
 
-A shard is any run with `x`, `step()` and `state_dict()` (engine.StageRun). Every tensor of
-its optimizer state with a leading dimension is per sample, so a batch's state is the shards'
-states concatenated, and a checkpoint resumes with any split (or none).
+A shard is any run with `x`, `step()`, `hold()` and `state_dict()` (engine.StageRun). Every
+tensor of its optimizer state with a leading dimension is per sample, so a batch's state is the
+shards' states concatenated, and a checkpoint resumes with any split (or none).
 """
 
 from __future__ import annotations
@@ -84,6 +84,13 @@ class ShardedRun:
         finally:
             torch.set_num_threads(self.cores)  # threads started later take the process value
         return {k: torch.cat([t[k] for t in terms]) for k in terms[0]}
+
+    def hold(self, moving: Tensor) -> None:
+        lo = 0
+        for shard in self.shards:  # views: the loop's in-place updates reach every shard
+            hi = lo + shard.x.shape[0]
+            shard.hold(moving[lo:hi])
+            lo = hi
 
     def state_dict(self) -> dict[str, Any]:
         return concat([shard.state_dict() for shard in self.shards])

@@ -63,7 +63,8 @@ class GraphedRun(StageRun):
 
     @classmethod
     def of(cls, run: StageRun) -> GraphedRun:
-        return cls(run.x, run.opt, run.evaluate, run.clamp, GraphedGradient(run.evaluate, run.x))
+        return cls(run.x, run.opt, run.evaluate, run.clamp,
+                   graphed=GraphedGradient(run.evaluate, run.x))
 
     def closure(self) -> dict[str, Tensor]:
         assert self.graphed is not None

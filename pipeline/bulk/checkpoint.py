@@ -22,9 +22,9 @@ from ..io.tensor_tree import tree_digest
 
 log = logging.getLogger("pipeline.run")
 
-# Bumped when the layout changes (2: the compact L-BFGS history; 3: a checksum); a checkpoint
-# of another format is ignored like a foreign one.
-FORMAT = 3
+# Bumped when the layout changes (2: the compact L-BFGS history; 3: a checksum; 4: the loop's
+# state: optimizer, early stopping, loss trace); another format is ignored like a foreign one.
+FORMAT = 4
 
 
 def checkpoint_dir(out_dir: Path) -> Path:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError, RowError
+from ..gatys.params import StyleParams
 from ..gatys.vgg import min_input_side
 from ..io.images import fit_longest_side, header_size, read_rgb
 from ..targets.cache import image_digest
@@ -49,6 +50,16 @@ class Batch:
     @property
     def id(self) -> str:
         return hashlib.sha256("".join(j.key for j in self.jobs).encode()).hexdigest()[:16]
+
+
+def job_key(content: str, styles: list[str], params: StyleParams, init: str | None = None
+            ) -> str:
+    """The key of a job from its images' digests and its parameters."""
+    payload: dict[str, object] = {"content": content, "styles": styles,
+                                  "params": params.result_dict()}
+    if init is not None:  # an init image's bytes matter as the content's do
+        payload["init"] = init
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 class Inspector:
@@ -102,11 +113,7 @@ class Inspector:
         if params.weights_is_file and not Path(params.weights).is_file():
             raise RowError(spec.row, f"weights file {params.weights} does not exist")
         self._destination(spec.output, spec.row)
-        payload = {"content": digest, "styles": style_digests, "params": params.to_dict()}
-        if init is not None:  # an init image's bytes matter as the content's do
-            payload["init"] = init
-        key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-        return Job(spec, key, out_size)
+        return Job(spec, job_key(digest, style_digests, params, init), out_size)
 
 
 class BatchQueue:

@@ -37,6 +37,7 @@ SCHEMA = pa.schema([
     # The output file as written (size, mtime): a rerun trusts a done row whose file still
     # matches, and decodes the file to check its embedded key otherwise.
     ("output_bytes", pa.int64()), ("output_mtime_ns", pa.int64()),
+    ("precision", pa.string()),  # the runtime's: fp32, bf16 (the trunk) or fp64
 ])
 DONE, FAILED, INVALID = "done", "failed", "invalid"
 QUARANTINE = "quarantine"
@@ -51,8 +52,8 @@ def ledger_dir(out_dir: Path) -> Path:
 def make_row(key: str, row: int, status: str, content: str, styles: list[str], output: str,
              params: dict[str, Any] | None, started_at: float, device: str = "",
              losses: dict[str, float] | None = None, iterations: int = 0,
-             seconds: float = 0.0, error: str = "", written: Path | None = None
-             ) -> dict[str, Any]:
+             seconds: float = 0.0, error: str = "", written: Path | None = None,
+             precision: str = "") -> dict[str, Any]:
     """`written`: the output file just written, whose size and mtime are recorded."""
     losses = losses or {}
     stat = written.stat() if written is not None else None
@@ -63,7 +64,7 @@ def make_row(key: str, row: int, status: str, content: str, styles: list[str], o
             "iterations": iterations, "seconds": seconds, "device": device, "error": error,
             "started_at": started_at, "finished_at": time.time(),
             "output_bytes": stat.st_size if stat else None,
-            "output_mtime_ns": stat.st_mtime_ns if stat else None}
+            "output_mtime_ns": stat.st_mtime_ns if stat else None, "precision": precision}
 
 
 def job_row(job: Job, status: str, started_at: float, device: str = "", **kw: Any
@@ -81,6 +82,16 @@ def matches_file(row: dict[str, Any], path: Path) -> bool:
     except OSError:
         return False
     return (row["output_bytes"], row["output_mtime_ns"]) == (stat.st_size, stat.st_mtime_ns)
+
+
+def throughput(done: list[dict[str, Any]]) -> tuple[int, float] | None:
+    """(jobs, seconds from the first start to the last finish) of the done rows that ran here
+    (a row recovered from its output file did not); None when none did."""
+    timed = [r for r in done if r["seconds"]]
+    if not timed:
+        return None
+    span = max(r["finished_at"] for r in timed) - min(r["started_at"] for r in timed)
+    return len(timed), max(span, 1e-9)
 
 
 def append(out_dir: Path, rows: list[dict[str, Any]]) -> None:

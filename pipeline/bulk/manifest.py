@@ -37,7 +37,7 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 # Parameters that name a file unless they hold one of these words.
 FILE_PARAMS = {"init": INIT_WORDS, "weights": WEIGHT_SOURCES}
 # Folders of a run's own under --out: no output may land in them.
-RESERVED = ("ledger", ".checkpoints")
+RESERVED = ("ledger", ".checkpoints", "traces", "report_files")
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,6 @@ class JobSpec:
     params: StyleParams
     output: Path      # absolute and resolved (links followed), inside the run's --out folder
     output_name: str  # the same, relative to --out (what the ledger records)
-
-    def param_hash(self) -> str:
-        text = json.dumps(self.params.to_dict(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def coerce_param(name: str, value: Any) -> Any:
@@ -138,7 +134,7 @@ def output_path(out_dir: Path, value: str, inputs: Sequence[Path],
 
 
 def default_output(content: Path, styles: Sequence[Path], params: StyleParams) -> str:
-    spec_hash = hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode())
+    spec_hash = hashlib.sha256(json.dumps(params.result_dict(), sort_keys=True).encode())
     return f"{content.stem}__{'+'.join(s.stem for s in styles)}__{spec_hash.hexdigest()[:8]}.png"
 
 

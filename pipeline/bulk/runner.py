@@ -24,7 +24,7 @@ from ..accel.runtime import RuntimeOptions
 from ..errors import InputError, RowError
 from ..io.files import atomic_write_bytes, check_writable_dir, describe_os_error, remove_stale_temps
 from ..io.images import carries_key
-from . import ledger
+from . import ledger, traces
 from .checkpoint import checkpoint_dir, sweep_finished
 from .distribute import Outcome, distribute
 from .distributors import open_distributor
@@ -50,6 +50,7 @@ class RunOptions:
     workers: int = 0                    # CPU workers per machine; 0: jobs.auto_cpu_workers
     batch_size: int = 0                 # 0: jobs.default_batch_size per device and size
     checkpoint_every: int = 50
+    trace_every: int = 10               # loss terms recorded every N iterations; 0: none
     overrides: dict[str, Any] = field(default_factory=dict)
     skip_bad_rows: bool = False
     retry_failed: bool = False
@@ -144,11 +145,15 @@ class RunResult(Outcome):
     swept: tuple[int, int] = (0, 0)  # finished batches' checkpoints removed: files, bytes
 
 
-def write_run_info(out_dir: Path, manifest: Path, jobs: list[Job], invalid: int) -> str:
-    """run.json; returns the run's id, by which workers elsewhere know they see the folder."""
+def write_run_info(out_dir: Path, manifest: Path, jobs: list[Job], invalid: int,
+                   overrides: dict[str, Any]) -> str:
+    """run.json; returns the run's id, by which workers elsewhere know they see the folder.
+    The overrides (--set) let the report read the manifest's rows as this run did."""
     run_id = uuid.uuid4().hex
     info = {"manifest": str(manifest.resolve()), "run_id": run_id, "started_at": time.time(),
             "total": len(jobs) + invalid, "invalid": invalid,
+            "overrides": {k: list(v) if isinstance(v, tuple) else v
+                          for k, v in overrides.items()},
             "jobs": [list(j.id) for j in jobs]}
     atomic_write_bytes(out_dir / "run.json", json.dumps(info).encode())
     return run_id
@@ -175,7 +180,7 @@ def folder_lock(out_dir: Path) -> Iterator[None]:
 def _own_folders(out_dir: Path, jobs: Iterable[Job]) -> list[Path]:
     """Where this program writes: the run's folders and each output's folder."""
     return [out_dir, ledger.ledger_dir(out_dir), checkpoint_dir(out_dir),
-            *(job.spec.output.parent for job in jobs)]
+            traces.trace_dir(out_dir), *(job.spec.output.parent for job in jobs)]
 
 
 def run(manifest: Path, opts: RunOptions, display_factory: Callable[..., Any],
@@ -196,7 +201,8 @@ def run(manifest: Path, opts: RunOptions, display_factory: Callable[..., Any],
         raise InputError(f"--out: {describe_os_error(e, out_dir)}") from None
     with folder_lock(out_dir):
         remove_stale_temps(_own_folders(out_dir, found.jobs))  # of a run that was killed
-        run_id = write_run_info(out_dir, manifest, found.jobs, len(found.errors))
+        run_id = write_run_info(out_dir, manifest, found.jobs, len(found.errors),
+                                opts.overrides)
         p = plan(found.jobs, out_dir, opts.retry_failed)
         now = time.time()
         ledger.append(out_dir, [
@@ -211,7 +217,7 @@ def run(manifest: Path, opts: RunOptions, display_factory: Callable[..., Any],
         if p.todo:
             # Absolute: a worker elsewhere has another working folder.
             config = WorkerConfig(Path(os.path.realpath(out_dir)), opts.checkpoint_every,
-                                  opts.runtime, run_id)
+                                  opts.runtime, run_id, opts.trace_every)
             with open_distributor(opts.distributor, config, opts.devices, opts.workers,
                                   opts.ray_address, [job.size for job in p.todo]) as workers:
                 queue = BatchQueue(p.todo)

@@ -33,8 +33,8 @@ from ..api import StyleJob, prepare, stylize_prepared
 from ..errors import InputError
 from ..gatys.engine import Checkpointing, Interrupted, NonFinite
 from ..io.files import describe_os_error
-from ..io.images import save_image
-from . import ledger
+from ..io.images import intermediate_path, save_image
+from . import ledger, traces
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from .events import (
     BatchDone,
@@ -67,14 +67,15 @@ class WorkerConfig:
     checkpoint_every: int
     runtime: RuntimeOptions
     run_id: str  # run.json's: proves the worker sees this run's folder
+    trace_every: int = 10
 
 
 class Worker:
     def __init__(self, wid: int, runtime: Runtime, out_dir: Path, every: int, emit: Emit,
-                 stopping: Callable[[], bool] = lambda: False):
+                 stopping: Callable[[], bool] = lambda: False, trace_every: int = 10):
         """`stopping()` true: checkpoint the batch and leave (asked to stop, or orphaned)."""
         self.wid, self.runtime, self.out_dir, self.every = wid, runtime, out_dir, every
-        self.emit, self.stopping = emit, stopping
+        self.emit, self.stopping, self.trace_every = emit, stopping, trace_every
 
     def serve(self, batch: Batch) -> bool:
         """Run one batch; False when this worker must leave: it was stopped (Exited sent) or a
@@ -135,14 +136,23 @@ class Worker:
                     log.warning("cannot write a checkpoint (%s); going on without one",
                                 describe_os_error(e, ckpt.parent))
 
+        def save_intermediate(it: int, i: int, image: Any) -> None:
+            output = jobs[i].spec.output
+            try:
+                save_image(image, intermediate_path(output, it), {"iteration": it})
+            except OSError as e:
+                raise WriteFailed(f"cannot write an intermediate of {jobs[i].spec.output_name}:"
+                                  f" {describe_os_error(e, output.parent)}") from e
+
         checkpointing = Checkpointing(save=save, every=self.every, resume=resume,
                                       stop=self.stopping)
-        device = str(self.runtime.device)
+        device, precision = str(self.runtime.device), self.runtime.precision
         try:
             results = stylize_prepared(
                 [p for _, p in ready], params, self.runtime,
                 lambda it, _terms: self.emit(Iteration(self.wid, it)),
-                checkpointing)
+                checkpointing, self.trace_every,
+                save_intermediate if params.save_every else None)
         except torch.OutOfMemoryError:
             if self.runtime.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -153,7 +163,7 @@ class Worker:
             return [ledger.job_row(j, ledger.FAILED, started, device,
                          error=f"out of memory at batch {len(jobs)}, size {j.size[0]}x"
                                f"{j.size[1]}") for j in jobs]
-        except Interrupted:
+        except (Interrupted, WriteFailed):
             raise
         except NonFinite as e:  # those jobs fail; the rest of the batch runs again without them
             ckpt.unlink(missing_ok=True)
@@ -166,6 +176,12 @@ class Worker:
             ckpt.unlink(missing_ok=True)  # its space is better left to the other batches
             message = f"{type(e).__name__}: {e}".splitlines()[0]
             return [ledger.job_row(j, ledger.FAILED, started, device, error=message) for j in jobs]
+        try:  # before the outputs: a job whose output exists has its trace
+            traces.append(self.out_dir, {job.key: result.trace
+                                         for job, result in zip(jobs, results, strict=True)})
+        except OSError as e:
+            raise WriteFailed(f"cannot write the loss trace: "
+                              f"{describe_os_error(e, traces.trace_dir(self.out_dir))}") from e
         rows = []
         for job, result in zip(jobs, results, strict=True):
             try:
@@ -175,7 +191,7 @@ class Worker:
                                   f"{describe_os_error(e, job.spec.output.parent)}") from e
             rows.append(ledger.job_row(job, ledger.DONE, started, device, losses=result.losses,
                                        iterations=result.iterations, seconds=result.seconds,
-                                       written=job.spec.output))
+                                       written=job.spec.output, precision=precision))
         ckpt.unlink(missing_ok=True)
         return rows
 
@@ -226,4 +242,5 @@ def start_worker(wid: int, device: str, threads: int, config: WorkerConfig, emit
         emit(CouldNotStart(wid, f"{type(e).__name__}: {e}"))
         return None
     emit(Ready(wid, str(runtime.device), runtime.precision, runtime.precision_reason))
-    return Worker(wid, runtime, config.out_dir, config.checkpoint_every, emit, stopping)
+    return Worker(wid, runtime, config.out_dir, config.checkpoint_every, emit, stopping,
+                  config.trace_every)

@@ -28,6 +28,9 @@ from .progress import console, format_losses, iteration_bar, say
 app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
                   help="Batch neural style transfer (Gatys et al., CVPR 2016).")
 D = StyleParams()
+# Every 10 iterations: a smooth curve over 500, and no cost an iteration would show.
+TRACE_EVERY = 10
+TRACE_EVERY_HELP = "Record the loss terms every N iterations (and the final ones); 0 = none."
 
 
 def _list(name: str, text: str | None) -> tuple | None:
@@ -144,6 +147,12 @@ def stylize(
     size: int = typer.Option(D.size, help=HELP["size"]),
     size_bucket: int = typer.Option(D.size_bucket, help=HELP["size_bucket"]),
     iterations: int = typer.Option(D.iterations, help=HELP["iterations"]),
+    tol: float = typer.Option(D.tol, help=HELP["tol"]),
+    tol_window: int = typer.Option(D.tol_window, help=HELP["tol_window"]),
+    save_every: int = typer.Option(D.save_every, help=HELP["save_every"]),
+    trace: Path | None = typer.Option(None, help="Also write the loss trace (the loss terms "
+                                      "every --trace-every iterations) to this Parquet file."),
+    trace_every: int = typer.Option(TRACE_EVERY, help=TRACE_EVERY_HELP),
     scales: int = typer.Option(D.scales, help=HELP["scales"]),
     optimizer: str = typer.Option(D.optimizer, help=HELP["optimizer"]),
     lr: float | None = typer.Option(D.lr, help=HELP["lr"]),
@@ -171,9 +180,12 @@ def stylize(
 ) -> None:
     """Stylize CONTENT with one or more STYLES and write OUTPUT."""
     from ..accel.runtime import Runtime
-    from ..api import StyleJob, stylize_batch
+    from ..api import StyleJob, prepare, stylize_prepared
+    from ..bulk import traces
+    from ..bulk.jobs import job_key
     from ..io.files import check_writable_dir, describe_os_error
-    from ..io.images import check_output_path, save_image
+    from ..io.images import check_output_path, intermediate_path, save_image
+    from ..targets.cache import image_digest
 
     check_output_path(output)
     inputs = [content, *styles] + ([Path(init)] if init not in INIT_WORDS else [])
@@ -181,12 +193,18 @@ def stylize(
         raise InputError(f"{output}: the output would overwrite one of the input images")
     if output.is_dir():
         raise InputError(f"{output}: is a folder; give a file name ending in .png or .jpg")
-    try:  # before minutes of optimizing, not after
-        check_writable_dir(output.parent)
-    except OSError as e:
-        raise InputError(f"--output: {describe_os_error(e, output.parent)}") from None
+    if trace is not None and trace.suffix != ".parquet":
+        raise InputError(f"--trace {trace}: give a file name ending in .parquet")
+    if trace_every < 0:
+        raise InputError(f"--trace-every must be >= 0, got {trace_every}")
+    for folder in {output.parent, *([trace.parent] if trace is not None else [])}:
+        try:  # before minutes of optimizing, not after
+            check_writable_dir(folder)
+        except OSError as e:
+            raise InputError(f"--output: {describe_os_error(e, folder)}") from None
     params = StyleParams(
-        size=size, size_bucket=size_bucket, iterations=iterations, scales=scales,
+        size=size, size_bucket=size_bucket, iterations=iterations, tol=tol,
+        tol_window=tol_window, save_every=save_every, scales=scales,
         optimizer=optimizer, lr=lr,
         lbfgs_history=lbfgs_history, lbfgs_max_step=lbfgs_max_step,
         content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
@@ -198,20 +216,34 @@ def stylize(
     ).validate(n_styles=len(styles))
     runtime = Runtime.start(device, **dataclasses.asdict(options))
     start = time.perf_counter()
+    prepared = prepare(StyleJob(content, styles), params)
     with iteration_bar(content.name, iterations, quiet) as progress:
-        result = stylize_batch([StyleJob(content, styles)], params, runtime, progress)[0]
+        result = stylize_prepared(
+            [prepared], params, runtime, progress, trace_every=trace_every if trace else 0,
+            save_image=lambda it, _, image: save_image(image, intermediate_path(output, it),
+                                                       {"iteration": it}))[0]
     save_image(result.image, output, result.metadata)
+    if trace is not None:
+        init_digest = image_digest(Path(init)) if params.init_is_file else None
+        key = job_key(prepared[0].digest, [s.digest for s in prepared[1]], params, init_digest)
+        traces.write(trace, {key: result.trace})
     if not quiet:
         table = Table(title="stylize", show_header=False)
         table.add_row("output", f"{output} ({result.image.width}x{result.image.height})")
         table.add_row("device", f"{runtime.device} {runtime.precision}"
                       f"{' channels_last' if runtime.channels_last else ''}")
         table.add_row("precision", f"{runtime.precision} ({runtime.precision_reason})")
-        table.add_row("iterations", f"{result.iterations} ({params.optimizer})")
+        stopped = f", stopped early by --tol {tol}" if result.iterations < iterations else ""
+        table.add_row("iterations", f"{result.iterations} ({params.optimizer}{stopped})")
         s_per_it = result.seconds / max(1, result.iterations)
         table.add_row("optimize", f"{result.seconds:.1f} s ({s_per_it:.3f} s/it)")
         table.add_row("total", f"{time.perf_counter() - start:.1f} s")
         table.add_row("final loss", format_losses(result.losses))
+        if save_every:
+            table.add_row("intermediates", str(intermediate_path(output, save_every)).replace(
+                f"{save_every:04d}", "*"))
+        if trace is not None:
+            table.add_row("trace", f"{trace} ({len(result.trace)} points)")
         console.print(table)
 
 
@@ -448,6 +480,11 @@ def run(
                                    "(1 at 1024 px)."),
     checkpoint_every: int = typer.Option(50, help="Checkpoint each batch every N iterations "
                                          "(0: only when stopped)."),
+    trace_every: int = typer.Option(TRACE_EVERY, help=TRACE_EVERY_HELP + " Kept in "
+                                    "--out/traces/ as Parquet, by job key."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write or refresh "
+                                "--out/report.html (contact sheet, loss curves, failures) at "
+                                "the end."),
     set_: list[str] = SET_OPTION,
     skip_bad_rows: bool = typer.Option(False, help="Record invalid rows as failed and run the "
                                        "rest, instead of refusing to start."),
@@ -465,12 +502,13 @@ def run(
     from ..bulk.runner import run as run_manifest
     from .progress import RunDisplay
 
-    if batch_size < 0 or workers < 0 or checkpoint_every < 0:
-        raise InputError("--batch-size, --workers and --checkpoint-every must be >= 0")
+    if min(batch_size, workers, checkpoint_every, trace_every) < 0:
+        raise InputError("--batch-size, --workers, --checkpoint-every and --trace-every must "
+                         "be >= 0")
     if distributor != "local" and devices != "auto":
         raise InputError(f"--devices is for --distributor local; --distributor {distributor} "
                          "uses every GPU of every node (else --workers CPU workers per node)")
-    opts = RunOptions(out, devices, workers, batch_size, checkpoint_every,
+    opts = RunOptions(out, devices, workers, batch_size, checkpoint_every, trace_every,
                       parse_overrides(set_ or []), skip_bad_rows, retry_failed, options,
                       distributor, ray_address)
     try:
@@ -502,11 +540,36 @@ def run(
                       f"({result.swept[1] / 1e6:,.0f} MB)")
     for error in result.errors:
         table.add_row("stopped", error)
+    if report:
+        table.add_row("report", _write_report(out))
     console.print(table)
     if result.interrupted or result.errors or result.pending:
         console.print(f"{'interrupted' if result.interrupted else 'not finished'}; resume "
                       f"with: pipeline run {manifest} --out {out}")
     raise typer.Exit(exit_code(result))
+
+
+def _write_report(out: Path) -> str:
+    """The report's path, or why there is none: a report that cannot be made does not fail
+    the run whose results it shows."""
+    from ..report import write_report
+
+    try:
+        return str(write_report(out))
+    except (InputError, OSError) as e:
+        say("warning:", "yellow", f"no report: {e}")
+        return f"not written ({e})"
+
+
+@app.command("report")
+@reports_errors
+def report_cmd(out: Path = typer.Argument(..., help="Output folder of a run.")) -> None:
+    """Write or refresh OUT/report.html: the run's numbers, a contact sheet (content images x
+    styles and varied parameters, each output linked, failed rows with their error), each
+    job's loss curve and its intermediate images. It opens from disk, with no server."""
+    from ..report import write_report
+
+    console.print(f"wrote {write_report(out)}")
 
 
 @app.command()
@@ -540,14 +603,16 @@ def status(out: Path = typer.Argument(..., help="Output folder of a run.")) -> N
     table.add_row("done", str(len(done)))
     table.add_row("failed", str(len(failed)))
     table.add_row("pending", str(pending))
-    timed = [r for r in done if r["seconds"]]
-    if timed:
-        span = max(r["finished_at"] for r in timed) - min(r["started_at"] for r in timed)
-        table.add_row("throughput", f"{len(timed) / max(span, 1e-9) * 3600:,.0f} images/hour "
-                      f"over {span:.0f} s; {sum(r['seconds'] for r in timed) / len(timed):.1f}"
+    if (ran := ledger.throughput(done)) is not None:
+        jobs_ran, span = ran
+        timed = [r for r in done if r["seconds"]]
+        table.add_row("throughput", f"{jobs_ran / span * 3600:,.0f} images/hour over "
+                      f"{span:.0f} s; {sum(r['seconds'] for r in timed) / jobs_ran:.1f}"
                       " s per batch run")
-        devices = sorted({r["device"] for r in timed})
-        table.add_row("devices", ", ".join(devices))
+        table.add_row("devices", ", ".join(sorted({r["device"] for r in timed})))
+    report = out / "report.html"
+    table.add_row("report", str(report) if report.is_file()
+                  else f"none yet (pipeline report {out})")
     console.print(table)
     if failed:
         failures = Table(title="failures")

@@ -24,13 +24,17 @@ from torch import Tensor
 
 from ..errors import NonFiniteError
 from ..io.tensor_tree import map_tensors
+from .convergence import EarlyStop
 from .lbfgs import BatchedLBFGS
 from .losses import LossWeights, SplitTarget, Targets, loss_terms
 from .params import StyleParams
+from .trace import LossTrace
 from .vgg import LAYER_INDEX, VGG19Trunk
 from .weights import WeightSet, load_weights
 
 Progress = Callable[[int, dict[str, Tensor]], None]
+# (iteration, images [N, 3, h, w] after that many steps, which samples moved to get there)
+Snapshot = Callable[[int, Tensor, Tensor], None]
 
 
 class Run(Protocol):
@@ -39,6 +43,10 @@ class Run(Protocol):
     x: Tensor
 
     def step(self) -> dict[str, Tensor]: ...
+
+    def hold(self, moving: Tensor) -> None:
+        """From now on only the samples where `moving` [N] (bool, updated in place by the
+        loop) are stepped; the others keep their pixels."""
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -99,9 +107,10 @@ def check_finite(total: Tensor, iteration: int, images: Tensor | None = None) ->
 
 @dataclass
 class Checkpointing:
-    """Resumable optimization: `save(iteration, images, optimizer_state)` runs every `every`
-    iterations and when `stop()` turns true (then Interrupted is raised); `resume` restarts
-    from a saved (iteration, images, optimizer_state)."""
+    """Resumable optimization: `save(iteration, images, state)` runs every `every` iterations
+    and when `stop()` turns true (then Interrupted is raised); `resume` restarts from a saved
+    (iteration, images, state). The state is the loop's: the optimizer's, early stopping's and
+    the loss trace's."""
 
     save: Callable[[int, Tensor, dict[str, Any]], None]
     every: int = 0
@@ -184,32 +193,73 @@ def resample(x: Tensor, size: tuple[int, int]) -> Tensor:
                          align_corners=False)
 
 
+@dataclass
+class Optimized:
+    """What a batch's optimization gives back, per sample."""
+
+    images: Tensor                 # [N, 3, H, W]
+    terms: dict[str, Tensor]       # final loss terms, re-evaluated in fp32
+    iterations: list[int]          # steps each sample took (fewer when it stopped early)
+    trace: list[list[dict[str, Any]]]  # each sample's loss trace (empty without trace_every)
+
+
+@dataclass
+class Watch:
+    """What the loop reports to and keeps besides the images: progress, intermediate images,
+    checkpoints, early stopping and the loss trace."""
+
+    stop: EarlyStop
+    trace: LossTrace
+    progress: Progress | None = None
+    checkpointing: Checkpointing | None = None
+    snapshot: Snapshot | None = None
+    save_every: int = 0
+
+    def state_dict(self, run: Run) -> dict[str, Any]:
+        return {"optimizer": run.state_dict(), "stop": self.stop.state_dict(),
+                "trace": self.trace.state_dict()}
+
+
 def optimize(trunk: VGG19Trunk, x0: Tensor, stages: Sequence[Stage], params: StyleParams,
              runtime: Numerics, progress: Progress | None = None,
-             checkpointing: Checkpointing | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-    """Run the stages from x0 [N, 3, H, W] (or from a checkpoint, which may lie in any stage);
-    return the final images and their per-sample loss terms in fp32.
+             checkpointing: Checkpointing | None = None, *, trace_every: int = 0,
+             snapshot: Snapshot | None = None) -> Optimized:
+    """Run the stages from x0 [N, 3, H, W] (or from a checkpoint, which may lie in any stage).
+    `trace_every`: record the loss terms every that many iterations; `snapshot`: called with
+    the images every params.save_every iterations.
 
     Coarse-to-fine as in crowsonkb's style-transfer-pytorch: each stage starts from the last
     one's images upsampled, with a fresh optimizer (L-BFGS history is tied to the image size).
     A coarse iteration costs a quarter of the next size's, and it fixes the large structures
     that take a full-size optimization many iterations to move."""
     resume = checkpointing.resume if checkpointing is not None else None
-    i, x, opt_state = resume if resume is not None else (0, x0, None)
+    i, x, state = resume if resume is not None else (0, x0, None)
     x = x.detach().to(runtime.device, runtime.pixel_dtype)
-    for stage in stages:
+    watch = Watch(EarlyStop(params.tol, params.tol_window, x.shape[0], runtime.device),
+                  LossTrace(trace_every), progress, checkpointing, snapshot, params.save_every)
+    opt_state = None
+    if state is not None:
+        state = tree_to(state, runtime.device, copy=True)
+        watch.stop.load_state_dict(state["stop"])
+        watch.trace.load_state_dict(state["trace"])
+        opt_state = state["optimizer"]
+    starts = [0] + [stage.end for stage in stages[:-1]]
+    for index, (stage, first) in enumerate(zip(stages, starts, strict=True)):
         if i >= stage.end:
             continue
-        if (x.shape[3], x.shape[2]) != stage.size:  # a new stage (a checkpoint is mid-stage)
+        if i == first:  # a new stage (a checkpoint may lie mid-stage)
             x, opt_state = resample(x, stage.size), None
-        x = _run_stage(trunk, x, stage, i, opt_state, params, runtime, progress, checkpointing)
+            watch.stop.start_stage()
+        x = _run_stage(trunk, x, stage, index, i, opt_state, params, runtime, watch)
         i = stage.end
     # Report the objective of the images returned, in fp32 (or fp64): the last closure saw them
     # before the last step, and in the runtime's precision. One forward, no backward.
     with torch.no_grad():
         terms = objective(trunk, stages[-1].targets, params, runtime.widened())(x)
     check_finite(terms["total"], params.iterations, x)
-    return x, terms
+    trace = (watch.trace.rows(watch.stop.last, len(stages) - 1, terms) if trace_every
+             else [[] for _ in range(x.shape[0])])
+    return Optimized(x, terms, watch.stop.used.tolist(), trace)
 
 
 @dataclass
@@ -221,6 +271,7 @@ class StageRun:
     opt: Any
     evaluate: Callable[[Tensor], dict[str, Tensor]]
     clamp: bool  # Adam keeps the box constraint; L-BFGS is left unclamped, as in neural-style
+    moving: Tensor | None = None  # see Run.hold
 
     @classmethod
     def start(cls, trunk: VGG19Trunk, x0: Tensor, stage: Stage, start: int,
@@ -247,38 +298,60 @@ class StageRun:
         """One objective evaluation and its gradient: what the optimizer calls each step."""
         return evaluate_and_backward(self.evaluate, self.x)
 
+    def hold(self, moving: Tensor) -> None:
+        self.moving = moving
+        if isinstance(self.opt, BatchedLBFGS):  # it takes no step for them
+            self.opt.moving = moving
+
     def step(self) -> dict[str, Tensor]:
         """One iteration; returns the loss terms of the images before it."""
+        # Adam's update is not maskable from outside: the held samples' pixels are put back.
+        held = self.moving is not None and not isinstance(self.opt, BatchedLBFGS)
+        before = self.x.detach().clone() if held else None
         terms = self.opt.step(self.closure)
-        if self.clamp:
-            with torch.no_grad():
+        with torch.no_grad():
+            if self.clamp:
                 self.x.clamp_(0, 255)
+            if before is not None:
+                self.x.copy_(torch.where(self.moving.view(-1, 1, 1, 1), self.x, before))
         return terms
 
     def state_dict(self) -> dict[str, Any]:
         return self.opt.state_dict()
 
 
-def _run_stage(trunk: VGG19Trunk, x0: Tensor, stage: Stage, start: int,
+def _run_stage(trunk: VGG19Trunk, x0: Tensor, stage: Stage, index: int, start: int,
                opt_state: dict[str, Any] | None, params: StyleParams, runtime: Numerics,
-               progress: Progress | None, checkpointing: Checkpointing | None) -> Tensor:
-    """Iterations start..stage.end of one stage; returns its final images."""
+               watch: Watch) -> Tensor:
+    """Iterations start..stage.end of one stage (fewer when every sample stopped early);
+    returns its final images."""
     run = runtime.start_run(trunk, x0, stage, start, opt_state, params)
-    finite_every = FINITE_EVERY.get(runtime.device.type, 1)
+    stop, checkpointing = watch.stop, watch.checkpointing
+    if stop.enabled:
+        run.hold(stop.active)
+    # Host reads (inf/NaN, all stopped) wait for the device: on a GPU only every few steps.
+    check_every = FINITE_EVERY.get(runtime.device.type, 1)
     for i in range(start, stage.end):
         terms = run.step()  # the loss of the images before this step, i.e. after i steps
-        if (i + 1) % finite_every == 0:
+        watch.trace.record(i, index, terms, stop.active)
+        stop.update(i, terms["total"])
+        if (i + 1) % check_every == 0:
             check_finite(terms["total"], i)
-        if progress is not None:
-            progress(i + 1, terms)
+        if watch.progress is not None:
+            watch.progress(i + 1, terms)
+        if (watch.snapshot is not None and watch.save_every and (i + 1) % watch.save_every == 0
+                and i + 1 < params.iterations):
+            watch.snapshot(i + 1, run.x.detach(), stop.last == i + 1)
         if checkpointing is not None and i + 1 < params.iterations:
             stopping = checkpointing.stop()
             if stopping or (checkpointing.every and (i + 1) % checkpointing.every == 0):
                 x = run.x.detach()
                 check_finite(terms["total"], i, x)  # a checkpoint only ever holds finite images
-                checkpointing.save(i + 1, x, run.state_dict())
+                checkpointing.save(i + 1, x, watch.state_dict(run))
             if stopping:
                 raise Interrupted(f"stopped at iteration {i + 1}")
+        if (i + 1) % check_every == 0 and stop.all_stopped():
+            break
     return run.x.detach()
 
 

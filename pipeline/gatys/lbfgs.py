@@ -64,6 +64,7 @@ class BatchedLBFGS:
         self.d: Tensor | None = None      # last direction [N, D]
         self.t: Tensor | None = None      # last step size actually taken [N]
         self.prev_grad: Tensor | None = None
+        self.moving: Tensor | None = None  # [N] bool: the others take no step (early stopping)
 
     def _store(self, g: Tensor) -> int:
         """Adds the pair of the last step to the history; returns its slot."""
@@ -131,6 +132,8 @@ class BatchedLBFGS:
             t = torch.full((n,), self.lr, device=g.device, dtype=g.dtype)
         move = ((g.abs().amax(1) > self.tolerance_grad)
                 & (batched.dot(g, d) < -self.tolerance_change))
+        if self.moving is not None:
+            move &= self.moving
         t = torch.where(move, t, 0.0)
         if self.max_step is not None:
             t = t * (self.max_step / (d.abs().amax(1) * t).clamp_min(1e-30)).clamp(max=1.0)

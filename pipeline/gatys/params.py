@@ -42,6 +42,14 @@ class StyleParams:
                              "batches them together (and on CUDA tunes cuDNN once for them); "
                              "the content is stretched by at most size_bucket/2 pixels.")
     iterations: int = _f(500, "Optimizer iterations; each is one forward+backward pass.")
+    tol: float = _f(0.0, "Early stopping: a job stops when its total loss improved by less "
+                         "than this fraction over the last tol_window iterations (per stage "
+                         "with scales); in a batch the others go on. 0 = off: run every "
+                         "iteration.")
+    tol_window: int = _f(50, "Early stopping: the iterations over which tol is measured.")
+    save_every: int = _f(0, "Also write the image every N iterations next to the output "
+                            "(name.iter0100.png), to pick an earlier one; 0 = off. Does not "
+                            "change the result.")
     scales: int = _f(1, "Coarse-to-fine: optimize at this many sizes, each twice the one "
                         "before and the last at `size`, each upsampled to start the next; the "
                         "iterations are split evenly. Sizes under 128 px are skipped. 1 = full "
@@ -109,6 +117,16 @@ class StyleParams:
         values = ((f.name, getattr(self, f.name)) for f in fields(self))
         return {k: list(v) if isinstance(v, tuple) else v for k, v in values}
 
+    def result_dict(self) -> dict[str, Any]:
+        """The parameters that decide the image (what job keys and output names hash):
+        save_every never does, tol_window only with tol, and tol = 0 (off) is left out so
+        that keys stay those of versions without early stopping."""
+        values = self.to_dict()
+        del values["save_every"]
+        if not self.tol:
+            del values["tol"], values["tol_window"]
+        return values
+
     def replace(self, **changes: Any) -> StyleParams:
         return replace(self, **changes)
 
@@ -116,7 +134,7 @@ class StyleParams:
         """Raise InputError naming the first bad parameter; return self when all are valid.
         `blend_name`: what the caller calls style_blend (a manifest's column: style_weights)."""
         for name in ("lr", "lbfgs_max_step", "content_weight", "style_weight", "tv_weight",
-                     "style_scale"):
+                     "style_scale", "tol"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise InputError(f"{name} must be a finite number, got {value}")
@@ -128,6 +146,11 @@ class StyleParams:
             (1 <= self.scales <= 8, f"scales must be between 1 and 8, got {self.scales}"),
             (0 <= self.iterations <= MAX_ITERATIONS, f"iterations must be between 0 and "
                                                       f"{MAX_ITERATIONS}, got {self.iterations}"),
+            (0 <= self.tol < 1, f"tol must be in [0, 1), got {self.tol}"),
+            (1 <= self.tol_window <= MAX_ITERATIONS, f"tol_window must be between 1 and "
+                                                      f"{MAX_ITERATIONS}, got {self.tol_window}"),
+            (0 <= self.save_every <= MAX_ITERATIONS, f"save_every must be between 0 and "
+                                                      f"{MAX_ITERATIONS}, got {self.save_every}"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got "
                                            f"{self.optimizer!r}"),
             (self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
@@ -185,6 +186,21 @@ def save_image(img: Image.Image, path: str | os.PathLike, metadata: dict | None 
         else:
             img.save(tmp, format="JPEG", quality=95, comment=text.encode())
     return path
+
+
+def intermediate_path(output: Path, iteration: int) -> Path:
+    """Where the image after `iteration` iterations goes: beside the output, name.iter0100.png."""
+    return output.with_name(f"{output.stem}.iter{iteration:04d}{output.suffix}")
+
+
+def intermediates(output: Path) -> list[tuple[int, Path]]:
+    """The intermediate images written beside `output`, by iteration."""
+    found = []
+    for path in output.parent.glob(f"{glob.escape(output.stem)}.iter*{output.suffix}"):
+        number = path.name[len(output.stem) + len(".iter"):-len(output.suffix)]
+        if number.isdigit():
+            found.append((int(number), path))
+    return sorted(found)
 
 
 def carries_key(path: Path, key: str) -> bool:

@@ -1,0 +1,114 @@
+"""Early stopping: how many iterations a relative tolerance saves, and what it costs.
+
+For each content x style pair of the image folder (default: ../shared/data/images, the
+photos boston and tubingen with the paintings starry_night and the_scream), one full run at
+the default parameters records the loss every iteration and keeps every intermediate image.
+Each (tol, window) is then replayed on that trace with EarlyStop's rule: the iteration where
+it would stop, its objective against the full run's final one, the seconds saved at the run's
+own s/it, and how far its image is from the final one (mean absolute difference, 0-255).
+Then the chosen setting is run for real on every pair to check the replay (same stop
+iteration, same objective).
+
+Usage: python -m bench.bench_tol [--images DIR] [--size 512] [--iterations 500]
+[--tols 0.001,0.002,0.005,0.01] [--windows 20,50] [--check 0.005x50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline import Runtime, StyleParams
+from pipeline.api import StyleJob, prepare, stylize_prepared
+
+PHOTOS, PAINTINGS = ("boston", "tubingen"), ("starry_night", "the_scream")
+
+
+def stop_at(totals: list[float], tol: float, window: int) -> int:
+    """Steps taken under EarlyStop's rule, given the loss before each step."""
+    for i in range(window, len(totals)):
+        if totals[i - window] - totals[i] < tol * abs(totals[i - window]):
+            return i + 1
+    return len(totals)
+
+
+def full_run(job: StyleJob, params: StyleParams, runtime: Runtime
+             ) -> tuple[list[float], dict[int, np.ndarray], float, float]:
+    """Loss before each step, the image after each step, seconds, final objective (fp32)."""
+    images: dict[int, np.ndarray] = {}
+    (result,) = stylize_prepared([prepare(job, params)], params.replace(save_every=1), runtime,
+                                 trace_every=1,
+                                 save_image=lambda it, _, img: images.__setitem__(
+                                     it, np.asarray(img, dtype=np.float32)))
+    images[params.iterations] = np.asarray(result.image, dtype=np.float32)
+    totals = [p["total"] for p in result.trace if p["iteration"] < params.iterations]
+    return totals, images, result.seconds, result.losses["total"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=Path, default=Path("../shared/data/images"))
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--iterations", type=int, default=500)
+    ap.add_argument("--tols", default="0.0005,0.001,0.002,0.005,0.01")
+    ap.add_argument("--windows", default="20,50,100")
+    ap.add_argument("--check", default="", help="TOLxWINDOW to run for real on every pair")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    runtime = Runtime.start(args.device)
+    params = StyleParams(size=args.size, iterations=args.iterations)
+    pairs = [(c, s) for c, s in itertools.product(PHOTOS, PAINTINGS)]
+    print(f"device {runtime.device} {runtime.precision}; {args.size} px, {args.iterations} "
+          f"iterations, default weights")
+    runs = {}
+    for content, style in pairs:
+        job = StyleJob(args.images / f"{content}.jpg", [args.images / f"{style}.jpg"])
+        totals, images, seconds, final = full_run(job, params, runtime)
+        runs[content, style] = (totals, images, seconds, final, job)
+        print(f"{content} x {style}: {seconds:.1f} s, {seconds / args.iterations:.3f} s/it, "
+              f"final objective {final:.5g}", flush=True)
+    print("\n| tol | window | pair | stops at | objective / full | seconds saved | "
+          "image diff (0-255) |\n|---|---|---|---|---|---|---|")
+    summary = []
+    for tol, window in itertools.product(map(float, args.tols.split(",")),
+                                         map(int, args.windows.split(","))):
+        ratios, saved = [], []
+        for (content, style), (totals, images, seconds, _, _) in runs.items():
+            k = stop_at(totals, tol, window)
+            # The loss after k steps: the trace's next point (the last: the full run's).
+            objective = totals[k] if k < len(totals) else totals[-1]
+            ratio = objective / totals[-1]
+            diff = float(np.abs(images[k] - images[args.iterations]).mean())
+            ratios.append(ratio)
+            saved.append((args.iterations - k) / args.iterations)
+            print(f"| {tol:g} | {window} | {content} x {style} | {k} | {ratio:.4f} | "
+                  f"{(args.iterations - k) * seconds / args.iterations:.0f} s "
+                  f"({saved[-1]:.0%}) | {diff:.2f} |")
+        summary.append((tol, window, max(ratios), statistics.median(saved), min(saved)))
+    print("\n| tol | window | worst objective / full | median saved | worst saved |\n"
+          "|---|---|---|---|---|")
+    for tol, window, worst, median, least in summary:
+        print(f"| {tol:g} | {window} | {worst:.4f} | {median:.0%} | {least:.0%} |")
+    if args.check:
+        tol, window = args.check.split("x")
+        checked = params.replace(tol=float(tol), tol_window=int(window))
+        print(f"\nfor real, tol {tol}, window {window}:\n| pair | iterations | seconds | "
+              "objective / full | replay said |\n|---|---|---|---|---|")
+        for (content, style), (totals, _, seconds, final, job) in runs.items():
+            start = time.perf_counter()
+            (result,) = stylize_prepared([prepare(job, checked)], checked, runtime)
+            print(f"| {content} x {style} | {result.iterations} | "
+                  f"{time.perf_counter() - start:.0f} s vs {seconds:.0f} s | "
+                  f"{result.losses['total'] / final:.4f} | "
+                  f"{stop_at(totals, float(tol), int(window))} |", flush=True)
+        Image.fromarray(np.asarray(result.image)).save("/tmp/bench_tol_last.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""report.html: a run on one page that opens from disk (no server, no network).
+
+Layout: a header with the run's numbers; a contact sheet with a row per content image and a
+column per style (and per value of any parameter that varies across the manifest), the inputs'
+thumbnails at its edges; each cell links to the full output and shows its final loss, its
+iterations and seconds, its loss curve (curves.py) and the intermediate images if the job
+saved any. Failed rows sit in their cell with their one-line error. Thumbnails live in
+report_files/ beside the page (thumbs.py).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterable
+from html import escape
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from ..bulk import ledger
+from ..io.files import atomic_write_bytes
+from ..version import __version__
+from .curves import COLORS, loss_svg
+from .gather import DONE, FAILED, PENDING, JobView, RunView, gather
+from .thumbs import Thumbnails
+
+REPORT = "report.html"
+FILES = "report_files"
+Column = tuple[tuple[str, ...], tuple[tuple[str, Any], ...]]  # style names, varying params
+
+CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}
+h1{font-size:20px;margin:0 0 12px}
+table.head td{padding:2px 14px 2px 0;vertical-align:top}
+table.head td:first-child{color:#666}
+.note{color:#a60}
+table.sheet{border-collapse:collapse;margin-top:18px}
+table.sheet th,table.sheet td{border:1px solid #ddd;padding:6px;vertical-align:top;
+  text-align:left;font-weight:normal}
+th .name{font-weight:600;max-width:240px;overflow-wrap:anywhere}
+img.input{max-width:160px;max-height:120px;display:block}
+img.thumb{max-width:240px;max-height:240px;display:block}
+.strip{display:flex;gap:3px;margin-top:4px;flex-wrap:wrap;max-width:240px}
+.strip img{height:40px}
+.strip span{font-size:10px;color:#666;display:block}
+.meta{font-size:12px;color:#444;max-width:240px}
+.failed{background:#fde8e8;color:#900;padding:6px;max-width:240px;overflow-wrap:anywhere}
+.pending{color:#888;padding:6px}
+svg.curve{display:block;margin-top:4px;font:9px sans-serif;fill:#666}
+.legend span{margin-right:12px}
+"""
+
+
+def write_report(out_dir: Path) -> Path:
+    """Write (or refresh) <out_dir>/report.html and its thumbnails; returns its path."""
+    view = gather(out_dir)
+    thumbs = Thumbnails(out_dir / FILES / "thumbs")
+    page = render(view, thumbs)
+    thumbs.sweep()
+    path = out_dir / REPORT
+    atomic_write_bytes(path, page.encode())
+    return path
+
+
+def render(view: RunView, thumbs: Thumbnails) -> str:
+    columns, rows, cells = contact_sheet(view.jobs)
+    link = _Links(view.out_dir, thumbs)
+    body = [f"<h1>style-pipeline run: {escape(str(view.out_dir))}</h1>", _header(view)]
+    if view.note:
+        body.append(f'<p class="note">{escape(view.note)}</p>')
+    legend = "".join(f'<span style="color:{c}">&#9632; {t}</span>' for t, c in COLORS.items())
+    body.append(f'<p class="legend">Loss curves (log scale, per job): {legend}</p>')
+    body.append('<table class="sheet"><thead><tr><th></th>')
+    for (styles, varying), first in columns.items():
+        images = "".join(link.image(p, "input") for p in first.styles)
+        label = " + ".join(styles) + "".join(f"<br>{escape(k)}={escape(_text(v))}"
+                                              for k, v in varying)
+        body.append(f'<th>{images}<div class="name">{label}</div></th>')
+    body.append("</tr></thead><tbody>")
+    for content in rows:
+        body.append(f'<tr><th>{link.image(content, "input")}'
+                    f'<div class="name">{escape(content.name)}</div></th>')
+        for column in columns:
+            jobs = cells.get((content, column), [])
+            body.append("<td>" + "".join(_cell(j, link) for j in jobs) + "</td>")
+        body.append("</tr>")
+    body.append("</tbody></table>")
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f"<title>report: {escape(view.out_dir.name)}</title><style>{CSS}</style></head>"
+            f"<body>{''.join(body)}</body></html>")
+
+
+def varying_names(jobs: Iterable[JobView]) -> list[str]:
+    """The parameters that take more than one value across the jobs."""
+    values: dict[str, set[str]] = {}
+    for job in jobs:
+        for name, value in job.params.items():
+            values.setdefault(name, set()).add(repr(value))
+    return sorted(name for name, seen in values.items() if len(seen) > 1)
+
+
+def _column(job: JobView, varying: list[str]) -> Column:
+    return (tuple(s.stem for s in job.styles),
+            tuple((name, job.params[name]) for name in varying if name in job.params))
+
+
+def contact_sheet(jobs: list[JobView]) -> tuple[dict[Column, JobView], list[Path],
+                                                dict[tuple[Path, Column], list[JobView]]]:
+    """Columns (each with its first job) and rows in manifest order, and each cell's jobs."""
+    varying = varying_names(jobs)
+    columns: dict[Column, JobView] = {}
+    rows: dict[Path, None] = {}
+    cells: dict[tuple[Path, Column], list[JobView]] = {}
+    for job in jobs:
+        column = _column(job, varying)
+        columns.setdefault(column, job)
+        rows.setdefault(job.content)
+        cells.setdefault((job.content, column), []).append(job)
+    return columns, list(rows), cells
+
+
+class _Links:
+    """Paths as the page refers to them: relative to the run folder, URL-quoted."""
+
+    def __init__(self, out_dir: Path, thumbs: Thumbnails):
+        self.out_dir, self.thumbs = out_dir.resolve(), thumbs
+
+    def href(self, path: Path) -> str:
+        return quote(Path(os.path.relpath(path.resolve(), self.out_dir)).as_posix())
+
+    def image(self, source: Path, css: str, title: str = "") -> str:
+        thumb = self.thumbs(source)
+        if thumb is None:
+            return f'<div class="pending">no preview of {escape(source.name)}</div>'
+        return (f'<a href="{self.href(source)}"><img class="{css}" loading="lazy" '
+                f'src="{self.href(thumb)}" alt="{escape(source.name)}" '
+                f'title="{escape(title or source.name)}"></a>')
+
+
+def _cell(job: JobView, link: _Links) -> str:
+    if job.status == PENDING:
+        return f'<div class="pending">row {job.row}: pending</div>'
+    if job.status == FAILED:
+        return (f'<div class="failed" title="{escape(job.error)}"><b>row {job.row} failed:</b> '
+                f"{escape(job.error)}</div>")
+    assert job.status == DONE and job.output is not None
+    record = job.record
+    losses = " ".join(f"{t} {record.get('loss_' + t) or 0:.3g}"
+                      for t in ("total", "content", "style", "tv"))
+    title = (f"row {job.row} · {job.output.name} · loss {losses} · {record.get('iterations')} "
+             f"iterations · {record.get('seconds') or 0:.1f} s · {record.get('device', '')} "
+             f"{record.get('precision') or ''}")
+    parts = [link.image(job.output, "thumb", title),
+             f'<div class="meta">row {job.row} · loss {record.get("loss_total") or 0:.4g} · '
+             f'{record.get("iterations")} it · {record.get("seconds") or 0:.1f} s</div>',
+             loss_svg(job.trace)]
+    if job.intermediates:
+        strip = "".join(f"<div>{link.image(path, 'step', f'iteration {it}')}<span>{it}</span>"
+                        f"</div>" for it, path in job.intermediates)
+        parts.append(f'<div class="strip">{strip}</div>')
+    return "".join(parts)
+
+
+def _header(view: RunView) -> str:
+    done = view.done_records
+    rows = [("manifest", escape(view.manifest)),
+            ("jobs", f"{len(view.jobs)}: {view.count(DONE)} done, {view.count(FAILED)} failed, "
+                     f"{view.count(PENDING)} pending")]
+    if (ran := ledger.throughput(done)) is not None:
+        jobs_ran, span = ran
+        rows.append(("images per hour", f"{jobs_ran / span * 3600:,.0f} ({jobs_ran} images "
+                                        f"in {span:,.0f} s)"))
+    devices = sorted({r["device"] for r in done if r.get("device")})
+    precisions = sorted({r["precision"] for r in done if r.get("precision")})
+    rows += [("devices", escape(", ".join(devices) or "-")),
+             ("precision", escape(", ".join(precisions) or "-")),
+             ("written", datetime.datetime.fromtimestamp(view.generated_at).strftime(
+                 "%Y-%m-%d %H:%M:%S") + f" by style-pipeline {__version__}")]
+    return ('<table class="head">' + "".join(f"<tr><td>{k}</td><td>{v}</td></tr>"
+                                             for k, v in rows) + "</table>")
+
+
+def _text(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
