@@ -522,6 +522,8 @@ def run(
         say_error(e)
         raise typer.Exit(4) from None
     table = Table(title=f"run {out}", show_header=False)
+    table.add_column()
+    table.add_column(overflow="fold")  # paths in full, wrapped
     table.add_row("jobs", str(result.total))
     table.add_row("done now", str(result.done))
     table.add_row("done before (skipped)", str(result.done_before))
@@ -598,6 +600,8 @@ def status(out: Path = typer.Argument(..., help="Output folder of a run.")) -> N
               and (job in jobs or r["status"] == ledger.INVALID)]
     pending = len(jobs) - len(done) - sum(1 for r in failed if r["status"] != ledger.INVALID)
     table = Table(title=f"status {out}", show_header=False)
+    table.add_column()
+    table.add_column(overflow="fold")  # paths in full, wrapped
     table.add_row("manifest", manifest)
     table.add_row("jobs", total)
     table.add_row("done", str(len(done)))

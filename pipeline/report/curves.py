@@ -1,8 +1,8 @@
 """A job's loss trace as a small inline SVG: the loss terms against iterations, log scale.
 
 Small enough to draw thousands per page (a few hundred bytes each, no library call per job):
-a polyline per term, decade grid lines labelled 1e3, 1e4, ..., and a dashed line where a
-coarse-to-fine stage begins.
+a polyline per term over at most six decades, decade grid lines labelled 1e3, 1e4, ..., and
+a dashed line where a coarse-to-fine stage begins.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 
 COLORS = {"total": "#111", "content": "#1f77b4", "style": "#d62728", "tv": "#2ca02c"}
 WIDTH, HEIGHT, LEFT, BOTTOM = 240, 90, 30, 14
+FLOOR_DECADES = 6
 
 
 def loss_svg(trace: list[dict[str, Any]]) -> str:
@@ -21,8 +22,10 @@ def loss_svg(trace: list[dict[str, Any]]) -> str:
     if len(points) < 2:
         return ""
     values = [p[k] for p in points for k in COLORS if p[k] and p[k] > 0]
-    lo = math.floor(math.log10(min(values)))
-    hi = max(math.ceil(math.log10(max(values))), lo + 1)
+    # Six decades at most: a term that starts at ~0 (the content loss of a content-initialized
+    # image) would otherwise flatten every other curve; lower values sit on the bottom edge.
+    hi = math.ceil(math.log10(max(values)))
+    lo = min(max(math.floor(math.log10(min(values))), hi - FLOOR_DECADES), hi - 1)
     first, last = points[0]["iteration"], max(points[-1]["iteration"], points[0]["iteration"] + 1)
     plot_w, plot_h = WIDTH - LEFT - 4, HEIGHT - BOTTOM - 4
 
@@ -30,7 +33,7 @@ def loss_svg(trace: list[dict[str, Any]]) -> str:
         return LEFT + (it - first) / (last - first) * plot_w
 
     def y(v: float) -> float:
-        return 4 + (hi - math.log10(v)) / (hi - lo) * plot_h
+        return 4 + (hi - max(math.log10(v), lo)) / (hi - lo) * plot_h
 
     parts = [f'<svg class="curve" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" '
              f'height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img">',

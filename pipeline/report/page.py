@@ -39,8 +39,8 @@ table.sheet{border-collapse:collapse;margin-top:18px}
 table.sheet th,table.sheet td{border:1px solid #ddd;padding:6px;vertical-align:top;
   text-align:left;font-weight:normal}
 th .name{font-weight:600;max-width:240px;overflow-wrap:anywhere}
-img.input{max-width:160px;max-height:120px;display:block}
-img.thumb{max-width:240px;max-height:240px;display:block}
+img.input{width:120px;display:block}
+img.thumb{width:240px;display:block}
 .strip{display:flex;gap:3px;margin-top:4px;flex-wrap:wrap;max-width:240px}
 .strip img{height:40px}
 .strip span{font-size:10px;color:#666;display:block}

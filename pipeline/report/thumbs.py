@@ -38,7 +38,7 @@ class Thumbnails:
             try:
                 img = open_rgb(source)
             except InputError as e:
-                log.warning("no thumbnail for %s: %s", source, e)
+                log.debug("no thumbnail for %s: %s", source, e)
                 return None
             img.thumbnail((self.side, self.side), Image.Resampling.LANCZOS)
             with atomic_path(dest) as tmp:
