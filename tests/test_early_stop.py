@@ -3,15 +3,20 @@ alone and ends where it would have alone, and a checkpoint carries both."""
 
 import copy
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from pipeline import StyleJob, StyleParams, stylize_batch
+from pipeline.bulk import ledger, traces
 from pipeline.bulk.jobs import job_key
+from pipeline.cli.commands import app
 from pipeline.gatys.convergence import EarlyStop
 from pipeline.gatys.engine import Checkpointing
-from pipeline.io.images import to_tensor
+from pipeline.io.images import intermediates, to_tensor
 from tests.conftest import make_painting, make_photo
+from tests.run_helpers import run_cli, runner
 
 JOBS = [StyleJob(make_photo(seed=0), [make_painting(seed=1)]),
         StyleJob(make_photo(seed=5).transpose(0), [make_painting(seed=7)])]
@@ -96,3 +101,41 @@ def test_only_parameters_that_change_the_image_change_the_key():
     assert job_key("c", ["s"], base.replace(tol_window=10)) == key  # without tol, no effect
     assert job_key("c", ["s"], base.replace(tol=0.01)) != key
     assert "tol" not in base.result_dict() and "save_every" not in base.result_dict()
+
+
+def test_tol_and_save_every_as_manifest_columns_in_batches(dataset, tmp_path):
+    rows = pq.read_table(dataset).to_pylist()
+    stopping = {0, 2, 4}  # one batch of three that stop, one of three that run to the end
+    pq.write_table(pa.Table.from_pylist(
+        [dict(r, tol=0.3 if i in stopping else 0.0, tol_window=3, save_every=4)
+         for i, r in enumerate(rows)]), dataset)
+    out = tmp_path / "out"
+    result = run_cli(dataset, out, "--set", "iterations=30", "--batch-size", "3")
+    assert result.exit_code == 0, result.output
+    used = {r["row"]: r["iterations"] for r in ledger.read(out).values()}
+    assert all(used[i] < 30 for i in stopping) and all(used[i] == 30 for i in (1, 3, 5)), used
+    found = traces.read(out)
+    for record in ledger.read(out).values():
+        output = out / record["output"]
+        saved = [it for it, _ in intermediates(output)]
+        # Every 4 iterations while the job moves (the last one is the output itself).
+        assert saved == list(range(4, record["iterations"], 4)), (record["row"], saved)
+        assert found[record["key"]][-1]["iteration"] == record["iterations"]
+
+
+def test_stylize_tol_save_every_and_trace(photo_path, painting_path, tmp_path):
+    out, trace = tmp_path / "out.png", tmp_path / "trace.parquet"
+    result = runner.invoke(app, ["stylize", str(photo_path), str(painting_path), "-o", str(out),
+                                 "--size", "48", "--iterations", "30", "--tol", "0.3",
+                                 "--tol-window", "3", "--save-every", "5", "--trace",
+                                 str(trace), "--trace-every", "1", "--precision", "fp32"],
+                           terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "stopped early by --tol 0.3" in result.output
+    (points,) = traces.read_file(trace).values()
+    used = points[-1]["iteration"]
+    assert [p["iteration"] for p in points] == list(range(used + 1)) and used < 30
+    assert [it for it, _ in intermediates(out)] == list(range(5, used, 5))
+    bad = runner.invoke(app, ["stylize", str(photo_path), str(painting_path), "-o", str(out),
+                              "--tol", "nan"])
+    assert bad.exit_code == 2 and "tol must be a finite number" in bad.output

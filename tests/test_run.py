@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.bulk import ledger
+from pipeline.bulk import ledger, traces
 from pipeline.bulk.checkpoint import save_checkpoint, saved_checkpoints
 from pipeline.bulk.events import Iteration
 from pipeline.bulk.jobs import Batch, Inspector, auto_cpu_workers, default_batch_size
@@ -211,6 +211,13 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(dataset, tmp_path, 
     assert ref_images.keys() == images.keys() and len(images) == 6
     for name, img in images.items():  # same machine and configuration: the same bytes
         assert torch.equal(img, ref_images[name]), name
+    # Every job's loss trace has each point once (the resumed batch's from its checkpoint),
+    # and the same values as the uninterrupted run's.
+    ref_traces, found = traces.read(reference), traces.read(out)
+    assert found.keys() == ref_traces.keys() and len(found) == 6
+    for key, points in found.items():
+        assert [p["iteration"] for p in points] == [*range(0, 60, 10), 60]
+        assert points == ref_traces[key]
 
 
 def test_ctrl_c_with_hundreds_of_batches_queued_exits_at_once(dataset, tmp_path):

@@ -341,7 +341,8 @@ def _run_stage(trunk: VGG19Trunk, x0: Tensor, stage: Stage, index: int, start: i
             watch.progress(i + 1, terms)
         if (watch.snapshot is not None and watch.save_every and (i + 1) % watch.save_every == 0
                 and i + 1 < params.iterations):
-            watch.snapshot(i + 1, run.x.detach(), stop.last == i + 1)
+            # Of the samples that moved and go on: a stopped one's image is its result.
+            watch.snapshot(i + 1, run.x.detach(), (stop.last == i + 1) & stop.active)
         if checkpointing is not None and i + 1 < params.iterations:
             stopping = checkpointing.stop()
             if stopping or (checkpointing.every and (i + 1) % checkpointing.every == 0):
