@@ -98,9 +98,9 @@ def test_out_of_memory_is_one_line_not_a_traceback(photo_path, painting_path, tm
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(pipeline.api, "stylize_batch", oom)
+    monkeypatch.setattr(pipeline.api, "stylize_prepared", oom)
     result = runner.invoke(app, ["stylize", str(photo_path), str(painting_path), "-o",
-                                 str(tmp_path / "o.png")])
+                                 str(tmp_path / "o.png"), "--size", "64", "--precision", "fp32"])
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "out of memory" in lines[0] and "--size" in lines[0]
@@ -122,6 +122,8 @@ def test_every_stylize_option_runs_end_to_end(photo_path, painting_path, tmp_pat
     make_painting(seed=4).save(second_style)
     cache = tmp_path / "cache"
     adam = ["--size", "48", "--size-bucket", "8", "--iterations", "3", "--scales", "2",
+            "--tol", "0.5", "--tol-window", "2", "--save-every", "1", "--trace",
+            str(tmp_path / "trace.parquet"), "--trace-every", "2",
             "--optimizer", "adam", "--lr", "5", "--content-weight", "2", "--style-weight", "50",
             "--tv-weight", "0.01", "--content-layers", "relu5_2",
             "--style-layers", "relu1_2,relu3_2", "--style-layer-weights", "1,2",

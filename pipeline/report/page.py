@@ -65,6 +65,9 @@ def write_report(out_dir: Path) -> Path:
 
 def render(view: RunView, thumbs: Thumbnails) -> str:
     columns, rows, cells = contact_sheet(view.jobs)
+    thumbs.make_all([*rows, *(s for j in columns.values() for s in j.styles),
+                     *(j.output for j in view.jobs if j.status == DONE and j.output),
+                     *(path for j in view.jobs for _, path in j.intermediates)])
     link = _Links(view.out_dir, thumbs)
     body = [f"<h1>style-pipeline run: {escape(str(view.out_dir))}</h1>", _header(view)]
     if view.note:

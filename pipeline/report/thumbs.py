@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from PIL import Image
@@ -45,6 +48,12 @@ class Thumbnails:
                 img.save(tmp, format="JPEG", quality=88)
         self.made.add(dest)
         return dest
+
+    def make_all(self, sources: Iterable[Path]) -> None:
+        """Make the thumbnails of `sources` on every core (decoding and resizing release the
+        GIL): a first report of a large run has one per output."""
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            list(pool.map(self, set(sources)))
 
     def sweep(self) -> None:
         """Remove the thumbnails this report no longer shows."""
