@@ -6,11 +6,12 @@ the default parameters records the loss every iteration and keeps every intermed
 Each (tol, window) is then replayed on that trace with EarlyStop's rule: the iteration where
 it would stop, its objective against the full run's final one, the seconds saved at the run's
 own s/it, and how far its image is from the final one (mean absolute difference, 0-255).
-With --check TOLxWINDOW, the setting is instead run for real on every pair, to compare with
-the replay (stop iteration, final objective).
+With --check TOLxWINDOW, the setting is instead run for real against the full run, taking
+turns, on the pairs of --contents (stop iteration, seconds, final objective, image difference).
 
 Usage: python -m bench.bench_tol [--images DIR] [--size 512] [--iterations 500]
-[--tols 0.0005,0.001,0.002,0.005,0.01] [--windows 20,50,100] [--check 0.002x50]
+[--tols 0.0005,0.001,0.002,0.005,0.01] [--windows 20,50,100]
+[--check 0.005x50 --contents tubingen --figure docs/early-stop.jpg]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from pipeline import Runtime, StyleParams
 from pipeline.api import StyleJob, prepare, stylize_prepared
@@ -52,17 +54,29 @@ def full_run(job: StyleJob, params: StyleParams, runtime: Runtime
 
 def check(args: argparse.Namespace, params: StyleParams, runtime: Runtime,
           pairs: list[tuple[str, str]]) -> None:
-    """The chosen setting for real: iterations, seconds and final objective per pair."""
+    """The setting for real against the full run, taking turns per pair: iterations, seconds,
+    final objective (fp32) and image difference; the first pair's two images side by side."""
     tol, window = args.check.split("x")
     checked = params.replace(tol=float(tol), tol_window=int(window))
-    print(f"tol {tol}, window {window}:\n| pair | iterations | seconds | final objective |\n"
-          "|---|---|---|---|")
-    for content, style in pairs:
+    print(f"tol {tol}, window {window}, for real:\n| pair | iterations | seconds / full's | "
+          "objective / full's | image diff (0-255) |\n|---|---|---|---|---|")
+    for n, (content, style) in enumerate(pairs):
         job = StyleJob(args.images / f"{content}.jpg", [args.images / f"{style}.jpg"])
-        start = time.perf_counter()
-        (result,) = stylize_prepared([prepare(job, checked)], checked, runtime)
-        print(f"| {content} x {style} | {result.iterations} | "
-              f"{time.perf_counter() - start:.0f} | {result.losses['total']:.5g} |", flush=True)
+        results = []
+        for p in (params, checked):
+            start = time.perf_counter()
+            (result,) = stylize_prepared([prepare(job, p)], p, runtime)
+            results.append((result, time.perf_counter() - start))
+        (full, t_full), (early, t_early) = results
+        diff = np.abs(np.asarray(full.image, np.float32) - np.asarray(early.image, np.float32))
+        print(f"| {content} x {style} | {early.iterations} | {t_early / t_full:.2f} | "
+              f"{early.losses['total'] / full.losses['total']:.4f} | {diff.mean():.2f} |",
+              flush=True)
+        if n == 0 and args.figure:
+            side = Image.new("RGB", (full.image.width * 2 + 8, full.image.height), "white")
+            side.paste(full.image, (0, 0))
+            side.paste(early.image, (full.image.width + 8, 0))
+            side.save(args.figure, quality=90)
 
 
 def main() -> None:
@@ -74,6 +88,9 @@ def main() -> None:
     ap.add_argument("--windows", default="20,50,100")
     ap.add_argument("--check", default="", help="TOLxWINDOW: only run every pair with it, "
                     "to compare with the replay's stop iterations and objectives")
+    ap.add_argument("--contents", default=",".join(PHOTOS), help="with --check: these photos")
+    ap.add_argument("--figure", type=Path, help="with --check: the first pair's full and early "
+                    "stopped images side by side, saved here")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     runtime = Runtime.start(args.device)
@@ -82,7 +99,8 @@ def main() -> None:
     print(f"device {runtime.device} {runtime.precision}; {args.size} px, {args.iterations} "
           f"iterations, default weights")
     if args.check:
-        check(args, params, runtime, pairs)
+        contents = args.contents.split(",")
+        check(args, params, runtime, [(c, s) for c, s in pairs if c in contents])
         return
     runs = {}
     for content, style in pairs:

@@ -75,7 +75,7 @@ def test_a_mirrored_manifest_runs_into_a_mirrored_tree(tmp_path, tree):
                   for p in (tmp_path / "out").rglob("*.png")) == [
         "cat/a.png", "cat/b.png", "dog/c.png", "dog/deep/d.png"]
     assert sorted(p.name for p in (tmp_path / "cats").iterdir() if p.is_file()) == [
-        "a.png", "b.png", "run.json"]
+        "a.png", "b.png", "report.html", "run.json"]
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -89,9 +89,10 @@ def render(view: RunView, thumbs: Thumbnails) -> str:
             body.append("<td>" + "".join(_cell(j, link) for j in jobs) + "</td>")
         body.append("</tr>")
     body.append("</tbody></table>")
+    page = "\n".join(body)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f"<title>report: {escape(view.out_dir.name)}</title><style>{CSS}</style></head>"
-            f"<body>{''.join(body)}</body></html>")
+            f"<body>\n{page}\n</body></html>\n")
 
 
 def varying_names(jobs: Iterable[JobView]) -> list[str]:
