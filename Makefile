@@ -10,6 +10,8 @@ DEMO_OUT ?= demo-out
 MANIFEST ?= manifests/demo.parquet
 OUT      ?= out
 RUN_ARGS ?=
+# Photos and paintings for the early-stopping table (not part of the project)
+BENCH_IMAGES ?= ../shared/data/images
 
 .PHONY: install browser test demo run lint bench bench-gpu clean
 
@@ -51,7 +53,7 @@ demo: install
 run: install
 	$(VENV)/bin/pipeline run $(MANIFEST) --out $(OUT) $(RUN_ARGS)
 
-# Prints every table of BENCHMARKS.md (about 85 minutes on a quiet 2-core CPU).
+# Prints every table of BENCHMARKS.md (about two hours on a quiet 2-core CPU).
 bench: install
 	$(PY) -m bench.flops
 	$(PY) -m bench.bench_vs_pastiche
@@ -68,6 +70,7 @@ bench: install
 	$(PY) -m bench.bench_manifest
 	$(PY) -m bench.bench_distributors
 	$(PY) -m bench.bench_distributors --iterations 160
+	$(PY) -m bench.bench_tol --images $(BENCH_IMAGES)
 
 # The GPU tables of BENCHMARKS.md on the first CUDA device: make install GPU=1 && make bench-gpu
 bench-gpu: install

@@ -57,7 +57,7 @@ def main() -> None:
     runs = []
     for run in args.runs.split(","):
         scales, iterations = map(int, run.split("x"))
-        params = StyleParams(size=args.size, iterations=iterations, scales=scales)
+        params = StyleParams(size=args.size, iterations=iterations, scales=scales, tol=0.0)
         runs.append((params, *curve(job, params, runtime)))
     _, _, base_seconds, base_final = runs[0]
     fractions = (0.25, 0.5, 0.75, 1.0)

@@ -93,8 +93,12 @@ def main() -> None:
                     "stopped images side by side, saved here")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
+    missing = [f"{name}.jpg" for name in (*PHOTOS, *PAINTINGS)
+               if not (args.images / f"{name}.jpg").is_file()]
+    if missing:
+        raise SystemExit(f"{args.images}: missing {', '.join(missing)} (--images DIR)")
     runtime = Runtime.start(args.device)
-    params = StyleParams(size=args.size, iterations=args.iterations)
+    params = StyleParams(size=args.size, iterations=args.iterations, tol=0.0)  # the full run
     pairs = [(c, s) for c, s in itertools.product(PHOTOS, PAINTINGS)]
     print(f"device {runtime.device} {runtime.precision}; {args.size} px, {args.iterations} "
           f"iterations, default weights")

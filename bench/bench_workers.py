@@ -41,7 +41,7 @@ def images_per_hour(manifest: Path, out: Path, workers: int, batch: int, size: i
                     iterations: int) -> float:
     cmd = [sys.executable, "-m", "pipeline", "--quiet-log", "run", str(manifest), "--out",
            str(out), "--devices", "cpu", "--workers", str(workers), "--batch-size", str(batch),
-           "--set", f"size={size}", "--set", f"iterations={iterations}"]
+           "--set", f"size={size}", "--set", f"iterations={iterations}", "--set", "tol=0"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = [r for r in ledger.read(out).values() if r["status"] == ledger.DONE]
     if len(rows) != JOBS:
