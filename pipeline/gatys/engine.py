@@ -3,8 +3,9 @@
 Reads top to bottom as Gatys et al. (2016): the image is the variable, the VGG19 trunk gives
 its features, the loss compares them with fixed targets, and an optimizer (L-BFGS by default,
 as in the paper) updates the pixels. Departures from the paper: loss normalization follows
-neural-style (see losses.py), a batch of independent jobs is optimized at once, and the trunk
-may run in bf16 (its Gram GEMMs too, accumulating in fp32) while the losses stay fp32.
+neural-style (see losses.py), a batch of independent jobs is optimized at once, each job may
+stop early once its loss has flattened (convergence.py), and the trunk may run in bf16 (its
+Gram GEMMs too, accumulating in fp32) while the losses stay fp32.
 
 Nothing here knows how it is accelerated: the runtime (`Numerics`) hands over the trunk in its
 precision and starts each stage's run, and the accelerators (pipeline/accel: bf16 trunk, CPU
