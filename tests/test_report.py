@@ -109,3 +109,16 @@ def test_the_report_in_a_headless_browser(dataset, tmp_path):
             assert box["width"] > 100 and box["height"] > 0
     finally:
         browser.quit()
+
+
+def test_a_record_matches_its_row_as_the_job_key_does():
+    from pipeline.gatys.params import StyleParams
+    from pipeline.report.gather import same_result
+
+    old_record = {k: v for k, v in StyleParams(tol=0.0).to_dict().items()
+                  if k not in ("tol", "tol_window", "save_every")}  # before early stopping
+    assert same_result(old_record, StyleParams(tol=0.0))
+    assert not same_result(old_record, StyleParams())  # the default stops early now
+    record = StyleParams(save_every=5).to_dict()
+    assert same_result(record, StyleParams())  # save_every does not change the image
+    assert not same_result(record, StyleParams(style_weight=7.0))

@@ -104,7 +104,7 @@ def _from_manifest(manifest: Path, out_dir: Path, overrides: dict[str, Any],
             continue
         params = spec.params.to_dict()
         record = by_output.get(spec.output_name)
-        if record is not None and json.loads(record["params"]) != params:
+        if record is not None and not same_result(json.loads(record["params"]), spec.params):
             record = None  # made with other parameters: this row's job has not run
         status = PENDING if record is None else (
             DONE if record["status"] == ledger.DONE else FAILED)
@@ -112,6 +112,18 @@ def _from_manifest(manifest: Path, out_dir: Path, overrides: dict[str, Any],
                             (record or {}).get("error", "") if status == FAILED else "",
                             record or {}))
     return jobs
+
+
+def same_result(recorded: dict[str, Any], params: StyleParams) -> bool:
+    """The recorded parameters make the image `params` make (as job keys see it). A record
+    written before a parameter existed lacks it: tol then was 0 (no early stopping)."""
+    known = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()
+             if k in StyleParams.__dataclass_fields__}
+    try:
+        made = StyleParams(**{"tol": 0.0, **known})
+    except TypeError:
+        return False
+    return made.result_dict() == params.result_dict()
 
 
 def _from_record(out_dir: Path, record: dict[str, Any]) -> JobView:
