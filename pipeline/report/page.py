@@ -65,6 +65,7 @@ def write_report(out_dir: Path) -> Path:
 
 def render(view: RunView, thumbs: Thumbnails) -> str:
     columns, rows, cells = contact_sheet(view.jobs)
+    varying = varying_names(view.jobs)
     thumbs.make_all([*rows, *(s for j in columns.values() for s in j.styles),
                      *(j.output for j in view.jobs if j.status == DONE and j.output),
                      *(path for j in view.jobs for _, path in j.intermediates)])
@@ -86,7 +87,7 @@ def render(view: RunView, thumbs: Thumbnails) -> str:
                     f'<div class="name">{escape(content.name)}</div></th>')
         for column in columns:
             jobs = cells.get((content, column), [])
-            body.append("<td>" + "".join(_cell(j, link) for j in jobs) + "</td>")
+            body.append("<td>" + "".join(_cell(j, link, varying) for j in jobs) + "</td>")
         body.append("</tr>")
     body.append("</tbody></table>")
     page = "\n".join(body)
@@ -142,7 +143,7 @@ class _Links:
                 f'title="{escape(title or source.name)}"></a>')
 
 
-def _cell(job: JobView, link: _Links) -> str:
+def _cell(job: JobView, link: _Links, varying: list[str]) -> str:
     if job.status == PENDING:
         return f'<div class="pending">row {job.row}: pending</div>'
     if job.status == FAILED:
@@ -152,8 +153,10 @@ def _cell(job: JobView, link: _Links) -> str:
     record = job.record
     losses = " ".join(f"{t} {record.get('loss_' + t) or 0:.3g}"
                       for t in ("total", "content", "style", "tv"))
-    title = (f"row {job.row} · {job.output.name} · loss {losses} · {record.get('iterations')} "
-             f"iterations · {record.get('seconds') or 0:.1f} s · {record.get('device', '')} "
+    settings = "".join(f" · {k}={_text(job.params[k])}" for k in varying if k in job.params)
+    title = (f"row {job.row} · {job.output.name}{settings} · loss {losses} · "
+             f"{record.get('iterations')} of {job.params.get('iterations')} iterations · "
+             f"{record.get('seconds') or 0:.1f} s · {record.get('device', '')} "
              f"{record.get('precision') or ''}")
     parts = [link.image(job.output, "thumb", title),
              f'<div class="meta">row {job.row} · loss {record.get("loss_total") or 0:.4g} · '
