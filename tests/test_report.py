@@ -9,7 +9,7 @@ import pytest
 from pipeline.bulk import traces
 from pipeline.cli.commands import app
 from pipeline.report.gather import DONE, FAILED, PENDING, gather
-from pipeline.report.page import contact_sheet
+from pipeline.report.page import contact_sheet, varying_names
 from tests.run_helpers import cell, run_cli, runner
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -34,7 +34,7 @@ def test_the_report_places_every_row_and_its_state(dataset, tmp_path):
     assert report.is_file() and "report.html" in result.output
     view = gather(out)
     assert [view.count(s) for s in (DONE, FAILED, PENDING)] == [8, 4, 0]
-    columns, rows, _ = contact_sheet(view.jobs)
+    columns, rows, _ = contact_sheet(view.jobs, varying_names(view.jobs))
     assert [c.name for c in rows] == ["c0.png", "c1.png", "c2.png"]
     assert [(styles, dict(varying)) for styles, varying in columns] == [
         (("s0",), {"style_weight": 100.0}), (("s1",), {"style_weight": 100.0}),
@@ -45,6 +45,7 @@ def test_the_report_places_every_row_and_its_state(dataset, tmp_path):
             assert [it for it, _ in job.intermediates] == [3]
         else:
             assert "cannot decode" in job.error and job.row in (4, 5, 10, 11)
+    assert "· style_weight=300.0 ·" in report.read_text()  # a cell's hover names its setting
     status = runner.invoke(app, ["status", str(out)], terminal_width=200)
     assert "report.html" in status.output and cell(status.output, "report")
 

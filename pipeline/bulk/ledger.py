@@ -84,14 +84,14 @@ def matches_file(row: dict[str, Any], path: Path) -> bool:
     return (row["output_bytes"], row["output_mtime_ns"]) == (stat.st_size, stat.st_mtime_ns)
 
 
-def throughput(done: list[dict[str, Any]]) -> tuple[int, float] | None:
-    """(jobs, seconds from the first start to the last finish) of the done rows that ran here
-    (a row recovered from its output file did not); None when none did."""
+def throughput(done: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float] | None:
+    """(the done rows that ran here, seconds from their first start to their last finish); a
+    row recovered from its output file did not run. None when none did."""
     timed = [r for r in done if r["seconds"]]
     if not timed:
         return None
     span = max(r["finished_at"] for r in timed) - min(r["started_at"] for r in timed)
-    return len(timed), max(span, 1e-9)
+    return timed, max(span, 1e-9)
 
 
 def append(out_dir: Path, rows: list[dict[str, Any]]) -> None:

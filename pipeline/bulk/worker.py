@@ -151,8 +151,7 @@ class Worker:
             results = stylize_prepared(
                 [p for _, p in ready], params, self.runtime,
                 lambda it, _terms: self.emit(Iteration(self.wid, it)),
-                checkpointing, self.trace_every,
-                save_intermediate if params.save_every else None)
+                checkpointing, self.trace_every, save_intermediate)
         except torch.OutOfMemoryError:
             if self.runtime.device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -197,11 +197,12 @@ def stylize(
         raise InputError(f"--trace {trace}: give a file name ending in .parquet")
     if trace_every < 0:
         raise InputError(f"--trace-every must be >= 0, got {trace_every}")
-    for folder in {output.parent, *([trace.parent] if trace is not None else [])}:
+    destinations = {"--output": output} | ({"--trace": trace} if trace is not None else {})
+    for option, path in destinations.items():
         try:  # before minutes of optimizing, not after
-            check_writable_dir(folder)
+            check_writable_dir(path.parent)
         except OSError as e:
-            raise InputError(f"--output: {describe_os_error(e, folder)}") from None
+            raise InputError(f"{option}: {describe_os_error(e, path.parent)}") from None
     params = StyleParams(
         size=size, size_bucket=size_bucket, iterations=iterations, tol=tol,
         tol_window=tol_window, save_every=save_every, scales=scales,
@@ -581,6 +582,7 @@ def status(out: Path = typer.Argument(..., help="Output folder of a run.")) -> N
     import json
 
     from ..bulk import ledger
+    from ..report.page import REPORT
 
     info_path = out / "run.json"
     if not info_path.is_file():
@@ -608,13 +610,12 @@ def status(out: Path = typer.Argument(..., help="Output folder of a run.")) -> N
     table.add_row("failed", str(len(failed)))
     table.add_row("pending", str(pending))
     if (ran := ledger.throughput(done)) is not None:
-        jobs_ran, span = ran
-        timed = [r for r in done if r["seconds"]]
-        table.add_row("throughput", f"{jobs_ran / span * 3600:,.0f} images/hour over "
-                      f"{span:.0f} s; {sum(r['seconds'] for r in timed) / jobs_ran:.1f}"
+        timed, span = ran
+        table.add_row("throughput", f"{len(timed) / span * 3600:,.0f} images/hour over "
+                      f"{span:.0f} s; {sum(r['seconds'] for r in timed) / len(timed):.1f}"
                       " s per batch run")
         table.add_row("devices", ", ".join(sorted({r["device"] for r in timed})))
-    report = out / "report.html"
+    report = out / REPORT
     table.add_row("report", str(report) if report.is_file()
                   else f"none yet (pipeline report {out})")
     console.print(table)

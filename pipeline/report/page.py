@@ -64,8 +64,8 @@ def write_report(out_dir: Path) -> Path:
 
 
 def render(view: RunView, thumbs: Thumbnails) -> str:
-    columns, rows, cells = contact_sheet(view.jobs)
     varying = varying_names(view.jobs)
+    columns, rows, cells = contact_sheet(view.jobs, varying)
     thumbs.make_all([*rows, *(s for j in columns.values() for s in j.styles),
                      *(j.output for j in view.jobs if j.status == DONE and j.output),
                      *(path for j in view.jobs for _, path in j.intermediates)])
@@ -76,10 +76,10 @@ def render(view: RunView, thumbs: Thumbnails) -> str:
     legend = "".join(f'<span style="color:{c}">&#9632; {t}</span>' for t, c in COLORS.items())
     body.append(f'<p class="legend">Loss curves (log scale, per job): {legend}</p>')
     body.append('<table class="sheet"><thead><tr><th></th>')
-    for (styles, varying), first in columns.items():
+    for (styles, settings), first in columns.items():
         images = "".join(link.image(p, "input") for p in first.styles)
         label = " + ".join(styles) + "".join(f"<br>{escape(k)}={escape(_text(v))}"
-                                              for k, v in varying)
+                                              for k, v in settings)
         body.append(f'<th>{images}<div class="name">{label}</div></th>')
     body.append("</tr></thead><tbody>")
     for content in rows:
@@ -110,10 +110,11 @@ def _column(job: JobView, varying: list[str]) -> Column:
             tuple((name, job.params[name]) for name in varying if name in job.params))
 
 
-def contact_sheet(jobs: list[JobView]) -> tuple[dict[Column, JobView], list[Path],
-                                                dict[tuple[Path, Column], list[JobView]]]:
-    """Columns (each with its first job) and rows in manifest order, and each cell's jobs."""
-    varying = varying_names(jobs)
+def contact_sheet(jobs: list[JobView], varying: list[str]
+                  ) -> tuple[dict[Column, JobView], list[Path],
+                             dict[tuple[Path, Column], list[JobView]]]:
+    """Columns (each with its first job) and rows in manifest order, and each cell's jobs;
+    `varying`: the parameters that make columns (varying_names)."""
     columns: dict[Column, JobView] = {}
     rows: dict[Path, None] = {}
     cells: dict[tuple[Path, Column], list[JobView]] = {}
@@ -175,9 +176,9 @@ def _header(view: RunView) -> str:
             ("jobs", f"{len(view.jobs)}: {view.count(DONE)} done, {view.count(FAILED)} failed, "
                      f"{view.count(PENDING)} pending")]
     if (ran := ledger.throughput(done)) is not None:
-        jobs_ran, span = ran
-        rows.append(("images per hour", f"{jobs_ran / span * 3600:,.0f} ({jobs_ran} images "
-                                        f"in {span:,.0f} s)"))
+        timed, span = ran
+        rows.append(("images per hour", f"{len(timed) / span * 3600:,.0f} ({len(timed)} "
+                                        f"images in {span:,.0f} s)"))
     devices = sorted({r["device"] for r in done if r.get("device")})
     precisions = sorted({r["precision"] for r in done if r.get("precision")})
     rows += [("devices", escape(", ".join(devices) or "-")),
