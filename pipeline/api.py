@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .accel.memory import check_fits
+from .accel.memory import Fit, plan_stage
 from .accel.runtime import Runtime
 from .errors import InputError
 from .gatys.color import preserve_colors
@@ -112,9 +112,12 @@ def _init_image(params: StyleParams, size: tuple[int, int]) -> torch.Tensor | No
 
 
 def _stages(prepared: Sequence[tuple[SizedImage, list[SizedImage]]], params: StyleParams,
-            builder: TargetBuilder, device: torch.device) -> list[Stage]:
+            fit: Callable[[tuple[int, int], int], Fit], builder: Callable[[], TargetBuilder],
+            device: torch.device) -> list[Stage]:
     """The coarse-to-fine schedule with each size's targets (content and styles rescaled
-    alike); a coarse size at which an image would fall below the layers' minimum is left out."""
+    alike); a coarse size at which an image would fall below the layers' minimum is left out.
+    `fit(size, iterations)`: how a stage fits in memory (whole or by blocks), asked for every
+    stage before the targets' `builder()` is made: a size that cannot fit fails first."""
     blend = params.style_blend or (1.0,) * len(prepared[0][1])
     min_content, min_style = min_input_side(params.layers), min_input_side(params.style_layers)
     schedule = []
@@ -126,11 +129,14 @@ def _stages(prepared: Sequence[tuple[SizedImage, list[SizedImage]]], params: Sty
                    for c, styles in jobs)
         if fits or longest == params.size:
             schedule.append(jobs)
+    ends = params.stage_ends(len(schedule))
+    fits = [fit(jobs[0][0].size, end - start)
+            for jobs, start, end in zip(schedule, [0, *ends], ends, strict=False)]
     stages = []
-    for jobs, end in zip(schedule, params.stage_ends(len(schedule)), strict=True):
-        targets = builder.batch([c for c, _ in jobs], [s for _, s in jobs], blend,
-                                params.content_layers, params.style_layers)
-        stages.append(Stage(jobs[0][0].size, end, targets.to(device)))
+    for jobs, end, how in zip(schedule, ends, fits, strict=True):
+        targets = builder().batch([c for c, _ in jobs], [s for _, s in jobs], blend,
+                                params.content_layers, params.style_layers, how.block)
+        stages.append(Stage(jobs[0][0].size, end, targets.to(device), how.block, how.history))
     return stages
 
 
@@ -157,19 +163,25 @@ class BatchProblem:
 
 def setup_batch(prepared: Sequence[tuple[SizedImage, list[SizedImage]]], params: StyleParams,
                 runtime: Runtime) -> BatchProblem:
-    """Checks the batch fits in memory, then builds its targets and starting images."""
+    """Plans how each stage fits in memory, then builds its targets and starting images."""
     sizes = {c.size for c, _ in prepared}
     if len(sizes) != 1:
         raise InputError(f"a batch needs one output size, got {sorted(sizes)}")
     trunk, weights = trunk_for(params, runtime)
-    check_fits(runtime.compute_trunk(trunk), params, prepared[0][0].size, len(prepared),
-               runtime.device, runtime.channels_last)
-    builder = builder_for(weights, trunk, params.pooling, runtime, in_order(params.layers))
-    stages = _stages(prepared, params, builder, runtime.device)
+    net = runtime.compute_trunk(trunk)
+
+    def fit(size: tuple[int, int], iterations: int) -> Fit:
+        return plan_stage(net, params, size, iterations, len(prepared), runtime.device,
+                          runtime.channels_last, runtime.block_size)
+
+    def builder() -> TargetBuilder:  # cached: one per worker and model
+        return builder_for(weights, trunk, params.pooling, runtime, in_order(params.layers))
+
+    stages = _stages(prepared, params, fit, builder, runtime.device)
     contents = torch.stack([c.pixels for c, _ in prepared]).to(runtime.device)
     x0 = init_batch(params, contents, _init_image(params, prepared[0][0].size))
     metadata = {"params": params.to_dict(), "precision": runtime.precision,
-                "targets": builder.model, "weights_digest": weights.digest,
+                "targets": builder().model, "weights_digest": weights.digest,
                 "version": __version__}
     return BatchProblem(trunk, stages, contents, x0, metadata)
 

@@ -9,18 +9,26 @@ scaled by the pixel count. The optimizer's state is counted from its definition.
 from __future__ import annotations
 
 import functools
+import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import InputError
+from ..gatys.blockwise import Grid
 from ..gatys.params import StyleParams
 from ..gatys.vgg import VGG19Trunk
 
 PROBE = 128          # probe side: every layer through relu5_1 is at least 8x8
 SAFETY = 0.9         # use at most this share of the free memory
 GIB = 2**30
+# Blocks with a smaller inner side recompute more margin than they own (80 px of margin on
+# each side through relu5_1): below it, a shorter L-BFGS history is the better trade.
+MIN_BLOCK = 512
+MIN_HISTORY = 5
+log = logging.getLogger("pipeline.memory")
 
 
 @dataclass(frozen=True)
@@ -55,26 +63,42 @@ def pixel_cost(net: VGG19Trunk, layers: tuple[str, ...], content_layers: tuple[s
     return PixelCost(sum(saved.values()) / pixels, max(saved.values()) / pixels, content / pixels)
 
 
-def bytes_per_image(cost: PixelCost, params: StyleParams, size: tuple[int, int]) -> int:
+def _image_copies(params: StyleParams, history: int) -> int:
+    """fp32 copies of the image the optimizer holds."""
+    if params.optimizer == "lbfgs":
+        # s and y per history pair; x, grad, direction, previous grad; at the peak of a
+        # direction, the stacked [g, y, s] and H g and gamma g (lbfgs.py).
+        return 2 * history + 9
+    return 4  # x, grad, Adam's two moments
+
+
+def bytes_per_image(cost: PixelCost, params: StyleParams, size: tuple[int, int],
+                    history: int | None = None) -> int:
     """Peak bytes one image of `size` (w, h) adds: saved activations, the backward's working
     set (gradients and the Grams' fp32 copies: four of the largest activation, which matched
     measurements at 512-2048 px; bench/bench_memory.py), content targets, and the optimizer's
     copies of the image (fp32)."""
     pixels = size[0] * size[1]
-    image = 4 * 3 * pixels
-    if params.optimizer == "lbfgs":
-        # s and y per history pair; x, grad, direction, previous grad; at the peak of a
-        # direction, the stacked [g, y, s] and H g and gamma g (lbfgs.py).
-        copies = 2 * min(params.lbfgs_history, max(1, params.iterations)) + 9
-    else:
-        copies = 4  # x, grad, Adam's two moments
+    history = min(params.lbfgs_history, max(1, params.iterations)) if history is None else history
     per_pixel = cost.saved + 4 * cost.largest + cost.content
-    return int(per_pixel * pixels + copies * image)
+    return int(per_pixel * pixels + _image_copies(params, history) * 4 * 3 * pixels)
+
+
+def block_bytes(cost: PixelCost, params: StyleParams, size: tuple[int, int], side: int,
+                margin: int, history: int) -> int:
+    """Peak bytes one image adds when its objective runs by blocks of `side` (blockwise.py):
+    a block's activations (its crop, margins included) instead of the image's, plus what
+    stays whole: the optimizer's copies, the summed gradient and the TV term's working set
+    (six more copies), and the content targets (twice: as built and in the trunk's layout)."""
+    pixels = size[0] * size[1]
+    crop = min(size[0], side + 2 * margin) * min(size[1], side + 2 * margin)
+    whole = (_image_copies(params, history) + 6) * 4 * 3 * pixels + 2 * cost.content * pixels
+    return int((cost.saved + 4 * cost.largest) * crop + whole)
 
 
 def image_bytes(net: VGG19Trunk, params: StyleParams, size: tuple[int, int],
                 channels_last: bool) -> int:
-    """The pre-flight estimate for one image of `size` (w, h) on `net`."""
+    """The pre-flight estimate for one image of `size` (w, h) on `net`, run whole."""
     cost = pixel_cost(net, params.layers, params.content_layers, channels_last)
     return bytes_per_image(cost, params, size)
 
@@ -115,20 +139,71 @@ def _cgroup_headroom() -> int | None:
         return None
 
 
-def check_fits(net: VGG19Trunk, params: StyleParams, size: tuple[int, int], batch: int,
-               device: torch.device, channels_last: bool) -> None:
-    """InputError when one image of `size` cannot fit; torch.OutOfMemoryError when the batch
-    cannot but one image can (the batch runner then splits the batch)."""
+@dataclass(frozen=True)
+class Fit:
+    """How one stage fits: by blocks of `block` px (0 = whole), with `history` L-BFGS pairs
+    when fewer than the parameters ask (None: theirs)."""
+
+    block: int = 0
+    history: int | None = None
+
+
+def plan_stage(net: VGG19Trunk, params: StyleParams, size: tuple[int, int], iterations: int,
+               batch: int, device: torch.device, channels_last: bool, block: int = 0) -> Fit:
+    """How a stage of `iterations` at `size` (w, h) fits on `device`: whole when the batch
+    fits, else by the largest blocks that fit (`block` > 0: by blocks of that side, as the
+    user asked). With one image, the L-BFGS history shrinks when no block of MIN_BLOCK px
+    fits beside it, and says so. InputError when one image cannot fit at all;
+    torch.OutOfMemoryError when the batch cannot but one image can (the batch runner then
+    splits the batch)."""
+    grid = Grid.of(params.layers)
+    history = min(params.lbfgs_history, max(1, iterations))
+    side = _aligned(block, grid) if block else 0
     free = available_bytes(device)
     if free is None:
-        return
-    one = image_bytes(net, params, size, channels_last)
+        return Fit(side)
+    cost = pixel_cost(net, params.layers, params.content_layers, channels_last)
     budget = SAFETY * free
     where = f"{size[0]}x{size[1]} px on {device}"
-    if one > budget:
-        raise InputError(f"{where} needs about {one / GIB:.1f} GiB per image but "
-                         f"{free / GIB:.1f} GiB is free: use a smaller size, or a smaller "
-                         "lbfgs_history (L-BFGS keeps 2 copies of the image per history pair)")
-    if batch * one > budget:
+    whole = bytes_per_image(cost, params, size, history)
+    if not side and batch * whole <= budget:
+        return Fit()
+    if not side and whole <= budget:
         raise torch.OutOfMemoryError(f"a batch of {batch} at {where} needs about "
-                                     f"{batch * one / GIB:.1f} GiB, {free / GIB:.1f} GiB free")
+                                     f"{batch * whole / GIB:.1f} GiB, {free / GIB:.1f} GiB free")
+    if not side:
+        side = _largest_block(cost, params, size, grid, history, budget / batch)
+        small = side < min(MIN_BLOCK, max(size))
+        if small and batch > 1:
+            raise torch.OutOfMemoryError(f"a batch of {batch} at {where} does not fit, even by "
+                                         f"blocks; {free / GIB:.1f} GiB free")
+        if small and params.optimizer == "lbfgs":
+            room = budget - block_bytes(cost, params, size, MIN_BLOCK, grid.margin, 0)
+            shorter = int(room // (2 * 4 * 3 * size[0] * size[1]))
+            if MIN_HISTORY <= shorter < history:
+                log.warning("%s: L-BFGS keeps %d pairs instead of %d to fit in %.1f GiB",
+                            where, shorter, history, free / GIB)
+                return Fit(_largest_block(cost, params, size, grid, shorter, budget), shorter)
+    need = block_bytes(cost, params, size, side or grid.align, grid.margin, history)
+    if need * batch > budget:
+        raise InputError(f"{where} needs about {need / GIB:.1f} GiB per image even by blocks "
+                         f"but {free / GIB:.1f} GiB is free: use a smaller size, --block-size, "
+                         "or lbfgs_history (L-BFGS keeps 2 copies of the image per pair)")
+    return Fit(side)
+
+
+def _aligned(side: int, grid: Grid) -> int:
+    return max(grid.align, side // grid.align * grid.align)
+
+
+def _largest_block(cost: PixelCost, params: StyleParams, size: tuple[int, int], grid: Grid,
+                   history: int, budget: float) -> int:
+    """The largest block side (a multiple of the grid) that fits `budget` for one image; 0
+    when not even the smallest does."""
+    fixed = block_bytes(cost, params, size, 0, 0, history)
+    room = budget - fixed
+    if room <= 0:
+        return 0
+    crop = math.isqrt(int(room / (cost.saved + 4 * cost.largest)))
+    side = (crop - 2 * grid.margin) // grid.align * grid.align
+    return max(0, min(side, max(size)))

@@ -63,6 +63,11 @@ class RuntimeOptions:
         True, "CPU: run a batch as one shard per core, stepped side by side with one thread "
         "each, instead of one batch whose every op is split over the cores (faster for "
         "batches of 2+).")
+    block_size: int = setting(
+        0, "Compute the objective by blocks of at most this many pixels square, with exact "
+        "whole-image losses and gradients (no seams): memory then grows with the block, not the "
+        "image. 0 = auto: whole images when they fit in memory, else the largest blocks that "
+        "do (and, if even 512 px blocks do not fit, a shorter L-BFGS history).")
     targets: str = setting(
         "onnx", "Compute content/style targets with onnx (ONNX Runtime over the exported "
         "trunk) or torch.")
@@ -148,6 +153,7 @@ class Runtime:
     cuda_graphs: bool = False     # CUDA: replay each stage's objective + backward as a graph
     keep_cpu_memory: bool = False  # CPU: the heap keeps freed memory; release it after a batch
     split_batches: bool = False   # CPU: a batch's shards step side by side, one per core
+    block_size: int = 0           # objective by blocks of this side; 0: when it does not fit
     targets: str = "onnx"         # target features from ONNX Runtime ("onnx") or PyTorch ("torch")
     providers: tuple[str, ...] = DEFAULT_PROVIDERS  # ORT providers, in order of choice
     trt_fp16: bool = False        # TensorRT fp16 for targets (off: targets stay fp32-exact)
@@ -181,6 +187,8 @@ class Runtime:
         if options.targets not in ("onnx", "torch"):
             raise InputError(f"targets must be onnx or torch, got {options.targets!r}")
         providers = parse_providers(options.providers)
+        if options.block_size < 0:
+            raise InputError(f"block size must be >= 0, got {options.block_size}")
         if heap_kept is None:
             heap_kept = options.keep_cpu_memory and dev.type == "cpu"
         precision, reason = options.precision, "set by --precision"
@@ -190,7 +198,8 @@ class Runtime:
         if channels_last is None:
             channels_last = dev.type == "cuda" or precision == "bf16"
         return cls(dev, precision, channels_last, options.cuda_graphs and dev.type == "cuda",
-                   heap_kept, options.split_batches and dev.type == "cpu", options.targets,
+                   heap_kept, options.split_batches and dev.type == "cpu", options.block_size,
+                   options.targets,
                    providers, options.trt_fp16, options.cache, options.cache_targets, reason)
 
     @property

@@ -18,7 +18,8 @@ from .runtime import Runtime
 def start_run(trunk: VGG19Trunk, x0: Tensor, stage: Stage, start: int,
               opt_state: dict[str, Any] | None, params: StyleParams, *, runtime: Runtime) -> Run:
     """A StageRun; on a multi-core CPU one per core on its share of the batch (cpu_shards.py);
-    with CUDA graphs, one whose objective and gradient replay as a graph (cuda_graph.py)."""
+    with CUDA graphs and a stage run whole, one whose objective and gradient replay as a graph
+    (cuda_graph.py)."""
     bounds = shard_bounds(x0.shape[0], runtime)
     if len(bounds) > 1:
         return ShardedRun([
@@ -27,4 +28,5 @@ def start_run(trunk: VGG19Trunk, x0: Tensor, stage: Stage, start: int,
                            params, runtime)
             for lo, hi in bounds])
     run = StageRun.start(trunk, x0, stage, start, opt_state, params, runtime)
-    return GraphedRun.of(run) if runtime.cuda_graphs else run
+    # By blocks, an iteration is many forward/backward passes of a few crop shapes: left eager.
+    return GraphedRun.of(run) if runtime.cuda_graphs and not stage.block else run

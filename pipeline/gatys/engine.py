@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ..errors import NonFiniteError
 from ..io.tensor_tree import map_tensors
+from .blockwise import BlockObjective
 from .convergence import EarlyStop
 from .lbfgs import BatchedLBFGS
 from .losses import LossWeights, SplitTarget, Targets, loss_terms
@@ -179,11 +180,34 @@ def objective(trunk: VGG19Trunk, targets: Targets, params: StyleParams, runtime:
 @dataclass
 class Stage:
     """One size of a coarse-to-fine schedule: optimize at `size` (w, h) against `targets` until
-    the run's iteration count reaches `end`. A plain run is one stage."""
+    the run's iteration count reaches `end`. A plain run is one stage. `block`: compute the
+    objective by blocks of at most this side (blockwise.py), 0 = the whole image at once;
+    `history`: L-BFGS pairs, where memory allows fewer than the parameters ask (None: theirs).
+    Both come from the memory pre-flight and change how much is held, not the objective."""
 
     size: tuple[int, int]
     end: int
     targets: Targets
+    block: int = 0
+    history: int | None = None
+
+
+def block_objective(trunk: VGG19Trunk, stage: Stage, params: StyleParams, runtime: Numerics
+                    ) -> BlockObjective:
+    """`objective` of a stage too large to run whole, computed block by block."""
+    targets = replace(stage.targets,
+                      content={k: runtime.layout(t) for k, t in stage.targets.content.items()})
+    return BlockObjective(runtime.compute_trunk(trunk), targets, loss_weights(params),
+                          runtime.layout, stage.block)
+
+
+def stage_terms(trunk: VGG19Trunk, stage: Stage, params: StyleParams, runtime: Numerics,
+                x: Tensor) -> dict[str, Tensor]:
+    """The stage's loss terms at x, without autograd (whole or by blocks)."""
+    with torch.no_grad():
+        if stage.block:
+            return block_objective(trunk, stage, params, runtime).terms(x)
+        return objective(trunk, stage.targets, params, runtime)(x)
 
 
 def resample(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -255,8 +279,7 @@ def optimize(trunk: VGG19Trunk, x0: Tensor, stages: Sequence[Stage], params: Sty
         i = stage.end
     # Report the objective of the images returned, in fp32 (or fp64): the last closure saw them
     # before the last step, and in the runtime's precision. One forward, no backward.
-    with torch.no_grad():
-        terms = objective(trunk, stages[-1].targets, params, runtime.widened())(x)
+    terms = stage_terms(trunk, stages[-1], params, runtime.widened(), x)
     check_finite(terms["total"], params.iterations, x)
     trace = (watch.trace.rows(watch.stop.last, len(stages) - 1, terms) if trace_every
              else [[] for _ in range(x.shape[0])])
@@ -273,6 +296,7 @@ class StageRun:
     evaluate: Callable[[Tensor], dict[str, Tensor]]
     clamp: bool  # Adam keeps the box constraint; L-BFGS is left unclamped, as in neural-style
     moving: Tensor | None = None  # see Run.hold
+    blockwise: BlockObjective | None = None  # the stage's objective runs by blocks
 
     @classmethod
     def start(cls, trunk: VGG19Trunk, x0: Tensor, stage: Stage, start: int,
@@ -282,7 +306,7 @@ class StageRun:
         if params.optimizer == "lbfgs":
             # A stage of L iterations stores at most L pairs: the history buffer need not
             # be larger (it is allocated whole on a GPU).
-            history = min(params.lbfgs_history, max(1, stage.end - start))
+            history = min(stage.history or params.lbfgs_history, max(1, stage.end - start))
             opt: Any = BatchedLBFGS(x, lr=params.step_size, history=history,
                                     max_step=params.lbfgs_max_step or None)
         else:
@@ -292,11 +316,16 @@ class StageRun:
             # A copy: the optimizer updates its state in place (Adam does), which must not
             # write into the caller's.
             opt.load_state_dict(tree_to(opt_state, runtime.device, copy=True))
-        evaluate = objective(trunk, stage.targets, params, runtime)
-        return cls(x, opt, evaluate, params.optimizer == "adam")
+        clamp = params.optimizer == "adam"
+        if stage.block:
+            blockwise = block_objective(trunk, stage, params, runtime)
+            return cls(x, opt, blockwise.terms, clamp, blockwise=blockwise)
+        return cls(x, opt, objective(trunk, stage.targets, params, runtime), clamp)
 
     def closure(self) -> dict[str, Tensor]:
         """One objective evaluation and its gradient: what the optimizer calls each step."""
+        if self.blockwise is not None:
+            return self.blockwise.gradient(self.x)
         return evaluate_and_backward(self.evaluate, self.x)
 
     def hold(self, moving: Tensor) -> None:

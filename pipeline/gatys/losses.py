@@ -72,11 +72,18 @@ class _GramMSE(torch.autograd.Function):
         features, diff = ctx.saved_tensors
         n, c, h, w = features.shape
         d = (diff * (grad.view(n, 1, 1) * (4.0 / (c**3 * h * w)))).to(features.dtype)
-        f = _matrix(features)
-        if features.is_contiguous():
-            return bmm(d, f).view(n, c, h, w), None, None
-        # channels_last: rows of F^T are pixels; (D F)^T = F^T D keeps that layout.
-        return bmm(f.transpose(1, 2), d).view(n, h, w, c).permute(0, 3, 1, 2), None, None
+        return gram_backward(features, d), None, None
+
+
+def gram_backward(features: Tensor, d: Tensor) -> Tensor:
+    """D F as features [N, C, H, W] in their layout: a Gram loss's gradient, given its
+    symmetric dL/dG-derived D [N, C, C] in the features' dtype."""
+    n, c, h, w = features.shape
+    f = _matrix(features)
+    if features.is_contiguous():
+        return bmm(d, f).view(n, c, h, w)
+    # channels_last: rows of F^T are pixels; (D F)^T = F^T D keeps that layout.
+    return bmm(f.transpose(1, 2), d).view(n, h, w, c).permute(0, 3, 1, 2)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..accel.runtime import Runtime
+from ..gatys.blockwise import features_by_blocks, grams_by_blocks
 from ..gatys.losses import Targets, gram
 from ..gatys.vgg import VGG19Trunk
 from ..gatys.weights import WeightSet
@@ -40,27 +41,43 @@ class TargetBuilder:
     model: dict[str, str]   # backend, digest, normalization, pooling: part of every cache key
     cache: TargetCache
 
-    def content(self, image: SizedImage, layers: Sequence[str]) -> dict[str, Tensor]:
-        """Features [C, h, w] of one content image at `layers`."""
+    def content(self, image: SizedImage, layers: Sequence[str], block: int = 0
+                ) -> dict[str, Tensor]:
+        """Features [C, h, w] of one content image at `layers`; by blocks of `block` px when
+        the image is larger (blockwise.py: the same features)."""
         key = target_key("content", image.digest, image.size, self.model, layers)
-        return self.cache.get(
-            key, lambda: {k: v[0] for k, v in self.features(image.pixels[None], layers).items()},
-            f"content {image.name} {image.size[0]}x{image.size[1]}")
 
-    def style(self, image: SizedImage, layers: Sequence[str]) -> dict[str, Tensor]:
-        """Gram matrices [C, C] of one style image at `layers`."""
+        def compute() -> dict[str, Tensor]:
+            pixels, names = image.pixels[None], tuple(layers)
+            if block and max(image.size) > block:
+                return features_by_blocks(self.features, pixels, names, block)
+            return self.features(pixels, names)
+
+        return self.cache.get(key, lambda: {k: v[0] for k, v in compute().items()},
+                              f"content {image.name} {image.size[0]}x{image.size[1]}")
+
+    def style(self, image: SizedImage, layers: Sequence[str], block: int = 0
+              ) -> dict[str, Tensor]:
+        """Gram matrices [C, C] of one style image at `layers`; by blocks as `content`."""
         key = target_key("style", image.digest, image.size, self.model, layers)
-        return self.cache.get(
-            key, lambda: {k: gram(v)[0] for k, v in self.features(image.pixels[None],
-                                                                   layers).items()},
-            f"style {image.name} {image.size[0]}x{image.size[1]}")
+
+        def compute() -> dict[str, Tensor]:
+            pixels, names = image.pixels[None], tuple(layers)
+            if block and max(image.size) > block:
+                return grams_by_blocks(self.features, pixels, names, block)
+            return {k: gram(v) for k, v in self.features(pixels, names).items()}
+
+        return self.cache.get(key, lambda: {k: v[0] for k, v in compute().items()},
+                              f"style {image.name} {image.size[0]}x{image.size[1]}")
 
     def batch(self, contents: Sequence[SizedImage], styles: Sequence[Sequence[SizedImage]],
               blend: Sequence[float], content_layers: Sequence[str],
-              style_layers: Sequence[str]) -> Targets:
-        """Targets of a batch of jobs: job i is contents[i] with styles[i] blended."""
-        content = [self.content(c, content_layers) for c in contents] if content_layers else []
-        per_job = [blend_grams([self.style(s, style_layers) for s in job], blend)
+              style_layers: Sequence[str], block: int = 0) -> Targets:
+        """Targets of a batch of jobs: job i is contents[i] with styles[i] blended; images
+        larger than `block` px (if not 0) by blocks."""
+        content = ([self.content(c, content_layers, block) for c in contents]
+                   if content_layers else [])
+        per_job = [blend_grams([self.style(s, style_layers, block) for s in job], blend)
                    for job in styles]
         return Targets({k: torch.stack([c[k] for c in content]) for k in content_layers},
                        {k: torch.stack([g[k] for g in per_job]) for k in style_layers})
