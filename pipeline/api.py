@@ -17,7 +17,7 @@ from PIL import Image
 from .accel.memory import Fit, plan_stage
 from .accel.runtime import Runtime
 from .errors import InputError
-from .gatys.color import preserve_colors
+from .gatys.color import luminance, match_colors, match_luminance, with_chroma
 from .gatys.engine import (
     Checkpointing,
     Progress,
@@ -66,6 +66,7 @@ class StyleResult:
     seconds: float             # wall time of the whole batch this job ran in
     metadata: dict = field(default_factory=dict)
     trace: list[dict[str, Any]] = field(default_factory=list)  # with trace_every: loss terms
+    pixels: torch.Tensor | None = None  # [3, H, W] fp32, 0-255: `image` before 8-bit rounding
 
 
 def _open(src: ImageSource) -> tuple[Image.Image, str, str]:
@@ -111,6 +112,29 @@ def _init_image(params: StyleParams, size: tuple[int, int]) -> torch.Tensor | No
     return to_tensor(resize(img, size))[None]
 
 
+def _transfer_content(content: SizedImage, params: StyleParams) -> SizedImage:
+    """The content as the transfer sees it: its luminance with color=luminance."""
+    if params.color != "luminance":
+        return content
+    return SizedImage(luminance(content.pixels), f"luminance:{content.digest}", content.name)
+
+
+def _transfer_style(style: SizedImage, content: SizedImage, params: StyleParams
+                    ) -> SizedImage:
+    """The style as the transfer sees it (gatys/color.py): its luminance matched to the
+    content's, or its colours matched to the content's, or itself. A recoloured style's
+    digest names the content (and its size) it was matched to: its targets are its own."""
+    if params.color == "style":
+        return style
+    against = f"{content.digest}@{content.size[0]}x{content.size[1]}"
+    if params.color == "luminance":
+        pixels, how = match_luminance(style.pixels, content.pixels), "luminance"
+    else:
+        pixels = match_colors(style.pixels, content.pixels, params.color_match)
+        how = f"match-{params.color_match}"
+    return SizedImage(pixels, f"{how}:{style.digest}:{against}", style.name)
+
+
 def _stages(prepared: Sequence[tuple[SizedImage, list[SizedImage]]], params: StyleParams,
             fit: Callable[[tuple[int, int], int], Fit], builder: Callable[[], TargetBuilder],
             device: torch.device) -> list[Stage]:
@@ -123,8 +147,11 @@ def _stages(prepared: Sequence[tuple[SizedImage, list[SizedImage]]], params: Sty
     schedule = []
     for longest in params.scale_sizes():
         style_side = max(1, round(longest * params.style_scale))
-        jobs = [(rescale(c, longest), [rescale(s, style_side) for s in styles])
-                for c, styles in prepared]
+        jobs = []
+        for content, styles in prepared:
+            c = rescale(content, longest)
+            jobs.append((_transfer_content(c, params),
+                         [_transfer_style(rescale(s, style_side), c, params) for s in styles]))
         fits = all(min(c.size) >= min_content and all(min(s.size) >= min_style for s in styles)
                    for c, styles in jobs)
         if fits or longest == params.size:
@@ -156,7 +183,7 @@ class BatchProblem:
 
     trunk: VGG19Trunk
     stages: list[Stage]
-    contents: torch.Tensor  # [N, 3, H, W], 0-255
+    contents: torch.Tensor  # [N, 3, H, W], 0-255, as given (before any colour transform)
     x0: torch.Tensor
     metadata: dict[str, Any]
 
@@ -179,7 +206,8 @@ def setup_batch(prepared: Sequence[tuple[SizedImage, list[SizedImage]]], params:
 
     stages = _stages(prepared, params, fit, builder, runtime.device)
     contents = torch.stack([c.pixels for c, _ in prepared]).to(runtime.device)
-    x0 = init_batch(params, contents, _init_image(params, prepared[0][0].size))
+    starts = torch.stack([_transfer_content(c, params).pixels for c, _ in prepared])
+    x0 = init_batch(params, starts.to(runtime.device), _init_image(params, prepared[0][0].size))
     metadata = {"params": params.to_dict(), "precision": runtime.precision,
                 "targets": builder().model, "weights_digest": weights.digest,
                 "version": __version__}
@@ -199,10 +227,10 @@ def stylize_prepared(prepared: Sequence[tuple[SizedImage, list[SizedImage]]],
     problem = setup_batch(prepared, params, runtime)
 
     def finish(images: torch.Tensor) -> torch.Tensor:
-        if not params.preserve_colors:
+        if params.color != "luminance":
             return images
-        return preserve_colors(images, resample(problem.contents, (images.shape[3],
-                                                                   images.shape[2])))
+        return with_chroma(images, resample(problem.contents, (images.shape[3],
+                                                               images.shape[2])))
 
     def snapshot(iteration: int, images: torch.Tensor, moved: torch.Tensor) -> None:
         assert save_image is not None
@@ -218,7 +246,8 @@ def stylize_prepared(prepared: Sequence[tuple[SizedImage, list[SizedImage]]],
     seconds = time.perf_counter() - start
     losses = {k: v.tolist() for k, v in result.terms.items()}
     return [StyleResult(to_image(out[i]), {k: v[i] for k, v in losses.items()},
-                        result.iterations[i], seconds, problem.metadata, result.trace[i])
+                        result.iterations[i], seconds, problem.metadata, result.trace[i],
+                        out[i].float().cpu())
             for i in range(len(prepared))]
 
 

@@ -135,6 +135,8 @@ def test_every_stylize_option_runs_end_to_end(photo_path, painting_path, tmp_pat
             str(cache), "--no-cache-targets", "--quiet"]
     lbfgs = ["--size", "40", "--iterations", "2", "--optimizer", "lbfgs", "--lbfgs-history", "3",
              "--lbfgs-max-step", "8", "--init", str(photo_path), "--no-preserve-colors",
+             "--color", "match", "--color-match", "cholesky", "--bit-depth", "16",
+             "--block-size", "16",
              "--weights", str(weights_file), "--precision", "fp64", "--channels-last", "off",
              "--cudnn-benchmark", "--cuda-graphs", "--keep-cpu-memory", "--split-batches",
              "--cache-targets", "--trt-fp16", "--targets", "torch", "--cache-dir", str(cache)]
@@ -154,6 +156,8 @@ def test_every_stylize_option_runs_end_to_end(photo_path, painting_path, tmp_pat
     assert adam_meta["params"]["style_layers"] == ["relu1_2", "relu3_2"]
     assert adam_meta["params"]["content_layers"] == ["relu5_2"]
     assert adam_meta["precision"] == "bf16" and lbfgs_meta["precision"] == "fp64"
+    assert adam_meta["params"]["color"] == "luminance" and lbfgs_meta["params"]["color"] == "match"
+    assert (tmp_path / "lbfgs.png").read_bytes()[24] == 16  # IHDR bit depth
     assert adam_meta["targets"]["backend"] == "onnx" and lbfgs_meta["targets"]["backend"] == "torch"
     assert list((cache / "models").glob("*-to-relu5_2-*.onnx"))  # the layer set's own model
     assert len(list((cache / "targets").rglob("*.safetensors"))) == 2  # lbfgs's only

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pipeline.gatys.color import preserve_colors
+from pipeline.gatys.color import with_chroma
 from pipeline.gatys.losses import (
     LossWeights,
     SplitTarget,
@@ -117,9 +117,9 @@ def test_loss_terms_zero_at_targets_and_weighted():
     torch.testing.assert_close(mse_per_sample(feats["a"] + 2, feats["a"]), torch.full((2,), 4.0))
 
 
-def test_preserve_colors_keeps_output_luminance_and_content_chroma():
+def test_with_chroma_keeps_output_luminance_and_content_chroma():
     out, content = torch.rand(2, 3, 6, 6) * 255, torch.rand(2, 3, 6, 6) * 255
-    merged = preserve_colors(out, content)
+    merged = with_chroma(out, content)
     luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
     torch.testing.assert_close((merged * luma).sum(1), (out * luma).sum(1), rtol=1e-4, atol=1e-3)
-    torch.testing.assert_close(preserve_colors(content, content), content, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(with_chroma(content, content), content, rtol=1e-4, atol=1e-3)

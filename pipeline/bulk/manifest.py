@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from ..errors import InputError, RowError
 from ..gatys.params import INIT_WORDS, WEIGHT_SOURCES, StyleParams
 from ..io.files import atomic_path
-from ..io.images import OUTPUT_FORMATS
+from ..io.images import OUTPUT_FORMATS, output_bit_depth
 
 PARAM_TYPES = {f.name: f.type for f in fields(StyleParams)}
 LIST_PARAMS = {"content_layers", "style_layers", "style_layer_weights", "style_blend"}
@@ -127,7 +127,7 @@ def output_path(out_dir: Path, value: str, inputs: Sequence[Path],
     if path.relative_to(out_dir).parts[0] in RESERVED:
         raise ValueError(f"output {value!r} is inside the run's own {RESERVED} folders")
     if path.suffix.lower() not in OUTPUT_FORMATS:
-        raise ValueError(f"output {value!r} must end in .png, .jpg or .jpeg")
+        raise ValueError(f"output {value!r} must end in .png, .jpg, .jpeg, .tif or .tiff")
     if any(path == real(p) for p in inputs):
         raise ValueError(f"output {value!r} is one of the job's own input images")
     return path
@@ -166,6 +166,7 @@ def row_to_job(row: dict[str, Any], index: int, base: Path, out_dir: Path,
         inputs = [content, *style_paths] + ([Path(params.init)] if params.init_is_file else [])
         output = output_path(out_dir, row.get("output")
                              or default_output(content, style_paths, params), inputs, real)
+        output_bit_depth(output, params.bit_depth)
         return JobSpec(index, content, style_paths, params, output,
                        output.relative_to(out_dir).as_posix())
     except (InputError, ValueError, TypeError) as e:

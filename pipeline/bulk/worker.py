@@ -184,7 +184,8 @@ class Worker:
         rows = []
         for job, result in zip(jobs, results, strict=True):
             try:
-                save_image(result.image, job.spec.output, {**result.metadata, "job_key": job.key})
+                save_image(result.pixels, job.spec.output, {**result.metadata, "job_key": job.key},
+                           job.spec.params.bit_depth)
             except OSError as e:
                 raise WriteFailed(f"cannot write {job.spec.output_name}: "
                                   f"{describe_os_error(e, job.spec.output.parent)}") from e

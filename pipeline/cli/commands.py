@@ -142,8 +142,9 @@ def with_runtime_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def stylize(
     content: Path = typer.Argument(..., help="Content image (any format PIL reads)."),
     styles: list[Path] = typer.Argument(..., help="One or more style images."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output file: .png or .jpg/.jpeg. "
-                                "Written atomically, with the parameters embedded."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output file: .png, .jpg/.jpeg or "
+                                ".tif/.tiff. Written atomically, tagged sRGB, with the "
+                                "parameters embedded."),
     size: int = typer.Option(D.size, help=HELP["size"]),
     size_bucket: int = typer.Option(D.size_bucket, help=HELP["size_bucket"]),
     iterations: int = typer.Option(D.iterations, help=HELP["iterations"]),
@@ -171,7 +172,10 @@ def stylize(
     style_scale: float = typer.Option(D.style_scale, help=HELP["style_scale"]),
     init: str = typer.Option(D.init, help=HELP["init"]),
     seed: int = typer.Option(D.seed, help=HELP["seed"]),
+    color: str = typer.Option(D.color, help=HELP["color"]),
+    color_match: str = typer.Option(D.color_match, help=HELP["color_match"]),
     preserve_colors: bool = typer.Option(D.preserve_colors, help=HELP["preserve_colors"]),
+    bit_depth: int = typer.Option(D.bit_depth, help=HELP["bit_depth"]),
     pooling: str = typer.Option(D.pooling, help=HELP["pooling"]),
     weights: str = typer.Option(D.weights, help=HELP["weights"]),
     device: str = typer.Option("auto", help="auto (first GPU, else CPU), cpu, cuda or cuda:N."),
@@ -187,7 +191,7 @@ def stylize(
     from ..io.images import check_output_path, intermediate_path, save_image
     from ..targets.cache import image_digest
 
-    check_output_path(output)
+    check_output_path(output, bit_depth)
     inputs = [content, *styles] + ([Path(init)] if init not in INIT_WORDS else [])
     if output.exists() and any(output.samefile(p) for p in inputs if p.exists()):
         raise InputError(f"{output}: the output would overwrite one of the input images")
@@ -213,7 +217,8 @@ def stylize(
         style_layers=_list("style_layers", style_layers),
         style_layer_weights=_list("style_layer_weights", style_layer_weights),
         style_blend=_list("style_blend", style_blend), style_scale=style_scale, init=init,
-        seed=seed, preserve_colors=preserve_colors, pooling=pooling, weights=weights,
+        seed=seed, color=color, color_match=color_match, preserve_colors=preserve_colors,
+        bit_depth=bit_depth, pooling=pooling, weights=weights,
     ).validate(n_styles=len(styles))
     runtime = Runtime.start(device, **dataclasses.asdict(options))
     start = time.perf_counter()
@@ -223,7 +228,7 @@ def stylize(
             [prepared], params, runtime, progress, trace_every=trace_every if trace else 0,
             save_image=lambda it, _, image: save_image(image, intermediate_path(output, it),
                                                        {"iteration": it}))[0]
-    save_image(result.image, output, result.metadata)
+    save_image(result.pixels, output, result.metadata, params.bit_depth)
     if trace is not None:
         init_digest = image_digest(Path(init)) if params.init_is_file else None
         key = job_key(prepared[0].digest, [s.digest for s in prepared[1]], params, init_digest)

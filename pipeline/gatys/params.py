@@ -16,6 +16,8 @@ from .vgg import CONTENT_LAYERS, LAYER_INDEX, STYLE_LAYERS
 
 OPTIMIZERS = ("lbfgs", "adam")
 POOLINGS = ("max", "avg")
+COLORS = ("style", "luminance", "match")
+COLOR_MATCHES = ("pca", "cholesky", "symmetric")
 MAX_SIZE = 16384
 # A sanity bound, not a quality limit: 500 is the default and 5,000 is far past convergence;
 # 10^9 is a typo that would otherwise run for decades.
@@ -79,11 +81,25 @@ class StyleParams:
     init: str = _f("content", "Start image: 'content', 'noise' (seeded uniform noise) or a path "
                               "to an image.")
     seed: int = _f(0, "Random seed: the same seed and inputs give the same image.")
-    preserve_colors: bool = _f(False, "Keep the content's colors: the output's luminance with "
-                                      "the content's chrominance (YUV).")
+    color: str = _f("style", "Colours of the output (Gatys et al. 2017): style (the style's "
+                             "colours), luminance (transfer on luminance only, the style's "
+                             "luminance matched to the content's mean and spread, then the "
+                             "content's chrominance put back) or match (the style image "
+                             "recoloured to the content's colour mean and covariance first).")
+    color_match: str = _f("pca", "With color match: how the style's colours are mapped, by "
+                                 "pca, cholesky or symmetric square roots of the covariances.")
+    preserve_colors: bool = _f(False, "Alias of color=luminance.")
+    bit_depth: int = _f(0, "Bits per channel of the output: 8 or 16 (PNG and TIFF; the fp32 "
+                           "result is rounded once, at the end). 0 = by extension: 16 for "
+                           ".tif/.tiff, 8 otherwise. Outputs carry an sRGB ICC profile.")
     pooling: str = _f("max", "VGG pooling: max (neural-style default) or avg (Gatys et al.).")
     weights: str = _f("caffe", "VGG19 weights: caffe (original, bundled), torchvision "
                                "(IMAGENET1K_V1 from the torch hub cache) or a file path.")
+
+    def __post_init__(self) -> None:
+        if self.preserve_colors and self.color == "style":  # the alias, as one value
+            object.__setattr__(self, "color", "luminance")
+            object.__setattr__(self, "preserve_colors", False)
 
     @property
     def init_is_file(self) -> bool:
@@ -126,6 +142,15 @@ class StyleParams:
         del values["save_every"]
         if not self.tol:
             del values["tol"], values["tol_window"]
+        # Left out at their defaults, as tol is: keys stay those of versions without them.
+        # (preserve_colors stays: False in old keys; True became color=luminance, whose
+        # result changed with it, so such jobs get new keys.)
+        if self.color != "match":
+            del values["color_match"]
+        if self.color == "style":
+            del values["color"]
+        if not self.bit_depth:
+            del values["bit_depth"]
         return values
 
     def replace(self, **changes: Any) -> StyleParams:
@@ -161,6 +186,12 @@ class StyleParams:
              "content_weight, style_weight and tv_weight must be >= 0"),
             (0.05 <= self.style_scale <= 8, f"style_scale must be in [0.05, 8], got "
                                             f"{self.style_scale}"),
+            (self.color in COLORS, f"color must be one of {COLORS}, got {self.color!r}"),
+            (self.color_match in COLOR_MATCHES, f"color_match must be one of {COLOR_MATCHES}, "
+                                                f"got {self.color_match!r}"),
+            (not self.preserve_colors, f"preserve_colors is color=luminance, but color is "
+                                       f"{self.color!r}"),
+            (self.bit_depth in (0, 8, 16), f"bit_depth must be 0, 8 or 16, got {self.bit_depth}"),
             (self.pooling in POOLINGS, f"pooling must be one of {POOLINGS}, got "
                                        f"{self.pooling!r}"),
             (bool(self.content_layers) or self.content_weight == 0,

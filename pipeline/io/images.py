@@ -1,4 +1,5 @@
-"""Image files in and out: any PIL mode to RGB, resizing by longest side, atomic PNG/JPEG writes."""
+"""Image files in and out: any PIL mode to sRGB RGB (embedded ICC profiles converted), resizing
+by longest side, atomic PNG/JPEG/TIFF writes in 8 or 16 bits per channel, tagged sRGB."""
 
 from __future__ import annotations
 
@@ -6,20 +7,27 @@ import glob
 import hashlib
 import io
 import json
+import logging
 import os
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageError
 from torch import Tensor
 
 from ..errors import InputError
 from .files import atomic_path
 
-OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF",
+                  ".tiff": "TIFF"}
 METADATA_KEY = "style-pipeline"
+SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+SRGB_ICC = SRGB.tobytes()
+log = logging.getLogger("pipeline.images")
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,24 @@ def _high_bit_depth_to_rgb(img: Image.Image) -> Image.Image:
         peak = 65535.0 if arr.max(initial=0) > 255 else 255.0
     arr8 = np.clip(np.rint(arr * (255.0 / peak)), 0, 255).astype(np.uint8)
     return Image.fromarray(arr8, mode="L").convert("RGB")
+
+
+def to_srgb(img: Image.Image, name: str) -> Image.Image:
+    """An image with an embedded ICC profile (Adobe RGB, Display P3, a CMYK press profile...)
+    converted to sRGB, the space the trunk's weights and our outputs assume. A profile that
+    cannot be used is said and ignored."""
+    icc = img.info.get("icc_profile")
+    modes = {"RGB": "RGB", "RGBA": "RGBA", "CMYK": "RGB", "L": "RGB"}
+    if not icc or img.mode not in modes:
+        return img
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if ImageCms.getProfileDescription(profile).strip().startswith("sRGB"):
+            return img
+        return ImageCms.profileToProfile(img, profile, SRGB, outputMode=modes[img.mode])
+    except (ImageCms.PyCMSError, OSError, ValueError) as e:
+        log.warning("%s: its ICC profile was ignored (%s)", name, e)
+        return img
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -93,7 +119,7 @@ def read_rgb(path: str | os.PathLike) -> tuple[Image.Image, str]:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             img = ImageOps.exif_transpose(img)
-            rgb = to_rgb(img)
+            rgb = to_rgb(to_srgb(img, str(path)))
     except DECODE_ERRORS as e:
         raise _decode_error(path, e) from None
     return rgb, hashlib.sha256(data).hexdigest()
@@ -165,27 +191,78 @@ def to_image(x: Tensor) -> Image.Image:
     return Image.fromarray(arr, mode="RGB")
 
 
-def check_output_path(path: str | os.PathLike) -> Path:
+def check_output_path(path: str | os.PathLike, bit_depth: int = 0) -> Path:
     """Fail before any work is done if we cannot write this kind of file."""
     path = Path(path)
     if path.suffix.lower() not in OUTPUT_FORMATS:
-        raise InputError(f"{path}: output must end in .png, .jpg or .jpeg")
+        raise InputError(f"{path}: output must end in .png, .jpg, .jpeg, .tif or .tiff")
+    output_bit_depth(path, bit_depth)
     return path
 
 
-def save_image(img: Image.Image, path: str | os.PathLike, metadata: dict | None = None) -> Path:
-    """Write PNG or JPEG by extension, atomically, with `metadata` embedded as JSON."""
-    path = check_output_path(path)
+def output_bit_depth(path: Path, requested: int = 0) -> int:
+    """Bits per channel an output gets: `requested`, or (0) 16 for TIFF and 8 otherwise."""
+    fmt = OUTPUT_FORMATS.get(path.suffix.lower())
+    if requested == 16 and fmt == "JPEG":
+        raise InputError(f"{path}: JPEG holds 8 bits per channel; use .png or .tif for 16")
+    return requested or (16 if fmt == "TIFF" else 8)
+
+
+def save_image(image: Image.Image | Tensor, path: str | os.PathLike,
+               metadata: dict | None = None, bit_depth: int = 0) -> Path:
+    """Write PNG, JPEG or TIFF by extension, atomically, tagged sRGB, with `metadata` embedded
+    as JSON. `image`: 8-bit RGB, or [3, H, W] on the 0-255 scale, rounded here once to the
+    file's bit depth (output_bit_depth)."""
+    path = check_output_path(path, bit_depth)
     fmt = OUTPUT_FORMATS[path.suffix.lower()]
     text = json.dumps(metadata or {}, sort_keys=True, default=str)
+    bits = output_bit_depth(path, bit_depth)
+    if bits == 16:
+        pixels = image if isinstance(image, Tensor) else to_tensor(image)
+        arr = _quantize16(pixels)
+    else:
+        img = to_image(image) if isinstance(image, Tensor) else image
     with atomic_path(path) as tmp:
-        if fmt == "PNG":
+        if fmt == "TIFF":
+            import tifffile
+
+            tifffile.imwrite(tmp, arr if bits == 16 else np.asarray(img), photometric="rgb",
+                             compression="zlib", iccprofile=SRGB_ICC, description=text,
+                             metadata=None)
+        elif bits == 16:
+            tmp.write_bytes(_png16(arr, text))
+        elif fmt == "PNG":
             info = PngImagePlugin.PngInfo()
             info.add_text(METADATA_KEY, text)
-            img.save(tmp, format="PNG", pnginfo=info)
+            img.save(tmp, format="PNG", pnginfo=info, icc_profile=SRGB_ICC)
         else:
-            img.save(tmp, format="JPEG", quality=95, comment=text.encode())
+            img.save(tmp, format="JPEG", quality=95, comment=text.encode(),
+                     icc_profile=SRGB_ICC)
     return path
+
+
+def _quantize16(pixels: Tensor) -> np.ndarray:
+    """[3, H, W] on the 0-255 scale -> [H, W, 3] uint16 on 0-65535 (65535 / 255 = 257)."""
+    x = pixels.detach().double().cpu().clamp(0, 255).mul(257).round()
+    return x.to(torch.int32).permute(1, 2, 0).numpy().astype(np.uint16)
+
+
+def _png16(arr: np.ndarray, text: str) -> bytes:
+    """A 48-bit RGB PNG (Pillow writes 16 bits only for greyscale), with an sRGB iCCP chunk
+    and the metadata as a text chunk Pillow reads back."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    h, w, _ = arr.shape
+    rows = arr.astype(">u2").reshape(h, w * 6 // 2).view(np.uint8).reshape(h, w * 6)
+    raw = np.hstack([np.zeros((h, 1), np.uint8), rows]).tobytes()  # filter 0 per row
+    return (b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+            + chunk(b"iCCP", b"sRGB\0\0" + zlib.compress(SRGB_ICC))
+            + chunk(b"iTXt", METADATA_KEY.encode() + b"\0\0\0\0\0" + text.encode())
+            + chunk(b"IDAT", zlib.compress(raw, 6))
+            + chunk(b"IEND", b""))
 
 
 def intermediate_path(output: Path, iteration: int) -> Path:
@@ -216,6 +293,8 @@ def carries_key(path: Path, key: str) -> bool:
 
 def _embedded(img: Image.Image) -> dict:
     raw = img.info.get(METADATA_KEY) or img.info.get("comment")
+    if raw is None and hasattr(img, "tag_v2"):  # TIFF: the ImageDescription tag
+        raw = img.tag_v2.get(270)
     if isinstance(raw, bytes):
         raw = raw.decode()
     return json.loads(raw) if raw else {}
