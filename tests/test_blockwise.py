@@ -126,7 +126,7 @@ def test_preflight_picks_blocks_and_the_result_is_the_whole_images(cpu64, monkey
     cost, grid = _cost(cpu64, params), Grid.of(params.layers)
     need = memory.block_bytes(cost, params, (96, 72), 32, grid.margin, 6)
     assert need < memory.bytes_per_image(cost, params, (96, 72), 6)
-    monkeypatch.setattr(memory, "available_bytes", lambda device: int(need / memory.SAFETY))
+    monkeypatch.setattr(memory, "available_bytes", lambda device: int(need / memory.BLOCK_SAFETY) + 64)
     problem = setup_batch([prepare(jobs[0], params)], params, cpu64)
     assert 0 < problem.stages[-1].block < 96 and problem.stages[-1].history is None
     calls = []
@@ -143,9 +143,10 @@ def test_preflight_shrinks_the_history_then_refuses(cpu32, monkeypatch, caplog):
     params = StyleParams(size=96, iterations=50, **SHALLOW)
     job = StyleJob(make_photo((96, 72)), [make_painting()])
     cost, grid = _cost(cpu32, params), Grid.of(params.layers)
-    # Room for a 96 px block beside 20 pairs, not beside 50.
-    room = memory.block_bytes(cost, params, (96, 72), memory.MIN_BLOCK, grid.margin, 20)
-    monkeypatch.setattr(memory, "available_bytes", lambda device: int(room / memory.SAFETY))
+    monkeypatch.setattr(memory, "MIN_BLOCK", 32)  # 512 px at this scale
+    # Room for a 32 px block beside 20 pairs, not beside 50.
+    room = memory.block_bytes(cost, params, (96, 72), 32, grid.margin, 20)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: int(room / memory.BLOCK_SAFETY) + 64)
     with caplog.at_level(logging.WARNING, logger="pipeline.memory"):
         problem = setup_batch([prepare(job, params)], params, cpu32)
     assert problem.stages[-1].history == 20

@@ -25,8 +25,19 @@ from .files import atomic_path
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF",
                   ".tiff": "TIFF"}
 METADATA_KEY = "style-pipeline"
-SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-SRGB_ICC = SRGB.tobytes()
+
+
+def _srgb_icc() -> bytes:
+    """LittleCMS's sRGB profile with its creation date and profile ID cleared: the same bytes
+    in every process, so one job's output is the same file whenever it is made."""
+    data = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    data[24:36] = bytes(12)   # header: date and time created
+    data[84:100] = bytes(16)  # header: profile ID (zero: not computed)
+    return bytes(data)
+
+
+SRGB_ICC = _srgb_icc()
+SRGB = ImageCms.ImageCmsProfile(io.BytesIO(SRGB_ICC))
 log = logging.getLogger("pipeline.images")
 
 
