@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from pipeline import Runtime, StyleJob, StyleParams
-from pipeline.accel.memory import GIB, SAFETY, image_bytes
+from pipeline.accel.memory import GIB, RESERVE, SAFETY, image_bytes
 from pipeline.gatys.engine import trunk_for
 
 MEASURE = dict(iterations=8, lbfgs_history=5)
@@ -65,12 +65,13 @@ def measure_child(longest: int, device: str) -> None:
 
 
 def largest_fitting(params: StyleParams, runtime: Runtime, memory: float) -> int:
-    """Largest 4:3 longest side whose one-image estimate fits SAFETY * memory."""
+    """Largest 4:3 longest side whose one-image estimate fits SAFETY * memory - RESERVE,
+    run whole."""
     lo, hi = 16, 65536
     while hi - lo > 8:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if estimate(params, runtime, size_of(mid)) <= SAFETY * memory else (
-            lo, mid)
+        fits = estimate(params, runtime, size_of(mid)) <= SAFETY * memory - RESERVE
+        lo, hi = (mid, hi) if fits else (lo, mid)
     return lo
 
 

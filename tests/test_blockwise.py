@@ -126,7 +126,9 @@ def test_preflight_picks_blocks_and_the_result_is_the_whole_images(cpu64, monkey
     cost, grid = _cost(cpu64, params), Grid.of(params.layers)
     need = memory.block_bytes(cost, params, (96, 72), 32, grid.margin, 6)
     assert need < memory.bytes_per_image(cost, params, (96, 72), 6)
-    monkeypatch.setattr(memory, "available_bytes", lambda device: int(need / memory.BLOCK_SAFETY) + 64)
+    monkeypatch.setattr(memory, "RESERVE", 0)
+    free = int(need / memory.BLOCK_SAFETY) + 64
+    monkeypatch.setattr(memory, "available_bytes", lambda device: free)
     problem = setup_batch([prepare(jobs[0], params)], params, cpu64)
     assert 0 < problem.stages[-1].block < 96 and problem.stages[-1].history is None
     calls = []
@@ -146,7 +148,9 @@ def test_preflight_shrinks_the_history_then_refuses(cpu32, monkeypatch, caplog):
     monkeypatch.setattr(memory, "MIN_BLOCK", 32)  # 512 px at this scale
     # Room for a 32 px block beside 20 pairs, not beside 50.
     room = memory.block_bytes(cost, params, (96, 72), 32, grid.margin, 20)
-    monkeypatch.setattr(memory, "available_bytes", lambda device: int(room / memory.BLOCK_SAFETY) + 64)
+    monkeypatch.setattr(memory, "RESERVE", 0)
+    free = int(room / memory.BLOCK_SAFETY) + 64
+    monkeypatch.setattr(memory, "available_bytes", lambda device: free)
     with caplog.at_level(logging.WARNING, logger="pipeline.memory"):
         problem = setup_batch([prepare(job, params)], params, cpu32)
     assert problem.stages[-1].history == 20

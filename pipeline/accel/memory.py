@@ -22,7 +22,9 @@ from ..gatys.params import StyleParams
 from ..gatys.vgg import VGG19Trunk
 
 PROBE = 128          # probe side: every layer through relu5_1 is at least 8x8
-SAFETY = 0.9         # use at most this share of the free memory
+SAFETY = 0.8         # use at most this share of the free memory...
+RESERVE = 1.5 * 2**30  # ...less what the process adds after planning: the ONNX Runtime
+                       # session and the targets (measured: 1.1 GiB for a 4096 px job)
 GIB = 2**30
 # Blocks with a smaller inner side recompute more margin than they own (80 px of margin on
 # each side through relu5_1): below it, a shorter L-BFGS history is the better trade.
@@ -31,8 +33,8 @@ MIN_BLOCK = 512
 # and take memory the rest of the process (targets, ONNX Runtime's arena) may need.
 MAX_BLOCK = 1024
 # By blocks, the image's own copies fill most of the memory: leave more room for the rest of
-# the process than the whole-image plan does (measured: 4096 px on a 24 GiB machine).
-BLOCK_SAFETY = 0.6
+# the process than the whole-image plan does.
+BLOCK_SAFETY = 0.7
 MIN_HISTORY = 5
 log = logging.getLogger("pipeline.memory")
 
@@ -169,7 +171,7 @@ def plan_stage(net: VGG19Trunk, params: StyleParams, size: tuple[int, int], iter
     if free is None:
         return Fit(side)
     cost = pixel_cost(net, params.layers, params.content_layers, channels_last)
-    budget = SAFETY * free
+    budget = SAFETY * free - RESERVE
     where = f"{size[0]}x{size[1]} px on {device}"
     whole = bytes_per_image(cost, params, size, history)
     if not side and batch * whole <= budget:
@@ -177,7 +179,7 @@ def plan_stage(net: VGG19Trunk, params: StyleParams, size: tuple[int, int], iter
     if not side and whole <= budget:
         raise torch.OutOfMemoryError(f"a batch of {batch} at {where} needs about "
                                      f"{batch * whole / GIB:.1f} GiB, {free / GIB:.1f} GiB free")
-    budget = BLOCK_SAFETY * free
+    budget = BLOCK_SAFETY * free - RESERVE
     if not side:
         side = _largest_block(cost, params, size, grid, history, budget / batch)
         small = side < min(MIN_BLOCK, max(size))
