@@ -21,7 +21,9 @@ from pathlib import Path
 import torch
 
 from pipeline import Runtime, StyleJob, StyleParams
+from pipeline.accel import memory as accel_memory
 from pipeline.accel.memory import GIB, RESERVE, SAFETY, image_bytes
+from pipeline.errors import InputError
 from pipeline.gatys.engine import trunk_for
 
 MEASURE = dict(iterations=8, lbfgs_history=5)
@@ -75,6 +77,27 @@ def largest_fitting(params: StyleParams, runtime: Runtime, memory: float) -> int
     return lo
 
 
+BLOCK_SIDES = (4096, 6144, 8192)
+MEMORIES = (("24 GiB (this CPU machine)", 24 * GIB), ("80 GB GPU", 80e9), ("141 GB GPU", 141e9))
+
+
+def plan_text(params: StyleParams, runtime: Runtime, memory: float, longest: int) -> str:
+    """What the pre-flight would do with `memory` free: whole, blocks of N px with H pairs."""
+    trunk, _ = trunk_for(params, runtime)
+    net = runtime.compute_trunk(trunk)
+    free = accel_memory.available_bytes
+    accel_memory.available_bytes = lambda device: int(memory)
+    try:
+        fit = accel_memory.plan_stage(net, params, size_of(longest), params.iterations, 1,
+                                      runtime.device, runtime.channels_last)
+    except InputError:
+        return "refused"
+    finally:
+        accel_memory.available_bytes = free
+    history = fit.history or params.lbfgs_history
+    return "whole" if not fit.block else f"blocks of {fit.block}, history {history}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="512,1024,2048")
@@ -109,6 +132,13 @@ def main() -> None:
         sides = [largest_fitting(p, runtime, memory)
                  for p in (default, default.replace(lbfgs_history=20))]
         print(f"| {name} | {sides[0]} | {sides[1]} |")
+    print("\nPast that, by blocks (the pre-flight's plan for one image, default parameters, "
+          "one 500-iteration stage):\n")
+    print("| memory | " + " | ".join(f"{s} px" for s in BLOCK_SIDES) + " |")
+    print("|---|" + "---|" * len(BLOCK_SIDES))
+    for name, memory in MEMORIES:
+        print(f"| {name} | " + " | ".join(plan_text(default, runtime, memory, s)
+                                          for s in BLOCK_SIDES) + " |")
 
 
 if __name__ == "__main__":

@@ -209,6 +209,8 @@ def setup_batch(prepared: Sequence[tuple[SizedImage, list[SizedImage]]], params:
     starts = torch.stack([_transfer_content(c, params).pixels for c, _ in prepared])
     x0 = init_batch(params, starts.to(runtime.device), _init_image(params, prepared[0][0].size))
     metadata = {"params": params.to_dict(), "precision": runtime.precision,
+                # how each stage fitted: w, h, block side (0: whole), L-BFGS pairs if fewer
+                "stages": [[*s.size, s.block, s.history] for s in stages],
                 "targets": builder().model, "weights_digest": weights.digest,
                 "version": __version__}
     return BatchProblem(trunk, stages, contents, x0, metadata)

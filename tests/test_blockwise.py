@@ -170,3 +170,32 @@ def test_block_size_option_forces_blocks(cpu32):
     assert setup_batch([prepare(job, params)], params, runtime).stages[-1].block == 40
     with pytest.raises(InputError, match="block size must be >= 0"):
         Runtime.create("cpu", block_size=-1)
+
+
+def test_by_blocks_coarse_to_fine_resumes_and_batches_as_whole(cpu64):
+    """Blocks in the fine stage only (the pre-flight plans per stage; --block-size applies to
+    every stage), a batch of two split into shards, resumed from a checkpoint inside the
+    fine stage: the image of the uninterrupted run, and each job as it would be alone."""
+    import copy
+
+    from pipeline.gatys.engine import Checkpointing
+
+    runtime = Runtime.create("cpu", "fp64", channels_last=False, block_size=96)
+    params = StyleParams(size=256, iterations=3, scales=2, tol=0, **SHALLOW)
+    jobs = [StyleJob(make_photo((256, 192), seed=s), [make_painting(seed=s + 1)]) for s in (0, 2)]
+    problem = setup_batch([prepare(j, params) for j in jobs], params, runtime)
+    assert [s.block for s in problem.stages] == [96, 96]
+    saved = {}
+
+    def save(it, x, state):
+        saved[it] = (it, x.clone(), copy.deepcopy(state))
+
+    full = stylize_batch(jobs, params, runtime, checkpointing=Checkpointing(save, every=1))
+    resumed = stylize_batch(jobs, params, runtime,
+                            checkpointing=Checkpointing(lambda *a: None, resume=saved[2]))
+    alone = stylize_batch(jobs[1:], params, runtime)[0]
+    whole = stylize_batch(jobs[1:], params, cpu64)[0]
+    for a, b in ((full[1], resumed[1]), (full[1], alone), (full[1], whole)):
+        assert b.losses["total"] == pytest.approx(a.losses["total"], rel=1e-9)
+        assert (to_tensor(a.image) - to_tensor(b.image)).abs().max() <= 1
+    assert full[0].metadata["stages"] == [[128, 96, 96, None], [256, 192, 96, None]]
