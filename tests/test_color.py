@@ -152,3 +152,34 @@ def _display_p3_like() -> bytes:
     profile = ImageCms.ImageCmsProfile(io.BytesIO(bytes(data)))
     assert ImageCms.getProfileDescription(profile).startswith("Wide")
     return bytes(data)
+
+
+def test_a_manifest_sets_colour_and_16_bit_tiff_per_row(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import tifffile
+
+    from pipeline.io.images import read_metadata
+    from tests.run_helpers import run_cli
+
+    make_photo().save(tmp_path / "c.png")
+    make_painting().save(tmp_path / "s.png")
+    rows = [{"content": "c.png", "style": "s.png", "output": "a.tif", "color": "match",
+             "color_match": "symmetric", "bit_depth": None},
+            {"content": "c.png", "style": "s.png", "output": "b.png", "color": "luminance",
+             "color_match": None, "bit_depth": 16},
+            {"content": "c.png", "style": "s.png", "output": "c.jpg", "color": None,
+             "color_match": None, "bit_depth": 16}]
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), manifest)
+    result = run_cli(manifest, tmp_path / "out")
+    assert result.exit_code == 2 and "row 2" in result.output and "JPEG holds 8 bits" in (
+        result.output)
+    pq.write_table(pa.Table.from_pylist(rows[:2]), manifest)
+    result = run_cli(manifest, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    assert tifffile.imread(out / "a.tif").dtype == np.uint16
+    assert (out / "b.png").read_bytes()[24] == 16
+    assert read_metadata(out / "a.tif")["params"]["color_match"] == "symmetric"
+    assert read_metadata(out / "b.png")["params"]["color"] == "luminance"
