@@ -6,7 +6,7 @@ optimization minus the resident memory just before it (trunk loaded, targets bui
 history is kept short (5 pairs, 8 iterations) so the measurement fills it; the default
 history's figure is the estimate, whose activation part the measurement checks.
 
-Usage: python -m bench.bench_memory [--sizes 512,1024,2048] [--device cpu]
+Usage: python -m bench.bench_memory [--sizes 512,1024,2048] [--device cpu] [--block 512]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pipeline import Runtime, StyleJob, StyleParams
 from pipeline.accel import memory as accel_memory
 from pipeline.accel.memory import GIB, RESERVE, SAFETY, image_bytes
 from pipeline.errors import InputError
+from pipeline.gatys.blockwise import Grid
 from pipeline.gatys.engine import trunk_for
 
 MEASURE = dict(iterations=8, lbfgs_history=5)
@@ -46,12 +47,13 @@ def rss() -> int:
     raise RuntimeError("no VmRSS")
 
 
-def measure_child(longest: int, device: str) -> None:
-    """In a fresh process: print the peak bytes one image's optimization added."""
+def measure_child(longest: int, device: str, block: int = 0) -> None:
+    """In a fresh process: print the peak bytes one image's optimization added (by blocks of
+    `block` px if not 0)."""
     from pipeline.api import prepare, stylize_prepared
     from pipeline.io.examples import landscape, swirls
 
-    runtime = Runtime.start(device)
+    runtime = Runtime.start(device, block_size=block)
     params = StyleParams(size=longest, **MEASURE)
     job = prepare(StyleJob(landscape(*size_of(longest)), [swirls()]), params)
     stylize_prepared([job], params.replace(iterations=0), runtime)  # load, build targets
@@ -75,6 +77,13 @@ def largest_fitting(params: StyleParams, runtime: Runtime, memory: float) -> int
         fits = estimate(params, runtime, size_of(mid)) <= SAFETY * memory - RESERVE
         lo, hi = (mid, hi) if fits else (lo, mid)
     return lo
+
+
+def measure(longest: int, device: str, block: int) -> int:
+    out = subprocess.run([sys.executable, "-m", "bench.bench_memory", "--child", str(longest),
+                          "--device", device, "--block", str(block)],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["bytes"]
 
 
 BLOCK_SIDES = (4096, 6144, 8192)
@@ -102,10 +111,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="512,1024,2048")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--block", type=int, default=512,
+                    help="also measure by blocks of this side (0: not)")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        measure_child(args.child, args.device)
+        measure_child(args.child, args.device, args.block)
         return
     runtime = Runtime.start(args.device)
     default = StyleParams()
@@ -114,16 +125,29 @@ def main() -> None:
     print("| size | estimate, history 5 (GiB) | measured, history 5 (GiB) | measured / estimate "
           "| estimate, default history 100 (GiB) |")
     print("|---|---|---|---|---|")
-    for longest in (int(s) for s in args.sizes.split(",")):
+    sizes = [int(s) for s in args.sizes.split(",")]
+    for longest in sizes:
         size = size_of(longest)
-        out = subprocess.run([sys.executable, "-m", "bench.bench_memory", "--child",
-                              str(longest), "--device", args.device],
-                             check=True, capture_output=True, text=True).stdout
-        measured = json.loads(out.strip().splitlines()[-1])["bytes"]
+        measured = measure(longest, args.device, 0)
         est = estimate(StyleParams(**MEASURE), runtime, size)
         print(f"| {size[0]}x{size[1]} | {est / GIB:.2f} | {measured / GIB:.2f} | "
               f"{measured / est:.2f} | {estimate(default, runtime, size) / GIB:.2f} |",
               flush=True)
+    if args.block:
+        print(f"\nBy blocks of {args.block} px (--block-size), history 5:\n")
+        print("| size | estimate (GiB) | measured (GiB) | measured / estimate |\n|---|---|---|---|")
+        trunk, _ = trunk_for(default, runtime)
+        net = runtime.compute_trunk(trunk)
+        params = StyleParams(**MEASURE)
+        cost = accel_memory.pixel_cost(net, params.layers, params.content_layers,
+                                       runtime.channels_last)
+        margin = Grid.of(params.layers).margin
+        for longest in sizes:
+            est = accel_memory.block_bytes(cost, params, size_of(longest), args.block, margin,
+                                           params.lbfgs_history)
+            measured = measure(longest, args.device, args.block)
+            print(f"| {'x'.join(map(str, size_of(longest)))} | {est / GIB:.2f} | "
+                  f"{measured / GIB:.2f} | {measured / est:.2f} |", flush=True)
     print("\nLargest 4:3 image (longest side, px) whose one-image estimate fits 90% of:\n")
     print("| memory | default (history 100) | lbfgs_history 20 |")
     print("|---|---|---|")
