@@ -150,7 +150,7 @@ def main() -> None:
             measured = measure(longest, args.device, args.block)
             print(f"| {'x'.join(map(str, size_of(longest)))} | {est / GIB:.2f} | "
                   f"{measured / GIB:.2f} | {measured / est:.2f} |", flush=True)
-    print("\nLargest 4:3 image (longest side, px) whose one-image estimate fits 90% of:\n")
+    print("\nLargest 4:3 image (longest side, px) that the pre-flight runs whole in:\n")
     print("| memory | default (history 100) | lbfgs_history 20 |")
     print("|---|---|---|")
     for name, memory in (("80 GB GPU (80e9 bytes)", 80e9), ("24 GiB (this CPU machine)",

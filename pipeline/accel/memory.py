@@ -195,9 +195,13 @@ def plan_stage(net: VGG19Trunk, params: StyleParams, size: tuple[int, int], iter
                 return Fit(_largest_block(cost, params, size, grid, shorter, budget), shorter)
     need = block_bytes(cost, params, size, side or grid.align, grid.margin, history)
     if need * batch > budget:
-        raise InputError(f"{where} needs about {need / GIB:.1f} GiB per image even by blocks "
-                         f"but {free / GIB:.1f} GiB is free: use a smaller size, --block-size, "
-                         "or lbfgs_history (L-BFGS keeps 2 copies of the image per pair)")
+        # The least it could take: the smallest blocks, the shortest history worth keeping.
+        least = block_bytes(cost, params, size, grid.align, grid.margin,
+                            min(history, MIN_HISTORY))
+        raise InputError(f"{where} needs about {least / GIB:.1f} GiB per image even by blocks "
+                         f"(and {min(history, MIN_HISTORY)} L-BFGS pairs) but "
+                         f"{budget / GIB:.1f} GiB of the {free / GIB:.1f} GiB free is usable: "
+                         "use a smaller size")
     return Fit(side)
 
 
