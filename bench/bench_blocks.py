@@ -7,6 +7,7 @@ and recomputes each block's margin, so its cost over the whole image's is about
 (1 + forward share) x (crop area / inner area).
 
 Usage: python -m bench.bench_blocks [--size 1024] [--blocks 512,1024] [--iterations 3]
+       [--device cpu]
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import argparse
 import statistics
 import time
 from dataclasses import replace
+
+import torch
 
 from pipeline import Runtime, StyleJob, StyleParams
 from pipeline.api import prepare, setup_batch
@@ -29,8 +32,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    runtime = Runtime.start("cpu", args.precision)
+    runtime = Runtime.start(args.device, args.precision)
     params = StyleParams(size=args.size, iterations=100, tol=0)
     w, h = args.size, args.size * 3 // 4
     job = prepare(StyleJob(landscape(w, h), [swirls()]), params)
@@ -47,6 +51,8 @@ def main() -> None:
             start = time.perf_counter()
             for _ in range(args.iterations):
                 run.step()
+            if runtime.device.type == "cuda":
+                torch.cuda.synchronize(runtime.device)
             times[side].append((time.perf_counter() - start) / args.iterations)
     base = statistics.median(times[0])
     print(f"{w}x{h}, {runtime.precision}, median of {args.rounds} rounds of "
