@@ -65,7 +65,8 @@ bench: install
 	$(PY) -m bench.bench_workers
 	$(PY) -m bench.bench_heap
 	$(PY) -m bench.bench_precision
-	$(PY) -m bench.bench_memory
+	$(PY) -m bench.bench_memory --sizes 1024,2048 --block 512
+	$(PY) -m bench.bench_blocks --size 1024 --blocks 256,512,1024 --iterations 2 --rounds 3
 	$(PY) -m bench.bench_targets
 	$(PY) -m bench.bench_manifest
 	$(PY) -m bench.bench_distributors
