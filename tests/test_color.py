@@ -183,3 +183,15 @@ def test_a_manifest_sets_colour_and_16_bit_tiff_per_row(tmp_path):
     assert (out / "b.png").read_bytes()[24] == 16
     assert read_metadata(out / "a.tif")["params"]["color_match"] == "symmetric"
     assert read_metadata(out / "b.png")["params"]["color"] == "luminance"
+
+
+def test_a_broken_profile_is_said_and_ignored(tmp_path, caplog):
+    import logging
+
+    path = tmp_path / "broken.png"
+    rgb = np.full((4, 4, 3), 100, np.uint8)
+    Image.fromarray(rgb).save(path, icc_profile=b"not a profile")
+    with caplog.at_level(logging.WARNING, logger="pipeline.images"):
+        img, _ = read_rgb(path)
+    assert np.asarray(img).tolist() == rgb.tolist()
+    assert "broken.png: its ICC profile was ignored" in caplog.text
