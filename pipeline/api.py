@@ -157,10 +157,10 @@ def _stages(prepared: Sequence[tuple[SizedImage, list[SizedImage]]], params: Sty
         if fits or longest == params.size:
             schedule.append(jobs)
     ends = params.stage_ends(len(schedule))
-    fits = [fit(jobs[0][0].size, end - start)
-            for jobs, start, end in zip(schedule, [0, *ends], ends, strict=False)]
+    plans = [fit(jobs[0][0].size, end - start)
+             for jobs, start, end in zip(schedule, [0, *ends], ends, strict=False)]
     stages = []
-    for jobs, end, how in zip(schedule, ends, fits, strict=True):
+    for jobs, end, how in zip(schedule, ends, plans, strict=True):
         targets = builder().batch([c for c, _ in jobs], [s for _, s in jobs], blend,
                                 params.content_layers, params.style_layers, how.block)
         stages.append(Stage(jobs[0][0].size, end, targets.to(device), how.block, how.history))

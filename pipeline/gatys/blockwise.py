@@ -34,14 +34,9 @@ import torch
 from torch import Tensor
 
 from .losses import LossWeights, Targets, gram_backward, tv_per_sample, wide
-from .vgg import LAYER_INDEX, LAYER_NAMES, VGG19Trunk, feature_shape
+from .vgg import LAYER_INDEX, LAYER_NAMES, VGG19Trunk, feature_shape, pools_through
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1
-
-
-def pools_before(layer: str) -> int:
-    """How many 2x2 poolings lie before (and at) `layer`: its stride is 2 ** that."""
-    return sum(1 for n in LAYER_NAMES[:LAYER_INDEX[layer] + 1] if n.startswith("pool"))
 
 
 @dataclass(frozen=True)
@@ -68,7 +63,7 @@ class Grid:
                 # An inner region [a, b) aligned to the stride: its last feature reads up to
                 # b - stride + right.
                 need_left, need_right = max(need_left, left), max(need_right, right - stride + 1)
-        align = 2 ** pools_before(LAYER_NAMES[deepest])
+        align = 2 ** pools_through(LAYER_NAMES[deepest])
         return cls(align, align * math.ceil(max(need_left, need_right) / align))
 
 
@@ -87,14 +82,14 @@ class Block:
     def inner_box(self, layer: str) -> Box:
         """The inner region in the crop's features at `layer`. Exact for the last block too:
         the crop starts on the grid, so floor((H - c) / 2^p) = floor(H / 2^p) - c / 2^p."""
-        p = pools_before(layer)
+        p = pools_through(layer)
         cy, cx = self.crop[0], self.crop[2]
         y0, y1, x0, x1 = self.inner
         return (y0 - cy) >> p, (y1 - cy) >> p, (x0 - cx) >> p, (x1 - cx) >> p
 
     def target_box(self, layer: str) -> Box:
         """The inner region in the whole image's features at `layer`."""
-        p = pools_before(layer)
+        p = pools_through(layer)
         return tuple(v >> p for v in self.inner)  # type: ignore[return-value]
 
 
@@ -122,6 +117,19 @@ def blocks(size: tuple[int, int], side: int, grid: Grid) -> list[Block]:
 def _cut(t: Tensor, box: Box) -> Tensor:
     y0, y1, x0, x1 = box
     return t[:, :, y0:y1, x0:x1]
+
+
+def _count(layer: str, size: tuple[int, int]) -> int:
+    """C H W of a layer's features for a whole image of `size` (w, h): what the losses
+    normalize by, whichever block a feature came from."""
+    return math.prod(feature_shape(layer, size[1], size[0]))
+
+
+def _inner_gram(features: Tensor, block: Block, layer: str) -> Tensor:
+    """F F^T [N, C, C] of the features `block` owns at `layer`, in fp32 (fp64) whatever the
+    features' dtype: the blocks' parts of a Gram are summed before it is normalized."""
+    inner = wide(_cut(features, block.inner_box(layer))).flatten(2)
+    return torch.bmm(inner, inner.transpose(1, 2))
 
 
 class _InnerGramGrad(torch.autograd.Function):
@@ -178,8 +186,7 @@ class BlockObjective:
         for k, target in self.targets.content.items():
             f = _cut(feats[k], block.inner_box(k))
             t = _cut(target, block.target_box(k))
-            count = math.prod(feature_shape(k, size[1], size[0]))
-            total = total + (wide(f) - t).square().flatten(1).sum(1) / count
+            total = total + (wide(f) - t).square().flatten(1).sum(1) / _count(k, size)
         return self.weights.content * total
 
     @torch.no_grad()
@@ -193,11 +200,9 @@ class BlockObjective:
         for block in self._blocks(x):
             feats = self.net(self.layout(block.crop_of(x)), self.layers)
             for k in acc:
-                f = wide(_cut(feats[k], block.inner_box(k))).flatten(2)
-                acc[k].baddbmm_(f, f.transpose(1, 2))
+                acc[k] += _inner_gram(feats[k], block, k)
             content += self._content(feats, block, size, content.new_zeros(n))
-        diffs = {k: g.div_(math.prod(feature_shape(k, size[1], size[0]))).sub_(
-            self.targets.grams[k]) for k, g in acc.items()}
+        diffs = {k: g.div_(_count(k, size)).sub_(self.targets.grams[k]) for k, g in acc.items()}
         style = sum((w * diffs[k].square().mean((1, 2))
                      for k, w in self.weights.style_layers.items()), content.new_zeros(n))
         terms = {"content": content, "style": self.weights.style * style}
@@ -210,13 +215,12 @@ class BlockObjective:
         return self._pass1(x.detach())[0]
 
     def gradient(self, x: Tensor) -> dict[str, Tensor]:
-        x.grad = None
         image = x.detach()
         terms, diffs = self._pass1(image)
         size = (image.shape[3], image.shape[2])
         # dL/dF per style layer, for the whole image's G: 4 w (G - T) / (C^3 H W).
-        scales = {k: 4.0 * self.weights.style * w / (diffs[k].shape[1] ** 2 * math.prod(
-            feature_shape(k, size[1], size[0]))) for k, w in self.weights.style_layers.items()}
+        scales = {k: 4.0 * self.weights.style * w / (diffs[k].shape[1] ** 2 * _count(k, size))
+                  for k, w in self.weights.style_layers.items()}
         grad = torch.zeros_like(image)
         for block in self._blocks(image):
             crop = block.crop_of(image).clone().requires_grad_(True)
@@ -257,11 +261,10 @@ def grams_by_blocks(features: Features, image: Tensor, layers: tuple[str, ...], 
                     ) -> dict[str, Tensor]:
     """losses.gram of each layer's features of an image too large to run whole, summed over
     blocks of at most `side` px."""
+    size = (image.shape[3], image.shape[2])
     out: dict[str, Tensor] = {}
-    for block in blocks((image.shape[3], image.shape[2]), side, Grid.of(layers)):
+    for block in blocks(size, side, Grid.of(layers)):
         for k, f in features(block.crop_of(image), layers).items():
-            inner = wide(_cut(f, block.inner_box(k))).flatten(2)
-            part = torch.bmm(inner, inner.transpose(1, 2))
+            part = _inner_gram(f, block, k)
             out[k] = out[k] + part if k in out else part
-    return {k: g / math.prod(feature_shape(k, image.shape[2], image.shape[3]))
-            for k, g in out.items()}
+    return {k: g / _count(k, size) for k, g in out.items()}

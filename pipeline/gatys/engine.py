@@ -156,6 +156,13 @@ def init_batch(params: StyleParams, contents: Tensor, init_image: Tensor | None)
     return init_image.expand_as(contents).clone()
 
 
+def in_layout(targets: Targets, runtime: Numerics) -> Targets:
+    """Content targets in the features' layout: with channels_last features and NCHW targets,
+    the loss's gradient comes out NCHW and its sum with the channels_last one runs ~10x
+    slower than a same-layout add."""
+    return replace(targets, content={k: runtime.layout(t) for k, t in targets.content.items()})
+
+
 def objective(trunk: VGG19Trunk, targets: Targets, params: StyleParams, runtime: Numerics
               ) -> Callable[[Tensor], dict[str, Tensor]]:
     """Per-sample loss terms of a batch of images: the trunk and its Gram GEMMs in the
@@ -163,10 +170,7 @@ def objective(trunk: VGG19Trunk, targets: Targets, params: StyleParams, runtime:
     weights = loss_weights(params)
     layers = params.layers
     net = runtime.compute_trunk(trunk)
-    # Content targets in the features' layout: with channels_last features and NCHW targets,
-    # the loss's gradient comes out NCHW and its sum with the channels_last one runs ~10x
-    # slower than a same-layout add.
-    targets = replace(targets, content={k: runtime.layout(t) for k, t in targets.content.items()})
+    targets = in_layout(targets, runtime)
     # Every feature is in the trunk's dtype (compute_trunk), so each style target is split for
     # the Gram GEMMs once here rather than in every iteration.
     grams = {k: SplitTarget.of(t, runtime.trunk_dtype) for k, t in targets.grams.items()}
@@ -195,10 +199,8 @@ class Stage:
 def block_objective(trunk: VGG19Trunk, stage: Stage, params: StyleParams, runtime: Numerics
                     ) -> BlockObjective:
     """`objective` of a stage too large to run whole, computed block by block."""
-    targets = replace(stage.targets,
-                      content={k: runtime.layout(t) for k, t in stage.targets.content.items()})
-    return BlockObjective(runtime.compute_trunk(trunk), targets, loss_weights(params),
-                          runtime.layout, stage.block)
+    return BlockObjective(runtime.compute_trunk(trunk), in_layout(stage.targets, runtime),
+                          loss_weights(params), runtime.layout, stage.block)
 
 
 def stage_terms(trunk: VGG19Trunk, stage: Stage, params: StyleParams, runtime: Numerics,

@@ -42,10 +42,15 @@ def in_order(layers: Iterable[str]) -> tuple[str, ...]:
     return tuple(sorted(set(layers), key=LAYER_INDEX.__getitem__))
 
 
+def pools_through(name: str) -> int:
+    """How many 2x2 poolings lie before a layer, itself included: its stride is 2 ** that."""
+    return sum(1 for n in LAYER_NAMES[:LAYER_INDEX[name] + 1] if n.startswith("pool"))
+
+
 def feature_shape(name: str, height: int, width: int) -> tuple[int, int, int]:
     """(C, H, W) of a layer's output for an input of height x width: one floor-halving per
     pool up to and including it."""
-    pools = sum(1 for n in LAYER_NAMES[:LAYER_INDEX[name] + 1] if n.startswith("pool"))
+    pools = pools_through(name)
     block = int(next(c for c in name if c.isdigit()))  # conv4_2, relu4_2, pool4: block 4
     return CHANNELS_OF_BLOCK[block], height >> pools, width >> pools
 
