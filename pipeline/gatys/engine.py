@@ -30,6 +30,7 @@ from .convergence import EarlyStop
 from .lbfgs import BatchedLBFGS
 from .losses import LossWeights, SplitTarget, Targets, loss_terms
 from .params import StyleParams
+from .precondition import spectral
 from .trace import LossTrace
 from .vgg import LAYER_INDEX, VGG19Trunk
 from .weights import WeightSet, load_weights
@@ -309,8 +310,11 @@ class StageRun:
             # A stage of L iterations stores at most L pairs: the history buffer need not
             # be larger (it is allocated whole on a GPU).
             history = min(stage.history or params.lbfgs_history, max(1, stage.end - start))
+            precondition = (spectral(x.shape, params.lbfgs_precondition, x.device)
+                            if params.lbfgs_precondition else None)
             opt: Any = BatchedLBFGS(x, lr=params.step_size, history=history,
-                                    max_step=params.lbfgs_max_step or None)
+                                    max_step=params.lbfgs_max_step or None,
+                                    precondition=precondition, scaling=params.lbfgs_scaling)
         else:
             # Adam is elementwise, so it is already exact for a batch of independent jobs.
             opt = torch.optim.Adam([x], lr=params.step_size)

@@ -41,9 +41,17 @@ from . import batched
 
 
 class BatchedLBFGS:
+    """`precondition`: a symmetric positive definite P on [N, D] (precondition.py): the method
+    runs on z with x = x0 + P z, i.e. with H0 = gamma P^2; its pairs and directions are z's,
+    the step cap is on x. `scaling`: gamma from the newest pair, s.y / y.y ("standard", as
+    torch) or |s| / |y| ("geometric", the geometric mean of the two Barzilai-Borwein steps:
+    bf16 noise in the gradients inflates y.y, which shrinks the standard gamma)."""
+
     def __init__(self, x: Tensor, lr: float = 1.0, history: int = 100,
                  max_step: float | None = None, tolerance_grad: float = 1e-7,
-                 tolerance_change: float = 1e-9):
+                 tolerance_change: float = 1e-9,
+                 precondition: Callable[[Tensor], Tensor] | None = None,
+                 scaling: str = "standard"):
         if not x.is_leaf or not x.requires_grad:
             raise ValueError("x must be a leaf tensor that requires grad")
         self.x = x
@@ -52,6 +60,8 @@ class BatchedLBFGS:
         self.max_step = max_step
         self.tolerance_grad = tolerance_grad
         self.tolerance_change = tolerance_change
+        self.precondition = precondition
+        self.scaling = scaling
         self.n_iter = 0
         n = x.shape[0]
         # Pair k (0-based, ever) lives in slot k % history as [s, y]. Memory is only touched
@@ -77,7 +87,9 @@ class BatchedLBFGS:
         self.pairs[:, slot, 0] = s * keep
         self.pairs[:, slot, 1] = y * keep
         self.count += 1
-        self.h_diag = torch.where(ok, ys / batched.dot(y, y).clamp_min(1e-30), self.h_diag)
+        yy = batched.dot(y, y).clamp_min(1e-30)
+        gamma = (batched.dot(s, s) / yy).sqrt() if self.scaling == "geometric" else ys / yy
+        self.h_diag = torch.where(ok, gamma, self.h_diag)
         return slot
 
     def _direction(self, g: Tensor) -> Tensor:
@@ -120,24 +132,29 @@ class BatchedLBFGS:
         with torch.enable_grad():
             result = closure()
         n = self.x.shape[0]
-        g = self.x.grad.reshape(n, -1)
+        grad = self.x.grad.reshape(n, -1)
+        # In z (see the class docstring): the gradient P g, the direction d; x moves by P d.
+        precondition = self.precondition or (lambda v: v)
+        g = precondition(grad)
         if self.n_iter == 0:
             d = -g
+            dx = precondition(d)
             if self.max_step is None:
                 t = (1.0 / g.abs().sum(1).clamp_min(1e-30)).clamp(max=1.0) * self.lr
-            else:  # a gradient step whose largest coordinate change is max_step
-                t = self.max_step / g.abs().amax(1).clamp_min(1e-30)
+            else:  # a gradient step whose largest pixel change is max_step
+                t = self.max_step / dx.abs().amax(1).clamp_min(1e-30)
         else:
             d = self._direction(g)
+            dx = precondition(d)
             t = torch.full((n,), self.lr, device=g.device, dtype=g.dtype)
-        move = ((g.abs().amax(1) > self.tolerance_grad)
+        move = ((grad.abs().amax(1) > self.tolerance_grad)
                 & (batched.dot(g, d) < -self.tolerance_change))
         if self.moving is not None:
             move &= self.moving
         t = torch.where(move, t, 0.0)
         if self.max_step is not None:
-            t = t * (self.max_step / (d.abs().amax(1) * t).clamp_min(1e-30)).clamp(max=1.0)
-        self.x.add_((d * t[:, None]).view_as(self.x))
+            t = t * (self.max_step / (dx.abs().amax(1) * t).clamp_min(1e-30)).clamp(max=1.0)
+        self.x.add_((dx * t[:, None]).view_as(self.x))
         self.d, self.t, self.prev_grad = d, t, g.clone()
         self.n_iter += 1
         return result
