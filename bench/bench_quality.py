@@ -12,7 +12,7 @@ reference's final objective. --json keeps the curves for --figure (objective vs 
 --sides (reference and the last run side by side, per pair).
 
 Usage: python -m bench.bench_quality [--images DIR] [--size 512]
-[--runs 'reference=scales:1,tol:0;default='] [--pairs boston:starry_night,...]
+[--runs 'reference=iterations:500,tol:0,...;default='] [--pairs boston:starry_night,...]
 [--json bench-out/quality-512.json] [--figure docs/time-to-quality.png] [--sides docs/]
 A run is NAME=FIELD:VALUE,... over the default StyleParams (empty: the default itself).
 """
@@ -38,6 +38,8 @@ from pipeline.io.images import to_image
 PHOTOS, PAINTINGS = ("boston", "tubingen"), ("starry_night", "the_scream")
 WITHIN = 0.005  # "the same objective": within 0.5% of the reference's
 TYPES = {f.name: f.type for f in fields(StyleParams)}
+# The default of earlier versions, run to the end: 500 plain L-BFGS iterations, no early stop
+REFERENCE = ("reference=iterations:500,tol:0,lbfgs_precondition:0,lbfgs_scaling:standard")
 
 
 def parse_run(text: str, size: int) -> tuple[str, StyleParams, str]:
@@ -122,7 +124,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=Path, default=Path("../shared/data/images"))
     ap.add_argument("--size", type=int, default=512)
-    ap.add_argument("--runs", default="reference=scales:1,tol:0;default=")
+    ap.add_argument("--runs", default=REFERENCE + ";default=")
     ap.add_argument("--pairs", default=",".join(f"{c}:{s}" for c, s
                                                 in itertools.product(PHOTOS, PAINTINGS)))
     ap.add_argument("--json", type=Path, help="keep every curve here (for --figure later)")

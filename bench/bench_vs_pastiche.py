@@ -45,7 +45,8 @@ VARIANTS = {  # name -> extra CLI options for `pipeline stylize`
     "ours fp32 NCHW (no levers)": ["--precision", "fp32", "--channels-last", "off"],
     "ours fp32 channels_last": ["--precision", "fp32", "--channels-last", "on"],
     "ours bf16 NCHW": ["--precision", "bf16", "--channels-last", "off"],
-    "ours bf16, no L-BFGS step cap (pastiche's trajectory)": ["--lbfgs-max-step", "0"],
+    "ours bf16, plain L-BFGS without step cap (pastiche's trajectory)":
+        ["--lbfgs-max-step", "0", "--lbfgs-precondition", "0", "--lbfgs-scaling", "standard"],
     "ours defaults + coarse-to-fine (--scales 2: half the iterations at half size)":
         ["--scales", "2"],
 }

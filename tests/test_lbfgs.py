@@ -160,17 +160,17 @@ def _minimize(f, x0: torch.Tensor, steps: int, **kw) -> list[float]:
 
 
 def test_preconditioned_is_lbfgs_on_the_reparametrized_image():
-    """With P, the iterates are plain L-BFGS's on z, x = x0 + P z (no step cap: the cap is on
-    x), with either scaling."""
+    """With P, the iterates are plain L-BFGS's on z, x = x0 + P z, step cap included (it is
+    on z), with either scaling."""
     shape = (2, 3, 12, 16)
     f = _image_problem
     x0 = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     p = spectral(shape, 0.5, torch.device("cpu"))
     for scaling in SCALINGS:
-        ours = _minimize(f, x0, 12, history=4, precondition=p, scaling=scaling)
+        ours = _minimize(f, x0, 12, history=4, max_step=0.2, precondition=p, scaling=scaling)
         z0 = torch.zeros(shape, dtype=torch.float64)
         plain = _minimize(lambda z: f(x0 + p(z.flatten(1)).view(shape)), z0, 12, history=4,
-                          scaling=scaling)
+                          max_step=0.2, scaling=scaling)
         assert ours == pytest.approx(plain, rel=1e-9)
 
 
@@ -197,3 +197,20 @@ def test_preconditioning_reaches_a_lower_objective_on_image_like_curvature():
                      scaling="geometric")
     # The broad modes, whose curvature is weakest, are what a flat H0 leaves behind.
     assert ours[-1] < 1e-3 * plain[-1]
+
+
+def test_lbfgs_settings_are_checked_and_keyed_only_when_they_change_the_result():
+    from pipeline.bulk.jobs import job_key
+    from pipeline.errors import InputError
+    from pipeline.gatys.params import StyleParams
+
+    old = StyleParams(lbfgs_precondition=0, lbfgs_scaling="standard").result_dict()
+    assert "lbfgs_precondition" not in old and "lbfgs_scaling" not in old  # earlier keys
+    keys = {job_key("c", ["s"], StyleParams(**kw)) for kw in (
+        {}, {"lbfgs_precondition": 0}, {"lbfgs_scaling": "standard"}, {"lbfgs_precondition": 1})}
+    assert len(keys) == 4
+    for bad, message in (({"lbfgs_precondition": float("nan")}, "finite"),
+                         ({"lbfgs_precondition": -1}, r"\[0, 2\]"),
+                         ({"lbfgs_scaling": "bb"}, "lbfgs_scaling must be one of")):
+        with pytest.raises(InputError, match=message):
+            StyleParams(**bad).validate()

@@ -42,8 +42,8 @@ from . import batched
 
 class BatchedLBFGS:
     """`precondition`: a symmetric positive definite P on [N, D] (precondition.py): the method
-    runs on z with x = x0 + P z, i.e. with H0 = gamma P^2; its pairs and directions are z's,
-    the step cap is on x. `scaling`: gamma from the newest pair, s.y / y.y ("standard", as
+    runs on z with x = x0 + P z, i.e. with H0 = gamma P^2; its pairs, directions and step cap
+    are z's (capping x instead measured slower: it holds back the broad moves P is for). `scaling`: gamma from the newest pair, s.y / y.y ("standard", as
     torch) or |s| / |y| ("geometric", the geometric mean of the two Barzilai-Borwein steps:
     bf16 noise in the gradients inflates y.y, which shrinks the standard gamma)."""
 
@@ -138,14 +138,12 @@ class BatchedLBFGS:
         g = precondition(grad)
         if self.n_iter == 0:
             d = -g
-            dx = precondition(d)
             if self.max_step is None:
                 t = (1.0 / g.abs().sum(1).clamp_min(1e-30)).clamp(max=1.0) * self.lr
-            else:  # a gradient step whose largest pixel change is max_step
-                t = self.max_step / dx.abs().amax(1).clamp_min(1e-30)
+            else:  # a gradient step whose largest coordinate change is max_step
+                t = self.max_step / d.abs().amax(1).clamp_min(1e-30)
         else:
             d = self._direction(g)
-            dx = precondition(d)
             t = torch.full((n,), self.lr, device=g.device, dtype=g.dtype)
         move = ((grad.abs().amax(1) > self.tolerance_grad)
                 & (batched.dot(g, d) < -self.tolerance_change))
@@ -153,8 +151,8 @@ class BatchedLBFGS:
             move &= self.moving
         t = torch.where(move, t, 0.0)
         if self.max_step is not None:
-            t = t * (self.max_step / (dx.abs().amax(1) * t).clamp_min(1e-30)).clamp(max=1.0)
-        self.x.add_((dx * t[:, None]).view_as(self.x))
+            t = t * (self.max_step / (d.abs().amax(1) * t).clamp_min(1e-30)).clamp(max=1.0)
+        self.x.add_((precondition(d) * t[:, None]).view_as(self.x))
         self.d, self.t, self.prev_grad = d, t, g.clone()
         self.n_iter += 1
         return result

@@ -20,7 +20,7 @@ POOLINGS = ("max", "avg")
 COLORS = ("style", "luminance", "match")
 COLOR_MATCHES = ("pca", "cholesky", "symmetric")
 MAX_SIZE = 16384
-# A sanity bound, not a quality limit: 500 is the default and 5,000 is far past convergence;
+# A sanity bound, not a quality limit: 250 is the default and 5,000 is far past convergence;
 # 10^9 is a typo that would otherwise run for decades.
 MAX_ITERATIONS = 100_000
 MIN_SCALE_SIZE = 128  # coarser than this, VGG19's deep layers see too few pixels to help
@@ -44,7 +44,7 @@ class StyleParams:
                              "nearly the same shape then get one output size, so a bulk run "
                              "batches them together (and on CUDA tunes cuDNN once for them); "
                              "the content is stretched by at most size_bucket/2 pixels.")
-    iterations: int = _f(500, "Optimizer iterations; each is one forward+backward pass.")
+    iterations: int = _f(250, "Optimizer iterations; each is one forward+backward pass.")
     tol: float = _f(0.005, "Early stopping: a job stops when its total loss improved by "
                            "less than this fraction over the last tol_window iterations (per "
                            "stage with scales); in a batch the others go on. The default ends "
@@ -71,8 +71,10 @@ class StyleParams:
                                          "geometric (|s|/|y|, robust to bf16 gradient noise) "
                                          "or standard (s.y/y.y, as torch and neural-style).")
     lbfgs_max_step: float = _f(64.0, "Largest change of any pixel (0-255 scale) in one L-BFGS "
-                                     "step; stops the early overshoot of fixed-step L-BFGS. 0 = "
-                                     "no cap (pastiche's and neural-style's behaviour).")
+                                     "step (with lbfgs_precondition: before it, so broad "
+                                     "changes may move further); stops the early overshoot of "
+                                     "fixed-step L-BFGS. 0 = no cap (pastiche's and "
+                                     "neural-style's behaviour).")
     content_weight: float = _f(5.0, "Weight of the content loss (feature MSE at content layers).")
     style_weight: float = _f(100.0, "Weight of the style loss (Gram-matrix MSE, summed over "
                                     "style layers).")
