@@ -33,8 +33,9 @@ PHOTOS, PAINTINGS = ("boston", "tubingen"), ("starry_night", "the_scream")
 
 def stop_at(totals: list[float], tol: float, window: int) -> int:
     """Steps taken under EarlyStop's rule, given the loss before each step."""
+    lowest = list(itertools.accumulate(totals, min))
     for i in range(window, len(totals)):
-        if totals[i - window] - totals[i] < tol * abs(totals[i - window]):
+        if lowest[i - window] - lowest[i] < tol * abs(lowest[i - window]):
             return i + 1
     return len(totals)
 

@@ -41,6 +41,17 @@ def test_the_rule_holds_a_sample_once_its_loss_flattens():
     assert stop.all_stopped()
 
 
+def test_a_spike_is_not_read_as_a_flat_loss():
+    """Measured on the lowest loss so far: a transient rise above the loss `window` steps
+    earlier does not stop a job that is still descending, and a flat one still stops."""
+    stop = EarlyStop(tol=0.1, window=2, batch=2, device=torch.device("cpu"))
+    for i, totals in enumerate([(100, 100), (60, 99), (120, 98), (40, 98)]):
+        stop.update(i, torch.tensor(totals, dtype=torch.float32))
+        # sample 0 at step 2: 120 is above 100, but its lowest (60) is 40% below it.
+        assert stop.active.tolist()[0]
+    assert stop.active.tolist() == [True, False]
+
+
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
 def test_a_stopped_job_is_held_and_ends_as_it_would_alone(optimizer, cpu64):
     params = _params(optimizer)

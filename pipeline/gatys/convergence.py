@@ -1,7 +1,10 @@
 """Early stopping per sample: a job stops when its objective has stopped improving.
 
 The rule is artistic-videos' `-tol_loss_relative`: stop when the total loss improved by less
-than `tol` (relative) over the last `window` iterations. In a batch every job decides alone:
+than `tol` (relative) over the last `window` iterations, measured on its lowest value so far
+in the stage: fixed-step L-BFGS has transient spikes, and a spike that lands `window` steps
+after a low point read as "no progress" once stopped a job mid-descent, holding the spiked
+image (7% above where it was heading). In a batch every job decides alone:
 a stopped job is held (its pixels stop moving; the optimizer takes no step for it), the others
 go on, and a stage ends when all have stopped. So a job's result is the one it would have had
 alone. The decision never leaves the device: the loop reads `all_stopped()` on the host only
@@ -25,7 +28,7 @@ class EarlyStop:
         self.active = torch.ones(batch, dtype=torch.bool, device=device)  # moves next step
         self.used = torch.zeros(batch, dtype=torch.int64, device=device)  # steps taken, all stages
         self.last = torch.zeros(batch, dtype=torch.int64, device=device)  # iteration of its image
-        self.recent = torch.zeros(window + 1, batch, device=device)       # ring of totals
+        self.recent = torch.zeros(window + 1, batch, device=device)       # ring of lowest totals
         self.seen = 0  # totals in the ring, this stage
 
     @property
@@ -44,10 +47,13 @@ class EarlyStop:
         if not self.enabled:
             return
         ring = self.window + 1
-        self.recent[self.seen % ring] = total.detach().float()
+        total = total.detach().float()
+        if self.seen:
+            total = torch.minimum(total, self.recent[(self.seen - 1) % ring])
+        self.recent[self.seen % ring] = total
         self.seen += 1
         if self.seen > self.window:
-            before = self.recent[self.seen % ring]  # the total `window` steps earlier
+            before = self.recent[self.seen % ring]  # the lowest total `window` steps earlier
             self.active &= (before - total) >= self.tol * before.abs()
 
     def all_stopped(self) -> bool:
