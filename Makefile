@@ -53,7 +53,7 @@ demo: install
 run: install
 	$(VENV)/bin/pipeline run $(MANIFEST) --out $(OUT) $(RUN_ARGS)
 
-# Prints every table of BENCHMARKS.md (about two hours on a quiet 2-core CPU).
+# Prints every table of BENCHMARKS.md (about three hours on a quiet 2-core CPU).
 bench: install
 	$(PY) -m bench.flops
 	$(PY) -m bench.bench_vs_pastiche
@@ -72,6 +72,8 @@ bench: install
 	$(PY) -m bench.bench_distributors
 	$(PY) -m bench.bench_distributors --iterations 160
 	$(PY) -m bench.bench_tol --images $(BENCH_IMAGES)
+	$(PY) -m bench.bench_quality --images $(BENCH_IMAGES) --size 512 --figure docs/time-to-quality.png --sides docs
+	$(PY) -m bench.bench_quality --images $(BENCH_IMAGES) --size 256
 
 # The GPU tables of BENCHMARKS.md on the first CUDA device: make install GPU=1 && make bench-gpu
 bench-gpu: install

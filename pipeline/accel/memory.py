@@ -75,8 +75,10 @@ def _image_copies(params: StyleParams, history: int) -> int:
     """fp32 copies of the image the optimizer holds."""
     if params.optimizer == "lbfgs":
         # s and y per history pair; x, grad, direction, previous grad; at the peak of a
-        # direction, the stacked [g, y, s] and H g and gamma g (lbfgs.py).
-        return 2 * history + 9
+        # direction, the stacked [g, y, s] and H g and gamma g (lbfgs.py); preconditioned,
+        # P g beside the gradient, and the filter's spectrum (complex, half the frequencies:
+        # one image), its filtered copy and its inverse transform (precondition.py).
+        return 2 * history + 9 + (4 if params.lbfgs_precondition else 0)
     return 4  # x, grad, Adam's two moments
 
 

@@ -45,11 +45,12 @@ class StyleParams:
                              "batches them together (and on CUDA tunes cuDNN once for them); "
                              "the content is stretched by at most size_bucket/2 pixels.")
     iterations: int = _f(250, "Optimizer iterations; each is one forward+backward pass.")
-    tol: float = _f(0.005, "Early stopping: a job stops when its total loss improved by "
-                           "less than this fraction over the last tol_window iterations (per "
-                           "stage with scales); in a batch the others go on. The default ends "
-                           "a 500-iteration run about a fifth sooner with the objective within "
-                           "1% (BENCHMARKS.md). 0 = off: run every iteration.")
+    tol: float = _f(0.005, "Early stopping: a job stops when its lowest total loss so far "
+                           "improved by less than this fraction over the last tol_window "
+                           "iterations (per stage with scales); in a batch the others go on. "
+                           "It saves most on long runs (a fifth of 500 plain L-BFGS "
+                           "iterations, objective within 1%: BENCHMARKS.md); 0 = off: run "
+                           "every iteration.")
     tol_window: int = _f(50, "Early stopping: the iterations over which tol is measured.")
     save_every: int = _f(0, "Also write the image every N iterations next to the output "
                             "(name.iter0100.png), to pick an earlier one; 0 = off. Does not "
