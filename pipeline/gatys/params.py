@@ -20,7 +20,7 @@ POOLINGS = ("max", "avg")
 COLORS = ("style", "luminance", "match")
 COLOR_MATCHES = ("pca", "cholesky", "symmetric")
 MAX_SIZE = 16384
-# A sanity bound, not a quality limit: 250 is the default and 5,000 is far past convergence;
+# A sanity bound, not a quality limit: 400 is the default and 5,000 is far past convergence;
 # 10^9 is a typo that would otherwise run for decades.
 MAX_ITERATIONS = 100_000
 MIN_SCALE_SIZE = 128  # coarser than this, VGG19's deep layers see too few pixels to help
@@ -44,7 +44,7 @@ class StyleParams:
                              "nearly the same shape then get one output size, so a bulk run "
                              "batches them together (and on CUDA tunes cuDNN once for them); "
                              "the content is stretched by at most size_bucket/2 pixels.")
-    iterations: int = _f(250, "Optimizer iterations; each is one forward+backward pass.")
+    iterations: int = _f(400, "Optimizer iterations; each is one forward+backward pass.")
     tol: float = _f(0.005, "Early stopping: a job stops when its lowest total loss so far "
                            "improved by less than this fraction over the last tol_window "
                            "iterations (per stage with scales); in a batch the others go on. "
