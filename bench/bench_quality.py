@@ -30,6 +30,7 @@ from typing import Any
 
 from PIL import Image
 
+from bench.bench_schedule import reach
 from pipeline import Runtime, StyleParams
 from pipeline.api import StyleJob, prepare, setup_batch
 from pipeline.gatys.engine import optimize
@@ -77,16 +78,6 @@ def timed_run(job: StyleJob, params: StyleParams, runtime: Runtime) -> dict[str,
     return {"curve": points, "seconds": seconds, "final": result.terms["total"][0].item(),
             "iterations": result.iterations[0], "setup": full_from,
             "image": to_image(result.images[0])}
-
-
-def reach(curve: list[tuple[float, float]], objective: float) -> float | None:
-    """Seconds at which the curve's running minimum first gets to `objective`."""
-    best = float("inf")
-    for t, value in curve:
-        best = min(best, value)
-        if best <= objective:
-            return t
-    return None
 
 
 def figure(results: dict[str, dict[str, dict[str, Any]]], path: Path, size: int) -> None:

@@ -43,8 +43,9 @@ from . import batched
 class BatchedLBFGS:
     """`precondition`: a symmetric positive definite P on [N, D] (precondition.py): the method
     runs on z with x = x0 + P z, i.e. with H0 = gamma P^2; its pairs, directions and step cap
-    are z's (capping x instead measured slower: it holds back the broad moves P is for). `scaling`: gamma from the newest pair, s.y / y.y ("standard", as
-    torch) or |s| / |y| ("geometric", the geometric mean of the two Barzilai-Borwein steps:
+    are z's (capping x instead measured slower: it holds back the broad moves P is for).
+    `scaling`: gamma from the newest pair, s.y / y.y ("standard", as torch) or |s| / |y|
+    ("geometric", the geometric mean of the two Barzilai-Borwein steps:
     bf16 noise in the gradients inflates y.y, which shrinks the standard gamma)."""
 
     def __init__(self, x: Tensor, lr: float = 1.0, history: int = 100,

@@ -175,8 +175,8 @@ class StyleParams:
     def validate(self, n_styles: int = 1, blend_name: str = "style_blend") -> StyleParams:
         """Raise InputError naming the first bad parameter; return self when all are valid.
         `blend_name`: what the caller calls style_blend (a manifest's column: style_weights)."""
-        for name in ("lr", "lbfgs_max_step", "lbfgs_precondition", "content_weight", "style_weight", "tv_weight",
-                     "style_scale", "tol"):
+        for name in ("lr", "lbfgs_max_step", "lbfgs_precondition", "content_weight",
+                     "style_weight", "tv_weight", "style_scale", "tol"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise InputError(f"{name} must be a finite number, got {value}")
