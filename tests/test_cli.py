@@ -134,7 +134,8 @@ def test_every_stylize_option_runs_end_to_end(photo_path, painting_path, tmp_pat
             "--targets", "onnx", "--providers", "cpu", "--no-trt-fp16", "--cache-dir",
             str(cache), "--no-cache-targets", "--quiet"]
     lbfgs = ["--size", "40", "--iterations", "2", "--optimizer", "lbfgs", "--lbfgs-history", "3",
-             "--lbfgs-max-step", "8", "--init", str(photo_path), "--no-preserve-colors",
+             "--lbfgs-max-step", "8", "--lbfgs-precondition", "1", "--lbfgs-scaling",
+             "standard", "--init", str(photo_path), "--no-preserve-colors",
              "--color", "match", "--color-match", "cholesky", "--bit-depth", "16",
              "--block-size", "16",
              "--weights", str(weights_file), "--precision", "fp64", "--channels-last", "off",
