@@ -56,7 +56,7 @@ def parse_run(text: str, size: int) -> tuple[str, StyleParams, str]:
             continue
         kind = TYPES[key]
         values[key] = (float(value) if "float" in kind else int(value) if "int" in kind
-                       else value)
+                       else value.lower() in ("1", "true") if "bool" in kind else value)
     return name, StyleParams(size=size).replace(**values), precision
 
 
@@ -76,8 +76,7 @@ def timed_run(job: StyleJob, params: StyleParams, runtime: Runtime) -> dict[str,
     result = optimize(problem.trunk, problem.x0, problem.stages, params, runtime, progress)
     seconds = time.perf_counter() - start
     return {"curve": points, "seconds": seconds, "final": result.terms["total"][0].item(),
-            "iterations": result.iterations[0], "setup": full_from,
-            "image": to_image(result.images[0])}
+            "iterations": result.iterations[0], "image": to_image(result.images[0])}
 
 
 def figure(results: dict[str, dict[str, dict[str, Any]]], path: Path, size: int) -> None:
