@@ -32,6 +32,7 @@ import torch
 
 from pipeline import Runtime, StyleJob, StyleParams
 from pipeline.accel.cpu_shards import ShardedRun
+from pipeline.accel.cuda_graph import GraphedRun
 from pipeline.api import prepare, setup_batch
 from pipeline.gatys.engine import Run
 from pipeline.io.examples import landscape, swirls
@@ -75,8 +76,11 @@ def time_objective(run: Run) -> list[float]:
     """From now on, the seconds of each of `run`'s objective evaluations (trunk, losses,
     backward) are appended to the returned list, one per shard per step (the shards of a
     sharded run evaluate side by side, so one shard's seconds are the batch's); the rest of a
-    step is the optimizer's."""
+    step is the optimizer's. A run replaying whole iterations as a CUDA graph never calls
+    its closure (and a timer's host sync cannot be captured): its list stays empty."""
     seconds: list[float] = []
+    if isinstance(run, GraphedRun) and run.graphed is None:
+        return seconds
     for shard in run.shards if isinstance(run, ShardedRun) else [run]:
         def timed(closure=shard.closure, device=shard.x.device) -> dict[str, torch.Tensor]:
             out: dict[str, torch.Tensor] = {}
@@ -135,7 +139,7 @@ def main() -> None:
         seconds = interleaved_seconds(runs, args.iterations)
         del runs
         steady = [statistics.median(per_image[-10:]) for per_image in seconds]
-        steady_obj = [statistics.median(obj[-10 * k:]) / b
+        steady_obj = [statistics.median(obj[-10 * k:]) / b if obj else None
                       for obj, k, (b, _) in zip(objective, shards, configs, strict=True)]
         totals = [sum(per_image) + st * (RUN_LENGTH - len(per_image))
                   for per_image, st in zip(seconds, steady, strict=True)]
@@ -143,10 +147,11 @@ def main() -> None:
                 configs, shards, seconds, steady, steady_obj, totals, faults, strict=True):
             label = f"{b}" + (f" ({k} shards)" if k > 1 else
                               ", one shard" if b > 1 and rt.device.type == "cpu" else "")
+            split, vs = ("one graph", "-") if obj is None or steady_obj[0] is None else (
+                f"{obj:.4g} + {st - obj:.4g}", f"{steady_obj[0] / obj:.2f}x")
             print(f"| {size} | {label} | {statistics.median(per_image[3:12]):.4g} | {st:.4g} | "
-                  f"{obj:.4g} + {st - obj:.4g} | {3600 / total:.1f} | {totals[0] / total:.2f}x "
-                  f"| {steady_obj[0] / obj:.2f}x | {statistics.median(flt[-10:]):.0f} |",
-                  flush=True)
+                  f"{split} | {3600 / total:.1f} | {totals[0] / total:.2f}x "
+                  f"| {vs} | {statistics.median(flt[-10:]):.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
-"""The CUDA-graph lever: whole L-BFGS iterations with the objective and its gradient replayed
-as a CUDA graph (the CUDA default) against the same run launched eagerly from Python.
+"""The CUDA-graph lever: whole L-BFGS iterations (objective, gradient, direction and step)
+replayed as a CUDA graph (the CUDA default) against the same run launched eagerly from Python.
 
-Usage: python -m bench.bench_graphs [--sizes 256,512] [--batches 1,4,8] [--iterations 60]
+Usage: python -m bench.bench_graphs [--sizes 256,512] [--batches 1,4,8] [--iterations 110]
 [--device cuda] [--precision auto].
 
 For each size and batch, the two runs of the same batch from the same start take turns, one
-iteration each. "capture" is what graphs add to the start of every batch: the warm-up
-evaluations and the capture (timed once more after the runs, so cuDNN's autotuning, which
-both pay, is not in it).
+iteration each; the times are the median of the last 10, once the L-BFGS history (100) is
+full: a graph's products always span the whole history, eager ones only its filled part.
+"of floor" is the graph's iteration against the FLOPs floor at the measured bf16 (or tf32)
+matmul rate (bench.flops): the fraction of the GPU's matmul speed an iteration runs at.
+"capture" is what graphs add to the start of every stage (timed once more after the runs, so
+cuDNN's autotuning, which both pay, is not in it).
 """
 
 from __future__ import annotations
@@ -17,36 +20,39 @@ import dataclasses
 import statistics
 
 from pipeline import Runtime, StyleParams
-from pipeline.accel.cuda_graph import GraphedGradient
+from pipeline.accel.cuda_graph import GraphedIteration
 
 from .bench_batch import interleaved_seconds, start_run, timed_call
+from .flops import gpu_rates, iteration_flops
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="256,512")
     ap.add_argument("--batches", default="1,4,8")
-    ap.add_argument("--iterations", type=int, default=60)
+    ap.add_argument("--iterations", type=int, default=110)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--precision", default="auto")
     args = ap.parse_args()
     graphs = Runtime.start(args.device, args.precision, cuda_graphs=True)
     eager = dataclasses.replace(graphs, cuda_graphs=False)
+    rate = gpu_rates(graphs.device)["bf16" if graphs.precision == "bf16" else "tf32"]
     print(f"{graphs.device} {graphs.precision}, landscape 4:3, L-BFGS, {args.iterations} "
-          "iterations, runs interleaved; median s/iteration per image over iterations 4..end\n")
-    print("| size | batch | eager | CUDA graph (default) | speed-up | capture (s) |")
-    print("|---|---|---|---|---|---|")
+          f"iterations, runs interleaved; median s/iteration per image over the last 10; "
+          f"matmul {rate:.0f} TFLOP/s\n")
+    print("| size | batch | eager | CUDA graph (default) | speed-up | of floor | capture (s) |")
+    print("|---|---|---|---|---|---|---|")
     for size in (int(s) for s in args.sizes.split(",")):
         params = StyleParams(size=size, iterations=args.iterations)
+        floor = iteration_flops(size * 3 // 4, size)["total"] / (rate * 1e12)
         for batch in (int(b) for b in args.batches.split(",")):
             runs = [start_run(batch, params, runtime) for runtime in (eager, graphs)]
-            slow, fast = (statistics.median(s[3:])
+            slow, fast = (statistics.median(s[-10:])
                           for s in interleaved_seconds(runs, args.iterations))
             capture = timed_call(graphs.device,
-                                 lambda run=runs[1]: GraphedGradient(run.evaluate, run.x))
+                                 lambda run=runs[1]: GraphedIteration(run))
             print(f"| {size} | {batch} | {slow:.4g} | {fast:.4g} | {slow / fast:.2f}x | "
-                  f"{capture:.2f} |", flush=True)
-
+                  f"{floor / fast:.1%} | {capture:.2f} |", flush=True)
 
 if __name__ == "__main__":
     main()

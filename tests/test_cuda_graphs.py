@@ -61,3 +61,26 @@ def test_a_run_with_graphs_follows_the_eager_run():
         traces[graphs] = torch.stack(trace)
     assert traces[True][-1] < 0.5 * traces[True][0]
     torch.testing.assert_close(traces[True][:6], traces[False][:6], rtol=2e-3, atol=0)
+
+
+@cuda
+def test_lbfgs_iterations_replay_whole_without_a_host_sync():
+    """After its warm-up, a graphed L-BFGS run takes each step as one replay: the objective,
+    the direction and the step, with nothing read back on the host."""
+    from pipeline.accel.cuda_graph import WARMUP, GraphedRun
+
+    runtime = Runtime.create("cuda", "bf16", targets="torch")
+    params = StyleParams(size=64, iterations=20, tol=0)
+    jobs = [StyleJob(make_photo(seed=i), [make_painting(seed=i + 10)]) for i in range(2)]
+    problem = setup_batch([prepare(job, params) for job in jobs], params, runtime)
+    run = runtime.start_run(problem.trunk, problem.x0, problem.stages[0], 0, None, params)
+    assert isinstance(run, GraphedRun)
+    first = [run.step()["total"] for _ in range(WARMUP + 1)]
+    assert run.iteration is not None
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        later = [run.step()["total"] for _ in range(10)]
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert run.opt.n_iter == WARMUP + 11
+    assert torch.all(later[-1] < 0.5 * first[0])

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from pipeline.gatys.lbfgs import BatchedLBFGS
 from pipeline.gatys.params import LBFGS_SCALINGS as SCALINGS
@@ -214,3 +215,75 @@ def test_lbfgs_settings_are_checked_and_keyed_only_when_they_change_the_result()
                          ({"lbfgs_scaling": "bb"}, "lbfgs_scaling must be one of")):
         with pytest.raises(InputError, match=message):
             StyleParams(**bad).validate()
+
+
+class _OpLog(TorchDispatchMode):
+    """Every op dispatched, as what a CUDA graph's replay would have to repeat: its name, the
+    shapes and dtypes of its tensors, and its other arguments as values."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self.ops.append((str(func), _kind([*args, *kwargs.values()])))
+        return func(*args, **kwargs)
+
+
+def _kind(arg):
+    if isinstance(arg, torch.Tensor):
+        return tuple(arg.shape), arg.dtype
+    if isinstance(arg, list | tuple):
+        return tuple(_kind(a) for a in arg)
+    return repr(arg)
+
+
+def _logged_updates(fixed: bool, steps: int) -> tuple[list[list[tuple]], BatchedLBFGS]:
+    """The ops of each L-BFGS update (the step after the closure) over `steps` steps."""
+    shape = (2, 3, 8, 10)
+    x = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    x.requires_grad_(True)
+    opt = BatchedLBFGS(x, history=4, max_step=0.2, scaling="geometric",
+                       precondition=spectral(shape, 0.5, torch.device("cpu")))
+    opt.moving = torch.tensor([True, True])
+    if fixed:
+        opt.fix_shapes()
+    logs = []
+    for _ in range(steps):
+        x.grad = None
+        _image_problem(x).sum().backward()
+        with _OpLog() as log:
+            opt.update()
+        logs.append(log.ops)
+    return logs, opt
+
+
+def test_fixed_shapes_follow_the_same_iterates():
+    """fix_shapes() (for a CUDA graph) runs every product over all slots: same iterates."""
+    ends = []
+    for fixed in (False, True):
+        _, opt = _logged_updates(fixed, 12)  # 11 pairs through 4 slots
+        ends.append(opt.x.detach().clone())
+    torch.testing.assert_close(ends[1], ends[0], rtol=1e-9, atol=1e-12)
+
+
+def test_with_fixed_shapes_every_step_after_the_first_is_the_same_replayable_work():
+    """What a CUDA graph captures once and replays: from the second step on, each update
+    dispatches the same ops with the same shapes and arguments, updates the same buffers in
+    place and never reads a value back on the host."""
+    logs, opt = _logged_updates(True, 3)
+    buffers = {k: v.data_ptr() for k, v in vars(opt).items() if isinstance(v, torch.Tensor)}
+    logs += _logged_updates(True, 12)[0][3:]
+    assert all(log == logs[1] for log in logs[2:])
+    dispatched = {name for log in logs for name, _ in log}
+    assert not dispatched & {"aten._local_scalar_dense.default", "aten.nonzero.default"}
+    for _ in range(5):
+        opt.x.grad = None
+        _image_problem(opt.x).sum().backward()
+        opt.update()
+    assert {k: v.data_ptr() for k, v in vars(opt).items()
+            if isinstance(v, torch.Tensor)} == buffers
+    # Without fixed shapes the history's fill changes the products' shapes.
+    growing = _logged_updates(False, 6)[0]
+    assert growing[2] != growing[1]

@@ -1,11 +1,15 @@
-"""One objective evaluation and its gradient, captured once as a CUDA graph and replayed.
+"""Whole iterations captured once as a CUDA graph and replayed.
 
 Why: at batch 1 on a GPU an eager iteration costs several times its FLOPs floor, and the
 difference is Python and kernel-launch time: a few hundred small kernels, each launched from
-Python (BENCHMARKS.md, "Levers"). A replay
-launches the whole captured forward + backward at once. The shapes are fixed within a stage
-(one image size and batch), so one capture serves every iteration of the stage; the optimizer
-step stays eager (its Python control flow changes with the history's fill).
+Python (BENCHMARKS.md, "Levers"). A replay launches them all at once. The shapes are fixed
+within a stage (one image size and batch), so one capture serves every iteration of the stage.
+
+With L-BFGS the capture is the whole iteration: objective, gradient, direction and step
+(the optimizer's shapes fixed by `BatchedLBFGS.fix_shapes`), so a stage runs with no host
+round trip but the loop's own checks. The first iterations run eagerly, on a side stream as
+torch requires: cuDNN's autotuning, cuFFT's plans and the library handles' lazy set-up cannot
+be captured. Adam's step is torch's: only its objective and gradient are captured.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..gatys.engine import StageRun, evaluate_and_backward
+from ..gatys.lbfgs import BatchedLBFGS
 
 Evaluate = Callable[[Tensor], dict[str, Tensor]]
 
@@ -55,18 +60,67 @@ class GraphedGradient:
         return {k: v.clone() for k, v in self.terms.items()}, self.x.grad.clone()
 
 
+# Eager iterations of each run before its capture (a resumed run warms up too); L-BFGS's first
+# step, which stores no pair, is never the one captured.
+WARMUP = 2
+
+
+class GraphedIteration:
+    """`graphed()` takes one whole step of `run` (an L-BFGS StageRun with fixed shapes) by
+    replaying a CUDA graph of it, and returns a copy of its loss terms."""
+
+    def __init__(self, run: StageRun):
+        opt = run.opt
+        self.opt = opt
+        counters = opt.n_iter, opt.count
+        torch.cuda.synchronize(run.x.device)
+        torch.cuda.empty_cache()  # the eager steps' freed blocks: not twice the stage's memory
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.terms = StageRun.step(run)
+        opt.n_iter, opt.count = counters  # the capture ran the Python, not the kernels
+
+    def __call__(self) -> dict[str, Tensor]:
+        self.graph.replay()
+        self.opt.advance()
+        return {k: v.clone() for k, v in self.terms.items()}
+
+
 @dataclass
 class GraphedRun(StageRun):
-    """A StageRun whose closure replays a CUDA graph of its objective and gradient."""
+    """A StageRun that replays CUDA graphs: of whole iterations with L-BFGS, of the objective
+    and gradient with Adam."""
 
     graphed: GraphedGradient | None = None
+    iteration: GraphedIteration | None = None
+    warm: int = 0  # eager steps taken
 
     @classmethod
     def of(cls, run: StageRun) -> GraphedRun:
+        if isinstance(run.opt, BatchedLBFGS):
+            run.opt.fix_shapes()
+            return cls(run.x, run.opt, run.evaluate, run.clamp)
         return cls(run.x, run.opt, run.evaluate, run.clamp,
                    graphed=GraphedGradient(run.evaluate, run.x))
 
     def closure(self) -> dict[str, Tensor]:
-        assert self.graphed is not None
+        if self.graphed is None:
+            return super().closure()
         terms, self.x.grad = self.graphed(self.x)
+        return terms
+
+    def step(self) -> dict[str, Tensor]:
+        if self.graphed is not None:
+            return super().step()
+        if self.iteration is None and self.warm >= WARMUP and self.opt.n_iter >= 1:
+            self.iteration = GraphedIteration(self)
+        if self.iteration is not None:
+            return self.iteration()
+        main = torch.cuda.current_stream(self.x.device)
+        side = torch.cuda.Stream(self.x.device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            terms = super().step()
+        main.wait_stream(side)
+        self.warm += 1
         return terms

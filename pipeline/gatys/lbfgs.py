@@ -27,6 +27,13 @@ jumps by 1e6x) and is chaotic: fp32 reassociation changes it. Instead the first 
 largest coordinate by `max_step`, and every later step is capped at `max_step` per coordinate.
 And when a sample fails the curvature test (y.s <= 1e-10) the pair still takes a history slot,
 stored as zeros, so it contributes nothing. This keeps every sample independent of the others.
+
+For a CUDA graph (accel/cuda_graph.py), `fix_shapes()` makes every iteration after the first
+launch the same kernels on the same shapes, reading and writing the same buffers: the
+products then run over all `history` slots from the start (a slot not yet filled holds a zero
+pair, which the compact form ignores, as it does a rejected one), the slot being written is
+a device counter, and the state is updated in place. Nothing in a step reads a value on the
+host.
 """
 
 from __future__ import annotations
@@ -64,50 +71,67 @@ class BatchedLBFGS:
         self.precondition = precondition
         self.scaling = scaling
         self.n_iter = 0
-        n = x.shape[0]
+        self.fixed_shapes = False
+        n, dim = x.shape[0], x[0].numel()
         # Pair k (0-based, ever) lives in slot k % history as [s, y]. Memory is only touched
-        # as slots fill.
+        # as slots fill (unless the shapes are fixed). `count` is k on the host, `cursor` on
+        # the device, where a graph's replays advance it.
         self.count = 0
-        self.pairs = x.new_empty(n, history, 2, x[0].numel())
+        self.cursor = torch.zeros((), dtype=torch.int64, device=x.device)
+        self.pairs = x.new_empty(n, history, 2, dim)
         self.sy = x.new_zeros(n, history, history, dtype=torch.float64)  # s_i . y_j, by slot
         self.yy = x.new_zeros(n, history, history, dtype=torch.float64)  # y_i . y_j, by slot
         self.h_diag = x.new_ones(n)
-        self.d: Tensor | None = None      # last direction [N, D]
-        self.t: Tensor | None = None      # last step size actually taken [N]
-        self.prev_grad: Tensor | None = None
+        self.d = x.new_zeros(n, dim)          # last direction
+        self.t = x.new_zeros(n)               # last step size actually taken
+        self.prev_grad = x.new_zeros(n, dim)  # last (preconditioned) gradient
         self.moving: Tensor | None = None  # [N] bool: the others take no step (early stopping)
 
-    def _store(self, g: Tensor) -> int:
-        """Adds the pair of the last step to the history; returns its slot."""
+    def fix_shapes(self) -> None:
+        """From now on every step has the same shapes and buffers (see the module docstring);
+        the iterates do not change."""
+        self.pairs[:, self.count:].zero_()
+        self.fixed_shapes = True
+
+    def advance(self) -> None:
+        """Counts on the host a step that a replayed capture of `update` took on the device
+        (never the first step: that one stores no pair)."""
+        self.n_iter += 1
+        self.count += 1
+
+    def _store(self, g: Tensor) -> Tensor:
+        """Adds the pair of the last step to the history; returns its slot, [1] on the device."""
         y = g - self.prev_grad
         s = self.d * self.t[:, None]
         ys = batched.dot(y, s)
         ok = ys > 1e-10
         keep = ok.to(g.dtype)[:, None]
-        slot = self.count % self.history
-        self.pairs[:, slot, 0] = s * keep
-        self.pairs[:, slot, 1] = y * keep
+        slot = (self.cursor % self.history).view(1)
+        self.pairs.index_copy_(1, slot, torch.stack([s * keep, y * keep], 1)[:, None])
         self.count += 1
+        self.cursor += 1
         yy = batched.dot(y, y).clamp_min(1e-30)
         gamma = (batched.dot(s, s) / yy).sqrt() if self.scaling == "geometric" else ys / yy
-        self.h_diag = torch.where(ok, gamma, self.h_diag)
+        self.h_diag.copy_(torch.where(ok, gamma, self.h_diag))
         return slot
 
     def _direction(self, g: Tensor) -> Tensor:
         """-H g by the compact form (see the module docstring), batched over samples."""
         slot = self._store(g)
         n, m = g.shape[0], self.history
-        c = min(self.count, m)
+        c = m if self.fixed_shapes else min(self.count, m)
         pairs = self.pairs[:, :c].reshape(n, 2 * c, -1)  # rows s, y of slot 0, then slot 1...
-        new = self.pairs[:, slot]
+        new = self.pairs.index_select(1, slot)[:, 0]
         # Pass 1: [g, y_new, s_new] against every stored s and y.
         prods = batched.bmm(torch.stack([g, new[:, 1], new[:, 0]], 1), pairs.transpose(1, 2))
         prods = prods.double().view(n, 3, c, 2)
-        self.sy[:, :c, slot] = prods[:, 1, :, 0]
-        self.sy[:, slot, :c] = prods[:, 2, :, 1]
-        self.yy[:, :c, slot] = self.yy[:, slot, :c] = prods[:, 1, :, 1]
-        # Slots oldest first; made on the device (a list would be a blocking host copy).
-        order = (torch.arange(c, device=g.device) + (self.count - c)) % m
+        self.sy[:, :c].index_copy_(2, slot, prods[:, 1, :, 0, None])
+        self.sy[:, :, :c].index_copy_(1, slot, prods[:, 2, None, :, 1])
+        self.yy[:, :c].index_copy_(2, slot, prods[:, 1, :, 1, None])
+        self.yy[:, :, :c].index_copy_(1, slot, prods[:, 1, None, :, 1])
+        # Slots oldest first (with fixed shapes the empty ones come first: zero pairs are
+        # inert anywhere); made on the device (a list would be a blocking host copy).
+        order = (torch.arange(c, device=g.device) + (self.cursor - c)) % m
         sy = self.sy[:, order][:, :, order]
         yy = self.yy[:, order][:, :, order]
         diag = sy.diagonal(dim1=1, dim2=2)
@@ -132,6 +156,12 @@ class BatchedLBFGS:
         direction, do not move."""
         with torch.enable_grad():
             result = closure()
+        self.update()
+        return result
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """The step from the gradient in x.grad (what `step` does after its closure)."""
         n = self.x.shape[0]
         grad = self.x.grad.reshape(n, -1)
         # In z (see the class docstring): the gradient P g, the direction d; x moves by P d.
@@ -154,21 +184,27 @@ class BatchedLBFGS:
         if self.max_step is not None:
             t = t * (self.max_step / (d.abs().amax(1) * t).clamp_min(1e-30)).clamp(max=1.0)
         self.x.add_((precondition(d) * t[:, None]).view_as(self.x))
-        self.d, self.t, self.prev_grad = d, t, g.clone()
+        self.d.copy_(d)
+        self.t.copy_(t)
+        self.prev_grad.copy_(g)
         self.n_iter += 1
-        return result
 
     def state_dict(self) -> dict[str, Any]:
-        """The filled history slots only, copied (a view would save the whole buffer)."""
+        """A copy (every buffer is updated in place), of the filled history slots only."""
         return {"n_iter": self.n_iter, "count": self.count,
                 "pairs": self.pairs[:, :min(self.count, self.history)].clone(),
-                "sy": self.sy, "yy": self.yy, "h_diag": self.h_diag, "d": self.d, "t": self.t,
-                "prev_grad": self.prev_grad, "lr": self.lr, "history": self.history}
+                "sy": self.sy.clone(), "yy": self.yy.clone(), "h_diag": self.h_diag.clone(),
+                "d": self.d.clone(), "t": self.t.clone(), "prev_grad": self.prev_grad.clone(),
+                "lr": self.lr, "history": self.history}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         state = dict(state)
         pairs = state.pop("pairs")
         for key, value in state.items():
-            setattr(self, key, value)
+            if value is not None:  # checkpoints of earlier versions hold d = None before step 1
+                setattr(self, key, value)
+        self.cursor = torch.tensor(self.count, device=pairs.device)
         self.pairs = pairs.new_empty(pairs.shape[0], self.history, *pairs.shape[2:])
         self.pairs[:, :pairs.shape[1]] = pairs
+        if self.fixed_shapes:
+            self.fix_shapes()
