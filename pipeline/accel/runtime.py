@@ -52,9 +52,10 @@ class RuntimeOptions:
     cudnn_benchmark: bool = setting(
         True, "Let cuDNN autotune conv algorithms per image size (CUDA only).")
     cuda_graphs: bool = setting(
-        True, "CUDA: capture each batch's objective and gradient once as a CUDA graph and "
-        "replay it every iteration (launches a few hundred kernels at once instead of one by "
-        "one from Python).")
+        True, "CUDA: capture each batch's iteration once as a CUDA graph and replay it (with "
+        "L-BFGS the whole iteration, objective, gradient and step; with Adam the objective "
+        "and gradient): a few hundred kernels launched at once instead of one by one from "
+        "Python, and no host round trip per iteration.")
     keep_cpu_memory: bool = setting(
         True, "CPU: keep freed memory in the process for the next iteration instead of "
         "returning it to the kernel (no page faults on large activations; returned after each "
@@ -150,7 +151,7 @@ class Runtime:
     precision: str = "fp32"       # resolved: fp32, bf16 (bf16 convs and Gram GEMMs; losses fp32)
                                   # or fp64 (reference runs: float rounding far below 8 bits)
     channels_last: bool = True    # NHWC convs: faster for bf16 oneDNN and cuDNN tensor cores
-    cuda_graphs: bool = False     # CUDA: replay each stage's objective + backward as a graph
+    cuda_graphs: bool = False     # CUDA: replay each stage's iteration as a graph
     keep_cpu_memory: bool = False  # CPU: the heap keeps freed memory; release it after a batch
     split_batches: bool = False   # CPU: a batch's shards step side by side, one per core
     block_size: int = 0           # objective by blocks of this side; 0: when it does not fit
