@@ -28,7 +28,7 @@ largest coordinate by `max_step`, and every later step is capped at `max_step` p
 And when a sample fails the curvature test (y.s <= 1e-10) the pair still takes a history slot,
 stored as zeros, so it contributes nothing. This keeps every sample independent of the others.
 
-For a CUDA graph (accel/cuda_graph.py), `fix_shapes()` makes every iteration after the first
+For a CUDA graph of the whole iteration, `fix_shapes()` makes every iteration after the first
 launch the same kernels on the same shapes, reading and writing the same buffers: the
 products then run over all `history` slots from the start (a slot not yet filled holds a zero
 pair, which the compact form ignores, as it does a rejected one), the slot being written is
