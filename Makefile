@@ -75,9 +75,9 @@ bench: install
 	$(PY) -m bench.bench_distributors --iterations 160
 	$(PY) -m bench.bench_tol --images $(BENCH_IMAGES)
 	$(PY) -m bench.bench_quality --images $(BENCH_IMAGES) --size 512 --figure docs/time-to-quality.png --sides docs \
-	  --runs '$(QUALITY_REFERENCE);new400=iterations:400,tol:0'
+	  --json bench-out/quality-512.json --runs '$(QUALITY_REFERENCE);default='
 	$(PY) -m bench.bench_quality --images $(BENCH_IMAGES) --size 256 \
-	  --runs '$(QUALITY_REFERENCE);default=iterations:250'
+	  --json bench-out/quality-256.json --runs '$(QUALITY_REFERENCE);default='
 
 # The GPU tables of BENCHMARKS.md on the first CUDA device: make install GPU=1 && make bench-gpu
 bench-gpu: install
