@@ -99,29 +99,30 @@ class BatchedLBFGS:
         self.n_iter += 1
         self.count += 1
 
-    def _store(self, g: Tensor) -> Tensor:
-        """Adds the pair of the last step to the history; returns its slot, [1] on the device."""
+    def _store(self, g: Tensor) -> tuple[Tensor, Tensor]:
+        """Adds the pair of the last step to the history; returns its slot ([1], on the device)
+        and the pair as stored ([N, 2, D]: s, y)."""
         y = g - self.prev_grad
         s = self.d * self.t[:, None]
         ys = batched.dot(y, s)
         ok = ys > 1e-10
         keep = ok.to(g.dtype)[:, None]
         slot = (self.cursor % self.history).view(1)
-        self.pairs.index_copy_(1, slot, torch.stack([s * keep, y * keep], 1)[:, None])
+        new = torch.stack([s * keep, y * keep], 1)
+        self.pairs.index_copy_(1, slot, new[:, None])
         self.count += 1
         self.cursor += 1
         yy = batched.dot(y, y).clamp_min(1e-30)
         gamma = (batched.dot(s, s) / yy).sqrt() if self.scaling == "geometric" else ys / yy
         self.h_diag.copy_(torch.where(ok, gamma, self.h_diag))
-        return slot
+        return slot, new
 
     def _direction(self, g: Tensor) -> Tensor:
         """-H g by the compact form (see the module docstring), batched over samples."""
-        slot = self._store(g)
+        slot, new = self._store(g)
         n, m = g.shape[0], self.history
         c = m if self.fixed_shapes else min(self.count, m)
         pairs = self.pairs[:, :c].reshape(n, 2 * c, -1)  # rows s, y of slot 0, then slot 1...
-        new = self.pairs.index_select(1, slot)[:, 0]
         # Pass 1: [g, y_new, s_new] against every stored s and y.
         prods = batched.bmm(torch.stack([g, new[:, 1], new[:, 0]], 1), pairs.transpose(1, 2))
         prods = prods.double().view(n, 3, c, 2)
