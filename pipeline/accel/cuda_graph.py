@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -24,6 +25,32 @@ from ..gatys.engine import StageRun, evaluate_and_backward
 from ..gatys.lbfgs import BatchedLBFGS
 
 Evaluate = Callable[[Tensor], dict[str, Tensor]]
+T = TypeVar("T")
+
+
+def on_side_stream(device: torch.device, work: Callable[[], T]) -> T:
+    """`work` before any capture, on a side stream as torch requires: cuDNN's autotuning,
+    cuFFT's plans and the library handles' lazy set-up cannot be captured."""
+    main = torch.cuda.current_stream(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        result = work()
+    main.wait_stream(side)
+    return result
+
+
+def capture(device: torch.device, work: Callable[[], T]) -> tuple[torch.cuda.CUDAGraph, T]:
+    """A CUDA graph of `work` (which the capture records, not runs) and its outputs, which
+    every replay rewrites in place."""
+    # The warm-up's freed blocks stay cached for the side stream; give them back, or the
+    # graph's own pool would double the stage's memory.
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        result = work()
+    return graph, result
 
 
 class GraphedGradient:
@@ -34,23 +61,11 @@ class GraphedGradient:
 
     def __init__(self, evaluate: Evaluate, like: Tensor, warmup: int = 2):
         self.x = like.detach().clone().requires_grad_(True)
-        # Warm-up outside capture, on a side stream as torch requires: cuDNN's autotuning and
-        # the library handles' lazy set-up cannot be captured.
-        main = torch.cuda.current_stream(like.device)
-        side = torch.cuda.Stream(like.device)
-        side.wait_stream(main)
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                evaluate_and_backward(evaluate, self.x)
-        main.wait_stream(side)
+        for _ in range(warmup):
+            on_side_stream(like.device, lambda: evaluate_and_backward(evaluate, self.x))
         self.x.grad = None
-        # The warm-up's freed blocks stay cached for the side stream; give them back, or the
-        # graph's own pool would double the stage's memory.
-        torch.cuda.synchronize(like.device)
-        torch.cuda.empty_cache()
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.terms = evaluate_and_backward(evaluate, self.x)
+        self.graph, self.terms = capture(like.device,
+                                         lambda: evaluate_and_backward(evaluate, self.x))
         assert self.x.grad is not None  # allocated in the graph's pool: replays rewrite it
 
     def __call__(self, x: Tensor) -> tuple[dict[str, Tensor], Tensor]:
@@ -73,11 +88,7 @@ class GraphedIteration:
         opt = run.opt
         self.opt = opt
         counters = opt.n_iter, opt.count
-        torch.cuda.synchronize(run.x.device)
-        torch.cuda.empty_cache()  # the eager steps' freed blocks: not twice the stage's memory
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.terms = StageRun.step(run)
+        self.graph, self.terms = capture(run.x.device, lambda: StageRun.step(run))
         opt.n_iter, opt.count = counters  # the capture ran the Python, not the kernels
 
     def __call__(self) -> dict[str, Tensor]:
@@ -116,11 +127,5 @@ class GraphedRun(StageRun):
             self.iteration = GraphedIteration(self)
         if self.iteration is not None:
             return self.iteration()
-        main = torch.cuda.current_stream(self.x.device)
-        side = torch.cuda.Stream(self.x.device)
-        side.wait_stream(main)
-        with torch.cuda.stream(side):
-            terms = super().step()
-        main.wait_stream(side)
         self.warm += 1
-        return terms
+        return on_side_stream(self.x.device, super().step)
