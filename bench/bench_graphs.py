@@ -54,5 +54,6 @@ def main() -> None:
             print(f"| {size} | {batch} | {slow:.4g} | {fast:.4g} | {slow / fast:.2f}x | "
                   f"{floor / fast:.1%} | {capture:.2f} |", flush=True)
 
+
 if __name__ == "__main__":
     main()

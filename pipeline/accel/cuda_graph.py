@@ -123,7 +123,7 @@ class GraphedRun(StageRun):
     def step(self) -> dict[str, Tensor]:
         if self.graphed is not None:
             return super().step()
-        if self.iteration is None and self.warm >= WARMUP and self.opt.n_iter >= 1:
+        if self.iteration is None and self.warm >= WARMUP:
             self.iteration = GraphedIteration(self)
         if self.iteration is not None:
             return self.iteration()
