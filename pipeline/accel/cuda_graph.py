@@ -61,8 +61,8 @@ class GraphedGradient:
 
     def __init__(self, evaluate: Evaluate, like: Tensor, warmup: int = 2):
         self.x = like.detach().clone().requires_grad_(True)
-        for _ in range(warmup):
-            on_side_stream(like.device, lambda: evaluate_and_backward(evaluate, self.x))
+        on_side_stream(like.device, lambda: [evaluate_and_backward(evaluate, self.x)
+                                             for _ in range(warmup)])
         self.x.grad = None
         self.graph, self.terms = capture(like.device,
                                          lambda: evaluate_and_backward(evaluate, self.x))
