@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipeline.bulk.manifest import build_rows, write_manifest
+from pipeline.bulk.build import build_rows
+from pipeline.bulk.manifest import write_manifest
 from pipeline.io.examples import landscape, swirls
 
 

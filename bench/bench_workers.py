@@ -21,7 +21,8 @@ import tempfile
 from pathlib import Path
 
 from pipeline.bulk import ledger
-from pipeline.bulk.manifest import build_rows, write_manifest
+from pipeline.bulk.build import build_rows
+from pipeline.bulk.manifest import write_manifest
 from pipeline.io.examples import landscape, swirls
 
 JOBS = 8

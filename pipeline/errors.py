@@ -9,7 +9,7 @@ class RowError(InputError):
     """A manifest row that cannot run; `row` is its number (from 0)."""
 
     def __init__(self, row: int, message: object):
-        self.row = row
+        self.row, self.reason = row, str(message)
         super().__init__(f"row {row}: {message}")
 
 

@@ -168,8 +168,9 @@ def test_block_size_option_forces_blocks(cpu32):
     runtime = Runtime.create("cpu", "fp32", channels_last=False, block_size=40)
     job = StyleJob(make_photo((96, 72)), [make_painting()])
     assert setup_batch([prepare(job, params)], params, runtime).stages[-1].block == 40
-    with pytest.raises(InputError, match="block size must be >= 0"):
-        Runtime.create("cpu", block_size=-1)
+    for bad in (-1, 1, 15):  # 1..15 were rounded up to 16 px blocks, 150x slower, silently
+        with pytest.raises(InputError, match=r"block size must be 0 \(auto\) or at least 16"):
+            Runtime.create("cpu", block_size=bad)
 
 
 def test_by_blocks_coarse_to_fine_resumes_and_batches_as_whole(cpu64):

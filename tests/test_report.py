@@ -36,7 +36,7 @@ def test_the_report_places_every_row_and_its_state(dataset, tmp_path):
     assert [view.count(s) for s in (DONE, FAILED, PENDING)] == [8, 4, 0]
     columns, rows, _ = contact_sheet(view.jobs, varying_names(view.jobs))
     assert [c.name for c in rows] == ["c0.png", "c1.png", "c2.png"]
-    assert [(styles, dict(varying)) for styles, varying in columns] == [
+    assert [(tuple(s.stem for s in styles), dict(varying)) for styles, varying in columns] == [
         (("s0",), {"style_weight": 100.0}), (("s1",), {"style_weight": 100.0}),
         (("s0",), {"style_weight": 300.0}), (("s1",), {"style_weight": 300.0})]
     for job in view.jobs:

@@ -10,10 +10,11 @@ import torch
 from PIL import Image
 
 from pipeline.bulk import ledger, traces
+from pipeline.bulk.build import build_rows
 from pipeline.bulk.checkpoint import save_checkpoint, saved_checkpoints
 from pipeline.bulk.events import Iteration
 from pipeline.bulk.jobs import Batch, Inspector, auto_cpu_workers, default_batch_size
-from pipeline.bulk.manifest import build_rows, read_jobs, write_manifest
+from pipeline.bulk.manifest import read_jobs, write_manifest
 from pipeline.bulk.runner import folder_lock
 from pipeline.cli.commands import app
 from pipeline.io.images import read_metadata

@@ -29,6 +29,7 @@ GIB = 2**30
 # Blocks with a smaller inner side recompute more margin than they own (80 px of margin on
 # each side through relu5_1): below it, a shorter L-BFGS history is the better trade.
 MIN_BLOCK = 512
+MARGIN_WARNING = 4  # x the image's own work: a --block-size this wasteful is said
 # Past this side a block's margins cost under 35% more pixels: larger ones gain little time
 # and take memory the rest of the process (targets, ONNX Runtime's arena) may need.
 MAX_BLOCK = 1024
@@ -169,6 +170,10 @@ def plan_stage(net: VGG19Trunk, params: StyleParams, size: tuple[int, int], iter
     grid = Grid.of(params.layers)
     history = min(params.lbfgs_history, max(1, iterations))
     side = _aligned(block, grid) if block else 0
+    if side and (overhead := ((side + 2 * grid.margin) / side) ** 2) > MARGIN_WARNING:
+        _warn_once(f"blocks of {side} px each read a {grid.margin} px margin on every side: "
+                   f"about {overhead:.0f}x the work of the image itself per iteration; "
+                   f"--block-size 0 picks the largest blocks that fit")
     free = available_bytes(device)
     if free is None:
         return Fit(side)
@@ -205,6 +210,11 @@ def plan_stage(net: VGG19Trunk, params: StyleParams, size: tuple[int, int], iter
                          f"{budget / GIB:.1f} GiB of the {free / GIB:.1f} GiB free is usable: "
                          "use a smaller size")
     return Fit(side)
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    log.warning(message)
 
 
 def _aligned(side: int, grid: Grid) -> int:

@@ -81,6 +81,20 @@ class RuntimeOptions:
         "the user cache dir]", flag="--cache-dir", envvar=CACHE_ENV)
     cache_targets: bool = setting(True, "Keep computed targets in the cache.")
 
+    def validate(self) -> tuple[str, ...]:
+        """InputError naming the first bad setting, before any work; the providers parsed."""
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.targets not in ("onnx", "torch"):
+            raise InputError(f"targets must be onnx or torch, got {self.targets!r}")
+        if self.block_size != 0 and self.block_size < MIN_BLOCK_SIZE:
+            raise InputError(f"block size must be 0 (auto) or at least {MIN_BLOCK_SIZE} px, got "
+                             f"{self.block_size}")
+        return parse_providers(self.providers)
+
+
+MIN_BLOCK_SIZE = 16  # the stride of relu5_1: smaller blocks were rounded up to it, silently
+
 
 def parse_providers(text: str | None) -> tuple[str, ...]:
     """'tensorrt,cuda,cpu' (short or full names) -> short names, validated."""
@@ -183,13 +197,7 @@ class Runtime:
                 ) -> Runtime:
         """`heap_kept`: whether the CPU heap keeps freed memory (None: as the options ask)."""
         dev = resolve_device(device)
-        if options.precision not in PRECISIONS:
-            raise InputError(f"precision must be one of {PRECISIONS}, got {options.precision!r}")
-        if options.targets not in ("onnx", "torch"):
-            raise InputError(f"targets must be onnx or torch, got {options.targets!r}")
-        providers = parse_providers(options.providers)
-        if options.block_size < 0:
-            raise InputError(f"block size must be >= 0, got {options.block_size}")
+        providers = options.validate()
         if heap_kept is None:
             heap_kept = options.keep_cpu_memory and dev.type == "cpu"
         precision, reason = options.precision, "set by --precision"

@@ -13,23 +13,23 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import InputError
-from .manifest import image_files, relative_path
+from .build import Draft, Walk, settings, tree_files
+from .names import short_names
 
 ASSIGNMENTS = ("cross", "random", "cycle")
 FORMATS = ("png", "jpg")
 
 
-def list_images(folder: Path, recursive: bool, skipped: list[Path]) -> list[Path]:
-    """The image files in `folder` (and below it, with `recursive`), sorted; entries named like
-    images that are not files (folders, broken links) go to `skipped`."""
-    if not folder.is_dir():
-        raise InputError(f"{folder}: not a folder")
-    found = image_files(folder.glob("**/*" if recursive else "*"), skipped)
+def list_images(folder: Path, recursive: bool, walk: Walk) -> list[Path]:
+    """The image files in `folder` (and below it, with `recursive`), sorted (build.tree_files);
+    an error when there are none."""
+    found = tree_files(folder, recursive, walk)
     if not found:
         raise InputError(f"{folder}: no images found" + ("" if recursive else
                                                          " (--recursive looks in subfolders)"))
@@ -57,30 +57,32 @@ def assign_styles(names: Sequence[str], styles: Sequence[Path], how: str, per_im
             for i in range(len(names))]
 
 
-def dataset_rows(content_dir: Path, style_dir: Path, *, recursive: bool, assign: str,
-                 per_image: int, seed: int, mirror: bool, fmt: str, grid: dict[str, list[Any]],
-                 relative_to: Path, skipped: list[Path]) -> list[dict[str, Any]]:
+def dataset_drafts(content_dir: Path, style_dir: Path, *, recursive: bool, assign: str,
+                   per_image: int, seed: int, mirror: bool, fmt: str,
+                   grid: dict[str, list[Any]], walk: Walk) -> list[Draft]:
     """One row per content image, style and parameter setting. With `mirror`, each output is
-    the content's path relative to `content_dir` with the extension `fmt`; an image with
-    several styles, or a grid of several settings, adds `__<style>` and `__<setting>` to the
-    file name so that no two rows share an output."""
+    the content's path relative to `content_dir` with the extension `fmt` (images that differ
+    only in their extension, a.jpg and a.png, keep it: a.jpg.png); an image with several
+    styles, or a grid of several settings, adds `__<style>` and `__<setting>` to the file name
+    so that no two rows share an output."""
     if fmt not in FORMATS:
         raise InputError(f"--format must be one of {FORMATS}, got {fmt!r}")
-    styles = list_images(style_dir, recursive, skipped)
+    styles = list_images(style_dir, recursive, walk)
     check_assignment(assign, per_image, len(styles))  # before a long walk of the contents
-    contents = list_images(content_dir, recursive, skipped)
+    combos = settings(grid)
+    contents = list_images(content_dir, recursive, walk)
     names = [PurePosixPath(p.relative_to(content_dir).as_posix()) for p in contents]
     assigned = assign_styles([str(n) for n in names], styles, assign, per_image, seed)
-    settings = [dict(zip(grid, values, strict=True))
-                for values in itertools.product(*grid.values())]
-    rows = []
+    clashing = Counter(n.with_suffix("") for n in names)
+    style_names = short_names(styles)
+    drafts = []
     for content, name, its_styles in zip(contents, names, assigned, strict=True):
-        for style, (k, setting) in itertools.product(its_styles, enumerate(settings)):
-            row = {"content": relative_path(content, relative_to),
-                   "style": relative_path(style, relative_to), **setting}
+        for style, (k, setting) in itertools.product(its_styles, enumerate(combos)):
+            output = None
             if mirror:
-                stem = name.stem + (f"__{style.stem}" if len(its_styles) > 1 else "") + (
-                    f"__{k}" if len(settings) > 1 else "")
-                row["output"] = str(name.with_name(f"{stem}.{fmt}"))
-            rows.append(row)
-    return rows
+                stem = (name.stem if clashing[name.with_suffix("")] == 1 else name.name) + (
+                    f"__{style_names[style]}" if len(its_styles) > 1 else "") + (
+                    f"__{k}" if len(combos) > 1 else "")
+                output = str(name.with_name(f"{stem}.{fmt}"))
+            drafts.append(Draft(content, (style,), setting, output))
+    return drafts

@@ -1,5 +1,5 @@
 """Parquet manifests: one row per output image. Reading in batches, turning rows into jobs,
-validating every row, and building manifests as a cross product.
+validating every row (building them is build.py's).
 
 Columns: `content` (path) and `style` (path, or list of paths) are required; `style_weights`
 (list of floats) blends several styles; `output` names the output file (relative to the run's
@@ -13,10 +13,9 @@ pandas number them.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,6 @@ PARAM_TYPES = {f.name: f.type for f in fields(StyleParams)}
 LIST_PARAMS = {"content_layers", "style_layers", "style_layer_weights", "style_blend"}
 COLUMNS = {"content", "style", "style_weights", "output", *PARAM_TYPES} - {"style_blend"}
 READ_BATCH = 8192
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 # Parameters that name a file unless they hold one of these words.
 FILE_PARAMS = {"init": INIT_WORDS, "weights": WEIGHT_SOURCES}
 # Folders of a run's own under --out: no output may land in them.
@@ -133,9 +131,20 @@ def output_path(out_dir: Path, value: str, inputs: Sequence[Path],
     return path
 
 
-def default_output(content: Path, styles: Sequence[Path], params: StyleParams) -> str:
-    spec_hash = hashlib.sha256(json.dumps(params.result_dict(), sort_keys=True).encode())
-    return f"{content.stem}__{'+'.join(s.stem for s in styles)}__{spec_hash.hexdigest()[:8]}.png"
+def params_tag(params: StyleParams) -> str:
+    """What default output names carry of the parameters: a hash of those that decide the
+    image."""
+    return hashlib.sha256(json.dumps(params.result_dict(), sort_keys=True).encode()
+                          ).hexdigest()[:8]
+
+
+def default_output(content: Path, styles: Sequence[Path], tag: str,
+                   names: dict[Path, str] | None = None) -> str:
+    """`content__style__tag.png`, each input called by its stem or by its name in `names`."""
+    def name(path: Path) -> str:
+        return names[path] if names else path.stem
+
+    return f"{name(content)}__{'+'.join(name(s) for s in styles)}__{tag}.png"
 
 
 def row_to_job(row: dict[str, Any], index: int, base: Path, out_dir: Path,
@@ -165,7 +174,8 @@ def row_to_job(row: dict[str, Any], index: int, base: Path, out_dir: Path,
         style_paths = tuple(_resolve(base, s) for s in styles)
         inputs = [content, *style_paths] + ([Path(params.init)] if params.init_is_file else [])
         output = output_path(out_dir, row.get("output")
-                             or default_output(content, style_paths, params), inputs, real)
+                             or default_output(content, style_paths, params_tag(params)),
+                             inputs, real)
         output_bit_depth(output, params.bit_depth)
         return JobSpec(index, content, style_paths, params, output,
                        output.relative_to(out_dir).as_posix())
@@ -196,13 +206,27 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             index += 1
 
 
-def read_jobs(path: Path, out_dir: Path, overrides: dict[str, Any] | None = None
-              ) -> Iterator[JobSpec | RowError]:
-    """Every row as a JobSpec, or the RowError that explains why it is not one."""
+def row_inputs(row: dict[str, Any], base: Path, overrides: dict[str, Any]) -> list[Path]:
+    """The image files a row reads (content, styles, an init image), from its cells as they
+    are, also when the row is invalid for another reason: no row may write over them."""
+    style = row.get("style")
+    init = row.get("init") or overrides.get("init")
+    cells = [row.get("content"), *(style if isinstance(style, list) else [style]),
+             init if init not in INIT_WORDS else None]
+    return [_resolve(base, cell) for cell in cells if isinstance(cell, str) and cell]
+
+
+def read_jobs(path: Path, out_dir: Path, overrides: dict[str, Any] | None = None,
+              inputs: dict[Path, int] | None = None) -> Iterator[JobSpec | RowError]:
+    """Every row as a JobSpec, or the RowError that explains why it is not one. `inputs`, if
+    given, collects every row's input images (links resolved) with the first row reading each."""
     base = path.resolve().parent
     out_dir = Path(os.path.realpath(out_dir))
     real = RealPaths()
     for index, row in read_rows(path):
+        if inputs is not None:
+            for image in row_inputs(row, base, overrides or {}):
+                inputs.setdefault(real(image), index)
         try:
             yield row_to_job(row, index, base, out_dir, overrides or {}, real)
         except RowError as e:
@@ -210,72 +234,10 @@ def read_jobs(path: Path, out_dir: Path, overrides: dict[str, Any] | None = None
 
 
 def write_manifest(rows: list[dict[str, Any]], dest: Path) -> Path:
-    """Write rows atomically; list-valued `style` when any row blends styles."""
-    table = pa.Table.from_pylist(rows)
+    """Write rows atomically; a column that some rows lack is null in those; list-valued
+    `style` when any row blends styles."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    table = pa.Table.from_pylist([{k: row.get(k) for k in columns} for row in rows])
     with atomic_path(dest) as tmp:
         pq.write_table(table, tmp)
     return dest
-
-
-def image_files(candidates: Iterable[Path], skipped: list[Path] | None,
-                any_extension: bool = False) -> list[Path]:
-    """The candidates named like images (any name, with `any_extension`) that are files,
-    sorted; the others named like images (folders, broken links) go to `skipped`."""
-    named = sorted(p for p in candidates
-                   if any_extension or p.suffix.lower() in IMAGE_EXTENSIONS)
-    if skipped is not None:
-        skipped += [p for p in named if not p.is_file()]
-    return [p for p in named if p.is_file()]
-
-
-def expand_inputs(spec: str, skipped: list[Path] | None = None) -> list[Path]:
-    """A folder (its image files, sorted) or a glob pattern. Entries that are not files (a
-    folder named like an image, a dangling link) are left out and added to `skipped`."""
-    path = Path(os.path.expanduser(spec))
-    if path.is_dir():
-        found = image_files(path.iterdir(), skipped)
-    else:
-        import glob
-
-        found = image_files(map(Path, glob.glob(os.path.expanduser(spec), recursive=True)),
-                            skipped, any_extension=True)
-    if not found:
-        raise InputError(f"{spec}: no images found")
-    return found
-
-
-def relative_path(path: Path, relative_to: Path | None) -> str:
-    """A manifest cell: `path` relative to the manifest's folder (absolute without one)."""
-    if relative_to is None:
-        return str(path.resolve())
-    return os.path.relpath(path.resolve(), relative_to.resolve())
-
-
-def build_rows(contents: Sequence[Path], styles: Sequence[Path], grid: dict[str, list[Any]],
-               relative_to: Path | None = None) -> list[dict[str, Any]]:
-    """contents x styles x parameter grid, one row each."""
-    names = list(grid)
-    rows = []
-    for content, style, values in itertools.product(contents, styles,
-                                                    itertools.product(*grid.values())):
-        rows.append({"content": relative_path(content, relative_to),
-                     "style": relative_path(style, relative_to),
-                     **dict(zip(names, values, strict=True))})
-    return rows
-
-
-def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
-    """`--param name=v1,v2` (list parameters take ';' between values) to typed value lists."""
-    grid: dict[str, list[Any]] = {}
-    for item in items:
-        name, sep, values = item.partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep or name not in PARAM_TYPES or name == "style_blend":
-            raise InputError(f"--param {item!r}: expected name=v1,v2 with name a parameter")
-        split = values.split(";") if name in LIST_PARAMS else values.split(",")
-        try:
-            grid[name] = [coerce_param(name, v) for v in split if v.strip()]
-        except ValueError as e:
-            raise InputError(f"--param {item!r}: {e}") from None
-        grid[name] = [list(v) if isinstance(v, tuple) else v for v in grid[name]]
-    return grid

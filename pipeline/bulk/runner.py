@@ -10,26 +10,24 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..accel.runtime import RuntimeOptions
 from ..errors import InputError, RowError
-from ..io.files import atomic_write_bytes, check_writable_dir, describe_os_error, remove_stale_temps
-from ..io.images import carries_key
+from ..io.files import check_writable_dir, describe_os_error, remove_stale_temps
 from . import ledger, traces
 from .checkpoint import checkpoint_dir, sweep_finished
-from .distribute import Outcome, distribute
-from .distributors import open_distributor
+from .distribute import Distributor, Outcome, distribute
+from .distributors import check_distributor, open_distributor
 from .jobs import BatchQueue, Inspector, Job
 from .manifest import read_jobs
+from .run_state import new_run_id, output_is_done, write_run_info
 from .worker import WorkerConfig
 
 
@@ -68,14 +66,16 @@ class Scan:
 def scan(manifest: Path, out_dir: Path, overrides: dict[str, Any],
          progress: Callable[[int], None] | None = None, decode: bool = True) -> Scan:
     """Every row checked: columns, types, ranges, files exist and decode (or, with
-    decode=False, have a readable header), outputs inside --out and not duplicated."""
+    decode=False, have a readable header), outputs inside --out, not duplicated and not any
+    row's input."""
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir} is a file, not a folder")
     inspect = Inspector(decode)
     jobs: list[Job] = []
     errors: list[RowError] = []
     outputs: dict[Path, int] = {}
-    for item in read_jobs(manifest, out_dir, overrides):
+    inputs: dict[Path, int] = {}
+    for item in read_jobs(manifest, out_dir, overrides, inputs):
         if progress is not None:
             progress(1)
         if isinstance(item, RowError):
@@ -90,21 +90,14 @@ def scan(manifest: Path, out_dir: Path, overrides: dict[str, Any],
             errors.append(RowError(item.row, f"output {item.output_name} duplicates row {first}"))
             continue
         jobs.append(job)
+    # Only now: a later row may read what an earlier row would write.
+    overwriting = [job for job in jobs if job.spec.output in inputs]
+    errors += [RowError(job.spec.row, f"output {job.spec.output_name} is an input image of "
+                                      f"row {inputs[job.spec.output]}; it would be overwritten")
+               for job in overwriting]
+    jobs = [job for job in jobs if job.spec.output not in inputs]
+    errors.sort(key=lambda e: e.row)
     return Scan(jobs, errors)
-
-
-def _recorded(job: Job, row: dict[str, Any] | None) -> bool:
-    """The ledger's done row records writing the very file now at the job's output."""
-    return bool(row and row["status"] == ledger.DONE
-                and ledger.matches_file(row, job.spec.output))
-
-
-def _finished(job: Job, row: dict[str, Any] | None) -> bool:
-    """Its requested output exists and is its own: the ledger's record of writing that very
-    file, else (a file the ledger never saw, copied or touched since) the file decodes and
-    carries the job's key."""
-    output = job.spec.output
-    return _recorded(job, row) or (output.is_file() and carries_key(output, job.key))
 
 
 @dataclass
@@ -115,15 +108,18 @@ class Plan:
     recovered: list[Job]    # outputs found on disk that the ledger does not record as written
 
 
-def plan(jobs: Iterable[Job], out_dir: Path, retry_failed: bool) -> Plan:
-    state = ledger.read(out_dir, quarantine=True)
+def plan(jobs: Iterable[Job], out_dir: Path, retry_failed: bool, quarantine: bool = True
+         ) -> Plan:
+    """What is left to do. `quarantine` (the caller holds the run lock): unreadable ledger
+    parts are moved aside; without it the folder is only read."""
+    state = ledger.read(out_dir, quarantine=quarantine)
     p = Plan([], 0, 0, [])
     for job in jobs:
         row = state.get(job.id)
-        recorded = _recorded(job, row)
-        if recorded or _finished(job, None):
+        if output_is_done(job.spec.output, job.key, row):
             p.done += 1
-            if not recorded:
+            if not (row and row["status"] == ledger.DONE
+                    and ledger.matches_file(row, job.spec.output)):
                 p.recovered.append(job)
         elif row and row["status"] == ledger.FAILED and not retry_failed:
             p.failed_before += 1
@@ -143,20 +139,6 @@ class RunResult(Outcome):
     seconds: float = 0.0
     devices: list[str] = field(default_factory=list)
     swept: tuple[int, int] = (0, 0)  # finished batches' checkpoints removed: files, bytes
-
-
-def write_run_info(out_dir: Path, manifest: Path, jobs: list[Job], invalid: int,
-                   overrides: dict[str, Any]) -> str:
-    """run.json; returns the run's id, by which workers elsewhere know they see the folder.
-    The overrides (--set) let the report read the manifest's rows as this run did."""
-    run_id = uuid.uuid4().hex
-    info = {"manifest": str(manifest.resolve()), "run_id": run_id, "started_at": time.time(),
-            "total": len(jobs) + invalid, "invalid": invalid,
-            "overrides": {k: list(v) if isinstance(v, tuple) else v
-                          for k, v in overrides.items()},
-            "jobs": [list(j.id) for j in jobs]}
-    atomic_write_bytes(out_dir / "run.json", json.dumps(info).encode())
-    return run_id
 
 
 @contextmanager
@@ -188,51 +170,81 @@ def run(manifest: Path, opts: RunOptions, display_factory: Callable[..., Any],
         ) -> RunResult:
     """`display_factory(total=, devices=)` is a context manager fed the workers' events;
     `scan_view()` one that yields a row counter while the manifest is checked. Nothing is
-    written (not even the folder) until the manifest has been checked."""
+    written (not even the folder) until the run is sure to start: the manifest is checked,
+    and the workers' devices found (a Ray cluster joined) first."""
     out_dir = opts.out_dir
     start = time.perf_counter()
+    opts.runtime.validate()
+    check_distributor(opts.distributor, opts.devices)
     with scan_view() as advance:
         found = scan(manifest, out_dir, opts.overrides, advance, decode=False)
     if found.errors and not opts.skip_bad_rows:
         raise ManifestInvalid(found.errors)
-    try:
-        check_writable_dir(out_dir)
-    except OSError as e:
-        raise InputError(f"--out: {describe_os_error(e, out_dir)}") from None
-    with folder_lock(out_dir):
-        remove_stale_temps(_own_folders(out_dir, found.jobs))  # of a run that was killed
-        run_id = write_run_info(out_dir, manifest, found.jobs, len(found.errors),
-                                opts.overrides)
-        p = plan(found.jobs, out_dir, opts.retry_failed)
-        now = time.time()
-        ledger.append(out_dir, [
-            ledger.make_row(f"invalid-row-{e.row}", e.row, ledger.INVALID, "", [], "", None, now,
-                            error=str(e)) for e in found.errors])
-        ledger.append(out_dir, [ledger.job_row(j, ledger.DONE, now, written=j.spec.output,
-                                               error="recovered from output file")
-                                for j in p.recovered])
-        result = RunResult(total=len(found.jobs) + len(found.errors), done_before=p.done,
-                           failed_before=p.failed_before)
-        result.failed += [(e.row, str(e)) for e in found.errors]
-        if p.todo:
-            # Absolute: a worker elsewhere has another working folder.
-            config = WorkerConfig(Path(os.path.realpath(out_dir)), opts.checkpoint_every,
-                                  opts.runtime, run_id, opts.trace_every)
-            with open_distributor(opts.distributor, config, opts.devices, opts.workers,
-                                  opts.ray_address, [job.size for job in p.todo]) as workers:
-                queue = BatchQueue(p.todo)
-                # A worker with no batch would only start up.
-                workers.slots = workers.slots[:max(1, queue.count(
-                    workers.slots[0].batch_size(opts.batch_size)))]
-                result.devices = [slot.label for slot in workers.slots]
-                with display_factory(total=len(p.todo), devices=result.devices) as display:
-                    distribute(workers, queue, opts.batch_size, display,
-                               lambda batch: all(_finished(j, None) for j in batch.jobs), result)
-        result.pending = len(p.todo) - result.done - (len(result.failed) - len(found.errors))
-        result.swept = sweep_finished(out_dir, lambda: {
-            key for (key, _), row in ledger.read(out_dir).items() if row["status"] == ledger.DONE})
-        result.seconds = time.perf_counter() - start
-        return result
+    # Absolute: a worker elsewhere has another working folder.
+    config = WorkerConfig(Path(os.path.realpath(out_dir)), opts.checkpoint_every,
+                          opts.runtime, new_run_id(), opts.trace_every)
+    with ExitStack() as opened:
+        ahead = plan(found.jobs, out_dir, opts.retry_failed, quarantine=False)
+        workers: Distributor | None = None
+        if ahead.todo:
+            workers = opened.enter_context(open_distributor(
+                opts.distributor, config, opts.devices, opts.workers, opts.ray_address,
+                [job.size for job in ahead.todo]))
+        try:
+            check_writable_dir(out_dir)
+        except OSError as e:
+            raise InputError(f"--out: {describe_os_error(e, out_dir)}") from None
+        # `stack` holds the workers: they end before the folder is unlocked.
+        with folder_lock(out_dir), opened.pop_all() as stack:
+
+            def workers_for(todo: list[Job]) -> Distributor:
+                nonlocal workers
+                if workers is None:  # outputs went missing since the look above
+                    workers = stack.enter_context(open_distributor(
+                        opts.distributor, config, opts.devices, opts.workers,
+                        opts.ray_address, [job.size for job in todo]))
+                return workers
+
+            result = _run_locked(manifest, opts, found, config.run_id, workers_for,
+                                 display_factory)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _run_locked(manifest: Path, opts: RunOptions, found: Scan, run_id: str,
+                workers_for: Callable[[list[Job]], Distributor],
+                display_factory: Callable[..., Any]) -> RunResult:
+    """The run itself, in its locked folder."""
+    out_dir = opts.out_dir
+    remove_stale_temps(_own_folders(out_dir, found.jobs))  # of a run that was killed
+    write_run_info(out_dir, run_id, manifest, [j.id for j in found.jobs],
+                   {e.row: e.reason for e in found.errors}, opts.overrides)
+    p = plan(found.jobs, out_dir, opts.retry_failed)
+    now = time.time()
+    ledger.append(out_dir, [
+        ledger.make_row(f"invalid-row-{e.row}", e.row, ledger.INVALID, "", [], "", None, now,
+                        error=str(e)) for e in found.errors])
+    ledger.append(out_dir, [ledger.job_row(j, ledger.DONE, now, written=j.spec.output,
+                                           error="recovered from output file")
+                            for j in p.recovered])
+    result = RunResult(total=len(found.jobs) + len(found.errors), done_before=p.done,
+                       failed_before=p.failed_before)
+    result.failed += [(e.row, str(e)) for e in found.errors]
+    if p.todo:
+        workers = workers_for(p.todo)
+        queue = BatchQueue(p.todo)
+        # A worker with no batch would only start up.
+        workers.slots = workers.slots[:max(1, queue.count(
+            workers.slots[0].batch_size(opts.batch_size)))]
+        result.devices = [slot.label for slot in workers.slots]
+        with display_factory(total=len(p.todo), devices=result.devices) as display:
+            distribute(workers, queue, opts.batch_size, display,
+                       lambda batch: all(output_is_done(j.spec.output, j.key, None)
+                                         for j in batch.jobs), result)
+    result.pending = len(p.todo) - result.done - (len(result.failed) - len(found.errors))
+    result.swept = sweep_finished(out_dir, lambda: {
+        key for (key, _), row in ledger.read(out_dir).items() if row["status"] == ledger.DONE})
+    return result
 
 
 def exit_code(result: RunResult) -> int:

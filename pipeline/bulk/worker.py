@@ -17,7 +17,6 @@ job goes on without it.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -48,6 +47,7 @@ from .events import (
     Ready,
 )
 from .jobs import Batch, Job
+from .run_state import read_run_info
 
 log = logging.getLogger("pipeline.run")
 
@@ -139,7 +139,8 @@ class Worker:
         def save_intermediate(it: int, i: int, image: Any) -> None:
             output = jobs[i].spec.output
             try:
-                save_image(image, intermediate_path(output, it), {"iteration": it})
+                save_image(image, intermediate_path(output, it),
+                           {"iteration": it, "job_key": jobs[i].key})
             except OSError as e:
                 raise WriteFailed(f"cannot write an intermediate of {jobs[i].spec.output_name}:"
                                   f" {describe_os_error(e, output.parent)}") from e
@@ -221,8 +222,8 @@ def forward_logs(wid: int, emit: Emit) -> None:
 def sees_run_folder(config: WorkerConfig) -> bool:
     """This machine sees the run's folder: its run.json carries the run's id."""
     try:
-        return json.loads((config.out_dir / "run.json").read_text())["run_id"] == config.run_id
-    except (OSError, ValueError, KeyError, TypeError):
+        return read_run_info(config.out_dir).run_id == config.run_id
+    except InputError:
         return False
 
 

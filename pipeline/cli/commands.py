@@ -194,14 +194,17 @@ def stylize(
     from ..io.images import check_output_path, intermediate_path, save_image
     from ..targets.cache import image_digest
 
+    if quiet:  # no INFO lines either, only warnings and errors
+        logging.getLogger("pipeline").setLevel(logging.WARNING)
     check_output_path(output, bit_depth)
     inputs = [content, *styles] + ([Path(init)] if init not in INIT_WORDS else [])
     if output.exists() and any(output.samefile(p) for p in inputs if p.exists()):
         raise InputError(f"{output}: the output would overwrite one of the input images")
     if output.is_dir():
         raise InputError(f"{output}: is a folder; give a file name ending in .png or .jpg")
-    if trace is not None and trace.suffix != ".parquet":
-        raise InputError(f"--trace {trace}: give a file name ending in .parquet")
+    if trace is not None and (trace.suffix != ".parquet" or trace.is_dir()):
+        raise InputError(f"--trace {trace}: give a file name ending in .parquet"
+                         + (" (this is a folder)" if trace.is_dir() else ""))
     if trace_every < 0:
         raise InputError(f"--trace-every must be >= 0, got {trace_every}")
     destinations = {"--output": output} | ({"--trace": trace} if trace is not None else {})
@@ -392,7 +395,8 @@ def manifest_build(
     style_dir: Path | None = typer.Option(None, help="Dataset mode: the style images in this "
                                           "folder."),
     recursive: bool = typer.Option(False, help="Dataset mode: also the images in subfolders "
-                                   "(class folders)."),
+                                   "(class folders), linked ones included; a run's output "
+                                   "folder (it holds a run.json) is left out, with a warning."),
     assign: str = typer.Option("cross", help="Dataset mode: cross (every content with every "
                                "style), random (--styles-per-image styles drawn per image, "
                                "reproducible from --seed and the image's path) or cycle "
@@ -403,7 +407,8 @@ def manifest_build(
     mirror: bool = typer.Option(False, help="Dataset mode: each output path mirrors the "
                                 "content's path under --content-dir (class folders kept), with "
                                 "the extension --format; several styles or settings per image "
-                                "add __<style> and __<setting number> to the name."),
+                                "add __<style> and __<setting number> to the name, and images "
+                                "that differ only in extension keep it (a.jpg.png)."),
     fmt: str = typer.Option("png", "--format", help="Dataset mode with --mirror: png or jpg."),
     param: list[str] = typer.Option(None, "--param", help="Parameter grid axis name=v1,v2 "
                                     "(repeatable), e.g. --param style_weight=50,200; list "
@@ -412,30 +417,41 @@ def manifest_build(
     """Write a manifest, one row per output: the cross product of --content x --style x the
     parameter grid, or (dataset mode) the images under --content-dir each with styles from
     --style-dir as --assign says. Paths are stored relative to the manifest's folder."""
-    from ..bulk.dataset import dataset_rows
-    from ..bulk.manifest import build_rows, expand_inputs, parse_grid, write_manifest
+    from ..bulk.build import Walk, cross_product, expand_inputs, parse_grid, to_rows
+    from ..bulk.dataset import dataset_drafts
+    from ..bulk.manifest import write_manifest
 
     dataset = content_dir is not None or style_dir is not None
     if dataset == bool(content or style) or (dataset and not (content_dir and style_dir)):
         raise InputError("give --content and --style, or --content-dir and --style-dir")
     if not dataset and (mirror or assign != "cross"):
         raise InputError("--assign and --mirror need --content-dir and --style-dir")
-    skipped: list[Path] = []
+    if output.is_dir() or output.suffix.lower() != ".parquet":
+        raise InputError(f"-o {output}: a manifest is a Parquet file; give a file name ending "
+                         "in .parquet" + (" (this is a folder)" if output.is_dir() else ""))
+    walk = Walk()
     grid = parse_grid(param or [])
-    base = output.resolve().parent
     if dataset:
-        rows = dataset_rows(content_dir, style_dir, recursive=recursive, assign=assign,
-                            per_image=styles_per_image, seed=seed, mirror=mirror, fmt=fmt,
-                            grid=grid, relative_to=base, skipped=skipped)
+        drafts = dataset_drafts(content_dir, style_dir, recursive=recursive, assign=assign,
+                                per_image=styles_per_image, seed=seed, mirror=mirror, fmt=fmt,
+                                grid=grid, walk=walk)
     else:
-        contents = [p for spec in content for p in expand_inputs(spec, skipped)]
-        styles = [p for spec in style for p in expand_inputs(spec, skipped)]
-        rows = build_rows(contents, styles, grid, relative_to=base)
-    if skipped:
-        say("warning:", "yellow", f"skipped {len(skipped)} entries that are not image files "
-            f"(folders, broken links): {', '.join(str(p) for p in skipped[:10])}"
-            + (" ..." if len(skipped) > 10 else ""))
-    write_manifest(rows, output)
+        drafts = cross_product([p for spec in content for p in expand_inputs(spec, walk)],
+                               [p for spec in style for p in expand_inputs(spec, walk)], grid)
+    rows = to_rows(drafts, relative_to=output.resolve().parent)
+    for what, paths in (("entries that are not image files (folders, broken links)",
+                         walk.skipped),
+                        ("run folders (a run.json marks them: their outputs are not inputs)",
+                         walk.run_folders)):
+        if paths:
+            say("warning:", "yellow", f"skipped {len(paths)} {what}: "
+                f"{', '.join(str(p) for p in paths[:10])}" + (" ..." if len(paths) > 10 else ""))
+    try:
+        write_manifest(rows, output)
+    except OSError as e:
+        from ..io.files import describe_os_error
+
+        raise InputError(f"-o {output}: {describe_os_error(e, output.parent)}") from None
     console.print(f"wrote {output}: {len(rows)} rows")
 
 
@@ -587,38 +603,29 @@ def report_cmd(out: Path = typer.Argument(..., help="Output folder of a run.")) 
 @app.command()
 @reports_errors
 def status(out: Path = typer.Argument(..., help="Output folder of a run.")) -> None:
-    """Ledger summary of a run: done / failed / pending, throughput, failures with reasons."""
-    import json
-
+    """Ledger summary of a run: done / failed / pending, throughput, failures with reasons.
+    A job counts as done only while its output is there and is its own, as `run` decides."""
     from ..bulk import ledger
+    from ..bulk.run_state import ledger_only_info, read_run_info, run_state
     from ..report.page import REPORT
 
-    info_path = out / "run.json"
-    if not info_path.is_file():
-        raise InputError(f"{out}: no run.json here; is this a `pipeline run --out` folder?")
-    rows = ledger.read(out)
     try:
-        info = json.loads(info_path.read_text())
-        jobs = {tuple(j) for j in info["jobs"]}
-        manifest, total = info["manifest"], str(info["total"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        say("warning:", "yellow", f"{info_path} is unreadable ({type(e).__name__}); counting "
-            "the ledger alone (a rerun of the manifest rewrites it)")
-        jobs = {job for job, r in rows.items() if r["status"] != ledger.INVALID}
-        manifest, total = "unknown (run.json unreadable)", "unknown"
-    done = [r for job, r in rows.items() if job in jobs and r["status"] == ledger.DONE]
-    failed = [r for job, r in rows.items() if r["status"] != ledger.DONE
-              and (job in jobs or r["status"] == ledger.INVALID)]
-    pending = len(jobs) - len(done) - sum(1 for r in failed if r["status"] != ledger.INVALID)
+        info = read_run_info(out)
+    except InputError as e:
+        if not (out / "run.json").is_file():
+            raise
+        say("warning:", "yellow", f"{e}; counting the ledger alone")
+        info = ledger_only_info(out)
+    state = run_state(out, info)
     table = Table(title=f"status {out}", show_header=False)
     table.add_column()
     table.add_column(overflow="fold")  # paths in full, wrapped
-    table.add_row("manifest", manifest)
-    table.add_row("jobs", total)
-    table.add_row("done", str(len(done)))
-    table.add_row("failed", str(len(failed)))
-    table.add_row("pending", str(pending))
-    if (ran := ledger.throughput(done)) is not None:
+    table.add_row("manifest", info.manifest)
+    table.add_row("jobs", str(info.total))
+    table.add_row("done", str(state.done))
+    table.add_row("failed", str(len(state.failed)))
+    table.add_row("pending", str(state.pending))
+    if (ran := ledger.throughput(state.records)) is not None:
         timed, span = ran
         table.add_row("throughput", f"{len(timed) / span * 3600:,.0f} images/hour over "
                       f"{span:.0f} s; {sum(r['seconds'] for r in timed) / len(timed):.1f}"
@@ -628,10 +635,10 @@ def status(out: Path = typer.Argument(..., help="Output folder of a run.")) -> N
     table.add_row("report", str(report) if report.is_file()
                   else f"none yet (pipeline report {out})")
     console.print(table)
-    if failed:
+    if state.failed:
         failures = Table(title="failures")
         failures.add_column("row", justify="right")
         failures.add_column("error", overflow="fold")
-        for r in sorted(failed, key=lambda r: r["row"]):
-            failures.add_row(str(r["row"]), r["error"])
+        for row, error in state.failed:
+            failures.add_row(str(row), error)
         console.print(failures)

@@ -23,6 +23,7 @@ MAX_SIZE = 16384
 # A sanity bound, not a quality limit: 400 is the default and 5,000 is far past convergence;
 # 10^9 is a typo that would otherwise run for decades.
 MAX_ITERATIONS = 100_000
+MAX_SEED = 2**63 - 1  # a manifest's int64 column, and what torch's generators take
 MIN_SCALE_SIZE = 128  # coarser than this, VGG19's deep layers see too few pixels to help
 # The words `init` and `weights` take; any other value is a file's path.
 INIT_WORDS = ("content", "noise")
@@ -193,6 +194,8 @@ class StyleParams:
                                                       f"{MAX_ITERATIONS}, got {self.tol_window}"),
             (0 <= self.save_every <= MAX_ITERATIONS, f"save_every must be between 0 and "
                                                       f"{MAX_ITERATIONS}, got {self.save_every}"),
+            (0 <= self.seed <= MAX_SEED, f"seed must be between 0 and {MAX_SEED}, got "
+                                         f"{self.seed}"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got "
                                            f"{self.optimizer!r}"),
             (self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}"),

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import platformdirs
 
+from ..errors import InputError
+
 CACHE_ENV = "STYLE_PIPELINE_CACHE"
 
 
@@ -27,9 +29,17 @@ def file_digest(path: str | os.PathLike) -> str:
 
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
     """Cache root: explicit override, else $STYLE_PIPELINE_CACHE, else the user cache dir."""
+    where = ("--cache-dir" if override else CACHE_ENV if os.environ.get(CACHE_ENV)
+             else "the user cache dir")
     root = override or os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("style-pipeline")
     path = Path(root).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        what = {FileExistsError: "is a file, not a folder",
+                NotADirectoryError: "a folder above it is a file"}.get(
+                    type(e), describe_os_error(e, path))
+        raise InputError(f"cache {path} ({where}): {what}") from None
     return path
 
 

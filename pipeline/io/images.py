@@ -281,14 +281,24 @@ def intermediate_path(output: Path, iteration: int) -> Path:
     return output.with_name(f"{output.stem}.iter{iteration:04d}{output.suffix}")
 
 
-def intermediates(output: Path) -> list[tuple[int, Path]]:
-    """The intermediate images written beside `output`, by iteration."""
+def intermediates(output: Path, key: str | None = None) -> list[tuple[int, Path]]:
+    """The intermediate images written beside `output`, by iteration; with `key`, only those
+    of that job (an earlier job with the same output name may have left others there)."""
     found = []
     for path in output.parent.glob(f"{glob.escape(output.stem)}.iter*{output.suffix}"):
         number = path.name[len(output.stem) + len(".iter"):-len(output.suffix)]
-        if number.isdigit():
+        if number.isdigit() and (key is None or _header_key(path) == key):
             found.append((int(number), path))
     return sorted(found)
+
+
+def _header_key(path: Path) -> str | None:
+    """The job key embedded in an image's header (no pixels decoded)."""
+    try:
+        with Image.open(path) as img:
+            return _embedded(img).get("job_key")
+    except (*DECODE_ERRORS, json.JSONDecodeError):
+        return None
 
 
 def carries_key(path: Path, key: str) -> bool:

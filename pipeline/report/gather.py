@@ -2,9 +2,10 @@
 numbers, the loss traces and the intermediate images.
 
 The manifest is read again (with the run's --set overrides from run.json) so that pending rows
-and rows that never became jobs are shown too; a row's ledger entry is found by its output
-path, and counts only when it was made with the row's present parameters. Without a readable
-manifest the ledger alone is shown.
+and rows that never became jobs are shown too. A row's job is found by its output path in
+run.json, and its state is decided as `pipeline status` and the run decide it (run_state): done
+only while its output is there and is its own. A record counts only when it was made with the
+row's present parameters. Without a readable manifest the run's jobs alone are shown.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from ..bulk import ledger, traces
-from ..bulk.manifest import read_rows, row_to_job
+from ..bulk.manifest import read_rows, row_inputs, row_to_job
+from ..bulk.run_state import DONE, FAILED, PENDING, RunInfo, job_state, read_run_info
 from ..errors import InputError, RowError
 from ..gatys.params import StyleParams
 from ..io.images import intermediates
 
-DONE, FAILED, PENDING = "done", "failed", "pending"
+__all__ = ["DONE", "FAILED", "PENDING", "JobView", "RunView", "gather", "same_result"]
 
 
 @dataclass
@@ -54,63 +56,51 @@ class RunView:
         return [j.record for j in self.jobs if j.status == DONE and j.record]
 
 
-def read_run_info(out_dir: Path) -> dict[str, Any]:
-    path = out_dir / "run.json"
-    if not path.is_file():
-        raise InputError(f"{out_dir}: no run.json here; is this a `pipeline run --out` folder?")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: unreadable ({type(e).__name__}); a rerun of the manifest "
-                         "rewrites it") from None
-
-
 def gather(out_dir: Path) -> RunView:
     info = read_run_info(out_dir)
     records = ledger.read(out_dir)
-    by_output = {out: r for (_, out), r in records.items() if r["status"] != ledger.INVALID}
-    invalid = {r["row"]: r["error"] for r in records.values() if r["status"] == ledger.INVALID}
-    manifest = Path(info.get("manifest", ""))
     try:
-        jobs = _from_manifest(manifest, out_dir, info.get("overrides", {}), by_output, invalid)
+        jobs = _from_manifest(out_dir, info, records)
         note = ""
     except InputError as e:
-        jobs = [_from_record(out_dir, r) for r in by_output.values()]
-        note = f"the manifest could not be read ({e}); showing the ledger's jobs only"
+        jobs = _from_run_info(out_dir, info, records)
+        note = f"the manifest could not be read ({e}); showing the run's jobs only"
     found = traces.read(out_dir)
     for job in jobs:
-        job.trace = found.get(job.record.get("key", ""), [])
-        if job.output is not None:
-            job.intermediates = intermediates(job.output)
-    return RunView(out_dir, str(manifest), jobs, note)
+        key = job.record.get("key", "")
+        job.trace = found.get(key, [])
+        if job.output is not None and key:
+            job.intermediates = intermediates(job.output, key)
+    return RunView(out_dir, info.manifest, jobs, note)
 
 
-def _from_manifest(manifest: Path, out_dir: Path, overrides: dict[str, Any],
-                   by_output: dict[str, dict[str, Any]], invalid: dict[int, str]
+def _from_manifest(out_dir: Path, info: RunInfo, records: dict[ledger.JobId, dict[str, Any]]
                    ) -> list[JobView]:
+    manifest = Path(info.manifest)
     base = manifest.resolve().parent
     out_dir = out_dir.resolve()
-    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in info.overrides.items()}
+    keys = {output: key for key, output in info.jobs}
     jobs = []
     for index, row in read_rows(manifest):
         try:
+            if index in info.invalid:
+                raise RowError(index, info.invalid[index])
             spec = row_to_job(row, index, base, out_dir, overrides)
         except RowError as e:
-            style = row.get("style")
-            styles = [style] if isinstance(style, str) else list(style or [])
-            jobs.append(JobView(index, base / str(row.get("content") or "?"),
-                                tuple(base / str(s) for s in styles), {}, None, FAILED,
-                                invalid.get(index, str(e))))
+            inputs = row_inputs(row, base, overrides)
+            jobs.append(JobView(index, inputs[0] if inputs else base / "?", tuple(inputs[1:]),
+                                {}, None, FAILED, e.reason))
             continue
-        params = spec.params.to_dict()
-        record = by_output.get(spec.output_name)
+        job = (keys.get(spec.output_name, ""), spec.output_name)
+        record = records.get(job)
         if record is not None and not same_result(json.loads(record["params"]), spec.params):
             record = None  # made with other parameters: this row's job has not run
-        status = PENDING if record is None else (
-            DONE if record["status"] == ledger.DONE else FAILED)
-        jobs.append(JobView(index, spec.content, spec.styles, params, spec.output, status,
-                            (record or {}).get("error", "") if status == FAILED else "",
-                            record or {}))
+        status = job_state(out_dir, job, record) if job[0] else PENDING
+        jobs.append(JobView(index, spec.content, spec.styles, spec.params.to_dict(),
+                            spec.output, status,
+                            record["error"] if status == FAILED and record else "",
+                            record if record and status != PENDING else {}))
     return jobs
 
 
@@ -126,10 +116,15 @@ def same_result(recorded: dict[str, Any], params: StyleParams) -> bool:
     return made.result_dict() == params.result_dict()
 
 
-def _from_record(out_dir: Path, record: dict[str, Any]) -> JobView:
-    status = DONE if record["status"] == ledger.DONE else FAILED
-    params = json.loads(record["params"]) or StyleParams().to_dict()
-    return JobView(record["row"], Path(record["content"]),
-                   tuple(Path(s) for s in record["styles"]), params,
-                   out_dir / record["output"], status,
-                   record["error"] if status == FAILED else "", record)
+def _from_run_info(out_dir: Path, info: RunInfo,
+                   records: dict[ledger.JobId, dict[str, Any]]) -> list[JobView]:
+    """The run's jobs as run.json and the ledger know them, when the manifest is gone."""
+    jobs = []
+    for job in dict.fromkeys(info.jobs):
+        record = records.get(job, {})
+        status = job_state(out_dir, job, record or None)
+        jobs.append(JobView(record.get("row", -1), Path(record.get("content") or "?"),
+                            tuple(Path(s) for s in record.get("styles") or []),
+                            json.loads(record.get("params") or "{}"), out_dir / job[1], status,
+                            record.get("error", "") if status == FAILED else "", record))
+    return jobs

@@ -19,15 +19,16 @@ from typing import Any
 from urllib.parse import quote
 
 from ..bulk import ledger
+from ..bulk.names import short_names
 from ..io.files import atomic_write_bytes
 from ..version import __version__
 from .curves import COLORS, loss_svg
 from .gather import DONE, FAILED, PENDING, JobView, RunView, gather
-from .thumbs import Thumbnails
+from .thumbs import Thumbnails, report_folder
 
 REPORT = "report.html"
 FILES = "report_files"
-Column = tuple[tuple[str, ...], tuple[tuple[str, Any], ...]]  # style names, varying params
+Column = tuple[tuple[Path, ...], tuple[tuple[str, Any], ...]]  # style files, varying params
 
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}
@@ -52,10 +53,21 @@ svg.curve{display:block;margin-top:4px;font:9px sans-serif;fill:#666}
 """
 
 
+# The page runs no script and loads nothing from the network: a file name that looks like
+# markup is text (every value goes through _h), and the policy below is a second wall.
+CSP = ("default-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'; "
+       "form-action 'none'; base-uri 'none'")
+
+
+def _h(value: object) -> str:
+    """The one way a value enters the page: HTML-escaped, quotes included (text or attribute)."""
+    return escape(str(value), quote=True)
+
+
 def write_report(out_dir: Path) -> Path:
     """Write (or refresh) <out_dir>/report.html and its thumbnails; returns its path."""
     view = gather(out_dir)
-    thumbs = Thumbnails(out_dir / FILES / "thumbs")
+    thumbs = Thumbnails(report_folder(out_dir, FILES, "thumbs"))
     page = render(view, thumbs)
     thumbs.sweep()
     path = out_dir / REPORT
@@ -66,25 +78,27 @@ def write_report(out_dir: Path) -> Path:
 def render(view: RunView, thumbs: Thumbnails) -> str:
     varying = varying_names(view.jobs)
     columns, rows, cells = contact_sheet(view.jobs, varying)
-    thumbs.make_all([*rows, *(s for j in columns.values() for s in j.styles),
+    names = short_names(rows) | short_names(s for styles, _ in columns for s in styles)
+    thumbs.make_all([*rows, *(s for styles, _ in columns for s in styles),
                      *(j.output for j in view.jobs if j.status == DONE and j.output),
                      *(path for j in view.jobs for _, path in j.intermediates)])
     link = _Links(view.out_dir, thumbs)
-    body = [f"<h1>style-pipeline run: {escape(str(view.out_dir))}</h1>", _header(view)]
+    body = [f"<h1>style-pipeline run: {_h(view.out_dir)}</h1>", _header(view)]
     if view.note:
-        body.append(f'<p class="note">{escape(view.note)}</p>')
-    legend = "".join(f'<span style="color:{c}">&#9632; {t}</span>' for t, c in COLORS.items())
+        body.append(f'<p class="note">{_h(view.note)}</p>')
+    legend = "".join(f'<span style="color:{_h(c)}">&#9632; {_h(t)}</span>'
+                     for t, c in COLORS.items())
     body.append(f'<p class="legend">Loss curves (log scale, per job): {legend}</p>')
     body.append('<table class="sheet"><thead><tr><th></th>')
-    for (styles, settings), first in columns.items():
-        images = "".join(link.image(p, "input") for p in first.styles)
-        label = " + ".join(styles) + "".join(f"<br>{escape(k)}={escape(_text(v))}"
-                                              for k, v in settings)
+    for styles, settings in columns:
+        images = "".join(link.image(p, "input") for p in styles)
+        label = _h(" + ".join(names[s] for s in styles)) + "".join(
+            f"<br>{_h(k)}={_h(_text(v))}" for k, v in settings)
         body.append(f'<th>{images}<div class="name">{label}</div></th>')
     body.append("</tr></thead><tbody>")
     for content in rows:
         body.append(f'<tr><th>{link.image(content, "input")}'
-                    f'<div class="name">{escape(content.name)}</div></th>')
+                    f'<div class="name">{_h(names[content])}</div></th>')
         for column in columns:
             jobs = cells.get((content, column), [])
             body.append("<td>" + "".join(_cell(j, link, varying) for j in jobs) + "</td>")
@@ -92,7 +106,8 @@ def render(view: RunView, thumbs: Thumbnails) -> str:
     body.append("</tbody></table>")
     page = "\n".join(body)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            f"<title>report: {escape(view.out_dir.name)}</title><style>{CSS}</style></head>"
+            f'<meta http-equiv="Content-Security-Policy" content="{_h(CSP)}">'
+            f"<title>report: {_h(view.out_dir.name)}</title><style>{CSS}</style></head>"
             f"<body>\n{page}\n</body></html>\n")
 
 
@@ -106,24 +121,23 @@ def varying_names(jobs: Iterable[JobView]) -> list[str]:
 
 
 def _column(job: JobView, varying: list[str]) -> Column:
-    return (tuple(s.stem for s in job.styles),
-            tuple((name, job.params[name]) for name in varying if name in job.params))
+    return (job.styles, tuple((name, job.params[name]) for name in varying if name in job.params))
 
 
 def contact_sheet(jobs: list[JobView], varying: list[str]
-                  ) -> tuple[dict[Column, JobView], list[Path],
-                             dict[tuple[Path, Column], list[JobView]]]:
-    """Columns (each with its first job) and rows in manifest order, and each cell's jobs;
-    `varying`: the parameters that make columns (varying_names)."""
-    columns: dict[Column, JobView] = {}
+                  ) -> tuple[list[Column], list[Path], dict[tuple[Path, Column], list[JobView]]]:
+    """Columns (style files and the varying parameters' values) and rows (content files) in
+    manifest order, and each cell's jobs; `varying`: the parameters that make columns
+    (varying_names)."""
+    columns: dict[Column, None] = {}
     rows: dict[Path, None] = {}
     cells: dict[tuple[Path, Column], list[JobView]] = {}
     for job in jobs:
         column = _column(job, varying)
-        columns.setdefault(column, job)
+        columns.setdefault(column)
         rows.setdefault(job.content)
         cells.setdefault((job.content, column), []).append(job)
-    return columns, list(rows), cells
+    return list(columns), list(rows), cells
 
 
 class _Links:
@@ -138,18 +152,18 @@ class _Links:
     def image(self, source: Path, css: str, title: str = "") -> str:
         thumb = self.thumbs(source)
         if thumb is None:
-            return f'<div class="pending">no preview of {escape(source.name)}</div>'
-        return (f'<a href="{self.href(source)}"><img class="{css}" loading="lazy" '
-                f'src="{self.href(thumb)}" alt="{escape(source.name)}" '
-                f'title="{escape(title or source.name)}"></a>')
+            return f'<div class="pending">no preview of {_h(source.name)}</div>'
+        return (f'<a href="{_h(self.href(source))}"><img class="{_h(css)}" loading="lazy" '
+                f'src="{_h(self.href(thumb))}" alt="{_h(source.name)}" '
+                f'title="{_h(title or source.name)}"></a>')
 
 
 def _cell(job: JobView, link: _Links, varying: list[str]) -> str:
     if job.status == PENDING:
-        return f'<div class="pending">row {job.row}: pending</div>'
+        return f'<div class="pending">row {_h(job.row)}: pending</div>'
     if job.status == FAILED:
-        return (f'<div class="failed" title="{escape(job.error)}"><b>row {job.row} failed:</b> '
-                f"{escape(job.error)}</div>")
+        return (f'<div class="failed" title="{_h(job.error)}"><b>row {_h(job.row)} failed:</b> '
+                f"{_h(job.error)}</div>")
     assert job.status == DONE and job.output is not None
     record = job.record
     losses = " ".join(f"{t} {record.get('loss_' + t) or 0:.3g}"
@@ -159,20 +173,20 @@ def _cell(job: JobView, link: _Links, varying: list[str]) -> str:
              f"{record.get('iterations')} of {job.params.get('iterations')} iterations · "
              f"{record.get('seconds') or 0:.1f} s · {record.get('device', '')} "
              f"{record.get('precision') or ''}")
-    parts = [link.image(job.output, "thumb", title),
-             f'<div class="meta">row {job.row} · loss {record.get("loss_total") or 0:.4g} · '
-             f'{record.get("iterations")} it · {record.get("seconds") or 0:.1f} s</div>',
+    meta = (f"row {job.row} · loss {record.get('loss_total') or 0:.4g} · "
+            f"{record.get('iterations')} it · {record.get('seconds') or 0:.1f} s")
+    parts = [link.image(job.output, "thumb", title), f'<div class="meta">{_h(meta)}</div>',
              loss_svg(job.trace)]
     if job.intermediates:
-        strip = "".join(f"<div>{link.image(path, 'step', f'iteration {it}')}<span>{it}</span>"
-                        f"</div>" for it, path in job.intermediates)
+        strip = "".join(f"<div>{link.image(path, 'step', f'iteration {it}')}"
+                        f"<span>{_h(it)}</span></div>" for it, path in job.intermediates)
         parts.append(f'<div class="strip">{strip}</div>')
     return "".join(parts)
 
 
 def _header(view: RunView) -> str:
     done = view.done_records
-    rows = [("manifest", escape(view.manifest)),
+    rows = [("manifest", view.manifest),
             ("jobs", f"{len(view.jobs)}: {view.count(DONE)} done, {view.count(FAILED)} failed, "
                      f"{view.count(PENDING)} pending")]
     if (ran := ledger.throughput(done)) is not None:
@@ -181,11 +195,11 @@ def _header(view: RunView) -> str:
                                         f"images in {span:,.0f} s)"))
     devices = sorted({r["device"] for r in done if r.get("device")})
     precisions = sorted({r["precision"] for r in done if r.get("precision")})
-    rows += [("devices", escape(", ".join(devices) or "-")),
-             ("precision", escape(", ".join(precisions) or "-")),
+    rows += [("devices", ", ".join(devices) or "-"),
+             ("precision", ", ".join(precisions) or "-"),
              ("written", datetime.datetime.fromtimestamp(view.generated_at).strftime(
                  "%Y-%m-%d %H:%M:%S") + f" by style-pipeline {__version__}")]
-    return ('<table class="head">' + "".join(f"<tr><td>{k}</td><td>{v}</td></tr>"
+    return ('<table class="head">' + "".join(f"<tr><td>{_h(k)}</td><td>{_h(v)}</td></tr>"
                                              for k, v in rows) + "</table>")
 
 

@@ -1,7 +1,9 @@
 """Thumbnails for the report, in report_files/thumbs/ beside it.
 
 A thumbnail is named by its source's path, size and modification time, so a refreshed report
-makes only the new ones; those no longer shown are removed (the folder is the report's own).
+makes only the new ones; those no longer shown are removed. Only files this module made are
+ever removed (named as it names them, marked inside as its own, not links), and only in a folder
+of the run's own: a report_files or thumbs that is a link elsewhere is refused.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,10 +20,25 @@ from PIL import Image
 
 from ..errors import InputError
 from ..io.files import atomic_path
-from ..io.images import open_rgb
+from ..io.images import DECODE_ERRORS, open_rgb
 
 log = logging.getLogger("pipeline.report")
 SIDE = 320  # px, longest side: sharp at the sheet's display size on a 2x screen
+NAME = re.compile(r"[0-9a-f]{20}\.jpg")
+MARK = b"style-pipeline report thumbnail"  # the JPEG comment of every thumbnail made here
+
+
+def report_folder(out_dir: Path, *parts: str) -> Path:
+    """out_dir/parts..., each level a real folder inside out_dir (made if missing): never a
+    link, through which the report would write and delete elsewhere."""
+    folder = out_dir
+    for part in parts:
+        folder = folder / part
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            raise InputError(f"{folder} is a link or a file: the report writes its thumbnails "
+                             "only in a folder of its own; move it away and run again")
+        folder.mkdir(exist_ok=True)
+    return folder
 
 
 class Thumbnails:
@@ -45,7 +63,7 @@ class Thumbnails:
                 return None
             img.thumbnail((self.side, self.side), Image.Resampling.LANCZOS)
             with atomic_path(dest) as tmp:
-                img.save(tmp, format="JPEG", quality=88)
+                img.save(tmp, format="JPEG", quality=88, comment=MARK)
         self.made.add(dest)
         return dest
 
@@ -56,7 +74,18 @@ class Thumbnails:
             list(pool.map(self, set(sources)))
 
     def sweep(self) -> None:
-        """Remove the thumbnails this report no longer shows."""
-        for path in self.folder.glob("*.jpg") if self.folder.is_dir() else []:
-            if path not in self.made:
+        """Remove the thumbnails this report no longer shows: files of ours alone."""
+        for path in self.folder.iterdir():
+            if path not in self.made and NAME.fullmatch(path.name) and _ours(path):
                 path.unlink(missing_ok=True)
+
+
+def _ours(path: Path) -> bool:
+    """A plain file (not a link) that this module wrote: its JPEG comment says so."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with Image.open(path) as img:
+            return img.info.get("comment") == MARK
+    except DECODE_ERRORS:
+        return False

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ...accel.runtime import resolve_device
 from ...errors import InputError
 from ..distribute import Distributor, Slot
 from ..jobs import auto_cpu_workers
@@ -18,28 +19,46 @@ from ..worker import WorkerConfig
 NAMES = ("local", "ray")
 
 
-def local_slots(spec: str, workers: int, sizes: list[tuple[int, int]]) -> list[Slot]:
-    """`auto`: every GPU, else the CPU; or a comma list. The CPU gets `workers` processes (0:
-    auto_cpu_workers), each with an equal share of the cores."""
+def device_names(spec: str) -> list[str]:
+    """`auto`: every GPU, else the CPU; or a comma list of cpu, cuda and cuda:N, each checked
+    here (CUDA must be there), before anything is written."""
     if spec == "auto":
-        names = ([f"cuda:{i}" for i in range(torch.cuda.device_count())]
-                 if torch.cuda.is_available() else ["cpu"])
-    else:
-        names = [d.strip() for d in spec.split(",") if d.strip()]
+        return ([f"cuda:{i}" for i in range(torch.cuda.device_count())]
+                if torch.cuda.is_available() else ["cpu"])
+    names = [d.strip() for d in spec.split(",") if d.strip()]
+    if not names:
+        raise InputError(f"--devices {spec!r}: name at least one device (auto, cpu, cuda:N)")
+    for name in names:
+        if name == "auto":
+            raise InputError(f"--devices {spec!r}: auto stands alone, not in a list")
+        resolve_device(name)
+    return names
+
+
+def local_slots(spec: str, workers: int, sizes: list[tuple[int, int]]) -> list[Slot]:
+    """The devices of `spec` (device_names). The CPU gets `workers` processes (0:
+    auto_cpu_workers), each with an equal share of the cores."""
     cores = os.cpu_count() or 1
     cpu_workers = max(1, workers or auto_cpu_workers(sizes, cores))
     out: list[Slot] = []
-    for name in names:
+    for name in device_names(spec):
         if name == "cpu":
             out += [Slot("cpu", "cpu", max(1, cores // cpu_workers), cpu_workers)] * cpu_workers
-        elif name.startswith("cuda"):
-            if not torch.cuda.is_available():
-                raise InputError(f"device {name} requested but CUDA is not available here")
+        else:
             device = name if ":" in name else "cuda:0"
             out.append(Slot(device, device, 1))
-        else:
-            raise InputError(f"unknown device {name!r}; use auto, cpu or cuda:N")
     return out
+
+
+def check_distributor(name: str, devices: str) -> None:
+    """Refuse a run whose workers could not start, before it writes anything (joining a Ray
+    cluster is checked when the distributor opens, also before any write)."""
+    if name not in NAMES:
+        raise InputError(f"unknown distributor {name!r}; use {' or '.join(NAMES)}")
+    if name == "local":
+        device_names(devices)
+    else:
+        from . import ray_cluster  # noqa: F401  (InputError naming the extra when missing)
 
 
 @contextmanager

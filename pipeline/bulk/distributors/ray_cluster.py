@@ -11,6 +11,8 @@ its first worker left in the run folder.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,12 @@ except ImportError as e:  # the optional extra
 # An actor reports its iteration at most this often: each report is a call to the driver.
 ITERATION_EVERY_S = 0.5
 STOP_LOOK_EVERY_S = 1.0
+PROBE_TIMEOUT_S = 5.0
+# Ray's settings (RAY_<name>, read when it connects) that bound joining a cluster to about
+# 15 s where it would retry for minutes, and keep its C++ connection warnings off stderr; a
+# user's own values win.
+CONNECT_BOUNDS = {"RAY_py_gcs_connect_timeout_s": "5", "RAY_gcs_server_port_wait_time_s": "1",
+                  "RAY_gcs_rpc_server_connect_timeout_s": "3", "RAY_BACKEND_LOG_LEVEL": "error"}
 
 
 def stop_file(config: WorkerConfig) -> Path:
@@ -41,6 +49,30 @@ def stop_file(config: WorkerConfig) -> Path:
     folder rather than an actor call: a call could only be heard by a second thread, and a
     threaded actor measured slower per iteration than one that runs on its main thread."""
     return checkpoint_dir(config.out_dir) / f"stop-{config.run_id}"
+
+
+def join(address: str | None) -> None:
+    """ray.init, bounded: an address where nothing listens is refused at once, one where
+    something else listens within CONNECT_TIMEOUT_S (Ray alone retries for minutes), each in
+    one line; Ray's own connection warnings are not printed."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address not in (None, "auto", "local"):
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S
+                                     ).close()
+        except (OSError, ValueError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise InputError(f"cannot connect to Ray at {address}: {reason or 'timed out'}"
+                             ) from None
+        for name, value in CONNECT_BOUNDS.items():  # not for a Ray started here: its own
+            os.environ.setdefault(name, value)      # GCS may take longer to come up
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise InputError(f"cannot connect to Ray at {address or 'a new local Ray'}: "
+                         f"{str(e).splitlines()[0]}") from None
 
 
 class RayWorker:
@@ -94,12 +126,7 @@ class RayDistributor:
             stale.unlink(missing_ok=True)
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
-            try:
-                ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.WARNING)
-            except (ConnectionError, RuntimeError, ValueError) as e:
-                raise InputError(f"cannot connect to Ray at {address or 'RAY_ADDRESS'}: "
-                                 f"{str(e).splitlines()[0]}") from None
+            join(address)
         self.slots: list[Slot] = []
         self._placement: list[dict[str, Any]] = []  # per wid: node id, num_cpus, num_gpus
         for node in sorted(ray.nodes(), key=lambda n: n["NodeID"]):

@@ -1,0 +1,215 @@
+"""`pipeline manifest build`: the input images found (files, folders, glob patterns, folder
+trees), the rows drafted (a cross product here, dataset assignments in dataset.py), and every
+row given an output of its own.
+
+Walking a tree follows linked folders (each real folder once, so a link loop ends) and leaves
+out a run's own output folder (a run.json marks it): a run kept inside the dataset must not
+have its outputs and thumbnails picked up as content. Two rows never share an output: where
+the default names (content and style stems) or mirrored names (a.jpg and a.png) would clash,
+the clashing rows get names that tell them apart (names.py), and a clash that remains is an
+error listing the rows.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..gatys.params import StyleParams
+from .manifest import (
+    LIST_PARAMS,
+    PARAM_TYPES,
+    RESERVED,
+    coerce_param,
+    default_output,
+    params_tag,
+)
+from .names import short_names
+from .run_state import is_run_folder
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+@dataclass
+class Walk:
+    """What finding the images left out, for the user to hear about."""
+
+    skipped: list[Path] = field(default_factory=list)      # named like images, not files
+    run_folders: list[Path] = field(default_factory=list)  # runs' output folders
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A manifest row being built: `output` is None for the default name."""
+
+    content: Path
+    styles: tuple[Path, ...]
+    setting: tuple[tuple[str, Any], ...] = ()
+    output: str | None = None
+
+
+def image_files(candidates: Iterable[Path], walk: Walk, any_extension: bool = False
+                ) -> list[Path]:
+    """The candidates named like images (any name, with `any_extension`) that are files,
+    sorted; the others named like images (folders, broken links) go to `walk.skipped`."""
+    named = sorted(p for p in candidates
+                   if any_extension or p.suffix.lower() in IMAGE_EXTENSIONS)
+    walk.skipped += [p for p in named if not p.is_file()]
+    return [p for p in named if p.is_file()]
+
+
+def tree_files(folder: Path, recursive: bool, walk: Walk) -> list[Path]:
+    """The image files in `folder` (and below it, with `recursive`, through linked folders
+    too), sorted. Run folders below `folder` are left out (and added to `walk.run_folders`);
+    if `folder` is a run folder itself, its outputs are content but its own folders are not."""
+    if not folder.is_dir():
+        raise InputError(f"{folder}: not a folder")
+    if not recursive:
+        return image_files(folder.iterdir(), walk)
+    candidates: list[Path] = []
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        here = Path(root)
+        real = os.path.realpath(here)
+        if real in seen:  # a link back up the tree, or a second link to one folder
+            dirs[:] = []
+            continue
+        seen.add(real)
+        keep = []
+        for name in sorted(dirs):
+            if is_run_folder(here / name):
+                walk.run_folders.append(here / name)
+            elif not (here == folder and name in RESERVED and is_run_folder(folder)):
+                keep.append(name)
+        dirs[:] = keep
+        candidates += [here / name for name in files]
+    return image_files(candidates, walk)
+
+
+def expand_inputs(spec: str, walk: Walk) -> list[Path]:
+    """A file, a folder (its image files) or a glob pattern (`**` recurses), sorted."""
+    path = Path(os.path.expanduser(spec))
+    if path.is_dir():
+        found = tree_files(path, False, walk)
+    else:
+        matches = [Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True)]
+        found = image_files(_outside_runs(matches, _literal_prefix(path), walk), walk,
+                            any_extension=True)
+    if not found:
+        raise InputError(f"{spec}: no images found")
+    return found
+
+
+def _literal_prefix(pattern: Path) -> Path:
+    """The folders of a glob pattern before its first wildcard."""
+    parts = list(itertools.takewhile(lambda p: not glob.has_magic(p), pattern.parts))
+    return Path(*parts) if parts else Path(".")
+
+
+def _outside_runs(paths: list[Path], root: Path, walk: Walk) -> list[Path]:
+    """`paths` less those inside a run folder below `root`."""
+    runs: dict[Path, bool] = {}
+    kept = []
+    for path in paths:
+        inside = [f for f in path.parents if f.is_relative_to(root) and f != root]
+        for folder in inside:
+            if folder not in runs:
+                runs[folder] = is_run_folder(folder)
+                if runs[folder]:
+                    walk.run_folders.append(folder)
+        if not any(runs[f] for f in inside):
+            kept.append(path)
+    return kept
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
+    """`--param name=v1,v2` (list parameters take ';' between values) to typed value lists."""
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in PARAM_TYPES or name == "style_blend":
+            raise InputError(f"--param {item!r}: expected name=v1,v2 with name a parameter")
+        split = values.split(";") if name in LIST_PARAMS else values.split(",")
+        try:
+            grid[name] = [coerce_param(name, v) for v in split if v.strip()]
+        except ValueError as e:
+            raise InputError(f"--param {item!r}: {e}") from None
+        if not grid[name]:
+            raise InputError(f"--param {item!r}: no values; give name=v1,v2")
+    return grid
+
+
+def settings(grid: dict[str, list[Any]]) -> list[tuple[tuple[str, Any], ...]]:
+    """Every combination of the grid's values, each checked as a job's parameters would be."""
+    combos = [tuple(zip(grid, values, strict=True))
+              for values in itertools.product(*grid.values())]
+    for combo in combos:
+        try:
+            StyleParams(**dict(combo)).validate()
+        except InputError as e:
+            raise InputError(f"--param: {e}") from None
+    return combos
+
+
+def cross_product(contents: Sequence[Path], styles: Sequence[Path],
+                  grid: dict[str, list[Any]]) -> list[Draft]:
+    """contents x styles x parameter grid, one row each."""
+    return [Draft(content, (style,), setting) for content, style, setting
+            in itertools.product(contents, styles, settings(grid))]
+
+
+def relative_path(path: Path, relative_to: Path | None) -> str:
+    """A manifest cell: `path` relative to the manifest's folder (absolute without one)."""
+    if relative_to is None:
+        return str(path.resolve())
+    return os.path.relpath(path.resolve(), relative_to.resolve())
+
+
+def to_rows(drafts: Sequence[Draft], relative_to: Path | None = None) -> list[dict[str, Any]]:
+    """The manifest's rows, no two with the same output: a row whose default name (its
+    stems and its parameters' hash) clashes with another's is given a name from the parts of
+    its paths that differ; InputError lists the rows that still clash."""
+    tags = {s: params_tag(StyleParams(**dict(s))) for s in {d.setting for d in drafts}}
+    outputs = [d.output or default_output(d.content, d.styles, tags[d.setting]) for d in drafts]
+    named = [d.output is not None for d in drafts]
+    by_output = _rows_by_output(outputs)
+    if len(by_output) < len(outputs):
+        names = short_names(p for d in drafts for p in (d.content, *d.styles))
+        for i, d in enumerate(drafts):
+            if d.output is None and len(by_output[outputs[i]]) > 1:
+                outputs[i], named[i] = default_output(d.content, d.styles, tags[d.setting],
+                                                      names), True
+        by_output = _rows_by_output(outputs)
+    clashes = [(out, rows) for out, rows in by_output.items() if len(rows) > 1]
+    if clashes:
+        listed = "; ".join(f"{out} (rows {', '.join(map(str, rows[:5]))})"
+                           for out, rows in clashes[:10])
+        raise InputError(f"{len(clashes)} output name(s) would be shared by several rows: "
+                         f"{listed}{' ...' if len(clashes) > 10 else ''}")
+    return [{"content": relative_path(d.content, relative_to),
+             "style": relative_path(d.styles[0], relative_to) if len(d.styles) == 1
+             else [relative_path(s, relative_to) for s in d.styles],
+             **{k: list(v) if isinstance(v, tuple) else v for k, v in d.setting},
+             **({"output": out if own else None} if any(named) else {})}
+            for d, out, own in zip(drafts, outputs, named, strict=True)]
+
+
+def _rows_by_output(outputs: Sequence[str]) -> dict[str, list[int]]:
+    rows: dict[str, list[int]] = defaultdict(list)
+    for i, out in enumerate(outputs):
+        rows[out].append(i)
+    return rows
+
+
+def build_rows(contents: Sequence[Path], styles: Sequence[Path], grid: dict[str, list[Any]],
+               relative_to: Path | None = None) -> list[dict[str, Any]]:
+    """The rows of contents x styles x parameter grid, each with an output of its own."""
+    return to_rows(cross_product(contents, styles, grid), relative_to)

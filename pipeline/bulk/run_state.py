@@ -1,0 +1,155 @@
+"""What a run folder holds: run.json (the last run's manifest, id, jobs and refused rows) and
+each job's state read from the ledger and the output files.
+
+`pipeline status`, the report and the run itself decide "done" here, the same way: a job is
+done when its output exists and is its own (the ledger's record of writing that very file,
+else the key embedded in a file that decodes), so a deleted or replaced output is pending
+again everywhere at once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..io.files import atomic_write_bytes
+from ..io.images import carries_key
+from . import ledger
+
+RUN_INFO = "run.json"
+DONE, FAILED, PENDING = "done", "failed", "pending"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    manifest: str
+    run_id: str
+    jobs: tuple[ledger.JobId, ...]
+    invalid: dict[int, str] = field(default_factory=dict)  # rows refused at validation
+    overrides: dict[str, Any] = field(default_factory=dict)  # --set, as the manifest's rows saw
+    started_at: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return len(self.jobs) + len(self.invalid)
+
+
+def is_run_folder(folder: Path) -> bool:
+    return (folder / RUN_INFO).is_file()
+
+
+def new_run_id() -> str:
+    """The id workers check in run.json, by which a worker elsewhere knows it sees the folder."""
+    return uuid.uuid4().hex
+
+
+def write_run_info(out_dir: Path, run_id: str, manifest: Path, jobs: Sequence[ledger.JobId],
+                   invalid: dict[int, str], overrides: dict[str, Any]) -> None:
+    info = {"manifest": str(manifest.resolve()), "run_id": run_id, "started_at": time.time(),
+            "invalid": [[row, error] for row, error in sorted(invalid.items())],
+            "overrides": {k: list(v) if isinstance(v, tuple) else v
+                          for k, v in overrides.items()},
+            "jobs": [list(j) for j in jobs]}
+    atomic_write_bytes(out_dir / RUN_INFO, json.dumps(info).encode())
+
+
+def read_run_info(out_dir: Path) -> RunInfo:
+    """run.json, checked field by field: InputError (one line) when it is missing or is not
+    what a run writes."""
+    path = out_dir / RUN_INFO
+    if not path.is_file():
+        raise InputError(f"{out_dir}: no {RUN_INFO} here; is this a `pipeline run --out` folder?")
+    try:
+        raw = json.loads(path.read_text())
+        return RunInfo(
+            manifest=_typed(raw, "manifest", str), run_id=_typed(raw, "run_id", str),
+            jobs=tuple((_str(k), _str(o)) for k, o in _typed(raw, "jobs", list)),
+            invalid={_int(r): _str(e) for r, e in _typed(raw, "invalid", list)},
+            overrides=_typed(raw, "overrides", dict),
+            started_at=float(_typed(raw, "started_at", (int, float))))
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        reason = f"no {e.args[0]!r} field" if isinstance(e, KeyError) else str(e)
+        raise InputError(f"{path} is unreadable ({reason or type(e).__name__}); a rerun of "
+                         "the manifest rewrites it") from None
+
+
+def _typed(raw: Any, name: str, kind: type | tuple[type, ...]) -> Any:
+    if not isinstance(raw, dict):
+        raise TypeError(f"a JSON {type(raw).__name__}, not an object")
+    value = raw[name]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise TypeError(f"{name} is a {type(value).__name__}")
+    return value
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not a string")
+    return value
+
+
+def _int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{value!r} is not a row number")
+    return value
+
+
+def output_is_done(output: Path, key: str, record: dict[str, Any] | None) -> bool:
+    """The job's requested output exists and is its own: the ledger's done record of writing
+    that very file (a stat), else (a file the ledger never saw, copied or touched since) the
+    file decodes and carries the job's key."""
+    if record is not None and record["status"] == ledger.DONE and ledger.matches_file(record,
+                                                                                      output):
+        return True
+    return output.is_file() and carries_key(output, key)
+
+
+def job_state(out_dir: Path, job: ledger.JobId, record: dict[str, Any] | None) -> str:
+    """DONE, FAILED (its latest record failed and no output of its own is there) or PENDING."""
+    key, output = job
+    if output_is_done(out_dir / output, key, record):
+        return DONE
+    return FAILED if record is not None and record["status"] == ledger.FAILED else PENDING
+
+
+@dataclass
+class RunState:
+    info: RunInfo
+    done: int = 0
+    records: list[dict[str, Any]] = field(default_factory=list)  # the done jobs' ledger rows
+    failed: list[tuple[int, str]] = field(default_factory=list)  # (row, error), with refused rows
+    pending: int = 0
+
+
+def run_state(out_dir: Path, info: RunInfo) -> RunState:
+    """Every job of the folder's last run, and its refused rows, in their present state."""
+    records = ledger.read(out_dir)
+    state = RunState(info, failed=sorted(info.invalid.items()))
+    for job in dict.fromkeys(info.jobs):
+        record = records.get(job)
+        found = job_state(out_dir, job, record)
+        if found == DONE:
+            state.done += 1
+            if record is not None and record["status"] == ledger.DONE:
+                state.records.append(record)
+        elif found == FAILED:
+            assert record is not None
+            state.failed.append((record["row"], record["error"]))
+        else:
+            state.pending += 1
+    state.failed.sort()
+    return state
+
+
+def ledger_only_info(out_dir: Path) -> RunInfo:
+    """A RunInfo from the ledger alone, for a folder whose run.json is damaged: its jobs are
+    those the ledger recorded."""
+    records = ledger.read(out_dir)
+    return RunInfo(manifest="unknown (run.json unreadable)", run_id="",
+                   jobs=tuple(j for j, r in records.items() if r["status"] != ledger.INVALID))
