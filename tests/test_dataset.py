@@ -97,3 +97,72 @@ def test_mirror_needs_the_folders(tmp_path, tree):
                                  "--style", str(styles), "--mirror", "-o",
                                  str(tmp_path / "m.parquet")], terminal_width=300)
     assert result.exit_code == 2 and "need --content-dir and --style-dir" in result.output
+
+
+# --- every row an output of its own; links followed; run folders left out -------------------
+
+def test_names_that_would_clash_are_made_unique(tmp_path):
+    content, styles = tmp_path / "photos", tmp_path / "paintings"
+    for rel in ("a.jpg", "a.JPG", "a.png", "gray.jpg", "gray.png", "n1/img.png", "n2/img.png"):
+        (content / rel).parent.mkdir(parents=True, exist_ok=True)
+        make_photo(seed=len(rel)).save(content / rel)
+    for rel in ("x/art.jpg", "y/art.jpg"):
+        (styles / rel).parent.mkdir(parents=True, exist_ok=True)
+        make_painting(seed=len(rel)).save(styles / rel)
+    mirrored = _build(tmp_path, content, styles, "--recursive", "--mirror", "--format", "jpg")
+    outputs = [r["output"] for r in mirrored]
+    assert len(outputs) == 14 and len(set(outputs)) == 14
+    assert {"a.jpg__x_art.jpg", "a.JPG__y_art.jpg", "a.png__x_art.jpg",
+            "n1/img__y_art.jpg"} <= set(outputs)
+    named = _build(tmp_path, content, styles, "--recursive", name="named.parquet")
+    out = tmp_path / "out"  # default names, made unique where stems clash: the run accepts it
+    result = runner.invoke(app, ["manifest", "validate", str(tmp_path / "named.parquet"),
+                                 "--out", str(out), "--set", "size=32"], terminal_width=300)
+    assert result.exit_code == 0 and "0 invalid" in result.output, result.output
+    assert sum(r["output"] is not None for r in named) == 14
+    flat = _build(tmp_path, content / "n1", styles / "x", name="flat.parquet")  # no clash
+    assert "output" not in flat[0]
+
+
+def test_linked_subfolders_are_followed_once_and_run_folders_left_out(tmp_path, tree):
+    content, styles = tree
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    make_photo(seed=30).save(extra / "e.png")
+    (content / "linked").symlink_to(extra)
+    (content / "cat" / "loop").symlink_to(content)  # a loop: walked once
+    out = content / "runs" / "out"  # a run kept inside the dataset
+    rows = _build(tmp_path, content / "cat", styles, "--assign", "random", "--param", "size=32",
+                  "--param", "iterations=1", "--mirror", name="cats.parquet")
+    assert run_cli(tmp_path / "cats.parquet", out).exit_code == 0
+    assert (out / "report_files").is_dir()
+    result = runner.invoke(app, ["manifest", "build", "--content-dir", str(content),
+                                 "--style-dir", str(styles), "--recursive", "--assign",
+                                 "random", "-o", str(tmp_path / "all.parquet")],
+                           terminal_width=300)
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 run folders" in result.output and str(out) in result.output
+    contents = sorted(r["content"] for r in pq.read_table(tmp_path / "all.parquet").to_pylist())
+    assert contents == ["extra/e.png", "train/cat/a.jpg", "train/cat/b.png", "train/dog/c.png",
+                        "train/dog/deep/d.png"]  # paths are stored resolved
+    globbed = runner.invoke(app, ["manifest", "build", "--content", f"{content}/**/*.png",
+                                  "--style", str(styles), "-o", str(tmp_path / "g.parquet")],
+                            terminal_width=300)
+    assert globbed.exit_code == 0 and "skipped 1 run folders" in globbed.output
+    assert len(rows) == 2
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--param", "size="], "no values"),
+    (["-o", "m.csv"], "a manifest is a Parquet file"),
+    (["-o", "folder"], "this is a folder"),
+])
+def test_build_refuses_empty_grids_and_wrong_names(tmp_path, tree, args, message):
+    content, styles = tree
+    (tmp_path / "folder").mkdir()
+    result = runner.invoke(app, ["manifest", "build", "--content", str(content / "cat"),
+                                 "--style", str(styles), "-o", str(tmp_path / "m.parquet"),
+                                 *[str(tmp_path / a) if a in ("m.csv", "folder") else a
+                                   for a in args]], terminal_width=300)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "m.csv").exists() and not list((tmp_path / "folder").iterdir())

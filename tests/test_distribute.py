@@ -135,6 +135,7 @@ def test_workers_with_different_batch_sizes_cut_their_own(dataset, tmp_path):
 def test_a_worker_that_cannot_see_the_run_folder_says_so_and_does_not_start(tmp_path):
     from pipeline.accel.runtime import RuntimeOptions
     from pipeline.bulk.events import CouldNotStart
+    from pipeline.bulk.run_state import write_run_info
     from pipeline.bulk.worker import WorkerConfig, start_worker
 
     said = []
@@ -143,9 +144,10 @@ def test_a_worker_that_cannot_see_the_run_folder_says_so_and_does_not_start(tmp_
     assert isinstance(said[-1], CouldNotStart)
     assert "cannot see the run folder" in said[-1].message and "same path" in said[-1].message
     (tmp_path / "elsewhere").mkdir()
-    (tmp_path / "elsewhere" / "run.json").write_text('{"run_id": "another run"}')
-    assert start_worker(0, "cpu", 1, config, said.append, lambda: False) is None
-    (tmp_path / "elsewhere" / "run.json").write_text('{"run_id": "abc"}')
+    for run_id in ("another run", "abc"):
+        write_run_info(tmp_path / "elsewhere", run_id, tmp_path / "m.parquet", [], {}, {})
+        if run_id != "abc":
+            assert start_worker(0, "cpu", 1, config, said.append, lambda: False) is None
     worker = start_worker(0, "cpu", 1, config, said.append, lambda: False)
     assert worker is not None and isinstance(said[-1], Ready)
 

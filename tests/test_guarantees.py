@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from pipeline.bulk.runner import RunResult, exit_code
 from pipeline.cli.commands import app
 from pipeline.gatys.engine import NonFinite
 from tests.conftest import make_photo
-from tests.run_helpers import cell, run_cli, runner, spawn_run, wait_for
+from tests.run_helpers import ROOT, cell, run_cli, runner, spawn_run, wait_for
 
 
 def _one_line_error(result, *words):
@@ -480,3 +481,117 @@ def test_a_run_finishing_one_last_batch_gives_the_bytes_of_an_uninterrupted_run(
     result = run_cli(dataset, out, *args)
     assert result.exit_code == 0 and cell(result.output, "done now") == "1"
     assert (out / outputs[0].name).read_bytes() == outputs[0].read_bytes()
+
+
+# --- an output is never any row's input ------------------------------------------------------
+
+def test_no_output_overwrites_another_row_s_input(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, name in enumerate(["a.jpg", "b.jpg", "c.jpg"]):
+        make_photo(seed=i).save(folder / name)
+    make_photo(seed=5).save(folder / "s.png")
+    (folder / "link.jpg").symlink_to(folder / "c.jpg")
+    manifest = write_manifest([
+        {"content": "a.jpg", "style": "s.png", "output": "b.jpg"},     # row 1's content
+        {"content": "b.jpg", "style": "s.png", "output": "x.png"},
+        {"content": "link.jpg", "style": "s.png", "output": "y.png"},  # c.jpg, through a link
+        {"content": "a.jpg", "style": "b.jpg", "output": "c.jpg"},
+        {"content": "a.jpg", "style": "s.png", "output": "z.png", "size": "big"},
+        {"content": "b.jpg", "style": "b.jpg", "output": "s.png"},     # an invalid row's input
+    ], folder / "m.parquet")
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.suffix != ".parquet"}
+    result = runner.invoke(app, ["manifest", "validate", str(manifest), "--out", str(folder)],
+                           terminal_width=400)
+    assert result.exit_code == 2 and "4 invalid" in result.output, result.output
+    assert "row 0: output b.jpg is an input image of row 1" in result.output
+    assert "row 3: output c.jpg is an input image of row 2" in result.output
+    assert "row 5: output s.png is an input image of row 0" in result.output
+    assert run_cli(manifest, folder).exit_code == 2
+    result = run_cli(manifest, folder, "--skip-bad-rows")
+    assert result.exit_code == 1 and cell(result.output, "done now") == "2", result.output
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.name in before} == before
+    assert (folder / "x.png").is_file() and (folder / "y.png").is_file()
+
+
+# --- a refused run writes nothing -----------------------------------------------------------
+
+def test_a_refused_run_leaves_a_finished_run_s_records_alone(dataset, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli(dataset, out).exit_code == 0
+    info = (out / "run.json").read_bytes()
+    files = sorted(p.relative_to(out) for p in out.rglob("*"))
+    more = _manifest(dataset, "more.parquet", output={0: "new.png"})  # a job left to do
+    fresh = tmp_path / "fresh"
+    refusals = [(["--devices", "cuda"], "CUDA is not available"),
+                (["--devices", "tpu"], "unknown device"),
+                (["--distributor", "bogus", "--devices", "auto"], "unknown distributor"),
+                (["--precision", "fp17"], "precision must be one of")]
+    for folder in (out, fresh):
+        for args, message in refusals:
+            result = runner.invoke(app, ["run", str(more), "--out", str(folder),
+                                         "--set", "size=32", *args], terminal_width=300)
+            assert result.exit_code == 2, (args, result.output)
+            _one_line_error(result, message)
+    assert (out / "run.json").read_bytes() == info
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == files
+    assert not fresh.exists()
+    status = runner.invoke(app, ["status", str(out)], terminal_width=200)
+    assert cell(status.output, "jobs") == "6" and cell(status.output, "done") == "6"
+
+
+def test_an_unreachable_ray_cluster_is_refused_in_one_line(dataset, tmp_path):
+    pytest.importorskip("ray", reason="the ray extra")
+    out = tmp_path / "out"
+    assert run_cli(dataset, out).exit_code == 0
+    info = (out / "run.json").read_bytes()
+    more = _manifest(dataset, "more.parquet", output={0: "new.png"})
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "pipeline", "run", str(more), "--out",
+                             str(out), "--distributor", "ray", "--ray-address", "127.0.0.1:1"],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and "cannot connect to Ray at 127.0.0.1:1" in lines[0], lines
+    assert time.monotonic() - started < 120  # Ray alone retried for minutes, silently
+    assert (out / "run.json").read_bytes() == info
+
+
+# --- numbers out of range -------------------------------------------------------------------
+
+def test_seeds_beyond_64_bits_are_one_line_errors(photo_path, painting_path, tmp_path, dataset):
+    result = runner.invoke(app, ["stylize", str(photo_path), str(painting_path), "-o",
+                                 str(tmp_path / "o.png"), "--seed", "18446744073709551616"])
+    assert result.exit_code == 2
+    _one_line_error(result, "seed must be between 0 and 9223372036854775807")
+    result = runner.invoke(app, ["manifest", "build", "--content", str(photo_path), "--style",
+                                 str(painting_path), "--param", "seed=99999999999999999999999",
+                                 "-o", str(tmp_path / "m.parquet")], terminal_width=300)
+    assert result.exit_code == 2 and not (tmp_path / "m.parquet").exists()
+    _one_line_error(result, "--param", "seed must be between")
+    result = run_cli(dataset, tmp_path / "out", "--set", "seed=-1")
+    assert result.exit_code == 2 and "seed must be between" in result.output
+
+
+def test_stylize_refuses_a_trace_folder_and_quiet_is_quiet(photo_path, painting_path, tmp_path):
+    folder = tmp_path / "t.parquet"
+    folder.mkdir()
+    result = runner.invoke(app, ["stylize", str(photo_path), str(painting_path), "-o",
+                                 str(tmp_path / "o.png"), "--trace", str(folder)])
+    assert result.exit_code == 2 and not (tmp_path / "o.png").exists()
+    _one_line_error(result, "--trace", "this is a folder")
+    result = runner.invoke(app, ["stylize", str(photo_path), str(painting_path), "-o",
+                                 str(tmp_path / "o.png"), "--size", "32", "--iterations", "1",
+                                 "--cache-dir", str(tmp_path / "cache"), "-q"])
+    assert result.exit_code == 0 and result.output.strip() == "", result.output
+
+
+def test_a_cache_that_is_a_file_is_named_in_one_line(photo_path, painting_path, tmp_path,
+                                                     monkeypatch):
+    a_file = tmp_path / "cache"
+    a_file.write_text("x")
+    monkeypatch.setenv("STYLE_PIPELINE_CACHE", str(a_file))
+    result = runner.invoke(app, ["stylize", str(photo_path), str(painting_path), "-o",
+                                 str(tmp_path / "o.png"), "--size", "32"], terminal_width=300)
+    assert result.exit_code == 2
+    _one_line_error(result, f"cache {a_file} (STYLE_PIPELINE_CACHE): is a file, not a folder")

@@ -10,6 +10,7 @@ from pipeline.bulk import traces
 from pipeline.cli.commands import app
 from pipeline.report.gather import DONE, FAILED, PENDING, gather
 from pipeline.report.page import contact_sheet, varying_names
+from tests.conftest import make_painting, make_photo
 from tests.run_helpers import cell, run_cli, runner
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -73,43 +74,66 @@ def test_a_resumed_trace_is_read_from_its_latest_part_only(tmp_path):
     assert [p["iteration"] for p in points] == [0, 2, 4, 6] and points[0]["total"] == 2.0
 
 
-@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and "
-                    "chromium-driver (make test installs them where apt-get is available)")
-def test_the_report_in_a_headless_browser(dataset, tmp_path):
+@pytest.fixture
+def browser():
+    """Debian's chromium, headless, through its chromedriver (selenium)."""
+    if not (CHROMIUM and DRIVER):
+        pytest.skip("needs Debian's chromium and chromium-driver (make test installs them "
+                    "where apt-get is available)")
     webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (dev extra)")
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    out = tmp_path / "out"
-    _grid_run(dataset, out)
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--window-size=1400,1000"):
         options.add_argument(flag)
-    browser = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     try:
-        browser.get((out / "report.html").as_uri())
-        images = browser.find_elements(By.TAG_NAME, "img")
-        # 8 outputs, 8 intermediates, 2 contents (c2 has no preview), a style per column
-        assert len(images) == 8 + 8 + 2 + 4
-        for img in images:  # lazy images load once scrolled to
-            browser.execute_script("arguments[0].scrollIntoView()", img)
-            WebDriverWait(browser, 20).until(
-                lambda b, img=img: b.execute_script("return arguments[0].complete", img))
-            assert browser.execute_script("return arguments[0].naturalWidth", img) > 0, \
-                img.get_attribute("src")
-        failed = browser.find_elements(By.CSS_SELECTOR, ".failed")
-        assert len(failed) == 4
-        assert all("cannot decode image" in f.text and "c2.png" in f.text for f in failed)
-        curves = browser.find_elements(By.CSS_SELECTOR, "svg.curve polyline.total")
-        assert len(curves) == 8
-        for curve in curves:
-            box = browser.execute_script("return arguments[0].getBBox()", curve)
-            assert box["width"] > 100 and box["height"] > 0
+        yield driver
     finally:
-        browser.quit()
+        driver.quit()
+
+
+def test_the_report_in_a_headless_browser(dataset, tmp_path, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    out = tmp_path / "out"
+    _grid_run(dataset, out)
+    browser.get((out / "report.html").as_uri())
+    images = browser.find_elements(By.TAG_NAME, "img")
+    # 8 outputs, 8 intermediates, 2 contents (c2 has no preview), a style per column
+    assert len(images) == 8 + 8 + 2 + 4
+    for img in images:  # lazy images load once scrolled to
+        browser.execute_script("arguments[0].scrollIntoView()", img)
+        WebDriverWait(browser, 20).until(
+            lambda b, img=img: b.execute_script("return arguments[0].complete", img))
+        assert browser.execute_script("return arguments[0].naturalWidth", img) > 0, \
+            img.get_attribute("src")
+    failed = browser.find_elements(By.CSS_SELECTOR, ".failed")
+    assert len(failed) == 4
+    assert all("cannot decode image" in f.text and "c2.png" in f.text for f in failed)
+    curves = browser.find_elements(By.CSS_SELECTOR, "svg.curve polyline.total")
+    assert len(curves) == 8
+    for curve in curves:
+        box = browser.execute_script("return arguments[0].getBBox()", curve)
+        assert box["width"] > 100 and box["height"] > 0
+
+
+def test_names_that_look_like_markup_stay_text_in_a_browser(tmp_path, browser):
+    from selenium.webdriver.common.by import By
+
+    out, content, style = _hostile_names_run(tmp_path)
+    browser.get((out / "report.html").as_uri())
+    body = browser.find_element(By.TAG_NAME, "body")
+    assert body.get_attribute("data-pwned") is None and browser.title != "pwned"
+    names = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "th .name")]
+    assert style.stem in names and content.stem in names
+    images = browser.find_elements(By.TAG_NAME, "img")
+    assert len(images) == 3  # content, style, output: all thumbnails, none injected
+    assert all(browser.execute_script("return arguments[0].naturalWidth", img) > 0
+               for img in images)
 
 
 def test_a_record_matches_its_row_as_the_job_key_does():
@@ -123,3 +147,155 @@ def test_a_record_matches_its_row_as_the_job_key_does():
     record = StyleParams(save_every=5).to_dict()
     assert same_result(record, StyleParams())  # save_every does not change the image
     assert not same_result(record, StyleParams(style_weight=7.0))
+
+
+# --- hostile names, links and stale files --------------------------------------------------
+
+def _one_line_error(result, *words):
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert "Traceback" not in result.output, result.output
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert all(w in lines[0] for w in words), result.output
+
+
+def test_the_report_deletes_nothing_through_links(dataset, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        make_photo(seed=i).save(photos / f"p{i}.jpg")
+    make_photo(seed=7).save(photos / "0123456789abcdef0123.jpg")  # named like a thumbnail
+    before = {p.name: p.read_bytes() for p in photos.iterdir()}
+    out = tmp_path / "out"
+    (out / "report_files").mkdir(parents=True)
+    (out / "report_files" / "thumbs").symlink_to(photos)
+    result = run_cli(dataset, out)
+    assert result.exit_code == 0, result.output
+    assert "no report" in result.output and "is a link" in result.output
+    _one_line_error(runner.invoke(app, ["report", str(out)], terminal_width=300), "is a link")
+    (out / "report_files" / "thumbs").unlink()
+    (out / "report_files").rmdir()
+    (out / "report_files").symlink_to(photos)  # the folder above, linked
+    _one_line_error(runner.invoke(app, ["report", str(out)], terminal_width=300), "is a link")
+    assert {p.name: p.read_bytes() for p in photos.iterdir()} == before
+    # A folder of its own: a refresh removes its stale thumbnails and nothing else.
+    (out / "report_files").unlink()
+    assert runner.invoke(app, ["report", str(out)]).exit_code == 0
+    thumbs = out / "report_files" / "thumbs"
+    made = sorted(thumbs.iterdir())
+    stale = thumbs / "ffffffffffffffffffff.jpg"
+    shutil.copy(made[0], stale)                       # one of ours no longer shown
+    users = [thumbs / "0123456789abcdef0123.jpg", thumbs / "notes.jpg"]
+    for path in users:
+        shutil.copy(photos / "p0.jpg", path)          # the user's own, named like ours or not
+    (thumbs / "aaaaaaaaaaaaaaaaaaaa.jpg").symlink_to(photos / "p1.jpg")
+    assert runner.invoke(app, ["report", str(out)]).exit_code == 0
+    assert not stale.exists() and all(p.is_file() for p in users)
+    assert (thumbs / "aaaaaaaaaaaaaaaaaaaa.jpg").is_symlink()
+    assert {p.name: p.read_bytes() for p in photos.iterdir()} == before
+
+
+def _hostile_names_run(tmp_path):
+    """A run whose content and style files are named like markup."""
+    folder = tmp_path / "hostile"
+    folder.mkdir()
+    content = folder / "<svg onload=document.title='pwned'>.png"
+    style = folder / "<img src=x onerror=document.body.setAttribute('data-pwned',1)>.jpg"
+    make_photo((48, 36)).save(content)
+    make_painting().save(style)
+    manifest = folder / "m.parquet"
+    result = runner.invoke(app, ["manifest", "build", "--content", str(content), "--style",
+                                 str(style), "-o", str(manifest)], terminal_width=300)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    assert run_cli(manifest, out).exit_code == 0
+    return out, content, style
+
+
+def test_the_report_escapes_every_name(tmp_path):
+    out, _, _ = _hostile_names_run(tmp_path)
+    page = (out / "report.html").read_text()
+    assert "<img src=x" not in page and "<svg onload" not in page
+    assert "&lt;img src=x onerror=" in page and "Content-Security-Policy" in page
+
+
+
+# --- the report and status agree, and show what is on disk ----------------------------------
+
+def _counts(out):
+    view = gather(out)
+    status = runner.invoke(app, ["status", str(out)], terminal_width=300)
+    assert status.exit_code == 0, status.output
+    report = [view.count(s) for s in (DONE, FAILED, PENDING)]
+    assert report == [int(cell(status.output, k)) for k in ("done", "failed", "pending")]
+    return report, view, status.output
+
+
+def test_refused_rows_are_failed_with_their_error_in_report_and_status(dataset, tmp_path):
+    rows = pq.read_table(dataset).to_pylist()
+    rows[1]["content"] = "content/missing.png"
+    rows[4]["style"] = "style/gone.png"
+    pq.write_table(pa.Table.from_pylist(rows), dataset)
+    out = tmp_path / "out"
+    result = run_cli(dataset, out, "--skip-bad-rows")
+    assert result.exit_code == 1 and cell(result.output, "failed") == "2", result.output
+    counts, view, status = _counts(out)
+    assert counts == [4, 2, 0]
+    failed = {j.row: j.error for j in view.jobs if j.status == FAILED}
+    assert "missing.png" in failed[1] and "gone.png" in failed[4]
+    assert "missing.png" in status and "gone.png" in status
+    assert "missing.png" in (out / "report.html").read_text()
+
+
+def test_deleted_outputs_are_pending_in_report_and_status(dataset, tmp_path):
+    out = tmp_path / "out"
+    assert run_cli(dataset, out).exit_code == 0
+    outputs = sorted(out.glob("*.png"))
+    outputs[0].unlink()
+    outputs[1].write_bytes(b"not the job's image any more")
+    assert _counts(out)[0] == [4, 0, 2]
+    assert runner.invoke(app, ["report", str(out)]).exit_code == 0
+    assert "no preview" not in (out / "report.html").read_text()
+
+
+def test_only_this_job_s_intermediates_are_shown(dataset, tmp_path):
+    rows = [dict(r, output="a.png") for r in pq.read_table(dataset).to_pylist()[:1]]
+    pq.write_table(pa.Table.from_pylist(rows), dataset)
+    out = tmp_path / "out"
+    assert run_cli(dataset, out, "--set", "iterations=8", "--set", "save_every=4").exit_code == 0
+    assert run_cli(dataset, out, "--set", "save_every=3").exit_code == 0  # 6 iterations
+    assert (out / "a.iter0004.png").is_file()  # the earlier job's, left as it was
+    (job,) = gather(out).jobs
+    assert [it for it, _ in job.intermediates] == [3]
+
+
+def test_styles_with_the_same_name_get_their_own_columns(dataset, tmp_path):
+    styles = dataset.parent / "style"
+    for folder in ("x", "y"):
+        (styles / folder).mkdir()
+    make_painting(seed=1).save(styles / "x" / "art.png")
+    make_painting(seed=2).save(styles / "y" / "art.png")
+    manifest = tmp_path / "m.parquet"
+    result = runner.invoke(app, ["manifest", "build", "--content", str(dataset.parent /
+                                                                        "content" / "c0.png"),
+                                 "--style", str(styles / "x" / "art.png"), "--style",
+                                 str(styles / "y" / "art.png"), "-o", str(manifest)])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    assert run_cli(manifest, out).exit_code == 0
+    view = gather(out)
+    columns, _, _ = contact_sheet(view.jobs, varying_names(view.jobs))
+    assert len(columns) == 2
+    page = (out / "report.html").read_text()
+    assert ">x_art<" in page and ">y_art<" in page
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "null", '{"manifest": 5}', '"run"'])
+def test_a_run_json_that_is_not_a_run_s_is_one_line(dataset, tmp_path, text):
+    out = tmp_path / "out"
+    assert run_cli(dataset, out).exit_code == 0
+    (out / "run.json").write_text(text)
+    _one_line_error(runner.invoke(app, ["report", str(out)], terminal_width=300),
+                    "run.json is unreadable")
+    status = runner.invoke(app, ["status", str(out)], terminal_width=300)
+    assert status.exit_code == 0 and "Traceback" not in status.output
+    assert "run.json is unreadable" in status.output and cell(status.output, "done") == "6"

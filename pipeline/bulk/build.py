@@ -99,12 +99,20 @@ def expand_inputs(spec: str, walk: Walk) -> list[Path]:
     if path.is_dir():
         found = tree_files(path, False, walk)
     else:
-        matches = [Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True)]
+        matches = _once(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True))
         found = image_files(_outside_runs(matches, _literal_prefix(path), walk), walk,
                             any_extension=True)
     if not found:
         raise InputError(f"{spec}: no images found")
     return found
+
+
+def _once(paths: Iterable[Path]) -> list[Path]:
+    """Each real file once, by its shortest path: `**` follows linked folders, loops too."""
+    first: dict[str, Path] = {}
+    for path in sorted(paths, key=lambda p: (len(p.parts), p)):
+        first.setdefault(os.path.realpath(path), path)
+    return list(first.values())
 
 
 def _literal_prefix(pattern: Path) -> Path:
@@ -123,7 +131,7 @@ def _outside_runs(paths: list[Path], root: Path, walk: Walk) -> list[Path]:
             if folder not in runs:
                 runs[folder] = is_run_folder(folder)
                 if runs[folder]:
-                    walk.run_folders.append(folder)
+                    walk.run_folders = _once([*walk.run_folders, folder])
         if not any(runs[f] for f in inside):
             kept.append(path)
     return kept

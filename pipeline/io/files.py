@@ -29,9 +29,9 @@ def file_digest(path: str | os.PathLike) -> str:
 
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
     """Cache root: explicit override, else $STYLE_PIPELINE_CACHE, else the user cache dir."""
-    where = ("--cache-dir" if override else CACHE_ENV if os.environ.get(CACHE_ENV)
-             else "the user cache dir")
     root = override or os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("style-pipeline")
+    where = (CACHE_ENV if str(root) == os.environ.get(CACHE_ENV) else "--cache-dir" if override
+             else "the user cache dir")
     path = Path(root).expanduser()
     try:
         path.mkdir(parents=True, exist_ok=True)
