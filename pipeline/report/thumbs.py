@@ -35,8 +35,9 @@ def report_folder(out_dir: Path, *parts: str) -> Path:
     for part in parts:
         folder = folder / part
         if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-            raise InputError(f"{folder} is a link or a file: the report writes its thumbnails "
-                             "only in a folder of its own; move it away and run again")
+            what = "a link" if folder.is_symlink() else "a file"
+            raise InputError(f"{folder} is {what}: the report writes its thumbnails only in a "
+                             "folder of its own; move it away and run again")
         folder.mkdir(exist_ok=True)
     return folder
 
