@@ -82,9 +82,11 @@ def test_ort_targets_equal_torch_targets(model, caplog):
     ort_b = TargetBuilder(session, {"backend": "onnx"}, TargetCache(None))
     torch_b = TargetBuilder(torch_features(trunk), {"backend": "torch"}, TargetCache(None))
     content, style = _image(make_photo()), _image(make_painting(), "s")
+    # Relative to each tensor's scale: another CPU's kernels sum in another order, and an
+    # elementwise tolerance fails on whichever single feature lands near zero.
     for k, v in torch_b.content(content, ["relu4_2"]).items():
-        torch.testing.assert_close(ort_b.content(content, ["relu4_2"])[k], v, rtol=1e-4,
-                                   atol=1e-3)
+        got = ort_b.content(content, ["relu4_2"])[k]
+        assert (got - v).abs().max() <= 1e-4 * v.abs().max(), k
     for k, v in torch_b.style(style, STYLE_LAYERS).items():
         got = ort_b.style(style, STYLE_LAYERS)[k]
         assert (got - v).abs().max() <= 1e-4 * v.abs().max(), k
