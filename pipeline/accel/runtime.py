@@ -25,6 +25,7 @@ TRUNK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.flo
 PROVIDER_NAMES = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider",
                   "cpu": "CPUExecutionProvider"}
 DEFAULT_PROVIDERS = ("tensorrt", "cuda", "cpu")
+MIN_BLOCK_SIZE = 16  # the stride of relu5_1: smaller blocks were rounded up to it, silently
 
 
 def setting(default: Any, help: str, *, words: dict[str, Any] | None = None,
@@ -91,9 +92,6 @@ class RuntimeOptions:
             raise InputError(f"block size must be 0 (auto) or at least {MIN_BLOCK_SIZE} px, got "
                              f"{self.block_size}")
         return parse_providers(self.providers)
-
-
-MIN_BLOCK_SIZE = 16  # the stride of relu5_1: smaller blocks were rounded up to it, silently
 
 
 def parse_providers(text: str | None) -> tuple[str, ...]:

@@ -122,16 +122,19 @@ def _literal_prefix(pattern: Path) -> Path:
 
 
 def _outside_runs(paths: list[Path], root: Path, walk: Walk) -> list[Path]:
-    """`paths` less those inside a run folder below `root`."""
+    """`paths` less those inside a run folder below `root` (each run folder said once, whatever
+    links lead to it)."""
     runs: dict[Path, bool] = {}
+    said: set[str] = set()
     kept = []
     for path in paths:
         inside = [f for f in path.parents if f.is_relative_to(root) and f != root]
         for folder in inside:
             if folder not in runs:
                 runs[folder] = is_run_folder(folder)
-                if runs[folder]:
-                    walk.run_folders = _once([*walk.run_folders, folder])
+                if runs[folder] and (real := os.path.realpath(folder)) not in said:
+                    said.add(real)
+                    walk.run_folders.append(folder)
         if not any(runs[f] for f in inside):
             kept.append(path)
     return kept

@@ -100,14 +100,16 @@ def _int(value: Any) -> int:
     return value
 
 
+def recorded(output: Path, record: dict[str, Any] | None) -> bool:
+    """The ledger's done record is of writing the very file now at `output` (a stat)."""
+    return bool(record and record["status"] == ledger.DONE
+                and ledger.matches_file(record, output))
+
+
 def output_is_done(output: Path, key: str, record: dict[str, Any] | None) -> bool:
-    """The job's requested output exists and is its own: the ledger's done record of writing
-    that very file (a stat), else (a file the ledger never saw, copied or touched since) the
-    file decodes and carries the job's key."""
-    if record is not None and record["status"] == ledger.DONE and ledger.matches_file(record,
-                                                                                      output):
-        return True
-    return output.is_file() and carries_key(output, key)
+    """The job's requested output exists and is its own: `recorded`, else (a file the ledger
+    never saw, copied or touched since) the file decodes and carries the job's key."""
+    return recorded(output, record) or (output.is_file() and carries_key(output, key))
 
 
 def job_state(out_dir: Path, job: ledger.JobId, record: dict[str, Any] | None) -> str:

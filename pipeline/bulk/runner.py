@@ -27,7 +27,7 @@ from .distribute import Distributor, Outcome, distribute
 from .distributors import check_distributor, open_distributor
 from .jobs import BatchQueue, Inspector, Job
 from .manifest import read_jobs
-from .run_state import new_run_id, output_is_done, write_run_info
+from .run_state import new_run_id, output_is_done, recorded, write_run_info
 from .worker import WorkerConfig
 
 
@@ -116,10 +116,10 @@ def plan(jobs: Iterable[Job], out_dir: Path, retry_failed: bool, quarantine: boo
     p = Plan([], 0, 0, [])
     for job in jobs:
         row = state.get(job.id)
-        if output_is_done(job.spec.output, job.key, row):
+        written = recorded(job.spec.output, row)
+        if written or output_is_done(job.spec.output, job.key, None):
             p.done += 1
-            if not (row and row["status"] == ledger.DONE
-                    and ledger.matches_file(row, job.spec.output)):
+            if not written:
                 p.recovered.append(job)
         elif row and row["status"] == ledger.FAILED and not retry_failed:
             p.failed_before += 1
@@ -183,13 +183,16 @@ def run(manifest: Path, opts: RunOptions, display_factory: Callable[..., Any],
     # Absolute: a worker elsewhere has another working folder.
     config = WorkerConfig(Path(os.path.realpath(out_dir)), opts.checkpoint_every,
                           opts.runtime, new_run_id(), opts.trace_every)
+
+    def open_for(todo: list[Job]) -> AbstractContextManager[Distributor]:
+        return open_distributor(opts.distributor, config, opts.devices, opts.workers,
+                                opts.ray_address, [job.size for job in todo])
+
     with ExitStack() as opened:
         ahead = plan(found.jobs, out_dir, opts.retry_failed, quarantine=False)
         workers: Distributor | None = None
         if ahead.todo:
-            workers = opened.enter_context(open_distributor(
-                opts.distributor, config, opts.devices, opts.workers, opts.ray_address,
-                [job.size for job in ahead.todo]))
+            workers = opened.enter_context(open_for(ahead.todo))
         try:
             check_writable_dir(out_dir)
         except OSError as e:
@@ -200,9 +203,7 @@ def run(manifest: Path, opts: RunOptions, display_factory: Callable[..., Any],
             def workers_for(todo: list[Job]) -> Distributor:
                 nonlocal workers
                 if workers is None:  # outputs went missing since the look above
-                    workers = stack.enter_context(open_distributor(
-                        opts.distributor, config, opts.devices, opts.workers,
-                        opts.ray_address, [job.size for job in todo]))
+                    workers = stack.enter_context(open_for(todo))
                 return workers
 
             result = _run_locked(manifest, opts, found, config.run_id, workers_for,

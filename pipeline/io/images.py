@@ -295,8 +295,7 @@ def intermediates(output: Path, key: str | None = None) -> list[tuple[int, Path]
 def _header_key(path: Path) -> str | None:
     """The job key embedded in an image's header (no pixels decoded)."""
     try:
-        with Image.open(path) as img:
-            return _embedded(img).get("job_key")
+        return read_metadata(path).get("job_key")
     except (*DECODE_ERRORS, json.JSONDecodeError):
         return None
 
