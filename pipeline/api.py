@@ -1,10 +1,14 @@
 """The Python API: files or PIL images in, stylized images out. The CLI and the batch runner
-call this; no stylization logic lives anywhere above it."""
+call this; no stylization logic lives anywhere above it. `stylize_file` is `pipeline stylize`:
+the command only parses its options and prints the summary."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,7 +19,7 @@ import torch
 from PIL import Image
 
 from .accel.memory import Fit, plan_stage
-from .accel.runtime import Runtime
+from .accel.runtime import Runtime, RuntimeOptions
 from .errors import InputError
 from .gatys.color import luminance, match_colors, match_luminance, with_chroma
 from .gatys.engine import (
@@ -28,19 +32,27 @@ from .gatys.engine import (
     trunk_for,
 )
 from .gatys.params import StyleParams
+from .gatys.trace import TRACE_EVERY, TRACE_EVERY_HELP, write_traces
 from .gatys.vgg import VGG19Trunk, in_order, min_input_side
+from .gatys.weights import load_weights
+from .io.cache_entries import clear_part, entries
+from .io.files import atomic_path, cache_dir, check_writable_dir, describe_os_error
 from .io.images import (
     SizedImage,
+    check_output_path,
     fit_longest_side,
+    intermediate_path,
     read_rgb,
     rescale,
     resize,
+    save_image,
     to_image,
     to_rgb,
     to_tensor,
 )
 from .targets.builder import TargetBuilder, builder_for
 from .targets.cache import image_digest
+from .targets.onnx_export import ensure_model
 from .version import __version__
 
 ImageSource = str | os.PathLike | Image.Image
@@ -262,4 +274,102 @@ def stylize(content: ImageSource, styles: ImageSource | Sequence[ImageSource],
     return stylize_batch([StyleJob(content, list(styles))], params, runtime, progress)[0].image
 
 
-__all__ = ["StyleJob", "StyleResult", "stylize", "stylize_batch"]
+CACHE_PARTS = {"weights": "dequantized weights", "models": "ONNX models",
+               "trt": "TensorRT engines", "targets": "content/style targets",
+               "probes": "measured hardware defaults"}
+
+
+def cache_contents(cache: str | None = None) -> tuple[Path, dict[str, tuple[list[Path],
+                                                                             list[Path]]]]:
+    """The cache root and, per part, (files this program wrote, other files)."""
+    root = cache_dir(cache)
+    return root, {part: entries(root, part) for part in CACHE_PARTS}
+
+
+def clear_cache(parts: Sequence[str] = (), cache: str | None = None
+                ) -> list[tuple[Path, int, int]]:
+    """Empty these parts (all when none), deleting only files this program wrote; returns
+    (folder, removed, left alone) per part. Everything is recomputed on demand."""
+    root = cache_dir(cache)
+    for part in parts:
+        if part not in CACHE_PARTS:
+            raise InputError(f"unknown cache part {part!r}; use {', '.join(CACHE_PARTS)}")
+    return [(root / part, *clear_part(root, part)) for part in parts or CACHE_PARTS]
+
+
+def export_trunk(layers: Sequence[str], weights: str = "caffe", pooling: str = "max",
+                 cache: str | None = None, output: Path | None = None, force: bool = False
+                 ) -> tuple[Path, dict[str, Any]]:
+    """The VGG19 trunk through the deepest of `layers` as a verified ONNX model in the cache
+    (exported unless it is there, or with `force`), also copied with its sidecar to `output`;
+    returns the cached model's path and its sidecar."""
+    StyleParams(content_layers=(), content_weight=0, style_layers=tuple(layers),
+                pooling=pooling).validate()
+    path, sidecar = ensure_model(load_weights(weights, cache), pooling,
+                                 cache_dir(cache) / "models", tuple(layers), force=force)
+    if output is not None:
+        for src, dst in ((path, output), (path.with_suffix(".json"),
+                                          output.with_suffix(".json"))):
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
+    return path, sidecar
+
+
+def job_key(content: str, styles: list[str], params: StyleParams, init: str | None = None
+            ) -> str:
+    """The key of a job from its images' digests and the parameters that decide its image."""
+    payload: dict[str, object] = {"content": content, "styles": styles,
+                                  "params": params.result_dict()}
+    if init is not None:  # an init image's bytes matter as the content's do
+        payload["init"] = init
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def check_destinations(output: Path, inputs: Sequence[Path], bit_depth: int = 0,
+                       trace: Path | None = None) -> None:
+    """InputError before minutes of optimizing, not after: an output of a kind we cannot
+    write, over an input, a folder, or where we cannot write; a trace that is not .parquet."""
+    check_output_path(output, bit_depth)
+    if output.exists() and any(output.samefile(p) for p in inputs if p.exists()):
+        raise InputError(f"{output}: the output would overwrite one of the input images")
+    if output.is_dir():
+        raise InputError(f"{output}: is a folder; give a file name ending in .png or .jpg")
+    if trace is not None and (trace.suffix != ".parquet" or trace.is_dir()):
+        raise InputError(f"--trace {trace}: give a file name ending in .parquet"
+                         + (" (this is a folder)" if trace.is_dir() else ""))
+    destinations = {"--output": output} | ({"--trace": trace} if trace is not None else {})
+    for option, path in destinations.items():
+        try:
+            check_writable_dir(path.parent)
+        except OSError as e:
+            raise InputError(f"{option}: {describe_os_error(e, path.parent)}") from None
+
+
+def stylize_file(content: Path, styles: Sequence[Path], output: Path,
+                 params: StyleParams = StyleParams(), runtime: Runtime | None = None,
+                 progress: Progress | None = None, trace: Path | None = None,
+                 trace_every: int = TRACE_EVERY) -> StyleResult:
+    """Stylize CONTENT with STYLES into `output` (PNG, JPEG or TIFF by extension, atomic,
+    sRGB-tagged, parameters and job key embedded), the image every params.save_every
+    iterations beside it, and with `trace` the loss terms every `trace_every` iterations in
+    that Parquet file. Every destination is checked before any work."""
+    params.validate(n_styles=len(styles))
+    init = [Path(params.init)] if params.init_is_file else []
+    check_destinations(output, [content, *styles, *init], params.bit_depth, trace)
+    prepared = prepare(StyleJob(content, styles), params)
+    key = job_key(prepared[0].digest, [s.digest for s in prepared[1]], params,
+                  image_digest(init[0]) if init else None)
+    result = stylize_prepared(
+        [prepared], params, runtime, progress, trace_every=trace_every if trace else 0,
+        save_image=lambda it, _, image: save_image(image, intermediate_path(output, it),
+                                                   {"iteration": it, "job_key": key}))[0]
+    save_image(result.pixels, output, {**result.metadata, "job_key": key}, params.bit_depth)
+    if trace is not None:
+        write_traces(trace, {key: result.trace})
+    return result
+
+
+__all__ = ["CACHE_PARTS", "TRACE_EVERY", "TRACE_EVERY_HELP", "Runtime", "RuntimeOptions",
+           "StyleJob", "StyleParams", "StyleResult", "cache_contents", "clear_cache",
+           "describe_os_error", "export_trunk", "intermediate_path", "job_key", "stylize",
+           "stylize_batch", "stylize_file"]

@@ -1,6 +1,6 @@
 from typer.testing import CliRunner
 
-from pipeline.cli.commands import app
+from pipeline.cli import app
 from pipeline.io.images import read_metadata
 from tests.conftest import make_painting
 

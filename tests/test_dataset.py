@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.bulk.dataset import assign_styles
-from pipeline.cli.commands import app
+from pipeline.cli import app
 from tests.conftest import make_painting, make_photo
 from tests.run_helpers import run_cli, runner
 

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from pipeline import StyleJob, StyleParams, stylize_batch
+from pipeline.api import job_key
 from pipeline.bulk import ledger, traces
-from pipeline.bulk.jobs import job_key
-from pipeline.cli.commands import app
+from pipeline.cli import app
 from pipeline.gatys.convergence import EarlyStop
 from pipeline.gatys.engine import Checkpointing
+from pipeline.gatys.trace import read_traces
 from pipeline.io.images import intermediates, to_tensor
 from tests.conftest import make_painting, make_photo
 from tests.run_helpers import run_cli, runner
@@ -110,8 +111,7 @@ def test_only_parameters_that_change_the_image_change_the_key():
     key = job_key("c", ["s"], off)
     assert job_key("c", ["s"], off.replace(save_every=10)) == key
     assert job_key("c", ["s"], off.replace(tol_window=10)) == key  # without tol, no effect
-    # With tol 0 the key is that of a version without early stopping: no new field in it.
-    assert {"tol", "tol_window", "save_every"}.isdisjoint(off.result_dict())
+    assert {"tol_window", "save_every"}.isdisjoint(off.result_dict())
     default = StyleParams()
     assert job_key("c", ["s"], default) != key
     assert job_key("c", ["s"], default.replace(tol_window=10)) != job_key("c", ["s"], default)
@@ -147,7 +147,7 @@ def test_stylize_tol_save_every_and_trace(photo_path, painting_path, tmp_path):
                            terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "stopped early by --tol 0.3" in result.output
-    (points,) = traces.read_file(trace).values()
+    (points,) = read_traces(trace).values()
     used = points[-1]["iteration"]
     assert [p["iteration"] for p in points] == list(range(used + 1)) and used < 30
     assert [it for it, _ in intermediates(out)] == list(range(5, used, 5))

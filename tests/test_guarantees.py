@@ -23,7 +23,7 @@ from pipeline.bulk.checkpoint import load_checkpoint, save_checkpoint, saved_che
 from pipeline.bulk.jobs import Batch, Inspector
 from pipeline.bulk.manifest import read_jobs, write_manifest
 from pipeline.bulk.runner import RunResult, exit_code
-from pipeline.cli.commands import app
+from pipeline.cli import app
 from pipeline.gatys.engine import NonFinite
 from tests.conftest import make_photo
 from tests.run_helpers import ROOT, cell, run_cli, runner, spawn_run, wait_for

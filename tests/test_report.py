@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.bulk import traces
-from pipeline.cli.commands import app
+from pipeline.cli import app
 from pipeline.report.gather import DONE, FAILED, PENDING, gather
 from pipeline.report.page import contact_sheet, varying_names
 from tests.conftest import make_painting, make_photo
@@ -140,10 +140,9 @@ def test_a_record_matches_its_row_as_the_job_key_does():
     from pipeline.gatys.params import StyleParams
     from pipeline.report.gather import same_result
 
-    old_record = {k: v for k, v in StyleParams(tol=0.0).to_dict().items()
-                  if k not in ("tol", "tol_window", "save_every")}  # before early stopping
-    assert same_result(old_record, StyleParams(tol=0.0))
-    assert not same_result(old_record, StyleParams())  # the default stops early now
+    assert not same_result({"size": 64, "glow": 1}, StyleParams(size=64))  # unknown: not ours
+    assert same_result(StyleParams(tol=0.0, tol_window=9).to_dict(), StyleParams(tol=0.0))
+    assert not same_result(StyleParams(tol=0.0).to_dict(), StyleParams())
     record = StyleParams(save_every=5).to_dict()
     assert same_result(record, StyleParams())  # save_every does not change the image
     assert not same_result(record, StyleParams(style_weight=7.0))

@@ -16,7 +16,7 @@ from pipeline.bulk.events import Iteration
 from pipeline.bulk.jobs import Batch, Inspector, auto_cpu_workers, default_batch_size
 from pipeline.bulk.manifest import read_jobs, write_manifest
 from pipeline.bulk.runner import folder_lock
-from pipeline.cli.commands import app
+from pipeline.cli import app
 from pipeline.io.images import read_metadata
 from tests.conftest import make_painting, make_photo
 from tests.run_helpers import (

@@ -27,10 +27,10 @@ from torch import Tensor
 
 from ..gatys.engine import Run
 from ..io.tensor_tree import map_tensors
-from .runtime import Runtime
+from .settings import Settings
 
 
-def shard_bounds(batch: int, runtime: Runtime) -> list[tuple[int, int]]:
+def shard_bounds(batch: int, runtime: Settings) -> list[tuple[int, int]]:
     """Sample ranges [lo, hi) of the shards: one per intra-op thread, as even as they go; a
     single range where splitting is off (CUDA, or split_batches False)."""
     shards = min(batch, torch.get_num_threads()) if runtime.split_batches else 1

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import copy
 import functools
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..gatys.vgg import VGG19Trunk
 from .pixel_conv import PixelConv
-
-if TYPE_CHECKING:
-    from .runtime import Runtime
+from .settings import Settings
 
 
 @functools.lru_cache(maxsize=4)
-def compute_trunk(trunk: VGG19Trunk, runtime: Runtime) -> VGG19Trunk:
+def compute_trunk(trunk: VGG19Trunk, runtime: Settings) -> VGG19Trunk:
     """The trunk the optimization runs: in bf16 mode, a copy with bf16 convolutions. Storing
     bf16 weights (rather than autocast) saves casting all 20M weights on every call: autocast
     caches casts only for weights that require grad. Targets keep using the fp32 trunk.

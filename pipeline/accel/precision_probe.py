@@ -21,6 +21,9 @@ from pathlib import Path
 
 import torch
 
+from .low_precision import compute_trunk
+from .settings import Settings
+
 log = logging.getLogger("pipeline.runtime")
 
 # bf16 must beat fp32 by this much to be chosen: a tie goes to the exact path.
@@ -54,7 +57,6 @@ def _probe_step(precision: str, size: tuple[int, int]) -> Callable[[], None]:
     """One forward and backward of VGG19 through relu3_1 (random weights: speed alone) on the
     code path an iteration takes in `precision`."""
     from ..gatys.vgg import CONV_NAMES, Normalize, VGG19Trunk
-    from .runtime import Runtime
 
     gen = torch.Generator().manual_seed(0)
     state, channels = {}, 3
@@ -64,9 +66,9 @@ def _probe_step(precision: str, size: tuple[int, int]) -> Callable[[], None]:
         state[f"{name}.bias"] = torch.zeros(out)
         channels = out
     trunk = VGG19Trunk(state, Normalize((0, 0, 0), (1, 1, 1), False, 1 / 255), "max", "relu3_1")
-    runtime = Runtime(torch.device("cpu"), precision, channels_last=precision == "bf16")
-    trunk = runtime.compute_trunk(trunk.to(memory_format=torch.channels_last)
-                          if runtime.channels_last else trunk)
+    runtime = Settings(torch.device("cpu"), precision, channels_last=precision == "bf16")
+    trunk = compute_trunk(trunk.to(memory_format=torch.channels_last)
+                          if runtime.channels_last else trunk, runtime)
     x = runtime.layout(torch.rand(1, 3, size[1], size[0], generator=gen) * 255)
     x.requires_grad_(True)
     layers = ("relu1_1", "relu2_1", "relu3_1")

@@ -12,14 +12,15 @@ from ..gatys.params import StyleParams
 from ..gatys.vgg import VGG19Trunk
 from .cpu_shards import ShardedRun, rows, shard_bounds
 from .cuda_graph import GraphedRun
-from .runtime import Runtime
+from .settings import Settings
 
 
 def start_run(trunk: VGG19Trunk, x0: Tensor, stage: Stage, start: int,
-              opt_state: dict[str, Any] | None, params: StyleParams, *, runtime: Runtime) -> Run:
+              opt_state: dict[str, Any] | None, params: StyleParams, *, runtime: Settings) -> Run:
     """A StageRun; on a multi-core CPU one per core on its share of the batch (cpu_shards.py);
     with CUDA graphs and a stage run whole, one whose objective and gradient replay as a graph
-    (cuda_graph.py)."""
+    (cuda_graph.py). `runtime` is the Runtime the engine computes with; its settings decide
+    which run it gets."""
     bounds = shard_bounds(x0.shape[0], runtime)
     if len(bounds) > 1:
         return ShardedRun([

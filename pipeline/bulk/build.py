@@ -25,7 +25,7 @@ from ..errors import InputError
 from ..gatys.params import StyleParams
 from .manifest import (
     LIST_PARAMS,
-    PARAM_TYPES,
+    PARAM_COLUMNS,
     RESERVED,
     coerce_param,
     default_output,
@@ -146,7 +146,7 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
     for item in items:
         name, sep, values = item.partition("=")
         name = name.strip().replace("-", "_")
-        if not sep or name not in PARAM_TYPES or name == "style_blend":
+        if not sep or name not in PARAM_COLUMNS or name == "style_blend":
             raise InputError(f"--param {item!r}: expected name=v1,v2 with name a parameter")
         split = values.split(";") if name in LIST_PARAMS else values.split(",")
         try:

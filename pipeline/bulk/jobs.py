@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..api import job_key
 from ..errors import InputError, RowError
-from ..gatys.params import StyleParams
 from ..gatys.vgg import min_input_side
 from ..io.images import fit_longest_side, header_size, read_rgb
 from ..targets.cache import image_digest
@@ -50,16 +50,6 @@ class Batch:
     @property
     def id(self) -> str:
         return hashlib.sha256("".join(j.key for j in self.jobs).encode()).hexdigest()[:16]
-
-
-def job_key(content: str, styles: list[str], params: StyleParams, init: str | None = None
-            ) -> str:
-    """The key of a job from its images' digests and its parameters."""
-    payload: dict[str, object] = {"content": content, "styles": styles,
-                                  "params": params.result_dict()}
-    if init is not None:  # an init image's bytes matter as the content's do
-        payload["init"] = init
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 class Inspector:

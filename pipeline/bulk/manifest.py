@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,12 @@ from ..errors import InputError, RowError
 from ..gatys.params import INIT_WORDS, WEIGHT_SOURCES, StyleParams
 from ..io.files import atomic_path
 from ..io.images import OUTPUT_FORMATS, output_bit_depth
+from ..options import base_type, coerce, declared, spec
 
-PARAM_TYPES = {f.name: f.type for f in fields(StyleParams)}
-LIST_PARAMS = {"content_layers", "style_layers", "style_layer_weights", "style_blend"}
-COLUMNS = {"content", "style", "style_weights", "output", *PARAM_TYPES} - {"style_blend"}
+# Each parameter's column: its own name, or the one its option declares.
+PARAM_COLUMNS = {f.name: spec(f).column or f.name for f in declared(StyleParams)}
+LIST_PARAMS = {name for name in PARAM_COLUMNS if base_type(StyleParams, name)[1]}
+COLUMNS = {"content", "style", "output", *PARAM_COLUMNS.values()}
 READ_BATCH = 8192
 # Parameters that name a file unless they hold one of these words.
 FILE_PARAMS = {"init": INIT_WORDS, "weights": WEIGHT_SOURCES}
@@ -49,27 +51,8 @@ class JobSpec:
 
 
 def coerce_param(name: str, value: Any) -> Any:
-    """A cell, --set or CLI string to the parameter's Python type; ValueError if it can't be.
-    List parameters take a list or a comma-separated string."""
-    kind = PARAM_TYPES[name]
-    if name in LIST_PARAMS:
-        items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else value
-        conv = float if "float" in kind else str
-        return tuple(conv(v.strip() if isinstance(v, str) else v) for v in items)
-    if "bool" in kind:
-        if isinstance(value, str):
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(f"not a boolean: {value!r}")
-            return value.lower() in ("true", "1", "yes")
-        return bool(value)
-    if "int" in kind and "float" not in kind:
-        number = float(value)
-        if not number.is_integer():
-            raise ValueError(f"not an integer: {value!r}")
-        return int(number)
-    if "float" in kind:
-        return float(value)
-    return str(value)
+    """A cell, --set or CLI string to the parameter's type (options.coerce)."""
+    return coerce(StyleParams, name, value)
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -78,9 +61,9 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     for item in items:
         name, sep, value = item.partition("=")
         name = name.strip().replace("-", "_")
-        if not sep or name not in PARAM_TYPES:
+        if not sep or name not in PARAM_COLUMNS:
             raise InputError(f"--set {item!r}: expected name=value with name one of "
-                             f"{', '.join(sorted(PARAM_TYPES))}")
+                             f"{', '.join(sorted(PARAM_COLUMNS))}")
         try:
             out[name] = coerce_param(name, value)
         except ValueError as e:
@@ -158,9 +141,7 @@ def row_to_job(row: dict[str, Any], index: int, base: Path, out_dir: Path,
         if not styles or not all(isinstance(s, str) and s for s in styles):
             raise ValueError("style must be a path or a non-empty list of paths")
         values = dict(overrides)
-        cells = {"style_blend": "style_weights"}  # the parameter a column fills, if renamed
-        for name in PARAM_TYPES:
-            column = cells.get(name, name)
+        for name, column in PARAM_COLUMNS.items():
             if row.get(column) is not None:
                 try:
                     values[name] = coerce_param(name, row[column])

@@ -20,10 +20,13 @@ from typing import Any
 
 from ..accel.runtime import RuntimeOptions
 from ..errors import InputError, RowError
+from ..gatys.trace import TRACE_EVERY, TRACE_EVERY_HELP
 from ..io.files import check_writable_dir, describe_os_error, remove_stale_temps
+from ..options import check, option
 from . import ledger, traces
 from .checkpoint import checkpoint_dir, sweep_finished
 from .distribute import Distributor, Outcome, distribute
+from .distributors import NAMES as DISTRIBUTORS
 from .distributors import check_distributor, open_distributor
 from .jobs import BatchQueue, Inspector, Job
 from .manifest import read_jobs
@@ -41,20 +44,52 @@ class ManifestInvalid(InputError):
         super().__init__(f"{len(errors)} invalid row(s)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunOptions:
-    out_dir: Path
-    devices: str = "auto"               # the local distributor's
-    workers: int = 0                    # CPU workers per machine; 0: jobs.auto_cpu_workers
-    batch_size: int = 0                 # 0: jobs.default_batch_size per device and size
-    checkpoint_every: int = 50
-    trace_every: int = 10               # loss terms recorded every N iterations; 0: none
-    overrides: dict[str, Any] = field(default_factory=dict)
-    skip_bad_rows: bool = False
-    retry_failed: bool = False
+    """How a manifest is run. Each field is one option of `pipeline run` (options.py); the
+    manifest's own parameters come from its rows and `overrides` (--set)."""
+
+    out_dir: Path = option(..., "Output folder: images, ledger/, checkpoints, run.json. "
+                                "Rerunning on it resumes.", flags=("--out",))
+    distributor: str = option("local", "Where workers run: local (one process per device of "
+                                       "this machine) or ray (one actor per GPU of every node "
+                                       "of a Ray cluster, or per CPU worker on nodes without "
+                                       "GPUs; needs the ray extra and a run folder every node "
+                                       "mounts at the same path).", choices=DISTRIBUTORS)
+    ray_address: str | None = option(None, "--distributor ray: the cluster to join, e.g. "
+                                           "10.0.0.1:6379.  [default: $RAY_ADDRESS, else a Ray "
+                                           "started on this machine]")
+    devices: str = option("auto", "--distributor local: auto (every GPU, else the CPU), or a "
+                                  "list such as cuda:0,cuda:1 or cpu. One worker process per "
+                                  "device.")
+    workers: int = option(0, "CPU workers per machine (on machines without GPUs), each with an "
+                             "equal share of the cores. 0 = 2 where the machine has 2+ cores "
+                             "and two of the largest jobs fit 4 x 512x384 px together, else 1.",
+                          lo=0)
+    batch_size: int = option(0, "Jobs optimized together (same size and parameters). 0 = per "
+                                "device: on CUDA 8 up to 512x384 px, else 1; on the CPU up to "
+                                "4 images, 4 x 512x384 px in all over the CPU workers (1 at "
+                                "1024 px).", lo=0)
+    checkpoint_every: int = option(50, "Checkpoint each batch every N iterations (0: only when "
+                                       "stopped).", lo=0)
+    trace_every: int = option(TRACE_EVERY, TRACE_EVERY_HELP + " Kept in --out/traces/ as "
+                                                            "Parquet, by job key.", lo=0)
+    skip_bad_rows: bool = option(False, "Record invalid rows as failed and run the rest, "
+                                        "instead of refusing to start.")
+    retry_failed: bool = option(False, "Run jobs that failed in an earlier run again (they are "
+                                       "skipped otherwise).")
+    overrides: dict[str, Any] = field(default_factory=dict)  # --set: column defaults
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
-    distributor: str = "local"
-    ray_address: str | None = None      # None: RAY_ADDRESS, else a Ray started here
+
+    def validate(self) -> None:
+        """InputError naming the first bad option, before anything is read or written."""
+        check(self)
+        self.runtime.validate()
+        if self.distributor != "local" and self.devices != "auto":
+            raise InputError(f"--devices is for --distributor local; --distributor "
+                             f"{self.distributor} uses every GPU of every node (else --workers "
+                             "CPU workers per node)")
+        check_distributor(self.distributor, self.devices)
 
 
 @dataclass
@@ -174,8 +209,7 @@ def run(manifest: Path, opts: RunOptions, display_factory: Callable[..., Any],
     and the workers' devices found (a Ray cluster joined) first."""
     out_dir = opts.out_dir
     start = time.perf_counter()
-    opts.runtime.validate()
-    check_distributor(opts.distributor, opts.devices)
+    opts.validate()
     with scan_view() as advance:
         found = scan(manifest, out_dir, opts.overrides, advance, decode=False)
     if found.errors and not opts.skip_bad_rows:

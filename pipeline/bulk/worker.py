@@ -31,6 +31,7 @@ from ..accel.runtime import Runtime, RuntimeOptions
 from ..api import StyleJob, prepare, stylize_prepared
 from ..errors import InputError
 from ..gatys.engine import Checkpointing, Interrupted, NonFinite
+from ..gatys.trace import TRACE_EVERY
 from ..io.files import describe_os_error
 from ..io.images import intermediate_path, save_image
 from . import ledger, traces
@@ -67,12 +68,13 @@ class WorkerConfig:
     checkpoint_every: int
     runtime: RuntimeOptions
     run_id: str  # run.json's: proves the worker sees this run's folder
-    trace_every: int = 10
+    trace_every: int = TRACE_EVERY
 
 
 class Worker:
     def __init__(self, wid: int, runtime: Runtime, out_dir: Path, every: int, emit: Emit,
-                 stopping: Callable[[], bool] = lambda: False, trace_every: int = 10):
+                 stopping: Callable[[], bool] = lambda: False,
+                 trace_every: int = TRACE_EVERY):
         """`stopping()` true: checkpoint the batch and leave (asked to stop, or orphaned)."""
         self.wid, self.runtime, self.out_dir, self.every = wid, runtime, out_dir, every
         self.emit, self.stopping, self.trace_every = emit, stopping, trace_every

@@ -1,5 +1,9 @@
-"""The `pipeline` command: options, progress display, summaries."""
+"""The `pipeline` command, one module per group of commands (each registers its commands on
+`app`, in the order --help lists them), the options made from declared fields, and the rich
+display."""
 
-from .commands import app
+from . import stylize  # noqa: I001  (the order of --help)
+from . import run, manifest, cache
+from .app import app
 
-__all__ = ["app"]
+__all__ = ["app", "cache", "manifest", "run", "stylize"]

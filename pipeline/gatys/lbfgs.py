@@ -202,8 +202,7 @@ class BatchedLBFGS:
         state = dict(state)
         pairs = state.pop("pairs")
         for key, value in state.items():
-            if value is not None:  # checkpoints of earlier versions hold d = None before step 1
-                setattr(self, key, value)
+            setattr(self, key, value)
         self.cursor = torch.tensor(self.count, device=pairs.device)
         self.pairs = pairs.new_empty(pairs.shape[0], self.history, *pairs.shape[2:])
         self.pairs[:, :pairs.shape[1]] = pairs

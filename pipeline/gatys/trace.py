@@ -8,12 +8,20 @@ re-evaluated in fp32, at the iteration of its final image.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
+from ..io.files import atomic_path
+
 TERMS = ("total", "content", "style", "tv")
+# Every 10 iterations: a smooth curve over 400, and no cost an iteration would show.
+TRACE_EVERY = 10
+TRACE_EVERY_HELP = "Record the loss terms every N iterations (and the final ones); 0 = none."
 
 
 class LossTrace:
@@ -57,3 +65,22 @@ class LossTrace:
 
 def _point(iteration: int, stage: int, values: list[float]) -> dict[str, Any]:
     return {"iteration": iteration, "stage": stage, **dict(zip(TERMS, values, strict=True))}
+
+
+SCHEMA = pa.schema([("key", pa.string()), ("iteration", pa.int64()), ("stage", pa.int64()),
+                    *((name, pa.float64()) for name in TERMS)])
+Traces = dict[str, list[dict[str, Any]]]  # job key -> points in iteration order
+
+
+def write_traces(path: Path, traces: Traces) -> None:
+    """One Parquet file of these traces, atomically."""
+    rows = [{"key": key, **point} for key, points in traces.items() for point in points]
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), tmp)
+
+
+def read_traces(path: Path) -> Traces:
+    traces: Traces = {}
+    for row in pq.read_table(path).to_pylist():
+        traces.setdefault(row.pop("key"), []).append(row)
+    return traces

@@ -105,12 +105,11 @@ def _from_manifest(out_dir: Path, info: RunInfo, records: dict[ledger.JobId, dic
 
 
 def same_result(recorded: dict[str, Any], params: StyleParams) -> bool:
-    """The recorded parameters make the image `params` make (as job keys see it). A record
-    written before a parameter existed lacks it: tol then was 0 (no early stopping)."""
-    known = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()
-             if k in StyleParams.__dataclass_fields__}
+    """The recorded parameters make the image `params` make (as job keys see it): a record of
+    other or unknown parameters does not."""
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()}
     try:
-        made = StyleParams(**{"tol": 0.0, **known})
+        made = StyleParams(**values)
     except TypeError:
         return False
     return made.result_dict() == params.result_dict()

@@ -1,0 +1,130 @@
+"""The runtime's settings: what the user asks (RuntimeOptions) and what it resolves to for one
+device (Settings). Plain records: the modules that make the math fast take a Settings, and
+runtime.py, which resolves them and hands the engine its trunk and runs, imports those
+modules, never the other way round."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..errors import InputError
+from ..io.files import CACHE_ENV
+from ..options import check, option
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp64")
+# The trunk's dtype per precision; the pixels and the losses are fp32 (fp64 for fp64).
+TRUNK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp64": torch.float64}
+PROVIDER_NAMES = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider",
+                  "cpu": "CPUExecutionProvider"}
+DEFAULT_PROVIDERS = ("tensorrt", "cuda", "cpu")
+MIN_BLOCK_SIZE = 16  # the stride of relu5_1: smaller blocks were rounded up to it, silently
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """The user's speed and placement settings, before they are resolved for a device."""
+
+    precision: str = option(
+        "auto", "Trunk precision. auto: bf16 on CUDA GPUs that have "
+        "it; on the CPU bf16 where the CPU has native bf16 dot products (AVX512-BF16 or AMX) "
+        "and a one-second probe, cached per machine, measures it faster; else fp32. bf16 "
+        "covers the convolutions and the Gram GEMMs (fp32 accumulation); the first conv reads "
+        "the pixels in fp32 and the losses are always fp32. fp64: reference runs (slow).",
+        choices=PRECISIONS)
+    channels_last: bool | None = option(
+        None, "NHWC memory layout for the trunk: auto (on for CUDA and bf16), on or off.",
+        words={"auto": None, "on": True, "off": False})
+    cudnn_benchmark: bool = option(
+        True, "Let cuDNN autotune conv algorithms per image size (CUDA only).")
+    cuda_graphs: bool = option(
+        True, "CUDA: capture each batch's iteration once as a CUDA graph and replay it (with "
+        "L-BFGS the whole iteration, objective, gradient and step; with Adam the objective "
+        "and gradient): a few hundred kernels launched at once instead of one by one from "
+        "Python, and no host round trip per iteration.")
+    keep_cpu_memory: bool = option(
+        True, "CPU: keep freed memory in the process for the next iteration instead of "
+        "returning it to the kernel (no page faults on large activations; returned after each "
+        "batch).")
+    split_batches: bool = option(
+        True, "CPU: run a batch as one shard per core, stepped side by side with one thread "
+        "each, instead of one batch whose every op is split over the cores (faster for "
+        "batches of 2+).")
+    block_size: int = option(
+        0, "Compute the objective by blocks of at most this many pixels square, with exact "
+        "whole-image losses and gradients (no seams): memory then grows with the block, not the "
+        "image. 0 = auto: whole images when they fit in memory, else the largest blocks that "
+        "do (and, if even 512 px blocks do not fit, a shorter L-BFGS history).")
+    targets: str = option(
+        "onnx", "Compute content/style targets with onnx (ONNX Runtime over the exported "
+        "trunk) or torch.", choices=("onnx", "torch"))
+    providers: str = option(
+        "auto", "ONNX Runtime providers in order of choice, e.g. cuda,cpu. auto = "
+        "tensorrt,cuda,cpu, keeping those that load.")
+    trt_fp16: bool = option(False, "TensorRT fp16 for targets (default fp32).")
+    cache: str | None = option(
+        None, "Cache root for weights, ONNX models, TensorRT engines and targets.  [default: "
+        "the user cache dir]", flags=("--cache-dir",), envvar=CACHE_ENV)
+    cache_targets: bool = option(True, "Keep computed targets in the cache.")
+
+    def validate(self) -> tuple[str, ...]:
+        """InputError naming the first bad setting, before any work; the providers parsed."""
+        check(self)
+        if self.block_size != 0 and self.block_size < MIN_BLOCK_SIZE:
+            raise InputError(f"block size must be 0 (auto) or at least {MIN_BLOCK_SIZE} px, got "
+                             f"{self.block_size}")
+        return parse_providers(self.providers)
+
+
+def parse_providers(text: str | None) -> tuple[str, ...]:
+    """'tensorrt,cuda,cpu' (short or full names) -> short names, validated."""
+    if not text or text == "auto":
+        return DEFAULT_PROVIDERS
+    names = tuple(p.strip().lower().removesuffix("executionprovider") for p in text.split(","))
+    bad = [n for n in names if n not in PROVIDER_NAMES]
+    if bad:
+        raise InputError(f"unknown ONNX Runtime providers {bad}; use tensorrt, cuda, cpu")
+    return names
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings for one device; none of them changes the objective, only how it is
+    computed. Hashable: trunks and compute trunks are cached per runtime."""
+
+    device: torch.device
+    precision: str = "fp32"       # resolved: fp32, bf16 (bf16 convs and Gram GEMMs; losses fp32)
+                                  # or fp64 (reference runs: float rounding far below 8 bits)
+    channels_last: bool = True    # NHWC convs: faster for bf16 oneDNN and cuDNN tensor cores
+    cuda_graphs: bool = False     # CUDA: replay each stage's iteration as a graph
+    keep_cpu_memory: bool = False  # CPU: the heap keeps freed memory; release it after a batch
+    split_batches: bool = False   # CPU: a batch's shards step side by side, one per core
+    block_size: int = 0           # objective by blocks of this side; 0: when it does not fit
+    targets: str = "onnx"         # target features from ONNX Runtime ("onnx") or PyTorch ("torch")
+    providers: tuple[str, ...] = DEFAULT_PROVIDERS  # ORT providers, in order of choice
+    trt_fp16: bool = False        # TensorRT fp16 for targets (off: targets stay fp32-exact)
+    cache: str | None = None      # cache root; None: $STYLE_PIPELINE_CACHE or the user cache dir
+    cache_targets: bool = True    # keep computed targets on disk
+    precision_reason: str = "set by --precision"  # one line for summaries
+
+    @property
+    def trunk_dtype(self) -> torch.dtype:
+        return TRUNK_DTYPES[self.precision]
+
+    @property
+    def pixel_dtype(self) -> torch.dtype:
+        """The optimized images' and the losses' dtype."""
+        return torch.promote_types(self.trunk_dtype, torch.float32)
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def widened(self) -> Settings:
+        """These settings with the trunk in fp32 (fp64 stays): final losses are reported in it."""
+        return self if self.precision == "fp64" else replace(self, precision="fp32")
+
+
+
+__all__ = ["DEFAULT_PROVIDERS", "PROVIDER_NAMES", "RuntimeOptions", "Settings",
+           "parse_providers"]

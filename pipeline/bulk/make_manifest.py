@@ -1,0 +1,50 @@
+"""`pipeline manifest build`'s work, for the CLI and the Python API alike: its inputs found
+and its rows drafted (build.py, dataset.py), every row given an output of its own, and the
+manifest written."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import InputError
+from ..io.files import describe_os_error
+from .build import Walk, cross_product, expand_inputs, parse_grid, to_rows
+from .dataset import dataset_drafts
+from .manifest import write_manifest
+
+
+def build_manifest(output: Path, content: Sequence[str], style: Sequence[str],
+                   content_dir: Path | None = None, style_dir: Path | None = None, *,
+                   recursive: bool = False, assign: str = "cross", styles_per_image: int = 1,
+                   seed: int = 0, mirror: bool = False, fmt: str = "png",
+                   param: Sequence[str] = ()) -> tuple[int, Walk]:
+    """`pipeline manifest build`: write `output`, one row per output image (the cross
+    product of `content` x `style` specs x the `param` grid, or dataset mode under
+    `content_dir`); returns the rows written and the walk (what it skipped)."""
+    dataset = content_dir is not None or style_dir is not None
+    if dataset == bool(content or style) or (dataset and not (content_dir and style_dir)):
+        raise InputError("give --content and --style, or --content-dir and --style-dir")
+    if not dataset and (mirror or assign != "cross"):
+        raise InputError("--assign and --mirror need --content-dir and --style-dir")
+    if output.is_dir() or output.suffix.lower() != ".parquet":
+        raise InputError(f"-o {output}: a manifest is a Parquet file; give a file name ending "
+                         "in .parquet" + (" (this is a folder)" if output.is_dir() else ""))
+    walk = Walk()
+    grid = parse_grid(param)
+    if dataset:
+        drafts = dataset_drafts(content_dir, style_dir, recursive=recursive, assign=assign,
+                                per_image=styles_per_image, seed=seed, mirror=mirror, fmt=fmt,
+                                grid=grid, walk=walk)
+    else:
+        drafts = cross_product([p for spec in content for p in expand_inputs(spec, walk)],
+                               [p for spec in style for p in expand_inputs(spec, walk)], grid)
+    rows = to_rows(drafts, relative_to=output.resolve().parent)
+    try:
+        write_manifest(rows, output)
+    except OSError as e:
+        raise InputError(f"-o {output}: {describe_os_error(e, output.parent)}") from None
+    return len(rows), walk
+
+
+__all__ = ["build_manifest"]

@@ -1,0 +1,96 @@
+"""The `pipeline` Typer app: logging, and our exceptions as one line and a documented exit
+code. Exit codes: 0 success, 1 unexpected failure, 2 bad input or usage, 3 a weight source or
+model is missing, 130 Ctrl-C."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.logging import RichHandler
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from ..api import describe_os_error
+from ..errors import InputError, NonFiniteError, RowError, SourceMissingError
+from .progress import console, say
+
+# Exit code per kind of error we expect (a NonFiniteError: the job diverged).
+EXIT_CODES = ((SourceMissingError, 3), (InputError, 2), (NonFiniteError, 1))
+app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
+                  help="Batch neural style transfer (Gatys et al., CVPR 2016).")
+
+
+def say_error(message: object) -> None:
+    say("error:", "red", message)
+
+
+def _out_of_memory(e: MemoryError | RuntimeError) -> str | None:
+    """The one line for an out-of-memory error; None for any other RuntimeError."""
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if not isinstance(e, MemoryError) and "memory" not in text.lower():
+        return None
+    return (f"out of memory ({text}); try a smaller --size, fewer styles, --lbfgs-history 20 "
+            "or --optimizer adam")
+
+
+def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn our exceptions into one line on stderr and a documented exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except tuple(kind for kind, _ in EXIT_CODES) as e:
+            say_error(e)
+            raise typer.Exit(next(code for kind, code in EXIT_CODES if isinstance(e, kind))
+                             ) from None
+        except KeyboardInterrupt:
+            say("interrupted", "yellow")
+            raise typer.Exit(130) from None
+        except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+            if (line := _out_of_memory(e)) is None:
+                raise
+            say_error(line)
+            raise typer.Exit(1) from None
+        except OSError as e:  # a write the checks before the work could not foresee
+            where = Path(e.filename).parent if e.filename else Path.cwd()
+            say_error(describe_os_error(e, where))
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(True, "--verbose/--quiet-log",
+                                      help="Log target and model events (provider chosen, "
+                                           "cache hits, exports) to stderr.")) -> None:
+    """Batch neural style transfer (Gatys et al., CVPR 2016)."""
+    handler = RichHandler(console=console, show_path=False, show_time=False)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler],
+                        force=True)
+    logging.getLogger("pipeline").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def print_errors(errors: list[RowError], limit: int = 100) -> None:
+    """One line per invalid row (grep-able, never wrapped)."""
+    for e in errors[:limit]:
+        say("invalid", "red", e)
+    if len(errors) > limit:
+        console.print(f"... and {len(errors) - limit} more")
+
+
+@contextlib.contextmanager
+def scanning() -> Iterator[Callable[[int], None]]:
+    """A transient counter while manifest rows are checked; yields `advance(n)`."""
+    with Progress(SpinnerColumn(), TextColumn("[bold]checking rows"), TextColumn(
+            "{task.completed}"), TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task("rows", total=None)
+        yield lambda n: bar.advance(task, n)
+
+
+__all__ = ["app", "print_errors", "reports_errors", "say_error", "scanning"]

@@ -1,0 +1,112 @@
+"""Typer options made from declared fields (options.py): a command lists the records it takes
+and gets one option per field, with the field's default, help and range, and the records built
+from what the user typed."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import Field, fields
+from typing import Any
+
+import typer
+
+from ..errors import InputError
+from ..options import base_type, coerce, declared, default, range_text, spec
+
+
+def cli_name(f: Field) -> str:
+    return spec(f).flags[0] if spec(f).flags else f"--{f.name.replace('_', '-')}"
+
+
+def help_text(owner: type, f: Field) -> str:
+    """The field's help, with what the CLI adds: how lists are typed, the range or words."""
+    s, (_, is_list, _) = spec(f), base_type(owner, f.name)
+    extra = [" Comma-separated."] if is_list else []
+    named = s.words or s.choices
+    if named and not all(str(w) in s.help for w in named):
+        extra.append(f" One of {', '.join(map(str, named))}.")
+    elif (words := range_text(s)) and not named:
+        extra.append(f" {words[0].upper()}{words[1:]}.")
+    return s.help + "".join(extra)
+
+
+def cli_default(owner: type, f: Field) -> Any:
+    """The default as the command line spells it: a word, a comma-separated list, or itself."""
+    value, words = default(f), spec(f).words
+    if words:
+        return next(w for w, v in words.items() if v == value)
+    if base_type(owner, f.name)[1] and value is not None:
+        return ",".join(map(str, value))
+    return value
+
+
+def typer_option(owner: type, f: Field) -> Any:
+    s = spec(f)
+    names = [cli_name(f), *s.flags[1:]] if s.flags else []
+    return typer.Option(cli_default(owner, f), *names, envvar=s.envvar,
+                        help=help_text(owner, f))
+
+
+def annotation(owner: type, f: Field) -> Any:
+    """The type Typer parses: words and lists arrive as text."""
+    kind, is_list, nullable = base_type(owner, f.name)
+    if spec(f).words or is_list:
+        return str | None if nullable or default(f) is None else str
+    return kind | None if nullable else kind
+
+
+def from_cli(owner: type, f: Field, value: Any) -> Any:
+    """What the user typed for one field, as the field's value."""
+    s = spec(f)
+    if s.words:
+        if value not in s.words:
+            raise InputError(f"{cli_name(f)} must be {', '.join(s.words)}, got {value!r}")
+        return s.words[value]
+    if value is None or not base_type(owner, f.name)[1]:
+        return value
+    try:
+        return coerce(owner, f.name, value)
+    except ValueError as e:
+        raise InputError(f"{cli_name(f)} {value!r}: {e}") from None
+
+
+def cli_fields(owner: type) -> list[Field]:
+    return [f for f in declared(owner) if spec(f).cli]
+
+
+def with_options(**records: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command one option per declared field of each record type, and hand it the
+    records built from them as keyword arguments: `@with_options(params=StyleParams)` -> the
+    command gets `params: StyleParams`. Fields a command fills itself (not `cli`) keep their
+    defaults."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        added = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
+                                   default=typer_option(owner, f),
+                                   annotation=annotation(owner, f))
+                 for owner in records.values() for f in cli_fields(owner)]
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            built = {name: owner(**{f.name: from_cli(owner, f, kwargs.pop(f.name))
+                                    for f in cli_fields(owner)})
+                     for name, owner in records.items()}
+            return fn(*args, **built, **kwargs)
+
+        own = [p for p in inspect.signature(fn, eval_str=True).parameters.values()
+               if p.name not in records]
+        wrapper.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            own + added)
+        return wrapper
+
+    return decorate
+
+
+def field_option(owner: type, name: str) -> Any:
+    """The Typer option of one declared field, for a command that takes only it."""
+    return typer_option(owner, next(f for f in fields(owner) if f.name == name))
+
+
+__all__ = ["field_option", "help_text", "with_options"]

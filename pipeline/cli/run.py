@@ -1,0 +1,152 @@
+"""`pipeline run`, `pipeline status` and `pipeline report`: a manifest into a run folder, and
+what that folder holds."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ..api import RuntimeOptions
+from ..bulk import ledger
+from ..bulk.manifest import parse_overrides
+from ..bulk.run_state import ledger_only_info, read_run_info, run_state
+from ..bulk.runner import ManifestInvalid, RunLocked, RunOptions, RunResult, exit_code
+from ..bulk.runner import run as run_manifest
+from ..errors import InputError
+from ..report import write_report
+from ..report.page import REPORT
+from .app import app, print_errors, reports_errors, say_error, scanning
+from .options import with_options
+from .progress import RunDisplay, console, say
+
+SET_OPTION = typer.Option(None, "--set", help="Column default name=value for rows that leave "
+                          "it empty or lack the column (repeatable), e.g. --set size=256.")
+
+
+@app.command()
+@reports_errors
+@with_options(opts=RunOptions, options=RuntimeOptions)
+def run(
+    manifest: Path = typer.Argument(..., help="Manifest (.parquet): one row per output image."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write or refresh "
+                                "--out/report.html (contact sheet, loss curves, failures) at "
+                                "the end."),
+    set_: list[str] = SET_OPTION,
+    *,
+    opts: RunOptions,
+    options: RuntimeOptions,
+) -> None:
+    """Stylize every row of MANIFEST into --out, resumably. Outputs never land outside --out,
+    and nothing this program did not write is deleted. Exit codes: 0 every job is done, 1 some
+    jobs failed or are still pending (a worker died, a write failed), 2 invalid manifest or
+    options, 4 the folder is in use, 130 Ctrl-C, 143 SIGTERM (both: checkpointed, rerun to
+    resume)."""
+    opts = dataclasses.replace(opts, overrides=parse_overrides(set_ or []), runtime=options)
+    try:
+        result = run_manifest(manifest, opts, RunDisplay, scanning)
+    except ManifestInvalid as e:
+        print_errors(e.errors)
+        say_error(f"{manifest}: {len(e.errors)} invalid row(s); fix them, or pass "
+                  "--skip-bad-rows to run the rest")
+        raise typer.Exit(2) from None
+    except RunLocked as e:
+        say_error(e)
+        raise typer.Exit(4) from None
+    table = _summary(opts.out_dir, result)
+    if report:
+        table.add_row("report", _write_report(opts.out_dir))
+    console.print(table)
+    if result.interrupted or result.errors or result.pending:
+        console.print(f"{'interrupted' if result.interrupted else 'not finished'}; resume "
+                      f"with: pipeline run {manifest} --out {opts.out_dir}")
+    raise typer.Exit(exit_code(result))
+
+
+def _summary(out: Path, result: RunResult) -> Table:
+    table = Table(title=f"run {out}", show_header=False)
+    table.add_column()
+    table.add_column(overflow="fold")  # paths in full, wrapped
+    table.add_row("jobs", str(result.total))
+    table.add_row("done now", str(result.done))
+    table.add_row("done before (skipped)", str(result.done_before))
+    table.add_row("failed", str(len(result.failed) + result.failed_before)
+                  + (f" ({result.failed_before} from earlier runs; --retry-failed reruns them)"
+                     if result.failed_before else ""))
+    table.add_row("pending", str(result.pending))
+    table.add_row("devices", ", ".join(sorted(set(result.devices))))
+    for line in sorted(set(result.precision.values())):
+        table.add_row("precision", line)
+    table.add_row("time", f"{result.seconds:.1f} s"
+                  + (f" ({result.done / result.seconds * 3600:,.0f} images/hour)"
+                     if result.done else ""))
+    if result.swept[0]:
+        table.add_row("checkpoints removed", f"{result.swept[0]} of finished batches "
+                      f"({result.swept[1] / 1e6:,.0f} MB)")
+    for error in result.errors:
+        table.add_row("stopped", error)
+    return table
+
+
+def _write_report(out: Path) -> str:
+    """The report's path, or why there is none: a report that cannot be made does not fail
+    the run whose results it shows."""
+    try:
+        return str(write_report(out))
+    except (InputError, OSError) as e:
+        say("warning:", "yellow", f"no report: {e}")
+        return f"not written ({e})"
+
+
+@app.command("report")
+@reports_errors
+def report_cmd(out: Path = typer.Argument(..., help="Output folder of a run.")) -> None:
+    """Write or refresh OUT/report.html: the run's numbers, a contact sheet (content images x
+    styles and varied parameters, each output linked, failed rows with their error), each
+    job's loss curve and its intermediate images. It opens from disk, with no server."""
+    console.print(f"wrote {write_report(out)}")
+
+
+@app.command()
+@reports_errors
+def status(out: Path = typer.Argument(..., help="Output folder of a run.")) -> None:
+    """Ledger summary of a run: done / failed / pending, throughput, failures with reasons.
+    A job counts as done only while its output is there and is its own, as `run` decides."""
+    try:
+        info = read_run_info(out)
+    except InputError as e:
+        if not (out / "run.json").is_file():
+            raise
+        say("warning:", "yellow", f"{e}; counting the ledger alone")
+        info = ledger_only_info(out)
+    state = run_state(out, info)
+    table = Table(title=f"status {out}", show_header=False)
+    table.add_column()
+    table.add_column(overflow="fold")  # paths in full, wrapped
+    table.add_row("manifest", info.manifest)
+    table.add_row("jobs", str(info.total))
+    table.add_row("done", str(state.done))
+    table.add_row("failed", str(len(state.failed)))
+    table.add_row("pending", str(state.pending))
+    if (ran := ledger.throughput(state.records)) is not None:
+        timed, span = ran
+        table.add_row("throughput", f"{len(timed) / span * 3600:,.0f} images/hour over "
+                      f"{span:.0f} s; {sum(r['seconds'] for r in timed) / len(timed):.1f}"
+                      " s per batch run")
+        table.add_row("devices", ", ".join(sorted({r["device"] for r in timed})))
+    report = out / REPORT
+    table.add_row("report", str(report) if report.is_file()
+                  else f"none yet (pipeline report {out})")
+    console.print(table)
+    if state.failed:
+        failures = Table(title="failures")
+        failures.add_column("row", justify="right")
+        failures.add_column("error", overflow="fold")
+        for row, error in state.failed:
+            failures.add_row(str(row), error)
+        console.print(failures)
+
+
+__all__ = ["SET_OPTION", "report_cmd", "run", "status"]

@@ -1,0 +1,113 @@
+"""`pipeline stylize` and `pipeline export`: one image, or the model ahead of time."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ..api import (
+    TRACE_EVERY,
+    TRACE_EVERY_HELP,
+    Runtime,
+    RuntimeOptions,
+    StyleParams,
+    export_trunk,
+    intermediate_path,
+    stylize_file,
+)
+from .app import app, reports_errors
+from .options import field_option, with_options
+from .progress import console, format_losses, iteration_bar
+
+
+@app.command()
+@reports_errors
+@with_options(params=StyleParams, options=RuntimeOptions)
+def stylize(
+    content: Path = typer.Argument(..., help="Content image (any format PIL reads)."),
+    styles: list[Path] = typer.Argument(..., help="One or more style images."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output file: .png, .jpg/.jpeg or "
+                                ".tif/.tiff. Written atomically, tagged sRGB, with the "
+                                "parameters embedded."),
+    trace: Path | None = typer.Option(None, help="Also write the loss trace (the loss terms "
+                                      "every --trace-every iterations) to this Parquet file."),
+    trace_every: int = typer.Option(TRACE_EVERY, min=0, help=TRACE_EVERY_HELP),
+    device: str = typer.Option("auto", help="auto (first GPU, else CPU), cpu, cuda or cuda:N."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, summary or "
+                               "INFO log lines."),
+    *,
+    params: StyleParams,
+    options: RuntimeOptions,
+) -> None:
+    """Stylize CONTENT with one or more STYLES and write OUTPUT."""
+    if quiet:
+        logging.getLogger("pipeline").setLevel(logging.WARNING)
+    params.validate(n_styles=len(styles))
+    runtime = Runtime.start(device, **dataclasses.asdict(options))
+    start = time.perf_counter()
+    with iteration_bar(content.name, params.iterations, quiet) as progress:
+        result = stylize_file(content, styles, output, params, runtime, progress, trace,
+                              trace_every)
+    if quiet:
+        return
+    table = Table(title="stylize", show_header=False)
+    table.add_row("output", f"{output} ({result.image.width}x{result.image.height})")
+    table.add_row("device", f"{runtime.device} {runtime.precision}"
+                  f"{' channels_last' if runtime.channels_last else ''}")
+    table.add_row("precision", f"{runtime.precision} ({runtime.precision_reason})")
+    stopped = (f", stopped early by --tol {params.tol}" if result.iterations < params.iterations
+               else "")
+    table.add_row("iterations", f"{result.iterations} ({params.optimizer}{stopped})")
+    s_per_it = result.seconds / max(1, result.iterations)
+    table.add_row("optimize", f"{result.seconds:.1f} s ({s_per_it:.3f} s/it)")
+    table.add_row("total", f"{time.perf_counter() - start:.1f} s")
+    table.add_row("final loss", format_losses(result.losses))
+    if params.save_every:
+        table.add_row("intermediates", str(intermediate_path(output, params.save_every))
+                      .replace(f"{params.save_every:04d}", "*"))
+    if trace is not None:
+        table.add_row("trace", f"{trace} ({len(result.trace)} points)")
+    console.print(table)
+
+
+@app.command("export")
+@reports_errors
+def export_cmd(
+    weights: str = field_option(StyleParams, "weights"),
+    pooling: str = field_option(StyleParams, "pooling"),
+    cache_dir: str | None = field_option(RuntimeOptions, "cache"),
+    layers: str = typer.Option(",".join(StyleParams().layers), help="VGG19 layers to output "
+                               "(any conv, relu or pool layer), comma-separated: a job's "
+                               "content and style layers together. The default is the default "
+                               "jobs' set."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Also copy the model and its "
+                                       "sidecar JSON here (a .onnx path)."),
+    force: bool = typer.Option(False, help="Export again even if the cache has the model."),
+) -> None:
+    """Export the VGG19 trunk, truncated at the deepest of --layers, to ONNX and verify it
+    against PyTorch. Runs export the model their layers need when it is missing; this command
+    does it ahead of time (e.g. while building a GPU image)."""
+    wanted = [name.strip() for name in layers.split(",") if name.strip()]
+    path, sidecar = export_trunk(wanted, weights, pooling, cache_dir, output, force)
+    table = Table(title="export", show_header=False)
+    table.add_column()
+    table.add_column(overflow="fold")  # the model's path in full, wrapped
+    table.add_row("model", f"{path} ({path.stat().st_size / 1e6:.1f} MB, weights inside)")
+    table.add_row("weights", f"{sidecar['weights_source']} ({sidecar['weights_digest'][:16]}), "
+                  f"{sidecar['normalization']} input normalization, {sidecar['pooling']} pool")
+    table.add_row("outputs", ", ".join(sidecar["outputs"]))
+    table.add_row("input", sidecar["input"])
+    table.add_row("opset", f"{sidecar['opset']} (torch {sidecar['torch']}, onnx "
+                  f"{sidecar['onnx']})")
+    ver = sidecar["verification"]
+    table.add_row("verified", f"max relative error {ver['max_rel_error']:.1e} <= "
+                  f"{ver['limit']:.0e} ({ver['inputs']})")
+    console.print(table)
+
+
+__all__ = ["export_cmd", "stylize"]

@@ -1,0 +1,148 @@
+"""One declaration per user option. A field made by `option` carries its default, help, CLI
+spelling and range; the CLI's options, the checks, the manifest schema and the option tables
+in the docs are all made from it, so an option is added by adding its field."""
+
+from __future__ import annotations
+
+import functools
+import math
+import types
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import MISSING, Field, dataclass, field, fields
+from typing import Any
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a field's `option` says beyond its default and type."""
+
+    help: str
+    lo: float | None = None       # inclusive bounds
+    hi: float | None = None
+    above: float | None = None    # exclusive bounds
+    under: float | None = None
+    choices: tuple[Any, ...] | None = None
+    words: dict[str, Any] | None = None  # the CLI spells the value as one of these words
+    flags: tuple[str, ...] = ()   # the CLI option's names, when not --field-name
+    envvar: str | None = None
+    cli: bool = True              # False: a value only a manifest or the API gives
+    column: str | None = None     # the manifest column, when not the field's name
+    # Whether the value decides the result (job keys hash those that do): True, False, or a
+    # (test of the whole record, the same in words for the docs) pair.
+    key: bool | tuple[Callable[[Any], bool], str] = True
+
+
+def option(default: Any, help: str, **spec: Any) -> Any:
+    """A dataclass field declaring one user option (`Spec` lists the keywords). A list or tuple
+    default becomes a tuple; `default=...` makes the option required."""
+    meta = {"option": Spec(help, **spec)}
+    if default is ...:
+        return field(metadata=meta)
+    if isinstance(default, list | tuple):
+        return field(default_factory=lambda: tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def spec(f: Field) -> Spec:
+    return f.metadata["option"]
+
+
+def declared(cls: type) -> Iterator[Field]:
+    """The fields of `cls` that are user options, in declaration order."""
+    return (f for f in fields(cls) if "option" in f.metadata)
+
+
+def default(f: Field) -> Any:
+    """A field's default (`...` when the option is required)."""
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return ...
+
+
+@functools.cache
+def _hints(owner: type) -> dict[str, Any]:
+    return typing.get_type_hints(owner)
+
+
+def base_type(owner: type, name: str) -> tuple[type, bool, bool]:
+    """(element type, is a list, may be None) of a field's annotation: `tuple[float, ...] |
+    None` -> (float, True, True)."""
+    hint = _hints(owner)[name]
+    args = typing.get_args(hint)
+    nullable = isinstance(hint, types.UnionType) and type(None) in args
+    if nullable:
+        hint = next(a for a in args if a is not type(None))
+    if typing.get_origin(hint) is tuple:
+        return typing.get_args(hint)[0], True, nullable
+    return hint, False, nullable
+
+
+def coerce(owner: type, name: str, value: Any) -> Any:
+    """A manifest cell, `--set` value or command-line string to the field's type; ValueError
+    if it can't be. Lists take a list or a comma-separated string."""
+    kind, is_list, _ = base_type(owner, name)
+    if is_list:
+        items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+        return tuple(kind(v.strip() if isinstance(v, str) else v) for v in items)
+    if kind is bool:
+        if isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"not a boolean: {value!r}")
+            return value.lower() in ("true", "1", "yes")
+        return bool(value)
+    if kind is int:
+        number = float(value)
+        if not number.is_integer():
+            raise ValueError(f"not an integer: {value!r}")
+        return int(number)
+    return kind(value)
+
+
+def _num(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def range_text(s: Spec) -> str:
+    """The declared range in words ('' when there is none)."""
+    if s.choices is not None:
+        return "one of " + ", ".join(map(str, s.choices))
+    if s.lo is not None and s.hi is not None:
+        return f"between {_num(s.lo)} and {_num(s.hi)}"
+    if s.lo is not None and s.under is not None:
+        return f"in [{_num(s.lo)}, {_num(s.under)})"
+    if s.lo is not None:
+        return f">= {_num(s.lo)}"
+    return f"> {_num(s.above)}" if s.above is not None else ""
+
+
+def check(record: Any) -> None:
+    """InputError naming the first option of `record` that is not finite or outside its
+    declared range or choices (cross-field rules are the record's own)."""
+    for f in declared(type(record)):
+        value, s = getattr(record, f.name), spec(f)
+        if value is None or isinstance(value, tuple | str | bool):
+            if s.choices is not None and value not in s.choices:
+                raise InputError(f"{f.name} must be {range_text(s)}, got {value!r}")
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"{f.name} must be a finite number, got {value}")
+        inside = ((s.lo is None or value >= s.lo) and (s.hi is None or value <= s.hi)
+                  and (s.above is None or value > s.above)
+                  and (s.under is None or value < s.under))
+        if not inside or (s.choices is not None and value not in s.choices):
+            raise InputError(f"{f.name} must be {range_text(s)}, got {value}")
+
+
+def decides_result(record: Any, f: Field) -> bool:
+    """Whether this field's value in `record` decides the result (job keys hash it)."""
+    key = spec(f).key
+    return bool(key[0](record)) if isinstance(key, tuple) else key
+
+
+__all__ = ["Spec", "base_type", "check", "coerce", "decides_result", "declared", "default",
+           "option", "range_text", "spec"]
