@@ -12,12 +12,15 @@ OUT      ?= out
 RUN_ARGS ?=
 # Photos and paintings for the early-stopping table (not part of the project)
 BENCH_IMAGES ?= ../shared/data/images
-# The time-to-quality reference: the previous default (500 plain L-BFGS iterations) to the end
+# The time-to-quality reference: the classic method (500 plain L-BFGS iterations) to the end
 QUALITY_REFERENCE := reference=iterations:500,tol:0,lbfgs_precondition:0,lbfgs_scaling:standard
 
-.PHONY: install browser test demo run lint bench bench-gpu clean
+.PHONY: help install browser test demo run lint docs bench bench-gpu clean
 
-install: $(STAMP)
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
+
+install: $(STAMP)  ## create .venv and install the package with its cpu, dev and ray extras (GPU=1: gpu)
 
 # torch is pinned in pyproject.toml; pip takes it from the local wheel copy where there is one.
 # onnxruntime and onnxruntime-gpu install the same module: the other one is removed if present.
@@ -32,31 +35,35 @@ $(STAMP): pyproject.toml
 
 # The report's browser test drives Debian's chromium through its chromedriver: installed here
 # where apt-get can (CI, a Debian machine as root); elsewhere that one test skips and says why.
-browser:
+browser:  ## install Debian's chromium for the report's browser test, where apt-get can
 	@command -v chromedriver >/dev/null || ! command -v apt-get >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    chromium chromium-driver >/dev/null; } || \
 	  echo "chromium could not be installed: the report's browser test will skip"
 
-test: install browser
+test: install browser  ## ruff, then the test suite (CPU; CUDA tests skip without a GPU)
+	$(VENV)/bin/ruff check pipeline export tests bench
 	$(PY) -m pytest tests
 
-lint: install
+lint: install  ## ruff alone
 	$(VENV)/bin/ruff check pipeline export tests bench
+
+docs: install  ## rewrite the option tables of docs/options.md and manifests/SCHEMA.md
+	$(PY) -m pipeline.cli.reference
 
 # Draws the example images (nothing is downloaded), then runs the example manifest on the CPU:
 # its two jobs share one output size and parameters, so they run as one batch of 2.
-demo: install
+demo: install  ## draw example images and stylize manifests/demo.parquet on the CPU
 	$(PY) -m pipeline.io.examples manifests/images
 	$(VENV)/bin/pipeline run manifests/demo.parquet --out $(DEMO_OUT) --devices cpu --batch-size 2
 	$(VENV)/bin/pipeline status $(DEMO_OUT)
 
 # For CI pipelines: make run MANIFEST=path/to/manifest.parquet OUT=folder [RUN_ARGS="--devices auto"]
-run: install
+run: install  ## make run MANIFEST=m.parquet OUT=folder [RUN_ARGS="--devices auto"]
 	$(VENV)/bin/pipeline run $(MANIFEST) --out $(OUT) $(RUN_ARGS)
 
 # Prints every table of BENCHMARKS.md (about three hours on a quiet 2-core CPU).
-bench: install
+bench: install  ## print every CPU table of BENCHMARKS.md (hours)
 	$(PY) -m bench.flops
 	$(PY) -m bench.bench_vs_pastiche
 	$(PY) -m bench.bench_schedule
@@ -80,8 +87,8 @@ bench: install
 	  --json bench-out/quality-256.json --runs '$(QUALITY_REFERENCE);default='
 
 # The GPU tables of BENCHMARKS.md on the first CUDA device: make install GPU=1 && make bench-gpu
-bench-gpu: install
+bench-gpu: install  ## the GPU tables of BENCHMARKS.md on the first CUDA device
 	PY=$(PY) bash bench/gpu.sh
 
-clean:
+clean:  ## remove .venv, demo-out, bench-out and caches
 	rm -rf $(VENV) $(DEMO_OUT) bench-out .pytest_cache .ruff_cache *.egg-info

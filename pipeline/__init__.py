@@ -1,9 +1,16 @@
-"""style-pipeline: batch neural style transfer (Gatys et al., CVPR 2016)."""
+"""style-pipeline: batch neural style transfer (Gatys et al., CVPR 2016). Everything the
+`pipeline` command does, from Python: one image (`stylize`, `stylize_file`), a batch
+(`stylize_batch`), a manifest built (`build_manifest`) and run (`run_manifest`), its report
+(`write_report`)."""
 
 from .accel.runtime import Runtime, RuntimeOptions
-from .api import StyleJob, StyleResult, stylize, stylize_batch
+from .api import StyleJob, StyleResult, stylize, stylize_batch, stylize_file
+from .bulk.make_manifest import build_manifest
+from .bulk.runner import RunOptions, exit_code, run_manifest
 from .gatys.params import StyleParams
+from .report import write_report
 from .version import __version__
 
-__all__ = ["Runtime", "RuntimeOptions", "StyleJob", "StyleParams", "StyleResult", "__version__",
-           "stylize", "stylize_batch"]
+__all__ = ["RunOptions", "Runtime", "RuntimeOptions", "StyleJob", "StyleParams", "StyleResult",
+           "__version__", "build_manifest", "exit_code", "run_manifest", "stylize",
+           "stylize_batch", "stylize_file", "write_report"]

@@ -259,9 +259,10 @@ def stylize_prepared(prepared: Sequence[tuple[SizedImage, list[SizedImage]]],
     out = finish(result.images)
     seconds = time.perf_counter() - start
     losses = {k: v.tolist() for k, v in result.terms.items()}
-    return [StyleResult(to_image(out[i]), {k: v[i] for k, v in losses.items()},
-                        result.iterations[i], seconds, problem.metadata, result.trace[i],
-                        out[i].float().cpu())
+    return [StyleResult(image=to_image(out[i]), losses={k: v[i] for k, v in losses.items()},
+                        iterations=result.iterations[i], seconds=seconds,
+                        metadata=problem.metadata, trace=result.trace[i],
+                        pixels=out[i].float().cpu())
             for i in range(len(prepared))]
 
 

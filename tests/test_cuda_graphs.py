@@ -1,5 +1,6 @@
-"""The CUDA-graph closure computes what the eager one does. These need a GPU: CI has none and
-skips them; they were run on an H100 (BENCHMARKS.md, GPU section)."""
+"""The CUDA graphs compute what the eager iteration does: the captured objective and gradient,
+and the whole captured L-BFGS iteration. These need a GPU: without one they skip (run them
+with `make bench-gpu`'s machine: `pytest tests/test_cuda_graphs.py`)."""
 
 import pytest
 import torch

@@ -87,8 +87,7 @@ def test_losing_a_node_mid_run_loses_and_repeats_nothing(cluster, dataset, tmp_p
     from pipeline.accel.runtime import RuntimeOptions
     from pipeline.bulk.checkpoint import saved_checkpoints
     from pipeline.bulk.manifest import parse_overrides
-    from pipeline.bulk.runner import RunOptions, exit_code
-    from pipeline.bulk.runner import run as run_manifest
+    from pipeline.bulk.runner import RunOptions, exit_code, run_manifest
 
     c, nodes = cluster
     out = tmp_path / "ray"

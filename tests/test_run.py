@@ -243,8 +243,7 @@ def test_ctrl_c_with_hundreds_of_batches_queued_exits_at_once(dataset, tmp_path)
 def test_a_second_ctrl_c_quits_at_once_and_the_run_resumes(dataset, tmp_path):
     from pipeline.accel.runtime import RuntimeOptions
     from pipeline.bulk.manifest import parse_overrides
-    from pipeline.bulk.runner import RunOptions
-    from pipeline.bulk.runner import run as run_manifest
+    from pipeline.bulk.runner import RunOptions, run_manifest
     from pipeline.cli.progress import RunDisplay
 
     pressed = []

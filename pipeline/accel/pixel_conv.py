@@ -7,7 +7,7 @@ other layer's, so relu1_1, its Gram and their backward move half the bytes of fp
 The backward needs only the gradient to the pixels (the weights are frozen), and it gets a
 bf16 gradient, as every layer of the bf16 trunk does. Autograd's fp32 path first cast that
 full-size 64-channel gradient to fp32 and then ran oneDNN's fp32 backward-data for three
-output channels, several times the bf16 path's cost (docs/bench-log.md). The bf16 path
+output channels, several times the bf16 path's cost (bench/bench_layers.py). The bf16 path
 rounds the pixel gradient once more (2^-9 relative), which the bf16 quality guard covers.
 """
 

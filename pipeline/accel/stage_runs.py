@@ -18,9 +18,9 @@ from .settings import Settings
 def start_run(trunk: VGG19Trunk, x0: Tensor, stage: Stage, start: int,
               opt_state: dict[str, Any] | None, params: StyleParams, *, runtime: Settings) -> Run:
     """A StageRun; on a multi-core CPU one per core on its share of the batch (cpu_shards.py);
-    with CUDA graphs and a stage run whole, one whose objective and gradient replay as a graph
-    (cuda_graph.py). `runtime` is the Runtime the engine computes with; its settings decide
-    which run it gets."""
+    with CUDA graphs and a stage run whole, one that replays each iteration as a graph (with
+    L-BFGS the whole iteration, with Adam the objective and gradient: cuda_graph.py).
+    `runtime` is the Runtime the engine computes with; its settings decide which run it gets."""
     bounds = shard_bounds(x0.shape[0], runtime)
     if len(bounds) > 1:
         return ShardedRun([

@@ -80,6 +80,31 @@ class Display(Protocol):
     def aborted(self) -> None: ...
 
 
+class QuietDisplay:
+    """A run's display that shows nothing: the Python API's default."""
+
+    def __init__(self, total: int = 0, devices: list[str] | None = None) -> None:
+        pass
+
+    def __enter__(self) -> QuietDisplay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def handle(self, event: Event) -> None:
+        pass
+
+    def worker_restarted(self, wid: int) -> None:
+        pass
+
+    def interrupted(self) -> None:
+        pass
+
+    def aborted(self) -> None:
+        pass
+
+
 @dataclass
 class Outcome:
     """What the loop adds to a run's result."""

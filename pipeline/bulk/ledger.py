@@ -14,6 +14,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,15 +50,16 @@ def ledger_dir(out_dir: Path) -> Path:
     return out_dir / "ledger"
 
 
-def make_row(key: str, row: int, status: str, content: str, styles: list[str], output: str,
-             params: dict[str, Any] | None, started_at: float, device: str = "",
-             losses: dict[str, float] | None = None, iterations: int = 0,
+def make_row(key: str, row: int, status: str, started_at: float, *, content: str = "",
+             styles: Sequence[str] = (), output: str = "", params: dict[str, Any] | None = None,
+             device: str = "", losses: dict[str, float] | None = None, iterations: int = 0,
              seconds: float = 0.0, error: str = "", written: Path | None = None,
              precision: str = "") -> dict[str, Any]:
-    """`written`: the output file just written, whose size and mtime are recorded."""
+    """One ledger row. `written`: the output file just written, whose size and mtime are
+    recorded."""
     losses = losses or {}
     stat = written.stat() if written is not None else None
-    return {"key": key, "row": row, "status": status, "content": content, "styles": styles,
+    return {"key": key, "row": row, "status": status, "content": content, "styles": list(styles),
             "output": output, "params": json.dumps(params or {}, sort_keys=True),
             "loss_total": losses.get("total"), "loss_content": losses.get("content"),
             "loss_style": losses.get("style"), "loss_tv": losses.get("tv"),
@@ -71,8 +73,9 @@ def job_row(job: Job, status: str, started_at: float, device: str = "", **kw: An
             ) -> dict[str, Any]:
     """make_row for a job of a run: its key, row, paths and parameters."""
     spec = job.spec
-    return make_row(job.key, spec.row, status, str(spec.content), [str(s) for s in spec.styles],
-                    spec.output_name, spec.params.to_dict(), started_at, device, **kw)
+    return make_row(job.key, spec.row, status, started_at, content=str(spec.content),
+                    styles=[str(s) for s in spec.styles], output=spec.output_name,
+                    params=spec.params.to_dict(), device=device, **kw)
 
 
 def matches_file(row: dict[str, Any], path: Path) -> bool:

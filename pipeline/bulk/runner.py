@@ -25,7 +25,7 @@ from ..io.files import check_writable_dir, describe_os_error, remove_stale_temps
 from ..options import check, option
 from . import ledger, traces
 from .checkpoint import checkpoint_dir, sweep_finished
-from .distribute import Distributor, Outcome, distribute
+from .distribute import Distributor, Outcome, QuietDisplay, distribute
 from .distributors import NAMES as DISTRIBUTORS
 from .distributors import check_distributor, open_distributor
 from .jobs import BatchQueue, Inspector, Job
@@ -200,10 +200,13 @@ def _own_folders(out_dir: Path, jobs: Iterable[Job]) -> list[Path]:
             traces.trace_dir(out_dir), *(job.spec.output.parent for job in jobs)]
 
 
-def run(manifest: Path, opts: RunOptions, display_factory: Callable[..., Any],
-        scan_view: Callable[[], AbstractContextManager[Callable[[int], None]]] = nullcontext
-        ) -> RunResult:
-    """`display_factory(total=, devices=)` is a context manager fed the workers' events;
+def run_manifest(manifest: Path, opts: RunOptions,
+                 display_factory: Callable[..., Any] = QuietDisplay,
+                 scan_view: Callable[[], AbstractContextManager[Callable[[int], None]]]
+                 = nullcontext) -> RunResult:
+    """`pipeline run`: every row of `manifest` into opts.out_dir, resumably; the result says
+    what was done, failed and is pending (`exit_code` turns it into the command's).
+    `display_factory(total=, devices=)` is a context manager fed the workers' events;
     `scan_view()` one that yields a row counter while the manifest is checked. Nothing is
     written (not even the folder) until the run is sure to start: the manifest is checked,
     and the workers' devices found (a Ray cluster joined) first."""
@@ -215,8 +218,9 @@ def run(manifest: Path, opts: RunOptions, display_factory: Callable[..., Any],
     if found.errors and not opts.skip_bad_rows:
         raise ManifestInvalid(found.errors)
     # Absolute: a worker elsewhere has another working folder.
-    config = WorkerConfig(Path(os.path.realpath(out_dir)), opts.checkpoint_every,
-                          opts.runtime, new_run_id(), opts.trace_every)
+    config = WorkerConfig(out_dir=Path(os.path.realpath(out_dir)),
+                          checkpoint_every=opts.checkpoint_every, runtime=opts.runtime,
+                          run_id=new_run_id(), trace_every=opts.trace_every)
 
     def open_for(todo: list[Job]) -> AbstractContextManager[Distributor]:
         return open_distributor(opts.distributor, config, opts.devices, opts.workers,
@@ -257,8 +261,8 @@ def _run_locked(manifest: Path, opts: RunOptions, found: Scan, run_id: str,
     p = plan(found.jobs, out_dir, opts.retry_failed)
     now = time.time()
     ledger.append(out_dir, [
-        ledger.make_row(f"invalid-row-{e.row}", e.row, ledger.INVALID, "", [], "", None, now,
-                        error=str(e)) for e in found.errors])
+        ledger.make_row(f"invalid-row-{e.row}", e.row, ledger.INVALID, now, error=str(e))
+        for e in found.errors])
     ledger.append(out_dir, [ledger.job_row(j, ledger.DONE, now, written=j.spec.output,
                                            error="recovered from output file")
                             for j in p.recovered])
@@ -291,5 +295,5 @@ def exit_code(result: RunResult) -> int:
     return 0
 
 
-__all__ = ["ManifestInvalid", "RunLocked", "RunOptions", "RunResult", "exit_code", "run",
+__all__ = ["ManifestInvalid", "RunLocked", "RunOptions", "RunResult", "exit_code", "run_manifest",
            "scan"]

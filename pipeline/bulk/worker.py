@@ -4,9 +4,10 @@ callback. It needs nothing from the driver's process but a WorkerConfig (picklab
 run folder it can see, so it runs as a spawned process (distributors/local.py) or a Ray actor
 on another machine (distributors/ray_cluster.py) alike.
 
-Order of writes for a batch: outputs (each atomic, with its job key embedded), then the ledger
-part, then the checkpoint is deleted. A crash between any two steps is repaired on rerun: an
-output carrying the right job key counts as done.
+Order of writes for a batch: its loss-trace part, the outputs (each atomic, with its job key
+embedded), then the ledger part, then the checkpoint is deleted. A crash between any two steps
+is repaired on rerun: an output carrying the right job key counts as done, and a batch run
+again writes its whole traces again.
 
 A write that fails (disk full, read-only, quota) is the machine's problem, not the job's: the
 worker reports it and leaves, the run stops, and nothing is recorded as failed, so a plain rerun
@@ -178,6 +179,14 @@ class Worker:
             ckpt.unlink(missing_ok=True)  # its space is better left to the other batches
             message = f"{type(e).__name__}: {e}".splitlines()[0]
             return [ledger.job_row(j, ledger.FAILED, started, device, error=message) for j in jobs]
+        rows = self._write(jobs, results, started, device, precision)
+        ckpt.unlink(missing_ok=True)
+        return rows
+
+    def _write(self, jobs: list[Job], results: list[Any], started: float, device: str,
+               precision: str) -> list[dict[str, Any]]:
+        """A finished batch's trace, then its outputs; their ledger rows. WriteFailed stops the
+        run: nothing is recorded as failed, and a rerun picks the jobs up."""
         try:  # before the outputs: a job whose output exists has its trace
             traces.append(self.out_dir, {job.key: result.trace
                                          for job, result in zip(jobs, results, strict=True)})
@@ -195,7 +204,6 @@ class Worker:
             rows.append(ledger.job_row(job, ledger.DONE, started, device, losses=result.losses,
                                        iterations=result.iterations, seconds=result.seconds,
                                        written=job.spec.output, precision=precision))
-        ckpt.unlink(missing_ok=True)
         return rows
 
 

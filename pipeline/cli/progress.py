@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import (
@@ -50,6 +51,16 @@ class RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
         return Text(f"{speed:.2f} it/s" if speed else "-- it/s", style="progress.data.speed")
+
+
+def shown(path: str | Path) -> str:
+    """A path as a person reads it: relative to the working folder when it is below it, else
+    from ~ when it is below the home folder."""
+    path = Path(path)
+    for base, prefix in ((Path.cwd(), ""), (Path.home(), "~/")):
+        if path.is_absolute() and path.is_relative_to(base) and path != base:
+            return prefix + path.relative_to(base).as_posix()
+    return str(path)
 
 
 def format_losses(terms: dict[str, Tensor] | dict[str, float], index: int = 0) -> str:

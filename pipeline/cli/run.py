@@ -13,14 +13,20 @@ from ..api import RuntimeOptions
 from ..bulk import ledger
 from ..bulk.manifest import parse_overrides
 from ..bulk.run_state import ledger_only_info, read_run_info, run_state
-from ..bulk.runner import ManifestInvalid, RunLocked, RunOptions, RunResult, exit_code
-from ..bulk.runner import run as run_manifest
+from ..bulk.runner import (
+    ManifestInvalid,
+    RunLocked,
+    RunOptions,
+    RunResult,
+    exit_code,
+    run_manifest,
+)
 from ..errors import InputError
 from ..report import write_report
 from ..report.page import REPORT
 from .app import app, print_errors, reports_errors, say_error, scanning
 from .options import with_options
-from .progress import RunDisplay, console, say
+from .progress import RunDisplay, console, say, shown
 
 SET_OPTION = typer.Option(None, "--set", help="Column default name=value for rows that leave "
                           "it empty or lack the column (repeatable), e.g. --set size=256.")
@@ -125,7 +131,7 @@ def status(out: Path = typer.Argument(..., help="Output folder of a run.")) -> N
     table = Table(title=f"status {out}", show_header=False)
     table.add_column()
     table.add_column(overflow="fold")  # paths in full, wrapped
-    table.add_row("manifest", info.manifest)
+    table.add_row("manifest", shown(info.manifest))
     table.add_row("jobs", str(info.total))
     table.add_row("done", str(state.done))
     table.add_row("failed", str(len(state.failed)))

@@ -22,7 +22,7 @@ from ..api import (
 )
 from .app import app, reports_errors
 from .options import field_option, with_options
-from .progress import console, format_losses, iteration_bar
+from .progress import console, format_losses, iteration_bar, shown
 
 
 @app.command()
@@ -97,7 +97,7 @@ def export_cmd(
     table = Table(title="export", show_header=False)
     table.add_column()
     table.add_column(overflow="fold")  # the model's path in full, wrapped
-    table.add_row("model", f"{path} ({path.stat().st_size / 1e6:.1f} MB, weights inside)")
+    table.add_row("model", f"{shown(path)} ({path.stat().st_size / 1e6:.1f} MB, weights inside)")
     table.add_row("weights", f"{sidecar['weights_source']} ({sidecar['weights_digest'][:16]}), "
                   f"{sidecar['normalization']} input normalization, {sidecar['pooling']} pool")
     table.add_row("outputs", ", ".join(sidecar["outputs"]))

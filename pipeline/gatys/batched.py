@@ -2,7 +2,7 @@
 
 On CPU both go one sample at a time: torch's CPU bmm takes a slow batched path for some
 shapes (a [1, D] x [D, 1] product, the L-BFGS dot; the relu1_1 Gram backward), while one mm or
-dot per sample never is (docs/bench-log.md, "Batch size"). On GPU, one batched kernel.
+dot per sample never is (measured with bench/bench_batch.py). On GPU, one batched kernel.
 """
 
 from __future__ import annotations

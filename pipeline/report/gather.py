@@ -89,18 +89,19 @@ def _from_manifest(out_dir: Path, info: RunInfo, records: dict[ledger.JobId, dic
             spec = row_to_job(row, index, base, out_dir, overrides)
         except RowError as e:
             inputs = row_inputs(row, base, overrides)
-            jobs.append(JobView(index, inputs[0] if inputs else base / "?", tuple(inputs[1:]),
-                                {}, None, FAILED, e.reason))
+            jobs.append(JobView(row=index, content=inputs[0] if inputs else base / "?",
+                                styles=tuple(inputs[1:]), params={}, output=None,
+                                status=FAILED, error=e.reason))
             continue
         job = (keys.get(spec.output_name, ""), spec.output_name)
         record = records.get(job)
         if record is not None and not same_result(json.loads(record["params"]), spec.params):
             record = None  # made with other parameters: this row's job has not run
         status = job_state(out_dir, job, record) if job[0] else PENDING
-        jobs.append(JobView(index, spec.content, spec.styles, spec.params.to_dict(),
-                            spec.output, status,
-                            record["error"] if status == FAILED and record else "",
-                            record if record and status != PENDING else {}))
+        jobs.append(JobView(row=index, content=spec.content, styles=spec.styles,
+                            params=spec.params.to_dict(), output=spec.output, status=status,
+                            error=record["error"] if status == FAILED and record else "",
+                            record=record if record and status != PENDING else {}))
     return jobs
 
 
@@ -122,8 +123,11 @@ def _from_run_info(out_dir: Path, info: RunInfo,
     for job in dict.fromkeys(info.jobs):
         record = records.get(job, {})
         status = job_state(out_dir, job, record or None)
-        jobs.append(JobView(record.get("row", -1), Path(record.get("content") or "?"),
-                            tuple(Path(s) for s in record.get("styles") or []),
-                            json.loads(record.get("params") or "{}"), out_dir / job[1], status,
-                            record.get("error", "") if status == FAILED else "", record))
+        jobs.append(JobView(row=record.get("row", -1),
+                            content=Path(record.get("content") or "?"),
+                            styles=tuple(Path(s) for s in record.get("styles") or []),
+                            params=json.loads(record.get("params") or "{}"),
+                            output=out_dir / job[1], status=status,
+                            error=record.get("error", "") if status == FAILED else "",
+                            record=record))
     return jobs
