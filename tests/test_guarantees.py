@@ -525,7 +525,8 @@ def test_a_refused_run_leaves_a_finished_run_s_records_alone(dataset, tmp_path):
     fresh = tmp_path / "fresh"
     refusals = [(["--devices", "cuda"], "CUDA is not available"),
                 (["--devices", "tpu"], "unknown device"),
-                (["--distributor", "bogus", "--devices", "auto"], "unknown distributor"),
+                (["--distributor", "bogus", "--devices", "auto"],
+                 "distributor must be one of local, ray"),
                 (["--precision", "fp17"], "precision must be one of")]
     for folder in (out, fresh):
         for args, message in refusals:

@@ -17,6 +17,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
 from rich.text import Text
 from torch import Tensor
 
@@ -51,6 +52,14 @@ class RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
         return Text(f"{speed:.2f} it/s" if speed else "-- it/s", style="progress.data.speed")
+
+
+def summary_table(title: str) -> Table:
+    """A two-column summary, names and values; long values (paths) wrap rather than cut."""
+    table = Table(title=title, show_header=False)
+    table.add_column()
+    table.add_column(overflow="fold")
+    return table
 
 
 def shown(path: str | Path) -> str:

@@ -26,7 +26,7 @@ from ..report import write_report
 from ..report.page import REPORT
 from .app import app, print_errors, reports_errors, say_error, scanning
 from .options import with_options
-from .progress import RunDisplay, console, say, shown
+from .progress import RunDisplay, console, say, shown, summary_table
 
 SET_OPTION = typer.Option(None, "--set", help="Column default name=value for rows that leave "
                           "it empty or lack the column (repeatable), e.g. --set size=256.")
@@ -72,9 +72,7 @@ def run(
 
 
 def _summary(out: Path, result: RunResult) -> Table:
-    table = Table(title=f"run {out}", show_header=False)
-    table.add_column()
-    table.add_column(overflow="fold")  # paths in full, wrapped
+    table = summary_table(f"run {out}")
     table.add_row("jobs", str(result.total))
     table.add_row("done now", str(result.done))
     table.add_row("done before (skipped)", str(result.done_before))
@@ -128,9 +126,7 @@ def status(out: Path = typer.Argument(..., help="Output folder of a run.")) -> N
         say("warning:", "yellow", f"{e}; counting the ledger alone")
         info = ledger_only_info(out)
     state = run_state(out, info)
-    table = Table(title=f"status {out}", show_header=False)
-    table.add_column()
-    table.add_column(overflow="fold")  # paths in full, wrapped
+    table = summary_table(f"status {out}")
     table.add_row("manifest", shown(info.manifest))
     table.add_row("jobs", str(info.total))
     table.add_row("done", str(state.done))

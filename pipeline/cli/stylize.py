@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from ..api import (
     TRACE_EVERY,
@@ -22,7 +21,7 @@ from ..api import (
 )
 from .app import app, reports_errors
 from .options import field_option, with_options
-from .progress import console, format_losses, iteration_bar, shown
+from .progress import console, format_losses, iteration_bar, shown, summary_table
 
 
 @app.command()
@@ -55,7 +54,7 @@ def stylize(
                               trace_every)
     if quiet:
         return
-    table = Table(title="stylize", show_header=False)
+    table = summary_table("stylize")
     table.add_row("output", f"{output} ({result.image.width}x{result.image.height})")
     table.add_row("device", f"{runtime.device} {runtime.precision}"
                   f"{' channels_last' if runtime.channels_last else ''}")
@@ -94,9 +93,7 @@ def export_cmd(
     does it ahead of time (e.g. while building a GPU image)."""
     wanted = [name.strip() for name in layers.split(",") if name.strip()]
     path, sidecar = export_trunk(wanted, weights, pooling, cache_dir, output, force)
-    table = Table(title="export", show_header=False)
-    table.add_column()
-    table.add_column(overflow="fold")  # the model's path in full, wrapped
+    table = summary_table("export")
     table.add_row("model", f"{shown(path)} ({path.stat().st_size / 1e6:.1f} MB, weights inside)")
     table.add_row("weights", f"{sidecar['weights_source']} ({sidecar['weights_digest'][:16]}), "
                   f"{sidecar['normalization']} input normalization, {sidecar['pooling']} pool")
