@@ -15,7 +15,10 @@ from tests.conftest import make_painting, make_photo
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-FAST = ["--devices", "cpu", "--set", "size=32", "--set", "iterations=6", "--precision", "fp32"]
+# One CPU worker unless a test asks for two (`--workers 2` after these wins): a worker's start
+# costs more than its tiny jobs.
+FAST = ["--devices", "cpu", "--workers", "1", "--set", "size=32", "--set", "iterations=6",
+        "--precision", "fp32"]
 
 
 def make_dataset(tmp_path):

@@ -190,7 +190,7 @@ def test_bf16_trunk_keeps_the_final_objective_within_1_percent_of_fp32():
     fp32 = Runtime.create("cpu", "fp32", channels_last=False, targets="torch")
     control = Runtime.create("cpu", "fp32", channels_last=True, targets="torch")
     bf16 = Runtime.create("cpu", "bf16", channels_last=True, targets="torch")
-    params = StyleParams(size=64, iterations=30, lbfgs_max_step=4, lbfgs_precondition=0,
+    params = StyleParams(size=64, iterations=20, lbfgs_max_step=4, lbfgs_precondition=0,
                          lbfgs_scaling="standard")
     ratios = {"control": [], "bf16": []}
     for seed in range(3):

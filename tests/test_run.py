@@ -22,6 +22,7 @@ from tests.conftest import make_painting, make_photo
 from tests.run_helpers import (
     cell,
     images_in,
+    make_dataset,
     run_cli,
     runner,
     spawn_run,
@@ -179,12 +180,20 @@ def _some_done_and_one_in_progress(out) -> bool:
     return False
 
 
-@pytest.mark.parametrize("how", ["sigkill", "ctrl-c", "sigterm"])
-def test_killed_run_resumes_and_matches_an_uninterrupted_one(dataset, tmp_path, how):
-    reference, out = tmp_path / "ref", tmp_path / "out"
-    proc = spawn_run(dataset, reference, 60)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """A dataset and its uninterrupted run, shared by the three ways of stopping one."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    dataset = make_dataset(root)
+    proc = spawn_run(dataset, root / "ref", 60)
     assert proc.wait(timeout=600) == 0, proc.stdout.read()
+    return dataset, root / "ref"
 
+
+@pytest.mark.parametrize("how", ["sigkill", "ctrl-c", "sigterm"])
+def test_killed_run_resumes_and_matches_an_uninterrupted_one(uninterrupted, tmp_path, how):
+    dataset, reference = uninterrupted
+    out = tmp_path / "out"
     proc = spawn_run(dataset, out, 60)
     wait_for(lambda: _some_done_and_one_in_progress(out))
     if how == "sigkill":  # the whole run, workers included, as a crash or reboot would
