@@ -52,7 +52,6 @@ from .io.images import (
 )
 from .targets.builder import TargetBuilder, builder_for
 from .targets.cache import image_digest
-from .targets.onnx_export import ensure_model
 from .version import __version__
 
 ImageSource = str | os.PathLike | Image.Image
@@ -304,6 +303,8 @@ def export_trunk(layers: Sequence[str], weights: str = "caffe", pooling: str = "
     """The VGG19 trunk through the deepest of `layers` as a verified ONNX model in the cache
     (exported unless it is there, or with `force`), also copied with its sidecar to `output`;
     returns the cached model's path and its sidecar."""
+    from .targets.onnx_export import ensure_model  # onnx: a second of import, for this alone
+
     StyleParams(content_layers=(), content_weight=0, style_layers=tuple(layers),
                 pooling=pooling).validate()
     path, sidecar = ensure_model(load_weights(weights, cache), pooling,

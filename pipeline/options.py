@@ -31,7 +31,9 @@ class Spec:
     cli: bool = True              # False: a value only a manifest or the API gives
     column: str | None = None     # the manifest column, when not the field's name
     # Whether the value decides the result (job keys hash those that do): True, False, or a
-    # (test of the whole record, the same in words for the docs) pair.
+    # (test of the whole record, the same in words for the docs) pair. An option added to a
+    # released version can keep the job keys of finished runs with (lambda p: p.new != its
+    # default, "when not <default>").
     key: bool | tuple[Callable[[Any], bool], str] = True
 
 

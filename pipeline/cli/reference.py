@@ -54,7 +54,8 @@ def cli_table(owner: type) -> str:
     lines = ["| option | default | meaning |", "|---|---|---|"]
     for f in cli_fields(owner):
         value = cli_default(owner, f)
-        shown = "required" if value is ... else f"`{value}`"
+        words = {True: "on", False: "off", None: "none", ...: "required"}
+        shown = words[value] if isinstance(value, bool) or value in (None, ...) else f"`{value}`"
         lines.append(f"| `{cli_name(f)}` | {shown} | {_cell(help_text(owner, f))} |")
     return "\n".join(lines)
 
