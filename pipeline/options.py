@@ -122,6 +122,13 @@ def range_text(s: Spec) -> str:
     return f"> {_num(s.above)}" if s.above is not None else ""
 
 
+def range_sentence(s: Spec) -> str:
+    """The declared bounds as a sentence to follow a help text ('' with none, or choices:
+    those are the help's own words)."""
+    words = "" if s.choices is not None else range_text(s)
+    return f" {words[0].upper()}{words[1:]}." if words else ""
+
+
 def check(record: Any) -> None:
     """InputError naming the first option of `record` that is not finite or outside its
     declared range or choices (cross-field rules are the record's own)."""
@@ -147,4 +154,4 @@ def decides_result(record: Any, f: Field) -> bool:
 
 
 __all__ = ["Spec", "base_type", "check", "coerce", "decides_result", "declared", "default",
-           "option", "range_text", "spec"]
+           "option", "range_sentence", "range_text", "spec"]

@@ -13,7 +13,7 @@ from typing import Any
 import typer
 
 from ..errors import InputError
-from ..options import base_type, coerce, declared, default, range_text, spec
+from ..options import base_type, coerce, declared, default, range_sentence, spec
 
 
 def cli_name(f: Field) -> str:
@@ -27,8 +27,8 @@ def help_text(owner: type, f: Field) -> str:
     named = s.words or s.choices
     if named and not all(str(w) in s.help for w in named):
         extra.append(f" One of {', '.join(map(str, named))}.")
-    elif (words := range_text(s)) and not named:
-        extra.append(f" {words[0].upper()}{words[1:]}.")
+    elif not named:
+        extra.append(range_sentence(s))
     return s.help + "".join(extra)
 
 

@@ -10,10 +10,12 @@ from pathlib import Path
 
 from ..api import RuntimeOptions, StyleParams
 from ..bulk.runner import RunOptions
-from ..options import base_type, declared, default, range_text, spec
+from ..options import base_type, declared, default, range_sentence, spec
 from .options import cli_default, cli_fields, cli_name, help_text
 
 ROOT = Path(__file__).resolve().parents[2]
+# How a default reads in a table where it is not a value to type.
+DEFAULT_WORDS = {True: "on", False: "off", None: "none", ...: "required"}
 TYPE_WORDS = {int: "int", float: "float", str: "string", bool: "bool", Path: "path"}
 
 
@@ -41,9 +43,7 @@ def manifest_table(owner: type = StyleParams) -> str:
     for f in declared(owner):
         value = default(f)
         shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
-        words = range_text(spec(f))
-        meaning = spec(f).help + (f" {words[0].upper()}{words[1:]}." if words and not
-                                  spec(f).choices else "") + _key_note(f)
+        meaning = spec(f).help + range_sentence(spec(f)) + _key_note(f)
         lines.append(f"| `{spec(f).column or f.name}` | {_type(owner, f)} | `{shown}` | "
                      f"{_cell(meaning)} |")
     return "\n".join(lines)
@@ -54,8 +54,8 @@ def cli_table(owner: type) -> str:
     lines = ["| option | default | meaning |", "|---|---|---|"]
     for f in cli_fields(owner):
         value = cli_default(owner, f)
-        words = {True: "on", False: "off", None: "none", ...: "required"}
-        shown = words[value] if isinstance(value, bool) or value in (None, ...) else f"`{value}`"
+        shown = (DEFAULT_WORDS[value] if isinstance(value, bool) or value in (None, ...)
+                 else f"`{value}`")
         lines.append(f"| `{cli_name(f)}` | {shown} | {_cell(help_text(owner, f))} |")
     return "\n".join(lines)
 

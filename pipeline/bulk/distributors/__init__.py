@@ -52,9 +52,8 @@ def local_slots(spec: str, workers: int, sizes: list[tuple[int, int]]) -> list[S
 
 def check_distributor(name: str, devices: str) -> None:
     """Refuse a run whose workers could not start, before it writes anything (joining a Ray
-    cluster is checked when the distributor opens, also before any write)."""
-    if name not in NAMES:
-        raise InputError(f"unknown distributor {name!r}; use {' or '.join(NAMES)}")
+    cluster is checked when the distributor opens, also before any write). `name` is one of
+    NAMES: RunOptions declares them as the distributor's choices and checks that first."""
     if name == "local":
         device_names(devices)
     else:
