@@ -41,11 +41,11 @@ browser:  ## install Debian's chromium for the report's browser test, where apt-
 	    chromium chromium-driver >/dev/null; } || \
 	  echo "chromium could not be installed: the report's browser test will skip"
 
-# One test process per core, a file each at a time (a file's fixtures, such as its Ray
-# cluster, are made once): much of the suite waits on the runs' worker processes.
+# One test process per core, handed tests one at a time as each finishes (tests/conftest.py:
+# those sharing a costly fixture go to one process together).
 test: install browser  ## ruff, then the test suite (CPU; CUDA tests skip without a GPU)
 	$(VENV)/bin/ruff check pipeline export tests bench
-	$(PY) -m pytest tests -n auto --dist loadfile
+	$(PY) -m pytest tests -n auto
 
 lint: install  ## ruff alone
 	$(VENV)/bin/ruff check pipeline export tests bench

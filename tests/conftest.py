@@ -1,5 +1,7 @@
 """Shared fixtures. Tests make their own tiny images and use a private cache directory, so a
-fresh clone passes without ../shared and without touching the user's cache."""
+fresh clone passes without ../shared and without touching the user's cache. The test processes
+of one `pytest -n` run share that cache: the model is exported once (under its lock) and
+target entries are written atomically, so a process finds the others' work."""
 
 from __future__ import annotations
 
@@ -11,9 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-os.environ.setdefault("STYLE_PIPELINE_CACHE", tempfile.mkdtemp(prefix="style-pipeline-test-"))
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+_CACHE = (Path(tempfile.gettempdir()) / f"style-pipeline-test-{_RUN}" if _RUN
+          else tempfile.mkdtemp(prefix="style-pipeline-test-"))
+os.environ.setdefault("STYLE_PIPELINE_CACHE", str(_CACHE))
 
-from pipeline.accel.runtime import Runtime
+from pipeline.accel.runtime import Runtime  # noqa: E402 (after the cache is chosen)
 
 
 def make_photo(size: tuple[int, int] = (64, 48), seed: int = 0) -> Image.Image:
@@ -38,6 +43,34 @@ def make_painting(size: tuple[int, int] = (64, 64), seed: int = 1) -> Image.Imag
     rgb = np.stack([220 * stripes + 20, 60 + 120 * (1 - stripes), 200 * (1 - stripes)], -1)
     rgb += rng.normal(0, 20, rgb.shape)
     return Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
+
+
+# Under pytest-xdist (make test), tests go to the test processes one at a time, except these,
+# which share a costly fixture and go to one process together: the Ray cluster of test_ray.py,
+# the uninterrupted reference run of the killed-run tests.
+SHARED_FIXTURE = ("tests/test_ray.py::",
+                  "tests/test_run.py::test_killed_run_resumes_and_matches_an_uninterrupted_one")
+# Started first, the longest go side by side while the short ones fill in around them; last,
+# they would leave a core idle at the end.
+LONGEST = (*SHARED_FIXTURE,
+           "tests/test_engine.py::test_bf16_trunk_keeps_the_final_objective_within_1_percent")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: not item.nodeid.startswith(LONGEST))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneAtATime(LoadScopeScheduling):
+        """A scope per test, or per SHARED_FIXTURE family."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return next((family for family in SHARED_FIXTURE if nodeid.startswith(family)),
+                        nodeid)
+
+    return OneAtATime(config, log)
 
 
 @pytest.fixture

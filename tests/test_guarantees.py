@@ -174,19 +174,24 @@ def test_a_damaged_checkpoint_restarts_its_batch(tmp_path, caplog):
 
 # --- exit 0 only when every job is done ---------------------------------------------------
 
-def _workers_of(pid):
-    """The spawned worker processes of a run (children running multiprocessing's spawn)."""
-    found = []
+def _children(pid):
+    """{child pid: its command line} of process `pid`."""
+    found = {}
     for entry in Path("/proc").iterdir():
         try:
             stat = (entry / "stat").read_text()
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except (OSError, ValueError):
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid and "spawn_main" in cmdline:
-            found.append(int(entry.name))
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found[int(entry.name)] = cmdline
     return found
+
+
+def _workers_of(pid):
+    """The worker processes of a run: the children of its multiprocessing fork server."""
+    servers = [p for p, cmdline in _children(pid).items() if "forkserver" in cmdline]
+    return [w for server in servers for w in _children(server)]
 
 
 def test_a_killed_worker_s_batch_is_taken_over_and_the_run_completes(dataset, tmp_path):

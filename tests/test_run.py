@@ -180,9 +180,10 @@ def _some_done_and_one_in_progress(out) -> bool:
     return False
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory):
-    """A dataset and its uninterrupted run, shared by the three ways of stopping one."""
+    """A dataset and its uninterrupted run, shared by the three ways of stopping one (session:
+    a test process running other files' tests between them keeps it)."""
     root = tmp_path_factory.mktemp("uninterrupted")
     dataset = make_dataset(root)
     proc = spawn_run(dataset, root / "ref", 60)

@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 from torch import Tensor, nn
 
@@ -101,7 +100,10 @@ def verify(path: Path, trunk: VGG19Trunk, layers: tuple[str, ...]) -> float:
 
 def export_onnx(weights: WeightSet, pooling: str, dest: Path,
                 layers: tuple[str, ...] = DEFAULT_LAYERS, opset: int = OPSET) -> dict:
-    """Export, check, verify, then atomically place `dest` and its sidecar `dest.json`."""
+    """Export, check, verify, then atomically place `dest` and its sidecar `dest.json`.
+    onnx is imported here: a worker that finds the model cached never needs it."""
+    import onnx
+
     trunk = weights.trunk(pooling=pooling, last_layer=layers[-1]).eval()
     batch = torch.export.Dim("batch", min=1, max=4096)
     height = torch.export.Dim("height", min=16, max=16384)
