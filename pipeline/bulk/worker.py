@@ -1,7 +1,7 @@
 """A worker: the unit every distributor runs, one per device. It gets batches one at a time,
 runs them, writes the outputs and its own ledger rows, and reports typed events through a
 callback. It needs nothing from the driver's process but a WorkerConfig (picklable) and a
-run folder it can see, so it runs as a spawned process (distributors/local.py) or a Ray actor
+run folder it can see, so it runs as a process of its own (distributors/local.py) or a Ray actor
 on another machine (distributors/ray_cluster.py) alike.
 
 Order of writes for a batch: its loss-trace part, the outputs (each atomic, with its job key
