@@ -11,7 +11,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from .gatys.engine import (
     trunk_for,
 )
 from .gatys.params import StyleParams
+from .gatys.temporal import Temporal
 from .gatys.trace import TRACE_EVERY, TRACE_EVERY_HELP, write_traces
 from .gatys.vgg import VGG19Trunk, in_order, min_input_side
 from .gatys.weights import load_weights
@@ -200,8 +201,11 @@ class BatchProblem:
 
 
 def setup_batch(prepared: Sequence[tuple[SizedImage, list[SizedImage]]], params: StyleParams,
-                runtime: Runtime) -> BatchProblem:
-    """Plans how each stage fits in memory, then builds its targets and starting images."""
+                runtime: Runtime, start: torch.Tensor | None = None,
+                temporal: Temporal | None = None) -> BatchProblem:
+    """Plans how each stage fits in memory, then builds its targets and starting images.
+    `start`: the starting images instead of params.init's; `temporal`: a video frame's
+    temporal term (gatys/temporal.py), at the output size (one stage)."""
     sizes = {c.size for c, _ in prepared}
     if len(sizes) != 1:
         raise InputError(f"a batch needs one output size, got {sorted(sizes)}")
@@ -216,9 +220,15 @@ def setup_batch(prepared: Sequence[tuple[SizedImage, list[SizedImage]]], params:
         return builder_for(weights, trunk, params.pooling, runtime, in_order(params.layers))
 
     stages = _stages(prepared, params, fit, builder, runtime.device)
+    if temporal is not None:
+        if len(stages) != 1:
+            raise ValueError("a temporal term needs one stage (scales=1)")
+        stages[0].targets = replace(stages[0].targets,
+                                    temporal=temporal.map(lambda t: t.to(runtime.device)))
     contents = torch.stack([c.pixels for c, _ in prepared]).to(runtime.device)
     starts = torch.stack([_transfer_content(c, params).pixels for c, _ in prepared])
-    x0 = init_batch(params, starts.to(runtime.device), _init_image(params, prepared[0][0].size))
+    x0 = (start.to(runtime.device) if start is not None else
+          init_batch(params, starts.to(runtime.device), _init_image(params, prepared[0][0].size)))
     metadata = {"params": params.to_dict(), "precision": runtime.precision,
                 # how each stage fitted: w, h, block side (0: whole), L-BFGS pairs if fewer
                 "stages": [[*s.size, s.block, s.history] for s in stages],
@@ -231,13 +241,15 @@ def stylize_prepared(prepared: Sequence[tuple[SizedImage, list[SizedImage]]],
                      params: StyleParams, runtime: Runtime | None = None,
                      progress: Progress | None = None,
                      checkpointing: Checkpointing | None = None, trace_every: int = 0,
-                     save_image: SaveImage | None = None) -> list[StyleResult]:
+                     save_image: SaveImage | None = None, *, start: torch.Tensor | None = None,
+                     temporal: Temporal | None = None) -> list[StyleResult]:
     """stylize_batch for jobs already decoded by `prepare` (the batch runner checks each job
     alone first, so one bad image fails only its own job). `trace_every`: each result's trace
     holds its loss terms every that many iterations; `save_image`: gets the images every
-    params.save_every iterations (of the jobs still moving)."""
+    params.save_every iterations (of the jobs still moving); `start` and `temporal`: as
+    setup_batch's (a video frame's)."""
     runtime = runtime or Runtime.start()
-    problem = setup_batch(prepared, params, runtime)
+    problem = setup_batch(prepared, params, runtime, start, temporal)
 
     def finish(images: torch.Tensor) -> torch.Tensor:
         if params.color != "luminance":

@@ -3,7 +3,7 @@
 display."""
 
 from . import stylize  # noqa: I001  (the order of --help)
-from . import run, manifest, cache
+from . import video, run, manifest, cache
 from .app import app
 
-__all__ = ["app", "cache", "manifest", "run", "stylize"]
+__all__ = ["app", "cache", "manifest", "run", "stylize", "video"]

@@ -11,6 +11,7 @@ from pathlib import Path
 from ..api import RuntimeOptions, StyleParams
 from ..bulk.runner import RunOptions
 from ..options import base_type, declared, default, range_sentence, spec
+from ..video.params import VideoParams
 from .options import cli_default, cli_fields, cli_name, help_text
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,6 +65,7 @@ def cli_table(owner: type) -> str:
 TABLES = [
     ("manifests/SCHEMA.md", "parameters", manifest_table),
     ("docs/options.md", "style-options", lambda: cli_table(StyleParams)),
+    ("docs/options.md", "video-options", lambda: cli_table(VideoParams)),
     ("docs/options.md", "run-options", lambda: cli_table(RunOptions)),
     ("docs/options.md", "runtime-options", lambda: cli_table(RuntimeOptions)),
 ]

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .losses import LossWeights, Targets, gram_backward, tv_per_sample, wide
+from .losses import LossWeights, Targets, gram_backward, pixel_terms, wide
 from .vgg import LAYER_INDEX, LAYER_NAMES, VGG19Trunk, feature_shape, pools_through
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1
@@ -205,10 +205,9 @@ class BlockObjective:
         diffs = {k: g.div_(_count(k, size)).sub_(self.targets.grams[k]) for k, g in acc.items()}
         style = sum((w * diffs[k].square().mean((1, 2))
                      for k, w in self.weights.style_layers.items()), content.new_zeros(n))
-        terms = {"content": content, "style": self.weights.style * style}
-        terms["tv"] = (self.weights.tv * tv_per_sample(wide(x)) if self.weights.tv > 0
-                       else content.new_zeros(n))
-        terms["total"] = terms["content"] + terms["style"] + terms["tv"]
+        terms = {"content": content, "style": self.weights.style * style,
+                 **pixel_terms(wide(x), self.targets, self.weights)}
+        terms["total"] = sum(terms.values(), content.new_zeros(n))
         return terms, diffs
 
     def terms(self, x: Tensor) -> dict[str, Tensor]:
@@ -232,9 +231,11 @@ class BlockObjective:
             loss.sum().backward()
             y0, y1, x0, x1 = block.crop
             grad[:, :, y0:y1, x0:x1] += crop.grad
-        if self.weights.tv > 0:
-            pixels = image.clone().requires_grad_(True)
-            (self.weights.tv * tv_per_sample(wide(pixels))).sum().backward()
+        pixels = image.clone().requires_grad_(True)
+        on_pixels = [t for t in pixel_terms(wide(pixels), self.targets, self.weights).values()
+                     if t.requires_grad]
+        if on_pixels:  # TV and the temporal term: whole, they are cheap
+            sum(on_pixels).sum().backward()
             grad += pixels.grad
         x.grad = grad
         return terms

@@ -8,7 +8,7 @@ run in the trunk's dtype with an fp32 accumulator (see _GramMSE).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..io.tensor_tree import map_tensors
 from .batched import bmm
+from .temporal import Temporal
 
 
 def wide(x: Tensor) -> Tensor:
@@ -130,17 +131,24 @@ def tv_per_sample(x: Tensor) -> Tensor:
 
 @dataclass
 class Targets:
-    """What the output must match: content features [N, C, H, W] and blended Grams [N, C, C]."""
+    """What the output must match: content features [N, C, H, W] and blended Grams [N, C, C];
+    for a video frame, also the earlier stylized frames (temporal.py)."""
 
     content: dict[str, Tensor]
     grams: dict[str, Tensor]
+    temporal: Temporal | None = None
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> Targets:
+        """`fn` applied to every target tensor (to a device, a batch's rows)."""
+        return Targets(*map_tensors(fn, (self.content, self.grams)),
+                       None if self.temporal is None else self.temporal.map(fn))
 
     def to(self, device: torch.device) -> Targets:
-        return Targets(*map_tensors(lambda t: t.to(device), (self.content, self.grams)))
+        return self.map(lambda t: t.to(device))
 
     def rows(self, lo: int, hi: int) -> Targets:
         """The targets of samples lo..hi."""
-        return Targets(*map_tensors(lambda t: t[lo:hi], (self.content, self.grams)))
+        return self.map(lambda t: t[lo:hi])
 
 
 @dataclass(frozen=True)
@@ -153,14 +161,25 @@ class LossWeights:
 
 def loss_terms(feats: dict[str, Tensor], image: Tensor, targets: Targets, w: LossWeights,
                grams: Mapping[str, Tensor | SplitTarget] | None = None) -> dict[str, Tensor]:
-    """Weighted per-sample terms {content, style, tv, total}, each [N]. `grams`: the style
-    targets already split for the features' dtype (engine.objective), else targets.grams."""
+    """Weighted per-sample terms {content, style, tv, total}, and temporal for a video frame,
+    each [N]. `grams`: the style targets already split for the features' dtype
+    (engine.objective), else targets.grams."""
     n = image.shape[0]
     zero = image.new_zeros(n, dtype=torch.promote_types(image.dtype, torch.float32))
     grams = targets.grams if grams is None else grams
     content = sum((mse_per_sample(feats[k], t) for k, t in targets.content.items()), zero)
     style = sum((lw * gram_mse(feats[k], grams[k]) for k, lw in w.style_layers.items()), zero)
-    terms = {"content": w.content * content, "style": w.style * style}
-    terms["tv"] = w.tv * tv_per_sample(wide(image)) if w.tv > 0 else zero
-    terms["total"] = terms["content"] + terms["style"] + terms["tv"]
+    terms = {"content": w.content * content, "style": w.style * style,
+             **pixel_terms(wide(image), targets, w)}
+    terms["total"] = sum(terms.values(), zero)
+    return terms
+
+
+def pixel_terms(image: Tensor, targets: Targets, w: LossWeights) -> dict[str, Tensor]:
+    """The terms on the pixels rather than the features: TV, and a video frame's temporal
+    term. `image` in the losses' dtype."""
+    terms = {"tv": w.tv * tv_per_sample(image) if w.tv > 0
+             else image.new_zeros(image.shape[0])}
+    if targets.temporal is not None:
+        terms["temporal"] = targets.temporal.loss(image)
     return terms

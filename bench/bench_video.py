@@ -1,0 +1,93 @@
+"""Video: stability, objective and speed of the frame chain against independent frames.
+
+A synthetic camera (pipeline/video/synthetic.py: pan, zoom, a slight turn, a sprite crossing)
+over a photo gives a clip with its exact flow. Each --weights value stylizes the whole clip as
+a chain (0 = independent frames, the baseline, always run first); the table gives per weight:
+the paper's stability measure (mean squared difference of consecutive stylized frames after
+warping by the exact flow, over pixels visible in both) and its ratio to the baseline's; each
+frame's content+style objective against the independent frame's (mean and worst over the
+frames after the first); the mean iterations of the later frames over the first frame's; and
+frames per hour.
+
+Usage: python -m bench.bench_video [--scene ../shared/data/images/boston.jpg] [--size 256]
+[--frames 12] [--weights 0,50,200,1000] [--style starry_night] [--json bench-out/video.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline import Runtime, StyleParams
+from pipeline.video.chain import ClipSource, Frame, stylize_clips
+from pipeline.video.params import VideoParams
+from pipeline.video.synthetic import camera_clip, stability
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def run(clip, style: Path, params: StyleParams, weight: float, runtime: Runtime) -> dict:
+    frames: list[Frame] = []
+    started = time.perf_counter()
+    stylize_clips([ClipSource(lambda i: clip.frames[i], len(clip.frames))], [str(style)],
+                  params, VideoParams(temporal_weight=weight), runtime, lambda c, i: None,
+                  frames.append)
+    seconds = time.perf_counter() - started
+    return {"weight": weight, "seconds": seconds,
+            "stability": stability([f.pixels for f in frames], clip),
+            "objective": [f.losses["content"] + f.losses["style"] for f in frames],
+            "iterations": [f.iterations for f in frames]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scene", type=Path, default=Path("../shared/data/images/boston.jpg"))
+    ap.add_argument("--style", default="starry_night")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--frames", type=int, default=12)
+    ap.add_argument("--weights", default="0,50,200,1000")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    style = next(args.scene.parent.glob(f"{args.style}.*"))
+    with Image.open(args.scene) as img:
+        scene = np.asarray(img.convert("RGB").reduce(2))
+    h, w = scene.shape[:2]
+    size = (args.size, round(args.size * h / w) // 2 * 2) if w >= h else (
+        round(args.size * w / h) // 2 * 2, args.size)
+    clip = camera_clip(scene, size, args.frames, pan=size[0] / 100, zoom=1.005, turn=0.2)
+    runtime = Runtime.start("cpu")
+    params = StyleParams(size=args.size)
+    weights = [0.0, *(w for w in map(float, args.weights.split(",")) if w != 0)]
+    results = [run(clip, style, params, weight, runtime) for weight in weights]
+    base = results[0]
+    print(f"{args.scene.name} x {style.name}, {size[0]}x{size[1]}, {args.frames} frames, "
+          f"{runtime.precision}, {_cpu()}")
+    print("| temporal weight | stability | vs independent | objective vs independent (mean, "
+          "worst) | later frames' iterations / first's | frames/hour |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        ratios = [a / b for a, b in zip(r["objective"][1:], base["objective"][1:], strict=True)]
+        later = statistics.mean(r["iterations"][1:]) / r["iterations"][0]
+        print(f"| {r['weight']:g} | {r['stability']:.1f} | "
+              f"{r['stability'] / base['stability']:.2f}x | {statistics.mean(ratios):.3f}, "
+              f"{max(ratios):.3f} | {later:.2f} | "
+              f"{3600 * args.frames / r['seconds']:,.0f} |")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"size": size, "cpu": _cpu(), "runs": results}))
+
+
+if __name__ == "__main__":
+    main()

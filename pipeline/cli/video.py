@@ -1,0 +1,91 @@
+"""`pipeline video`: a clip stylized frame by frame, each tied to the ones before it."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ..api import Runtime, RuntimeOptions, StyleParams
+from ..video.chain import Frame
+from ..video.file import frames_folder, stylize_video_file
+from ..video.params import VideoParams
+from .app import app, reports_errors, say
+from .options import with_options
+from .progress import console, format_losses, shown, summary_table
+
+
+@app.command()
+@reports_errors
+@with_options(params=StyleParams, video=VideoParams, options=RuntimeOptions)
+def video(
+    source: Path = typer.Argument(..., help="Input video: any file FFmpeg reads."),
+    styles: list[Path] = typer.Argument(..., help="One or more style images."),
+    output: Path = typer.Option(..., "--output", "-o", help="Output video (.mp4, .mov or .mkv: "
+                                "H.264 at --crf, the input's audio copied, written whole at "
+                                "the end), or a folder for PNG frames."),
+    device: str = typer.Option("auto", help="auto (first GPU, else CPU), cpu, cuda or cuda:N."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    *,
+    params: StyleParams,
+    video: VideoParams,
+    options: RuntimeOptions,
+) -> None:
+    """Stylize SOURCE with STYLES into OUTPUT, frame by frame: each frame starts from the one
+    before it warped by the optical flow and is held to it where the flow is consistent, so
+    the result does not flicker. Stopped (Ctrl-C, a crash), the same command resumes at the
+    first frame not yet done."""
+    if quiet:
+        logging.getLogger("pipeline").setLevel(logging.WARNING)
+    runtime = Runtime.start(device, **dataclasses.asdict(options))
+    started = time.perf_counter()
+    bar = Progress(TextColumn("{task.description}", style="bold"), BarColumn(),
+                   MofNCompleteColumn(), TimeRemainingColumn(),
+                   TextColumn("{task.fields[note]}"), console=console, disable=quiet)
+    task = bar.add_task("frames", total=None, note="")
+
+    def on_start(count: int) -> None:  # shown once the inputs are checked
+        bar.update(task, total=count)
+        bar.start()
+
+    def on_frame(frame: Frame) -> None:
+        note = ("from an earlier run" if frame.resumed
+                else f"{frame.iterations} it, {format_losses(frame.losses)}")
+        bar.update(task, advance=1, note=f"frame {frame.index}: {note}")
+
+    try:
+        result = stylize_video_file(source, styles, output, params, video, runtime, on_start,
+                                    on_frame)
+    except KeyboardInterrupt:
+        bar.stop()
+        say(f"stopped: the finished frames are in {shown(frames_folder(output))}; the same "
+            "command resumes from the first missing one", "yellow")
+        raise
+    finally:
+        if bar.live.is_started:
+            bar.stop()
+    if quiet:
+        return
+    later = result.iterations[1:] if result.resumed == 0 else result.iterations
+    table = summary_table("video")
+    table.add_row("output", f"{shown(result.output)} ({result.size[0]}x{result.size[1]}, "
+                  f"{float(result.fps):g} fps{', audio copied' if result.audio else ''})")
+    table.add_row("frames", f"{result.frames} ({result.resumed} from an earlier run)")
+    table.add_row("device", f"{runtime.device} {runtime.precision} "
+                  f"({runtime.precision_reason})")
+    if result.iterations:
+        first = f"first {result.iterations[0]}, " if result.resumed == 0 else ""
+        mean = sum(later) / len(later) if later else 0
+        table.add_row("iterations", f"{first}later frames {mean:.0f} on average")
+        table.add_row("optimize", f"{result.seconds:.1f} s "
+                      f"({3600 * len(result.iterations) / max(result.seconds, 1e-9):,.0f} "
+                      "frames/hour)")
+    table.add_row("total", f"{time.perf_counter() - started:.1f} s")
+    console.print(table)
+
+
+__all__ = ["video"]

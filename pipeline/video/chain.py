@@ -1,0 +1,158 @@
+"""Frames as a chain of jobs (Ruder et al. 2016): frame 0 is stylized like an image; each later
+frame starts from the stylized frame before it warped into it by the optical flow, and is
+optimized against the content and style targets plus the temporal term (gatys/temporal.py), so
+it lands in the same minimum as its neighbours instead of flickering, in far fewer iterations.
+
+Several clips of one working size run as one batch, frame i of each together: every loss is
+per sample, so each clip's frames are those it would get alone. A frame already finished (on
+disk, found by `done`) is read back instead of being run again: a stopped clip resumes at the
+first frame it lacks.
+
+Departures: later frames run one stage at full size (they start from a stylized image; the
+coarse stages of --scales only serve the first), and with --tol their early stopping window is
+--frame-tol-window.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ..api import ImageSource, Runtime, StyleJob, StyleParams, prepare, stylize_prepared
+from ..gatys.color import luminance
+from ..gatys.engine import Progress
+from ..gatys.temporal import Temporal
+from ..io.images import SizedImage
+from .flow import Ahead, temporal_target
+from .params import VideoParams
+
+
+@dataclass
+class Frame:
+    """One stylized frame of one clip."""
+
+    clip: int
+    index: int
+    pixels: np.ndarray           # [H, W, 3] uint8, the working size
+    losses: dict[str, float]
+    iterations: int
+    seconds: float
+    resumed: bool = False        # read back from an earlier run, not optimized now
+
+
+@dataclass
+class ClipSource:
+    """A clip's frames by index (decoded ahead by the caller) and how many there are."""
+
+    frame: Callable[[int], np.ndarray]
+    count: int
+
+
+def later_params(params: StyleParams, video: VideoParams) -> StyleParams:
+    """The parameters of a frame after the first (see the module docstring)."""
+    if video.temporal_weight == 0:  # independent frames: each is a first frame
+        return params
+    return dataclasses.replace(params, iterations=video.frame_iterations, scales=1,
+                               tol_window=min(video.frame_tol_window, video.frame_iterations))
+
+
+def _pixels(image: Tensor) -> np.ndarray:
+    return image.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def _tensor(pixels: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float()
+
+
+def stylize_clips(clips: Sequence[ClipSource], styles: Sequence[ImageSource],
+                  params: StyleParams, video: VideoParams, runtime: Runtime,
+                  done: Callable[[int, int], np.ndarray | None],
+                  finished: Callable[[Frame], None],
+                  progress: Callable[[int, int], Progress | None] = lambda c, i: None) -> None:
+    """Stylize every frame of `clips` (one working size) with `styles`. `done(clip, i)`: the
+    frame if an earlier run finished it; `finished(frame)`: called for each frame as it is
+    ready, in order per clip; `progress(clip, i)`: the engine's progress for that frame."""
+    params.validate(n_styles=len(styles))
+    video.validate()
+    later = later_params(params, video)
+    tied = video.temporal_weight > 0
+    history: dict[int, dict[int, Tensor]] = {c: {} for c in range(len(clips))}
+    keep = max(video.temporal_frames)
+
+    def content(c: int, i: int) -> tuple[SizedImage, list[SizedImage]]:
+        frame = Image.fromarray(clips[c].frame(i))
+        return prepare(StyleJob(frame, list(styles)), params if i == 0 else later)
+
+    def working_frame(c: int, i: int) -> np.ndarray:
+        return _pixels(content(c, i)[0].pixels)
+
+    offsets = sorted(video.temporal_frames)
+    aheads = [Ahead(lambda i, c=c: working_frame(c, i), offsets) if tied else None
+              for c in range(len(clips))]
+    try:
+        for i in range(max(clip.count for clip in clips)):
+            active = [c for c, clip in enumerate(clips) if i < clip.count]
+            todo = []
+            for c in active:
+                found = done(c, i)
+                if found is not None:
+                    history[c][i] = _tensor(found)[None]
+                    finished(Frame(c, i, found, {}, 0, 0.0, resumed=True))
+                else:
+                    todo.append(c)
+            for c in active:  # the next frame's flows while this one is optimized
+                ahead = aheads[c]
+                if ahead is not None and i + 1 < clips[c].count:
+                    ahead.request(i + 1)
+            if todo:
+                _run_frames(todo, i, content, aheads, history, params if i == 0 else later,
+                            video, runtime, finished, progress)
+            for c in active:
+                history[c].pop(i - keep, None)
+    finally:
+        for ahead in aheads:
+            if ahead is not None:
+                ahead.close()
+
+
+def _run_frames(todo: list[int], i: int, content: Callable[[int, int], Any],
+                aheads: Sequence[Ahead | None], history: dict[int, dict[int, Tensor]],
+                params: StyleParams, video: VideoParams, runtime: Runtime,
+                finished: Callable[[Frame], None],
+                progress: Callable[[int, int], Progress | None]) -> None:
+    """Frame i of the clips in `todo`, as one batch."""
+    prepared = [content(c, i) for c in todo]
+    x0, temporal = None, None
+    if i > 0 and video.temporal_weight > 0:
+        starts, targets = [], []
+        for c in todo:
+            ahead = aheads[c]
+            assert ahead is not None
+            flows = ahead.get(i)
+            earlier = [_for_transfer(history[c][i - j], params)
+                       for j in sorted(video.temporal_frames) if j <= i]
+            target, start = temporal_target(flows, earlier, video.temporal_weight)
+            targets.append(target)
+            starts.append(start)
+        x0 = torch.cat(starts)
+        temporal = Temporal(*(torch.cat([getattr(t, f.name) for t in targets])
+                              for f in dataclasses.fields(Temporal)))
+    one = progress(todo[0], i) if len(todo) == 1 else None
+    results = stylize_prepared(prepared, params, runtime, one, start=x0, temporal=temporal)
+    for c, result in zip(todo, results, strict=True):
+        pixels = _pixels(result.pixels)
+        history[c][i] = _tensor(pixels)[None]
+        finished(Frame(c, i, pixels, result.losses, result.iterations, result.seconds))
+
+
+def _for_transfer(image: Tensor, params: StyleParams) -> Tensor:
+    """An earlier stylized frame as the optimizer sees images: its luminance with
+    color=luminance (the colours are put back after)."""
+    return luminance(image[0])[None] if params.color == "luminance" else image

@@ -1,0 +1,237 @@
+"""Video: the temporal term, flow and consistency against a synthetic camera's exact flow, the
+frame chain (stability, batching, resuming) and `pipeline video` end to end with audio. Clips
+are drawn here (pipeline/video/synthetic.py), never downloaded."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.gatys.params import StyleParams
+from pipeline.gatys.temporal import Temporal, consistency, nearest_first, warp
+from tests.conftest import make_painting
+
+av = pytest.importorskip("av", reason="the video extra: pip install -e '.[video]'")
+pytest.importorskip("cv2", reason="the video extra: pip install -e '.[video]'")
+
+from pipeline.io.video import probe  # noqa: E402
+from pipeline.video.chain import ClipSource, stylize_clips  # noqa: E402
+from pipeline.video.flow import flow_pair  # noqa: E402
+from pipeline.video.params import VideoParams  # noqa: E402
+from pipeline.video.synthetic import camera_clip, drawn_scene, stability, write_clip  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+runner = CliRunner()
+FAST = ["--device", "cpu", "--precision", "fp32", "--size", "48", "--iterations", "12",
+        "--frame-iterations", "6"]
+
+
+def _t(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)[None].double()
+
+
+def test_the_folded_temporal_term_is_the_sum_over_earlier_frames():
+    """Value and gradient of Temporal equal sum_j gamma * mean(c_j (x - w_j)^2), with the
+    long-term weights nearest first."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(2, 3, 12, 16, generator=g, dtype=torch.float64) * 255).requires_grad_(True)
+    warped = [torch.rand(2, 3, 12, 16, generator=g, dtype=torch.float64) * 255 for _ in range(3)]
+    raw = [(torch.rand(2, 1, 12, 16, generator=g, dtype=torch.float64) > 0.3).double()
+           for _ in range(3)]
+    weights = nearest_first(raw)
+    assert torch.all(sum(weights) <= 1)  # each pixel counts once, for its nearest frame
+    assert torch.equal(weights[0], raw[0])
+    folded = Temporal.of(warped, weights, 7.0).loss(x)
+    direct = sum(7.0 * (c * (x - w).square()).mean((1, 2, 3))
+                 for c, w in zip(weights, warped, strict=True))
+    torch.testing.assert_close(folded, direct, rtol=1e-12, atol=1e-9)
+    (g1,) = torch.autograd.grad(folded.sum(), x)
+    (g2,) = torch.autograd.grad(direct.sum(), x)
+    torch.testing.assert_close(g1, g2, rtol=1e-12, atol=1e-12)
+
+
+def test_warp_by_the_exact_flow_and_the_consistency_of_the_estimated_one():
+    """The synthetic camera's exact flow warps frame t-1 onto frame t where both see the
+    scene; DIS's flow is close to it, and its consistency weights drop the pixels the sprite
+    uncovered and keep most of the rest."""
+    clip = camera_clip(drawn_scene((320, 240)), (96, 72), 3)
+    before, now = _t(clip.frames[1]), _t(clip.frames[2])
+    exact, visible = torch.from_numpy(clip.back_flow[2]), clip.visible[2]
+    warped = warp(before, exact.permute(2, 0, 1)[None].double())
+    err = (warped - now).abs().mean(1)[0].numpy()
+    assert np.median(err[visible]) < 4 and err[visible].mean() < 0.5 * err[~visible].mean()
+    back, fwd = flow_pair(clip.frames[2], clip.frames[1])
+    off = (back[0].permute(1, 2, 0) - exact).norm(dim=-1).numpy()
+    assert np.median(off[visible]) < 0.5
+    c = consistency(back, fwd)[0, 0].numpy().astype(bool)
+    assert c[visible].mean() > 0.8
+    assert c[~visible].mean() < c[visible].mean() - 0.3
+
+
+def _frames_of(clip):
+    return ClipSource(lambda i: clip.frames[i], len(clip.frames))
+
+
+def _chain(clips, params, video, runtime, done=lambda c, i: None):
+    out: dict[int, list[np.ndarray]] = {c: [] for c in range(len(clips))}
+    stylize_clips([_frames_of(c) for c in clips], [make_painting()], params, video, runtime,
+                  done, lambda f: out[f.clip].append(f.pixels))
+    return out
+
+
+def test_frames_tied_by_the_temporal_term_flicker_less_than_independent_ones(cpu32):
+    """The paper's stability measure on a clip with exact flow: at least 2x lower for the
+    chain than for independent frames (about 4x here), later frames at most
+    --frame-iterations."""
+    clip = camera_clip(drawn_scene((320, 240)), (64, 48), 5)
+    params = StyleParams(size=64, iterations=40)
+    tied: list[np.ndarray] = []
+    iterations: list[int] = []
+    stylize_clips([_frames_of(clip)], [make_painting()], params,
+                  VideoParams(frame_iterations=20), cpu32, lambda c, i: None,
+                  lambda f: (tied.append(f.pixels), iterations.append(f.iterations)))
+    alone = _chain([clip], params, VideoParams(temporal_weight=0), cpu32)[0]
+    ours, baseline = stability(tied, clip), stability(alone, clip)
+    assert ours < 0.5 * baseline, (ours, baseline)
+    assert iterations[0] == 40 and all(n <= 20 for n in iterations[1:])
+
+
+def test_two_clips_in_one_batch_equal_each_alone(cpu64):
+    """Frame i of two clips runs as one batch; in fp64 each clip's frames are those it gets
+    alone (conftest.cpu64)."""
+    scene = drawn_scene((320, 240))
+    clips = [camera_clip(scene, (48, 36), 3), camera_clip(scene[::-1].copy(), (48, 36), 4,
+                                                           pan=-2)]
+    params = StyleParams(size=48, iterations=6)
+    video = VideoParams(frame_iterations=4)
+    together = _chain(clips, params, video, cpu64)
+    for c, clip in enumerate(clips):
+        alone = _chain([clip], params, video, cpu64)[0]
+        assert len(together[c]) == len(alone) == len(clip.frames)
+        for a, b in zip(together[c], alone, strict=True):
+            assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+@pytest.fixture
+def clip_file(tmp_path):
+    path = tmp_path / "clip.mp4"
+    write_clip(camera_clip(drawn_scene((320, 240)), (64, 48), 8), path, Fraction(8))
+    style = tmp_path / "style.png"
+    make_painting().save(style)
+    return path, style
+
+
+def test_video_end_to_end_keeps_rate_duration_and_audio(clip_file, tmp_path):
+    source, style = clip_file
+    out = tmp_path / "out" / "styled.mp4"
+    result = runner.invoke(app, ["video", str(source), str(style), "-o", str(out), *FAST],
+                           terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "audio copied" in result.output and "8 (0 from an earlier run)" in result.output
+    got, want = probe(out), probe(source)
+    assert got.fps == want.fps and got.has_audio
+    assert abs(got.duration - want.duration) < 0.15
+    with av.open(str(out)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 8
+        assert container.streams.audio[0].codec_context.name == "aac"
+    assert not (tmp_path / "out" / "styled.mp4.frames").exists()  # frames removed when whole
+
+
+def test_part_of_a_clip_at_another_rate_into_a_folder(clip_file, tmp_path):
+    source, style = clip_file
+    out = tmp_path / "frames"
+    result = runner.invoke(app, ["video", str(source), str(style), "-o", str(out), *FAST,
+                                 "--start", "2f", "--end", "0.75", "--fps", "4"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["frame_000000.png", "frame_000001.png"]
+
+
+def _spawn(source, style, out):
+    return subprocess.Popen([sys.executable, "-m", "pipeline", "video", str(source), str(style),
+                             "-o", str(out), *FAST, "--tol", "0", "-q"], cwd=ROOT,
+                            start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_killed_video_resumes_at_its_frame_and_matches_an_uninterrupted_one(clip_file,
+                                                                            tmp_path):
+    source, style = clip_file
+    reference = tmp_path / "reference"
+    proc = _spawn(source, style, reference)
+    assert proc.wait(timeout=600) == 0, proc.stdout.read()
+    out = tmp_path / "out"
+    proc = _spawn(source, style, out)
+    deadline = time.time() + 300
+    while len(list(out.glob("frame_*.png"))) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    kept = {p.name: p.stat().st_mtime_ns for p in out.glob("frame_*.png")}
+    assert 3 <= len(kept) < 8
+    result = runner.invoke(app, ["video", str(source), str(style), "-o", str(out), *FAST,
+                                 "--tol", "0"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert f"({len(kept)} from an earlier run)" in result.output
+    for name, mtime in kept.items():  # finished frames are never redone
+        assert (out / name).stat().st_mtime_ns == mtime
+    for path in sorted(reference.glob("frame_*.png")):
+        assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(out / path.name)))
+
+
+def test_bad_videos_are_one_line_errors(clip_file, tmp_path):
+    source, style = clip_file
+    empty, garbage, sound = tmp_path / "empty.mp4", tmp_path / "garbage.mp4", tmp_path / "a.m4a"
+    empty.write_bytes(b"")
+    garbage.write_bytes(os.urandom(5000))
+    with av.open(str(sound), "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=8000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="flt",
+                                           layout="mono")
+        frame.sample_rate, frame.pts = 8000, 0
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    cases = [(empty, "not a video FFmpeg can read"), (garbage, "not a video FFmpeg can read"),
+             (sound, "no video stream"), (tmp_path / "missing.mp4", "no such file")]
+    for path, message in cases:
+        result = runner.invoke(app, ["video", str(path), str(style), "-o",
+                                     str(tmp_path / "o.mp4"), *FAST])
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+    for args, message in [(["--start", "5"], "is not before the clip's end"),
+                          (["--temporal-weight", "-1"], "temporal_weight must be >= 0"),
+                          (["--start", "abc"], "seconds (12.5 or 12.5s) or frames (300f)")]:
+        result = runner.invoke(app, ["video", str(source), str(style), "-o",
+                                     str(tmp_path / "o.mp4"), *FAST, *args])
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_odd_sized_frames_are_encoded_one_pixel_smaller(tmp_path):
+    path = tmp_path / "odd.mkv"
+    clip = camera_clip(drawn_scene((320, 240)), (65, 47), 3)
+    with av.open(str(path), "w") as container:  # FFV1 takes odd sizes; H.264 does not
+        stream = container.add_stream("ffv1", rate=8)
+        stream.width, stream.height, stream.pix_fmt = 65, 47, "yuv444p"
+        for i, rgb in enumerate(clip.frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    style = tmp_path / "s.png"
+    make_painting().save(style)
+    out = tmp_path / "odd-styled.mp4"
+    result = runner.invoke(app, ["video", str(path), str(style), "-o", str(out), *FAST,
+                                 "--size", "65"])
+    assert result.exit_code == 0, result.output
+    assert probe(out).size == (64, 46)
