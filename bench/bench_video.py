@@ -11,6 +11,8 @@ frames per hour.
 
 Usage: python -m bench.bench_video [--scene ../shared/data/images/boston.jpg] [--size 256]
 [--frames 12] [--weights 0,50,200,1000] [--style starry_night] [--json bench-out/video.json]
+[--preview docs/video-preview.webp]: the independent frames beside the chain of the last weight,
+as a looping animated WebP.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ def run(clip, style: Path, params: StyleParams, weight: float, runtime: Runtime)
     seconds = time.perf_counter() - started
     return {"weight": weight, "seconds": seconds,
             "stability": stability([f.pixels for f in frames], clip),
+            "frames": [f.pixels for f in frames],
             "objective": [f.losses["content"] + f.losses["style"] for f in frames],
             "iterations": [f.iterations for f in frames]}
 
@@ -59,6 +62,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=12)
     ap.add_argument("--weights", default="0,50,200,1000")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--preview", type=Path)
     args = ap.parse_args()
     style = next(args.scene.parent.glob(f"{args.style}.*"))
     with Image.open(args.scene) as img:
@@ -84,9 +88,22 @@ def main() -> None:
               f"{r['stability'] / base['stability']:.2f}x | {statistics.mean(ratios):.3f}, "
               f"{max(ratios):.3f} | {later:.2f} | "
               f"{3600 * args.frames / r['seconds']:,.0f} |")
+    if args.preview:
+        preview(base["frames"], results[-1]["frames"], args.preview)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"size": size, "cpu": _cpu(), "runs": results}))
+        runs = [{k: v for k, v in r.items() if k != "frames"} for r in results]
+        args.json.write_text(json.dumps({"size": size, "cpu": _cpu(), "runs": runs}))
+
+
+def preview(left: list[np.ndarray], right: list[np.ndarray], path: Path) -> None:
+    """Side by side, looping: what independent frames and the chain look like in motion."""
+    gap = np.full((left[0].shape[0], 8, 3), 255, np.uint8)
+    frames = [Image.fromarray(np.concatenate([a, gap, b], 1)) for a, b in zip(left, right,
+                                                                               strict=True)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=125, loop=0,
+                   quality=85)
 
 
 if __name__ == "__main__":
