@@ -128,7 +128,8 @@ def _transfer_content(content: SizedImage, params: StyleParams) -> SizedImage:
     """The content as the transfer sees it: its luminance with color=luminance."""
     if params.color != "luminance":
         return content
-    return SizedImage(luminance(content.pixels), f"luminance:{content.digest}", content.name)
+    return replace(content, pixels=luminance(content.pixels),
+                   digest=f"luminance:{content.digest}")
 
 
 def _transfer_style(style: SizedImage, content: SizedImage, params: StyleParams

@@ -3,6 +3,7 @@ by longest side, atomic PNG/JPEG/TIFF writes in 8 or 16 bits per channel, tagged
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import io
@@ -48,6 +49,7 @@ class SizedImage:
     pixels: Tensor   # [3, H, W] float32, RGB, 0-255
     digest: str      # sha256 of the source file's bytes (or of an in-memory image's pixels)
     name: str        # for messages
+    keep: bool = True  # its targets go to the disk cache (not a video frame's: seen once)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -188,7 +190,7 @@ def rescale(image: SizedImage, longest: int) -> SizedImage:
     size = fit_longest_side(image.size, longest)
     if size == image.size:
         return image
-    return SizedImage(to_tensor(resize(to_image(image.pixels), size)), image.digest, image.name)
+    return dataclasses.replace(image, pixels=to_tensor(resize(to_image(image.pixels), size)))
 
 
 def to_tensor(img: Image.Image) -> Tensor:

@@ -54,7 +54,8 @@ class TargetBuilder:
             return self.features(pixels, names)
 
         return self.cache.get(key, lambda: {k: v[0] for k, v in compute().items()},
-                              f"content {image.name} {image.size[0]}x{image.size[1]}")
+                              f"content {image.name} {image.size[0]}x{image.size[1]}",
+                              store=image.keep)
 
     def style(self, image: SizedImage, layers: Sequence[str], block: int = 0
               ) -> dict[str, Tensor]:

@@ -71,8 +71,12 @@ class TargetCache:
         path.unlink(missing_ok=True)
         return None
 
-    def get(self, key: str, compute: Callable[[], dict[str, Tensor]], label: str
-            ) -> dict[str, Tensor]:
+    def get(self, key: str, compute: Callable[[], dict[str, Tensor]], label: str,
+            store: bool = True) -> dict[str, Tensor]:
+        """The targets of `key`: from memory, the disk, or `compute()`. store=False: computed
+        every time and kept nowhere (a video frame's)."""
+        if not store:
+            return {k: v.detach().float().cpu().contiguous() for k, v in compute().items()}
         if key in self.memo:
             self.memo.move_to_end(key)
             self.hits += 1

@@ -88,7 +88,8 @@ def stylize_clips(clips: Sequence[ClipSource], styles: Sequence[ImageSource],
 
     def content(c: int, i: int) -> tuple[SizedImage, list[SizedImage]]:
         frame = Image.fromarray(clips[c].frame(i))
-        return prepare(StyleJob(frame, list(styles)), params if i == 0 else later)
+        image, style_images = prepare(StyleJob(frame, list(styles)), params if i == 0 else later)
+        return dataclasses.replace(image, name=f"frame {i}", keep=False), style_images
 
     def working_frame(c: int, i: int) -> np.ndarray:
         return _pixels(content(c, i)[0].pixels)

@@ -67,7 +67,7 @@ def camera_clip(scene: np.ndarray, size: tuple[int, int], frames: int, pan: floa
     w, h = size
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
     pixels = np.stack([xs, ys], -1)
-    source = torch.from_numpy(scene).permute(2, 0, 1)[None].float()
+    source = torch.tensor(scene).permute(2, 0, 1)[None].float()
     # Blurred to the frame's scale first: point samples of finer detail would alias, and the
     # frames would differ by more than the flow explains.
     spacing = 0.8 * min(scene.shape[1] / w, scene.shape[0] / h)
