@@ -84,6 +84,7 @@ def stylize_clips(clips: Sequence[ClipSource], styles: Sequence[ImageSource],
     later = later_params(params, video)
     tied = video.temporal_weight > 0
     history: dict[int, dict[int, Tensor]] = {c: {} for c in range(len(clips))}
+    seen: dict[tuple[int, int], np.ndarray] = {}  # working-size frames the flows still need
     keep = max(video.temporal_frames)
 
     def content(c: int, i: int) -> tuple[SizedImage, list[SizedImage]]:
@@ -92,7 +93,10 @@ def stylize_clips(clips: Sequence[ClipSource], styles: Sequence[ImageSource],
         return dataclasses.replace(image, name=f"frame {i}", keep=False), style_images
 
     def working_frame(c: int, i: int) -> np.ndarray:
-        return _pixels(content(c, i)[0].pixels)
+        """Frame i at the working size, made once: each frame's flows look back at several."""
+        if (c, i) not in seen:
+            seen[c, i] = _pixels(content(c, i)[0].pixels)
+        return seen[c, i]
 
     offsets = sorted(video.temporal_frames)
     aheads = [Ahead(lambda i, c=c: working_frame(c, i), offsets) if tied else None
@@ -100,33 +104,39 @@ def stylize_clips(clips: Sequence[ClipSource], styles: Sequence[ImageSource],
     try:
         for i in range(max(clip.count for clip in clips)):
             active = [c for c, clip in enumerate(clips) if i < clip.count]
-            todo = []
-            for c in active:
-                found = done(c, i)
-                if found is not None:
-                    history[c][i] = _tensor(found)[None]
-                    finished(Frame(c, i, found, {}, 0, 0.0, resumed=True))
-                else:
-                    todo.append(c)
+            todo = [c for c in active if not _read_back(c, i, done, history, finished)]
             for c in active:  # the next frame's flows while this one is optimized
                 ahead = aheads[c]
                 if ahead is not None and i + 1 < clips[c].count:
                     ahead.request(i + 1)
             if todo:
                 _run_frames(todo, i, content, aheads, history, params if i == 0 else later,
-                            video, runtime, finished, progress)
+                            video, offsets, runtime, finished, progress)
             for c in active:
                 history[c].pop(i - keep, None)
+                seen.pop((c, i - keep), None)
     finally:
         for ahead in aheads:
             if ahead is not None:
                 ahead.close()
 
 
+def _read_back(c: int, i: int, done: Callable[[int, int], np.ndarray | None],
+               history: dict[int, dict[int, Tensor]], finished: Callable[[Frame], None]
+               ) -> bool:
+    """Whether an earlier run finished frame i of clip c (it is then taken as is)."""
+    found = done(c, i)
+    if found is None:
+        return False
+    history[c][i] = _tensor(found)[None]
+    finished(Frame(c, i, found, {}, 0, 0.0, resumed=True))
+    return True
+
+
 def _run_frames(todo: list[int], i: int, content: Callable[[int, int], Any],
                 aheads: Sequence[Ahead | None], history: dict[int, dict[int, Tensor]],
-                params: StyleParams, video: VideoParams, runtime: Runtime,
-                finished: Callable[[Frame], None],
+                params: StyleParams, video: VideoParams, offsets: Sequence[int],
+                runtime: Runtime, finished: Callable[[Frame], None],
                 progress: Callable[[int, int], Progress | None]) -> None:
     """Frame i of the clips in `todo`, as one batch."""
     prepared = [content(c, i) for c in todo]
@@ -138,7 +148,7 @@ def _run_frames(todo: list[int], i: int, content: Callable[[int, int], Any],
             assert ahead is not None
             flows = ahead.get(i)
             earlier = [_for_transfer(history[c][i - j], params)
-                       for j in sorted(video.temporal_frames) if j <= i]
+                       for j in offsets if j <= i]
             target, start = temporal_target(flows, earlier, video.temporal_weight)
             targets.append(target)
             starts.append(start)
