@@ -43,7 +43,7 @@ def _cpu() -> str:
 def run(clip, style: Path, params: StyleParams, weight: float, runtime: Runtime) -> dict:
     frames: list[Frame] = []
     started = time.perf_counter()
-    stylize_clips([ClipSource(lambda i: clip.frames[i], len(clip.frames))], [str(style)],
+    stylize_clips([ClipSource(lambda i: clip.frames[i], len(clip.frames), [str(style)])],
                   params, VideoParams(temporal_weight=weight), runtime, lambda c, i: None,
                   frames.append)
     seconds = time.perf_counter() - started

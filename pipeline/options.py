@@ -153,5 +153,19 @@ def decides_result(record: Any, f: Field) -> bool:
     return bool(key[0](record)) if isinstance(key, tuple) else key
 
 
-__all__ = ["Spec", "base_type", "check", "coerce", "decides_result", "declared", "default",
-           "option", "range_sentence", "range_text", "spec"]
+def as_dict(record: Any) -> dict[str, Any]:
+    """Every field of a record of flat options, tuples as lists (JSON's arrays). Not
+    dataclasses.asdict: its deep copy made this a third of checking a large manifest."""
+    values = ((f.name, getattr(record, f.name)) for f in fields(record))
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values}
+
+
+def result_dict(record: Any) -> dict[str, Any]:
+    """The fields that decide the result (what job keys and output names hash): each field's
+    `key` says whether it does."""
+    values = as_dict(record)
+    return {f.name: values[f.name] for f in fields(record) if decides_result(record, f)}
+
+
+__all__ = ["Spec", "as_dict", "base_type", "check", "coerce", "decides_result", "declared",
+           "default", "option", "range_sentence", "range_text", "result_dict", "spec"]

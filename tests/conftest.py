@@ -6,6 +6,7 @@ target entries are written atomically, so a process finds the others' work."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -47,8 +48,9 @@ def make_painting(size: tuple[int, int] = (64, 64), seed: int = 1) -> Image.Imag
 
 # Under pytest-xdist (make test), tests go to the test processes one at a time, except these,
 # which share a costly fixture and go to one process together: the Ray cluster of test_ray.py,
-# the uninterrupted reference run of the killed-run tests.
-SHARED_FIXTURE = ("tests/test_ray.py::",
+# the finished video run of test_video_run.py, the uninterrupted reference run of the
+# killed-run tests.
+SHARED_FIXTURE = ("tests/test_ray.py::", "tests/test_video_run.py::",
                   "tests/test_run.py::test_killed_run_resumes_and_matches_an_uninterrupted_one")
 # Started first, the longest go side by side while the short ones fill in around them; last,
 # they would leave a core idle at the end.
@@ -71,6 +73,30 @@ def pytest_xdist_make_scheduler(config, log):
                         nodeid)
 
     return OneAtATime(config, log)
+
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture
+def browser():
+    """Debian's chromium, headless, through its chromedriver (selenium)."""
+    if not (CHROMIUM and DRIVER):
+        pytest.skip("needs Debian's chromium and chromium-driver (make test installs them "
+                    "where apt-get is available)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (dev extra)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1400,1000"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
 
 
 @pytest.fixture

@@ -13,8 +13,6 @@ from pipeline.report.page import contact_sheet, varying_names
 from tests.conftest import make_painting, make_photo
 from tests.run_helpers import cell, run_cli, runner
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
 
 def _grid_run(dataset, out, *extra):
     """The 6-job dataset at two style weights (12 jobs, a parameter that varies), one content
@@ -72,27 +70,6 @@ def test_a_resumed_trace_is_read_from_its_latest_part_only(tmp_path):
                                     "style": 1.0, "tv": 1.0} for i in (0, 2, 4, 6)]})
     (points,) = traces.read(tmp_path).values()
     assert [p["iteration"] for p in points] == [0, 2, 4, 6] and points[0]["total"] == 2.0
-
-
-@pytest.fixture
-def browser():
-    """Debian's chromium, headless, through its chromedriver (selenium)."""
-    if not (CHROMIUM and DRIVER):
-        pytest.skip("needs Debian's chromium and chromium-driver (make test installs them "
-                    "where apt-get is available)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (dev extra)")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1400,1000"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def test_the_report_in_a_headless_browser(dataset, tmp_path, browser):

@@ -80,13 +80,13 @@ def test_warp_by_the_exact_flow_and_the_consistency_of_the_estimated_one():
 
 
 def _frames_of(clip):
-    return ClipSource(lambda i: clip.frames[i], len(clip.frames))
+    return ClipSource(lambda i: clip.frames[i], len(clip.frames), [make_painting()])
 
 
 def _chain(clips, params, video, runtime, done=lambda c, i: None):
     out: dict[int, list[np.ndarray]] = {c: [] for c in range(len(clips))}
-    stylize_clips([_frames_of(c) for c in clips], [make_painting()], params, video, runtime,
-                  done, lambda f: out[f.clip].append(f.pixels))
+    stylize_clips([_frames_of(c) for c in clips], params, video, runtime, done,
+                  lambda f: out[f.clip].append(f.pixels))
     return out
 
 
@@ -98,8 +98,8 @@ def test_frames_tied_by_the_temporal_term_flicker_less_than_independent_ones(cpu
     params = StyleParams(size=64, iterations=40)
     tied: list[np.ndarray] = []
     iterations: list[int] = []
-    stylize_clips([_frames_of(clip)], [make_painting()], params,
-                  VideoParams(frame_iterations=20), cpu32, lambda c, i: None,
+    stylize_clips([_frames_of(clip)], params, VideoParams(frame_iterations=20), cpu32,
+                  lambda c, i: None,
                   lambda f: (tied.append(f.pixels), iterations.append(f.iterations)))
     alone = _chain([clip], params, VideoParams(temporal_weight=0), cpu32)[0]
     ours, baseline = stability(tied, clip), stability(alone, clip)

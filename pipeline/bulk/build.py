@@ -23,6 +23,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..gatys.params import StyleParams
+from ..io.video import VIDEO_SUFFIXES
 from .manifest import (
     LIST_PARAMS,
     PARAM_COLUMNS,
@@ -55,24 +56,26 @@ class Draft:
     output: str | None = None
 
 
-def image_files(candidates: Iterable[Path], walk: Walk, any_extension: bool = False
-                ) -> list[Path]:
-    """The candidates named like images (any name, with `any_extension`) that are files,
-    sorted; the others named like images (folders, broken links) go to `walk.skipped`."""
-    named = sorted(p for p in candidates
-                   if any_extension or p.suffix.lower() in IMAGE_EXTENSIONS)
+def image_files(candidates: Iterable[Path], walk: Walk, any_extension: bool = False,
+                videos: bool = False) -> list[Path]:
+    """The candidates named like images (or videos, with `videos`; any name, with
+    `any_extension`) that are files, sorted; the others named so (folders, broken links) go
+    to `walk.skipped`."""
+    kinds = IMAGE_EXTENSIONS | (VIDEO_SUFFIXES if videos else set())
+    named = sorted(p for p in candidates if any_extension or p.suffix.lower() in kinds)
     walk.skipped += [p for p in named if not p.is_file()]
     return [p for p in named if p.is_file()]
 
 
-def tree_files(folder: Path, recursive: bool, walk: Walk) -> list[Path]:
-    """The image files in `folder` (and below it, with `recursive`, through linked folders
-    too), sorted. Run folders below `folder` are left out (and added to `walk.run_folders`);
-    if `folder` is a run folder itself, its outputs are content but its own folders are not."""
+def tree_files(folder: Path, recursive: bool, walk: Walk, videos: bool = False) -> list[Path]:
+    """The image files (and videos, with `videos`) in `folder` (and below it, with
+    `recursive`, through linked folders too), sorted. Run folders below `folder` are left
+    out (and added to `walk.run_folders`); if `folder` is a run folder itself, its outputs are
+    content but its own folders are not."""
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder")
     if not recursive:
-        return image_files(folder.iterdir(), walk)
+        return image_files(folder.iterdir(), walk, videos=videos)
     candidates: list[Path] = []
     seen: set[str] = set()
     for root, dirs, files in os.walk(folder, followlinks=True):
@@ -90,14 +93,15 @@ def tree_files(folder: Path, recursive: bool, walk: Walk) -> list[Path]:
                 keep.append(name)
         dirs[:] = keep
         candidates += [here / name for name in files]
-    return image_files(candidates, walk)
+    return image_files(candidates, walk, videos=videos)
 
 
-def expand_inputs(spec: str, walk: Walk) -> list[Path]:
-    """A file, a folder (its image files) or a glob pattern (`**` recurses), sorted."""
+def expand_inputs(spec: str, walk: Walk, videos: bool = False) -> list[Path]:
+    """A file, a folder (its image files, and videos with `videos`) or a glob pattern (`**`
+    recurses), sorted."""
     path = Path(os.path.expanduser(spec))
     if path.is_dir():
-        found = tree_files(path, False, walk)
+        found = tree_files(path, False, walk, videos)
     else:
         matches = _once(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True))
         found = image_files(_outside_runs(matches, _literal_prefix(path), walk), walk,

@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import InputError
+from ..io.video import is_video
 from .build import Draft, Walk, settings, tree_files
 from .names import short_names
 
@@ -26,10 +27,11 @@ ASSIGNMENTS = ("cross", "random", "cycle")
 FORMATS = ("png", "jpg")
 
 
-def list_images(folder: Path, recursive: bool, walk: Walk) -> list[Path]:
-    """The image files in `folder` (and below it, with `recursive`), sorted (build.tree_files);
-    an error when there are none."""
-    found = tree_files(folder, recursive, walk)
+def list_images(folder: Path, recursive: bool, walk: Walk, videos: bool = False
+                ) -> list[Path]:
+    """The image files (and videos, with `videos`) in `folder` (and below it, with
+    `recursive`), sorted (build.tree_files); an error when there are none."""
+    found = tree_files(folder, recursive, walk, videos)
     if not found:
         raise InputError(f"{folder}: no images found" + ("" if recursive else
                                                          " (--recursive looks in subfolders)"))
@@ -61,7 +63,8 @@ def dataset_drafts(content_dir: Path, style_dir: Path, *, recursive: bool, assig
                    per_image: int, seed: int, mirror: bool, fmt: str,
                    grid: dict[str, list[Any]], walk: Walk) -> list[Draft]:
     """One row per content image, style and parameter setting. With `mirror`, each output is
-    the content's path relative to `content_dir` with the extension `fmt` (images that differ
+    the content's path relative to `content_dir` with the extension `fmt` (`mp4` for a video;
+    images that differ
     only in their extension, a.jpg and a.png, keep it: a.jpg.png); an image with several
     styles, or a grid of several settings, adds `__<style>` and `__<setting>` to the file name
     so that no two rows share an output."""
@@ -70,7 +73,7 @@ def dataset_drafts(content_dir: Path, style_dir: Path, *, recursive: bool, assig
     styles = list_images(style_dir, recursive, walk)
     check_assignment(assign, per_image, len(styles))  # before a long walk of the contents
     combos = settings(grid)
-    contents = list_images(content_dir, recursive, walk)
+    contents = list_images(content_dir, recursive, walk, videos=True)
     names = [PurePosixPath(p.relative_to(content_dir).as_posix()) for p in contents]
     assigned = assign_styles([str(n) for n in names], styles, assign, per_image, seed)
     clashing = Counter(n.with_suffix("") for n in names)
@@ -83,6 +86,6 @@ def dataset_drafts(content_dir: Path, style_dir: Path, *, recursive: bool, assig
                 stem = (name.stem if clashing[name.with_suffix("")] == 1 else name.name) + (
                     f"__{style_names[style]}" if len(its_styles) > 1 else "") + (
                     f"__{k}" if len(combos) > 1 else "")
-                output = str(name.with_name(f"{stem}.{fmt}"))
+                output = str(name.with_name(f"{stem}.{'mp4' if is_video(content) else fmt}"))
             drafts.append(Draft(content, (style,), setting, output))
     return drafts

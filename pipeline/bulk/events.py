@@ -21,8 +21,9 @@ class Ready:
 class BatchStarted:
     worker: int
     jobs: int
-    iterations: int
+    iterations: int  # of the batch; frames of its longest clip for a batch of videos
     resumed_at: int  # the checkpoint's iteration, 0 for a fresh start
+    unit: str = "iterations"  # what `iterations` and Iteration events count
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,10 @@ from pathlib import Path
 from ..api import job_key
 from ..errors import InputError, RowError
 from ..gatys.vgg import min_input_side
+from ..io.files import file_digest
 from ..io.images import fit_longest_side, header_size, read_rgb
 from ..targets.cache import image_digest
+from ..video.clip import ClipPart, clip_key, clip_part
 from .manifest import JobSpec
 
 
@@ -38,9 +40,10 @@ class Job:
 
     @property
     def group(self) -> str:
-        """Jobs that can share a batch: same parameters, output size and number of styles."""
-        return json.dumps([self.spec.params.to_dict(), self.size, len(self.spec.styles)],
-                          sort_keys=True)
+        """Jobs that can share a batch: same options, output size and number of styles (and
+        images with images, videos with videos)."""
+        return json.dumps([self.spec.settings(), self.spec.video is not None, self.size,
+                           len(self.spec.styles)], sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -91,9 +94,24 @@ class Inspector:
         if (blocked := self._folders[parent]) is not None:
             raise RowError(row, f"output {output}: {blocked} is a file, not a folder")
 
+    def _video(self, spec: JobSpec) -> tuple[str, tuple[int, int], ClipPart]:
+        """A video's digest, frame size and the part the row asks for (probed: the first
+        frame decoded, also without `decode`; the others fail the job in the worker)."""
+        assert spec.video is not None
+        try:
+            part = clip_part(spec.content, spec.video)
+            return file_digest(spec.content), part.info.size, part
+        except InputError as e:
+            raise RowError(spec.row, e) from None
+        except OSError as e:
+            raise RowError(spec.row, f"{spec.content}: cannot read ({e.strerror or e})") from None
+
     def __call__(self, spec: JobSpec) -> Job:
         params = spec.params
-        digest, size = self._image(spec.content, spec.row)
+        if spec.video is not None:
+            digest, size, part = self._video(spec)
+        else:
+            digest, size = self._image(spec.content, spec.row)
         out_size = fit_longest_side(size, params.size, params.size_bucket)
         if min(out_size) < min_input_side(params.layers):
             raise RowError(spec.row, f"{spec.content}: output would be {out_size[0]}x"
@@ -103,6 +121,8 @@ class Inspector:
         if params.weights_is_file and not Path(params.weights).is_file():
             raise RowError(spec.row, f"weights file {params.weights} does not exist")
         self._destination(spec.output, spec.row)
+        if spec.video is not None:
+            return Job(spec, clip_key(digest, part, style_digests, params, spec.video), out_size)
         return Job(spec, job_key(digest, style_digests, params, init), out_size)
 
 

@@ -75,7 +75,7 @@ def job_row(job: Job, status: str, started_at: float, device: str = "", **kw: An
     spec = job.spec
     return make_row(job.key, spec.row, status, started_at, content=str(spec.content),
                     styles=[str(s) for s in spec.styles], output=spec.output_name,
-                    params=spec.params.to_dict(), device=device, **kw)
+                    params=spec.settings(), device=device, **kw)
 
 
 def matches_file(row: dict[str, Any], path: Path) -> bool:

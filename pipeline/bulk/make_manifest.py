@@ -37,7 +37,8 @@ def build_manifest(output: Path, content: Sequence[str], style: Sequence[str],
                                 per_image=styles_per_image, seed=seed, mirror=mirror, fmt=fmt,
                                 grid=grid, walk=walk)
     else:
-        drafts = cross_product([p for spec in content for p in expand_inputs(spec, walk)],
+        drafts = cross_product([p for spec in content
+                                for p in expand_inputs(spec, walk, videos=True)],
                                [p for spec in style for p in expand_inputs(spec, walk)], grid)
     rows = to_rows(drafts, relative_to=output.resolve().parent)
     try:

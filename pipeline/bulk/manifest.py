@@ -4,7 +4,9 @@ validating every row (building them is build.py's).
 Columns: `content` (path) and `style` (path, or list of paths) are required; `style_weights`
 (list of floats) blends several styles; `output` names the output file (relative to the run's
 --out folder, and it must stay inside it; default: derived from the input names and a parameter
-hash); every StyleParams field may be a column. Null cells and missing columns take the command
+hash); every StyleParams field may be a column. A row whose content is a video (by its
+extension) is a video job: its output is a video (.mp4, .m4v, .mov, .mkv), and every VideoParams
+field may be a column too. Null cells and missing columns take the command
 line's `--set` value, else the default. Relative input paths (content, style, an init image, a
 weights file) resolve against the manifest's folder. Rows are numbered from 0, as pyarrow and
 pandas number them.
@@ -27,12 +29,17 @@ from ..errors import InputError, RowError
 from ..gatys.params import INIT_WORDS, WEIGHT_SOURCES, StyleParams
 from ..io.files import atomic_path
 from ..io.images import OUTPUT_FORMATS, output_bit_depth
+from ..io.video import is_video
 from ..options import base_type, coerce, declared, spec
+from ..video.output import ENCODED
+from ..video.params import VideoParams
 
 # Each parameter's column: its own name, or the one its option declares.
 PARAM_COLUMNS = {f.name: spec(f).column or f.name for f in declared(StyleParams)}
 LIST_PARAMS = {name for name in PARAM_COLUMNS if base_type(StyleParams, name)[1]}
-COLUMNS = {"content", "style", "output", *PARAM_COLUMNS.values()}
+# A video row's options beyond StyleParams'.
+VIDEO_COLUMNS = {f.name: spec(f).column or f.name for f in declared(VideoParams)}
+COLUMNS = {"content", "style", "output", *PARAM_COLUMNS.values(), *VIDEO_COLUMNS.values()}
 READ_BATCH = 8192
 # Parameters that name a file unless they hold one of these words.
 FILE_PARAMS = {"init": INIT_WORDS, "weights": WEIGHT_SOURCES}
@@ -48,11 +55,17 @@ class JobSpec:
     params: StyleParams
     output: Path      # absolute and resolved (links followed), inside the run's --out folder
     output_name: str  # the same, relative to --out (what the ledger records)
+    video: VideoParams | None = None  # a video job's options; None for an image
+
+    def settings(self) -> dict[str, Any]:
+        """Every option of the job, as the ledger records them."""
+        video = {} if self.video is None else self.video.to_dict()
+        return {**self.params.to_dict(), **video}
 
 
 def coerce_param(name: str, value: Any) -> Any:
     """A cell, --set or CLI string to the parameter's type (options.coerce)."""
-    return coerce(StyleParams, name, value)
+    return coerce(VideoParams if name in VIDEO_COLUMNS else StyleParams, name, value)
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -61,9 +74,9 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     for item in items:
         name, sep, value = item.partition("=")
         name = name.strip().replace("-", "_")
-        if not sep or name not in PARAM_COLUMNS:
+        if not sep or (name not in PARAM_COLUMNS and name not in VIDEO_COLUMNS):
             raise InputError(f"--set {item!r}: expected name=value with name one of "
-                             f"{', '.join(sorted(PARAM_COLUMNS))}")
+                             f"{', '.join(sorted([*PARAM_COLUMNS, *VIDEO_COLUMNS]))}")
         try:
             out[name] = coerce_param(name, value)
         except ValueError as e:
@@ -96,7 +109,7 @@ class RealPaths:
 
 
 def output_path(out_dir: Path, value: str, inputs: Sequence[Path],
-                real: RealPaths | None = None) -> Path:
+                real: RealPaths | None = None, video: bool = False) -> Path:
     """Where an `output` cell writes: resolved (`..` and links), inside `out_dir` (resolved),
     outside the run's own folders, and none of the job's inputs. A manifest is data, often
     written by someone else: a cell must not be able to write anywhere else."""
@@ -107,27 +120,33 @@ def output_path(out_dir: Path, value: str, inputs: Sequence[Path],
                          f"{out_dir}")
     if path.relative_to(out_dir).parts[0] in RESERVED:
         raise ValueError(f"output {value!r} is inside the run's own {RESERVED} folders")
-    if path.suffix.lower() not in OUTPUT_FORMATS:
+    if video and path.suffix.lower() not in ENCODED:
+        raise ValueError(f"output {value!r} of a video must end in {', '.join(ENCODED)}")
+    if not video and path.suffix.lower() not in OUTPUT_FORMATS:
         raise ValueError(f"output {value!r} must end in .png, .jpg, .jpeg, .tif or .tiff")
     if any(path == real(p) for p in inputs):
         raise ValueError(f"output {value!r} is one of the job's own input images")
     return path
 
 
-def params_tag(params: StyleParams) -> str:
+def params_tag(params: StyleParams, video: VideoParams | None = None) -> str:
     """What default output names carry of the parameters: a hash of those that decide the
-    image."""
-    return hashlib.sha256(json.dumps(params.result_dict(), sort_keys=True).encode()
-                          ).hexdigest()[:8]
+    image (and, for a video, of its options)."""
+    decided: dict[str, Any] = params.result_dict()
+    if video is not None:
+        decided["video"] = video.to_dict()
+    return hashlib.sha256(json.dumps(decided, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def default_output(content: Path, styles: Sequence[Path], tag: str,
                    names: dict[Path, str] | None = None) -> str:
-    """`content__style__tag.png`, each input called by its stem or by its name in `names`."""
+    """`content__style__tag.png` (`.mp4` for a video), each input called by its stem or by
+    its name in `names`."""
     def name(path: Path) -> str:
         return names[path] if names else path.stem
 
-    return f"{name(content)}__{'+'.join(name(s) for s in styles)}__{tag}.png"
+    suffix = ".mp4" if is_video(content) else ".png"
+    return f"{name(content)}__{'+'.join(name(s) for s in styles)}__{tag}{suffix}"
 
 
 def row_to_job(row: dict[str, Any], index: int, base: Path, out_dir: Path,
@@ -140,28 +159,38 @@ def row_to_job(row: dict[str, Any], index: int, base: Path, out_dir: Path,
         styles = [style] if isinstance(style, str) else list(style or [])
         if not styles or not all(isinstance(s, str) and s for s in styles):
             raise ValueError("style must be a path or a non-empty list of paths")
-        values = dict(overrides)
-        for name, column in PARAM_COLUMNS.items():
-            if row.get(column) is not None:
-                try:
-                    values[name] = coerce_param(name, row[column])
-                except (ValueError, TypeError) as e:
-                    raise ValueError(f"{column}: {e}") from None
+        values = _cells(row, PARAM_COLUMNS, overrides)
         for name in FILE_PARAMS:  # a file in a cell resolves as content does
             if row.get(name) is not None and values[name] not in FILE_PARAMS[name]:
                 values[name] = str(_resolve(base, values[name]))
         params = StyleParams(**values).validate(n_styles=len(styles), blend_name="style_weights")
         content = _resolve(base, row["content"])
+        video = (VideoParams(**_cells(row, VIDEO_COLUMNS, overrides)).validate()
+                 if is_video(content) else None)
         style_paths = tuple(_resolve(base, s) for s in styles)
         inputs = [content, *style_paths] + ([Path(params.init)] if params.init_is_file else [])
         output = output_path(out_dir, row.get("output")
-                             or default_output(content, style_paths, params_tag(params)),
-                             inputs, real)
-        output_bit_depth(output, params.bit_depth)
+                             or default_output(content, style_paths, params_tag(params, video)),
+                             inputs, real, video=video is not None)
+        if video is None:
+            output_bit_depth(output, params.bit_depth)
         return JobSpec(index, content, style_paths, params, output,
-                       output.relative_to(out_dir).as_posix())
+                       output.relative_to(out_dir).as_posix(), video)
     except (InputError, ValueError, TypeError) as e:
         raise RowError(index, e) from None
+
+
+def _cells(row: dict[str, Any], columns: dict[str, str], overrides: dict[str, Any]
+           ) -> dict[str, Any]:
+    """The values of `columns`' fields: the row's cell, else --set's."""
+    values = {name: overrides[name] for name in columns if name in overrides}
+    for name, column in columns.items():
+        if row.get(column) is not None:
+            try:
+                values[name] = coerce_param(name, row[column])
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"{column}: {e}") from None
+    return values
 
 
 def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -20,6 +20,7 @@ from typing import Any
 from ..errors import InputError
 from ..io.files import atomic_write_bytes
 from ..io.images import carries_key
+from ..io.video import is_video, video_metadata
 from . import ledger
 
 RUN_INFO = "run.json"
@@ -109,7 +110,15 @@ def recorded(output: Path, record: dict[str, Any] | None) -> bool:
 def output_is_done(output: Path, key: str, record: dict[str, Any] | None) -> bool:
     """The job's requested output exists and is its own: `recorded`, else (a file the ledger
     never saw, copied or touched since) the file decodes and carries the job's key."""
-    return recorded(output, record) or (output.is_file() and carries_key(output, key))
+    return recorded(output, record) or (output.is_file() and output_carries_key(output, key))
+
+
+def output_carries_key(output: Path, key: str) -> bool:
+    """An image that decodes with `key` embedded, or a video of ours with `key` in its
+    metadata (written whole or not at all)."""
+    if is_video(output):
+        return video_metadata(output).get("job_key") == key
+    return carries_key(output, key)
 
 
 def job_state(out_dir: Path, job: ledger.JobId, record: dict[str, Any] | None) -> str:

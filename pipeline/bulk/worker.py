@@ -32,7 +32,7 @@ from ..accel.runtime import Runtime, RuntimeOptions
 from ..api import StyleJob, prepare, stylize_prepared
 from ..errors import InputError
 from ..gatys.engine import Checkpointing, Interrupted, NonFinite
-from ..gatys.trace import TRACE_EVERY
+from ..gatys.trace import TRACE_EVERY, Traces
 from ..io.files import describe_os_error
 from ..io.images import intermediate_path, save_image
 from . import ledger, traces
@@ -50,6 +50,7 @@ from .events import (
 )
 from .jobs import Batch, Job
 from .run_state import read_run_info
+from .video_batch import VideoWriteFailed, run_video_batch
 
 log = logging.getLogger("pipeline.run")
 
@@ -100,6 +101,32 @@ class Worker:
 
     def run(self, batch: Batch) -> None:
         started = time.time()
+        rows = (self._videos(batch, started) if batch.jobs[0].spec.video is not None
+                else self._images(batch, started))
+        try:
+            ledger.append(self.out_dir, rows)
+        except OSError as e:  # the outputs are written: a rerun finds them by their keys
+            raise WriteFailed(f"cannot write the ledger: "
+                              f"{describe_os_error(e, ledger.ledger_dir(self.out_dir))}") from e
+        failures = [(r["row"], r["error"]) for r in rows if r["status"] != ledger.DONE]
+        self.emit(BatchDone(self.wid, len(rows) - len(failures), failures))
+
+    def _videos(self, batch: Batch, started: float) -> list[dict[str, Any]]:
+        """A batch of video jobs (video_batch.py); a failure other than stopping or a write
+        fails its jobs, whose finished frames stay for a rerun."""
+        try:
+            return run_video_batch(self.wid, batch, self.runtime, self.out_dir, self.every,
+                                   self.emit, self.stopping, self._write_traces, started)
+        except VideoWriteFailed as e:
+            raise WriteFailed(str(e)) from e
+        except (Interrupted, WriteFailed):
+            raise
+        except Exception as e:  # one batch's failure must not end the run
+            message = f"{type(e).__name__}: {e}".splitlines()[0]
+            return [ledger.job_row(j, ledger.FAILED, started, str(self.runtime.device),
+                                   error=message) for j in batch.jobs]
+
+    def _images(self, batch: Batch, started: float) -> list[dict[str, Any]]:
         params = batch.jobs[0].spec.params
         rows: list[dict[str, Any]] = []
         ready: list[tuple[Job, Any]] = []
@@ -111,13 +138,7 @@ class Worker:
                 rows.append(ledger.job_row(job, ledger.FAILED, started, error=str(e)))
         if ready:
             rows += self._optimize(ready, started, split_on_oom=True)
-        try:
-            ledger.append(self.out_dir, rows)
-        except OSError as e:  # the outputs are written: a rerun finds them by their keys
-            raise WriteFailed(f"cannot write the ledger: "
-                              f"{describe_os_error(e, ledger.ledger_dir(self.out_dir))}") from e
-        failures = [(r["row"], r["error"]) for r in rows if r["status"] != ledger.DONE]
-        self.emit(BatchDone(self.wid, len(rows) - len(failures), failures))
+        return rows
 
     def _optimize(self, ready: list[tuple[Job, Any]], started: float, split_on_oom: bool
                   ) -> list[dict[str, Any]]:
@@ -187,12 +208,9 @@ class Worker:
                precision: str) -> list[dict[str, Any]]:
         """A finished batch's trace, then its outputs; their ledger rows. WriteFailed stops the
         run: nothing is recorded as failed, and a rerun picks the jobs up."""
-        try:  # before the outputs: a job whose output exists has its trace
-            traces.append(self.out_dir, {job.key: result.trace
-                                         for job, result in zip(jobs, results, strict=True)})
-        except OSError as e:
-            raise WriteFailed(f"cannot write the loss trace: "
-                              f"{describe_os_error(e, traces.trace_dir(self.out_dir))}") from e
+        # before the outputs: a job whose output exists has its trace
+        self._write_traces({job.key: result.trace
+                            for job, result in zip(jobs, results, strict=True)})
         rows = []
         for job, result in zip(jobs, results, strict=True):
             try:
@@ -205,6 +223,14 @@ class Worker:
                                        iterations=result.iterations, seconds=result.seconds,
                                        written=job.spec.output, precision=precision))
         return rows
+
+
+    def _write_traces(self, batch_traces: Traces) -> None:
+        try:
+            traces.append(self.out_dir, batch_traces)
+        except OSError as e:
+            raise WriteFailed(f"cannot write the loss trace: "
+                              f"{describe_os_error(e, traces.trace_dir(self.out_dir))}") from e
 
 
 class ForwardLog(logging.Handler):

@@ -148,13 +148,14 @@ class RunDisplay:
             case Ready(precision=precision):
                 self.devices[wid] = f"{self.labels[wid]} {precision}"
                 self.bar.update(task, description=f"  w{wid} {self.devices[wid]}: waiting")
-            case BatchStarted(jobs=n, iterations=total, resumed_at=start):
+            case BatchStarted(jobs=n, iterations=total, resumed_at=start, unit=unit):
                 resumed = f", resumed at {start}" if start else ""
                 if start:
                     say(f"w{wid}:", "cyan", f"resuming a batch of {n} from its checkpoint at "
                         f"iteration {start}/{total}", self.bar.console)
+                what = f"{n} video{'s' * (n > 1)}, frames" if unit == "frames" else f"batch of {n}"
                 self.bar.reset(task, total=total, completed=start,
-                               description=f"  w{wid} {self.devices[wid]}: batch of {n}{resumed}")
+                               description=f"  w{wid} {self.devices[wid]}: {what}{resumed}")
             case Iteration(iteration=iteration):
                 self.bar.update(task, completed=iteration)
             case BatchDone(done=done, failures=failures):

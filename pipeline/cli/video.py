@@ -12,7 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..api import Runtime, RuntimeOptions, StyleParams
 from ..video.chain import Frame
-from ..video.file import frames_folder, stylize_video_file
+from ..video.file import stylize_video_file
+from ..video.output import frames_folder
 from ..video.params import VideoParams
 from .app import app, reports_errors, say
 from .options import with_options

@@ -8,11 +8,11 @@ whose loss normalization we use, and give good images at 512 px.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import InputError
-from ..options import check, decides_result, option
+from ..options import as_dict, check, option, result_dict
 from .vgg import CONTENT_LAYERS, LAYER_INDEX, STYLE_LAYERS
 
 OPTIMIZERS = ("lbfgs", "adam")
@@ -153,16 +153,13 @@ class StyleParams:
         return tuple(dict.fromkeys(self.content_layers + self.style_layers))
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field, tuples as lists (JSON's arrays). Not dataclasses.asdict: its deep copy
-        made this a third of checking a large manifest, and every field is flat."""
-        values = ((f.name, getattr(self, f.name)) for f in fields(self))
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in values}
+        """Every field, tuples as lists."""
+        return as_dict(self)
 
     def result_dict(self) -> dict[str, Any]:
-        """The parameters that decide the image (what job keys and output names hash): each
-        field's `key` says whether it does (save_every never; tol_window only with tol)."""
-        values = self.to_dict()
-        return {f.name: values[f.name] for f in fields(self) if decides_result(self, f)}
+        """The parameters that decide the image (save_every never; tol_window only with
+        tol)."""
+        return result_dict(self)
 
     def replace(self, **changes: Any) -> StyleParams:
         return replace(self, **changes)

@@ -67,9 +67,12 @@ def _point(iteration: int, stage: int, values: list[float]) -> dict[str, Any]:
     return {"iteration": iteration, "stage": stage, **dict(zip(TERMS, values, strict=True))}
 
 
+# A video job's trace has a point per frame: `frame` set, `iteration` the frame's iterations,
+# and its `temporal` term; both are null for an image's points.
 SCHEMA = pa.schema([("key", pa.string()), ("iteration", pa.int64()), ("stage", pa.int64()),
-                    *((name, pa.float64()) for name in TERMS)])
-Traces = dict[str, list[dict[str, Any]]]  # job key -> points in iteration order
+                    *((name, pa.float64()) for name in TERMS), ("frame", pa.int64()),
+                    ("temporal", pa.float64())])
+Traces = dict[str, list[dict[str, Any]]]  # job key -> points in iteration (or frame) order
 
 
 def write_traces(path: Path, traces: Traces) -> None:
@@ -82,5 +85,6 @@ def write_traces(path: Path, traces: Traces) -> None:
 def read_traces(path: Path) -> Traces:
     traces: Traces = {}
     for row in pq.read_table(path).to_pylist():
-        traces.setdefault(row.pop("key"), []).append(row)
+        key = row.pop("key")
+        traces.setdefault(key, []).append({k: v for k, v in row.items() if v is not None})
     return traces

@@ -10,6 +10,7 @@ stylized the way they are seen; the output is stored upright.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -93,6 +94,19 @@ def probe(path: str | Path) -> VideoInfo:
         duration = _duration(container, stream, rate)
         return VideoInfo(path, (w, h), Fraction(rate), duration, rotation,
                          bool(container.streams.audio))
+
+
+def poster(path: str | Path) -> Any:
+    """The first frame, upright, as a PIL image (a video's thumbnail); InputError as probe's."""
+    from PIL import Image
+
+    path = Path(path)
+    with _open(path) as container:
+        if not container.streams.video:
+            raise InputError(f"{path}: no video stream (audio only?)")
+        stream = container.streams.video[0]
+        first = _first_frame(container, stream, path)
+        return Image.fromarray(_upright(first, _rotation(stream, first)))
 
 
 def _first_frame(container: Any, stream: Any, path: Path) -> Any:
@@ -181,13 +195,15 @@ def even_size(size: tuple[int, int]) -> tuple[int, int]:
 
 def write_video(frames: Iterable[np.ndarray], dest: Path, fps: Fraction, crf: int = DEFAULT_CRF,
                 audio: VideoInfo | None = None, start: float = 0.0,
-                end: float | None = None) -> int:
+                end: float | None = None, metadata: dict[str, Any] | None = None) -> int:
     """Encode RGB frames [H, W, 3] (even sides) as H.264 at `fps` into `dest` (atomic), with
-    `audio`'s audio stream from `start` to `end` seconds copied over packet by packet.
-    Returns the number of frames written."""
+    `audio`'s audio stream from `start` to `end` seconds copied over packet by packet and
+    `metadata` as JSON in the container's comment. Returns the number of frames written."""
     av = _av()
     count = 0
     with atomic_path(dest) as tmp, av.open(str(tmp), mode="w", format=_muxer(dest)) as out:
+        if metadata:
+            out.metadata["comment"] = json.dumps(metadata)
         video = out.add_stream("libx264", rate=fps)
         video.pix_fmt = "yuv420p"
         video.options = {"crf": str(crf)}
@@ -214,6 +230,24 @@ def write_video(frames: Iterable[np.ndarray], dest: Path, fps: Fraction, crf: in
             if source is not None:
                 source.close()
     return count
+
+
+def video_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata `write_video` embedded (empty for a file that is not a whole video of
+    ours: a container FFmpeg cannot open has no trailer, and our files are written atomically)."""
+    av = _av()
+    try:
+        with av.open(str(path)) as container:
+            tags = {k.lower(): v for k, v in container.metadata.items()}
+            if not container.streams.video:
+                return {}
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError):
+        return {}
+    try:
+        found = json.loads(tags.get("comment", "") or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _muxer(dest: Path) -> str | None:

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from ..bulk import ledger, traces
-from ..bulk.manifest import read_rows, row_inputs, row_to_job
+from ..bulk.manifest import VIDEO_COLUMNS, read_rows, row_inputs, row_to_job
 from ..bulk.run_state import DONE, FAILED, PENDING, RunInfo, job_state, read_run_info
 from ..errors import InputError, RowError
 from ..gatys.params import StyleParams
 from ..io.images import intermediates
+from ..io.video import is_video
+from ..video.params import VideoParams
 
 __all__ = ["DONE", "FAILED", "PENDING", "JobView", "RunView", "gather", "same_result"]
 
@@ -31,13 +33,14 @@ class JobView:
     row: int
     content: Path
     styles: tuple[Path, ...]
-    params: dict[str, Any]           # as the ledger and outputs record them (StyleParams.to_dict)
+    params: dict[str, Any]           # as the ledger records them (JobSpec.settings)
     output: Path | None              # None: the row never became a job
     status: str                      # done, failed, pending
     error: str = ""
     record: dict[str, Any] = field(default_factory=dict)  # its ledger row, if any
     trace: list[dict[str, Any]] = field(default_factory=list)
     intermediates: list[tuple[int, Path]] = field(default_factory=list)
+    video: bool = False              # a video job: its trace has a point per frame
 
 
 @dataclass
@@ -95,25 +98,31 @@ def _from_manifest(out_dir: Path, info: RunInfo, records: dict[ledger.JobId, dic
             continue
         job = (keys.get(spec.output_name, ""), spec.output_name)
         record = records.get(job)
-        if record is not None and not same_result(json.loads(record["params"]), spec.params):
+        if record is not None and not same_result(json.loads(record["params"]), spec.params,
+                                                  spec.video):
             record = None  # made with other parameters: this row's job has not run
         status = job_state(out_dir, job, record) if job[0] else PENDING
         jobs.append(JobView(row=index, content=spec.content, styles=spec.styles,
-                            params=spec.params.to_dict(), output=spec.output, status=status,
+                            params=spec.settings(), output=spec.output, status=status,
                             error=record["error"] if status == FAILED and record else "",
-                            record=record if record and status != PENDING else {}))
+                            record=record if record and status != PENDING else {},
+                            video=spec.video is not None))
     return jobs
 
 
-def same_result(recorded: dict[str, Any], params: StyleParams) -> bool:
-    """The recorded parameters make the image `params` make (as job keys see it): a record of
-    other or unknown parameters does not."""
+def same_result(recorded: dict[str, Any], params: StyleParams,
+                video: VideoParams | None = None) -> bool:
+    """The recorded options make the image (or video) that `params` (and `video`) make, as
+    job keys see it: a record of other or unknown options does not."""
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()}
+    video_values = {k: values.pop(k) for k in VIDEO_COLUMNS if k in values}
     try:
         made = StyleParams(**values)
+        made_video = VideoParams(**video_values) if video_values else None
     except TypeError:
         return False
-    return made.result_dict() == params.result_dict()
+    return (made.result_dict() == params.result_dict() and (made_video is None) == (video is None)
+            and (video is None or made_video.to_dict() == video.to_dict()))
 
 
 def _from_run_info(out_dir: Path, info: RunInfo,
@@ -129,5 +138,5 @@ def _from_run_info(out_dir: Path, info: RunInfo,
                             params=json.loads(record.get("params") or "{}"),
                             output=out_dir / job[1], status=status,
                             error=record.get("error", "") if status == FAILED else "",
-                            record=record))
+                            record=record, video=is_video(job[1])))
     return jobs

@@ -4,7 +4,8 @@ Layout: a header with the run's numbers; a contact sheet with a row per content 
 column per style (and per value of any parameter that varies across the manifest), the inputs'
 thumbnails at its edges; each cell links to the full output and shows its final loss, its
 iterations and seconds, its loss curve (curves.py) and the intermediate images if the job
-saved any. Failed rows sit in their cell with their one-line error. Thumbnails live in
+saved any. A video job's cell plays its output (its first frame as the poster) above its
+per-frame curves. Failed rows sit in their cell with their one-line error. Thumbnails live in
 report_files/ beside the page (thumbs.py).
 """
 
@@ -41,7 +42,7 @@ table.sheet th,table.sheet td{border:1px solid #ddd;padding:6px;vertical-align:t
   text-align:left;font-weight:normal}
 th .name{font-weight:600;max-width:240px;overflow-wrap:anywhere}
 img.input{width:120px;display:block}
-img.thumb{width:240px;display:block}
+img.thumb,video.thumb{width:240px;display:block}
 .strip{display:flex;gap:3px;margin-top:4px;flex-wrap:wrap;max-width:240px}
 .strip img{height:40px}
 .strip span{font-size:10px;color:#666;display:block}
@@ -55,8 +56,8 @@ svg.curve{display:block;margin-top:4px;font:9px sans-serif;fill:#666}
 
 # The page runs no script and loads nothing from the network: a file name that looks like
 # markup is text (every value goes through _h), and the policy below is a second wall.
-CSP = ("default-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'; "
-       "form-action 'none'; base-uri 'none'")
+CSP = ("default-src 'none'; img-src 'self' file: data:; media-src 'self' file:; "
+       "style-src 'unsafe-inline'; form-action 'none'; base-uri 'none'")
 
 
 def _h(value: object) -> str:
@@ -88,7 +89,8 @@ def render(view: RunView, thumbs: Thumbnails) -> str:
         body.append(f'<p class="note">{_h(view.note)}</p>')
     legend = "".join(f'<span style="color:{_h(c)}">&#9632; {_h(t)}</span>'
                      for t, c in COLORS.items())
-    body.append(f'<p class="legend">Loss curves (log scale, per job): {legend}</p>')
+    body.append(f'<p class="legend">Loss curves (log scale, per job; per frame for a video): '
+                f'{legend}</p>')
     body.append('<table class="sheet"><thead><tr><th></th>')
     for styles, settings in columns:
         images = "".join(link.image(p, "input") for p in styles)
@@ -149,6 +151,13 @@ class _Links:
     def href(self, path: Path) -> str:
         return quote(Path(os.path.relpath(path.resolve(), self.out_dir)).as_posix())
 
+    def video(self, source: Path, title: str) -> str:
+        """The output video, playable in place, its first frame shown before it plays."""
+        thumb = self.thumbs(source)
+        poster = f' poster="{_h(self.href(thumb))}"' if thumb is not None else ""
+        return (f'<video class="thumb" src="{_h(self.href(source))}"{poster} controls muted '
+                f'loop playsinline preload="metadata" title="{_h(title)}"></video>')
+
     def image(self, source: Path, css: str, title: str = "") -> str:
         thumb = self.thumbs(source)
         if thumb is None:
@@ -169,14 +178,17 @@ def _cell(job: JobView, link: _Links, varying: list[str]) -> str:
     losses = " ".join(f"{t} {record.get('loss_' + t) or 0:.3g}"
                       for t in ("total", "content", "style", "tv"))
     settings = "".join(f" · {k}={_text(job.params[k])}" for k in varying if k in job.params)
-    title = (f"row {job.row} · {job.output.name}{settings} · loss {losses} · "
-             f"{record.get('iterations')} of {job.params.get('iterations')} iterations · "
+    frames = f"{len(job.trace)} frames · " if job.video else ""
+    of = "" if job.video else f" of {job.params.get('iterations')}"
+    title = (f"row {job.row} · {job.output.name}{settings} · {frames}loss {losses} · "
+             f"{record.get('iterations')}{of} iterations · "
              f"{record.get('seconds') or 0:.1f} s · {record.get('device', '')} "
              f"{record.get('precision') or ''}")
-    meta = (f"row {job.row} · loss {record.get('loss_total') or 0:.4g} · "
+    meta = (f"row {job.row} · {frames}loss {record.get('loss_total') or 0:.4g} · "
             f"{record.get('iterations')} it · {record.get('seconds') or 0:.1f} s")
-    parts = [link.image(job.output, "thumb", title), f'<div class="meta">{_h(meta)}</div>',
-             loss_svg(job.trace)]
+    shown = link.video(job.output, title) if job.video else link.image(job.output, "thumb",
+                                                                         title)
+    parts = [shown, f'<div class="meta">{_h(meta)}</div>', loss_svg(job.trace)]
     if job.intermediates:
         strip = "".join(f"<div>{link.image(path, 'step', f'iteration {it}')}"
                         f"<span>{_h(it)}</span></div>" for it, path in job.intermediates)

@@ -21,6 +21,7 @@ from PIL import Image
 from ..errors import InputError
 from ..io.files import atomic_path
 from ..io.images import DECODE_ERRORS, open_rgb
+from ..io.video import is_video, poster
 
 log = logging.getLogger("pipeline.report")
 SIDE = 320  # px, longest side: sharp at the sheet's display size on a 2x screen
@@ -48,7 +49,8 @@ class Thumbnails:
         self.made: set[Path] = set()
 
     def __call__(self, source: Path) -> Path | None:
-        """The thumbnail of `source`, made if needed; None when it cannot be read."""
+        """The thumbnail of `source` (a video's first frame), made if needed; None when it
+        cannot be read."""
         try:
             stat = source.stat()
         except OSError:
@@ -58,7 +60,7 @@ class Thumbnails:
         dest = self.folder / name
         if not dest.is_file():
             try:
-                img = open_rgb(source)
+                img = poster(source) if is_video(source) else open_rgb(source)
             except InputError as e:
                 log.debug("no thumbnail for %s: %s", source, e)
                 return None

@@ -3,10 +3,10 @@ frame starts from the stylized frame before it warped into it by the optical flo
 optimized against the content and style targets plus the temporal term (gatys/temporal.py), so
 it lands in the same minimum as its neighbours instead of flickering, in far fewer iterations.
 
-Several clips of one working size run as one batch, frame i of each together: every loss is
-per sample, so each clip's frames are those it would get alone. A frame already finished (on
-disk, found by `done`) is read back instead of being run again: a stopped clip resumes at the
-first frame it lacks.
+Several clips of one working size run as one batch, frame i of each together, each with its
+own styles: every loss is per sample, so each clip's frames are those it would get alone. A
+frame already finished (on disk, found by `done`) is read back instead of being run again: a
+stopped clip resumes at the first frame it lacks.
 
 Departures: later frames run one stage at full size (they start from a stylized image; the
 coarse stages of --scales only serve the first), and with --tol their early stopping window is
@@ -27,7 +27,7 @@ from torch import Tensor
 
 from ..api import ImageSource, Runtime, StyleJob, StyleParams, prepare, stylize_prepared
 from ..gatys.color import luminance
-from ..gatys.engine import Progress
+from ..gatys.engine import Checkpointing, Progress
 from ..gatys.temporal import Temporal
 from ..io.images import SizedImage
 from .flow import Ahead, temporal_target
@@ -49,10 +49,12 @@ class Frame:
 
 @dataclass
 class ClipSource:
-    """A clip's frames by index (decoded ahead by the caller) and how many there are."""
+    """A clip's frames by index (decoded ahead by the caller), how many there are, and the
+    styles it is stylized with."""
 
     frame: Callable[[int], np.ndarray]
     count: int
+    styles: Sequence[ImageSource]
 
 
 def later_params(params: StyleParams, video: VideoParams) -> StyleParams:
@@ -71,15 +73,19 @@ def _tensor(pixels: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float()
 
 
-def stylize_clips(clips: Sequence[ClipSource], styles: Sequence[ImageSource],
-                  params: StyleParams, video: VideoParams, runtime: Runtime,
-                  done: Callable[[int, int], np.ndarray | None],
+def stylize_clips(clips: Sequence[ClipSource], params: StyleParams, video: VideoParams,
+                  runtime: Runtime, done: Callable[[int, int], np.ndarray | None],
                   finished: Callable[[Frame], None],
-                  progress: Callable[[int, int], Progress | None] = lambda c, i: None) -> None:
-    """Stylize every frame of `clips` (one working size) with `styles`. `done(clip, i)`: the
-    frame if an earlier run finished it; `finished(frame)`: called for each frame as it is
-    ready, in order per clip; `progress(clip, i)`: the engine's progress for that frame."""
-    params.validate(n_styles=len(styles))
+                  progress: Callable[[int, int], Progress | None] = lambda c, i: None,
+                  checkpointing: Callable[[int, list[int]], Checkpointing | None]
+                  = lambda i, clips: None) -> None:
+    """Stylize every frame of `clips` (one working size, each with as many styles).
+    `done(clip, i)`: the frame if an earlier run finished it; `finished(frame)`: called for
+    each frame as it is ready, in order per clip; `progress(clip, i)`: the engine's progress
+    for that frame; `checkpointing(i, clips)`: how the batch of frame i of those clips saves
+    and resumes its optimization (and is stopped: Interrupted)."""
+    for clip in clips:
+        params.validate(n_styles=len(clip.styles))
     video.validate()
     later = later_params(params, video)
     tied = video.temporal_weight > 0
@@ -89,7 +95,8 @@ def stylize_clips(clips: Sequence[ClipSource], styles: Sequence[ImageSource],
 
     def content(c: int, i: int) -> tuple[SizedImage, list[SizedImage]]:
         frame = Image.fromarray(clips[c].frame(i))
-        image, style_images = prepare(StyleJob(frame, list(styles)), params if i == 0 else later)
+        image, style_images = prepare(StyleJob(frame, list(clips[c].styles)),
+                                      params if i == 0 else later)
         return dataclasses.replace(image, name=f"frame {i}", keep=False), style_images
 
     def working_frame(c: int, i: int) -> np.ndarray:
@@ -111,7 +118,8 @@ def stylize_clips(clips: Sequence[ClipSource], styles: Sequence[ImageSource],
                     ahead.request(i + 1)
             if todo:
                 _run_frames(todo, i, content, aheads, history, params if i == 0 else later,
-                            video, offsets, runtime, finished, progress)
+                            video, offsets, runtime, finished, progress,
+                            checkpointing(i, todo))
             for c in active:
                 history[c].pop(i - keep, None)
                 seen.pop((c, i - keep), None)
@@ -137,7 +145,8 @@ def _run_frames(todo: list[int], i: int, content: Callable[[int, int], Any],
                 aheads: Sequence[Ahead | None], history: dict[int, dict[int, Tensor]],
                 params: StyleParams, video: VideoParams, offsets: Sequence[int],
                 runtime: Runtime, finished: Callable[[Frame], None],
-                progress: Callable[[int, int], Progress | None]) -> None:
+                progress: Callable[[int, int], Progress | None],
+                checkpointing: Checkpointing | None) -> None:
     """Frame i of the clips in `todo`, as one batch."""
     prepared = [content(c, i) for c in todo]
     x0, temporal = None, None
@@ -156,7 +165,8 @@ def _run_frames(todo: list[int], i: int, content: Callable[[int, int], Any],
         temporal = Temporal(*(torch.cat([getattr(t, f.name) for t in targets])
                               for f in dataclasses.fields(Temporal)))
     one = progress(todo[0], i) if len(todo) == 1 else None
-    results = stylize_prepared(prepared, params, runtime, one, start=x0, temporal=temporal)
+    results = stylize_prepared(prepared, params, runtime, one, checkpointing, start=x0,
+                               temporal=temporal)
     for c, result in zip(todo, results, strict=True):
         pixels = _pixels(result.pixels)
         history[c][i] = _tensor(pixels)[None]

@@ -5,9 +5,10 @@ how strongly frames are tied together, and how the result is encoded. Each field
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import InputError
-from ..options import check, option
+from ..options import as_dict, check, option, result_dict
 
 # Ruder et al.'s, whose losses are normalized as ours (neural-style's, on 0-255 pixels);
 # measured on the synthetic benchmark clip in BENCHMARKS.md.
@@ -40,6 +41,15 @@ class VideoParams:
                                above=0, hi=1000)
     crf: int = option(18, "H.264 quality (constant rate factor): lower is better and larger; "
                           "18 is visually lossless for most clips.", lo=0, hi=51, key=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, tuples as lists."""
+        return as_dict(self)
+
+    def result_dict(self) -> dict[str, Any]:
+        """The options that decide the frames (not the part's bounds or the encoding: the
+        job key holds the part as seconds)."""
+        return result_dict(self)
 
     def validate(self) -> VideoParams:
         """InputError naming the first bad option; self when all are valid."""

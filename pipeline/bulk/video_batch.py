@@ -1,0 +1,140 @@
+"""A batch of video jobs in a worker: frame i of every clip runs as one batch (video/chain.py),
+each frame a keyed PNG beside its job's output as soon as it is done (video/output.py), the
+frame in progress checkpointed like an image batch, and each video encoded when all its
+frames are there. A stopped or killed batch resumes at the frame it was on, from its
+checkpoint; finished frames are read back, never redone.
+
+Each job's trace is its frames' final losses, one point per frame (`frame` set, `iteration`
+the frame's iterations); its ledger row carries the frames' mean losses and total iterations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..accel.runtime import Runtime
+from ..errors import InputError
+from ..gatys.engine import Checkpointing
+from ..gatys.trace import Traces
+from ..io.files import describe_os_error
+from ..io.images import check_image_file
+from ..video.chain import Frame, stylize_clips
+from ..video.clip import clip_part, frame_key
+from ..video.output import ClipOutput
+from . import ledger
+from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from .events import BatchStarted, Event, Iteration, Log
+from .jobs import Batch, Job
+
+log = logging.getLogger("pipeline.run")
+
+
+class VideoWriteFailed(OSError):
+    """A frame or a video could not be written (the worker stops the run, as for images)."""
+
+
+def run_video_batch(wid: int, batch: Batch, runtime: Runtime, out_dir: Path, every: int,
+                    emit: Callable[[Event], None], stopping: Callable[[], bool],
+                    write_traces: Callable[[Traces], None], started: float
+                    ) -> list[dict[str, Any]]:
+    """Run `batch` (video jobs of one group); the jobs' ledger rows. Their traces go to
+    `write_traces` before the videos are encoded (a job with an output has its trace). A job
+    whose file cannot be read fails alone; Interrupted when stopped, VideoWriteFailed when a
+    frame or a video cannot be written."""
+    video, params = batch.jobs[0].spec.video, batch.jobs[0].spec.params
+    assert video is not None
+    clips, rows = _open(batch, started)
+    if not clips:
+        return rows
+    emit(BatchStarted(wid, len(clips), max(c.part.count for _, c in clips), 0, unit="frames"))
+    keep = max(video.temporal_frames)
+    sources = [clip.part.source([str(s) for s in job.spec.styles], keep) for job, clip in clips]
+    saves = FrameCheckpoints(out_dir, [job.key for job, _ in clips], every, stopping,
+                             lambda text: emit(Log(wid, text)))
+
+    def finished(frame: Frame) -> None:
+        job, clip = clips[frame.clip]
+        try:
+            clip.finished(frame)
+        except OSError as e:
+            raise VideoWriteFailed(f"cannot write frame {frame.index} of {job.spec.output_name}"
+                                   f": {describe_os_error(e, out_dir)}") from e
+        saves.finished(frame.index)
+        emit(Iteration(wid, frame.index + 1))
+
+    stylize_clips(sources, params, video, runtime, lambda c, i: clips[c][1].done(i), finished,
+                  checkpointing=saves)
+    write_traces({job.key: [{"frame": i, "iteration": r.iterations, "stage": 0, **r.losses}
+                            for i, r in sorted(clip.records.items())] for job, clip in clips})
+    for job, clip in clips:
+        try:
+            clip.finish(video.crf)
+        except OSError as e:
+            raise VideoWriteFailed(f"cannot write {job.spec.output_name}: "
+                                   f"{describe_os_error(e, job.spec.output.parent)}") from e
+        rows.append(_done_row(job, clip, started, runtime))
+    return rows
+
+
+def _open(batch: Batch, started: float) -> tuple[list[tuple[Job, ClipOutput]],
+                                                 list[dict[str, Any]]]:
+    """The jobs whose video and styles can be read, each with its output; the failed rows of
+    the others."""
+    clips, rows = [], []
+    for job in batch.jobs:
+        try:
+            for style in job.spec.styles:
+                check_image_file(style)
+            assert job.spec.video is not None
+            part = clip_part(job.spec.content, job.spec.video)
+            clips.append((job, ClipOutput(part, job.spec.output, job.key)))
+        except InputError as e:
+            rows.append(ledger.job_row(job, ledger.FAILED, started, error=str(e)))
+    return clips, rows
+
+
+def _done_row(job: Job, clip: ClipOutput, started: float, runtime: Runtime) -> dict[str, Any]:
+    records = list(clip.records.values())
+    mean = {name: sum(r.losses.get(name, 0.0) for r in records) / len(records)
+            for name in records[0].losses}
+    return ledger.job_row(job, ledger.DONE, started, str(runtime.device), losses=mean,
+                          iterations=sum(r.iterations for r in records),
+                          seconds=sum(r.seconds for r in records), written=job.spec.output,
+                          precision=runtime.precision)
+
+
+class FrameCheckpoints:
+    """The checkpoint of the frame batch being optimized, as an image batch's: named by its
+    frames' keys, with its jobs' keys inside (so a run's sweep removes it once the videos are
+    done), deleted when the frame is finished."""
+
+    def __init__(self, out_dir: Path, keys: list[str], every: int, stop: Callable[[], bool],
+                 say: Callable[[str], None]):
+        self.out_dir, self.keys, self.every, self.stop, self.say = out_dir, keys, every, stop, say
+        self.paths: dict[int, Path] = {}
+
+    def __call__(self, i: int, todo: list[int]) -> Checkpointing:
+        keys = [self.keys[c] for c in todo]
+        name = hashlib.sha256("".join(frame_key(k, i) for k in keys).encode()).hexdigest()[:16]
+        path = self.paths[i] = checkpoint_path(self.out_dir, name)
+
+        def save(it: int, x: Any, state: Any) -> None:
+            try:
+                save_checkpoint(path, keys, it, x, state)
+            except OSError as e:
+                log.warning("cannot write a checkpoint (%s); going on without one",
+                            describe_os_error(e, path.parent))
+
+        resume = load_checkpoint(path, keys)
+        if resume is not None:
+            self.say(f"resuming frame {i} of {len(todo)} video(s) from its checkpoint at "
+                     f"iteration {resume[0]}")
+        return Checkpointing(save=save, every=self.every, resume=resume, stop=self.stop)
+
+    def finished(self, i: int) -> None:
+        if (path := self.paths.pop(i, None)) is not None:
+            path.unlink(missing_ok=True)

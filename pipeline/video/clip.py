@@ -1,0 +1,92 @@
+"""The input side of a video job: which frames of which file (the --start..--end part at --fps),
+decoded once in order, and the keys that say what decides each output frame."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from ..api import ImageSource, StyleParams
+from ..errors import InputError
+from ..io.video import VideoInfo, frame_count, parse_time, probe, read_frames
+from .chain import ClipSource
+from .params import VideoParams
+
+
+@dataclass(frozen=True)
+class ClipPart:
+    """The frames a job stylizes: `count` frames at `fps` from `start` to `end` seconds."""
+
+    info: VideoInfo
+    fps: Fraction
+    start: float
+    end: float | None
+    count: int
+
+    def source(self, styles: Sequence[ImageSource], keep: int) -> ClipSource:
+        """The frames by index, decoded once (the last `keep` held for the flows), to be
+        stylized with `styles`."""
+        window = FrameWindow(read_frames(self.info, self.fps, self.start, self.end), keep)
+        return ClipSource(window, self.count, styles)
+
+
+def clip_part(source: Path, video: VideoParams) -> ClipPart:
+    """The part of `source` that `video` asks for; InputError naming the file when the file
+    is no video or the part holds no frame."""
+    video.validate()
+    info = probe(source)
+    fps = Fraction(video.fps).limit_denominator(1001) if video.fps else info.fps
+    start = parse_time(video.start, info.fps)
+    end = parse_time(video.end, info.fps) if video.end is not None else None
+    stop = end if end is not None else info.duration
+    if start >= stop:
+        raise InputError(f"{source}: --start {video.start} is not before the clip's end "
+                         f"({stop:.3f} s)")
+    count = frame_count(info, fps, start, end)
+    if count == 0:
+        raise InputError(f"{source}: no frame between --start and --end at {float(fps):g} fps")
+    return ClipPart(info, fps, start, end, count)
+
+
+def clip_key(video_digest: str, part: ClipPart, styles: Sequence[str], params: StyleParams,
+             video: VideoParams) -> str:
+    """What decides a video job's frames: the video's bytes, the part and its rate, the styles
+    and every parameter that decides an image."""
+    payload = {"video": video_digest, "part": [part.start, part.end, str(part.fps)],
+               "styles": list(styles), "params": params.result_dict(),
+               "video_params": video.result_dict()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def frame_key(key: str, index: int) -> str:
+    """The key of frame `index` of the job keyed `key`."""
+    return hashlib.sha256(f"{key}:{index}".encode()).hexdigest()
+
+
+class FrameWindow:
+    """A clip's frames by index, decoded once in order: a frame is kept while a later one may
+    still look back at it (`keep` frames), so a long clip never sits in memory."""
+
+    def __init__(self, frames: Iterator[np.ndarray], keep: int):
+        self.frames, self.keep = frames, keep
+        self.held: dict[int, np.ndarray] = {}
+        self.next, self.lock = 0, threading.Lock()
+
+    def __call__(self, i: int) -> np.ndarray:
+        with self.lock:
+            while self.next <= i:
+                frame = next(self.frames, None)
+                if frame is None:
+                    raise InputError(f"frame {i} could not be decoded (the video ended early)")
+                self.held[self.next] = frame
+                self.next += 1
+                for old in [k for k in self.held if k < self.next - self.keep - 2]:
+                    del self.held[old]
+            return self.held[i]

@@ -1,0 +1,125 @@
+"""The output side of a video job, resumable: each finished frame is written at once as a PNG
+carrying its key (clip.frame_key); a rerun reads back the frames that carry theirs and goes on
+from the first one missing. The video is encoded from those frames only when all are there,
+with the job's key in its metadata, then their folder (`OUT.frames/` beside a video output) is
+removed: an output video is always a whole one, and a video carrying its key is done."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..errors import InputError
+from ..io.files import check_writable_dir, describe_os_error
+from ..io.images import carries_key, read_metadata, save_image
+from ..io.video import even_size, is_video, write_video
+from .chain import Frame
+from .clip import ClipPart, frame_key
+
+ENCODED = (".mp4", ".m4v", ".mov", ".mkv")
+
+
+def frames_folder(output: Path) -> Path:
+    """Where the frames go: the output itself when it is a folder, else beside it."""
+    return output.with_name(output.name + ".frames") if is_video(output) else output
+
+
+def frame_path(folder: Path, index: int) -> Path:
+    return folder / f"frame_{index:06d}.png"
+
+
+def check_output(source: Path, styles: Sequence[Path], output: Path) -> None:
+    """InputError before any work: an output that is neither a video we encode nor a folder,
+    one over an input, or one where nothing can be written."""
+    if output.exists() and any(output.samefile(p) for p in [source, *styles] if p.exists()):
+        raise InputError(f"{output}: the output would overwrite one of the inputs")
+    if is_video(output) and output.suffix.lower() not in ENCODED:
+        raise InputError(f"{output}: write {', '.join(ENCODED)} (H.264), or give a folder "
+                         "for PNG frames")
+    if output.suffix and not is_video(output):
+        raise InputError(f"{output}: neither a video ({', '.join(ENCODED)}) nor a folder")
+    if is_video(output) and output.is_dir():
+        raise InputError(f"{output}: is a folder; give a video file name")
+    folder = output.parent if is_video(output) else output
+    try:
+        check_writable_dir(folder)
+    except OSError as e:
+        raise InputError(f"--output: {describe_os_error(e, folder)}") from None
+
+
+@dataclass
+class FrameRecord:
+    """What one output frame took (read back from its PNG for a frame of an earlier run)."""
+
+    losses: dict[str, float]
+    iterations: int
+    seconds: float
+    resumed: bool
+
+
+@dataclass
+class ClipOutput:
+    """One clip's frames as they finish, and the video made of them at the end."""
+
+    part: ClipPart
+    output: Path
+    key: str
+    records: dict[int, FrameRecord] = field(default_factory=dict)
+    size: tuple[int, int] = (0, 0)  # of the frames
+
+    @property
+    def folder(self) -> Path:
+        return frames_folder(self.output)
+
+    def done(self, i: int) -> np.ndarray | None:
+        """Frame i if an earlier run finished it (its PNG carries its key)."""
+        path = frame_path(self.folder, i)
+        if not (path.is_file() and carries_key(path, frame_key(self.key, i))):
+            return None
+        meta = read_metadata(path)
+        self.records[i] = FrameRecord(meta.get("losses", {}), meta.get("iterations", 0), 0.0,
+                                      resumed=True)
+        with Image.open(path) as img:
+            return np.array(img.convert("RGB"))
+
+    def finished(self, frame: Frame) -> None:
+        """Keep a frame just optimized (a read-back one is on disk already)."""
+        self.size = (frame.pixels.shape[1], frame.pixels.shape[0])
+        if frame.resumed:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        save_image(Image.fromarray(frame.pixels), frame_path(self.folder, frame.index),
+                   {"job_key": frame_key(self.key, frame.index), "frame": frame.index,
+                    "losses": frame.losses, "iterations": frame.iterations})
+        self.records[frame.index] = FrameRecord(frame.losses, frame.iterations, frame.seconds,
+                                                resumed=False)
+
+    def finish(self, crf: int) -> None:
+        """Encode the video from the frames (all there), then remove their folder; a folder
+        output is finished as it is."""
+        if not is_video(self.output):
+            return
+        write_video(self._frames(), self.output, self.part.fps, crf, self.part.info,
+                    self.part.start, self.part.end, metadata=self.metadata())
+        shutil.rmtree(self.folder)
+
+    def metadata(self) -> dict[str, Any]:
+        return {"job_key": self.key, "frames": self.part.count, "fps": str(self.part.fps)}
+
+    def _frames(self) -> Iterator[np.ndarray]:
+        for i in range(self.part.count):
+            with Image.open(frame_path(self.folder, i)) as img:
+                rgb = np.asarray(img.convert("RGB"))
+            w, h = even_size((rgb.shape[1], rgb.shape[0]))
+            yield np.ascontiguousarray(rgb[:h, :w])
+
+    @property
+    def fps(self) -> Fraction:
+        return self.part.fps
