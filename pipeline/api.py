@@ -289,7 +289,7 @@ def stylize(content: ImageSource, styles: ImageSource | Sequence[ImageSource],
 
 CACHE_PARTS = {"weights": "dequantized weights", "models": "ONNX models",
                "trt": "TensorRT engines", "targets": "content/style targets",
-               "probes": "measured hardware defaults"}
+               "flows": "optical flows of video frames", "probes": "measured hardware defaults"}
 
 
 def cache_contents(cache: str | None = None) -> tuple[Path, dict[str, tuple[list[Path],

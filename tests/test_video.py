@@ -4,6 +4,7 @@ are drawn here (pipeline/video/synthetic.py), never downloaded."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -105,6 +106,28 @@ def test_frames_tied_by_the_temporal_term_flicker_less_than_independent_ones(cpu
     ours, baseline = stability(tied, clip), stability(alone, clip)
     assert ours < 0.5 * baseline, (ours, baseline)
     assert iterations[0] == 40 and all(n <= 20 for n in iterations[1:])
+
+
+def test_flows_are_computed_once_per_clip_and_size(tmp_path, monkeypatch):
+    """The flows of a clip are cached by its frames' pixels: the same clip with another
+    style computes none, and gets the same frames as with flows computed afresh."""
+    from pipeline.accel.runtime import Runtime
+    from pipeline.video import flow as flow_module
+
+    runtime = Runtime.create("cpu", "fp32", channels_last=False, cache=str(tmp_path / "cache"),
+                             targets="torch")  # a cache of its own, without an ONNX export
+    clip = camera_clip(drawn_scene((320, 240)), (48, 36), 5)
+    params = StyleParams(size=48, iterations=6)
+    video = VideoParams(frame_iterations=4)
+    _chain([clip], params, video, runtime)
+    cached = sorted((tmp_path / "cache" / "flows").rglob("*.safetensors"))
+    assert len(cached) == 1 + 2 + 2 + 3  # frames 1..4 to each earlier frame 1, 2, 4 back
+    computed = _chain([clip], params, video, dataclasses.replace(runtime, cache_targets=False))[0]
+    monkeypatch.setattr(flow_module, "flow", lambda *a: pytest.fail("a flow was recomputed"))
+    again = _chain([clip], params, video, runtime)[0]
+    assert sorted((tmp_path / "cache" / "flows").rglob("*.safetensors")) == cached
+    for a, b in zip(again, computed, strict=True):  # fp16 storage: within a level
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
 
 def test_two_clips_in_one_batch_equal_each_alone(cpu64):

@@ -33,7 +33,7 @@ def cache_info(cache_dir: str | None = CACHE_OPTION) -> None:
 @reports_errors
 def cache_clear(
     parts: list[str] = typer.Argument(None, help="Parts to empty: weights, models, trt, "
-                                      "targets, probes. Default: all."),
+                                      "targets, flows, probes. Default: all."),
     cache_dir: str | None = CACHE_OPTION,
 ) -> None:
     """Delete the files this program cached; everything is recomputed on demand. Files of

@@ -21,12 +21,14 @@ app.add_typer(manifest_app, name="manifest")
 @reports_errors
 def manifest_build(
     output: Path = typer.Option(..., "--output", "-o", help="Manifest to write (.parquet)."),
-    content: list[str] = typer.Option(None, help="Content images: a folder, a glob pattern or a "
-                                      "file (repeatable). Every content x every style."),
+    content: list[str] = typer.Option(None, help="Content images and videos: a folder, a glob "
+                                      "pattern or a file (repeatable). Every content x every "
+                                      "style; a video makes a video row."),
     style: list[str] = typer.Option(None, help="Style images: a folder, a glob pattern or a file "
                                     "(repeatable)."),
-    content_dir: Path | None = typer.Option(None, help="Dataset mode: the content images under "
-                                            "this folder, with --style-dir and --assign."),
+    content_dir: Path | None = typer.Option(None, help="Dataset mode: the content images and "
+                                            "videos under this folder, with --style-dir and "
+                                            "--assign."),
     style_dir: Path | None = typer.Option(None, help="Dataset mode: the style images in this "
                                           "folder."),
     recursive: bool = typer.Option(False, help="Dataset mode: also the images in subfolders "

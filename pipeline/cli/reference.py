@@ -64,6 +64,7 @@ def cli_table(owner: type) -> str:
 # (file, marker name, table): each table sits between <!-- NAME --> and <!-- /NAME -->.
 TABLES = [
     ("manifests/SCHEMA.md", "parameters", manifest_table),
+    ("manifests/SCHEMA.md", "video-parameters", lambda: manifest_table(VideoParams)),
     ("docs/options.md", "style-options", lambda: cli_table(StyleParams)),
     ("docs/options.md", "video-options", lambda: cli_table(VideoParams)),
     ("docs/options.md", "run-options", lambda: cli_table(RunOptions)),

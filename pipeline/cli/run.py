@@ -29,7 +29,8 @@ from .options import with_options
 from .progress import RunDisplay, console, say, shown, summary_table
 
 SET_OPTION = typer.Option(None, "--set", help="Column default name=value for rows that leave "
-                          "it empty or lack the column (repeatable), e.g. --set size=256.")
+                          "it empty or lack the column (repeatable), e.g. --set size=256; video "
+                          "rows take the video columns too, e.g. --set temporal_weight=500.")
 
 
 @app.command()

@@ -16,6 +16,7 @@ ENTRIES = {
     "models": re.compile(rf"vgg19-[a-z]+-{_HEX16}-(max|avg)-[a-z0-9_-]+\.(onnx|json|onnx\.lock)"),
     "trt": re.compile(r"TensorrtExecutionProvider_[^/]+"),  # ORT's engine and timing caches
     "targets": re.compile(rf"[0-9a-f]{{2}}/{_HEX64}\.safetensors"),
+    "flows": re.compile(rf"[0-9a-f]{{2}}/{_HEX64}\.safetensors"),
     "probes": re.compile(rf"[a-z0-9]+-{_HEX16}\.json(\.lock)?"),
 }
 

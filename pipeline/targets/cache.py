@@ -1,4 +1,5 @@
-"""Content-addressed on-disk cache of targets (content features, style Grams).
+"""Content-addressed on-disk cache of targets (content features, style Grams), and of the optical
+flows between video frames (video/flow.py).
 
 A key is the sha256 of everything the tensors depend on: the image's bytes, the size it was
 resized to and how, the model (backend + digest), the layers and the input normalization.
@@ -74,9 +75,10 @@ class TargetCache:
     def get(self, key: str, compute: Callable[[], dict[str, Tensor]], label: str,
             store: bool = True) -> dict[str, Tensor]:
         """The targets of `key`: from memory, the disk, or `compute()`. store=False: computed
-        every time and kept nowhere (a video frame's)."""
+        every time and kept nowhere (a video frame's). fp16 tensors stay fp16 (flows: half
+        the disk); others are kept in fp32. An empty `label` logs nothing (one per frame)."""
         if not store:
-            return {k: v.detach().float().cpu().contiguous() for k, v in compute().items()}
+            return _host(compute())
         if key in self.memo:
             self.memo.move_to_end(key)
             self.hits += 1
@@ -84,11 +86,12 @@ class TargetCache:
         tensors = self._load(key)
         if tensors is not None:
             self.hits += 1
-            log.info("targets: %s: cache hit %s", label, key[:12])
+            if label:
+                log.info("targets: %s: cache hit %s", label, key[:12])
         else:
             self.misses += 1
             start = time.perf_counter()
-            tensors = {k: v.detach().float().cpu().contiguous() for k, v in compute().items()}
+            tensors = _host(compute())
             seconds = time.perf_counter() - start
             bad = [k for k, v in tensors.items() if not torch.isfinite(v).all()]
             if bad:
@@ -97,11 +100,18 @@ class TargetCache:
             if self.root is not None:
                 meta = {"key": key, "checksum": tree_digest(tensors)}
                 atomic_write_bytes(self.path(key), save(tensors, metadata=meta))
-            log.info("targets: %s: computed in %.2f s, cached as %s", label, seconds, key[:12])
+            if label:
+                log.info("targets: %s: computed in %.2f s, cached as %s", label, seconds,
+                         key[:12])
         self.memo[key] = tensors
         if len(self.memo) > self.memo_entries:
             self.memo.popitem(last=False)
         return tensors
+
+
+def _host(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: (v if v.dtype == torch.float16 else v.float()).detach().cpu().contiguous()
+            for k, v in tensors.items()}
 
 
 def image_digest(source: object) -> str:

@@ -29,7 +29,9 @@ from ..api import ImageSource, Runtime, StyleJob, StyleParams, prepare, stylize_
 from ..gatys.color import luminance
 from ..gatys.engine import Checkpointing, Progress
 from ..gatys.temporal import Temporal
+from ..io.files import cache_dir
 from ..io.images import SizedImage
+from ..targets.cache import TargetCache
 from .flow import Ahead, temporal_target
 from .params import VideoParams
 
@@ -106,8 +108,9 @@ def stylize_clips(clips: Sequence[ClipSource], params: StyleParams, video: Video
         return seen[c, i]
 
     offsets = sorted(video.temporal_frames)
-    aheads = [Ahead(lambda i, c=c: working_frame(c, i), offsets) if tied else None
-              for c in range(len(clips))]
+    flows = cache_dir(runtime.cache) / "flows" if runtime.cache_targets else None
+    aheads = [Ahead(lambda i, c=c: working_frame(c, i), offsets, TargetCache(flows, 0))
+              if tied else None for c in range(len(clips))]  # a cache per thread
     try:
         for i in range(max(clip.count for clip in clips)):
             active = [c for c, clip in enumerate(clips) if i < clip.count]

@@ -2,11 +2,15 @@
 at the working resolution, and the temporal targets a frame is optimized against.
 
 Flow is computed on a thread ahead of the optimizer (`Ahead`): OpenCV releases the GIL, so
-frame i+1's flows are ready when frame i's optimization ends.
+frame i+1's flows are ready when frame i's optimization ends. Flows are cached as the targets
+are (targets/cache.py, under `flows/`), keyed by the two frames' pixels and the method: the
+same video at the same size with another style, weight or part reuses them. They are stored
+in fp16 (a hundredth of a pixel at the flows a frame holds), half the disk of fp32.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -18,6 +22,7 @@ from torch import Tensor
 
 from ..errors import SourceMissingError
 from ..gatys.temporal import Temporal, consistency, nearest_first, warp
+from ..targets.cache import TargetCache
 
 _local = threading.local()
 
@@ -52,6 +57,27 @@ def flow_pair(now: np.ndarray, before: np.ndarray) -> tuple[Tensor, Tensor]:
     return tensor(flow(now, before)), tensor(flow(before, now))
 
 
+def flow_key(now: np.ndarray, before: np.ndarray) -> str:
+    """What decides a flow pair: both frames' pixels and the method (OpenCV's version too)."""
+    import cv2
+
+    h = hashlib.sha256(f"dis-medium|{cv2.__version__}|{now.shape}|{before.shape}".encode())
+    h.update(np.ascontiguousarray(now).tobytes())
+    h.update(np.ascontiguousarray(before).tobytes())
+    return h.hexdigest()
+
+
+def cached_flow_pair(now: np.ndarray, before: np.ndarray, cache: TargetCache
+                     ) -> tuple[Tensor, Tensor]:
+    """flow_pair, from `cache` when it holds it (stored in fp16)."""
+    def compute() -> dict[str, Tensor]:
+        back, forward = flow_pair(now, before)
+        return {"back": back.half(), "forward": forward.half()}
+
+    found = cache.get(flow_key(now, before), compute, "")
+    return found["back"].float(), found["forward"].float()
+
+
 def temporal_target(flows: Sequence[tuple[Tensor, Tensor]], earlier: Sequence[Tensor],
                     gamma: float) -> tuple[Temporal, Tensor]:
     """The temporal term of a frame and its starting image. `flows`: (back, forward) to each
@@ -67,13 +93,15 @@ class Ahead:
     """Each frame's flows to its earlier frames, computed on a worker thread one frame ahead
     of whoever asks for them."""
 
-    def __init__(self, frame: Callable[[int], np.ndarray], offsets: Sequence[int]):
-        self.frame, self.offsets = frame, tuple(offsets)
+    def __init__(self, frame: Callable[[int], np.ndarray], offsets: Sequence[int],
+                 cache: TargetCache):
+        self.frame, self.offsets, self.cache = frame, tuple(offsets), cache
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flow")
         self.pending: dict[int, Future[list[tuple[Tensor, Tensor]]]] = {}
 
     def _flows(self, i: int) -> list[tuple[Tensor, Tensor]]:
-        return [flow_pair(self.frame(i), self.frame(i - j)) for j in self.offsets if j <= i]
+        return [cached_flow_pair(self.frame(i), self.frame(i - j), self.cache)
+                for j in self.offsets if j <= i]
 
     def request(self, i: int) -> None:
         if i not in self.pending:
