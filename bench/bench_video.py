@@ -7,12 +7,14 @@ the paper's stability measure (mean squared difference of consecutive stylized f
 warping by the exact flow, over pixels visible in both) and its ratio to the baseline's; each
 frame's content+style objective against the independent frame's (mean and worst over the
 frames after the first); the mean iterations of the later frames over the first frame's; and
-frames per hour.
+frames per hour. Each --passes value `NxI` runs the multi-pass scheme (N passes, I iterations
+a pass after the first) at the default temporal weight; its iterations column is a frame's
+total over the chain's first frame's.
 
 Usage: python -m bench.bench_video [--scene ../shared/data/images/boston.jpg] [--size 256]
-[--frames 12] [--weights 0,50,200,1000] [--style starry_night] [--json bench-out/video.json]
-[--preview docs/video-preview.webp]: the independent frames beside the chain of the last weight,
-as a looping animated WebP.
+[--frames 12] [--weights 0,50,200,1000] [--passes 4x50] [--style starry_night]
+[--json bench-out/video.json] [--preview docs/video-preview.webp]: the independent frames
+beside the chain of the last weight, as a looping animated WebP.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import numpy as np
 from PIL import Image
 
 from pipeline import Runtime, StyleParams
-from pipeline.video.chain import ClipSource, Frame, stylize_clips
+from pipeline.video.chain import stylize_clips
+from pipeline.video.frames import ClipSource, Frame
 from pipeline.video.params import VideoParams
 from pipeline.video.synthetic import camera_clip, stability
 
@@ -40,14 +43,14 @@ def _cpu() -> str:
     return platform.processor()
 
 
-def run(clip, style: Path, params: StyleParams, weight: float, runtime: Runtime) -> dict:
+def run(clip, style: Path, params: StyleParams, video: VideoParams, runtime: Runtime,
+        label: str) -> dict:
     frames: list[Frame] = []
     started = time.perf_counter()
     stylize_clips([ClipSource(lambda i: clip.frames[i], len(clip.frames), [str(style)])],
-                  params, VideoParams(temporal_weight=weight), runtime, lambda c, i: None,
-                  frames.append)
+                  params, video, runtime, lambda c, i: None, frames.append)
     seconds = time.perf_counter() - started
-    return {"weight": weight, "seconds": seconds,
+    return {"label": label, "passes": video.passes, "seconds": seconds,
             "stability": stability([f.pixels for f in frames], clip),
             "frames": [f.pixels for f in frames],
             "objective": [f.losses["content"] + f.losses["style"] for f in frames],
@@ -61,6 +64,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--frames", type=int, default=12)
     ap.add_argument("--weights", default="0,50,200,1000")
+    ap.add_argument("--passes", default="", help="multi-pass runs, e.g. 4x50,8x25")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--preview", type=Path)
     args = ap.parse_args()
@@ -74,7 +78,11 @@ def main() -> None:
     runtime = Runtime.start("cpu")
     params = StyleParams(size=args.size)
     weights = [0.0, *(w for w in map(float, args.weights.split(",")) if w != 0)]
-    results = [run(clip, style, params, weight, runtime) for weight in weights]
+    runs = [(VideoParams(temporal_weight=w), f"{w:g}") for w in weights]
+    for spec in filter(None, args.passes.split(",")):
+        n, per = map(int, spec.split("x"))
+        runs.append((VideoParams(passes=n, pass_iterations=per), f"multi-pass {n}x{per}"))
+    results = [run(clip, style, params, video, runtime, label) for video, label in runs]
     base = results[0]
     print(f"{args.scene.name} x {style.name}, {size[0]}x{size[1]}, {args.frames} frames, "
           f"{runtime.precision}, {_cpu()}")
@@ -83,13 +91,14 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for r in results:
         ratios = [a / b for a, b in zip(r["objective"][1:], base["objective"][1:], strict=True)]
-        later = statistics.mean(r["iterations"][1:]) / r["iterations"][0]
-        print(f"| {r['weight']:g} | {r['stability']:.1f} | "
+        later = (statistics.mean(r["iterations"]) / base["iterations"][0] if r["passes"]
+                 else statistics.mean(r["iterations"][1:]) / r["iterations"][0])
+        print(f"| {r['label']} | {r['stability']:.1f} | "
               f"{r['stability'] / base['stability']:.2f}x | {statistics.mean(ratios):.3f}, "
               f"{max(ratios):.3f} | {later:.2f} | "
               f"{3600 * args.frames / r['seconds']:,.0f} |")
     if args.preview:
-        preview(base["frames"], results[-1]["frames"], args.preview)
+        preview(base["frames"], results[len(weights) - 1]["frames"], args.preview)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         runs = [{k: v for k, v in r.items() if k != "frames"} for r in results]

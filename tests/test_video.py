@@ -27,8 +27,9 @@ av = pytest.importorskip("av", reason="the video extra: pip install -e '.[video]
 pytest.importorskip("cv2", reason="the video extra: pip install -e '.[video]'")
 
 from pipeline.io.video import probe  # noqa: E402
-from pipeline.video.chain import ClipSource, stylize_clips  # noqa: E402
+from pipeline.video.chain import stylize_clips  # noqa: E402
 from pipeline.video.flow import flow_pair  # noqa: E402
+from pipeline.video.frames import ClipSource  # noqa: E402
 from pipeline.video.params import VideoParams  # noqa: E402
 from pipeline.video.synthetic import camera_clip, drawn_scene, stability, write_clip  # noqa: E402
 
@@ -93,8 +94,8 @@ def _chain(clips, params, video, runtime, done=lambda c, i: None):
 
 def test_frames_tied_by_the_temporal_term_flicker_less_than_independent_ones(cpu32):
     """The paper's stability measure on a clip with exact flow: at least 2x lower for the
-    chain than for independent frames (about 4x here), later frames at most
-    --frame-iterations."""
+    chain and for the multi-pass scheme than for independent frames (about 4x here), later
+    frames at most --frame-iterations, each pass --pass-iterations."""
     clip = camera_clip(drawn_scene((320, 240)), (64, 48), 5)
     params = StyleParams(size=64, iterations=40)
     tied: list[np.ndarray] = []
@@ -106,6 +107,13 @@ def test_frames_tied_by_the_temporal_term_flicker_less_than_independent_ones(cpu
     ours, baseline = stability(tied, clip), stability(alone, clip)
     assert ours < 0.5 * baseline, (ours, baseline)
     assert iterations[0] == 40 and all(n <= 20 for n in iterations[1:])
+    passes: list = []
+    stylize_clips([_frames_of(clip)], params, VideoParams(passes=3, pass_iterations=8), cpu32,
+                  lambda c, i: None, passes.append)
+    assert [f.index for f in passes] == list(range(5))
+    assert all(f.iterations <= 40 + 2 * 8 for f in passes)
+    multi = stability([f.pixels for f in passes], clip)
+    assert multi < 0.5 * baseline, (multi, baseline)
 
 
 def test_flows_are_computed_once_per_clip_and_size(tmp_path, monkeypatch):

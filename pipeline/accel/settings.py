@@ -66,7 +66,7 @@ class RuntimeOptions:
     cache: str | None = option(
         None, "Cache root for weights, ONNX models, TensorRT engines and targets.  [default: "
         "the user cache dir]", flags=("--cache-dir",), envvar=CACHE_ENV)
-    cache_targets: bool = option(True, "Keep computed targets in the cache.")
+    cache_targets: bool = option(True, "Keep computed targets (and video flows) in the cache.")
 
     def validate(self) -> tuple[str, ...]:
         """InputError naming the first bad setting, before any work; the providers parsed."""

@@ -22,8 +22,9 @@ from ..gatys.engine import Checkpointing
 from ..gatys.trace import Traces
 from ..io.files import describe_os_error
 from ..io.images import check_image_file
-from ..video.chain import Frame, stylize_clips
+from ..video.chain import stylize_clips
 from ..video.clip import clip_part, frame_key
+from ..video.frames import Frame
 from ..video.output import ClipOutput
 from . import ledger
 from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint

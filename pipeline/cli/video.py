@@ -11,8 +11,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..api import Runtime, RuntimeOptions, StyleParams
-from ..video.chain import Frame
 from ..video.file import stylize_video_file
+from ..video.frames import Frame
 from ..video.output import frames_folder
 from ..video.params import VideoParams
 from .app import app, reports_errors, say

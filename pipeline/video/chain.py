@@ -8,6 +8,8 @@ own styles: every loss is per sample, so each clip's frames are those it would g
 frame already finished (on disk, found by `done`) is read back instead of being run again: a
 stopped clip resumes at the first frame it lacks.
 
+With --passes, `stylize_clips` runs each clip by the multi-pass scheme instead (passes.py).
+
 Departures: later frames run one stage at full size (they start from a stylized image; the
 coarse stages of --scales only serve the first), and with --tol their early stopping window is
 --frame-tol-window.
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,54 +27,16 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..api import ImageSource, Runtime, StyleJob, StyleParams, prepare, stylize_prepared
-from ..gatys.color import luminance
+from ..api import Runtime, StyleJob, StyleParams, prepare, stylize_prepared
 from ..gatys.engine import Checkpointing, Progress
 from ..gatys.temporal import Temporal
 from ..io.files import cache_dir
 from ..io.images import SizedImage
 from ..targets.cache import TargetCache
 from .flow import Ahead, temporal_target
+from .frames import ClipSource, Frame, for_transfer, later_params, to_pixels, to_tensor
 from .params import VideoParams
-
-
-@dataclass
-class Frame:
-    """One stylized frame of one clip."""
-
-    clip: int
-    index: int
-    pixels: np.ndarray           # [H, W, 3] uint8, the working size
-    losses: dict[str, float]
-    iterations: int
-    seconds: float
-    resumed: bool = False        # read back from an earlier run, not optimized now
-
-
-@dataclass
-class ClipSource:
-    """A clip's frames by index (decoded ahead by the caller), how many there are, and the
-    styles it is stylized with."""
-
-    frame: Callable[[int], np.ndarray]
-    count: int
-    styles: Sequence[ImageSource]
-
-
-def later_params(params: StyleParams, video: VideoParams) -> StyleParams:
-    """The parameters of a frame after the first (see the module docstring)."""
-    if video.temporal_weight == 0:  # independent frames: each is a first frame
-        return params
-    return dataclasses.replace(params, iterations=video.frame_iterations, scales=1,
-                               tol_window=min(video.frame_tol_window, video.frame_iterations))
-
-
-def _pixels(image: Tensor) -> np.ndarray:
-    return image.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-
-
-def _tensor(pixels: np.ndarray) -> Tensor:
-    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float()
+from .passes import stylize_passes
 
 
 def stylize_clips(clips: Sequence[ClipSource], params: StyleParams, video: VideoParams,
@@ -89,6 +53,19 @@ def stylize_clips(clips: Sequence[ClipSource], params: StyleParams, video: Video
     for clip in clips:
         params.validate(n_styles=len(clip.styles))
     video.validate()
+    flows = cache_dir(runtime.cache) / "flows" if runtime.cache_targets else None
+    if video.passes:
+        _by_passes(clips, params, video, runtime, done, finished, TargetCache(flows, 0))
+    else:
+        _chain(clips, params, video, runtime, done, finished, progress, checkpointing, flows)
+
+
+def _chain(clips: Sequence[ClipSource], params: StyleParams, video: VideoParams,
+           runtime: Runtime, done: Callable[[int, int], np.ndarray | None],
+           finished: Callable[[Frame], None], progress: Callable[[int, int], Progress | None],
+           checkpointing: Callable[[int, list[int]], Checkpointing | None],
+           flows: Path | None) -> None:
+    """Frame i of every clip as one batch, i = 0, 1, ... (the module docstring)."""
     later = later_params(params, video)
     tied = video.temporal_weight > 0
     history: dict[int, dict[int, Tensor]] = {c: {} for c in range(len(clips))}
@@ -104,11 +81,10 @@ def stylize_clips(clips: Sequence[ClipSource], params: StyleParams, video: Video
     def working_frame(c: int, i: int) -> np.ndarray:
         """Frame i at the working size, made once: each frame's flows look back at several."""
         if (c, i) not in seen:
-            seen[c, i] = _pixels(content(c, i)[0].pixels)
+            seen[c, i] = to_pixels(content(c, i)[0].pixels)
         return seen[c, i]
 
     offsets = sorted(video.temporal_frames)
-    flows = cache_dir(runtime.cache) / "flows" if runtime.cache_targets else None
     aheads = [Ahead(lambda i, c=c: working_frame(c, i), offsets, TargetCache(flows, 0))
               if tied else None for c in range(len(clips))]  # a cache per thread
     try:
@@ -132,6 +108,21 @@ def stylize_clips(clips: Sequence[ClipSource], params: StyleParams, video: Video
                 ahead.close()
 
 
+def _by_passes(clips: Sequence[ClipSource], params: StyleParams, video: VideoParams,
+               runtime: Runtime, done: Callable[[int, int], np.ndarray | None],
+               finished: Callable[[Frame], None], flows: TargetCache) -> None:
+    """Every frame of a clip at once (passes.py), a clip after another; a clip whose frames
+    an earlier run finished is read back whole, one missing any is run again whole."""
+    for c, clip in enumerate(clips):
+        found = [done(c, i) for i in range(clip.count)]
+        if any(frame is None for frame in found):
+            stylize_passes(clip, c, params, video, runtime, flows, finished)
+            continue
+        for i, frame in enumerate(found):
+            assert frame is not None
+            finished(Frame(c, i, frame, {}, 0, 0.0, resumed=True))
+
+
 def _read_back(c: int, i: int, done: Callable[[int, int], np.ndarray | None],
                history: dict[int, dict[int, Tensor]], finished: Callable[[Frame], None]
                ) -> bool:
@@ -139,7 +130,7 @@ def _read_back(c: int, i: int, done: Callable[[int, int], np.ndarray | None],
     found = done(c, i)
     if found is None:
         return False
-    history[c][i] = _tensor(found)[None]
+    history[c][i] = to_tensor(found)[None]
     finished(Frame(c, i, found, {}, 0, 0.0, resumed=True))
     return True
 
@@ -159,7 +150,7 @@ def _run_frames(todo: list[int], i: int, content: Callable[[int, int], Any],
             ahead = aheads[c]
             assert ahead is not None
             flows = ahead.get(i)
-            earlier = [_for_transfer(history[c][i - j], params)
+            earlier = [for_transfer(history[c][i - j], params)
                        for j in offsets if j <= i]
             target, start = temporal_target(flows, earlier, video.temporal_weight)
             targets.append(target)
@@ -171,12 +162,6 @@ def _run_frames(todo: list[int], i: int, content: Callable[[int, int], Any],
     results = stylize_prepared(prepared, params, runtime, one, checkpointing, start=x0,
                                temporal=temporal)
     for c, result in zip(todo, results, strict=True):
-        pixels = _pixels(result.pixels)
-        history[c][i] = _tensor(pixels)[None]
+        pixels = to_pixels(result.pixels)
+        history[c][i] = to_tensor(pixels)[None]
         finished(Frame(c, i, pixels, result.losses, result.iterations, result.seconds))
-
-
-def _for_transfer(image: Tensor, params: StyleParams) -> Tensor:
-    """An earlier stylized frame as the optimizer sees images: its luminance with
-    color=luminance (the colours are put back after)."""
-    return luminance(image[0])[None] if params.color == "luminance" else image

@@ -16,7 +16,7 @@ import numpy as np
 from ..api import ImageSource, StyleParams
 from ..errors import InputError
 from ..io.video import VideoInfo, frame_count, parse_time, probe, read_frames
-from .chain import ClipSource
+from .frames import ClipSource
 from .params import VideoParams
 
 

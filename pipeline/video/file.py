@@ -13,8 +13,9 @@ from ..gatys.engine import Progress
 from ..io.files import file_digest
 from ..io.images import check_image_file
 from ..io.video import is_video
-from .chain import Frame, stylize_clips
+from .chain import stylize_clips
 from .clip import clip_key, clip_part
+from .frames import Frame
 from .output import ClipOutput, check_output
 from .params import VideoParams
 

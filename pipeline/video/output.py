@@ -20,8 +20,8 @@ from ..errors import InputError
 from ..io.files import check_writable_dir, describe_os_error
 from ..io.images import carries_key, read_metadata, save_image
 from ..io.video import even_size, is_video, write_video
-from .chain import Frame
 from .clip import ClipPart, frame_key
+from .frames import Frame
 
 ENCODED = (".mp4", ".m4v", ".mov", ".mkv")
 

@@ -32,6 +32,16 @@ class VideoParams:
                                         "frame gets --iterations.", lo=1, hi=100_000)
     frame_tol_window: int = option(20, "Early stopping window of the frames after the first "
                                        "(--tol applies).", lo=1, hi=100_000)
+    passes: int = option(0, "0 = the frame chain (each frame from the one before it). 2 or "
+                            "more = multi-pass: every frame optimized at once, alternating "
+                            "forward and backward passes, each blending a frame with its "
+                            "warped neighbour; the first pass gives each frame --iterations, "
+                            "the later ones --pass-iterations.", lo=0, hi=1000)
+    pass_iterations: int = option(50, "Multi-pass: iterations of each frame in a pass after "
+                                      "the first.", lo=1, hi=100_000)
+    pass_blend: float = option(0.5, "Multi-pass: how much of the warped neighbour a frame "
+                                    "starts each pass from, where the flow is consistent "
+                                    "(Ruder et al.'s delta).", lo=0, hi=1)
     start: str = option("0", "Where the clip starts: seconds (12.5 or 12.5s) or frames of the "
                              "input (300f).", key=False)
     end: str | None = option(None, "Where the clip ends, as --start; none = at its end.",
@@ -54,6 +64,8 @@ class VideoParams:
     def validate(self) -> VideoParams:
         """InputError naming the first bad option; self when all are valid."""
         check(self)
+        if self.passes == 1:
+            raise InputError("passes must be 0 (the frame chain) or at least 2, got 1")
         frames = self.temporal_frames
         if not frames or len(set(frames)) != len(frames) or not all(1 <= j <= 64 for j in frames):
             raise InputError(f"temporal_frames must be distinct numbers between 1 and 64, got "

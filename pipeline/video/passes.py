@@ -1,0 +1,120 @@
+"""The multi-pass scheme (Ruder, Dosovitskiy & Brox 2016, Sec. 3.5; IJCV 2018): every frame of a
+clip is optimized at once, in passes of a few iterations that alternate between forward and
+backward. The first pass stylizes each frame alone; in each later pass a frame starts from a
+blend of itself and its neighbour in the pass's direction (the frame before it going forward,
+after it going backward) warped into it,
+
+    start_i = delta c ∘ warp(x_n) + (1 - delta c) ∘ x_i,
+
+where c are the consistency weights, and is held to that warped neighbour by the temporal term.
+Frames at the start of a pass's direction have no neighbour and keep their own image.
+
+Departure: a pass blends with the neighbour's image of the previous pass (the paper's runs
+frame after frame within a pass, with the neighbour of the same pass). Every frame of a pass is
+then independent of the others, so a pass is batches of any frames, in any order: a long clip
+fills a GPU's batch the chain cannot (the chain has one frame per clip in flight), at the price
+of information moving one frame per pass. Only the short-term neighbour is used.
+
+A clip runs whole or not at all: passes are not checkpointed, and a clip with a frame missing
+from an earlier run is run again from its first pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ..api import Runtime, StyleJob, StyleParams, prepare, stylize_prepared
+from ..gatys.temporal import Temporal, consistency, warp
+from ..io.images import SizedImage
+from ..targets.cache import TargetCache
+from .flow import cached_flow_pair
+from .frames import ClipSource, Frame, for_transfer, to_pixels, to_tensor
+from .params import VideoParams
+
+
+@dataclass
+class _Made:
+    """A frame as the passes have left it so far."""
+
+    pixels: np.ndarray
+    losses: dict[str, float]
+    iterations: int = 0
+    seconds: float = 0.0
+
+
+def pass_params(params: StyleParams, video: VideoParams) -> StyleParams:
+    """The parameters of a pass after the first: one full-size stage of --pass-iterations."""
+    return dataclasses.replace(params, iterations=video.pass_iterations, scales=1,
+                               tol_window=min(params.tol_window, video.pass_iterations))
+
+
+def stylize_passes(clip: ClipSource, index: int, params: StyleParams, video: VideoParams,
+                   runtime: Runtime, flows: TargetCache, finished: Callable[[Frame], None],
+                   batch: int = 8) -> None:
+    """Stylize every frame of `clip` (clip number `index` of the caller) in video.passes
+    passes, `batch` frames at a time; `finished` gets each frame, in order, after the last."""
+    # Working-size frames, decoded once in the first pass: the flows and later passes use them
+    # (a frame already at its size is not resized again: the same pixels).
+    content: dict[int, np.ndarray] = {}
+
+    def prepared(i: int, pass_params: StyleParams) -> tuple[SizedImage, list[SizedImage]]:
+        source = content[i] if i in content else clip.frame(i)
+        image, styles = prepare(StyleJob(Image.fromarray(source), list(clip.styles)),
+                                pass_params)
+        content.setdefault(i, to_pixels(image.pixels))
+        return dataclasses.replace(image, name=f"frame {i}", keep=False), styles
+
+    made: dict[int, _Made] = {}
+    later = pass_params(params, video)
+    for p in range(video.passes):
+        forward = p % 2 == 1
+        for first in range(0, clip.count, batch):
+            frames = list(range(first, min(first + batch, clip.count)))
+            jobs = [prepared(i, params if p == 0 else later) for i in frames]
+            start, temporal = (None, None) if p == 0 else _from_neighbours(
+                frames, forward, made, content, flows, params, video)
+            began = time.perf_counter()
+            results = stylize_prepared(jobs, params if p == 0 else later, runtime,
+                                       start=start, temporal=temporal)
+            share = (time.perf_counter() - began) / len(frames)
+            for i, result in zip(frames, results, strict=True):
+                before = made.get(i, _Made(np.empty(0), {}))
+                made[i] = _Made(to_pixels(result.pixels), result.losses,
+                                before.iterations + result.iterations, before.seconds + share)
+    for i in range(clip.count):
+        m = made[i]
+        finished(Frame(index, i, m.pixels, m.losses, m.iterations, m.seconds))
+
+
+def _from_neighbours(frames: list[int], forward: bool, made: dict[int, _Made],
+                     content: dict[int, np.ndarray], flows: TargetCache, params: StyleParams,
+                     video: VideoParams) -> tuple[Tensor, Temporal]:
+    """Each frame's start (its blend with its warped neighbour) and temporal term, from the
+    previous pass's images."""
+    starts, targets = [], []
+    for i in frames:
+        own = for_transfer(to_tensor(made[i].pixels)[None], params)
+        n = i - 1 if forward else i + 1
+        if n not in made:  # the first frame in this direction: itself, no temporal pull
+            starts.append(own)
+            targets.append(Temporal(own, torch.zeros_like(own[:, :1]), torch.zeros(1)))
+            continue
+        # a pair's flows are from the later frame to the earlier and back
+        later_to_earlier, earlier_to_later = cached_flow_pair(content[max(i, n)],
+                                                              content[min(i, n)], flows)
+        back, fwd = ((later_to_earlier, earlier_to_later) if forward
+                     else (earlier_to_later, later_to_earlier))
+        c = consistency(back, fwd)
+        warped = warp(for_transfer(to_tensor(made[n].pixels)[None], params), back)
+        starts.append(video.pass_blend * c * warped + (1 - video.pass_blend * c) * own)
+        targets.append(Temporal.of([warped], [c], video.temporal_weight))
+    return torch.cat(starts), Temporal(*(torch.cat([getattr(t, f.name) for t in targets])
+                                         for f in dataclasses.fields(Temporal)))
