@@ -180,12 +180,15 @@ def test_video_end_to_end_keeps_rate_duration_and_audio(clip_file, tmp_path):
 
 
 def test_part_of_a_clip_at_another_rate_into_a_folder(clip_file, tmp_path):
+    """Also by the multi-pass scheme: every frame gets its first pass and two more."""
     source, style = clip_file
     out = tmp_path / "frames"
     result = runner.invoke(app, ["video", str(source), str(style), "-o", str(out), *FAST,
-                                 "--start", "2f", "--end", "0.75", "--fps", "4"])
+                                 "--start", "2f", "--end", "0.75", "--fps", "4", "--passes",
+                                 "3", "--pass-iterations", "3", "--tol", "0"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["frame_000000.png", "frame_000001.png"]
+    assert "18 per frame over 3 passes" in result.output  # 12 + 2 x 3 each
 
 
 def _spawn(source, style, out):

@@ -78,7 +78,10 @@ def video(
     table.add_row("frames", f"{result.frames} ({result.resumed} from an earlier run)")
     table.add_row("device", f"{runtime.device} {runtime.precision} "
                   f"({runtime.precision_reason})")
-    if result.iterations:
+    if result.iterations and video.passes:
+        mean = sum(result.iterations) / len(result.iterations)
+        table.add_row("iterations", f"{mean:.0f} per frame over {video.passes} passes")
+    elif result.iterations:
         first = f"first {result.iterations[0]}, " if result.resumed == 0 else ""
         mean = sum(later) / len(later) if later else 0
         table.add_row("iterations", f"{first}later frames {mean:.0f} on average")
