@@ -9,12 +9,14 @@ frame's content+style objective against the independent frame's (mean and worst 
 frames after the first); the mean iterations of the later frames over the first frame's; and
 frames per hour. Each --passes value `NxI` runs the multi-pass scheme (N passes, I iterations
 a pass after the first) at the default temporal weight; its iterations column is a frame's
-total over the chain's first frame's.
+total over the chain's first frame's. `--speed` runs the chain alone, at the default
+weight, and gives the first frame's seconds and the later frames' rate: what a long clip
+approaches.
 
 Usage: python -m bench.bench_video [--scene ../shared/data/images/boston.jpg] [--size 256]
 [--frames 12] [--weights 0,50,200,1000] [--passes 4x50] [--style starry_night]
-[--json bench-out/video.json] [--preview docs/video-preview.webp]: the independent frames
-beside the chain of the last weight, as a looping animated WebP.
+[--json bench-out/video.json] [--preview docs/video-preview.webp] [--speed]: the
+independent frames beside the chain of the last weight, as a looping animated WebP.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ def run(clip, style: Path, params: StyleParams, video: VideoParams, runtime: Run
             "stability": stability([f.pixels for f in frames], clip),
             "frames": [f.pixels for f in frames],
             "objective": [f.losses["content"] + f.losses["style"] for f in frames],
-            "iterations": [f.iterations for f in frames]}
+            "iterations": [f.iterations for f in frames],
+            "frame_seconds": [f.seconds for f in frames]}
 
 
 def main() -> None:
@@ -67,6 +70,7 @@ def main() -> None:
     ap.add_argument("--passes", default="", help="multi-pass runs, e.g. 4x50,8x25")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--preview", type=Path)
+    ap.add_argument("--speed", action="store_true", help="the chain alone: its frame rates")
     args = ap.parse_args()
     style = next(args.scene.parent.glob(f"{args.style}.*"))
     with Image.open(args.scene) as img:
@@ -77,6 +81,9 @@ def main() -> None:
     clip = camera_clip(scene, size, args.frames, pan=size[0] / 100, zoom=1.005, turn=0.2)
     runtime = Runtime.start("cpu")
     params = StyleParams(size=args.size)
+    if args.speed:
+        speed(run(clip, style, params, VideoParams(), runtime, "chain"), size, runtime)
+        return
     weights = [0.0, *(w for w in map(float, args.weights.split(",")) if w != 0)]
     runs = [(VideoParams(temporal_weight=w), f"{w:g}") for w in weights]
     for spec in filter(None, args.passes.split(",")):
@@ -103,6 +110,16 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         runs = [{k: v for k, v in r.items() if k != "frames"} for r in results]
         args.json.write_text(json.dumps({"size": size, "cpu": _cpu(), "runs": runs}))
+
+
+def speed(r: dict, size: tuple[int, int], runtime: Runtime) -> None:
+    first, later = r["frame_seconds"][0], r["frame_seconds"][1:]
+    iterations = statistics.mean(r["iterations"][1:])
+    print(f"| {size[0]}x{size[1]} | {runtime.precision} | {first:.0f} s ({r['iterations'][0]} "
+          f"it) | {statistics.mean(later):.1f} s ({iterations:.0f} it) | "
+          f"{3600 / statistics.mean(later):,.0f} | "
+          f"{3600 * len(r['frame_seconds']) / r['seconds']:,.0f} ({len(later) + 1} frames) | "
+          f"{_cpu()} |")
 
 
 def preview(left: list[np.ndarray], right: list[np.ndarray], path: Path) -> None:

@@ -19,7 +19,15 @@ _CACHE = (Path(tempfile.gettempdir()) / f"style-pipeline-test-{_RUN}" if _RUN
           else tempfile.mkdtemp(prefix="style-pipeline-test-"))
 os.environ.setdefault("STYLE_PIPELINE_CACHE", str(_CACHE))
 
+import torch  # noqa: E402
+
 from pipeline.accel.runtime import Runtime  # noqa: E402 (after the cache is chosen)
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One intra-op thread per test process under `pytest -n`: the processes already fill the
+    # cores, and two OpenMP teams per core spin against each other. A test that needs more
+    # sets them (test_cpu_shards.py); a run's workers set their own.
+    torch.set_num_threads(1)
 
 
 def make_photo(size: tuple[int, int] = (64, 48), seed: int = 0) -> Image.Image:

@@ -32,6 +32,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..api import Runtime, StyleJob, StyleParams, prepare, stylize_prepared
+from ..gatys.engine import Checkpointing
 from ..gatys.temporal import Temporal, consistency, warp
 from ..io.images import SizedImage
 from ..targets.cache import TargetCache
@@ -58,9 +59,11 @@ def pass_params(params: StyleParams, video: VideoParams) -> StyleParams:
 
 def stylize_passes(clip: ClipSource, index: int, params: StyleParams, video: VideoParams,
                    runtime: Runtime, flows: TargetCache, finished: Callable[[Frame], None],
-                   batch: int = 8) -> None:
+                   stop: Callable[[], bool] = lambda: False, batch: int = 8) -> None:
     """Stylize every frame of `clip` (clip number `index` of the caller) in video.passes
-    passes, `batch` frames at a time; `finished` gets each frame, in order, after the last."""
+    passes, `batch` frames at a time; `finished` gets each frame, in order, after the last.
+    `stop()` true: Interrupted (nothing is saved)."""
+    halt = Checkpointing(save=lambda *_: None, stop=stop)
     # Working-size frames, decoded once in the first pass: the flows and later passes use them
     # (a frame already at its size is not resized again: the same pixels).
     content: dict[int, np.ndarray] = {}
@@ -83,7 +86,7 @@ def stylize_passes(clip: ClipSource, index: int, params: StyleParams, video: Vid
                 frames, forward, made, content, flows, params, video)
             began = time.perf_counter()
             results = stylize_prepared(jobs, params if p == 0 else later, runtime,
-                                       start=start, temporal=temporal)
+                                       checkpointing=halt, start=start, temporal=temporal)
             share = (time.perf_counter() - began) / len(frames)
             for i, result in zip(frames, results, strict=True):
                 before = made.get(i, _Made(np.empty(0), {}))
