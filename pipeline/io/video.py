@@ -80,10 +80,7 @@ def probe(path: str | Path) -> VideoInfo:
     empty, audio only) is an InputError naming it."""
     path = Path(path)
     with _open(path) as container:
-        if not container.streams.video:
-            raise InputError(f"{path}: no video stream (audio only?)")
-        stream = container.streams.video[0]
-        first = _first_frame(container, stream, path)
+        stream, first = _first_frame(container, path)
         rotation = _rotation(stream, first)
         w, h = first.width, first.height
         if w * h > MAX_PIXELS:
@@ -102,18 +99,19 @@ def poster(path: str | Path) -> Any:
 
     path = Path(path)
     with _open(path) as container:
-        if not container.streams.video:
-            raise InputError(f"{path}: no video stream (audio only?)")
-        stream = container.streams.video[0]
-        first = _first_frame(container, stream, path)
+        stream, first = _first_frame(container, path)
         return Image.fromarray(_upright(first, _rotation(stream, first)))
 
 
-def _first_frame(container: Any, stream: Any, path: Path) -> Any:
+def _first_frame(container: Any, path: Path) -> tuple[Any, Any]:
+    """The video stream and its first decoded frame; InputError naming the file without."""
     av = _av()
+    if not container.streams.video:
+        raise InputError(f"{path}: no video stream (audio only?)")
+    stream = container.streams.video[0]
     try:
         for frame in container.decode(stream):
-            return frame
+            return stream, frame
     except av.error.FFmpegError as e:
         raise InputError(f"{path}: cannot decode its video ({e.__class__.__name__})") from None
     raise InputError(f"{path}: no decodable video frame")
