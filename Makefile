@@ -41,13 +41,11 @@ browser:  ## install Debian's chromium for the report's browser test, where apt-
 	    chromium chromium-driver >/dev/null; } || \
 	  echo "chromium could not be installed: the report's browser test will skip"
 
-# Three test processes per two cores, handed tests one at a time as each finishes
-# (tests/conftest.py: those sharing a costly fixture go to one process together). Each runs
-# torch on one thread, and many tests wait on subprocesses, Ray or polling: one process per
-# core left the cores half idle.
+# One test process per core, handed tests one at a time as each finishes (tests/conftest.py:
+# those sharing a costly fixture go to one process together).
 test: install browser  ## ruff, then the test suite (CPU; CUDA tests skip without a GPU)
 	$(VENV)/bin/ruff check pipeline export tests bench
-	$(PY) -m pytest tests -n $$(( ($$(nproc) * 3 + 1) / 2 ))
+	$(PY) -m pytest tests -n auto
 
 lint: install  ## ruff alone
 	$(VENV)/bin/ruff check pipeline export tests bench
