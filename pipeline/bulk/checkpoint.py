@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..gatys.engine import tree_to
-from ..io.files import atomic_path
+from ..io.files import atomic_path, describe_os_error
 from ..io.tensor_tree import tree_digest
 
 log = logging.getLogger("pipeline.run")
@@ -77,6 +77,24 @@ def save_checkpoint(path: Path, keys: list[str], iteration: int, images: Tensor,
             if writer.error is not None:
                 raise writer.error from None
             raise
+
+
+def checkpoint_saver(path: Path, keys: list[str]
+                     ) -> Callable[[int, Tensor, dict[str, Any]], None]:
+    """Checkpointing's `save` for one batch: a write that fails (disk full) is said once and
+    let go; the batch goes on, only its resumability is lost."""
+    warned: list[OSError] = []
+
+    def save(iteration: int, images: Tensor, state: dict[str, Any]) -> None:
+        try:
+            save_checkpoint(path, keys, iteration, images, state)
+        except OSError as e:
+            if not warned:
+                warned.append(e)
+                log.warning("cannot write a checkpoint (%s); going on without one",
+                            describe_os_error(e, path.parent))
+
+    return save
 
 
 def load_checkpoint(path: Path, keys: list[str]) -> tuple[int, Tensor, dict[str, Any]] | None:

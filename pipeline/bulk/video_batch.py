@@ -11,7 +11,6 @@ the frame's iterations); its ledger row carries the frames' mean losses and tota
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,9 @@ from ..video.clip import clip_part, frame_key
 from ..video.frames import Frame
 from ..video.output import ClipOutput
 from . import ledger
-from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_path, checkpoint_saver, load_checkpoint
 from .events import BatchStarted, Event, Iteration, Log
 from .jobs import Batch, Job
-
-log = logging.getLogger("pipeline.run")
 
 
 class VideoWriteFailed(OSError):
@@ -122,19 +119,12 @@ class FrameCheckpoints:
         keys = [self.keys[c] for c in todo]
         name = hashlib.sha256("".join(frame_key(k, i) for k in keys).encode()).hexdigest()[:16]
         path = self.paths[i] = checkpoint_path(self.out_dir, name)
-
-        def save(it: int, x: Any, state: Any) -> None:
-            try:
-                save_checkpoint(path, keys, it, x, state)
-            except OSError as e:
-                log.warning("cannot write a checkpoint (%s); going on without one",
-                            describe_os_error(e, path.parent))
-
         resume = load_checkpoint(path, keys)
         if resume is not None:
             self.say(f"resuming frame {i} of {len(todo)} video(s) from its checkpoint at "
                      f"iteration {resume[0]}")
-        return Checkpointing(save=save, every=self.every, resume=resume, stop=self.stop)
+        return Checkpointing(save=checkpoint_saver(path, keys), every=self.every,
+                             resume=resume, stop=self.stop)
 
     def finished(self, i: int) -> None:
         if (path := self.paths.pop(i, None)) is not None:

@@ -36,7 +36,7 @@ from ..gatys.trace import TRACE_EVERY, Traces
 from ..io.files import describe_os_error
 from ..io.images import intermediate_path, save_image
 from . import ledger, traces
-from .checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_path, checkpoint_saver, load_checkpoint
 from .events import (
     BatchDone,
     BatchStarted,
@@ -51,8 +51,6 @@ from .events import (
 from .jobs import Batch, Job
 from .run_state import read_run_info
 from .video_batch import VideoWriteFailed, run_video_batch
-
-log = logging.getLogger("pipeline.run")
 
 
 class WriteFailed(Exception):
@@ -149,17 +147,6 @@ class Worker:
         resume = load_checkpoint(ckpt, keys)
         self.emit(BatchStarted(self.wid, len(jobs), params.iterations,
                                             resume[0] if resume else 0))
-        warned = []
-
-        def save(it: int, x: Any, state: Any) -> None:
-            try:
-                save_checkpoint(ckpt, keys, it, x, state)
-            except OSError as e:
-                if not warned:  # once per batch: the job goes on, only resumability is lost
-                    warned.append(e)
-                    log.warning("cannot write a checkpoint (%s); going on without one",
-                                describe_os_error(e, ckpt.parent))
-
         def save_intermediate(it: int, i: int, image: Any) -> None:
             output = jobs[i].spec.output
             try:
@@ -169,8 +156,8 @@ class Worker:
                 raise WriteFailed(f"cannot write an intermediate of {jobs[i].spec.output_name}:"
                                   f" {describe_os_error(e, output.parent)}") from e
 
-        checkpointing = Checkpointing(save=save, every=self.every, resume=resume,
-                                      stop=self.stopping)
+        checkpointing = Checkpointing(save=checkpoint_saver(ckpt, keys), every=self.every,
+                                      resume=resume, stop=self.stopping)
         device, precision = str(self.runtime.device), self.runtime.precision
         try:
             results = stylize_prepared(

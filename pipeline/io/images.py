@@ -305,12 +305,19 @@ def _header_key(path: Path) -> str | None:
 def carries_key(path: Path, key: str) -> bool:
     """`path` is a whole image (it decodes to the end) with `key` embedded: a finished output.
     A truncated file, garbage or another job's output is not."""
+    return open_keyed(path, key) is not None
+
+
+def open_keyed(path: Path, key: str) -> tuple[Image.Image, dict] | None:
+    """The image at `path`, decoded whole, and what we embedded in it, when that carries
+    `key`; else None (carries_key's test, in one decode)."""
     try:
         with Image.open(path) as img:
             img.load()
-            return _embedded(img).get("job_key") == key
+            embedded = _embedded(img)
+            return (img.copy(), embedded) if embedded.get("job_key") == key else None
     except (*DECODE_ERRORS, json.JSONDecodeError):
-        return False
+        return None
 
 
 def _embedded(img: Image.Image) -> dict:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from PIL import Image
 
 from ..errors import InputError
 from ..io.files import check_writable_dir, describe_os_error
-from ..io.images import carries_key, read_metadata, save_image
+from ..io.images import open_keyed, save_image
 from ..io.video import even_size, is_video, write_video
 from .clip import ClipPart, frame_key
 from .frames import Frame
@@ -81,13 +80,13 @@ class ClipOutput:
     def done(self, i: int) -> np.ndarray | None:
         """Frame i if an earlier run finished it (its PNG carries its key)."""
         path = frame_path(self.folder, i)
-        if not (path.is_file() and carries_key(path, frame_key(self.key, i))):
+        found = open_keyed(path, frame_key(self.key, i)) if path.is_file() else None
+        if found is None:
             return None
-        meta = read_metadata(path)
+        img, meta = found
         self.records[i] = FrameRecord(meta.get("losses", {}), meta.get("iterations", 0), 0.0,
                                       resumed=True)
-        with Image.open(path) as img:
-            return np.array(img.convert("RGB"))
+        return np.array(img.convert("RGB"))
 
     def finished(self, frame: Frame) -> None:
         """Keep a frame just optimized (a read-back one is on disk already)."""
@@ -119,7 +118,3 @@ class ClipOutput:
                 rgb = np.asarray(img.convert("RGB"))
             w, h = even_size((rgb.shape[1], rgb.shape[0]))
             yield np.ascontiguousarray(rgb[:h, :w])
-
-    @property
-    def fps(self) -> Fraction:
-        return self.part.fps
