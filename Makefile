@@ -25,11 +25,12 @@ install: $(STAMP)  ## create .venv and install the package with its cpu, dev, ra
 # torch is pinned in pyproject.toml; pip takes it from the local wheel copy where there is one.
 # onnxruntime and onnxruntime-gpu install the same module: the other one is removed if present.
 # setuptools' advice on editable installs (a UserWarning of its build backend) is not for users.
+# --no-compile: Python compiles the modules that are imported when they are, not torch's thousands.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	! $(PY) -m pip show -q $(OTHER_ORT) >/dev/null 2>&1 || $(PY) -m pip uninstall -q -y $(OTHER_ORT)
-	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install -q -e ".[$(EXTRA),dev,ray,video]"
+	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install -q --no-compile -e ".[$(EXTRA),dev,ray,video]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

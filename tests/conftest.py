@@ -18,6 +18,10 @@ _RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
 _CACHE = (Path(tempfile.gettempdir()) / f"style-pipeline-test-{_RUN}" if _RUN
           else tempfile.mkdtemp(prefix="style-pipeline-test-"))
 os.environ.setdefault("STYLE_PIPELINE_CACHE", str(_CACHE))
+# The test processes and the runs they start share the cores: an OpenMP thread that spins at
+# each barrier, as libgomp's do by default, holds a core another process has work for.
+# Set before torch loads libgomp; inherited by every run, worker and Ray node started here.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 

@@ -32,7 +32,8 @@ def filled_tensor():
 def page_faults_of_a_filled_tensor():
     if sys.argv[2] == "main":
         return filled_tensor()
-    return ThreadPoolExecutor(1).submit(filled_tensor).result()  # a new thread each time
+    with ThreadPoolExecutor(1) as pool:  # a new thread each time, gone before the next
+        return pool.submit(filled_tensor).result()
 faults = [page_faults_of_a_filled_tensor() for _ in range(8)]
 cpu_heap.release()
 print(json.dumps({"again": min(faults[1:]), "after_release": page_faults_of_a_filled_tensor()}))

@@ -27,7 +27,7 @@ TOLS = {"lbfgs": 0.3, "adam": 0.2}
 
 
 def _params(optimizer):
-    return StyleParams(optimizer=optimizer, size=64, iterations=40, tol=TOLS[optimizer],
+    return StyleParams(optimizer=optimizer, size=48, iterations=40, tol=TOLS[optimizer],
                        tol_window=5)
 
 

@@ -21,6 +21,8 @@ ray = pytest.importorskip("ray", reason="the ray extra: pip install -e '.[cpu,de
 # node has one CPU; the local run gets as many workers as cores).
 SAME = ["--precision", "fp32", "--batch-size", "1", "--set", "size=32"]
 STORE = 100 * 2**20  # object store bytes per node: only small events pass through it
+# Long enough that a stop or a node's loss lands mid-batch, after a checkpoint (every 5)
+ITERATIONS = 60
 
 
 @pytest.fixture(scope="module")
@@ -53,99 +55,49 @@ def _pipeline(*args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "COLUMNS": "200"})
 
 
-def _local_reference(dataset, out, iterations: int) -> dict:
+@pytest.fixture(scope="module")
+def dataset_module(tmp_path_factory):
+    from tests.run_helpers import make_dataset
+
+    root = tmp_path_factory.mktemp("ray")
+    return make_dataset(root), root
+
+
+@pytest.fixture(scope="module")
+def reference(dataset_module):
+    """The local run every Ray run here must equal, byte for byte."""
+    dataset, root = dataset_module
+    out = root / "local"
     done = _pipeline(str(dataset), "--out", str(out), "--devices", "cpu", "--workers",
-                     str(os.cpu_count() or 1), "--set", f"iterations={iterations}", *SAME)
+                     str(os.cpu_count() or 1), "--set", f"iterations={ITERATIONS}", *SAME)
     assert done.returncode == 0, done.stdout + done.stderr
     return images_in(out)
 
 
-def test_a_ray_run_on_three_nodes_equals_a_local_run(cluster, dataset, tmp_path):
+def _assert_equal(out, reference) -> None:
     import torch
 
-    c, _ = cluster
-    out = tmp_path / "ray"
-    done = _pipeline(str(dataset), "--out", str(out), "--distributor", "ray", "--ray-address",
-                     c.address, "--set", "iterations=8", *SAME)
-    text = done.stdout + done.stderr
-    assert done.returncode == 0, text
-    assert "node " in text  # the workers are named by node in the display and summary
-    rows = ledger.read(out).values()
-    assert len(rows) == 6 and all(r["status"] == "done" for r in rows)
-    reference = _local_reference(dataset, tmp_path / "local", 8)
     images = images_in(out)
     assert images.keys() == reference.keys() and len(images) == 6
     for name, img in images.items():
         assert torch.equal(img, reference[name]), name
 
 
-def test_losing_a_node_mid_run_loses_and_repeats_nothing(cluster, dataset, tmp_path):
-    """The node running a batch is removed after the batch's checkpoint at iteration 10:
-    its batch goes to the other node's actor, which resumes it from that checkpoint."""
-    import torch
-
-    from pipeline.accel.runtime import RuntimeOptions
-    from pipeline.bulk.checkpoint import saved_checkpoints
-    from pipeline.bulk.manifest import parse_overrides
-    from pipeline.bulk.runner import RunOptions, exit_code, run_manifest
-
-    c, nodes = cluster
-    out = tmp_path / "ray"
-    iterations = 120
-    removed, resumed = [], []
-
-    class Saboteur(RunDisplay):
-        def __init__(self, total, devices):
-            super().__init__(total, devices)
-            self.labels = devices
-
-        def handle(self, event):
-            super().handle(event)
-            if isinstance(event, BatchStarted) and event.resumed_at:
-                resumed.append(event.resumed_at)
-            if (isinstance(event, Iteration) and event.iteration >= 12 and not removed
-                    and saved_checkpoints(out)):
-                label = self.labels[event.worker]
-                node = next(n for n in nodes if label.startswith(f"node {n.node_id[:6]}"))
-                removed.append(label)
-                c.remove_node(node)
-
-    opts = RunOptions(out, batch_size=1, checkpoint_every=5,
-                      overrides=parse_overrides(["size=32", f"iterations={iterations}"]),
-                      runtime=RuntimeOptions(precision="fp32"), distributor="ray",
-                      ray_address=c.address)
-    try:
-        result = run_manifest(dataset, opts, Saboteur)
-    finally:  # the cluster is the module's: give it its two nodes back
-        for _ in removed:
-            nodes.append(c.add_node(num_cpus=1, object_store_memory=STORE))
-        c.wait_for_nodes()
-    assert removed, "no node was removed: the run ended before a checkpoint"
-    assert exit_code(result) == 0, result
-    assert result.done == 6 and not result.pending and not result.failed
-    assert resumed and all(10 <= it < iterations for it in resumed)  # from its checkpoint
-    parts = [row for part in sorted(ledger.ledger_dir(out).glob("part-*.parquet"))
-             for row in pq.read_table(part).to_pylist()]
-    done = [(r["key"], r["output"]) for r in parts if r["status"] == ledger.DONE]
-    assert len(done) == len(set(done)) == 6  # each job recorded done exactly once
-    reference = _local_reference(dataset, tmp_path / "local", iterations)
-    images = images_in(out)
-    assert images.keys() == reference.keys()
-    for name, img in images.items():
-        assert torch.equal(img, reference[name]), name
-
-
-def test_ctrl_c_checkpoints_every_worker_of_the_cluster_and_the_run_resumes(
-        cluster, dataset, tmp_path):
+def test_ctrl_c_checkpoints_every_worker_of_the_cluster_and_the_resumed_run_equals_a_local_one(
+        cluster, dataset_module, reference, tmp_path):
+    """Through the CLI on a head and two worker nodes: Ctrl-C while both nodes run a batch, then
+    the same command again. Jobs finished before the stop and jobs resumed from a checkpoint
+    alike end as the local run's bytes."""
     import signal
 
     from pipeline.bulk.checkpoint import saved_checkpoints
     from tests.run_helpers import cell, wait_for
 
     c, _ = cluster
+    dataset, _ = dataset_module
     out = tmp_path / "ray"
     args = [str(dataset), "--out", str(out), "--distributor", "ray", "--ray-address", c.address,
-            "--set", "iterations=60", "--checkpoint-every", "5", *SAME]
+            "--set", f"iterations={ITERATIONS}", "--checkpoint-every", "5", *SAME]
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "COLUMNS": "200"})
@@ -160,8 +112,64 @@ def test_ctrl_c_checkpoints_every_worker_of_the_cluster_and_the_run_resumes(
     assert "each worker saves a checkpoint" in text
     assert int(cell(text, "pending")) == 6 - int(cell(text, "done now"))
     again = _pipeline(*args)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert again.stderr.count("resuming a batch") + again.stdout.count("resuming a batch") >= 2
+    text = again.stdout + again.stderr
+    assert again.returncode == 0, text
+    assert text.count("resuming a batch") >= 2
+    assert "node " in text  # the workers are named by node in the display and summary
+    rows = ledger.read(out).values()
+    assert len(rows) == 6 and all(r["status"] == "done" for r in rows)
+    _assert_equal(out, reference)
+
+
+def test_losing_a_node_mid_run_loses_and_repeats_nothing(cluster, dataset_module, reference,
+                                                         tmp_path):
+    """The node running a batch is removed after the batch's checkpoint at iteration 5: its
+    batch goes to the other node's actor, which resumes it from that checkpoint."""
+    from pipeline.accel.runtime import RuntimeOptions
+    from pipeline.bulk.checkpoint import saved_checkpoints
+    from pipeline.bulk.manifest import parse_overrides
+    from pipeline.bulk.runner import RunOptions, exit_code, run_manifest
+
+    c, nodes = cluster
+    dataset, _ = dataset_module
+    out = tmp_path / "ray"
+    removed, resumed = [], []
+
+    class Saboteur(RunDisplay):
+        def __init__(self, total, devices):
+            super().__init__(total, devices)
+            self.labels = devices
+
+        def handle(self, event):
+            super().handle(event)
+            if isinstance(event, BatchStarted) and event.resumed_at:
+                resumed.append(event.resumed_at)
+            if (isinstance(event, Iteration) and event.iteration >= 6 and not removed
+                    and saved_checkpoints(out)):
+                label = self.labels[event.worker]
+                node = next(n for n in nodes if label.startswith(f"node {n.node_id[:6]}"))
+                removed.append(label)
+                c.remove_node(node)
+
+    opts = RunOptions(out, batch_size=1, checkpoint_every=5,
+                      overrides=parse_overrides(["size=32", f"iterations={ITERATIONS}"]),
+                      runtime=RuntimeOptions(precision="fp32"), distributor="ray",
+                      ray_address=c.address)
+    try:
+        result = run_manifest(dataset, opts, Saboteur)
+    finally:  # the cluster is the module's: give it its two nodes back
+        for _ in removed:
+            nodes.append(c.add_node(num_cpus=1, object_store_memory=STORE))
+        c.wait_for_nodes()
+    assert removed, "no node was removed: the run ended before a checkpoint"
+    assert exit_code(result) == 0, result
+    assert result.done == 6 and not result.pending and not result.failed
+    assert resumed and all(5 <= it < ITERATIONS for it in resumed)  # from its checkpoint
+    parts = [row for part in sorted(ledger.ledger_dir(out).glob("part-*.parquet"))
+             for row in pq.read_table(part).to_pylist()]
+    done = [(r["key"], r["output"]) for r in parts if r["status"] == ledger.DONE]
+    assert len(done) == len(set(done)) == 6  # each job recorded done exactly once
+    _assert_equal(out, reference)
 
 
 def test_ray_without_the_extra_is_a_one_line_error(dataset, tmp_path, monkeypatch):

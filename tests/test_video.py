@@ -94,24 +94,24 @@ def _chain(clips, params, video, runtime, done=lambda c, i: None):
 
 def test_frames_tied_by_the_temporal_term_flicker_less_than_independent_ones(cpu32):
     """The paper's stability measure on a clip with exact flow: at least 2x lower for the
-    chain and for the multi-pass scheme than for independent frames (about 4x here), later
+    chain and for the multi-pass scheme than for independent frames (about 3.5x here), later
     frames at most --frame-iterations, each pass --pass-iterations."""
-    clip = camera_clip(drawn_scene((320, 240)), (64, 48), 5)
-    params = StyleParams(size=64, iterations=40)
+    clip = camera_clip(drawn_scene((320, 240)), (48, 36), 4)
+    params = StyleParams(size=48, iterations=30)
     tied: list[np.ndarray] = []
     iterations: list[int] = []
-    stylize_clips([_frames_of(clip)], params, VideoParams(frame_iterations=20), cpu32,
+    stylize_clips([_frames_of(clip)], params, VideoParams(frame_iterations=15), cpu32,
                   lambda c, i: None,
                   lambda f: (tied.append(f.pixels), iterations.append(f.iterations)))
     alone = _chain([clip], params, VideoParams(temporal_weight=0), cpu32)[0]
     ours, baseline = stability(tied, clip), stability(alone, clip)
     assert ours < 0.5 * baseline, (ours, baseline)
-    assert iterations[0] == 40 and all(n <= 20 for n in iterations[1:])
+    assert iterations[0] == 30 and all(n <= 15 for n in iterations[1:])
     passes: list = []
     stylize_clips([_frames_of(clip)], params, VideoParams(passes=3, pass_iterations=8), cpu32,
                   lambda c, i: None, passes.append)
-    assert [f.index for f in passes] == list(range(5))
-    assert all(f.iterations <= 40 + 2 * 8 for f in passes)
+    assert [f.index for f in passes] == list(range(4))
+    assert all(f.iterations <= 30 + 2 * 8 for f in passes)
     multi = stability([f.pixels for f in passes], clip)
     assert multi < 0.5 * baseline, (multi, baseline)
 
