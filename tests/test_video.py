@@ -78,7 +78,13 @@ def test_warp_by_the_exact_flow_and_the_consistency_of_the_estimated_one():
     assert np.median(off[visible]) < 0.5
     c = consistency(back, fwd)[0, 0].numpy().astype(bool)
     assert c[visible].mean() > 0.8
-    assert c[~visible].mean() < c[visible].mean() - 0.3
+    # Uncovered: hidden in t-1 though inside it. Pixels that entered at the border are hidden
+    # too, but no round trip can tell (the flow there is extrapolated, and consistent).
+    h, w = visible.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    sx, sy = xx + exact[..., 0].numpy(), yy + exact[..., 1].numpy()
+    uncovered = ~visible & (sx >= 0) & (sx <= w - 1) & (sy >= 0) & (sy <= h - 1)
+    assert uncovered.sum() > 50 and c[uncovered].mean() < c[visible].mean() - 0.3
 
 
 def _frames_of(clip):

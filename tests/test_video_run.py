@@ -78,6 +78,7 @@ def test_video_rows_run_beside_image_rows_as_whole_videos(video_dataset, finishe
     rows = pq.read_table(video_dataset).to_pylist()
     assert sorted(r["content"].rsplit("/", 1)[-1] for r in rows) == ["a.mp4", "b.mp4", "p.png"]
     assert cell(output, "done now") == "3"
+    assert cell(output, "time").endswith("outputs/hour)")  # a video is one output
     outputs = _outputs(out)
     assert outputs["a"].suffix == ".mp4" and outputs["p"].suffix == ".png"
     for name, count in FRAMES.items():
@@ -97,6 +98,24 @@ def test_video_rows_run_beside_image_rows_as_whole_videos(video_dataset, finishe
     again = runner.invoke(app, ["run", str(video_dataset), "--out", str(out), *VIDEO_FAST],
                           terminal_width=200)
     assert again.exit_code == 0 and cell(again.output, "done before (skipped)") == "3"
+
+
+def test_an_init_image_s_bytes_are_in_a_video_job_s_key(video_dataset, tmp_path):
+    """The first frame starts from the init image: other bytes at the same path, another job."""
+    from pipeline.bulk.manifest import parse_overrides
+    from pipeline.bulk.runner import scan
+
+    init = tmp_path / "init.png"
+
+    def key(*overrides: str) -> str:
+        jobs = scan(video_dataset, tmp_path / "out", parse_overrides(overrides)).jobs
+        return next(job.key for job in jobs if job.spec.content.name == "a.mp4")
+
+    keys = [key()]
+    for seed in (0, 1):
+        make_photo((64, 48), seed=seed).save(init)
+        keys.append(key(f"init={init}"))
+    assert len(set(keys)) == 3
 
 
 def test_a_video_is_done_by_the_key_inside_it(finished, tmp_path):

@@ -122,7 +122,8 @@ class Inspector:
             raise RowError(spec.row, f"weights file {params.weights} does not exist")
         self._destination(spec.output, spec.row)
         if spec.video is not None:
-            return Job(spec, clip_key(digest, part, style_digests, params, spec.video), out_size)
+            return Job(spec, clip_key(digest, part, style_digests, params, spec.video, init),
+                       out_size)
         return Job(spec, job_key(digest, style_digests, params, init), out_size)
 
 

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..io.files import atomic_path
+from ..io.video import is_video
 
 if TYPE_CHECKING:
     from .jobs import Job
@@ -85,6 +86,15 @@ def matches_file(row: dict[str, Any], path: Path) -> bool:
     except OSError:
         return False
     return (row["output_bytes"], row["output_mtime_ns"]) == (stat.st_size, stat.st_mtime_ns)
+
+
+def rate(count: int, seconds: float, videos: bool) -> str:
+    """Outputs per hour, named for what they are: a video is one output, however many frames."""
+    return f"{count / seconds * 3600:,.0f} {'outputs' if videos else 'images'}/hour"
+
+
+def any_video(rows: list[dict[str, Any]]) -> bool:
+    return any(is_video(r["output"]) for r in rows)
 
 
 def throughput(done: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float] | None:

@@ -174,6 +174,7 @@ class RunResult(Outcome):
     seconds: float = 0.0
     devices: list[str] = field(default_factory=list)
     swept: tuple[int, int] = (0, 0)  # finished batches' checkpoints removed: files, bytes
+    videos: int = 0  # video jobs among the manifest's: a rate then counts outputs, not images
 
 
 @contextmanager
@@ -267,7 +268,8 @@ def _run_locked(manifest: Path, opts: RunOptions, found: Scan, run_id: str,
                                            error="recovered from output file")
                             for j in p.recovered])
     result = RunResult(total=len(found.jobs) + len(found.errors), done_before=p.done,
-                       failed_before=p.failed_before)
+                       failed_before=p.failed_before,
+                       videos=sum(job.spec.video is not None for job in found.jobs))
     result.failed += [(e.row, str(e)) for e in found.errors]
     if p.todo:
         workers = workers_for(p.todo)

@@ -85,7 +85,7 @@ def _summary(out: Path, result: RunResult) -> Table:
     for line in sorted(set(result.precision.values())):
         table.add_row("precision", line)
     table.add_row("time", f"{result.seconds:.1f} s"
-                  + (f" ({result.done / result.seconds * 3600:,.0f} images/hour)"
+                  + (f" ({ledger.rate(result.done, result.seconds, result.videos > 0)})"
                      if result.done else ""))
     if result.swept[0]:
         table.add_row("checkpoints removed", f"{result.swept[0]} of finished batches "
@@ -135,7 +135,8 @@ def status(out: Path = typer.Argument(..., help="Output folder of a run.")) -> N
     table.add_row("pending", str(state.pending))
     if (ran := ledger.throughput(state.records)) is not None:
         timed, span = ran
-        table.add_row("throughput", f"{len(timed) / span * 3600:,.0f} images/hour over "
+        per_hour = ledger.rate(len(timed), span, ledger.any_video(timed))
+        table.add_row("throughput", f"{per_hour} over "
                       f"{span:.0f} s; {sum(r['seconds'] for r in timed) / len(timed):.1f}"
                       " s per batch run")
         table.add_row("devices", ", ".join(sorted({r["device"] for r in timed})))

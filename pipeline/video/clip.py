@@ -56,12 +56,15 @@ def clip_part(source: Path, video: VideoParams) -> ClipPart:
 
 
 def clip_key(video_digest: str, part: ClipPart, styles: Sequence[str], params: StyleParams,
-             video: VideoParams) -> str:
-    """What decides a video job's frames: the video's bytes, the part and its rate, the styles
-    and every parameter that decides an image."""
+             video: VideoParams, init: str | None = None) -> str:
+    """What decides a video job's frames: the video's bytes, the part and its rate, the styles,
+    every parameter that decides an image, and the bytes of an init image where the first
+    frame starts from one."""
     payload = {"video": video_digest, "part": [part.start, part.end, str(part.fps)],
                "styles": list(styles), "params": params.result_dict(),
                "video_params": video.result_dict()}
+    if init is not None:
+        payload["init"] = init
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -50,8 +50,10 @@ def stylize_video_file(source: Path, styles: Sequence[Path], output: Path,
     for style in styles:
         check_image_file(style)
     check_output(source, styles, output)
+    init = image_digest(params.init) if params.init_is_file else None
     clip = ClipOutput(part, output, clip_key(file_digest(source), part,
-                                             [image_digest(s) for s in styles], params, video))
+                                             [image_digest(s) for s in styles], params, video,
+                                             init))
     clip.folder.mkdir(parents=True, exist_ok=True)
     runtime = runtime or Runtime.start()
 
