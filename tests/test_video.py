@@ -122,6 +122,50 @@ def test_frames_tied_by_the_temporal_term_flicker_less_than_independent_ones(cpu
     assert multi < 0.5 * baseline, (multi, baseline)
 
 
+def test_a_stopped_multi_pass_clip_goes_on_after_its_last_whole_pass(cpu32, tmp_path,
+                                                                      monkeypatch):
+    """Stopped in its third pass, a clip keeps the second (ClipOutput's passes.pt, this job's
+    alone); run again, it does only the third, and ends as it would have uninterrupted."""
+    from pipeline.gatys.engine import Interrupted
+    from pipeline.video import passes
+    from pipeline.video.clip import clip_part
+    from pipeline.video.output import PASSES, ClipOutput
+
+    source = tmp_path / "clip.mp4"
+    write_clip(camera_clip(drawn_scene((320, 240)), (32, 24), 3), source, Fraction(8))
+    params = StyleParams(size=32, iterations=6, tol=0)
+    video = VideoParams(passes=3, pass_iterations=4)
+    part = clip_part(source, video)
+    batches = []  # one per pass here: the 3 frames fit one batch
+    optimize = passes.stylize_prepared
+    monkeypatch.setattr(passes, "stylize_prepared",
+                        lambda *a, **k: batches.append(a[1].iterations) or optimize(*a, **k))
+
+    def run(out: ClipOutput, stop=lambda: False) -> list:
+        got: list = []
+        stylize_clips([part.source([make_painting()], 1)], params, video, cpu32,
+                      lambda c, i: None, got.append, stop=stop,
+                      stores=lambda c: out.pass_store())
+        return got
+
+    whole = run(ClipOutput(part, tmp_path / "whole", "k"))
+    clip = ClipOutput(part, tmp_path / "stopped", "k")
+    with pytest.raises(Interrupted):
+        run(clip, stop=lambda: (clip.folder / PASSES).is_file()
+            and clip.pass_store().load().passes == 2)
+    assert ClipOutput(part, tmp_path / "stopped", "another job").pass_store().load() is None
+    kept = clip.pass_store().load()
+    assert kept.passes == 2 and [m.iterations for m in kept.made.values()] == [6 + 4] * 3
+    batches.clear()
+    again = run(clip)
+    assert batches == [4]  # the third pass alone
+    assert [f.iterations for f in again] == [f.iterations for f in whole] == [6 + 2 * 4] * 3
+    for a, b in zip(again, whole, strict=True):
+        assert np.array_equal(a.pixels, b.pixels), a.index
+    clip.finish(crf=18)  # a folder output: its frames stay, the passes go
+    assert not (clip.folder / PASSES).exists()
+
+
 def test_flows_are_computed_once_per_clip_and_size(tmp_path, monkeypatch):
     """The flows of a clip are cached by its frames' pixels: the same clip with another
     style computes none, and gets the same frames as with flows computed afresh."""

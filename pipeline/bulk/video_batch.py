@@ -65,7 +65,7 @@ def run_video_batch(wid: int, batch: Batch, runtime: Runtime, out_dir: Path, eve
         emit(Iteration(wid, frame.index + 1))
 
     stylize_clips(sources, params, video, runtime, lambda c, i: clips[c][1].done(i), finished,
-                  checkpointing=saves, stop=stopping)
+                  checkpointing=saves, stop=stopping, stores=lambda c: clips[c][1].pass_store())
     write_traces({job.key: [{"frame": i, "iteration": r.iterations, "stage": 0, **r.losses}
                             for i, r in sorted(clip.records.items())] for job, clip in clips})
     for job, clip in clips:

@@ -36,7 +36,7 @@ from ..targets.cache import TargetCache
 from .flow import Ahead, temporal_target
 from .frames import ClipSource, Frame, for_transfer, later_params, to_pixels, to_tensor
 from .params import VideoParams
-from .passes import stylize_passes
+from .passes import PassStore, stylize_passes
 
 
 def stylize_clips(clips: Sequence[ClipSource], params: StyleParams, video: VideoParams,
@@ -44,19 +44,21 @@ def stylize_clips(clips: Sequence[ClipSource], params: StyleParams, video: Video
                   finished: Callable[[Frame], None],
                   progress: Callable[[int, int], Progress | None] = lambda c, i: None,
                   checkpointing: Callable[[int, list[int]], Checkpointing | None]
-                  = lambda i, clips: None, stop: Callable[[], bool] = lambda: False) -> None:
+                  = lambda i, clips: None, stop: Callable[[], bool] = lambda: False,
+                  stores: Callable[[int], PassStore] = lambda clip: PassStore()) -> None:
     """Stylize every frame of `clips` (one working size, each with as many styles).
     `done(clip, i)`: the frame if an earlier run finished it; `finished(frame)`: called for
     each frame as it is ready, in order per clip; `progress(clip, i)`: the engine's progress
     for that frame; `checkpointing(i, clips)`: how the batch of frame i of those clips saves
     and resumes its optimization, and is stopped (Interrupted); `stop()`: the multi-pass
-    scheme's stop (it saves nothing)."""
+    scheme's stop, `stores(clip)` where it keeps that clip's passes."""
     for clip in clips:
         params.validate(n_styles=len(clip.styles))
     video.validate()
     flows = cache_dir(runtime.cache) / "flows" if runtime.cache_targets else None
     if video.passes:
-        _by_passes(clips, params, video, runtime, done, finished, TargetCache(flows, 0), stop)
+        _by_passes(clips, params, video, runtime, done, finished, TargetCache(flows, 0), stop,
+                   stores)
     else:
         _chain(clips, params, video, runtime, done, finished, progress, checkpointing, flows)
 
@@ -112,13 +114,15 @@ def _chain(clips: Sequence[ClipSource], params: StyleParams, video: VideoParams,
 def _by_passes(clips: Sequence[ClipSource], params: StyleParams, video: VideoParams,
                runtime: Runtime, done: Callable[[int, int], np.ndarray | None],
                finished: Callable[[Frame], None], flows: TargetCache,
-               stop: Callable[[], bool]) -> None:
+               stop: Callable[[], bool], stores: Callable[[int], PassStore]) -> None:
     """Every frame of a clip at once (passes.py), a clip after another; a clip whose frames
-    an earlier run finished is read back whole, one missing any is run again whole."""
+    an earlier run finished is read back whole, one missing any goes on after the last pass
+    its store kept."""
     for c, clip in enumerate(clips):
         found = [done(c, i) for i in range(clip.count)]
         if any(frame is None for frame in found):
-            stylize_passes(clip, c, params, video, runtime, flows, finished, stop)
+            stylize_passes(clip, c, params, video, runtime, flows, finished, stop,
+                           store=stores(c))
             continue
         for i, frame in enumerate(found):
             assert frame is not None

@@ -64,7 +64,7 @@ def stylize_video_file(source: Path, styles: Sequence[Path], output: Path,
     on_start(part.count)
     stylize_clips([part.source([str(s) for s in styles], max(video.temporal_frames))], params,
                   video, runtime, lambda _c, i: clip.done(i), finished,
-                  lambda _c, i: progress(i))
+                  lambda _c, i: progress(i), stores=lambda _c: clip.pass_store())
     clip.finish(video.crf)
     made = [r for _, r in sorted(clip.records.items()) if not r.resumed]
     return VideoResult(output, part.count, part.fps, clip.size,

@@ -2,10 +2,14 @@
 carrying its key (clip.frame_key); a rerun reads back the frames that carry theirs and goes on
 from the first one missing. The video is encoded from those frames only when all are there,
 with the job's key in its metadata, then their folder (`OUT.frames/` beside a video output) is
-removed: an output video is always a whole one, and a video carrying its key is done."""
+removed: an output video is always a whole one, and a video carrying its key is done. With
+--passes, each whole pass is kept there too (`passes.pt`), until the clip is finished."""
 
 from __future__ import annotations
 
+import json
+import logging
+import pickle
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -13,16 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ..errors import InputError
-from ..io.files import check_writable_dir, describe_os_error
+from ..io.files import atomic_path, check_writable_dir, describe_os_error
 from ..io.images import open_keyed, save_image
 from ..io.video import even_size, is_video, write_video
 from .clip import ClipPart, frame_key
 from .frames import Frame
+from .passes import Made, PassState, PassStore
 
 ENCODED = (".mp4", ".m4v", ".mov", ".mkv")
+log = logging.getLogger(__name__)
+PASSES = "passes.pt"  # the multi-pass scheme's last whole pass, among the frames
 
 
 def frames_folder(output: Path) -> Path:
@@ -72,6 +80,7 @@ class ClipOutput:
     key: str
     records: dict[int, FrameRecord] = field(default_factory=dict)
     size: tuple[int, int] = (0, 0)  # of the frames
+    pass_write_failed: bool = False  # said once
 
     @property
     def folder(self) -> Path:
@@ -100,9 +109,46 @@ class ClipOutput:
         self.records[frame.index] = FrameRecord(frame.losses, frame.iterations, frame.seconds,
                                                 resumed=False)
 
+    def pass_store(self) -> PassStore:
+        """The clip's last whole pass of the multi-pass scheme, kept beside its frames."""
+        return PassStore(self._load_passes, self._save_passes)
+
+    def _save_passes(self, state: PassState) -> None:
+        """As a checkpoint: a write that fails (disk full) is said once and let go."""
+        made = [state.made[i] for i in range(len(state.made))]
+        try:
+            with atomic_path(self.folder / PASSES) as tmp:
+                torch.save({"key": self.key, "passes": state.passes,
+                            "pixels": torch.from_numpy(np.stack([m.pixels for m in made])),
+                            "losses": json.dumps([m.losses for m in made]),
+                            "iterations": [m.iterations for m in made],
+                            "seconds": [m.seconds for m in made]}, tmp)
+        except OSError as e:
+            if not self.pass_write_failed:
+                self.pass_write_failed = True
+                log.warning("cannot keep the passes of %s (%s); going on without",
+                            self.output.name, describe_os_error(e, self.folder))
+
+    def _load_passes(self) -> PassState | None:
+        """None unless the file is whole and this job's (another job's is not resumed)."""
+        path = self.folder / PASSES
+        if not path.is_file():
+            return None
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, pickle.UnpicklingError, EOFError):
+            return None
+        if saved.get("key") != self.key:
+            return None
+        pixels, losses = saved["pixels"].numpy(), json.loads(saved["losses"])
+        return PassState(saved["passes"], {
+            i: Made(pixels[i], losses[i], saved["iterations"][i], saved["seconds"][i])
+            for i in range(len(pixels))})
+
     def finish(self, crf: int) -> None:
         """Encode the video from the frames (all there), then remove their folder; a folder
         output is finished as it is."""
+        (self.folder / PASSES).unlink(missing_ok=True)
         if not is_video(self.output):
             return
         write_video(self._frames(), self.output, self.part.fps, crf, self.part.info,

@@ -15,8 +15,8 @@ then independent of the others, so a pass is batches of any frames, in any order
 fills a GPU's batch the chain cannot (the chain has one frame per clip in flight), at the price
 of information moving one frame per pass. Only the short-term neighbour is used.
 
-A clip runs whole or not at all: passes are not checkpointed, and a clip with a frame missing
-from an earlier run is run again from its first pass.
+Each whole pass is kept (`PassStore`): a stopped or killed clip resumes after the last pass it
+finished; a pass cut short is run again.
 """
 
 from __future__ import annotations
@@ -42,13 +42,29 @@ from .params import VideoParams
 
 
 @dataclass
-class _Made:
+class Made:
     """A frame as the passes have left it so far."""
 
     pixels: np.ndarray
     losses: dict[str, float]
     iterations: int = 0
     seconds: float = 0.0
+
+
+@dataclass
+class PassState:
+    """Every frame of a clip after its first `passes` passes."""
+
+    passes: int
+    made: dict[int, Made]
+
+
+@dataclass
+class PassStore:
+    """Where a clip's last whole pass is kept between runs (by default nowhere)."""
+
+    load: Callable[[], PassState | None] = lambda: None
+    save: Callable[[PassState], None] = lambda state: None
 
 
 def pass_params(params: StyleParams, video: VideoParams) -> StyleParams:
@@ -59,10 +75,13 @@ def pass_params(params: StyleParams, video: VideoParams) -> StyleParams:
 
 def stylize_passes(clip: ClipSource, index: int, params: StyleParams, video: VideoParams,
                    runtime: Runtime, flows: TargetCache, finished: Callable[[Frame], None],
-                   stop: Callable[[], bool] = lambda: False, batch: int = 8) -> None:
+                   stop: Callable[[], bool] = lambda: False, batch: int = 8,
+                   store: PassStore | None = None) -> None:
     """Stylize every frame of `clip` (clip number `index` of the caller) in video.passes
     passes, `batch` frames at a time; `finished` gets each frame, in order, after the last.
-    `stop()` true: Interrupted (nothing is saved)."""
+    `store` keeps each whole pass and gives back the last one kept; `stop()` true:
+    Interrupted (what `store` has is kept)."""
+    store = store or PassStore()
     halt = Checkpointing(save=lambda *_: None, stop=stop)
     # Working-size frames, decoded once in the first pass: the flows and later passes use them
     # (a frame already at its size is not resized again: the same pixels).
@@ -75,9 +94,15 @@ def stylize_passes(clip: ClipSource, index: int, params: StyleParams, video: Vid
         content.setdefault(i, to_pixels(image.pixels))
         return dataclasses.replace(image, name=f"frame {i}", keep=False), styles
 
-    made: dict[int, _Made] = {}
     later = pass_params(params, video)
-    for p in range(video.passes):
+    saved = store.load()
+    if saved is not None and saved.passes < video.passes and len(saved.made) == clip.count:
+        made, first = dict(saved.made), saved.passes
+        for i in range(clip.count):  # the working-size frames the flows need
+            prepared(i, later)
+    else:
+        made, first = {}, 0
+    for p in range(first, video.passes):
         forward = p % 2 == 1
         for first in range(0, clip.count, batch):
             frames = list(range(first, min(first + batch, clip.count)))
@@ -89,15 +114,17 @@ def stylize_passes(clip: ClipSource, index: int, params: StyleParams, video: Vid
                                        checkpointing=halt, start=start, temporal=temporal)
             share = (time.perf_counter() - began) / len(frames)
             for i, result in zip(frames, results, strict=True):
-                before = made.get(i, _Made(np.empty(0), {}))
-                made[i] = _Made(to_pixels(result.pixels), result.losses,
-                                before.iterations + result.iterations, before.seconds + share)
+                before = made.get(i, Made(np.empty(0), {}))
+                made[i] = Made(to_pixels(result.pixels), result.losses,
+                               before.iterations + result.iterations, before.seconds + share)
+        if p + 1 < video.passes:
+            store.save(PassState(p + 1, dict(made)))
     for i in range(clip.count):
         m = made[i]
         finished(Frame(index, i, m.pixels, m.losses, m.iterations, m.seconds))
 
 
-def _from_neighbours(frames: list[int], forward: bool, made: dict[int, _Made],
+def _from_neighbours(frames: list[int], forward: bool, made: dict[int, Made],
                      content: dict[int, np.ndarray], flows: TargetCache, params: StyleParams,
                      video: VideoParams) -> tuple[Tensor, Temporal]:
     """Each frame's start (its blend with its warped neighbour) and temporal term, from the
