@@ -248,6 +248,25 @@ def _spawn(source, style, out):
                             stderr=subprocess.STDOUT, text=True)
 
 
+def test_sigterm_stops_pipeline_video_with_143_and_says_what_is_kept(clip_file, tmp_path,
+                                                                     monkeypatch):
+    from pipeline.cli import video as video_cli
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the signal's handler raises here
+        raise AssertionError("SIGTERM did not stop the command")
+
+    monkeypatch.setattr(video_cli, "stylize_video_file", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    source, style = clip_file
+    result = runner.invoke(app, ["video", str(source), str(style), "-o",
+                                 str(tmp_path / "out.mp4"), *FAST], terminal_width=200)
+    assert result.exit_code == 143, result.output
+    assert "out.mp4.frames; the same command resumes where it stopped" in result.output
+    assert signal.getsignal(signal.SIGTERM) is before  # the caller's again
+
+
 def test_a_killed_video_resumes_at_its_frame_and_matches_an_uninterrupted_one(clip_file,
                                                                             tmp_path):
     source, style = clip_file

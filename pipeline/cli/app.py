@@ -1,12 +1,14 @@
 """The `pipeline` Typer app: logging, and our exceptions as one line and a documented exit
 code. Exit codes: 0 success, 1 unexpected failure, 2 bad input or usage, 3 a weight source or
-model is missing, 130 Ctrl-C."""
+model is missing, 130 Ctrl-C, 143 SIGTERM."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import logging
+import signal
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,13 +40,35 @@ def _out_of_memory(e: MemoryError | RuntimeError) -> str | None:
             "or --optimizer adam")
 
 
+class Terminated(Exception):
+    """SIGTERM (`kill`, a scheduler, a container runtime) raised where the command runs, so that
+    it can say what it keeps, as for Ctrl-C, instead of vanishing."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn our exceptions into one line on stderr and a documented exit code."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with _sigterm_raises():
+                return fn(*args, **kwargs)
         except tuple(kind for kind, _ in EXIT_CODES) as e:
             say_error(e)
             raise typer.Exit(next(code for kind, code in EXIT_CODES if isinstance(e, kind))
@@ -52,6 +76,9 @@ def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             say("interrupted", "yellow")
             raise typer.Exit(130) from None
+        except Terminated:
+            say("terminated", "yellow")
+            raise typer.Exit(128 + signal.SIGTERM) from None
         except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
             if (line := _out_of_memory(e)) is None:
                 raise

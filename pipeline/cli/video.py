@@ -15,7 +15,7 @@ from ..video.file import stylize_video_file
 from ..video.frames import Frame
 from ..video.output import frames_folder
 from ..video.params import VideoParams
-from .app import app, reports_errors, say
+from .app import Terminated, app, reports_errors, say
 from .options import with_options
 from .progress import console, format_losses, shown, summary_table
 
@@ -61,10 +61,10 @@ def video(
     try:
         result = stylize_video_file(source, styles, output, params, video, runtime, on_start,
                                     on_frame)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):
         bar.stop()
         say(f"stopped: the finished frames are in {shown(frames_folder(output))}; the same "
-            "command resumes from the first missing one", "yellow")
+            "command resumes where it stopped", "yellow")
         raise
     finally:
         if bar.live.is_started:
