@@ -25,12 +25,11 @@ install: $(STAMP)  ## create .venv and install the package with its cpu, dev, ra
 # torch is pinned in pyproject.toml; pip takes it from the local wheel copy where there is one.
 # onnxruntime and onnxruntime-gpu install the same module: the other one is removed if present.
 # setuptools' advice on editable installs (a UserWarning of its build backend) is not for users.
-# --no-compile: Python compiles the modules that are imported when they are, not torch's thousands.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	! $(PY) -m pip show -q $(OTHER_ORT) >/dev/null 2>&1 || $(PY) -m pip uninstall -q -y $(OTHER_ORT)
-	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install -q --no-compile -e ".[$(EXTRA),dev,ray,video]"
+	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install -q -e ".[$(EXTRA),dev,ray,video]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -44,8 +43,11 @@ browser:  ## install Debian's chromium for the report's browser test, where apt-
 
 # One test process per core, handed tests one at a time as each finishes (tests/conftest.py:
 # those sharing a costly fixture go to one process together).
+# Our modules compiled once: where PYTHONDONTWRITEBYTECODE is set (CI images), each of the
+# processes the tests start would compile them again.
 test: install browser  ## ruff, then the test suite (CPU; CUDA tests skip without a GPU)
 	$(VENV)/bin/ruff check pipeline export tests bench
+	$(PY) -m compileall -q pipeline export tests >/dev/null
 	$(PY) -m pytest tests -n auto
 
 lint: install  ## ruff alone
