@@ -184,9 +184,9 @@ def test_bf16_trunk_keeps_the_final_objective_within_1_percent_of_fp32():
     all-fp32 run from the same inputs. L-BFGS without a line search is chaotic (two fp32 runs
     that differ only in memory layout end up to 20% apart at this size), so the step cap, the
     size (at 48 px the control drifts past 0.2%) and the iterations are set so that the fp32
-    control agrees to 0.2%; bf16 must then agree to 1% on average over
-    three inputs. Plain L-BFGS: the preconditioner lets a capped step move broad
-    structures 7x further, which makes even the fp32 control drift past 0.2% at this size
+    control agrees to 0.2%; bf16 must then agree to 1% on average over three inputs. Plain
+    L-BFGS: the preconditioner lets a capped step move broad structures 7x further, which
+    makes even the fp32 control drift past 0.2% at this size
     (its bf16 quality is the time-to-quality benchmark's, on real images). The three inputs
     run as one batch (each job's objective is its own, test_batch_of_two_equals_each_alone):
     where the CPU has no bf16 kernels, torch's generic bf16 convolution costs 30x fp32's."""

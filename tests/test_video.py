@@ -125,9 +125,13 @@ def test_frames_tied_by_the_temporal_term_flicker_less_than_independent_ones(cpu
 def test_a_stopped_multi_pass_clip_goes_on_after_its_last_whole_pass(cpu32, tmp_path,
                                                                       monkeypatch):
     """Stopped in its third pass, a clip keeps the second (ClipOutput's passes.pt, this job's
-    alone); run again, it does only the third, and ends as it would have uninterrupted."""
+    alone); run again, it does only the third, and ends as it would have uninterrupted. Two
+    frames a batch: the resumed third pass (backward) needs frame 2, of its next batch, as
+    frame 1's neighbour before any batch of this run has made it."""
+    import functools
+
     from pipeline.gatys.engine import Interrupted
-    from pipeline.video import passes
+    from pipeline.video import chain, passes
     from pipeline.video.clip import clip_part
     from pipeline.video.output import PASSES, ClipOutput
 
@@ -136,7 +140,9 @@ def test_a_stopped_multi_pass_clip_goes_on_after_its_last_whole_pass(cpu32, tmp_
     params = StyleParams(size=32, iterations=6, tol=0)
     video = VideoParams(passes=3, pass_iterations=4)
     part = clip_part(source, video)
-    batches = []  # one per pass here: the 3 frames fit one batch
+    monkeypatch.setattr(chain, "stylize_passes", functools.partial(passes.stylize_passes,
+                                                                   batch=2))
+    batches = []  # the iterations of each batch
     optimize = passes.stylize_prepared
     monkeypatch.setattr(passes, "stylize_prepared",
                         lambda *a, **k: batches.append(a[1].iterations) or optimize(*a, **k))
@@ -158,7 +164,7 @@ def test_a_stopped_multi_pass_clip_goes_on_after_its_last_whole_pass(cpu32, tmp_
     assert kept.passes == 2 and [m.iterations for m in kept.made.values()] == [6 + 4] * 3
     batches.clear()
     again = run(clip)
-    assert batches == [4]  # the third pass alone
+    assert batches == [4, 4]  # the third pass alone, frames 0-1 and 2
     assert [f.iterations for f in again] == [f.iterations for f in whole] == [6 + 2 * 4] * 3
     for a, b in zip(again, whole, strict=True):
         assert np.array_equal(a.pixels, b.pixels), a.index

@@ -95,20 +95,25 @@ def stylize_passes(clip: ClipSource, index: int, params: StyleParams, video: Vid
         return dataclasses.replace(image, name=f"frame {i}", keep=False), styles
 
     later = pass_params(params, video)
+
+    def working(i: int) -> np.ndarray:
+        """Frame i at the working size (a resumed clip makes a neighbour's when first needed)."""
+        if i not in content:
+            prepared(i, later)
+        return content[i]
+
     saved = store.load()
     if saved is not None and saved.passes < video.passes and len(saved.made) == clip.count:
-        made, first = dict(saved.made), saved.passes
-        for i in range(clip.count):  # the working-size frames the flows need
-            prepared(i, later)
+        made, resumed_after = dict(saved.made), saved.passes
     else:
-        made, first = {}, 0
-    for p in range(first, video.passes):
+        made, resumed_after = {}, 0
+    for p in range(resumed_after, video.passes):
         forward = p % 2 == 1
         for first in range(0, clip.count, batch):
             frames = list(range(first, min(first + batch, clip.count)))
             jobs = [prepared(i, params if p == 0 else later) for i in frames]
             start, temporal = (None, None) if p == 0 else _from_neighbours(
-                frames, forward, made, content, flows, params, video)
+                frames, forward, made, working, flows, params, video)
             began = time.perf_counter()
             results = stylize_prepared(jobs, params if p == 0 else later, runtime,
                                        checkpointing=halt, start=start, temporal=temporal)
@@ -125,8 +130,8 @@ def stylize_passes(clip: ClipSource, index: int, params: StyleParams, video: Vid
 
 
 def _from_neighbours(frames: list[int], forward: bool, made: dict[int, Made],
-                     content: dict[int, np.ndarray], flows: TargetCache, params: StyleParams,
-                     video: VideoParams) -> tuple[Tensor, Temporal]:
+                     working: Callable[[int], np.ndarray], flows: TargetCache,
+                     params: StyleParams, video: VideoParams) -> tuple[Tensor, Temporal]:
     """Each frame's start (its blend with its warped neighbour) and temporal term, from the
     previous pass's images."""
     starts, targets = [], []
@@ -138,8 +143,8 @@ def _from_neighbours(frames: list[int], forward: bool, made: dict[int, Made],
             targets.append(Temporal(own, torch.zeros_like(own[:, :1]), torch.zeros(1)))
             continue
         # a pair's flows are from the later frame to the earlier and back
-        later_to_earlier, earlier_to_later = cached_flow_pair(content[max(i, n)],
-                                                              content[min(i, n)], flows)
+        later_to_earlier, earlier_to_later = cached_flow_pair(working(max(i, n)),
+                                                              working(min(i, n)), flows)
         back, fwd = ((later_to_earlier, earlier_to_later) if forward
                      else (earlier_to_later, later_to_earlier))
         c = consistency(back, fwd)
