@@ -47,9 +47,14 @@ def _both(params, runtime, side, size=(96, 72)):
     return whole, whole_x.grad, parts, block_x.grad
 
 
-@pytest.mark.parametrize("precision", ["fp64", "fp32", "bf16"])
+# bf16 departs from fp32 by its rounding, not by the number of blocks: one block size for it
+# (where the CPU has no bf16 kernels, torch's generic bf16 convolution costs 30x fp32's).
+CASES = [(p, side) for p in ("fp64", "fp32", "bf16") for side in (16, 40)
+         if (p, side) != ("bf16", 16)]
+
+
+@pytest.mark.parametrize(("precision", "side"), CASES)
 @pytest.mark.parametrize("pooling", ["max", "avg"])
-@pytest.mark.parametrize("side", [16, 40])
 def test_block_loss_and_gradient_equal_the_whole_image(precision, pooling, side):
     runtime = Runtime.create("cpu", precision, channels_last=precision == "bf16",
                              targets="torch")
@@ -174,9 +179,9 @@ def test_block_size_option_forces_blocks(cpu32):
 
 
 def test_by_blocks_coarse_to_fine_resumes_and_batches_as_whole(cpu64):
-    """Blocks in the fine stage only (the pre-flight plans per stage; --block-size applies to
-    every stage), a batch of two split into shards, resumed from a checkpoint inside the
-    fine stage: the image of the uninterrupted run, and each job as it would be alone."""
+    """Blocks in both stages (--block-size applies to every stage), a batch of two, resumed
+    from a checkpoint inside the fine stage: the image of the uninterrupted run, and each job
+    as it would be alone and as it would be whole."""
     import copy
 
     from pipeline.gatys.engine import Checkpointing

@@ -193,7 +193,7 @@ def test_bf16_trunk_keeps_the_final_objective_within_1_percent_of_fp32():
     fp32 = Runtime.create("cpu", "fp32", channels_last=False, targets="torch")
     control = Runtime.create("cpu", "fp32", channels_last=True, targets="torch")
     bf16 = Runtime.create("cpu", "bf16", channels_last=True, targets="torch")
-    params = StyleParams(size=64, iterations=10, lbfgs_max_step=4, lbfgs_precondition=0,
+    params = StyleParams(size=64, iterations=6, lbfgs_max_step=4, lbfgs_precondition=0,
                          lbfgs_scaling="standard")
     jobs = [StyleJob(make_photo(seed=seed), [make_painting(seed=seed + 10)]) for seed in range(3)]
 

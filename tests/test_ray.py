@@ -22,7 +22,7 @@ ray = pytest.importorskip("ray", reason="the ray extra: pip install -e '.[cpu,de
 SAME = ["--precision", "fp32", "--batch-size", "1", "--set", "size=32"]
 STORE = 100 * 2**20  # object store bytes per node: only small events pass through it
 # Long enough that a stop or a node's loss lands mid-batch, after a checkpoint (every 5)
-ITERATIONS = 60
+ITERATIONS = 30
 
 
 @pytest.fixture(scope="module")

@@ -180,13 +180,18 @@ def _some_done_and_one_in_progress(out) -> bool:
     return False
 
 
+# Checkpoints every 2 iterations, one job a batch: long enough for a stop to find a batch
+# mid-way after another has finished.
+KILLED_RUN_ITERATIONS = 30
+
+
 @pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory):
     """A dataset and its uninterrupted run, shared by the three ways of stopping one (session:
     a test process running other files' tests between them keeps it)."""
     root = tmp_path_factory.mktemp("uninterrupted")
     dataset = make_dataset(root)
-    proc = spawn_run(dataset, root / "ref", 60)
+    proc = spawn_run(dataset, root / "ref", KILLED_RUN_ITERATIONS)
     assert proc.wait(timeout=600) == 0, proc.stdout.read()
     return dataset, root / "ref"
 
@@ -195,7 +200,7 @@ def uninterrupted(tmp_path_factory):
 def test_killed_run_resumes_and_matches_an_uninterrupted_one(uninterrupted, tmp_path, how):
     dataset, reference = uninterrupted
     out = tmp_path / "out"
-    proc = spawn_run(dataset, out, 60)
+    proc = spawn_run(dataset, out, KILLED_RUN_ITERATIONS)
     wait_for(lambda: _some_done_and_one_in_progress(out))
     if how == "sigkill":  # the whole run, workers included, as a crash or reboot would
         os.killpg(proc.pid, signal.SIGKILL)
@@ -211,7 +216,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(uninterrupted, tmp_
     assert 0 < len(done_before) < 6
     assert saved_checkpoints(out)
 
-    proc = spawn_run(dataset, out, 60)
+    proc = spawn_run(dataset, out, KILLED_RUN_ITERATIONS)
     text = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, text
     assert "resuming a batch of 1 from its checkpoint at iteration" in text
@@ -279,7 +284,7 @@ def test_a_second_ctrl_c_quits_at_once_and_the_run_resumes(dataset, tmp_path):
 
     handler = signal.getsignal(signal.SIGINT)
     opts = RunOptions(tmp_path / "out", devices="cpu", workers=2, batch_size=1,
-                      checkpoint_every=2, overrides=parse_overrides(["size=32", "iterations=60"]),
+                      checkpoint_every=2, overrides=parse_overrides(["size=32", "iterations=10"]),
                       runtime=RuntimeOptions(precision="fp32"))
     result = run_manifest(dataset, opts, Impatient)
     assert pressed == ["stop", "again", "quit"]
