@@ -3,7 +3,7 @@ carrying its key (clip.frame_key); a rerun reads back the frames that carry thei
 from the first one missing. The video is encoded from those frames only when all are there,
 with the job's key in its metadata, then their folder (`OUT.frames/` beside a video output) is
 removed: an output video is always a whole one, and a video carrying its key is done. With
---passes, each whole pass is kept there too (`passes.pt`), until the clip is finished."""
+--passes, each batch of each pass is kept there too (`passes/`), until the clip is finished."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from .passes import Made, PassState, PassStore
 
 ENCODED = (".mp4", ".m4v", ".mov", ".mkv")
 log = logging.getLogger(__name__)
-PASSES = "passes.pt"  # the multi-pass scheme's last whole pass, among the frames
+PASSES = "passes"  # the multi-pass scheme's batches of frames, a folder among the frames
 
 
 def frames_folder(output: Path) -> Path:
@@ -110,45 +110,58 @@ class ClipOutput:
                                                 resumed=False)
 
     def pass_store(self) -> PassStore:
-        """The clip's last whole pass of the multi-pass scheme, kept beside its frames."""
+        """The clip's passes of the multi-pass scheme, kept beside its frames: one file per
+        batch of frames, named by pass and first frame."""
         return PassStore(self._load_passes, self._save_passes)
 
-    def _save_passes(self, state: PassState) -> None:
-        """As a checkpoint: a write that fails (disk full) is said once and let go."""
-        made = [state.made[i] for i in range(len(state.made))]
+    def _save_passes(self, p: int, frames: dict[int, Made]) -> None:
+        """As a checkpoint: a write that fails (disk full) is said once and let go. Passes
+        before the previous one are no one's neighbours any more: removed."""
+        folder, order = self.folder / PASSES, sorted(frames)
         try:
-            with atomic_path(self.folder / PASSES) as tmp:
-                torch.save({"key": self.key, "passes": state.passes,
-                            "pixels": torch.from_numpy(np.stack([m.pixels for m in made])),
-                            "losses": json.dumps([m.losses for m in made]),
-                            "iterations": [m.iterations for m in made],
-                            "seconds": [m.seconds for m in made]}, tmp)
+            folder.mkdir(parents=True, exist_ok=True)
+            with atomic_path(folder / f"{p:03d}-{order[0]:06d}.pt") as tmp:
+                torch.save({"key": self.key, "pass": p, "frames": order,
+                            "pixels": torch.from_numpy(np.stack([frames[i].pixels
+                                                                 for i in order])),
+                            "losses": json.dumps([frames[i].losses for i in order]),
+                            "iterations": [frames[i].iterations for i in order],
+                            "seconds": [frames[i].seconds for i in order]}, tmp)
         except OSError as e:
             if not self.pass_write_failed:
                 self.pass_write_failed = True
                 log.warning("cannot keep the passes of %s (%s); going on without",
                             self.output.name, describe_os_error(e, self.folder))
+            return
+        for old in folder.glob("[0-9]*.pt"):  # not a temp file (".name...")
+            if int(old.name.split("-")[0]) < p - 1:
+                old.unlink(missing_ok=True)
 
     def _load_passes(self) -> PassState | None:
-        """None unless the file is whole and this job's (another job's is not resumed)."""
-        path = self.folder / PASSES
-        if not path.is_file():
+        """The last whole pass and what the next one has finished, from the files that are
+        whole and this job's (another job's are not resumed); None when there are none."""
+        by_pass: dict[int, dict[int, Made]] = {}
+        for path in sorted((self.folder / PASSES).glob("[0-9]*.pt")):
+            try:
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+            except (OSError, RuntimeError, pickle.UnpicklingError, EOFError):
+                continue
+            if saved.get("key") != self.key:
+                continue
+            pixels, losses = saved["pixels"].numpy(), json.loads(saved["losses"])
+            by_pass.setdefault(saved["pass"], {}).update({
+                i: Made(pixels[n], losses[n], saved["iterations"][n], saved["seconds"][n])
+                for n, i in enumerate(saved["frames"])})
+        if not by_pass:
             return None
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, pickle.UnpicklingError, EOFError):
-            return None
-        if saved.get("key") != self.key:
-            return None
-        pixels, losses = saved["pixels"].numpy(), json.loads(saved["losses"])
-        return PassState(saved["passes"], {
-            i: Made(pixels[i], losses[i], saved["iterations"][i], saved["seconds"][i])
-            for i in range(len(pixels))})
+        whole = [p for p, made in by_pass.items() if len(made) == self.part.count]
+        passes = max(whole) + 1 if whole else 0
+        return PassState(passes, by_pass.get(passes - 1, {}), by_pass.get(passes, {}))
 
     def finish(self, crf: int) -> None:
         """Encode the video from the frames (all there), then remove their folder; a folder
         output is finished as it is."""
-        (self.folder / PASSES).unlink(missing_ok=True)
+        shutil.rmtree(self.folder / PASSES, ignore_errors=True)
         if not is_video(self.output):
             return
         write_video(self._frames(), self.output, self.part.fps, crf, self.part.info,

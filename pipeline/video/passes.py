@@ -11,12 +11,13 @@ Frames at the start of a pass's direction have no neighbour and keep their own i
 
 Departure: a pass blends with the neighbour's image of the previous pass (the paper's runs
 frame after frame within a pass, with the neighbour of the same pass). Every frame of a pass is
-then independent of the others, so a pass is batches of any frames, in any order: a long clip
-fills a GPU's batch the chain cannot (the chain has one frame per clip in flight), at the price
-of information moving one frame per pass. Only the short-term neighbour is used.
+then independent of the others, so a pass is batches of any frames, in any order, and a frame's
+result does not depend on how its pass was cut: a long clip fills a GPU's batch the chain cannot
+(the chain has one frame per clip in flight), at the price of information moving one frame per
+pass. Only the short-term neighbour is used.
 
-Each whole pass is kept (`PassStore`): a stopped or killed clip resumes after the last pass it
-finished; a pass cut short is run again.
+Each batch of frames is kept as it finishes (`PassStore`): a stopped or killed clip resumes
+inside the pass it was on, with the frames that pass has left, in batches of any size.
 """
 
 from __future__ import annotations
@@ -53,18 +54,21 @@ class Made:
 
 @dataclass
 class PassState:
-    """Every frame of a clip after its first `passes` passes."""
+    """A clip's passes so far: every frame after its first `passes` passes (`made`; empty
+    before the first is whole) and the frames the next pass has finished (`current`)."""
 
     passes: int
     made: dict[int, Made]
+    current: dict[int, Made]
 
 
 @dataclass
 class PassStore:
-    """Where a clip's last whole pass is kept between runs (by default nowhere)."""
+    """Where a clip's passes are kept between runs (by default nowhere): `save(p, frames)`
+    keeps frames just finished in pass p (0-based), `load()` gives back the PassState."""
 
     load: Callable[[], PassState | None] = lambda: None
-    save: Callable[[PassState], None] = lambda state: None
+    save: Callable[[int, dict[int, Made]], None] = lambda p, frames: None
 
 
 def pass_params(params: StyleParams, video: VideoParams) -> StyleParams:
@@ -79,8 +83,8 @@ def stylize_passes(clip: ClipSource, index: int, params: StyleParams, video: Vid
                    store: PassStore | None = None) -> None:
     """Stylize every frame of `clip` (clip number `index` of the caller) in video.passes
     passes, `batch` frames at a time; `finished` gets each frame, in order, after the last.
-    `store` keeps each whole pass and gives back the last one kept; `stop()` true:
-    Interrupted (what `store` has is kept)."""
+    `store` keeps each batch's frames and gives back what it kept; `stop()` true: Interrupted
+    (what `store` has is kept)."""
     store = store or PassStore()
     halt = Checkpointing(save=lambda *_: None, stop=stop)
     # Working-size frames, decoded once in the first pass: the flows and later passes use them
@@ -102,31 +106,35 @@ def stylize_passes(clip: ClipSource, index: int, params: StyleParams, video: Vid
             prepared(i, later)
         return content[i]
 
-    saved = store.load()
-    if saved is not None and saved.passes < video.passes and len(saved.made) == clip.count:
-        made, resumed_after = dict(saved.made), saved.passes
-    else:
-        made, resumed_after = {}, 0
-    for p in range(resumed_after, video.passes):
-        forward = p % 2 == 1
-        for first in range(0, clip.count, batch):
-            frames = list(range(first, min(first + batch, clip.count)))
+    state = _usable(store.load(), video.passes)
+    for p in range(state.passes, video.passes):
+        forward, previous, made = p % 2 == 1, state.made, dict(state.current)
+        todo = [i for i in range(clip.count) if i not in made]
+        for first in range(0, len(todo), batch):
+            frames = todo[first:first + batch]
             jobs = [prepared(i, params if p == 0 else later) for i in frames]
             start, temporal = (None, None) if p == 0 else _from_neighbours(
-                frames, forward, made, working, flows, params, video)
+                frames, forward, previous, working, flows, params, video)
             began = time.perf_counter()
             results = stylize_prepared(jobs, params if p == 0 else later, runtime,
                                        checkpointing=halt, start=start, temporal=temporal)
             share = (time.perf_counter() - began) / len(frames)
+            done = {}
             for i, result in zip(frames, results, strict=True):
-                before = made.get(i, Made(np.empty(0), {}))
-                made[i] = Made(to_pixels(result.pixels), result.losses,
+                before = previous.get(i, Made(np.empty(0), {}))
+                done[i] = Made(to_pixels(result.pixels), result.losses,
                                before.iterations + result.iterations, before.seconds + share)
-        if p + 1 < video.passes:
-            store.save(PassState(p + 1, dict(made)))
+            store.save(p, done)
+            made.update(done)
+        state = PassState(p + 1, made, {})
     for i in range(clip.count):
-        m = made[i]
+        m = state.made[i]
         finished(Frame(index, i, m.pixels, m.losses, m.iterations, m.seconds))
+
+
+def _usable(saved: PassState | None, passes: int) -> PassState:
+    """What a clip starts from: what was kept, unless it went past this job's passes."""
+    return saved if saved is not None and saved.passes <= passes else PassState(0, {}, {})
 
 
 def _from_neighbours(frames: list[int], forward: bool, made: dict[int, Made],
