@@ -145,3 +145,12 @@ def dataset(tmp_path):
     from tests.run_helpers import make_dataset
 
     return make_dataset(tmp_path)
+
+
+@pytest.fixture
+def small_scales(monkeypatch):
+    """Coarse-to-fine stages down to 32 px instead of the product's 128 (a quality floor, not
+    part of the schedule's mechanics): the tests of those mechanics run on 64 px images."""
+    from pipeline.gatys import params
+
+    monkeypatch.setattr(params, "MIN_SCALE_SIZE", 32)

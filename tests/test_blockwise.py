@@ -178,7 +178,7 @@ def test_block_size_option_forces_blocks(cpu32):
             Runtime.create("cpu", block_size=bad)
 
 
-def test_by_blocks_coarse_to_fine_resumes_and_batches_as_whole(cpu64):
+def test_by_blocks_coarse_to_fine_resumes_and_batches_as_whole(cpu64, small_scales):
     """Blocks in both stages (--block-size applies to every stage), a batch of two, resumed
     from a checkpoint inside the fine stage: the image of the uninterrupted run, and each job
     as it would be alone and as it would be whole."""
@@ -186,11 +186,11 @@ def test_by_blocks_coarse_to_fine_resumes_and_batches_as_whole(cpu64):
 
     from pipeline.gatys.engine import Checkpointing
 
-    runtime = Runtime.create("cpu", "fp64", channels_last=False, block_size=96)
-    params = StyleParams(size=256, iterations=3, scales=2, tol=0, **SHALLOW)
-    jobs = [StyleJob(make_photo((256, 192), seed=s), [make_painting(seed=s + 1)]) for s in (0, 2)]
+    runtime = Runtime.create("cpu", "fp64", channels_last=False, block_size=16)
+    params = StyleParams(size=64, iterations=3, scales=2, tol=0, **SHALLOW)
+    jobs = [StyleJob(make_photo((64, 48), seed=s), [make_painting(seed=s + 1)]) for s in (0, 2)]
     problem = setup_batch([prepare(j, params) for j in jobs], params, runtime)
-    assert [s.block for s in problem.stages] == [96, 96]
+    assert [s.block for s in problem.stages] == [16, 16]
     saved = {}
 
     def save(it, x, state):
@@ -204,4 +204,4 @@ def test_by_blocks_coarse_to_fine_resumes_and_batches_as_whole(cpu64):
     for a, b in ((full[1], resumed[1]), (full[1], alone), (full[1], whole)):
         assert b.losses["total"] == pytest.approx(a.losses["total"], rel=1e-9)
         assert (to_tensor(a.image) - to_tensor(b.image)).abs().max() <= 1
-    assert full[0].metadata["stages"] == [[128, 96, 96, None], [256, 192, 96, None]]
+    assert full[0].metadata["stages"] == [[32, 24, 16, None], [64, 48, 16, None]]

@@ -95,9 +95,9 @@ def test_a_checkpoint_carries_the_stopped_jobs_and_the_trace(cpu64):
                                        rtol=1e-9, atol=0)
 
 
-def test_coarse_to_fine_stops_each_stage_and_traces_both(cpu32):
-    params = StyleParams(size=256, iterations=40, scales=2, tol=0.3, tol_window=3)
-    job = StyleJob(make_photo((256, 192)), [make_painting((128, 128))])
+def test_coarse_to_fine_stops_each_stage_and_traces_both(cpu32, small_scales):
+    params = StyleParams(size=64, iterations=40, scales=2, tol=0.3, tol_window=3)
+    job = StyleJob(make_photo((64, 48)), [make_painting((32, 32))])
     (result,) = stylize_batch([job], params, cpu32, trace_every=1)
     stages = [p["stage"] for p in result.trace]
     assert stages[0] == 0 and stages[-1] == 1 and stages == sorted(stages)

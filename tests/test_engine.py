@@ -96,11 +96,11 @@ def test_scale_sizes_halve_down_to_128_px():
     assert StyleParams(iterations=7).stage_ends(3) == [2, 4, 7]
 
 
-def test_coarse_to_fine_resumes_from_any_iteration(cpu32):
-    """Two stages (128 then 256 px, 2 iterations each): a checkpoint from inside the coarse
+def test_coarse_to_fine_resumes_from_any_iteration(cpu32, small_scales):
+    """Two stages (32 then 64 px, 2 iterations each): a checkpoint from inside the coarse
     stage, at the stage boundary, or inside the fine stage resumes to the same image."""
-    job = StyleJob(make_photo((256, 192)), [make_painting((128, 128))])
-    params = StyleParams(size=256, iterations=4, scales=2)
+    job = StyleJob(make_photo((64, 48)), [make_painting((32, 32))])
+    params = StyleParams(size=64, iterations=4, scales=2)
     saved, sizes = {}, []
 
     def save(it, x, state):
@@ -108,8 +108,8 @@ def test_coarse_to_fine_resumes_from_any_iteration(cpu32):
         sizes.append(tuple(x.shape[2:]))
 
     (full,) = stylize_batch([job], params, cpu32, checkpointing=Checkpointing(save, every=1))
-    assert full.image.size == (256, 192)
-    assert sizes == [(96, 128), (96, 128), (192, 256)]  # iterations 1, 2 coarse; 3 fine
+    assert full.image.size == (64, 48)
+    assert sizes == [(24, 32), (24, 32), (48, 64)]  # iterations 1, 2 coarse; 3 fine
     assert full.losses["total"] > 0
     plain = to_tensor(stylize_batch([job], params.replace(scales=1), cpu32)[0].image)
     assert (to_tensor(full.image) - plain).abs().mean() > 1  # the schedule changes the result

@@ -196,7 +196,7 @@ def _workers_of(pid):
 
 def test_a_killed_worker_s_batch_is_taken_over_and_the_run_completes(dataset, tmp_path):
     out = tmp_path / "out"
-    proc = spawn_run(dataset, out, 60)
+    proc = spawn_run(dataset, out, 20)
     try:
         wait_for(lambda: saved_checkpoints(out) and len(_workers_of(proc.pid)) == 2)
         os.kill(_workers_of(proc.pid)[0], signal.SIGKILL)
@@ -269,7 +269,7 @@ def test_a_full_disk_stops_the_run_and_a_plain_rerun_finishes_it(dataset, tmp_pa
         _one_line_error(result, "no space left on")
         filler.unlink()
         filler = _fill(out, 200_000)  # the outputs fit, checkpoints (~1 MB each) do not
-        result = run_cli(dataset, out, "--workers", "1", "--set", "iterations=20",
+        result = run_cli(dataset, out, "--workers", "1", "--set", "iterations=6",
                          "--checkpoint-every", "5")
         assert result.exit_code == 0, result.output
         assert "cannot write a checkpoint" in result.output
