@@ -289,7 +289,8 @@ def stylize(content: ImageSource, styles: ImageSource | Sequence[ImageSource],
 
 CACHE_PARTS = {"weights": "dequantized weights", "models": "ONNX models",
                "trt": "TensorRT engines", "targets": "content/style targets",
-               "flows": "optical flows of video frames", "probes": "measured hardware defaults"}
+               "flows": "optical flows of video frames", "probes": "measured hardware defaults",
+               "digests": "video files' sha256"}
 
 
 def cache_contents(cache: str | None = None) -> tuple[Path, dict[str, tuple[list[Path],

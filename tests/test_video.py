@@ -350,3 +350,27 @@ def test_odd_sized_frames_are_encoded_one_pixel_smaller(tmp_path):
                                  "--size", "65"])
     assert result.exit_code == 0, result.output
     assert probe(out).size == (64, 46)
+
+
+def test_a_video_s_digest_is_read_once_and_again_when_the_file_changes(tmp_path, monkeypatch):
+    """Remembered in the cache by the file's identity: a rerun does not read a long video
+    whole again; a file written again (new modification time) is read again."""
+    from pipeline.io import files
+    from pipeline.io.cache_entries import entries
+
+    video, cache = tmp_path / "clip.mp4", tmp_path / "cache"
+    video.write_bytes(b"frames" * 1000)
+    reads = []
+    digest = files.file_digest
+    monkeypatch.setattr(files, "file_digest", lambda p: reads.append(p) or digest(p))
+    first = files.remembered_digest(video, cache)
+    assert first == digest(video) and files.remembered_digest(video, cache) == first
+    assert len(reads) == 1
+    video.write_bytes(b"other" * 1000)
+    os.utime(video, ns=(1, 1))  # a new modification time, as any write gives
+    second = files.remembered_digest(video, cache)
+    assert second == digest(video) != first and len(reads) == 2
+    (entry,) = [p for p in entries(cache, "digests")[0] if p.read_text() == second]
+    entry.write_text("not a digest")  # a damaged entry is read through, then replaced
+    assert files.remembered_digest(video, cache) == second and len(reads) == 3
+    assert entry.read_text() == second

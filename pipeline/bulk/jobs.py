@@ -19,7 +19,7 @@ from pathlib import Path
 from ..api import job_key
 from ..errors import InputError, RowError
 from ..gatys.vgg import min_input_side
-from ..io.files import file_digest
+from ..io.files import remembered_digest
 from ..io.images import fit_longest_side, header_size, read_rgb
 from ..targets.cache import image_digest
 from ..video.clip import ClipPart, clip_key, clip_part
@@ -60,11 +60,12 @@ class Inspector:
 
     `decode=True` (manifest validate) decodes every pixel; `decode=False` (pipeline run) reads
     only headers, so a 100k-row run starts in minutes, not hours: an image that is corrupt past
-    its header then fails its own job in the worker, with the same message.
+    its header then fails its own job in the worker, with the same message. A video's digest
+    is remembered in the `cache` (io/files.remembered_digest).
     """
 
-    def __init__(self, decode: bool = True) -> None:
-        self.decode = decode
+    def __init__(self, decode: bool = True, cache: str | None = None) -> None:
+        self.decode, self.cache = decode, cache
         self._seen: dict[Path, tuple[str, tuple[int, int]]] = {}
         self._folders: dict[Path, Path | None] = {}  # output folder -> a file blocking it
 
@@ -100,7 +101,7 @@ class Inspector:
         assert spec.video is not None
         try:
             part = clip_part(spec.content, spec.video)
-            return file_digest(spec.content), part.info.size, part
+            return remembered_digest(spec.content, self.cache), part.info.size, part
         except InputError as e:
             raise RowError(spec.row, e) from None
         except OSError as e:

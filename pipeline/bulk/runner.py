@@ -99,13 +99,14 @@ class Scan:
 
 
 def scan(manifest: Path, out_dir: Path, overrides: dict[str, Any],
-         progress: Callable[[int], None] | None = None, decode: bool = True) -> Scan:
+         progress: Callable[[int], None] | None = None, decode: bool = True,
+         cache: str | None = None) -> Scan:
     """Every row checked: columns, types, ranges, files exist and decode (or, with
     decode=False, have a readable header), outputs inside --out, not duplicated and not any
-    row's input."""
+    row's input. `cache`: where videos' digests are remembered."""
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir} is a file, not a folder")
-    inspect = Inspector(decode)
+    inspect = Inspector(decode, cache)
     jobs: list[Job] = []
     errors: list[RowError] = []
     outputs: dict[Path, int] = {}
@@ -215,7 +216,8 @@ def run_manifest(manifest: Path, opts: RunOptions,
     start = time.perf_counter()
     opts.validate()
     with scan_view() as advance:
-        found = scan(manifest, out_dir, opts.overrides, advance, decode=False)
+        found = scan(manifest, out_dir, opts.overrides, advance, decode=False,
+                     cache=opts.runtime.cache)
     if found.errors and not opts.skip_bad_rows:
         raise ManifestInvalid(found.errors)
     # Absolute: a worker elsewhere has another working folder.

@@ -18,6 +18,7 @@ ENTRIES = {
     "targets": re.compile(rf"[0-9a-f]{{2}}/{_HEX64}\.safetensors"),
     "flows": re.compile(rf"[0-9a-f]{{2}}/{_HEX64}\.safetensors"),
     "probes": re.compile(rf"[a-z0-9]+-{_HEX16}\.json(\.lock)?"),
+    "digests": re.compile(rf"{_HEX64}\.sha256"),
 }
 
 

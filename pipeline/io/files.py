@@ -27,6 +27,23 @@ def file_digest(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def remembered_digest(path: str | os.PathLike, cache: str | os.PathLike | None) -> str:
+    """file_digest, remembered in the cache by the file's identity (its real path, device,
+    inode, size and modification time in ns): a long video is read whole once, not at every
+    run start. A file written again gets a new modification time, so a new entry."""
+    st = os.stat(path)
+    identity = f"{os.path.realpath(path)}\0{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+    entry = (cache_dir(cache) / "digests"
+             / f"{hashlib.sha256(identity.encode()).hexdigest()}.sha256")
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        if re.fullmatch("[0-9a-f]{64}", known := entry.read_text().strip()):
+            return known
+    digest = file_digest(path)
+    with contextlib.suppress(OSError):  # a cache we cannot write costs a read next time
+        atomic_write_bytes(entry, digest.encode())
+    return digest
+
+
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
     """Cache root: explicit override, else $STYLE_PIPELINE_CACHE, else the user cache dir."""
     root = override or os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("style-pipeline")

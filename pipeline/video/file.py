@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..api import Runtime, StyleParams, image_digest
 from ..gatys.engine import Progress
-from ..io.files import file_digest
+from ..io.files import remembered_digest
 from ..io.images import check_image_file
 from ..io.video import is_video
 from .chain import stylize_clips
@@ -51,11 +51,11 @@ def stylize_video_file(source: Path, styles: Sequence[Path], output: Path,
         check_image_file(style)
     check_output(source, styles, output)
     init = image_digest(params.init) if params.init_is_file else None
-    clip = ClipOutput(part, output, clip_key(file_digest(source), part,
+    runtime = runtime or Runtime.start()
+    clip = ClipOutput(part, output, clip_key(remembered_digest(source, runtime.cache), part,
                                              [image_digest(s) for s in styles], params, video,
                                              init))
     clip.folder.mkdir(parents=True, exist_ok=True)
-    runtime = runtime or Runtime.start()
 
     def finished(frame: Frame) -> None:
         clip.finished(frame)
