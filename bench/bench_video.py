@@ -35,7 +35,7 @@ from pipeline import Runtime, StyleParams
 from pipeline.video.chain import stylize_clips
 from pipeline.video.frames import ClipSource, Frame
 from pipeline.video.params import VideoParams
-from pipeline.video.synthetic import camera_clip, stability
+from pipeline.video.synthetic import Clip, camera_clip, stability
 
 
 def _cpu() -> str:
@@ -43,6 +43,16 @@ def _cpu() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor()
+
+
+def benchmark_clip(scene_path: Path, longest: int, frames: int) -> tuple[Clip, tuple[int, int]]:
+    """The synthetic camera over a photo (halved), `longest` px on its longer side (even)."""
+    with Image.open(scene_path) as img:
+        scene = np.asarray(img.convert("RGB").reduce(2))
+    h, w = scene.shape[:2]
+    size = (longest, round(longest * h / w) // 2 * 2) if w >= h else (
+        round(longest * w / h) // 2 * 2, longest)
+    return camera_clip(scene, size, frames, pan=size[0] / 100, zoom=1.005, turn=0.2), size
 
 
 def run(clip, style: Path, params: StyleParams, video: VideoParams, runtime: Runtime,
@@ -73,12 +83,7 @@ def main() -> None:
     ap.add_argument("--speed", action="store_true", help="the chain alone: its frame rates")
     args = ap.parse_args()
     style = next(args.scene.parent.glob(f"{args.style}.*"))
-    with Image.open(args.scene) as img:
-        scene = np.asarray(img.convert("RGB").reduce(2))
-    h, w = scene.shape[:2]
-    size = (args.size, round(args.size * h / w) // 2 * 2) if w >= h else (
-        round(args.size * w / h) // 2 * 2, args.size)
-    clip = camera_clip(scene, size, args.frames, pan=size[0] / 100, zoom=1.005, turn=0.2)
+    clip, size = benchmark_clip(args.scene, args.size, args.frames)
     runtime = Runtime.start("cpu")
     params = StyleParams(size=args.size)
     if args.speed:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pipeline.bulk.distribute import MAX_WORKER_DEATHS, Slot, distribute
 from pipeline.bulk.events import BatchDone, BatchStarted, Exited, Lost, Ready
-from pipeline.bulk.jobs import BatchQueue, Inspector
+from pipeline.bulk.jobs import Inspector
 from pipeline.bulk.manifest import read_jobs
+from pipeline.bulk.queue import BatchQueue
 
 
 class Display:
@@ -181,3 +182,54 @@ def test_a_worker_that_dies_before_it_is_ready_is_not_started_again(dataset, tmp
     result = distribute(workers, BatchQueue(jobs), 1, Display(), lambda batch: False)
     assert workers.started == [0] and result.done == 0
     assert result.errors == ["a worker died before it was ready (exit code 1)"]
+
+
+def _multi_pass_job(dataset, tmp_path, frames=8):
+    import dataclasses
+
+    from pipeline.bulk.jobs import Job
+    from pipeline.video.params import VideoParams
+
+    image = _jobs(dataset, tmp_path)[0]
+    spec = dataclasses.replace(image.spec, video=VideoParams(passes=3))
+    return Job(spec, "k", (32, 24), frames)
+
+
+def test_a_multi_pass_video_goes_out_as_pieces_a_pass_after_the_other(dataset, tmp_path):
+    """Pieces of whole batches, about two per worker and pass; no piece of a pass before the
+    last of the one before is done; then the job itself. A failed piece: the job goes out
+    whole once the pieces running are done."""
+    job = _multi_pass_job(dataset, tmp_path)
+    queue = BatchQueue([job], workers=2)
+    assert queue.count(lambda j: 2) == 4
+    for p in range(3):
+        pieces = [queue.take(lambda j: 2) for _ in range(4)]
+        assert [(b.piece.index, b.piece.first, b.piece.stop, b.piece.batch) for b in pieces] \
+            == [(p, f, f + 2, 2) for f in range(0, 8, 2)]
+        for piece in pieces:
+            assert queue.take(lambda j: 2) is None and queue  # the pass is not whole yet
+            queue.piece_done(piece, ok=True)
+    last = queue.take(lambda j: 2)
+    assert last.jobs == (job,) and last.piece is None
+    assert queue.take(lambda j: 2) is None and not queue
+    assert len(BatchQueue([job], workers=1).take(lambda j: 2).jobs) == 1  # one worker: whole
+
+    queue = BatchQueue([job], workers=2)
+    first, second = queue.take(lambda j: 3), queue.take(lambda j: 3)
+    assert (first.piece.stop, second.piece.first, second.piece.stop) == (3, 3, 6)
+    queue.piece_done(first, ok=False)
+    assert queue.take(lambda j: 3) is None  # cut short: no more pieces, the second runs
+    queue.piece_done(second, ok=True)
+    assert queue.take(lambda j: 3).piece is None and not queue
+
+
+def test_workers_waiting_on_a_pass_all_get_the_next_one(dataset, tmp_path):
+    """Workers that found nothing to take while a pass finished are fed its next pass."""
+    job = _multi_pass_job(dataset, tmp_path, frames=12)
+    workers = Fake(3, lambda wid, batch: "done", delay={0: 1, 1: 2, 2: 6})
+    result = distribute(workers, BatchQueue([job], workers=3), 2, Display(), lambda b: False)
+    assert not result.errors and result.done == 3 * 6 + 1
+    ran = [(wid, b.piece.index if b.piece else None) for wid, b in workers.ran]
+    assert [p for _, p in ran] == [0] * 6 + [1] * 6 + [2] * 6 + [None]
+    for p in range(3):
+        assert {wid for wid, q in ran if q == p} == {0, 1, 2}, ran

@@ -366,7 +366,7 @@ def test_large_manifest_is_read_in_batches(dataset, tmp_path):
 
 
 def test_size_bucket_lets_nearly_equal_shapes_share_a_batch(tmp_path):
-    from pipeline.bulk.jobs import BatchQueue
+    from pipeline.bulk.queue import BatchQueue
     from pipeline.bulk.runner import scan
 
     images = tmp_path / "data"

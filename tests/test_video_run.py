@@ -196,3 +196,43 @@ def test_bad_video_rows_fail_alone(video_dataset, tmp_path):
     assert f"row 3: {broken}: not a video FFmpeg can read" in result.output
     assert "row 4: output 'as-image.png' of a video must end in .mp4" in result.output
     assert "row 5: temporal_weight must be >= 0" in result.output
+
+
+# The multi-pass scheme in fp64: a frame's result does not depend on how its pass was cut.
+PASSES = ["--devices", "cpu", "--precision", "fp64", "--set", "size=32", "--set", "iterations=4",
+          "--set", "passes=3", "--set", "pass_iterations=3", "--set", "tol=0",
+          "--batch-size", "2"]
+
+
+def test_one_multi_pass_video_spreads_over_workers_and_resumes_at_any_cut(video_dataset,
+                                                                          tmp_path):
+    """On two workers one clip's passes go out in pieces that both take, a pass after the
+    other. Killed while its second pass is kept in part, the run goes on from the kept
+    pieces (none done again) and ends with the video one worker makes whole."""
+    rows = [r for r in pq.read_table(video_dataset).to_pylist()
+            if r["content"].endswith("a.mp4")]
+    manifest = write_manifest(rows, video_dataset.parent / "one.parquet")
+    whole = tmp_path / "whole"
+    alone = runner.invoke(app, ["run", str(manifest), "--out", str(whole), "--workers", "1",
+                                *PASSES], terminal_width=200)
+    assert alone.exit_code == 0, alone.output
+    assert "pass pieces" not in alone.output
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", str(manifest), "--out",
+                             str(out), "--workers", "2", *PASSES], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, text=True)
+    wait_for(lambda: bool(list(out.glob("*.mp4.frames/passes/001-*.pt"))))
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not list(out.glob("*.mp4"))
+    result = runner.invoke(app, ["run", str(manifest), "--out", str(out), "--workers", "2",
+                                 *PASSES], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "kept by an earlier run" in result.output and "goes on whole" not in result.output
+    pieces = cell(result.output, "pass pieces")  # 4 a pass (8 frames, 2 a batch, 2 workers)
+    assert pieces.startswith("12 (w0 ") and ", w1 " in pieces, pieces
+    assert not list(out.glob("*.mp4.frames"))
+    ours, theirs = _outputs(out)["a"], _outputs(whole)["a"]
+    for a, b in zip(_frames(ours), _frames(theirs), strict=True):
+        assert np.abs(a.astype(int) - b).mean() < 0.05

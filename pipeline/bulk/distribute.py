@@ -22,7 +22,8 @@ from .events import (
     Ready,
 )
 from .interrupts import stop_signals
-from .jobs import Batch, BatchQueue, Job, default_batch_size
+from .jobs import Batch, Job, default_batch_size
+from .queue import BatchQueue
 
 # A batch whose worker died this many times is left pending (the run then exits non-zero):
 # a batch that kills its worker every time (the kernel's OOM killer) must not loop forever.
@@ -114,6 +115,7 @@ class Outcome:
     interrupted: int = 0   # the signal that stopped the run, 0 if none
     errors: list[str] = field(default_factory=list)
     precision: dict[str, str] = field(default_factory=dict)  # device -> "bf16 (why)"
+    pieces: dict[int, int] = field(default_factory=dict)  # worker -> multi-pass pieces run
 
 
 @dataclass
@@ -174,7 +176,10 @@ def _handle(event: Event, workers: Distributor, state: _State, display: Display)
     elif isinstance(event, BatchDone):
         outcome.done += event.done
         outcome.failed += event.failures
-        state.running.pop(wid, None)
+        batch = state.running.pop(wid, None)
+        if batch is not None and batch.piece is not None:
+            outcome.pieces[wid] = outcome.pieces.get(wid, 0) + 1
+            state.queue.piece_done(batch, ok=not event.piece_failed)
     elif isinstance(event, CouldNotStart):
         state.refused.append(f"a worker could not start: {event.message}")
     elif isinstance(event, CannotWrite):
@@ -182,6 +187,9 @@ def _handle(event: Event, workers: Distributor, state: _State, display: Display)
         _halt(workers, state, display)
     if isinstance(event, Ready | BatchDone):
         _feed(wid, workers, state)
+        for waiting in list(state.idle):  # a pass whole: its next pass's pieces for all
+            state.idle.remove(waiting)
+            _feed(waiting, workers, state)
     elif isinstance(event, Exited | CouldNotStart | CannotWrite):
         state.gone.add(wid)  # stopped: its batch is checkpointed, and pending
         state.running.pop(wid, None)
@@ -234,6 +242,7 @@ def _bury(wid: int, how: str, workers: Distributor, state: _State, display: Disp
                 state.outcome.errors.append(
                     f"a batch of {len(batch.jobs)} (rows {rows}) ended "
                     f"{state.deaths[batch.id]} workers ({how}; out of memory?); left pending")
+                state.queue.abandon(batch)
             elif not state.stopping:
                 state.queue.put_back(batch)
                 if not restart and state.idle:

@@ -24,6 +24,7 @@ class BatchStarted:
     iterations: int  # of the batch; frames of its longest clip for a batch of videos
     resumed_at: int  # the checkpoint's iteration, 0 for a fresh start
     unit: str = "iterations"  # what `iterations` and Iteration events count
+    label: str = ""  # what the batch is, when not "batch of N" (a piece of a video's passes)
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,12 @@ class Iteration:
 
 @dataclass(frozen=True)
 class BatchDone:
-    """The batch's outputs and ledger rows are written."""
+    """The batch's outputs and ledger rows are written (a piece: its frames are kept)."""
 
     worker: int
     done: int
     failures: list[tuple[int, str]]  # (manifest row, one-line error)
+    piece_failed: bool = False  # a piece of a video's passes failed: the job goes out whole
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Jobs of a bulk run: checking each row's images, the job key, grouping into batches.
+"""Jobs of a bulk run: checking each row's images, the job key, what a batch is and its size.
 
 A job's key is a hash of its input image bytes and its parameters: the same inputs always
 give the same key, so a finished output is recognized across runs and never recomputed.
@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ class Job:
     spec: JobSpec
     key: str
     size: tuple[int, int]  # output (w, h)
+    frames: int = 0  # of a video job's part
 
     @property
     def id(self) -> tuple[str, str]:
@@ -47,12 +47,26 @@ class Job:
 
 
 @dataclass(frozen=True)
+class Piece:
+    """Frames `first` to `stop` - 1 of pass `index` (0-based) of a multi-pass video, `batch`
+    frames at a time (bulk/pass_plan.py)."""
+
+    index: int
+    first: int
+    stop: int
+    batch: int
+
+
+@dataclass(frozen=True)
 class Batch:
     jobs: tuple[Job, ...]
+    piece: Piece | None = None  # of its one job's passes; None: the jobs whole
 
     @property
     def id(self) -> str:
-        return hashlib.sha256("".join(j.key for j in self.jobs).encode()).hexdigest()[:16]
+        piece = "" if self.piece is None else repr(self.piece)
+        return hashlib.sha256("".join(j.key for j in self.jobs).encode()
+                              + piece.encode()).hexdigest()[:16]
 
 
 class Inspector:
@@ -124,45 +138,8 @@ class Inspector:
         self._destination(spec.output, spec.row)
         if spec.video is not None:
             return Job(spec, clip_key(digest, part, style_digests, params, spec.video, init),
-                       out_size)
+                       out_size, part.count)
         return Job(spec, job_key(digest, style_digests, params, init), out_size)
-
-
-class BatchQueue:
-    """The run's batches, cut when a worker asks for one, at that worker's batch size (a GPU
-    and a CPU worker each get what suits them). Groups are cut in manifest order, so workers
-    with equal batch sizes always form the same batches from the same unfinished jobs. A batch
-    handed back (its worker died) goes out first and whole: it resumes from its checkpoint."""
-
-    def __init__(self, jobs: Iterable[Job]):
-        groups: dict[str, deque[Job]] = {}
-        for job in jobs:
-            groups.setdefault(job.group, deque()).append(job)
-        self._groups = deque(groups.values())
-        self._returned: deque[Batch] = deque()
-
-    def take(self, batch_size: Callable[[Job], int]) -> Batch | None:
-        """The next batch, of at most `batch_size(job)` jobs of one group; None when empty."""
-        if self._returned:
-            return self._returned.popleft()
-        if not self._groups:
-            return None
-        group = self._groups[0]
-        batch = Batch(tuple(group.popleft() for _ in range(min(batch_size(group[0]),
-                                                                len(group)))))
-        if not group:
-            self._groups.popleft()
-        return batch
-
-    def put_back(self, batch: Batch) -> None:
-        self._returned.appendleft(batch)
-
-    def count(self, batch_size: Callable[[Job], int]) -> int:
-        """How many batches remain if every one is cut with `batch_size`."""
-        return len(self._returned) + sum(-(-len(g) // batch_size(g[0])) for g in self._groups)
-
-    def __bool__(self) -> bool:
-        return bool(self._returned or self._groups)
 
 
 # Pixels in flight on the CPU, all workers together: batches up to this measured faster per

@@ -28,8 +28,9 @@ from .checkpoint import checkpoint_dir, sweep_finished
 from .distribute import Distributor, Outcome, QuietDisplay, distribute
 from .distributors import NAMES as DISTRIBUTORS
 from .distributors import check_distributor, open_distributor
-from .jobs import BatchQueue, Inspector, Job
+from .jobs import Inspector, Job
 from .manifest import read_jobs
+from .queue import BatchQueue
 from .run_state import new_run_id, output_is_done, recorded, write_run_info
 from .worker import WorkerConfig
 
@@ -275,7 +276,7 @@ def _run_locked(manifest: Path, opts: RunOptions, found: Scan, run_id: str,
     result.failed += [(e.row, str(e)) for e in found.errors]
     if p.todo:
         workers = workers_for(p.todo)
-        queue = BatchQueue(p.todo)
+        queue = BatchQueue(p.todo, len(workers.slots))
         # A worker with no batch would only start up.
         workers.slots = workers.slots[:max(1, queue.count(
             workers.slots[0].batch_size(opts.batch_size)))]

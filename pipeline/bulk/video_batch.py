@@ -17,14 +17,16 @@ from typing import Any
 
 from ..accel.runtime import Runtime
 from ..errors import InputError
-from ..gatys.engine import Checkpointing
+from ..gatys.engine import Checkpointing, Interrupted
 from ..gatys.trace import Traces
 from ..io.files import describe_os_error
 from ..io.images import check_image_file
-from ..video.chain import stylize_clips
+from ..targets.cache import TargetCache
+from ..video.chain import flow_folder, stylize_clips
 from ..video.clip import clip_part, frame_key
 from ..video.frames import Frame
-from ..video.output import ClipOutput
+from ..video.output import ClipOutput, PassesNotKept
+from ..video.passes import stylize_piece
 from . import ledger
 from .checkpoint import checkpoint_path, checkpoint_saver, load_checkpoint
 from .events import BatchStarted, Event, Iteration, Log
@@ -76,6 +78,36 @@ def run_video_batch(wid: int, batch: Batch, runtime: Runtime, out_dir: Path, eve
                                    f"{describe_os_error(e, job.spec.output.parent)}") from e
         rows.append(_done_row(job, clip, started, runtime))
     return rows
+
+
+def run_video_piece(wid: int, batch: Batch, runtime: Runtime, emit: Callable[[Event], None],
+                    stopping: Callable[[], bool]) -> str:
+    """Run `batch`, a piece of its video's passes (bulk/pass_plan.py), its frames kept in the
+    clip's pass store; why it failed, or "". Interrupted when stopped, VideoWriteFailed when
+    its frames cannot be kept (the other workers need them)."""
+    job, piece = batch.jobs[0], batch.piece
+    video, params = job.spec.video, job.spec.params
+    assert piece is not None and video is not None
+    what = f"pass {piece.index + 1}/{video.passes}, frames {piece.first}-{piece.stop - 1}"
+    count = piece.stop - piece.first
+    try:
+        for style in job.spec.styles:
+            check_image_file(style)
+        part = clip_part(job.spec.content, video)
+        clip = part.source([str(s) for s in job.spec.styles], 1)
+        stylize_piece(clip, params, video, runtime, TargetCache(flow_folder(runtime), 0),
+                      piece.index, range(piece.first, piece.stop), piece.batch,
+                      ClipOutput(part, job.spec.output, job.key).pass_store(shared=True),
+                      stopping,
+                      lambda kept: emit(BatchStarted(wid, 1, count, kept, "frames", what)),
+                      lambda n: emit(Iteration(wid, n)))
+    except PassesNotKept as e:
+        raise VideoWriteFailed(f"cannot keep {what} of {job.spec.output_name}: {e}") from e
+    except Interrupted:
+        raise
+    except Exception as e:  # the job then runs whole on one worker, which says it again
+        return f"row {job.spec.row}, {what}: {type(e).__name__}: {e}".splitlines()[0]
+    return ""
 
 
 def _open(batch: Batch, started: float) -> tuple[list[tuple[Job, ClipOutput]],

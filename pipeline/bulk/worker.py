@@ -50,7 +50,7 @@ from .events import (
 )
 from .jobs import Batch, Job
 from .run_state import read_run_info
-from .video_batch import VideoWriteFailed, run_video_batch
+from .video_batch import VideoWriteFailed, run_video_batch, run_video_piece
 
 
 class WriteFailed(Exception):
@@ -98,6 +98,9 @@ class Worker:
         return True
 
     def run(self, batch: Batch) -> None:
+        if batch.piece is not None:
+            self._piece(batch)
+            return
         started = time.time()
         rows = (self._videos(batch, started) if batch.jobs[0].spec.video is not None
                 else self._images(batch, started))
@@ -108,6 +111,16 @@ class Worker:
                               f"{describe_os_error(e, ledger.ledger_dir(self.out_dir))}") from e
         failures = [(r["row"], r["error"]) for r in rows if r["status"] != ledger.DONE]
         self.emit(BatchDone(self.wid, len(rows) - len(failures), failures))
+
+    def _piece(self, batch: Batch) -> None:
+        """A piece of a video's passes: no output, no ledger row; its frames are kept."""
+        try:
+            error = run_video_piece(self.wid, batch, self.runtime, self.emit, self.stopping)
+        except VideoWriteFailed as e:
+            raise WriteFailed(str(e)) from e
+        if error:
+            self.emit(Log(self.wid, f"{error}; the clip goes on whole on one worker"))
+        self.emit(BatchDone(self.wid, 0, [], piece_failed=bool(error)))
 
     def _videos(self, batch: Batch, started: float) -> list[dict[str, Any]]:
         """A batch of video jobs (video_batch.py); a failure other than stopping or a write

@@ -148,14 +148,8 @@ class RunDisplay:
             case Ready(precision=precision):
                 self.devices[wid] = f"{self.labels[wid]} {precision}"
                 self.bar.update(task, description=f"  w{wid} {self.devices[wid]}: waiting")
-            case BatchStarted(jobs=n, iterations=total, resumed_at=start, unit=unit):
-                resumed = f", resumed at {start}" if start else ""
-                if start:
-                    say(f"w{wid}:", "cyan", f"resuming a batch of {n} from its checkpoint at "
-                        f"iteration {start}/{total}", self.bar.console)
-                what = f"{n} video{'s' * (n > 1)}, frames" if unit == "frames" else f"batch of {n}"
-                self.bar.reset(task, total=total, completed=start,
-                               description=f"  w{wid} {self.devices[wid]}: {what}{resumed}")
+            case BatchStarted():
+                self._started(event)
             case Iteration(iteration=iteration):
                 self.bar.update(task, completed=iteration)
             case BatchDone(done=done, failures=failures):
@@ -174,6 +168,20 @@ class RunDisplay:
             case Lost(how=how):
                 say(f"worker {wid} died ({how})", "red", "", self.bar.console)
                 self.bar.update(task, description=f"  w{wid} {self.devices[wid]}: lost")
+
+    def _started(self, event: BatchStarted) -> None:
+        wid, n, total, start = event.worker, event.jobs, event.iterations, event.resumed_at
+        if start and event.label:
+            say(f"w{wid}:", "cyan", f"{event.label}: {start} of {total} {event.unit} kept by "
+                "an earlier run", self.bar.console)
+        elif start:
+            say(f"w{wid}:", "cyan", f"resuming a batch of {n} from its checkpoint at "
+                f"iteration {start}/{total}", self.bar.console)
+        what = event.label or (f"{n} video{'s' * (n > 1)}, frames" if event.unit == "frames"
+                               else f"batch of {n}")
+        resumed = f", resumed at {start}" if start else ""
+        self.bar.reset(self.workers[wid], total=total, completed=start,
+                       description=f"  w{wid} {self.devices[wid]}: {what}{resumed}")
 
     def worker_restarted(self, wid: int) -> None:
         say(f"w{wid}:", "cyan", "a new worker takes over its batch, from its last checkpoint",

@@ -82,6 +82,9 @@ def _summary(out: Path, result: RunResult) -> Table:
                      if result.failed_before else ""))
     table.add_row("pending", str(result.pending))
     table.add_row("devices", ", ".join(sorted(set(result.devices))))
+    if result.pieces:
+        table.add_row("pass pieces", f"{sum(result.pieces.values())} ("
+                      + ", ".join(f"w{w} {n}" for w, n in sorted(result.pieces.items())) + ")")
     for line in sorted(set(result.precision.values())):
         table.add_row("precision", line)
     table.add_row("time", f"{result.seconds:.1f} s"

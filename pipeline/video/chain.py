@@ -55,12 +55,17 @@ def stylize_clips(clips: Sequence[ClipSource], params: StyleParams, video: Video
     for clip in clips:
         params.validate(n_styles=len(clip.styles))
     video.validate()
-    flows = cache_dir(runtime.cache) / "flows" if runtime.cache_targets else None
+    flows = flow_folder(runtime)
     if video.passes:
         _by_passes(clips, params, video, runtime, done, finished, TargetCache(flows, 0), stop,
                    stores)
     else:
         _chain(clips, params, video, runtime, done, finished, progress, checkpointing, flows)
+
+
+def flow_folder(runtime: Runtime) -> Path | None:
+    """Where the flows are cached (None: not at all), as the targets are."""
+    return cache_dir(runtime.cache) / "flows" if runtime.cache_targets else None
 
 
 def _chain(clips: Sequence[ClipSource], params: StyleParams, video: VideoParams,

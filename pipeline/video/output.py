@@ -11,7 +11,7 @@ import json
 import logging
 import pickle
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,10 @@ def check_output(source: Path, styles: Sequence[Path], output: Path) -> None:
         check_writable_dir(folder)
     except OSError as e:
         raise InputError(f"--output: {describe_os_error(e, folder)}") from None
+
+
+class PassesNotKept(Exception):
+    """A shared pass store could not be written (why, in words)."""
 
 
 @dataclass
@@ -109,18 +113,21 @@ class ClipOutput:
         self.records[frame.index] = FrameRecord(frame.losses, frame.iterations, frame.seconds,
                                                 resumed=False)
 
-    def pass_store(self) -> PassStore:
+    def pass_store(self, shared: bool = False) -> PassStore:
         """The clip's passes of the multi-pass scheme, kept beside its frames: one file per
-        batch of frames, named by pass and first frame."""
-        return PassStore(self._load_passes, self._save_passes)
+        batch of frames, named by pass, first and last frame. `shared`: other workers need
+        them (the pieces of bulk/pass_plan.py), so a write that fails raises."""
+        return PassStore(self._load_passes,
+                         lambda p, frames: self._save_passes(p, frames, shared),
+                         self._read_pass, self._beyond)
 
-    def _save_passes(self, p: int, frames: dict[int, Made]) -> None:
-        """As a checkpoint: a write that fails (disk full) is said once and let go. Passes
-        before the previous one are no one's neighbours any more: removed."""
+    def _save_passes(self, p: int, frames: dict[int, Made], shared: bool) -> None:
+        """As a checkpoint: a write that fails (disk full) is said once and let go, unless
+        `shared`. Passes before the previous one are no one's neighbours any more: removed."""
         folder, order = self.folder / PASSES, sorted(frames)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            with atomic_path(folder / f"{p:03d}-{order[0]:06d}.pt") as tmp:
+            with atomic_path(folder / f"{p:03d}-{order[0]:06d}-{order[-1]:06d}.pt") as tmp:
                 torch.save({"key": self.key, "pass": p, "frames": order,
                             "pixels": torch.from_numpy(np.stack([frames[i].pixels
                                                                  for i in order])),
@@ -128,6 +135,8 @@ class ClipOutput:
                             "iterations": [frames[i].iterations for i in order],
                             "seconds": [frames[i].seconds for i in order]}, tmp)
         except OSError as e:
+            if shared:
+                raise PassesNotKept(describe_os_error(e, self.folder)) from e
             if not self.pass_write_failed:
                 self.pass_write_failed = True
                 log.warning("cannot keep the passes of %s (%s); going on without",
@@ -137,11 +146,18 @@ class ClipOutput:
             if int(old.name.split("-")[0]) < p - 1:
                 old.unlink(missing_ok=True)
 
-    def _load_passes(self) -> PassState | None:
-        """The last whole pass and what the next one has finished, from the files that are
-        whole and this job's (another job's are not resumed); None when there are none."""
+    def _kept(self, wanted: Callable[[int, int, int], bool], first_only: bool = False
+              ) -> dict[int, dict[int, Made]]:
+        """Frames by pass from the kept files that are whole, this job's, and `wanted(pass,
+        first, last)` by their names (another job's are not resumed); `first_only`: from the
+        first such file alone."""
         by_pass: dict[int, dict[int, Made]] = {}
         for path in sorted((self.folder / PASSES).glob("[0-9]*.pt")):
+            if first_only and by_pass:
+                break
+            span = [int(n) for n in path.stem.split("-")]
+            if not wanted(span[0], span[1], span[-1] if len(span) > 2 else self.part.count):
+                continue
             try:
                 saved = torch.load(path, map_location="cpu", weights_only=True)
             except (OSError, RuntimeError, pickle.UnpicklingError, EOFError):
@@ -152,11 +168,25 @@ class ClipOutput:
             by_pass.setdefault(saved["pass"], {}).update({
                 i: Made(pixels[n], losses[n], saved["iterations"][n], saved["seconds"][n])
                 for n, i in enumerate(saved["frames"])})
+        return by_pass
+
+    def _load_passes(self) -> PassState | None:
+        """The last whole pass and what the next one has finished; None when none is kept."""
+        by_pass = self._kept(lambda p, first, last: True)
         if not by_pass:
             return None
         whole = [p for p, made in by_pass.items() if len(made) == self.part.count]
         passes = max(whole) + 1 if whole else 0
         return PassState(passes, by_pass.get(passes - 1, {}), by_pass.get(passes, {}))
+
+    def _beyond(self, p: int) -> bool:
+        return bool(self._kept(lambda q, first, last: q > p, first_only=True))
+
+    def _read_pass(self, p: int, frames: range) -> dict[int, Made]:
+        """What pass p has finished of `frames` (only the files that may hold them read)."""
+        found = self._kept(lambda q, first, last: q == p and first < frames.stop
+                           and last >= frames.start).get(p, {})
+        return {i: made for i, made in found.items() if i in frames}
 
     def finish(self, crf: int) -> None:
         """Encode the video from the frames (all there), then remove their folder; a folder

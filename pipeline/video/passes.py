@@ -64,17 +64,49 @@ class PassState:
 
 @dataclass
 class PassStore:
-    """Where a clip's passes are kept between runs (by default nowhere): `save(p, frames)`
-    keeps frames just finished in pass p (0-based), `load()` gives back the PassState."""
+    """Where a clip's passes are kept between runs and workers (by default nowhere):
+    `save(p, frames)` keeps frames just finished in pass p (0-based), `load()` gives back the
+    PassState, `read(p, frames)` those of `frames` that pass p has finished, `beyond(p)`
+    whether a later pass has begun (so pass p was whole)."""
 
     load: Callable[[], PassState | None] = lambda: None
     save: Callable[[int, dict[int, Made]], None] = lambda p, frames: None
+    read: Callable[[int, range], dict[int, Made]] = lambda p, frames: {}
+    beyond: Callable[[int], bool] = lambda p: False
+
+
+class PassMissing(RuntimeError):
+    """A piece's neighbours of the previous pass are not in the store."""
 
 
 def pass_params(params: StyleParams, video: VideoParams) -> StyleParams:
     """The parameters of a pass after the first: one full-size stage of --pass-iterations."""
     return dataclasses.replace(params, iterations=video.pass_iterations, scales=1,
                                tol_window=min(params.tol_window, video.pass_iterations))
+
+
+class WorkingFrames:
+    """A clip's frames prepared for the optimizer, each at the working size made once (a frame
+    already at its size is not resized again: the same pixels): the flows and later passes
+    use them. Frames are asked for in increasing order, as the clip decodes them."""
+
+    def __init__(self, clip: ClipSource, params: StyleParams, video: VideoParams):
+        self.clip, self.first, self.later = clip, params, pass_params(params, video)
+        self.content: dict[int, np.ndarray] = {}
+
+    def prepared(self, i: int, p: int) -> tuple[SizedImage, list[SizedImage]]:
+        """Frame i and the styles, prepared for pass p."""
+        source = self.content[i] if i in self.content else self.clip.frame(i)
+        image, styles = prepare(StyleJob(Image.fromarray(source), list(self.clip.styles)),
+                                self.first if p == 0 else self.later)
+        self.content.setdefault(i, to_pixels(image.pixels))
+        return dataclasses.replace(image, name=f"frame {i}", keep=False), styles
+
+    def __call__(self, i: int) -> np.ndarray:
+        """Frame i at the working size."""
+        if i not in self.content:
+            self.prepared(i, 1)
+        return self.content[i]
 
 
 def stylize_passes(clip: ClipSource, index: int, params: StyleParams, video: VideoParams,
@@ -86,50 +118,71 @@ def stylize_passes(clip: ClipSource, index: int, params: StyleParams, video: Vid
     `store` keeps each batch's frames and gives back what it kept; `stop()` true: Interrupted
     (what `store` has is kept)."""
     store = store or PassStore()
-    halt = Checkpointing(save=lambda *_: None, stop=stop)
-    # Working-size frames, decoded once in the first pass: the flows and later passes use them
-    # (a frame already at its size is not resized again: the same pixels).
-    content: dict[int, np.ndarray] = {}
-
-    def prepared(i: int, pass_params: StyleParams) -> tuple[SizedImage, list[SizedImage]]:
-        source = content[i] if i in content else clip.frame(i)
-        image, styles = prepare(StyleJob(Image.fromarray(source), list(clip.styles)),
-                                pass_params)
-        content.setdefault(i, to_pixels(image.pixels))
-        return dataclasses.replace(image, name=f"frame {i}", keep=False), styles
-
-    later = pass_params(params, video)
-
-    def working(i: int) -> np.ndarray:
-        """Frame i at the working size (a resumed clip makes a neighbour's when first needed)."""
-        if i not in content:
-            prepared(i, later)
-        return content[i]
-
+    working = WorkingFrames(clip, params, video)
     state = _usable(store.load(), video.passes)
     for p in range(state.passes, video.passes):
-        forward, previous, made = p % 2 == 1, state.made, dict(state.current)
-        todo = [i for i in range(clip.count) if i not in made]
-        for first in range(0, len(todo), batch):
-            frames = todo[first:first + batch]
-            jobs = [prepared(i, params if p == 0 else later) for i in frames]
-            start, temporal = (None, None) if p == 0 else _from_neighbours(
-                frames, forward, previous, working, flows, params, video)
-            began = time.perf_counter()
-            results = stylize_prepared(jobs, params if p == 0 else later, runtime,
-                                       checkpointing=halt, start=start, temporal=temporal)
-            share = (time.perf_counter() - began) / len(frames)
-            done = {}
-            for i, result in zip(frames, results, strict=True):
-                before = previous.get(i, Made(np.empty(0), {}))
-                done[i] = Made(to_pixels(result.pixels), result.losses,
-                               before.iterations + result.iterations, before.seconds + share)
-            store.save(p, done)
-            made.update(done)
+        made = _run_pass(p, range(clip.count), state.made, dict(state.current), working,
+                         runtime, flows, video, batch, store, stop)
         state = PassState(p + 1, made, {})
     for i in range(clip.count):
         m = state.made[i]
         finished(Frame(index, i, m.pixels, m.losses, m.iterations, m.seconds))
+
+
+def stylize_piece(clip: ClipSource, params: StyleParams, video: VideoParams, runtime: Runtime,
+                  flows: TargetCache, p: int, frames: range, batch: int, store: PassStore,
+                  stop: Callable[[], bool] = lambda: False,
+                  begun: Callable[[int], None] = lambda kept: None,
+                  progress: Callable[[int], None] = lambda done: None) -> None:
+    """Frames `frames` of pass p alone (bulk/pass_plan.py: pass p - 1 is whole in `store`),
+    those the store lacks, `batch` at a time, each batch kept there. `begun(n)`: n of them
+    were kept by an earlier run (all of them once a later pass is kept); `progress(n)` after
+    each batch, with the frames done so far. PassMissing when the store lacks a neighbour."""
+    made = ({i: Made(np.empty(0), {}) for i in frames} if store.beyond(p)
+            else store.read(p, frames))
+    begun(len(made))
+    if len(made) == len(frames):
+        return
+    around = range(max(0, frames.start - 1), min(clip.count, frames.stop + 1))
+    previous = store.read(p - 1, around) if p > 0 else {}
+    if p > 0 and len(previous) < len(around):
+        lacking = sorted(set(around) - set(previous))
+        raise PassMissing(f"frames {lacking[0]}-{lacking[-1]} of pass {p} are not kept")
+    _run_pass(p, frames, previous, made, WorkingFrames(clip, params, video), runtime, flows,
+              video, batch, store, stop, lambda: progress(sum(i in made for i in frames)))
+
+
+def _run_pass(p: int, frames: range, previous: dict[int, Made], made: dict[int, Made],
+              working: WorkingFrames, runtime: Runtime, flows: TargetCache,
+              video: VideoParams, batch: int, store: PassStore, stop: Callable[[], bool],
+              progress: Callable[[], None] = lambda: None) -> dict[int, Made]:
+    """Pass p over `frames`, but those `made` has already, from the `previous` pass's images;
+    `made` with them all."""
+    halt = Checkpointing(save=lambda *_: None, stop=stop)
+    params = working.first if p == 0 else working.later
+    todo = [i for i in frames if i not in made]
+    for first in range(0, len(todo), batch):
+        chunk = todo[first:first + batch]
+        if p > 0:  # in order, with their neighbours, before the optimizer asks for them
+            for n in sorted({*chunk, *(j + d for j in chunk for d in (-1, 1)
+                                       if j + d in previous)}):
+                working(n)
+        jobs = [working.prepared(i, p) for i in chunk]
+        start, temporal = (None, None) if p == 0 else _from_neighbours(
+            chunk, p % 2 == 1, previous, working, flows, params, video)
+        began = time.perf_counter()
+        results = stylize_prepared(jobs, params, runtime, checkpointing=halt, start=start,
+                                   temporal=temporal)
+        share = (time.perf_counter() - began) / len(chunk)
+        done = {}
+        for i, result in zip(chunk, results, strict=True):
+            before = previous.get(i, Made(np.empty(0), {}))
+            done[i] = Made(to_pixels(result.pixels), result.losses,
+                           before.iterations + result.iterations, before.seconds + share)
+        store.save(p, done)
+        made.update(done)
+        progress()
+    return made
 
 
 def _usable(saved: PassState | None, passes: int) -> PassState:
