@@ -172,6 +172,36 @@ def test_losing_a_node_mid_run_loses_and_repeats_nothing(cluster, dataset_module
     _assert_equal(out, reference)
 
 
+def test_one_multi_pass_video_spreads_over_the_nodes(cluster, tmp_path):
+    """A multi-pass video's passes go out in pieces to both nodes' actors, which share them
+    through the run folder; the video comes out whole."""
+    from fractions import Fraction
+
+    pytest.importorskip("av", reason="the video extra: pip install -e '.[video]'")
+    pytest.importorskip("cv2", reason="the video extra: pip install -e '.[video]'")
+    from pipeline.bulk.manifest import write_manifest
+    from pipeline.io.video import probe
+    from pipeline.video.synthetic import camera_clip, drawn_scene, write_clip
+    from tests.conftest import make_painting
+    from tests.run_helpers import cell
+
+    c, _ = cluster
+    write_clip(camera_clip(drawn_scene((320, 240)), (64, 48), 6), tmp_path / "a.mp4",
+               Fraction(8), audio=False)
+    make_painting().save(tmp_path / "s.png")
+    manifest = write_manifest([{"content": "a.mp4", "style": "s.png", "output": "a.mp4"}],
+                              tmp_path / "one.parquet")
+    out = tmp_path / "ray"
+    done = _pipeline(str(manifest), "--out", str(out), "--distributor", "ray", "--ray-address",
+                     c.address, "--batch-size", "1", "--set", "size=32", "--set",
+                     "iterations=4", "--set", "passes=3", "--set", "pass_iterations=3")
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text
+    pieces = cell(text, "pass pieces")  # 6 frames, 2 actors: 3 pieces of 2 frames a pass
+    assert pieces.startswith("9 (w0 ") and ", w1 " in pieces, pieces
+    assert probe(out / "a.mp4").frames == 6 and not (out / "a.mp4.frames").exists()
+
+
 def test_ray_without_the_extra_is_a_one_line_error(dataset, tmp_path, monkeypatch):
     from pipeline.cli import app
     from tests.run_helpers import runner
