@@ -215,7 +215,7 @@ def setup_batch(prepared: Sequence[tuple[SizedImage, list[SizedImage]]], params:
 
     def fit(size: tuple[int, int], iterations: int) -> Fit:
         return plan_stage(net, params, size, iterations, len(prepared), runtime.device,
-                          runtime.channels_last, runtime.block_size)
+                          runtime.channels_last, runtime.block_size, cache_dir(runtime.cache))
 
     def builder() -> TargetBuilder:  # cached: one per worker and model
         return builder_for(weights, trunk, params.pooling, runtime, in_order(params.layers))

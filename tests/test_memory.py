@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -41,3 +43,27 @@ def test_a_size_that_cannot_fit_is_a_clear_error(cpu32, monkeypatch):
 def test_free_memory_is_read_on_this_machine():
     free = memory.available_bytes(torch.device("cpu"))
     assert free is None or free > 0
+
+
+def test_the_probe_s_figures_are_remembered_per_trunk_and_layout(cpu32, tmp_path, monkeypatch):
+    """A later process plans without the probe's forward pass: the figures are read from the
+    cache, under an entry of their own for each trunk and layout."""
+    params = StyleParams(size=64)
+    trunk, _ = trunk_for(params, cpu32)
+    net = cpu32.compute_trunk(trunk)
+    args = (params.layers, params.content_layers)
+    first = memory.pixel_cost(net, *args, False, tmp_path)
+    assert first == memory._probe(net, *args, False, torch.device("cpu"))
+    memory.pixel_cost.cache_clear()  # as a new process
+    monkeypatch.setattr(memory, "_probe", lambda *a: pytest.fail("probed again"))
+    assert memory.pixel_cost(net, *args, False, tmp_path) == first
+    monkeypatch.undo()
+    memory.pixel_cost.cache_clear()
+    memory.pixel_cost(net, *args, True, tmp_path)
+    memory.pixel_cost(copy.deepcopy(net).double(), *args, False, tmp_path)  # not the shared one
+    from pipeline.io.cache_entries import is_entry
+
+    kept = sorted((tmp_path / "probes").iterdir())
+    assert len(kept) == 3 and all(is_entry("probes", p.relative_to(tmp_path / "probes"))
+                                  for p in kept)
+    memory.pixel_cost.cache_clear()

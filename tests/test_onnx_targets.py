@@ -141,6 +141,7 @@ def test_corrupt_cache_entry_is_recomputed_never_used(tmp_path, damage, caplog):
 
 
 def test_second_run_hits_the_cache(tmp_path, caplog):
+    """A second run reads the targets back and starts no ONNX Runtime session."""
     photo, painting = tmp_path / "p.png", tmp_path / "s.png"
     make_photo().save(photo)
     make_painting().save(painting)
@@ -159,6 +160,7 @@ def test_second_run_hits_the_cache(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="pipeline"):
         stylize_batch([StyleJob(photo, [painting])], params, rt)
     assert caplog.text.count("cache hit") == 2 and "computed" not in caplog.text
+    assert "provider" not in caplog.text  # no session: every target was cached
 
 
 def test_two_processes_export_at_once(tmp_path):

@@ -60,7 +60,6 @@ def test_six_jobs_run_to_completion_and_rerun_skips_them(dataset, tmp_path):
     mtimes = {p: p.stat().st_mtime_ns for p in outputs}
     parts = sorted((out / "ledger").glob("*.parquet"))
     assert cell(result.output, "done now") == "6"
-    assert "targets: ONNX Runtime provider CPUExecutionProvider" in result.output
 
     # Checkpoints a run killed between its ledger write and the unlink, or a rerun with other
     # batching, leaves behind: swept once all their jobs are done, kept while any is not.
@@ -412,3 +411,23 @@ def test_two_cpu_workers_only_where_two_of_the_largest_jobs_fit_the_pixel_budget
     assert auto_cpu_workers(small, cores=2) == 2
     assert auto_cpu_workers(small, cores=1) == 1
     assert auto_cpu_workers([*small, (1024, 768)], cores=16) == 1
+
+
+def test_a_worker_forwards_the_provider_and_warnings_not_per_image_lines():
+    import logging
+
+    from pipeline.bulk.events import Log
+    from pipeline.bulk.worker import ForwardLog
+
+    sent: list = []
+    logger = logging.getLogger("pipeline.test-forward")
+    logger.addHandler(handler := ForwardLog(3, sent.append))
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("targets: ONNX Runtime provider CPUExecutionProvider")
+        logger.info("targets: style s.png 64x48: cache hit 0123456789ab")
+        logger.warning("cannot keep the passes of a.mp4")
+    finally:
+        logger.removeHandler(handler)
+    assert sent == [Log(3, "targets: ONNX Runtime provider CPUExecutionProvider"),
+                    Log(3, "cannot keep the passes of a.mp4")]

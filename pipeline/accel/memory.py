@@ -8,7 +8,11 @@ scaled by the pixel count. The optimizer's state is counted from its definition.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
+import hashlib
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -20,6 +24,7 @@ from ..errors import InputError
 from ..gatys.blockwise import Grid
 from ..gatys.params import StyleParams
 from ..gatys.vgg import VGG19Trunk
+from ..io.files import atomic_write_bytes
 
 PROBE = 128          # probe side: every layer through relu5_1 is at least 8x8
 SAFETY = 0.8         # use at most this share of the free memory...
@@ -51,8 +56,28 @@ class PixelCost:
 
 @functools.lru_cache(maxsize=8)
 def pixel_cost(net: VGG19Trunk, layers: tuple[str, ...], content_layers: tuple[str, ...],
-               channels_last: bool) -> PixelCost:
+               channels_last: bool, cache: Path | None = None) -> PixelCost:
+    """The probe's figures, remembered in `cache` (its probes/ part) by everything they depend
+    on: the trunk's structure and dtype, the layers, the layout, the device kind and torch's
+    version; a later process starts without the probe's forward pass."""
     device = next(net.parameters()).device
+    identity = json.dumps([torch.__version__, device.type, repr(net),
+                           str(next(net.parameters()).dtype), layers, content_layers,
+                           channels_last])
+    entry = None if cache is None else (
+        cache / "probes" / f"pixelcost-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.json")
+    if entry is not None:
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            return PixelCost(**json.loads(entry.read_text()))
+    cost = _probe(net, layers, content_layers, channels_last, device)
+    if entry is not None:
+        with contextlib.suppress(OSError):  # not kept: the next process probes again
+            atomic_write_bytes(entry, json.dumps(dataclasses.asdict(cost)).encode())
+    return cost
+
+
+def _probe(net: VGG19Trunk, layers: tuple[str, ...], content_layers: tuple[str, ...],
+           channels_last: bool, device: torch.device) -> PixelCost:
     weights = {t.untyped_storage().data_ptr() for t in (*net.parameters(), *net.buffers())}
     saved: dict[int, int] = {}
 
@@ -160,13 +185,14 @@ class Fit:
 
 
 def plan_stage(net: VGG19Trunk, params: StyleParams, size: tuple[int, int], iterations: int,
-               batch: int, device: torch.device, channels_last: bool, block: int = 0) -> Fit:
+               batch: int, device: torch.device, channels_last: bool, block: int = 0,
+               cache: Path | None = None) -> Fit:
     """How a stage of `iterations` at `size` (w, h) fits on `device`: whole when the batch
     fits, else by the largest blocks that fit (`block` > 0: by blocks of that side, as the
     user asked). With one image, the L-BFGS history shrinks when no block of MIN_BLOCK px
     fits beside it, and says so. InputError when one image cannot fit at all;
     torch.OutOfMemoryError when the batch cannot but one image can (the batch runner then
-    splits the batch)."""
+    splits the batch). `cache`: where the probe's figures are remembered (pixel_cost)."""
     grid = Grid.of(params.layers)
     history = min(params.lbfgs_history, max(1, iterations))
     side = _aligned(block, grid) if block else 0
@@ -177,7 +203,7 @@ def plan_stage(net: VGG19Trunk, params: StyleParams, size: tuple[int, int], iter
     free = available_bytes(device)
     if free is None:
         return Fit(side)
-    cost = pixel_cost(net, params.layers, params.content_layers, channels_last)
+    cost = pixel_cost(net, params.layers, params.content_layers, channels_last, cache)
     budget = SAFETY * free - RESERVE
     where = f"{size[0]}x{size[1]} px on {device}"
     whole = bytes_per_image(cost, params, size, history)

@@ -108,9 +108,14 @@ def builder_for(weights: WeightSet, trunk: VGG19Trunk, pooling: str, runtime: Ru
     from .onnx_export import ensure_model
     from .ort_session import create_session
 
-    model, _ = ensure_model(weights, pooling, root / "models", layers)
-    session = create_session(model, runtime.device, root, runtime.providers, runtime.trt_fp16)
+    @functools.cache
+    def session() -> FeatureFn:
+        """Made for the first target the cache lacks: a job whose targets are all cached
+        starts without the model check and the session (most of its set-up)."""
+        model, _ = ensure_model(weights, pooling, root / "models", layers)
+        return create_session(model, runtime.device, root, runtime.providers, runtime.trt_fp16)
+
     # Every layer set's model computes the same features of the same weights (each verified
     # against PyTorch), so the cache key names the weights, not one model file.
-    return TargetBuilder(session, {"backend": "onnx", "digest": weights.digest, **identity},
-                         cache)
+    return TargetBuilder(lambda images, names: session()(images, names),
+                         {"backend": "onnx", "digest": weights.digest, **identity}, cache)
