@@ -17,7 +17,9 @@ result does not depend on how its pass was cut: a long clip fills a GPU's batch 
 pass. Only the short-term neighbour is used.
 
 Each batch of frames is kept as it finishes (`PassStore`): a stopped or killed clip resumes
-inside the pass it was on, with the frames that pass has left, in batches of any size.
+inside the pass it was on, with the frames that pass has left, in batches of any size. The same
+store lets several workers share a clip: `stylize_piece` runs a part of one pass
+(bulk/pass_plan.py cuts the passes).
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ def stylize_piece(clip: ClipSource, params: StyleParams, video: VideoParams, run
     previous = store.read(p - 1, around) if p > 0 else {}
     if p > 0 and len(previous) < len(around):
         lacking = sorted(set(around) - set(previous))
-        raise PassMissing(f"frames {lacking[0]}-{lacking[-1]} of pass {p} are not kept")
+        raise PassMissing(f"frames {lacking[0]}-{lacking[-1]} of the pass before are not kept")
     _run_pass(p, frames, previous, made, WorkingFrames(clip, params, video), runtime, flows,
               video, batch, store, stop, lambda: progress(sum(i in made for i in frames)))
 
