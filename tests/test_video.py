@@ -374,3 +374,24 @@ def test_a_video_s_digest_is_read_once_and_again_when_the_file_changes(tmp_path,
     entry.write_text("not a digest")  # a damaged entry is read through, then replaced
     assert files.remembered_digest(video, cache) == second and len(reads) == 3
     assert entry.read_text() == second
+
+
+def test_a_clip_read_from_a_later_frame_has_the_frames_read_from_its_start(tmp_path):
+    """A piece of a pass seeks to its first frame: the frames it gets are those of a read
+    from the clip's start, also for a part at another rate (keyframes every 4 frames, so the
+    seek lands before the frame and decodes forward)."""
+    from pipeline.video.clip import clip_part
+
+    source = tmp_path / "clip.mp4"
+    write_clip(camera_clip(drawn_scene((320, 240)), (64, 48), 20), source, Fraction(8),
+               audio=False, keyframes=4)
+    with av.open(str(source)) as container:
+        assert sum(p.is_keyframe for p in container.demux(video=0) if p.size) == 5
+    for video in (VideoParams(), VideoParams(start="0.3", fps=5.0)):
+        part = clip_part(source, video)
+        whole = part.source([], 1)
+        frames = [whole.frame(i).copy() for i in range(part.count)]
+        for first in (1, 5, part.count - 2):
+            later = part.source([], 1, first)
+            for i in range(first, part.count):
+                assert np.array_equal(later.frame(i), frames[i]), (video, first, i)

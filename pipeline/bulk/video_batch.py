@@ -94,7 +94,8 @@ def run_video_piece(wid: int, batch: Batch, runtime: Runtime, emit: Callable[[Ev
         for style in job.spec.styles:
             check_image_file(style)
         part = clip_part(job.spec.content, video)
-        clip = part.source([str(s) for s in job.spec.styles], 1)
+        # from the piece's first neighbour on: a piece late in a long clip seeks, not decodes
+        clip = part.source([str(s) for s in job.spec.styles], 1, max(0, piece.first - 1))
         stylize_piece(clip, params, video, runtime, TargetCache(flow_folder(runtime), 0),
                       piece.index, range(piece.first, piece.stop), piece.batch,
                       ClipOutput(part, job.spec.output, job.key).pass_store(shared=True),

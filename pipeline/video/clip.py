@@ -30,11 +30,12 @@ class ClipPart:
     end: float | None
     count: int
 
-    def source(self, styles: Sequence[ImageSource], keep: int) -> ClipSource:
+    def source(self, styles: Sequence[ImageSource], keep: int, first: int = 0) -> ClipSource:
         """The frames by index, decoded once (the last `keep` held for the flows), to be
-        stylized with `styles`."""
-        window = FrameWindow(read_frames(self.info, self.fps, self.start, self.end), keep)
-        return ClipSource(window, self.count, styles)
+        stylized with `styles`; from frame `first` on (the decoder seeks there: frame k is on
+        screen at start + k / fps either way)."""
+        frames = read_frames(self.info, self.fps, self.start + first / self.fps, self.end)
+        return ClipSource(FrameWindow(frames, keep, first), self.count, styles)
 
 
 def clip_part(source: Path, video: VideoParams) -> ClipPart:
@@ -77,10 +78,11 @@ class FrameWindow:
     """A clip's frames by index, decoded once in order: a frame is kept while a later one may
     still look back at it (`keep` frames), so a long clip never sits in memory."""
 
-    def __init__(self, frames: Iterator[np.ndarray], keep: int):
+    def __init__(self, frames: Iterator[np.ndarray], keep: int, first: int = 0):
+        """`frames` from frame `first` on."""
         self.frames, self.keep = frames, keep
         self.held: dict[int, np.ndarray] = {}
-        self.next, self.lock = 0, threading.Lock()
+        self.next, self.lock = first, threading.Lock()
 
     def __call__(self, i: int) -> np.ndarray:
         with self.lock:

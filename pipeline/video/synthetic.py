@@ -114,15 +114,18 @@ def stability(stylized: list[np.ndarray], clip: Clip) -> float:
     return float(np.mean(errors))
 
 
-def write_clip(clip: Clip, path: Path, fps: Fraction = Fraction(8), audio: bool = True) -> None:
-    """The clip as an H.264 file, with a 440 Hz tone as its audio (AAC) when `audio`."""
+def write_clip(clip: Clip, path: Path, fps: Fraction = Fraction(8), audio: bool = True,
+               keyframes: int = 0) -> None:
+    """The clip as an H.264 file, with a 440 Hz tone as its audio (AAC) when `audio`; a
+    keyframe every `keyframes` frames (0: the encoder's choice, one for a short clip)."""
     import av
 
     h, w = clip.frames[0].shape[:2]
     with av.open(str(path), mode="w") as out:
         video = out.add_stream("libx264", rate=fps)
         video.width, video.height, video.pix_fmt = w, h, "yuv420p"
-        video.options = {"crf": "10"}
+        video.options = {"crf": "10", **({"x264-params": f"keyint={keyframes}:min-keyint="
+                                          f"{keyframes}:scenecut=0"} if keyframes else {})}
         sound = out.add_stream("aac", rate=44100, layout="mono") if audio else None
         for i, rgb in enumerate(clip.frames):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
