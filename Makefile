@@ -85,6 +85,10 @@ bench: install  ## print every CPU table of BENCHMARKS.md (hours)
 	$(PY) -m bench.bench_manifest
 	$(PY) -m bench.bench_distributors
 	$(PY) -m bench.bench_distributors --iterations 160
+	$(PY) -m bench.bench_video --size 128 --frames 8 --weights 0,200,1000,5000
+	$(PY) -m bench.bench_video --size 128 --frames 8 --weights 0,1000 --passes 4x40
+	$(PY) -m bench.bench_video --speed --size 256 --frames 6
+	$(PY) -m bench.bench_video_workers --size 128 --frames 12 --passes 4x40
 	$(PY) -m bench.bench_tol --images $(BENCH_IMAGES)
 	$(PY) -m bench.bench_quality --images $(BENCH_IMAGES) --size 512 --figure docs/time-to-quality.png --sides docs \
 	  --json bench-out/quality-512.json --runs '$(QUALITY_REFERENCE);default='

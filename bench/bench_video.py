@@ -15,7 +15,7 @@ approaches.
 
 Usage: python -m bench.bench_video [--scene ../shared/data/images/boston.jpg] [--size 256]
 [--frames 12] [--weights 0,50,200,1000] [--passes 4x50] [--style starry_night]
-[--json bench-out/video.json] [--preview docs/video-preview.webp] [--speed]: the
+[--json bench-out/video.json] [--preview docs/video-preview.webp] [--speed] [--device cuda]: the
 independent frames beside the chain of the last weight, as a looping animated WebP.
 """
 
@@ -81,10 +81,11 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--preview", type=Path)
     ap.add_argument("--speed", action="store_true", help="the chain alone: its frame rates")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     args = ap.parse_args()
     style = next(args.scene.parent.glob(f"{args.style}.*"))
     clip, size = benchmark_clip(args.scene, args.size, args.frames)
-    runtime = Runtime.start("cpu")
+    runtime = Runtime.start(args.device)
     params = StyleParams(size=args.size)
     if args.speed:
         speed(run(clip, style, params, VideoParams(), runtime, "chain"), size, runtime)

@@ -7,7 +7,7 @@ hour, and the paper's stability of the output video with the exact flow, against
 
 Usage: python -m bench.bench_video_workers [--scene ../shared/data/images/boston.jpg]
 [--style starry_night] [--size 128] [--frames 16] [--passes 4x40] [--workers 2] [--rounds 1]
-[--iterations N]
+[--iterations N] [--devices cuda:0,cuda:1]
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--passes", default="4x40", help="passes x iterations of a later pass")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2, help="CPU workers of the pieces' run")
+    ap.add_argument("--devices", default="cpu", help="cpu, or GPUs (cuda:0,cuda:1): the "
+                    "single-worker runs take the first, the pieces' run all of them")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--iterations", type=int, default=0, help="of the first pass or frame "
                     "(0: the default)")
@@ -50,10 +52,12 @@ def main() -> None:
     clip, size = benchmark_clip(args.scene, args.size, args.frames)
     passes, per = map(int, args.passes.split("x"))
     multi = ["--set", f"passes={passes}", "--set", f"pass_iterations={per}"]
-    runs = {"chain, 1 worker": ["--workers", "1"],
-            f"multi-pass {args.passes}, 1 worker (whole)": ["--workers", "1", *multi],
-            f"multi-pass {args.passes}, {args.workers} workers (pieces)":
-                ["--workers", str(args.workers), *multi]}
+    one = ["--devices", args.devices.split(",")[0], "--workers", "1"]
+    spread = args.devices.count(",") + 1 if args.devices != "cpu" else args.workers
+    runs = {"chain, 1 worker": one,
+            f"multi-pass {args.passes}, 1 worker (whole)": [*one, *multi],
+            f"multi-pass {args.passes}, {spread} workers (pieces)":
+                ["--devices", args.devices, "--workers", str(args.workers), *multi]}
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     steadiness: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,7 +71,7 @@ def main() -> None:
                 began = time.perf_counter()
                 done = subprocess.run(
                     [sys.executable, "-m", "pipeline", "run", str(manifest), "--out", str(out),
-                     "--devices", "cpu", "--set", f"size={args.size}", "--no-report", *extra,
+                     "--set", f"size={args.size}", "--no-report", *extra,
                      *(["--set", f"iterations={args.iterations}"] if args.iterations else [])],
                     capture_output=True, text=True)
                 if done.returncode:
