@@ -83,5 +83,6 @@ def test_lbfgs_iterations_replay_whole_without_a_host_sync():
         later = [run.step()["total"] for _ in range(10)]
     finally:
         torch.cuda.set_sync_debug_mode(0)
-    assert run.opt.n_iter == WARMUP + 11
+    assert run.opt.count == WARMUP + 11
+    assert run.opt.steps.tolist() == [WARMUP + 11] * 2
     assert torch.all(later[-1] < 0.5 * first[0])

@@ -33,8 +33,8 @@ def _params(optimizer):
 
 def test_the_rule_holds_a_sample_once_its_loss_flattens():
     stop = EarlyStop(tol=0.1, window=2, batch=2, device=torch.device("cpu"))
-    for i, totals in enumerate([(100, 100), (50, 99), (40, 98), (39, 97), (38, 96)]):
-        stop.update(i, torch.tensor(totals, dtype=torch.float32))
+    for totals in [(100, 100), (50, 99), (40, 98), (39, 97), (38, 96)]:
+        stop.update(torch.tensor(totals, dtype=torch.float32))
     # sample 0: 50 -> 39 over 2 steps (22%) goes on, 40 -> 38 (5%) stops after step 4;
     # sample 1 improved 2% over its first window and stopped after step 2.
     assert stop.active.tolist() == [False, False]
@@ -46,8 +46,8 @@ def test_a_spike_is_not_read_as_a_flat_loss():
     """Measured on the lowest loss so far: a transient rise above the loss `window` steps
     earlier does not stop a job that is still descending, and a flat one still stops."""
     stop = EarlyStop(tol=0.1, window=2, batch=2, device=torch.device("cpu"))
-    for i, totals in enumerate([(100, 100), (60, 99), (120, 98), (40, 98)]):
-        stop.update(i, torch.tensor(totals, dtype=torch.float32))
+    for totals in [(100, 100), (60, 99), (120, 98), (40, 98)]:
+        stop.update(torch.tensor(totals, dtype=torch.float32))
         # sample 0 at step 2: 120 is above 100, but its lowest (60) is 40% below it.
         assert stop.active.tolist()[0]
     assert stop.active.tolist() == [True, False]

@@ -75,8 +75,7 @@ class GraphedGradient:
         return {k: v.clone() for k, v in self.terms.items()}, self.x.grad.clone()
 
 
-# Eager iterations of each run before its capture (a resumed run warms up too); L-BFGS's first
-# step, which stores no pair, is never the one captured.
+# Eager iterations of each run before its capture (a resumed run warms up too).
 WARMUP = 2
 
 
@@ -87,9 +86,9 @@ class GraphedIteration:
     def __init__(self, run: StageRun):
         opt = run.opt
         self.opt = opt
-        counters = opt.n_iter, opt.count
+        count = opt.count
         self.graph, self.terms = capture(run.x.device, lambda: StageRun.step(run))
-        opt.n_iter, opt.count = counters  # the capture ran the Python, not the kernels
+        opt.count = count  # the capture ran the Python, not the kernels
 
     def __call__(self) -> dict[str, Tensor]:
         self.graph.replay()

@@ -23,13 +23,17 @@ from torch import Tensor
 
 
 class EarlyStop:
+    """Each sample's counters are its own (a row of every tensor), so a sample may enter a
+    running batch (slots.py) with `reset_row` or continue there with `load_row`."""
+
     def __init__(self, tol: float, window: int, batch: int, device: torch.device):
         self.tol, self.window = tol, window
         self.active = torch.ones(batch, dtype=torch.bool, device=device)  # moves next step
+        self.step = torch.zeros(batch, dtype=torch.int64, device=device)  # its iteration
         self.used = torch.zeros(batch, dtype=torch.int64, device=device)  # steps taken, all stages
         self.last = torch.zeros(batch, dtype=torch.int64, device=device)  # iteration of its image
         self.recent = torch.zeros(window + 1, batch, device=device)       # ring of lowest totals
-        self.seen = 0  # totals in the ring, this stage
+        self.seen = torch.zeros(batch, dtype=torch.int64, device=device)  # totals in the ring
 
     @property
     def enabled(self) -> bool:
@@ -37,33 +41,48 @@ class EarlyStop:
 
     def start_stage(self) -> None:
         self.active.fill_(True)
-        self.seen = 0
+        self.seen.zero_()
 
-    def update(self, iteration: int, total: Tensor) -> None:
-        """After step `iteration` (0-based), whose loss was `total`: count the step for the
-        samples it moved, then hold those whose loss has flattened."""
+    def update(self, total: Tensor) -> None:
+        """After each sample's step, whose loss was `total`: count the step for the samples it
+        moved, then hold those whose loss has flattened."""
         self.used += self.active
-        self.last.masked_fill_(self.active, iteration + 1)
+        self.last.copy_(torch.where(self.active, self.step + 1, self.last))
+        self.step += 1
         if not self.enabled:
             return
         ring = self.window + 1
         total = total.detach().float()
-        if self.seen:
-            total = torch.minimum(total, self.recent[(self.seen - 1) % ring])
-        self.recent[self.seen % ring] = total
+        prev = self.recent.gather(0, ((self.seen - 1) % ring)[None])[0]
+        total = torch.where(self.seen > 0, torch.minimum(total, prev), total)
+        self.recent.scatter_(0, (self.seen % ring)[None], total[None])
         self.seen += 1
-        if self.seen > self.window:
-            before = self.recent[self.seen % ring]  # the lowest total `window` steps earlier
-            self.active &= (before - total) >= self.tol * before.abs()
+        before = self.recent.gather(0, (self.seen % ring)[None])[0]  # `window` steps earlier
+        flat = (before - total) < self.tol * before.abs()
+        self.active &= ~(flat & (self.seen > self.window))
 
     def all_stopped(self) -> bool:
         return self.enabled and not bool(self.active.any())
 
     def state_dict(self) -> dict[str, Any]:
-        return {"active": self.active.clone(), "used": self.used.clone(),
-                "last": self.last.clone(), "recent": self.recent.clone(), "seen": self.seen}
+        return {name: getattr(self, name).clone() for name in ROWS}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name in ("active", "used", "last", "recent"):
+        for name in ROWS:
             getattr(self, name).copy_(state[name])
-        self.seen = state["seen"]
+
+    def row_state(self, i: int) -> dict[str, Any]:
+        return {name: getattr(self, name)[..., i].clone() for name in ROWS}
+
+    def load_row(self, i: int, state: dict[str, Any]) -> None:
+        for name in ROWS:
+            getattr(self, name)[..., i] = state[name]
+
+    def reset_row(self, i: int, active: bool = True) -> None:
+        """Row i as a sample that has taken no step; `active=False`: an empty row, held."""
+        for name in ROWS:
+            getattr(self, name)[..., i] = 0
+        self.active[i] = active
+
+
+ROWS = ("active", "step", "used", "last", "recent", "seen")  # each sample's: its row (column)

@@ -370,7 +370,7 @@ def _run_stage(trunk: VGG19Trunk, x0: Tensor, stage: Stage, index: int, start: i
     for i in range(start, stage.end):
         terms = run.step()  # the loss of the images before this step, i.e. after i steps
         watch.trace.record(i, index, terms, stop.active)
-        stop.update(i, terms["total"])
+        stop.update(terms["total"])
         if (i + 1) % check_every == 0:
             check_finite(terms["total"], i)
         if watch.progress is not None:

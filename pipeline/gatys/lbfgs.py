@@ -70,7 +70,6 @@ class BatchedLBFGS:
         self.tolerance_change = tolerance_change
         self.precondition = precondition
         self.scaling = scaling
-        self.n_iter = 0
         self.fixed_shapes = False
         n, dim = x.shape[0], x[0].numel()
         # Pair k (0-based, ever) lives in slot k % history as [s, y]. Memory is only touched
@@ -85,6 +84,8 @@ class BatchedLBFGS:
         self.d = x.new_zeros(n, dim)          # last direction
         self.t = x.new_zeros(n)               # last step size actually taken
         self.prev_grad = x.new_zeros(n, dim)  # last (preconditioned) gradient
+        # Steps each sample took: a sample entering a running batch (slots.py) starts at 0.
+        self.steps = torch.zeros(n, dtype=torch.int64, device=x.device)
         self.moving: Tensor | None = None  # [N] bool: the others take no step (early stopping)
 
     def fix_shapes(self) -> None:
@@ -94,9 +95,7 @@ class BatchedLBFGS:
         self.fixed_shapes = True
 
     def advance(self) -> None:
-        """Counts on the host a step that a replayed capture of `update` took on the device
-        (never the first step: that one stores no pair)."""
-        self.n_iter += 1
+        """Counts on the host a step that a replayed capture of `update` took on the device."""
         self.count += 1
 
     def _store(self, g: Tensor) -> tuple[Tensor, Tensor]:
@@ -168,15 +167,16 @@ class BatchedLBFGS:
         # In z (see the class docstring): the gradient P g, the direction d; x moves by P d.
         precondition = self.precondition or (lambda v: v)
         g = precondition(grad)
-        if self.n_iter == 0:
-            d = -g
-            if self.max_step is None:
-                t = (1.0 / g.abs().sum(1).clamp_min(1e-30)).clamp(max=1.0) * self.lr
-            else:  # a gradient step whose largest coordinate change is max_step
-                t = self.max_step / d.abs().amax(1).clamp_min(1e-30)
-        else:
-            d = self._direction(g)
-            t = torch.full((n,), self.lr, device=g.device, dtype=g.dtype)
+        # A sample's first step is a gradient step; the others follow the history. Both are
+        # computed for every sample (no host read, one capturable path): a first step's
+        # stored pair is a zero pair (its last step and gradient are zeros), which is inert.
+        first = (self.steps == 0)[:, None]
+        d = torch.where(first, -g, self._direction(g))
+        if self.max_step is None:
+            t0 = (1.0 / g.abs().sum(1).clamp_min(1e-30)).clamp(max=1.0) * self.lr
+        else:  # a gradient step whose largest coordinate change is max_step
+            t0 = self.max_step / g.abs().amax(1).clamp_min(1e-30)
+        t = torch.where(first[:, 0], t0, self.lr)
         move = ((grad.abs().amax(1) > self.tolerance_grad)
                 & (batched.dot(g, d) < -self.tolerance_change))
         if self.moving is not None:
@@ -188,15 +188,15 @@ class BatchedLBFGS:
         self.d.copy_(d)
         self.t.copy_(t)
         self.prev_grad.copy_(g)
-        self.n_iter += 1
+        self.steps += 1
 
     def state_dict(self) -> dict[str, Any]:
         """A copy (every buffer is updated in place), of the filled history slots only."""
-        return {"n_iter": self.n_iter, "count": self.count,
+        return {"count": self.count,
                 "pairs": self.pairs[:, :min(self.count, self.history)].clone(),
                 "sy": self.sy.clone(), "yy": self.yy.clone(), "h_diag": self.h_diag.clone(),
                 "d": self.d.clone(), "t": self.t.clone(), "prev_grad": self.prev_grad.clone(),
-                "lr": self.lr, "history": self.history}
+                "steps": self.steps.clone(), "lr": self.lr, "history": self.history}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         state = dict(state)
@@ -208,3 +208,45 @@ class BatchedLBFGS:
         self.pairs[:, :pairs.shape[1]] = pairs
         if self.fixed_shapes:
             self.fix_shapes()
+
+    # One sample's state, for a batch whose samples come and go (slots.py). A sample's pairs are
+    # the newest min(steps, history) slots before the cursor (one stored per step, the first a
+    # zero pair): saved oldest first, they load into any row of any batch at any cursor. Both
+    # need fixed shapes, where every slot is read and an empty one holds a zero pair.
+
+    def _own_slots(self, entries: int) -> Tensor:
+        return (torch.arange(entries, device=self.x.device) + (self.count - entries)) % self.history
+
+    @torch.no_grad()
+    def reset_row(self, i: int) -> None:
+        """Row i starts over, as a sample that has taken no step."""
+        assert self.fixed_shapes, "rows are entered with fixed shapes"
+        self.pairs[i].zero_()
+        self.sy[i].zero_()
+        self.yy[i].zero_()
+        self.h_diag[i] = 1
+        for buffer in (self.d, self.t, self.prev_grad, self.steps):
+            buffer[i] = 0
+
+    def row_state(self, i: int) -> dict[str, Any]:
+        steps = int(self.steps[i])
+        own = self._own_slots(min(steps, self.history))
+        return {"pairs": self.pairs[i, own].clone(), "sy": self.sy[i][own][:, own].clone(),
+                "yy": self.yy[i][own][:, own].clone(), "h_diag": self.h_diag[i].clone(),
+                "d": self.d[i].clone(), "t": self.t[i].clone(),
+                "prev_grad": self.prev_grad[i].clone(), "steps": self.steps[i].clone()}
+
+    @torch.no_grad()
+    def load_row(self, i: int, state: dict[str, Any]) -> None:
+        """Row i continues the sample whose `row_state` this is."""
+        self.reset_row(i)
+        entries = state["pairs"].shape[0]
+        if entries > self.history:
+            raise ValueError(f"a state of {entries} pairs does not fit this batch's history")
+        own = self._own_slots(entries)
+        self.pairs[i, own] = state["pairs"].to(self.pairs)
+        grid = own[:, None], own[None, :]
+        self.sy[i][grid] = state["sy"].to(self.sy)
+        self.yy[i][grid] = state["yy"].to(self.yy)
+        for name in ("h_diag", "d", "t", "prev_grad", "steps"):
+            getattr(self, name)[i] = state[name].to(getattr(self, name))
