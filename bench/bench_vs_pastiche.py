@@ -31,7 +31,7 @@ import torch
 from bench.bench_batch import timed_call
 from bench.flops import gpu_rates, iteration_flops
 from pipeline import Runtime, StyleParams
-from pipeline.gatys.engine import objective, trunk_for
+from pipeline.gatys.engine import Objective, trunk_for
 from pipeline.io.images import SizedImage, fit_longest_side, open_rgb, resize, to_tensor
 from pipeline.targets.builder import TargetBuilder, torch_features
 from pipeline.targets.cache import TargetCache
@@ -100,7 +100,7 @@ def score(paths: list[Path], content: Path, style: Path, size: int) -> list[floa
     c = SizedImage(to_tensor(open_rgb(content)), "content", content.name)
     s = SizedImage(to_tensor(open_rgb(style)), "style", style.name)
     targets = builder.batch([c], [[s]], (1.0,), params.content_layers, params.style_layers)
-    evaluate = objective(trunk, targets, params, rt)
+    evaluate = Objective(trunk, targets, params, rt)
     with torch.no_grad():
         return [evaluate(to_tensor(open_rgb(p))[None])["total"].item() for p in paths]
 

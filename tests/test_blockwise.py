@@ -12,7 +12,7 @@ from pipeline.api import prepare, setup_batch
 from pipeline.errors import InputError
 from pipeline.gatys import blockwise
 from pipeline.gatys.blockwise import BlockObjective, Grid, blocks
-from pipeline.gatys.engine import evaluate_and_backward, loss_weights, objective, trunk_for
+from pipeline.gatys.engine import Objective, evaluate_and_backward, loss_weights, trunk_for
 from pipeline.io.images import to_tensor
 from pipeline.targets.builder import torch_features
 from tests.conftest import make_painting, make_photo
@@ -39,7 +39,7 @@ def _problem(params, runtime, size=(96, 72)):
 def _both(params, runtime, side, size=(96, 72)):
     trunk, stage, x = _problem(params, runtime, size)
     whole_x = x.clone().requires_grad_(True)
-    whole = evaluate_and_backward(objective(trunk, stage.targets, params, runtime), whole_x)
+    whole = evaluate_and_backward(Objective(trunk, stage.targets, params, runtime), whole_x)
     net = runtime.compute_trunk(trunk)
     by_blocks = BlockObjective(net, stage.targets, loss_weights(params), runtime.layout, side)
     block_x = x.clone().requires_grad_(True)

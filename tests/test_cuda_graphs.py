@@ -8,7 +8,7 @@ import torch
 from pipeline import Runtime, StyleJob, StyleParams, stylize_batch
 from pipeline.accel.cuda_graph import GraphedGradient
 from pipeline.api import prepare, setup_batch
-from pipeline.gatys.engine import evaluate_and_backward, objective
+from pipeline.gatys.engine import Objective, evaluate_and_backward
 from tests.conftest import make_painting, make_photo
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -24,7 +24,7 @@ def _problem(precision: str, batch: int = 2):
     jobs = [StyleJob(make_photo(seed=i), [make_painting(seed=i + 10)]) for i in range(batch)]
     problem = setup_batch([prepare(job, params) for job in jobs], params, runtime)
     stage = problem.stages[0]
-    return objective(problem.trunk, stage.targets, params, runtime), problem.x0
+    return Objective(problem.trunk, stage.targets, params, runtime), problem.x0
 
 
 @cuda

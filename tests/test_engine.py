@@ -6,7 +6,7 @@ from PIL import Image
 
 from pipeline import Runtime, StyleJob, StyleParams, stylize_batch
 from pipeline.api import prepare, setup_batch
-from pipeline.gatys.engine import Checkpointing, objective, optimize, trunk_for
+from pipeline.gatys.engine import Checkpointing, Objective, optimize, trunk_for
 from pipeline.io.images import to_tensor
 from tests.conftest import make_painting, make_photo
 
@@ -220,7 +220,7 @@ def test_reported_objective_is_that_of_the_returned_images_in_fp32():
     result = optimize(problem.trunk, problem.x0, problem.stages, params, bf16,
                       progress=lambda i, t: trace.append(t["total"].item()))
     out, terms = result.images, result.terms
-    exact = objective(problem.trunk, problem.stages[-1].targets, params, fp32)(out)
+    exact = Objective(problem.trunk, problem.stages[-1].targets, params, fp32)(out)
     exact = exact["total"].item()
     assert terms["total"].item() == pytest.approx(exact, rel=1e-4)
     assert terms["total"].item() != pytest.approx(trace[-1], rel=1e-4)

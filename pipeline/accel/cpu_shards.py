@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ..gatys.engine import Run
+from ..gatys.losses import Targets
 from ..io.tensor_tree import map_tensors
 from .settings import Settings
 
@@ -94,3 +95,19 @@ class ShardedRun:
 
     def state_dict(self) -> dict[str, Any]:
         return concat([shard.state_dict() for shard in self.shards])
+
+    def _shard(self, i: int) -> tuple[Run, int]:
+        for shard in self.shards:
+            if i < shard.x.shape[0]:
+                return shard, i
+            i -= shard.x.shape[0]
+        raise IndexError(i)
+
+    def enter(self, i: int, x: Tensor, targets: Targets, state: dict[str, Any] | None
+              ) -> None:
+        shard, row = self._shard(i)
+        shard.enter(row, x, targets, state)
+
+    def row_state(self, i: int) -> dict[str, Any]:
+        shard, row = self._shard(i)
+        return shard.row_state(row)

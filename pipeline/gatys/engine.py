@@ -53,6 +53,13 @@ class Run(Protocol):
 
     def state_dict(self) -> dict[str, Any]: ...
 
+    def enter(self, i: int, x: Tensor, targets: Targets, state: dict[str, Any] | None
+              ) -> None:
+        """Sample i becomes another job's (slots.py): its image x [3, H, W], its targets (of
+        one sample) and its optimizer state (`row_state`'s; None: a fresh start)."""
+
+    def row_state(self, i: int) -> dict[str, Any]: ...
+
 
 class Numerics(Protocol):
     """How the math runs (accel.runtime.Runtime): the device, dtypes and layout, and the two
@@ -164,22 +171,38 @@ def in_layout(targets: Targets, runtime: Numerics) -> Targets:
     return replace(targets, content={k: runtime.layout(t) for k, t in targets.content.items()})
 
 
-def objective(trunk: VGG19Trunk, targets: Targets, params: StyleParams, runtime: Numerics
-              ) -> Callable[[Tensor], dict[str, Tensor]]:
+class Objective:
     """Per-sample loss terms of a batch of images: the trunk and its Gram GEMMs in the
-    runtime's precision, the losses in fp32."""
-    weights = loss_weights(params)
-    layers = params.layers
-    net = runtime.compute_trunk(trunk)
-    targets = in_layout(targets, runtime)
-    # Every feature is in the trunk's dtype (compute_trunk), so each style target is split for
-    # the Gram GEMMs once here rather than in every iteration.
-    grams = {k: SplitTarget.of(t, runtime.trunk_dtype) for k, t in targets.grams.items()}
+    runtime's precision, the losses in fp32. A sample's targets may be replaced in place
+    (`set_row`): a CUDA graph of the objective reads the same buffers."""
 
-    def evaluate(x: Tensor) -> dict[str, Tensor]:
-        return loss_terms(net(runtime.layout(x), layers), x, targets, weights, grams)
+    def __init__(self, trunk: VGG19Trunk, targets: Targets, params: StyleParams,
+                 runtime: Numerics):
+        self.weights = loss_weights(params)
+        self.layers = params.layers
+        self.net = runtime.compute_trunk(trunk)
+        self.layout = runtime.layout
+        self.targets = in_layout(targets, runtime)
+        # Every feature is in the trunk's dtype (compute_trunk), so each style target is split
+        # for the Gram GEMMs once here rather than in every iteration.
+        self.grams = {k: SplitTarget.of(t, runtime.trunk_dtype)
+                      for k, t in self.targets.grams.items()}
 
-    return evaluate
+    def __call__(self, x: Tensor) -> dict[str, Tensor]:
+        return loss_terms(self.net(self.layout(x), self.layers), x, self.targets, self.weights,
+                          self.grams)
+
+    @torch.no_grad()
+    def set_row(self, i: int, targets: Targets) -> None:
+        """Sample i's targets become `targets`' (of one sample)."""
+        for k, t in targets.content.items():
+            self.targets.content[k][i] = t[0]
+        for k, t in targets.grams.items():
+            split = self.grams[k]
+            split.target[i] = t[0]
+            split.hi[i] = t[0].to(split.hi.dtype)
+            if split.lo is not None:
+                split.lo[i] = t[0] - split.hi[i].float()
 
 
 @dataclass
@@ -210,7 +233,7 @@ def stage_terms(trunk: VGG19Trunk, stage: Stage, params: StyleParams, runtime: N
     with torch.no_grad():
         if stage.block:
             return block_objective(trunk, stage, params, runtime).terms(x)
-        return objective(trunk, stage.targets, params, runtime)(x)
+        return Objective(trunk, stage.targets, params, runtime)(x)
 
 
 def resample(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -326,7 +349,7 @@ class StageRun:
         if stage.block:
             blockwise = block_objective(trunk, stage, params, runtime)
             return cls(x, opt, blockwise.terms, clamp, blockwise=blockwise)
-        return cls(x, opt, objective(trunk, stage.targets, params, runtime), clamp)
+        return cls(x, opt, Objective(trunk, stage.targets, params, runtime), clamp)
 
     def closure(self) -> dict[str, Tensor]:
         """One objective evaluation and its gradient: what the optimizer calls each step."""
@@ -355,6 +378,22 @@ class StageRun:
     def state_dict(self) -> dict[str, Any]:
         return self.opt.state_dict()
 
+    def enter(self, i: int, x: Tensor, targets: Targets, state: dict[str, Any] | None
+              ) -> None:
+        if not isinstance(self.opt, BatchedLBFGS) or not isinstance(self.evaluate, Objective):
+            raise TypeError("only an L-BFGS run of a whole image takes jobs into its rows")
+        with torch.no_grad():
+            self.x[i] = x
+        self.evaluate.set_row(i, targets)
+        if state is None:
+            self.opt.reset_row(i)
+        else:
+            self.opt.load_row(i, state)
+
+    def row_state(self, i: int) -> dict[str, Any]:
+        assert isinstance(self.opt, BatchedLBFGS)
+        return self.opt.row_state(i)
+
 
 def _run_stage(trunk: VGG19Trunk, x0: Tensor, stage: Stage, index: int, start: int,
                opt_state: dict[str, Any] | None, params: StyleParams, runtime: Numerics,
@@ -369,7 +408,7 @@ def _run_stage(trunk: VGG19Trunk, x0: Tensor, stage: Stage, index: int, start: i
     check_every = FINITE_EVERY.get(runtime.device.type, 1)
     for i in range(start, stage.end):
         terms = run.step()  # the loss of the images before this step, i.e. after i steps
-        watch.trace.record(i, index, terms, stop.active)
+        watch.trace.record([i] * len(stop.active), index, terms, stop.active)
         stop.update(terms["total"])
         if (i + 1) % check_every == 0:
             check_finite(terms["total"], i)

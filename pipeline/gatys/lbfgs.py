@@ -220,7 +220,8 @@ class BatchedLBFGS:
     @torch.no_grad()
     def reset_row(self, i: int) -> None:
         """Row i starts over, as a sample that has taken no step."""
-        assert self.fixed_shapes, "rows are entered with fixed shapes"
+        if not self.fixed_shapes:
+            self.fix_shapes()
         self.pairs[i].zero_()
         self.sy[i].zero_()
         self.yy[i].zero_()

@@ -8,6 +8,7 @@ re-evaluated in fp32, at the iteration of its final image.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,33 +28,41 @@ TRACE_EVERY_HELP = "Record the loss terms every N iterations (and the final ones
 class LossTrace:
     def __init__(self, every: int):
         self.every = every
-        self.points: list[tuple[int, int, Tensor, Tensor]] = []  # iteration, stage, [4, N], moving
+        # each sample's iteration, stage, terms [4, N], which samples the point is for
+        self.points: list[tuple[list[int], int, Tensor, Tensor]] = []
 
-    def record(self, iteration: int, stage: int, terms: dict[str, Tensor], moving: Tensor
-               ) -> None:
-        """The terms of the images after `iteration` steps, for the samples `moving` on."""
-        if self.every and iteration % self.every == 0:
-            values = torch.stack([terms[k].detach().double() for k in TERMS])
-            self.points.append((iteration, stage, values, moving.clone()))
+    def record(self, iterations: Sequence[int], stage: int, terms: dict[str, Tensor],
+               moving: Tensor) -> None:
+        """The terms of the images after `iterations[s]` steps of each sample s, for the
+        samples `moving` on whose iteration is a multiple of `every`."""
+        due = [self.every > 0 and it % self.every == 0 for it in iterations]
+        if not any(due):
+            return
+        keep = moving.clone() if all(due) else moving & torch.tensor(due, device=moving.device)
+        values = torch.stack([terms[k].detach().double() for k in TERMS])
+        self.points.append((list(iterations), stage, values, keep))
 
     def rows(self, final_iteration: Tensor, stage: int, final: dict[str, Tensor]
              ) -> list[list[dict[str, Any]]]:
         """Per sample, its points in order, then its final objective at `final_iteration`."""
         n = final["total"].shape[0]
-        per_sample: list[list[dict[str, Any]]] = [[] for _ in range(n)]
-        if self.points:
-            values = torch.stack([v for _, _, v, _ in self.points]).cpu().tolist()
-            moving = torch.stack([m for _, _, _, m in self.points]).cpu().tolist()
-            for (it, st, _, _), vals, mov in zip(self.points, values, moving, strict=True):
-                for s in range(n):
-                    if mov[s]:
-                        per_sample[s].append(_point(it, st, [v[s] for v in vals]))
-        ends = final_iteration.cpu().tolist()
-        last = torch.stack([final[k].detach().double() for k in TERMS]).cpu().tolist()
-        for s in range(n):
-            if per_sample[s] and per_sample[s][-1]["iteration"] == ends[s]:
-                per_sample[s].pop()  # the fp32 final replaces the same iteration's point
-            per_sample[s].append(_point(ends[s], stage, [v[s] for v in last]))
+        return [with_final(points, end, stage, values) for points, end, values in zip(
+            self.samples(range(n)), final_iteration.cpu().tolist(),
+            torch.stack([final[k].detach().double() for k in TERMS], 1).cpu().tolist(),
+            strict=True)]
+
+    def samples(self, samples: Sequence[int], since: int = 0) -> list[list[dict[str, Any]]]:
+        """The points of these samples from point `since` on (one read from the device)."""
+        per_sample: list[list[dict[str, Any]]] = [[] for _ in samples]
+        kept = self.points[since:]
+        if not kept:
+            return per_sample
+        values = torch.stack([v for _, _, v, _ in kept]).cpu().tolist()
+        moving = torch.stack([m for _, _, _, m in kept]).cpu().tolist()
+        for (its, st, _, _), vals, mov in zip(kept, values, moving, strict=True):
+            for points, s in zip(per_sample, samples, strict=True):
+                if mov[s]:
+                    points.append(_point(its[s], st, [v[s] for v in vals]))
         return per_sample
 
     def state_dict(self) -> dict[str, Any]:
@@ -61,6 +70,15 @@ class LossTrace:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.every, self.points = state["every"], list(state["points"])
+
+
+def with_final(points: list[dict[str, Any]], end: int, stage: int, values: Sequence[float]
+               ) -> list[dict[str, Any]]:
+    """A sample's points ended by its final objective at iteration `end` (which replaces the
+    same iteration's point: the final one is in fp32)."""
+    if points and points[-1]["iteration"] == end:
+        points = points[:-1]
+    return [*points, _point(end, stage, list(values))]
 
 
 def _point(iteration: int, stage: int, values: list[float]) -> dict[str, Any]:
