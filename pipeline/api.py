@@ -32,6 +32,7 @@ from .gatys.engine import (
     trunk_for,
 )
 from .gatys.params import StyleParams
+from .gatys.slots import Entry, Finished, SlotHooks, SlotState, run_slots
 from .gatys.temporal import Temporal
 from .gatys.trace import TRACE_EVERY, TRACE_EVERY_HELP, write_traces
 from .gatys.vgg import VGG19Trunk, in_order, min_input_side
@@ -203,10 +204,11 @@ class BatchProblem:
 
 def setup_batch(prepared: Sequence[tuple[SizedImage, list[SizedImage]]], params: StyleParams,
                 runtime: Runtime, start: torch.Tensor | None = None,
-                temporal: Temporal | None = None) -> BatchProblem:
+                temporal: Temporal | None = None, batch: int = 0) -> BatchProblem:
     """Plans how each stage fits in memory, then builds its targets and starting images.
     `start`: the starting images instead of params.init's; `temporal`: a video frame's
-    temporal term (gatys/temporal.py), at the output size (one stage)."""
+    temporal term (gatys/temporal.py), at the output size (one stage); `batch`: the batch the
+    memory is planned for, when the jobs will share one larger than them (slots)."""
     sizes = {c.size for c, _ in prepared}
     if len(sizes) != 1:
         raise InputError(f"a batch needs one output size, got {sorted(sizes)}")
@@ -214,7 +216,7 @@ def setup_batch(prepared: Sequence[tuple[SizedImage, list[SizedImage]]], params:
     net = runtime.compute_trunk(trunk)
 
     def fit(size: tuple[int, int], iterations: int) -> Fit:
-        return plan_stage(net, params, size, iterations, len(prepared), runtime.device,
+        return plan_stage(net, params, size, iterations, batch or len(prepared), runtime.device,
                           runtime.channels_last, runtime.block_size, cache_dir(runtime.cache))
 
     def builder() -> TargetBuilder:  # cached: one per worker and model
@@ -253,10 +255,7 @@ def stylize_prepared(prepared: Sequence[tuple[SizedImage, list[SizedImage]]],
     problem = setup_batch(prepared, params, runtime, start, temporal)
 
     def finish(images: torch.Tensor) -> torch.Tensor:
-        if params.color != "luminance":
-            return images
-        return with_chroma(images, resample(problem.contents, (images.shape[3],
-                                                               images.shape[2])))
+        return _colors(images, problem.contents, params)
 
     def snapshot(iteration: int, images: torch.Tensor, moved: torch.Tensor) -> None:
         assert save_image is not None
@@ -276,6 +275,94 @@ def stylize_prepared(prepared: Sequence[tuple[SizedImage, list[SizedImage]]],
                         metadata=problem.metadata, trace=result.trace[i],
                         pixels=out[i].float().cpu())
             for i in range(len(prepared))]
+
+
+def _colors(images: torch.Tensor, contents: torch.Tensor, params: StyleParams
+            ) -> torch.Tensor:
+    """The output's colours: with color=luminance, the content's chrominance put back."""
+    if params.color != "luminance":
+        return images
+    return with_chroma(images, resample(contents, (images.shape[3], images.shape[2])))
+
+
+def slot_plan(params: StyleParams, size: tuple[int, int], slots: int, runtime: Runtime
+              ) -> Fit | None:
+    """How jobs of output size (w, h) fit `slots` at a time in continuous batching
+    (`stylize_in_slots`); None when they cannot run that way: coarse-to-fine, Adam, or a size
+    that must run by blocks."""
+    if len(params.scale_sizes()) != 1 or params.optimizer != "lbfgs":
+        return None
+    trunk, _ = trunk_for(params, runtime)
+    fit = plan_stage(runtime.compute_trunk(trunk), params, size, params.iterations, slots,
+                     runtime.device, runtime.channels_last, runtime.block_size,
+                     cache_dir(runtime.cache))
+    return None if fit.block else fit
+
+
+# (the caller's job id, its decoded images, where an earlier run left it)
+SlotJob = tuple[int, tuple[SizedImage, list[SizedImage]], SlotState | None]
+
+
+@dataclass
+class SlotCalls:
+    """What `stylize_in_slots` calls: `source()` for the next job (None: no more);
+    `done(results)` with the jobs that ended at one step, each a StyleResult or the error that
+    failed it; `save(job, state)` every `every` iterations of a job and when `stop()` turns
+    true; `progress(steps)`, `save_image(iteration, job, image)` as in stylize_prepared."""
+
+    source: Callable[[], SlotJob | None]
+    done: Callable[[list[tuple[int, StyleResult | str]]], None]
+    save: Callable[[int, SlotState], None] | None = None
+    every: int = 0
+    stop: Callable[[], bool] = lambda: False
+    progress: Callable[[int], None] | None = None
+    save_image: SaveImage | None = None
+
+
+def stylize_in_slots(calls: SlotCalls, params: StyleParams, runtime: Runtime, slots: int,
+                     fit: Fit, trace_every: int = 0) -> None:
+    """Jobs of one output size through `slots` rows (gatys/slots.py): each job's targets are
+    built as it enters, and its result is handed to `calls.done` as it ends. `fit`: slot_plan's."""
+    problems: dict[int, tuple[BatchProblem, float]] = {}
+    size: list[tuple[int, int]] = []
+
+    def take() -> Entry | None:
+        if (item := calls.source()) is None:
+            return None
+        job, prepared, resume = item
+        problem = setup_batch([prepared], params, runtime, batch=slots)
+        size[:] = [problem.stages[0].size]
+        problems[job] = problem, time.perf_counter()
+        return Entry(job, problem.x0[0], problem.stages[0].targets, resume)
+
+    def finish(finished: list[Finished]) -> None:
+        results: list[tuple[int, StyleResult | str]] = []
+        for f in finished:
+            problem, entered = problems.pop(f.job)
+            if f.image is None:
+                results.append((f.job, f.error))
+                continue
+            out = _colors(f.image[None].to(problem.contents), problem.contents, params)[0]
+            results.append((f.job, StyleResult(
+                image=to_image(out), losses=f.terms, iterations=f.iterations,
+                seconds=time.perf_counter() - entered, metadata=problem.metadata,
+                trace=f.trace, pixels=out.float().cpu())))
+        calls.done(results)
+
+    def snapshot(job: int, iteration: int, image: torch.Tensor) -> None:
+        assert calls.save_image is not None
+        contents = problems[job][0].contents
+        calls.save_image(iteration, job, to_image(_colors(image[None], contents, params)[0]))
+
+    first = take()
+    if first is None:
+        return
+    pending = [first]
+    trunk, _ = trunk_for(params, runtime)
+    run_slots(trunk, size[0], slots, params, runtime, SlotHooks(
+        lambda: pending.pop() if pending else take(), finish, calls.save, calls.every,
+        calls.stop, calls.progress, snapshot if calls.save_image is not None else None),
+        history=fit.history, trace_every=trace_every)
 
 
 def stylize(content: ImageSource, styles: ImageSource | Sequence[ImageSource],

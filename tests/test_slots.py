@@ -1,0 +1,92 @@
+"""Continuous batching (gatys/slots.py): a job's result does not depend on which jobs share its
+batch or when it entered, in fp64 (conftest.cpu64) as the other batching equivalences."""
+
+import pytest
+import torch
+
+from pipeline import StyleJob, StyleParams
+from pipeline.api import SlotCalls, prepare, slot_plan, stylize_in_slots, stylize_prepared
+from pipeline.gatys.engine import Interrupted
+from pipeline.io.images import to_tensor
+from tests.conftest import make_painting, make_photo
+
+PARAMS = StyleParams(size=48, iterations=40, tol=0)
+
+
+def _prepared(seed, params=PARAMS):
+    return prepare(StyleJob(make_photo(seed=seed), [make_painting(seed=seed + 10)]), params)
+
+
+def _in_slots(jobs, runtime, slots, params=PARAMS, **calls):
+    """Results by job id, and the order in which jobs were handed out."""
+    results, queue = {}, list(jobs)
+
+    def source():
+        return queue.pop(0) if queue else None
+
+    def done(batch):
+        results.update(batch)
+
+    stylize_in_slots(SlotCalls(source, done, **calls), params, runtime, slots,
+                     slot_plan(params, (48, 36), slots, runtime), trace_every=5)
+    return results
+
+
+def _state_at(job, iteration, runtime):
+    """Job's state as a run stopped after `iteration` steps saves it."""
+    saved, asked = {}, []
+
+    def save(_, state):
+        saved["state"] = state
+
+    def stop():
+        asked.append(True)  # once a step
+        return len(asked) == iteration
+
+    with pytest.raises(Interrupted):
+        _in_slots([(0, job, None)], runtime, 1, save=save, stop=stop)
+    assert saved["state"].iteration == iteration
+    return saved["state"]
+
+
+def _assert_same(result, alone):
+    assert torch.equal(to_tensor(result.image), to_tensor(alone.image))
+    torch.testing.assert_close(result.pixels, alone.pixels, rtol=0, atol=1e-3)
+    assert result.iterations == alone.iterations
+    assert [p["iteration"] for p in result.trace] == [p["iteration"] for p in alone.trace]
+    torch.testing.assert_close([p["total"] for p in result.trace],
+                               [p["total"] for p in alone.trace], rtol=1e-9, atol=0)
+
+
+def test_a_job_entering_at_another_jobs_iteration_37_gives_its_image_alone(cpu64):
+    """Slots 2: A starts fresh beside C, resumed at its iteration 3 of 40; C ends after 37
+    steps and B takes its row at A's iteration 37. A, B and C each equal their run alone."""
+    a, b, c = (_prepared(seed) for seed in (0, 3, 6))
+    alone = {name: stylize_prepared([job], PARAMS, cpu64, trace_every=5)[0]
+             for name, job in (("a", a), ("b", b), ("c", c))}
+    entered = []
+
+    def progress(steps):
+        entered.append(steps)
+
+    results = _in_slots([(0, a, None), (2, c, _state_at(c, 3, cpu64)), (1, b, None)], cpu64,
+                        2, progress=progress)
+    assert sorted(results) == [0, 1, 2]
+    for job, name in ((0, "a"), (1, "b"), (2, "c")):
+        _assert_same(results[job], alone[name])
+    # 37 steps of two rows (C's last 37), then B beside A, then B alone in a batch of one
+    assert sum(entered) == 3 * 40 - 3
+
+
+def test_early_stopped_jobs_hand_their_rows_on_and_keep_their_results(cpu64):
+    """With early stopping each job stops at its own iteration, as alone; five jobs through
+    two rows."""
+    params = PARAMS.replace(tol=0.3, tol_window=5)
+    jobs = [_prepared(seed, params) for seed in range(5)]
+    results = _in_slots([(i, job, None) for i, job in enumerate(jobs)], cpu64, 2, params)
+    stopped = 0
+    for i, job in enumerate(jobs):
+        alone = stylize_prepared([job], params, cpu64, trace_every=5)[0]
+        _assert_same(results[i], alone)
+        stopped += alone.iterations < params.iterations
+    assert stopped == len(jobs)  # every row changed hands early
