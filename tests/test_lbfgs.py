@@ -125,6 +125,7 @@ def test_compact_direction_equals_two_loop_with_evictions_and_rejected_pairs():
         opt.t = torch.rand(n, dtype=torch.float64) + 0.1
         g = torch.randn(n, dim, dtype=torch.float64)
         ours = opt._direction(g)
+        opt.steps += 1  # as update() does after it
         for i in range(n):
             s, y = opt.d[i] * opt.t[i], g[i] - opt.prev_grad[i]
             accepted = bool(y @ s > 1e-10)

@@ -1,9 +1,12 @@
-"""Batch checkpoints: images, optimizer state and iteration, written atomically and checksummed.
+"""Checkpoints: images, optimizer state and iteration, written atomically and checksummed.
 
-One file per batch under <out>/.checkpoints/, named by the batch id (a hash of its job keys).
-A checkpoint whose job keys, format or checksum do not match, or that fails to load, is
-ignored and deleted: the batch then starts over, which is slower but never wrong. One whose
-jobs are all done is swept at the end of a run (see `sweep_finished`).
+Under <out>/.checkpoints/: one file per job that goes through slots (continuous batching),
+named by its job key, which it resumes from in whatever batch, worker or node it lands on the
+next time; one file per batch for the others (coarse-to-fine, Adam, by blocks: their jobs
+step together), named by the batch id (a hash of its job keys). A checkpoint whose job keys,
+format or checksum do not match, or that fails to load, is ignored and deleted: its jobs then
+start over, which is slower but never wrong. One whose jobs are all done is swept at the end
+of a run (see `sweep_finished`).
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from ..io.tensor_tree import tree_digest
 log = logging.getLogger("pipeline.run")
 
 # Bumped when the layout changes (2: the compact L-BFGS history; 3: a checksum; 4: the loop's
-# state: optimizer, early stopping, loss trace); another format is ignored like a foreign one.
-FORMAT = 4
+# state: optimizer, early stopping, loss trace; 5: per-sample steps and early-stopping rings);
+# another format is ignored like a foreign one.
+FORMAT = 5
 
 
 def checkpoint_dir(out_dir: Path) -> Path:
@@ -33,6 +37,10 @@ def checkpoint_dir(out_dir: Path) -> Path:
 
 def checkpoint_path(out_dir: Path, batch_id: str) -> Path:
     return checkpoint_dir(out_dir) / f"{batch_id}.pt"
+
+
+def job_checkpoint_path(out_dir: Path, key: str) -> Path:
+    return checkpoint_dir(out_dir) / f"job-{key}.pt"
 
 
 def saved_checkpoints(out_dir: Path) -> list[Path]:
@@ -111,7 +119,7 @@ def load_checkpoint(path: Path, keys: list[str]) -> tuple[int, Tensor, dict[str,
             reason = "its checksum does not match: the file was damaged"
     except Exception as e:  # a torn or foreign file: start the batch over
         reason = f"unreadable: {type(e).__name__}: {e}".splitlines()[0]
-    log.warning("checkpoint %s %s; starting the batch over", path.name, reason)
+    log.warning("checkpoint %s %s; starting its jobs over", path.name, reason)
     path.unlink(missing_ok=True)
     return None
 

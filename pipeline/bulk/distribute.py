@@ -18,6 +18,7 @@ from .events import (
     CouldNotStart,
     Event,
     Exited,
+    JobsDone,
     Lost,
     Ready,
 )
@@ -131,6 +132,7 @@ class _State:
     stopping: bool = False
     refused: list[str] = field(default_factory=list)  # why workers could not start
     ready: set[int] = field(default_factory=set)  # said Ready since they were (re)started
+    reported: dict[int, int] = field(default_factory=dict)  # jobs its batch said ended (slots)
 
 
 def distribute(workers: Distributor, queue: BatchQueue, batch_size: int, display: Display,
@@ -173,9 +175,14 @@ def _handle(event: Event, workers: Distributor, state: _State, display: Display)
     if isinstance(event, Ready):
         state.ready.add(wid)
         outcome.precision[event.device] = f"{event.precision} ({event.reason})"
+    elif isinstance(event, JobsDone):
+        outcome.done += event.done
+        outcome.failed += event.failures
+        state.reported[wid] = state.reported.get(wid, 0) + event.done + len(event.failures)
     elif isinstance(event, BatchDone):
         outcome.done += event.done
         outcome.failed += event.failures
+        state.reported.pop(wid, None)
         batch = state.running.pop(wid, None)
         if batch is not None and batch.piece is not None:
             outcome.pieces[wid] = outcome.pieces.get(wid, 0) + 1
@@ -226,6 +233,7 @@ def _bury(wid: int, how: str, workers: Distributor, state: _State, display: Disp
     if wid in state.idle:
         state.idle.remove(wid)
     batch = state.running.pop(wid, None)
+    reported = state.reported.pop(wid, 0)  # its jobs that ended before it died
     # One that never got as far as Ready (it cannot import, its machine cannot start it)
     # would only die again.
     restart = not state.stopping and wid in state.ready and workers.restartable(wid)
@@ -234,7 +242,7 @@ def _bury(wid: int, how: str, workers: Distributor, state: _State, display: Disp
     state.ready.discard(wid)
     if batch is not None:
         if state.finished(batch):  # done; only its report was lost
-            state.outcome.done += len(batch.jobs)
+            state.outcome.done += len(batch.jobs) - reported
         else:
             state.deaths[batch.id] = state.deaths.get(batch.id, 0) + 1
             if state.deaths[batch.id] >= MAX_WORKER_DEATHS:

@@ -44,6 +44,16 @@ class BatchDone:
 
 
 @dataclass(frozen=True)
+class JobsDone:
+    """Jobs of a batch in slots ended: their outputs and ledger rows are written (the batch's
+    BatchDone then counts none)."""
+
+    worker: int
+    done: int
+    failures: list[tuple[int, str]]
+
+
+@dataclass(frozen=True)
 class Log:
     worker: int
     message: str
@@ -76,5 +86,5 @@ class Lost:
     how: str  # "signal 9", "exit code 1", "node ... is dead"
 
 
-Event = (Ready | BatchStarted | Iteration | BatchDone | Log | CouldNotStart | CannotWrite | Exited
-         | Lost)
+Event = (Ready | BatchStarted | Iteration | BatchDone | JobsDone | Log | CouldNotStart
+         | CannotWrite | Exited | Lost)

@@ -61,12 +61,20 @@ class Piece:
 class Batch:
     jobs: tuple[Job, ...]
     piece: Piece | None = None  # of its one job's passes; None: the jobs whole
+    slots: int = 0  # the jobs go through this many rows (continuous batching); 0: all at once
 
     @property
     def id(self) -> str:
         piece = "" if self.piece is None else repr(self.piece)
         return hashlib.sha256("".join(j.key for j in self.jobs).encode()
                               + piece.encode()).hexdigest()[:16]
+
+
+def slotted(job: Job) -> bool:
+    """Jobs that go through slots (gatys/slots.py): images made in one stage with L-BFGS."""
+    params = job.spec.params
+    return (job.spec.video is None and params.optimizer == "lbfgs"
+            and len(params.scale_sizes()) == 1)
 
 
 class Inspector:

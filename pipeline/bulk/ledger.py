@@ -40,6 +40,7 @@ SCHEMA = pa.schema([
     # matches, and decodes the file to check its embedded key otherwise.
     ("output_bytes", pa.int64()), ("output_mtime_ns", pa.int64()),
     ("precision", pa.string()),  # the runtime's: fp32, bf16 (the trunk) or fp64
+    ("resumed_from", pa.int64()),  # the iteration its checkpoint gave it; 0: from the start
 ])
 DONE, FAILED, INVALID = "done", "failed", "invalid"
 QUARANTINE = "quarantine"
@@ -55,7 +56,7 @@ def make_row(key: str, row: int, status: str, started_at: float, *, content: str
              styles: Sequence[str] = (), output: str = "", params: dict[str, Any] | None = None,
              device: str = "", losses: dict[str, float] | None = None, iterations: int = 0,
              seconds: float = 0.0, error: str = "", written: Path | None = None,
-             precision: str = "") -> dict[str, Any]:
+             precision: str = "", resumed_from: int = 0) -> dict[str, Any]:
     """One ledger row. `written`: the output file just written, whose size and mtime are
     recorded."""
     losses = losses or {}
@@ -67,7 +68,8 @@ def make_row(key: str, row: int, status: str, started_at: float, *, content: str
             "iterations": iterations, "seconds": seconds, "device": device, "error": error,
             "started_at": started_at, "finished_at": time.time(),
             "output_bytes": stat.st_size if stat else None,
-            "output_mtime_ns": stat.st_mtime_ns if stat else None, "precision": precision}
+            "output_mtime_ns": stat.st_mtime_ns if stat else None, "precision": precision,
+            "resumed_from": resumed_from}
 
 
 def job_row(job: Job, status: str, started_at: float, device: str = "", **kw: Any
@@ -107,10 +109,17 @@ def throughput(done: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float]
     return timed, max(span, 1e-9)
 
 
-def append(out_dir: Path, rows: list[dict[str, Any]]) -> None:
+def part_name() -> str:
+    """A new part's name: parts sort by the time they were started."""
+    return f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+
+
+def append(out_dir: Path, rows: list[dict[str, Any]], part: str = "") -> None:
+    """A part of these rows; `part`: that part's name, rewritten whole (a batch in slots
+    writes its rows so far as each job ends)."""
     if not rows:
         return
-    dest = ledger_dir(out_dir) / f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+    dest = ledger_dir(out_dir) / (part or part_name())
     with atomic_path(dest) as tmp:
         pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), tmp)
 

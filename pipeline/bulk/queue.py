@@ -3,15 +3,22 @@ CPU worker each get what suits them). Groups are cut in manifest order, so worke
 batch sizes always form the same batches from the same unfinished jobs. A batch handed back
 (its worker died) goes out first and whole: it resumes from its checkpoint. On several workers
 a multi-pass video goes out as the pieces of its passes (pass_plan.py), before the groups:
-a pass waiting for its last piece leaves the other workers to the rest."""
+a pass waiting for its last piece leaves the other workers to the rest.
+
+Jobs that go through slots (continuous batching, gatys/slots.py) go out in runs longer than
+the batch size, so a row freed mid-run is refilled: each worker's share of the group, at most
+RUN_SLOTS times its batch size (a dead worker's run goes back whole; its jobs resume from
+their own checkpoints), at least one batch."""
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable
 
-from .jobs import Batch, Job
+from .jobs import Batch, Job, slotted
 from .pass_plan import PassPlan, splits
+
+RUN_SLOTS = 8
 
 
 class BatchQueue:
@@ -25,6 +32,7 @@ class BatchQueue:
                 groups.setdefault(job.group, deque()).append(job)
         self._groups = deque(groups.values())
         self._returned: deque[Batch] = deque()
+        self._workers = workers
 
     def take(self, batch_size: Callable[[Job], int]) -> Batch | None:
         """The next batch, of at most `batch_size(job)` jobs of one group (or frames of a
@@ -39,8 +47,13 @@ class BatchQueue:
         if not self._groups:
             return None
         group = self._groups[0]
-        batch = Batch(tuple(group.popleft() for _ in range(min(batch_size(group[0]),
-                                                                len(group)))))
+        size = batch_size(group[0])
+        if slotted(group[0]):
+            share = -(-len(group) // self._workers)
+            n = min(len(group), max(size, min(share, size * RUN_SLOTS)))
+            batch = Batch(tuple(group.popleft() for _ in range(n)), slots=min(size, n))
+        else:
+            batch = Batch(tuple(group.popleft() for _ in range(min(size, len(group)))))
         if not group:
             self._groups.popleft()
         return batch

@@ -10,13 +10,12 @@ never merges two.
 from __future__ import annotations
 
 import logging
-import time
-import uuid
 from pathlib import Path
 
 import pyarrow as pa
 
 from ..gatys.trace import Traces, read_traces, write_traces
+from .ledger import part_name
 
 log = logging.getLogger("pipeline.run")
 
@@ -25,11 +24,11 @@ def trace_dir(out_dir: Path) -> Path:
     return out_dir / "traces"
 
 
-def append(out_dir: Path, traces: Traces) -> None:
-    """A part of the run's traces (nothing when no job has a trace)."""
+def append(out_dir: Path, traces: Traces, part: str = "") -> None:
+    """A part of the run's traces (nothing when no job has a trace); `part`: as
+    ledger.append's."""
     if any(traces.values()):
-        name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
-        write_traces(trace_dir(out_dir) / name, traces)
+        write_traces(trace_dir(out_dir) / (part or part_name()), traces)
 
 
 def read(out_dir: Path) -> Traces:

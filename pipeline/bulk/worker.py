@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,15 +29,26 @@ from typing import Any
 import torch
 
 from ..accel import cpu_heap
+from ..accel.memory import Fit
 from ..accel.runtime import Runtime, RuntimeOptions
-from ..api import StyleJob, prepare, stylize_prepared
+from ..api import (
+    SlotCalls,
+    SlotJob,
+    StyleJob,
+    StyleResult,
+    prepare,
+    slot_plan,
+    stylize_in_slots,
+    stylize_prepared,
+)
 from ..errors import InputError
 from ..gatys.engine import Checkpointing, Interrupted, NonFinite
+from ..gatys.slots import SlotState
 from ..gatys.trace import TRACE_EVERY, Traces
 from ..io.files import describe_os_error
 from ..io.images import intermediate_path, save_image
 from . import ledger, traces
-from .checkpoint import checkpoint_path, checkpoint_saver, load_checkpoint
+from .checkpoint import checkpoint_path, checkpoint_saver, job_checkpoint_path, load_checkpoint
 from .events import (
     BatchDone,
     BatchStarted,
@@ -45,11 +57,12 @@ from .events import (
     Event,
     Exited,
     Iteration,
+    JobsDone,
     Log,
     Ready,
 )
 from .jobs import Batch, Job
-from .run_state import read_run_info
+from .run_state import output_carries_key, read_run_info
 from .video_batch import VideoWriteFailed, run_video_batch, run_video_piece
 
 
@@ -104,11 +117,7 @@ class Worker:
         started = time.time()
         rows = (self._videos(batch, started) if batch.jobs[0].spec.video is not None
                 else self._images(batch, started))
-        try:
-            ledger.append(self.out_dir, rows)
-        except OSError as e:  # the outputs are written: a rerun finds them by their keys
-            raise WriteFailed(f"cannot write the ledger: "
-                              f"{describe_os_error(e, ledger.ledger_dir(self.out_dir))}") from e
+        self.write_ledger(rows)
         failures = [(r["row"], r["error"]) for r in rows if r["status"] != ledger.DONE]
         self.emit(BatchDone(self.wid, len(rows) - len(failures), failures))
 
@@ -127,7 +136,7 @@ class Worker:
         fails its jobs, whose finished frames stay for a rerun."""
         try:
             return run_video_batch(self.wid, batch, self.runtime, self.out_dir, self.every,
-                                   self.emit, self.stopping, self._write_traces, started)
+                                   self.emit, self.stopping, self.write_traces, started)
         except VideoWriteFailed as e:
             raise WriteFailed(str(e)) from e
         except (Interrupted, WriteFailed):
@@ -138,17 +147,22 @@ class Worker:
                                    error=message) for j in batch.jobs]
 
     def _images(self, batch: Batch, started: float) -> list[dict[str, Any]]:
-        params = batch.jobs[0].spec.params
+        if batch.slots:
+            fit = slot_plan(batch.jobs[0].spec.params, batch.jobs[0].size, batch.slots,
+                            self.runtime)
+            if fit is not None:
+                return SlotBatch(self, batch, fit, started).run()
         rows: list[dict[str, Any]] = []
-        ready: list[tuple[Job, Any]] = []
-        for job in batch.jobs:  # decode each job alone: a bad image fails only its own job
-            try:
-                ready.append((job, prepare(StyleJob(job.spec.content, list(job.spec.styles)),
-                                           params)))
-            except InputError as e:
-                rows.append(ledger.job_row(job, ledger.FAILED, started, error=str(e)))
-        if ready:
-            rows += self._optimize(ready, started, split_on_oom=True)
+        step = batch.slots or len(batch.jobs)  # slots that cannot be: batches of their size
+        for lo in range(0, len(batch.jobs), step):
+            ready: list[tuple[Job, Any]] = []
+            for job in batch.jobs[lo:lo + step]:  # each alone: a bad image fails its own job
+                try:
+                    ready.append((job, prepare_job(job)))
+                except InputError as e:
+                    rows.append(ledger.job_row(job, ledger.FAILED, started, error=str(e)))
+            if ready:
+                rows += self._optimize(ready, started, split_on_oom=True)
         return rows
 
     def _optimize(self, ready: list[tuple[Job, Any]], started: float, split_on_oom: bool
@@ -161,17 +175,11 @@ class Worker:
         self.emit(BatchStarted(self.wid, len(jobs), params.iterations,
                                             resume[0] if resume else 0))
         def save_intermediate(it: int, i: int, image: Any) -> None:
-            output = jobs[i].spec.output
-            try:
-                save_image(image, intermediate_path(output, it),
-                           {"iteration": it, "job_key": jobs[i].key})
-            except OSError as e:
-                raise WriteFailed(f"cannot write an intermediate of {jobs[i].spec.output_name}:"
-                                  f" {describe_os_error(e, output.parent)}") from e
+            self.save_intermediate(jobs[i], it, image)
 
         checkpointing = Checkpointing(save=checkpoint_saver(ckpt, keys), every=self.every,
                                       resume=resume, stop=self.stopping)
-        device, precision = str(self.runtime.device), self.runtime.precision
+        device = str(self.runtime.device)
         try:
             results = stylize_prepared(
                 [p for _, p in ready], params, self.runtime,
@@ -200,37 +208,151 @@ class Worker:
             ckpt.unlink(missing_ok=True)  # its space is better left to the other batches
             message = f"{type(e).__name__}: {e}".splitlines()[0]
             return [ledger.job_row(j, ledger.FAILED, started, device, error=message) for j in jobs]
-        rows = self._write(jobs, results, started, device, precision)
+        rows = self._write(jobs, results, started)
         ckpt.unlink(missing_ok=True)
         return rows
 
-    def _write(self, jobs: list[Job], results: list[Any], started: float, device: str,
-               precision: str) -> list[dict[str, Any]]:
+    def _write(self, jobs: list[Job], results: list[Any], started: float
+               ) -> list[dict[str, Any]]:
         """A finished batch's trace, then its outputs; their ledger rows. WriteFailed stops the
         run: nothing is recorded as failed, and a rerun picks the jobs up."""
         # before the outputs: a job whose output exists has its trace
-        self._write_traces({job.key: result.trace
+        self.write_traces({job.key: result.trace
                             for job, result in zip(jobs, results, strict=True)})
-        rows = []
-        for job, result in zip(jobs, results, strict=True):
-            try:
-                save_image(result.pixels, job.spec.output, {**result.metadata, "job_key": job.key},
-                           job.spec.params.bit_depth)
-            except OSError as e:
-                raise WriteFailed(f"cannot write {job.spec.output_name}: "
-                                  f"{describe_os_error(e, job.spec.output.parent)}") from e
-            rows.append(ledger.job_row(job, ledger.DONE, started, device, losses=result.losses,
-                                       iterations=result.iterations, seconds=result.seconds,
-                                       written=job.spec.output, precision=precision))
-        return rows
+        return [self.write_output(job, result, started) for job, result in zip(jobs, results,
+                                                                              strict=True)]
 
-
-    def _write_traces(self, batch_traces: Traces) -> None:
+    def write_output(self, job: Job, result: StyleResult, started: float, resumed_from: int = 0
+                     ) -> dict[str, Any]:
+        """A job's output (its trace written before); its ledger row."""
         try:
-            traces.append(self.out_dir, batch_traces)
+            save_image(result.pixels, job.spec.output, {**result.metadata, "job_key": job.key},
+                       job.spec.params.bit_depth)
+        except OSError as e:
+            raise WriteFailed(f"cannot write {job.spec.output_name}: "
+                              f"{describe_os_error(e, job.spec.output.parent)}") from e
+        return ledger.job_row(job, ledger.DONE, started, str(self.runtime.device),
+                              losses=result.losses, iterations=result.iterations,
+                              seconds=result.seconds, written=job.spec.output,
+                              precision=self.runtime.precision, resumed_from=resumed_from)
+
+    def write_traces(self, batch_traces: Traces, part: str = "") -> None:
+        try:
+            traces.append(self.out_dir, batch_traces, part)
         except OSError as e:
             raise WriteFailed(f"cannot write the loss trace: "
                               f"{describe_os_error(e, traces.trace_dir(self.out_dir))}") from e
+
+    def write_ledger(self, rows: list[dict[str, Any]], part: str = "") -> None:
+        try:
+            ledger.append(self.out_dir, rows, part)
+        except OSError as e:  # the outputs are written: a rerun finds them by their keys
+            raise WriteFailed(f"cannot write the ledger: "
+                              f"{describe_os_error(e, ledger.ledger_dir(self.out_dir))}") from e
+
+    def save_intermediate(self, job: Job, iteration: int, image: Any) -> None:
+        try:
+            save_image(image, intermediate_path(job.spec.output, iteration),
+                       {"iteration": iteration, "job_key": job.key})
+        except OSError as e:
+            raise WriteFailed(f"cannot write an intermediate of {job.spec.output_name}: "
+                              f"{describe_os_error(e, job.spec.output.parent)}") from e
+
+
+def prepare_job(job: Job) -> Any:
+    """A job's images decoded and sized (InputError for a bad one)."""
+    return prepare(StyleJob(job.spec.content, list(job.spec.styles)), job.spec.params)
+
+
+class SlotBatch:
+    """A worker's batch in slots (gatys/slots.py): each job decoded as it enters (a bad image
+    fails only its own job), resumed from its own checkpoint, and written as it ends: its trace,
+    output and ledger row (the batch's trace and ledger parts rewritten with the rows so far),
+    then its checkpoint deleted. A job whose output is already there (its batch came back
+    from a dead worker) is skipped."""
+
+    def __init__(self, worker: Worker, batch: Batch, fit: Fit, started: float):
+        self.worker, self.batch, self.fit, self.started = worker, batch, fit, started
+        self.params = batch.jobs[0].spec.params
+        self.waiting = deque(range(len(batch.jobs)))
+        self.resumed: dict[int, int] = {}
+        self.rows: list[dict[str, Any]] = []
+        self.traces: Traces = {}
+        self.part = ledger.part_name()
+        self.steps = 0
+
+    def run(self) -> list[dict[str, Any]]:
+        """Its rows are written and reported (JobsDone) as its jobs end: none are left."""
+        w, n = self.worker, len(self.batch.jobs)
+        w.emit(BatchStarted(w.wid, n, n * self.params.iterations, 0,
+                            label=f"{n} job{'s' * (n > 1)} in {self.batch.slots} slots"))
+        calls = SlotCalls(self.source, self.done, self.save, w.every, w.stopping,
+                          self.progress, self.intermediate if self.params.save_every else None)
+        stylize_in_slots(calls, self.params, w.runtime, self.batch.slots, self.fit,
+                         w.trace_every)
+        return []
+
+    def source(self) -> SlotJob | None:
+        jobs = self.batch.jobs
+        while self.waiting:
+            index = self.waiting.popleft()
+            job = jobs[index]
+            if output_carries_key(job.spec.output, job.key):
+                self.progress(self.params.iterations)
+                continue
+            try:
+                prepared = prepare_job(job)
+            except InputError as e:
+                self.progress(self.params.iterations)
+                self._record([], [ledger.job_row(job, ledger.FAILED, self.started,
+                                                 error=str(e))])
+                continue
+            return index, prepared, self._resume(index)
+        return None
+
+    def _resume(self, index: int) -> SlotState | None:
+        job = self.batch.jobs[index]
+        saved = load_checkpoint(job_checkpoint_path(self.worker.out_dir, job.key), [job.key])
+        if saved is None:
+            return None
+        iteration, images, state = saved
+        self.resumed[index] = iteration
+        self.progress(iteration)
+        self.worker.emit(Log(self.worker.wid, f"row {job.spec.row}: resuming from its checkpoint "
+                                              f"at iteration {iteration}/{self.params.iterations}"))
+        return SlotState(iteration, images[0], state)
+
+    def done(self, results: list[tuple[int, StyleResult | str]]) -> None:
+        jobs, device = self.batch.jobs, str(self.worker.runtime.device)
+        ok = [(jobs[i], result) for i, result in results if isinstance(result, StyleResult)]
+        failed = [ledger.job_row(jobs[i], ledger.FAILED, self.started, device, error=result)
+                  for i, result in results if isinstance(result, str)]
+        self.traces.update({job.key: result.trace for job, result in ok})
+        self.worker.write_traces(self.traces, self.part)  # before the outputs
+        written = [self.worker.write_output(job, result, self.started,
+                                            self.resumed.get(jobs.index(job), 0))
+                   for job, result in ok]
+        self._record(written, failed)
+        for i, _ in results:
+            job_checkpoint_path(self.worker.out_dir, jobs[i].key).unlink(missing_ok=True)
+
+    def _record(self, written: list[dict[str, Any]], failed: list[dict[str, Any]]) -> None:
+        self.rows += written + failed
+        self.worker.write_ledger(self.rows, self.part)
+        self.worker.emit(JobsDone(self.worker.wid, len(written),
+                                  [(r["row"], r["error"]) for r in failed]))
+
+    def save(self, index: int, state: SlotState) -> None:
+        job = self.batch.jobs[index]
+        checkpoint_saver(job_checkpoint_path(self.worker.out_dir, job.key), [job.key])(
+            state.iteration, state.image[None], state.state)
+
+    def progress(self, steps: int) -> None:
+        self.steps += steps
+        self.worker.emit(Iteration(self.worker.wid, self.steps))
+
+    def intermediate(self, iteration: int, index: int, image: Any) -> None:
+        self.worker.save_intermediate(self.batch.jobs[index], iteration, image)
 
 
 class ForwardLog(logging.Handler):

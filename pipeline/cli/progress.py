@@ -29,6 +29,7 @@ from ..bulk.events import (
     Event,
     Exited,
     Iteration,
+    JobsDone,
     Log,
     Lost,
     Ready,
@@ -154,9 +155,9 @@ class RunDisplay:
                 self.bar.update(task, completed=iteration)
             case BatchDone(done=done, failures=failures):
                 self.bar.update(task, completed=self.bar.tasks[task].total)  # reports may be sparse
-                self.bar.advance(self.overall, done + len(failures))
-                for row, error in failures:
-                    say("failed", "red", f"row {row}: {error}", self.bar.console)
+                self._ended(done, failures)
+            case JobsDone(done=done, failures=failures):
+                self._ended(done, failures)
             case CouldNotStart(message=message):
                 say(f"worker {wid} could not start:", "red", message, self.bar.console)
             case CannotWrite(message=message):
@@ -168,6 +169,11 @@ class RunDisplay:
             case Lost(how=how):
                 say(f"worker {wid} died ({how})", "red", "", self.bar.console)
                 self.bar.update(task, description=f"  w{wid} {self.devices[wid]}: lost")
+
+    def _ended(self, done: int, failures: list[tuple[int, str]]) -> None:
+        self.bar.advance(self.overall, done + len(failures))
+        for row, error in failures:
+            say("failed", "red", f"row {row}: {error}", self.bar.console)
 
     def _started(self, event: BatchStarted) -> None:
         wid, n, total, start = event.worker, event.jobs, event.iterations, event.resumed_at

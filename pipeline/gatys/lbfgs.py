@@ -31,8 +31,8 @@ stored as zeros, so it contributes nothing. This keeps every sample independent 
 For a CUDA graph of the whole iteration, `fix_shapes()` makes every iteration after the first
 launch the same kernels on the same shapes, reading and writing the same buffers: the
 products then run over all `history` slots from the start (a slot not yet filled holds a zero
-pair, which the compact form ignores, as it does a rejected one), the slot being written is
-a device counter, and the state is updated in place. Nothing in a step reads a value on the
+pair, which the compact form ignores, as it does a rejected one), the slot each sample writes is
+its step count, on the device, and the state is updated in place. Nothing in a step reads a value on the
 host.
 """
 
@@ -72,11 +72,11 @@ class BatchedLBFGS:
         self.scaling = scaling
         self.fixed_shapes = False
         n, dim = x.shape[0], x[0].numel()
-        # Pair k (0-based, ever) lives in slot k % history as [s, y]. Memory is only touched
-        # as slots fill (unless the shapes are fixed). `count` is k on the host, `cursor` on
-        # the device, where a graph's replays advance it.
+        # A sample's pair k (0-based, its own count: one stored per step, the first a zero pair)
+        # lives in slot k % history as [s, y], so where its pairs lie depends on its own steps
+        # alone, never on the batch it runs in. Memory is only touched as slots fill (unless
+        # the shapes are fixed); `count` is the number of pairs stored, on the host.
         self.count = 0
-        self.cursor = torch.zeros((), dtype=torch.int64, device=x.device)
         self.pairs = x.new_empty(n, history, 2, dim)
         self.sy = x.new_zeros(n, history, history, dtype=torch.float64)  # s_i . y_j, by slot
         self.yy = x.new_zeros(n, history, history, dtype=torch.float64)  # y_i . y_j, by slot
@@ -99,18 +99,17 @@ class BatchedLBFGS:
         self.count += 1
 
     def _store(self, g: Tensor) -> tuple[Tensor, Tensor]:
-        """Adds the pair of the last step to the history; returns its slot ([1], on the device)
-        and the pair as stored ([N, 2, D]: s, y)."""
+        """Adds the pair of the last step to each sample's history; returns each sample's slot
+        ([N], on the device) and the pair as stored ([N, 2, D]: s, y)."""
         y = g - self.prev_grad
         s = self.d * self.t[:, None]
         ys = batched.dot(y, s)
         ok = ys > 1e-10
         keep = ok.to(g.dtype)[:, None]
-        slot = (self.cursor % self.history).view(1)
+        slot = self.steps % self.history
         new = torch.stack([s * keep, y * keep], 1)
-        self.pairs.index_copy_(1, slot, new[:, None])
+        self.pairs[torch.arange(len(slot), device=g.device), slot] = new
         self.count += 1
-        self.cursor += 1
         yy = batched.dot(y, y).clamp_min(1e-30)
         gamma = (batched.dot(s, s) / yy).sqrt() if self.scaling == "geometric" else ys / yy
         self.h_diag.copy_(torch.where(ok, gamma, self.h_diag))
@@ -125,26 +124,31 @@ class BatchedLBFGS:
         # Pass 1: [g, y_new, s_new] against every stored s and y.
         prods = batched.bmm(torch.stack([g, new[:, 1], new[:, 0]], 1), pairs.transpose(1, 2))
         prods = prods.double().view(n, 3, c, 2)
-        self.sy[:, :c].index_copy_(2, slot, prods[:, 1, :, 0, None])
-        self.sy[:, :, :c].index_copy_(1, slot, prods[:, 2, None, :, 1])
-        self.yy[:, :c].index_copy_(2, slot, prods[:, 1, :, 1, None])
-        self.yy[:, :, :c].index_copy_(1, slot, prods[:, 1, None, :, 1])
-        # Slots oldest first (with fixed shapes the empty ones come first: zero pairs are
-        # inert anywhere); made on the device (a list would be a blocking host copy).
-        order = (torch.arange(c, device=g.device) + (self.cursor - c)) % m
-        sy = self.sy[:, order][:, :, order]
-        yy = self.yy[:, order][:, :, order]
+        rows, slots = torch.arange(n, device=g.device)[:, None], torch.arange(c, device=g.device)
+        at = slot[:, None]
+        self.sy[rows, slots, at] = prods[:, 1, :, 0]
+        self.sy[rows, at, slots] = prods[:, 2, :, 1]
+        self.yy[rows, slots, at] = prods[:, 1, :, 1]
+        self.yy[rows, at, slots] = prods[:, 1, :, 1]
+        # Each sample's slots oldest first (with fixed shapes the empty ones come first: zero
+        # pairs are inert anywhere); made on the device (a list would be a blocking host copy).
+        order = (slots + (self.steps + 1 - c)[:, None]) % m  # [N, c]
+        sy = self.sy.gather(1, order[:, :, None].expand(-1, -1, m)).gather(
+            2, order[:, None, :].expand(-1, c, -1))
+        yy = self.yy.gather(1, order[:, :, None].expand(-1, -1, m)).gather(
+            2, order[:, None, :].expand(-1, c, -1))
         diag = sy.diagonal(dim1=1, dim2=2)
         # A zeroed pair has an empty row and column; a 1 on its diagonal keeps R invertible
         # and leaves the other pairs' solution as if it were absent.
         r = sy.triu() + torch.diag_embed((diag <= 0).double())
         gamma = self.h_diag.double()[:, None, None]
-        u = torch.linalg.solve_triangular(r, prods[:, 0, order, 0, None], upper=True)
-        w = diag[..., None] * u + gamma * (yy @ u - prods[:, 0, order, 1, None])
+        sg, yg = prods[:, 0, :, 0].gather(1, order), prods[:, 0, :, 1].gather(1, order)
+        u = torch.linalg.solve_triangular(r, sg[..., None], upper=True)
+        w = diag[..., None] * u + gamma * (yy @ u - yg[..., None])
         p = torch.linalg.solve_triangular(r.transpose(1, 2), w, upper=False)
-        coef = torch.empty(n, c, 2, dtype=torch.float64, device=g.device)
-        coef[:, order, 0] = p[..., 0]
-        coef[:, order, 1] = -gamma[..., 0] * u[..., 0]
+        coef = torch.stack([torch.zeros_like(sg).scatter_(1, order, p[..., 0]),
+                            torch.zeros_like(sg).scatter_(1, order, -gamma[..., 0] * u[..., 0])],
+                           2)
         # Pass 2: S p - gamma Y u.
         hg = batched.bmm(pairs.transpose(1, 2), coef.view(n, 2 * c, 1).to(g.dtype)).view(n, -1)
         return hg.add_(g * self.h_diag[:, None]).neg_()
@@ -203,19 +207,20 @@ class BatchedLBFGS:
         pairs = state.pop("pairs")
         for key, value in state.items():
             setattr(self, key, value)
-        self.cursor = torch.tensor(self.count, device=pairs.device)
         self.pairs = pairs.new_empty(pairs.shape[0], self.history, *pairs.shape[2:])
         self.pairs[:, :pairs.shape[1]] = pairs
         if self.fixed_shapes:
             self.fix_shapes()
 
-    # One sample's state, for a batch whose samples come and go (slots.py). A sample's pairs are
-    # the newest min(steps, history) slots before the cursor (one stored per step, the first a
-    # zero pair): saved oldest first, they load into any row of any batch at any cursor. Both
-    # need fixed shapes, where every slot is read and an empty one holds a zero pair.
+    # One sample's state, for a batch whose samples come and go (slots.py): its pairs (the
+    # newest min(steps, history) slots of its own ring), their products and its last step.
+    # They load into any row of any batch, in the same slots. Both need fixed shapes, where
+    # every slot is read and one not filled holds a zero pair.
 
-    def _own_slots(self, entries: int) -> Tensor:
-        return (torch.arange(entries, device=self.x.device) + (self.count - entries)) % self.history
+    def _own_slots(self, i: int) -> Tensor:
+        steps = int(self.steps[i])
+        entries = min(steps, self.history)
+        return (torch.arange(entries, device=self.x.device) + steps - entries) % self.history
 
     @torch.no_grad()
     def reset_row(self, i: int) -> None:
@@ -230,24 +235,19 @@ class BatchedLBFGS:
             buffer[i] = 0
 
     def row_state(self, i: int) -> dict[str, Any]:
-        steps = int(self.steps[i])
-        own = self._own_slots(min(steps, self.history))
-        return {"pairs": self.pairs[i, own].clone(), "sy": self.sy[i][own][:, own].clone(),
-                "yy": self.yy[i][own][:, own].clone(), "h_diag": self.h_diag[i].clone(),
-                "d": self.d[i].clone(), "t": self.t[i].clone(),
-                "prev_grad": self.prev_grad[i].clone(), "steps": self.steps[i].clone()}
+        return {"pairs": self.pairs[i, self._own_slots(i)].clone(),
+                **{name: getattr(self, name)[i].clone() for name in ROW_BUFFERS}}
 
     @torch.no_grad()
     def load_row(self, i: int, state: dict[str, Any]) -> None:
         """Row i continues the sample whose `row_state` this is."""
+        if state["sy"].shape[0] != self.history:
+            raise ValueError(f"a state of {state['sy'].shape[0]} pairs in a history of "
+                             f"{self.history}")
         self.reset_row(i)
-        entries = state["pairs"].shape[0]
-        if entries > self.history:
-            raise ValueError(f"a state of {entries} pairs does not fit this batch's history")
-        own = self._own_slots(entries)
-        self.pairs[i, own] = state["pairs"].to(self.pairs)
-        grid = own[:, None], own[None, :]
-        self.sy[i][grid] = state["sy"].to(self.sy)
-        self.yy[i][grid] = state["yy"].to(self.yy)
-        for name in ("h_diag", "d", "t", "prev_grad", "steps"):
+        for name in ROW_BUFFERS:
             getattr(self, name)[i] = state[name].to(getattr(self, name))
+        self.pairs[i, self._own_slots(i)] = state["pairs"].to(self.pairs)
+
+
+ROW_BUFFERS = ("sy", "yy", "h_diag", "d", "t", "prev_grad", "steps")

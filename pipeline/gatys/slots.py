@@ -137,21 +137,21 @@ class _Batch:
         self.trace = LossTrace(trace_every)
         self.rows: list[_Row | None] = [None] * len(entries)
         self.exhausted = False
-        for i, entry in enumerate(entries):
-            self._enter(i, entry, fresh_run=True)
+        for i, entry in enumerate(entries):  # with fixed shapes from the first step: a job
+            self._enter(i, entry)                # resumed in another batch runs the same ops
         self.run_.hold(self.stop.active)
 
     def _pixels(self, image: Tensor) -> Tensor:
         return image.to(self.runtime.device, self.runtime.pixel_dtype)
 
-    def _enter(self, i: int, entry: Entry, fresh_run: bool = False) -> None:
-        """Row i becomes `entry`'s (a fresh run's rows already hold their images and targets)."""
+    def _enter(self, i: int, entry: Entry) -> None:
+        """Row i becomes `entry`'s."""
         resume = entry.resume
         if resume is not None:
             self.run_.enter(i, self._pixels(resume.image), entry.targets,
                             resume.state["optimizer"])
             self.stop.load_row(i, resume.state["stop"])
-        elif not fresh_run:
+        else:
             self.run_.enter(i, self._pixels(entry.x0), entry.targets, None)
             self.stop.reset_row(i)
         self.rows[i] = _Row(entry, resume.iteration if resume else 0, len(self.trace.points),
