@@ -20,7 +20,7 @@ from PIL import Image
 
 from .accel.memory import Fit, plan_stage
 from .accel.runtime import Runtime, RuntimeOptions
-from .errors import InputError
+from .errors import InputError, NonFiniteError
 from .gatys.color import luminance, match_colors, match_luminance, with_chroma
 from .gatys.engine import (
     Checkpointing,
@@ -327,13 +327,17 @@ def stylize_in_slots(calls: SlotCalls, params: StyleParams, runtime: Runtime, sl
     size: list[tuple[int, int]] = []
 
     def take() -> Entry | None:
-        if (item := calls.source()) is None:
-            return None
-        job, prepared, resume = item
-        problem = setup_batch([prepared], params, runtime, batch=slots)
-        size[:] = [problem.stages[0].size]
-        problems[job] = problem, time.perf_counter()
-        return Entry(job, problem.x0[0], problem.stages[0].targets, resume)
+        while (item := calls.source()) is not None:
+            job, prepared, resume = item
+            try:
+                problem = setup_batch([prepared], params, runtime, batch=slots)
+            except (InputError, NonFiniteError) as e:  # its own failure: the next job goes on
+                calls.done([(job, str(e).splitlines()[0])])
+                continue
+            size[:] = [problem.stages[0].size]
+            problems[job] = problem, time.perf_counter()
+            return Entry(job, problem.x0[0], problem.stages[0].targets, resume)
+        return None
 
     def finish(finished: list[Finished]) -> None:
         results: list[tuple[int, StyleResult | str]] = []

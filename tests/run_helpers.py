@@ -51,11 +51,14 @@ def run_cli(manifest, out, *extra):
                          terminal_width=200)
 
 
-def spawn_run(manifest, out, iterations):
+# jobs finish one by one, so a kill finds some done
+ONE_BY_ONE = ("--workers", "2", "--precision", "fp32", "--batch-size", "1")
+
+
+def spawn_run(manifest, out, iterations, options=ONE_BY_ONE):
     cmd = [sys.executable, "-m", "pipeline", "run", str(manifest), "--out", str(out),
-           "--devices", "cpu", "--workers", "2", "--set", "size=32", "--set",
-           f"iterations={iterations}", "--precision", "fp32", "--checkpoint-every", "2",
-           "--batch-size", "1"]  # jobs finish one by one, so a kill finds some done
+           "--devices", "cpu", "--set", "size=32", "--set", f"iterations={iterations}",
+           "--checkpoint-every", "2", *options]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True, text=True)
 

@@ -1,6 +1,7 @@
 """Bulk runs, end to end through the CLI, on the CPU with 2 workers and tiny images."""
 
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -218,7 +219,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(uninterrupted, tmp_
     proc = spawn_run(dataset, out, KILLED_RUN_ITERATIONS)
     text = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, text
-    assert "resuming a batch of 1 from its checkpoint at iteration" in text
+    assert _resumed(text, out), text
     after = ledger.read(out)
     assert all(after[k]["finished_at"] == t for k, t in done_before.items())  # not redone
     assert not list((out / ".checkpoints").glob("*.pt"))  # temp files included
@@ -234,6 +235,38 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(uninterrupted, tmp_
     for key, points in found.items():
         assert [p["iteration"] for p in points] == [*range(0, used[key], 10), used[key]]
         assert points == ref_traces[key]
+
+
+def _resumed(text, out):
+    """The (row, iteration) each resumed job said, checked against its ledger row."""
+    resumed = [(int(row), int(it)) for row, it in
+               re.findall(r"row (\d+): resuming from its checkpoint at iteration (\d+)/", text)]
+    by_row = {r["row"]: r for r in ledger.read(out).values()}
+    assert all(by_row[row]["resumed_from"] == it > 0 for row, it in resumed), resumed
+    return resumed
+
+
+def test_killed_at_batch_4_jobs_resume_from_their_checkpoints_at_batch_3(tmp_path):
+    """Each job is checkpointed on its own: a run killed at batch size 4 resumes at batch
+    size 3 (other rows, another split over the cores), every job from its own checkpoint, to
+    the images of an uninterrupted run (fp64, as the other batching equivalences)."""
+    dataset = make_dataset(tmp_path)
+    fp64 = ("--workers", "1", "--precision", "fp64")
+    reference = spawn_run(dataset, tmp_path / "ref", 30, (*fp64, "--batch-size", "4"))
+    assert reference.wait(timeout=600) == 0, reference.stdout.read()
+    out = tmp_path / "out"
+    proc = spawn_run(dataset, out, 30, (*fp64, "--batch-size", "4"))
+    wait_for(lambda: len(saved_checkpoints(out)) >= 3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc = spawn_run(dataset, out, 30, (*fp64, "--batch-size", "3"))
+    text = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, text
+    assert len(_resumed(text, out)) >= 3, text
+    ref_images, images = images_in(tmp_path / "ref"), images_in(out)
+    assert ref_images.keys() == images.keys() and len(images) == 6
+    for name, img in images.items():
+        assert torch.equal(img, ref_images[name]), name
 
 
 def test_ctrl_c_with_hundreds_of_batches_queued_exits_at_once(dataset, tmp_path):

@@ -90,3 +90,22 @@ def test_early_stopped_jobs_hand_their_rows_on_and_keep_their_results(cpu64):
         _assert_same(results[i], alone)
         stopped += alone.iterations < params.iterations
     assert stopped == len(jobs)  # every row changed hands early
+
+
+@pytest.mark.parametrize("where", ["targets", "image"])
+def test_a_failed_job_fails_alone_and_its_row_is_refilled(cpu64, where):
+    """One slot: a job whose targets cannot be made (NaN content), or whose loss turns NaN in
+    its row (a resumed image with NaN pixels), fails with a one-line error; the next job takes
+    the row and equals its run alone."""
+    bad, good = _prepared(1), _prepared(2)
+    resume = None
+    if where == "targets":
+        bad[0].pixels[:, :4, :4] = float("nan")
+    else:
+        resume = _state_at(bad, 2, cpu64)
+        resume.image[:, :4, :4] = float("nan")
+    results = _in_slots([(0, bad, resume), (1, good, None)], cpu64, 1)
+    assert isinstance(results[0], str) and "\n" not in results[0]
+    assert ("targets:" in results[0]) == (where == "targets"), results[0]
+    assert "inf/NaN" in results[0]
+    _assert_same(results[1], stylize_prepared([good], PARAMS, cpu64, trace_every=5)[0])

@@ -22,7 +22,7 @@ RUN_SLOTS = 8
 
 
 class BatchQueue:
-    def __init__(self, jobs: Iterable[Job], workers: int = 1):
+    def __init__(self, jobs: Iterable[Job], workers: int = 1, continuous: bool = True):
         groups: dict[str, deque[Job]] = {}
         self._plans: list[PassPlan] = []
         for job in jobs:
@@ -32,7 +32,7 @@ class BatchQueue:
                 groups.setdefault(job.group, deque()).append(job)
         self._groups = deque(groups.values())
         self._returned: deque[Batch] = deque()
-        self._workers = workers
+        self._workers, self._continuous = workers, continuous
 
     def take(self, batch_size: Callable[[Job], int]) -> Batch | None:
         """The next batch, of at most `batch_size(job)` jobs of one group (or frames of a
@@ -48,7 +48,7 @@ class BatchQueue:
             return None
         group = self._groups[0]
         size = batch_size(group[0])
-        if slotted(group[0]):
+        if self._continuous and slotted(group[0]):
             share = -(-len(group) // self._workers)
             n = min(len(group), max(size, min(share, size * RUN_SLOTS)))
             batch = Batch(tuple(group.popleft() for _ in range(n)), slots=min(size, n))

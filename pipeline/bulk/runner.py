@@ -71,8 +71,13 @@ class RunOptions:
                                 "device: on CUDA 8 up to 512x384 px, else 1; on the CPU up to "
                                 "4 images, 4 x 512x384 px in all over the CPU workers (1 at "
                                 "1024 px).", lo=0)
-    checkpoint_every: int = option(50, "Checkpoint each batch every N iterations (0: only when "
-                                       "stopped).", lo=0)
+    continuous: bool = option(True, "Continuous batching: a job that ends (early stopping, a "
+                                    "failure) hands its place in the batch to the next job at "
+                                    "once, and each job is checkpointed on its own, resuming "
+                                    "in any batch. Images made in one stage with lbfgs; "
+                                    "--no-continuous: fixed batches, checkpointed whole.")
+    checkpoint_every: int = option(50, "Checkpoint each job (or fixed batch) every N iterations "
+                                       "(0: only when stopped).", lo=0)
     trace_every: int = option(TRACE_EVERY, TRACE_EVERY_HELP + " Kept in --out/traces/ as "
                                                             "Parquet, by job key.", lo=0)
     skip_bad_rows: bool = option(False, "Record invalid rows as failed and run the rest, "
@@ -276,7 +281,7 @@ def _run_locked(manifest: Path, opts: RunOptions, found: Scan, run_id: str,
     result.failed += [(e.row, str(e)) for e in found.errors]
     if p.todo:
         workers = workers_for(p.todo)
-        queue = BatchQueue(p.todo, len(workers.slots))
+        queue = BatchQueue(p.todo, len(workers.slots), opts.continuous)
         # A worker with no batch would only start up.
         workers.slots = workers.slots[:max(1, queue.count(
             workers.slots[0].batch_size(opts.batch_size)))]
