@@ -105,7 +105,8 @@ def test_a_lost_workers_batch_goes_to_a_worker_that_was_waiting(dataset, tmp_pat
 
     workers = Fake(2, outcome, delay={0: 5}, restartable=False)
     display = Display()
-    result = distribute(workers, BatchQueue(jobs), 1, display, lambda batch: False)
+    result = distribute(workers, BatchQueue(jobs, continuous=False), 1, display,
+                        lambda batch: False)
     assert result.done == len(jobs) and not result.errors
     assert (1, first[0]) in workers.ran  # worker 1 ran worker 0's batch
     ran = [job for _, batch in workers.ran for job in batch.jobs]
@@ -125,12 +126,31 @@ def test_a_batch_whose_outputs_were_written_is_not_run_again(dataset, tmp_path):
 def test_workers_with_different_batch_sizes_cut_their_own(dataset, tmp_path):
     jobs = [j for j in _jobs(dataset, tmp_path)]
     same = [j for j in jobs if j.group == jobs[0].group]
-    queue = BatchQueue(same)
+    queue = BatchQueue(same, continuous=False)
     big = queue.take(lambda job: 8)
-    assert big is not None and len(big.jobs) == len(same)
-    queue = BatchQueue(same)
+    assert big is not None and len(big.jobs) == len(same) and not big.slots
+    queue = BatchQueue(same, continuous=False)
     assert len(queue.take(lambda job: 1).jobs) == 1
     assert queue.count(lambda job: 1) == len(same) - 1
+
+
+def test_jobs_in_slots_go_out_as_each_workers_share_of_their_group(dataset, tmp_path):
+    """Continuous batching: a worker's batch is its share of the group (at most RUN_SLOTS
+    times its batch size, at least one batch), to run through batch-size slots."""
+    from pipeline.bulk.queue import RUN_SLOTS
+
+    jobs = _jobs(dataset, tmp_path)
+    same = [j for j in jobs if j.group == jobs[0].group]
+    assert len(same) == 4
+    queue = BatchQueue(same, workers=2)
+    first = queue.take(lambda job: 1)
+    assert first is not None and (len(first.jobs), first.slots) == (2, 1)
+    queue = BatchQueue(same, workers=1)
+    whole = queue.take(lambda job: 3)
+    assert whole is not None and (len(whole.jobs), whole.slots) == (4, 3) and not queue
+    queue = BatchQueue(same * 10, workers=1)
+    capped = queue.take(lambda job: 2)
+    assert capped is not None and (len(capped.jobs), capped.slots) == (2 * RUN_SLOTS, 2)
 
 
 def test_a_worker_that_cannot_see_the_run_folder_says_so_and_does_not_start(tmp_path):
