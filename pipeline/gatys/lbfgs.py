@@ -31,9 +31,9 @@ stored as zeros, so it contributes nothing. This keeps every sample independent 
 For a CUDA graph of the whole iteration, `fix_shapes()` makes every iteration after the first
 launch the same kernels on the same shapes, reading and writing the same buffers: the
 products then run over all `history` slots from the start (a slot not yet filled holds a zero
-pair, which the compact form ignores, as it does a rejected one), the slot each sample writes is
-its step count, on the device, and the state is updated in place. Nothing in a step reads a value on the
-host.
+pair, which the compact form ignores, as it does a rejected one), the slot each sample writes
+comes from its step count, on the device, and the state is updated in place. Nothing in a step
+reads a value on the host.
 """
 
 from __future__ import annotations
