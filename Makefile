@@ -77,6 +77,7 @@ bench: install  ## print every CPU table of BENCHMARKS.md (hours)
 	$(PY) -m bench.bench_layers
 	$(PY) -m bench.bench_gram
 	$(PY) -m bench.bench_workers
+	$(PY) -m bench.bench_continuous
 	$(PY) -m bench.bench_heap
 	$(PY) -m bench.bench_precision
 	$(PY) -m bench.bench_memory --sizes 1024,2048 --block 512

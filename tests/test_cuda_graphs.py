@@ -86,3 +86,26 @@ def test_lbfgs_iterations_replay_whole_without_a_host_sync():
     assert run.opt.count == WARMUP + 11
     assert run.opt.steps.tolist() == [WARMUP + 11] * 2
     assert torch.all(later[-1] < 0.5 * first[0])
+
+
+@cuda
+def test_rows_entered_into_a_captured_run_give_each_job_its_eager_result():
+    """Continuous batching with CUDA graphs: jobs enter the rows of a batch whose iteration is
+    captured once (two rows, five jobs ending early at their own iterations). Each job's
+    final loss is its eager run's alone, within what the graphed run above allows for cuDNN's
+    last-bit noise grown by L-BFGS."""
+    from pipeline.api import SlotCalls, slot_plan, stylize_in_slots, stylize_prepared
+
+    params = StyleParams(size=64, iterations=30, tol=0.3, tol_window=5)
+    jobs = [prepare(StyleJob(make_photo(seed=i), [make_painting(seed=i + 10)]), params)
+            for i in range(5)]
+    graphed = Runtime.create("cuda", "fp32", cuda_graphs=True, targets="torch")
+    eager = Runtime.create("cuda", "fp32", cuda_graphs=False, targets="torch")
+    queue, results = list(enumerate(jobs)), {}
+    calls = SlotCalls(lambda: (*queue.pop(0), None) if queue else None, results.update)
+    stylize_in_slots(calls, params, graphed, 2, slot_plan(params, (64, 48), 2, graphed))
+    assert sorted(results) == list(range(5))
+    for i, job in enumerate(jobs):
+        alone = stylize_prepared([job], params, eager)[0]
+        torch.testing.assert_close(results[i].losses["total"], alone.losses["total"], rtol=0.05,
+                                   atol=0)
