@@ -148,8 +148,11 @@ class Worker:
 
     def _images(self, batch: Batch, started: float) -> list[dict[str, Any]]:
         if batch.slots:
-            fit = slot_plan(batch.jobs[0].spec.params, batch.jobs[0].size, batch.slots,
-                            self.runtime)
+            try:
+                fit = slot_plan(batch.jobs[0].spec.params, batch.jobs[0].size, batch.slots,
+                                self.runtime)
+            except Exception:  # the fixed batches below fail with it, job by job
+                fit = None
             if fit is not None:
                 return SlotBatch(self, batch, fit, started).run()
         rows: list[dict[str, Any]] = []
@@ -269,12 +272,15 @@ class SlotBatch:
     fails only its own job), resumed from its own checkpoint, and written as it ends: its trace,
     output and ledger row (the batch's trace and ledger parts rewritten with the rows so far),
     then its checkpoint deleted. A job whose output is already there (its batch came back
-    from a dead worker) is skipped."""
+    from a dead worker) is skipped. An error that ends the slots' run fails the jobs in them
+    (out of memory: they go again first at half the slots, from their checkpoints) and the
+    others go on."""
 
     def __init__(self, worker: Worker, batch: Batch, fit: Fit, started: float):
         self.worker, self.batch, self.fit, self.started = worker, batch, fit, started
         self.params = batch.jobs[0].spec.params
         self.waiting = deque(range(len(batch.jobs)))
+        self.inside: list[int] = []  # jobs in the slots now
         self.resumed: dict[int, int] = {}
         self.rows: list[dict[str, Any]] = []
         self.traces: Traces = {}
@@ -288,9 +294,30 @@ class SlotBatch:
                             label=f"{n} job{'s' * (n > 1)} in {self.batch.slots} slots"))
         calls = SlotCalls(self.source, self.done, self.save, w.every, w.stopping,
                           self.progress, self.intermediate if self.params.save_every else None)
-        stylize_in_slots(calls, self.params, w.runtime, self.batch.slots, self.fit,
-                         w.trace_every)
+        slots = self.batch.slots
+        while self.waiting:
+            try:
+                stylize_in_slots(calls, self.params, w.runtime, slots, self.fit, w.trace_every)
+            except (Interrupted, WriteFailed):
+                raise
+            except torch.OutOfMemoryError:
+                if w.runtime.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if slots == 1:
+                    self._fail_inside(f"out of memory at size {self.batch.jobs[0].size[0]}x"
+                                      f"{self.batch.jobs[0].size[1]}")
+                slots = max(1, slots // 2)
+                self.waiting.extendleft(reversed(self.inside))
+                self.inside.clear()
+            except Exception as e:  # one batch's failure must not end the run
+                self._fail_inside(f"{type(e).__name__}: {e}".splitlines()[0])
         return []
+
+    def _fail_inside(self, error: str) -> None:
+        device = str(self.worker.runtime.device)
+        self._record([], [ledger.job_row(self.batch.jobs[i], ledger.FAILED, self.started, device,
+                                         error=error) for i in self.inside])
+        self.inside.clear()
 
     def source(self) -> SlotJob | None:
         jobs = self.batch.jobs
@@ -307,6 +334,7 @@ class SlotBatch:
                 self._record([], [ledger.job_row(job, ledger.FAILED, self.started,
                                                  error=str(e))])
                 continue
+            self.inside.append(index)
             return index, prepared, self._resume(index)
         return None
 
@@ -324,17 +352,18 @@ class SlotBatch:
 
     def done(self, results: list[tuple[int, StyleResult | str]]) -> None:
         jobs, device = self.batch.jobs, str(self.worker.runtime.device)
-        ok = [(jobs[i], result) for i, result in results if isinstance(result, StyleResult)]
+        ok = [(i, result) for i, result in results if isinstance(result, StyleResult)]
         failed = [ledger.job_row(jobs[i], ledger.FAILED, self.started, device, error=result)
                   for i, result in results if isinstance(result, str)]
-        self.traces.update({job.key: result.trace for job, result in ok})
+        self.traces.update({jobs[i].key: result.trace for i, result in ok})
         self.worker.write_traces(self.traces, self.part)  # before the outputs
-        written = [self.worker.write_output(job, result, self.started,
-                                            self.resumed.get(jobs.index(job), 0))
-                   for job, result in ok]
+        written = [self.worker.write_output(jobs[i], result, self.started,
+                                            self.resumed.get(i, 0)) for i, result in ok]
         self._record(written, failed)
         for i, _ in results:
             job_checkpoint_path(self.worker.out_dir, jobs[i].key).unlink(missing_ok=True)
+            if i in self.inside:
+                self.inside.remove(i)
 
     def _record(self, written: list[dict[str, Any]], failed: list[dict[str, Any]]) -> None:
         self.rows += written + failed
