@@ -7,8 +7,12 @@ first job's start to the last one's end in the ledger (process start-up and the 
 are left out). Also prints the iterations each job took, which is where the difference comes
 from: a fixed batch runs until its slowest job stops, a batch in slots refills a row at once.
 
+With `--photos a.jpg,b.jpg --paintings c.jpg,d.jpg` the contents are those photos (each as it
+is, mirrored and cropped to its centre: 6 contents) and the styles those paintings; else drawn
+example images.
+
 Usage: python -m bench.bench_continuous [--sizes 96,128] [--batch 4] [--rounds 1]
-[--device cpu] [--iterations 400]
+[--device cpu] [--iterations 400] [--photos A,B --paintings C,D]
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from PIL import Image, ImageOps
+
 from pipeline.bulk import ledger
 from pipeline.bulk.build import build_rows
 from pipeline.bulk.manifest import write_manifest
@@ -28,14 +34,36 @@ from pipeline.io.examples import landscape, mosaic, swirls
 JOBS_PER_SIZE = 12
 
 
-def write_dataset(folder: Path, sizes: list[int]) -> Path:
+def drawn(folder: Path) -> tuple[list[Path], list[Path]]:
+    """2 drawn contents, 6 drawn styles."""
     contents = [folder / "landscape.png", folder / "mosaic.png"]
     landscape().save(contents[0])
     mosaic(640, 480).save(contents[1])
-    styles = []
-    for i in range(JOBS_PER_SIZE // len(contents)):
-        styles.append(folder / f"style{i}.png")
-        swirls(seed=i).save(styles[-1])
+    styles = [folder / f"style{i}.png" for i in range(JOBS_PER_SIZE // len(contents))]
+    for i, path in enumerate(styles):
+        swirls(seed=i).save(path)
+    return contents, styles
+
+
+def from_photos(folder: Path, photos: list[str], paintings: list[str]
+                ) -> tuple[list[Path], list[Path]]:
+    """Each photo as it is, mirrored and its centre; the paintings as they are."""
+    contents = []
+    for i, photo in enumerate(photos):
+        image = Image.open(photo).convert("RGB")
+        w, h = image.size
+        for name, variant in (("as-is", image), ("mirrored", ImageOps.mirror(image)),
+                              ("centre", image.crop((w // 8, h // 8, w - w // 8, h - h // 8)))):
+            contents.append(folder / f"photo{i}-{name}.png")
+            variant.save(contents[-1])
+    return contents, [Path(p) for p in paintings]
+
+
+def write_dataset(folder: Path, sizes: list[int], contents: list[Path], styles: list[Path]
+                  ) -> Path:
+    if len(contents) * len(styles) != JOBS_PER_SIZE:
+        raise SystemExit(f"{len(contents)} contents x {len(styles)} styles: need "
+                         f"{JOBS_PER_SIZE} jobs per size")
     rows = [{**row, "size": size, "output": f"{size}/{i}.png"} for size in sizes
             for i, row in enumerate(build_rows(contents, styles, {}))]
     return write_manifest(rows, folder / "manifest.parquet")
@@ -61,11 +89,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--iterations", type=int, default=400)
+    ap.add_argument("--photos", default="", help="comma-separated: two photos")
+    ap.add_argument("--paintings", default="", help="comma-separated: two paintings")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     rates: dict[bool, list[float]] = {False: [], True: []}
     with tempfile.TemporaryDirectory(prefix="bench-continuous-") as tmp:
-        manifest = write_dataset(Path(tmp), sizes)
+        folder = Path(tmp)
+        images = (from_photos(folder, args.photos.split(","), args.paintings.split(","))
+                  if args.photos else drawn(folder))
+        manifest = write_dataset(folder, sizes, *images)
         for r in range(args.rounds):
             for continuous in (False, True):
                 out = Path(tmp) / f"out-{continuous}-{r}"
