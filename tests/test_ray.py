@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.bulk import ledger
-from pipeline.bulk.events import BatchStarted, Iteration
+from pipeline.bulk.events import Iteration, Log
 from pipeline.cli.progress import RunDisplay
 from tests.run_helpers import ROOT, images_in
 
@@ -114,7 +115,7 @@ def test_ctrl_c_checkpoints_every_worker_of_the_cluster_and_the_resumed_run_equa
     again = _pipeline(*args)
     text = again.stdout + again.stderr
     assert again.returncode == 0, text
-    assert text.count("resuming a batch") >= 2
+    assert text.count("resuming from its checkpoint at iteration") >= 2
     assert "node " in text  # the workers are named by node in the display and summary
     rows = ledger.read(out).values()
     assert len(rows) == 6 and all(r["status"] == "done" for r in rows)
@@ -123,8 +124,8 @@ def test_ctrl_c_checkpoints_every_worker_of_the_cluster_and_the_resumed_run_equa
 
 def test_losing_a_node_mid_run_loses_and_repeats_nothing(cluster, dataset_module, reference,
                                                          tmp_path):
-    """The node running a batch is removed after the batch's checkpoint at iteration 5: its
-    batch goes to the other node's actor, which resumes it from that checkpoint."""
+    """The node running a batch is removed after a job's checkpoint at iteration 5: its batch
+    goes to the other node's actor, which resumes the job from that checkpoint."""
     from pipeline.accel.runtime import RuntimeOptions
     from pipeline.bulk.checkpoint import saved_checkpoints
     from pipeline.bulk.manifest import parse_overrides
@@ -142,8 +143,9 @@ def test_losing_a_node_mid_run_loses_and_repeats_nothing(cluster, dataset_module
 
         def handle(self, event):
             super().handle(event)
-            if isinstance(event, BatchStarted) and event.resumed_at:
-                resumed.append(event.resumed_at)
+            if isinstance(event, Log) and (said := re.search(
+                    r"resuming from its checkpoint at iteration (\d+)/", event.message)):
+                resumed.append(int(said.group(1)))
             if (isinstance(event, Iteration) and event.iteration >= 6 and not removed
                     and saved_checkpoints(out)):
                 label = self.labels[event.worker]
