@@ -213,11 +213,9 @@ def setup_batch(prepared: Sequence[tuple[SizedImage, list[SizedImage]]], params:
     if len(sizes) != 1:
         raise InputError(f"a batch needs one output size, got {sorted(sizes)}")
     trunk, weights = trunk_for(params, runtime)
-    net = runtime.compute_trunk(trunk)
 
     def fit(size: tuple[int, int], iterations: int) -> Fit:
-        return plan_stage(net, params, size, iterations, batch or len(prepared), runtime.device,
-                          runtime.channels_last, runtime.block_size, cache_dir(runtime.cache))
+        return _plan(trunk, params, size, iterations, batch or len(prepared), runtime)
 
     def builder() -> TargetBuilder:  # cached: one per worker and model
         return builder_for(weights, trunk, params.pooling, runtime, in_order(params.layers))
@@ -277,6 +275,14 @@ def stylize_prepared(prepared: Sequence[tuple[SizedImage, list[SizedImage]]],
             for i in range(len(prepared))]
 
 
+def _plan(trunk: VGG19Trunk, params: StyleParams, size: tuple[int, int], iterations: int,
+          batch: int, runtime: Runtime) -> Fit:
+    """How a stage of `iterations` at size (w, h) fits `batch` images on the runtime's device."""
+    return plan_stage(runtime.compute_trunk(trunk), params, size, iterations, batch,
+                      runtime.device, runtime.channels_last, runtime.block_size,
+                      cache_dir(runtime.cache))
+
+
 def _colors(images: torch.Tensor, contents: torch.Tensor, params: StyleParams
             ) -> torch.Tensor:
     """The output's colours: with color=luminance, the content's chrominance put back."""
@@ -292,10 +298,7 @@ def slot_plan(params: StyleParams, size: tuple[int, int], slots: int, runtime: R
     that must run by blocks."""
     if len(params.scale_sizes()) != 1 or params.optimizer != "lbfgs":
         return None
-    trunk, _ = trunk_for(params, runtime)
-    fit = plan_stage(runtime.compute_trunk(trunk), params, size, params.iterations, slots,
-                     runtime.device, runtime.channels_last, runtime.block_size,
-                     cache_dir(runtime.cache))
+    fit = _plan(trunk_for(params, runtime)[0], params, size, params.iterations, slots, runtime)
     return None if fit.block else fit
 
 
@@ -324,7 +327,6 @@ def stylize_in_slots(calls: SlotCalls, params: StyleParams, runtime: Runtime, sl
     """Jobs of one output size through `slots` rows (gatys/slots.py): each job's targets are
     built as it enters, and its result is handed to `calls.done` as it ends. `fit`: slot_plan's."""
     problems: dict[int, tuple[BatchProblem, float]] = {}
-    size: list[tuple[int, int]] = []
 
     def take() -> Entry | None:
         while (item := calls.source()) is not None:
@@ -334,7 +336,6 @@ def stylize_in_slots(calls: SlotCalls, params: StyleParams, runtime: Runtime, sl
             except (InputError, NonFiniteError) as e:  # its own failure: the next job goes on
                 calls.done([(job, str(e).splitlines()[0])])
                 continue
-            size[:] = [problem.stages[0].size]
             problems[job] = problem, time.perf_counter()
             return Entry(job, problem.x0[0], problem.stages[0].targets, resume)
         return None
@@ -362,8 +363,9 @@ def stylize_in_slots(calls: SlotCalls, params: StyleParams, runtime: Runtime, sl
     if first is None:
         return
     pending = [first]
+    size = problems[first.job][0].stages[0].size  # every job's: one output size
     trunk, _ = trunk_for(params, runtime)
-    run_slots(trunk, size[0], slots, params, runtime, SlotHooks(
+    run_slots(trunk, size, slots, params, runtime, SlotHooks(
         lambda: pending.pop() if pending else take(), finish, calls.save, calls.every,
         calls.stop, calls.progress, snapshot if calls.save_image is not None else None),
         history=fit.history, trace_every=trace_every)

@@ -11,6 +11,7 @@ of a run (see `sweep_finished`).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -87,22 +88,28 @@ def save_checkpoint(path: Path, keys: list[str], iteration: int, images: Tensor,
             raise
 
 
-def checkpoint_saver(path: Path, keys: list[str]
-                     ) -> Callable[[int, Tensor, dict[str, Any]], None]:
-    """Checkpointing's `save` for one batch: a write that fails (disk full) is said once and
-    let go; the batch goes on, only its resumability is lost."""
-    warned: list[OSError] = []
+class CheckpointSaver:
+    """Writes one batch's checkpoints (its own, or each of its jobs'): a write that fails (disk
+    full) is said once and let go; the batch goes on, only its resumability is lost."""
 
-    def save(iteration: int, images: Tensor, state: dict[str, Any]) -> None:
+    def __init__(self) -> None:
+        self.warned = False
+
+    def save(self, path: Path, keys: list[str], iteration: int, images: Tensor,
+             state: dict[str, Any]) -> None:
         try:
             save_checkpoint(path, keys, iteration, images, state)
         except OSError as e:
-            if not warned:
-                warned.append(e)
+            if not self.warned:
+                self.warned = True
                 log.warning("cannot write a checkpoint (%s); going on without one",
                             describe_os_error(e, path.parent))
 
-    return save
+
+def checkpoint_saver(path: Path, keys: list[str]
+                     ) -> Callable[[int, Tensor, dict[str, Any]], None]:
+    """Checkpointing's `save` for one batch (see CheckpointSaver)."""
+    return functools.partial(CheckpointSaver().save, path, keys)
 
 
 def load_checkpoint(path: Path, keys: list[str]) -> tuple[int, Tensor, dict[str, Any]] | None:

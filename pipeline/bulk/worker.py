@@ -48,7 +48,13 @@ from ..gatys.trace import TRACE_EVERY, Traces
 from ..io.files import describe_os_error
 from ..io.images import intermediate_path, save_image
 from . import ledger, traces
-from .checkpoint import checkpoint_path, checkpoint_saver, job_checkpoint_path, load_checkpoint
+from .checkpoint import (
+    CheckpointSaver,
+    checkpoint_path,
+    checkpoint_saver,
+    job_checkpoint_path,
+    load_checkpoint,
+)
 from .events import (
     BatchDone,
     BatchStarted,
@@ -221,7 +227,7 @@ class Worker:
         run: nothing is recorded as failed, and a rerun picks the jobs up."""
         # before the outputs: a job whose output exists has its trace
         self.write_traces({job.key: result.trace
-                            for job, result in zip(jobs, results, strict=True)})
+                           for job, result in zip(jobs, results, strict=True)})
         return [self.write_output(job, result, started) for job, result in zip(jobs, results,
                                                                               strict=True)]
 
@@ -285,6 +291,7 @@ class SlotBatch:
         self.rows: list[dict[str, Any]] = []
         self.traces: Traces = {}
         self.part = ledger.part_name()
+        self.saver = CheckpointSaver()
         self.steps = 0
 
     def run(self) -> list[dict[str, Any]]:
@@ -373,8 +380,8 @@ class SlotBatch:
 
     def save(self, index: int, state: SlotState) -> None:
         job = self.batch.jobs[index]
-        checkpoint_saver(job_checkpoint_path(self.worker.out_dir, job.key), [job.key])(
-            state.iteration, state.image[None], state.state)
+        self.saver.save(job_checkpoint_path(self.worker.out_dir, job.key), [job.key],
+                        state.iteration, state.image[None], state.state)
 
     def progress(self, steps: int) -> None:
         self.steps += steps

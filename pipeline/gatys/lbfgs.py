@@ -198,9 +198,8 @@ class BatchedLBFGS:
         """A copy (every buffer is updated in place), of the filled history slots only."""
         return {"count": self.count,
                 "pairs": self.pairs[:, :min(self.count, self.history)].clone(),
-                "sy": self.sy.clone(), "yy": self.yy.clone(), "h_diag": self.h_diag.clone(),
-                "d": self.d.clone(), "t": self.t.clone(), "prev_grad": self.prev_grad.clone(),
-                "steps": self.steps.clone(), "lr": self.lr, "history": self.history}
+                **{name: getattr(self, name).clone() for name in ROW_BUFFERS},
+                "lr": self.lr, "history": self.history}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         state = dict(state)
