@@ -99,7 +99,7 @@ def score(paths: list[Path], content: Path, style: Path, size: int) -> list[floa
     builder = TargetBuilder(torch_features(trunk), {"backend": "torch"}, TargetCache(None))
     c = SizedImage(to_tensor(open_rgb(content)), "content", content.name)
     s = SizedImage(to_tensor(open_rgb(style)), "style", style.name)
-    targets = builder.batch([c], [[s]], (1.0,), params.content_layers, params.style_layers)
+    targets = builder.batch([c], [[s]], params)
     evaluate = Objective(trunk, targets, params, rt)
     with torch.no_grad():
         return [evaluate(to_tensor(open_rgb(p))[None])["total"].item() for p in paths]

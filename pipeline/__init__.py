@@ -4,13 +4,13 @@
 (`write_report`)."""
 
 from .accel.runtime import Runtime, RuntimeOptions
-from .api import StyleJob, StyleResult, stylize, stylize_batch, stylize_file
+from .api import Regions, StyleJob, StyleResult, stylize, stylize_batch, stylize_file
 from .bulk.make_manifest import build_manifest
 from .bulk.runner import RunOptions, exit_code, run_manifest
 from .gatys.params import StyleParams
 from .report import write_report
 from .version import __version__
 
-__all__ = ["RunOptions", "Runtime", "RuntimeOptions", "StyleJob", "StyleParams", "StyleResult",
-           "__version__", "build_manifest", "exit_code", "run_manifest", "stylize",
-           "stylize_batch", "stylize_file", "write_report"]
+__all__ = ["Regions", "RunOptions", "Runtime", "RuntimeOptions", "StyleJob", "StyleParams",
+           "StyleResult", "__version__", "build_manifest", "exit_code", "run_manifest",
+           "stylize", "stylize_batch", "stylize_file", "write_report"]

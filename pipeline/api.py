@@ -32,6 +32,7 @@ from .gatys.engine import (
     trunk_for,
 )
 from .gatys.params import StyleParams
+from .gatys.region_params import NO_REGIONS, Regions
 from .gatys.slots import Entry, Finished, SlotHooks, SlotState, run_slots
 from .gatys.temporal import Temporal
 from .gatys.trace import TRACE_EVERY, TRACE_EVERY_HELP, write_traces
@@ -52,6 +53,7 @@ from .io.images import (
     to_rgb,
     to_tensor,
 )
+from .io.masks import read_mask, read_segmentation
 from .targets.builder import TargetBuilder, builder_for
 from .targets.cache import image_digest
 from .version import __version__
@@ -69,6 +71,7 @@ UPSCALE_WARNING = 4
 class StyleJob:
     content: ImageSource
     styles: Sequence[ImageSource]
+    regions: Regions = NO_REGIONS  # masks: which style goes where (gatys/guides.py)
 
 
 @dataclass
@@ -91,7 +94,8 @@ def _open(src: ImageSource) -> tuple[Image.Image, str, str]:
 
 
 def _sized(src: ImageSource, longest: int, min_side: int, role: str,
-           bucket: int = 0) -> SizedImage:
+           bucket: int = 0) -> tuple[SizedImage, tuple[int, int]]:
+    """The image at its size for the transfer, and its size as given."""
     img, digest, name = _open(src)
     size = fit_longest_side(img.size, longest, bucket)
     label = name if isinstance(src, Image.Image) else str(src)
@@ -102,20 +106,51 @@ def _sized(src: ImageSource, longest: int, min_side: int, role: str,
     if max(size) > UPSCALE_WARNING * max(img.size):
         log.warning("%s: %s image %dx%d upscaled %.0fx to %dx%d: it will look blurry", label,
                     role, *img.size, max(size) / max(img.size), *size)
-    return SizedImage(to_tensor(resize(img, size)), digest, name)
+    return SizedImage(to_tensor(resize(img, size)), digest, name), img.size
 
 
 def prepare(job: StyleJob, params: StyleParams) -> tuple[SizedImage, list[SizedImage]]:
-    """Decode and resize one job's images: content at the output size, styles at style_scale."""
+    """Decode and resize one job's images: content at the output size, styles at style_scale;
+    with regions, their masks with them at their sizes."""
     if not job.styles:
         raise InputError("at least one style image is needed")
     params.validate(n_styles=len(job.styles))
-    content = _sized(job.content, params.size, min_input_side(params.layers), "content",
-                     params.size_bucket)
+    job.regions.validate(len(job.styles), params)
+    content, source = _sized(job.content, params.size, min_input_side(params.layers),
+                             "content", params.size_bucket)
     style_side = max(1, round(params.size * params.style_scale))
     styles = [_sized(s, style_side, min_input_side(params.style_layers), "style")
               for s in job.styles]
-    return content, styles
+    if not job.regions.active:
+        return content, [s for s, _ in styles]
+    return _with_regions(job.regions, params, (content, source), styles)
+
+
+def _with_regions(regions: Regions, params: StyleParams,
+                  content: tuple[SizedImage, tuple[int, int]],
+                  styles: list[tuple[SizedImage, tuple[int, int]]]
+                  ) -> tuple[SizedImage, list[SizedImage]]:
+    """The content with its masks (one per style) and each style with its own region, if
+    given; a style's region is part of its digest, so its targets are cached apart."""
+    (image, source), colors = content, regions.rgb_colors()
+    if regions.segmentation is not None:
+        masks = read_segmentation(regions.segmentation, colors, source, image.size)[0]
+    else:
+        masks = torch.cat([read_mask(m, source, image.size)[0] for m in regions.masks])
+    out = []
+    for i, (style, source) in enumerate(styles):
+        if regions.style_masks:
+            region, digest = read_mask(regions.style_masks[i], source, style.size,
+                                       "style mask")
+        elif regions.style_segmentations:
+            region, digest = read_segmentation(regions.style_segmentations[i], [colors[i]],
+                                               source, style.size, "style segmentation")
+        else:
+            out.append(style)
+            continue
+        out.append(replace(style, regions=region,
+                           digest=f"{style.digest}|region:{digest}:{params.mask_mode}"))
+    return replace(image, regions=masks), out
 
 
 def _init_image(params: StyleParams, size: tuple[int, int]) -> torch.Tensor | None:
@@ -146,7 +181,7 @@ def _transfer_style(style: SizedImage, content: SizedImage, params: StyleParams
     else:
         pixels = match_colors(style.pixels, content.pixels, params.color_match)
         how = f"match-{params.color_match}"
-    return SizedImage(pixels, f"{how}:{style.digest}:{against}", style.name)
+    return replace(style, pixels=pixels, digest=f"{how}:{style.digest}:{against}")
 
 
 def _stages(prepared: Sequence[tuple[SizedImage, list[SizedImage]]], params: StyleParams,
@@ -156,7 +191,6 @@ def _stages(prepared: Sequence[tuple[SizedImage, list[SizedImage]]], params: Sty
     alike); a coarse size at which an image would fall below the layers' minimum is left out.
     `fit(size, iterations)`: how a stage fits in memory (whole or by blocks), asked for every
     stage before the targets' `builder()` is made: a size that cannot fit fails first."""
-    blend = params.style_blend or (1.0,) * len(prepared[0][1])
     min_content, min_style = min_input_side(params.layers), min_input_side(params.style_layers)
     schedule = []
     for longest in params.scale_sizes():
@@ -175,8 +209,8 @@ def _stages(prepared: Sequence[tuple[SizedImage, list[SizedImage]]], params: Sty
              for jobs, start, end in zip(schedule, [0, *ends], ends, strict=False)]
     stages = []
     for jobs, end, how in zip(schedule, ends, plans, strict=True):
-        targets = builder().batch([c for c, _ in jobs], [s for _, s in jobs], blend,
-                                params.content_layers, params.style_layers, how.block)
+        targets = builder().batch([c for c, _ in jobs], [s for _, s in jobs], params,
+                                  how.block)
         stages.append(Stage(jobs[0][0].size, end, targets.to(device), how.block, how.history))
     return stages
 
@@ -424,13 +458,16 @@ def export_trunk(layers: Sequence[str], weights: str = "caffe", pooling: str = "
     return path, sidecar
 
 
-def job_key(content: str, styles: list[str], params: StyleParams, init: str | None = None
-            ) -> str:
-    """The key of a job from its images' digests and the parameters that decide its image."""
+def job_key(content: str, styles: list[str], params: StyleParams, init: str | None = None,
+            regions: dict[str, Any] | None = None) -> str:
+    """The key of a job from its images' digests and the parameters that decide its image;
+    `regions`: Regions.key's."""
     payload: dict[str, object] = {"content": content, "styles": styles,
                                   "params": params.result_dict()}
     if init is not None:  # an init image's bytes matter as the content's do
         payload["init"] = init
+    if regions is not None:
+        payload["regions"] = regions
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -457,17 +494,21 @@ def check_destinations(output: Path, inputs: Sequence[Path], bit_depth: int = 0,
 def stylize_file(content: Path, styles: Sequence[Path], output: Path,
                  params: StyleParams = StyleParams(), runtime: Runtime | None = None,
                  progress: Progress | None = None, trace: Path | None = None,
-                 trace_every: int = TRACE_EVERY) -> StyleResult:
+                 trace_every: int = TRACE_EVERY, regions: Regions = NO_REGIONS
+                 ) -> StyleResult:
     """Stylize CONTENT with STYLES into `output` (PNG, JPEG or TIFF by extension, atomic,
     sRGB-tagged, parameters and job key embedded), the image every params.save_every
     iterations beside it, and with `trace` the loss terms every `trace_every` iterations in
     that Parquet file. Every destination is checked before any work."""
     params.validate(n_styles=len(styles))
+    regions.validate(len(styles), params)
     init = [Path(params.init)] if params.init_is_file else []
-    check_destinations(output, [content, *styles, *init], params.bit_depth, trace)
-    prepared = prepare(StyleJob(content, styles), params)
-    key = job_key(prepared[0].digest, [s.digest for s in prepared[1]], params,
-                  image_digest(init[0]) if init else None)
+    check_destinations(output, [content, *styles, *init, *map(Path, regions.files())],
+                       params.bit_depth, trace)
+    prepared = prepare(StyleJob(content, styles, regions), params)
+    # The styles' file digests, as a bulk run keys them (a style's region is in `regions`).
+    key = job_key(prepared[0].digest, [image_digest(s) for s in styles], params,
+                  image_digest(init[0]) if init else None, regions.key(image_digest))
     result = stylize_prepared(
         [prepared], params, runtime, progress, trace_every=trace_every if trace else 0,
         save_image=lambda it, _, image: save_image(image, intermediate_path(output, it),
@@ -478,7 +519,7 @@ def stylize_file(content: Path, styles: Sequence[Path], output: Path,
     return result
 
 
-__all__ = ["CACHE_PARTS", "TRACE_EVERY", "TRACE_EVERY_HELP", "Runtime", "RuntimeOptions",
-           "StyleJob", "StyleParams", "StyleResult", "cache_contents", "clear_cache",
-           "describe_os_error", "export_trunk", "intermediate_path", "job_key", "stylize",
-           "stylize_batch", "stylize_file"]
+__all__ = ["CACHE_PARTS", "TRACE_EVERY", "TRACE_EVERY_HELP", "Regions", "Runtime",
+           "RuntimeOptions", "StyleJob", "StyleParams", "StyleResult", "cache_contents",
+           "clear_cache", "describe_os_error", "export_trunk", "intermediate_path", "job_key",
+           "stylize", "stylize_batch", "stylize_file"]

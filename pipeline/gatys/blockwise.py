@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .guides import areas, pixel_weights
 from .losses import LossWeights, Targets, gram_backward, pixel_terms, wide
 from .vgg import LAYER_INDEX, LAYER_NAMES, VGG19Trunk, feature_shape, pools_through
 
@@ -125,34 +126,48 @@ def _count(layer: str, size: tuple[int, int]) -> int:
     return math.prod(feature_shape(layer, size[1], size[0]))
 
 
-def _inner_gram(features: Tensor, block: Block, layer: str) -> Tensor:
+def _inner_gram(features: Tensor, block: Block, layer: str, weights: Tensor | None = None
+                ) -> Tensor:
     """F F^T [N, C, C] of the features `block` owns at `layer`, in fp32 (fp64) whatever the
-    features' dtype: the blocks' parts of a Gram are summed before it is normalized."""
+    features' dtype: the blocks' parts of a Gram are summed before it is normalized. With
+    the whole image's region `weights` [N, R, h, w] (guides.pixel_weights), each region's
+    F diag(w) F^T, [N, R, C, C]."""
     inner = wide(_cut(features, block.inner_box(layer))).flatten(2)
-    return torch.bmm(inner, inner.transpose(1, 2))
+    if weights is None:
+        return torch.bmm(inner, inner.transpose(1, 2))
+    w = _cut(weights, block.target_box(layer)).flatten(2).to(inner.dtype)
+    return torch.stack([torch.bmm(inner * w[:, r, None], inner.transpose(1, 2))
+                        for r in range(w.shape[1])], 1)
 
 
 class _InnerGramGrad(torch.autograd.Function):
     """Back-propagates dL/dF = d F into the inner `box` of a crop's features, zero elsewhere.
     `d` [N, C, C] holds the style loss's whole-image (G - T), scaled; its value is zero, so
-    its sum can join the loss being back-propagated."""
+    its sum can join the loss being back-propagated. With regions, `d` is [N, R, C, C] and
+    `weights` [N, R, h, w] the inner box's region weights: dL/dF = sum_r (d_r F) o w_r."""
 
     @staticmethod
-    def forward(ctx, features: Tensor, d: Tensor, box: Box) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(features, d)
+    def forward(ctx, features: Tensor, d: Tensor, box: Box,  # type: ignore[override]
+                weights: Tensor | None) -> Tensor:
+        ctx.save_for_backward(features, d, weights)
         ctx.box = box
         return d.new_zeros(features.shape[0])
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        features, d = ctx.saved_tensors
-        inner = _cut(features, ctx.box)
+    def backward(ctx, grad: Tensor  # type: ignore[override]
+                 ) -> tuple[Tensor, None, None, None]:
+        features, d, weights = ctx.saved_tensors
+        inner = _cut(features, ctx.box).contiguous(memory_format=_format(features))
         # zeros_like keeps the features' memory format, so autograd adds like layouts.
         out = torch.zeros_like(features)
-        d = (d * grad.view(-1, 1, 1)).to(features.dtype)
-        _cut(out, ctx.box).copy_(gram_backward(inner.contiguous(
-            memory_format=_format(features)), d))
-        return out, None, None
+        d = (d * grad.view(-1, *[1] * (d.dim() - 1))).to(features.dtype)
+        if weights is None:
+            _cut(out, ctx.box).copy_(gram_backward(inner, d))
+        else:
+            w = weights.to(features.dtype)
+            _cut(out, ctx.box).copy_(sum(gram_backward(inner, d[:, r]) * w[:, r, None]
+                                         for r in range(d.shape[1])))
+        return out, None, None, None
 
 
 def _format(t: Tensor) -> torch.memory_format:
@@ -189,21 +204,36 @@ class BlockObjective:
             total = total + (wide(f) - t).square().flatten(1).sum(1) / _count(k, size)
         return self.weights.content * total
 
+    def _weights(self, layer: str) -> Tensor | None:
+        """The region weights of a style layer (guides.pixel_weights); None without masks."""
+        guides = self.targets.guides
+        return None if guides is None else pixel_weights(guides[layer])
+
+    def _areas(self, layer: str, like: Tensor) -> Tensor:
+        """Each region's weight in the style loss, [N, R, 1, 1] (its area; 1 without
+        masks, [N, 1, 1])."""
+        guides = self.targets.guides
+        if guides is None:
+            return like.new_ones(like.shape[0], 1, 1)
+        return areas(guides[layer]).to(like.dtype)[..., None, None]
+
     @torch.no_grad()
     def _pass1(self, x: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """The terms at x and each style layer's G - T."""
+        """The terms at x and each style layer's G - T (one per region with masks)."""
         size = (x.shape[3], x.shape[2])
         n = x.shape[0]
-        acc = {k: x.new_zeros(n, t.shape[1], t.shape[2], dtype=wide(x).dtype)
+        acc = {k: x.new_zeros(t.shape, dtype=wide(x).dtype)
                for k, t in self.targets.grams.items()}
+        weights = {k: self._weights(k) for k in acc}
         content = x.new_zeros(n, dtype=wide(x).dtype)
         for block in self._blocks(x):
             feats = self.net(self.layout(block.crop_of(x)), self.layers)
             for k in acc:
-                acc[k] += _inner_gram(feats[k], block, k)
+                acc[k] += _inner_gram(feats[k], block, k, weights[k])
             content += self._content(feats, block, size, content.new_zeros(n))
         diffs = {k: g.div_(_count(k, size)).sub_(self.targets.grams[k]) for k, g in acc.items()}
-        style = sum((w * diffs[k].square().mean((1, 2))
+        style = sum((w * (self._areas(k, diffs[k]) * diffs[k].square()).mean((-2, -1))
+                     .reshape(n, -1).sum(1)
                      for k, w in self.weights.style_layers.items()), content.new_zeros(n))
         terms = {"content": content, "style": self.weights.style * style,
                  **pixel_terms(wide(x), self.targets, self.weights)}
@@ -217,17 +247,22 @@ class BlockObjective:
         image = x.detach()
         terms, diffs = self._pass1(image)
         size = (image.shape[3], image.shape[2])
-        # dL/dF per style layer, for the whole image's G: 4 w (G - T) / (C^3 H W).
-        scales = {k: 4.0 * self.weights.style * w / (diffs[k].shape[1] ** 2 * _count(k, size))
+        # dL/dF per style layer, for the whole image's G: 4 w (G - T) / (C^3 H W), and per
+        # region 4 w a_r (G_r - T_r) F diag(w_r) / (C^3 H W).
+        scales = {k: 4.0 * self.weights.style * w * self._areas(k, diffs[k])
+                  / (diffs[k].shape[-1] ** 2 * _count(k, size))
                   for k, w in self.weights.style_layers.items()}
+        weights = {k: self._weights(k) for k in scales}
         grad = torch.zeros_like(image)
         for block in self._blocks(image):
             crop = block.crop_of(image).clone().requires_grad_(True)
             feats = self.net(self.layout(crop), self.layers)
             loss = self._content(feats, block, size, terms["total"].new_zeros(len(crop)))
             for k, scale in scales.items():
-                loss = loss + _InnerGramGrad.apply(feats[k], diffs[k] * scale,
-                                                   block.inner_box(k))
+                w = weights[k]
+                loss = loss + _InnerGramGrad.apply(
+                    feats[k], diffs[k] * scale, block.inner_box(k),
+                    None if w is None else _cut(w, block.target_box(k)))
             loss.sum().backward()
             y0, y1, x0, x1 = block.crop
             grad[:, :, y0:y1, x0:x1] += crop.grad
@@ -258,14 +293,17 @@ def features_by_blocks(features: Features, image: Tensor, layers: tuple[str, ...
     return out
 
 
-def grams_by_blocks(features: Features, image: Tensor, layers: tuple[str, ...], side: int
-                    ) -> dict[str, Tensor]:
+def grams_by_blocks(features: Features, image: Tensor, layers: tuple[str, ...], side: int,
+                    guides: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
     """losses.gram of each layer's features of an image too large to run whole, summed over
-    blocks of at most `side` px."""
+    blocks of at most `side` px; with a region's `guides` [N, h, w] per layer, its
+    losses.guided_gram."""
     size = (image.shape[3], image.shape[2])
+    weights = {k: pixel_weights(g[:, None]) for k, g in (guides or {}).items()}
     out: dict[str, Tensor] = {}
     for block in blocks(size, side, Grid.of(layers)):
         for k, f in features(block.crop_of(image), layers).items():
-            part = _inner_gram(f, block, k)
+            part = _inner_gram(f, block, k, weights.get(k))
+            part = part if guides is None else part[:, 0]
             out[k] = out[k] + part if k in out else part
     return {k: g / _count(k, size) for k, g in out.items()}

@@ -203,6 +203,9 @@ class Objective:
             split.hi[i] = t[0].to(split.hi.dtype)
             if split.lo is not None:
                 split.lo[i] = t[0] - split.hi[i].float()
+        for k, t in (targets.guides or {}).items():
+            assert self.targets.guides is not None, "a job with masks in a batch without"
+            self.targets.guides[k][i] = t[0]
 
 
 @dataclass

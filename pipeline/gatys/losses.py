@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ..io.tensor_tree import map_tensors
 from .batched import bmm
+from .guides import areas, pixel_weights
 from .temporal import Temporal
 
 
@@ -58,22 +59,27 @@ class _GramMSE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, features: Tensor, hi: Tensor, lo: Tensor | None  # type: ignore[override]
-                ) -> Tensor:
+    def forward(ctx, features: Tensor, hi: Tensor, lo: Tensor | None,  # type: ignore[override]
+                weight: Tensor | None) -> Tensor:
         f = _matrix(features)
-        diff = torch.baddbmm(hi, f, f.transpose(1, 2), beta=-1, alpha=1.0 / features[0].numel())
+        # A region's Gram (guides.py): F diag(weight) F^T, the weight [N, 1, H, W] on one side.
+        left = f if weight is None else _matrix(features * weight)
+        diff = torch.baddbmm(hi, left, f.transpose(1, 2), beta=-1,
+                             alpha=1.0 / features[0].numel())
         diff = wide(diff)
         if lo is not None:
             diff.sub_(lo)
-        ctx.save_for_backward(features, diff)
+        ctx.save_for_backward(features, diff, weight)
         return diff.square().mean((1, 2))
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        features, diff = ctx.saved_tensors
+    def backward(ctx, grad: Tensor  # type: ignore[override]
+                 ) -> tuple[Tensor, None, None, None]:
+        features, diff, weight = ctx.saved_tensors
         n, c, h, w = features.shape
         d = (diff * (grad.view(n, 1, 1) * (4.0 / (c**3 * h * w)))).to(features.dtype)
-        return gram_backward(features, d), None, None
+        out = gram_backward(features, d)
+        return (out if weight is None else out.mul_(weight)), None, None, None
 
 
 def gram_backward(features: Tensor, d: Tensor) -> Tensor:
@@ -104,14 +110,31 @@ class SplitTarget:
         return cls(target, hi, None if exact else target - hi.float())
 
 
-def gram_mse(features: Tensor, target: Tensor | SplitTarget) -> Tensor:
-    """MSE(gram(features), target) per sample: [N, C, H, W], [N, C, C] -> [N]. A target split
-    for another dtype than the features' is split again."""
+def gram_mse(features: Tensor, target: Tensor | SplitTarget, guides: Tensor | None = None
+             ) -> Tensor:
+    """MSE(gram(features), target) per sample: [N, C, H, W], [N, C, C] -> [N]. With `guides`
+    [N, R, H, W] (guides.py), the target is [N, R, C, C] and the loss is each region's guided
+    Gram's MSE against its own target, weighted by the region's area, summed over regions. A
+    target split for another dtype than the features' is split again."""
     if isinstance(target, Tensor):
         target = SplitTarget.of(target, features.dtype)
     elif target.hi.dtype != features.dtype:
         target = SplitTarget.of(target.target, features.dtype)
-    return _GramMSE.apply(features, target.hi, target.lo)
+    if guides is None:
+        return _GramMSE.apply(features, target.hi, target.lo, None)
+    weights = pixel_weights(guides).to(features.dtype)
+    return sum(area * _GramMSE.apply(features, target.hi[:, r],
+                                     None if target.lo is None else target.lo[:, r],
+                                     weights[:, r, None])
+               for r, area in enumerate(areas(guides).to(wide(features).dtype).unbind(1)))
+
+
+def guided_gram(features: Tensor, guide: Tensor) -> Tensor:
+    """The Gram of the features in one region per sample: [N, C, H, W], [N, H, W] -> [N, C, C],
+    F diag(v / a) F^T / (C H W) in fp32 (or fp64) (guides.py)."""
+    f = _matrix(wide(features))
+    weighted = f * pixel_weights(guide.to(f.dtype)).flatten(1)[:, None]
+    return torch.bmm(weighted, f.transpose(1, 2)).div_(features[0].numel())
 
 
 def mse_per_sample(x: Tensor, target: Tensor) -> Tensor:
@@ -132,16 +155,20 @@ def tv_per_sample(x: Tensor) -> Tensor:
 @dataclass
 class Targets:
     """What the output must match: content features [N, C, H, W] and blended Grams [N, C, C];
-    for a video frame, also the earlier stylized frames (temporal.py)."""
+    with masks, a Gram per region [N, R, C, C] and each region's guide on each style layer's
+    grid, `guides` [N, R, h, w] (guides.py); for a video frame, also the earlier stylized
+    frames (temporal.py)."""
 
     content: dict[str, Tensor]
     grams: dict[str, Tensor]
     temporal: Temporal | None = None
+    guides: dict[str, Tensor] | None = None
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> Targets:
         """`fn` applied to every target tensor (to a device, a batch's rows)."""
         return Targets(*map_tensors(fn, (self.content, self.grams)),
-                       None if self.temporal is None else self.temporal.map(fn))
+                       None if self.temporal is None else self.temporal.map(fn),
+                       None if self.guides is None else map_tensors(fn, self.guides))
 
     def to(self, device: torch.device) -> Targets:
         return self.map(lambda t: t.to(device))
@@ -168,7 +195,9 @@ def loss_terms(feats: dict[str, Tensor], image: Tensor, targets: Targets, w: Los
     zero = image.new_zeros(n, dtype=torch.promote_types(image.dtype, torch.float32))
     grams = targets.grams if grams is None else grams
     content = sum((mse_per_sample(feats[k], t) for k, t in targets.content.items()), zero)
-    style = sum((lw * gram_mse(feats[k], grams[k]) for k, lw in w.style_layers.items()), zero)
+    guides = targets.guides or {}
+    style = sum((lw * gram_mse(feats[k], grams[k], guides.get(k))
+                 for k, lw in w.style_layers.items()), zero)
     terms = {"content": w.content * content, "style": w.style * style,
              **pixel_terms(wide(image), targets, w)}
     terms["total"] = sum(terms.values(), zero)

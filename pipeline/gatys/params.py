@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..options import as_dict, check, option, result_dict
+from .guides import MASK_MODES
 from .vgg import CONTENT_LAYERS, LAYER_INDEX, STYLE_LAYERS
 
 OPTIMIZERS = ("lbfgs", "adam")
@@ -29,6 +30,7 @@ MIN_SCALE_SIZE = 128  # coarser than this, VGG19's deep layers see too few pixel
 # The words `init` and `weights` take; any other value is a file's path.
 INIT_WORDS = ("content", "noise")
 WEIGHT_SOURCES = ("caffe", "torchvision")
+UNMASKED = ("content", "styles")
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,19 @@ class StyleParams:
                                "profile.", choices=(0, 8, 16))
     pooling: str = option("max", "VGG pooling: max (neural-style default) or avg (Gatys et "
                                  "al.).", choices=POOLINGS)
+    mask_mode: str = option("inside", "With masks: how a mask is brought to each VGG19 "
+                                      "layer's grid (Gatys et al. 2017): inside (only "
+                                      "positions that see nothing outside the region: clean "
+                                      "borders), simple (resized) or all (every position that "
+                                      "sees any of it).", choices=MASK_MODES,
+                            key=(lambda p: p.mask_mode != "inside", "when not inside"))
+    unmasked: str = option("content", "With masks: what the pixels no mask covers get. content "
+                                      "(the default: the content loss only, so they stay close "
+                                      "to the photo, e.g. a face left clear; a mask says where "
+                                      "a style goes, and nothing else is stylized unless "
+                                      "asked) or styles (the blend of the styles, as without "
+                                      "masks, weighted by style_weights).", choices=UNMASKED,
+                           key=(lambda p: p.unmasked != "content", "when not content"))
     weights: str = option("caffe", "VGG19 weights: caffe (original, bundled), torchvision "
                                    "(IMAGENET1K_V1 from the torch hub cache) or a file path.")
 

@@ -50,6 +50,9 @@ class SizedImage:
     digest: str      # sha256 of the source file's bytes (or of an in-memory image's pixels)
     name: str        # for messages
     keep: bool = True  # its targets go to the disk cache (not a video frame's: seen once)
+    # [R, H, W] in [0, 1] (spatial control): a content's, where each of its styles goes; a
+    # style's, the one region it is drawn from (its digest then names the mask too)
+    regions: Tensor | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -190,7 +193,18 @@ def rescale(image: SizedImage, longest: int) -> SizedImage:
     size = fit_longest_side(image.size, longest)
     if size == image.size:
         return image
-    return dataclasses.replace(image, pixels=to_tensor(resize(to_image(image.pixels), size)))
+    regions = None if image.regions is None else resize_masks(image.regions, size)
+    return dataclasses.replace(image, pixels=to_tensor(resize(to_image(image.pixels), size)),
+                               regions=regions)
+
+
+def resize_masks(masks: Tensor, size: tuple[int, int]) -> Tensor:
+    """Masks [R, H, W] in [0, 1] at size (w, h): bilinear, antialiased when shrinking."""
+    if (masks.shape[2], masks.shape[1]) == size:
+        return masks
+    return torch.nn.functional.interpolate(masks[:, None], size=(size[1], size[0]),
+                                           mode="bilinear", antialias=True,
+                                           align_corners=False)[:, 0].clamp_(0, 1)
 
 
 def to_tensor(img: Image.Image) -> Tensor:

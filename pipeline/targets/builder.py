@@ -16,7 +16,9 @@ from torch import Tensor
 
 from ..accel.runtime import Runtime
 from ..gatys.blockwise import features_by_blocks, grams_by_blocks
-from ..gatys.losses import Targets, gram
+from ..gatys.guides import layer_guides, with_rest
+from ..gatys.losses import Targets, gram, guided_gram
+from ..gatys.params import StyleParams
 from ..gatys.vgg import VGG19Trunk
 from ..gatys.weights import WeightSet
 from ..io.files import cache_dir
@@ -57,31 +59,57 @@ class TargetBuilder:
                               f"content {image.name} {image.size[0]}x{image.size[1]}",
                               store=image.keep)
 
-    def style(self, image: SizedImage, layers: Sequence[str], block: int = 0
-              ) -> dict[str, Tensor]:
-        """Gram matrices [C, C] of one style image at `layers`; by blocks as `content`."""
+    def style(self, image: SizedImage, layers: Sequence[str], block: int = 0,
+              mask_mode: str = "inside") -> dict[str, Tensor]:
+        """Gram matrices [C, C] of one style image at `layers` (of its region only, if it has
+        one: guides.py; its digest names the region and `mask_mode`); by blocks as
+        `content`."""
         key = target_key("style", image.digest, image.size, self.model, layers)
 
         def compute() -> dict[str, Tensor]:
             pixels, names = image.pixels[None], tuple(layers)
+            guides = (None if image.regions is None
+                      else layer_guides(image.regions, names, mask_mode))
             if block and max(image.size) > block:
-                return grams_by_blocks(self.features, pixels, names, block)
-            return {k: gram(v) for k, v in self.features(pixels, names).items()}
+                return grams_by_blocks(self.features, pixels, names, block, guides)
+            feats = self.features(pixels, names)
+            if guides is None:
+                return {k: gram(v) for k, v in feats.items()}
+            return {k: guided_gram(v, guides[k]) for k, v in feats.items()}
 
         return self.cache.get(key, lambda: {k: v[0] for k, v in compute().items()},
                               f"style {image.name} {image.size[0]}x{image.size[1]}")
 
     def batch(self, contents: Sequence[SizedImage], styles: Sequence[Sequence[SizedImage]],
-              blend: Sequence[float], content_layers: Sequence[str],
-              style_layers: Sequence[str], block: int = 0) -> Targets:
-        """Targets of a batch of jobs: job i is contents[i] with styles[i] blended; images
-        larger than `block` px (if not 0) by blocks."""
-        content = ([self.content(c, content_layers, block) for c in contents]
-                   if content_layers else [])
-        per_job = [blend_grams([self.style(s, style_layers, block) for s in job], blend)
-                   for job in styles]
-        return Targets({k: torch.stack([c[k] for c in content]) for k in content_layers},
-                       {k: torch.stack([g[k] for g in per_job]) for k in style_layers})
+              params: StyleParams, block: int = 0) -> Targets:
+        """Targets of a batch of jobs: job i is contents[i] with styles[i] blended, or with
+        regions (the contents' masks), one Gram per style and region; images larger than
+        `block` px (if not 0) by blocks."""
+        layers = params.style_layers
+        blend = params.style_blend or (1.0,) * len(styles[0])
+        content = ([self.content(c, params.content_layers, block) for c in contents]
+                   if params.content_layers else [])
+        content_targets = {k: torch.stack([c[k] for c in content])
+                           for k in params.content_layers}
+        masked = {c.regions is not None for c in contents}
+        if masked == {False}:
+            per_job = [blend_grams([self.style(s, layers, block) for s in job], blend)
+                       for job in styles]
+            return Targets(content_targets,
+                           {k: torch.stack([g[k] for g in per_job]) for k in layers})
+        if masked != {True}:
+            raise ValueError("a batch's jobs all have masks or none does")
+        grams, guides = [], []
+        for image, job in zip(contents, styles, strict=True):
+            assert image.regions is not None
+            own = [self.style(s, layers, block, params.mask_mode) for s in job]
+            masks = image.regions
+            if params.unmasked == "styles":
+                own, masks = [*own, blend_grams(own, blend)], with_rest(masks)
+            grams.append({k: torch.stack([g[k] for g in own]) for k in layers})
+            guides.append(layer_guides(masks, layers, params.mask_mode))
+        return Targets(content_targets, {k: torch.stack([g[k] for g in grams]) for k in layers},
+                       guides={k: torch.stack([g[k] for g in guides]) for k in layers})
 
 
 def torch_features(trunk: VGG19Trunk) -> FeatureFn:
