@@ -165,3 +165,148 @@ def test_a_batch_with_different_masks_equals_each_job_alone(tmp_path, cpu64, mod
     for job, result in zip(jobs, together, strict=True):
         (alone,) = stylize_batch([job], params, cpu64)
         torch.testing.assert_close(result.pixels, alone.pixels, rtol=0, atol=1e-6)
+
+
+def _mask_manifest(tmp_path):
+    """Rows of one content and two styles: masks left/right, the same swapped, one all-black
+    mask (fails in its worker), and the two styles blended without masks."""
+    from pipeline.bulk.manifest import write_manifest
+
+    data = tmp_path / "data"
+    data.mkdir()
+    make_photo((64, 48)).save(data / "c.png")
+    make_painting(seed=1).save(data / "s0.png")
+    checks().save(data / "s1.png")
+    left, right = (Path(p).name for p in halves(data, (64, 48), soft=8))
+    mask_file(data, "black.png", np.zeros((48, 64)))
+    base = {"content": "c.png", "style": ["s0.png", "s1.png"]}
+    rows = [{**base, "masks": [left, right]}, {**base, "masks": [right, left]},
+            {**base, "masks": ["black.png", right]}, base]
+    return write_manifest(rows, data / "manifest.parquet")
+
+
+def test_a_run_with_masks_keys_each_job_by_its_masks_and_fails_only_a_bad_row(tmp_path):
+    from pipeline.bulk import ledger
+    from pipeline.bulk.manifest import read_jobs
+    from tests.run_helpers import cell, run_cli
+
+    manifest = _mask_manifest(tmp_path)
+    out = tmp_path / "out"
+    result = run_cli(manifest, out, "--workers", "1")
+    assert result.exit_code == 1, result.output  # one job failed
+    rows = sorted(ledger.read(out).values(), key=lambda r: r["row"])
+    assert [r["status"] for r in rows] == ["done", "done", "failed", "done"]
+    assert "black.png: mask is all black" in rows[2]["error"]
+    outputs = [to_tensor(Image.open(out / r["output"]).convert("RGB")) for r in rows[:2]]
+    assert not torch.equal(*outputs)  # other masks, another image
+    assert len({r["key"] for r in rows}) == 4
+    assert len({Path(r["output"]).name for r in rows}) == 4
+    specs = list(read_jobs(manifest, out))
+    assert specs[0].regions.masks[0].endswith("left.png")  # resolved against the manifest
+    page = (out / "report.html").read_text()
+    assert page.count('class="mask"') >= 4  # two masks beside each of two outputs
+    again = run_cli(manifest, out, "--workers", "1")
+    assert cell(again.output, "done before (skipped)") == "3", again.output
+
+
+@pytest.mark.parametrize(("cells", "message"), [
+    ({"masks": ["left.png"]}, "masks has 1 value but there are 2 style images"),
+    ({"masks": ["wide.png", "left.png"]}, "is not the shape of its image 64x48"),
+    ({"masks": ["nope.png", "left.png"]}, "nope.png"),
+    ({"masks": ["left.png", "right.png"], "segmentation": "left.png"},
+     "give masks or a segmentation, not both"),
+    ({"segmentation": "left.png"}, "a segmentation needs colors"),
+    ({"style_masks": ["left.png", "left.png"]}, "need masks or a segmentation"),
+    ({"masks": ["left.png", "right.png"], "style_weights": [1.0, 2.0]},
+     "style_weights blend the styles where no mask covers"),
+    ({"segmentation": "left.png", "colors": ["#fff", "nocolour"]}, "'nocolour' is not a colour"),
+])
+def test_a_bad_mask_row_gets_a_one_line_error(tmp_path, cells, message):
+    from pipeline.bulk.manifest import write_manifest
+    from tests.run_helpers import run_cli
+
+    data = tmp_path / "data"
+    data.mkdir()
+    make_photo((64, 48)).save(data / "c.png")
+    make_painting().save(data / "s.png")
+    halves(data, (64, 48))
+    mask_file(data, "wide.png", np.ones((48, 96)))
+    manifest = write_manifest([{"content": "c.png", "style": ["s.png", "s.png"], **cells}],
+                              data / "manifest.parquet")
+    result = run_cli(manifest, tmp_path / "out")
+    assert result.exit_code == 2, result.output
+    line = next(x for x in result.output.splitlines() if "row 0" in x)
+    assert message in " ".join(result.output.split()), (line, result.output)
+
+
+def test_segmentation_colours_become_masks(tmp_path):
+    """Each pixel to the nearest listed colour within the tolerance; JPEG-like noise is
+    forgiven; a listed colour that no pixel has is an error naming it."""
+    from pipeline.io.masks import read_segmentation
+
+    seg = np.zeros((48, 64, 3), np.uint8)
+    seg[:, :32] = [250, 250, 250]   # white, slightly off
+    seg[:, 32:] = [10, 0, 5]        # black, slightly off
+    seg[:4, :4] = [0, 255, 0]       # green: no region
+    path = tmp_path / "seg.png"
+    Image.fromarray(seg).save(path)
+    masks, _ = read_segmentation(path, [(255, 255, 255), (0, 0, 0)], (64, 48), (64, 48))
+    assert masks.shape == (2, 48, 64)
+    assert masks[0, 10, :32].eq(1).all() and masks[1, 10, 32:].eq(1).all()
+    assert masks[:, :4, :4].eq(0).all()
+    with pytest.raises(InputError, match="no pixel has colour #ff0000"):
+        read_segmentation(path, [(255, 255, 255), (255, 0, 0)], (64, 48), (64, 48))
+
+
+def test_a_segmentation_is_its_masks(tmp_path, cpu64):
+    """--segmentation with --colors gives the image of the masks it stands for."""
+    seg = np.zeros((48, 64, 3), np.uint8)
+    seg[:, 32:] = 255
+    path = tmp_path / "seg.png"
+    Image.fromarray(seg).save(path)
+    left = mask_file(tmp_path, "l.png", (seg[..., 0] == 0) * 1.0)
+    right = mask_file(tmp_path, "r.png", (seg[..., 0] == 255) * 1.0)
+    photo, styles = make_photo(), [make_painting(), checks()]
+    params = StyleParams(**SMALL)
+    (by_masks,) = stylize_batch([StyleJob(photo, styles, Regions(masks=(left, right)))],
+                                params, cpu64)
+    (by_seg,) = stylize_batch([StyleJob(photo, styles, Regions(
+        segmentation=str(path), colors=("black", "#ffffff")))], params, cpu64)
+    assert torch.equal(by_masks.pixels, by_seg.pixels)
+
+
+def test_mask_reading_rules(tmp_path, caplog):
+    from pipeline.io.masks import read_mask
+
+    colour = np.zeros((48, 64, 3), np.uint8)
+    colour[..., 0] = 255  # pure red: luminance 0.299
+    Image.fromarray(colour).save(tmp_path / "red.png")
+    mask, _ = read_mask(tmp_path / "red.png", (64, 48), (32, 24))
+    assert mask.shape == (1, 24, 32)
+    torch.testing.assert_close(mask, torch.full_like(mask, 0.299), atol=1 / 255, rtol=0)
+    assert "has colours; read as its luminance" in caplog.text
+    off = mask_file(tmp_path, "off.png", np.ones((48, 64)))
+    read_mask(off, (64, 48), (64, 48))  # same shape: no warning
+    Image.new("L", (64, 48), 255).resize((64, 48)).save(tmp_path / "near.png")
+    read_mask(tmp_path / "near.png", (640, 482), (64, 48))  # 0.4% off: resized, said
+    assert "resized to its image's shape 640x482" in caplog.text
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(InputError, match="broken.png"):
+        read_mask(tmp_path / "broken.png", (64, 48), (64, 48))
+
+
+def test_guides_modes():
+    """inside erodes, all dilates, simple resizes; a white mask stays white in every mode."""
+    mask = torch.zeros(1, 128, 128)
+    mask[:, :, :64] = 1
+    layers = ("relu1_1", "relu3_1", "relu4_1", "relu5_1")
+    inside, simple, every = (layer_guides(mask, layers, m) for m in ("inside", "simple", "all"))
+    for k in layers:
+        assert inside[k].sum() <= simple[k].sum() <= every[k].sum()
+    # inside grows back 3 positions: past relu3_1 the receptive field is wider than that
+    assert inside["relu4_1"].sum() < simple["relu4_1"].sum()
+    assert simple["relu3_1"].sum() < every["relu3_1"].sum()
+    white = torch.ones(1, 40, 56)
+    for mode in ("inside", "simple", "all"):
+        for g in layer_guides(white, layers, mode).values():
+            assert g.eq(1).all()

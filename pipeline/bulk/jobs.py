@@ -14,12 +14,14 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..api import job_key
 from ..errors import InputError, RowError
 from ..gatys.vgg import min_input_side
 from ..io.files import remembered_digest
 from ..io.images import fit_longest_side, header_size, read_rgb
+from ..io.masks import check_shape
 from ..targets.cache import image_digest
 from ..video.clip import ClipPart, clip_key, clip_part
 from .manifest import JobSpec
@@ -41,9 +43,12 @@ class Job:
     @property
     def group(self) -> str:
         """Jobs that can share a batch: same options, output size and number of styles (and
-        images with images, videos with videos)."""
-        return json.dumps([self.spec.settings(), self.spec.video is not None, self.size,
-                           len(self.spec.styles)], sort_keys=True)
+        images with images, videos with videos, jobs with masks with jobs with masks)."""
+        spec = self.spec
+        video = {} if spec.video is None else spec.video.to_dict()
+        # With masks, one region per style: jobs with other masks share a batch.
+        return json.dumps([{**spec.params.to_dict(), **video}, spec.video is not None,
+                           self.size, len(spec.styles), spec.regions.active], sort_keys=True)
 
 
 @dataclass(frozen=True)
@@ -141,13 +146,31 @@ class Inspector:
                                      f"{out_size[1]}, too small for these layers")
         style_digests = [self._image(s, spec.row)[0] for s in spec.styles]
         init = self._image(Path(params.init), spec.row)[0] if params.init_is_file else None
+        regions = self._regions(spec, size)
         if params.weights_is_file and not Path(params.weights).is_file():
             raise RowError(spec.row, f"weights file {params.weights} does not exist")
         self._destination(spec.output, spec.row)
         if spec.video is not None:
             return Job(spec, clip_key(digest, part, style_digests, params, spec.video, init),
                        out_size, part.count)
-        return Job(spec, job_key(digest, style_digests, params, init), out_size)
+        return Job(spec, job_key(digest, style_digests, params, init, regions), out_size)
+
+    def _regions(self, spec: JobSpec, size: tuple[int, int]) -> dict[str, Any] | None:
+        """The job key's part of a row's regions; each file checked (with `decode`, decoded),
+        and the content's masks of the content's shape (io/masks.py's rule)."""
+        regions = spec.regions
+        content = regions.masks or ([regions.segmentation] if regions.segmentation else [])
+        styles = regions.style_masks or regions.style_segmentations
+        pairs = [(m, size) for m in content]
+        if styles:  # one per style image (Regions.validate)
+            pairs += [(m, self._image(s, spec.row)[1])
+                      for m, s in zip(styles, spec.styles, strict=True)]
+        for path, like in pairs:
+            try:
+                check_shape(Path(path), self._image(Path(path), spec.row)[1], like, "mask")
+            except InputError as e:
+                raise RowError(spec.row, e) from None
+        return regions.key(lambda path: self._image(Path(path), spec.row)[0])
 
 
 # Pixels in flight on the CPU, all workers together: batches up to this measured faster per

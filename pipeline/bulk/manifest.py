@@ -2,14 +2,15 @@
 validating every row (building them is build.py's).
 
 Columns: `content` (path) and `style` (path, or list of paths) are required; `style_weights`
-(list of floats) blends several styles; `output` names the output file (relative to the run's
---out folder, and it must stay inside it; default: derived from the input names and a parameter
-hash); every StyleParams field may be a column. A row whose content is a video (by its
-extension) is a video job: its output is a video (.mp4, .m4v, .mov, .mkv), and every VideoParams
-field may be a column too. Null cells and missing columns take the command
-line's `--set` value, else the default. Relative input paths (content, style, an init image, a
-weights file) resolve against the manifest's folder. Rows are numbered from 0, as pyarrow and
-pandas number them.
+(list of floats) blends several styles; `masks`, `style_masks` (lists of paths),
+`segmentation`, `style_segmentations` and `colors` give it regions (Regions' fields);
+`output` names the output file (relative to the run's --out folder, and it must stay inside
+it; default: derived from the input names and a parameter hash); every StyleParams field may
+be a column. A row whose content is a video (by its extension) is a video job: its output is a
+video (.mp4, .m4v, .mov, .mkv), and every VideoParams field may be a column too. Null cells
+and missing columns take the command line's `--set` value, else the default. Relative input
+paths (content, style, an init image, a weights file, masks) resolve against the manifest's
+folder. Rows are numbered from 0, as pyarrow and pandas number them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pyarrow.parquet as pq
 
 from ..errors import InputError, RowError
 from ..gatys.params import INIT_WORDS, WEIGHT_SOURCES, StyleParams
+from ..gatys.region_params import NO_REGIONS, Regions
 from ..io.files import atomic_path
 from ..io.images import OUTPUT_FORMATS, output_bit_depth
 from ..io.video import is_video
@@ -39,7 +41,11 @@ PARAM_COLUMNS = {f.name: spec(f).column or f.name for f in declared(StyleParams)
 LIST_PARAMS = {name for name in PARAM_COLUMNS if base_type(StyleParams, name)[1]}
 # A video row's options beyond StyleParams'.
 VIDEO_COLUMNS = {f.name: spec(f).column or f.name for f in declared(VideoParams)}
-COLUMNS = {"content", "style", "output", *PARAM_COLUMNS.values(), *VIDEO_COLUMNS.values()}
+# A row's regions (masks): files, relative to the manifest as content is, and colours.
+REGION_COLUMNS = {f.name: spec(f).column or f.name for f in declared(Regions)}
+REGION_FILES = ("masks", "style_masks", "segmentation", "style_segmentations")
+COLUMNS = {"content", "style", "output", *PARAM_COLUMNS.values(), *VIDEO_COLUMNS.values(),
+           *REGION_COLUMNS.values()}
 READ_BATCH = 8192
 # Parameters that name a file unless they hold one of these words.
 FILE_PARAMS = {"init": INIT_WORDS, "weights": WEIGHT_SOURCES}
@@ -56,16 +62,32 @@ class JobSpec:
     output: Path      # absolute and resolved (links followed), inside the run's --out folder
     output_name: str  # the same, relative to --out (what the ledger records)
     video: VideoParams | None = None  # a video job's options; None for an image
+    regions: Regions = NO_REGIONS  # its masks (paths resolved)
 
     def settings(self) -> dict[str, Any]:
-        """Every option of the job, as the ledger records them."""
+        """Every option of the job, as the ledger records them (its regions' only when it
+        has masks)."""
         video = {} if self.video is None else self.video.to_dict()
-        return {**self.params.to_dict(), **video}
+        regions = self.regions.to_dict() if self.regions.active else {}
+        return {**self.params.to_dict(), **video, **regions}
+
+
+def _record(name: str) -> type:
+    """The record whose field a column is."""
+    return (VideoParams if name in VIDEO_COLUMNS else Regions if name in REGION_COLUMNS
+            else StyleParams)
 
 
 def coerce_param(name: str, value: Any) -> Any:
     """A cell, --set or CLI string to the parameter's type (options.coerce)."""
-    return coerce(VideoParams if name in VIDEO_COLUMNS else StyleParams, name, value)
+    return coerce(_record(name), name, value)
+
+
+def _resolve_files(value: Any, base: Path) -> Any:
+    """A file column's value (a path or a list of them) resolved against `base`."""
+    if isinstance(value, tuple):
+        return tuple(str(_resolve(base, v)) for v in value)
+    return str(_resolve(base, value))
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
@@ -74,15 +96,18 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     for item in items:
         name, sep, value = item.partition("=")
         name = name.strip().replace("-", "_")
-        if not sep or (name not in PARAM_COLUMNS and name not in VIDEO_COLUMNS):
+        known = [*PARAM_COLUMNS, *VIDEO_COLUMNS, *REGION_COLUMNS]
+        if not sep or name not in known:
             raise InputError(f"--set {item!r}: expected name=value with name one of "
-                             f"{', '.join(sorted([*PARAM_COLUMNS, *VIDEO_COLUMNS]))}")
+                             f"{', '.join(sorted(known))}")
         try:
             out[name] = coerce_param(name, value)
         except ValueError as e:
             raise InputError(f"--set {item!r}: {e}") from None
         if name in FILE_PARAMS and out[name] not in FILE_PARAMS[name]:  # against the cwd
             out[name] = str(Path(os.path.expanduser(out[name])).absolute())
+        if name in REGION_FILES:
+            out[name] = _resolve_files(out[name], Path.cwd())
     return out
 
 
@@ -129,12 +154,15 @@ def output_path(out_dir: Path, value: str, inputs: Sequence[Path],
     return path
 
 
-def params_tag(params: StyleParams, video: VideoParams | None = None) -> str:
+def params_tag(params: StyleParams, video: VideoParams | None = None,
+               regions: Regions = NO_REGIONS) -> str:
     """What default output names carry of the parameters: a hash of those that decide the
-    image (and, for a video, of its options)."""
+    image (and, for a video, of its options; with masks, of the regions)."""
     decided: dict[str, Any] = params.result_dict()
     if video is not None:
         decided["video"] = video.to_dict()
+    if regions.active:
+        decided["regions"] = regions.to_dict()
     return hashlib.sha256(json.dumps(decided, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -167,15 +195,22 @@ def row_to_job(row: dict[str, Any], index: int, base: Path, out_dir: Path,
         content = _resolve(base, row["content"])
         video = (VideoParams(**_cells(row, VIDEO_COLUMNS, overrides)).validate()
                  if is_video(content) else None)
+        region_values = _cells(row, REGION_COLUMNS, overrides)
+        for name in REGION_FILES:  # --set's are resolved already, against the cwd
+            if row.get(REGION_COLUMNS[name]) is not None and region_values[name]:
+                region_values[name] = _resolve_files(region_values[name], base)
+        regions = Regions(**region_values).validate(len(styles), params)
         style_paths = tuple(_resolve(base, s) for s in styles)
-        inputs = [content, *style_paths] + ([Path(params.init)] if params.init_is_file else [])
+        inputs = ([content, *style_paths] + ([Path(params.init)] if params.init_is_file else [])
+                  + [Path(f) for f in regions.files()])
         output = output_path(out_dir, row.get("output")
-                             or default_output(content, style_paths, params_tag(params, video)),
+                             or default_output(content, style_paths,
+                                                    params_tag(params, video, regions)),
                              inputs, real, video=video is not None)
         if video is None:
             output_bit_depth(output, params.bit_depth)
         return JobSpec(index, content, style_paths, params, output,
-                       output.relative_to(out_dir).as_posix(), video)
+                       output.relative_to(out_dir).as_posix(), video, regions)
     except (InputError, ValueError, TypeError) as e:
         raise RowError(index, e) from None
 
@@ -221,8 +256,10 @@ def row_inputs(row: dict[str, Any], base: Path, overrides: dict[str, Any]) -> li
     are, also when the row is invalid for another reason: no row may write over them."""
     style = row.get("style")
     init = row.get("init") or overrides.get("init")
+    regions = [row.get(REGION_COLUMNS[name]) for name in REGION_FILES]
     cells = [row.get("content"), *(style if isinstance(style, list) else [style]),
-             init if init not in INIT_WORDS else None]
+             init if init not in INIT_WORDS else None,
+             *(v for cell in regions for v in (cell if isinstance(cell, list) else [cell]))]
     return [_resolve(base, cell) for cell in cells if isinstance(cell, str) and cell]
 
 

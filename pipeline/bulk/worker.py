@@ -270,7 +270,8 @@ class Worker:
 
 def prepare_job(job: Job) -> Any:
     """A job's images decoded and sized (InputError for a bad one)."""
-    return prepare(StyleJob(job.spec.content, list(job.spec.styles)), job.spec.params)
+    return prepare(StyleJob(job.spec.content, list(job.spec.styles), job.spec.regions),
+                   job.spec.params)
 
 
 class SlotBatch:

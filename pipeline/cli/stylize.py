@@ -12,6 +12,7 @@ import typer
 from ..api import (
     TRACE_EVERY,
     TRACE_EVERY_HELP,
+    Regions,
     Runtime,
     RuntimeOptions,
     StyleParams,
@@ -26,7 +27,7 @@ from .progress import console, format_losses, iteration_bar, shown, summary_tabl
 
 @app.command()
 @reports_errors
-@with_options(params=StyleParams, options=RuntimeOptions)
+@with_options(params=StyleParams, regions=Regions, options=RuntimeOptions)
 def stylize(
     content: Path = typer.Argument(..., help="Content image (any format PIL reads)."),
     styles: list[Path] = typer.Argument(..., help="One or more style images."),
@@ -41,21 +42,28 @@ def stylize(
                                "INFO log lines."),
     *,
     params: StyleParams,
+    regions: Regions,
     options: RuntimeOptions,
 ) -> None:
     """Stylize CONTENT with one or more STYLES and write OUTPUT."""
     if quiet:
         logging.getLogger("pipeline").setLevel(logging.WARNING)
     params.validate(n_styles=len(styles))
+    regions.validate(len(styles), params)
     runtime = Runtime.start(device, **dataclasses.asdict(options))
     start = time.perf_counter()
     with iteration_bar(content.name, params.iterations, quiet) as progress:
         result = stylize_file(content, styles, output, params, runtime, progress, trace,
-                              trace_every)
+                              trace_every, regions)
     if quiet:
         return
     table = summary_table("stylize")
     table.add_row("output", f"{output} ({result.image.width}x{result.image.height})")
+    if regions.active:
+        table.add_row("regions", ", ".join(
+            f"{style.name} in {where}" for style, where in
+            zip(styles, regions.masks or [f"{c} of {regions.segmentation}"
+                                          for c in regions.colors], strict=True)))
     table.add_row("device", f"{runtime.device} {runtime.precision}"
                   f"{' channels_last' if runtime.channels_last else ''}")
     table.add_row("precision", f"{runtime.precision} ({runtime.precision_reason})")

@@ -115,9 +115,13 @@ def _take(take: Callable[[], Entry | None], n: int) -> list[Entry]:
 
 
 def stack_targets(targets: Sequence[Targets]) -> Targets:
-    """Several samples' targets as one batch's."""
-    return Targets({k: torch.cat([t.content[k] for t in targets]) for k in targets[0].content},
-                   {k: torch.cat([t.grams[k] for t in targets]) for k in targets[0].grams})
+    """Several samples' targets as one batch's (one group's: all with regions or none)."""
+    def cat(part: str) -> dict[str, Tensor]:
+        parts = [getattr(t, part) for t in targets]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    return Targets(cat("content"), cat("grams"),
+                   guides=None if targets[0].guides is None else cat("guides"))
 
 
 class _Batch:

@@ -24,18 +24,25 @@ COLOR_TOLERANCE = 32
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as PIL's "L"
 
 
-def _fit(masks: np.ndarray, path: Path, like: tuple[int, int], to: tuple[int, int],
-         role: str) -> Tensor:
-    """Masks [R, h, w] in [0, 1] of an image of source size `like` (w, h), at size `to`."""
-    h, w = masks.shape[1:]
-    cw, ch = like
+def check_shape(path: Path, size: tuple[int, int], like: tuple[int, int], role: str) -> float:
+    """InputError unless a mask of `size` (w, h) has the aspect ratio of its image's `like`
+    within ASPECT_TOLERANCE; returns how far off it is."""
+    (w, h), (cw, ch) = size, like
     off = abs(w * ch - h * cw) / (h * cw)
     if off > ASPECT_TOLERANCE:
         raise InputError(f"{path}: {role} {w}x{h} is not the shape of its image {cw}x{ch} "
                          f"(aspect ratios differ by {off:.1%}); give it the image's shape")
-    if fit_longest_side((w, h), max(cw, ch)) != (cw, ch):
+    return off
+
+
+def _fit(masks: np.ndarray, path: Path, like: tuple[int, int], to: tuple[int, int],
+         role: str) -> Tensor:
+    """Masks [R, h, w] in [0, 1] of an image of source size `like` (w, h), at size `to`."""
+    size = masks.shape[2], masks.shape[1]
+    off = check_shape(path, size, like, role)
+    if fit_longest_side(size, max(like)) != like:
         log.warning("%s: %s %dx%d resized to its image's shape %dx%d (aspect ratios differ "
-                    "by %.2f%%)", path, role, w, h, cw, ch, 100 * off)
+                    "by %.2f%%)", path, role, *size, *like, 100 * off)
     return resize_masks(torch.from_numpy(masks), to).contiguous()
 
 

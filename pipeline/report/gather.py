@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..bulk import ledger, traces
-from ..bulk.manifest import VIDEO_COLUMNS, read_rows, row_inputs, row_to_job
+from ..bulk.manifest import REGION_COLUMNS, VIDEO_COLUMNS, read_rows, row_inputs, row_to_job
 from ..bulk.run_state import DONE, FAILED, PENDING, RunInfo, job_state, read_run_info
 from ..errors import InputError, RowError
 from ..gatys.params import StyleParams
@@ -41,6 +41,7 @@ class JobView:
     trace: list[dict[str, Any]] = field(default_factory=list)
     intermediates: list[tuple[int, Path]] = field(default_factory=list)
     video: bool = False              # a video job: its trace has a point per frame
+    masks: tuple[Path, ...] = ()     # its content masks (or segmentation), shown beside it
 
 
 @dataclass
@@ -106,7 +107,7 @@ def _from_manifest(out_dir: Path, info: RunInfo, records: dict[ledger.JobId, dic
                             params=spec.settings(), output=spec.output, status=status,
                             error=record["error"] if status == FAILED and record else "",
                             record=record if record and status != PENDING else {},
-                            video=spec.video is not None))
+                            video=spec.video is not None, masks=_masks(spec.settings())))
     return jobs
 
 
@@ -114,7 +115,8 @@ def same_result(recorded: dict[str, Any], params: StyleParams,
                 video: VideoParams | None = None) -> bool:
     """The recorded options make the image (or video) that `params` (and `video`) make, as
     job keys see it: a record of other or unknown options does not."""
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()
+              if k not in REGION_COLUMNS}  # the regions' files are in the job key
     video_values = {k: values.pop(k) for k in VIDEO_COLUMNS if k in values}
     try:
         made = StyleParams(**values)
@@ -138,5 +140,13 @@ def _from_run_info(out_dir: Path, info: RunInfo,
                             params=json.loads(record.get("params") or "{}"),
                             output=out_dir / job[1], status=status,
                             error=record.get("error", "") if status == FAILED else "",
-                            record=record, video=is_video(job[1])))
+                            record=record, video=is_video(job[1]),
+                            masks=_masks(json.loads(record.get("params") or "{}"))))
     return jobs
+
+
+def _masks(settings: dict[str, Any]) -> tuple[Path, ...]:
+    """A job's content masks, or its segmentation, from its recorded settings."""
+    masks = settings.get("masks") or ([settings["segmentation"]]
+                                      if settings.get("segmentation") else [])
+    return tuple(Path(m) for m in masks)

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..bulk import ledger
+from ..bulk.manifest import REGION_FILES
 from ..bulk.names import short_names
 from ..io.files import atomic_write_bytes
 from ..version import __version__
@@ -43,6 +44,8 @@ table.sheet th,table.sheet td{border:1px solid #ddd;padding:6px;vertical-align:t
 th .name{font-weight:600;max-width:240px;overflow-wrap:anywhere}
 img.input{width:120px;display:block}
 img.thumb,video.thumb{width:240px;display:block}
+img.mask{width:56px;vertical-align:middle;border:1px solid #ccc;margin-left:4px}
+.masks{font-size:11px;color:#555;margin-top:4px}
 .strip{display:flex;gap:3px;margin-top:4px;flex-wrap:wrap;max-width:240px}
 .strip img{height:40px}
 .strip span{font-size:10px;color:#666;display:block}
@@ -82,6 +85,7 @@ def render(view: RunView, thumbs: Thumbnails) -> str:
     names = short_names(rows) | short_names(s for styles, _ in columns for s in styles)
     thumbs.make_all([*rows, *(s for styles, _ in columns for s in styles),
                      *(j.output for j in view.jobs if j.status == DONE and j.output),
+                     *(m for j in view.jobs for m in j.masks),
                      *(path for j in view.jobs for _, path in j.intermediates)])
     link = _Links(view.out_dir, thumbs)
     body = [f"<h1>style-pipeline run: {_h(view.out_dir)}</h1>", _header(view)]
@@ -118,6 +122,8 @@ def varying_names(jobs: Iterable[JobView]) -> list[str]:
     values: dict[str, set[str]] = {}
     for job in jobs:
         for name, value in job.params.items():
+            if name in REGION_FILES:  # shown beside each output instead
+                continue
             values.setdefault(name, set()).add(repr(value))
     return sorted(name for name, seen in values.items() if len(seen) > 1)
 
@@ -189,6 +195,9 @@ def _cell(job: JobView, link: _Links, varying: list[str]) -> str:
     shown = link.video(job.output, title) if job.video else link.image(job.output, "thumb",
                                                                          title)
     parts = [shown, f'<div class="meta">{_h(meta)}</div>', loss_svg(job.trace)]
+    if job.masks:
+        masks = "".join(link.image(m, "mask", f"mask: {m.name}") for m in job.masks)
+        parts.append(f'<div class="masks">masks {masks}</div>')
     if job.intermediates:
         strip = "".join(f"<div>{link.image(path, 'step', f'iteration {it}')}"
                         f"<span>{_h(it)}</span></div>" for it, path in job.intermediates)
