@@ -1,3 +1,5 @@
+import numpy as np
+from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -121,6 +123,21 @@ def test_every_stylize_option_runs_end_to_end(photo_path, painting_path, tmp_pat
     second_style = tmp_path / "second.png"
     make_painting(seed=4).save(second_style)
     cache = tmp_path / "cache"
+    masks = {name: tmp_path / f"{name}.png" for name in ("left", "right", "top", "seg", "sseg")}
+    half = np.zeros((48, 64), np.uint8)
+    half[:, :32] = 255
+    Image.fromarray(half).save(masks["left"])
+    Image.fromarray(255 - half).save(masks["right"])
+    top = np.zeros((64, 64), np.uint8)
+    top[:40] = 255
+    Image.fromarray(top).save(masks["top"])
+    Image.fromarray(np.stack([half] * 3, -1)).save(masks["seg"])
+    Image.fromarray(np.stack([top] * 3, -1)).save(masks["sseg"])
+    regions_adam = ["--masks", f"{masks['left']},{masks['right']}", "--style-masks",
+                    f"{masks['top']},{masks['top']}", "--mask-mode", "simple", "--unmasked",
+                    "styles"]
+    regions_lbfgs = ["--segmentation", str(masks["seg"]), "--colors", "white",
+                     "--style-segmentations", str(masks["sseg"]), "--mask-mode", "all"]
     adam = ["--size", "48", "--size-bucket", "8", "--iterations", "3", "--scales", "2",
             "--tol", "0.5", "--tol-window", "2", "--save-every", "1", "--trace",
             str(tmp_path / "trace.parquet"), "--trace-every", "2",
@@ -132,7 +149,7 @@ def test_every_stylize_option_runs_end_to_end(photo_path, painting_path, tmp_pat
             "--precision", "bf16", "--channels-last", "on", "--no-cudnn-benchmark",
             "--no-cuda-graphs", "--no-keep-cpu-memory", "--no-split-batches",
             "--targets", "onnx", "--providers", "cpu", "--no-trt-fp16", "--cache-dir",
-            str(cache), "--no-cache-targets", "--quiet"]
+            str(cache), "--no-cache-targets", "--quiet", *regions_adam]
     lbfgs = ["--size", "40", "--iterations", "2", "--optimizer", "lbfgs", "--lbfgs-history", "3",
              "--lbfgs-max-step", "8", "--lbfgs-precondition", "1", "--lbfgs-scaling",
              "standard", "--init", str(photo_path), "--no-preserve-colors",
@@ -140,7 +157,8 @@ def test_every_stylize_option_runs_end_to_end(photo_path, painting_path, tmp_pat
              "--block-size", "16",
              "--weights", str(weights_file), "--precision", "fp64", "--channels-last", "off",
              "--cudnn-benchmark", "--cuda-graphs", "--keep-cpu-memory", "--split-batches",
-             "--cache-targets", "--trt-fp16", "--targets", "torch", "--cache-dir", str(cache)]
+             "--cache-targets", "--trt-fp16", "--targets", "torch", "--cache-dir", str(cache),
+             *regions_lbfgs]
     help_text = runner.invoke(app, ["stylize", "--help"], terminal_width=300).output
     options = set(re.findall(r"--[a-z0-9-]+", help_text)) - {"--help", "--output"}
     assert options <= {a for a in adam + lbfgs if a.startswith("--")}, options - set(adam + lbfgs)
@@ -158,6 +176,7 @@ def test_every_stylize_option_runs_end_to_end(photo_path, painting_path, tmp_pat
     assert adam_meta["params"]["content_layers"] == ["relu5_2"]
     assert adam_meta["precision"] == "bf16" and lbfgs_meta["precision"] == "fp64"
     assert adam_meta["params"]["color"] == "luminance" and lbfgs_meta["params"]["color"] == "match"
+    assert adam_meta["params"]["mask_mode"] == "simple"
     assert (tmp_path / "lbfgs.png").read_bytes()[24] == 16  # IHDR bit depth
     assert adam_meta["targets"]["backend"] == "onnx" and lbfgs_meta["targets"]["backend"] == "torch"
     assert list((cache / "models").glob("*-to-relu5_2-*.onnx"))  # the layer set's own model

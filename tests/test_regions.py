@@ -291,7 +291,7 @@ def test_mask_reading_rules(tmp_path, caplog):
     read_mask(tmp_path / "near.png", (640, 482), (64, 48))  # 0.4% off: resized, said
     assert "resized to its image's shape 640x482" in caplog.text
     (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
-    with pytest.raises(InputError, match="broken.png"):
+    with pytest.raises(InputError, match=r"broken\.png"):
         read_mask(tmp_path / "broken.png", (64, 48), (64, 48))
 
 

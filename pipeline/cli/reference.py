@@ -8,7 +8,7 @@ import sys
 from dataclasses import Field
 from pathlib import Path
 
-from ..api import RuntimeOptions, StyleParams
+from ..api import Regions, RuntimeOptions, StyleParams
 from ..bulk.runner import RunOptions
 from ..options import base_type, declared, default, range_sentence, spec
 from ..video.params import VideoParams
@@ -65,7 +65,9 @@ def cli_table(owner: type) -> str:
 TABLES = [
     ("manifests/SCHEMA.md", "parameters", manifest_table),
     ("manifests/SCHEMA.md", "video-parameters", lambda: manifest_table(VideoParams)),
+    ("manifests/SCHEMA.md", "region-parameters", lambda: manifest_table(Regions)),
     ("docs/options.md", "style-options", lambda: cli_table(StyleParams)),
+    ("docs/options.md", "region-options", lambda: cli_table(Regions)),
     ("docs/options.md", "video-options", lambda: cli_table(VideoParams)),
     ("docs/options.md", "run-options", lambda: cli_table(RunOptions)),
     ("docs/options.md", "runtime-options", lambda: cli_table(RuntimeOptions)),

@@ -16,6 +16,9 @@ from ..errors import InputError
 from ..options import as_dict, check, option, result_dict
 from .params import StyleParams
 
+# The files are keyed by their bytes (Regions.key), not by their paths.
+FILE_KEY = (lambda _: False, "by the file's bytes, not its path")
+
 
 @dataclass(frozen=True)
 class Regions:
@@ -23,19 +26,19 @@ class Regions:
                                         "order: images of the content's shape, white where "
                                         "that style goes, grey where it goes partly (soft "
                                         "masks blend styles), black where it does not. Colour "
-                                        "images are read as their luminance.", key=False)
+                                        "images are read as their luminance.", key=FILE_KEY)
     style_masks: tuple[str, ...] = option((), "With masks or a segmentation: one mask per "
                                               "style image, white where its style is drawn "
                                               "from (the rest of the painting is ignored). "
-                                              "Default: all of each style image.", key=False)
+                                              "Default: all of each style image.", key=FILE_KEY)
     segmentation: str | None = option(None, "Instead of masks: one colour-coded image of the "
                                             "content's shape, the pixels of the i-th of "
                                             "--colors being the i-th style's region.",
-                                      key=False)
+                                      key=FILE_KEY)
     style_segmentations: tuple[str, ...] = option((), "With a segmentation: one colour-coded "
                                                       "image per style image, the pixels of "
                                                       "its style's colour being where it is "
-                                                      "drawn from.", key=False)
+                                                      "drawn from.", key=FILE_KEY)
     colors: tuple[str, ...] = option((), "With a segmentation: one colour per style image "
                                          "(#rrggbb or a CSS name); a pixel within 32 levels "
                                          "per channel of one belongs to its region.")
