@@ -310,3 +310,46 @@ def test_guides_modes():
     for mode in ("inside", "simple", "all"):
         for g in layer_guides(white, layers, mode).values():
             assert g.eq(1).all()
+
+
+def test_cpu_shards_with_masks_equal_one_shard(tmp_path, cpu64):
+    """Each shard gets its rows' guides (Targets.rows): a split batch with different masks is
+    the unsplit one."""
+    import dataclasses
+
+    params = StyleParams(**{**SMALL, "size": 96})
+    jobs = _masked_problem(tmp_path, params, cpu64)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        split = stylize_batch(jobs, params, cpu64)
+        whole = stylize_batch(jobs, params, dataclasses.replace(cpu64, split_batches=False))
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(split, whole, strict=True):
+        torch.testing.assert_close(a.pixels, b.pixels, rtol=0, atol=1e-6)
+
+
+def test_manifest_build_sweeps_masks_and_mask_modes(tmp_path, monkeypatch):
+    """--param masks=a;b gives one row per mask, written relative to the manifest."""
+    import pyarrow.parquet as pq
+
+    from pipeline.cli import app
+    from tests.run_helpers import runner
+
+    make_photo((64, 48)).save(tmp_path / "c.png")
+    make_painting().save(tmp_path / "s.png")
+    halves(tmp_path, (64, 48))
+    (tmp_path / "m").mkdir()
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["manifest", "build", "--content", "c.png", "--style", "s.png",
+                                 "--param", "masks=left.png;right.png", "--param",
+                                 "mask_mode=inside,all", "-o", "m/manifest.parquet"])
+    assert result.exit_code == 0, result.output
+    rows = pq.read_table(tmp_path / "m" / "manifest.parquet").to_pylist()
+    assert [(r["masks"], r["mask_mode"]) for r in rows] == [
+        (["../left.png"], "inside"), (["../left.png"], "all"),
+        (["../right.png"], "inside"), (["../right.png"], "all")]
+    # each row its own output name (the masks are in the name's hash): no clash
+    valid = runner.invoke(app, ["manifest", "validate", "m/manifest.parquet"])
+    assert valid.exit_code == 0 and "4 valid" in valid.output, valid.output

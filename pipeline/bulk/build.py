@@ -23,10 +23,13 @@ from typing import Any
 
 from ..errors import InputError
 from ..gatys.params import StyleParams
+from ..gatys.region_params import Regions
 from ..io.video import VIDEO_SUFFIXES
 from .manifest import (
-    LIST_PARAMS,
+    LIST_COLUMNS,
     PARAM_COLUMNS,
+    REGION_COLUMNS,
+    REGION_FILES,
     RESERVED,
     coerce_param,
     default_output,
@@ -145,30 +148,49 @@ def _outside_runs(paths: list[Path], root: Path, walk: Walk) -> list[Path]:
 
 
 def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
-    """`--param name=v1,v2` (list parameters take ';' between values) to typed value lists."""
+    """`--param name=v1,v2` (list parameters take ';' between values) to typed value lists;
+    a region's files (--param masks=sky.png) as absolute paths."""
     grid: dict[str, list[Any]] = {}
     for item in items:
         name, sep, values = item.partition("=")
         name = name.strip().replace("-", "_")
-        if not sep or name not in PARAM_COLUMNS or name == "style_blend":
+        if not sep or name not in {*PARAM_COLUMNS, *REGION_COLUMNS} or name == "style_blend":
             raise InputError(f"--param {item!r}: expected name=v1,v2 with name a parameter")
-        split = values.split(";") if name in LIST_PARAMS else values.split(",")
+        split = values.split(";") if name in LIST_COLUMNS else values.split(",")
         try:
             grid[name] = [coerce_param(name, v) for v in split if v.strip()]
         except ValueError as e:
             raise InputError(f"--param {item!r}: {e}") from None
         if not grid[name]:
             raise InputError(f"--param {item!r}: no values; give name=v1,v2")
+        if name in REGION_FILES:
+            grid[name] = [_absolute(v) for v in grid[name]]
     return grid
 
 
+def _absolute(value: Any) -> Any:
+    """A path, or a tuple of paths, made absolute against the working folder."""
+    if isinstance(value, tuple):
+        return tuple(str(Path(v).absolute()) for v in value)
+    return str(Path(value).absolute())
+
+
+def split_setting(setting: Iterable[tuple[str, Any]]) -> tuple[StyleParams, Regions]:
+    """A grid point's job parameters and regions."""
+    values = dict(setting)
+    regions = {k: values.pop(k) for k in REGION_COLUMNS if k in values}
+    return StyleParams(**values), Regions(**regions)
+
+
 def settings(grid: dict[str, list[Any]]) -> list[tuple[tuple[str, Any], ...]]:
-    """Every combination of the grid's values, each checked as a job's parameters would be."""
+    """Every combination of the grid's values, each checked as a one-style job's parameters
+    would be."""
     combos = [tuple(zip(grid, values, strict=True))
               for values in itertools.product(*grid.values())]
     for combo in combos:
         try:
-            StyleParams(**dict(combo)).validate()
+            params, regions = split_setting(combo)
+            regions.validate(1, params.validate())
         except InputError as e:
             raise InputError(f"--param: {e}") from None
     return combos
@@ -192,7 +214,10 @@ def to_rows(drafts: Sequence[Draft], relative_to: Path | None = None) -> list[di
     """The manifest's rows, no two with the same output: a row whose default name (its
     stems and its parameters' hash) clashes with another's is given a name from the parts of
     its paths that differ; InputError lists the rows that still clash."""
-    tags = {s: params_tag(StyleParams(**dict(s))) for s in {d.setting for d in drafts}}
+    tags = {}
+    for s in {d.setting for d in drafts}:
+        params, regions = split_setting(s)
+        tags[s] = params_tag(params, None, regions)
     outputs = [d.output or default_output(d.content, d.styles, tags[d.setting]) for d in drafts]
     named = [d.output is not None for d in drafts]
     by_output = _rows_by_output(outputs)
@@ -212,9 +237,18 @@ def to_rows(drafts: Sequence[Draft], relative_to: Path | None = None) -> list[di
     return [{"content": relative_path(d.content, relative_to),
              "style": relative_path(d.styles[0], relative_to) if len(d.styles) == 1
              else [relative_path(s, relative_to) for s in d.styles],
-             **{k: list(v) if isinstance(v, tuple) else v for k, v in d.setting},
+             **{k: _cell(k, v, relative_to) for k, v in d.setting},
              **({"output": out if own else None} if any(named) else {})}
             for d, out, own in zip(drafts, outputs, named, strict=True)]
+
+
+def _cell(name: str, value: Any, relative_to: Path | None) -> Any:
+    """A grid value as a manifest cell: tuples as lists, a region's files as relative_path."""
+    if name in REGION_FILES:
+        paths = value if isinstance(value, tuple) else (value,)
+        cells = [relative_path(Path(p), relative_to) for p in paths]
+        return cells if isinstance(value, tuple) else cells[0]
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _rows_by_output(outputs: Sequence[str]) -> dict[str, list[int]]:

@@ -38,12 +38,14 @@ from ..video.params import VideoParams
 
 # Each parameter's column: its own name, or the one its option declares.
 PARAM_COLUMNS = {f.name: spec(f).column or f.name for f in declared(StyleParams)}
-LIST_PARAMS = {name for name in PARAM_COLUMNS if base_type(StyleParams, name)[1]}
 # A video row's options beyond StyleParams'.
 VIDEO_COLUMNS = {f.name: spec(f).column or f.name for f in declared(VideoParams)}
 # A row's regions (masks): files, relative to the manifest as content is, and colours.
 REGION_COLUMNS = {f.name: spec(f).column or f.name for f in declared(Regions)}
 REGION_FILES = ("masks", "style_masks", "segmentation", "style_segmentations")
+# Columns that hold lists.
+LIST_COLUMNS = {*(n for n in PARAM_COLUMNS if base_type(StyleParams, n)[1]),
+                *(n for n in REGION_COLUMNS if base_type(Regions, n)[1])}
 COLUMNS = {"content", "style", "output", *PARAM_COLUMNS.values(), *VIDEO_COLUMNS.values(),
            *REGION_COLUMNS.values()}
 READ_BATCH = 8192
