@@ -395,3 +395,31 @@ def test_a_clip_read_from_a_later_frame_has_the_frames_read_from_its_start(tmp_p
             later = part.source([], 1, first)
             for i in range(first, part.count):
                 assert np.array_equal(later.frame(i), frames[i]), (video, first, i)
+
+
+@pytest.mark.parametrize("passes", [[], ["--passes", "2", "--pass-iterations", "3"]])
+def test_one_mask_for_every_frame_styles_only_its_region(clip_file, tmp_path, passes):
+    """A white left half: the style there, the content's pixels on the right (unmasked:
+    content); a mask of another shape than the frames is refused before any frame."""
+    from pipeline.io.video import read_frames
+
+    source, style = clip_file
+    mask = np.zeros((48, 64), np.uint8)
+    mask[:, :32] = 255
+    Image.fromarray(mask).save(tmp_path / "left.png")
+    out = tmp_path / "frames"
+    result = runner.invoke(app, ["video", str(source), str(style), "-o", str(out), *FAST,
+                                 "--masks", str(tmp_path / "left.png"), *passes],
+                           terminal_width=200)
+    assert result.exit_code == 0, result.output
+    info = probe(source)
+    frames = list(read_frames(info, info.fps, 0, None))
+    for path, frame in zip(sorted(out.iterdir()), frames, strict=True):
+        made = Image.open(path)  # --size 48: 48x36
+        shrunk = np.asarray(Image.fromarray(frame).resize(made.size, Image.Resampling.LANCZOS))
+        change = np.abs(np.asarray(made, np.float32) - shrunk).mean((0, 2))
+        assert change[:18].mean() > 2 * change[30:].mean(), change
+    Image.fromarray(mask[:, :40]).save(tmp_path / "narrow.png")
+    refused = runner.invoke(app, ["video", str(source), str(style), "-o", str(tmp_path / "x"),
+                                  *FAST, "--masks", str(tmp_path / "narrow.png")])
+    assert refused.exit_code == 2 and "is not the shape of its image 64x48" in refused.output

@@ -151,7 +151,8 @@ class Inspector:
             raise RowError(spec.row, f"weights file {params.weights} does not exist")
         self._destination(spec.output, spec.row)
         if spec.video is not None:
-            return Job(spec, clip_key(digest, part, style_digests, params, spec.video, init),
+            return Job(spec, clip_key(digest, part, style_digests, params, spec.video, init,
+                                      regions),
                        out_size, part.count)
         return Job(spec, job_key(digest, style_digests, params, init, regions), out_size)
 
@@ -159,9 +160,8 @@ class Inspector:
         """The job key's part of a row's regions; each file checked (with `decode`, decoded),
         and the content's masks of the content's shape (io/masks.py's rule)."""
         regions = spec.regions
-        content = regions.masks or ([regions.segmentation] if regions.segmentation else [])
         styles = regions.style_masks or regions.style_segmentations
-        pairs = [(m, size) for m in content]
+        pairs = [(m, size) for m in regions.content_files()]
         if styles:  # one per style image (Regions.validate)
             pairs += [(m, self._image(s, spec.row)[1])
                       for m, s in zip(styles, spec.styles, strict=True)]

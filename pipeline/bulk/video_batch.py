@@ -52,7 +52,8 @@ def run_video_batch(wid: int, batch: Batch, runtime: Runtime, out_dir: Path, eve
         return rows
     emit(BatchStarted(wid, len(clips), max(c.part.count for _, c in clips), 0, unit="frames"))
     keep = max(video.temporal_frames)
-    sources = [clip.part.source([str(s) for s in job.spec.styles], keep) for job, clip in clips]
+    sources = [clip.part.source([str(s) for s in job.spec.styles], keep,
+                                regions=job.spec.regions) for job, clip in clips]
     saves = FrameCheckpoints(out_dir, [job.key for job, _ in clips], every, stopping,
                              lambda text: emit(Log(wid, text)))
 
@@ -95,7 +96,8 @@ def run_video_piece(wid: int, batch: Batch, runtime: Runtime, emit: Callable[[Ev
             check_image_file(style)
         part = clip_part(job.spec.content, video)
         # from the piece's first neighbour on: a piece late in a long clip seeks, not decodes
-        clip = part.source([str(s) for s in job.spec.styles], 1, max(0, piece.first - 1))
+        clip = part.source([str(s) for s in job.spec.styles], 1, max(0, piece.first - 1),
+                           job.spec.regions)
         stylize_piece(clip, params, video, runtime, TargetCache(flow_folder(runtime), 0),
                       piece.index, range(piece.first, piece.stop), piece.batch,
                       ClipOutput(part, job.spec.output, job.key).pass_store(shared=True),

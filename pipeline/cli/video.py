@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..api import Runtime, RuntimeOptions, StyleParams
+from ..api import Regions, Runtime, RuntimeOptions, StyleParams
 from ..video.file import stylize_video_file
 from ..video.frames import Frame
 from ..video.output import frames_folder
@@ -22,7 +22,7 @@ from .progress import console, format_losses, shown, summary_table
 
 @app.command()
 @reports_errors
-@with_options(params=StyleParams, video=VideoParams, options=RuntimeOptions)
+@with_options(params=StyleParams, regions=Regions, video=VideoParams, options=RuntimeOptions)
 def video(
     source: Path = typer.Argument(..., help="Input video: any file FFmpeg reads."),
     styles: list[Path] = typer.Argument(..., help="One or more style images."),
@@ -33,6 +33,7 @@ def video(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     *,
     params: StyleParams,
+    regions: Regions,
     video: VideoParams,
     options: RuntimeOptions,
 ) -> None:
@@ -60,7 +61,7 @@ def video(
 
     try:
         result = stylize_video_file(source, styles, output, params, video, runtime, on_start,
-                                    on_frame)
+                                    on_frame, regions=regions)
     except (KeyboardInterrupt, Terminated):
         bar.stop()
         say(f"stopped: the finished frames are in {shown(frames_folder(output))}; the same "

@@ -48,6 +48,10 @@ class Regions:
         """Whether the job has regions at all."""
         return bool(self.masks) or self.segmentation is not None
 
+    def content_files(self) -> list[str]:
+        """The files over the content: its masks, or its segmentation."""
+        return list(self.masks) or ([self.segmentation] if self.segmentation else [])
+
     def files(self) -> list[str]:
         """Every file the regions read."""
         return [*self.masks, *self.style_masks, *([self.segmentation] if self.segmentation

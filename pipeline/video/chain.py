@@ -82,7 +82,7 @@ def _chain(clips: Sequence[ClipSource], params: StyleParams, video: VideoParams,
 
     def content(c: int, i: int) -> tuple[SizedImage, list[SizedImage]]:
         frame = Image.fromarray(clips[c].frame(i))
-        image, style_images = prepare(StyleJob(frame, list(clips[c].styles)),
+        image, style_images = prepare(StyleJob(frame, list(clips[c].styles), clips[c].regions),
                                       params if i == 0 else later)
         return dataclasses.replace(image, name=f"frame {i}", keep=False), style_images
 

@@ -10,10 +10,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..api import ImageSource, StyleParams
+from ..api import NO_REGIONS, ImageSource, Regions, StyleParams
 from ..errors import InputError
 from ..io.video import VideoInfo, frame_count, parse_time, probe, read_frames
 from .frames import ClipSource
@@ -30,12 +31,14 @@ class ClipPart:
     end: float | None
     count: int
 
-    def source(self, styles: Sequence[ImageSource], keep: int, first: int = 0) -> ClipSource:
+    def source(self, styles: Sequence[ImageSource], keep: int, first: int = 0,
+               regions: Regions = NO_REGIONS) -> ClipSource:
         """The frames by index, decoded once (the last `keep` held for the flows), to be
-        stylized with `styles`; from frame `first` on (the decoder seeks there: frame k is on
-        screen at start + k / fps either way)."""
+        stylized with `styles` (in `regions`, the same masks for every frame); from frame
+        `first` on (the decoder seeks there: frame k is on screen at start + k / fps either
+        way)."""
         frames = read_frames(self.info, self.fps, self.start + first / self.fps, self.end)
-        return ClipSource(FrameWindow(frames, keep, first), self.count, styles)
+        return ClipSource(FrameWindow(frames, keep, first), self.count, styles, regions)
 
 
 def clip_part(source: Path, video: VideoParams) -> ClipPart:
@@ -57,15 +60,18 @@ def clip_part(source: Path, video: VideoParams) -> ClipPart:
 
 
 def clip_key(video_digest: str, part: ClipPart, styles: Sequence[str], params: StyleParams,
-             video: VideoParams, init: str | None = None) -> str:
+             video: VideoParams, init: str | None = None,
+             regions: dict[str, Any] | None = None) -> str:
     """What decides a video job's frames: the video's bytes, the part and its rate, the styles,
-    every parameter that decides an image, and the bytes of an init image where the first
-    frame starts from one."""
+    every parameter that decides an image, the bytes of an init image where the first frame
+    starts from one, and the regions (Regions.key) where it has masks."""
     payload = {"video": video_digest, "part": [part.start, part.end, str(part.fps)],
                "styles": list(styles), "params": params.result_dict(),
                "video_params": video.result_dict()}
     if init is not None:
         payload["init"] = init
+    if regions is not None:
+        payload["regions"] = regions
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-from ..api import Runtime, StyleParams, image_digest
+from ..api import NO_REGIONS, Regions, Runtime, StyleParams, image_digest
 from ..gatys.engine import Progress
 from ..io.files import remembered_digest
-from ..io.images import check_image_file
+from ..io.images import check_image_file, header_size
+from ..io.masks import check_shape
 from ..io.video import is_video
 from .chain import stylize_clips
 from .clip import clip_key, clip_part
@@ -39,14 +40,18 @@ def stylize_video_file(source: Path, styles: Sequence[Path], output: Path,
                        runtime: Runtime | None = None,
                        on_start: Callable[[int], None] = lambda count: None,
                        on_frame: Callable[[Frame], None] = lambda f: None,
-                       progress: Callable[[int], Progress | None] = lambda i: None
-                       ) -> VideoResult:
+                       progress: Callable[[int], Progress | None] = lambda i: None,
+                       regions: Regions = NO_REGIONS) -> VideoResult:
     """Stylize `source` (its --start..--end part, at --fps) with `styles` into `output`: a
     video (.mp4, .mov, .mkv: H.264 at --crf, the source's audio copied) or a folder of PNG
     frames. `on_start(frames)` is called once the inputs are checked, `on_frame` with each
-    frame as it is done; `progress(i)` is frame i's progress."""
+    frame as it is done; `progress(i)` is frame i's progress. `regions`: masks of the
+    frames' shape, the same for every frame."""
     params.validate(n_styles=len(styles))
+    regions.validate(len(styles), params)
     part = clip_part(source, video)
+    for mask in regions.content_files():
+        check_shape(Path(mask), header_size(mask), part.info.size, "mask")
     for style in styles:
         check_image_file(style)
     check_output(source, styles, output)
@@ -54,7 +59,7 @@ def stylize_video_file(source: Path, styles: Sequence[Path], output: Path,
     runtime = runtime or Runtime.start()
     clip = ClipOutput(part, output, clip_key(remembered_digest(source, runtime.cache), part,
                                              [image_digest(s) for s in styles], params, video,
-                                             init))
+                                             init, regions.key(image_digest)))
     clip.folder.mkdir(parents=True, exist_ok=True)
 
     def finished(frame: Frame) -> None:
@@ -62,7 +67,8 @@ def stylize_video_file(source: Path, styles: Sequence[Path], output: Path,
         on_frame(frame)
 
     on_start(part.count)
-    stylize_clips([part.source([str(s) for s in styles], max(video.temporal_frames))], params,
+    stylize_clips([part.source([str(s) for s in styles], max(video.temporal_frames),
+                               regions=regions)], params,
                   video, runtime, lambda _c, i: clip.done(i), finished,
                   lambda _c, i: progress(i), stores=lambda _c: clip.pass_store())
     clip.finish(video.crf)

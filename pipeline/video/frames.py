@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..api import ImageSource, StyleParams
+from ..api import NO_REGIONS, ImageSource, Regions, StyleParams
 from ..gatys.color import luminance
 from .params import VideoParams
 
@@ -37,6 +37,7 @@ class ClipSource:
     frame: Callable[[int], np.ndarray]
     count: int
     styles: Sequence[ImageSource]
+    regions: Regions = NO_REGIONS  # masks of the frame's shape, the same for every frame
 
 
 def later_params(params: StyleParams, video: VideoParams) -> StyleParams:

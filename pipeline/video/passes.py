@@ -99,7 +99,8 @@ class WorkingFrames:
     def prepared(self, i: int, p: int) -> tuple[SizedImage, list[SizedImage]]:
         """Frame i and the styles, prepared for pass p."""
         source = self.content[i] if i in self.content else self.clip.frame(i)
-        image, styles = prepare(StyleJob(Image.fromarray(source), list(self.clip.styles)),
+        image, styles = prepare(StyleJob(Image.fromarray(source), list(self.clip.styles),
+                                         self.clip.regions),
                                 self.first if p == 0 else self.later)
         self.content.setdefault(i, to_pixels(image.pixels))
         return dataclasses.replace(image, name=f"frame {i}", keep=False), styles
