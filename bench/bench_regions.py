@@ -88,6 +88,8 @@ def main() -> None:
     ap.add_argument("--time-iterations", type=int, default=20)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()  # the code that runs, not at the end
     content = args.images / f"{args.content}.jpg"
     styles = [args.images / f"{s}.jpg" for s in args.styles.split(",")]
     runtime = Runtime.start(args.device)
@@ -105,8 +107,6 @@ def main() -> None:
         for _ in range(2):
             masked_s.append(seconds_per_iteration(job, timed, runtime))
             plain_s.append(seconds_per_iteration(plain, timed, runtime))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
     print(f"\n{content.name} at {args.size} px, {result.iterations} iterations, soft masks "
           f"(ramp {args.ramp:.0%} of the width); {runtime.device} {runtime.precision}, "
           f"{_cpu()}, commit {commit}\n")
