@@ -353,3 +353,62 @@ def test_manifest_build_sweeps_masks_and_mask_modes(tmp_path, monkeypatch):
     # each row its own output name (the masks are in the name's hash): no clash
     valid = runner.invoke(app, ["manifest", "validate", "m/manifest.parquet"])
     assert valid.exit_code == 0 and "4 valid" in valid.output, valid.output
+
+
+def test_a_masked_batch_resumes_from_its_checkpoint_to_the_same_result(tmp_path, cpu64):
+    import copy
+
+    from pipeline.gatys.engine import Checkpointing
+
+    params = StyleParams(**{**SMALL, "size": 96})
+    jobs = _masked_problem(tmp_path, params, cpu64)
+    saved = {}
+
+    def save(it, x, state):
+        saved[it] = (it, x.clone(), copy.deepcopy(state))
+
+    full = stylize_batch(jobs, params, cpu64, checkpointing=Checkpointing(save, every=1))
+    resumed = stylize_batch(jobs, params, cpu64,
+                            checkpointing=Checkpointing(lambda *a: None, resume=saved[5]))
+    for a, b in zip(full, resumed, strict=True):
+        torch.testing.assert_close(a.pixels, b.pixels, rtol=0, atol=1e-6)
+
+
+def test_a_style_mask_keys_its_style_targets_by_its_bytes(tmp_path, cpu32, caplog):
+    """The style's masked Gram is cached under its mask's bytes and the mode: the same mask
+    under another name is a cache hit, an edited mask or another mode is computed anew."""
+    import logging
+    import shutil
+
+    from pipeline.api import setup_batch as setup
+
+    caplog.set_level(logging.INFO, logger="pipeline")
+    make_photo((64, 48)).save(tmp_path / "c.png")
+    checks().save(tmp_path / "s.png")
+    left, _ = halves(tmp_path, (64, 48))
+    top = np.zeros((64, 64))
+    top[:20] = 1
+    first = mask_file(tmp_path, "top.png", top)
+    shutil.copy(first, tmp_path / "copy.png")
+    top[:30] = 1
+    edited = mask_file(tmp_path, "edited.png", top)
+
+    def grams(style_mask: str, mode: str = "inside") -> torch.Tensor:
+        caplog.clear()
+        params = StyleParams(size=64, mask_mode=mode)
+        job = StyleJob(tmp_path / "c.png", [tmp_path / "s.png"],
+                       Regions(masks=(left,), style_masks=(style_mask,)))
+        problem = setup([prepare(job, params)], params, cpu32)
+        return problem.stages[0].targets.grams["relu3_1"]
+
+    def computed() -> bool:
+        return any("style s.png" in r.message and "computed" in r.message
+                   for r in caplog.records)
+
+    a = grams(first)
+    assert computed()
+    torch.testing.assert_close(grams(str(tmp_path / "copy.png")), a)
+    assert not computed()  # the same bytes: a cache hit
+    assert not torch.equal(grams(edited), a) and computed()
+    grams(first, "all")
+    assert computed()
