@@ -5,9 +5,11 @@ target entries are written atomically, so a process finds the others' work."""
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,17 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # cores, and two OpenMP teams per core spin against each other. A test that needs more
     # sets them (test_cpu_shards.py); a run's workers set their own.
     torch.set_num_threads(1)
+
+
+def snapshots() -> tuple[dict, Callable]:
+    """Checkpoints kept in memory by iteration, as a Checkpointing's `save` gets them (a
+    copy: the run goes on changing its state)."""
+    saved: dict = {}
+
+    def save(it, x, state):
+        saved[it] = (it, x.clone(), copy.deepcopy(state))
+
+    return saved, save
 
 
 def make_photo(size: tuple[int, int] = (64, 48), seed: int = 0) -> Image.Image:

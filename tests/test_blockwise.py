@@ -15,7 +15,7 @@ from pipeline.gatys.blockwise import BlockObjective, Grid, blocks
 from pipeline.gatys.engine import Objective, evaluate_and_backward, loss_weights, trunk_for
 from pipeline.io.images import to_tensor
 from pipeline.targets.builder import torch_features
-from tests.conftest import make_painting, make_photo
+from tests.conftest import make_painting, make_photo, snapshots
 
 # Layers through relu3_1 keep the margin at 12 px, so small images split into many real
 # blocks (through relu5_1 the margin is 80 px).
@@ -182,7 +182,6 @@ def test_by_blocks_coarse_to_fine_resumes_and_batches_as_whole(cpu64, small_scal
     """Blocks in both stages (--block-size applies to every stage), a batch of two, resumed
     from a checkpoint inside the fine stage: the image of the uninterrupted run, and each job
     as it would be alone and as it would be whole."""
-    import copy
 
     from pipeline.gatys.engine import Checkpointing
 
@@ -191,11 +190,7 @@ def test_by_blocks_coarse_to_fine_resumes_and_batches_as_whole(cpu64, small_scal
     jobs = [StyleJob(make_photo((64, 48), seed=s), [make_painting(seed=s + 1)]) for s in (0, 2)]
     problem = setup_batch([prepare(j, params) for j in jobs], params, runtime)
     assert [s.block for s in problem.stages] == [16, 16]
-    saved = {}
-
-    def save(it, x, state):
-        saved[it] = (it, x.clone(), copy.deepcopy(state))
-
+    saved, save = snapshots()
     full = stylize_batch(jobs, params, runtime, checkpointing=Checkpointing(save, every=1))
     resumed = stylize_batch(jobs, params, runtime,
                             checkpointing=Checkpointing(lambda *a: None, resume=saved[2]))

@@ -22,7 +22,7 @@ from pipeline.gatys.engine import (
 from pipeline.gatys.guides import layer_guides
 from pipeline.gatys.losses import gram, guided_gram
 from pipeline.io.images import to_tensor
-from tests.conftest import make_painting, make_photo
+from tests.conftest import make_painting, make_photo, snapshots
 
 SMALL = dict(size=64, iterations=8, tol=0)
 SHALLOW = dict(content_layers=("relu3_1",), style_layers=("relu1_1", "relu2_1", "relu3_1"))
@@ -356,17 +356,11 @@ def test_manifest_build_sweeps_masks_and_mask_modes(tmp_path, monkeypatch):
 
 
 def test_a_masked_batch_resumes_from_its_checkpoint_to_the_same_result(tmp_path, cpu64):
-    import copy
-
     from pipeline.gatys.engine import Checkpointing
 
     params = StyleParams(**{**SMALL, "size": 96})
     jobs = _masked_problem(tmp_path, params, cpu64)
-    saved = {}
-
-    def save(it, x, state):
-        saved[it] = (it, x.clone(), copy.deepcopy(state))
-
+    saved, save = snapshots()
     full = stylize_batch(jobs, params, cpu64, checkpointing=Checkpointing(save, every=1))
     resumed = stylize_batch(jobs, params, cpu64,
                             checkpointing=Checkpointing(lambda *a: None, resume=saved[5]))
