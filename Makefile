@@ -20,7 +20,7 @@ QUALITY_REFERENCE := reference=iterations:500,tol:0,lbfgs_precondition:0,lbfgs_s
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
 
-install: $(STAMP)  ## create .venv and install the package with its cpu, dev, ray and video extras (GPU=1: gpu)
+install: $(STAMP)  ## create .venv and install the package with its cpu, dev, ray, video and s3 extras (GPU=1: gpu)
 
 # torch is pinned in pyproject.toml; pip takes it from the local wheel copy where there is one.
 # onnxruntime and onnxruntime-gpu install the same module: the other one is removed if present.
@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	! $(PY) -m pip show -q $(OTHER_ORT) >/dev/null 2>&1 || $(PY) -m pip uninstall -q -y $(OTHER_ORT)
-	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install -q -e ".[$(EXTRA),dev,ray,video]"
+	PYTHONWARNINGS=ignore::UserWarning $(PY) -m pip install -q -e ".[$(EXTRA),dev,ray,video,s3]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -54,11 +54,14 @@ from .io.images import (
     to_tensor,
 )
 from .io.masks import read_mask, read_segmentation
+from .io.storage import check_store, location, name, set_storage_options
 from .targets.builder import TargetBuilder, builder_for
 from .targets.cache import image_digest
 from .version import __version__
 
 ImageSource = str | os.PathLike | Image.Image
+# Where a file is: a local path, or a URL in object storage (io/storage.py).
+Location = Path | str
 # (iteration, job's index in the batch, its image after that many iterations)
 SaveImage = Callable[[int, int, Image.Image], None]
 log = logging.getLogger("pipeline.images")
@@ -471,19 +474,24 @@ def job_key(content: str, styles: list[str], params: StyleParams, init: str | No
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def check_destinations(output: Path, inputs: Sequence[Path], bit_depth: int = 0,
+def check_destinations(output: Location, inputs: Sequence[Location], bit_depth: int = 0,
                        trace: Path | None = None) -> None:
     """InputError before minutes of optimizing, not after: an output of a kind we cannot
-    write, over an input, a folder, or where we cannot write; a trace that is not .parquet."""
+    write, over an input, a folder, or where we cannot write; a trace that is not .parquet.
+    An output in object storage: its bucket is there (the write itself is one PUT)."""
     check_output_path(output, bit_depth)
-    if output.exists() and any(output.samefile(p) for p in inputs if p.exists()):
-        raise InputError(f"{output}: the output would overwrite one of the input images")
-    if output.is_dir():
-        raise InputError(f"{output}: is a folder; give a file name ending in .png or .jpg")
+    if isinstance(output, str):  # a URL
+        if output in inputs:
+            raise InputError(f"{output}: the output would overwrite one of the input images")
+        check_store(output)
+        output = Path(name(output))  # for the trace's checks below; nothing local is written
+        destinations = {"--trace": trace} if trace is not None else {}
+    else:
+        _check_local_output(output, inputs)
+        destinations = {"--output": output} | ({"--trace": trace} if trace is not None else {})
     if trace is not None and (trace.suffix != ".parquet" or trace.is_dir()):
         raise InputError(f"--trace {trace}: give a file name ending in .parquet"
                          + (" (this is a folder)" if trace.is_dir() else ""))
-    destinations = {"--output": output} | ({"--trace": trace} if trace is not None else {})
     for option, path in destinations.items():
         try:
             check_writable_dir(path.parent)
@@ -491,7 +499,15 @@ def check_destinations(output: Path, inputs: Sequence[Path], bit_depth: int = 0,
             raise InputError(f"{option}: {describe_os_error(e, path.parent)}") from None
 
 
-def stylize_file(content: Path, styles: Sequence[Path], output: Path,
+def _check_local_output(output: Path, inputs: Sequence[Location]) -> None:
+    local = [p for p in inputs if isinstance(p, Path) and p.exists()]
+    if output.exists() and any(output.samefile(p) for p in local):
+        raise InputError(f"{output}: the output would overwrite one of the input images")
+    if output.is_dir():
+        raise InputError(f"{output}: is a folder; give a file name ending in .png or .jpg")
+
+
+def stylize_file(content: Location, styles: Sequence[Location], output: Location,
                  params: StyleParams = StyleParams(), runtime: Runtime | None = None,
                  progress: Progress | None = None, trace: Path | None = None,
                  trace_every: int = TRACE_EVERY, regions: Regions = NO_REGIONS
@@ -499,11 +515,12 @@ def stylize_file(content: Path, styles: Sequence[Path], output: Path,
     """Stylize CONTENT with STYLES into `output` (PNG, JPEG or TIFF by extension, atomic,
     sRGB-tagged, parameters and job key embedded), the image every params.save_every
     iterations beside it, and with `trace` the loss terms every `trace_every` iterations in
-    that Parquet file. Every destination is checked before any work."""
+    that Parquet file. Every destination is checked before any work. Inputs and the output
+    may be URLs (s3://..., io/storage.py): read whole, written as one object."""
     params.validate(n_styles=len(styles))
     regions.validate(len(styles), params)
-    init = [Path(params.init)] if params.init_is_file else []
-    check_destinations(output, [content, *styles, *init, *map(Path, regions.files())],
+    init = [location(params.init)] if params.init_is_file else []
+    check_destinations(output, [content, *styles, *init, *map(location, regions.files())],
                        params.bit_depth, trace)
     prepared = prepare(StyleJob(content, styles, regions), params)
     # The styles' file digests, as a bulk run keys them (a style's region is in `regions`).
@@ -522,4 +539,5 @@ def stylize_file(content: Path, styles: Sequence[Path], output: Path,
 __all__ = ["CACHE_PARTS", "TRACE_EVERY", "TRACE_EVERY_HELP", "Regions", "Runtime",
            "RuntimeOptions", "StyleJob", "StyleParams", "StyleResult", "cache_contents",
            "clear_cache", "describe_os_error", "export_trunk", "intermediate_path", "job_key",
-           "stylize", "stylize_batch", "stylize_file"]
+           "location", "name", "set_storage_options", "stylize", "stylize_batch",
+           "stylize_file"]

@@ -108,7 +108,8 @@ def test_out_of_memory_is_one_line_not_a_traceback(photo_path, painting_path, tm
     assert len(lines) == 1 and "out of memory" in lines[0] and "--size" in lines[0]
 
 
-def test_every_stylize_option_runs_end_to_end(photo_path, painting_path, tmp_path):
+def test_every_stylize_option_runs_end_to_end(photo_path, painting_path, tmp_path,
+                                              monkeypatch):
     """Two tiny runs that between them set every option of `stylize --help` away from its
     default: non-default layer sets (through the ONNX targets), per-layer weights, a blend,
     noise and image init, both optimizers, all three precisions' paths, a weights file."""
@@ -136,7 +137,10 @@ def test_every_stylize_option_runs_end_to_end(photo_path, painting_path, tmp_pat
     regions_adam = ["--masks", f"{masks['left']},{masks['right']}", "--style-masks",
                     f"{masks['top']},{masks['top']}", "--mask-mode", "simple", "--unmasked",
                     "styles"]
-    regions_lbfgs = ["--segmentation", str(masks["seg"]), "--colors", "white",
+    # --storage-option only matters for URLs; it is kept in the environment, restored after
+    monkeypatch.setenv("STYLE_PIPELINE_STORAGE_OPTIONS", "{}")
+    regions_lbfgs = ["--storage-option", "anon=false",
+                     "--segmentation", str(masks["seg"]), "--colors", "white",
                      "--style-segmentations", str(masks["sseg"]), "--mask-mode", "all"]
     adam = ["--size", "48", "--size-bucket", "8", "--iterations", "3", "--scales", "2",
             "--tol", "0.5", "--tol-window", "2", "--save-every", "1", "--trace",

@@ -18,6 +18,9 @@ from ..api import (
     StyleParams,
     export_trunk,
     intermediate_path,
+    location,
+    name,
+    set_storage_options,
     stylize_file,
 )
 from .app import app, reports_errors
@@ -29,11 +32,18 @@ from .progress import console, format_losses, iteration_bar, shown, summary_tabl
 @reports_errors
 @with_options(params=StyleParams, regions=Regions, options=RuntimeOptions)
 def stylize(
-    content: Path = typer.Argument(..., help="Content image (any format PIL reads)."),
-    styles: list[Path] = typer.Argument(..., help="One or more style images."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output file: .png, .jpg/.jpeg or "
-                                ".tif/.tiff. Written atomically, tagged sRGB, with the "
-                                "parameters embedded."),
+    content: str = typer.Argument(..., help="Content image (any format PIL reads): a path, or "
+                                  "a URL in object storage (s3://bucket/photo.jpg)."),
+    styles: list[str] = typer.Argument(..., help="One or more style images (paths or URLs)."),
+    output: str = typer.Option(..., "--output", "-o", help="Output file: .png, .jpg/.jpeg or "
+                               ".tif/.tiff, a path or a URL. Written atomically (to object "
+                               "storage: one PUT, seen whole or not at all), tagged sRGB, with "
+                               "the parameters embedded."),
+    storage_option: list[str] = typer.Option(None, "--storage-option", help="For URLs: an "
+                                             "fsspec storage option name=value (repeatable), "
+                                             "e.g. endpoint_url=http://127.0.0.1:9000; also "
+                                             "from the environment (FSSPEC_S3_ENDPOINT_URL) "
+                                             "and ~/.config/fsspec."),
     trace: Path | None = typer.Option(None, help="Also write the loss trace (the loss terms "
                                       "every --trace-every iterations) to this Parquet file."),
     trace_every: int = typer.Option(TRACE_EVERY, min=0, help=TRACE_EVERY_HELP),
@@ -50,18 +60,20 @@ def stylize(
         logging.getLogger("pipeline").setLevel(logging.WARNING)
     params.validate(n_styles=len(styles))
     regions.validate(len(styles), params)
+    set_storage_options(storage_option or [])
     runtime = Runtime.start(device, **dataclasses.asdict(options))
     start = time.perf_counter()
-    with iteration_bar(content.name, params.iterations, quiet) as progress:
-        result = stylize_file(content, styles, output, params, runtime, progress, trace,
-                              trace_every, regions)
+    with iteration_bar(name(content), params.iterations, quiet) as progress:
+        result = stylize_file(location(content), [location(s) for s in styles],
+                              location(output), params, runtime, progress, trace, trace_every,
+                              regions)
     if quiet:
         return
     table = summary_table("stylize")
     table.add_row("output", f"{output} ({result.image.width}x{result.image.height})")
     if regions.active:
         table.add_row("regions", ", ".join(
-            f"{style.name} in {where}" for style, where in
+            f"{name(style)} in {where}" for style, where in
             zip(styles, regions.masks or [f"{c} of {regions.segmentation}"
                                           for c in regions.colors], strict=True)))
     table.add_row("device", f"{runtime.device} {runtime.precision}"
@@ -75,7 +87,7 @@ def stylize(
     table.add_row("total", f"{time.perf_counter() - start:.1f} s")
     table.add_row("final loss", format_losses(result.losses))
     if params.save_every:
-        table.add_row("intermediates", str(intermediate_path(output, params.save_every))
+        table.add_row("intermediates", str(intermediate_path(location(output), params.save_every))
                       .replace(f"{params.save_every:04d}", "*"))
     if trace is not None:
         table.add_row("trace", f"{trace} ({len(result.trace)} points)")

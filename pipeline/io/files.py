@@ -14,12 +14,15 @@ from pathlib import Path
 import platformdirs
 
 from ..errors import InputError
+from .storage import is_url, name, put_file, read_bytes
 
 CACHE_ENV = "STYLE_PIPELINE_CACHE"
 
 
 def file_digest(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, read in 1 MiB chunks."""
+    """sha256 of a file's bytes, read in 1 MiB chunks (an object at a URL: read whole)."""
+    if is_url(path):
+        return hashlib.sha256(read_bytes(str(path))).hexdigest()
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -125,8 +128,15 @@ def check_writable_dir(folder: Path) -> None:
 def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside `dest`; rename it over `dest` only if the block succeeds.
 
-    Readers never see a half-written file, and a crash leaves the old file (or none).
+    Readers never see a half-written file, and a crash leaves the old file (or none). A URL
+    `dest` (storage.py): a local temp file, uploaded as one object when the block succeeds.
     """
+    if is_url(dest):
+        with tempfile.TemporaryDirectory(prefix="style-pipeline-put-") as folder:
+            tmp = Path(folder) / f"part{Path(name(str(dest))).suffix}"
+            yield tmp
+            put_file(tmp, str(dest))
+        return
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=TEMP_TAG + dest.suffix,

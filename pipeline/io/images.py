@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..errors import InputError
 from .files import atomic_path
+from .storage import is_url, name, parent, read_bytes
 
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF",
                   ".tiff": "TIFF"}
@@ -126,11 +127,15 @@ DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError,
 
 
 def read_rgb(path: str | os.PathLike) -> tuple[Image.Image, str]:
-    """Decode a file fully (so truncation shows up here), honour EXIF orientation; return the
-    RGB image and the sha256 of the file's bytes, from one read of the file."""
-    path = Path(path)
-    check_image_file(path)
-    data = path.read_bytes()
+    """Decode a file (or an object at a URL, storage.py) fully (so truncation shows up here),
+    honour EXIF orientation; return the RGB image and the sha256 of the file's bytes, from one
+    read of the file."""
+    if is_url(path):
+        data = read_bytes(str(path))
+    else:
+        path = Path(path)
+        check_image_file(path)
+        data = path.read_bytes()
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
@@ -220,9 +225,9 @@ def to_image(x: Tensor) -> Image.Image:
 
 def check_output_path(path: str | os.PathLike, bit_depth: int = 0) -> Path:
     """Fail before any work is done if we cannot write this kind of file."""
-    path = Path(path)
+    shown, path = path, Path(name(str(path)) if is_url(path) else path)
     if path.suffix.lower() not in OUTPUT_FORMATS:
-        raise InputError(f"{path}: output must end in .png, .jpg, .jpeg, .tif or .tiff")
+        raise InputError(f"{shown}: output must end in .png, .jpg, .jpeg, .tif or .tiff")
     output_bit_depth(path, bit_depth)
     return path
 
@@ -236,11 +241,11 @@ def output_bit_depth(path: Path, requested: int = 0) -> int:
 
 
 def save_image(image: Image.Image | Tensor, path: str | os.PathLike,
-               metadata: dict | None = None, bit_depth: int = 0) -> Path:
+               metadata: dict | None = None, bit_depth: int = 0) -> str | os.PathLike:
     """Write PNG, JPEG or TIFF by extension, atomically, tagged sRGB, with `metadata` embedded
     as JSON. `image`: 8-bit RGB, or [3, H, W] on the 0-255 scale, rounded here once to the
     file's bit depth (output_bit_depth)."""
-    path = check_output_path(path, bit_depth)
+    dest, path = path, check_output_path(path, bit_depth)
     fmt = OUTPUT_FORMATS[path.suffix.lower()]
     text = json.dumps(metadata or {}, sort_keys=True, default=str)
     bits = output_bit_depth(path, bit_depth)
@@ -249,7 +254,7 @@ def save_image(image: Image.Image | Tensor, path: str | os.PathLike,
         arr = _quantize16(pixels)
     else:
         img = to_image(image) if isinstance(image, Tensor) else image
-    with atomic_path(path) as tmp:
+    with atomic_path(dest) as tmp:
         if fmt == "TIFF":
             import tifffile
 
@@ -265,7 +270,7 @@ def save_image(image: Image.Image | Tensor, path: str | os.PathLike,
         else:
             img.save(tmp, format="JPEG", quality=95, comment=text.encode(),
                      icc_profile=SRGB_ICC)
-    return path
+    return dest
 
 
 def _quantize16(pixels: Tensor) -> np.ndarray:
@@ -292,8 +297,12 @@ def _png16(arr: np.ndarray, text: str) -> bytes:
             + chunk(b"IEND", b""))
 
 
-def intermediate_path(output: Path, iteration: int) -> Path:
-    """Where the image after `iteration` iterations goes: beside the output, name.iter0100.png."""
+def intermediate_path(output: Path | str, iteration: int) -> Path | str:
+    """Where the image after `iteration` iterations goes: beside the output, name.iter0100.png
+    (beside an output in object storage, at its URL)."""
+    if isinstance(output, str):
+        stem = Path(name(output))
+        return f"{parent(output)}/{stem.stem}.iter{iteration:04d}{stem.suffix}"
     return output.with_name(f"{output.stem}.iter{iteration:04d}{output.suffix}")
 
 

