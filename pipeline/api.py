@@ -54,14 +54,12 @@ from .io.images import (
     to_tensor,
 )
 from .io.masks import read_mask, read_segmentation
-from .io.storage import check_store, location, name, set_storage_options
+from .io.storage import Location, check_store, location, name, set_storage_options
 from .targets.builder import TargetBuilder, builder_for
 from .targets.cache import image_digest
 from .version import __version__
 
 ImageSource = str | os.PathLike | Image.Image
-# Where a file is: a local path, or a URL in object storage (io/storage.py).
-Location = Path | str
 # (iteration, job's index in the batch, its image after that many iterations)
 SaveImage = Callable[[int, int, Image.Image], None]
 log = logging.getLogger("pipeline.images")
@@ -420,7 +418,8 @@ def stylize(content: ImageSource, styles: ImageSource | Sequence[ImageSource],
 CACHE_PARTS = {"weights": "dequantized weights", "models": "ONNX models",
                "trt": "TensorRT engines", "targets": "content/style targets",
                "flows": "optical flows of video frames", "probes": "measured hardware defaults",
-               "digests": "video files' sha256"}
+               "digests": "video files' sha256",
+               "inputs": "images fetched from object storage"}
 
 
 def cache_contents(cache: str | None = None) -> tuple[Path, dict[str, tuple[list[Path],

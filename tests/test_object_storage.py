@@ -148,3 +148,39 @@ def test_storage_options_from_the_command_line_reach_the_filesystem(monkeypatch)
     assert storage.storage_options() == {"endpoint_url": "http://127.0.0.1:1", "anon": True}
     with pytest.raises(storage.InputError, match="expected name=value"):
         storage.set_storage_options(["oops"])
+
+
+def test_a_manifest_in_object_storage_runs_its_rows_from_there(s3, tmp_path):
+    """The manifest and its rows' inputs in a bucket (relative paths are objects beside the
+    manifest), outputs in a local --out: a missing object is that row's one-line error, an
+    object corrupt past its header fails only its job, a rerun redoes nothing."""
+    from pipeline.bulk import ledger
+    from pipeline.bulk.manifest import write_manifest
+    from tests.run_helpers import cell, run_cli
+
+    url, _, local = s3
+    (local / "broken.png").write_bytes((local / "photo.png").read_bytes()[:200])
+    fs, _ = storage.filesystem(url)
+    fs.put_file(str(local / "broken.png"), f"{url}/in/broken.png")
+    rows = [{"content": "in/photo.png", "style": "in/painting.png", "output": "plain.png"},
+            {"content": "in/photo.png", "style": "in/painting.png", "masks": ["in/left.png"],
+             "output": "masked.png"},
+            {"content": "in/nope.png", "style": "in/painting.png", "output": "nope.png"},
+            {"content": "in/broken.png", "style": "in/painting.png", "output": "broken.png"}]
+    write_manifest(rows, tmp_path / "m.parquet")
+    fs.put_file(str(tmp_path / "m.parquet"), f"{url}/m.parquet")
+    out = tmp_path / "out"
+    refused = run_cli(f"{url}/m.parquet", out)
+    assert refused.exit_code == 2 and "row 2:" in refused.output
+    assert f"{url}/in/nope.png: no such object" in " ".join(refused.output.split())
+    result = run_cli(f"{url}/m.parquet", out, "--skip-bad-rows")
+    assert result.exit_code == 1, result.output
+    records = {r["row"]: r for r in ledger.read(out).values()}
+    assert records[0]["status"] == records[1]["status"] == "done"
+    assert records[0]["content"] == f"{url}/in/photo.png"
+    assert records[3]["status"] == "failed" and "broken.png" in records[3]["error"]
+    assert (out / "plain.png").is_file() and (out / "masked.png").is_file()
+    again = run_cli(f"{url}/m.parquet", out, "--skip-bad-rows")
+    assert cell(again.output, "done before (skipped)") == "2", again.output
+    page = (out / "report.html").read_text()
+    assert f"{url}/in/photo.png" in page

@@ -19,9 +19,11 @@ from typing import Any
 from ..api import job_key
 from ..errors import InputError, RowError
 from ..gatys.vgg import min_input_side
+from ..io.fetch import local_copy
 from ..io.files import remembered_digest
 from ..io.images import fit_longest_side, header_size, read_rgb
 from ..io.masks import check_shape
+from ..io.storage import Location, location
 from ..targets.cache import image_digest
 from ..video.clip import ClipPart, clip_key, clip_part
 from .manifest import JobSpec
@@ -93,10 +95,10 @@ class Inspector:
 
     def __init__(self, decode: bool = True, cache: str | None = None) -> None:
         self.decode, self.cache = decode, cache
-        self._seen: dict[Path, tuple[str, tuple[int, int]]] = {}
+        self._seen: dict[Location, tuple[str, tuple[int, int]]] = {}
         self._folders: dict[Path, Path | None] = {}  # output folder -> a file blocking it
 
-    def _image(self, path: Path, row: int) -> tuple[str, tuple[int, int]]:
+    def _image(self, path: Location, row: int) -> tuple[str, tuple[int, int]]:
         if path not in self._seen:
             try:
                 if self.decode:  # one read: decode and hash the same bytes
@@ -104,7 +106,8 @@ class Inspector:
                     self._seen[path] = (digest, img.size)
                 else:  # the header first: it names a folder or a broken link clearly
                     size = header_size(path)
-                    self._seen[path] = (image_digest(path), size)
+                    local = local_copy(path) if isinstance(path, str) else path
+                    self._seen[path] = (image_digest(local), size)
             except InputError as e:
                 raise RowError(row, e) from None
             except OSError as e:  # unreadable after the header was read
@@ -145,7 +148,7 @@ class Inspector:
             raise RowError(spec.row, f"{spec.content}: output would be {out_size[0]}x"
                                      f"{out_size[1]}, too small for these layers")
         style_digests = [self._image(s, spec.row)[0] for s in spec.styles]
-        init = self._image(Path(params.init), spec.row)[0] if params.init_is_file else None
+        init = self._image(location(params.init), spec.row)[0] if params.init_is_file else None
         regions = self._regions(spec, size)
         if params.weights_is_file and not Path(params.weights).is_file():
             raise RowError(spec.row, f"weights file {params.weights} does not exist")
@@ -167,10 +170,10 @@ class Inspector:
                       for m, s in zip(styles, spec.styles, strict=True)]
         for path, like in pairs:
             try:
-                check_shape(Path(path), self._image(Path(path), spec.row)[1], like, "mask")
+                check_shape(path, self._image(location(path), spec.row)[1], like, "mask")
             except InputError as e:
                 raise RowError(spec.row, e) from None
-        return regions.key(lambda path: self._image(Path(path), spec.row)[0])
+        return regions.key(lambda path: self._image(location(path), spec.row)[0])
 
 
 # Pixels in flight on the CPU, all workers together: batches up to this measured faster per

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ from ..gatys.params import INIT_WORDS, WEIGHT_SOURCES, StyleParams
 from ..gatys.region_params import NO_REGIONS, Regions
 from ..io.files import atomic_path
 from ..io.images import OUTPUT_FORMATS, output_bit_depth
+from ..io.storage import Location, is_url, location, parent, read_bytes
+from ..io.storage import name as file_name
 from ..io.video import is_video
 from ..options import base_type, coerce, declared, spec
 from ..video.output import ENCODED
@@ -58,8 +61,8 @@ RESERVED = ("ledger", ".checkpoints", "traces", "report_files")
 @dataclass(frozen=True)
 class JobSpec:
     row: int
-    content: Path
-    styles: tuple[Path, ...]
+    content: Location  # a path, or a URL in object storage (io/storage.py)
+    styles: tuple[Location, ...]
     params: StyleParams
     output: Path      # absolute and resolved (links followed), inside the run's --out folder
     output_name: str  # the same, relative to --out (what the ledger records)
@@ -85,7 +88,7 @@ def coerce_param(name: str, value: Any) -> Any:
     return coerce(_record(name), name, value)
 
 
-def _resolve_files(value: Any, base: Path) -> Any:
+def _resolve_files(value: Any, base: Location) -> Any:
     """A file column's value (a path or a list of them) resolved against `base`."""
     if isinstance(value, tuple):
         return tuple(str(_resolve(base, v)) for v in value)
@@ -113,9 +116,16 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _resolve(base: Path, value: str) -> Path:
+def _resolve(base: Location, value: str) -> Location:
+    """A cell's path: a URL as it is; else relative to the manifest's folder `base` (a URL
+    for a manifest in object storage)."""
+    if is_url(value):
+        return value
+    if isinstance(base, str) and not value.startswith(("/", "~")):
+        scheme, rest = base.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(f'{rest}/{value}')}"
     path = Path(os.path.expanduser(value))
-    return path if path.is_absolute() else (base / path)
+    return path if path.is_absolute() else (Path(base) / path)
 
 
 class RealPaths:
@@ -135,7 +145,7 @@ class RealPaths:
         return Path(os.path.realpath(resolved)) if resolved.is_symlink() else resolved
 
 
-def output_path(out_dir: Path, value: str, inputs: Sequence[Path],
+def output_path(out_dir: Path, value: str, inputs: Sequence[Location],
                 real: RealPaths | None = None, video: bool = False) -> Path:
     """Where an `output` cell writes: resolved (`..` and links), inside `out_dir` (resolved),
     outside the run's own folders, and none of the job's inputs. A manifest is data, often
@@ -151,7 +161,7 @@ def output_path(out_dir: Path, value: str, inputs: Sequence[Path],
         raise ValueError(f"output {value!r} of a video must end in {', '.join(ENCODED)}")
     if not video and path.suffix.lower() not in OUTPUT_FORMATS:
         raise ValueError(f"output {value!r} must end in .png, .jpg, .jpeg, .tif or .tiff")
-    if any(path == real(p) for p in inputs):
+    if any(path == real(p) for p in inputs if isinstance(p, Path)):
         raise ValueError(f"output {value!r} is one of the job's own input images")
     return path
 
@@ -168,18 +178,18 @@ def params_tag(params: StyleParams, video: VideoParams | None = None,
     return hashlib.sha256(json.dumps(decided, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def default_output(content: Path, styles: Sequence[Path], tag: str,
+def default_output(content: Location, styles: Sequence[Location], tag: str,
                    names: dict[Path, str] | None = None) -> str:
     """`content__style__tag.png` (`.mp4` for a video), each input called by its stem or by
     its name in `names`."""
-    def name(path: Path) -> str:
-        return names[path] if names else path.stem
+    def name(path: Location) -> str:
+        return names[path] if names else Path(file_name(str(path))).stem
 
     suffix = ".mp4" if is_video(content) else ".png"
     return f"{name(content)}__{'+'.join(name(s) for s in styles)}__{tag}{suffix}"
 
 
-def row_to_job(row: dict[str, Any], index: int, base: Path, out_dir: Path,
+def row_to_job(row: dict[str, Any], index: int, base: Location, out_dir: Path,
                overrides: dict[str, Any], real: RealPaths | None = None) -> JobSpec:
     """One manifest row to a job; RowError on anything wrong with it."""
     try:
@@ -203,8 +213,12 @@ def row_to_job(row: dict[str, Any], index: int, base: Path, out_dir: Path,
                 region_values[name] = _resolve_files(region_values[name], base)
         regions = Regions(**region_values).validate(len(styles), params)
         style_paths = tuple(_resolve(base, s) for s in styles)
-        inputs = ([content, *style_paths] + ([Path(params.init)] if params.init_is_file else [])
-                  + [Path(f) for f in regions.files()])
+        inputs = ([content, *style_paths] + ([location(params.init)] if params.init_is_file
+                                             else [])
+                  + [location(f) for f in regions.files()])
+        if video is not None and is_url(content):
+            raise ValueError(f"{content}: videos in object storage are not supported yet; "
+                             "give a local path")
         output = output_path(out_dir, row.get("output")
                              or default_output(content, style_paths,
                                                     params_tag(params, video, regions)),
@@ -230,12 +244,17 @@ def _cells(row: dict[str, Any], columns: dict[str, str], overrides: dict[str, An
     return values
 
 
-def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(row number, row) pairs, READ_BATCH rows at a time; checks the columns first."""
-    if not path.is_file():
+def read_rows(path: Location) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(row number, row) pairs, READ_BATCH rows at a time; checks the columns first. A
+    manifest in object storage is read whole."""
+    if isinstance(path, str):
+        source: Any = pa.BufferReader(read_bytes(path))
+    elif not path.is_file():
         raise InputError(f"{path}: no such manifest")
+    else:
+        source = path
     try:
-        parquet = pq.ParquetFile(path)
+        parquet = pq.ParquetFile(source)
     except (pa.ArrowInvalid, OSError) as e:
         raise InputError(f"{path}: not a Parquet file ({e})") from None
     names = set(parquet.schema_arrow.names)
@@ -253,7 +272,8 @@ def read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             index += 1
 
 
-def row_inputs(row: dict[str, Any], base: Path, overrides: dict[str, Any]) -> list[Path]:
+def row_inputs(row: dict[str, Any], base: Location, overrides: dict[str, Any]
+               ) -> list[Location]:
     """The image files a row reads (content, styles, an init image), from its cells as they
     are, also when the row is invalid for another reason: no row may write over them."""
     style = row.get("style")
@@ -265,17 +285,19 @@ def row_inputs(row: dict[str, Any], base: Path, overrides: dict[str, Any]) -> li
     return [_resolve(base, cell) for cell in cells if isinstance(cell, str) and cell]
 
 
-def read_jobs(path: Path, out_dir: Path, overrides: dict[str, Any] | None = None,
+def read_jobs(path: Location, out_dir: Path, overrides: dict[str, Any] | None = None,
               inputs: dict[Path, int] | None = None) -> Iterator[JobSpec | RowError]:
     """Every row as a JobSpec, or the RowError that explains why it is not one. `inputs`, if
-    given, collects every row's input images (links resolved) with the first row reading each."""
-    base = path.resolve().parent
+    given, collects every row's local input images (links resolved) with the first row
+    reading each."""
+    base = parent(path) if isinstance(path, str) else path.resolve().parent
     out_dir = Path(os.path.realpath(out_dir))
     real = RealPaths()
     for index, row in read_rows(path):
         if inputs is not None:
             for image in row_inputs(row, base, overrides or {}):
-                inputs.setdefault(real(image), index)
+                if isinstance(image, Path):  # a local --out cannot hold an object
+                    inputs.setdefault(real(image), index)
         try:
             yield row_to_job(row, index, base, out_dir, overrides or {}, real)
         except RowError as e:

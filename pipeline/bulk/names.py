@@ -9,6 +9,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..io.storage import Location
+
 
 def _name(path: Path, folders: int, extension: bool) -> str:
     parts = [*path.parent.parts[len(path.parent.parts) - folders:], path.stem]
@@ -19,10 +21,17 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(str(path).encode()).hexdigest()[:8]
 
 
-def short_names(paths: Iterable[Path]) -> dict[Path, str]:
+def short_names(paths: Iterable[Location]) -> dict[Location, str]:
     """Each path's short name: its stem where no other path has it, else the stem with the
     extension and then the nearest folders added until the clashing ones differ (and, if they
-    never do, a digest of the whole path)."""
+    never do, a digest of the whole path). A URL is named by its bucket and key."""
+    given = list(dict.fromkeys(paths))
+    as_paths = {p: Path(p.split("://", 1)[1]) if isinstance(p, str) else p for p in given}
+    named = _short_names(list(as_paths.values()))
+    return {p: named[as_paths[p]] for p in given}
+
+
+def _short_names(paths: list[Path]) -> dict[Path, str]:
     paths = list(dict.fromkeys(paths))
     by_stem: dict[str, list[Path]] = defaultdict(list)
     for path in paths:

@@ -20,6 +20,7 @@ from typing import Any
 from ..errors import InputError
 from ..io.files import atomic_write_bytes
 from ..io.images import carries_key
+from ..io.storage import Location
 from ..io.video import is_video, video_metadata
 from . import ledger
 
@@ -50,9 +51,10 @@ def new_run_id() -> str:
     return uuid.uuid4().hex
 
 
-def write_run_info(out_dir: Path, run_id: str, manifest: Path, jobs: Sequence[ledger.JobId],
+def write_run_info(out_dir: Path, run_id: str, manifest: Location, jobs: Sequence[ledger.JobId],
                    invalid: dict[int, str], overrides: dict[str, Any]) -> None:
-    info = {"manifest": str(manifest.resolve()), "run_id": run_id, "started_at": time.time(),
+    info = {"manifest": str(manifest if isinstance(manifest, str) else manifest.resolve()),
+            "run_id": run_id, "started_at": time.time(),
             "invalid": [[row, error] for row, error in sorted(invalid.items())],
             "overrides": {k: list(v) if isinstance(v, tuple) else v
                           for k, v in overrides.items()},

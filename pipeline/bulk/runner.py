@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -21,7 +22,9 @@ from typing import Any
 from ..accel.runtime import RuntimeOptions
 from ..errors import InputError, RowError
 from ..gatys.trace import TRACE_EVERY, TRACE_EVERY_HELP
+from ..io.fetch import prefetch
 from ..io.files import check_writable_dir, describe_os_error, remove_stale_temps
+from ..io.storage import Location
 from ..options import check, option
 from . import ledger, traces
 from .checkpoint import checkpoint_dir, sweep_finished
@@ -29,7 +32,7 @@ from .distribute import Distributor, Outcome, QuietDisplay, distribute
 from .distributors import NAMES as DISTRIBUTORS
 from .distributors import check_distributor, open_distributor
 from .jobs import Inspector, Job
-from .manifest import read_jobs
+from .manifest import JobSpec, read_jobs
 from .queue import BatchQueue
 from .run_state import new_run_id, output_is_done, recorded, write_run_info
 from .worker import WorkerConfig
@@ -98,18 +101,33 @@ class RunOptions:
         check_distributor(self.distributor, self.devices)
 
 
+# Rows whose objects are fetched at once (io/fetch.py): enough to keep its threads busy.
+PREFETCH = 256
+
+
+def _fetched_ahead(items: Iterator[JobSpec | RowError]) -> Iterator[JobSpec | RowError]:
+    """`items` as they come, each run of PREFETCH with its inputs in object storage fetched
+    first, concurrently."""
+    while chunk := list(itertools.islice(items, PREFETCH)):
+        prefetch(f for spec in chunk if isinstance(spec, JobSpec)
+                 for f in (spec.content, *spec.styles, *spec.regions.files(),
+                           *([spec.params.init] if spec.params.init_is_file else [])))
+        yield from chunk
+
+
 @dataclass
 class Scan:
     jobs: list[Job]
     errors: list[RowError]
 
 
-def scan(manifest: Path, out_dir: Path, overrides: dict[str, Any],
+def scan(manifest: Location, out_dir: Path, overrides: dict[str, Any],
          progress: Callable[[int], None] | None = None, decode: bool = True,
          cache: str | None = None) -> Scan:
     """Every row checked: columns, types, ranges, files exist and decode (or, with
     decode=False, have a readable header), outputs inside --out, not duplicated and not any
-    row's input. `cache`: where videos' digests are remembered."""
+    row's input. `cache`: where videos' digests are remembered. Inputs in object storage
+    are fetched PREFETCH rows at a time, concurrently, before those rows are checked."""
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir} is a file, not a folder")
     inspect = Inspector(decode, cache)
@@ -117,7 +135,7 @@ def scan(manifest: Path, out_dir: Path, overrides: dict[str, Any],
     errors: list[RowError] = []
     outputs: dict[Path, int] = {}
     inputs: dict[Path, int] = {}
-    for item in read_jobs(manifest, out_dir, overrides, inputs):
+    for item in _fetched_ahead(read_jobs(manifest, out_dir, overrides, inputs)):
         if progress is not None:
             progress(1)
         if isinstance(item, RowError):
@@ -208,7 +226,7 @@ def _own_folders(out_dir: Path, jobs: Iterable[Job]) -> list[Path]:
             traces.trace_dir(out_dir), *(job.spec.output.parent for job in jobs)]
 
 
-def run_manifest(manifest: Path, opts: RunOptions,
+def run_manifest(manifest: Location, opts: RunOptions,
                  display_factory: Callable[..., Any] = QuietDisplay,
                  scan_view: Callable[[], AbstractContextManager[Callable[[int], None]]]
                  = nullcontext) -> RunResult:
@@ -259,7 +277,7 @@ def run_manifest(manifest: Path, opts: RunOptions,
     return result
 
 
-def _run_locked(manifest: Path, opts: RunOptions, found: Scan, run_id: str,
+def _run_locked(manifest: Location, opts: RunOptions, found: Scan, run_id: str,
                 workers_for: Callable[[list[Job]], Distributor],
                 display_factory: Callable[..., Any]) -> RunResult:
     """The run itself, in its locked folder."""

@@ -104,9 +104,17 @@ def with_options(**records: type) -> Callable[[Callable[..., Any]], Callable[...
     return decorate
 
 
+# For URLs in object storage: the commands that read or write them take it.
+STORAGE_OPTION = typer.Option(None, "--storage-option", help="For s3:// (any fsspec) URLs: a "
+                              "storage option name=value (repeatable), e.g. "
+                              "endpoint_url=http://127.0.0.1:9000; also from the environment "
+                              "(FSSPEC_S3_ENDPOINT_URL, FSSPEC_S3_KEY, ...) and "
+                              "~/.config/fsspec.")
+
+
 def field_option(owner: type, name: str) -> Any:
     """The Typer option of one declared field, for a command that takes only it."""
     return typer_option(owner, next(f for f in fields(owner) if f.name == name))
 
 
-__all__ = ["field_option", "help_text", "with_options"]
+__all__ = ["STORAGE_OPTION", "field_option", "help_text", "with_options"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..api import RuntimeOptions
+from ..api import RuntimeOptions, location, set_storage_options
 from ..bulk import ledger
 from ..bulk.manifest import parse_overrides
 from ..bulk.run_state import ledger_only_info, read_run_info, run_state
@@ -25,7 +25,7 @@ from ..errors import InputError
 from ..report import write_report
 from ..report.page import REPORT
 from .app import app, print_errors, reports_errors, say_error, scanning
-from .options import with_options
+from .options import STORAGE_OPTION, with_options
 from .progress import RunDisplay, console, say, shown, summary_table
 
 SET_OPTION = typer.Option(None, "--set", help="Column default name=value for rows that leave "
@@ -37,11 +37,14 @@ SET_OPTION = typer.Option(None, "--set", help="Column default name=value for row
 @reports_errors
 @with_options(opts=RunOptions, options=RuntimeOptions)
 def run(
-    manifest: Path = typer.Argument(..., help="Manifest (.parquet): one row per output image."),
+    manifest: str = typer.Argument(..., help="Manifest (.parquet): one row per output image; a "
+                                   "path or a URL in object storage (s3://bucket/m.parquet), "
+                                   "whose rows' relative paths are then objects beside it."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write or refresh "
                                 "--out/report.html (contact sheet, loss curves, failures) at "
                                 "the end."),
     set_: list[str] = SET_OPTION,
+    storage_option: list[str] = STORAGE_OPTION,
     *,
     opts: RunOptions,
     options: RuntimeOptions,
@@ -51,9 +54,10 @@ def run(
     jobs failed or are still pending (a worker died, a write failed), 2 invalid manifest or
     options, 4 the folder is in use, 130 Ctrl-C, 143 SIGTERM (both: checkpointed, rerun to
     resume)."""
+    set_storage_options(storage_option or [])  # before the workers start: they inherit it
     opts = dataclasses.replace(opts, overrides=parse_overrides(set_ or []), runtime=options)
     try:
-        result = run_manifest(manifest, opts, RunDisplay, scanning)
+        result = run_manifest(location(manifest), opts, RunDisplay, scanning)
     except ManifestInvalid as e:
         print_errors(e.errors)
         say_error(f"{manifest}: {len(e.errors)} invalid row(s); fix them, or pass "

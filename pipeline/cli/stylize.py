@@ -24,7 +24,7 @@ from ..api import (
     stylize_file,
 )
 from .app import app, reports_errors
-from .options import field_option, with_options
+from .options import STORAGE_OPTION, field_option, with_options
 from .progress import console, format_losses, iteration_bar, shown, summary_table
 
 
@@ -39,11 +39,7 @@ def stylize(
                                ".tif/.tiff, a path or a URL. Written atomically (to object "
                                "storage: one PUT, seen whole or not at all), tagged sRGB, with "
                                "the parameters embedded."),
-    storage_option: list[str] = typer.Option(None, "--storage-option", help="For URLs: an "
-                                             "fsspec storage option name=value (repeatable), "
-                                             "e.g. endpoint_url=http://127.0.0.1:9000; also "
-                                             "from the environment (FSSPEC_S3_ENDPOINT_URL) "
-                                             "and ~/.config/fsspec."),
+    storage_option: list[str] = STORAGE_OPTION,
     trace: Path | None = typer.Option(None, help="Also write the loss trace (the loss terms "
                                       "every --trace-every iterations) to this Parquet file."),
     trace_every: int = typer.Option(TRACE_EVERY, min=0, help=TRACE_EVERY_HELP),

@@ -21,8 +21,9 @@ from PIL import Image, ImageCms, ImageOps, PngImagePlugin, UnidentifiedImageErro
 from torch import Tensor
 
 from ..errors import InputError
+from .fetch import local_copy
 from .files import atomic_path
-from .storage import is_url, name, parent, read_bytes
+from .storage import is_url, name, parent
 
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF",
                   ".tiff": "TIFF"}
@@ -131,7 +132,7 @@ def read_rgb(path: str | os.PathLike) -> tuple[Image.Image, str]:
     honour EXIF orientation; return the RGB image and the sha256 of the file's bytes, from one
     read of the file."""
     if is_url(path):
-        data = read_bytes(str(path))
+        data = local_copy(str(path)).read_bytes()
     else:
         path = Path(path)
         check_image_file(path)
@@ -151,11 +152,15 @@ def open_rgb(path: str | os.PathLike) -> Image.Image:
 
 
 def header_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(w, h) as displayed (EXIF rotation applied), from the header alone: no pixel decode."""
-    path = Path(path)
-    check_image_file(path)
+    """(w, h) as displayed (EXIF rotation applied), from the header alone: no pixel decode
+    (of an object in storage: of its local copy, io/fetch.py)."""
+    if is_url(path):
+        source = local_copy(str(path))
+    else:
+        source = path = Path(path)
+        check_image_file(path)
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             w, h = img.size
             if img.format == "PNG":  # PNG's getexif() decodes the pixels; its eXIf chunk won't
                 exif = Image.Exif()

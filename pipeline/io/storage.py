@@ -32,6 +32,10 @@ S3_DEFAULTS: dict[str, Any] = {
 ENV_OPTIONS = "STYLE_PIPELINE_STORAGE_OPTIONS"  # JSON, for every protocol
 
 
+# Where a file is: a local path, or a URL (kept a str: a Path would fold its //).
+Location = Path | str
+
+
 def is_url(path: str | os.PathLike) -> bool:
     return isinstance(path, str) and bool(_URL.match(path))
 
@@ -93,7 +97,7 @@ def filesystem(url: str) -> tuple[Any, str]:
     return fs, fs._strip_protocol(url)
 
 
-def _say(url: str, e: BaseException) -> InputError:
+def store_error(url: str, e: BaseException) -> InputError:
     """One line for a store's error."""
     if isinstance(e, FileNotFoundError):
         return InputError(f"{url}: no such object (or no such bucket)")
@@ -112,7 +116,7 @@ def read_bytes(url: str) -> bytes:
     try:
         return fs.cat_file(path)
     except Exception as e:  # every client raises its own kinds
-        raise _say(url, e) from None
+        raise store_error(url, e) from None
 
 
 def put_file(local: str | os.PathLike, url: str) -> None:
@@ -121,7 +125,7 @@ def put_file(local: str | os.PathLike, url: str) -> None:
     try:
         fs.put_file(os.fspath(local), path)
     except Exception as e:
-        raise _say(url, e) from None
+        raise store_error(url, e) from None
 
 
 def check_store(url: str) -> None:
@@ -132,12 +136,12 @@ def check_store(url: str) -> None:
     try:
         found = fs.exists(bucket)
     except Exception as e:
-        raise _say(url, e) from None
+        raise store_error(url, e) from None
     if not found:
         raise InputError(f"{url}: no such bucket {bucket!r}")
 
 
-def location(path: str | os.PathLike) -> Path | str:
+def location(path: str | os.PathLike) -> Location:
     """A URL as it is (a Path would fold its //), anything else as a local Path."""
     return str(path) if is_url(path) else Path(path)
 

@@ -22,6 +22,7 @@ from ..bulk.run_state import DONE, FAILED, PENDING, RunInfo, job_state, read_run
 from ..errors import InputError, RowError
 from ..gatys.params import StyleParams
 from ..io.images import intermediates
+from ..io.storage import location, parent
 from ..io.video import is_video
 from ..video.params import VideoParams
 
@@ -80,8 +81,8 @@ def gather(out_dir: Path) -> RunView:
 
 def _from_manifest(out_dir: Path, info: RunInfo, records: dict[ledger.JobId, dict[str, Any]]
                    ) -> list[JobView]:
-    manifest = Path(info.manifest)
-    base = manifest.resolve().parent
+    manifest = location(info.manifest)
+    base = parent(manifest) if isinstance(manifest, str) else manifest.resolve().parent
     out_dir = out_dir.resolve()
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in info.overrides.items()}
     keys = {output: key for key, output in info.jobs}

@@ -23,6 +23,8 @@ from ..bulk import ledger
 from ..bulk.manifest import REGION_FILES
 from ..bulk.names import short_names
 from ..io.files import atomic_write_bytes
+from ..io.storage import Location
+from ..io.storage import name as file_name
 from ..version import __version__
 from .curves import COLORS, loss_svg
 from .gather import DONE, FAILED, PENDING, JobView, RunView, gather
@@ -154,7 +156,9 @@ class _Links:
     def __init__(self, out_dir: Path, thumbs: Thumbnails):
         self.out_dir, self.thumbs = out_dir.resolve(), thumbs
 
-    def href(self, path: Path) -> str:
+    def href(self, path: Location) -> str:
+        if isinstance(path, str):  # an input in object storage
+            return quote(path, safe=":/")
         return quote(Path(os.path.relpath(path.resolve(), self.out_dir)).as_posix())
 
     def video(self, source: Path, title: str) -> str:
@@ -164,13 +168,14 @@ class _Links:
         return (f'<video class="thumb" src="{_h(self.href(source))}"{poster} controls muted '
                 f'loop playsinline preload="metadata" title="{_h(title)}"></video>')
 
-    def image(self, source: Path, css: str, title: str = "") -> str:
+    def image(self, source: Location, css: str, title: str = "") -> str:
         thumb = self.thumbs(source)
+        called = file_name(source) if isinstance(source, str) else source.name
         if thumb is None:
-            return f'<div class="pending">no preview of {_h(source.name)}</div>'
+            return f'<div class="pending">no preview of {_h(called)}</div>'
         return (f'<a href="{_h(self.href(source))}"><img class="{_h(css)}" loading="lazy" '
-                f'src="{_h(self.href(thumb))}" alt="{_h(source.name)}" '
-                f'title="{_h(title or source.name)}"></a>')
+                f'src="{_h(self.href(thumb))}" alt="{_h(called)}" '
+                f'title="{_h(title or called)}"></a>')
 
 
 def _cell(job: JobView, link: _Links, varying: list[str]) -> str:

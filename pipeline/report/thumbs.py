@@ -19,8 +19,10 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import InputError
+from ..io.fetch import local_copy
 from ..io.files import atomic_path
 from ..io.images import DECODE_ERRORS, open_rgb
+from ..io.storage import Location
 from ..io.video import is_video, poster
 
 log = logging.getLogger("pipeline.report")
@@ -48,12 +50,14 @@ class Thumbnails:
         self.folder, self.side = folder, side
         self.made: set[Path] = set()
 
-    def __call__(self, source: Path) -> Path | None:
-        """The thumbnail of `source` (a video's first frame), made if needed; None when it
-        cannot be read."""
+    def __call__(self, source: Location) -> Path | None:
+        """The thumbnail of `source` (a video's first frame; an object in storage: of its
+        local copy), made if needed; None when it cannot be read."""
         try:
+            if isinstance(source, str):
+                source = local_copy(source)
             stat = source.stat()
-        except OSError:
+        except (OSError, InputError):
             return None
         name = hashlib.sha256(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|"
                               f"{self.side}".encode()).hexdigest()[:20] + ".jpg"
