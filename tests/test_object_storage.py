@@ -184,3 +184,33 @@ def test_a_manifest_in_object_storage_runs_its_rows_from_there(s3, tmp_path):
     assert cell(again.output, "done before (skipped)") == "2", again.output
     page = (out / "report.html").read_text()
     assert f"{url}/in/photo.png" in page
+
+
+def test_manifest_build_finds_images_in_object_storage(s3, tmp_path):
+    """--content/--style prefixes and patterns, and dataset mode under prefixes, write rows
+    of URLs, to a manifest in the bucket too; it validates and runs."""
+    import pyarrow.parquet as pq
+
+    from tests.run_helpers import run_cli
+
+    url, folder, _ = s3
+    build = runner.invoke(app, ["manifest", "build", "--content", f"{url}/in/pho*.png",
+                                "--style", f"{url}/in/", "-o", f"{url}/m.parquet"])
+    assert build.exit_code == 0, build.output
+    rows = pq.read_table(folder / "m.parquet").to_pylist()
+    assert {(r["content"], r["style"]) for r in rows} == {
+        (f"{url}/in/photo.png", f"{url}/in/{s}") for s in ("left.png", "painting.png",
+                                                           "photo.png")}
+    valid = runner.invoke(app, ["manifest", "validate", f"{url}/m.parquet", "--out",
+                                str(tmp_path / "out")])
+    assert valid.exit_code == 0 and "3 valid, 0 invalid" in valid.output, valid.output
+    dataset = runner.invoke(app, ["manifest", "build", "--content-dir", f"{url}/in",
+                                  "--style-dir", f"{url}/in", "--assign", "cycle", "--mirror",
+                                  "-o", str(tmp_path / "d.parquet")])
+    assert dataset.exit_code == 0, dataset.output
+    rows = pq.read_table(tmp_path / "d.parquet").to_pylist()
+    assert sorted(r["output"] for r in rows) == ["left.png", "painting.png", "photo.png"]
+    ran = run_cli(tmp_path / "d.parquet", tmp_path / "out")
+    assert ran.exit_code == 0, ran.output
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [
+        "left.png", "painting.png", "photo.png"]

@@ -24,6 +24,8 @@ from typing import Any
 from ..errors import InputError
 from ..gatys.params import StyleParams
 from ..gatys.region_params import Regions
+from ..io.storage import Location, find_objects, is_url
+from ..io.storage import name as file_name
 from ..io.video import VIDEO_SUFFIXES
 from .manifest import (
     LIST_COLUMNS,
@@ -99,11 +101,14 @@ def tree_files(folder: Path, recursive: bool, walk: Walk, videos: bool = False) 
     return image_files(candidates, walk, videos=videos)
 
 
-def expand_inputs(spec: str, walk: Walk, videos: bool = False) -> list[Path]:
+def expand_inputs(spec: str, walk: Walk, videos: bool = False) -> list[Location]:
     """A file, a folder (its image files, and videos with `videos`) or a glob pattern (`**`
-    recurses), sorted."""
+    recurses), sorted; in object storage (a URL), the images under a prefix or matching a
+    pattern."""
     path = Path(os.path.expanduser(spec))
-    if path.is_dir():
+    if is_url(spec):
+        found: list[Location] = list(remote_images(spec))
+    elif path.is_dir():
         found = tree_files(path, False, walk, videos)
     else:
         matches = _once(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True))
@@ -203,8 +208,18 @@ def cross_product(contents: Sequence[Path], styles: Sequence[Path],
             in itertools.product(contents, styles, settings(grid))]
 
 
-def relative_path(path: Path, relative_to: Path | None) -> str:
-    """A manifest cell: `path` relative to the manifest's folder (absolute without one)."""
+def remote_images(url: str, recursive: bool = False) -> list[str]:
+    """The images in object storage under a prefix or matching a pattern (videos are not
+    read from object storage yet)."""
+    return [u for u in find_objects(url, recursive)
+            if Path(file_name(u)).suffix.lower() in IMAGE_EXTENSIONS]
+
+
+def relative_path(path: Location, relative_to: Path | None) -> str:
+    """A manifest cell: `path` relative to the manifest's folder (absolute without one; a URL
+    as it is)."""
+    if isinstance(path, str):
+        return path
     if relative_to is None:
         return str(path.resolve())
     return os.path.relpath(path.resolve(), relative_to.resolve())

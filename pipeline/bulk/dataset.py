@@ -19,23 +19,33 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import InputError
+from ..io.storage import Location
 from ..io.video import is_video
-from .build import Draft, Walk, settings, tree_files
+from .build import Draft, Walk, remote_images, settings, tree_files
 from .names import short_names
 
 ASSIGNMENTS = ("cross", "random", "cycle")
 FORMATS = ("png", "jpg")
 
 
-def list_images(folder: Path, recursive: bool, walk: Walk, videos: bool = False
-                ) -> list[Path]:
+def list_images(folder: Location, recursive: bool, walk: Walk, videos: bool = False
+                ) -> list[Location]:
     """The image files (and videos, with `videos`) in `folder` (and below it, with
-    `recursive`), sorted (build.tree_files); an error when there are none."""
-    found = tree_files(folder, recursive, walk, videos)
+    `recursive`), sorted (build.tree_files; in object storage, build.remote_images); an error
+    when there are none."""
+    found: list[Location] = (list(remote_images(folder, recursive)) if isinstance(folder, str)
+                             else list(tree_files(folder, recursive, walk, videos)))
     if not found:
         raise InputError(f"{folder}: no images found" + ("" if recursive else
                                                          " (--recursive looks in subfolders)"))
     return found
+
+
+def _relative(path: Location, folder: Location) -> PurePosixPath:
+    """`path` under `folder` (both local, or both URLs)."""
+    if isinstance(path, str):
+        return PurePosixPath(path[len(str(folder).rstrip("/")) + 1:])
+    return PurePosixPath(path.relative_to(folder).as_posix())
 
 
 def check_assignment(how: str, per_image: int, styles: int) -> None:
@@ -59,7 +69,7 @@ def assign_styles(names: Sequence[str], styles: Sequence[Path], how: str, per_im
             for i in range(len(names))]
 
 
-def dataset_drafts(content_dir: Path, style_dir: Path, *, recursive: bool, assign: str,
+def dataset_drafts(content_dir: Location, style_dir: Location, *, recursive: bool, assign: str,
                    per_image: int, seed: int, mirror: bool, fmt: str,
                    grid: dict[str, list[Any]], walk: Walk) -> list[Draft]:
     """One row per content image, style and parameter setting. With `mirror`, each output is
@@ -74,7 +84,7 @@ def dataset_drafts(content_dir: Path, style_dir: Path, *, recursive: bool, assig
     check_assignment(assign, per_image, len(styles))  # before a long walk of the contents
     combos = settings(grid)
     contents = list_images(content_dir, recursive, walk, videos=True)
-    names = [PurePosixPath(p.relative_to(content_dir).as_posix()) for p in contents]
+    names = [_relative(p, content_dir) for p in contents]
     assigned = assign_styles([str(n) for n in names], styles, assign, per_image, seed)
     clashing = Counter(n.with_suffix("") for n in names)
     style_names = short_names(styles)

@@ -9,27 +9,30 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..io.files import describe_os_error
+from ..io.storage import Location
 from .build import Walk, cross_product, expand_inputs, parse_grid, to_rows
 from .dataset import dataset_drafts
 from .manifest import write_manifest
 
 
-def build_manifest(output: Path, content: Sequence[str], style: Sequence[str],
-                   content_dir: Path | None = None, style_dir: Path | None = None, *,
+def build_manifest(output: Location, content: Sequence[str], style: Sequence[str],
+                   content_dir: Location | None = None, style_dir: Location | None = None, *,
                    recursive: bool = False, assign: str = "cross", styles_per_image: int = 1,
                    seed: int = 0, mirror: bool = False, fmt: str = "png",
                    param: Sequence[str] = ()) -> tuple[int, Walk]:
     """`pipeline manifest build`: write `output`, one row per output image (the cross
     product of `content` x `style` specs x the `param` grid, or dataset mode under
-    `content_dir`); returns the rows written and the walk (what it skipped)."""
+    `content_dir`); returns the rows written and the walk (what it skipped). Inputs in object
+    storage are written as URLs, local ones relative to a local manifest's folder."""
     dataset = content_dir is not None or style_dir is not None
     if dataset == bool(content or style) or (dataset and not (content_dir and style_dir)):
         raise InputError("give --content and --style, or --content-dir and --style-dir")
     if not dataset and (mirror or assign != "cross"):
         raise InputError("--assign and --mirror need --content-dir and --style-dir")
-    if output.is_dir() or output.suffix.lower() != ".parquet":
+    folder = isinstance(output, Path) and output.is_dir()
+    if folder or not str(output).lower().endswith(".parquet"):
         raise InputError(f"-o {output}: a manifest is a Parquet file; give a file name ending "
-                         "in .parquet" + (" (this is a folder)" if output.is_dir() else ""))
+                         "in .parquet" + (" (this is a folder)" if folder else ""))
     walk = Walk()
     grid = parse_grid(param)
     if dataset:
@@ -40,11 +43,12 @@ def build_manifest(output: Path, content: Sequence[str], style: Sequence[str],
         drafts = cross_product([p for spec in content
                                 for p in expand_inputs(spec, walk, videos=True)],
                                [p for spec in style for p in expand_inputs(spec, walk)], grid)
-    rows = to_rows(drafts, relative_to=output.resolve().parent)
+    rows = to_rows(drafts, relative_to=None if isinstance(output, str)
+                   else output.resolve().parent)
     try:
         write_manifest(rows, output)
     except OSError as e:
-        raise InputError(f"-o {output}: {describe_os_error(e, output.parent)}") from None
+        raise InputError(f"-o {output}: {describe_os_error(e, Path(output).parent)}") from None
     return len(rows), walk
 
 

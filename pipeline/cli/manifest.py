@@ -6,10 +6,12 @@ from pathlib import Path
 
 import typer
 
+from ..api import location, set_storage_options
 from ..bulk.make_manifest import build_manifest
 from ..bulk.manifest import parse_overrides
 from ..bulk.runner import scan
 from .app import app, print_errors, reports_errors, scanning
+from .options import STORAGE_OPTION
 from .progress import console, say
 from .run import SET_OPTION
 
@@ -20,16 +22,17 @@ app.add_typer(manifest_app, name="manifest")
 @manifest_app.command("build")
 @reports_errors
 def manifest_build(
-    output: Path = typer.Option(..., "--output", "-o", help="Manifest to write (.parquet)."),
+    output: str = typer.Option(..., "--output", "-o", help="Manifest to write (.parquet): a "
+                               "path, or a URL in object storage."),
     content: list[str] = typer.Option(None, help="Content images and videos: a folder, a glob "
                                       "pattern or a file (repeatable). Every content x every "
                                       "style; a video makes a video row."),
     style: list[str] = typer.Option(None, help="Style images: a folder, a glob pattern or a file "
                                     "(repeatable)."),
-    content_dir: Path | None = typer.Option(None, help="Dataset mode: the content images and "
+    content_dir: str | None = typer.Option(None, help="Dataset mode: the content images and "
                                             "videos under this folder, with --style-dir and "
                                             "--assign."),
-    style_dir: Path | None = typer.Option(None, help="Dataset mode: the style images in this "
+    style_dir: str | None = typer.Option(None, help="Dataset mode: the style images in this "
                                           "folder."),
     recursive: bool = typer.Option(False, help="Dataset mode: also the images in subfolders "
                                    "(class folders), linked ones included; a run's output "
@@ -50,11 +53,15 @@ def manifest_build(
     param: list[str] = typer.Option(None, "--param", help="Parameter grid axis name=v1,v2 "
                                     "(repeatable), e.g. --param style_weight=50,200; list "
                                     "parameters separate values with ';'."),
+    storage_option: list[str] = STORAGE_OPTION,
 ) -> None:
     """Write a manifest, one row per output: the cross product of --content x --style x the
     parameter grid, or (dataset mode) the images under --content-dir each with styles from
     --style-dir as --assign says. Paths are stored relative to the manifest's folder."""
-    rows, walk = build_manifest(output, content or [], style or [], content_dir, style_dir,
+    set_storage_options(storage_option or [])
+    rows, walk = build_manifest(location(output), content or [], style or [],
+                                None if content_dir is None else location(content_dir),
+                                None if style_dir is None else location(style_dir),
                                 recursive=recursive, assign=assign,
                                 styles_per_image=styles_per_image, seed=seed, mirror=mirror,
                                 fmt=fmt, param=param or [])
@@ -71,15 +78,18 @@ def manifest_build(
 @manifest_app.command("validate")
 @reports_errors
 def manifest_validate(
-    manifest: Path = typer.Argument(..., help="Manifest (.parquet)."),
+    manifest: str = typer.Argument(..., help="Manifest (.parquet): a path, or a URL in object "
+                                   "storage."),
     out: Path = typer.Option(Path("out"), "--out", help="Output folder the run would use "
                              "(relative `output` cells resolve against it)."),
     set_: list[str] = SET_OPTION,
+    storage_option: list[str] = STORAGE_OPTION,
 ) -> None:
     """Check every row: columns, types, ranges, files exist and decode, duplicate outputs.
     Exit code 2 when any row is invalid."""
+    set_storage_options(storage_option or [])
     with scanning() as advance:
-        found = scan(manifest, out, parse_overrides(set_ or []), advance)
+        found = scan(location(manifest), out, parse_overrides(set_ or []), advance)
     if found.errors:
         print_errors(found.errors)
     console.print(f"{manifest}: {len(found.jobs)} valid, {len(found.errors)} invalid row(s)")

@@ -141,6 +141,23 @@ def check_store(url: str) -> None:
         raise InputError(f"{url}: no such bucket {bucket!r}")
 
 
+def find_objects(url: str, recursive: bool = False) -> list[str]:
+    """The objects a URL names, as URLs, sorted: itself, the objects under a prefix (below it
+    too, with `recursive`), or a glob pattern's matches (`**` recurses)."""
+    fs, path = filesystem(url)
+    try:
+        if any(c in path for c in "*?["):
+            found = fs.glob(path)
+        elif fs.isdir(path):
+            found = fs.find(path) if recursive else [
+                p for p in fs.ls(path, detail=False) if not fs.isdir(p)]
+        else:
+            found = [path] if fs.exists(path) else []
+    except Exception as e:
+        raise store_error(url, e) from None
+    return sorted(fs.unstrip_protocol(p) for p in found)
+
+
 def location(path: str | os.PathLike) -> Location:
     """A URL as it is (a Path would fold its //), anything else as a local Path."""
     return str(path) if is_url(path) else Path(path)
