@@ -91,6 +91,10 @@ def _filesystem(proto: str, options: str) -> Any:
         raise InputError(f"{proto}://: {e}") from None
 
 
+# A forked child makes its own: a client's event loop thread does not survive a fork.
+os.register_at_fork(after_in_child=_filesystem.cache_clear)
+
+
 def filesystem(url: str) -> tuple[Any, str]:
     """(fsspec filesystem, the path inside it) of a URL."""
     fs = _filesystem(protocol(url), json.dumps(storage_options(), sort_keys=True))
