@@ -190,3 +190,37 @@ def test_manifest_build_finds_images_in_object_storage(s3, tmp_path):
     assert ran.exit_code == 0, ran.output
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [
         "left.png", "painting.png", "photo.png"]
+
+
+def test_a_run_folder_in_object_storage(s3, tmp_path):
+    """--out s3://...: outputs, ledger, run.json and report land in the bucket (each file
+    whole); a rerun redoes nothing, also on a machine that has no local copy of the folder
+    (the ledger pulled from the bucket, the outputs found there by size)."""
+    import shutil
+
+    from pipeline.bulk.manifest import write_manifest
+    from pipeline.io.files import cache_dir
+    from pipeline.io.mirror import staging_folder
+    from tests.run_helpers import cell, run_cli
+
+    url, folder, _ = s3
+    rows = [{"content": "in/photo.png", "style": "in/painting.png", "seed": s,
+             "output": f"styled-{s}.png"} for s in range(3)]
+    write_manifest(rows, tmp_path / "m.parquet")
+    fs, _ = storage.filesystem(url)
+    fs.put_file(str(tmp_path / "m.parquet"), f"{url}/m.parquet")
+    out = f"{url}/out"
+    result = run_cli(f"{url}/m.parquet", out)
+    assert result.exit_code == 0, result.output
+    assert "s3://bucket/" in result.output  # the report is named by its URL
+    there = folder / "out"
+    assert sorted(p.name for p in there.glob("styled-*.png")) == [
+        "styled-0.png", "styled-1.png", "styled-2.png"]
+    assert list((there / "ledger").glob("*.parquet")) and (there / "run.json").is_file()
+    assert (there / "report.html").is_file() and not list(there.glob(".*tmp*"))
+    assert cell(run_cli(f"{url}/m.parquet", out).output, "done before (skipped)") == "3"
+    shutil.rmtree(staging_folder(out, cache_dir()))  # another machine: no local copy
+    again = run_cli(f"{url}/m.parquet", out)
+    assert again.exit_code == 0, again.output
+    assert cell(again.output, "done before (skipped)") == "3", again.output
+

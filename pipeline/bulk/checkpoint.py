@@ -22,6 +22,7 @@ from torch import Tensor
 
 from ..gatys.engine import tree_to
 from ..io.files import atomic_path, describe_os_error
+from ..io.mirror import removed
 from ..io.tensor_tree import tree_digest
 
 log = logging.getLogger("pipeline.run")
@@ -127,8 +128,14 @@ def load_checkpoint(path: Path, keys: list[str]) -> tuple[int, Tensor, dict[str,
     except Exception as e:  # a torn or foreign file: start the batch over
         reason = f"unreadable: {type(e).__name__}: {e}".splitlines()[0]
     log.warning("checkpoint %s %s; starting its jobs over", path.name, reason)
-    path.unlink(missing_ok=True)
+    discard(path)
     return None
+
+
+def discard(path: Path) -> None:
+    """Delete a checkpoint, and its copy in object storage (io/mirror.py)."""
+    path.unlink(missing_ok=True)
+    removed(path)
 
 
 def sweep_finished(out_dir: Path, done_keys: Callable[[], set[str]]) -> tuple[int, int]:
@@ -151,6 +158,6 @@ def sweep_finished(out_dir: Path, done_keys: Callable[[], set[str]]) -> tuple[in
             continue
         if set(keys) <= done:
             freed += path.stat().st_size
-            path.unlink(missing_ok=True)
+            discard(path)
             removed += 1
     return removed, freed

@@ -20,6 +20,7 @@ from typing import Any
 from ..errors import InputError
 from ..io.files import atomic_write_bytes
 from ..io.images import carries_key
+from ..io.mirror import remote_size
 from ..io.storage import Location
 from ..io.video import is_video, video_metadata
 from . import ledger
@@ -104,9 +105,14 @@ def _int(value: Any) -> int:
 
 
 def recorded(output: Path, record: dict[str, Any] | None) -> bool:
-    """The ledger's done record is of writing the very file now at `output` (a stat)."""
-    return bool(record and record["status"] == ledger.DONE
-                and ledger.matches_file(record, output))
+    """The ledger's done record is of writing the very file now at `output` (a stat); for a
+    run folder in object storage (io/mirror.py) with no local copy of the file, of the
+    bucket's copy (its size, from one listing)."""
+    if not (record and record["status"] == ledger.DONE):
+        return False
+    if output.exists() or record["output_bytes"] is None:
+        return ledger.matches_file(record, output)
+    return remote_size(output) == record["output_bytes"]
 
 
 def output_is_done(output: Path, key: str, record: dict[str, Any] | None) -> bool:

@@ -8,6 +8,7 @@ sharing a folder could pick the same batch.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import itertools
@@ -23,8 +24,9 @@ from ..accel.runtime import RuntimeOptions
 from ..errors import InputError, RowError
 from ..gatys.trace import TRACE_EVERY, TRACE_EVERY_HELP
 from ..io.fetch import prefetch
-from ..io.files import check_writable_dir, describe_os_error, remove_stale_temps
-from ..io.storage import Location
+from ..io.files import cache_dir, check_writable_dir, describe_os_error, remove_stale_temps
+from ..io.mirror import mirror, pull, staging_folder
+from ..io.storage import Location, check_store, location
 from ..options import check, option
 from . import ledger, traces
 from .checkpoint import checkpoint_dir, sweep_finished
@@ -53,8 +55,11 @@ class RunOptions:
     """How a manifest is run. Each field is one option of `pipeline run` (options.py); the
     manifest's own parameters come from its rows and `overrides` (--set)."""
 
-    out_dir: Path = option(..., "Output folder: images, ledger/, checkpoints, run.json. "
-                                "Rerunning on it resumes.", flags=("--out",))
+    # A str for the command line (a Path would fold a URL's //); a local one becomes a Path.
+    out_dir: str = option(..., "Output folder: images, ledger/, checkpoints, run.json. "
+                               "Rerunning on it resumes. A URL in object storage "
+                               "(s3://bucket/out) works in a local copy of it, each file "
+                               "uploaded as it is written.", flags=("--out",))
     distributor: str = option("local", "Where workers run: local (one process per device of "
                                        "this machine) or ray (one actor per GPU of every node "
                                        "of a Ray cluster, or per CPU worker on nodes without "
@@ -89,6 +94,9 @@ class RunOptions:
                                        "skipped otherwise).")
     overrides: dict[str, Any] = field(default_factory=dict)  # --set: column defaults
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out_dir", location(self.out_dir))
 
     def validate(self) -> None:
         """InputError naming the first bad option, before anything is read or written."""
@@ -200,6 +208,7 @@ class RunResult(Outcome):
     devices: list[str] = field(default_factory=list)
     swept: tuple[int, int] = (0, 0)  # finished batches' checkpoints removed: files, bytes
     videos: int = 0  # video jobs among the manifest's: a rate then counts outputs, not images
+    folder: Path | None = None  # the run folder on this machine (--out's local copy for a URL)
 
 
 @contextmanager
@@ -236,9 +245,12 @@ def run_manifest(manifest: Location, opts: RunOptions,
     `scan_view()` one that yields a row counter while the manifest is checked. Nothing is
     written (not even the folder) until the run is sure to start: the manifest is checked,
     and the workers' devices found (a Ray cluster joined) first."""
-    out_dir = opts.out_dir
     start = time.perf_counter()
     opts.validate()
+    if isinstance(opts.out_dir, str):  # object storage: a local copy of the run folder
+        opts = dataclasses.replace(opts, out_dir=mirrored_folder(opts.out_dir,
+                                                                 opts.runtime.cache))
+    out_dir = opts.out_dir
     with scan_view() as advance:
         found = scan(manifest, out_dir, opts.overrides, advance, decode=False,
                      cache=opts.runtime.cache)
@@ -273,8 +285,19 @@ def run_manifest(manifest: Location, opts: RunOptions,
 
             result = _run_locked(manifest, opts, found, config.run_id, workers_for,
                                  display_factory)
-    result.seconds = time.perf_counter() - start
+    result.seconds, result.folder = time.perf_counter() - start, out_dir
     return result
+
+
+def mirrored_folder(url: str, cache: str | None) -> Path:
+    """The local folder a run into `url` works in, with the run's state pulled from the
+    bucket and every file written there uploaded (io/mirror.py)."""
+    check_store(url)
+    local = staging_folder(url, cache_dir(cache))
+    local.mkdir(parents=True, exist_ok=True)
+    pull(url, local)
+    mirror(local, url)
+    return local
 
 
 def _run_locked(manifest: Location, opts: RunOptions, found: Scan, run_id: str,

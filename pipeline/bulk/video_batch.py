@@ -28,7 +28,7 @@ from ..video.frames import Frame
 from ..video.output import ClipOutput, PassesNotKept
 from ..video.passes import stylize_piece
 from . import ledger
-from .checkpoint import checkpoint_path, checkpoint_saver, load_checkpoint
+from .checkpoint import checkpoint_path, checkpoint_saver, discard, load_checkpoint
 from .events import BatchStarted, Event, Iteration, Log
 from .jobs import Batch, Job
 
@@ -163,4 +163,4 @@ class FrameCheckpoints:
 
     def finished(self, i: int) -> None:
         if (path := self.paths.pop(i, None)) is not None:
-            path.unlink(missing_ok=True)
+            discard(path)

@@ -52,6 +52,7 @@ from .checkpoint import (
     CheckpointSaver,
     checkpoint_path,
     checkpoint_saver,
+    discard,
     job_checkpoint_path,
     load_checkpoint,
 )
@@ -207,18 +208,18 @@ class Worker:
         except (Interrupted, WriteFailed):
             raise
         except NonFinite as e:  # those jobs fail; the rest of the batch runs again without them
-            ckpt.unlink(missing_ok=True)
+            discard(ckpt)
             diverged = set(e.samples)
             rows = [ledger.job_row(j, ledger.FAILED, started, device, error=str(e))
                     for i, j in enumerate(jobs) if i in diverged]
             rest = [item for i, item in enumerate(ready) if i not in diverged]
             return rows + (self._optimize(rest, started, split_on_oom) if rest else [])
         except Exception as e:  # one batch's failure must not end the run
-            ckpt.unlink(missing_ok=True)  # its space is better left to the other batches
+            discard(ckpt)  # its space is better left to the other batches
             message = f"{type(e).__name__}: {e}".splitlines()[0]
             return [ledger.job_row(j, ledger.FAILED, started, device, error=message) for j in jobs]
         rows = self._write(jobs, results, started)
-        ckpt.unlink(missing_ok=True)
+        discard(ckpt)
         return rows
 
     def _write(self, jobs: list[Job], results: list[Any], started: float
@@ -369,7 +370,7 @@ class SlotBatch:
                                             self.resumed.get(i, 0)) for i, result in ok]
         self._record(written, failed)
         for i, _ in results:
-            job_checkpoint_path(self.worker.out_dir, jobs[i].key).unlink(missing_ok=True)
+            discard(job_checkpoint_path(self.worker.out_dir, jobs[i].key))
             if i in self.inside:
                 self.inside.remove(i)
 

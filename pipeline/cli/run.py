@@ -68,7 +68,10 @@ def run(
         raise typer.Exit(4) from None
     table = _summary(opts.out_dir, result)
     if report:
-        table.add_row("report", _write_report(opts.out_dir))
+        written = _write_report(result.folder or opts.out_dir)
+        if isinstance(opts.out_dir, str) and result.folder is not None:  # its URL, uploaded
+            written = written.replace(str(result.folder), opts.out_dir, 1)
+        table.add_row("report", written)
     console.print(table)
     if result.interrupted or result.errors or result.pending:
         console.print(f"{'interrupted' if result.interrupted else 'not finished'}; resume "

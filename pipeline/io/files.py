@@ -14,6 +14,7 @@ from pathlib import Path
 import platformdirs
 
 from ..errors import InputError
+from .mirror import uploaded
 from .storage import is_url, name, put_file, read_bytes
 
 CACHE_ENV = "STYLE_PIPELINE_CACHE"
@@ -151,6 +152,7 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, dest)
     finally:
         tmp_path.unlink(missing_ok=True)
+    uploaded(dest)  # a run folder in object storage (mirror.py): its copy there, whole
 
 
 def atomic_write_bytes(dest: str | os.PathLike, data: bytes) -> None:

@@ -1,0 +1,114 @@
+"""A run folder in object storage: the run works in a local folder (its staging copy, in the
+cache) and every file written there is uploaded to the same name under the URL as soon as it
+is complete (files.atomic_path calls `uploaded`), one PUT each: an output, a ledger part or a
+checkpoint appears in the bucket whole or not at all. A run starts by pulling the run's state
+(run.json, the ledger, traces, checkpoints) from the bucket, so a run killed on one machine
+resumes on another; outputs are not downloaded: an output the ledger records is done when
+the bucket has it with the recorded size (one listing of the prefix per process).
+
+The mapping local folder -> URL is kept in the environment, so the worker processes a run
+starts upload what they write too.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .storage import filesystem, put_file, store_error
+
+ENV = "STYLE_PIPELINE_MIRRORS"
+# What a run keeps of its own state; pulled at its start. Outputs are looked up, not pulled.
+STATE = ("run.json", "ledger", "traces", ".checkpoints")
+
+
+def mirrors() -> dict[str, str]:
+    return dict(json.loads(os.environ.get(ENV) or "{}"))
+
+
+def staging_folder(url: str, cache: Path) -> Path:
+    """The local folder a run into `url` works in (one per URL, kept between runs)."""
+    return cache / "runs" / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
+
+
+def mirror(local: Path, url: str) -> None:
+    """From now on (and in processes started from now on), files written under `local` are
+    uploaded under `url`."""
+    os.environ[ENV] = json.dumps({**mirrors(), str(local.resolve()): url.rstrip("/")})
+    _listing.cache_clear()  # a new run looks again
+
+
+def remote_of(path: Path) -> str | None:
+    """The URL a file under a mirrored folder goes to; None elsewhere."""
+    resolved = path.resolve()
+    for local, url in mirrors().items():
+        if resolved.is_relative_to(local):
+            return f"{url}/{resolved.relative_to(local).as_posix()}"
+    return None
+
+
+def uploaded(path: Path) -> None:
+    """Upload a complete file written under a mirrored folder (nothing elsewhere)."""
+    if (url := remote_of(path)) is not None:
+        put_file(path, url)
+
+
+def removed(path: Path) -> None:
+    """Delete the remote copy of a file removed under a mirrored folder."""
+    if (url := remote_of(path)) is not None:
+        fs, key = filesystem(url)
+        try:
+            fs.rm_file(key)
+        except FileNotFoundError:
+            pass
+        except Exception as e:
+            raise store_error(url, e) from None
+
+
+def pull(url: str, local: Path) -> None:
+    """The run's state from the bucket into `local` (the bucket's copy wins)."""
+    fs, root = _fresh(url)
+    try:
+        found = [p for part in STATE for p in fs.find(f"{root}/{part}")]
+        for key in found:
+            dest = local / key[len(root) + 1:]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(key, str(dest))
+    except InputError:
+        raise
+    except Exception as e:
+        raise store_error(url, e) from None
+
+
+def _fresh(url: str) -> tuple[Any, str]:
+    """The store and the prefix, its cached listings of the prefix dropped (another machine
+    may have written there since)."""
+    fs, root = filesystem(url)
+    root = root.rstrip("/")
+    fs.invalidate_cache(root)
+    return fs, root
+
+
+@functools.lru_cache(maxsize=4)
+def _listing(url: str) -> dict[str, int]:
+    fs, root = _fresh(url)
+    try:
+        return {key[len(root) + 1:]: int(info.get("size") or 0)
+                for key, info in fs.find(root, detail=True).items()}
+    except Exception as e:
+        raise store_error(url, e) from None
+
+
+def remote_size(path: Path) -> int | None:
+    """The size of the bucket's copy of a file under a mirrored folder, from one listing per
+    process; None when it has none (or the file is not under one)."""
+    resolved = path.resolve()
+    for local, url in mirrors().items():
+        if resolved.is_relative_to(local):
+            return _listing(url).get(resolved.relative_to(local).as_posix())
+    return None
