@@ -224,3 +224,50 @@ def test_a_run_folder_in_object_storage(s3, tmp_path):
     assert again.exit_code == 0, again.output
     assert cell(again.output, "done before (skipped)") == "3", again.output
 
+
+
+def test_a_run_killed_on_one_machine_resumes_on_another_from_the_bucket(s3, tmp_path):
+    """kill -9 of a run into s3://...; the local copy of the run folder is then lost (another
+    machine): the rerun pulls the ledger and each job's checkpoint from the bucket, resumes
+    them, and ends with the images of an uninterrupted run (fp64, as the other resume
+    tests)."""
+    import os
+    import shutil
+    import signal
+
+    import torch
+
+    from pipeline.bulk.manifest import write_manifest
+    from pipeline.io.files import cache_dir
+    from pipeline.io.images import to_tensor
+    from pipeline.io.mirror import staging_folder
+    from tests.run_helpers import spawn_run, wait_for
+
+    url, folder, local = s3
+    make_painting(seed=7).save(local / "other.png")
+    make_photo((64, 48), seed=3).save(local / "photo2.png")
+    fs, _ = storage.filesystem(url)
+    for name in ("other.png", "photo2.png"):
+        fs.put_file(str(local / name), f"{url}/in/{name}")
+    rows = [{"content": f"in/{c}.png", "style": f"in/{s}.png", "output": f"{c}-{s}.png"}
+            for c in ("photo", "photo2") for s in ("painting", "other")]
+    write_manifest(rows, tmp_path / "m.parquet")
+    fs.put_file(str(tmp_path / "m.parquet"), f"{url}/m.parquet")
+    fp64 = ("--workers", "1", "--precision", "fp64", "--batch-size", "4", "--set", "tol=0")
+    reference = spawn_run(f"{url}/m.parquet", f"{url}/ref", 150, fp64)
+    assert reference.wait(timeout=600) == 0, reference.stdout.read()
+    proc = spawn_run(f"{url}/m.parquet", f"{url}/out", 150, fp64)
+    saved = folder / "out" / ".checkpoints"
+    wait_for(lambda: len(list(saved.glob("job-*.pt"))) >= 3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    shutil.rmtree(staging_folder(f"{url}/out", cache_dir()))
+    proc = spawn_run(f"{url}/m.parquet", f"{url}/out", 150, fp64)
+    text = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, text
+    assert "resuming from its checkpoint" in text, text
+    for row in rows:
+        made, ref = (to_tensor(Image.open(folder / run / row["output"]).convert("RGB"))
+                     for run in ("out", "ref"))
+        assert torch.equal(made, ref), row["output"]
+    assert not list(saved.glob("*.pt"))  # each job's checkpoint gone with it, there too
