@@ -19,7 +19,6 @@ from typing import Any
 from ..api import job_key
 from ..errors import InputError, RowError
 from ..gatys.vgg import min_input_side
-from ..io.fetch import local_copy
 from ..io.files import remembered_digest
 from ..io.images import fit_longest_side, header_size, read_rgb
 from ..io.masks import check_shape
@@ -106,8 +105,7 @@ class Inspector:
                     self._seen[path] = (digest, img.size)
                 else:  # the header first: it names a folder or a broken link clearly
                     size = header_size(path)
-                    local = local_copy(path) if isinstance(path, str) else path
-                    self._seen[path] = (image_digest(local), size)
+                    self._seen[path] = (image_digest(path), size)
             except InputError as e:
                 raise RowError(row, e) from None
             except OSError as e:  # unreadable after the header was read

@@ -15,15 +15,13 @@ import platformdirs
 
 from ..errors import InputError
 from .mirror import uploaded
-from .storage import is_url, name, put_file, read_bytes
+from .storage import is_url, name, put_file
 
 CACHE_ENV = "STYLE_PIPELINE_CACHE"
 
 
 def file_digest(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, read in 1 MiB chunks (an object at a URL: read whole)."""
-    if is_url(path):
-        return hashlib.sha256(read_bytes(str(path))).hexdigest()
+    """sha256 of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

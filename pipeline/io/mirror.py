@@ -43,13 +43,19 @@ def mirror(local: Path, url: str) -> None:
     _listing.cache_clear()  # a new run looks again
 
 
-def remote_of(path: Path) -> str | None:
-    """The URL a file under a mirrored folder goes to; None elsewhere."""
+def _mirrored(path: Path) -> tuple[str, str] | None:
+    """(the mirrored folder's URL, the path under it) of a file under one; None elsewhere."""
     resolved = path.resolve()
     for local, url in mirrors().items():
         if resolved.is_relative_to(local):
-            return f"{url}/{resolved.relative_to(local).as_posix()}"
+            return url, resolved.relative_to(local).as_posix()
     return None
+
+
+def remote_of(path: Path) -> str | None:
+    """The URL a file under a mirrored folder goes to; None elsewhere."""
+    found = _mirrored(path)
+    return None if found is None else f"{found[0]}/{found[1]}"
 
 
 def uploaded(path: Path) -> None:
@@ -107,8 +113,5 @@ def _listing(url: str) -> dict[str, int]:
 def remote_size(path: Path) -> int | None:
     """The size of the bucket's copy of a file under a mirrored folder, from one listing per
     process; None when it has none (or the file is not under one)."""
-    resolved = path.resolve()
-    for local, url in mirrors().items():
-        if resolved.is_relative_to(local):
-            return _listing(url).get(resolved.relative_to(local).as_posix())
-    return None
+    found = _mirrored(path)
+    return None if found is None else _listing(found[0]).get(found[1])

@@ -24,7 +24,9 @@ from safetensors.torch import load, save
 from torch import Tensor
 
 from ..errors import NonFiniteError
+from ..io.fetch import local_copy
 from ..io.files import atomic_write_bytes, file_digest
+from ..io.storage import is_url
 from ..io.tensor_tree import tree_digest
 
 log = logging.getLogger("pipeline.targets")
@@ -122,7 +124,8 @@ def image_digest(source: object) -> str:
         h = hashlib.sha256(f"{source.mode}{source.size}".encode())
         h.update(source.tobytes())
         return h.hexdigest()
-    return file_digest(source)
+    # An object in storage: of its local copy, which reading the image made already.
+    return file_digest(local_copy(source) if is_url(source) else source)
 
 
 __all__ = ["TargetCache", "image_digest", "target_key"]
