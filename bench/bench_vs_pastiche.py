@@ -151,6 +151,10 @@ def main() -> None:
                                                         args.device, extra)
     # This machine's speed drifts by up to 2x over minutes: every tool and variant runs once
     # per round, and each keeps its best round (noise only ever adds time).
+    # One untimed run of each first: what a first run does once (the ONNX export, the targets
+    # cached) must not land in its short run alone, or the difference of the two is too low.
+    for make in runs.values():
+        timed(make(1, args.out / "warm-up.png"))
     best: dict[str, float] = {}
     wall: dict[str, float] = {}  # seconds of the whole --long run, start-up included
     for r in range(args.rounds):
