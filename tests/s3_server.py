@@ -3,6 +3,7 @@ package), for the object-storage tests and benchmark. Objects are plain files in
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -42,3 +43,11 @@ def serve_s3(root: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def use_server(monkeypatch, endpoint: str, secret: str = SECRET) -> None:
+    """This process, and the runs it starts, talk to the server at `endpoint`."""
+    from pipeline.io.storage import ENV_OPTIONS
+
+    monkeypatch.setenv(ENV_OPTIONS, json.dumps({"endpoint_url": endpoint, "key": KEY,
+                                                "secret": secret}))

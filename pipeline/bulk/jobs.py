@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,14 @@ class Batch:
         piece = "" if self.piece is None else repr(self.piece)
         return hashlib.sha256("".join(j.key for j in self.jobs).encode()
                               + piece.encode()).hexdigest()[:16]
+
+
+def under(batch: Batch, out_dir: Path) -> Batch:
+    """The batch with its outputs in `out_dir`, a worker's own copy of the run folder (a run
+    folder in object storage, on a machine other than the driver's: io/mirror.attach)."""
+    return replace(batch, jobs=tuple(
+        replace(job, spec=replace(job.spec, output=out_dir / job.spec.output_name))
+        for job in batch.jobs))
 
 
 def slotted(job: Job) -> bool:

@@ -25,8 +25,8 @@ from ..errors import InputError, RowError
 from ..gatys.trace import TRACE_EVERY, TRACE_EVERY_HELP
 from ..io.fetch import prefetch
 from ..io.files import cache_dir, check_writable_dir, describe_os_error, remove_stale_temps
-from ..io.mirror import mirror, pull, staging_folder
-from ..io.storage import Location, check_store, location
+from ..io.mirror import mirror, pull, refresh, staging_folder
+from ..io.storage import Location, check_store, location, storage_options
 from ..options import check, option
 from . import ledger, traces
 from .checkpoint import checkpoint_dir, sweep_finished
@@ -247,9 +247,9 @@ def run_manifest(manifest: Location, opts: RunOptions,
     and the workers' devices found (a Ray cluster joined) first."""
     start = time.perf_counter()
     opts.validate()
-    if isinstance(opts.out_dir, str):  # object storage: a local copy of the run folder
-        opts = dataclasses.replace(opts, out_dir=mirrored_folder(opts.out_dir,
-                                                                 opts.runtime.cache))
+    remote = opts.out_dir if isinstance(opts.out_dir, str) else None
+    if remote is not None:  # object storage: a local copy of the run folder
+        opts = dataclasses.replace(opts, out_dir=mirrored_folder(remote, opts.runtime.cache))
     out_dir = opts.out_dir
     with scan_view() as advance:
         found = scan(manifest, out_dir, opts.overrides, advance, decode=False,
@@ -259,7 +259,8 @@ def run_manifest(manifest: Location, opts: RunOptions,
     # Absolute: a worker elsewhere has another working folder.
     config = WorkerConfig(out_dir=Path(os.path.realpath(out_dir)),
                           checkpoint_every=opts.checkpoint_every, runtime=opts.runtime,
-                          run_id=new_run_id(), trace_every=opts.trace_every)
+                          run_id=new_run_id(), trace_every=opts.trace_every, remote=remote,
+                          storage_options=storage_options())
 
     def open_for(todo: list[Job]) -> AbstractContextManager[Distributor]:
         return open_distributor(opts.distributor, config, opts.devices, opts.workers,
@@ -331,6 +332,7 @@ def _run_locked(manifest: Location, opts: RunOptions, found: Scan, run_id: str,
             distribute(workers, queue, opts.batch_size, display,
                        lambda batch: all(output_is_done(j.spec.output, j.key, None)
                                          for j in batch.jobs), result)
+        refresh(out_dir, ("ledger", "traces"))  # what workers on other machines recorded
     result.pending = len(p.todo) - result.done - (len(result.failed) - len(found.errors))
     result.swept = sweep_finished(out_dir, lambda: {
         key for (key, _), row in ledger.read(out_dir).items() if row["status"] == ledger.DONE})

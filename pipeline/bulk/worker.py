@@ -18,7 +18,9 @@ job goes on without it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -45,8 +47,10 @@ from ..errors import InputError
 from ..gatys.engine import Checkpointing, Interrupted, NonFinite
 from ..gatys.slots import SlotState
 from ..gatys.trace import TRACE_EVERY, Traces
-from ..io.files import describe_os_error
+from ..io.files import cache_dir, describe_os_error
 from ..io.images import intermediate_path, save_image
+from ..io.mirror import attach
+from ..io.storage import ENV_OPTIONS
 from . import ledger, traces
 from .checkpoint import (
     CheckpointSaver,
@@ -68,8 +72,8 @@ from .events import (
     Log,
     Ready,
 )
-from .jobs import Batch, Job
-from .run_state import output_carries_key, read_run_info
+from .jobs import Batch, Job, under
+from .run_state import RUN_INFO, output_carries_key, read_run_info
 from .video_batch import VideoWriteFailed, run_video_batch, run_video_piece
 
 
@@ -89,15 +93,22 @@ class WorkerConfig:
     runtime: RuntimeOptions
     run_id: str  # run.json's: proves the worker sees this run's folder
     trace_every: int = TRACE_EVERY
+    # A run folder in object storage: its URL, and the --storage-option values, which a worker
+    # on another machine has no other way to learn. Each worker then works in its machine's
+    # own copy of the folder (io/mirror.attach), out_dir being the driver's.
+    remote: str | None = None
+    storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class Worker:
     def __init__(self, wid: int, runtime: Runtime, out_dir: Path, every: int, emit: Emit,
                  stopping: Callable[[], bool] = lambda: False,
-                 trace_every: int = TRACE_EVERY):
-        """`stopping()` true: checkpoint the batch and leave (asked to stop, or orphaned)."""
+                 trace_every: int = TRACE_EVERY, own_copy: bool = False):
+        """`stopping()` true: checkpoint the batch and leave (asked to stop, or orphaned).
+        `own_copy`: out_dir is this machine's copy of the run folder, not the driver's."""
         self.wid, self.runtime, self.out_dir, self.every = wid, runtime, out_dir, every
         self.emit, self.stopping, self.trace_every = emit, stopping, trace_every
+        self.own_copy = own_copy
 
     def serve(self, batch: Batch) -> bool:
         """Run one batch; False when this worker must leave: it was stopped (Exited sent) or a
@@ -106,7 +117,7 @@ class Worker:
             self.emit(Exited(self.wid))
             return False
         try:
-            self.run(batch)
+            self.run(under(batch, self.out_dir) if self.own_copy else batch)
         except Interrupted:
             self.emit(Exited(self.wid))
             return False
@@ -415,10 +426,20 @@ def forward_logs(wid: int, emit: Emit) -> None:
     logger.propagate = False
 
 
-def sees_run_folder(config: WorkerConfig) -> bool:
+def run_folder_here(config: WorkerConfig) -> Path:
+    """The run folder as this machine sees it: the driver's, or this machine's copy of a run
+    folder in object storage, run.json fetched (io/mirror.attach)."""
+    if config.remote is None:
+        return config.out_dir
+    if config.storage_options:
+        os.environ[ENV_OPTIONS] = json.dumps(config.storage_options)
+    return attach(config.remote, cache_dir(config.runtime.cache), (RUN_INFO,))
+
+
+def sees_run_folder(out_dir: Path, run_id: str) -> bool:
     """This machine sees the run's folder: its run.json carries the run's id."""
     try:
-        return read_run_info(config.out_dir).run_id == config.run_id
+        return read_run_info(out_dir).run_id == run_id
     except InputError:
         return False
 
@@ -428,8 +449,13 @@ def start_worker(wid: int, device: str, threads: int, config: WorkerConfig, emit
     """Set up a worker in this process (threads, runtime) and say Ready; or say CouldNotStart
     and return None."""
     torch.set_num_threads(threads)
-    if not sees_run_folder(config):
-        emit(CouldNotStart(wid, f"cannot see the run folder {config.out_dir} (its run.json "
+    try:
+        out_dir = run_folder_here(config)
+    except InputError as e:
+        emit(CouldNotStart(wid, str(e)))
+        return None
+    if not sees_run_folder(out_dir, config.run_id):
+        emit(CouldNotStart(wid, f"cannot see the run folder {out_dir} (its run.json "
                                 "is missing or from another run): every machine must mount "
                                 "it at the same path"))
         return None
@@ -439,5 +465,5 @@ def start_worker(wid: int, device: str, threads: int, config: WorkerConfig, emit
         emit(CouldNotStart(wid, f"{type(e).__name__}: {e}"))
         return None
     emit(Ready(wid, str(runtime.device), runtime.precision, runtime.precision_reason))
-    return Worker(wid, runtime, config.out_dir, config.checkpoint_every, emit, stopping,
-                  config.trace_every)
+    return Worker(wid, runtime, out_dir, config.checkpoint_every, emit, stopping,
+                  config.trace_every, own_copy=out_dir.resolve() != config.out_dir)

@@ -7,7 +7,10 @@ resumes on another; outputs are not downloaded: an output the ledger records is 
 the bucket has it with the recorded size (one listing of the prefix per process).
 
 The mapping local folder -> URL is kept in the environment, so the worker processes a run
-starts upload what they write too.
+starts upload what they write too. A worker on another machine (Ray, no shared filesystem)
+works in its own local folder (`attach`), and what it needs of another's work comes from the
+bucket: a checkpoint that is not here is looked for there (`fetch_missing`), and the driver
+pulls the workers' ledger parts and traces at the end of the run.
 """
 
 from __future__ import annotations
@@ -76,17 +79,83 @@ def removed(path: Path) -> None:
             raise store_error(url, e) from None
 
 
-def pull(url: str, local: Path) -> None:
-    """The run's state from the bucket into `local` (the bucket's copy wins)."""
+def pull(url: str, local: Path, parts: tuple[str, ...] = STATE) -> None:
+    """The run's state from the bucket into `local` (the bucket's copy wins; a file of the same
+    size here is taken as the same, every file we write being immutable once complete)."""
     fs, root = _fresh(url)
     try:
-        found = [p for part in STATE for p in fs.find(f"{root}/{part}")]
-        for key in found:
+        found = {key: info for part in parts
+                 for key, info in fs.find(f"{root}/{part}", detail=True).items()}
+        for key, info in found.items():
             dest = local / key[len(root) + 1:]
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(key, str(dest))
+            if not (dest.is_file() and dest.stat().st_size == int(info.get("size") or -1)):
+                _get(fs, key, dest)
     except InputError:
         raise
+    except Exception as e:
+        raise store_error(url, e) from None
+
+
+def _get(fs: Any, key: str, dest: Path) -> None:
+    """Download whole or not at all: a reader of `dest` never sees a part of it."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(f".{dest.name}.{os.getpid()}.pull")
+    try:
+        fs.get_file(key, str(part))
+        os.replace(part, dest)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def refresh(local: Path, parts: tuple[str, ...]) -> None:
+    """`parts` of a mirrored folder as the bucket has them now, with what workers on other
+    machines wrote there; nothing for a folder that is not mirrored."""
+    if (url := mirrors().get(str(local.resolve()))) is not None:
+        pull(url, local, parts)
+
+
+def attach(url: str, cache: Path, files: tuple[str, ...]) -> Path:
+    """This machine's folder for the run folder at `url` (its staging folder, where a worker
+    elsewhere than the driver writes), mirrored, with `files` of the bucket's run folder in it."""
+    local = staging_folder(url, cache)
+    local.mkdir(parents=True, exist_ok=True)
+    if mirrors().get(str(local.resolve())) != url.rstrip("/"):
+        mirror(local, url)
+    fs, root = filesystem(url)
+    for name in files:
+        try:
+            _get(fs, f"{root.rstrip('/')}/{name}", local / name)
+        except FileNotFoundError:
+            pass
+        except Exception as e:
+            raise store_error(f"{url.rstrip('/')}/{name}", e) from None
+    return local
+
+
+def fetch_missing(path: Path) -> None:
+    """A file of a mirrored folder that is not here, from the bucket if it is there (written
+    by a worker on another machine since the run started); nothing elsewhere."""
+    if path.exists() or (url := remote_of(path)) is None:
+        return
+    fs, key = filesystem(url)
+    try:
+        _get(fs, key, path)
+    except FileNotFoundError:
+        pass
+    except Exception as e:
+        raise store_error(url, e) from None
+
+
+def exists(path: Path) -> bool:
+    """The file is here, or (under a mirrored folder) in the bucket: looked up afresh."""
+    if path.exists():
+        return True
+    if (url := remote_of(path)) is None:
+        return False
+    fs, key = filesystem(url)
+    try:
+        fs.invalidate_cache(key)
+        return bool(fs.exists(key))
     except Exception as e:
         raise store_error(url, e) from None
 

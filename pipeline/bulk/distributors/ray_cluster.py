@@ -1,11 +1,13 @@
 """The Ray distributor: one actor per GPU of every node of a Ray cluster, or per CPU worker
 slot on nodes without GPUs, fed by the same run loop as local workers (distribute.py).
 
-Contract: the run folder is on storage every node mounts at the same path (NFS or any POSIX
-mount), and every node has this package installed. Workers read inputs and write outputs,
-checkpoints and ledger parts there; only small events and batch descriptions travel through
-Ray. So a batch whose node dies is handed to another actor and resumes from the checkpoint
-its first worker left in the run folder.
+Contract: every node has this package installed, and the run folder is either on storage
+every node mounts at the same path (NFS or any POSIX mount) or in object storage (--out
+s3://...), where each node works in its own copy and every file written there is uploaded
+(io/mirror.py). Workers read inputs and write outputs, checkpoints and ledger parts there;
+only small events and batch descriptions travel through Ray. So a batch whose node dies is
+handed to another actor and resumes from the checkpoint its first worker left in the run
+folder (or in the bucket).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import InputError
-from ..checkpoint import checkpoint_dir
+from ...io import mirror
+from ...io.files import atomic_write_bytes
+from ..checkpoint import checkpoint_dir, discard
 from ..distribute import Slot
 from ..events import Event, Exited, Iteration, Lost
 from ..jobs import Batch, auto_cpu_workers
@@ -44,11 +48,12 @@ CONNECT_BOUNDS = {"RAY_py_gcs_connect_timeout_s": "5", "RAY_gcs_server_port_wait
                   "RAY_gcs_rpc_server_connect_timeout_s": "3", "RAY_BACKEND_LOG_LEVEL": "error"}
 
 
-def stop_file(config: WorkerConfig) -> Path:
-    """Present: every worker of this run checkpoints and leaves. A file in the shared run
-    folder rather than an actor call: a call could only be heard by a second thread, and a
-    threaded actor measured slower per iteration than one that runs on its main thread."""
-    return checkpoint_dir(config.out_dir) / f"stop-{config.run_id}"
+def stop_file(out_dir: Path, run_id: str) -> Path:
+    """Present: every worker of this run checkpoints and leaves. A file in the run folder (in
+    object storage: in the bucket) rather than an actor call: a call could only be heard by a
+    second thread, and a threaded actor measured slower per iteration than one that runs on
+    its main thread."""
+    return checkpoint_dir(out_dir) / f"stop-{run_id}"
 
 
 def join(address: str | None) -> None:
@@ -82,7 +87,8 @@ class RayWorker:
         self.wid, self.threads, self.config, self.events = wid, threads, config, events
         self.worker: Worker | None = None
         self.last_iteration = 0.0
-        self.stop_file, self.next_look, self.stopped = stop_file(config), 0.0, False
+        self.stop_file: Path | None = None  # in this node's copy of the run folder
+        self.next_look, self.stopped = 0.0, False
 
     def emit(self, event: Event) -> None:
         if isinstance(event, Iteration):
@@ -95,9 +101,9 @@ class RayWorker:
     def stopping(self) -> bool:
         """Looked up at most once a second: on shared storage a lookup can be a round trip."""
         now = time.monotonic()
-        if not self.stopped and now >= self.next_look:
+        if not self.stopped and self.stop_file is not None and now >= self.next_look:
             self.next_look = now + STOP_LOOK_EVERY_S
-            self.stopped = self.stop_file.exists()
+            self.stopped = mirror.exists(self.stop_file)
         return self.stopped
 
     def start(self) -> bool:
@@ -106,7 +112,10 @@ class RayWorker:
         forward_logs(self.wid, self.emit)
         self.worker = start_worker(self.wid, device, self.threads, self.config, self.emit,
                                    self.stopping)
-        return self.worker is not None
+        if self.worker is None:
+            return False
+        self.stop_file = stop_file(self.worker.out_dir, self.config.run_id)
+        return True
 
     def run(self, batch: Batch) -> bool:
         assert self.worker is not None, "run before a successful start"
@@ -123,7 +132,7 @@ class RayDistributor:
         machine). `workers`: CPU workers per node without GPUs (0: as a local run picks)."""
         self.config = config
         for stale in checkpoint_dir(config.out_dir).glob("stop-*"):  # of a run that was killed
-            stale.unlink(missing_ok=True)
+            discard(stale)
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             join(address)
@@ -205,9 +214,7 @@ class RayDistributor:
         return any(n["NodeID"] == node and n["Alive"] for n in ray.nodes())
 
     def stop(self) -> None:
-        path = stop_file(self.config)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()
+        atomic_write_bytes(stop_file(self.config.out_dir, self.config.run_id), b"")
 
     def kill(self) -> None:
         for actor in self._actors.values():
@@ -218,6 +225,6 @@ class RayDistributor:
         if hasattr(self, "_actors"):
             self.kill()
             self._events.shutdown()
-        stop_file(self.config).unlink(missing_ok=True)
+        discard(stop_file(self.config.out_dir, self.config.run_id))
         if self._owns_ray:
             ray.shutdown()

@@ -1,0 +1,126 @@
+"""A Ray cluster whose machines share nothing but an S3 server: a head and two 1-CPU worker
+nodes on this machine, each node with its own cache folder (where it keeps its copy of the run
+folder, its fetched inputs and its targets), as separate machines have their own disks. The
+driver has its own too, and the nodes learn the server's address and keys from the run alone."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from pipeline.bulk.events import Iteration, Log
+from pipeline.cli.progress import RunDisplay
+from tests.s3_server import use_server
+
+ray = pytest.importorskip("ray", reason="the ray extra: pip install -e '.[cpu,dev,ray]'")
+pytest.importorskip("s3fs", reason="the s3 extra: pip install -e '.[s3]'")
+
+STORE = 100 * 2**20  # object store bytes per node: only small events pass through it
+ITERATIONS = 30  # long enough that a node's loss lands mid-batch, after a checkpoint (every 5)
+SAME = {"size": 32, "iterations": ITERATIONS}  # fp32, batch 1: the local run's arithmetic
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory):
+    """(cluster, {node: its own cache folder}); the nodes start before any test sets the
+    S3 server's options, so they cannot inherit them."""
+    from ray.cluster_utils import Cluster
+
+    saved = {k: os.environ.pop(k, None) for k in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    root = tmp_path_factory.mktemp("nodes")
+    c = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 0, "object_store_memory": STORE,
+        "env_vars": {"STYLE_PIPELINE_CACHE": str(root / "head")}})
+    caches = {}
+    for name in ("a", "b"):
+        node = c.add_node(num_cpus=1, object_store_memory=STORE,
+                          env_vars={"STYLE_PIPELINE_CACHE": str(root / name)})
+        caches[node] = root / name
+    c.wait_for_nodes()
+    try:
+        yield c, caches
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        c.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_a_cluster_sharing_only_a_bucket_runs_a_manifest_and_survives_a_lost_node(
+        nodes, s3_server, monkeypatch, tmp_path):
+    """`pipeline run s3://.../manifest.parquet --out s3://.../out --distributor ray`: the node
+    running a batch is removed after a job's checkpoint reached the bucket; the other node,
+    which never saw that node's disk, takes the batch over from the bucket's checkpoint. The
+    outputs (in the bucket only) equal a local run's, each job recorded done once."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from pipeline.accel.runtime import RuntimeOptions
+    from pipeline.bulk import ledger
+    from pipeline.bulk.manifest import parse_overrides
+    from pipeline.bulk.runner import RunOptions, exit_code, run_manifest
+    from pipeline.io import storage
+    from tests.run_helpers import images_in, make_dataset, run_cli
+
+    c, caches = nodes
+    endpoint, served = s3_server
+    manifest = make_dataset(tmp_path / "local")
+    reference = tmp_path / "reference"
+    made = run_cli(manifest, reference, "--precision", "fp32", "--batch-size", "1", "--set",
+                   "size=32", "--set", f"iterations={ITERATIONS}", "--workers",
+                   str(os.cpu_count() or 1))
+    assert made.exit_code == 0, made.output
+    use_server(monkeypatch, endpoint)
+    monkeypatch.setenv("STYLE_PIPELINE_CACHE", str(tmp_path / "driver"))
+    fs, _ = storage.filesystem("s3://bucket")
+    fs.put(str(manifest.parent) + "/", f"bucket/{tmp_path.name}/data/", recursive=True)
+    url = f"s3://bucket/{tmp_path.name}"
+    there = served / "bucket" / tmp_path.name / "out"  # the objects, as files
+    removed, resumed = [], []
+
+    class Saboteur(RunDisplay):
+        def __init__(self, total, devices):
+            super().__init__(total, devices)
+            self.labels = devices
+
+        def handle(self, event):
+            super().handle(event)
+            if isinstance(event, Log) and (said := re.search(
+                    r"resuming from its checkpoint at iteration (\d+)/", event.message)):
+                resumed.append(int(said.group(1)))
+            if (isinstance(event, Iteration) and event.iteration >= 6 and not removed
+                    and list((there / ".checkpoints").glob("job-*.pt"))):
+                label = self.labels[event.worker]
+                node = next(n for n in caches if label.startswith(f"node {n.node_id[:6]}"))
+                removed.append(node)
+                c.remove_node(node)
+
+    opts = RunOptions(f"{url}/out", batch_size=1, checkpoint_every=5,
+                      overrides=parse_overrides([f"{k}={v}" for k, v in SAME.items()]),
+                      runtime=RuntimeOptions(precision="fp32"), distributor="ray",
+                      ray_address=c.address)
+    result = run_manifest(f"{url}/data/manifest.parquet", opts, Saboteur)
+    assert removed, "no node was removed: the run ended before a checkpoint"
+    assert exit_code(result) == 0, result
+    assert result.done == 6 and not result.pending and not result.failed
+    assert resumed and all(5 <= it < ITERATIONS for it in resumed)  # from the bucket's copy
+    parts = [row for part in sorted((there / "ledger").glob("part-*.parquet"))
+             for row in pq.read_table(part).to_pylist()]
+    done = [(r["key"], r["output"]) for r in parts if r["status"] == ledger.DONE]
+    assert len(done) == len(set(done)) == 6  # each job recorded done exactly once
+    images, expected = images_in(there), images_in(reference)
+    assert images.keys() == expected.keys() and len(images) == 6
+    for name, image in images.items():
+        assert torch.equal(image, expected[name]), name
+    # Each node wrote in its own folder; the driver's copy holds the run's state, no output.
+    copies = [p for cache in caches.values() for p in (cache / "runs").glob("*/*.png")]
+    assert {p.name for p in copies} == set(images)
+    driver = tmp_path / "driver" / "runs"
+    assert not list(driver.glob("*/*.png")) and list(driver.glob("*/ledger/part-*.parquet"))
