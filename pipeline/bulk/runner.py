@@ -25,7 +25,7 @@ from ..errors import InputError, RowError
 from ..gatys.trace import TRACE_EVERY, TRACE_EVERY_HELP
 from ..io.fetch import prefetch
 from ..io.files import cache_dir, check_writable_dir, describe_os_error, remove_stale_temps
-from ..io.mirror import mirror, pull, refresh, staging_folder
+from ..io.mirror import STATE, mirror, pull, refresh, staging_folder
 from ..io.storage import Location, check_store, location, storage_options
 from ..options import check, option
 from . import ledger, traces
@@ -290,13 +290,13 @@ def run_manifest(manifest: Location, opts: RunOptions,
     return result
 
 
-def mirrored_folder(url: str, cache: str | None) -> Path:
-    """The local folder a run into `url` works in, with the run's state pulled from the
-    bucket and every file written there uploaded (io/mirror.py)."""
+def mirrored_folder(url: str, cache: str | None, parts: tuple[str, ...] = STATE) -> Path:
+    """The local folder a run into `url` works in, with the run's state (`parts` of it) pulled
+    from the bucket and every file written there uploaded (io/mirror.py)."""
     check_store(url)
     local = staging_folder(url, cache_dir(cache))
     local.mkdir(parents=True, exist_ok=True)
-    pull(url, local)
+    pull(url, local, parts)
     mirror(local, url)
     return local
 
@@ -332,7 +332,11 @@ def _run_locked(manifest: Location, opts: RunOptions, found: Scan, run_id: str,
             distribute(workers, queue, opts.batch_size, display,
                        lambda batch: all(output_is_done(j.spec.output, j.key, None)
                                          for j in batch.jobs), result)
-        refresh(out_dir, ("ledger", "traces"))  # what workers on other machines recorded
+        try:  # what workers on other machines recorded, for the summary and the report
+            refresh(out_dir, ("ledger", "traces"))
+        except InputError as e:  # the store went away: the run says so, and stops as it is
+            if not result.errors:
+                result.errors.append(str(e))
     result.pending = len(p.todo) - result.done - (len(result.failed) - len(found.errors))
     result.swept = sweep_finished(out_dir, lambda: {
         key for (key, _), row in ledger.read(out_dir).items() if row["status"] == ledger.DONE})

@@ -58,7 +58,7 @@ def manifest_build(
     """Write a manifest, one row per output: the cross product of --content x --style x the
     parameter grid, or (dataset mode) the images under --content-dir each with styles from
     --style-dir as --assign says. Paths are stored relative to the manifest's folder."""
-    set_storage_options(storage_option or [])
+    set_storage_options(storage_option)
     rows, walk = build_manifest(location(output), content or [], style or [],
                                 None if content_dir is None else location(content_dir),
                                 None if style_dir is None else location(style_dir),
@@ -87,7 +87,7 @@ def manifest_validate(
 ) -> None:
     """Check every row: columns, types, ranges, files exist and decode, duplicate outputs.
     Exit code 2 when any row is invalid."""
-    set_storage_options(storage_option or [])
+    set_storage_options(storage_option)
     with scanning() as advance:
         found = scan(location(manifest), out, parse_overrides(set_ or []), advance)
     if found.errors:

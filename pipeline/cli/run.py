@@ -19,9 +19,12 @@ from ..bulk.runner import (
     RunOptions,
     RunResult,
     exit_code,
+    mirrored_folder,
     run_manifest,
 )
 from ..errors import InputError
+from ..io.mirror import is_mirrored, remote_of, remote_size
+from ..io.storage import is_url
 from ..report import write_report
 from ..report.page import REPORT
 from .app import app, print_errors, reports_errors, say_error, scanning
@@ -54,7 +57,7 @@ def run(
     jobs failed or are still pending (a worker died, a write failed), 2 invalid manifest or
     options, 4 the folder is in use, 130 Ctrl-C, 143 SIGTERM (both: checkpointed, rerun to
     resume)."""
-    set_storage_options(storage_option or [])  # before the workers start: they inherit it
+    set_storage_options(storage_option)  # before the workers start: they inherit it
     opts = dataclasses.replace(opts, overrides=parse_overrides(set_ or []), runtime=options)
     try:
         result = run_manifest(location(manifest), opts, RunDisplay, scanning)
@@ -115,28 +118,45 @@ def _write_report(out: Path) -> str:
         return f"not written ({e})"
 
 
+RUN_FOLDER = "Output folder of a run: a path, or a URL in object storage (s3://...)."
+
+
+def _run_folder(out: str) -> Path:
+    """A run folder here, or this machine's copy of one in object storage with the run's
+    records pulled (io/mirror.py: what is written there is uploaded)."""
+    return mirrored_folder(out, None, ("run.json", "ledger", "traces")) if is_url(out) else (
+        Path(out))
+
+
 @app.command("report")
 @reports_errors
-def report_cmd(out: Path = typer.Argument(..., help="Output folder of a run.")) -> None:
+def report_cmd(out: str = typer.Argument(..., help=RUN_FOLDER),
+               storage_option: list[str] = STORAGE_OPTION) -> None:
     """Write or refresh OUT/report.html: the run's numbers, a contact sheet (content images x
     styles and varied parameters, each output linked, failed rows with their error), each
     job's loss curve and its intermediate images. It opens from disk, with no server."""
-    console.print(f"wrote {write_report(out)}")
+    set_storage_options(storage_option)
+    written = write_report(_run_folder(out))
+    console.print(f"wrote {remote_of(written) or written}")
 
 
 @app.command()
 @reports_errors
-def status(out: Path = typer.Argument(..., help="Output folder of a run.")) -> None:
+def status(out: str = typer.Argument(..., help=RUN_FOLDER),
+           storage_option: list[str] = STORAGE_OPTION) -> None:
     """Ledger summary of a run: done / failed / pending, throughput, failures with reasons.
-    A job counts as done only while its output is there and is its own, as `run` decides."""
+    A job counts as done only while its output is there and is its own, as `run` decides (in
+    object storage: while the bucket has it)."""
+    set_storage_options(storage_option)
+    folder = _run_folder(out)
     try:
-        info = read_run_info(out)
+        info = read_run_info(folder)
     except InputError as e:
-        if not (out / "run.json").is_file():
+        if not (folder / "run.json").is_file():
             raise
         say("warning:", "yellow", f"{e}; counting the ledger alone")
-        info = ledger_only_info(out)
-    state = run_state(out, info)
+        info = ledger_only_info(folder)
+    state = run_state(folder, info)
     table = summary_table(f"status {out}")
     table.add_row("manifest", shown(info.manifest))
     table.add_row("jobs", str(info.total))
@@ -150,8 +170,9 @@ def status(out: Path = typer.Argument(..., help="Output folder of a run.")) -> N
                       f"{span:.0f} s; {sum(r['seconds'] for r in timed) / len(timed):.1f}"
                       " s per batch run")
         table.add_row("devices", ", ".join(sorted({r["device"] for r in timed})))
-    report = out / REPORT
-    table.add_row("report", str(report) if report.is_file()
+    report = folder / REPORT
+    there = remote_size(report) is not None if is_mirrored(report) else report.is_file()
+    table.add_row("report", (remote_of(report) or str(report)) if there
                   else f"none yet (pipeline report {out})")
     console.print(table)
     if state.failed:

@@ -56,7 +56,7 @@ def stylize(
         logging.getLogger("pipeline").setLevel(logging.WARNING)
     params.validate(n_styles=len(styles))
     regions.validate(len(styles), params)
-    set_storage_options(storage_option or [])
+    set_storage_options(storage_option)
     runtime = Runtime.start(device, **dataclasses.asdict(options))
     start = time.perf_counter()
     with iteration_bar(name(content), params.iterations, quiet) as progress:

@@ -14,7 +14,7 @@ from pathlib import Path
 import platformdirs
 
 from ..errors import InputError
-from .mirror import uploaded
+from .mirror import UploadFailed, uploaded
 from .storage import is_url, name, put_file
 
 CACHE_ENV = "STYLE_PIPELINE_CACHE"
@@ -97,6 +97,8 @@ def _default_mode() -> int:
 def describe_os_error(e: OSError, where: str | os.PathLike) -> str:
     """One line for a failed write, naming the folder for the errors a user fixes there."""
     folder = Path(where)
+    if isinstance(e, UploadFailed):  # the store's own line names the URL
+        return str(e.strerror)
     if e.errno == errno.ENOSPC:
         return f"no space left on {folder} (the device is full)"
     if e.errno == errno.EDQUOT:

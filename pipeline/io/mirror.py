@@ -15,7 +15,7 @@ pulls the workers' ledger parts and traces at the end of the run.
 
 from __future__ import annotations
 
-import functools
+import errno
 import hashlib
 import json
 import os
@@ -39,11 +39,16 @@ def staging_folder(url: str, cache: Path) -> Path:
     return cache / "runs" / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
 
 
+class UploadFailed(OSError):
+    """A file of a mirrored folder written here but not in the bucket: a failed write, as a
+    full disk is (its strerror the store's one-line error)."""
+
+
 def mirror(local: Path, url: str) -> None:
     """From now on (and in processes started from now on), files written under `local` are
     uploaded under `url`."""
     os.environ[ENV] = json.dumps({**mirrors(), str(local.resolve()): url.rstrip("/")})
-    _listing.cache_clear()  # a new run looks again
+    _LISTINGS.clear()  # a new run looks again
 
 
 def _mirrored(path: Path) -> tuple[str, str] | None:
@@ -62,14 +67,24 @@ def remote_of(path: Path) -> str | None:
 
 
 def uploaded(path: Path) -> None:
-    """Upload a complete file written under a mirrored folder (nothing elsewhere)."""
-    if (url := remote_of(path)) is not None:
-        put_file(path, url)
+    """Upload a complete file written under a mirrored folder (nothing elsewhere); raises
+    UploadFailed when the store refuses it or cannot be reached."""
+    if (found := _mirrored(path)) is None:
+        return
+    root, name = found
+    try:
+        put_file(path, f"{root}/{name}")
+    except InputError as e:
+        raise UploadFailed(errno.EIO, str(e)) from None
+    if root in _LISTINGS:
+        _LISTINGS[root][name] = path.stat().st_size
 
 
 def removed(path: Path) -> None:
     """Delete the remote copy of a file removed under a mirrored folder."""
-    if (url := remote_of(path)) is not None:
+    if (found := _mirrored(path)) is not None:
+        _LISTINGS.get(found[0], {}).pop(found[1], None)
+        url = f"{found[0]}/{found[1]}"
         fs, key = filesystem(url)
         try:
             fs.rm_file(key)
@@ -169,18 +184,40 @@ def _fresh(url: str) -> tuple[Any, str]:
     return fs, root
 
 
-@functools.lru_cache(maxsize=4)
+# Per run folder URL: its objects' sizes, from one listing per process, kept up to date with
+# what this process uploads and deletes there.
+_LISTINGS: dict[str, dict[str, int]] = {}
+
+
 def _listing(url: str) -> dict[str, int]:
-    fs, root = _fresh(url)
-    try:
-        return {key[len(root) + 1:]: int(info.get("size") or 0)
-                for key, info in fs.find(root, detail=True).items()}
-    except Exception as e:
-        raise store_error(url, e) from None
+    if url not in _LISTINGS:
+        fs, root = _fresh(url)
+        try:
+            _LISTINGS[url] = {key[len(root) + 1:]: int(info.get("size") or 0)
+                              for key, info in fs.find(root, detail=True).items()}
+        except Exception as e:
+            raise store_error(url, e) from None
+    return _LISTINGS[url]
 
 
-def remote_size(path: Path) -> int | None:
+def is_mirrored(path: Path) -> bool:
+    return _mirrored(path) is not None
+
+
+def remote_size(path: Path, fresh: bool = False) -> int | None:
     """The size of the bucket's copy of a file under a mirrored folder, from one listing per
-    process; None when it has none (or the file is not under one)."""
+    process (`fresh`: asked of the store now); None when it has none (or the file is not under
+    one)."""
     found = _mirrored(path)
-    return None if found is None else _listing(found[0]).get(found[1])
+    if found is None:
+        return None
+    if not fresh:
+        return _listing(found[0]).get(found[1])
+    fs, key = filesystem(f"{found[0]}/{found[1]}")
+    try:
+        fs.invalidate_cache(key)
+        return int(fs.info(key).get("size") or 0)
+    except FileNotFoundError:
+        return None
+    except Exception as e:
+        raise store_error(f"{found[0]}/{found[1]}", e) from None

@@ -56,11 +56,11 @@ def storage_options() -> dict[str, Any]:
         raise InputError(f"{ENV_OPTIONS} is not a JSON object: {raw[:80]!r}") from None
 
 
-def set_storage_options(items: list[str]) -> None:
+def set_storage_options(items: list[str] | None) -> None:
     """`name=value` pairs (values as JSON where they parse, e.g. anon=true) for this process
-    and those it starts."""
+    and those it starts (None: none given)."""
     options = storage_options()
-    for item in items:
+    for item in items or ():
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
             raise InputError(f"--storage-option {item!r}: expected name=value")

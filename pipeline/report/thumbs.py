@@ -22,6 +22,7 @@ from ..errors import InputError
 from ..io.fetch import local_copy
 from ..io.files import atomic_path
 from ..io.images import DECODE_ERRORS, open_rgb
+from ..io.mirror import fetch_missing
 from ..io.storage import Location
 from ..io.video import is_video, poster
 
@@ -52,10 +53,13 @@ class Thumbnails:
 
     def __call__(self, source: Location) -> Path | None:
         """The thumbnail of `source` (a video's first frame; an object in storage: of its
-        local copy), made if needed; None when it cannot be read."""
+        local copy; an output of a run folder in storage: fetched from the bucket), made if
+        needed; None when it cannot be read."""
         try:
             if isinstance(source, str):
                 source = local_copy(source)
+            else:
+                fetch_missing(source)
             stat = source.stat()
         except (OSError, InputError):
             return None
