@@ -1,5 +1,5 @@
-"""A bulk run with its manifest and inputs in object storage against the same run from local
-files: the cost of reading through a store.
+"""A bulk run with its manifest and inputs, then also its run folder, in object storage
+against the same run from and to local files: the cost of going through a store.
 
 A real S3 server on 127.0.0.1 (`rclone serve s3`, tests/s3_server.py) over a temporary folder;
 `--jobs` tiny jobs (drawn contents x drawn styles x seeds, `--size` px, `--iterations`
@@ -7,7 +7,8 @@ iterations, early stopping off), one manifest with local paths and the same mani
 bucket (its rows' paths relative to it, so objects). Each round runs both into fresh --out
 folders, taking turns after one untimed run (the model and the targets cached for both), the
 objects fetched anew each time (the cache's `inputs` emptied); wall time of the whole
-`pipeline run` process. Outputs are local in both.
+`pipeline run` process. The third configuration also writes its run folder to the bucket
+(`--out s3://...`: every output, ledger part and trace uploaded as it is written).
 
 Usage: python -m bench.bench_object_storage [--jobs 200] [--size 64] [--iterations 10]
 [--rounds 2]
@@ -55,7 +56,7 @@ def dataset(folder: Path, jobs: int) -> list[dict]:
             for k, (c, s) in enumerate(combos * (jobs // len(combos) + 1))][:jobs]
 
 
-def run(manifest: str, out: Path, args: argparse.Namespace, env: dict) -> float:
+def run(manifest: str, out: str | Path, args: argparse.Namespace, env: dict) -> float:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "pipeline", "run", manifest, "--out", str(out),
                     "--devices", "cpu", "--set", f"size={args.size}", "--set",
@@ -83,19 +84,25 @@ def main() -> None:
             env = {**os.environ, "STYLE_PIPELINE_STORAGE_OPTIONS": json.dumps(
                 {"endpoint_url": endpoint, "key": KEY, "secret": SECRET})}
             run(str(local / "m.parquet"), tmp / "warm", args, env)  # model, targets cached
-            times: dict[str, list[float]] = {"local": [], "s3": []}
+            configs = {  # name -> (manifest, --out of round k)
+                "local": (str(local / "m.parquet"), lambda k: tmp / f"l{k}"),
+                "s3": ("s3://bucket/data/m.parquet", lambda k: tmp / f"s{k}"),
+                "s3 out": ("s3://bucket/data/m.parquet", lambda k: f"s3://bucket/out{k}")}
+            times: dict[str, list[float]] = {name: [] for name in configs}
             for k in range(args.rounds):
-                times["local"].append(run(str(local / "m.parquet"), tmp / f"l{k}", args, env))
-                shutil.rmtree(cache_dir() / "inputs", ignore_errors=True)
-                times["s3"].append(run("s3://bucket/data/m.parquet", tmp / f"s{k}", args, env))
+                for name, (manifest, out) in configs.items():
+                    shutil.rmtree(cache_dir() / "inputs", ignore_errors=True)
+                    times[name].append(run(manifest, out(k), args, env))
     best = {k: min(v) for k, v in times.items()}
     print(f"\n{args.jobs} jobs at {args.size} px, {args.iterations} iterations, "
           f"{args.rounds} rounds taking turns; {_cpu()}, commit {commit}\n")
-    print("| inputs | wall time (best) | all rounds | vs local |")
-    print("|---|---|---|---|")
-    for name, label in (("local", "local files"), ("s3", "S3 (rclone serve s3, 127.0.0.1)")):
+    print("| inputs | outputs (run folder) | wall time (best) | all rounds | vs local |")
+    print("|---|---|---|---|---|")
+    server = "S3 (rclone serve s3, 127.0.0.1)"
+    for name, inputs, outputs in (("local", "local files", "local folder"),
+                                  ("s3", server, "local folder"), ("s3 out", server, server)):
         rounds = ", ".join(f"{t:.1f}" for t in times[name])
-        print(f"| {label} | {best[name]:.1f} s | {rounds} | "
+        print(f"| {inputs} | {outputs} | {best[name]:.1f} s | {rounds} | "
               f"{best[name] / best['local']:.2f}x |")
 
 
