@@ -1,8 +1,12 @@
-"""Helpers for the bulk-run tests: a small dataset, the CLI in-process or as a subprocess."""
+"""Helpers for the bulk-run tests: a small dataset, the CLI in-process or as a subprocess, a
+Ray cluster on this machine and a display that removes one of its nodes mid-run."""
 
+import os
+import re
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -74,3 +78,55 @@ def wait_for(predicate, timeout=300):
 
 def images_in(out):
     return {p.name: to_tensor(Image.open(p).convert("RGB")) for p in out.glob("*.png")}
+
+
+def node_remover(cluster, nodes, checkpointed, removed: list, resumed: list):
+    """A run display (RunDisplay) that removes the node of the first worker past iteration 5
+    once `checkpointed()` (appending it to `removed`), and collects the iterations workers
+    say they resume from (`resumed`)."""
+    from pipeline.bulk.events import Iteration, Log
+    from pipeline.cli.progress import RunDisplay
+
+    class Saboteur(RunDisplay):
+        def __init__(self, total, devices):
+            super().__init__(total, devices)
+            self.labels = devices
+
+        def handle(self, event):
+            super().handle(event)
+            if isinstance(event, Log) and (said := re.search(
+                    r"resuming from its checkpoint at iteration (\d+)/", event.message)):
+                resumed.append(int(said.group(1)))
+            if (isinstance(event, Iteration) and event.iteration >= 6 and not removed
+                    and checkpointed()):
+                label = self.labels[event.worker]
+                node = next(n for n in nodes if label.startswith(f"node {n.node_id[:6]}"))
+                removed.append(node)
+                cluster.remove_node(node)
+
+    return Saboteur
+
+
+@contextmanager
+def local_cluster(head: dict, nodes: list[dict]):
+    """A Ray cluster on this machine (`ray.cluster_utils.Cluster`): a head with `head`'s
+    arguments and a node per item of `nodes`; yields (cluster, the nodes)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    saved = {k: os.environ.pop(k, None) for k in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    c = Cluster(initialize_head=True, head_node_args=head)
+    added = [c.add_node(**args) for args in nodes]
+    c.wait_for_nodes()
+    try:
+        yield c, added
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        c.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

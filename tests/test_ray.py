@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 
@@ -12,9 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.bulk import ledger
-from pipeline.bulk.events import Iteration, Log
-from pipeline.cli.progress import RunDisplay
-from tests.run_helpers import ROOT, images_in
+from tests.run_helpers import ROOT, images_in, local_cluster
 
 ray = pytest.importorskip("ray", reason="the ray extra: pip install -e '.[cpu,dev,ray]'")
 
@@ -28,26 +25,9 @@ ITERATIONS = 30
 
 @pytest.fixture(scope="module")
 def cluster():
-    from ray.cluster_utils import Cluster
-
-    env = {"RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": None}
-    saved = {k: os.environ.pop(k, None) for k in env}
-    os.environ["RAY_AUTH_MODE"] = "disabled"
     store = {"object_store_memory": STORE}
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, **store})
-    nodes = [c.add_node(num_cpus=1, **store) for _ in range(2)]
-    c.wait_for_nodes()
-    try:
-        yield c, nodes
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        c.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with local_cluster({"num_cpus": 0, **store}, [{"num_cpus": 1, **store}] * 2) as made:
+        yield made
 
 
 def _pipeline(*args: str) -> subprocess.CompletedProcess:
@@ -130,35 +110,20 @@ def test_losing_a_node_mid_run_loses_and_repeats_nothing(cluster, dataset_module
     from pipeline.bulk.checkpoint import saved_checkpoints
     from pipeline.bulk.manifest import parse_overrides
     from pipeline.bulk.runner import RunOptions, exit_code, run_manifest
+    from tests.run_helpers import node_remover
 
     c, nodes = cluster
     dataset, _ = dataset_module
     out = tmp_path / "ray"
     removed, resumed = [], []
-
-    class Saboteur(RunDisplay):
-        def __init__(self, total, devices):
-            super().__init__(total, devices)
-            self.labels = devices
-
-        def handle(self, event):
-            super().handle(event)
-            if isinstance(event, Log) and (said := re.search(
-                    r"resuming from its checkpoint at iteration (\d+)/", event.message)):
-                resumed.append(int(said.group(1)))
-            if (isinstance(event, Iteration) and event.iteration >= 6 and not removed
-                    and saved_checkpoints(out)):
-                label = self.labels[event.worker]
-                node = next(n for n in nodes if label.startswith(f"node {n.node_id[:6]}"))
-                removed.append(label)
-                c.remove_node(node)
+    saboteur = node_remover(c, nodes, lambda: saved_checkpoints(out), removed, resumed)
 
     opts = RunOptions(out, batch_size=1, checkpoint_every=5,
                       overrides=parse_overrides(["size=32", f"iterations={ITERATIONS}"]),
                       runtime=RuntimeOptions(precision="fp32"), distributor="ray",
                       ray_address=c.address)
     try:
-        result = run_manifest(dataset, opts, Saboteur)
+        result = run_manifest(dataset, opts, saboteur)
     finally:  # the cluster is the module's: give it its two nodes back
         for _ in removed:
             nodes.append(c.add_node(num_cpus=1, object_store_memory=STORE))

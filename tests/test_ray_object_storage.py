@@ -6,12 +6,10 @@ driver has its own too, and the nodes learn the server's address and keys from t
 from __future__ import annotations
 
 import os
-import re
 
 import pytest
 
-from pipeline.bulk.events import Iteration, Log
-from pipeline.cli.progress import RunDisplay
+from tests.run_helpers import local_cluster
 from tests.s3_server import use_server
 
 ray = pytest.importorskip("ray", reason="the ray extra: pip install -e '.[cpu,dev,ray]'")
@@ -26,31 +24,13 @@ SAME = {"size": 32, "iterations": ITERATIONS}  # fp32, batch 1: the local run's 
 def nodes(tmp_path_factory):
     """(cluster, {node: its own cache folder}); the nodes start before any test sets the
     S3 server's options, so they cannot inherit them."""
-    from ray.cluster_utils import Cluster
-
-    saved = {k: os.environ.pop(k, None) for k in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
-    os.environ["RAY_AUTH_MODE"] = "disabled"
     root = tmp_path_factory.mktemp("nodes")
-    c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "object_store_memory": STORE,
-        "env_vars": {"STYLE_PIPELINE_CACHE": str(root / "head")}})
-    caches = {}
-    for name in ("a", "b"):
-        node = c.add_node(num_cpus=1, object_store_memory=STORE,
-                          env_vars={"STYLE_PIPELINE_CACHE": str(root / name)})
-        caches[node] = root / name
-    c.wait_for_nodes()
-    try:
-        yield c, caches
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        c.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    own = [{"num_cpus": 1, "object_store_memory": STORE,
+            "env_vars": {"STYLE_PIPELINE_CACHE": str(root / name)}} for name in ("a", "b")]
+    with local_cluster({"num_cpus": 0, "object_store_memory": STORE,
+                        "env_vars": {"STYLE_PIPELINE_CACHE": str(root / "head")}}, own) as (
+            c, added):
+        yield c, {node: root / name for node, name in zip(added, ("a", "b"), strict=True)}
 
 
 def test_a_cluster_sharing_only_a_bucket_runs_a_manifest_and_survives_a_lost_node(
@@ -67,7 +47,7 @@ def test_a_cluster_sharing_only_a_bucket_runs_a_manifest_and_survives_a_lost_nod
     from pipeline.bulk.manifest import parse_overrides
     from pipeline.bulk.runner import RunOptions, exit_code, run_manifest
     from pipeline.io import storage
-    from tests.run_helpers import images_in, make_dataset, run_cli
+    from tests.run_helpers import images_in, make_dataset, node_remover, run_cli
 
     c, caches = nodes
     endpoint, served = s3_server
@@ -84,29 +64,14 @@ def test_a_cluster_sharing_only_a_bucket_runs_a_manifest_and_survives_a_lost_nod
     url = f"s3://bucket/{tmp_path.name}"
     there = served / "bucket" / tmp_path.name / "out"  # the objects, as files
     removed, resumed = [], []
-
-    class Saboteur(RunDisplay):
-        def __init__(self, total, devices):
-            super().__init__(total, devices)
-            self.labels = devices
-
-        def handle(self, event):
-            super().handle(event)
-            if isinstance(event, Log) and (said := re.search(
-                    r"resuming from its checkpoint at iteration (\d+)/", event.message)):
-                resumed.append(int(said.group(1)))
-            if (isinstance(event, Iteration) and event.iteration >= 6 and not removed
-                    and list((there / ".checkpoints").glob("job-*.pt"))):
-                label = self.labels[event.worker]
-                node = next(n for n in caches if label.startswith(f"node {n.node_id[:6]}"))
-                removed.append(node)
-                c.remove_node(node)
+    saboteur = node_remover(c, list(caches), lambda: list((there / ".checkpoints").glob(
+        "job-*.pt")), removed, resumed)
 
     opts = RunOptions(f"{url}/out", batch_size=1, checkpoint_every=5,
                       overrides=parse_overrides([f"{k}={v}" for k, v in SAME.items()]),
                       runtime=RuntimeOptions(precision="fp32"), distributor="ray",
                       ray_address=c.address)
-    result = run_manifest(f"{url}/data/manifest.parquet", opts, Saboteur)
+    result = run_manifest(f"{url}/data/manifest.parquet", opts, saboteur)
     assert removed, "no node was removed: the run ended before a checkpoint"
     assert exit_code(result) == 0, result
     assert result.done == 6 and not result.pending and not result.failed
