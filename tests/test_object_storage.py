@@ -311,3 +311,43 @@ def test_a_store_that_goes_away_mid_run_stops_it_and_a_rerun_after_finishes(tmp_
     assert again.returncode == 0, text
     assert len(list(there.glob("*.png"))) == 6
     assert cell(text, "done before (skipped)") == str(len(made)), text
+
+
+def test_a_second_machine_cannot_run_into_the_same_bucket_folder(s3, tmp_path, monkeypatch):
+    """A run into s3://... leases the folder there: the same command from another machine (its
+    own cache, so its own local copy and no shared lock) is refused with exit code 4 while the
+    first runs, and still after the first is killed (-9) until its lease expires; then it
+    takes over and finishes."""
+    import os
+    import signal
+    import time
+
+    from pipeline.bulk import locks
+    from pipeline.bulk.manifest import write_manifest
+    from tests.run_helpers import cell, run_cli, spawn_run, wait_for
+
+    url, folder, _ = s3
+    monkeypatch.setenv("STYLE_PIPELINE_LEASE_EXPIRES_S", "6")  # for the run started below
+    monkeypatch.setattr(locks, "EXPIRES_S", 6.0)  # for those run here
+    rows = [{"content": "in/photo.png", "style": "in/painting.png", "seed": s,
+             "output": f"styled-{s}.png"} for s in range(2)]
+    write_manifest(rows, tmp_path / "m.parquet")
+    fs, _ = storage.filesystem(url)
+    fs.put_file(str(tmp_path / "m.parquet"), f"{url}/m.parquet")
+    first = spawn_run(f"{url}/m.parquet", f"{url}/out", 400)
+    try:
+        wait_for(lambda: (folder / "out" / ".run-lease").is_file())
+        monkeypatch.setenv("STYLE_PIPELINE_CACHE", str(tmp_path / "other-machine"))
+        refused = run_cli(f"{url}/m.parquet", f"{url}/out")
+        assert refused.exit_code == 4, refused.output
+        assert f"is using {url}/out: it renewed its lease" in " ".join(refused.output.split())
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    assert run_cli(f"{url}/m.parquet", f"{url}/out").exit_code == 4  # its lease holds a while
+    time.sleep(6)
+    taken = run_cli(f"{url}/m.parquet", f"{url}/out")
+    assert taken.exit_code == 0, taken.output
+    assert int(cell(taken.output, "done now")) + int(cell(taken.output,
+                                                          "done before (skipped)")) == 2
+    assert not (folder / "out" / ".run-lease").exists()  # given back at the end

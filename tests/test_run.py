@@ -15,8 +15,8 @@ from pipeline.bulk.build import build_rows
 from pipeline.bulk.checkpoint import save_checkpoint, saved_checkpoints
 from pipeline.bulk.events import Iteration
 from pipeline.bulk.jobs import Batch, Inspector, auto_cpu_workers, default_batch_size
+from pipeline.bulk.locks import folder_lock
 from pipeline.bulk.manifest import read_jobs, write_manifest
-from pipeline.bulk.runner import folder_lock
 from pipeline.cli import app
 from pipeline.io.images import read_metadata
 from tests.conftest import make_painting, make_photo

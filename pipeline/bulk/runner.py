@@ -9,13 +9,11 @@ sharing a folder could pick the same batch.
 from __future__ import annotations
 
 import dataclasses
-import errno
-import fcntl
 import itertools
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,14 +32,11 @@ from .distribute import Distributor, Outcome, QuietDisplay, distribute
 from .distributors import NAMES as DISTRIBUTORS
 from .distributors import check_distributor, open_distributor
 from .jobs import Inspector, Job
+from .locks import RunLocked, bucket_lease, folder_lock
 from .manifest import JobSpec, read_jobs
 from .queue import BatchQueue
 from .run_state import new_run_id, output_is_done, recorded, write_run_info
 from .worker import WorkerConfig
-
-
-class RunLocked(RuntimeError):
-    """Another `pipeline run` holds the output folder."""
 
 
 class ManifestInvalid(InputError):
@@ -211,24 +206,6 @@ class RunResult(Outcome):
     folder: Path | None = None  # the run folder on this machine (--out's local copy for a URL)
 
 
-@contextmanager
-def folder_lock(out_dir: Path) -> Iterator[None]:
-    """An exclusive flock on the folder itself: released by the kernel when this process ends,
-    however it ends, and not defeated by deleting a file."""
-    fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            raise RunLocked(f"another `pipeline run` is using {out_dir}; wait for it to "
-                            "finish, or use another --out folder") from None
-        yield
-    finally:
-        os.close(fd)
-
-
 def _own_folders(out_dir: Path, jobs: Iterable[Job]) -> list[Path]:
     """Where this program writes: the run's folders and each output's folder."""
     return [out_dir, ledger.ledger_dir(out_dir), checkpoint_dir(out_dir),
@@ -276,7 +253,8 @@ def run_manifest(manifest: Location, opts: RunOptions,
         except OSError as e:
             raise InputError(f"--out: {describe_os_error(e, out_dir)}") from None
         # `stack` holds the workers: they end before the folder is unlocked.
-        with folder_lock(out_dir), opened.pop_all() as stack:
+        with (folder_lock(out_dir), bucket_lease(remote, config.run_id),
+              opened.pop_all() as stack):
 
             def workers_for(todo: list[Job]) -> Distributor:
                 nonlocal workers

@@ -49,7 +49,14 @@ from ..gatys.slots import SlotState
 from ..gatys.trace import TRACE_EVERY, Traces
 from ..io.files import cache_dir, describe_os_error
 from ..io.images import intermediate_path, save_image
-from ..io.mirror import attach
+from ..io.mirror import (
+    UploadFailed,
+    after_uploads,
+    attach,
+    check_uploads,
+    flush_uploads,
+    upload_in_background,
+)
 from ..io.storage import ENV_OPTIONS
 from . import ledger, traces
 from .checkpoint import (
@@ -73,7 +80,7 @@ from .events import (
     Ready,
 )
 from .jobs import Batch, Job, under
-from .run_state import RUN_INFO, output_carries_key, read_run_info
+from .run_state import RUN_INFO, output_is_done, read_run_info
 from .video_batch import VideoWriteFailed, run_video_batch, run_video_piece
 
 
@@ -119,6 +126,11 @@ class Worker:
         try:
             self.run(under(batch, self.out_dir) if self.own_copy else batch)
         except Interrupted:
+            try:
+                self.flush_uploads()  # its checkpoints, for whichever worker resumes it
+            except WriteFailed as e:
+                self.emit(CannotWrite(self.wid, str(e)))
+                return False
             self.emit(Exited(self.wid))
             return False
         except WriteFailed as e:
@@ -136,8 +148,18 @@ class Worker:
         rows = (self._videos(batch, started) if batch.jobs[0].spec.video is not None
                 else self._images(batch, started))
         self.write_ledger(rows)
+        self.flush_uploads()
         failures = [(r["row"], r["error"]) for r in rows if r["status"] != ledger.DONE]
         self.emit(BatchDone(self.wid, len(rows) - len(failures), failures))
+
+    def flush_uploads(self, wait: bool = True) -> None:
+        """A run folder in object storage: what this worker wrote is in the bucket before the
+        driver hears of it (which may then end the run, or this worker); `wait=False`: only
+        raise an upload's failure so far."""
+        try:
+            flush_uploads() if wait else check_uploads()
+        except UploadFailed as e:
+            raise WriteFailed(str(e.strerror)) from e
 
     def _piece(self, batch: Batch) -> None:
         """A piece of a video's passes: no output, no ledger row; its frames are kept."""
@@ -147,6 +169,7 @@ class Worker:
             raise WriteFailed(str(e)) from e
         if error:
             self.emit(Log(self.wid, f"{error}; the clip goes on whole on one worker"))
+        self.flush_uploads()
         self.emit(BatchDone(self.wid, 0, [], piece_failed=bool(error)))
 
     def _videos(self, batch: Batch, started: float) -> list[dict[str, Any]]:
@@ -344,7 +367,7 @@ class SlotBatch:
         while self.waiting:
             index = self.waiting.popleft()
             job = jobs[index]
-            if output_carries_key(job.spec.output, job.key):
+            if output_is_done(job.spec.output, job.key, None):
                 self.progress(self.params.iterations)
                 continue
             try:
@@ -386,10 +409,11 @@ class SlotBatch:
                 self.inside.remove(i)
 
     def _record(self, written: list[dict[str, Any]], failed: list[dict[str, Any]]) -> None:
+        self.worker.flush_uploads(wait=False)
         self.rows += written + failed
         self.worker.write_ledger(self.rows, self.part)
-        self.worker.emit(JobsDone(self.worker.wid, len(written),
-                                  [(r["row"], r["error"]) for r in failed]))
+        done = JobsDone(self.worker.wid, len(written), [(r["row"], r["error"]) for r in failed])
+        after_uploads(lambda: self.worker.emit(done))  # its outputs in the bucket first
 
     def save(self, index: int, state: SlotState) -> None:
         job = self.batch.jobs[index]
@@ -433,6 +457,7 @@ def run_folder_here(config: WorkerConfig) -> Path:
         return config.out_dir
     if config.storage_options:
         os.environ[ENV_OPTIONS] = json.dumps(config.storage_options)
+    upload_in_background()  # while the next jobs optimize; flushed before each BatchDone
     return attach(config.remote, cache_dir(config.runtime.cache), (RUN_INFO,))
 
 

@@ -16,9 +16,12 @@ pulls the workers' ledger parts and traces at the end of the run.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -66,32 +69,110 @@ def remote_of(path: Path) -> str | None:
     return None if found is None else f"{found[0]}/{found[1]}"
 
 
+class _Background:
+    """A worker's uploads and deletions, in the order they were asked, on one thread while its
+    optimization goes on, and what it reports once they are done (`after_uploads`). After a
+    failure nothing more is done: the worker raises it at its next check or flush, and no job
+    written after it is reported done."""
+
+    def __init__(self) -> None:
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="upload")
+        self.pending: list[Future[None]] = []
+        self.failed: BaseException | None = None
+
+    def submit(self, work: Callable[[], None]) -> None:
+        self.pending = [f for f in self.pending if not f.done()]
+        self.pending.append(self.pool.submit(self._run, work))
+
+    def _run(self, work: Callable[[], None]) -> None:
+        if self.failed is None:
+            try:
+                work()
+            except Exception as e:
+                self.failed = e
+
+    def check(self) -> None:
+        if self.failed is not None:
+            raise self.failed
+
+    def flush(self) -> None:
+        for future in self.pending:
+            future.result()
+        self.pending = []
+        self.check()
+
+
+_BACKGROUND: _Background | None = None
+
+
+def upload_in_background() -> None:
+    """From now on this process (a worker) uploads while it computes: `after_uploads` for
+    what it reports, `flush_uploads` before it reports a batch done."""
+    global _BACKGROUND
+    _BACKGROUND = _BACKGROUND or _Background()
+
+
+def flush_uploads() -> None:
+    """Wait until what this process wrote is in the bucket; UploadFailed if some is not."""
+    if _BACKGROUND is not None:
+        _BACKGROUND.flush()
+
+
+def check_uploads() -> None:
+    """UploadFailed if an upload of this process has failed so far (no waiting)."""
+    if _BACKGROUND is not None:
+        _BACKGROUND.check()
+
+
+def after_uploads(report: Callable[[], None]) -> None:
+    """`report()` once every file written so far is in the bucket (at once where uploads are
+    not in the background; never if one of them fails)."""
+    _in_order(report)
+
+
+def _in_order(work: Callable[[], None]) -> None:
+    if _BACKGROUND is None:
+        work()
+    else:
+        _BACKGROUND.submit(work)
+
+
 def uploaded(path: Path) -> None:
     """Upload a complete file written under a mirrored folder (nothing elsewhere); raises
-    UploadFailed when the store refuses it or cannot be reached."""
-    if (found := _mirrored(path)) is None:
-        return
-    root, name = found
+    UploadFailed when the store refuses it or cannot be reached (in the background: at a
+    later write or flush)."""
+    if (found := _mirrored(path)) is not None:
+        _in_order(functools.partial(_put, path, *found))
+
+
+def _put(path: Path, root: str, name: str) -> None:
     try:
+        size = path.stat().st_size
         put_file(path, f"{root}/{name}")
-    except InputError as e:
+    except (InputError, OSError) as e:
+        if not path.exists():  # deleted since (a checkpoint whose job ended): nothing to do
+            return
         raise UploadFailed(errno.EIO, str(e)) from None
     if root in _LISTINGS:
-        _LISTINGS[root][name] = path.stat().st_size
+        _LISTINGS[root][name] = size
 
 
 def removed(path: Path) -> None:
-    """Delete the remote copy of a file removed under a mirrored folder."""
+    """Delete the remote copy of a file removed under a mirrored folder (after its uploads)."""
     if (found := _mirrored(path)) is not None:
-        _LISTINGS.get(found[0], {}).pop(found[1], None)
-        url = f"{found[0]}/{found[1]}"
-        fs, key = filesystem(url)
-        try:
-            fs.rm_file(key)
-        except FileNotFoundError:
-            pass
-        except Exception as e:
-            raise store_error(url, e) from None
+        _in_order(functools.partial(_remove, *found))
+
+
+def _remove(root: str, name: str) -> None:
+    _LISTINGS.get(root, {}).pop(name, None)
+    url = f"{root}/{name}"
+    fs, key = filesystem(url)
+    try:
+        fs.rm_file(key)
+    except FileNotFoundError:
+        pass
+    except Exception as e:
+        raise UploadFailed(errno.EIO, str(store_error(url, e))) from None
 
 
 def pull(url: str, local: Path, parts: tuple[str, ...] = STATE) -> None:

@@ -1,0 +1,127 @@
+"""One run per run folder: on this machine a lock on the folder, and for a run folder in object
+storage a lease in the bucket, which runs on other machines see.
+
+An object store has no lock, so the lease is an object (`.run-lease`: the run's id, host,
+process and when it last renewed it) that a run claims at its start and renews while it runs.
+A free lease is claimed with a conditional create (S3's If-None-Match, which AWS honours; a
+store that ignores the condition just writes), then read back after a moment: of two runs that
+start at once, the one whose claim was overwritten sees the other's and stops. A lease its run
+stopped renewing (the run was killed) is free once it is EXPIRES_S old.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ..io.storage import filesystem, store_error
+
+LEASE = ".run-lease"
+EXPIRES_S = float(os.environ.get("STYLE_PIPELINE_LEASE_EXPIRES_S") or 90)  # tests shorten it
+READ_BACK_S = 1.0
+
+
+class RunLocked(RuntimeError):
+    """Another run uses this run folder (exit code 4)."""
+
+
+@contextmanager
+def folder_lock(out_dir: Path) -> Iterator[None]:
+    """An exclusive flock on the folder itself: released by the kernel when this process ends,
+    however it ends, and not defeated by deleting a file."""
+    fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise RunLocked(f"another `pipeline run` is using {out_dir}; wait for it to "
+                            "finish, or use another --out folder") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def bucket_lease(url: str | None, run_id: str) -> Iterator[None]:
+    """The run folder at `url` leased to this run while the block runs (nothing for None)."""
+    if url is None:
+        yield
+        return
+    where = f"{url.rstrip('/')}/{LEASE}"
+    fs, key = filesystem(where)
+    held = _read(fs, key, where)
+    if held is not None and held["run_id"] != run_id:
+        _refuse_if_alive(held, url)
+    mine = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid()}
+    _write(fs, key, where, mine, create=held is None)
+    time.sleep(READ_BACK_S)
+    now = _read(fs, key, where)
+    if now is None or now["run_id"] != run_id:
+        raise RunLocked(f"another `pipeline run` claimed {url} at the same moment; wait for it "
+                        "to finish, or use another --out")
+    stop = threading.Event()
+    renewer = threading.Thread(target=_renew, args=(fs, key, where, mine, stop), daemon=True,
+                               name="lease")
+    renewer.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        renewer.join()
+        with contextlib.suppress(Exception):  # a lease left behind expires on its own
+            fs.rm_file(key)
+
+
+def _refuse_if_alive(held: dict[str, Any], url: str) -> None:
+    age = time.time() - float(held.get("renewed_at", 0))
+    if age < EXPIRES_S:
+        raise RunLocked(f"another `pipeline run` (on {held.get('host')}, process "
+                        f"{held.get('pid')}) is using {url}: it renewed its lease {age:.0f} s "
+                        f"ago. Wait for it to finish; if it was killed, its lease expires in "
+                        f"{EXPIRES_S - age:.0f} s")
+
+
+def _renew(fs: Any, key: str, where: str, mine: dict[str, Any], stop: threading.Event) -> None:
+    while not stop.wait(EXPIRES_S / 6):
+        with contextlib.suppress(Exception):  # the store is away: the run meets that itself
+            _write(fs, key, where, mine, create=False)
+
+
+def _read(fs: Any, key: str, where: str) -> dict[str, Any] | None:
+    try:
+        fs.invalidate_cache(key)
+        return dict(json.loads(fs.cat_file(key)))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError):
+        return {"run_id": "", "renewed_at": 0}  # not ours to read: a free lease
+    except Exception as e:
+        raise store_error(where, e) from None
+
+
+def _write(fs: Any, key: str, where: str, mine: dict[str, Any], create: bool) -> None:
+    data = json.dumps({**mine, "renewed_at": time.time()}).encode()
+    try:
+        try:
+            fs.pipe_file(key, data, mode="create" if create else "overwrite")
+        except TypeError:  # a filesystem with no conditional write: a plain one
+            fs.pipe_file(key, data)
+    except FileExistsError:
+        held = _read(fs, key, where)  # claimed since we looked
+        if held is not None:
+            _refuse_if_alive(held, where.rsplit("/", 1)[0])
+        fs.pipe_file(key, data)
+    except Exception as e:
+        raise store_error(where, e) from None

@@ -1,0 +1,81 @@
+"""A worker's uploads into a run folder in object storage go on in the background, in order,
+and a failure is never lost: no store needed (the uploads are recorded, not sent)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from pipeline.errors import InputError
+from pipeline.io import mirror
+from pipeline.io.files import atomic_write_bytes
+
+
+@pytest.fixture
+def background(tmp_path, monkeypatch):
+    """A folder mirrored to s3://bucket/run with background uploads; yields (folder, the
+    uploads made so far as (url, bytes), a gate the uploads wait on)."""
+    monkeypatch.delenv(mirror.ENV, raising=False)
+    monkeypatch.setattr(mirror, "_BACKGROUND", None)
+    made: list[tuple[str, bytes]] = []
+    gate = threading.Event()
+
+    def put_file(path, url):
+        gate.wait(10)
+        made.append((url, path.read_bytes()))
+
+    monkeypatch.setattr(mirror, "put_file", put_file)
+    mirror.mirror(tmp_path, "s3://bucket/run")
+    mirror.upload_in_background()
+    yield tmp_path, made, gate
+    gate.set()
+    mirror._BACKGROUND.pool.shutdown()
+
+
+def test_a_write_does_not_wait_for_its_upload_and_a_flush_does(background):
+    folder, made, gate = background
+    atomic_write_bytes(folder / "a.png", b"first")
+    atomic_write_bytes(folder / "ledger" / "part.parquet", b"second")
+    assert made == []  # both written here, the first upload still held at the gate
+    gate.set()
+    mirror.flush_uploads()
+    assert made == [("s3://bucket/run/a.png", b"first"),
+                    ("s3://bucket/run/ledger/part.parquet", b"second")]
+
+
+def test_after_a_failed_upload_nothing_more_is_sent_or_reported(background, monkeypatch):
+    """A job written after a failed upload is never reported done, and the failure is raised
+    by every check and flush from then on."""
+    folder, made, gate = background
+    gate.set()
+    refused = []
+
+    def refuse_outputs(path, url):
+        if url.endswith("out.png"):
+            refused.append(url)
+            raise InputError(f"{url}: cannot reach the store at http://127.0.0.1:1")
+        made.append((url, path.read_bytes()))
+
+    monkeypatch.setattr(mirror, "put_file", refuse_outputs)
+    reported = []
+    atomic_write_bytes(folder / "first.png", b"1")
+    mirror.after_uploads(lambda: reported.append("first"))
+    atomic_write_bytes(folder / "out.png", b"2")
+    atomic_write_bytes(folder / "ledger" / "part.parquet", b"3")
+    mirror.after_uploads(lambda: reported.append("second"))
+    with pytest.raises(mirror.UploadFailed, match=r"out\.png: cannot reach the store"):
+        mirror.flush_uploads()
+    assert reported == ["first"] and refused == ["s3://bucket/run/out.png"]
+    assert made == [("s3://bucket/run/first.png", b"1")]  # not the ledger part after it
+    with pytest.raises(mirror.UploadFailed):
+        mirror.check_uploads()
+
+
+def test_a_file_deleted_before_its_upload_ran_is_no_failure(background):
+    folder, made, gate = background
+    atomic_write_bytes(folder / ".checkpoints" / "job-1.pt", b"state")
+    (folder / ".checkpoints" / "job-1.pt").unlink()  # its job ended before the upload
+    gate.set()
+    mirror.flush_uploads()
+    assert made == []
