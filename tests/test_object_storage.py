@@ -315,9 +315,10 @@ def test_a_store_that_goes_away_mid_run_stops_it_and_a_rerun_after_finishes(tmp_
 
 def test_a_second_machine_cannot_run_into_the_same_bucket_folder(s3, tmp_path, monkeypatch):
     """A run into s3://... leases the folder there: the same command from another machine (its
-    own cache, so its own local copy and no shared lock) is refused with exit code 4 while the
-    first runs, and still after the first is killed (-9) until its lease expires; then it
-    takes over and finishes."""
+    own host name and cache, so its own local copy and no shared lock) is refused with exit
+    code 4 while the first runs, and still after the first is killed (-9) until its lease
+    expires; then it takes over and finishes. (On the first's machine, its dead process frees
+    the lease at once: the other tests here rerun after a kill.)"""
     import os
     import signal
     import time
@@ -338,6 +339,7 @@ def test_a_second_machine_cannot_run_into_the_same_bucket_folder(s3, tmp_path, m
     try:
         wait_for(lambda: (folder / "out" / ".run-lease").is_file())
         monkeypatch.setenv("STYLE_PIPELINE_CACHE", str(tmp_path / "other-machine"))
+        monkeypatch.setattr(locks.socket, "gethostname", lambda: "other-machine")
         refused = run_cli(f"{url}/m.parquet", f"{url}/out")
         assert refused.exit_code == 4, refused.output
         assert f"is using {url}/out: it renewed its lease" in " ".join(refused.output.split())

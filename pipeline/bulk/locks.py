@@ -6,7 +6,8 @@ process and when it last renewed it) that a run claims at its start and renews w
 A free lease is claimed with a conditional create (S3's If-None-Match, which AWS honours; a
 store that ignores the condition just writes), then read back after a moment: of two runs that
 start at once, the one whose claim was overwritten sees the other's and stops. A lease its run
-stopped renewing (the run was killed) is free once it is EXPIRES_S old.
+stopped renewing (the run was killed) is free once it is EXPIRES_S old, or at once on the
+machine that ran it, whose process is gone.
 """
 
 from __future__ import annotations
@@ -85,12 +86,28 @@ def bucket_lease(url: str | None, run_id: str) -> Iterator[None]:
 
 
 def _refuse_if_alive(held: dict[str, Any], url: str) -> None:
+    """RunLocked unless the lease's run is over: its lease expired, or it ran on this machine
+    and its process is gone (killed, or stopped by a store that went away)."""
     age = time.time() - float(held.get("renewed_at", 0))
+    if held.get("host") == socket.gethostname() and not _alive(held.get("pid")):
+        return
     if age < EXPIRES_S:
         raise RunLocked(f"another `pipeline run` (on {held.get('host')}, process "
                         f"{held.get('pid')}) is using {url}: it renewed its lease {age:.0f} s "
                         f"ago. Wait for it to finish; if it was killed, its lease expires in "
                         f"{EXPIRES_S - age:.0f} s")
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _renew(fs: Any, key: str, where: str, mine: dict[str, Any], stop: threading.Event) -> None:
