@@ -474,28 +474,28 @@ def job_key(content: str, styles: list[str], params: StyleParams, init: str | No
 
 
 def check_destinations(output: Location, inputs: Sequence[Location], bit_depth: int = 0,
-                       trace: Path | None = None) -> None:
+                       trace: Location | None = None) -> None:
     """InputError before minutes of optimizing, not after: an output of a kind we cannot
     write, over an input, a folder, or where we cannot write; a trace that is not .parquet.
-    An output in object storage: its bucket is there (the write itself is one PUT)."""
+    A destination in object storage: its bucket is there (the write itself is one PUT)."""
     check_output_path(output, bit_depth)
     if isinstance(output, str):  # a URL
         if output in inputs:
             raise InputError(f"{output}: the output would overwrite one of the input images")
-        check_store(output)
-        output = Path(name(output))  # for the trace's checks below; nothing local is written
-        destinations = {"--trace": trace} if trace is not None else {}
     else:
         _check_local_output(output, inputs)
-        destinations = {"--output": output} | ({"--trace": trace} if trace is not None else {})
-    if trace is not None and (trace.suffix != ".parquet" or trace.is_dir()):
+    folder = isinstance(trace, Path) and trace.is_dir()
+    if trace is not None and (folder or Path(name(str(trace))).suffix != ".parquet"):
         raise InputError(f"--trace {trace}: give a file name ending in .parquet"
-                         + (" (this is a folder)" if trace.is_dir() else ""))
-    for option, path in destinations.items():
-        try:
-            check_writable_dir(path.parent)
-        except OSError as e:
-            raise InputError(f"{option}: {describe_os_error(e, path.parent)}") from None
+                         + (" (this is a folder)" if folder else ""))
+    for option, path in {"--output": output, "--trace": trace}.items():
+        if isinstance(path, str):
+            check_store(path)
+        elif path is not None:
+            try:
+                check_writable_dir(path.parent)
+            except OSError as e:
+                raise InputError(f"{option}: {describe_os_error(e, path.parent)}") from None
 
 
 def _check_local_output(output: Path, inputs: Sequence[Location]) -> None:
@@ -508,14 +508,14 @@ def _check_local_output(output: Path, inputs: Sequence[Location]) -> None:
 
 def stylize_file(content: Location, styles: Sequence[Location], output: Location,
                  params: StyleParams = StyleParams(), runtime: Runtime | None = None,
-                 progress: Progress | None = None, trace: Path | None = None,
+                 progress: Progress | None = None, trace: Location | None = None,
                  trace_every: int = TRACE_EVERY, regions: Regions = NO_REGIONS
                  ) -> StyleResult:
     """Stylize CONTENT with STYLES into `output` (PNG, JPEG or TIFF by extension, atomic,
     sRGB-tagged, parameters and job key embedded), the image every params.save_every
     iterations beside it, and with `trace` the loss terms every `trace_every` iterations in
-    that Parquet file. Every destination is checked before any work. Inputs and the output
-    may be URLs (s3://..., io/storage.py): read whole, written as one object."""
+    that Parquet file. Every destination is checked before any work. Inputs, the output and
+    the trace may be URLs (s3://..., io/storage.py): read whole, written as one object."""
     params.validate(n_styles=len(styles))
     regions.validate(len(styles), params)
     init = [location(params.init)] if params.init_is_file else []

@@ -40,15 +40,19 @@ def s3(s3_server, monkeypatch, tmp_path):
 
 
 def test_stylize_reads_and_writes_object_storage(s3, tmp_path):
-    """The same job as with local files: the same key and pixels; the output and its
-    intermediates are objects of their own."""
+    """The same job as with local files: the same key and pixels; the output, its
+    intermediates and its loss trace are objects of their own."""
+    import pyarrow.parquet as pq
+
     url, folder, local = s3
     result = runner.invoke(app, ["stylize", f"{url}/in/photo.png", f"{url}/in/painting.png",
                                  "-o", f"{url}/out/styled.png", "--masks", f"{url}/in/left.png",
-                                 "--save-every", "2", *FAST])
+                                 "--save-every", "2", "--trace", f"{url}/out/trace.parquet",
+                                 "--trace-every", "1", *FAST])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (folder / "out").iterdir()) == ["styled.iter0002.png",
-                                                                  "styled.png"]
+    assert sorted(p.name for p in (folder / "out").iterdir()) == [
+        "styled.iter0002.png", "styled.png", "trace.parquet"]
+    assert pq.read_table(folder / "out" / "trace.parquet").num_rows >= 4
     here = tmp_path / "local.png"
     result = runner.invoke(app, ["stylize", str(local / "photo.png"), str(local / "painting.png"),
                                  "-o", str(here), "--masks", str(local / "left.png"),

@@ -40,8 +40,9 @@ def stylize(
                                "storage: one PUT, seen whole or not at all), tagged sRGB, with "
                                "the parameters embedded."),
     storage_option: list[str] = STORAGE_OPTION,
-    trace: Path | None = typer.Option(None, help="Also write the loss trace (the loss terms "
-                                      "every --trace-every iterations) to this Parquet file."),
+    trace: str | None = typer.Option(None, help="Also write the loss trace (the loss terms "
+                                     "every --trace-every iterations) to this Parquet file "
+                                     "(a path or a URL)."),
     trace_every: int = typer.Option(TRACE_EVERY, min=0, help=TRACE_EVERY_HELP),
     device: str = typer.Option("auto", help="auto (first GPU, else CPU), cpu, cuda or cuda:N."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, summary or "
@@ -61,8 +62,8 @@ def stylize(
     start = time.perf_counter()
     with iteration_bar(name(content), params.iterations, quiet) as progress:
         result = stylize_file(location(content), [location(s) for s in styles],
-                              location(output), params, runtime, progress, trace, trace_every,
-                              regions)
+                              location(output), params, runtime, progress,
+                              None if trace is None else location(trace), trace_every, regions)
     if quiet:
         return
     table = summary_table("stylize")

@@ -93,8 +93,8 @@ SCHEMA = pa.schema([("key", pa.string()), ("iteration", pa.int64()), ("stage", p
 Traces = dict[str, list[dict[str, Any]]]  # job key -> points in iteration (or frame) order
 
 
-def write_traces(path: Path, traces: Traces) -> None:
-    """One Parquet file of these traces, atomically."""
+def write_traces(path: Path | str, traces: Traces) -> None:
+    """One Parquet file of these traces, atomically (a URL: as one object)."""
     rows = [{"key": key, **point} for key, points in traces.items() for point in points]
     with atomic_path(path) as tmp:
         pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), tmp)
