@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import InputError
 from ..io.files import atomic_write_bytes
 from ..io.images import carries_key
-from ..io.mirror import is_mirrored, remote_size
+from ..io.mirror import is_mirrored, remote_of, remote_size
 from ..io.storage import Location
 from ..io.video import is_video, video_metadata
 from . import ledger
@@ -125,6 +125,14 @@ def output_is_done(output: Path, key: str, record: dict[str, Any] | None) -> boo
     if not (output.is_file() and output_carries_key(output, key)):
         return False
     return not is_mirrored(output) or remote_size(output, fresh=True) == output.stat().st_size
+
+
+def stored_at(path: Path) -> str | None:
+    """Where a file of a run folder is, if it is there: its URL for a run folder in object
+    storage (the bucket has it), else its path."""
+    if is_mirrored(path):
+        return remote_of(path) if remote_size(path) is not None else None
+    return str(path) if path.is_file() else None
 
 
 def output_carries_key(output: Path, key: str) -> bool:

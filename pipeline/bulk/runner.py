@@ -24,7 +24,7 @@ from ..gatys.trace import TRACE_EVERY, TRACE_EVERY_HELP
 from ..io.fetch import prefetch
 from ..io.files import cache_dir, check_writable_dir, describe_os_error, remove_stale_temps
 from ..io.mirror import STATE, mirror, pull, refresh, staging_folder
-from ..io.storage import Location, check_store, location, storage_options
+from ..io.storage import Location, check_store, is_url, location, storage_options
 from ..options import check, option
 from . import ledger, traces
 from .checkpoint import checkpoint_dir, sweep_finished
@@ -268,6 +268,14 @@ def run_manifest(manifest: Location, opts: RunOptions,
     return result
 
 
+def run_folder(out: str) -> Path:
+    """A run folder to look at (`pipeline status`, `report`): the path, or this machine's copy
+    of one in object storage with the run's records pulled (what is written there is
+    uploaded)."""
+    return mirrored_folder(out, None, ("run.json", "ledger", "traces")) if is_url(out) else (
+        Path(out))
+
+
 def mirrored_folder(url: str, cache: str | None, parts: tuple[str, ...] = STATE) -> Path:
     """The local folder a run into `url` works in, with the run's state (`parts` of it) pulled
     from the bucket and every file written there uploaded (io/mirror.py)."""
@@ -330,5 +338,5 @@ def exit_code(result: RunResult) -> int:
     return 0
 
 
-__all__ = ["ManifestInvalid", "RunLocked", "RunOptions", "RunResult", "exit_code", "run_manifest",
-           "scan"]
+__all__ = ["ManifestInvalid", "RunLocked", "RunOptions", "RunResult", "exit_code", "run_folder",
+           "run_manifest", "scan"]

@@ -12,19 +12,17 @@ from rich.table import Table
 from ..api import RuntimeOptions, location, set_storage_options
 from ..bulk import ledger
 from ..bulk.manifest import parse_overrides
-from ..bulk.run_state import ledger_only_info, read_run_info, run_state
+from ..bulk.run_state import ledger_only_info, read_run_info, run_state, stored_at
 from ..bulk.runner import (
     ManifestInvalid,
     RunLocked,
     RunOptions,
     RunResult,
     exit_code,
-    mirrored_folder,
+    run_folder,
     run_manifest,
 )
 from ..errors import InputError
-from ..io.mirror import is_mirrored, remote_of, remote_size
-from ..io.storage import is_url
 from ..report import write_report
 from ..report.page import REPORT
 from .app import app, print_errors, reports_errors, say_error, scanning
@@ -121,13 +119,6 @@ def _write_report(out: Path) -> str:
 RUN_FOLDER = "Output folder of a run: a path, or a URL in object storage (s3://...)."
 
 
-def _run_folder(out: str) -> Path:
-    """A run folder here, or this machine's copy of one in object storage with the run's
-    records pulled (io/mirror.py: what is written there is uploaded)."""
-    return mirrored_folder(out, None, ("run.json", "ledger", "traces")) if is_url(out) else (
-        Path(out))
-
-
 @app.command("report")
 @reports_errors
 def report_cmd(out: str = typer.Argument(..., help=RUN_FOLDER),
@@ -136,8 +127,8 @@ def report_cmd(out: str = typer.Argument(..., help=RUN_FOLDER),
     styles and varied parameters, each output linked, failed rows with their error), each
     job's loss curve and its intermediate images. It opens from disk, with no server."""
     set_storage_options(storage_option)
-    written = write_report(_run_folder(out))
-    console.print(f"wrote {remote_of(written) or written}")
+    written = write_report(run_folder(out))
+    console.print(f"wrote {stored_at(written) or written}")
 
 
 @app.command()
@@ -148,7 +139,7 @@ def status(out: str = typer.Argument(..., help=RUN_FOLDER),
     A job counts as done only while its output is there and is its own, as `run` decides (in
     object storage: while the bucket has it)."""
     set_storage_options(storage_option)
-    folder = _run_folder(out)
+    folder = run_folder(out)
     try:
         info = read_run_info(folder)
     except InputError as e:
@@ -170,10 +161,7 @@ def status(out: str = typer.Argument(..., help=RUN_FOLDER),
                       f"{span:.0f} s; {sum(r['seconds'] for r in timed) / len(timed):.1f}"
                       " s per batch run")
         table.add_row("devices", ", ".join(sorted({r["device"] for r in timed})))
-    report = folder / REPORT
-    there = remote_size(report) is not None if is_mirrored(report) else report.is_file()
-    table.add_row("report", (remote_of(report) or str(report)) if there
-                  else f"none yet (pipeline report {out})")
+    table.add_row("report", stored_at(folder / REPORT) or f"none yet (pipeline report {out})")
     console.print(table)
     if state.failed:
         failures = Table(title="failures")
