@@ -215,6 +215,7 @@ def test_a_run_folder_in_object_storage(s3, tmp_path):
     status = runner.invoke(app, ["status", out], terminal_width=200)
     assert status.exit_code == 0, status.output
     assert cell(status.output, "done") == "3" and cell(status.output, "pending") == "0"
+    assert cell(status.output, "manifest") == f"{url}/m.parquet"
     assert cell(status.output, "report").startswith("none yet (pipeline report")
     report = runner.invoke(app, ["report", out], terminal_width=200)
     assert report.exit_code == 0 and f"wrote {out}/report.html" in report.output, report.output

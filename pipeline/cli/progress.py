@@ -65,7 +65,9 @@ def summary_table(title: str) -> Table:
 
 def shown(path: str | Path) -> str:
     """A path as a person reads it: relative to the working folder when it is below it, else
-    from ~ when it is below the home folder."""
+    from ~ when it is below the home folder; a URL as it is."""
+    if "://" in str(path):
+        return str(path)
     path = Path(path)
     for base, prefix in ((Path.cwd(), ""), (Path.home(), "~/")):
         if path.is_absolute() and path.is_relative_to(base) and path != base:
