@@ -139,8 +139,8 @@ def _in_order(work: Callable[[], None]) -> None:
 
 def uploaded(path: Path) -> None:
     """Upload a complete file written under a mirrored folder (nothing elsewhere); raises
-    UploadFailed when the store refuses it or cannot be reached (in the background: at a
-    later write or flush)."""
+    UploadFailed when the store refuses it or cannot be reached (in the background: at the
+    worker's next check or flush)."""
     if (found := _mirrored(path)) is not None:
         _in_order(functools.partial(_put, path, *found))
 
