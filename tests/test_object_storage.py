@@ -358,3 +358,32 @@ def test_a_second_machine_cannot_run_into_the_same_bucket_folder(s3, tmp_path, m
     assert int(cell(taken.output, "done now")) + int(cell(taken.output,
                                                           "done before (skipped)")) == 2
     assert not (folder / "out" / ".run-lease").exists()  # given back at the end
+
+
+def test_a_video_in_a_bucket_is_stylized_into_the_bucket(s3, tmp_path):
+    """A video row whose clip is an object: fetched once, stylized, written into the run
+    folder in the bucket as one object, and done on a rerun."""
+    from fractions import Fraction
+
+    pytest.importorskip("av", reason="the video extra: pip install -e '.[video]'")
+    pytest.importorskip("cv2", reason="the video extra: pip install -e '.[video]'")
+    from pipeline.bulk.manifest import write_manifest
+    from pipeline.io.video import probe
+    from pipeline.video.synthetic import camera_clip, drawn_scene, write_clip
+    from tests.run_helpers import cell, run_cli
+
+    url, folder, local = s3
+    write_clip(camera_clip(drawn_scene((160, 120)), (48, 36), 3), local / "clip.mp4",
+               Fraction(8))
+    fs, _ = storage.filesystem(url)
+    fs.put_file(str(local / "clip.mp4"), f"{url}/in/clip.mp4")
+    write_manifest([{"content": "in/clip.mp4", "style": "in/painting.png",
+                     "output": "clip-styled.mp4"}], tmp_path / "m.parquet")
+    fs.put_file(str(tmp_path / "m.parquet"), f"{url}/m.parquet")
+    fast = ("--set", "frame_iterations=3", "--set", "tol=0")
+    result = run_cli(f"{url}/m.parquet", f"{url}/out", *fast)
+    assert result.exit_code == 0, result.output
+    made = folder / "out" / "clip-styled.mp4"
+    assert probe(made).frames == 3
+    again = run_cli(f"{url}/m.parquet", f"{url}/out", *fast)
+    assert cell(again.output, "done before (skipped)") == "1", again.output

@@ -136,8 +136,8 @@ class Inspector:
         frame decoded, also without `decode`; the others fail the job in the worker)."""
         assert spec.video is not None
         try:
-            part = clip_part(spec.content, spec.video)
-            return remembered_digest(spec.content, self.cache), part.info.size, part
+            part = clip_part(spec.content, spec.video)  # of the local copy of a URL
+            return remembered_digest(part.info.path, self.cache), part.info.size, part
         except InputError as e:
             raise RowError(spec.row, e) from None
         except OSError as e:

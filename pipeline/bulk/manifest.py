@@ -216,9 +216,6 @@ def row_to_job(row: dict[str, Any], index: int, base: Location, out_dir: Path,
         inputs = ([content, *style_paths] + ([location(params.init)] if params.init_is_file
                                              else [])
                   + [location(f) for f in regions.files()])
-        if video is not None and is_url(content):
-            raise ValueError(f"{content}: videos in object storage are not supported yet; "
-                             "give a local path")
         output = output_path(out_dir, row.get("output")
                              or default_output(content, style_paths,
                                                     params_tag(params, video, regions)),

@@ -23,7 +23,7 @@ from torch import Tensor
 from ..errors import InputError
 from .fetch import local_copy
 from .files import atomic_path
-from .storage import is_url, name, parent
+from .storage import Location, is_url, name, parent
 
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF",
                   ".tiff": "TIFF"}
@@ -103,8 +103,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def check_image_file(path: Path) -> None:
-    """A one-line InputError unless `path` is a readable regular file (or a link to one)."""
+def check_image_file(path: Location) -> None:
+    """A one-line InputError unless `path` is a readable regular file (or a link to one), or
+    an object in storage (fetched: its local copy is read next)."""
+    if isinstance(path, str):
+        local_copy(path)
+        return
     if path.is_file():
         if not os.access(path, os.R_OK):
             raise InputError(f"{path}: image file is not readable (permission denied)")

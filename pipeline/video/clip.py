@@ -9,13 +9,14 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..api import NO_REGIONS, ImageSource, Regions, StyleParams
 from ..errors import InputError
+from ..io.fetch import local_copy
+from ..io.storage import Location
 from ..io.video import VideoInfo, frame_count, parse_time, probe, read_frames
 from .frames import ClipSource
 from .params import VideoParams
@@ -41,11 +42,11 @@ class ClipPart:
         return ClipSource(FrameWindow(frames, keep, first), self.count, styles, regions)
 
 
-def clip_part(source: Path, video: VideoParams) -> ClipPart:
-    """The part of `source` that `video` asks for; InputError naming the file when the file
-    is no video or the part holds no frame."""
+def clip_part(source: Location, video: VideoParams) -> ClipPart:
+    """The part of `source` (a path, or a URL: its local copy) that `video` asks for;
+    InputError naming the file when the file is no video or the part holds no frame."""
     video.validate()
-    info = probe(source)
+    info = probe(local_copy(source) if isinstance(source, str) else source)
     fps = Fraction(video.fps).limit_denominator(1001) if video.fps else info.fps
     start = parse_time(video.start, info.fps)
     end = parse_time(video.end, info.fps) if video.end is not None else None
