@@ -387,3 +387,21 @@ def test_a_video_in_a_bucket_is_stylized_into_the_bucket(s3, tmp_path):
     assert probe(made).frames == 3
     again = run_cli(f"{url}/m.parquet", f"{url}/out", *fast)
     assert cell(again.output, "done before (skipped)") == "1", again.output
+
+
+def test_pulling_a_run_s_state_refetches_what_is_rewritten_at_the_same_size(s3, tmp_path):
+    """run.json and checkpoints are rewritten at the same size, so a copy here of that size
+    may be stale: fetched again; a ledger part only grows, so one of the same size is kept."""
+    from pipeline.io.mirror import pull
+
+    url, _, _ = s3
+    fs, _ = storage.filesystem(url)
+    local = tmp_path / "copy"
+    for name in ("run.json", ".checkpoints/job-a.pt", "ledger/part-1.parquet"):
+        fs.pipe_file(f"{url}/out/{name}", b"new!")
+        (local / name).parent.mkdir(parents=True, exist_ok=True)
+        (local / name).write_bytes(b"old!")
+    pull(f"{url}/out", local)
+    assert (local / "run.json").read_bytes() == b"new!"
+    assert (local / ".checkpoints" / "job-a.pt").read_bytes() == b"new!"
+    assert (local / "ledger" / "part-1.parquet").read_bytes() == b"old!"

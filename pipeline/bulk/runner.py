@@ -23,7 +23,7 @@ from ..errors import InputError, RowError
 from ..gatys.trace import TRACE_EVERY, TRACE_EVERY_HELP
 from ..io.fetch import prefetch
 from ..io.files import cache_dir, check_writable_dir, describe_os_error, remove_stale_temps
-from ..io.mirror import STATE, mirror, pull, refresh, staging_folder
+from ..io.mirror import STATE, attach, refresh
 from ..io.storage import Location, check_store, is_url, location, storage_options
 from ..options import check, option
 from . import ledger, traces
@@ -280,11 +280,7 @@ def mirrored_folder(url: str, cache: str | None, parts: tuple[str, ...] = STATE)
     """The local folder a run into `url` works in, with the run's state (`parts` of it) pulled
     from the bucket and every file written there uploaded (io/mirror.py)."""
     check_store(url)
-    local = staging_folder(url, cache_dir(cache))
-    local.mkdir(parents=True, exist_ok=True)
-    pull(url, local, parts)
-    mirror(local, url)
-    return local
+    return attach(url, cache_dir(cache), parts)
 
 
 def _run_locked(manifest: Location, opts: RunOptions, found: Scan, run_id: str,

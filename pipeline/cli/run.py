@@ -69,10 +69,7 @@ def run(
         raise typer.Exit(4) from None
     table = _summary(opts.out_dir, result)
     if report:
-        written = _write_report(result.folder or opts.out_dir)
-        if isinstance(opts.out_dir, str) and result.folder is not None:  # its URL, uploaded
-            written = written.replace(str(result.folder), opts.out_dir, 1)
-        table.add_row("report", written)
+        table.add_row("report", _write_report(result.folder or opts.out_dir))
     console.print(table)
     if result.interrupted or result.errors or result.pending:
         console.print(f"{'interrupted' if result.interrupted else 'not finished'}; resume "
@@ -107,10 +104,11 @@ def _summary(out: Path, result: RunResult) -> Table:
 
 
 def _write_report(out: Path) -> str:
-    """The report's path, or why there is none: a report that cannot be made does not fail
-    the run whose results it shows."""
+    """The report's path (its URL in object storage), or why there is none: a report that
+    cannot be made does not fail the run whose results it shows."""
     try:
-        return str(write_report(out))
+        written = write_report(out)
+        return stored_at(written) or str(written)
     except (InputError, OSError) as e:
         say("warning:", "yellow", f"no report: {e}")
         return f"not written ({e})"

@@ -31,6 +31,9 @@ from .storage import filesystem, put_file, store_error
 ENV = "STYLE_PIPELINE_MIRRORS"
 # What a run keeps of its own state; pulled at its start. Outputs are looked up, not pulled.
 STATE = ("run.json", "ledger", "traces", ".checkpoints")
+# Parts whose files only grow while a run rewrites them (rows added): one of the same size here
+# is the same. run.json and checkpoints are rewritten at the same size.
+GROWING = ("ledger", "traces")
 
 
 def mirrors() -> dict[str, str]:
@@ -176,15 +179,17 @@ def _remove(root: str, name: str) -> None:
 
 
 def pull(url: str, local: Path, parts: tuple[str, ...] = STATE) -> None:
-    """The run's state from the bucket into `local` (the bucket's copy wins; a file of the same
-    size here is taken as the same, every file we write being immutable once complete)."""
+    """The run's state (`parts` of it) from the bucket into `local`: the bucket's copy wins,
+    but a file of a GROWING part that is here at the same size is not fetched again."""
     fs, root = _fresh(url)
     try:
         found = {key: info for part in parts
                  for key, info in fs.find(f"{root}/{part}", detail=True).items()}
         for key, info in found.items():
-            dest = local / key[len(root) + 1:]
-            if not (dest.is_file() and dest.stat().st_size == int(info.get("size") or -1)):
+            name = key[len(root) + 1:]
+            dest = local / name
+            if not (name.startswith(tuple(f"{part}/" for part in GROWING)) and dest.is_file()
+                    and dest.stat().st_size == int(info.get("size") or -1)):
                 _get(fs, key, dest)
     except InputError:
         raise
@@ -210,21 +215,13 @@ def refresh(local: Path, parts: tuple[str, ...]) -> None:
         pull(url, local, parts)
 
 
-def attach(url: str, cache: Path, files: tuple[str, ...]) -> Path:
-    """This machine's folder for the run folder at `url` (its staging folder, where a worker
-    elsewhere than the driver writes), mirrored, with `files` of the bucket's run folder in it."""
+def attach(url: str, cache: Path, parts: tuple[str, ...] = STATE) -> Path:
+    """This machine's folder for the run folder at `url` (its staging folder in `cache`),
+    mirrored, with `parts` of the run's state pulled from the bucket."""
     local = staging_folder(url, cache)
     local.mkdir(parents=True, exist_ok=True)
-    if mirrors().get(str(local.resolve())) != url.rstrip("/"):
-        mirror(local, url)
-    fs, root = filesystem(url)
-    for name in files:
-        try:
-            _get(fs, f"{root.rstrip('/')}/{name}", local / name)
-        except FileNotFoundError:
-            pass
-        except Exception as e:
-            raise store_error(f"{url.rstrip('/')}/{name}", e) from None
+    pull(url, local, parts)
+    mirror(local, url)
     return local
 
 
@@ -244,16 +241,7 @@ def fetch_missing(path: Path) -> None:
 
 def exists(path: Path) -> bool:
     """The file is here, or (under a mirrored folder) in the bucket: looked up afresh."""
-    if path.exists():
-        return True
-    if (url := remote_of(path)) is None:
-        return False
-    fs, key = filesystem(url)
-    try:
-        fs.invalidate_cache(key)
-        return bool(fs.exists(key))
-    except Exception as e:
-        raise store_error(url, e) from None
+    return path.exists() or remote_size(path, fresh=True) is not None
 
 
 def _fresh(url: str) -> tuple[Any, str]:
