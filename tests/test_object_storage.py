@@ -333,8 +333,10 @@ def test_a_second_machine_cannot_run_into_the_same_bucket_folder(s3, tmp_path, m
     from tests.run_helpers import cell, run_cli, spawn_run, wait_for
 
     url, folder, _ = s3
-    monkeypatch.setenv("STYLE_PIPELINE_LEASE_EXPIRES_S", "6")  # for the run started below
-    monkeypatch.setattr(locks, "EXPIRES_S", 6.0)  # for those run here
+    # The run started below renews its lease every second; those run here read a lease as
+    # live for a minute (however slowly they start), until the takeover below.
+    monkeypatch.setenv("STYLE_PIPELINE_LEASE_EXPIRES_S", "6")
+    monkeypatch.setattr(locks, "EXPIRES_S", 60.0)
     rows = [{"content": "in/photo.png", "style": "in/painting.png", "seed": s,
              "output": f"styled-{s}.png"} for s in range(2)]
     write_manifest(rows, tmp_path / "m.parquet")
@@ -352,7 +354,8 @@ def test_a_second_machine_cannot_run_into_the_same_bucket_folder(s3, tmp_path, m
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     assert run_cli(f"{url}/m.parquet", f"{url}/out").exit_code == 4  # its lease holds a while
-    time.sleep(6)
+    monkeypatch.setattr(locks, "EXPIRES_S", 2.0)
+    time.sleep(2)  # no longer renewed: now expired
     taken = run_cli(f"{url}/m.parquet", f"{url}/out")
     assert taken.exit_code == 0, taken.output
     assert int(cell(taken.output, "done now")) + int(cell(taken.output,
