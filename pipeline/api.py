@@ -38,8 +38,8 @@ from .gatys.temporal import Temporal
 from .gatys.trace import TRACE_EVERY, TRACE_EVERY_HELP, write_traces
 from .gatys.vgg import VGG19Trunk, in_order, min_input_side
 from .gatys.weights import load_weights
-from .io.cache_entries import clear_part, entries
-from .io.files import atomic_path, cache_dir, check_writable_dir, describe_os_error
+from .io.cache_entries import Contents, clear_part, entries
+from .io.files import atomic_path, cache_dir, cache_url, check_writable_dir, describe_os_error
 from .io.images import (
     SizedImage,
     check_output_path,
@@ -54,7 +54,8 @@ from .io.images import (
     to_tensor,
 )
 from .io.masks import read_mask, read_segmentation
-from .io.storage import Location, check_store, location, name, set_storage_options
+from .io.mirror import SHARED_CACHE
+from .io.storage import Location, check_store, is_url, location, name, set_storage_options
 from .targets.builder import TargetBuilder, builder_for
 from .targets.cache import image_digest
 from .version import __version__
@@ -422,22 +423,32 @@ CACHE_PARTS = {"weights": "dequantized weights", "models": "ONNX models",
                "inputs": "images fetched from object storage"}
 
 
-def cache_contents(cache: str | None = None) -> tuple[Path, dict[str, tuple[list[Path],
-                                                                             list[Path]]]]:
-    """The cache root and, per part, (files this program wrote, other files)."""
-    root = cache_dir(cache)
-    return root, {part: entries(root, part) for part in CACHE_PARTS}
-
-
-def clear_cache(parts: Sequence[str] = (), cache: str | None = None
-                ) -> list[tuple[Path, int, int]]:
-    """Empty these parts (all when none), deleting only files this program wrote; returns
-    (folder, removed, left alone) per part. Everything is recomputed on demand."""
-    root = cache_dir(cache)
+def _parts(parts: Sequence[str], cache: str | None) -> dict[str, list[Location]]:
+    """Where each part is kept: this machine's cache folder; for a cache in object storage,
+    its shared parts in the bucket first, then in this machine's copy."""
     for part in parts:
         if part not in CACHE_PARTS:
             raise InputError(f"unknown cache part {part!r}; use {', '.join(CACHE_PARTS)}")
-    return [(root / part, *clear_part(root, part)) for part in parts or CACHE_PARTS]
+    root, url = cache_dir(cache), cache_url(cache)
+    return {part: [url, root] if url and part in SHARED_CACHE else [root]
+            for part in parts or CACHE_PARTS}
+
+
+def cache_contents(cache: str | None = None) -> tuple[Location, dict[str, tuple[Location,
+                                                                                Contents]]]:
+    """The cache root (a shared cache's URL) and, per part, where it is kept and its files."""
+    found = {part: (where[0], entries(where[0], part))
+             for part, where in _parts((), cache).items()}
+    return cache_url(cache) or cache_dir(cache), found
+
+
+def clear_cache(parts: Sequence[str] = (), cache: str | None = None
+                ) -> list[tuple[Location, Contents]]:
+    """Empty these parts (all when none), deleting only files this program wrote, and a shared
+    part of a cache in object storage in the bucket and here; returns (folder, what there was)
+    per part and place. Everything is recomputed on demand."""
+    return [(f"{root}/{part}" if is_url(root) else Path(root) / part, clear_part(root, part))
+            for part, where in _parts(parts, cache).items() for root in where]
 
 
 def export_trunk(layers: Sequence[str], weights: str = "caffe", pooling: str = "max",

@@ -152,6 +152,13 @@ def cpu64() -> Runtime:
     return Runtime.create("cpu", "fp64", channels_last=False)
 
 
+@pytest.fixture(autouse=True)
+def _mirrors_end_with_their_test(monkeypatch):
+    """A run into a bucket (or a cache in one) mirrors folders for its process and those it
+    starts (pipeline/io/mirror.py, in the environment): not for the tests after it."""
+    monkeypatch.delenv("STYLE_PIPELINE_MIRRORS", raising=False)
+
+
 @pytest.fixture(scope="module")
 def s3_server(tmp_path_factory):
     """A real S3 server on 127.0.0.1 (tests/s3_server.py): (endpoint, the folder it serves),

@@ -408,3 +408,70 @@ def test_pulling_a_run_s_state_refetches_what_is_rewritten_at_the_same_size(s3, 
     assert (local / "run.json").read_bytes() == b"new!"
     assert (local / ".checkpoints" / "job-a.pt").read_bytes() == b"new!"
     assert (local / "ledger" / "part-1.parquet").read_bytes() == b"old!"
+
+
+def test_a_cache_in_object_storage_is_shared_by_machines(s3, tmp_path, monkeypatch):
+    """STYLE_PIPELINE_CACHE=s3://...: what one machine computes (targets, probes, the ONNX
+    model) goes to the bucket as it is written; another machine (its own local copy) runs the
+    same job without computing a target, to the same pixels, and a new one without exporting
+    the model. What names local files (fetched inputs) stays local."""
+    import shutil
+    from pathlib import Path
+
+    from pipeline.targets import builder, onnx_export, ort_session
+    from tests.conftest import _CACHE
+
+    url, folder, _ = s3
+    shared = folder / "cache"
+    for model in (Path(_CACHE) / "models").glob("*.onnx*"):  # a model exported before: saves one
+        if not model.name.endswith(".lock"):
+            (shared / "models").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(model, shared / "models" / model.name)
+    monkeypatch.setenv("STYLE_PIPELINE_CACHE", f"{url}/cache")
+
+    def on_machine(name: str, content: str, out: str) -> None:
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / name))
+        builder.builder_for.cache_clear()  # a new process's builders
+        result = runner.invoke(app, ["stylize", f"{url}/in/{content}", f"{url}/in/painting.png",
+                                     "-o", str(tmp_path / out), *FAST])
+        assert result.exit_code == 0, result.output
+
+    on_machine("a", "photo.png", "a.png")
+    made = {p.relative_to(shared).as_posix() for p in shared.rglob("*") if p.is_file()}
+    assert {m.split("/")[0] for m in made} >= {"models", "targets"}
+    assert not {m.split("/")[0] for m in made} & {"inputs", "digests", "runs", "weights"}
+    copy_a = next((tmp_path / "a" / "style-pipeline" / "shared").iterdir())
+    assert list((copy_a / "inputs").iterdir())  # the images fetched: this machine's own
+
+    def never(*args, **kwargs):
+        raise AssertionError("computed again on the second machine")
+
+    session = ort_session.create_session
+    monkeypatch.setattr(ort_session, "create_session", never)  # every target from the bucket
+    monkeypatch.setattr(onnx_export, "export_onnx", never)
+    on_machine("b", "photo.png", "b.png")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "b.png")),
+                          np.asarray(Image.open(tmp_path / "a.png")))
+    copy_b = next((tmp_path / "b" / "style-pipeline" / "shared").iterdir())
+    assert {p.relative_to(copy_b).as_posix() for p in (copy_b / "targets").rglob("*.*")} == {
+        m for m in made if m.startswith("targets/")}
+    monkeypatch.setattr(ort_session, "create_session", session)  # a new image's targets:
+    make_photo((56, 40), seed=3).save(tmp_path / "other.png")     # with the bucket's model
+    storage.put_file(tmp_path / "other.png", f"{url}/in/other.png")
+    on_machine("c", "other.png", "c.png")
+    copy_c = next((tmp_path / "c" / "style-pipeline" / "shared").iterdir())
+    assert list((copy_c / "models").glob("*.onnx"))
+    grown = {p.relative_to(shared).as_posix() for p in (shared / "targets").rglob("*.*")}
+    assert len(grown) == len([m for m in made if m.startswith("targets/")]) + 1
+    info = runner.invoke(app, ["cache", "info"], terminal_width=200)
+    assert info.exit_code == 0, info.output
+    assert f"cache {url}/cache" in info.output and "this machine's copy" in info.output
+    row = next(line for line in info.output.splitlines() if "targets (content" in line)
+    assert row.split("│")[2].strip() == str(len(grown)) and "the bucket" in row
+    cleared = runner.invoke(app, ["cache", "clear", "targets"], terminal_width=200)
+    assert cleared.exit_code == 0, cleared.output
+    said = " ".join(cleared.output.split())
+    assert f"cleared {url}/cache/targets: {len(grown)} file(s) removed" in said
+    assert not list((shared / "targets").rglob("*.*"))
+    assert not list((copy_c / "targets").rglob("*.*"))  # this machine's copy too,
+    assert list((copy_b / "targets").rglob("*.*"))  # not another's

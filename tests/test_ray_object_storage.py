@@ -1,11 +1,13 @@
 """A Ray cluster whose machines share nothing but an S3 server: a head and two 1-CPU worker
 nodes on this machine, each node with its own cache folder (where it keeps its copy of the run
-folder, its fetched inputs and its targets), as separate machines have their own disks. The
-driver has its own too, and the nodes learn the server's address and keys from the run alone."""
+folder, its fetched inputs and its copy of the shared cache in the bucket), as separate
+machines have their own disks. The driver has its own too, and the nodes learn the server's
+address and keys, and the cache's URL, from the run alone."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -22,15 +24,16 @@ SAME = {"size": 32, "iterations": ITERATIONS}  # fp32, batch 1: the local run's 
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory):
-    """(cluster, {node: its own cache folder}); the nodes start before any test sets the
-    S3 server's options, so they cannot inherit them."""
+    """(cluster, {node: its user cache dir}); the nodes start before any test sets the S3
+    server's options, so they cannot inherit them."""
     root = tmp_path_factory.mktemp("nodes")
     own = [{"num_cpus": 1, "object_store_memory": STORE,
-            "env_vars": {"STYLE_PIPELINE_CACHE": str(root / name)}} for name in ("a", "b")]
+            "env_vars": {"XDG_CACHE_HOME": str(root / name)}} for name in ("a", "b")]
     with local_cluster({"num_cpus": 0, "object_store_memory": STORE,
-                        "env_vars": {"STYLE_PIPELINE_CACHE": str(root / "head")}}, own) as (
+                        "env_vars": {"XDG_CACHE_HOME": str(root / "head")}}, own) as (
             c, added):
-        yield c, {node: root / name for node, name in zip(added, ("a", "b"), strict=True)}
+        yield c, {node: root / name / "style-pipeline"
+                  for node, name in zip(added, ("a", "b"), strict=True)}
 
 
 def test_a_cluster_sharing_only_a_bucket_runs_a_manifest_and_survives_a_lost_node(
@@ -38,7 +41,11 @@ def test_a_cluster_sharing_only_a_bucket_runs_a_manifest_and_survives_a_lost_nod
     """`pipeline run s3://.../manifest.parquet --out s3://.../out --distributor ray`: the node
     running a batch is removed after a job's checkpoint reached the bucket; the other node,
     which never saw that node's disk, takes the batch over from the bucket's checkpoint. The
-    outputs (in the bucket only) equal a local run's, each job recorded done once."""
+    outputs (in the bucket only) equal a local run's, each job recorded done once. The cache is
+    in the bucket too: the nodes take the ONNX model from there, and every target a node
+    computed is there for the others."""
+    import shutil
+
     import pyarrow.parquet as pq
     import torch
 
@@ -47,6 +54,7 @@ def test_a_cluster_sharing_only_a_bucket_runs_a_manifest_and_survives_a_lost_nod
     from pipeline.bulk.manifest import parse_overrides
     from pipeline.bulk.runner import RunOptions, exit_code, run_manifest
     from pipeline.io import storage
+    from tests.conftest import _CACHE
     from tests.run_helpers import images_in, make_dataset, node_remover, run_cli
 
     c, caches = nodes
@@ -58,10 +66,15 @@ def test_a_cluster_sharing_only_a_bucket_runs_a_manifest_and_survives_a_lost_nod
                    str(os.cpu_count() or 1))
     assert made.exit_code == 0, made.output
     use_server(monkeypatch, endpoint)
-    monkeypatch.setenv("STYLE_PIPELINE_CACHE", str(tmp_path / "driver"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "driver"))
     fs, _ = storage.filesystem("s3://bucket")
     fs.put(str(manifest.parent) + "/", f"bucket/{tmp_path.name}/data/", recursive=True)
     url = f"s3://bucket/{tmp_path.name}"
+    shared = served / "bucket" / tmp_path.name / "cache"
+    (shared / "models").mkdir(parents=True)
+    for model in sorted((Path(_CACHE) / "models").glob("*.onnx*")):  # exported once, before
+        if not model.name.endswith(".lock"):
+            shutil.copyfile(model, shared / "models" / model.name)
     there = served / "bucket" / tmp_path.name / "out"  # the objects, as files
     removed, resumed = [], []
     saboteur = node_remover(c, list(caches), lambda: list((there / ".checkpoints").glob(
@@ -69,7 +82,8 @@ def test_a_cluster_sharing_only_a_bucket_runs_a_manifest_and_survives_a_lost_nod
 
     opts = RunOptions(f"{url}/out", batch_size=1, checkpoint_every=5,
                       overrides=parse_overrides([f"{k}={v}" for k, v in SAME.items()]),
-                      runtime=RuntimeOptions(precision="fp32"), distributor="ray",
+                      runtime=RuntimeOptions(precision="fp32", cache=f"{url}/cache"),
+                      distributor="ray",
                       ray_address=c.address)
     result = run_manifest(f"{url}/data/manifest.parquet", opts, saboteur)
     assert removed, "no node was removed: the run ended before a checkpoint"
@@ -85,7 +99,15 @@ def test_a_cluster_sharing_only_a_bucket_runs_a_manifest_and_survives_a_lost_nod
     for name, image in images.items():
         assert torch.equal(image, expected[name]), name
     # Each node wrote in its own folder; the driver's copy holds the run's state, no output.
-    copies = [p for cache in caches.values() for p in (cache / "runs").glob("*/*.png")]
+    copies = [p for cache in caches.values() for p in (cache / "shared").glob("*/runs/*/*.png")]
     assert {p.name for p in copies} == set(images)
-    driver = tmp_path / "driver" / "runs"
-    assert not list(driver.glob("*/*.png")) and list(driver.glob("*/ledger/part-*.parquet"))
+    driver = tmp_path / "driver" / "style-pipeline" / "shared"
+    assert not list(driver.glob("*/runs/*/*.png"))
+    assert list(driver.glob("*/runs/*/ledger/part-*.parquet"))
+    targets = {p.relative_to(shared).as_posix() for p in (shared / "targets").rglob("*.*")}
+    for cache in caches.values():
+        (copy,) = (cache / "shared").iterdir()
+        assert [p.name for p in (copy / "models").glob("*.onnx")] == [
+            p.name for p in (shared / "models").glob("*.onnx")]
+        here = {p.relative_to(copy).as_posix() for p in (copy / "targets").rglob("*.*")}
+        assert here and here <= targets

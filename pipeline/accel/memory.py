@@ -25,6 +25,7 @@ from ..gatys.blockwise import Grid
 from ..gatys.params import StyleParams
 from ..gatys.vgg import VGG19Trunk
 from ..io.files import atomic_write_bytes
+from ..io.mirror import fetch_missing
 
 PROBE = 128          # probe side: every layer through relu5_1 is at least 8x8
 SAFETY = 0.8         # use at most this share of the free memory...
@@ -67,6 +68,7 @@ def pixel_cost(net: VGG19Trunk, layers: tuple[str, ...], content_layers: tuple[s
     entry = None if cache is None else (
         cache / "probes" / f"pixelcost-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.json")
     if entry is not None:
+        fetch_missing(entry)  # a cache in object storage: another machine's probe
         with contextlib.suppress(OSError, ValueError, TypeError):
             return PixelCost(**json.loads(entry.read_text()))
     cost = _probe(net, layers, content_layers, channels_last, device)

@@ -118,6 +118,7 @@ def choose_cpu_precision(cache_root: Path,
     from filelock import FileLock
 
     from ..io.files import atomic_write_bytes
+    from ..io.mirror import fetch_missing
 
     features = native_bf16()
     if not features:
@@ -125,6 +126,7 @@ def choose_cpu_precision(cache_root: Path,
     entry = _entry(cache_root, features)
     entry.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(entry) + ".lock", timeout=600):
+        fetch_missing(entry)  # a cache in object storage: a machine with this CPU probed
         try:
             return Choice(**json.loads(entry.read_text()))
         except (OSError, ValueError, TypeError):

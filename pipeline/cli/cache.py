@@ -18,14 +18,20 @@ CACHE_OPTION = field_option(RuntimeOptions, "cache")
 @cache_app.command("info")
 @reports_errors
 def cache_info(cache_dir: str | None = CACHE_OPTION) -> None:
-    """Files and sizes per part of the cache (files of other programs counted apart)."""
+    """Files and sizes per part of the cache (files of other programs counted apart). A cache
+    in object storage: its shared parts as the bucket has them, the rest as this machine's."""
     root, parts = cache_contents(cache_dir)
-    table = Table(title=f"cache {shown(root)}")
-    for col in ("part", "files", "size", "other files"):
-        table.add_column(col, justify="right" if col != "part" else "left")
-    for part, (ours, others) in parts.items():
-        table.add_row(f"{part} ({CACHE_PARTS[part]})", str(len(ours)),
-                      f"{sum(p.stat().st_size for p in ours) / 1e6:.1f} MB", str(len(others)))
+    shared = "://" in str(root)
+    own = next(where for where, _ in parts.values() if "://" not in str(where))
+    table = Table(title=f"cache {shown(root)}",
+                  caption=f"this machine's copy: {shown(own)}" if shared else None)
+    for col in ("part", "files", "size", "other files") + (("kept in",) if shared else ()):
+        table.add_column(col, justify="right" if col not in ("part", "kept in") else "left")
+    for part, (where, found) in parts.items():
+        table.add_row(f"{part} ({CACHE_PARTS[part]})", str(len(found.ours)),
+                      f"{sum(found.ours.values()) / 1e6:.1f} MB", str(len(found.others)),
+                      *(("the bucket" if "://" in str(where) else "this machine",)
+                        if shared else ()))
     console.print(table)
 
 
@@ -33,13 +39,15 @@ def cache_info(cache_dir: str | None = CACHE_OPTION) -> None:
 @reports_errors
 def cache_clear(
     parts: list[str] = typer.Argument(None, help="Parts to empty: weights, models, trt, "
-                                      "targets, flows, probes. Default: all."),
+                                      "targets, flows, probes, digests, inputs. Default: all."),
     cache_dir: str | None = CACHE_OPTION,
 ) -> None:
     """Delete the files this program cached; everything is recomputed on demand. Files of
-    any other name in the cache folders are left alone (and counted)."""
-    for folder, removed, kept in clear_cache(parts or [], cache_dir):
-        console.print(f"cleared {shown(folder)}: {removed} file(s) removed"
+    any other name in the cache folders are left alone (and counted). A cache in object
+    storage: its shared parts are deleted in the bucket and in this machine's copy."""
+    for folder, found in clear_cache(parts or [], cache_dir):
+        kept = len(found.others)
+        console.print(f"cleared {shown(folder)}: {len(found.ours)} file(s) removed"
                       + (f", {kept} file(s) not written by style-pipeline left alone"
                          if kept else ""))
 

@@ -5,9 +5,11 @@ in it are not ours to remove."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from .files import is_our_temp
+from .storage import Location, is_url, object_sizes, remove_objects
 
 _HEX16, _HEX64 = "[0-9a-f]{16}", "[0-9a-f]{64}"
 # Each part: the name pattern of a file we write there, relative to the part's folder.
@@ -27,24 +29,42 @@ def is_entry(part: str, relative: Path) -> bool:
     return bool(ENTRIES[part].fullmatch(relative.as_posix())) or is_our_temp(relative)
 
 
-def entries(root: Path, part: str) -> tuple[list[Path], list[Path]]:
-    """(ours, others): the files under root/part written by this program, and the rest."""
-    folder = root / part
-    files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
-    ours = [p for p in files if is_entry(part, p.relative_to(folder))]
-    return ours, [p for p in files if p not in set(ours)]
+@dataclass(frozen=True)
+class Contents:
+    """A part's files: this program's and the others, each by its path in the part -> size."""
+
+    ours: dict[str, int]
+    others: dict[str, int]
 
 
-def clear_part(root: Path, part: str) -> tuple[int, int]:
-    """Delete our entries of one part, then the folders left empty; returns (removed, kept)."""
-    ours, others = entries(root, part)
-    for path in ours:
-        path.unlink(missing_ok=True)
-    folder = root / part
+def _split(part: str, sizes: dict[str, int]) -> Contents:
+    ours = {name: size for name, size in sorted(sizes.items()) if is_entry(part, Path(name))}
+    return Contents(ours, {n: s for n, s in sorted(sizes.items()) if n not in ours})
+
+
+def entries(root: Location, part: str) -> Contents:
+    """The files under root/part (a cache folder, or a shared cache's URL)."""
+    if is_url(root):
+        return _split(part, object_sizes(f"{root}/{part}"))
+    folder = Path(root) / part
+    files = folder.rglob("*") if folder.is_dir() else ()
+    return _split(part, {p.relative_to(folder).as_posix(): p.stat().st_size
+                         for p in files if p.is_file()})
+
+
+def clear_part(root: Location, part: str) -> Contents:
+    """Delete our entries of one part, then the folders left empty; returns what there was."""
+    found = entries(root, part)
+    if is_url(root):
+        remove_objects(f"{root}/{part}", list(found.ours))
+        return found
+    folder = Path(root) / part
+    for name in found.ours:
+        (folder / name).unlink(missing_ok=True)
     if folder.is_dir():
         for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
             if not any(sub.iterdir()):
                 sub.rmdir()
         if not any(folder.iterdir()):
             folder.rmdir()
-    return len(ours), len(others)
+    return found

@@ -14,7 +14,7 @@ from pathlib import Path
 import platformdirs
 
 from ..errors import InputError
-from .mirror import UploadFailed, uploaded
+from .mirror import UploadFailed, attach_cache, uploaded
 from .storage import is_url, name, put_file
 
 CACHE_ENV = "STYLE_PIPELINE_CACHE"
@@ -46,12 +46,28 @@ def remembered_digest(path: str | os.PathLike, cache: str | os.PathLike | None) 
     return digest
 
 
+def _cache_root(override: str | os.PathLike | None) -> tuple[str, str]:
+    """(the cache root as given, where it was given) for messages."""
+    root = str(override or os.environ.get(CACHE_ENV)
+               or platformdirs.user_cache_dir("style-pipeline"))
+    return root, (CACHE_ENV if root == os.environ.get(CACHE_ENV) else "--cache-dir" if override
+                  else "the user cache dir")
+
+
+def cache_url(override: str | os.PathLike | None = None) -> str | None:
+    """The cache's URL when it is in object storage; None for a local cache."""
+    root, _ = _cache_root(override)
+    return root.rstrip("/") if is_url(root) else None
+
+
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
-    """Cache root: explicit override, else $STYLE_PIPELINE_CACHE, else the user cache dir."""
-    root = override or os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("style-pipeline")
-    where = (CACHE_ENV if str(root) == os.environ.get(CACHE_ENV) else "--cache-dir" if override
-             else "the user cache dir")
-    path = Path(root).expanduser()
+    """Cache root: explicit override, else $STYLE_PIPELINE_CACHE, else the user cache dir. A
+    URL is a cache shared by many machines: this machine works in its own copy (in the user
+    cache dir), whose shared parts are uploaded as written and fetched as missed."""
+    root, where = _cache_root(override)
+    url = cache_url(override)
+    path = (Path(platformdirs.user_cache_dir("style-pipeline")) / "shared"
+            / hashlib.sha256(url.encode()).hexdigest()[:16]) if url else Path(root).expanduser()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -59,6 +75,8 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
                 NotADirectoryError: "a folder above it is a file"}.get(
                     type(e), describe_os_error(e, path))
         raise InputError(f"cache {path} ({where}): {what}") from None
+    if url:
+        attach_cache(url, path)
     return path
 
 

@@ -11,6 +11,10 @@ starts upload what they write too. A worker on another machine (Ray, no shared f
 works in its own local folder (`attach`), and what it needs of another's work comes from the
 bucket: a checkpoint that is not here is looked for there (`fetch_missing`), and the driver
 pulls the workers' ledger parts and traces at the end of the run.
+
+A cache in object storage (`attach_cache`) is mirrored the same way, part by part, but as a
+convenience, not a record: an entry missing here is fetched at its read, and an upload or a
+fetch the store refuses is said once and the work goes on with this machine's copy.
 """
 
 from __future__ import annotations
@@ -19,14 +23,17 @@ import errno
 import functools
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import InputError
-from .storage import filesystem, put_file, store_error
+from .storage import check_store, filesystem, object_sizes, put_file, store_error
+
+log = logging.getLogger("pipeline.storage")
 
 ENV = "STYLE_PIPELINE_MIRRORS"
 # What a run keeps of its own state; pulled at its start. Outputs are looked up, not pulled.
@@ -34,10 +41,16 @@ STATE = ("run.json", "ledger", "traces", ".checkpoints")
 # Parts whose files only grow while a run rewrites them (rows added): one of the same size here
 # is the same. run.json and checkpoints are rewritten at the same size.
 GROWING = ("ledger", "traces")
+# The parts of a cache in object storage that machines share (the rest is each machine's own:
+# weights are a second's work from the package, TensorRT engines fit one GPU, digests and
+# fetched inputs name local files). Probes are keyed by the CPU model and torch's version.
+SHARED_CACHE = ("models", "targets", "flows", "probes")
 
 
-def mirrors() -> dict[str, str]:
-    return dict(json.loads(os.environ.get(ENV) or "{}"))
+def mirrors() -> dict[str, tuple[str, bool]]:
+    """Local folder -> (its URL, whether its uploads are best effort: a cache's)."""
+    return {local: (url, bool(best_effort)) for local, (url, best_effort)
+            in json.loads(os.environ.get(ENV) or "{}").items()}
 
 
 def staging_folder(url: str, cache: Path) -> Path:
@@ -50,26 +63,58 @@ class UploadFailed(OSError):
     full disk is (its strerror the store's one-line error)."""
 
 
-def mirror(local: Path, url: str) -> None:
+def mirror(local: Path, url: str, best_effort: bool = False) -> None:
     """From now on (and in processes started from now on), files written under `local` are
     uploaded under `url`."""
-    os.environ[ENV] = json.dumps({**mirrors(), str(local.resolve()): url.rstrip("/")})
+    os.environ[ENV] = json.dumps({**mirrors(), str(local.resolve()): (url.rstrip("/"),
+                                                                       best_effort)})
     _LISTINGS.clear()  # a new run looks again
 
 
-def _mirrored(path: Path) -> tuple[str, str] | None:
-    """(the mirrored folder's URL, the path under it) of a file under one; None elsewhere."""
+class _Place(NamedTuple):
+    root: str          # the mirrored folder's URL
+    name: str          # the file's path under it
+    best_effort: bool  # a cache's: a store that refuses is said once, and the work goes on
+
+    @property
+    def url(self) -> str:
+        return f"{self.root}/{self.name}"
+
+
+def _mirrored(path: Path) -> _Place | None:
     resolved = path.resolve()
-    for local, url in mirrors().items():
+    for local, (url, best_effort) in mirrors().items():
         if resolved.is_relative_to(local):
-            return url, resolved.relative_to(local).as_posix()
+            return _Place(url, resolved.relative_to(local).as_posix(), best_effort)
     return None
 
 
 def remote_of(path: Path) -> str | None:
     """The URL a file under a mirrored folder goes to; None elsewhere."""
     found = _mirrored(path)
-    return None if found is None else f"{found[0]}/{found[1]}"
+    return None if found is None else found.url
+
+
+def attach_cache(url: str, local: Path) -> None:
+    """Mirror the SHARED_CACHE parts of `local` (this machine's copy of the cache at `url`) to
+    the bucket, once per process tree; InputError if the store does not answer."""
+    url = url.rstrip("/")
+    if str((local / SHARED_CACHE[0]).resolve()) in mirrors():
+        return
+    check_store(url)
+    for part in SHARED_CACHE:
+        mirror(local / part, f"{url}/{part}", best_effort=True)
+
+
+_SAID: set[str] = set()
+
+
+def _go_on_without(place: _Place, what: str, e: BaseException) -> None:
+    """A best-effort store's refusal, said once per folder and process."""
+    if place.root not in _SAID:
+        _SAID.add(place.root)
+        log.warning("shared cache: cannot %s %s (%s); going on with this machine's copy",
+                    what, place.url, e)
 
 
 class _Background:
@@ -145,25 +190,27 @@ def uploaded(path: Path) -> None:
     UploadFailed when the store refuses it or cannot be reached (in the background: at the
     worker's next check or flush)."""
     if (found := _mirrored(path)) is not None:
-        _in_order(functools.partial(_put, path, *found))
+        _in_order(functools.partial(_put, path, found))
 
 
-def _put(path: Path, root: str, name: str) -> None:
+def _put(path: Path, place: _Place) -> None:
     try:
         size = path.stat().st_size
-        put_file(path, f"{root}/{name}")
+        put_file(path, place.url)
     except (InputError, OSError) as e:
         if not path.exists():  # deleted since (a checkpoint whose job ended): nothing to do
             return
+        if place.best_effort:
+            return _go_on_without(place, "upload", e)
         raise UploadFailed(errno.EIO, str(e)) from None
-    if root in _LISTINGS:
-        _LISTINGS[root][name] = size
+    if place.root in _LISTINGS:
+        _LISTINGS[place.root][place.name] = size
 
 
 def removed(path: Path) -> None:
     """Delete the remote copy of a file removed under a mirrored folder (after its uploads)."""
     if (found := _mirrored(path)) is not None:
-        _in_order(functools.partial(_remove, *found))
+        _in_order(functools.partial(_remove, found.root, found.name))
 
 
 def _remove(root: str, name: str) -> None:
@@ -211,8 +258,8 @@ def _get(fs: Any, key: str, dest: Path) -> None:
 def refresh(local: Path, parts: tuple[str, ...]) -> None:
     """`parts` of a mirrored folder as the bucket has them now, with what workers on other
     machines wrote there; nothing for a folder that is not mirrored."""
-    if (url := mirrors().get(str(local.resolve()))) is not None:
-        pull(url, local, parts)
+    if (found := mirrors().get(str(local.resolve()))) is not None:
+        pull(found[0], local, parts)
 
 
 def attach(url: str, cache: Path, parts: tuple[str, ...] = STATE) -> Path:
@@ -227,16 +274,19 @@ def attach(url: str, cache: Path, parts: tuple[str, ...] = STATE) -> Path:
 
 def fetch_missing(path: Path) -> None:
     """A file of a mirrored folder that is not here, from the bucket if it is there (written
-    by a worker on another machine since the run started); nothing elsewhere."""
-    if path.exists() or (url := remote_of(path)) is None:
+    by a worker on another machine since the run started, or a shared cache's entry); nothing
+    elsewhere."""
+    if path.exists() or (place := _mirrored(path)) is None:
         return
-    fs, key = filesystem(url)
+    fs, key = filesystem(place.url)
     try:
         _get(fs, key, path)
     except FileNotFoundError:
         pass
     except Exception as e:
-        raise store_error(url, e) from None
+        if not place.best_effort:
+            raise store_error(place.url, e) from None
+        _go_on_without(place, "fetch", store_error(place.url, e))
 
 
 def exists(path: Path) -> bool:
@@ -260,12 +310,7 @@ _LISTINGS: dict[str, dict[str, int]] = {}
 
 def _listing(url: str) -> dict[str, int]:
     if url not in _LISTINGS:
-        fs, root = _fresh(url)
-        try:
-            _LISTINGS[url] = {key[len(root) + 1:]: int(info.get("size") or 0)
-                              for key, info in fs.find(root, detail=True).items()}
-        except Exception as e:
-            raise store_error(url, e) from None
+        _LISTINGS[url] = object_sizes(url)
     return _LISTINGS[url]
 
 
@@ -281,12 +326,12 @@ def remote_size(path: Path, fresh: bool = False) -> int | None:
     if found is None:
         return None
     if not fresh:
-        return _listing(found[0]).get(found[1])
-    fs, key = filesystem(f"{found[0]}/{found[1]}")
+        return _listing(found.root).get(found.name)
+    fs, key = filesystem(found.url)
     try:
         fs.invalidate_cache(key)
         return int(fs.info(key).get("size") or 0)
     except FileNotFoundError:
         return None
     except Exception as e:
-        raise store_error(f"{found[0]}/{found[1]}", e) from None
+        raise store_error(found.url, e) from None

@@ -162,6 +162,29 @@ def find_objects(url: str, recursive: bool = False) -> list[str]:
     return sorted(fs.unstrip_protocol(p) for p in found)
 
 
+def object_sizes(url: str) -> dict[str, int]:
+    """Every object under a prefix (its path below the prefix -> its size), listed afresh:
+    another machine may have written there since this process last looked."""
+    fs, root = filesystem(url)
+    root = root.rstrip("/")
+    try:
+        fs.invalidate_cache(root)
+        return {key[len(root) + 1:]: int(info.get("size") or 0)
+                for key, info in fs.find(root, detail=True).items()}
+    except Exception as e:
+        raise store_error(url, e) from None
+
+
+def remove_objects(url: str, names: list[str]) -> None:
+    """Delete these objects under a prefix (paths below it, as object_sizes gives them)."""
+    fs, root = filesystem(url)
+    try:
+        for name in names:
+            fs.rm_file(f"{root.rstrip('/')}/{name}")
+    except Exception as e:
+        raise store_error(url, e) from None
+
+
 def location(path: str | os.PathLike) -> Location:
     """A URL as it is (a Path would fold its //), anything else as a local Path."""
     return str(path) if is_url(path) else Path(path)

@@ -26,6 +26,7 @@ from torch import Tensor
 from ..errors import NonFiniteError
 from ..io.fetch import local_copy
 from ..io.files import atomic_write_bytes, file_digest
+from ..io.mirror import fetch_missing
 from ..io.storage import is_url
 from ..io.tensor_tree import tree_digest
 
@@ -60,7 +61,10 @@ class TargetCache:
         return self.root / key[:2] / f"{key}.safetensors"
 
     def _load(self, key: str) -> dict[str, Tensor] | None:
-        if self.root is None or not (path := self.path(key)).is_file():
+        if self.root is None:
+            return None
+        fetch_missing(path := self.path(key))  # a cache in object storage: another's entry
+        if not path.is_file():
             return None
         try:
             data = path.read_bytes()

@@ -31,6 +31,7 @@ from ..errors import SourceMissingError
 from ..gatys.vgg import CONTENT_LAYERS, STYLE_LAYERS, VGG19Trunk, in_order
 from ..gatys.weights import WeightSet
 from ..io.files import atomic_path, atomic_write_bytes, file_digest
+from ..io.mirror import fetch_missing
 
 log = logging.getLogger("pipeline.export")
 
@@ -143,6 +144,8 @@ def export_onnx(weights: WeightSet, pooling: str, dest: Path,
 def read_sidecar(path: Path) -> dict | None:
     """The sidecar of a complete, intact model, or None."""
     meta = path.with_suffix(".json")
+    for part in (path, meta):  # a cache in object storage: another machine's export
+        fetch_missing(part)
     if not (path.is_file() and meta.is_file()):
         return None
     try:
