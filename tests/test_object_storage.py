@@ -388,8 +388,60 @@ def test_a_video_in_a_bucket_is_stylized_into_the_bucket(s3, tmp_path):
     assert result.exit_code == 0, result.output
     made = folder / "out" / "clip-styled.mp4"
     assert probe(made).frames == 3
+    assert not [p for p in (folder / "out").rglob("*.frames/*") if p.is_file()]  # gone there too
     again = run_cli(f"{url}/m.parquet", f"{url}/out", *fast)
     assert cell(again.output, "done before (skipped)") == "1", again.output
+
+
+def test_pipeline_video_reads_and_writes_object_storage_and_resumes_elsewhere(
+        s3, tmp_path, monkeypatch):
+    """`pipeline video s3://...clip.mp4 s3://...style.png -o s3://...out.mp4`: stopped after
+    two frames, their PNGs are in the bucket (beside the output-to-be); the same command on
+    another machine resumes from them, writes the video there as one object, and removes the
+    frames there. The frames equal a local run's."""
+    from fractions import Fraction
+
+    pytest.importorskip("av", reason="the video extra: pip install -e '.[video]'")
+    pytest.importorskip("cv2", reason="the video extra: pip install -e '.[video]'")
+    from pipeline.io.video import probe, read_frames
+    from pipeline.video import output
+    from pipeline.video.synthetic import camera_clip, drawn_scene, write_clip
+
+    url, folder, local = s3
+    write_clip(camera_clip(drawn_scene((160, 120)), (48, 36), 4), local / "clip.mp4",
+               Fraction(8))
+    storage.put_file(local / "clip.mp4", f"{url}/in/clip.mp4")
+    args = ["video", f"{url}/in/clip.mp4", f"{url}/in/painting.png", "-o",
+            f"{url}/out/styled.mp4", "--size", "40", "--iterations", "6", "--frame-iterations",
+            "3", "--tol", "0", "--device", "cpu", "--precision", "fp32"]
+    finished = output.ClipOutput.finished
+
+    def stop_after_two(clip, frame):
+        finished(clip, frame)
+        if frame.index == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(output.ClipOutput, "finished", stop_after_two)
+    stopped = runner.invoke(app, args, terminal_width=200)
+    assert stopped.exit_code == 130, stopped.output
+    assert f"{url}/out/styled.mp4.frames; the same command resumes" in stopped.output
+    frames = folder / "out" / "styled.mp4.frames"
+    assert sorted(p.name for p in frames.iterdir()) == ["frame_000000.png", "frame_000001.png"]
+    monkeypatch.setattr(output.ClipOutput, "finished", finished)
+    monkeypatch.setenv("STYLE_PIPELINE_CACHE", str(tmp_path / "other-machine"))
+    resumed = runner.invoke(app, args, terminal_width=200)
+    assert resumed.exit_code == 0, resumed.output
+    assert "4 (2 from an earlier run)" in resumed.output
+    made = folder / "out" / "styled.mp4"
+    assert probe(made).frames == 4
+    assert not [p for p in frames.rglob("*") if p.is_file()]
+    here = tmp_path / "here.mp4"
+    whole = runner.invoke(app, ["video", str(local / "clip.mp4"), str(local / "painting.png"),
+                                "-o", str(here), *args[5:]], terminal_width=200)
+    assert whole.exit_code == 0, whole.output
+    there, ours = probe(made), probe(here)
+    for a, b in zip(read_frames(there, there.fps), read_frames(ours, ours.fps), strict=True):
+        assert np.array_equal(a, b)
 
 
 def test_pulling_a_run_s_state_refetches_what_is_rewritten_at_the_same_size(s3, tmp_path):

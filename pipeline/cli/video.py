@@ -10,25 +10,36 @@ from pathlib import Path
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..api import Regions, Runtime, RuntimeOptions, StyleParams
+from ..api import Regions, Runtime, RuntimeOptions, StyleParams, location, set_storage_options
+from ..io.storage import Location
+from ..io.video import is_video
 from ..video.file import stylize_video_file
 from ..video.frames import Frame
 from ..video.output import frames_folder
 from ..video.params import VideoParams
 from .app import Terminated, app, reports_errors, say
-from .options import with_options
+from .options import STORAGE_OPTION, with_options
 from .progress import console, format_losses, shown, summary_table
+
+
+def frames_location(output: Location) -> str:
+    """Where the frames of `output` are kept until it is whole (a URL's: in the bucket)."""
+    if isinstance(output, Path):
+        return shown(frames_folder(output))
+    return f"{output}.frames" if is_video(output) else output
 
 
 @app.command()
 @reports_errors
 @with_options(params=StyleParams, regions=Regions, video=VideoParams, options=RuntimeOptions)
 def video(
-    source: Path = typer.Argument(..., help="Input video: any file FFmpeg reads."),
-    styles: list[Path] = typer.Argument(..., help="One or more style images."),
-    output: Path = typer.Option(..., "--output", "-o", help="Output video (.mp4, .mov or .mkv: "
-                                "H.264 at --crf, the input's audio copied, written whole at "
-                                "the end), or a folder for PNG frames."),
+    source: str = typer.Argument(..., help="Input video: any file FFmpeg reads (a path, or "
+                                 "an s3:// or other fsspec URL)."),
+    styles: list[str] = typer.Argument(..., help="One or more style images (paths or URLs)."),
+    output: str = typer.Option(..., "--output", "-o", help="Output video (.mp4, .mov or .mkv: "
+                               "H.264 at --crf, the input's audio copied, written whole at "
+                               "the end), or a folder for PNG frames; a path or a URL."),
+    storage_option: list[str] = STORAGE_OPTION,
     device: str = typer.Option("auto", help="auto (first GPU, else CPU), cpu, cuda or cuda:N."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     *,
@@ -43,6 +54,7 @@ def video(
     first frame not yet done."""
     if quiet:
         logging.getLogger("pipeline").setLevel(logging.WARNING)
+    set_storage_options(storage_option)
     runtime = Runtime.start(device, **dataclasses.asdict(options))
     started = time.perf_counter()
     bar = Progress(TextColumn("{task.description}", style="bold"), BarColumn(),
@@ -60,12 +72,13 @@ def video(
         bar.update(task, advance=1, note=f"frame {frame.index}: {note}")
 
     try:
-        result = stylize_video_file(source, styles, output, params, video, runtime, on_start,
+        result = stylize_video_file(location(source), [location(s) for s in styles],
+                                    location(output), params, video, runtime, on_start,
                                     on_frame, regions=regions)
     except (KeyboardInterrupt, Terminated):
         bar.stop()
-        say(f"stopped: the finished frames are in {shown(frames_folder(output))}; the same "
-            "command resumes where it stopped", "yellow")
+        say(f"stopped: the finished frames are in {frames_location(location(output))}; the "
+            "same command resumes where it stopped", "yellow")
         raise
     finally:
         if bar.live.is_started:

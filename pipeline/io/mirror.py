@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -223,6 +224,16 @@ def _remove(root: str, name: str) -> None:
         pass
     except Exception as e:
         raise UploadFailed(errno.EIO, str(store_error(url, e))) from None
+
+
+def remove_tree(folder: Path) -> None:
+    """Delete a folder here and, under a mirrored folder, its files' copies in the bucket
+    (after their uploads): a video's frames once the video is whole."""
+    if folder.is_dir():
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                removed(path)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def pull(url: str, local: Path, parts: tuple[str, ...] = STATE) -> None:

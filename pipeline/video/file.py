@@ -6,18 +6,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
 
 from ..api import NO_REGIONS, Regions, Runtime, StyleParams, image_digest
 from ..gatys.engine import Progress
 from ..io.files import remembered_digest
 from ..io.images import check_image_file, header_size
 from ..io.masks import check_shape
+from ..io.storage import Location
 from ..io.video import is_video
 from .chain import stylize_clips
 from .clip import clip_key, clip_part
 from .frames import Frame
-from .output import ClipOutput, check_output
+from .output import ClipOutput, check_output, output_here
 from .params import VideoParams
 
 
@@ -25,7 +25,7 @@ from .params import VideoParams
 class VideoResult:
     """What `stylize_video_file` did."""
 
-    output: Path
+    output: Location
     frames: int
     fps: Fraction
     size: tuple[int, int]                    # of the frames (the video: even_size of it)
@@ -35,7 +35,7 @@ class VideoResult:
     audio: bool = False
 
 
-def stylize_video_file(source: Path, styles: Sequence[Path], output: Path,
+def stylize_video_file(source: Location, styles: Sequence[Location], output: Location,
                        params: StyleParams = StyleParams(), video: VideoParams = VideoParams(),
                        runtime: Runtime | None = None,
                        on_start: Callable[[int], None] = lambda count: None,
@@ -46,20 +46,23 @@ def stylize_video_file(source: Path, styles: Sequence[Path], output: Path,
     video (.mp4, .mov, .mkv: H.264 at --crf, the source's audio copied) or a folder of PNG
     frames. `on_start(frames)` is called once the inputs are checked, `on_frame` with each
     frame as it is done; `progress(i)` is frame i's progress. `regions`: masks of the
-    frames' shape, the same for every frame."""
+    frames' shape, the same for every frame. Any of the files may be URLs (io/storage.py):
+    a video output in object storage is uploaded whole at the end, its frames as they
+    finish (so that the same command resumes on any machine)."""
     params.validate(n_styles=len(styles))
     regions.validate(len(styles), params)
     part = clip_part(source, video)
     for mask in regions.content_files():
-        check_shape(Path(mask), header_size(mask), part.info.size, "mask")
+        check_shape(mask, header_size(mask), part.info.size, "mask")
     for style in styles:
         check_image_file(style)
     check_output(source, styles, output)
     init = image_digest(params.init) if params.init_is_file else None
     runtime = runtime or Runtime.start()
-    clip = ClipOutput(part, output, clip_key(remembered_digest(source, runtime.cache), part,
-                                             [image_digest(s) for s in styles], params, video,
-                                             init, regions.key(image_digest)))
+    key = clip_key(remembered_digest(part.info.path, runtime.cache), part,
+                   [image_digest(s) for s in styles], params, video, init,
+                   regions.key(image_digest))
+    clip = ClipOutput(part, output_here(output, runtime.cache), key)
     clip.folder.mkdir(parents=True, exist_ok=True)
 
     def finished(frame: Frame) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +20,10 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
-from ..io.files import atomic_path, check_writable_dir, describe_os_error
+from ..io.files import atomic_path, cache_dir, check_writable_dir, describe_os_error
 from ..io.images import open_keyed, save_image
+from ..io.mirror import attach, remove_tree, removed
+from ..io.storage import Location, check_store, is_url, name, parent
 from ..io.video import even_size, is_video, write_video
 from .clip import ClipPart, frame_key
 from .frames import Frame
@@ -42,16 +43,22 @@ def frame_path(folder: Path, index: int) -> Path:
     return folder / f"frame_{index:06d}.png"
 
 
-def check_output(source: Path, styles: Sequence[Path], output: Path) -> None:
+def check_output(source: Location, styles: Sequence[Location], output: Location) -> None:
     """InputError before any work: an output that is neither a video we encode nor a folder,
-    one over an input, or one where nothing can be written."""
-    if output.exists() and any(output.samefile(p) for p in [source, *styles] if p.exists()):
+    one over an input, or one where nothing can be written (a URL: its bucket is there)."""
+    local = [p for p in (source, *styles) if isinstance(p, Path) and p.exists()]
+    if (output in (source, *styles) if is_url(output) else
+            output.exists() and any(output.samefile(p) for p in local)):
         raise InputError(f"{output}: the output would overwrite one of the inputs")
-    if is_video(output) and output.suffix.lower() not in ENCODED:
+    named = Path(name(str(output)))
+    if is_video(named) and named.suffix.lower() not in ENCODED:
         raise InputError(f"{output}: write {', '.join(ENCODED)} (H.264), or give a folder "
                          "for PNG frames")
-    if output.suffix and not is_video(output):
+    if named.suffix and not is_video(named):
         raise InputError(f"{output}: neither a video ({', '.join(ENCODED)}) nor a folder")
+    if isinstance(output, str):
+        check_store(output)
+        return
     if is_video(output) and output.is_dir():
         raise InputError(f"{output}: is a folder; give a video file name")
     folder = output.parent if is_video(output) else output
@@ -59,6 +66,16 @@ def check_output(source: Path, styles: Sequence[Path], output: Path) -> None:
         check_writable_dir(folder)
     except OSError as e:
         raise InputError(f"--output: {describe_os_error(e, folder)}") from None
+
+
+def output_here(output: Location, cache: str | None) -> Path:
+    """Where the frames and the video are written: the output itself, or for a URL this
+    machine's copy of its folder (io/mirror.py), each file uploaded as it is written, with
+    the frames an earlier run uploaded fetched first (a rerun anywhere resumes from them)."""
+    if isinstance(output, Path):
+        return output
+    here = attach(parent(output), cache_dir(cache), (frames_folder(Path(name(output))).name,))
+    return here / name(output)
 
 
 class PassesNotKept(Exception):
@@ -145,6 +162,7 @@ class ClipOutput:
         for old in folder.glob("[0-9]*.pt"):  # not a temp file (".name...")
             if int(old.name.split("-")[0]) < p - 1:
                 old.unlink(missing_ok=True)
+                removed(old)
 
     def _kept(self, wanted: Callable[[int, int, int], bool], first_only: bool = False
               ) -> dict[int, dict[int, Made]]:
@@ -191,12 +209,12 @@ class ClipOutput:
     def finish(self, crf: int) -> None:
         """Encode the video from the frames (all there), then remove their folder; a folder
         output is finished as it is."""
-        shutil.rmtree(self.folder / PASSES, ignore_errors=True)
+        remove_tree(self.folder / PASSES)
         if not is_video(self.output):
             return
         write_video(self._frames(), self.output, self.part.fps, crf, self.part.info,
                     self.part.start, self.part.end, metadata=self.metadata())
-        shutil.rmtree(self.folder)
+        remove_tree(self.folder)
 
     def metadata(self) -> dict[str, Any]:
         return {"job_key": self.key, "frames": self.part.count, "fps": str(self.part.fps)}
