@@ -561,3 +561,38 @@ def test_a_cache_in_object_storage_is_shared_by_machines(s3, tmp_path, monkeypat
     assert not list((shared / "targets").rglob("*.*"))
     assert not list((copy_c / "targets").rglob("*.*"))  # this machine's copy too,
     assert list((copy_b / "targets").rglob("*.*"))  # not another's
+
+
+def test_a_run_reads_the_bucket_s_state_again_once_it_holds_the_lease(s3, tmp_path,
+                                                                      monkeypatch):
+    """What another machine finished while this run waited for the lease (its outputs and
+    ledger reached the bucket after this run first looked) is done, not done again."""
+    import contextlib
+
+    from pipeline.bulk import runner as bulk_runner
+    from pipeline.bulk.manifest import write_manifest
+    from tests.run_helpers import cell, run_cli
+
+    url, _, _ = s3
+    write_manifest([{"content": "in/photo.png", "style": "in/painting.png", "seed": s,
+                     "output": f"styled-{s}.png"} for s in range(2)], tmp_path / "m.parquet")
+    storage.put_file(tmp_path / "m.parquet", f"{url}/m.parquet")
+    first = run_cli(f"{url}/m.parquet", f"{url}/out")
+    assert first.exit_code == 0, first.output
+    fs, _ = storage.filesystem(url)  # through the server: it caches what it lists
+    fs.get(f"{url}/out/", str(tmp_path / "the-other-machine-s") + "/", recursive=True)
+    fs.rm(f"{url}/out", recursive=True)
+    lease = bulk_runner.bucket_lease
+
+    @contextlib.contextmanager
+    def finished_meanwhile(remote, run_id):
+        fs.put(str(tmp_path / "the-other-machine-s") + "/", f"{url}/out/", recursive=True)
+        with lease(remote, run_id):
+            yield
+
+    monkeypatch.setattr(bulk_runner, "bucket_lease", finished_meanwhile)
+    monkeypatch.setenv("STYLE_PIPELINE_CACHE", str(tmp_path / "this-machine"))
+    second = run_cli(f"{url}/m.parquet", f"{url}/out")
+    assert second.exit_code == 0, second.output
+    assert cell(second.output, "done before (skipped)") == "2", second.output
+    assert cell(second.output, "done now") == "0", second.output

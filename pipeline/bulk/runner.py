@@ -288,6 +288,7 @@ def _run_locked(manifest: Location, opts: RunOptions, found: Scan, run_id: str,
                 display_factory: Callable[..., Any]) -> RunResult:
     """The run itself, in its locked folder."""
     out_dir = opts.out_dir
+    refresh(out_dir, STATE)  # in a bucket: as it is now that this run holds the lease
     remove_stale_temps(_own_folders(out_dir, found.jobs))  # of a run that was killed
     write_run_info(out_dir, run_id, manifest, [j.id for j in found.jobs],
                    {e.row: e.reason for e in found.errors}, opts.overrides)

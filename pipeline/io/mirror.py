@@ -278,6 +278,7 @@ def refresh(local: Path, parts: tuple[str, ...]) -> None:
     machines wrote there; nothing for a folder that is not mirrored."""
     if (found := mirrors().get(str(local.resolve()))) is not None:
         pull(found[0], local, parts)
+        _LISTINGS.pop(found[0], None)  # outputs written since: looked up again
 
 
 def attach(url: str, cache: Path, parts: tuple[str, ...] = STATE) -> Path:
