@@ -4,11 +4,15 @@ against the same run from and to local files: the cost of going through a store.
 A real S3 server on 127.0.0.1 (`rclone serve s3`, tests/s3_server.py) over a temporary folder;
 `--jobs` tiny jobs (drawn contents x drawn styles x seeds, `--size` px, `--iterations`
 iterations, early stopping off), one manifest with local paths and the same manifest in the
-bucket (its rows' paths relative to it, so objects). Each round runs both into fresh --out
-folders, taking turns after one untimed run (the model and the targets cached for both), the
-objects fetched anew each time (the cache's `inputs` emptied); wall time of the whole
+bucket (its rows' paths relative to it, so objects). Each round runs each configuration into
+fresh --out folders, taking turns (each round starting with the next one) after one untimed
+run (the model and the targets cached), the objects fetched anew each time (the cache's
+`inputs` emptied); wall time of the whole
 `pipeline run` process. The third configuration also writes its run folder to the bucket
-(`--out s3://...`: every output, ledger part and trace uploaded as it is written).
+(`--out s3://...`: every output, ledger part and trace uploaded as it is written); the fourth
+also keeps the cache there (STYLE_PIPELINE_CACHE=s3://...) and runs as a machine that joins
+with an empty copy of it (its own XDG_CACHE_HOME each round): the ONNX model and the targets
+fetched from the bucket, none computed.
 
 Usage: python -m bench.bench_object_storage [--jobs 200] [--size 64] [--iterations 10]
 [--rounds 2]
@@ -83,26 +87,37 @@ def main() -> None:
         with serve_s3(root) as endpoint:
             env = {**os.environ, "STYLE_PIPELINE_STORAGE_OPTIONS": json.dumps(
                 {"endpoint_url": endpoint, "key": KEY, "secret": SECRET})}
+            shared = {**env, "STYLE_PIPELINE_CACHE": "s3://bucket/cache"}
             run(str(local / "m.parquet"), tmp / "warm", args, env)  # model, targets cached
-            configs = {  # name -> (manifest, --out of round k)
-                "local": (str(local / "m.parquet"), lambda k: tmp / f"l{k}"),
-                "s3": ("s3://bucket/data/m.parquet", lambda k: tmp / f"s{k}"),
-                "s3 out": ("s3://bucket/data/m.parquet", lambda k: f"s3://bucket/out{k}")}
+            run(str(local / "m.parquet"), tmp / "warm-shared", args,  # ... and in the bucket
+                {**shared, "XDG_CACHE_HOME": str(tmp / "first-machine")})
+            configs = {  # name -> (manifest, --out of round k, environment of round k)
+                "local": (str(local / "m.parquet"), lambda k: tmp / f"l{k}", lambda k: env),
+                "s3": ("s3://bucket/data/m.parquet", lambda k: tmp / f"s{k}", lambda k: env),
+                "s3 out": ("s3://bucket/data/m.parquet", lambda k: f"s3://bucket/out{k}",
+                           lambda k: env),
+                "s3 cache": ("s3://bucket/data/m.parquet", lambda k: f"s3://bucket/outc{k}",
+                             lambda k: {**shared, "XDG_CACHE_HOME": str(tmp / f"joins-{k}")})}
             times: dict[str, list[float]] = {name: [] for name in configs}
             for k in range(args.rounds):
-                for name, (manifest, out) in configs.items():
+                names = list(configs)
+                for name in names[k % len(names):] + names[:k % len(names)]:  # turns rotate
+                    manifest, out, environment = configs[name]
                     shutil.rmtree(cache_dir() / "inputs", ignore_errors=True)
-                    times[name].append(run(manifest, out(k), args, env))
+                    times[name].append(run(manifest, out(k), args, environment(k)))
     best = {k: min(v) for k, v in times.items()}
     print(f"\n{args.jobs} jobs at {args.size} px, {args.iterations} iterations, "
           f"{args.rounds} rounds taking turns; {_cpu()}, commit {commit}\n")
-    print("| inputs | outputs (run folder) | wall time (best) | all rounds | vs local |")
-    print("|---|---|---|---|---|")
+    print("| inputs | outputs (run folder) | cache | wall time (best) | all rounds | vs local |")
+    print("|---|---|---|---|---|---|")
     server = "S3 (rclone serve s3, 127.0.0.1)"
-    for name, inputs, outputs in (("local", "local files", "local folder"),
-                                  ("s3", server, "local folder"), ("s3 out", server, server)):
+    for name, inputs, outputs, cache in (
+            ("local", "local files", "local folder", "local, filled"),
+            ("s3", server, "local folder", "local, filled"),
+            ("s3 out", server, server, "local, filled"),
+            ("s3 cache", server, server, "S3, this machine's copy empty")):
         rounds = ", ".join(f"{t:.1f}" for t in times[name])
-        print(f"| {inputs} | {outputs} | {best[name]:.1f} s | {rounds} | "
+        print(f"| {inputs} | {outputs} | {cache} | {best[name]:.1f} s | {rounds} | "
               f"{best[name] / best['local']:.2f}x |")
 
 

@@ -73,6 +73,8 @@ def test_store_errors_are_one_line_each(s3, s3_server, monkeypatch, tmp_path):
          "s3://nobucket/a.png: no such bucket 'nobucket'"),
         ([f"{url}/in/photo.png", f"{url}/in/painting.png", "-o", f"{url}/in/photo.png"],
          "the output would overwrite one of the input images"),
+        ([f"{url}/in/photo.png", f"{url}/in/painting.png", "-o", str(tmp_path / "d.png"),
+          "--cache-dir", "s3://nobucket/cache"], "s3://nobucket/cache: no such bucket"),
     ]
     for args, message in cases:
         result = runner.invoke(app, ["stylize", *args, *FAST])
