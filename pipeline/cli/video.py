@@ -5,28 +5,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from pathlib import Path
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..api import Regions, Runtime, RuntimeOptions, StyleParams, location, set_storage_options
-from ..io.storage import Location
-from ..io.video import is_video
 from ..video.file import stylize_video_file
 from ..video.frames import Frame
-from ..video.output import frames_folder
+from ..video.output import frames_location
 from ..video.params import VideoParams
 from .app import Terminated, app, reports_errors, say
 from .options import STORAGE_OPTION, with_options
 from .progress import console, format_losses, shown, summary_table
-
-
-def frames_location(output: Location) -> str:
-    """Where the frames of `output` are kept until it is whole (a URL's: in the bucket)."""
-    if isinstance(output, Path):
-        return shown(frames_folder(output))
-    return f"{output}.frames" if is_video(output) else output
 
 
 @app.command()
@@ -77,8 +67,8 @@ def video(
                                     on_frame, regions=regions)
     except (KeyboardInterrupt, Terminated):
         bar.stop()
-        say(f"stopped: the finished frames are in {frames_location(location(output))}; the "
-            "same command resumes where it stopped", "yellow")
+        say(f"stopped: the finished frames are in {shown(frames_location(location(output)))}; "
+            "the same command resumes where it stopped", "yellow")
         raise
     finally:
         if bar.live.is_started:

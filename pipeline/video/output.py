@@ -39,6 +39,13 @@ def frames_folder(output: Path) -> Path:
     return output.with_name(output.name + ".frames") if is_video(output) else output
 
 
+def frames_location(output: Location) -> Location:
+    """Where the frames of `output` are kept until it is whole (a URL's: in the bucket)."""
+    if isinstance(output, Path):
+        return frames_folder(output)
+    return f"{output}.frames" if is_video(name(output)) else output
+
+
 def frame_path(folder: Path, index: int) -> Path:
     return folder / f"frame_{index:06d}.png"
 
