@@ -65,7 +65,7 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
     URL is a cache shared by many machines: this machine works in its own copy (in the user
     cache dir), whose shared parts are uploaded as written and fetched as missed."""
     root, where = _cache_root(override)
-    url = cache_url(override)
+    url = root.rstrip("/") if is_url(root) else None
     path = (Path(platformdirs.user_cache_dir("style-pipeline")) / "shared"
             / hashlib.sha256(url.encode()).hexdigest()[:16]) if url else Path(root).expanduser()
     try:

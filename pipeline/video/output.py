@@ -43,7 +43,7 @@ def frames_location(output: Location) -> Location:
     """Where the frames of `output` are kept until it is whole (a URL's: in the bucket)."""
     if isinstance(output, Path):
         return frames_folder(output)
-    return f"{output}.frames" if is_video(name(output)) else output
+    return f"{parent(output)}/{frames_folder(Path(name(output))).name}"
 
 
 def frame_path(folder: Path, index: int) -> Path:
