@@ -1,4 +1,4 @@
-"""The trunk the optimization runs, in the runtime's precision."""
+"""The trunk the optimization runs, in the runtime's precision and convolution algorithm."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import functools
 import torch
 
 from ..gatys.vgg import VGG19Trunk
+from ..io.files import cache_dir
 from .pixel_conv import PixelConv
 from .settings import Settings
+from .winograd import winograd_trunk
 
 
 @functools.lru_cache(maxsize=4)
@@ -19,9 +21,12 @@ def compute_trunk(trunk: VGG19Trunk, runtime: Settings) -> VGG19Trunk:
     caches casts only for weights that require grad. Targets keep using the fp32 trunk.
 
     conv1_1 reads the fp32 pixels and hands on bf16 features (pixel_conv.py). In fp64 mode,
-    an fp64 copy (reference runs)."""
+    an fp64 copy (reference runs). In fp32 on the CPU, Winograd convolutions where the
+    runtime has them (winograd.py)."""
     if runtime.precision == "fp32":
-        return trunk
+        if runtime.winograd == "off":
+            return trunk
+        return winograd_trunk(trunk, runtime.winograd == "on", cache_dir(runtime.cache))
     if runtime.precision == "fp64":
         return copy.deepcopy(trunk).double()
     low = copy.deepcopy(trunk)

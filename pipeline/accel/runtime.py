@@ -18,7 +18,7 @@ import torch
 
 from ..errors import InputError
 from ..io.files import cache_dir
-from . import cpu_heap
+from . import cpu_heap, winograd
 from .low_precision import compute_trunk
 from .precision_probe import choose_cpu_precision
 from .settings import (
@@ -58,6 +58,20 @@ def resolve_device(name: str = "auto") -> torch.device:
     elif device.type != "cpu":
         raise InputError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
     return device
+
+
+def resolve_winograd(asked: bool | None, device: torch.device, precision: str,
+                     channels_last: bool) -> str:
+    """off, on or auto (winograd.py): only an fp32 NCHW trunk on a CPU that NNPACK runs on
+    has Winograd convolutions; `--winograd on` where NNPACK cannot run is an error."""
+    if asked is False or device.type != "cpu" or precision != "fp32" or channels_last:
+        return "off"
+    if not winograd.available():
+        if asked:
+            raise InputError("--winograd on: NNPACK does not run on this CPU or torch build "
+                             "(it needs x86-64 with AVX2 and FMA, or ARM NEON)")
+        return "off"
+    return "on" if asked else "auto"
 
 
 def apply_process_settings(device: torch.device, options: RuntimeOptions) -> bool:
@@ -113,7 +127,8 @@ class Runtime(Settings):
         channels_last = options.channels_last
         if channels_last is None:
             channels_last = dev.type == "cuda" or precision == "bf16"
-        return cls(dev, precision=precision, channels_last=channels_last,
+        winograd = resolve_winograd(options.winograd, dev, precision, channels_last)
+        return cls(dev, precision=precision, channels_last=channels_last, winograd=winograd,
                    cuda_graphs=options.cuda_graphs and dev.type == "cuda",
                    keep_cpu_memory=heap_kept,
                    split_batches=options.split_batches and dev.type == "cpu",

@@ -36,6 +36,13 @@ class RuntimeOptions:
     channels_last: bool | None = option(
         None, "NHWC memory layout for the trunk: auto (on for CUDA and bf16), on or off.",
         words={"auto": None, "on": True, "off": False})
+    winograd: bool | None = option(
+        None, "CPU, fp32 trunk: 3x3 convolutions by Winograd's minimal filtering (NNPACK, "
+        "about 5x fewer multiplies; rounding about 1e-5 relative per layer). auto: each "
+        "layer's forward and backward where a probe at the first image of each size, cached "
+        "per machine, measures it faster than the direct convolution; on: every layer; off: "
+        "none. Not used with bf16, fp64, channels_last or on a GPU.",
+        words={"auto": None, "on": True, "off": False})
     cudnn_benchmark: bool = option(
         True, "Let cuDNN autotune conv algorithms per image size (CUDA only).")
     cuda_graphs: bool = option(
@@ -99,6 +106,7 @@ class Settings:
     precision: str = "fp32"       # resolved: fp32, bf16 (bf16 convs and Gram GEMMs; losses fp32)
                                   # or fp64 (reference runs: float rounding far below 8 bits)
     channels_last: bool = True    # NHWC convs: faster for bf16 oneDNN and cuDNN tensor cores
+    winograd: str = "off"         # CPU fp32 3x3 convs by Winograd: off, on, or auto (measured)
     cuda_graphs: bool = False     # CUDA: replay each stage's iteration as a graph
     keep_cpu_memory: bool = False  # CPU: the heap keeps freed memory; release it after a batch
     split_batches: bool = False   # CPU: a batch's shards step side by side, one per core
@@ -123,8 +131,10 @@ class Settings:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def widened(self) -> Settings:
-        """These settings with the trunk in fp32 (fp64 stays): final losses are reported in it."""
-        return self if self.precision == "fp64" else replace(self, precision="fp32")
+        """These settings with the trunk in fp32 (fp64 stays) and direct convolutions: final
+        losses are reported in it."""
+        return replace(self, precision="fp64" if self.precision == "fp64" else "fp32",
+                       winograd="off")
 
 
 

@@ -1,0 +1,218 @@
+"""The fp32 trunk's 3x3 convolutions on the CPU by Winograd's minimal filtering (NNPACK's
+F(6x6, 3x3)), layer by layer and direction by direction where this CPU measures it faster.
+
+Why: oneDNN's direct fp32 convolution already runs near the FMA peak of a CPU without bf16
+dot products, so the only way to a faster fp32 iteration there is fewer multiplies. Winograd's
+transform computes a 6x6 output tile from an 8x8 input tile with 64 products per channel pair
+instead of 324. On one thread it won 1.6x-2.6x on the 64-256 channel layers of an AVX2 EPYC
+and lost on 512 channels at small maps, where the per-call kernel transform dominates; on
+more threads oneDNN scales and NNPACK (one thread here, see `available`) does not. So `auto`
+times both per layer, direction and image size (`plan`), once per machine.
+
+The backward needs only the gradient to the input (the weights are frozen): a 3x3
+convolution of the output's gradient with the kernel flipped and its channels swapped, which
+NNPACK computes the same way. Its transforms round differently from a direct sum, about 1e-5
+relative per layer in fp32: far below what an 8-bit image shows. Each sample is its own call
+(NNPACK's inference path), so a sample's result does not depend on its batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..gatys.vgg import VGG19Trunk
+
+log = logging.getLogger("pipeline.runtime")
+
+MARGIN = 1.05  # Winograd must beat the direct convolution by this much to be chosen
+ROUNDS = 2     # timed rounds per layer and direction after a warm-up; the fastest counts
+
+Choice = tuple[bool, bool]  # (forward by Winograd, backward by Winograd)
+
+
+@functools.cache
+def available() -> bool:
+    """Whether NNPACK runs on this CPU (x86-64 with AVX2 and FMA, or ARM NEON). Its thread
+    pool is made here, at the first call, with one thread: a pool of more would take the CPU
+    shards' calls one at a time (pthreadpool runs one job at once), while a pool of one runs
+    each call on its caller's thread."""
+    if not torch.backends.nnpack.is_available():  # also initializes NNPACK
+        return False
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch._nnpack_spatial_convolution(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 3, 3),
+                                          None, [1, 1])
+    except RuntimeError:
+        return False
+    finally:
+        torch.set_num_threads(threads)
+    return True
+
+
+def _winograd(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    x = x.contiguous()
+    parts = [torch._nnpack_spatial_convolution(x[i:i + 1], weight, bias, [1, 1])
+             for i in range(x.shape[0])]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+class _Conv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, conv: WinogradConv) -> Tensor:  # type: ignore[override]
+        fwd, bwd = conv.choice(x)
+        ctx.conv, ctx.input_shape, ctx.winograd = conv, x.shape, bwd
+        if fwd:
+            return _winograd(x, conv.weight, conv.bias)
+        return F.conv2d(x, conv.weight, conv.bias, padding=1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        conv = ctx.conv
+        if ctx.winograd:
+            return _winograd(grad, conv.flipped, None), None
+        return torch.nn.grad.conv2d_input(ctx.input_shape, conv.weight, grad, padding=1), None
+
+
+class WinogradConv(nn.Conv2d):
+    """A 3x3, stride 1, padding 1 `conv` (its parameters shared) whose forward and backward
+    each run by Winograd or directly, as `plan` says for the input's size."""
+
+    def __init__(self, conv: nn.Conv2d, name: str, plan: Plan):
+        super().__init__(conv.in_channels, conv.out_channels, 3, padding=1, device="meta")
+        self.weight, self.bias = conv.weight, conv.bias
+        self.register_buffer("flipped", conv.weight.detach().transpose(0, 1).flip(2, 3)
+                             .contiguous())
+        self.name, self.plan = name, plan
+
+    def choice(self, x: Tensor) -> Choice:
+        return self.plan.choice(self.name, x.shape[2], x.shape[3])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _Conv.apply(x, self)
+
+
+class Plan:
+    """Which convs of one trunk run by Winograd, per input size and thread count: all of them
+    (`always`), or what `measure` found faster, measured at the first image of each size and
+    kept in `cache` (probes/). Shared by the trunk's convs; conv1_1's call at a new image
+    size plans every layer, under a lock (the CPU shards call concurrently)."""
+
+    def __init__(self, trunk: VGG19Trunk, always: bool, cache: Path | None,
+                 measure: Callable[..., dict[str, Choice]] | None = None):
+        self.trunk, self.always, self.cache = trunk, always, cache
+        self.measure = measure or measure_layers
+        self.choices: dict[tuple[str, int, int, int], Choice] = {}
+        self.lock = threading.Lock()
+
+    def choice(self, name: str, h: int, w: int) -> Choice:
+        if self.always:
+            return True, True
+        key = (name, h, w, torch.get_num_threads())
+        if key not in self.choices and name == "conv1_1":
+            with self.lock:
+                if key not in self.choices:
+                    self._plan(h, w, key[3])
+        return self.choices.get(key, (False, False))  # a block's odd crop: direct
+
+    def _plan(self, h: int, w: int, threads: int) -> None:
+        convs = {name: layer for name, layer in self.trunk.layers.items()
+                 if isinstance(layer, WinogradConv)}
+        found = _cached(self.cache, h, w, threads, lambda: self.measure(convs, h, w))
+        for name, choice in found.items():
+            pools = _pools_before(name)
+            self.choices[(name, h >> pools, w >> pools, threads)] = choice
+
+
+def _pools_before(name: str) -> int:
+    """Poolings between the image and a conv: block b's convs see the image halved b-1 times."""
+    return int(name[4]) - 1
+
+
+def _fastest(calls: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """Seconds of each call, taking turns after one warm-up each; the fastest of ROUNDS
+    (noise only ever adds time)."""
+    for call in calls.values():
+        call()
+    best = dict.fromkeys(calls, float("inf"))
+    for _ in range(ROUNDS):
+        for key, call in calls.items():
+            start = time.perf_counter()
+            call()
+            best[key] = min(best[key], time.perf_counter() - start)
+    return best
+
+
+@torch.no_grad()
+def measure_layers(convs: dict[str, WinogradConv], h: int, w: int) -> dict[str, Choice]:
+    """Per conv, forward and backward: Winograd where it beats the direct convolution by
+    MARGIN at this image size on this thread count."""
+    gen = torch.Generator().manual_seed(0)
+    found: dict[str, Choice] = {}
+    for name, conv in convs.items():
+        pools = _pools_before(name)
+        x = torch.rand(1, conv.in_channels, h >> pools, w >> pools, generator=gen)
+        g = torch.randn(1, conv.out_channels, h >> pools, w >> pools, generator=gen)
+        t = _fastest({
+            "direct": lambda x=x, c=conv: F.conv2d(x, c.weight, c.bias, padding=1),
+            "winograd": lambda x=x, c=conv: _winograd(x, c.weight, c.bias),
+            "direct back": lambda x=x, g=g, c=conv: torch.nn.grad.conv2d_input(
+                x.shape, c.weight, g, padding=1),
+            "winograd back": lambda g=g, c=conv: _winograd(g, c.flipped, None)})
+        found[name] = (t["direct"] >= MARGIN * t["winograd"],
+                       t["direct back"] >= MARGIN * t["winograd back"])
+    return found
+
+
+def _cached(cache: Path | None, h: int, w: int, threads: int,
+            measure: Callable[[], dict[str, Choice]]) -> dict[str, Choice]:
+    """The plan for this machine, image size and thread count from the cache's probes/ part,
+    measured first if it has none. Processes of one machine take turns on a lock: a plan timed
+    while another process measures would be skewed."""
+    if cache is None:
+        return measure()
+    from filelock import FileLock
+
+    from ..io.files import atomic_write_bytes
+    from ..io.mirror import fetch_missing
+    from .precision_probe import cpu_model
+
+    identity = json.dumps([cpu_model(), torch.__version__, threads, h, w])
+    entry = cache / "probes" / f"winograd-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.json"
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(entry) + ".lock", timeout=600):
+        fetch_missing(entry)  # a cache in object storage: a machine like this one measured
+        try:
+            return {name: (bool(f), bool(b)) for name, (f, b) in
+                    json.loads(entry.read_text()).items()}
+        except (OSError, ValueError, TypeError):
+            pass  # none yet, or unreadable: measure again
+        found = measure()
+        atomic_write_bytes(entry, json.dumps(found).encode())
+    chosen = [f"{name}{'' if f and b else ' forward' if f else ' backward'}"
+              for name, (f, b) in found.items() if f or b]
+    log.info("winograd at %dx%d px on %d thread(s): %s (cached in %s)", w, h, threads,
+             ", ".join(chosen) or "no layer", entry.name)
+    return found
+
+
+def winograd_trunk(trunk: VGG19Trunk, always: bool, cache: Path | None) -> VGG19Trunk:
+    """A copy of the fp32 `trunk` (weights shared) whose convs run by `Plan`."""
+    fast = copy.deepcopy(trunk, {id(t): t for t in (*trunk.parameters(), *trunk.buffers())})
+    plan = Plan(fast, always, cache)
+    for name, layer in trunk.layers.items():
+        if isinstance(layer, nn.Conv2d):
+            fast.layers[name] = WinogradConv(layer, name, plan)
+    return fast
