@@ -1,18 +1,20 @@
-"""Images per hour of a bulk `pipeline run` with continuous batching against fixed batches.
+"""Images per hour of a bulk `pipeline run`: the defaults against fixed batches of direct
+convolutions (the way bulk runs ran before continuous batching and Winograd convolutions).
 
 A manifest of 24 jobs, half at each of two sizes (two groups), default parameters (early
-stopping on), run whole by `pipeline run --batch-size B` with `--continuous` and with
-`--no-continuous`, in turns, `--rounds` times. Images/hour is the jobs over the span from the
-first job's start to the last one's end in the ledger (process start-up and the manifest scan
-are left out). Also prints the iterations each job took, which is where the difference comes
-from: a fixed batch runs until its slowest job stops, a batch in slots refills a row at once.
+stopping on), run whole by `pipeline run --batch-size B` in each configuration (CONFIGS;
+`--configs` picks them), in turns, `--rounds` times, the order rotating each round.
+Images/hour is the jobs over the span from the first job's start to the last one's end in the
+ledger (process start-up and the manifest scan are left out). Also prints the iterations each
+job took: a fixed batch runs until its slowest job stops, a batch in slots refills a row at
+once. On a GPU (bench/gpu.sh) `--configs 1,2`: Winograd convolutions are a CPU path.
 
 With `--photos a.jpg,b.jpg --paintings c.jpg,d.jpg` the contents are those photos (each as it
 is, mirrored and cropped to its centre: 6 contents) and the styles those paintings; else drawn
 example images.
 
 Usage: python -m bench.bench_continuous [--sizes 96,128] [--batch 4] [--rounds 1]
-[--device cpu] [--iterations 400] [--photos A,B --paintings C,D]
+[--device cpu] [--iterations 400] [--configs 1,2,3] [--photos A,B --paintings C,D]
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ from pipeline.bulk.manifest import write_manifest
 from pipeline.io.examples import landscape, mosaic, swirls
 
 JOBS_PER_SIZE = 12
+CONFIGS = {  # name -> `pipeline run` options; the first is the baseline
+    "fixed batches, direct convs": ["--no-continuous", "--winograd", "off"],
+    "continuous (slots), direct convs": ["--continuous", "--winograd", "off"],
+    "continuous, winograd auto (the defaults)": [],
+}
 
 
 def drawn(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -69,13 +76,12 @@ def write_dataset(folder: Path, sizes: list[int], contents: list[Path], styles: 
     return write_manifest(rows, folder / "manifest.parquet")
 
 
-def run(manifest: Path, out: Path, continuous: bool, batch: int, device: str,
+def run(manifest: Path, out: Path, options: list[str], batch: int, device: str,
         iterations: int) -> tuple[float, list[int]]:
     """Images/hour and the iterations of each job."""
     cmd = [sys.executable, "-m", "pipeline", "--quiet-log", "run", str(manifest), "--out",
            str(out), "--devices", device, "--workers", "1", "--batch-size", str(batch),
-           "--set", f"iterations={iterations}",
-           "--continuous" if continuous else "--no-continuous"]
+           "--set", f"iterations={iterations}", *options]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = [r for r in ledger.read(out).values() if r["status"] == ledger.DONE]
     span = max(r["finished_at"] for r in rows) - min(r["started_at"] for r in rows)
@@ -89,37 +95,44 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--iterations", type=int, default=400)
+    ap.add_argument("--configs", default="1,2,3", help="1-based numbers of CONFIGS; the first "
+                    "named is the baseline")
     ap.add_argument("--photos", default="", help="comma-separated: two photos")
     ap.add_argument("--paintings", default="", help="comma-separated: two paintings")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    rates: dict[bool, list[float]] = {False: [], True: []}
+    names = [list(CONFIGS)[int(k) - 1] for k in args.configs.split(",")]
+    rates: dict[str, list[float]] = {name: [] for name in names}
     with tempfile.TemporaryDirectory(prefix="bench-continuous-") as tmp:
         folder = Path(tmp)
         images = (from_photos(folder, args.photos.split(","), args.paintings.split(","))
                   if args.photos else drawn(folder))
         manifest = write_dataset(folder, sizes, *images)
-        # Untimed: the first run on a machine exports the trunk and caches every job's targets,
-        # which the first timed run would pay alone.
-        run(manifest, folder / "warm-up", False, args.batch, args.device, 1)
+        # Untimed, each configuration once: the first run on a machine exports the trunk,
+        # caches every job's targets and measures the Winograd plans, which the first timed
+        # run would pay alone.
+        for name in names:
+            run(manifest, folder / f"warm-up-{names.index(name)}", CONFIGS[name], args.batch,
+                args.device, 1)
         for r in range(args.rounds):
-            for continuous in (False, True):
-                out = Path(tmp) / f"out-{continuous}-{r}"
-                rate, iterations = run(manifest, out, continuous, args.batch, args.device,
+            for k in range(len(names)):  # rotated: no configuration is always last
+                name = names[(k + r) % len(names)]
+                out = folder / f"out-{names.index(name)}-{r}"
+                rate, iterations = run(manifest, out, CONFIGS[name], args.batch, args.device,
                                        args.iterations)
-                rates[continuous].append(rate)
-                print(f"round {r}, {'continuous' if continuous else 'fixed'}: {rate:.0f} "
-                      f"images/h; iterations per job {iterations}", flush=True)
-    ratios = [c / f for c, f in zip(rates[True], rates[False], strict=True)]
+                rates[name].append(rate)
+                print(f"round {r}, {name}: {rate:.0f} images/h; iterations per job "
+                      f"{iterations}", flush=True)
+    base = rates[names[0]]
     print(f"\n{args.device}, {2 * JOBS_PER_SIZE} jobs at {args.sizes} px, batch {args.batch}, "
           f"up to {args.iterations} iterations, default early stopping, in turns\n")
-    print("| batching | images/hour, each round | vs fixed, each round | median ratio |")
+    print(f"| configuration | images/hour, each round | vs {names[0]}, each round | "
+          "median ratio |")
     print("|---|---|---|---|")
-    for continuous, name in ((False, "fixed batches"), (True, "continuous (slots)")):
-        values = rates[continuous]
-        ratio = ratios if continuous else [1.0] * len(values)
-        print(f"| {name} | {', '.join(f'{v:.0f}' for v in values)} | "
-              f"{', '.join(f'{q:.2f}x' for q in ratio)} | {statistics.median(ratio):.2f}x |")
+    for name in names:
+        ratios = [v / b for v, b in zip(rates[name], base, strict=True)]
+        print(f"| {name} | {', '.join(f'{v:.0f}' for v in rates[name])} | "
+              f"{', '.join(f'{q:.2f}x' for q in ratios)} | {statistics.median(ratios):.2f}x |")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ bench bench.bench_quality --device cuda --size 512
 bench bench.bench_memory --device cuda --block 1024
 bench bench.bench_blocks --device cuda --size 2048 --blocks 1024,2048 --rounds 3
 bench bench.bench_targets --device cuda  # ORT's CUDA and TensorRT rows need onnxruntime-gpu
-bench bench.bench_continuous --device cuda --sizes 448,512 --batch 8
+bench bench.bench_continuous --device cuda --sizes 448,512 --batch 8 --configs 1,2
 bench bench.bench_video --device cuda --speed --size 512
 bench bench.bench_video_workers --devices "$(nvidia-smi --query-gpu=index --format=csv,noheader \
     | sed 's/^/cuda:/' | paste -sd,)" --size 512 --frames 24 --passes 4x40

@@ -56,8 +56,10 @@ CASES = [(p, side) for p in ("fp64", "fp32", "bf16") for side in (16, 40)
 @pytest.mark.parametrize(("precision", "side"), CASES)
 @pytest.mark.parametrize("pooling", ["max", "avg"])
 def test_block_loss_and_gradient_equal_the_whole_image(precision, pooling, side):
+    # Direct convolutions: Winograd's tiles fall differently in a block's crop than in the
+    # whole image, which rounds differently in fp32 (accel/winograd.py), not the blocks' math.
     runtime = Runtime.create("cpu", precision, channels_last=precision == "bf16",
-                             targets="torch")
+                             targets="torch", winograd=False)
     params = StyleParams(size=96, pooling=pooling, **SHALLOW)
     whole, whole_grad, parts, grad = _both(params, runtime, side)
     assert len(blocks((96, 72), side, Grid.of(params.layers))) >= 6

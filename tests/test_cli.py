@@ -150,7 +150,8 @@ def test_every_stylize_option_runs_end_to_end(photo_path, painting_path, tmp_pat
             "--style-layers", "relu1_2,relu3_2", "--style-layer-weights", "1,2",
             "--style-blend", "3,1", "--style-scale", "1.5", "--init", "noise", "--seed", "3",
             "--preserve-colors", "--pooling", "avg", "--weights", "caffe", "--device", "cpu",
-            "--precision", "bf16", "--channels-last", "on", "--no-cudnn-benchmark",
+            "--precision", "bf16", "--channels-last", "on", "--winograd", "on",
+            "--no-cudnn-benchmark",
             "--no-cuda-graphs", "--no-keep-cpu-memory", "--no-split-batches",
             "--targets", "onnx", "--providers", "cpu", "--no-trt-fp16", "--cache-dir",
             str(cache), "--no-cache-targets", "--quiet", *regions_adam]

@@ -60,7 +60,7 @@ def test_the_probe_s_figures_are_remembered_per_trunk_and_layout(cpu32, tmp_path
     monkeypatch.undo()
     memory.pixel_cost.cache_clear()
     memory.pixel_cost(net, *args, True, tmp_path)
-    memory.pixel_cost(copy.deepcopy(net).double(), *args, False, tmp_path)  # not the shared one
+    memory.pixel_cost(copy.deepcopy(trunk).double(), *args, False, tmp_path)  # not the shared one
     from pipeline.io.cache_entries import is_entry
 
     kept = sorted((tmp_path / "probes").iterdir())

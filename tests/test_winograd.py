@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from pipeline import Runtime, StyleParams
 from pipeline.accel import winograd

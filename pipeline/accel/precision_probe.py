@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .low_precision import compute_trunk
+from .machine import cpu_model
 from .settings import Settings
 
 log = logging.getLogger("pipeline.runtime")
@@ -35,16 +35,6 @@ ROUNDS = 5
 class Choice:
     precision: str   # fp32 or bf16
     reason: str      # one line for the summary
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def native_bf16() -> list[str]:

@@ -119,6 +119,14 @@ class Settings:
     precision_reason: str = "set by --precision"  # one line for summaries
 
     @property
+    def numerics(self) -> str:
+        """Why this precision, and the convolutions' algorithm where not direct: one line for
+        summaries."""
+        convs = {"on": "; 3x3 convs by Winograd",
+                 "auto": "; 3x3 convs by Winograd where measured faster"}.get(self.winograd, "")
+        return self.precision_reason + convs
+
+    @property
     def trunk_dtype(self) -> torch.dtype:
         return TRUNK_DTYPES[self.precision]
 

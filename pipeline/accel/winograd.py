@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..gatys.vgg import VGG19Trunk
+from .machine import cpu_model
 
 log = logging.getLogger("pipeline.runtime")
 
@@ -187,7 +188,6 @@ def _cached(cache: Path | None, h: int, w: int, threads: int,
 
     from ..io.files import atomic_write_bytes
     from ..io.mirror import fetch_missing
-    from .precision_probe import cpu_model
 
     identity = json.dumps([cpu_model(), torch.__version__, threads, h, w])
     entry = cache / "probes" / f"winograd-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.json"

@@ -14,7 +14,7 @@ class Ready:
     worker: int
     device: str
     precision: str
-    reason: str  # why that precision (Runtime.precision_reason)
+    reason: str  # why that precision, and the convs' algorithm (Runtime.numerics)
 
 
 @dataclass(frozen=True)

@@ -489,6 +489,6 @@ def start_worker(wid: int, device: str, threads: int, config: WorkerConfig, emit
     except Exception as e:  # reported to the driver, which decides
         emit(CouldNotStart(wid, f"{type(e).__name__}: {e}"))
         return None
-    emit(Ready(wid, str(runtime.device), runtime.precision, runtime.precision_reason))
+    emit(Ready(wid, str(runtime.device), runtime.precision, runtime.numerics))
     return Worker(wid, runtime, out_dir, config.checkpoint_every, emit, stopping,
                   config.trace_every, own_copy=out_dir.resolve() != config.out_dir)

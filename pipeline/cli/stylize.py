@@ -75,7 +75,7 @@ def stylize(
                                           for c in regions.colors], strict=True)))
     table.add_row("device", f"{runtime.device} {runtime.precision}"
                   f"{' channels_last' if runtime.channels_last else ''}")
-    table.add_row("precision", f"{runtime.precision} ({runtime.precision_reason})")
+    table.add_row("precision", f"{runtime.precision} ({runtime.numerics})")
     stopped = (f", stopped early by --tol {params.tol}" if result.iterations < params.iterations
                else "")
     table.add_row("iterations", f"{result.iterations} ({params.optimizer}{stopped})")

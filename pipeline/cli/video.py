@@ -81,7 +81,7 @@ def video(
                   f"{float(result.fps):g} fps{', audio copied' if result.audio else ''})")
     table.add_row("frames", f"{result.frames} ({result.resumed} from an earlier run)")
     table.add_row("device", f"{runtime.device} {runtime.precision} "
-                  f"({runtime.precision_reason})")
+                  f"({runtime.numerics})")
     if result.iterations and video.passes:
         mean = sum(result.iterations) / len(result.iterations)
         table.add_row("iterations", f"{mean:.0f} per frame over {video.passes} passes")
