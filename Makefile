@@ -75,6 +75,8 @@ bench: install  ## print every CPU table of BENCHMARKS.md (hours)
 	$(PY) -m bench.bench_batch --sizes 256
 	$(PY) -m bench.bench_batch --sizes 512 --batches 1,2,4
 	$(PY) -m bench.bench_layers
+	$(PY) -m bench.bench_winograd
+	$(PY) -m bench.bench_winograd --threads 2
 	$(PY) -m bench.bench_gram
 	$(PY) -m bench.bench_workers
 	$(PY) -m bench.bench_continuous
