@@ -4,15 +4,16 @@ F(6x6, 3x3)), layer by layer and direction by direction where this CPU measures 
 Why: oneDNN's direct fp32 convolution already runs near the FMA peak of a CPU without bf16
 dot products, so the only way to a faster fp32 iteration there is fewer multiplies. Winograd's
 transform computes a 6x6 output tile from an 8x8 input tile with 64 products per channel pair
-instead of 324. On one thread it won 1.6x-2.6x on the 64-256 channel layers of an AVX2 EPYC
-and lost on 512 channels at small maps, where the per-call kernel transform dominates; on
-more threads oneDNN scales and NNPACK (one thread here, see `available`) does not. So `auto`
-times both per layer, direction and image size (`plan`), once per machine.
+instead of 324, at the cost of transforms per call. It wins on the mid-sized layers on one
+thread and loses on small maps, where the per-call kernel transform dominates; on more threads
+oneDNN scales and NNPACK (one thread here, see `available`) does not (BENCHMARKS.md, "Winograd
+convolutions"). So `auto` times both per layer, direction and image size (`measure_layers`),
+once per machine.
 
 The backward needs only the gradient to the input (the weights are frozen): a 3x3
 convolution of the output's gradient with the kernel flipped and its channels swapped, which
-NNPACK computes the same way. Its transforms round differently from a direct sum, about 1e-5
-relative per layer in fp32: far below what an 8-bit image shows. Each sample is its own call
+NNPACK computes the same way. Its transforms round differently from a direct sum, far below
+what an 8-bit image shows (tests/test_winograd.py bounds it). Each sample is its own call
 (NNPACK's inference path), so a sample's result does not depend on its batch.
 """
 
