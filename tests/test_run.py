@@ -167,15 +167,17 @@ def test_second_run_on_the_same_folder_is_refused(dataset, tmp_path):
 
 
 def _some_done_and_one_in_progress(out) -> bool:
-    """A job is done and a checkpoint holds one that is not: a batch mid-way, not one whose
-    checkpoint is about to be deleted (the workers run in step, so both can be finishing)."""
+    """A job is done and a checkpoint holds one that is not, at most two thirds of the way: a
+    batch mid-way, not one whose checkpoint is about to be deleted (the workers run in step,
+    so both can be finishing, and a job near its end could finish before the stop lands)."""
     done = {key for (key, _), r in ledger.read(out).items() if r["status"] == "done"}
     for path in saved_checkpoints(out) if done else []:
         try:
-            keys = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["keys"]
-        except (OSError, RuntimeError):  # replaced or deleted while read
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            keys, iteration = state["keys"], int(state["iteration"])
+        except (OSError, RuntimeError, KeyError):  # replaced or deleted while read
             continue
-        if not set(keys) <= done:
+        if not set(keys) <= done and iteration <= 2 * KILLED_RUN_ITERATIONS // 3:
             return True
     return False
 
