@@ -16,13 +16,12 @@ import statistics
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from pipeline import Runtime, StyleParams
 from pipeline.accel import winograd
 from pipeline.accel.machine import cpu_model
 from pipeline.gatys.engine import Objective, evaluate_and_backward, trunk_for
-from pipeline.gatys.vgg import CONV_NAMES
+from pipeline.gatys.vgg import CONV_NAMES, feature_shape
 from pipeline.io.images import SizedImage
 from pipeline.targets.builder import TargetBuilder, torch_features
 from pipeline.targets.cache import TargetCache
@@ -48,20 +47,14 @@ def layers_table(h: int, w: int, reps: int) -> None:
           "Winograd bwd ms | bwd ratio |")
     print("|---|---|---|---|---|---|---|---|")
     totals = dict.fromkeys(("direct", "winograd", "direct back", "winograd back"), 0.0)
+    gen = torch.Generator().manual_seed(0)
     for name in CONV_NAMES[: CONV_NAMES.index("conv5_1") + 1]:
         conv = trunk.layers[name]
-        pools = int(name[4]) - 1
-        x = torch.rand(1, conv.in_channels, h >> pools, w >> pools)
-        g = torch.randn(1, conv.out_channels, h >> pools, w >> pools)
-        t = medians({
-            "direct": lambda x=x, c=conv: F.conv2d(x, c.weight, c.bias, padding=1),
-            "winograd": lambda x=x, c=conv: winograd._winograd(x, c.weight, c.bias),
-            "direct back": lambda x=x, g=g, c=conv: torch.nn.grad.conv2d_input(
-                x.shape, c.weight, g, padding=1),
-            "winograd back": lambda g=g, c=conv: winograd._winograd(g, c.flipped, None)}, reps)
+        t = medians(winograd.layer_calls(conv, name, h, w, gen), reps)
+        _, lh, lw = feature_shape(name, h, w)
         for k in totals:
             totals[k] += t[k]
-        print(f"| {name} | {conv.in_channels}x{h >> pools}x{w >> pools} | "
+        print(f"| {name} | {conv.in_channels}x{lh}x{lw} | "
               f"{t['direct'] * 1e3:.1f} | {t['winograd'] * 1e3:.1f} | "
               f"{t['direct'] / t['winograd']:.2f}x | {t['direct back'] * 1e3:.1f} | "
               f"{t['winograd back'] * 1e3:.1f} | {t['direct back'] / t['winograd back']:.2f}x |",

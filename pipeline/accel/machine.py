@@ -1,10 +1,16 @@
 """What this machine is, as the probes' cached answers are keyed: a measured default holds
-for one CPU model, not for every machine sharing a cache."""
+for one CPU model, not for every machine sharing a cache; and where such an answer is kept."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import platform
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def cpu_model() -> str:
@@ -15,3 +21,31 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown CPU"
+
+
+def probe_entry(root: Path, kind: str, identity: list[Any]) -> Path:
+    """The cache's probes/ file of one measured answer, named by everything it depends on."""
+    digest = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+    return root / "probes" / f"{kind}-{digest}.json"
+
+
+def remembered(entry: Path, measure: Callable[[], T], decode: Callable[[Any], T],
+               encode: Callable[[T], Any]) -> tuple[T, bool]:
+    """(the answer kept in `entry`, False), or (`measure()`'s, True), written there first. The
+    processes of one machine take turns on a lock, so only one measures and none is timed
+    while another does. A damaged entry is measured again, not trusted."""
+    from filelock import FileLock
+
+    from ..io.files import atomic_write_bytes
+    from ..io.mirror import fetch_missing
+
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(entry) + ".lock", timeout=600):
+        fetch_missing(entry)  # a cache in object storage: a machine like this one measured
+        try:
+            return decode(json.loads(entry.read_text())), False
+        except (OSError, ValueError, TypeError):
+            pass  # none yet, or unreadable: measure again
+        answer = measure()
+        atomic_write_bytes(entry, json.dumps(encode(answer)).encode())
+    return answer, True

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
 import math
@@ -26,6 +25,7 @@ from ..gatys.params import StyleParams
 from ..gatys.vgg import VGG19Trunk
 from ..io.files import atomic_write_bytes
 from ..io.mirror import fetch_missing
+from .machine import probe_entry
 
 PROBE = 128          # probe side: every layer through relu5_1 is at least 8x8
 SAFETY = 0.8         # use at most this share of the free memory...
@@ -62,11 +62,9 @@ def pixel_cost(net: VGG19Trunk, layers: tuple[str, ...], content_layers: tuple[s
     on: the trunk's structure and dtype, the layers, the layout, the device kind and torch's
     version; a later process starts without the probe's forward pass."""
     device = next(net.parameters()).device
-    identity = json.dumps([torch.__version__, device.type, repr(net),
-                           str(next(net.parameters()).dtype), layers, content_layers,
-                           channels_last])
-    entry = None if cache is None else (
-        cache / "probes" / f"pixelcost-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.json")
+    identity = [torch.__version__, device.type, repr(net), str(next(net.parameters()).dtype),
+                layers, content_layers, channels_last]
+    entry = None if cache is None else probe_entry(cache, "pixelcost", identity)
     if entry is not None:
         fetch_missing(entry)  # a cache in object storage: another machine's probe
         with contextlib.suppress(OSError, ValueError, TypeError):

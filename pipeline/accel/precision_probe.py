@@ -10,8 +10,7 @@ flags, torch version and thread count, so each machine probes once. The bf16 tru
 
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .low_precision import compute_trunk
-from .machine import cpu_model
+from .machine import cpu_model, probe_entry, remembered
 from .settings import Settings
 
 log = logging.getLogger("pipeline.runtime")
@@ -96,33 +95,18 @@ def decide(features: list[str], timed: Callable[[], dict[str, float]]) -> Choice
     return Choice("fp32", f"auto: bf16 measured only {ratio:.2f}x fp32's speed on this CPU")
 
 
-def _entry(root: Path, features: list[str]) -> Path:
-    identity = json.dumps([cpu_model(), features, torch.__version__, torch.get_num_threads()])
-    return root / "probes" / f"precision-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.json"
-
-
 def choose_cpu_precision(cache_root: Path,
                          timed: Callable[[], dict[str, float]] = measure) -> Choice:
-    """The cached choice for this machine, probing first if there is none. Concurrent workers
-    serialize on a lock, so only one probes and none is timed while another runs."""
-    from filelock import FileLock
-
-    from ..io.files import atomic_write_bytes
-    from ..io.mirror import fetch_missing
-
+    """The cached choice for this machine, probing first if there is none (machine.remembered:
+    concurrent workers take turns, so only one probes and none is timed while another runs)."""
     features = native_bf16()
     if not features:
         return decide(features, timed)
-    entry = _entry(cache_root, features)
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(entry) + ".lock", timeout=600):
-        fetch_missing(entry)  # a cache in object storage: a machine with this CPU probed
-        try:
-            return Choice(**json.loads(entry.read_text()))
-        except (OSError, ValueError, TypeError):
-            pass  # none yet, or unreadable: probe again
-        choice = decide(features, timed)
-        atomic_write_bytes(entry, json.dumps({"precision": choice.precision,
-                                              "reason": choice.reason}).encode())
-    log.info("precision: %s (%s; cached in %s)", choice.precision, choice.reason, entry.name)
+    entry = probe_entry(cache_root, "precision",
+                        [cpu_model(), features, torch.__version__, torch.get_num_threads()])
+    choice, probed = remembered(entry, lambda: decide(features, timed),
+                                lambda kept: Choice(**kept), dataclasses.asdict)
+    if probed:
+        log.info("precision: %s (%s; cached in %s)", choice.precision, choice.reason,
+                 entry.name)
     return choice

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -33,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..gatys.vgg import VGG19Trunk
-from .machine import cpu_model
+from ..gatys.vgg import VGG19Trunk, pools_through
+from .machine import cpu_model, probe_entry, remembered
 
 log = logging.getLogger("pipeline.runtime")
 
@@ -112,10 +110,9 @@ class Plan:
     kept in `cache` (probes/). Shared by the trunk's convs; conv1_1's call at a new image
     size plans every layer, under a lock (the CPU shards call concurrently)."""
 
-    def __init__(self, trunk: VGG19Trunk, always: bool, cache: Path | None,
-                 measure: Callable[..., dict[str, Choice]] | None = None):
+    def __init__(self, trunk: VGG19Trunk, always: bool, cache: Path | None):
         self.trunk, self.always, self.cache = trunk, always, cache
-        self.measure = measure or measure_layers
+        self.measure: Callable[..., dict[str, Choice]] = measure_layers
         self.choices: dict[tuple[str, int, int, int], Choice] = {}
         self.lock = threading.Lock()
 
@@ -134,13 +131,8 @@ class Plan:
                  if isinstance(layer, WinogradConv)}
         found = _cached(self.cache, h, w, threads, lambda: self.measure(convs, h, w))
         for name, choice in found.items():
-            pools = _pools_before(name)
+            pools = pools_through(name)
             self.choices[(name, h >> pools, w >> pools, threads)] = choice
-
-
-def _pools_before(name: str) -> int:
-    """Poolings between the image and a conv: block b's convs see the image halved b-1 times."""
-    return int(name[4]) - 1
 
 
 def _fastest(calls: dict[str, Callable[[], object]]) -> dict[str, float]:
@@ -157,6 +149,20 @@ def _fastest(calls: dict[str, Callable[[], object]]) -> dict[str, float]:
     return best
 
 
+def layer_calls(conv: WinogradConv, name: str, h: int, w: int, gen: torch.Generator
+                ) -> dict[str, Callable[[], object]]:
+    """The four ways to run conv `name` of a trunk for an h x w image (one sample): direct
+    and Winograd, forward and backward to the input."""
+    pools = pools_through(name)
+    x = torch.rand(1, conv.in_channels, h >> pools, w >> pools, generator=gen)
+    g = torch.randn(1, conv.out_channels, h >> pools, w >> pools, generator=gen)
+    return {"direct": lambda: F.conv2d(x, conv.weight, conv.bias, padding=1),
+            "winograd": lambda: _winograd(x, conv.weight, conv.bias),
+            "direct back": lambda: torch.nn.grad.conv2d_input(x.shape, conv.weight, g,
+                                                              padding=1),
+            "winograd back": lambda: _winograd(g, conv.flipped, None)}
+
+
 @torch.no_grad()
 def measure_layers(convs: dict[str, WinogradConv], h: int, w: int) -> dict[str, Choice]:
     """Per conv, forward and backward: Winograd where it beats the direct convolution by
@@ -164,15 +170,7 @@ def measure_layers(convs: dict[str, WinogradConv], h: int, w: int) -> dict[str, 
     gen = torch.Generator().manual_seed(0)
     found: dict[str, Choice] = {}
     for name, conv in convs.items():
-        pools = _pools_before(name)
-        x = torch.rand(1, conv.in_channels, h >> pools, w >> pools, generator=gen)
-        g = torch.randn(1, conv.out_channels, h >> pools, w >> pools, generator=gen)
-        t = _fastest({
-            "direct": lambda x=x, c=conv: F.conv2d(x, c.weight, c.bias, padding=1),
-            "winograd": lambda x=x, c=conv: _winograd(x, c.weight, c.bias),
-            "direct back": lambda x=x, g=g, c=conv: torch.nn.grad.conv2d_input(
-                x.shape, c.weight, g, padding=1),
-            "winograd back": lambda g=g, c=conv: _winograd(g, c.flipped, None)})
+        t = _fastest(layer_calls(conv, name, h, w, gen))
         found[name] = (t["direct"] >= MARGIN * t["winograd"],
                        t["direct back"] >= MARGIN * t["winograd back"])
     return found
@@ -181,31 +179,18 @@ def measure_layers(convs: dict[str, WinogradConv], h: int, w: int) -> dict[str, 
 def _cached(cache: Path | None, h: int, w: int, threads: int,
             measure: Callable[[], dict[str, Choice]]) -> dict[str, Choice]:
     """The plan for this machine, image size and thread count from the cache's probes/ part,
-    measured first if it has none. Processes of one machine take turns on a lock: a plan timed
-    while another process measures would be skewed."""
+    measured first if it has none (machine.remembered: the processes of one machine take
+    turns, a plan timed while another process measures would be skewed)."""
     if cache is None:
         return measure()
-    from filelock import FileLock
-
-    from ..io.files import atomic_write_bytes
-    from ..io.mirror import fetch_missing
-
-    identity = json.dumps([cpu_model(), torch.__version__, threads, h, w])
-    entry = cache / "probes" / f"winograd-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.json"
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(entry) + ".lock", timeout=600):
-        fetch_missing(entry)  # a cache in object storage: a machine like this one measured
-        try:
-            return {name: (bool(f), bool(b)) for name, (f, b) in
-                    json.loads(entry.read_text()).items()}
-        except (OSError, ValueError, TypeError):
-            pass  # none yet, or unreadable: measure again
-        found = measure()
-        atomic_write_bytes(entry, json.dumps(found).encode())
-    chosen = [f"{name}{'' if f and b else ' forward' if f else ' backward'}"
-              for name, (f, b) in found.items() if f or b]
-    log.info("winograd at %dx%d px on %d thread(s): %s (cached in %s)", w, h, threads,
-             ", ".join(chosen) or "no layer", entry.name)
+    entry = probe_entry(cache, "winograd", [cpu_model(), torch.__version__, threads, h, w])
+    found, measured = remembered(entry, measure, lambda kept: {
+        name: (bool(f), bool(b)) for name, (f, b) in kept.items()}, lambda plan: plan)
+    if measured:
+        chosen = [f"{name}{'' if f and b else ' forward' if f else ' backward'}"
+                  for name, (f, b) in found.items() if f or b]
+        log.info("winograd at %dx%d px on %d thread(s): %s (cached in %s)", w, h, threads,
+                 ", ".join(chosen) or "no layer", entry.name)
     return found
 
 
