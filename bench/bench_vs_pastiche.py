@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from bench.bench_batch import timed_call
-from bench.flops import gpu_rates, iteration_flops
+from bench.flops import cpu_rates, gpu_rates, iteration_flops
 from pipeline import Runtime, StyleParams
 from pipeline.gatys.engine import Objective, trunk_for
 from pipeline.io.images import SizedImage, fit_longest_side, open_rgb, resize, to_tensor
@@ -193,6 +193,13 @@ def main() -> None:
             timing = "no valid round (the machine slowed between the short and long run) | |"
             timing += " |" * cuda
         print(f"| {name} | {timing} | {wall[name]:.1f} | {obj:.4g} | {obj / base_obj:.3f} |")
+    if not cuda:
+        # What the CPU's GEMMs allow: an iteration is at least its FLOPs at the matmul rate of
+        # its precision, so the speed-up over an fp32 tool is bounded by their ratio.
+        rates = cpu_rates()
+        print("\nMatmul on this CPU (4096^3): " + ", ".join(
+            f"{k} {v * 1e3:.0f} GFLOP/s (an iteration at least {flops / (v * 1e12):.3f} s)"
+            for k, v in rates.items()) + f"; bf16 / fp32 {rates['bf16'] / rates['fp32']:.2f}x")
     print("\nThe bare trunk (forward + backward to the input, no losses or optimizer), "
           "same size, same process:\n")
     print("| trunk | s/pass | GFLOP/s | our default iteration / this |")

@@ -1,5 +1,6 @@
 """Analytic FLOPs of one iteration: VGG19 trunk forward + backward to the input, Grams, losses;
-with --device cuda, also the GPU's measured matmul rates and the floor they give an iteration.
+also the device's measured matmul rates (bf16, and fp32 or tf32) and the floor they give an
+iteration.
 
 Weights are frozen, so the backward pass needs only input gradients: one conv-sized GEMM per
 conv, the same as its forward. Elementwise ops (ReLU, pooling, losses) are counted as 0; they
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 
 import torch
 
@@ -39,21 +41,28 @@ def iteration_flops(height: int, width: int, last_layer: str = "relu5_1",
     return {"forward": conv, "backward": conv, "grams": grams, "total": 2 * conv + grams}
 
 
-def matmul_tflops(device: torch.device, dtype: torch.dtype, n: int = 8192, reps: int = 20
-                  ) -> float:
-    """Median TFLOP/s of an n^3 product on random data (zeros run faster than real data);
-    fp32 products use tf32 tensor cores when torch allows them (the runtime does)."""
+def matmul_tflops(device: torch.device, dtype: torch.dtype) -> float:
+    """Median TFLOP/s of an n^3 product on random data (zeros run faster than real data):
+    n = 8192 on a GPU (fp32 as tf32 when torch allows it; the runtime does), 4096 on the CPU
+    (a second per product)."""
+    cuda = device.type == "cuda"
+    n, reps = (8192, 20) if cuda else (4096, 5)
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    for _ in range(3):
+    for _ in range(2 if cuda else 1):
         a @ b
     times = []
     for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+        if not cuda:
+            start = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - start)
+            continue
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
         a @ b
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
+        times.append(begin.elapsed_time(end) / 1e3)
     return 2 * n**3 / statistics.median(times) / 1e12
 
 
@@ -64,14 +73,22 @@ def gpu_rates(device: torch.device) -> dict[str, float]:
             "tf32": matmul_tflops(device, torch.float32)}
 
 
+def cpu_rates() -> dict[str, float]:
+    """Measured dense matmul TFLOP/s on the CPU at its thread count: bf16 (oneDNN/MKL run it
+    natively with AVX512-BF16 or AMX, else emulate it) and fp32."""
+    return {"bf16": matmul_tflops(torch.device("cpu"), torch.bfloat16),
+            "fp32": matmul_tflops(torch.device("cpu"), torch.float32)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu", help="cuda: also measure the matmul floor")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: whose matmul rates to measure")
     args = ap.parse_args()
-    rates = gpu_rates(torch.device(args.device)) if args.device.startswith("cuda") else {}
-    if rates:
-        print(f"{torch.cuda.get_device_name(args.device)}: measured 8192^3 matmul "
-              + ", ".join(f"{k} {v:.0f} TFLOP/s" for k, v in rates.items()) + "\n")
+    cuda = args.device.startswith("cuda")
+    rates = gpu_rates(torch.device(args.device)) if cuda else cpu_rates()
+    where = torch.cuda.get_device_name(args.device) if cuda else "CPU"
+    print(f"{where}: measured matmul " + ", ".join(f"{k} {v:.3g} TFLOP/s"
+                                               for k, v in rates.items()) + "\n")
     print("| image (w x h) | forward GFLOP | backward GFLOP | Grams GFLOP | total GFLOP / "
           "iteration |" + "".join(f" floor at {k} rate (ms) |" for k in rates))
     print("|---|---|---|---|---|" + "---|" * len(rates))
