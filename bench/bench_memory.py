@@ -6,7 +6,11 @@ optimization minus the resident memory just before it (trunk loaded, targets bui
 history is kept short (5 pairs, 8 iterations) so the measurement fills it; the default
 history's figure is the estimate, whose activation part the measurement checks.
 
+With `--regions N` the same sizes are measured again with N styles, each in a vertical strip of
+the image with soft edges (masks, gatys/guides.py), against the estimate for N regions.
+
 Usage: python -m bench.bench_memory [--sizes 512,1024,2048] [--device cpu] [--block 512]
+[--regions 0]
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
-from pipeline import Runtime, StyleJob, StyleParams
+from pipeline import Regions, Runtime, StyleJob, StyleParams
 from pipeline.accel import memory as accel_memory
 from pipeline.accel.memory import GIB, RESERVE, SAFETY, image_bytes
 from pipeline.errors import InputError
@@ -35,9 +42,11 @@ def size_of(longest: int) -> tuple[int, int]:
     return longest, round(longest * ASPECT[1] / ASPECT[0])
 
 
-def estimate(params: StyleParams, runtime: Runtime, size: tuple[int, int]) -> int:
+def estimate(params: StyleParams, runtime: Runtime, size: tuple[int, int], regions: int = 0
+             ) -> int:
     trunk, _ = trunk_for(params, runtime)
-    return image_bytes(runtime.compute_trunk(trunk), params, size, runtime.channels_last)
+    return image_bytes(runtime.compute_trunk(trunk), params, size, runtime.channels_last,
+                       regions)
 
 
 def rss() -> int:
@@ -47,9 +56,26 @@ def rss() -> int:
     raise RuntimeError("no VmRSS")
 
 
-def measure_child(longest: int, device: str, block: int = 0) -> None:
+def strips(folder: Path, size: tuple[int, int], n: int) -> tuple[str, ...]:
+    """n soft masks that split an image of `size` (w, h) into vertical strips; they sum to 1."""
+    w, h = size
+    x = (np.arange(w) + 0.5) * n / w
+    paths = []
+    for i in range(n):
+        ramp = np.clip(np.minimum(x - i + 0.5, i + 1.5 - x), 0, 1)  # 1 inside, a 1/n-wide ramp
+        if i == 0:
+            ramp[x < 0.5] = 1
+        if i == n - 1:
+            ramp[x > n - 0.5] = 1
+        path = folder / f"strip{i}.png"
+        Image.fromarray((np.tile(ramp, (h, 1)) * 255).round().astype(np.uint8)).save(path)
+        paths.append(str(path))
+    return tuple(paths)
+
+
+def measure_child(longest: int, device: str, block: int = 0, regions: int = 0) -> None:
     """In a fresh process: print the peak bytes one image's optimization added (by blocks of
-    `block` px if not 0)."""
+    `block` px if not 0; with `regions` styles in strips if not 0)."""
     from pipeline.api import prepare, stylize_prepared
     from pipeline.io.examples import landscape, swirls
 
@@ -57,7 +83,10 @@ def measure_child(longest: int, device: str, block: int = 0) -> None:
     # cannot hide the optimization's: by blocks, those are of the same order.
     runtime = Runtime.start(device, block_size=block, keep_cpu_memory=False)
     params = StyleParams(size=longest, **MEASURE)
-    job = prepare(StyleJob(landscape(*size_of(longest)), [swirls()]), params)
+    folder = Path(tempfile.mkdtemp(prefix="bench-memory-"))
+    masks = strips(folder, size_of(longest), regions) if regions else ()
+    styles = [swirls(seed=i) for i in range(max(1, regions))]
+    job = prepare(StyleJob(landscape(*size_of(longest)), styles, Regions(masks=masks)), params)
     stylize_prepared([job], params.replace(iterations=0), runtime)  # load, build targets
     if runtime.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -81,9 +110,9 @@ def largest_fitting(params: StyleParams, runtime: Runtime, memory: float) -> int
     return lo
 
 
-def measure(longest: int, device: str, block: int) -> int:
+def measure(longest: int, device: str, block: int, regions: int = 0) -> int:
     out = subprocess.run([sys.executable, "-m", "bench.bench_memory", "--child", str(longest),
-                          "--device", device, "--block", str(block)],
+                          "--device", device, "--block", str(block), "--regions", str(regions)],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["bytes"]
 
@@ -115,26 +144,35 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--block", type=int, default=512,
                     help="also measure by blocks of this side (0: not)")
+    ap.add_argument("--regions", type=int, default=0,
+                    help="also measure with this many styles in strips (masks; 0: not)")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        measure_child(args.child, args.device, args.block)
+        measure_child(args.child, args.device, args.block, args.regions)
         return
     runtime = Runtime.start(args.device)
     default = StyleParams()
     print(f"{runtime.device} {runtime.precision}{' channels_last' if runtime.channels_last else ''}"
           f", 4:3 images, L-BFGS\n")
+    masked = (f" with {args.regions} regions: estimate (GiB) | measured (GiB) | measured / "
+              "estimate |" if args.regions else "")
     print("| size | estimate, history 5 (GiB) | measured, history 5 (GiB) | measured / estimate "
-          "| estimate, default history 100 (GiB) |")
-    print("|---|---|---|---|---|")
+          f"|{masked} estimate, default history 100 (GiB) |")
+    print("|---|---|---|---|---|" + "---|---|---|" * bool(args.regions))
     sizes = [int(s) for s in args.sizes.split(",")]
     for longest in sizes:
         size = size_of(longest)
         measured = measure(longest, args.device, 0)
         est = estimate(StyleParams(**MEASURE), runtime, size)
+        with_regions = ""
+        if args.regions:
+            peak = measure(longest, args.device, 0, args.regions)
+            masked_est = estimate(StyleParams(**MEASURE), runtime, size, args.regions)
+            with_regions = f" {masked_est / GIB:.2f} | {peak / GIB:.2f} | {peak / masked_est:.2f} |"
         print(f"| {size[0]}x{size[1]} | {est / GIB:.2f} | {measured / GIB:.2f} | "
-              f"{measured / est:.2f} | {estimate(default, runtime, size) / GIB:.2f} |",
-              flush=True)
+              f"{measured / est:.2f} |{with_regions} "
+              f"{estimate(default, runtime, size) / GIB:.2f} |", flush=True)
     if args.block:
         print(f"\nBy blocks of {args.block} px (--block-size), history 5:\n")
         print("| size | estimate (GiB) | measured (GiB) | measured / estimate |\n|---|---|---|---|")

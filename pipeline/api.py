@@ -251,7 +251,9 @@ def setup_batch(prepared: Sequence[tuple[SizedImage, list[SizedImage]]], params:
     trunk, weights = trunk_for(params, runtime)
 
     def fit(size: tuple[int, int], iterations: int) -> Fit:
-        return _plan(trunk, params, size, iterations, batch or len(prepared), runtime)
+        return _plan(trunk, params, size, iterations, batch or len(prepared), runtime,
+                     region_count(max((len(c.regions) for c, _ in prepared
+                                       if c.regions is not None), default=0), params))
 
     def builder() -> TargetBuilder:  # cached: one per worker and model
         return builder_for(weights, trunk, params.pooling, runtime, in_order(params.layers))
@@ -312,11 +314,18 @@ def stylize_prepared(prepared: Sequence[tuple[SizedImage, list[SizedImage]]],
 
 
 def _plan(trunk: VGG19Trunk, params: StyleParams, size: tuple[int, int], iterations: int,
-          batch: int, runtime: Runtime) -> Fit:
-    """How a stage of `iterations` at size (w, h) fits `batch` images on the runtime's device."""
+          batch: int, runtime: Runtime, regions: int) -> Fit:
+    """How a stage of `iterations` at size (w, h) fits `batch` images with `regions` regions
+    each (0: no masks) on the runtime's device."""
     return plan_stage(runtime.compute_trunk(trunk), params, size, iterations, batch,
                       runtime.device, runtime.channels_last, runtime.block_size,
-                      cache_dir(runtime.cache))
+                      cache_dir(runtime.cache), regions)
+
+
+def region_count(masks: int, params: StyleParams) -> int:
+    """The regions a job's `masks` masks make, its Gram targets' count (builder.py: one more
+    where unmasked pixels take the styles); 0 without masks."""
+    return masks + (params.unmasked == "styles") if masks else 0
 
 
 def _colors(images: torch.Tensor, contents: torch.Tensor, params: StyleParams
@@ -327,14 +336,15 @@ def _colors(images: torch.Tensor, contents: torch.Tensor, params: StyleParams
     return with_chroma(images, resample(contents, (images.shape[3], images.shape[2])))
 
 
-def slot_plan(params: StyleParams, size: tuple[int, int], slots: int, runtime: Runtime
-              ) -> Fit | None:
-    """How jobs of output size (w, h) fit `slots` at a time in continuous batching
-    (`stylize_in_slots`); None when they cannot run that way: coarse-to-fine, Adam, or a size
-    that must run by blocks."""
+def slot_plan(params: StyleParams, size: tuple[int, int], slots: int, runtime: Runtime,
+              regions: int = 0) -> Fit | None:
+    """How jobs of output size (w, h) with `regions` regions each fit `slots` at a time in
+    continuous batching (`stylize_in_slots`); None when they cannot run that way:
+    coarse-to-fine, Adam, or a size that must run by blocks."""
     if len(params.scale_sizes()) != 1 or params.optimizer != "lbfgs":
         return None
-    fit = _plan(trunk_for(params, runtime)[0], params, size, params.iterations, slots, runtime)
+    fit = _plan(trunk_for(params, runtime)[0], params, size, params.iterations, slots, runtime,
+                regions)
     return None if fit.block else fit
 
 

@@ -3,11 +3,12 @@ import copy
 import pytest
 import torch
 
-from pipeline import StyleJob, StyleParams, stylize_batch
+from pipeline import Regions, StyleJob, StyleParams, stylize_batch
 from pipeline.accel import memory
 from pipeline.errors import InputError
 from pipeline.gatys.engine import trunk_for
 from tests.conftest import make_painting, make_photo
+from tests.test_regions import halves
 
 
 def _one_image_bytes(runtime, params, size):
@@ -38,6 +39,28 @@ def test_a_size_that_cannot_fit_is_a_clear_error(cpu32, monkeypatch):
     with pytest.raises(torch.OutOfMemoryError, match="a batch of 2"):
         stylize_batch(jobs, params, cpu32)
     assert stylize_batch(jobs[:1], params, cpu32)[0].image.size == (64, 48)
+
+
+def test_masks_are_counted_where_a_batch_is_planned(cpu32, tmp_path, monkeypatch):
+    """Masks add each region's guides and two more of the largest activation (memory.py): a
+    batch of two that fits without masks no longer fits whole with two regions each."""
+    params = StyleParams(size=64, iterations=2)
+    trunk, _ = trunk_for(params, cpu32)
+    net = cpu32.compute_trunk(trunk)
+    plain = memory.image_bytes(net, params, (64, 48), cpu32.channels_last)
+    masked = memory.image_bytes(net, params, (64, 48), cpu32.channels_last, regions=2)
+    cost = memory.pixel_cost(net, params.layers, params.content_layers, cpu32.channels_last)
+    assert masked - plain == pytest.approx((2 * cost.largest + 2 * memory.REGION_BYTES)
+                                           * 64 * 48, abs=2)
+    masks = Regions(masks=halves(tmp_path, (64, 48)))
+    jobs = [StyleJob(make_photo(seed=i), [make_painting(), make_painting(seed=2)])
+            for i in range(2)]
+    monkeypatch.setattr(memory, "RESERVE", 0)
+    monkeypatch.setattr(memory, "available_bytes",
+                        lambda device: int(2 * plain * 1.01 / memory.SAFETY))
+    assert len(stylize_batch(jobs, params, cpu32)) == 2
+    with pytest.raises(torch.OutOfMemoryError, match="a batch of 2"):
+        stylize_batch([StyleJob(j.content, j.styles, masks) for j in jobs], params, cpu32)
 
 
 def test_free_memory_is_read_on_this_machine():

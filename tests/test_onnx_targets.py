@@ -92,14 +92,21 @@ def test_ort_targets_equal_torch_targets(model, caplog):
         assert (got - v).abs().max() <= 1e-4 * v.abs().max(), k
 
 
-def test_run_on_ort_targets_reaches_same_loss_as_torch_targets():
+def test_run_on_ort_targets_follows_the_run_on_torch_targets():
+    """The same objective from either backend's targets: equal losses where the runs start
+    (iterations 0 and 1), and both optimize. Later points part on any CPU: the targets agree
+    to about 1e-5, and L-BFGS without a line search multiplies such a difference about
+    tenfold per iteration (3% apart after 8 iterations on one CPU, under 0.1% on another)."""
     job = [StyleJob(make_photo(), [make_painting()])]
     params = StyleParams(size=64, iterations=8)
-    final = {}
+    runs = {}
     for backend in ("onnx", "torch"):
         rt = Runtime.create("cpu", "fp32", channels_last=False, targets=backend)
-        final[backend] = stylize_batch(job, params, rt)[0].losses["total"]
-    assert final["onnx"] == pytest.approx(final["torch"], rel=1e-3)
+        runs[backend] = stylize_batch(job, params, rt, trace_every=1)[0]
+    for ort, ref in zip(runs["onnx"].trace[:2], runs["torch"].trace[:2], strict=True):
+        assert ort["total"] == pytest.approx(ref["total"], rel=1e-3)
+    for run in runs.values():
+        assert run.losses["total"] < 0.5 * run.trace[0]["total"]
 
 
 def test_changing_any_input_changes_the_key():

@@ -43,6 +43,13 @@ MAX_BLOCK = 1024
 # the process than the whole-image plan does.
 BLOCK_SAFETY = 0.7
 MIN_HISTORY = 5
+# With masks (gatys/guides.py), bytes per pixel and region: its guide on each style layer's
+# grid in fp32 and its weights in the features' dtype (a third more pixels than the image's
+# own over the five style layers). bench/bench_memory.py --regions measured 1.14-1.22x the
+# peak of a job without masks at 1024 px (2-8 regions); this and two more of the largest
+# activation (the weighted features of a region's Gram, a region's gradient before the sum)
+# cover it.
+REGION_BYTES = 8
 log = logging.getLogger("pipeline.memory")
 
 
@@ -108,35 +115,44 @@ def _image_copies(params: StyleParams, history: int) -> int:
     return 4  # x, grad, Adam's two moments
 
 
+def _working_set(cost: PixelCost, regions: int) -> float:
+    """Bytes per pixel of the backward's working set beyond the saved activations: gradients
+    and the Grams' fp32 copies, four of the largest activation (which matched measurements at
+    512-2048 px; bench/bench_memory.py), two more with masks."""
+    return (4 + 2 * bool(regions)) * cost.largest
+
+
 def bytes_per_image(cost: PixelCost, params: StyleParams, size: tuple[int, int],
-                    history: int | None = None) -> int:
+                    history: int | None = None, regions: int = 0) -> int:
     """Peak bytes one image of `size` (w, h) adds: saved activations, the backward's working
-    set (gradients and the Grams' fp32 copies: four of the largest activation, which matched
-    measurements at 512-2048 px; bench/bench_memory.py), content targets, and the optimizer's
-    copies of the image (fp32)."""
+    set, content targets, the masks' guides (`regions`: how many, 0 without masks) and the
+    optimizer's copies of the image (fp32)."""
     pixels = size[0] * size[1]
     history = min(params.lbfgs_history, max(1, params.iterations)) if history is None else history
-    per_pixel = cost.saved + 4 * cost.largest + cost.content
+    per_pixel = (cost.saved + _working_set(cost, regions) + cost.content
+                 + REGION_BYTES * regions)
     return int(per_pixel * pixels + _image_copies(params, history) * 4 * 3 * pixels)
 
 
 def block_bytes(cost: PixelCost, params: StyleParams, size: tuple[int, int], side: int,
-                margin: int, history: int) -> int:
+                margin: int, history: int, regions: int = 0) -> int:
     """Peak bytes one image adds when its objective runs by blocks of `side` (blockwise.py):
     a block's activations (its crop, margins included) instead of the image's, plus what
     stays whole: the optimizer's copies, the summed gradient and the TV term's working set
-    (six more copies), and the content targets (twice: as built and in the trunk's layout)."""
+    (six more copies), the content targets (twice: as built and in the trunk's layout) and
+    the masks' guides."""
     pixels = size[0] * size[1]
     crop = min(size[0], side + 2 * margin) * min(size[1], side + 2 * margin)
-    whole = (_image_copies(params, history) + 6) * 4 * 3 * pixels + 2 * cost.content * pixels
-    return int((cost.saved + 4 * cost.largest) * crop + whole)
+    whole = ((_image_copies(params, history) + 6) * 4 * 3 + 2 * cost.content
+             + REGION_BYTES * regions) * pixels
+    return int((cost.saved + _working_set(cost, regions)) * crop + whole)
 
 
 def image_bytes(net: VGG19Trunk, params: StyleParams, size: tuple[int, int],
-                channels_last: bool) -> int:
+                channels_last: bool, regions: int = 0) -> int:
     """The pre-flight estimate for one image of `size` (w, h) on `net`, run whole."""
     cost = pixel_cost(net, params.layers, params.content_layers, channels_last)
-    return bytes_per_image(cost, params, size)
+    return bytes_per_image(cost, params, size, regions=regions)
 
 
 def available_bytes(device: torch.device) -> int | None:
@@ -186,13 +202,14 @@ class Fit:
 
 def plan_stage(net: VGG19Trunk, params: StyleParams, size: tuple[int, int], iterations: int,
                batch: int, device: torch.device, channels_last: bool, block: int = 0,
-               cache: Path | None = None) -> Fit:
+               cache: Path | None = None, regions: int = 0) -> Fit:
     """How a stage of `iterations` at `size` (w, h) fits on `device`: whole when the batch
     fits, else by the largest blocks that fit (`block` > 0: by blocks of that side, as the
     user asked). With one image, the L-BFGS history shrinks when no block of MIN_BLOCK px
     fits beside it, and says so. InputError when one image cannot fit at all;
     torch.OutOfMemoryError when the batch cannot but one image can (the batch runner then
-    splits the batch). `cache`: where the probe's figures are remembered (pixel_cost)."""
+    splits the batch). `cache`: where the probe's figures are remembered (pixel_cost);
+    `regions`: how many regions the jobs' masks make (0: no masks)."""
     grid = Grid.of(params.layers)
     history = min(params.lbfgs_history, max(1, iterations))
     side = _aligned(block, grid) if block else 0
@@ -206,7 +223,7 @@ def plan_stage(net: VGG19Trunk, params: StyleParams, size: tuple[int, int], iter
     cost = pixel_cost(net, params.layers, params.content_layers, channels_last, cache)
     budget = SAFETY * free - RESERVE
     where = f"{size[0]}x{size[1]} px on {device}"
-    whole = bytes_per_image(cost, params, size, history)
+    whole = bytes_per_image(cost, params, size, history, regions)
     if not side and batch * whole <= budget:
         return Fit()
     if not side and whole <= budget:
@@ -214,23 +231,24 @@ def plan_stage(net: VGG19Trunk, params: StyleParams, size: tuple[int, int], iter
                                      f"{batch * whole / GIB:.1f} GiB, {free / GIB:.1f} GiB free")
     budget = BLOCK_SAFETY * free - RESERVE
     if not side:
-        side = _largest_block(cost, params, size, grid, history, budget / batch)
+        side = _largest_block(cost, params, size, grid, history, budget / batch, regions)
         small = side < min(MIN_BLOCK, max(size))
         if small and batch > 1:
             raise torch.OutOfMemoryError(f"a batch of {batch} at {where} does not fit, even by "
                                          f"blocks; {free / GIB:.1f} GiB free")
         if small and params.optimizer == "lbfgs":
-            room = budget - block_bytes(cost, params, size, MIN_BLOCK, grid.margin, 0)
+            room = budget - block_bytes(cost, params, size, MIN_BLOCK, grid.margin, 0, regions)
             shorter = int(room // (2 * 4 * 3 * size[0] * size[1]))
             if MIN_HISTORY <= shorter < history:
                 log.warning("%s: L-BFGS keeps %d pairs instead of %d to fit in %.1f GiB",
                             where, shorter, history, free / GIB)
-                return Fit(_largest_block(cost, params, size, grid, shorter, budget), shorter)
-    need = block_bytes(cost, params, size, side or grid.align, grid.margin, history)
+                return Fit(_largest_block(cost, params, size, grid, shorter, budget, regions),
+                           shorter)
+    need = block_bytes(cost, params, size, side or grid.align, grid.margin, history, regions)
     if need * batch > budget:
         # The least it could take: the smallest blocks, the shortest history worth keeping.
         least = block_bytes(cost, params, size, grid.align, grid.margin,
-                            min(history, MIN_HISTORY))
+                            min(history, MIN_HISTORY), regions)
         raise InputError(f"{where} needs about {least / GIB:.1f} GiB per image even by blocks "
                          f"(and {min(history, MIN_HISTORY)} L-BFGS pairs) but "
                          f"{budget / GIB:.1f} GiB of the {free / GIB:.1f} GiB free is usable: "
@@ -248,13 +266,13 @@ def _aligned(side: int, grid: Grid) -> int:
 
 
 def _largest_block(cost: PixelCost, params: StyleParams, size: tuple[int, int], grid: Grid,
-                   history: int, budget: float) -> int:
+                   history: int, budget: float, regions: int) -> int:
     """The largest block side (a multiple of the grid) that fits `budget` for one image; 0
     when not even the smallest does."""
-    fixed = block_bytes(cost, params, size, 0, 0, history)
+    fixed = block_bytes(cost, params, size, 0, 0, history, regions)
     room = budget - fixed
     if room <= 0:
         return 0
-    crop = math.isqrt(int(room / (cost.saved + 4 * cost.largest)))
+    crop = math.isqrt(int(room / (cost.saved + _working_set(cost, regions))))
     side = (crop - 2 * grid.margin) // grid.align * grid.align
     return max(0, min(side, max(size), MAX_BLOCK))

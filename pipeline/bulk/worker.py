@@ -39,6 +39,7 @@ from ..api import (
     StyleJob,
     StyleResult,
     prepare,
+    region_count,
     slot_plan,
     stylize_in_slots,
     stylize_prepared,
@@ -190,8 +191,10 @@ class Worker:
     def _images(self, batch: Batch, started: float) -> list[dict[str, Any]]:
         if batch.slots:
             try:
-                fit = slot_plan(batch.jobs[0].spec.params, batch.jobs[0].size, batch.slots,
-                                self.runtime)
+                spec = batch.jobs[0].spec  # a group's jobs have as many styles and masks
+                masks = len(spec.styles) if spec.regions.active else 0
+                fit = slot_plan(spec.params, batch.jobs[0].size, batch.slots, self.runtime,
+                                region_count(masks, spec.params))
             except Exception:  # the fixed batches below fail with it, job by job
                 fit = None
             if fit is not None:
