@@ -83,6 +83,7 @@ bench: install  ## print every CPU table of BENCHMARKS.md (hours)
 	$(PY) -m bench.bench_heap
 	$(PY) -m bench.bench_precision
 	$(PY) -m bench.bench_memory --sizes 1024,2048 --block 512
+	$(PY) -m bench.bench_memory --sizes 1024 --block 0 --regions 4
 	$(PY) -m bench.bench_blocks --size 1024 --blocks 256,512,1024 --iterations 2 --rounds 3
 	$(PY) -m bench.bench_targets
 	$(PY) -m bench.bench_manifest
