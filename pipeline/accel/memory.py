@@ -45,10 +45,9 @@ BLOCK_SAFETY = 0.7
 MIN_HISTORY = 5
 # With masks (gatys/guides.py), bytes per pixel and region: its guide on each style layer's
 # grid in fp32 and its weights in the features' dtype (a third more pixels than the image's
-# own over the five style layers). bench/bench_memory.py --regions measured 1.14-1.22x the
-# peak of a job without masks at 1024 px (2-8 regions); this and two more of the largest
-# activation (the weighted features of a region's Gram, a region's gradient before the sum)
-# cover it.
+# own over the five style layers). With the two more of the largest activation that masks
+# add to the working set (_working_set), the estimate covers what bench/bench_memory.py
+# --regions measures (BENCHMARKS.md, "Memory").
 REGION_BYTES = 8
 log = logging.getLogger("pipeline.memory")
 
