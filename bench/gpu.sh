@@ -13,7 +13,7 @@ bench() {
     "$PY" -m "$@" || { echo "FAILED (exit $?): python -m $*"; failed=1; }
 }
 bench bench.flops --device cuda
-bench bench.bench_graphs --device cuda --sizes 256,512 --batches 1,4,8
+bench bench.bench_graphs --device cuda --sizes 256,512 --batches 1,4,8 --profile 20
 bench bench.bench_batch --device cuda --sizes 256,512 --batches 1,2,4,8
 bench bench.bench_vs_pastiche --device cuda --size 512 --short 20 --long 1020 --rounds 1 \
     --variants 1,2,5,6
@@ -21,7 +21,7 @@ bench bench.bench_gram --device cuda --size 512 --batches 1,4
 bench bench.bench_precision --device cuda
 bench bench.bench_schedule --device cuda --size 512 --runs 1x500,2x1000,3x1500
 bench bench.bench_quality --device cuda --size 512
-bench bench.bench_memory --device cuda --block 1024
+bench bench.bench_memory --device cuda --block 1024 --regions 4
 bench bench.bench_blocks --device cuda --size 2048 --blocks 1024,2048 --rounds 3
 bench bench.bench_targets --device cuda  # ORT's CUDA and TensorRT rows need onnxruntime-gpu
 bench bench.bench_continuous --device cuda --sizes 448,512 --batch 8 --configs 1,2
