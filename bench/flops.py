@@ -43,27 +43,27 @@ def iteration_flops(height: int, width: int, last_layer: str = "relu5_1",
 
 def matmul_tflops(device: torch.device, dtype: torch.dtype) -> float:
     """Median TFLOP/s of an n^3 product on random data (zeros run faster than real data):
-    n = 8192 on a GPU (fp32 as tf32 when torch allows it; the runtime does), 4096 on the CPU
-    (a second per product)."""
+    n = 8192 on a GPU, timed by CUDA events (fp32 as tf32 when torch allows it; the runtime
+    does), 4096 on the CPU (a second per product), timed by the clock."""
     cuda = device.type == "cuda"
-    n, reps = (8192, 20) if cuda else (4096, 5)
+    n, warmup, reps = (8192, 3, 20) if cuda else (4096, 1, 5)
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    for _ in range(2 if cuda else 1):
-        a @ b
-    times = []
-    for _ in range(reps):
+
+    def seconds() -> float:
         if not cuda:
             start = time.perf_counter()
             a @ b
-            times.append(time.perf_counter() - start)
-            continue
+            return time.perf_counter() - start
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         begin.record()
         a @ b
         end.record()
         end.synchronize()
-        times.append(begin.elapsed_time(end) / 1e3)
-    return 2 * n**3 / statistics.median(times) / 1e12
+        return begin.elapsed_time(end) / 1e3
+
+    for _ in range(warmup):
+        a @ b
+    return 2 * n**3 / statistics.median(seconds() for _ in range(reps)) / 1e12
 
 
 def gpu_rates(device: torch.device) -> dict[str, float]:
