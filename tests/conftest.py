@@ -71,6 +71,18 @@ def make_painting(size: tuple[int, int] = (64, 64), seed: int = 1) -> Image.Imag
     return Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
 
 
+def assert_follows(run, ref) -> None:
+    """Two fp32 optimizations of one job whose objectives differ only by rounding (another
+    convolution algorithm, the other backend's targets): the same loss where they start
+    (iterations 0 and 1, from StyleResult.trace with trace_every=1), and both optimize. Later
+    points part on any CPU: L-BFGS without a line search multiplies a rounding difference
+    about tenfold per iteration."""
+    for ours, theirs in zip(run.trace[:2], ref.trace[:2], strict=True):
+        assert abs(ours["total"] / theirs["total"] - 1) < 1e-3
+    for result in (run, ref):
+        assert result.losses["total"] < 0.5 * result.trace[0]["total"]
+
+
 # Under pytest-xdist (make test), tests go to the test processes one at a time, except these,
 # which share a costly fixture and go to one process together: the Ray cluster of test_ray.py,
 # the finished video run of test_video_run.py, the uninterrupted reference run of the

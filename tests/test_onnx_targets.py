@@ -20,7 +20,7 @@ from pipeline.targets.builder import TargetBuilder, torch_features
 from pipeline.targets.cache import TargetCache, target_key
 from pipeline.targets.onnx_export import DEFAULT_LAYERS, ensure_model, read_sidecar
 from pipeline.targets.ort_session import create_session
-from tests.conftest import make_painting, make_photo
+from tests.conftest import assert_follows, make_painting, make_photo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,20 +93,15 @@ def test_ort_targets_equal_torch_targets(model, caplog):
 
 
 def test_run_on_ort_targets_follows_the_run_on_torch_targets():
-    """The same objective from either backend's targets: equal losses where the runs start
-    (iterations 0 and 1), and both optimize. Later points part on any CPU: the targets agree
-    to about 1e-5, and L-BFGS without a line search multiplies such a difference about
-    tenfold per iteration (3% apart after 8 iterations on one CPU, under 0.1% on another)."""
+    """The same objective from either backend's targets (they agree to about 1e-5): after 8
+    iterations the two final losses were 3% apart on one CPU, under 0.1% on another."""
     job = [StyleJob(make_photo(), [make_painting()])]
     params = StyleParams(size=64, iterations=8)
     runs = {}
     for backend in ("onnx", "torch"):
         rt = Runtime.create("cpu", "fp32", channels_last=False, targets=backend)
         runs[backend] = stylize_batch(job, params, rt, trace_every=1)[0]
-    for ort, ref in zip(runs["onnx"].trace[:2], runs["torch"].trace[:2], strict=True):
-        assert ort["total"] == pytest.approx(ref["total"], rel=1e-3)
-    for run in runs.values():
-        assert run.losses["total"] < 0.5 * run.trace[0]["total"]
+    assert_follows(runs["onnx"], runs["torch"])
 
 
 def test_changing_any_input_changes_the_key():

@@ -136,11 +136,8 @@ def test_winograd_on_where_nnpack_cannot_run_is_one_clear_error(monkeypatch):
 
 @needs_nnpack
 def test_an_optimization_with_winograd_convs_follows_the_direct_one(monkeypatch):
-    """The same steps while the trajectories are still close (fp32 L-BFGS amplifies any
-    rounding difference about tenfold per iteration, so later points part on any CPU), and
-    as far an optimization."""
     from pipeline.api import StyleJob, stylize_batch
-    from tests.conftest import make_painting, make_photo
+    from tests.conftest import assert_follows, make_painting, make_photo
 
     used = []
     real = winograd._winograd
@@ -153,7 +150,4 @@ def test_an_optimization_with_winograd_convs_follows_the_direct_one(monkeypatch)
     on = Runtime.create("cpu", "fp32", channels_last=False, winograd=True)
     (fast,) = stylize_batch([job], params, on, trace_every=1)
     assert used
-    for ours, ref in zip(fast.trace[:2], direct.trace[:2], strict=True):  # iterations 0, 1
-        assert abs(ours["total"] / ref["total"] - 1) < 1e-3
-    for run in (fast, direct):  # both optimize
-        assert run.losses["total"] < 0.5 * run.trace[0]["total"]
+    assert_follows(fast, direct)
