@@ -5,6 +5,12 @@ class InputError(ValueError):
     """Bad user input (file, image, parameter): reported in one line, exit code 2."""
 
 
+class StoreUnavailable(InputError):
+    """A store that does not answer (unreachable, timed out): the store's problem, not the
+    input's. One command reports it as any input it cannot read; a run stops on it and leaves
+    the job pending, for a plain rerun once the store is back."""
+
+
 class RowError(InputError):
     """A manifest row that cannot run; `row` is its number (from 0)."""
 

@@ -312,6 +312,53 @@ def test_a_run_killed_on_one_machine_resumes_on_another_from_the_bucket(s3, tmp_
     assert not list(saved.glob("*.pt"))  # each job's checkpoint gone with it, there too
 
 
+def test_a_store_that_stops_answering_is_the_store_s_fault_a_missing_object_is_not():
+    from botocore.exceptions import ConnectionClosedError, ReadTimeoutError
+
+    from pipeline.errors import StoreUnavailable
+
+    url = "s3://bucket/a.png"
+    for gone in (ReadTimeoutError(endpoint_url="http://s3"),
+                 ConnectionClosedError(endpoint_url="http://s3"), ConnectionResetError()):
+        assert isinstance(storage.store_error(url, gone), StoreUnavailable), gone
+    for bad in (FileNotFoundError(), PermissionError(), ValueError("InvalidObjectState")):
+        assert not isinstance(storage.store_error(url, bad), StoreUnavailable), bad
+
+
+def test_inputs_whose_store_stops_answering_stop_the_worker_and_fail_no_job(s3, tmp_path,
+                                                                          monkeypatch):
+    """The store goes away between the run's scan and a job's start: the job is not at fault,
+    so it is not recorded as failed (a plain rerun picks it up); the worker stops, as for a
+    failed write, which stops the run. In fixed batches, in slots and for a video alike."""
+    from fractions import Fraction
+
+    import pipeline.bulk.worker as worker_module
+    from pipeline import Runtime
+    from pipeline.bulk import ledger
+    from pipeline.bulk.jobs import Batch, Inspector
+    from pipeline.bulk.manifest import read_jobs, write_manifest
+    from pipeline.video.synthetic import camera_clip, drawn_scene, write_clip
+
+    pytest.importorskip("av", reason="the video extra: pip install -e '.[video]'")
+    url, _, local = s3
+    write_clip(camera_clip(drawn_scene((160, 120)), (48, 36), 2), local / "clip.mp4",
+               Fraction(8))
+    storage.put_file(local / "clip.mp4", f"{url}/in/clip.mp4")
+    rows = [{"content": f"{url}/in/{content}", "style": f"{url}/in/painting.png",
+             "output": f"{seed}-{content}", "seed": seed}
+            for seed, content in enumerate(["photo.png", "photo.png", "clip.mp4"])]
+    out = tmp_path / "out"
+    jobs = [Inspector()(spec) for spec in read_jobs(write_manifest(rows, tmp_path / "m.parquet"),
+                                                    out, {"size": 32, "iterations": 2})]
+    use_server(monkeypatch, f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    worker = worker_module.Worker(0, Runtime.create("cpu", "fp32", channels_last=False), out, 0,
+                                  [].append)
+    for batch in (Batch(tuple(jobs[:2])), Batch(tuple(jobs[:2]), slots=2), Batch((jobs[2],))):
+        with pytest.raises(worker_module.WriteFailed, match="cannot reach the store at"):
+            worker.run(batch)
+    assert not ledger.read(out)
+
+
 def test_a_store_that_goes_away_mid_run_stops_it_and_a_rerun_after_finishes(tmp_path,
                                                                              monkeypatch):
     """The S3 server stops after the first output of a run into it: the run stops within

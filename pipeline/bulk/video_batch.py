@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..accel.runtime import Runtime
-from ..errors import InputError
+from ..errors import InputError, StoreUnavailable
 from ..gatys.engine import Checkpointing, Interrupted
 from ..gatys.trace import Traces
 from ..io.files import describe_os_error
@@ -43,8 +43,9 @@ def run_video_batch(wid: int, batch: Batch, runtime: Runtime, out_dir: Path, eve
                     ) -> list[dict[str, Any]]:
     """Run `batch` (video jobs of one group); the jobs' ledger rows. Their traces go to
     `write_traces` before the videos are encoded (a job with an output has its trace). A job
-    whose file cannot be read fails alone; Interrupted when stopped, VideoWriteFailed when a
-    frame or a video cannot be written."""
+    whose file cannot be read fails alone (StoreUnavailable, its store not answering, stops
+    the run); Interrupted when stopped, VideoWriteFailed when a frame or a video cannot be
+    written."""
     video, params = batch.jobs[0].spec.video, batch.jobs[0].spec.params
     assert video is not None
     clips, rows = _open(batch, started)
@@ -125,6 +126,8 @@ def _open(batch: Batch, started: float) -> tuple[list[tuple[Job, ClipOutput]],
             assert job.spec.video is not None
             part = clip_part(job.spec.content, job.spec.video)
             clips.append((job, ClipOutput(part, job.spec.output, job.key)))
+        except StoreUnavailable:  # not the job's fault: the worker stops the run
+            raise
         except InputError as e:
             rows.append(ledger.job_row(job, ledger.FAILED, started, error=str(e)))
     return clips, rows

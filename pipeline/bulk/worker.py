@@ -11,8 +11,8 @@ again writes its whole traces again.
 
 A write that fails (disk full, read-only, quota) is the machine's problem, not the job's: the
 worker reports it and leaves, the run stops, and nothing is recorded as failed, so a plain rerun
-picks the jobs up. Only a checkpoint that cannot be written is let go (with a warning): the
-job goes on without it.
+picks the jobs up. So is an input whose store stops answering mid-run. Only a checkpoint that
+cannot be written is let go (with a warning): the job goes on without it.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from ..api import (
     stylize_in_slots,
     stylize_prepared,
 )
-from ..errors import InputError
+from ..errors import InputError, StoreUnavailable
 from ..gatys.engine import Checkpointing, Interrupted, NonFinite
 from ..gatys.slots import SlotState
 from ..gatys.trace import TRACE_EVERY, Traces
@@ -86,7 +86,8 @@ from .video_batch import VideoWriteFailed, run_video_batch, run_video_piece
 
 
 class WriteFailed(Exception):
-    """An output or ledger write failed: the run must stop (see the module docstring)."""
+    """An output or ledger write failed, or the inputs' store stopped answering: the run must
+    stop (see the module docstring)."""
 
 
 Emit = Callable[[Event], None]
@@ -179,7 +180,7 @@ class Worker:
         try:
             return run_video_batch(self.wid, batch, self.runtime, self.out_dir, self.every,
                                    self.emit, self.stopping, self.write_traces, started)
-        except VideoWriteFailed as e:
+        except (VideoWriteFailed, StoreUnavailable) as e:
             raise WriteFailed(str(e)) from e
         except (Interrupted, WriteFailed):
             raise
@@ -307,9 +308,13 @@ class Worker:
 
 
 def prepare_job(job: Job) -> Any:
-    """A job's images decoded and sized (InputError for a bad one)."""
-    return prepare(StyleJob(job.spec.content, list(job.spec.styles), job.spec.regions),
-                   job.spec.params)
+    """A job's images decoded and sized (InputError for a bad one; WriteFailed where their
+    store does not answer, which is not the job's fault)."""
+    try:
+        return prepare(StyleJob(job.spec.content, list(job.spec.styles), job.spec.regions),
+                       job.spec.params)
+    except StoreUnavailable as e:
+        raise WriteFailed(str(e)) from e
 
 
 class SlotBatch:

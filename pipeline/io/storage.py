@@ -18,10 +18,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, StoreUnavailable
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _ENDPOINT = re.compile(r'Could not connect to the endpoint URL: "?([a-z]+://[^/"]+)')
+# Errors of a connection rather than of an object, by class name: the clients' own kinds
+# (botocore's, aiohttp's) do not share a base with Python's.
+_UNANSWERED = {"ConnectionError", "HTTPClientError", "ClientConnectionError", "TimeoutError"}
 # The extra that brings each protocol's fsspec implementation.
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 # Bounded: a dead endpoint fails in seconds, a flaky one is retried a few times with backoff
@@ -118,10 +121,10 @@ def upload_deadline(fs: Any, size: int) -> dict[str, float]:
 
 
 def store_error(url: str, e: BaseException) -> InputError:
-    """One line for a store's error."""
+    """One line for a store's error: StoreUnavailable where the store did not answer."""
     if type(e).__name__ == "FSTimeoutError":  # fsspec's, past an upload_deadline
-        return InputError(f"{url}: the store did not answer in time (is it overloaded, or "
-                          "did the network go away?)")
+        return StoreUnavailable(f"{url}: the store did not answer in time (is it overloaded, "
+                                "or did the network go away?)")
     if isinstance(e, FileNotFoundError):
         return InputError(f"{url}: no such object (or no such bucket)")
     if isinstance(e, PermissionError):
@@ -129,8 +132,10 @@ def store_error(url: str, e: BaseException) -> InputError:
                           "permissions")
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if (endpoint := _ENDPOINT.search(first)) is not None:
-        return InputError(f"{url}: cannot reach the store at {endpoint.group(1)} (is it "
-                          "running, and is the endpoint right?)")
+        return StoreUnavailable(f"{url}: cannot reach the store at {endpoint.group(1)} (is it "
+                                "running, and is the endpoint right?)")
+    if any(kind.__name__ in _UNANSWERED for kind in type(e).__mro__):
+        return StoreUnavailable(f"{url}: the store did not answer: {first}")
     return InputError(f"{url}: the store failed: {first}")
 
 
