@@ -241,6 +241,34 @@ def test_a_failed_output_or_ledger_write_stops_the_worker_and_records_nothing(
     assert not ledger.read(out)  # nothing recorded as failed: a plain rerun picks them up
 
 
+def test_a_store_that_stops_answering_mid_batch_stops_the_worker_and_records_nothing(
+        dataset, tmp_path, monkeypatch):
+    """Reading a job's checkpoint from a run folder in a bucket whose store went away: not the
+    job's fault, so the worker says so (the run stops) and fails nothing, in slots and in fixed
+    batches alike."""
+
+    import pipeline.bulk.worker as worker_module
+    from pipeline.bulk.events import CannotWrite
+    from pipeline.errors import StoreUnavailable
+
+    out = tmp_path / "out"
+    jobs = [Inspector()(j) for j in read_jobs(dataset, out, {"size": 32, "iterations": 2})]
+    jobs = tuple(j for j in jobs if j.size == jobs[0].size)[:2]
+    gone = "s3://bucket/out/.checkpoints/a.pt: cannot reach the store at http://127.0.0.1:9"
+
+    def unreachable(*args, **kwargs):
+        raise StoreUnavailable(gone)
+
+    monkeypatch.setattr(worker_module, "load_checkpoint", unreachable)
+    events = []
+    worker = worker_module.Worker(0, Runtime.create("cpu", "fp32", channels_last=False), out, 0,
+                                  events.append)
+    for slots in (2, 0):
+        assert not worker.serve(Batch(jobs, slots=slots))
+        assert isinstance(events[-1], CannotWrite) and events[-1].message == gone
+    assert not ledger.read(out)
+
+
 def _tmpfs(path: Path, size: str, *options: str) -> None:
     path.mkdir()
     opts = ",".join((f"size={size}", *options))

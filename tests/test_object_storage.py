@@ -335,8 +335,10 @@ def test_inputs_whose_store_stops_answering_stop_the_worker_and_fail_no_job(s3, 
     import pipeline.bulk.worker as worker_module
     from pipeline import Runtime
     from pipeline.bulk import ledger
+    from pipeline.bulk.events import CannotWrite
     from pipeline.bulk.jobs import Batch, Inspector
     from pipeline.bulk.manifest import read_jobs, write_manifest
+    from pipeline.errors import StoreUnavailable
     from pipeline.video.synthetic import camera_clip, drawn_scene, write_clip
 
     pytest.importorskip("av", reason="the video extra: pip install -e '.[video]'")
@@ -351,12 +353,18 @@ def test_inputs_whose_store_stops_answering_stop_the_worker_and_fail_no_job(s3, 
     jobs = [Inspector()(spec) for spec in read_jobs(write_manifest(rows, tmp_path / "m.parquet"),
                                                     out, {"size": 32, "iterations": 2})]
     use_server(monkeypatch, f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    events = []
     worker = worker_module.Worker(0, Runtime.create("cpu", "fp32", channels_last=False), out, 0,
-                                  [].append)
+                                  events.append)
     for batch in (Batch(tuple(jobs[:2])), Batch(tuple(jobs[:2]), slots=2), Batch((jobs[2],))):
-        with pytest.raises(worker_module.WriteFailed, match="cannot reach the store at"):
-            worker.run(batch)
+        assert not worker.serve(batch)
+        assert isinstance(events[-1], CannotWrite), events
+        assert "cannot reach the store at" in events[-1].message
     assert not ledger.read(out)
+    # Nor is a row invalid when the store goes away during a run's scan: the scan stops.
+    for job in (jobs[0], jobs[2]):
+        with pytest.raises(StoreUnavailable, match="cannot reach the store at"):
+            Inspector()(job.spec)
 
 
 def test_a_store_that_goes_away_mid_run_stops_it_and_a_rerun_after_finishes(tmp_path,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..api import job_key
-from ..errors import InputError, RowError
+from ..errors import InputError, RowError, StoreUnavailable
 from ..gatys.vgg import min_input_side
 from ..io.files import remembered_digest
 from ..io.images import fit_longest_side, header_size, read_rgb
@@ -97,7 +97,8 @@ class Inspector:
     `decode=True` (manifest validate) decodes every pixel; `decode=False` (pipeline run) reads
     only headers, so a 100k-row run starts in minutes, not hours: an image that is corrupt past
     its header then fails its own job in the worker, with the same message. A video's digest
-    is remembered in the `cache` (io/files.remembered_digest).
+    is remembered in the `cache` (io/files.remembered_digest). A store that does not answer
+    is no row's fault: StoreUnavailable ends the scan instead of making every row invalid.
     """
 
     def __init__(self, decode: bool = True, cache: str | None = None) -> None:
@@ -114,6 +115,8 @@ class Inspector:
                 else:  # the header first: it names a folder or a broken link clearly
                     size = header_size(path)
                     self._seen[path] = (image_digest(path), size)
+            except StoreUnavailable:  # the run's problem, not the row's: the scan stops
+                raise
             except InputError as e:
                 raise RowError(row, e) from None
             except OSError as e:  # unreadable after the header was read
@@ -138,6 +141,8 @@ class Inspector:
         try:
             part = clip_part(spec.content, spec.video)  # of the local copy of a URL
             return remembered_digest(part.info.path, self.cache), part.info.size, part
+        except StoreUnavailable:
+            raise
         except InputError as e:
             raise RowError(spec.row, e) from None
         except OSError as e:
@@ -177,6 +182,8 @@ class Inspector:
         for path, like in pairs:
             try:
                 check_shape(path, self._image(location(path), spec.row)[1], like, "mask")
+            except StoreUnavailable:
+                raise
             except InputError as e:
                 raise RowError(spec.row, e) from None
         return regions.key(lambda path: self._image(location(path), spec.row)[0])

@@ -86,7 +86,8 @@ def run_video_piece(wid: int, batch: Batch, runtime: Runtime, emit: Callable[[Ev
                     stopping: Callable[[], bool]) -> str:
     """Run `batch`, a piece of its video's passes (bulk/pass_plan.py), its frames kept in the
     clip's pass store; why it failed, or "". Interrupted when stopped, VideoWriteFailed when
-    its frames cannot be kept (the other workers need them)."""
+    its frames cannot be kept (the other workers need them), StoreUnavailable when its inputs'
+    store does not answer."""
     job, piece = batch.jobs[0], batch.piece
     video, params = job.spec.video, job.spec.params
     assert piece is not None and video is not None
@@ -107,7 +108,7 @@ def run_video_piece(wid: int, batch: Batch, runtime: Runtime, emit: Callable[[Ev
                       lambda n: emit(Iteration(wid, n)))
     except PassesNotKept as e:
         raise VideoWriteFailed(f"cannot keep {what} of {job.spec.output_name}: {e}") from e
-    except Interrupted:
+    except (Interrupted, StoreUnavailable):  # the run's to handle, not the job's
         raise
     except Exception as e:  # the job then runs whole on one worker, which says it again
         return f"row {job.spec.row}, {what}: {type(e).__name__}: {e}".splitlines()[0]

@@ -90,6 +90,11 @@ class WriteFailed(Exception):
     stop (see the module docstring)."""
 
 
+# What ends a worker's run, not its jobs: being stopped, a failed write, a store that does
+# not answer (a checkpoint or an input read from it). The handlers that fail a batch's jobs on
+# any other error let these through.
+ENDS_THE_RUN = (Interrupted, WriteFailed, StoreUnavailable)
+
 Emit = Callable[[Event], None]
 
 
@@ -135,7 +140,7 @@ class Worker:
                 return False
             self.emit(Exited(self.wid))
             return False
-        except WriteFailed as e:
+        except (WriteFailed, StoreUnavailable) as e:
             self.emit(CannotWrite(self.wid, str(e)))
             return False
         if self.runtime.keep_cpu_memory:
@@ -180,9 +185,9 @@ class Worker:
         try:
             return run_video_batch(self.wid, batch, self.runtime, self.out_dir, self.every,
                                    self.emit, self.stopping, self.write_traces, started)
-        except (VideoWriteFailed, StoreUnavailable) as e:
+        except VideoWriteFailed as e:
             raise WriteFailed(str(e)) from e
-        except (Interrupted, WriteFailed):
+        except ENDS_THE_RUN:
             raise
         except Exception as e:  # one batch's failure must not end the run
             message = f"{type(e).__name__}: {e}".splitlines()[0]
@@ -243,7 +248,7 @@ class Worker:
             return [ledger.job_row(j, ledger.FAILED, started, device,
                          error=f"out of memory at batch {len(jobs)}, size {j.size[0]}x"
                                f"{j.size[1]}") for j in jobs]
-        except (Interrupted, WriteFailed):
+        except ENDS_THE_RUN:
             raise
         except NonFinite as e:  # those jobs fail; the rest of the batch runs again without them
             discard(ckpt)
@@ -349,7 +354,7 @@ class SlotBatch:
         while self.waiting:
             try:
                 stylize_in_slots(calls, self.params, w.runtime, slots, self.fit, w.trace_every)
-            except (Interrupted, WriteFailed):
+            except ENDS_THE_RUN:
                 raise
             except torch.OutOfMemoryError:
                 if w.runtime.device.type == "cuda":
