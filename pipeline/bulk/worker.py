@@ -86,8 +86,7 @@ from .video_batch import VideoWriteFailed, run_video_batch, run_video_piece
 
 
 class WriteFailed(Exception):
-    """An output or ledger write failed, or the inputs' store stopped answering: the run must
-    stop (see the module docstring)."""
+    """An output or ledger write failed: the run must stop (see the module docstring)."""
 
 
 # What ends a worker's run, not its jobs: being stopped, a failed write, a store that does
@@ -212,6 +211,8 @@ class Worker:
             for job in batch.jobs[lo:lo + step]:  # each alone: a bad image fails its own job
                 try:
                     ready.append((job, prepare_job(job)))
+                except StoreUnavailable:  # the store's fault, not the job's: ENDS_THE_RUN
+                    raise
                 except InputError as e:
                     rows.append(ledger.job_row(job, ledger.FAILED, started, error=str(e)))
             if ready:
@@ -313,13 +314,9 @@ class Worker:
 
 
 def prepare_job(job: Job) -> Any:
-    """A job's images decoded and sized (InputError for a bad one; WriteFailed where their
-    store does not answer, which is not the job's fault)."""
-    try:
-        return prepare(StyleJob(job.spec.content, list(job.spec.styles), job.spec.regions),
-                       job.spec.params)
-    except StoreUnavailable as e:
-        raise WriteFailed(str(e)) from e
+    """A job's images decoded and sized (InputError for a bad one)."""
+    return prepare(StyleJob(job.spec.content, list(job.spec.styles), job.spec.regions),
+                   job.spec.params)
 
 
 class SlotBatch:
@@ -385,6 +382,8 @@ class SlotBatch:
                 continue
             try:
                 prepared = prepare_job(job)
+            except StoreUnavailable:
+                raise
             except InputError as e:
                 self.progress(self.params.iterations)
                 self._record([], [ledger.job_row(job, ledger.FAILED, self.started,
