@@ -395,6 +395,88 @@ def test_rows_that_share_a_key_are_counted_apart(dataset, tmp_path):
     assert cell(status.output, "pending") == "0"
 
 
+# --- an output is made from the files its key names -------------------------------------------
+
+def test_an_input_rewritten_after_the_scan_fails_its_job_and_a_rerun_makes_the_new_one(
+        dataset, tmp_path):
+    """A content and a style file replaced between the run's scan and their jobs' reads: those
+    jobs would write the new pixels under the old files' key (and be taken as done if the old
+    files came back). They fail naming the file, the job whose files stayed finishes, nothing
+    is written for them, and the next run keys the new files and makes them. In slots and in
+    fixed batches alike."""
+    import pipeline.bulk.worker as worker_module
+    from pipeline.bulk.runner import plan
+
+    def scan(out):
+        jobs = [Inspector()(j) for j in read_jobs(dataset, out, {"size": 32, "iterations": 2})]
+        return [j for j in jobs if j.size == jobs[0].size]  # c0 and c2, each with s0 and s1
+
+    outs = {slots: tmp_path / f"out{slots}" for slots in (2, 0)}
+    scanned = {slots: scan(out) for slots, out in outs.items()}
+    first = scanned[2][0].spec
+    content, style = first.content, first.styles[-1]
+    make_photo((64, 48), seed=7).save(content)
+    make_photo((64, 48), seed=8).save(style)
+    runtime = Runtime.create("cpu", "fp32", channels_last=False)
+    for slots, out in outs.items():
+        worker = worker_module.Worker(0, runtime, out, 0, lambda event: None)
+        assert worker.serve(Batch(tuple(scanned[slots]), slots=slots))
+        rows = ledger.read(out)
+        for job in scanned[slots]:
+            row, rewritten = rows[job.id], job.spec.content == content or style in job.spec.styles
+            assert row["status"] == (ledger.FAILED if rewritten else ledger.DONE), row
+            assert job.spec.output.exists() != rewritten
+            if rewritten:
+                assert "changed since the run's scan" in row["error"], row
+                assert str(content if job.spec.content == content else style) in row["error"]
+        again = plan(scan(out), out, retry_failed=False)
+        assert (again.done, len(again.todo), again.failed_before) == (1, 3, 0)
+
+
+def test_a_video_rewritten_after_the_scan_or_while_stylized_fails_its_job(tmp_path,
+                                                                           monkeypatch):
+    """The same for a video, whose frames are read as the job goes: rewritten before its job
+    starts (then none of it is stylized), or while its frames are being stylized, the job
+    fails naming it and no video is written under the old file's key."""
+    from fractions import Fraction
+
+    import pipeline.bulk.video_batch as video_batch
+    import pipeline.bulk.worker as worker_module
+    from pipeline.video.synthetic import camera_clip, drawn_scene, write_clip
+
+    pytest.importorskip("av", reason="the video extra: pip install -e '.[video]'")
+    clip, style = tmp_path / "clip.mp4", tmp_path / "style.png"
+    make_photo(seed=3).save(style)
+
+    def film(seed):
+        write_clip(camera_clip(drawn_scene((160, 120), seed), (48, 36), 2), clip, Fraction(8))
+
+    stylize, stylized = video_batch.stylize_clips, []
+
+    def rewritten_meanwhile(*args, **kwargs):
+        stylized.append(when)
+        stylize(*args, **kwargs)
+        if when == "during":
+            film(2)
+
+    runtime = Runtime.create("cpu", "fp32", channels_last=False)
+    for when in ("before", "during"):
+        film(0)
+        out = tmp_path / when
+        rows = [{"content": str(clip), "style": str(style), "output": "clip.mp4"}]
+        spec, = read_jobs(write_manifest(rows, tmp_path / "m.parquet"), out,
+                          {"size": 32, "iterations": 2})
+        job = Inspector()(spec)
+        if when == "before":
+            film(1)
+        monkeypatch.setattr(video_batch, "stylize_clips", rewritten_meanwhile)
+        assert worker_module.Worker(0, runtime, out, 0, lambda event: None).serve(Batch((job,)))
+        row = ledger.read(out)[job.id]
+        assert row["status"] == ledger.FAILED and "changed since the run's scan" in row["error"]
+        assert not job.spec.output.exists()
+    assert stylized == ["during"]
+
+
 # --- bad paths in a manifest --------------------------------------------------------------
 
 def test_a_folder_or_broken_link_as_an_image_is_a_row_error_not_a_traceback(dataset, tmp_path):

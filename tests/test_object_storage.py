@@ -367,6 +367,34 @@ def test_inputs_whose_store_stops_answering_stop_the_worker_and_fail_no_job(s3, 
             Inspector()(job.spec)
 
 
+def test_an_object_replaced_after_the_scan_fails_its_job_not_the_others(s3, tmp_path):
+    """A style object overwritten in the bucket between the run's scan and the job's read (a
+    new version): the job fails naming the object, as a local file rewritten does, and the
+    job whose objects stayed finishes."""
+    from pipeline import Runtime
+    from pipeline.bulk import ledger
+    from pipeline.bulk.jobs import Batch, Inspector
+    from pipeline.bulk.manifest import read_jobs, write_manifest
+    from pipeline.bulk.worker import Worker
+
+    url, _, local = s3
+    make_painting(seed=4).save(local / "other.png")
+    storage.put_file(local / "other.png", f"{url}/in/other.png")
+    rows = [{"content": f"{url}/in/photo.png", "style": f"{url}/in/{style}", "output": style}
+            for style in ("painting.png", "other.png")]
+    out = tmp_path / "out"
+    jobs = tuple(Inspector()(spec) for spec in read_jobs(
+        write_manifest(rows, tmp_path / "m.parquet"), out, {"size": 32, "iterations": 2}))
+    make_painting(seed=5).save(local / "other.png")
+    storage.put_file(local / "other.png", f"{url}/in/other.png")
+    assert Worker(0, Runtime.create("cpu", "fp32", channels_last=False), out, 0,
+                  lambda event: None).serve(Batch(jobs))
+    kept, replaced = (ledger.read(out)[job.id] for job in jobs)
+    assert kept["status"] == ledger.DONE
+    assert replaced["status"] == ledger.FAILED, replaced
+    assert replaced["error"].startswith(f"{url}/in/other.png: changed since the run's scan")
+
+
 def test_a_store_that_goes_away_mid_run_stops_it_and_a_rerun_after_finishes(tmp_path,
                                                                              monkeypatch):
     """The S3 server stops after the first output of a run into it: the run stops within

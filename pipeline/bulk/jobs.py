@@ -19,10 +19,12 @@ from typing import Any
 from ..api import job_key
 from ..errors import InputError, RowError, StoreUnavailable
 from ..gatys.vgg import min_input_side
+from ..io.fetch import local_copy
 from ..io.files import remembered_digest
 from ..io.images import fit_longest_side, header_size, read_rgb
 from ..io.masks import check_shape
-from ..io.storage import Location, location
+from ..io.storage import Location, is_url, location
+from ..io.video import is_video
 from ..targets.cache import image_digest
 from ..video.clip import ClipPart, clip_key, clip_part
 from .manifest import JobSpec
@@ -34,6 +36,7 @@ class Job:
     key: str
     size: tuple[int, int]  # output (w, h)
     frames: int = 0  # of a video job's part
+    inputs: tuple[tuple[str, str], ...] = ()  # (file, sha256) of each input, as keyed
 
     @property
     def id(self) -> tuple[str, str]:
@@ -82,6 +85,24 @@ def under(batch: Batch, out_dir: Path) -> Batch:
     return replace(batch, jobs=tuple(
         replace(job, spec=replace(job.spec, output=out_dir / job.spec.output_name))
         for job in batch.jobs))
+
+
+def check_unchanged(job: Job, cache: str | None = None) -> None:
+    """InputError when a file the job reads is no longer the one its key was made from: its
+    output would carry that key over other pixels, and be taken as done if the file came
+    back. Checked after the job read its inputs, so a change before or during that read
+    shows. A rerun keys the new version and makes it."""
+    for where, digest in job.inputs:
+        try:
+            if is_video(where):  # hashed whole only if it changed (io/files.remembered_digest)
+                now = remembered_digest(local_copy(where) if is_url(where) else where, cache)
+            else:
+                now = image_digest(where)
+        except OSError as e:
+            raise InputError(f"{where}: cannot read ({e.strerror or e})") from None
+        if now != digest:
+            raise InputError(f"{where}: changed since the run's scan (the job's key names the "
+                             "file as it was then); run again to stylize the new version")
 
 
 def slotted(job: Job) -> bool:
@@ -164,11 +185,14 @@ class Inspector:
         if params.weights_is_file and not Path(params.weights).is_file():
             raise RowError(spec.row, f"weights file {params.weights} does not exist")
         self._destination(spec.output, spec.row)
+        inputs = ((str(spec.content), digest),
+                  *((str(f), self._seen[f][0]) for f in spec.inputs[1:]))
         if spec.video is not None:
             return Job(spec, clip_key(digest, part, style_digests, params, spec.video, init,
                                       regions),
-                       out_size, part.count)
-        return Job(spec, job_key(digest, style_digests, params, init, regions), out_size)
+                       out_size, part.count, inputs)
+        return Job(spec, job_key(digest, style_digests, params, init, regions), out_size,
+                   inputs=inputs)
 
     def _regions(self, spec: JobSpec, size: tuple[int, int]) -> dict[str, Any] | None:
         """The job key's part of a row's regions; each file checked (with `decode`, decoded),

@@ -76,6 +76,17 @@ class JobSpec:
         regions = self.regions.to_dict() if self.regions.active else {}
         return {**self.params.to_dict(), **video, **regions}
 
+    @property
+    def inputs(self) -> list[Location]:
+        return job_inputs(self.content, self.styles, self.params, self.regions)
+
+
+def job_inputs(content: Location, styles: Sequence[Location], params: StyleParams,
+               regions: Regions) -> list[Location]:
+    """Every file a job reads: its content, styles, init image and region files."""
+    return [content, *styles, *([location(params.init)] if params.init_is_file else []),
+            *(location(f) for f in regions.files())]
+
 
 def _record(name: str) -> type:
     """The record whose field a column is."""
@@ -213,9 +224,7 @@ def row_to_job(row: dict[str, Any], index: int, base: Location, out_dir: Path,
                 region_values[name] = _resolve_files(region_values[name], base)
         regions = Regions(**region_values).validate(len(styles), params)
         style_paths = tuple(_resolve(base, s) for s in styles)
-        inputs = ([content, *style_paths] + ([location(params.init)] if params.init_is_file
-                                             else [])
-                  + [location(f) for f in regions.files()])
+        inputs = job_inputs(content, style_paths, params, regions)
         output = output_path(out_dir, row.get("output")
                              or default_output(content, style_paths,
                                                     params_tag(params, video, regions)),

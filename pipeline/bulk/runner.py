@@ -112,9 +112,7 @@ def _fetched_ahead(items: Iterator[JobSpec | RowError]) -> Iterator[JobSpec | Ro
     """`items` as they come, each run of PREFETCH with its inputs in object storage fetched
     first, concurrently."""
     while chunk := list(itertools.islice(items, PREFETCH)):
-        prefetch(f for spec in chunk if isinstance(spec, JobSpec)
-                 for f in (spec.content, *spec.styles, *spec.regions.files(),
-                           *([spec.params.init] if spec.params.init_is_file else [])))
+        prefetch(f for spec in chunk if isinstance(spec, JobSpec) for f in spec.inputs)
         yield from chunk
 
 

@@ -30,7 +30,7 @@ from ..video.passes import stylize_piece
 from . import ledger
 from .checkpoint import checkpoint_path, checkpoint_saver, discard, load_checkpoint
 from .events import BatchStarted, Event, Iteration, Log
-from .jobs import Batch, Job
+from .jobs import Batch, Job, check_unchanged
 
 
 class VideoWriteFailed(OSError):
@@ -48,7 +48,7 @@ def run_video_batch(wid: int, batch: Batch, runtime: Runtime, out_dir: Path, eve
     written."""
     video, params = batch.jobs[0].spec.video, batch.jobs[0].spec.params
     assert video is not None
-    clips, rows = _open(batch, started)
+    clips, rows = _open(batch, started, runtime.cache)
     if not clips:
         return rows
     emit(BatchStarted(wid, len(clips), max(c.part.count for _, c in clips), 0, unit="frames"))
@@ -73,6 +73,13 @@ def run_video_batch(wid: int, batch: Batch, runtime: Runtime, out_dir: Path, eve
     write_traces({job.key: [{"frame": i, "iteration": r.iterations, "stage": 0, **r.losses}
                             for i, r in sorted(clip.records.items())] for job, clip in clips})
     for job, clip in clips:
+        try:  # its frames were read as it went: a file rewritten meanwhile fails the job
+            check_unchanged(job, runtime.cache)
+        except StoreUnavailable:
+            raise
+        except InputError as e:
+            rows.append(ledger.job_row(job, ledger.FAILED, started, error=str(e)))
+            continue
         try:
             clip.finish(video.crf)
         except OSError as e:
@@ -97,6 +104,7 @@ def run_video_piece(wid: int, batch: Batch, runtime: Runtime, emit: Callable[[Ev
         for style in job.spec.styles:
             check_image_file(style)
         part = clip_part(job.spec.content, video)
+        check_unchanged(job, runtime.cache)
         # from the piece's first neighbour on: a piece late in a long clip seeks, not decodes
         clip = part.source([str(s) for s in job.spec.styles], 1, max(0, piece.first - 1),
                            job.spec.regions)
@@ -115,8 +123,8 @@ def run_video_piece(wid: int, batch: Batch, runtime: Runtime, emit: Callable[[Ev
     return ""
 
 
-def _open(batch: Batch, started: float) -> tuple[list[tuple[Job, ClipOutput]],
-                                                 list[dict[str, Any]]]:
+def _open(batch: Batch, started: float, cache: str | None
+          ) -> tuple[list[tuple[Job, ClipOutput]], list[dict[str, Any]]]:
     """The jobs whose video and styles can be read, each with its output; the failed rows of
     the others."""
     clips, rows = [], []
@@ -126,6 +134,7 @@ def _open(batch: Batch, started: float) -> tuple[list[tuple[Job, ClipOutput]],
                 check_image_file(style)
             assert job.spec.video is not None
             part = clip_part(job.spec.content, job.spec.video)
+            check_unchanged(job, cache)
             clips.append((job, ClipOutput(part, job.spec.output, job.key)))
         except StoreUnavailable:  # not the job's fault: the worker stops the run
             raise

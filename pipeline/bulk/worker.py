@@ -80,7 +80,7 @@ from .events import (
     Log,
     Ready,
 )
-from .jobs import Batch, Job, under
+from .jobs import Batch, Job, check_unchanged, under
 from .run_state import RUN_INFO, output_is_done, read_run_info
 from .video_batch import VideoWriteFailed, run_video_batch, run_video_piece
 
@@ -314,9 +314,12 @@ class Worker:
 
 
 def prepare_job(job: Job) -> Any:
-    """A job's images decoded and sized (InputError for a bad one)."""
-    return prepare(StyleJob(job.spec.content, list(job.spec.styles), job.spec.regions),
-                   job.spec.params)
+    """A job's images decoded and sized (InputError for a bad one, or one rewritten since the
+    scan)."""
+    prepared = prepare(StyleJob(job.spec.content, list(job.spec.styles), job.spec.regions),
+                       job.spec.params)
+    check_unchanged(job)
+    return prepared
 
 
 class SlotBatch:
