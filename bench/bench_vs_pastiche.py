@@ -49,6 +49,8 @@ VARIANTS = {  # name -> extra CLI options for `pipeline stylize`
         ["--lbfgs-max-step", "0", "--lbfgs-precondition", "0", "--lbfgs-scaling", "standard"],
     "ours defaults + coarse-to-fine (--scales 2: half the iterations at half size)":
         ["--scales", "2"],
+    "ours defaults, pixels unconstrained (--no-lbfgs-clamp: clipped only when written)":
+        ["--no-lbfgs-clamp"],
 }
 
 

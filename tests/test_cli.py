@@ -145,8 +145,8 @@ def test_every_stylize_option_runs_end_to_end(photo_path, painting_path, tmp_pat
     adam = ["--size", "48", "--size-bucket", "8", "--iterations", "3", "--scales", "2",
             "--tol", "0.5", "--tol-window", "2", "--save-every", "1", "--trace",
             str(tmp_path / "trace.parquet"), "--trace-every", "2",
-            "--optimizer", "adam", "--lr", "5", "--content-weight", "2", "--style-weight", "50",
-            "--tv-weight", "0.01", "--content-layers", "relu5_2",
+            "--optimizer", "adam", "--lbfgs-clamp", "--lr", "5", "--content-weight", "2",
+            "--style-weight", "50", "--tv-weight", "0.01", "--content-layers", "relu5_2",
             "--style-layers", "relu1_2,relu3_2", "--style-layer-weights", "1,2",
             "--style-blend", "3,1", "--style-scale", "1.5", "--init", "noise", "--seed", "3",
             "--preserve-colors", "--pooling", "avg", "--weights", "caffe", "--device", "cpu",
@@ -157,7 +157,7 @@ def test_every_stylize_option_runs_end_to_end(photo_path, painting_path, tmp_pat
             str(cache), "--no-cache-targets", "--quiet", *regions_adam]
     lbfgs = ["--size", "40", "--iterations", "2", "--optimizer", "lbfgs", "--lbfgs-history", "3",
              "--lbfgs-max-step", "8", "--lbfgs-precondition", "1", "--lbfgs-scaling",
-             "standard", "--init", str(photo_path), "--no-preserve-colors",
+             "standard", "--no-lbfgs-clamp", "--init", str(photo_path), "--no-preserve-colors",
              "--color", "match", "--color-match", "cholesky", "--bit-depth", "16",
              "--block-size", "16",
              "--weights", str(weights_file), "--precision", "fp64", "--channels-last", "off",
@@ -182,6 +182,7 @@ def test_every_stylize_option_runs_end_to_end(photo_path, painting_path, tmp_pat
     assert adam_meta["precision"] == "bf16" and lbfgs_meta["precision"] == "fp64"
     assert adam_meta["params"]["color"] == "luminance" and lbfgs_meta["params"]["color"] == "match"
     assert adam_meta["params"]["mask_mode"] == "simple"
+    assert adam_meta["params"]["lbfgs_clamp"] and not lbfgs_meta["params"]["lbfgs_clamp"]
     assert (tmp_path / "lbfgs.png").read_bytes()[24] == 16  # IHDR bit depth
     assert adam_meta["targets"]["backend"] == "onnx" and lbfgs_meta["targets"]["backend"] == "torch"
     assert list((cache / "models").glob("*-to-relu5_2-*.onnx"))  # the layer set's own model

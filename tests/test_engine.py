@@ -224,3 +224,23 @@ def test_reported_objective_is_that_of_the_returned_images_in_fp32():
     exact = exact["total"].item()
     assert terms["total"].item() == pytest.approx(exact, rel=1e-4)
     assert terms["total"].item() != pytest.approx(trace[-1], rel=1e-4)
+
+
+def test_lbfgs_keeps_pixels_in_range_and_the_report_is_the_written_image_s(cpu32):
+    """Unconstrained L-BFGS (lbfgs_clamp off, as the paper and pastiche) lets pixels drift
+    outside 0-255, and the written image is clipped: its objective is what is reported, and
+    it is well above the projected run's, whose pixels stay in range all along."""
+    params = StyleParams(size=64, iterations=30, content_weight=0.01, style_weight=10,
+                         tv_weight=0)
+    job = [prepare(StyleJob(make_photo(), [make_painting()]), params)]
+    totals = {}
+    for clamp in (False, True):
+        p = params.replace(lbfgs_clamp=clamp)
+        problem = setup_batch(job, p, cpu32)
+        result = optimize(problem.trunk, problem.x0, problem.stages, p, cpu32)
+        out = result.images
+        assert out.min() >= 0 and out.max() <= 255
+        exact = Objective(problem.trunk, problem.stages[-1].targets, p, cpu32)(out)["total"]
+        assert result.terms["total"].item() == pytest.approx(exact.item(), rel=1e-5)
+        totals[clamp] = exact.item()
+    assert totals[True] < 0.5 * totals[False], totals

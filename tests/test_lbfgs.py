@@ -4,7 +4,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from pipeline.gatys.lbfgs import BatchedLBFGS
 from pipeline.gatys.params import LBFGS_SCALINGS as SCALINGS
-from pipeline.gatys.precondition import F_MIN, spectral
+from pipeline.gatys.precondition import F_MIN, Spectral
 
 
 def _rosenbrock_like(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -120,14 +120,13 @@ def test_compact_direction_equals_two_loop_with_evictions_and_rejected_pairs():
     gammas = [1.0] * n
     rejected = 0
     for _ in range(11):
-        opt.prev_grad, opt.d = torch.randn(n, dim, dtype=torch.float64), torch.randn(
+        opt.prev_grad, opt.s = torch.randn(n, dim, dtype=torch.float64), torch.randn(
             n, dim, dtype=torch.float64)
-        opt.t = torch.rand(n, dtype=torch.float64) + 0.1
         g = torch.randn(n, dim, dtype=torch.float64)
         ours = opt._direction(g)
         opt.steps += 1  # as update() does after it
         for i in range(n):
-            s, y = opt.d[i] * opt.t[i], g[i] - opt.prev_grad[i]
+            s, y = opt.s[i], g[i] - opt.prev_grad[i]
             accepted = bool(y @ s > 1e-10)
             rejected += not accepted
             windows[i] = (windows[i] + [(s, y) if accepted else None])[-m:]
@@ -167,7 +166,7 @@ def test_preconditioned_is_lbfgs_on_the_reparametrized_image():
     shape = (2, 3, 12, 16)
     f = _image_problem
     x0 = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    p = spectral(shape, 0.5, torch.device("cpu"))
+    p = Spectral(shape, 0.5, torch.device("cpu"))
     for scaling in SCALINGS:
         ours = _minimize(f, x0, 12, history=4, max_step=0.2, precondition=p, scaling=scaling)
         z0 = torch.zeros(shape, dtype=torch.float64)
@@ -180,10 +179,10 @@ def test_spectral_is_symmetric_positive_and_the_identity_at_zero():
     shape = (1, 3, 10, 14)
     gen = torch.Generator().manual_seed(4)
     u, v = (torch.randn(1, 3 * 10 * 14, dtype=torch.float64, generator=gen) for _ in range(2))
-    p = spectral(shape, 0.5, torch.device("cpu"))
+    p = Spectral(shape, 0.5, torch.device("cpu"))
     assert (u * p(v)).sum().item() == pytest.approx((v * p(u)).sum().item(), rel=1e-12)
     assert (u * p(u)).sum() > 0
-    torch.testing.assert_close(spectral(shape, 0.0, torch.device("cpu"))(u), u)
+    torch.testing.assert_close(Spectral(shape, 0.0, torch.device("cpu"))(u), u)
     # A constant image is the lowest frequency: the largest gain, (0.5 / F_MIN)^alpha.
     ones = torch.ones(1, 3 * 10 * 14, dtype=torch.float64)
     torch.testing.assert_close(p(ones), ones * (0.5 / F_MIN) ** 0.5)
@@ -195,10 +194,66 @@ def test_preconditioning_reaches_a_lower_objective_on_image_like_curvature():
     x0 = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     plain = _minimize(f, x0, 30, history=10, max_step=0.5)
     ours = _minimize(f, x0, 30, history=10, max_step=0.5,
-                     precondition=spectral(shape, 0.5, torch.device("cpu")),
+                     precondition=Spectral(shape, 0.5, torch.device("cpu")),
                      scaling="geometric")
     # The broad modes, whose curvature is weakest, are what a flat H0 leaves behind.
     assert ours[-1] < 1e-3 * plain[-1]
+
+
+def _deblur(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """|blur(x) - blur(target)|^2 per sample: a problem whose minimum (target) can lie outside
+    the pixel range while blurred targets inside it can still be matched from within."""
+    blur = torch.full((3, 1, 3, 3), 1 / 9, dtype=x.dtype)
+    return ((torch.nn.functional.conv2d(x - target, blur, padding=1, groups=3)) ** 2
+            ).flatten(1).sum(1)
+
+
+def test_projected_steps_stay_in_bounds_and_remember_the_step_taken():
+    """With bounds, every iterate lies in the box, and the pair stored for a step is the step
+    actually taken: in z, P^-1 of the projected move (with or without P). Bounds that are
+    never reached change nothing."""
+    shape = (2, 3, 12, 16)
+    gen = torch.Generator().manual_seed(7)
+    target = torch.rand(shape, dtype=torch.float64, generator=gen) * 3 - 1  # in [-1, 2]
+    x0 = torch.rand(shape, dtype=torch.float64, generator=gen)
+    for p in (None, Spectral(shape, 0.5, torch.device("cpu"))):
+        x = x0.clone().requires_grad_(True)
+        opt = BatchedLBFGS(x, history=4, max_step=0.5, precondition=p, bounds=(0.0, 1.0))
+        inverse = p.inverse if p else (lambda v: v)
+        for _ in range(8):
+            x.grad = None
+            _deblur(x, target).sum().backward()
+            before = x.detach().clone()
+            opt.update()
+            assert x.min() >= 0 and x.max() <= 1
+            torch.testing.assert_close(opt.s, inverse((x.detach() - before).flatten(1)))
+        assert ((x == 0) | (x == 1)).any()  # the box was met
+        f = lambda v: _deblur(v, target.clamp(0.2, 0.8))  # noqa: E731
+        assert _minimize(f, x0, 8, history=4, max_step=0.1, precondition=p,
+                         bounds=(-9.0, 9.0)) == pytest.approx(
+            _minimize(f, x0, 8, history=4, max_step=0.1, precondition=p), rel=1e-12)
+
+
+def test_projected_lbfgs_beats_clipping_an_unconstrained_run():
+    """The written image of an unconstrained run is its result clipped to the pixel range; a
+    projected run optimizes within the range and ends lower, with and without P."""
+    shape = (1, 3, 16, 20)
+    gen = torch.Generator().manual_seed(8)
+    target = torch.rand(shape, dtype=torch.float64, generator=gen) * 3 - 1
+    x0 = torch.rand(shape, dtype=torch.float64, generator=gen)
+    f = lambda v: _deblur(v, target)  # noqa: E731
+    for p in (None, Spectral(shape, 0.5, torch.device("cpu"))):
+        finals = []
+        for bounds in (None, (0.0, 1.0)):
+            x = x0.clone().requires_grad_(True)
+            opt = BatchedLBFGS(x, history=10, max_step=0.5, precondition=p, bounds=bounds)
+            for _ in range(40):
+                x.grad = None
+                f(x).sum().backward()
+                opt.update()
+            finals.append(f(x.detach().clamp(0, 1)).item())
+        clipped, projected = finals
+        assert projected < 0.8 * clipped, (projected, clipped)
 
 
 def test_lbfgs_settings_are_checked_and_keyed_only_when_they_change_the_result():
@@ -244,7 +299,7 @@ def _logged_updates(fixed: bool, steps: int) -> tuple[list[list[tuple]], Batched
     x = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
     x.requires_grad_(True)
     opt = BatchedLBFGS(x, history=4, max_step=0.2, scaling="geometric",
-                       precondition=spectral(shape, 0.5, torch.device("cpu")))
+                       precondition=Spectral(shape, 0.5, torch.device("cpu")))
     opt.moving = torch.tensor([True, True])
     if fixed:
         opt.fix_shapes()

@@ -30,7 +30,7 @@ from .convergence import EarlyStop
 from .lbfgs import BatchedLBFGS
 from .losses import LossWeights, SplitTarget, Targets, loss_terms
 from .params import StyleParams
-from .precondition import spectral
+from .precondition import Spectral
 from .trace import LossTrace
 from .vgg import LAYER_INDEX, VGG19Trunk
 from .weights import WeightSet, load_weights
@@ -99,6 +99,16 @@ class NonFinite(NonFiniteError):
         self.samples, self.iteration = samples, iteration
         super().__init__(f"the objective became inf/NaN at iteration {iteration}: the loss "
                          "weights or the step size (lr, lbfgs_max_step) are too large")
+
+
+# The pixels' scale: what an output holds.
+PIXEL_RANGE = (0.0, 255.0)
+
+
+def as_written(x: Tensor) -> Tensor:
+    """The images as an output holds them: the objective reported is theirs, not that of
+    pixels an unconstrained run (lbfgs_clamp off) left outside the range."""
+    return x.clamp(*PIXEL_RANGE)
 
 
 # How often the loss is checked for inf/NaN: each check reads it on the host, which on a GPU
@@ -308,6 +318,7 @@ def optimize(trunk: VGG19Trunk, x0: Tensor, stages: Sequence[Stage], params: Sty
         i = stage.end
     # Report the objective of the images returned, in fp32 (or fp64): the last closure saw them
     # before the last step, and in the runtime's precision. One forward, no backward.
+    x = as_written(x)
     terms = stage_terms(trunk, stages[-1], params, runtime.widened(), x)
     check_finite(terms["total"], params.iterations, x)
     trace = (watch.trace.rows(watch.stop.last, len(stages) - 1, terms) if trace_every
@@ -323,7 +334,7 @@ class StageRun:
     x: Tensor
     opt: Any
     evaluate: Callable[[Tensor], dict[str, Tensor]]
-    clamp: bool  # Adam keeps the box constraint; L-BFGS is left unclamped, as in neural-style
+    clamp: bool  # Adam's steps are clamped to PIXEL_RANGE after it
     moving: Tensor | None = None  # see Run.hold
     blockwise: BlockObjective | None = None  # the stage's objective runs by blocks
 
@@ -336,11 +347,12 @@ class StageRun:
             # A stage of L iterations stores at most L pairs: the history buffer need not
             # be larger (it is allocated whole on a GPU).
             history = min(stage.history or params.lbfgs_history, max(1, stage.end - start))
-            precondition = (spectral(x.shape, params.lbfgs_precondition, x.device)
+            precondition = (Spectral(x.shape, params.lbfgs_precondition, x.device)
                             if params.lbfgs_precondition else None)
             opt: Any = BatchedLBFGS(x, lr=params.step_size, history=history,
                                     max_step=params.lbfgs_max_step or None,
-                                    precondition=precondition, scaling=params.lbfgs_scaling)
+                                    precondition=precondition, scaling=params.lbfgs_scaling,
+                                    bounds=PIXEL_RANGE if params.lbfgs_clamp else None)
         else:
             # Adam is elementwise, so it is already exact for a batch of independent jobs.
             opt = torch.optim.Adam([x], lr=params.step_size)
@@ -348,7 +360,7 @@ class StageRun:
             # A copy: the optimizer updates its state in place (Adam does), which must not
             # write into the caller's.
             opt.load_state_dict(tree_to(opt_state, runtime.device, copy=True))
-        clamp = params.optimizer == "adam"
+        clamp = params.optimizer == "adam"  # L-BFGS keeps the range itself (lbfgs_clamp)
         if stage.block:
             blockwise = block_objective(trunk, stage, params, runtime)
             return cls(x, opt, blockwise.terms, clamp, blockwise=blockwise)
@@ -373,7 +385,7 @@ class StageRun:
         terms = self.opt.step(self.closure)
         with torch.no_grad():
             if self.clamp:
-                self.x.clamp_(0, 255)
+                self.x.clamp_(*PIXEL_RANGE)
             if before is not None:
                 self.x.copy_(torch.where(self.moving.view(-1, 1, 1, 1), self.x, before))
         return terms

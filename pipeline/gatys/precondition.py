@@ -13,8 +13,6 @@ P is symmetric positive definite (a real, even filter), so the method stays L-BF
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
@@ -23,16 +21,24 @@ from torch import Tensor
 F_MIN = 0.01
 
 
-def spectral(shape: tuple[int, ...], alpha: float, device: torch.device
-             ) -> Callable[[Tensor], Tensor]:
-    """P for images of `shape` [N, C, H, W], acting on them flattened to [N, C*H*W]."""
-    n, c, h, w = shape
-    fy = torch.fft.fftfreq(h, device=device)[:, None]
-    fx = torch.fft.rfftfreq(w, device=device)[None, :]
-    gain = (0.5 / torch.hypot(fx, fy).clamp_min(F_MIN)) ** alpha
+class Spectral:
+    """P for images of `shape` [N, C, H, W], acting on them flattened to [N, C*H*W], and its
+    inverse (what a projected step took, in z: lbfgs.py's bounds)."""
 
-    def apply(v: Tensor) -> Tensor:
+    def __init__(self, shape: tuple[int, ...], alpha: float, device: torch.device):
+        self.shape = shape
+        h, w = shape[2:]
+        fy = torch.fft.fftfreq(h, device=device)[:, None]
+        fx = torch.fft.rfftfreq(w, device=device)[None, :]
+        self.gain = (0.5 / torch.hypot(fx, fy).clamp_min(F_MIN)) ** alpha
+
+    def _filter(self, v: Tensor, gain: Tensor) -> Tensor:
+        n, c, h, w = self.shape
         spectrum = torch.fft.rfft2(v.reshape(n, c, h, w)) * gain.to(v.dtype)
         return torch.fft.irfft2(spectrum, s=(h, w)).reshape(n, -1)
 
-    return apply
+    def __call__(self, v: Tensor) -> Tensor:
+        return self._filter(v, self.gain)
+
+    def inverse(self, v: Tensor) -> Tensor:
+        return self._filter(v, 1 / self.gain)

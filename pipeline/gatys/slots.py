@@ -27,7 +27,16 @@ import torch
 from torch import Tensor
 
 from .convergence import EarlyStop
-from .engine import FINITE_EVERY, Interrupted, NonFinite, Numerics, Run, Stage, stage_terms
+from .engine import (
+    FINITE_EVERY,
+    Interrupted,
+    NonFinite,
+    Numerics,
+    Run,
+    Stage,
+    as_written,
+    stage_terms,
+)
 from .losses import Targets
 from .params import StyleParams
 from .trace import TERMS, LossTrace, with_final
@@ -229,7 +238,7 @@ class _Batch:
         their rows go to the next jobs."""
         rows = [(i, row) for i, row in self.busy() if i in leaving]
         index = [i for i, _ in rows]
-        x = self.run_.x.detach()[index]
+        x = as_written(self.run_.x.detach()[index])
         final = Stage(self.stage.size, self.params.iterations,
                       stack_targets([row.entry.targets for _, row in rows]))
         terms = stage_terms(self.trunk, final, self.params, self.runtime.widened(), x)
