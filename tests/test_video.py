@@ -259,9 +259,13 @@ SAME_CONVS = ("--winograd", "off")
 
 
 def _spawn(source, style, out):
+    """At this process's thread count, as the in-process resume runs: sums over a tensor are
+    split by thread, so a frame optimized at another count can round differently
+    (docs/guarantees.md)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     return subprocess.Popen([sys.executable, "-m", "pipeline", "video", str(source), str(style),
                              "-o", str(out), *FAST, *SAME_CONVS, "--tol", "0", "-q"], cwd=ROOT,
-                            start_new_session=True, stdout=subprocess.PIPE,
+                            env=env, start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
@@ -420,11 +424,15 @@ def test_one_mask_for_every_frame_styles_only_its_region(clip_file, tmp_path, pa
     assert result.exit_code == 0, result.output
     info = probe(source)
     frames = list(read_frames(info, info.fps, 0, None))
+    ratios = []  # the left 18 columns' change from the content over the right 18's
     for path, frame in zip(sorted(out.iterdir()), frames, strict=True):
         made = Image.open(path)  # --size 48: 48x36
         shrunk = np.asarray(Image.fromarray(frame).resize(made.size, Image.Resampling.LANCZOS))
         change = np.abs(np.asarray(made, np.float32) - shrunk).mean((0, 2))
-        assert change[:18].mean() > 2 * change[30:].mean(), change
+        ratios.append(change[:18].mean() / change[30:].mean())
+    # The temporal term carries styled pixels along the camera's pan into the right half, so
+    # the ratio falls over the clip (3.3 at the first frame, about 2 at the eighth).
+    assert ratios[0] > 2.5 and min(ratios) > 1.5, ratios
     Image.fromarray(mask[:, :40]).save(tmp_path / "narrow.png")
     refused = runner.invoke(app, ["video", str(source), str(style), "-o", str(tmp_path / "x"),
                                   *FAST, "--masks", str(tmp_path / "narrow.png")])
