@@ -299,7 +299,8 @@ def _logged_updates(fixed: bool, steps: int) -> tuple[list[list[tuple]], Batched
     x = torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
     x.requires_grad_(True)
     opt = BatchedLBFGS(x, history=4, max_step=0.2, scaling="geometric",
-                       precondition=Spectral(shape, 0.5, torch.device("cpu")))
+                       precondition=Spectral(shape, 0.5, torch.device("cpu")),
+                       bounds=(0.2, 1.0))  # projected, as the engine's: the minimum is at 0
     opt.moving = torch.tensor([True, True])
     if fixed:
         opt.fix_shapes()
@@ -338,6 +339,7 @@ def test_with_fixed_shapes_every_step_after_the_first_is_the_same_replayable_wor
         opt.update()
     assert {k: v.data_ptr() for k, v in vars(opt).items()
             if isinstance(v, torch.Tensor)} == buffers
+    assert (opt.x == 0.2).any()  # the projection was part of the work replayed
     # Without fixed shapes the history's fill changes the products' shapes.
     growing = _logged_updates(False, 6)[0]
     assert growing[2] != growing[1]
