@@ -59,6 +59,16 @@ class Preconditioner(Protocol):
     def inverse(self, v: Tensor) -> Tensor: ...
 
 
+class Identity:
+    """No preconditioner: P = I."""
+
+    def __call__(self, v: Tensor) -> Tensor:
+        return v
+
+    def inverse(self, v: Tensor) -> Tensor:
+        return v
+
+
 class BatchedLBFGS:
     """`precondition`: a symmetric positive definite P on [N, D] (precondition.py): the method
     runs on z with x = x0 + P z, i.e. with H0 = gamma P^2; its pairs, directions and step cap
@@ -81,7 +91,7 @@ class BatchedLBFGS:
         self.max_step = max_step
         self.tolerance_grad = tolerance_grad
         self.tolerance_change = tolerance_change
-        self.precondition = precondition
+        self.precondition = precondition or Identity()
         self.scaling = scaling
         self.bounds = bounds
         self.fixed_shapes = False
@@ -183,8 +193,7 @@ class BatchedLBFGS:
         n = self.x.shape[0]
         grad = self.x.grad.reshape(n, -1)
         # In z (see the class docstring): the gradient P g, the direction d; x moves by P d.
-        precondition = self.precondition or (lambda v: v)
-        g = precondition(grad)
+        g = self.precondition(grad)
         # A sample's first step is a gradient step; the others follow the history. Both are
         # computed for every sample (no host read, one capturable path): a first step's
         # stored pair is a zero pair (its last step and gradient are zeros), which is inert.
@@ -203,14 +212,13 @@ class BatchedLBFGS:
         if self.max_step is not None:
             t = t * (self.max_step / (d.abs().amax(1) * t).clamp_min(1e-30)).clamp(max=1.0)
         step = d * t[:, None]
-        dx = precondition(step)
+        dx = self.precondition(step)
         if self.bounds is None:
             self.x.add_(dx.view_as(self.x))
         else:  # projected: the next pair must describe the step actually taken
             x = self.x.detach().reshape(n, -1)
             new = (x + dx).clamp_(*self.bounds)
-            inverse = self.precondition.inverse if self.precondition else (lambda v: v)
-            step += inverse(new - x - dx)
+            step += self.precondition.inverse(new - x - dx)
             self.x.copy_(new.view_as(self.x))
         self.s.copy_(step)
         self.prev_grad.copy_(g)
