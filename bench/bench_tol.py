@@ -8,16 +8,20 @@ it would stop, its objective against the full run's final one, the seconds saved
 own s/it, and how far its image is from the final one (mean absolute difference, 0-255).
 With --check TOLxWINDOW, the setting is instead run for real against the full run, taking
 turns, on the pairs of --contents (stop iteration, seconds, final objective, image difference).
+With --quality JSON (from bench_quality --json, its last run a full one with --tol 0), the
+settings are replayed on that run's curves against its first run, the reference: where each
+would stop, its objective and seconds as fractions of the reference's, with no new run.
 
 Usage: python -m bench.bench_tol [--images DIR] [--size 512] [--iterations 500]
 [--tols 0.0005,0.001,0.002,0.005,0.01] [--windows 20,50,100]
-[--check 0.005x50 --contents tubingen --figure docs/early-stop.jpg]
+[--check 0.005x50 --contents tubingen --figure docs/early-stop.jpg] [--quality q512.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import statistics
 import time
 from pathlib import Path
@@ -80,6 +84,30 @@ def check(args: argparse.Namespace, params: StyleParams, runtime: Runtime,
             side.save(args.figure, quality=90)
 
 
+def replay_quality(path: Path, tols: list[float], windows: list[int]) -> None:
+    """Each setting on the last run's curve of a bench_quality --json file, against its
+    reference (the first run): both objectives are the curves' (the optimizer's precision,
+    before each step), the reference's its lowest; seconds are the curve's own."""
+    results = json.loads(path.read_text())
+    print(f"{path}: the last run replayed against the first, per pair: stop iteration, "
+          "objective / reference's, seconds / reference's\n\n| tol | window | "
+          + " | ".join(p.replace(":", " x ") for p in results)
+          + " | worst objective | median seconds |\n|---|---|"
+          + "---|" * len(results) + "---|---|")
+    for tol, window in itertools.product(tols, windows):
+        cells, ratios, seconds = [], [], []
+        for runs in results.values():
+            reference, *_, full = runs.values()
+            totals = [v for _, v in full["curve"]]
+            k = stop_at(totals, tol, window)
+            after = min(k, len(totals) - 1)  # the loss after k steps: the curve's next point
+            ratios.append(totals[after] / min(v for _, v in reference["curve"]))
+            seconds.append(full["curve"][after][0] / reference["seconds"])
+            cells.append(f"{k}: {ratios[-1]:.4f}, {seconds[-1]:.2f}")
+        print(f"| {tol:g} | {window} | " + " | ".join(cells)
+              + f" | {max(ratios):.4f} | {statistics.median(seconds):.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=Path, default=Path("../shared/data/images"))
@@ -92,8 +120,14 @@ def main() -> None:
     ap.add_argument("--contents", default=",".join(PHOTOS), help="with --check: these photos")
     ap.add_argument("--figure", type=Path, help="with --check: the first pair's full and early "
                     "stopped images side by side, saved here")
+    ap.add_argument("--quality", type=Path, help="replay the settings on this bench_quality "
+                    "--json file's last run, against its first, instead of running")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
+    if args.quality:
+        replay_quality(args.quality, list(map(float, args.tols.split(","))),
+                       list(map(int, args.windows.split(","))))
+        return
     missing = [f"{name}.jpg" for name in (*PHOTOS, *PAINTINGS)
                if not (args.images / f"{name}.jpg").is_file()]
     if missing:
