@@ -210,8 +210,9 @@ def _deblur(x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def test_projected_steps_stay_in_bounds_and_remember_the_step_taken():
     """With bounds, every iterate lies in the box, and the pair stored for a step is the step
-    actually taken: in z, P^-1 of the projected move (with or without P). Bounds that are
-    never reached change nothing."""
+    actually taken: in z, P^-1 of the projected move (with or without P), and the gradient
+    it sees is the projected one: zero where a pixel on a bound is pulled out of the box.
+    Bounds that are never reached change nothing."""
     shape = (2, 3, 12, 16)
     gen = torch.Generator().manual_seed(7)
     target = torch.rand(shape, dtype=torch.float64, generator=gen) * 3 - 1  # in [-1, 2]
@@ -219,15 +220,20 @@ def test_projected_steps_stay_in_bounds_and_remember_the_step_taken():
     for p in (None, Spectral(shape, 0.5, torch.device("cpu"))):
         x = x0.clone().requires_grad_(True)
         opt = BatchedLBFGS(x, history=4, max_step=0.5, precondition=p, bounds=(0.0, 1.0))
+        blocked = 0
         for _ in range(8):
             x.grad = None
             _deblur(x, target).sum().backward()
-            before = x.detach().clone()
+            before, grad = x.detach().clone(), x.grad.clone()
             opt.update()
             assert x.min() >= 0 and x.max() <= 1
             moved = (x.detach() - before).flatten(1)
             torch.testing.assert_close(opt.s, p.inverse(moved) if p else moved)
-        assert ((x == 0) | (x == 1)).any()  # the box was met
+            pulled_out = ((before == 0) & (grad > 0)) | ((before == 1) & (grad < 0))
+            seen = p.inverse(opt.prev_grad) if p else opt.prev_grad
+            torch.testing.assert_close(seen, grad.masked_fill(pulled_out, 0).flatten(1))
+            blocked += int(pulled_out.sum())
+        assert blocked > 0  # the box was met, and pulled against
         f = lambda v: _deblur(v, target.clamp(0.2, 0.8))  # noqa: E731
         assert _minimize(f, x0, 8, history=4, max_step=0.1, precondition=p,
                          bounds=(-9.0, 9.0)) == pytest.approx(

@@ -30,7 +30,11 @@ stored as zeros, so it contributes nothing. This keeps every sample independent 
 
 A third, with `bounds` (the engine's 0-255, StyleParams.lbfgs_clamp): each step is projected
 onto the box, and the pair stored for it is the step actually taken (in z, P^-1 of the
-projected move), so the curvature pairs describe real moves. The paper's L-BFGS and
+projected move), so the curvature pairs describe real moves. And the gradient the method sees
+is the projected one (as in projected quasi-Newton methods): zero at a pixel on a bound whose
+gradient points out of the box. Otherwise those pixels, which cannot move, keep their pull in
+every direction and pair; with P, which spreads each pixel's pull over its neighbourhood, this
+held a preconditioned run back by 1-1.5% at 512 px. The paper's L-BFGS and
 neural-style's are unconstrained: pixels drift outside 0-255 and the written image, clipped,
 is not the image optimized (its objective can be several times higher).
 
@@ -192,6 +196,9 @@ class BatchedLBFGS:
         """The step from the gradient in x.grad (what `step` does after its closure)."""
         n = self.x.shape[0]
         grad = self.x.grad.reshape(n, -1)
+        if self.bounds is not None:  # the projected gradient (see the module docstring)
+            x, (lo, hi) = self.x.detach().reshape(n, -1), self.bounds
+            grad = grad.masked_fill(((x <= lo) & (grad > 0)) | ((x >= hi) & (grad < 0)), 0)
         # In z (see the class docstring): the gradient P g, the direction d; x moves by P d.
         g = self.precondition(grad)
         # A sample's first step is a gradient step; the others follow the history. Both are
