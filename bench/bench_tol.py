@@ -124,9 +124,10 @@ def main() -> None:
                     "--json file's last run, against its first, instead of running")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
+    tols, windows = [float(t) for t in args.tols.split(",")], [int(w) for w in
+                                                                args.windows.split(",")]
     if args.quality:
-        replay_quality(args.quality, list(map(float, args.tols.split(","))),
-                       list(map(int, args.windows.split(","))))
+        replay_quality(args.quality, tols, windows)
         return
     missing = [f"{name}.jpg" for name in (*PHOTOS, *PAINTINGS)
                if not (args.images / f"{name}.jpg").is_file()]
@@ -151,8 +152,7 @@ def main() -> None:
     print("\n| tol | window | pair | stops at | objective / full | seconds saved | "
           "image diff (0-255) |\n|---|---|---|---|---|---|---|")
     summary = []
-    for tol, window in itertools.product(map(float, args.tols.split(",")),
-                                         map(int, args.windows.split(","))):
+    for tol, window in itertools.product(tols, windows):
         ratios, saved = [], []
         for (content, style), (totals, images, seconds, _, _) in runs.items():
             k = stop_at(totals, tol, window)

@@ -195,9 +195,9 @@ class BatchedLBFGS:
     def update(self) -> None:
         """The step from the gradient in x.grad (what `step` does after its closure)."""
         n = self.x.shape[0]
-        grad = self.x.grad.reshape(n, -1)
+        grad, x = self.x.grad.reshape(n, -1), self.x.detach().reshape(n, -1)
         if self.bounds is not None:  # the projected gradient (see the module docstring)
-            x, (lo, hi) = self.x.detach().reshape(n, -1), self.bounds
+            lo, hi = self.bounds
             grad = grad.masked_fill(((x <= lo) & (grad > 0)) | ((x >= hi) & (grad < 0)), 0)
         # In z (see the class docstring): the gradient P g, the direction d; x moves by P d.
         g = self.precondition(grad)
@@ -223,7 +223,6 @@ class BatchedLBFGS:
         if self.bounds is None:
             self.x.add_(dx.view_as(self.x))
         else:  # projected: the next pair must describe the step actually taken
-            x = self.x.detach().reshape(n, -1)
             new = (x + dx).clamp_(*self.bounds)
             step += self.precondition.inverse(new - x - dx)
             self.x.copy_(new.view_as(self.x))
