@@ -216,6 +216,41 @@ def test_two_clips_in_one_batch_equal_each_alone(cpu64):
             assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
 
+def test_a_frame_written_for_some_clips_runs_again_for_all_of_its_batch(cpu32):
+    """Killed between writing frame 2 of clip 0 and of clip 1, the rerun runs frame 2 of both
+    again as the batch it was (keeping clip 0's written frame, not writing it twice), so clip 1
+    gets the bytes of an uninterrupted run: a batch of clip 1 alone rounds differently. A clip
+    that got further (another run's batches) is not held back to redo a frame."""
+    scene = drawn_scene((320, 240))
+    clips = [camera_clip(scene, (48, 36), 4), camera_clip(scene[::-1].copy(), (48, 36), 3,
+                                                           pan=-2)]
+    params = StyleParams(size=48, iterations=6, tol=0)
+    video = VideoParams(frame_iterations=4)
+
+    def run(kept):
+        batches, frames = {}, []
+
+        def checkpointing(i, todo):
+            batches[i] = list(todo)
+
+        stylize_clips([_frames_of(c) for c in clips], params, video, cpu32,
+                      lambda c, i: ref[c][i] if (c, i) in kept else None, frames.append,
+                      checkpointing=checkpointing)
+        return batches, frames
+
+    ref: dict[int, list[np.ndarray]] = {0: [], 1: []}
+    for frame in run(set())[1]:
+        ref[frame.clip].append(frame.pixels)
+    batches, frames = run({(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)})
+    assert batches == {2: [0, 1], 3: [0]}
+    assert [(f.clip, f.index, f.resumed) for f in frames if f.index >= 2] == [
+        (0, 2, True), (1, 2, False), (0, 3, False)]
+    for f in frames:
+        assert np.array_equal(f.pixels, ref[f.clip][f.index]), (f.clip, f.index)
+    batches, _ = run({(0, i) for i in range(4)} | {(1, 0)})
+    assert batches == {1: [1], 2: [1]}
+
+
 @pytest.fixture
 def clip_file(tmp_path):
     path = tmp_path / "clip.mp4"

@@ -183,6 +183,28 @@ def test_a_killed_video_run_resumes_from_its_frame_checkpoint(video_dataset, fin
         assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
+def test_a_frame_batch_keeps_its_checkpoint_until_each_of_its_frames_is_written(tmp_path):
+    """A run killed after writing frame 2 of one clip but not the other's resumes that frame's
+    batch from its checkpoint (video/chain.py runs it again for both)."""
+    import torch
+
+    from pipeline.bulk.video_batch import FrameCheckpoints
+    from pipeline.video.frames import Frame
+
+    def saves():
+        return FrameCheckpoints(tmp_path, ["key-a", "key-b"], 2, lambda: False, lambda t: None)
+
+    first = saves()
+    first(2, [0, 1]).save(4, torch.rand(2, 3, 8, 8), {"step": torch.zeros(2)})
+    pixels = np.zeros((8, 8, 3), np.uint8)
+    first.finished(Frame(0, 2, pixels, {}, 6, 0.1))
+    assert len(saved_checkpoints(tmp_path)) == 1
+    resume = saves()(2, [0, 1]).resume
+    assert resume is not None and resume[0] == 4
+    first.finished(Frame(1, 2, pixels, {}, 6, 0.1))
+    assert not saved_checkpoints(tmp_path)
+
+
 def test_bad_video_rows_fail_alone(video_dataset, tmp_path):
     rows = pq.read_table(video_dataset).to_pylist()
     broken = tmp_path / "broken.mp4"

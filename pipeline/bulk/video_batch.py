@@ -2,7 +2,7 @@
 each frame a keyed PNG beside its job's output as soon as it is done (video/output.py), the
 frame in progress checkpointed like an image batch, and each video encoded when all its
 frames are there. A stopped or killed batch resumes at the frame it was on, from its
-checkpoint; finished frames are read back, never redone.
+checkpoint; finished frames are read back, never rewritten.
 
 Each job's trace is its frames' final losses, one point per frame (`frame` set, `iteration`
 the frame's iterations); its ledger row carries the frames' mean losses and total iterations.
@@ -65,7 +65,7 @@ def run_video_batch(wid: int, batch: Batch, runtime: Runtime, out_dir: Path, eve
         except OSError as e:
             raise VideoWriteFailed(f"cannot write frame {frame.index} of {job.spec.output_name}"
                                    f": {describe_os_error(e, out_dir)}") from e
-        saves.finished(frame.index)
+        saves.finished(frame)
         emit(Iteration(wid, frame.index + 1))
 
     stylize_clips(sources, params, video, runtime, lambda c, i: clips[c][1].done(i), finished,
@@ -156,17 +156,19 @@ def _done_row(job: Job, clip: ClipOutput, started: float, runtime: Runtime) -> d
 class FrameCheckpoints:
     """The checkpoint of the frame batch being optimized, as an image batch's: named by its
     frames' keys, with its jobs' keys inside (so a run's sweep removes it once the videos are
-    done), deleted when the frame is finished."""
+    done), deleted once every frame of the batch is written: a run killed between two of those
+    writes resumes the batch from it."""
 
     def __init__(self, out_dir: Path, keys: list[str], every: int, stop: Callable[[], bool],
                  say: Callable[[str], None]):
         self.out_dir, self.keys, self.every, self.stop, self.say = out_dir, keys, every, stop, say
-        self.paths: dict[int, Path] = {}
+        self.open: dict[int, tuple[Path, set[int]]] = {}  # by frame: its file, clips unwritten
 
     def __call__(self, i: int, todo: list[int]) -> Checkpointing:
         keys = [self.keys[c] for c in todo]
         name = hashlib.sha256("".join(frame_key(k, i) for k in keys).encode()).hexdigest()[:16]
-        path = self.paths[i] = checkpoint_path(self.out_dir, name)
+        path = checkpoint_path(self.out_dir, name)
+        self.open[i] = path, set(todo)
         resume = load_checkpoint(path, keys)
         if resume is not None:
             self.say(f"resuming frame {i} of {len(todo)} video(s) from its checkpoint at "
@@ -174,6 +176,9 @@ class FrameCheckpoints:
         return Checkpointing(save=checkpoint_saver(path, keys), every=self.every,
                              resume=resume, stop=self.stop)
 
-    def finished(self, i: int) -> None:
-        if (path := self.paths.pop(i, None)) is not None:
+    def finished(self, frame: Frame) -> None:
+        path, unwritten = self.open.get(frame.index, (None, set()))
+        unwritten.discard(frame.clip)
+        if path is not None and not unwritten:
+            del self.open[frame.index]
             discard(path)

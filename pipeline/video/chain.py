@@ -6,7 +6,8 @@ it lands in the same minimum as its neighbours instead of flickering, in far few
 Several clips of one working size run as one batch, frame i of each together, each with its
 own styles: every loss is per sample, so each clip's frames are those it would get alone. A
 frame already finished (on disk, found by `done`) is read back instead of being run again: a
-stopped clip resumes at the first frame it lacks.
+stopped clip resumes at the first frame it lacks (a clip whose last finished frame is that
+one runs it again beside it, its result dropped, so the batch is the one it had: `_went_on`).
 
 With --passes, `stylize_clips` runs each clip by the multi-pass scheme instead (passes.py).
 
@@ -98,15 +99,22 @@ def _chain(clips: Sequence[ClipSource], params: StyleParams, video: VideoParams,
     try:
         for i in range(max(clip.count for clip in clips)):
             active = [c for c, clip in enumerate(clips) if i < clip.count]
-            todo = [c for c in active if not _read_back(c, i, done, history, finished)]
+            found = {c: done(c, i) for c in active}
             for c in active:  # the next frame's flows while this one is optimized
                 ahead = aheads[c]
                 if ahead is not None and i + 1 < clips[c].count:
                     ahead.request(i + 1)
-            if todo:
-                _run_frames(todo, i, content, aheads, history, params if i == 0 else later,
-                            video, offsets, runtime, finished, progress,
-                            checkpointing(i, todo))
+            made: dict[int, Frame] = {}
+            if any(frame is None for frame in found.values()):
+                batch = [c for c in active if found[c] is None or not _went_on(c, i, clips, done)]
+                made = _run_frames(batch, i, content, aheads, history,
+                                   params if i == 0 else later, video, offsets, runtime,
+                                   progress, checkpointing(i, batch))
+            for c in active:
+                frame = made[c] if found[c] is None else Frame(c, i, found[c], {}, 0, 0.0,
+                                                               resumed=True)
+                history[c][i] = to_tensor(frame.pixels)[None]
+                finished(frame)
             for c in active:
                 history[c].pop(i - keep, None)
                 seen.pop((c, i - keep), None)
@@ -134,25 +142,22 @@ def _by_passes(clips: Sequence[ClipSource], params: StyleParams, video: VideoPar
             finished(Frame(c, i, frame, {}, 0, 0.0, resumed=True))
 
 
-def _read_back(c: int, i: int, done: Callable[[int, int], np.ndarray | None],
-               history: dict[int, dict[int, Tensor]], finished: Callable[[Frame], None]
-               ) -> bool:
-    """Whether an earlier run finished frame i of clip c (it is then taken as is)."""
-    found = done(c, i)
-    if found is None:
-        return False
-    history[c][i] = to_tensor(found)[None]
-    finished(Frame(c, i, found, {}, 0, 0.0, resumed=True))
-    return True
+def _went_on(c: int, i: int, clips: Sequence[ClipSource],
+             done: Callable[[int, int], np.ndarray | None]) -> bool:
+    """Whether clip c went on past its finished frame i. One that did not runs frame i again
+    (its result dropped) beside the clips that lack it: a run killed while it wrote frame i of
+    its clips leaves some written, and the others must get the batch they had, as on the CPU
+    another batch rounds differently (docs/guarantees.md). A clip further on, from a run
+    with another batch, is not held back to redo a frame."""
+    return i + 1 < clips[c].count and done(c, i + 1) is not None
 
 
 def _run_frames(todo: list[int], i: int, content: Callable[[int, int], Any],
                 aheads: Sequence[Ahead | None], history: dict[int, dict[int, Tensor]],
                 params: StyleParams, video: VideoParams, offsets: Sequence[int],
-                runtime: Runtime, finished: Callable[[Frame], None],
-                progress: Callable[[int, int], Progress | None],
-                checkpointing: Checkpointing | None) -> None:
-    """Frame i of the clips in `todo`, as one batch."""
+                runtime: Runtime, progress: Callable[[int, int], Progress | None],
+                checkpointing: Checkpointing | None) -> dict[int, Frame]:
+    """Frame i of the clips in `todo`, as one batch, by clip."""
     prepared = [content(c, i) for c in todo]
     x0, temporal = None, None
     if i > 0 and video.temporal_weight > 0:
@@ -172,7 +177,5 @@ def _run_frames(todo: list[int], i: int, content: Callable[[int, int], Any],
     one = progress(todo[0], i) if len(todo) == 1 else None
     results = stylize_prepared(prepared, params, runtime, one, checkpointing, start=x0,
                                temporal=temporal)
-    for c, result in zip(todo, results, strict=True):
-        pixels = to_pixels(result.pixels)
-        history[c][i] = to_tensor(pixels)[None]
-        finished(Frame(c, i, pixels, result.losses, result.iterations, result.seconds))
+    return {c: Frame(c, i, to_pixels(result.pixels), result.losses, result.iterations,
+                     result.seconds) for c, result in zip(todo, results, strict=True)}
