@@ -253,3 +253,27 @@ def test_workers_waiting_on_a_pass_all_get_the_next_one(dataset, tmp_path):
     assert [p for _, p in ran] == [0] * 6 + [1] * 6 + [2] * 6 + [None]
     for p in range(3):
         assert {wid for wid, q in ran if q == p} == {0, 1, 2}, ran
+
+
+def test_a_checkpointed_fixed_batch_is_formed_again_with_its_written_jobs(dataset, tmp_path):
+    """A fixed batch steps its jobs together, so its checkpoint only resumes them together: a
+    rerun forms it again whatever its batch size, a job written since riding along (kept, not
+    written again), where that costs less than starting the others over."""
+    jobs = _jobs(dataset, tmp_path)
+    a, b, c, d = [j for j in jobs if j.group == jobs[0].group]
+    half = a.spec.params.iterations // 2
+    saved = [((b.key, a.key, c.key), half)]
+    queue = BatchQueue([b, c, d], continuous=False, checkpointed=saved, written=[a])
+    first = queue.take(lambda job: 2)
+    assert first is not None and first.jobs == (b, a, c) and first.pending == (b, c)
+    assert first.kept == {a.id} and not first.slots
+    assert queue.count(lambda job: 2) == 1
+    rest = queue.take(lambda job: 2)
+    assert rest is not None and rest.jobs == (d,) and not queue
+    # Too early (3 jobs for almost all iterations > 2 jobs for all), a job gone, or jobs
+    # that now go through slots (their own checkpoints): the batches are cut as usual.
+    for early, written, continuous in [(1, [a], False), (half, [], False), (half, [a], True)]:
+        queue = BatchQueue([b, c, d], continuous=continuous,
+                           checkpointed=[((b.key, a.key, c.key), early)], written=written)
+        usual = queue.take(lambda job: 2)
+        assert usual is not None and usual.jobs[:2] == (b, c) and not usual.kept

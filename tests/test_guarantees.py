@@ -430,7 +430,7 @@ def test_an_input_rewritten_after_the_scan_fails_its_job_and_a_rerun_makes_the_n
                 assert "changed since the run's scan" in row["error"], row
                 assert str(content if job.spec.content == content else style) in row["error"]
         again = plan(scan(out), out, retry_failed=False)
-        assert (again.done, len(again.todo), again.failed_before) == (1, 3, 0)
+        assert (len(again.done), len(again.todo), again.failed_before) == (1, 3, 0)
 
 
 def test_a_video_rewritten_after_the_scan_or_while_stylized_fails_its_job(tmp_path,

@@ -271,6 +271,68 @@ def test_killed_at_batch_4_jobs_resume_from_their_checkpoints_at_batch_3(tmp_pat
         assert torch.equal(img, ref_images[name]), name
 
 
+def test_a_fixed_batch_resumes_whole_at_another_batch_size_with_a_job_written_before(
+        dataset, tmp_path):
+    """Adam steps a batch's jobs together, so they checkpoint and resume together. Stopped,
+    then one of its outputs written (as a kill between two of its writes leaves it), the batch
+    resumes at batch size 3 as the batch of 4 it was, the written job run with it but not
+    written again, to the images of an uninterrupted run (fp64)."""
+    import shutil
+
+    from pipeline.accel.runtime import RuntimeOptions
+    from pipeline.bulk.checkpoint import batch_checkpoints
+    from pipeline.bulk.events import BatchStarted, Log
+    from pipeline.bulk.manifest import parse_overrides
+    from pipeline.bulk.runner import RunOptions, run_manifest
+    from pipeline.cli.progress import RunDisplay
+
+    def options(out, batch):
+        return RunOptions(out, devices="cpu", workers=1, batch_size=batch, checkpoint_every=5,
+                          overrides=parse_overrides(["size=32", "iterations=60",
+                                                     "optimizer=adam"]),
+                          runtime=RuntimeOptions(precision="fp64"))
+
+    seen = []
+
+    class Stopper(RunDisplay):
+        """Ctrl-C once the first batch is a quarter of the way; keeps what workers say."""
+
+        def handle(self, event):
+            super().handle(event)
+            seen.append(event)
+            if isinstance(event, Iteration) and event.iteration >= 20 and not stopped:
+                stopped.append(True)
+                os.kill(os.getpid(), signal.SIGINT)
+
+    stopped = [True]  # not the reference
+    assert not run_manifest(dataset, options(tmp_path / "ref", 4), Stopper).failed
+    stopped.clear()
+    out = tmp_path / "out"
+    assert run_manifest(dataset, options(out, 4), Stopper).interrupted
+    [(keys, iteration)] = batch_checkpoints(out)
+    assert len(keys) == 4 and 20 <= iteration < 60, iteration
+    by_key = {r["key"]: r for r in ledger.read(tmp_path / "ref").values()}
+    written = by_key[keys[1]]["output"]
+    shutil.copy2(tmp_path / "ref" / written, out / written)
+    before = (out / written).stat().st_mtime_ns
+
+    seen.clear()
+    result = run_manifest(dataset, options(out, 3), Stopper)
+    assert not result.failed and result.done == 5 and result.done_before == 1
+    assert any(isinstance(e, BatchStarted) and (e.jobs, e.resumed_at) == (4, iteration)
+               for e in seen)
+    assert any(isinstance(e, Log) and "written before" in e.message for e in seen)
+    rows = {r["key"]: r for r in ledger.read(out).values()}
+    assert [rows[k]["resumed_from"] for k in keys if k != keys[1]] == [iteration] * 3
+    assert (out / written).stat().st_mtime_ns == before
+    assert rows[keys[1]]["error"] == "recovered from output file"  # its one row
+    assert not saved_checkpoints(out)
+    ref_images, images = images_in(tmp_path / "ref"), images_in(out)
+    assert ref_images.keys() == images.keys() and len(images) == 6
+    for name, img in images.items():
+        assert torch.equal(img, ref_images[name]), name
+
+
 def test_ctrl_c_with_hundreds_of_batches_queued_exits_at_once(dataset, tmp_path):
     """More queued batches than a pipe holds: a stopped run must not wait to hand them over."""
     rows = pq.read_table(dataset).to_pylist()

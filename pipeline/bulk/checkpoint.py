@@ -3,7 +3,8 @@
 Under <out>/.checkpoints/: one file per job that goes through slots (continuous batching),
 named by its job key, which it resumes from in whatever batch, worker or node it lands on the
 next time; one file per batch for the others (coarse-to-fine, Adam, by blocks: their jobs
-step together), named by the batch id (a hash of its job keys). A checkpoint whose job keys,
+step together), named by the batch id (a hash of its job keys), which a rerun forms again as it
+was (`batch_checkpoints`, queue.py). A checkpoint whose job keys,
 format or checksum do not match, or that fails to load, is ignored and deleted: its jobs then
 start over, which is slower but never wrong. One whose jobs are all done is swept at the end
 of a run (see `sweep_finished`).
@@ -154,12 +155,30 @@ def sweep_finished(out_dir: Path, done_keys: Callable[[], set[str]]) -> tuple[in
         return 0, 0
     done, removed, freed = done_keys(), 0, 0
     for path in files:
-        try:  # mmap: only the keys are read, not the images or the L-BFGS history
-            keys = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["keys"]
-        except Exception:  # torn or foreign: load_checkpoint deals with it if its batch comes
-            continue
-        if set(keys) <= done:
+        if (peeked := _peek(path)) is not None and set(peeked[0]) <= done:
             freed += path.stat().st_size
             discard(path)
             removed += 1
     return removed, freed
+
+
+def batch_checkpoints(out_dir: Path) -> list[tuple[tuple[str, ...], int]]:
+    """The job keys and iteration of each fixed batch's checkpoint (not the jobs' own) of this
+    format, so a rerun can form those batches again whatever its batch size, and resume them."""
+    found = []
+    for path in saved_checkpoints(out_dir):
+        if not path.name.startswith("job-") and (peeked := _peek(path)) is not None:
+            keys, iteration, form = peeked
+            if form == FORMAT:
+                found.append((keys, iteration))
+    return found
+
+
+def _peek(path: Path) -> tuple[tuple[str, ...], int, Any] | None:
+    """A checkpoint's job keys, iteration and format; None for a torn or foreign one
+    (load_checkpoint deals with it if its batch comes)."""
+    try:  # mmap: only these are read, not the images or the L-BFGS history
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return tuple(state["keys"]), int(state["iteration"]), state.get("format")
+    except Exception:
+        return None

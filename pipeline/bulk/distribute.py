@@ -242,13 +242,13 @@ def _bury(wid: int, how: str, workers: Distributor, state: _State, display: Disp
     state.ready.discard(wid)
     if batch is not None:
         if state.finished(batch):  # done; only its report was lost
-            state.outcome.done += len(batch.jobs) - reported
+            state.outcome.done += len(batch.pending) - reported
         else:
             state.deaths[batch.id] = state.deaths.get(batch.id, 0) + 1
             if state.deaths[batch.id] >= MAX_WORKER_DEATHS:
-                rows = ", ".join(str(j.spec.row) for j in batch.jobs)
+                rows = ", ".join(str(j.spec.row) for j in batch.pending)
                 state.outcome.errors.append(
-                    f"a batch of {len(batch.jobs)} (rows {rows}) ended "
+                    f"a batch of {len(batch.pending)} (rows {rows}) ended "
                     f"{state.deaths[batch.id]} workers ({how}; out of memory?); left pending")
                 state.queue.abandon(batch)
             elif not state.stopping:

@@ -3,8 +3,8 @@
 A job's key is a hash of its input image bytes and its parameters: the same inputs always
 give the same key, so a finished output is recognized across runs and never recomputed.
 Batches group jobs with the same parameters and output size, in manifest order, so that the
-same set of unfinished jobs always forms the same batches (which is what lets a batch resume
-from its checkpoint).
+same set of unfinished jobs always forms the same batches; a fixed batch with a checkpoint is
+formed again as it was (queue.py).
 """
 
 from __future__ import annotations
@@ -71,6 +71,13 @@ class Batch:
     jobs: tuple[Job, ...]
     piece: Piece | None = None  # of its one job's passes; None: the jobs whole
     slots: int = 0  # the jobs go through this many rows (continuous batching); 0: all at once
+    # Jobs (Job.id) written before: they run again only so that the batch they were
+    # checkpointed in resumes whole (queue.py); not written or counted again.
+    kept: frozenset[tuple[str, str]] = frozenset()
+
+    @property
+    def pending(self) -> tuple[Job, ...]:
+        return tuple(job for job in self.jobs if job.id not in self.kept)
 
     @property
     def id(self) -> str:

@@ -1,7 +1,11 @@
 """The run's batches, cut when a worker asks for one, at that worker's batch size (a GPU and a
 CPU worker each get what suits them). Groups are cut in manifest order, so workers with equal
 batch sizes always form the same batches from the same unfinished jobs. A batch handed back
-(its worker died) goes out first and whole: it resumes from its checkpoint. On several workers
+(its worker died) goes out first and whole: it resumes from its checkpoint. So does a fixed
+batch that an earlier run checkpointed (coarse-to-fine, Adam, by blocks: its jobs step
+together, so they resume together), formed again as it was whatever the batch size now: a job
+of it written before the run ended runs again with it, its output kept, where that costs less
+than starting the others over. On several workers
 a multi-pass video goes out as the pieces of its passes (pass_plan.py), before the groups:
 a pass waiting for its last piece leaves the other workers to the rest.
 
@@ -13,7 +17,7 @@ their own checkpoints), at least one batch."""
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from .jobs import Batch, Job, slotted
 from .pass_plan import PassPlan, splits
@@ -22,7 +26,11 @@ RUN_SLOTS = 8
 
 
 class BatchQueue:
-    def __init__(self, jobs: Iterable[Job], workers: int = 1, continuous: bool = True):
+    def __init__(self, jobs: Iterable[Job], workers: int = 1, continuous: bool = True,
+                 checkpointed: Iterable[tuple[Sequence[str], int]] = (),
+                 written: Iterable[Job] = ()):
+        """`checkpointed`: the job keys and iteration of each fixed batch's checkpoint
+        (checkpoint.batch_checkpoints); `written`: the jobs done before, which they may hold."""
         groups: dict[str, deque[Job]] = {}
         self._plans: list[PassPlan] = []
         for job in jobs:
@@ -30,8 +38,8 @@ class BatchQueue:
                 self._plans.append(PassPlan(job, workers))
             else:
                 groups.setdefault(job.group, deque()).append(job)
-        self._groups = deque(groups.values())
-        self._returned: deque[Batch] = deque()
+        self._returned = deque(_resumed(groups, checkpointed, written, continuous))
+        self._groups = deque(group for group in groups.values() if group)
         self._workers, self._continuous = workers, continuous
 
     def take(self, batch_size: Callable[[Job], int]) -> Batch | None:
@@ -84,3 +92,49 @@ class BatchQueue:
 
     def __bool__(self) -> bool:
         return bool(self._returned or self._groups or self._plans)
+
+
+def _resumed(groups: dict[str, deque[Job]], checkpointed: Iterable[tuple[Sequence[str], int]],
+             written: Iterable[Job], continuous: bool) -> list[Batch]:
+    """The checkpointed fixed batches that are worth forming again, their pending jobs taken
+    out of `groups`. Resuming runs every job of the batch for the iterations left; starting
+    over runs only the pending ones, for all of them."""
+    pending = _by_key(job for group in groups.values() for job in group)
+    done = _by_key(written)
+    batches = []
+    for keys, iteration in checkpointed:
+        jobs = _formed(keys, pending, done)
+        if jobs is None or len({job.group for job in jobs}) > 1:
+            continue  # a job is gone (its row, or failed since), or the manifest changed
+        first = jobs[0]
+        left = [job for job in jobs if job in pending.get(job.key, ())]
+        fixed = first.spec.video is None and not (continuous and slotted(first))
+        total = first.spec.params.iterations
+        if fixed and left and len(jobs) * (total - iteration) <= len(left) * total:
+            for job in left:
+                groups[first.group].remove(job)
+                pending[job.key].remove(job)
+            kept = frozenset(job.id for job in jobs if job not in left)
+            batches.append(Batch(tuple(jobs), kept=kept))
+    return batches
+
+
+def _by_key(jobs: Iterable[Job]) -> dict[str, list[Job]]:
+    found: dict[str, list[Job]] = {}
+    for job in jobs:
+        found.setdefault(job.key, []).append(job)
+    return found
+
+
+def _formed(keys: Sequence[str], pending: dict[str, list[Job]], done: dict[str, list[Job]]
+            ) -> list[Job] | None:
+    """A job for each key, in order, each once (rows with the same inputs and parameters share
+    a key): a pending one where there is one, else a written one; None if one is missing."""
+    jobs: list[Job] = []
+    for key in keys:
+        job = next((j for j in (*pending.get(key, ()), *done.get(key, ())) if j not in jobs),
+                   None)
+        if job is None:
+            return None
+        jobs.append(job)
+    return jobs

@@ -27,7 +27,7 @@ from ..io.mirror import STATE, attach, refresh
 from ..io.storage import Location, check_store, is_url, location, storage_options
 from ..options import check, option
 from . import ledger, traces
-from .checkpoint import checkpoint_dir, sweep_finished
+from .checkpoint import batch_checkpoints, checkpoint_dir, sweep_finished
 from .distribute import Distributor, Outcome, QuietDisplay, distribute
 from .distributors import NAMES as DISTRIBUTORS
 from .distributors import check_distributor, open_distributor
@@ -164,7 +164,7 @@ def scan(manifest: Location, out_dir: Path, overrides: dict[str, Any],
 @dataclass
 class Plan:
     todo: list[Job]
-    done: int
+    done: list[Job]
     failed_before: int      # failed in an earlier run and not retried
     recovered: list[Job]    # outputs found on disk that the ledger does not record as written
 
@@ -174,12 +174,12 @@ def plan(jobs: Iterable[Job], out_dir: Path, retry_failed: bool, quarantine: boo
     """What is left to do. `quarantine` (the caller holds the run lock): unreadable ledger
     parts are moved aside; without it the folder is only read."""
     state = ledger.read(out_dir, quarantine=quarantine)
-    p = Plan([], 0, 0, [])
+    p = Plan([], [], 0, [])
     for job in jobs:
         row = state.get(job.id)
         written = recorded(job.spec.output, row)
         if written or output_is_done(job.spec.output, job.key, None):
-            p.done += 1
+            p.done.append(job)
             if not written:
                 p.recovered.append(job)
         elif row and row["status"] == ledger.FAILED and not retry_failed:
@@ -298,13 +298,14 @@ def _run_locked(manifest: Location, opts: RunOptions, found: Scan, run_id: str,
     ledger.append(out_dir, [ledger.job_row(j, ledger.DONE, now, written=j.spec.output,
                                            error="recovered from output file")
                             for j in p.recovered])
-    result = RunResult(total=len(found.jobs) + len(found.errors), done_before=p.done,
+    result = RunResult(total=len(found.jobs) + len(found.errors), done_before=len(p.done),
                        failed_before=p.failed_before,
                        videos=sum(job.spec.video is not None for job in found.jobs))
     result.failed += [(e.row, str(e)) for e in found.errors]
     if p.todo:
         workers = workers_for(p.todo)
-        queue = BatchQueue(p.todo, len(workers.slots), opts.continuous)
+        queue = BatchQueue(p.todo, len(workers.slots), opts.continuous,
+                           batch_checkpoints(out_dir), p.done)
         # A worker with no batch would only start up.
         workers.slots = workers.slots[:max(1, queue.count(
             workers.slots[0].batch_size(opts.batch_size)))]

@@ -213,23 +213,35 @@ class Worker:
                     ready.append((job, prepare_job(job)))
                 except StoreUnavailable:  # the store's fault, not the job's: ENDS_THE_RUN
                     raise
-                except InputError as e:
-                    rows.append(ledger.job_row(job, ledger.FAILED, started, error=str(e)))
+                except InputError as e:  # a written one (Batch.kept) stays written
+                    if job.id not in batch.kept:
+                        rows.append(ledger.job_row(job, ledger.FAILED, started, error=str(e)))
             if ready:
-                rows += self._optimize(ready, started, split_on_oom=True)
+                rows += self._optimize(ready, started, True, batch.kept)
         return rows
 
-    def _optimize(self, ready: list[tuple[Job, Any]], started: float, split_on_oom: bool
-                  ) -> list[dict[str, Any]]:
+    def _optimize(self, ready: list[tuple[Job, Any]], started: float, split_on_oom: bool,
+                  kept: frozenset[tuple[str, str]] = frozenset()) -> list[dict[str, Any]]:
+        """A fixed batch, from its checkpoint if it has one; `kept`: jobs written before
+        (Batch.kept), run only to resume the others with them."""
         jobs = [job for job, _ in ready]
         params = jobs[0].spec.params
         keys = [job.key for job in jobs]
         ckpt = checkpoint_path(self.out_dir, Batch(tuple(jobs)).id)
         resume = load_checkpoint(ckpt, keys)
-        self.emit(BatchStarted(self.wid, len(jobs), params.iterations,
-                                            resume[0] if resume else 0))
+        rerun = [job for job in jobs if job.id in kept]
+        if rerun and resume is None:  # not the batch it held (a job failed to decode, or the
+            # checkpoint did): the written jobs have nothing to resume
+            rest = [item for item in ready if item[0].id not in kept]
+            return self._optimize(rest, started, split_on_oom) if rest else []
+        if rerun:
+            self.emit(Log(self.wid, _rerun_message([job.spec.row for job in rerun])))
+        todo = [job for job in jobs if job.id not in kept]
+        start = resume[0] if resume else 0
+        self.emit(BatchStarted(self.wid, len(jobs), params.iterations, start))
         def save_intermediate(it: int, i: int, image: Any) -> None:
-            self.save_intermediate(jobs[i], it, image)
+            if jobs[i] in todo:
+                self.save_intermediate(jobs[i], it, image)
 
         checkpointing = Checkpointing(save=checkpoint_saver(ckpt, keys), every=self.every,
                                       resume=resume, stop=self.stopping)
@@ -244,37 +256,36 @@ class Worker:
                 torch.cuda.empty_cache()
             if split_on_oom and len(ready) > 1:  # once, at half the batch
                 half = len(ready) // 2
-                return (self._optimize(ready[:half], started, False)
-                        + self._optimize(ready[half:], started, False))
+                return (self._optimize(ready[:half], started, False, kept)
+                        + self._optimize(ready[half:], started, False, kept))
             return [ledger.job_row(j, ledger.FAILED, started, device,
                          error=f"out of memory at batch {len(jobs)}, size {j.size[0]}x"
-                               f"{j.size[1]}") for j in jobs]
+                               f"{j.size[1]}") for j in todo]
         except ENDS_THE_RUN:
             raise
         except NonFinite as e:  # those jobs fail; the rest of the batch runs again without them
             discard(ckpt)
             diverged = set(e.samples)
             rows = [ledger.job_row(j, ledger.FAILED, started, device, error=str(e))
-                    for i, j in enumerate(jobs) if i in diverged]
+                    for i, j in enumerate(jobs) if i in diverged and j in todo]
             rest = [item for i, item in enumerate(ready) if i not in diverged]
-            return rows + (self._optimize(rest, started, split_on_oom) if rest else [])
+            return rows + (self._optimize(rest, started, split_on_oom, kept) if rest else [])
         except Exception as e:  # one batch's failure must not end the run
             discard(ckpt)  # its space is better left to the other batches
             message = f"{type(e).__name__}: {e}".splitlines()[0]
-            return [ledger.job_row(j, ledger.FAILED, started, device, error=message) for j in jobs]
-        rows = self._write(jobs, results, started)
+            return [ledger.job_row(j, ledger.FAILED, started, device, error=message) for j in todo]
+        ended = [(job, result) for job, result in zip(jobs, results, strict=True) if job in todo]
+        rows = self._write(ended, started, start)
         discard(ckpt)
         return rows
 
-    def _write(self, jobs: list[Job], results: list[Any], started: float
+    def _write(self, ended: list[tuple[Job, StyleResult]], started: float, resumed_from: int
                ) -> list[dict[str, Any]]:
         """A finished batch's trace, then its outputs; their ledger rows. WriteFailed stops the
         run: nothing is recorded as failed, and a rerun picks the jobs up."""
         # before the outputs: a job whose output exists has its trace
-        self.write_traces({job.key: result.trace
-                           for job, result in zip(jobs, results, strict=True)})
-        return [self.write_output(job, result, started) for job, result in zip(jobs, results,
-                                                                              strict=True)]
+        self.write_traces({job.key: result.trace for job, result in ended})
+        return [self.write_output(job, result, started, resumed_from) for job, result in ended]
 
     def write_output(self, job: Job, result: StyleResult, started: float, resumed_from: int = 0
                      ) -> dict[str, Any]:
@@ -311,6 +322,15 @@ class Worker:
         except OSError as e:
             raise WriteFailed(f"cannot write an intermediate of {job.spec.output_name}: "
                               f"{describe_os_error(e, job.spec.output.parent)}") from e
+
+
+def _rerun_message(rows: list[int]) -> str:
+    listed = ", ".join(map(str, rows))
+    if len(rows) == 1:
+        return (f"row {listed}: written before; runs again, not written, so that its batch "
+                "resumes from its checkpoint")
+    return (f"rows {listed}: written before; run again, not written, so that their batch "
+            "resumes from its checkpoint")
 
 
 def prepare_job(job: Job) -> Any:
