@@ -270,6 +270,11 @@ def test_a_checkpointed_fixed_batch_is_formed_again_with_its_written_jobs(datase
     assert queue.count(lambda job: 2) == 1
     rest = queue.take(lambda job: 2)
     assert rest is not None and rest.jobs == (d,) and not queue
+    # A job in two checkpoints (a run killed twice, at two batch sizes): the further one.
+    queue = BatchQueue([b, c, d], continuous=False,
+                       checkpointed=[((b.key, c.key), half), ((c.key, d.key), half + 1)])
+    assert [batch.jobs for batch in iter(lambda: queue.take(lambda job: 4), None)] == [
+        (c, d), (b,)]
     # Too early (3 jobs for almost all iterations > 2 jobs for all), a job gone, or jobs
     # that now go through slots (their own checkpoints): the batches are cut as usual.
     for early, written, continuous in [(1, [a], False), (half, [], False), (half, [a], True)]:

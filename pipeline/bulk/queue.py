@@ -102,7 +102,9 @@ def _resumed(groups: dict[str, deque[Job]], checkpointed: Iterable[tuple[Sequenc
     pending = _by_key(job for group in groups.values() for job in group)
     done = _by_key(written)
     batches = []
-    for keys, iteration in checkpointed:
+    # The furthest first: a job in two checkpoints (a run killed twice at other batch sizes)
+    # resumes from the later one; and every run forms the same batches.
+    for keys, iteration in sorted(checkpointed, key=lambda c: (-c[1], tuple(c[0]))):
         jobs = _formed(keys, pending, done)
         if jobs is None or len({job.group for job in jobs}) > 1:
             continue  # a job is gone (its row, or failed since), or the manifest changed
