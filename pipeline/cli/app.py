@@ -113,7 +113,11 @@ def print_errors(errors: list[RowError], limit: int = 100) -> None:
 
 @contextlib.contextmanager
 def scanning() -> Iterator[Callable[[int], None]]:
-    """A transient counter while manifest rows are checked; yields `advance(n)`."""
+    """A transient counter while manifest rows are checked; yields `advance(n)`. None into a
+    log or a pipe, where all it would leave is a blank line."""
+    if not console.is_terminal:
+        yield lambda n: None
+        return
     with Progress(SpinnerColumn(), TextColumn("[bold]checking rows"), TextColumn(
             "{task.completed}"), TimeElapsedColumn(), console=console, transient=True) as bar:
         task = bar.add_task("rows", total=None)
