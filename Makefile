@@ -57,7 +57,8 @@ docs: install  ## rewrite the option tables of docs/options.md and manifests/SCH
 	$(PY) -m pipeline.cli.reference
 
 # Draws the example images (nothing is downloaded), then runs the example manifest on the CPU:
-# its two jobs share one output size and parameters, so they run as one batch of 2.
+# its two jobs share one output size and parameters, so they run as one batch of 2. The README's
+# picture of it: python -m bench.demo_picture demo-out docs/demo.jpg
 demo: install  ## draw example images and stylize manifests/demo.parquet on the CPU
 	$(PY) -m pipeline.io.examples manifests/images
 	$(VENV)/bin/pipeline run manifests/demo.parquet --out $(DEMO_OUT) --devices cpu --batch-size 2
