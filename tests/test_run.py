@@ -316,6 +316,9 @@ def test_a_fixed_batch_resumes_whole_at_another_batch_size_with_a_job_written_be
     written = by_key[keys[1]]["output"]
     shutil.copy2(tmp_path / "ref" / written, out / written)
     before = (out / written).stat().st_mtime_ns
+    status = runner.invoke(app, ["status", str(out)], terminal_width=200)
+    assert cell(status.output, "pending") == (
+        f"5 (3 resume from a checkpoint, at iteration {iteration})"), status.output
 
     seen.clear()
     result = run_manifest(dataset, options(out, 3), Stopper)

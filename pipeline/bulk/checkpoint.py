@@ -174,6 +174,17 @@ def batch_checkpoints(out_dir: Path) -> list[tuple[tuple[str, ...], int]]:
     return found
 
 
+def checkpointed(out_dir: Path) -> dict[str, int]:
+    """Each job key a checkpoint of this format holds (its own or its batch's), and the
+    furthest iteration it holds it at: what a rerun can resume."""
+    found: dict[str, int] = {}
+    for path in saved_checkpoints(out_dir):
+        if (peeked := _peek(path)) is not None and peeked[2] == FORMAT:
+            for key in peeked[0]:
+                found[key] = max(found.get(key, 0), peeked[1])
+    return found
+
+
 def _peek(path: Path) -> tuple[tuple[str, ...], int, Any] | None:
     """A checkpoint's job keys, iteration and format; None for a torn or foreign one
     (load_checkpoint deals with it if its batch comes)."""

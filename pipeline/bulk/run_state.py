@@ -24,6 +24,7 @@ from ..io.mirror import is_mirrored, remote_of, remote_size
 from ..io.storage import Location
 from ..io.video import is_video, video_metadata
 from . import ledger
+from .checkpoint import checkpointed
 
 RUN_INFO = "run.json"
 DONE, FAILED, PENDING = "done", "failed", "pending"
@@ -157,7 +158,7 @@ class RunState:
     done: int = 0
     records: list[dict[str, Any]] = field(default_factory=list)  # the done jobs' ledger rows
     failed: list[tuple[int, str]] = field(default_factory=list)  # (row, error), with refused rows
-    pending: int = 0
+    pending: list[ledger.JobId] = field(default_factory=list)
 
 
 def run_state(out_dir: Path, info: RunInfo) -> RunState:
@@ -175,9 +176,18 @@ def run_state(out_dir: Path, info: RunInfo) -> RunState:
             assert record is not None
             state.failed.append((record["row"], record["error"]))
         else:
-            state.pending += 1
+            state.pending.append(job)
     state.failed.sort()
     return state
+
+
+def resumable(out_dir: Path, pending: Sequence[ledger.JobId]) -> list[int] | None:
+    """The iteration each pending job that has a checkpoint here resumes at; None for a run
+    folder in object storage (`status` does not pull its checkpoints to look)."""
+    if is_mirrored(out_dir):
+        return None
+    saved = checkpointed(out_dir) if pending else {}
+    return [saved[key] for key, _ in pending if key in saved]
 
 
 def ledger_only_info(out_dir: Path) -> RunInfo:

@@ -12,7 +12,13 @@ from rich.table import Table
 from ..api import RuntimeOptions, location, set_storage_options
 from ..bulk import ledger
 from ..bulk.manifest import parse_overrides
-from ..bulk.run_state import ledger_only_info, read_run_info, run_state, stored_at
+from ..bulk.run_state import (
+    ledger_only_info,
+    read_run_info,
+    resumable,
+    run_state,
+    stored_at,
+)
 from ..bulk.runner import (
     ManifestInvalid,
     RunLocked,
@@ -151,7 +157,7 @@ def status(out: str = typer.Argument(..., help=RUN_FOLDER),
     table.add_row("jobs", str(info.total))
     table.add_row("done", str(state.done))
     table.add_row("failed", str(len(state.failed)))
-    table.add_row("pending", str(state.pending))
+    table.add_row("pending", _pending(len(state.pending), resumable(folder, state.pending)))
     if (ran := ledger.throughput(state.records)) is not None:
         timed, span = ran
         per_hour = ledger.rate(len(timed), span, ledger.any_video(timed))
@@ -168,6 +174,15 @@ def status(out: str = typer.Argument(..., help=RUN_FOLDER),
         for row, error in state.failed:
             failures.add_row(str(row), error)
         console.print(failures)
+
+
+def _pending(count: int, resuming: list[int] | None) -> str:
+    """The pending count, and how many of them a rerun resumes from a checkpoint."""
+    if not resuming:
+        return str(count)
+    low, high = min(resuming), max(resuming)
+    at = f"iteration {low}" if low == high else f"iterations {low}-{high}"
+    return f"{count} ({len(resuming)} resume from a checkpoint, at {at})"
 
 
 __all__ = ["SET_OPTION", "report_cmd", "run", "status"]
