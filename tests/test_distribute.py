@@ -257,8 +257,8 @@ def test_workers_waiting_on_a_pass_all_get_the_next_one(dataset, tmp_path):
 
 def test_a_checkpointed_fixed_batch_is_formed_again_with_its_written_jobs(dataset, tmp_path):
     """A fixed batch steps its jobs together, so its checkpoint only resumes them together: a
-    rerun forms it again whatever its batch size, a job written since riding along (kept, not
-    written again), where that costs less than starting the others over."""
+    rerun forms it again at any batch size that holds it, a job written since riding along
+    (kept, not written again), where that costs less than starting the others over."""
     jobs = _jobs(dataset, tmp_path)
     a, b, c, d = [j for j in jobs if j.group == jobs[0].group]
     half = a.spec.params.iterations // 2
@@ -276,9 +276,12 @@ def test_a_checkpointed_fixed_batch_is_formed_again_with_its_written_jobs(datase
     assert [batch.jobs for batch in iter(lambda: queue.take(lambda job: 4), None)] == [
         (c, d), (b,)]
     # Too early (3 jobs for almost all iterations > 2 jobs for all), a job gone, or jobs
-    # that now go through slots (their own checkpoints): the batches are cut as usual.
-    for early, written, continuous in [(1, [a], False), (half, [], False), (half, [a], True)]:
+    # that now go through slots (their own checkpoints): the batches are cut as usual. So is
+    # a batch larger than any worker's batch size now (memory).
+    for early, written, continuous, largest in [(1, [a], False, 4), (half, [], False, 4),
+                                                (half, [a], True, 4), (half, [a], False, 2)]:
         queue = BatchQueue([b, c, d], continuous=continuous,
-                           checkpointed=[((b.key, a.key, c.key), early)], written=written)
+                           checkpointed=[((b.key, a.key, c.key), early)], written=written,
+                           largest=lambda job, n=largest: n)
         usual = queue.take(lambda job: 2)
         assert usual is not None and usual.jobs[:2] == (b, c) and not usual.kept

@@ -276,7 +276,7 @@ def test_a_fixed_batch_resumes_whole_at_another_batch_size_with_a_job_written_be
         dataset, tmp_path):
     """Adam steps a batch's jobs together, so they checkpoint and resume together. Stopped,
     then one of its outputs written (as a kill between two of its writes leaves it), the batch
-    resumes at batch size 3 as the batch of 4 it was, the written job run with it but not
+    resumes at batch size 6 as the batch of 4 it was, the written job run with it but not
     written again, to the images of an uninterrupted run (fp64)."""
     import shutil
 
@@ -321,7 +321,7 @@ def test_a_fixed_batch_resumes_whole_at_another_batch_size_with_a_job_written_be
         f"5 (3 resume from a checkpoint, at iteration {iteration})"), status.output
 
     seen.clear()
-    result = run_manifest(dataset, options(out, 3), Stopper)
+    result = run_manifest(dataset, options(out, 6), Stopper)
     assert not result.failed and result.done == 5 and result.done_before == 1
     assert any(isinstance(e, BatchStarted) and (e.jobs, e.resumed_at) == (4, iteration)
                for e in seen)

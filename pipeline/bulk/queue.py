@@ -3,9 +3,9 @@ CPU worker each get what suits them). Groups are cut in manifest order, so worke
 batch sizes always form the same batches from the same unfinished jobs. A batch handed back
 (its worker died) goes out first and whole: it resumes from its checkpoint. So does a fixed
 batch that an earlier run checkpointed (coarse-to-fine, Adam, by blocks: its jobs step
-together, so they resume together), formed again as it was whatever the batch size now: a job
-of it written before the run ended runs again with it, its output kept, where that costs less
-than starting the others over. On several workers
+together, so they resume together), formed again as it was where a worker's batch size holds
+it: a job of it written before the run ended runs again with it, its output kept, where that
+costs less than starting the others over. On several workers
 a multi-pass video goes out as the pieces of its passes (pass_plan.py), before the groups:
 a pass waiting for its last piece leaves the other workers to the rest.
 
@@ -28,9 +28,10 @@ RUN_SLOTS = 8
 class BatchQueue:
     def __init__(self, jobs: Iterable[Job], workers: int = 1, continuous: bool = True,
                  checkpointed: Iterable[tuple[Sequence[str], int]] = (),
-                 written: Iterable[Job] = ()):
+                 written: Iterable[Job] = (), largest: Callable[[Job], int] | None = None):
         """`checkpointed`: the job keys and iteration of each fixed batch's checkpoint
-        (checkpoint.batch_checkpoints); `written`: the jobs done before, which they may hold."""
+        (checkpoint.batch_checkpoints); `written`: the jobs done before, which they may hold;
+        `largest(job)`: the largest batch size of any worker for that job (None: any)."""
         groups: dict[str, deque[Job]] = {}
         self._plans: list[PassPlan] = []
         for job in jobs:
@@ -38,7 +39,7 @@ class BatchQueue:
                 self._plans.append(PassPlan(job, workers))
             else:
                 groups.setdefault(job.group, deque()).append(job)
-        self._returned = deque(_resumed(groups, checkpointed, written, continuous))
+        self._returned = deque(_resumed(groups, checkpointed, written, continuous, largest))
         self._groups = deque(group for group in groups.values() if group)
         self._workers, self._continuous = workers, continuous
 
@@ -95,10 +96,12 @@ class BatchQueue:
 
 
 def _resumed(groups: dict[str, deque[Job]], checkpointed: Iterable[tuple[Sequence[str], int]],
-             written: Iterable[Job], continuous: bool) -> list[Batch]:
+             written: Iterable[Job], continuous: bool, largest: Callable[[Job], int] | None
+             ) -> list[Batch]:
     """The checkpointed fixed batches that are worth forming again, their pending jobs taken
     out of `groups`. Resuming runs every job of the batch for the iterations left; starting
-    over runs only the pending ones, for all of them."""
+    over runs only the pending ones, for all of them. A batch larger than any worker's batch
+    size now is not formed: a smaller --batch-size is often asked for memory."""
     pending = _by_key(job for group in groups.values() for job in group)
     done = _by_key(written)
     batches = []
@@ -111,8 +114,9 @@ def _resumed(groups: dict[str, deque[Job]], checkpointed: Iterable[tuple[Sequenc
         first = jobs[0]
         left = [job for job in jobs if job in pending.get(job.key, ())]
         fixed = first.spec.video is None and not (continuous and slotted(first))
+        fits = largest is None or len(jobs) <= largest(first)
         total = first.spec.params.iterations
-        if fixed and left and len(jobs) * (total - iteration) <= len(left) * total:
+        if fixed and fits and left and len(jobs) * (total - iteration) <= len(left) * total:
             for job in left:
                 groups[first.group].remove(job)
                 pending[job.key].remove(job)

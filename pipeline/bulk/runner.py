@@ -304,8 +304,10 @@ def _run_locked(manifest: Location, opts: RunOptions, found: Scan, run_id: str,
     result.failed += [(e.row, str(e)) for e in found.errors]
     if p.todo:
         workers = workers_for(p.todo)
+        sizes = [slot.batch_size(opts.batch_size) for slot in workers.slots]
         queue = BatchQueue(p.todo, len(workers.slots), opts.continuous,
-                           batch_checkpoints(out_dir), p.done)
+                           batch_checkpoints(out_dir), p.done,
+                           lambda job: max(size(job) for size in sizes))
         # A worker with no batch would only start up.
         workers.slots = workers.slots[:max(1, queue.count(
             workers.slots[0].batch_size(opts.batch_size)))]
