@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pipeline.bulk.distribute import MAX_WORKER_DEATHS, Slot, distribute
 from pipeline.bulk.events import BatchDone, BatchStarted, Exited, Lost, Ready
-from pipeline.bulk.jobs import Inspector
+from pipeline.bulk.jobs import Batch, Inspector
 from pipeline.bulk.manifest import read_jobs
 from pipeline.bulk.queue import BatchQueue
 
@@ -132,6 +132,25 @@ def test_workers_with_different_batch_sizes_cut_their_own(dataset, tmp_path):
     queue = BatchQueue(same, continuous=False)
     assert len(queue.take(lambda job: 1).jobs) == 1
     assert queue.count(lambda job: 1) == len(same) - 1
+
+
+def test_a_batch_handed_back_waits_for_a_worker_it_fits_while_there_is_other_work(dataset,
+                                                                                  tmp_path):
+    """A GPU worker's batch of 4, handed back when it died, is not taken by a CPU worker of
+    batch size 1 while that one has other jobs to run; once nothing else is left it is."""
+    jobs = _jobs(dataset, tmp_path)
+    big = [j for j in jobs if j.group == jobs[0].group]
+    other = [j for j in jobs if j.group != jobs[0].group]
+    queue = BatchQueue(other, continuous=False)
+    queue.put_back(Batch(tuple(big)))
+    small = [queue.take(lambda job: 1) for _ in other]
+    assert [b.jobs for b in small] == [(j,) for j in other]
+    last = queue.take(lambda job: 1)
+    assert last is not None and last.jobs == tuple(big) and not queue
+    queue = BatchQueue(other, continuous=False)
+    queue.put_back(Batch(tuple(big)))
+    first = queue.take(lambda job: 4)
+    assert first is not None and first.jobs == tuple(big)
 
 
 def test_jobs_in_slots_go_out_as_each_workers_share_of_their_group(dataset, tmp_path):
@@ -264,11 +283,11 @@ def test_a_checkpointed_fixed_batch_is_formed_again_with_its_written_jobs(datase
     half = a.spec.params.iterations // 2
     saved = [((b.key, a.key, c.key), half)]
     queue = BatchQueue([b, c, d], continuous=False, checkpointed=saved, written=[a])
-    first = queue.take(lambda job: 2)
+    first = queue.take(lambda job: 4)
     assert first is not None and first.jobs == (b, a, c) and first.pending == (b, c)
     assert first.kept == {a.id} and not first.slots
-    assert queue.count(lambda job: 2) == 1
-    rest = queue.take(lambda job: 2)
+    assert queue.count(lambda job: 4) == 1
+    rest = queue.take(lambda job: 4)
     assert rest is not None and rest.jobs == (d,) and not queue
     # A job in two checkpoints (a run killed twice, at two batch sizes): the further one.
     queue = BatchQueue([b, c, d], continuous=False,

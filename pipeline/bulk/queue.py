@@ -1,7 +1,9 @@
 """The run's batches, cut when a worker asks for one, at that worker's batch size (a GPU and a
 CPU worker each get what suits them). Groups are cut in manifest order, so workers with equal
 batch sizes always form the same batches from the same unfinished jobs. A batch handed back
-(its worker died) goes out first and whole: it resumes from its checkpoint. So does a fixed
+(its worker died) goes out first and whole, to a worker whose batch size holds it (to any once
+nothing else is left: a GPU's batch waits for a GPU while a CPU has other work): it resumes
+from its checkpoint. So does a fixed
 batch that an earlier run checkpointed (coarse-to-fine, Adam, by blocks: its jobs step
 together, so they resume together), formed again as it was where a worker's batch size holds
 it: a job of it written before the run ended runs again with it, its output kept, where that
@@ -46,15 +48,15 @@ class BatchQueue:
     def take(self, batch_size: Callable[[Job], int]) -> Batch | None:
         """The next batch, of at most `batch_size(job)` jobs of one group (or frames of a
         piece); None when none can go out now."""
-        if self._returned:
-            return self._returned.popleft()
+        if (batch := self._returned_fitting(batch_size)) is not None:
+            return batch
         for plan in self._plans:
             if (batch := plan.take(batch_size(plan.job))) is not None:
                 if plan.released:
                     self._plans.remove(plan)
                 return batch
         if not self._groups:
-            return None
+            return self._returned.popleft() if self._returned else None
         group = self._groups[0]
         size = batch_size(group[0])
         if self._continuous and slotted(group[0]):
@@ -66,6 +68,13 @@ class BatchQueue:
         if not group:
             self._groups.popleft()
         return batch
+
+    def _returned_fitting(self, batch_size: Callable[[Job], int]) -> Batch | None:
+        for batch in self._returned:
+            if (batch.slots or len(batch.jobs)) <= batch_size(batch.jobs[0]):
+                self._returned.remove(batch)
+                return batch
+        return None
 
     def put_back(self, batch: Batch) -> None:
         self._returned.appendleft(batch)
