@@ -171,6 +171,12 @@ def test_a_killed_video_run_resumes_from_its_frame_checkpoint(video_dataset, fin
     proc.wait()
     kept = {p: p.stat().st_mtime_ns for p in frames_written()}
     assert saved_checkpoints(out) and not list(out.glob("*.mp4"))
+    status = runner.invoke(app, ["status", str(out)], terminal_width=200)
+    done = sorted(len(list(f.glob("frame_*.png"))) for f in out.glob("*.mp4.frames"))
+    frames = str(done[0]) if done[0] == done[-1] else f"{done[0]}-{done[-1]}"
+    plural = "s" if len(done) > 1 else ""
+    said = f"{len(done)} video{plural} with {frames} frames done"
+    assert said in cell(status.output, "pending"), status.output
     result = runner.invoke(app, ["run", str(video_dataset), "--out", str(out), *VIDEO_FAST],
                            terminal_width=200)
     assert result.exit_code == 0, result.output

@@ -23,6 +23,7 @@ from ..io.images import carries_key
 from ..io.mirror import is_mirrored, remote_of, remote_size
 from ..io.storage import Location
 from ..io.video import is_video, video_metadata
+from ..video.output import frames_folder
 from . import ledger
 from .checkpoint import checkpointed
 
@@ -181,13 +182,30 @@ def run_state(out_dir: Path, info: RunInfo) -> RunState:
     return state
 
 
-def resumable(out_dir: Path, pending: Sequence[ledger.JobId]) -> list[int] | None:
-    """The iteration each pending job that has a checkpoint here resumes at; None for a run
-    folder in object storage (`status` does not pull its checkpoints to look)."""
+@dataclass
+class Resumable:
+    """What a rerun takes up of the pending jobs: the iteration of each image job's checkpoint,
+    and the frames each video job has finished."""
+
+    iterations: list[int] = field(default_factory=list)
+    frames: list[int] = field(default_factory=list)
+
+
+def resumable(out_dir: Path, pending: Sequence[ledger.JobId]) -> Resumable | None:
+    """None for a run folder in object storage (`status` does not pull its checkpoints and
+    frames to look)."""
     if is_mirrored(out_dir):
         return None
     saved = checkpointed(out_dir) if pending else {}
-    return [saved[key] for key, _ in pending if key in saved]
+    found = Resumable()
+    for key, output in pending:
+        folder = frames_folder(out_dir / output)
+        if folder.is_dir():  # a video's (the frame in progress may have a checkpoint too)
+            if kept := sum(1 for _ in folder.glob("frame_*.png")):
+                found.frames.append(kept)
+        elif key in saved:
+            found.iterations.append(saved[key])
+    return found
 
 
 def ledger_only_info(out_dir: Path) -> RunInfo:

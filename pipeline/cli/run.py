@@ -13,6 +13,7 @@ from ..api import RuntimeOptions, location, set_storage_options
 from ..bulk import ledger
 from ..bulk.manifest import parse_overrides
 from ..bulk.run_state import (
+    Resumable,
     ledger_only_info,
     read_run_info,
     resumable,
@@ -176,13 +177,16 @@ def status(out: str = typer.Argument(..., help=RUN_FOLDER),
         console.print(failures)
 
 
-def _pending(count: int, resuming: list[int] | None) -> str:
-    """The pending count, and how many of them a rerun resumes from a checkpoint."""
-    if not resuming:
-        return str(count)
-    low, high = min(resuming), max(resuming)
-    at = f"iteration {low}" if low == high else f"iterations {low}-{high}"
-    return f"{count} ({len(resuming)} resume from a checkpoint, at {at})"
+def _pending(count: int, found: Resumable | None) -> str:
+    """The pending count, and what of them a rerun takes up."""
+    parts = []
+    if found and (its := found.iterations):
+        at = f"iteration {its[0]}" if min(its) == max(its) else f"iterations {min(its)}-{max(its)}"
+        parts.append(f"{len(its)} resume from a checkpoint, at {at}")
+    if found and (frames := found.frames):
+        kept = f"{frames[0]}" if min(frames) == max(frames) else f"{min(frames)}-{max(frames)}"
+        parts.append(f"{len(frames)} video{'s' * (len(frames) > 1)} with {kept} frames done")
+    return f"{count} ({'; '.join(parts)})" if parts else str(count)
 
 
 __all__ = ["SET_OPTION", "report_cmd", "run", "status"]
