@@ -181,12 +181,17 @@ def _pending(count: int, found: Resumable | None) -> str:
     """The pending count, and what of them a rerun takes up."""
     parts = []
     if found and (its := found.iterations):
-        at = f"iteration {its[0]}" if min(its) == max(its) else f"iterations {min(its)}-{max(its)}"
-        parts.append(f"{len(its)} resume from a checkpoint, at {at}")
+        at = "iterations" if min(its) < max(its) else "iteration"
+        parts.append(f"{len(its)} resume from a checkpoint, at {at} {_span(its)}")
     if found and (frames := found.frames):
-        kept = f"{frames[0]}" if min(frames) == max(frames) else f"{min(frames)}-{max(frames)}"
-        parts.append(f"{len(frames)} video{'s' * (len(frames) > 1)} with {kept} frames done")
+        videos = "videos" if len(frames) > 1 else "video"
+        parts.append(f"{len(frames)} {videos} with {_span(frames)} frames done")
     return f"{count} ({'; '.join(parts)})" if parts else str(count)
+
+
+def _span(values: list[int]) -> str:
+    low, high = min(values), max(values)
+    return str(low) if low == high else f"{low}-{high}"
 
 
 __all__ = ["SET_OPTION", "report_cmd", "run", "status"]
