@@ -125,6 +125,33 @@ def test_a_store_that_never_answers_an_upload_is_one_line_not_a_hang(tmp_path, m
     assert not [p for p in (root / "bucket").rglob("*") if p.is_file()]
 
 
+def test_a_request_abandoned_when_its_connection_went_prints_no_traceback(caplog):
+    """A store that goes away can leave aiohttp's write task failed and never awaited: asyncio
+    would log it with a traceback beside our one-line error. Other never-retrieved errors
+    still show."""
+    import asyncio
+    import gc
+    import logging
+
+    aiohttp = pytest.importorskip("aiohttp")
+
+    async def fails(error):
+        raise error
+
+    def abandon(error):
+        loop = asyncio.new_event_loop()
+        loop.create_task(fails(error))  # noqa: RUF006 (the point: nobody keeps or awaits it)
+        loop.run_until_complete(asyncio.sleep(0.01))
+        loop.close()
+        gc.collect()
+
+    with caplog.at_level(logging.ERROR):
+        abandon(aiohttp.ClientConnectionResetError("Cannot write to closing transport"))
+        abandon(ValueError("a bug of ours"))
+    logged = [r for r in caplog.records if "never retrieved" in r.getMessage()]
+    assert [type(r.exc_info[1]) for r in logged] == [ValueError]
+
+
 def test_a_missing_extra_is_named(monkeypatch):
     import fsspec
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -80,6 +81,23 @@ def set_storage_options(items: list[str] | None) -> None:
     os.environ[ENV_OPTIONS] = json.dumps(options)
 
 
+class _QuietAbandonedRequests(logging.Filter):
+    """asyncio's "Task exception was never retrieved", with a traceback, for a request the
+    client gave up when its connection went: the call that failed already says so, in one line
+    (store_error)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return error is None or not _unanswered(error)
+
+
+logging.getLogger("asyncio").addFilter(_QuietAbandonedRequests())
+
+
+def _unanswered(e: BaseException) -> bool:
+    return any(kind.__name__ in _UNANSWERED for kind in type(e).__mro__)
+
+
 @functools.lru_cache(maxsize=16)
 def _filesystem(proto: str, options: str) -> Any:
     try:
@@ -134,7 +152,7 @@ def store_error(url: str, e: BaseException) -> InputError:
     if (endpoint := _ENDPOINT.search(first)) is not None:
         return StoreUnavailable(f"{url}: cannot reach the store at {endpoint.group(1)} (is it "
                                 "running, and is the endpoint right?)")
-    if any(kind.__name__ in _UNANSWERED for kind in type(e).__mro__):
+    if _unanswered(e):
         return StoreUnavailable(f"{url}: the store did not answer: {first}")
     return InputError(f"{url}: the store failed: {first}")
 
