@@ -92,10 +92,14 @@ def test_ctrl_c_checkpoints_every_worker_of_the_cluster_and_the_resumed_run_equa
     assert proc.returncode == 130, text
     assert "each worker saves a checkpoint" in text
     assert int(cell(text, "pending")) == 6 - int(cell(text, "done now"))
+    # A job a few iterations from its end may finish before its worker sees the stop (the
+    # flag is looked up once a second): each job still checkpointed resumes.
+    kept = len(saved_checkpoints(out))
+    assert kept >= 1
     again = _pipeline(*args)
     text = again.stdout + again.stderr
     assert again.returncode == 0, text
-    assert text.count("resuming from its checkpoint at iteration") >= 2
+    assert text.count("resuming from its checkpoint at iteration") == kept, text
     assert "node " in text  # the workers are named by node in the display and summary
     rows = ledger.read(out).values()
     assert len(rows) == 6 and all(r["status"] == "done" for r in rows)
