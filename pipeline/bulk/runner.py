@@ -78,7 +78,8 @@ class RunOptions:
                                     "failure) hands its place in the batch to the next job at "
                                     "once, and each job is checkpointed on its own, resuming "
                                     "in any batch. Images made in one stage with lbfgs; "
-                                    "--no-continuous: fixed batches, checkpointed whole.")
+                                    "--no-continuous: fixed batches, checkpointed and resumed "
+                                    "whole.")
     checkpoint_every: int = option(50, "Checkpoint each job (or fixed batch) every N iterations "
                                        "(0: only when stopped).", lo=0)
     trace_every: int = option(TRACE_EVERY, TRACE_EVERY_HELP + " Kept in --out/traces/ as "
