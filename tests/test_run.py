@@ -501,8 +501,9 @@ def test_default_batch_size_batches_only_measured_sizes():
     assert default_batch_size("cpu", (4000, 3000)) == 1
     assert default_batch_size("cuda:1", (512, 384)) == 8
     assert default_batch_size("cuda:1", (1024, 768)) == 1
-    # two CPU workers: at most 4 images and 4 x 512x384 px in flight between them
-    assert default_batch_size("cpu", (256, 192), cpu_workers=2) == 2
+    # two CPU workers: at most 4 images each, and 4 x 512x384 px in flight between them
+    assert default_batch_size("cpu", (128, 96), cpu_workers=2) == 4
+    assert default_batch_size("cpu", (256, 192), cpu_workers=2) == 4
     assert default_batch_size("cpu", (512, 384), cpu_workers=2) == 2
     assert default_batch_size("cpu", (724, 543), cpu_workers=2) == 1
 

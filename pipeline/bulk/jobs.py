@@ -224,6 +224,7 @@ class Inspector:
 # image than single images (bench/bench_batch.py, both CPU kinds of BENCHMARKS.md); larger
 # sizes were not measured, so they run alone.
 CPU_BATCH_PIXELS = 4 * 512 * 384
+CPU_BATCH_IMAGES = 4  # per worker: larger batches were not measured
 # CUDA (bench_batch with CUDA graphs): batch 8 was the best of 1, 2, 4, 8 up to 512x384, and
 # at 1024x768 batches were slower per image than 1, so larger images run alone.
 CUDA_BATCH = 8
@@ -242,11 +243,12 @@ def auto_cpu_workers(sizes: Iterable[tuple[int, int]], cores: int) -> int:
 
 def default_batch_size(device: str, size: tuple[int, int], cpu_workers: int = 1) -> int:
     """Jobs per batch when --batch-size is 0: on CUDA 8 up to 512x384 px, else 1 (the memory
-    check splits a batch that cannot fit); on the CPU at most 4 images and
-    4 x 512x384 px in flight over all the CPU workers (beyond that, unmeasured: one at a
-    time). With two workers, batches of 1, 2 and 4 came out within the machine's drift of one
-    another (bench_workers); 2 keeps at most 4 images in flight, as one worker at 4 did."""
+    check splits a batch that cannot fit); on the CPU at most CPU_BATCH_IMAGES per worker, and
+    CPU_BATCH_PIXELS in flight over all the CPU workers (beyond that, unmeasured: one at a
+    time). With two workers, batches of 4 beat batches of 2 on the Xeon, most on small
+    images (AMX GEMMs grow with the batch), and were no slower where measured before
+    (bench_workers; BENCHMARKS.md); the pixel budget keeps large images to fewer."""
     if device.startswith("cuda"):
         return CUDA_BATCH if size[0] * size[1] <= CUDA_BATCH_PIXELS else 1
     share = CPU_BATCH_PIXELS // cpu_workers // (size[0] * size[1])
-    return max(1, min(4 // cpu_workers, share))
+    return max(1, min(CPU_BATCH_IMAGES, share))

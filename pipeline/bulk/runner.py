@@ -72,8 +72,8 @@ class RunOptions:
                           lo=0)
     batch_size: int = option(0, "Jobs optimized together (same size and parameters). 0 = per "
                                 "device: on CUDA 8 up to 512x384 px, else 1; on the CPU up to "
-                                "4 images, 4 x 512x384 px in all over the CPU workers (1 at "
-                                "1024 px).", lo=0)
+                                "4 images per worker, 4 x 512x384 px in all over the CPU "
+                                "workers (1 at 1024 px).", lo=0)
     continuous: bool = option(True, "Continuous batching: a job that ends (early stopping, a "
                                     "failure) hands its place in the batch to the next job at "
                                     "once, and each job is checkpointed on its own, resuming "
