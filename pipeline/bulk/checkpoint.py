@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -165,24 +165,25 @@ def sweep_finished(out_dir: Path, done_keys: Callable[[], set[str]]) -> tuple[in
 def batch_checkpoints(out_dir: Path) -> list[tuple[tuple[str, ...], int]]:
     """The job keys and iteration of each fixed batch's checkpoint (not the jobs' own) of this
     format, so a rerun can form those batches again whatever its batch size, and resume them."""
-    found = []
-    for path in saved_checkpoints(out_dir):
-        if not path.name.startswith("job-") and (peeked := _peek(path)) is not None:
-            keys, iteration, form = peeked
-            if form == FORMAT:
-                found.append((keys, iteration))
-    return found
+    return [(keys, iteration) for path, keys, iteration in _current(out_dir)
+            if not path.name.startswith("job-")]
 
 
 def checkpointed(out_dir: Path) -> dict[str, int]:
     """Each job key a checkpoint of this format holds (its own or its batch's), and the
     furthest iteration it holds it at: what a rerun can resume."""
     found: dict[str, int] = {}
+    for _, keys, iteration in _current(out_dir):
+        for key in keys:
+            found[key] = max(found.get(key, 0), iteration)
+    return found
+
+
+def _current(out_dir: Path) -> Iterator[tuple[Path, tuple[str, ...], int]]:
+    """Each checkpoint of this format, with its job keys and iteration."""
     for path in saved_checkpoints(out_dir):
         if (peeked := _peek(path)) is not None and peeked[2] == FORMAT:
-            for key in peeked[0]:
-                found[key] = max(found.get(key, 0), peeked[1])
-    return found
+            yield path, peeked[0], peeked[1]
 
 
 def _peek(path: Path) -> tuple[tuple[str, ...], int, Any] | None:

@@ -23,7 +23,7 @@ from ..io.images import carries_key
 from ..io.mirror import is_mirrored, remote_of, remote_size
 from ..io.storage import Location
 from ..io.video import is_video, video_metadata
-from ..video.output import frames_folder
+from ..video.output import frames_folder, frames_kept
 from . import ledger
 from .checkpoint import checkpointed
 
@@ -201,7 +201,7 @@ def resumable(out_dir: Path, pending: Sequence[ledger.JobId]) -> Resumable | Non
     for key, output in pending:
         folder = frames_folder(out_dir / output)
         if folder.is_dir():  # a video's (the frame in progress may have a checkpoint too)
-            if kept := sum(1 for _ in folder.glob("frame_*.png")):
+            if kept := frames_kept(folder):
                 found.frames.append(kept)
         elif key in saved:
             found.iterations.append(saved[key])

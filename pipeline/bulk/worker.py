@@ -230,17 +230,17 @@ class Worker:
         ckpt = checkpoint_path(self.out_dir, Batch(tuple(jobs)).id)
         resume = load_checkpoint(ckpt, keys)
         rerun = [job for job in jobs if job.id in kept]
+        todo = [job for job in jobs if job.id not in kept]
         if rerun and resume is None:  # not the batch it held (a job failed to decode, or the
             # checkpoint did): the written jobs have nothing to resume
             rest = [item for item in ready if item[0].id not in kept]
             return self._optimize(rest, started, split_on_oom) if rest else []
         if rerun:
             self.emit(Log(self.wid, _rerun_message([job.spec.row for job in rerun])))
-        todo = [job for job in jobs if job.id not in kept]
         start = resume[0] if resume else 0
         self.emit(BatchStarted(self.wid, len(jobs), params.iterations, start))
         def save_intermediate(it: int, i: int, image: Any) -> None:
-            if jobs[i] in todo:
+            if jobs[i].id not in kept:
                 self.save_intermediate(jobs[i], it, image)
 
         checkpointing = Checkpointing(save=checkpoint_saver(ckpt, keys), every=self.every,
@@ -267,14 +267,15 @@ class Worker:
             discard(ckpt)
             diverged = set(e.samples)
             rows = [ledger.job_row(j, ledger.FAILED, started, device, error=str(e))
-                    for i, j in enumerate(jobs) if i in diverged and j in todo]
+                    for i, j in enumerate(jobs) if i in diverged and j.id not in kept]
             rest = [item for i, item in enumerate(ready) if i not in diverged]
             return rows + (self._optimize(rest, started, split_on_oom, kept) if rest else [])
         except Exception as e:  # one batch's failure must not end the run
             discard(ckpt)  # its space is better left to the other batches
             message = f"{type(e).__name__}: {e}".splitlines()[0]
             return [ledger.job_row(j, ledger.FAILED, started, device, error=message) for j in todo]
-        ended = [(job, result) for job, result in zip(jobs, results, strict=True) if job in todo]
+        ended = [(job, result) for job, result in zip(jobs, results, strict=True)
+                 if job.id not in kept]
         rows = self._write(ended, started, start)
         discard(ckpt)
         return rows

@@ -50,6 +50,11 @@ def frame_path(folder: Path, index: int) -> Path:
     return folder / f"frame_{index:06d}.png"
 
 
+def frames_kept(folder: Path) -> int:
+    """How many frames `folder` holds (their keys are checked when they are read back)."""
+    return sum(1 for _ in folder.glob("frame_*.png"))
+
+
 def check_output(source: Location, styles: Sequence[Location], output: Location) -> None:
     """InputError before any work: an output that is neither a video we encode nor a folder,
     one over an input, or one where nothing can be written (a URL: its bucket is there)."""
