@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -164,26 +164,26 @@ def sweep_finished(out_dir: Path, done_keys: Callable[[], set[str]]) -> tuple[in
 
 def batch_checkpoints(out_dir: Path) -> list[tuple[tuple[str, ...], int]]:
     """The job keys and iteration of each fixed batch's checkpoint (not the jobs' own) of this
-    format, so a rerun can form those batches again whatever its batch size, and resume them."""
-    return [(keys, iteration) for path, keys, iteration in _current(out_dir)
-            if not path.name.startswith("job-")]
+    format, so a rerun can form those batches again at another batch size, and resume them."""
+    batches = [p for p in saved_checkpoints(out_dir) if not p.name.startswith("job-")]
+    return list(_current(batches))
 
 
 def checkpointed(out_dir: Path) -> dict[str, int]:
     """Each job key a checkpoint of this format holds (its own or its batch's), and the
     furthest iteration it holds it at: what a rerun can resume."""
     found: dict[str, int] = {}
-    for _, keys, iteration in _current(out_dir):
+    for keys, iteration in _current(saved_checkpoints(out_dir)):
         for key in keys:
             found[key] = max(found.get(key, 0), iteration)
     return found
 
 
-def _current(out_dir: Path) -> Iterator[tuple[Path, tuple[str, ...], int]]:
-    """Each checkpoint of this format, with its job keys and iteration."""
-    for path in saved_checkpoints(out_dir):
+def _current(paths: Iterable[Path]) -> Iterator[tuple[tuple[str, ...], int]]:
+    """The job keys and iteration of each of these checkpoints that is of this format."""
+    for path in paths:
         if (peeked := _peek(path)) is not None and peeked[2] == FORMAT:
-            yield path, peeked[0], peeked[1]
+            yield peeked[0], peeked[1]
 
 
 def _peek(path: Path) -> tuple[tuple[str, ...], int, Any] | None:
