@@ -1,7 +1,7 @@
 """Throughput per image against batch size, including L-BFGS's full-history steady state.
 
 Usage: python -m bench.bench_batch [--sizes 256,512] [--batches 1,2,4,8] [--unsplit 4]
-[--iterations 110] [--device cpu] [--precision auto].
+[--other-side 1] [--iterations 110] [--device cpu] [--precision auto].
 
 This machine's speed drifts by up to 2x over minutes (identical matmul loops differ by 30%
 within one minute), so the batch sizes are not run one after another: one optimization per
@@ -13,7 +13,9 @@ iterations plus (500 - iterations) steady ones. The steady time is also split in
 objective (trunk forward, losses, backward: the part batching can speed up) and the L-BFGS
 step (per-sample products over the history, which do not batch on the CPU). On the CPU a
 batch runs as one shard per core (cpu_shards.py); `--unsplit` adds rows for batch sizes run
-as one shard whose ops are split over the cores (`--no-split-batches`), the way before.
+as one shard whose ops are split over the cores (`--no-split-batches`), the way before;
+`--other-side` rows with L-BFGS's history as the other factor of its products than the one
+the machine's probe chose (history_probe.py).
 The last column counts the process's minor page faults per steady iteration: memory the
 allocator handed back and took again (cpu_heap.py keeps it).
 """
@@ -114,6 +116,9 @@ def main() -> None:
     ap.add_argument("--batches", default="1,2,4,8")
     ap.add_argument("--unsplit", default="4",
                     help="batch sizes also run unsplit (CPU; empty for none)")
+    ap.add_argument("--other-side", default="1",
+                    help="batch sizes also run with the L-BFGS history as the factor the probe "
+                         "did not choose (CPU; empty for none)")
     ap.add_argument("--iterations", type=int, default=110,
                     help="iterations per run; past lbfgs_history (100) + 10 for 'steady'")
     ap.add_argument("--device", default="cpu")
@@ -124,6 +129,9 @@ def main() -> None:
     configs = [(int(b), runtime) for b in args.batches.split(",")]
     if runtime.split_batches:
         configs += [(int(b), unsplit) for b in args.unsplit.split(",") if b]
+    if runtime.device.type == "cpu":
+        other = dataclasses.replace(runtime, history_left=not runtime.history_left)
+        configs += [(int(b), other) for b in args.other_side.split(",") if b]
     print(f"{runtime.device} {runtime.precision}, landscape 4:3, {args.iterations} iterations "
           f"per run, batch sizes interleaved iteration by iteration; s/iteration per image\n")
     print("| size | batch | early (it 4-12) | steady (history full) | steady: objective + "
@@ -147,6 +155,8 @@ def main() -> None:
                 configs, shards, seconds, steady, steady_obj, totals, faults, strict=True):
             label = f"{b}" + (f" ({k} shards)" if k > 1 else
                               ", one shard" if b > 1 and rt.device.type == "cpu" else "")
+            if rt.history_left != runtime.history_left:
+                label += f", history {'left' if rt.history_left else 'right'} (not chosen)"
             split, vs = ("one graph", "-") if obj is None or steady_obj[0] is None else (
                 f"{obj:.4g} + {st - obj:.4g}", f"{steady_obj[0] / obj:.2f}x")
             print(f"| {size} | {label} | {statistics.median(per_image[3:12]):.4g} | {st:.4g} | "

@@ -32,12 +32,14 @@ def _run_batched(x0: torch.Tensor, scale: torch.Tensor, steps: int, **kw) -> tor
     return x.detach()
 
 
-def test_matches_torch_lbfgs_for_one_sample():
-    """With no step cap, one sample follows torch.optim.LBFGS(max_iter=1) iterate for iterate."""
+@pytest.mark.parametrize("history_left", [True, False])
+def test_matches_torch_lbfgs_for_one_sample(history_left):
+    """With no step cap, one sample follows torch.optim.LBFGS(max_iter=1) iterate for iterate,
+    whichever factor the history is in its products."""
     torch.manual_seed(0)
     x0 = torch.randn(1, 2, 3, dtype=torch.float64) * 0.5
     scale = torch.tensor([3.0], dtype=torch.float64)
-    ours = _run_batched(x0, scale, 15, history=5)
+    ours = _run_batched(x0, scale, 15, history=5, history_left=history_left)
     x = x0.clone().requires_grad_(True)
     ref = torch.optim.LBFGS([x], lr=1, max_iter=1, history_size=5)
 
@@ -110,12 +112,14 @@ def _two_loop(g: torch.Tensor, pairs: list[tuple[torch.Tensor, torch.Tensor]],
     return -r
 
 
-def test_compact_direction_equals_two_loop_with_evictions_and_rejected_pairs():
+@pytest.mark.parametrize("history_left", [True, False])
+def test_compact_direction_equals_two_loop_with_evictions_and_rejected_pairs(history_left):
     """Random pairs, about half failing the curvature test, 3 samples, history 4 over 11
     pairs: each sample's direction equals the two-loop over its own window of accepted pairs."""
     torch.manual_seed(3)
     n, dim, m = 3, 40, 4
-    opt = BatchedLBFGS(torch.zeros(n, dim, dtype=torch.float64, requires_grad=True), history=m)
+    opt = BatchedLBFGS(torch.zeros(n, dim, dtype=torch.float64, requires_grad=True), history=m,
+                       history_left=history_left)
     windows: list[list[tuple[torch.Tensor, torch.Tensor] | None]] = [[] for _ in range(n)]
     gammas = [1.0] * n
     rejected = 0

@@ -19,6 +19,7 @@ import torch
 from ..errors import InputError
 from ..io.files import cache_dir
 from . import cpu_heap, winograd
+from .history_probe import history_left
 from .low_precision import compute_trunk
 from .precision_probe import choose_cpu_precision
 from .settings import (
@@ -132,6 +133,7 @@ class Runtime(Settings):
                    cuda_graphs=options.cuda_graphs and dev.type == "cuda",
                    keep_cpu_memory=heap_kept,
                    split_batches=options.split_batches and dev.type == "cpu",
+                   history_left=dev.type != "cpu" or history_left(cache_dir(options.cache)),
                    block_size=options.block_size, targets=options.targets, providers=providers,
                    trt_fp16=options.trt_fp16, cache=options.cache,
                    cache_targets=options.cache_targets, precision_reason=reason)

@@ -110,6 +110,8 @@ class Settings:
     cuda_graphs: bool = False     # CUDA: replay each stage's iteration as a graph
     keep_cpu_memory: bool = False  # CPU: the heap keeps freed memory; release it after a batch
     split_batches: bool = False   # CPU: a batch's shards step side by side, one per core
+    history_left: bool = True     # L-BFGS's history as the left factor of its products
+                                  # (CPU: the faster side, measured; history_probe.py)
     block_size: int = 0           # objective by blocks of this side; 0: when it does not fit
     targets: str = "onnx"         # target features from ONNX Runtime ("onnx") or PyTorch ("torch")
     providers: tuple[str, ...] = DEFAULT_PROVIDERS  # ORT providers, in order of choice

@@ -69,6 +69,7 @@ class Numerics(Protocol):
     device: torch.device
     precision: str
     channels_last: bool
+    history_left: bool  # lbfgs.BatchedLBFGS's
 
     @property
     def trunk_dtype(self) -> torch.dtype: ...
@@ -352,7 +353,8 @@ class StageRun:
             opt: Any = BatchedLBFGS(x, lr=params.step_size, history=history,
                                     max_step=params.lbfgs_max_step or None,
                                     precondition=precondition, scaling=params.lbfgs_scaling,
-                                    bounds=PIXEL_RANGE if params.lbfgs_clamp else None)
+                                    bounds=PIXEL_RANGE if params.lbfgs_clamp else None,
+                                    history_left=runtime.history_left)
         else:
             # Adam is elementwise, so it is already exact for a batch of independent jobs.
             opt = torch.optim.Adam([x], lr=params.step_size)

@@ -80,13 +80,17 @@ class BatchedLBFGS:
     `precondition.inverse` (P^-1) is needed with `bounds`.
     `scaling`: gamma from the newest pair, s.y / y.y ("standard", as torch) or |s| / |y|
     ("geometric", the geometric mean of the two Barzilai-Borwein steps:
-    bf16 noise in the gradients inflates y.y, which shrinks the standard gamma)."""
+    bf16 noise in the gradients inflates y.y, which shrinks the standard gamma).
+    `history_left`: the history as the left factor of the product that reads it with the
+    gradient (else the right one, transposed): the same numbers, at a speed that depends on the
+    CPU's GEMM (accel/history_probe.py measures it)."""
 
     def __init__(self, x: Tensor, lr: float = 1.0, history: int = 100,
                  max_step: float | None = None, tolerance_grad: float = 1e-7,
                  tolerance_change: float = 1e-9,
                  precondition: Preconditioner | None = None,
-                 scaling: str = "standard", bounds: tuple[float, float] | None = None):
+                 scaling: str = "standard", bounds: tuple[float, float] | None = None,
+                 history_left: bool = True):
         if not x.is_leaf or not x.requires_grad:
             raise ValueError("x must be a leaf tensor that requires grad")
         self.x = x
@@ -98,6 +102,7 @@ class BatchedLBFGS:
         self.precondition = precondition or Identity()
         self.scaling = scaling
         self.bounds = bounds
+        self.history_left = history_left
         self.fixed_shapes = False
         n, dim = x.shape[0], x[0].numel()
         # A sample's pair k (0-based, its own count: one stored per step, the first a zero pair)
@@ -147,11 +152,14 @@ class BatchedLBFGS:
         n, m = g.shape[0], self.history
         c = m if self.fixed_shapes else min(self.count, m)
         pairs = self.pairs[:, :c].reshape(n, 2 * c, -1)  # rows s, y of slot 0, then slot 1...
-        # Pass 1: [g, y_new, s_new] against every stored s and y. The history is the left
-        # factor and the three vectors the transposed right one: the other way round, MKL's
-        # CPU GEMM streams the history at half the speed (and so with [D, 3] contiguous).
-        prods = batched.bmm(pairs, torch.stack([g, new[:, 1], new[:, 0]], 1).transpose(1, 2))
-        prods = prods.double().transpose(1, 2).reshape(n, 3, c, 2)
+        # Pass 1: [g, y_new, s_new] against every stored s and y. Which factor the history is
+        # decides how fast MKL streams it, and that differs between CPUs (history_left).
+        vectors = torch.stack([g, new[:, 1], new[:, 0]], 1)
+        if self.history_left:
+            prods = batched.bmm(pairs, vectors.transpose(1, 2)).transpose(1, 2)
+        else:
+            prods = batched.bmm(vectors, pairs.transpose(1, 2))
+        prods = prods.double().reshape(n, 3, c, 2)
         rows, slots = torch.arange(n, device=g.device)[:, None], torch.arange(c, device=g.device)
         at = slot[:, None]
         self.sy[rows, slots, at] = prods[:, 1, :, 0]

@@ -1,0 +1,74 @@
+"""Which way round this CPU's GEMM reads the L-BFGS history faster, measured once per machine.
+
+Every L-BFGS step multiplies its whole history (2m vectors of the image's size) by three
+vectors (gatys/lbfgs.py, pass 1). The numbers are the same whichever factor the history is,
+but MKL's speed is not: on the Intel Xeon with AMX the history as the transposed right factor
+runs several times faster, and on two threads only that way round uses both; on an AMD EPYC an
+earlier measurement found the left factor the faster. So a short probe (a few hundredths of a
+second) times both on a history of 100 pairs, taking turns, and the right factor is chosen
+when it is clearly faster. The answer is cached per CPU model, torch version and thread count,
+so each machine probes once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .machine import cpu_model, probe_entry, remembered
+
+log = logging.getLogger("pipeline.runtime")
+
+# The right factor must beat the left by this much: a tie keeps the left, so a machine near
+# the tie does not flip between probes.
+MARGIN = 1.10
+ROUNDS = 5
+PAIRS, PIXELS = 100, 96 * 96
+SIDES = ("left", "right")
+
+
+def measure() -> dict[str, float]:
+    """Median seconds of pass 1's product with the history as the left and as the right factor
+    (fp32, 96x96 px images), taking turns."""
+    gen = torch.Generator().manual_seed(0)
+    history = torch.randn(2 * PAIRS, 3 * PIXELS, generator=gen)
+    vectors = torch.randn(3, 3 * PIXELS, generator=gen)
+    products = {"left": lambda: torch.mm(history, vectors.t()),
+                "right": lambda: torch.mm(vectors, history.t())}
+    times: dict[str, list[float]] = {side: [] for side in products}
+    for product in products.values():  # warm-up
+        product()
+    for _ in range(ROUNDS):
+        for side, product in products.items():
+            start = time.perf_counter()
+            product()
+            times[side].append(time.perf_counter() - start)
+    return {side: sorted(t)[len(t) // 2] for side, t in times.items()}
+
+
+def _decode(kept: object) -> bool:
+    if kept not in SIDES:
+        raise ValueError(f"not a side: {kept!r}")
+    return kept == "left"
+
+
+def history_left(cache_root: Path, timed: Callable[[], dict[str, float]] = measure) -> bool:
+    """Whether L-BFGS should read its history as the left factor on this CPU: the cached
+    answer, probed first if there is none (machine.remembered: one process of a machine
+    probes, the others wait for its answer)."""
+    entry = probe_entry(cache_root, "history",
+                        [cpu_model(), torch.__version__, torch.get_num_threads()])
+
+    def decide() -> bool:
+        seconds = timed()
+        return seconds["left"] / seconds["right"] < MARGIN
+
+    left, probed = remembered(entry, decide, _decode, lambda left: SIDES[not left])
+    if probed:
+        log.info("L-BFGS history: the %s factor of its products (measured; cached in %s)",
+                 SIDES[not left], entry.name)
+    return left
