@@ -153,6 +153,26 @@ def test_a_batch_handed_back_waits_for_a_worker_it_fits_while_there_is_other_wor
     assert first is not None and first.jobs == tuple(big)
 
 
+def test_a_run_of_slots_handed_back_goes_to_the_next_worker_cut_to_its_size(dataset, tmp_path):
+    """A dead GPU worker's run of 4 slots over many jobs: its jobs resume from their own
+    checkpoints in any rows, so the next worker takes it at once, in its own slots and run
+    length, and the rest goes to the worker after it, before any new batch."""
+    from pipeline.bulk.queue import RUN_SLOTS
+
+    jobs = _jobs(dataset, tmp_path)
+    same = [j for j in jobs if j.group == jobs[0].group]
+    other = [j for j in jobs if j.group != jobs[0].group]
+    run = tuple(same * 3)
+    queue = BatchQueue(other, continuous=True)
+    queue.put_back(Batch(run, slots=4))
+    first = queue.take(lambda job: 1)
+    assert first is not None and (first.jobs, first.slots) == (run[:RUN_SLOTS], 1)
+    rest = queue.take(lambda job: 2)
+    assert rest is not None and (rest.jobs, rest.slots) == (run[RUN_SLOTS:], 2)
+    after = queue.take(lambda job: 4)
+    assert after is not None and set(after.jobs) <= set(other)
+
+
 def test_jobs_in_slots_go_out_as_each_workers_share_of_their_group(dataset, tmp_path):
     """Continuous batching: a worker's batch is its share of the group (at most RUN_SLOTS
     times its batch size, at least one batch), to run through batch-size slots."""

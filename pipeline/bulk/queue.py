@@ -1,9 +1,9 @@
 """The run's batches, cut when a worker asks for one, at that worker's batch size (a GPU and a
 CPU worker each get what suits them). Groups are cut in manifest order, so workers with equal
-batch sizes always form the same batches from the same unfinished jobs. A batch handed back
-(its worker died) goes out first and whole, to a worker whose batch size holds it (to any once
-nothing else is left: a GPU's batch waits for a GPU while a CPU has other work): it resumes
-from its checkpoint. So does a fixed
+batch sizes always form the same batches from the same unfinished jobs. A fixed batch handed
+back (its worker died) goes out first and whole, to a worker whose batch size holds it (to any
+once nothing else is left: a GPU's batch waits for a GPU while a CPU has other work): it
+resumes from its checkpoint. So does a fixed
 batch that an earlier run checkpointed (coarse-to-fine, Adam, by blocks: its jobs step
 together, so they resume together), formed again as it was where a worker's batch size holds
 it: a job of it written before the run ended runs again with it, its output kept, where that
@@ -13,13 +13,16 @@ a pass waiting for its last piece leaves the other workers to the rest.
 
 Jobs that go through slots (continuous batching, gatys/slots.py) go out in runs longer than
 the batch size, so a row freed mid-run is refilled: each worker's share of the group, at most
-RUN_SLOTS times its batch size (a dead worker's run goes back whole; its jobs resume from
-their own checkpoints), at least one batch."""
+RUN_SLOTS times its batch size, at least one batch. A dead worker's run goes back and out
+first to whichever worker asks next, cut to that worker's batch size and run length: its
+jobs resume from their own checkpoints in any rows, so it never waits for a worker like the
+one that died."""
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 
 from .jobs import Batch, Job, slotted
 from .pass_plan import PassPlan, splits
@@ -70,9 +73,16 @@ class BatchQueue:
         return batch
 
     def _returned_fitting(self, batch_size: Callable[[Job], int]) -> Batch | None:
-        for batch in self._returned:
-            if (batch.slots or len(batch.jobs)) <= batch_size(batch.jobs[0]):
-                self._returned.remove(batch)
+        for at, batch in enumerate(self._returned):
+            size = batch_size(batch.jobs[0])
+            if batch.slots:  # its jobs resume from their own checkpoints in any rows
+                del self._returned[at]
+                n = min(len(batch.jobs), size * RUN_SLOTS)
+                if n < len(batch.jobs):  # the rest for the next worker that asks
+                    self._returned.insert(at, replace(batch, jobs=batch.jobs[n:]))
+                return replace(batch, jobs=batch.jobs[:n], slots=min(size, n))
+            if len(batch.jobs) <= size:
+                del self._returned[at]
                 return batch
         return None
 
