@@ -205,7 +205,7 @@ def test_a_killed_worker_s_batch_is_taken_over_and_the_run_completes(dataset, tm
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, text
-    assert "died (killed by signal 9)" in text and "takes over its batch" in text
+    assert "died (killed by signal 9)" in text and "its batch goes to the next worker free" in text
     rows = ledger.read(out).values()
     assert len(rows) == 6 and all(r["status"] == "done" for r in rows)
     assert len(list(out.glob("*.png"))) == 6

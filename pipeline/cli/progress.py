@@ -192,8 +192,8 @@ class RunDisplay:
                        description=f"  w{wid} {self.devices[wid]}: {what}{resumed}")
 
     def worker_restarted(self, wid: int) -> None:
-        say(f"w{wid}:", "cyan", "a new worker takes over its batch, from its last checkpoint",
-            self.bar.console)
+        say(f"w{wid}:", "cyan", "a new worker starts in its place; its batch goes to the next "
+            "worker free, from its last checkpoint", self.bar.console)
         self.bar.update(self.workers[wid], description=f"  w{wid} {self.devices[wid]}: starting")
 
     def interrupted(self) -> None:
