@@ -13,13 +13,12 @@ so each machine probes once.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from .machine import cpu_model, probe_entry, remembered
+from .machine import cpu_model, median_seconds, probe_entry, remembered
 
 log = logging.getLogger("pipeline.runtime")
 
@@ -37,17 +36,8 @@ def measure() -> dict[str, float]:
     gen = torch.Generator().manual_seed(0)
     history = torch.randn(2 * PAIRS, 3 * PIXELS, generator=gen)
     vectors = torch.randn(3, 3 * PIXELS, generator=gen)
-    products = {"left": lambda: torch.mm(history, vectors.t()),
-                "right": lambda: torch.mm(vectors, history.t())}
-    times: dict[str, list[float]] = {side: [] for side in products}
-    for product in products.values():  # warm-up
-        product()
-    for _ in range(ROUNDS):
-        for side, product in products.items():
-            start = time.perf_counter()
-            product()
-            times[side].append(time.perf_counter() - start)
-    return {side: sorted(t)[len(t) // 2] for side, t in times.items()}
+    return median_seconds({"left": lambda: torch.mm(history, vectors.t()),
+                           "right": lambda: torch.mm(vectors, history.t())}, ROUNDS)
 
 
 def _decode(kept: object) -> bool:

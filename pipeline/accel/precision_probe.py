@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .low_precision import compute_trunk
-from .machine import cpu_model, probe_entry, remembered
+from .machine import cpu_model, median_seconds, probe_entry, remembered
 from .settings import Settings
 
 log = logging.getLogger("pipeline.runtime")
@@ -72,16 +71,7 @@ def _probe_step(precision: str, size: tuple[int, int]) -> Callable[[], None]:
 
 def measure(size: tuple[int, int] = (192, 144)) -> dict[str, float]:
     """Median seconds per step for fp32 and bf16, taking turns (a drifting machine slows both)."""
-    steps = {p: _probe_step(p, size) for p in ("fp32", "bf16")}
-    times: dict[str, list[float]] = {p: [] for p in steps}
-    for step in steps.values():  # warm-up: oneDNN picks and JITs its kernels
-        step()
-    for _ in range(ROUNDS):
-        for p, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[p].append(time.perf_counter() - start)
-    return {p: sorted(t)[len(t) // 2] for p, t in times.items()}
+    return median_seconds({p: _probe_step(p, size) for p in ("fp32", "bf16")}, ROUNDS)
 
 
 def decide(features: list[str], timed: Callable[[], dict[str, float]]) -> Choice:
