@@ -3,8 +3,8 @@
 Every L-BFGS step multiplies its whole history (2m vectors of the image's size) by three
 vectors (gatys/lbfgs.py, pass 1). The numbers are the same whichever factor the history is,
 but MKL's speed is not: on the Intel Xeon with AMX the history as the transposed right factor
-runs several times faster, and on two threads only that way round uses both; on an AMD EPYC an
-earlier measurement found the left factor the faster. So a short probe (a few hundredths of a
+runs several times faster, and on two threads only that way round uses both; on an AMD EPYC
+with AVX512-BF16 the left factor measured faster. So a short probe (a few hundredths of a
 second) times both on a history of 100 pairs, taking turns, and the right factor is chosen
 when it is clearly faster. The answer is cached per CPU model, torch version and thread count,
 so each machine probes once.
