@@ -211,6 +211,38 @@ def test_a_killed_worker_s_batch_is_taken_over_and_the_run_completes(dataset, tm
     assert len(list(out.glob("*.png"))) == 6
 
 
+def test_a_driver_killed_alone_takes_its_workers_with_it_and_a_rerun_resumes(dataset, tmp_path):
+    """kill -9 of the driver's pid alone (the OOM killer's way), while one worker optimizes and
+    the other, its job done, waits for work: both leave (the busy one checkpointed) instead of
+    holding their memory forever, nothing is printed after the kill, and a rerun resumes."""
+    rows = pq.read_table(dataset).to_pylist()[:2]
+    for row, iterations in zip(rows, (3000, 4), strict=True):
+        row.update(iterations=iterations, tol=0.0)
+    manifest = write_manifest(rows, dataset.parent / "long-and-short.parquet")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pipeline", "run", str(manifest), "--out", str(out),
+           "--devices", "cpu", "--workers", "2", "--batch-size", "1", "--precision", "fp32",
+           "--set", "size=32", "--checkpoint-every", "2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, text=True)
+    workers: list[int] = []
+    try:
+        wait_for(lambda: len(list(out.glob("*.png"))) == 1 and saved_checkpoints(out)
+                 and len(_workers_of(proc.pid)) == 2)
+        workers = _workers_of(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        text = proc.communicate(timeout=60)[0]  # the end of output: every process is gone
+    finally:
+        if proc.poll() is None or any(Path(f"/proc/{w}").exists() for w in workers):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "leaked" not in text and "Traceback" not in text, text
+    assert saved_checkpoints(out)
+    rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "resuming from its checkpoint" in rerun.stdout + rerun.stderr
+    assert len(list(out.glob("*.png"))) == 2 and not saved_checkpoints(out)
+
+
 def test_pending_jobs_mean_a_nonzero_exit():
     assert exit_code(RunResult(total=3, done_before=3)) == 0
     assert exit_code(RunResult(total=3, done_before=1, pending=2)) == 1

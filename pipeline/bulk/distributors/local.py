@@ -13,12 +13,20 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from ..distribute import Slot
 from ..events import Event, Exited, Lost
 from ..jobs import Batch
 from ..worker import WorkerConfig, forward_logs, start_worker
+
+# multiprocessing's resource tracker outlives a driver killed alone (kill -9 of its pid, the
+# OOM killer), frees the queues' semaphores, and warns about them with a file path and line:
+# noise under a run whose checkpoints are what matters. It takes this process's -W options.
+_QUIET_TRACKER = "ignore:resource_tracker:UserWarning"
+DRIVER_CHECK_S = 1.0  # how often a worker waiting for a batch checks that its driver lives
 
 
 def _how(code: int | None) -> str:
@@ -32,6 +40,8 @@ class LocalDistributor:
 
     def __init__(self, slots: list[Slot], config: WorkerConfig):
         self.slots, self.config = slots, config
+        if _QUIET_TRACKER not in sys.warnoptions:  # before the tracker starts
+            sys.warnoptions.append(_QUIET_TRACKER)
         self._ctx = mp.get_context("forkserver")
         self._ctx.set_forkserver_preload([__name__, "onnxruntime"])
         self._events, self._stop = self._ctx.Queue(), self._ctx.Event()
@@ -90,11 +100,28 @@ def _process(wid: int, device: str, threads: int, config: WorkerConfig, tasks: A
     os.environ.update(environ)
     forward_logs(wid, events.put)
     driver = mp.parent_process()
+
+    def driver_gone() -> bool:
+        return driver is None or not driver.is_alive()
+
     worker = start_worker(wid, device, threads, config, events.put,
-                          lambda: stop.is_set() or driver is None or not driver.is_alive())
+                          lambda: stop.is_set() or driver_gone())
     if worker is None:
         return
-    while (batch := tasks.get()) is not None:
+    while (batch := _next_batch(tasks, driver_gone)) is not None:
         if not worker.serve(batch):
             return
-    events.put(Exited(wid))
+    if not driver_gone():
+        events.put(Exited(wid))
+
+
+def _next_batch(tasks: Any, driver_gone: Callable[[], bool]) -> Batch | None:
+    """The next batch, or None when the run ends or its driver is gone: a worker waiting
+    for work while its driver is killed (kill -9, the OOM killer) leaves too, instead of
+    holding its memory, or its GPU's, forever."""
+    while True:
+        try:
+            return tasks.get(timeout=DRIVER_CHECK_S)
+        except queue.Empty:
+            if driver_gone():
+                return None
