@@ -36,7 +36,7 @@ def _how(code: int | None) -> str:
 class LocalDistributor:
     """Workers are processes; batches go to each through its own queue and events come back
     through one shared queue. A worker that finds its parent gone (killed) checkpoints and
-    leaves."""
+    leaves, or, waiting for a batch, just leaves."""
 
     def __init__(self, slots: list[Slot], config: WorkerConfig):
         self.slots, self.config = slots, config
