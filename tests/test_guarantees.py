@@ -216,13 +216,13 @@ def test_a_driver_killed_alone_takes_its_workers_with_it_and_a_rerun_resumes(dat
     the other, its job done, waits for work: both leave (the busy one checkpointed) instead of
     holding their memory forever, nothing is printed after the kill, and a rerun resumes."""
     rows = pq.read_table(dataset).to_pylist()[:2]
-    for row, iterations in zip(rows, (3000, 4), strict=True):
+    for row, iterations in zip(rows, (300, 4), strict=True):
         row.update(iterations=iterations, tol=0.0)
     manifest = write_manifest(rows, dataset.parent / "long-and-short.parquet")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "pipeline", "run", str(manifest), "--out", str(out),
            "--devices", "cpu", "--workers", "2", "--batch-size", "1", "--precision", "fp32",
-           "--set", "size=32", "--checkpoint-every", "2"]
+           "--set", "size=32", "--checkpoint-every", "10"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True, text=True)
     workers: list[int] = []
