@@ -192,8 +192,10 @@ class RunDisplay:
                        description=f"  w{wid} {self.devices[wid]}: {what}{resumed}")
 
     def worker_restarted(self, wid: int) -> None:
+        # Its jobs say where they resume (row N: resuming from its checkpoint ...), or start
+        # over where none was saved yet.
         say(f"w{wid}:", "cyan", "a new worker starts in its place; its batch goes to the next "
-            "worker free, from its last checkpoint", self.bar.console)
+            "worker free", self.bar.console)
         self.bar.update(self.workers[wid], description=f"  w{wid} {self.devices[wid]}: starting")
 
     def interrupted(self) -> None:
