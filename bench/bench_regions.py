@@ -6,11 +6,12 @@ each region (its mask as a guide, `inside` mode), the guided Gram loss of the re
 style A's Gram and against style B's, summed over the style layers. A region's own style should
 be the much closer one; the ratio (other / own) is what the table reports. Cost: seconds per
 iteration with the two masks against the same job with style A alone and no mask, taking
-turns, `--time-iterations` each.
+turns, `--time-iterations` each. `--figure` keeps the stylized image; `--picture` the README's
+labelled sheet (docs/regions.jpg): the content and the first mask at half height beside it.
 
 Usage: python -m bench.bench_regions [--images DIR] [--content tubingen] [--styles
 starry_night,the_scream] [--size 512] [--iterations 400] [--ramp 0.3] [--figure PATH]
-[--time-iterations 20]
+[--picture docs/regions.jpg] [--time-iterations 20]
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from pipeline import Regions, Runtime, StyleJob, StyleParams
 from pipeline.api import prepare, stylize_file, stylize_prepared
@@ -51,6 +52,22 @@ def soft_halves(content: Path, ramp: float, folder: Path) -> tuple[Path, Path]:
     for path, values in zip(paths, (1 - right, right), strict=True):
         Image.fromarray(np.rint(values * 255).astype(np.uint8)).save(path)
     return paths
+
+
+def picture(content: Path, mask: Path, result: Image.Image) -> Image.Image:
+    """The stylized image with the content and the first mask stacked at its left, labelled."""
+    half = (result.width // 2, result.height // 2)
+    sheet = Image.new("RGB", (result.width + half[0], result.height))
+    sheet.paste(result, (half[0], 0))
+    draw = ImageDraw.Draw(sheet)
+    for y, path, label in ((0, content, "content"),
+                           (half[1], mask, "mask 1; mask 2 = 1 - mask 1")):
+        with Image.open(path) as img:
+            sheet.paste(img.convert("RGB").resize(half, Image.Resampling.LANCZOS), (0, y))
+        box = draw.textbbox((4, y + 4), label)
+        draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill="white")
+        draw.text((4, y + 4), label, fill="black")
+    return sheet
 
 
 def purity(result: torch.Tensor, job: StyleJob, params: StyleParams, runtime: Runtime
@@ -85,6 +102,7 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=400)
     ap.add_argument("--ramp", type=float, default=0.3)
     ap.add_argument("--figure", type=Path)
+    ap.add_argument("--picture", type=Path)
     ap.add_argument("--time-iterations", type=int, default=20)
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
@@ -100,6 +118,8 @@ def main() -> None:
         params = StyleParams(size=args.size, iterations=args.iterations)
         out = args.figure or Path(tmp) / "out.png"
         result = stylize_file(content, styles, out, params, runtime, regions=regions)
+        if args.picture:
+            picture(content, left, result.image).save(args.picture, quality=88)
         table = purity(to_tensor(result.image), job, params, runtime)
         timed = params.replace(iterations=args.time_iterations, tol=0)
         plain = StyleJob(content, styles[:1])
