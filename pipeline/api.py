@@ -39,7 +39,14 @@ from .gatys.trace import TRACE_EVERY, TRACE_EVERY_HELP, write_traces
 from .gatys.vgg import VGG19Trunk, in_order, min_input_side
 from .gatys.weights import load_weights
 from .io.cache_entries import Contents, clear_part, entries
-from .io.files import atomic_path, cache_dir, cache_url, check_writable_dir, describe_os_error
+from .io.files import (
+    atomic_path,
+    cache_dir,
+    cache_url,
+    check_writable_dir,
+    describe_os_error,
+    overwrites,
+)
 from .io.images import (
     SizedImage,
     check_output_path,
@@ -500,11 +507,10 @@ def check_destinations(output: Location, inputs: Sequence[Location], bit_depth: 
     write, over an input, a folder, or where we cannot write; a trace that is not .parquet.
     A destination in object storage: its bucket is there (the write itself is one PUT)."""
     check_output_path(output, bit_depth)
-    if isinstance(output, str):  # a URL
-        if output in inputs:
-            raise InputError(f"{output}: the output would overwrite one of the input images")
-    else:
-        _check_local_output(output, inputs)
+    if overwrites(output, inputs):
+        raise InputError(f"{output}: the output would overwrite one of the input images")
+    if isinstance(output, Path) and output.is_dir():
+        raise InputError(f"{output}: is a folder; give a file name ending in .png or .jpg")
     folder = isinstance(trace, Path) and trace.is_dir()
     if trace is not None and (folder or Path(name(str(trace))).suffix != ".parquet"):
         raise InputError(f"--trace {trace}: give a file name ending in .parquet"
@@ -517,14 +523,6 @@ def check_destinations(output: Location, inputs: Sequence[Location], bit_depth: 
                 check_writable_dir(path.parent)
             except OSError as e:
                 raise InputError(f"{option}: {describe_os_error(e, path.parent)}") from None
-
-
-def _check_local_output(output: Path, inputs: Sequence[Location]) -> None:
-    local = [p for p in inputs if isinstance(p, Path) and p.exists()]
-    if output.exists() and any(output.samefile(p) for p in local):
-        raise InputError(f"{output}: the output would overwrite one of the input images")
-    if output.is_dir():
-        raise InputError(f"{output}: is a folder; give a file name ending in .png or .jpg")
 
 
 def stylize_file(content: Location, styles: Sequence[Location], output: Location,

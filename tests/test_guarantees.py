@@ -96,10 +96,16 @@ def test_outputs_stay_inside_out_and_off_the_inputs(dataset, tmp_path):
     assert (out / "a.png").is_file()
 
 
-def test_stylize_refuses_to_write_over_its_input(photo_path, painting_path):
+@pytest.mark.parametrize("spelling", ["itself", "through a folder not there yet", "a link"])
+def test_stylize_refuses_to_write_over_its_input(photo_path, painting_path, spelling):
     before = photo_path.read_bytes()
+    output = {"itself": photo_path,
+              "through a folder not there yet": photo_path.parent / "new" / ".." / photo_path.name,
+              "a link": photo_path.parent / "link.png"}[spelling]
+    if spelling == "a link":
+        output.symlink_to(photo_path)
     result = runner.invoke(app, ["stylize", str(photo_path), str(painting_path), "-o",
-                                 str(photo_path), "--size", "32", "--iterations", "2"])
+                                 str(output), "--size", "32", "--iterations", "2"])
     assert result.exit_code == 2
     _one_line_error(result, "would overwrite one of the input images")
     assert photo_path.read_bytes() == before

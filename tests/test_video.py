@@ -276,6 +276,16 @@ def test_video_end_to_end_keeps_rate_duration_and_audio(clip_file, tmp_path):
     assert not (tmp_path / "out" / "styled.mp4.frames").exists()  # frames removed when whole
 
 
+def test_video_refuses_an_output_that_resolves_to_its_source(clip_file):
+    source, style = clip_file
+    before = source.read_bytes()
+    out = source.parent / "new" / ".." / source.name  # `new` is made for the output
+    result = runner.invoke(app, ["video", str(source), str(style), "-o", str(out), *FAST])
+    assert result.exit_code == 2
+    assert "the output would overwrite one of the inputs" in result.output
+    assert source.read_bytes() == before
+
+
 def test_part_of_a_clip_at_another_rate_into_a_folder(clip_file, tmp_path):
     """Also by the multi-pass scheme: every frame gets its first pass and two more."""
     source, style = clip_file

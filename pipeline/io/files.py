@@ -128,6 +128,17 @@ def describe_os_error(e: OSError, where: str | os.PathLike) -> str:
     return f"cannot write in {folder}: {e.strerror or e}"
 
 
+def overwrites(output: str | Path, inputs: Iterable[str | Path]) -> bool:
+    """Whether writing `output` would replace one of `inputs`: the same URL, the same path once
+    links and `..` are resolved (`new/../a.png` is a.png once `new` is made for the output),
+    or a hard link of one."""
+    if isinstance(output, str):
+        return output in inputs
+    target = output.resolve()
+    return any(isinstance(p, Path) and (p.resolve() == target or (
+        p.exists() and output.exists() and output.samefile(p))) for p in inputs)
+
+
 def check_writable_dir(folder: Path) -> None:
     """Create `folder` if needed and write and delete a probe file in it: raises OSError (or
     NotADirectoryError) before any work is done, rather than after minutes of optimizing."""

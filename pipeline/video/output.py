@@ -20,10 +20,10 @@ import torch
 from PIL import Image
 
 from ..errors import InputError
-from ..io.files import atomic_path, cache_dir, check_writable_dir, describe_os_error
+from ..io.files import atomic_path, cache_dir, check_writable_dir, describe_os_error, overwrites
 from ..io.images import open_keyed, save_image
 from ..io.mirror import attach, remove_tree, removed
-from ..io.storage import Location, check_store, is_url, name, parent
+from ..io.storage import Location, check_store, name, parent
 from ..io.video import even_size, is_video, write_video
 from .clip import ClipPart, frame_key
 from .frames import Frame
@@ -58,9 +58,7 @@ def frames_kept(folder: Path) -> int:
 def check_output(source: Location, styles: Sequence[Location], output: Location) -> None:
     """InputError before any work: an output that is neither a video we encode nor a folder,
     one over an input, or one where nothing can be written (a URL: its bucket is there)."""
-    local = [p for p in (source, *styles) if isinstance(p, Path) and p.exists()]
-    if (output in (source, *styles) if is_url(output) else
-            output.exists() and any(output.samefile(p) for p in local)):
+    if overwrites(output, (source, *styles)):
         raise InputError(f"{output}: the output would overwrite one of the inputs")
     named = Path(name(str(output)))
     if is_video(named) and named.suffix.lower() not in ENCODED:
