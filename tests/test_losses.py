@@ -51,6 +51,37 @@ def test_gram_mse_gradient_matches_autograd_of_the_definition(channels_last, dty
     assert err < tol
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+def test_guided_gram_mse_matches_autograd_of_the_definition(channels_last, dtype, tol):
+    """Three regions in one GEMM each way: each region's F diag(v/a) F^T against its own
+    target, weighted by its area a, and the gradient back to F in the features' layout."""
+    torch.manual_seed(0)
+    f = torch.randn(2, 8, 5, 6).relu().to(dtype)
+    if channels_last:
+        f = f.contiguous(memory_format=torch.channels_last)
+    f.requires_grad_(True)
+    guides = torch.rand(2, 3, 5, 6)
+    guides[1, 2] = 0  # an empty region adds nothing
+    target, w = torch.randn(2, 3, 8, 8), torch.tensor([0.3, 2.0])
+    target = target + target.transpose(2, 3)  # a Gram is symmetric
+    (gram_mse(f, target, guides) * w).sum().backward()
+    ours, f.grad = f.grad, None
+    ref = f.double().reshape(2, 1, 8, 30)
+    area = guides.double().mean((2, 3))
+    v = torch.where(area[..., None] > 0, guides.double().reshape(2, 3, 30)
+                    / area[..., None].clamp_min(1e-300), 0.0)
+    g = (ref * v[:, :, None]) @ ref.transpose(2, 3) / (8 * 30)
+    loss = ((g - target.double()).square().mean((2, 3)) * area).sum(1)
+    torch.testing.assert_close(loss.float(), gram_mse(f, target, guides).detach(),
+                               rtol=tol, atol=0)
+    (loss * w).sum().backward()
+    assert ours.dtype == dtype
+    assert ours.is_contiguous(memory_format=torch.channels_last) == channels_last
+    err = (ours.double() - f.grad.double()).abs().max() / f.grad.abs().max()
+    assert err < tol
+
+
 @pytest.mark.parametrize("split_for", [torch.bfloat16, torch.float32])
 def test_a_target_split_once_gives_the_loss_of_one_split_per_call(split_for):
     """engine.objective splits each style target once; features of another dtype than the

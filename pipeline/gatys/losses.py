@@ -36,7 +36,7 @@ def _matrix(features: Tensor) -> Tensor:
     """[N, C, H, W] -> F as [N, C, HW] without a copy: for channels_last, the transposed view of
     its [N, HW, C] rows, which the GEMMs read as is."""
     n, c, h, w = features.shape
-    if features.is_contiguous(memory_format=torch.channels_last) and not features.is_contiguous():
+    if _rows_last(features):
         return features.permute(0, 2, 3, 1).reshape(n, h * w, c).transpose(1, 2)
     return features.reshape(n, c, h * w)
 
@@ -56,30 +56,77 @@ class _GramMSE(torch.autograd.Function):
     Autograd's bmm backward would take two products and a sum of two [N, C, HW] tensors; since
     G - T is symmetric, dL/dF = 4 (G - T) F / (C^3 HW) is one product (in the features' dtype,
     like the rest of the trunk's backward).
+
+    With region weights [N, R, H, W] (guides.py) the R guided Grams F diag(w_r) F^T are one
+    GEMM of the stacked weighted features against F, and their gradients one GEMM and a
+    weighted sum, rather than R of each and autograd's sums of full-size gradients.
     """
 
     @staticmethod
     def forward(ctx, features: Tensor, hi: Tensor, lo: Tensor | None,  # type: ignore[override]
-                weight: Tensor | None) -> Tensor:
+                weights: Tensor | None) -> Tensor:
+        c = features.shape[1]
         f = _matrix(features)
-        # A region's Gram (guides.py): F diag(weight) F^T, the weight [N, 1, H, W] on one side.
-        left = f if weight is None else _matrix(features * weight)
-        diff = torch.baddbmm(hi, left, f.transpose(1, 2), beta=-1,
-                             alpha=1.0 / features[0].numel())
-        diff = wide(diff)
+        left = f if weights is None else _weighted(features, weights)
+        diff = torch.baddbmm(hi.reshape(left.shape[0], left.shape[1], c), left, f.transpose(1, 2),
+                             beta=-1, alpha=1.0 / features[0].numel())
+        diff = wide(diff).view(hi.shape)
         if lo is not None:
             diff.sub_(lo)
-        ctx.save_for_backward(features, diff, weight)
-        return diff.square().mean((1, 2))
+        ctx.save_for_backward(features, diff, weights)
+        return diff.square().mean((-2, -1))
 
     @staticmethod
     def backward(ctx, grad: Tensor  # type: ignore[override]
                  ) -> tuple[Tensor, None, None, None]:
-        features, diff, weight = ctx.saved_tensors
-        n, c, h, w = features.shape
-        d = (diff * (grad.view(n, 1, 1) * (4.0 / (c**3 * h * w)))).to(features.dtype)
-        out = gram_backward(features, d)
-        return (out if weight is None else out.mul_(weight)), None, None, None
+        features, diff, weights = ctx.saved_tensors
+        c, h, w = features.shape[1:]
+        d = (diff * (grad[..., None, None] * (4.0 / (c**3 * h * w)))).to(features.dtype)
+        if weights is None:
+            return gram_backward(features, d), None, None, None
+        return _weighted_gram_backward(features, d, weights), None, None, None
+
+
+def _weighted(features: Tensor, weights: Tensor) -> Tensor:
+    """[F diag(w_1); ...; F diag(w_R)] as [N, R C, HW], laid out as `_matrix` lays out F."""
+    n, c, h, w = features.shape
+    r = weights.shape[1]
+    # Products into a buffer of the shape the GEMM reads: left to itself, the product of
+    # broadcast operands may come out in another memory order.
+    if _rows_last(features):  # rows [N, HW, R, C], read transposed
+        rows = features.new_empty(n, h * w, r, c)
+        torch.mul(features.permute(0, 2, 3, 1).reshape(n, h * w, 1, c),
+                  weights.permute(0, 2, 3, 1).reshape(n, h * w, r, 1), out=rows)
+        return rows.view(n, h * w, r * c).transpose(1, 2)
+    cols = features.new_empty(n, r, c, h * w)
+    torch.mul(features.reshape(n, 1, c, h * w), weights.reshape(n, r, 1, h * w), out=cols)
+    return cols.view(n, r * c, h * w)
+
+
+def _weighted_gram_backward(features: Tensor, d: Tensor, weights: Tensor) -> Tensor:
+    """sum_r w_r (D_r F) in the features' layout, from D [N, R, C, C] (each symmetric)."""
+    n, c, h, w = features.shape
+    r = weights.shape[1]
+    f = _matrix(features)
+    if _rows_last(features):  # F^T [D_1 ... D_R]: [N, HW, R, C]
+        parts = bmm(f.transpose(1, 2), d.permute(0, 2, 1, 3).reshape(n, c, r * c))
+        parts, w_rows = parts.view(n, h * w, r, c), weights.permute(0, 2, 3, 1)
+        out = parts[:, :, 0] * w_rows.reshape(n, h * w, r)[:, :, :1]
+        for i in range(1, r):
+            out.addcmul_(parts[:, :, i], w_rows.reshape(n, h * w, r)[:, :, i:i + 1])
+        return out.view(n, h, w, c).permute(0, 3, 1, 2)
+    parts = bmm(d.reshape(n, r * c, c), f).view(n, r, c, h * w)
+    w_cols = weights.reshape(n, r, 1, h * w)
+    out = parts[:, 0] * w_cols[:, 0]
+    for i in range(1, r):
+        out.addcmul_(parts[:, i], w_cols[:, i])
+    return out.view(n, c, h, w)
+
+
+def _rows_last(features: Tensor) -> bool:
+    """Whether `_matrix` reads `features` as the transposed view of [N, HW, C] rows."""
+    channels_last = features.is_contiguous(memory_format=torch.channels_last)
+    return channels_last and not features.is_contiguous()
 
 
 def gram_backward(features: Tensor, d: Tensor) -> Tensor:
@@ -87,7 +134,7 @@ def gram_backward(features: Tensor, d: Tensor) -> Tensor:
     symmetric dL/dG-derived D [N, C, C] in the features' dtype."""
     n, c, h, w = features.shape
     f = _matrix(features)
-    if features.is_contiguous():
+    if not _rows_last(features):
         return bmm(d, f).view(n, c, h, w)
     # channels_last: rows of F^T are pixels; (D F)^T = F^T D keeps that layout.
     return bmm(f.transpose(1, 2), d).view(n, h, w, c).permute(0, 3, 1, 2)
@@ -123,10 +170,8 @@ def gram_mse(features: Tensor, target: Tensor | SplitTarget, guides: Tensor | No
     if guides is None:
         return _GramMSE.apply(features, target.hi, target.lo, None)
     weights = pixel_weights(guides).to(features.dtype)
-    return sum(area * _GramMSE.apply(features, target.hi[:, r],
-                                     None if target.lo is None else target.lo[:, r],
-                                     weights[:, r, None])
-               for r, area in enumerate(areas(guides).to(wide(features).dtype).unbind(1)))
+    per_region = _GramMSE.apply(features, target.hi, target.lo, weights)
+    return (per_region * areas(guides).to(per_region.dtype)).sum(1)
 
 
 def guided_gram(features: Tensor, guide: Tensor) -> Tensor:
