@@ -110,17 +110,20 @@ def _weighted_gram_backward(features: Tensor, d: Tensor, weights: Tensor) -> Ten
     f = _matrix(features)
     if _rows_last(features):  # F^T [D_1 ... D_R]: [N, HW, R, C]
         parts = bmm(f.transpose(1, 2), d.permute(0, 2, 1, 3).reshape(n, c, r * c))
-        parts, w_rows = parts.view(n, h * w, r, c), weights.permute(0, 2, 3, 1)
-        out = parts[:, :, 0] * w_rows.reshape(n, h * w, r)[:, :, :1]
-        for i in range(1, r):
-            out.addcmul_(parts[:, :, i], w_rows.reshape(n, h * w, r)[:, :, i:i + 1])
+        out = _sum_weighted(parts.view(n, h * w, r, c),
+                            weights.permute(0, 2, 3, 1).reshape(n, h * w, r, 1), 2)
         return out.view(n, h, w, c).permute(0, 3, 1, 2)
-    parts = bmm(d.reshape(n, r * c, c), f).view(n, r, c, h * w)
-    w_cols = weights.reshape(n, r, 1, h * w)
-    out = parts[:, 0] * w_cols[:, 0]
-    for i in range(1, r):
-        out.addcmul_(parts[:, i], w_cols[:, i])
-    return out.view(n, c, h, w)
+    parts = bmm(d.reshape(n, r * c, c), f)
+    return _sum_weighted(parts.view(n, r, c, h * w), weights.reshape(n, r, 1, h * w), 1
+                         ).view(n, c, h, w)
+
+
+def _sum_weighted(parts: Tensor, weights: Tensor, dim: int) -> Tensor:
+    """sum over `dim` of parts * weights, without an R-fold temporary."""
+    out = parts.select(dim, 0) * weights.select(dim, 0)
+    for i in range(1, parts.shape[dim]):
+        out.addcmul_(parts.select(dim, i), weights.select(dim, i))
+    return out
 
 
 def _rows_last(features: Tensor) -> bool:
