@@ -18,7 +18,6 @@ import statistics
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from pipeline import Runtime, StyleParams
 from pipeline.gatys.engine import trunk_for
@@ -29,13 +28,14 @@ from .bench_batch import timed_call
 
 def layer_ops(conv: torch.nn.Conv2d, shape: tuple[int, int, int, int], runtime: Runtime
               ) -> dict[str, Callable[[], object]]:
-    """The three timed operations of one layer for inputs of `shape` [N, C, H, W]."""
+    """The three timed operations of one layer for inputs of `shape` [N, C, H, W], through the
+    trunk's own module (the bf16 trunk's conv1_1 reads fp32 pixels and has its own backward)."""
     dtype = conv.weight.dtype
     x = runtime.layout(torch.rand(shape, device=runtime.device)).to(dtype).requires_grad_(True)
-    y = F.conv2d(x, conv.weight, conv.bias, padding=1)
+    y = conv(x)
     grad = torch.rand_like(y)
     return {
-        "forward": lambda: F.conv2d(x, conv.weight, conv.bias, padding=1),
+        "forward": lambda: conv(x),
         "backward": lambda: torch.autograd.grad(y, x, grad, retain_graph=True),
         "relu backward": lambda: torch.ops.aten.threshold_backward(grad, y, 0),
     }
