@@ -90,19 +90,28 @@ def coerce(owner: type, name: str, value: Any) -> Any:
     kind, is_list, _ = base_type(owner, name)
     if is_list:
         items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else value
-        return tuple(kind(v.strip() if isinstance(v, str) else v) for v in items)
+        return tuple(_scalar(kind, v.strip() if isinstance(v, str) else v) for v in items)
+    return _scalar(kind, value)
+
+
+def _scalar(kind: type, value: Any) -> Any:
     if kind is bool:
         if isinstance(value, str):
             if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError(f"not a boolean: {value!r}")
             return value.lower() in ("true", "1", "yes")
         return bool(value)
-    if kind is int:
+    if kind not in (int, float):
+        return kind(value)
+    try:
         number = float(value)
-        if not number.is_integer():
-            raise ValueError(f"not an integer: {value!r}")
-        return int(number)
-    return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"not a number: {value!r}") from None
+    if kind is float:
+        return number
+    if not number.is_integer():
+        raise ValueError(f"not an integer: {value!r}")
+    return int(number)
 
 
 def _num(x: float) -> str:

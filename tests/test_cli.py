@@ -50,7 +50,7 @@ def test_bad_input_is_one_line_with_exit_code_2(photo_path, painting_path, tmp_p
         ([str(photo_path), str(painting_path), "-o", str(tmp_path / "o.png"), "--device",
           "tpu"], "unknown device"),
         ([str(photo_path), str(painting_path), "-o", str(tmp_path / "o.png"), "--style-blend",
-          "abc"], "--style-blend 'abc': could not convert"),
+          "abc"], "--style-blend 'abc': not a number: 'abc'"),
     ]
     for args, message in cases:
         result = runner.invoke(app, ["stylize", *args, "--size", "32", "--iterations", "1"])

@@ -117,7 +117,7 @@ def test_a_job_whose_image_breaks_after_validation_fails_alone(dataset, tmp_path
 
 @pytest.mark.parametrize(("cell", "message"), [
     ({"content": "nope.png"}, "no such image file"),
-    ({"size": "abc"}, "size: could not convert"),
+    ({"size": "abc"}, "size: not a number: 'abc'"),
     ({"size": "5"}, "size must be between"),
     ({"tv_weight": "nan"}, "tv_weight must be a finite"),
     ({"optimizer": "sgd"}, "optimizer must be one of"),
