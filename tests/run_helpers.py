@@ -62,7 +62,7 @@ ONE_BY_ONE = ("--workers", "2", "--precision", "fp32", "--batch-size", "1")
 def spawn_run(manifest, out, iterations, options=ONE_BY_ONE):
     cmd = [sys.executable, "-m", "pipeline", "run", str(manifest), "--out", str(out),
            "--devices", "cpu", "--set", "size=32", "--set", f"iterations={iterations}",
-           "--checkpoint-every", "2", *options]
+           "--checkpoint-every", "2", "--checkpoint-budget", "1", *options]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True, text=True)
 

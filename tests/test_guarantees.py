@@ -228,7 +228,7 @@ def test_a_driver_killed_alone_takes_its_workers_with_it_and_a_rerun_resumes(dat
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "pipeline", "run", str(manifest), "--out", str(out),
            "--devices", "cpu", "--workers", "2", "--batch-size", "1", "--precision", "fp32",
-           "--set", "size=32", "--checkpoint-every", "10"]
+           "--set", "size=32", "--checkpoint-every", "10", "--checkpoint-budget", "1"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True, text=True)
     workers: list[int] = []
@@ -336,7 +336,7 @@ def test_a_full_disk_stops_the_run_and_a_plain_rerun_finishes_it(dataset, tmp_pa
         filler.unlink()
         filler = _fill(out, 200_000)  # the outputs fit, checkpoints (~1 MB each) do not
         result = run_cli(dataset, out, "--workers", "1", "--set", "iterations=6",
-                         "--checkpoint-every", "5")
+                         "--checkpoint-every", "5", "--checkpoint-budget", "1")
         assert result.exit_code == 0, result.output
         assert "cannot write a checkpoint" in result.output
         assert "no space left on" in result.output
@@ -584,7 +584,7 @@ def test_files_are_written_with_the_umask_s_mode(dataset, tmp_path):
     out = tmp_path / "out"
     old = os.umask(0o022)
     try:
-        assert run_cli(dataset, out, "--checkpoint-every", "2",
+        assert run_cli(dataset, out, "--checkpoint-every", "2", "--checkpoint-budget", "1",
                        "--set", "iterations=3").exit_code == 0
         save_checkpoint(out / ".checkpoints" / "x.pt", ["k"], 1, torch.zeros(1, 3, 4, 4), {})
     finally:

@@ -78,7 +78,8 @@ def test_ctrl_c_checkpoints_every_worker_of_the_cluster_and_the_resumed_run_equa
     dataset, _ = dataset_module
     out = tmp_path / "ray"
     args = [str(dataset), "--out", str(out), "--distributor", "ray", "--ray-address", c.address,
-            "--set", f"iterations={ITERATIONS}", "--checkpoint-every", "5", *SAME]
+            "--set", f"iterations={ITERATIONS}", "--checkpoint-every", "5",
+            "--checkpoint-budget", "1", *SAME]
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "COLUMNS": "200"})
@@ -122,7 +123,7 @@ def test_losing_a_node_mid_run_loses_and_repeats_nothing(cluster, dataset_module
     removed, resumed = [], []
     saboteur = node_remover(c, nodes, lambda: saved_checkpoints(out), removed, resumed)
 
-    opts = RunOptions(out, batch_size=1, checkpoint_every=5,
+    opts = RunOptions(out, batch_size=1, checkpoint_every=5, checkpoint_budget=1,
                       overrides=parse_overrides(["size=32", f"iterations={ITERATIONS}"]),
                       runtime=RuntimeOptions(precision="fp32"), distributor="ray",
                       ray_address=c.address)

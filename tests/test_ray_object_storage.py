@@ -83,7 +83,7 @@ def test_a_cluster_sharing_only_a_bucket_runs_a_manifest_and_survives_a_lost_nod
     saboteur = node_remover(c, list(caches), lambda: list((there / ".checkpoints").glob(
         "job-*.pt")), removed, resumed)
 
-    opts = RunOptions(f"{url}/out", batch_size=1, checkpoint_every=5,
+    opts = RunOptions(f"{url}/out", batch_size=1, checkpoint_every=5, checkpoint_budget=1,
                       overrides=parse_overrides([f"{k}={v}" for k, v in SAME.items()]),
                       runtime=RuntimeOptions(precision="fp32", winograd=False,
                                              cache=f"{url}/cache"),

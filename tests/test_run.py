@@ -289,8 +289,8 @@ def test_a_fixed_batch_resumes_whole_at_another_batch_size_with_a_job_written_be
 
     def options(out, batch):
         return RunOptions(out, devices="cpu", workers=1, batch_size=batch, checkpoint_every=5,
-                          overrides=parse_overrides(["size=32", "iterations=60",
-                                                     "optimizer=adam"]),
+                          checkpoint_budget=1,
+                          overrides=parse_overrides(["size=32", "iterations=60", "optimizer=adam"]),
                           runtime=RuntimeOptions(precision="fp64"))
 
     seen = []
@@ -384,7 +384,8 @@ def test_a_second_ctrl_c_quits_at_once_and_the_run_resumes(dataset, tmp_path):
 
     handler = signal.getsignal(signal.SIGINT)
     opts = RunOptions(tmp_path / "out", devices="cpu", workers=2, batch_size=1,
-                      checkpoint_every=2, overrides=parse_overrides(["size=32", "iterations=10"]),
+                      checkpoint_every=2, checkpoint_budget=1,
+                      overrides=parse_overrides(["size=32", "iterations=10"]),
                       runtime=RuntimeOptions(precision="fp32"))
     result = run_manifest(dataset, opts, Impatient)
     assert pressed == ["stop", "again", "quit"]

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.bulk import ledger, traces
-from pipeline.bulk.checkpoint import saved_checkpoints
+from pipeline.bulk.checkpoint import CheckpointSaver, saved_checkpoints
 from pipeline.bulk.manifest import write_manifest
 from pipeline.cli import app
 from tests.conftest import make_painting, make_photo
@@ -32,7 +32,7 @@ from pipeline.video.synthetic import camera_clip, drawn_scene, write_clip  # noq
 # Frames after the first run all their iterations (tol 0), so a kill finds a frame mid-way.
 VIDEO_FAST = ["--devices", "cpu", "--workers", "1", "--precision", "fp32", "--set", "size=32",
               "--set", "iterations=6", "--set", "frame_iterations=8", "--set", "tol=0",
-              "--checkpoint-every", "2"]
+              "--checkpoint-every", "2", "--checkpoint-budget", "1"]
 FRAMES = {"a": 8, "b": 6}
 
 
@@ -198,7 +198,8 @@ def test_a_frame_batch_keeps_its_checkpoint_until_each_of_its_frames_is_written(
     from pipeline.video.frames import Frame
 
     def saves():
-        return FrameCheckpoints(tmp_path, ["key-a", "key-b"], 2, lambda: False, lambda t: None)
+        return FrameCheckpoints(tmp_path, ["key-a", "key-b"], 2, lambda: False, lambda t: None,
+                                CheckpointSaver())
 
     first = saves()
     first(2, [0, 1]).save(4, torch.rand(2, 3, 8, 8), {"step": torch.zeros(2)})

@@ -82,6 +82,13 @@ class RunOptions:
                                     "whole.")
     checkpoint_every: int = option(50, "Checkpoint each job (or fixed batch) every N iterations "
                                        "(0: only when stopped).", lo=0)
+    checkpoint_budget: float = option(0.05, "The largest share of a batch's time that its "
+                                            "periodic checkpoints may take: one that falls "
+                                            "due beyond it is left out (a checkpoint holds the "
+                                            "job's whole L-BFGS history, 118 MB at 256x192; "
+                                            "a fast GPU would spend most of its time writing "
+                                            "them). 1 = every one. Checkpoints when the run "
+                                            "stops are always written.", lo=0, hi=1)
     trace_every: int = option(TRACE_EVERY, TRACE_EVERY_HELP + " Kept in --out/traces/ as "
                                                             "Parquet, by job key.", lo=0)
     skip_bad_rows: bool = option(False, "Record invalid rows as failed and run the rest, "
@@ -235,7 +242,8 @@ def run_manifest(manifest: Location, opts: RunOptions,
     # Absolute: a worker elsewhere has another working folder.
     config = WorkerConfig(out_dir=Path(os.path.realpath(out_dir)),
                           checkpoint_every=opts.checkpoint_every, runtime=opts.runtime,
-                          run_id=new_run_id(), trace_every=opts.trace_every, remote=remote,
+                          run_id=new_run_id(), trace_every=opts.trace_every,
+                          checkpoint_budget=opts.checkpoint_budget, remote=remote,
                           storage_options=storage_options())
 
     def open_for(todo: list[Job]) -> AbstractContextManager[Distributor]:

@@ -28,7 +28,7 @@ from ..video.frames import Frame
 from ..video.output import ClipOutput, PassesNotKept
 from ..video.passes import stylize_piece
 from . import ledger
-from .checkpoint import checkpoint_path, checkpoint_saver, discard, load_checkpoint
+from .checkpoint import CheckpointSaver, checkpoint_path, discard, load_checkpoint
 from .events import BatchStarted, Event, Iteration, Log
 from .jobs import Batch, Job, check_unchanged
 
@@ -39,8 +39,8 @@ class VideoWriteFailed(OSError):
 
 def run_video_batch(wid: int, batch: Batch, runtime: Runtime, out_dir: Path, every: int,
                     emit: Callable[[Event], None], stopping: Callable[[], bool],
-                    write_traces: Callable[[Traces], None], started: float
-                    ) -> list[dict[str, Any]]:
+                    write_traces: Callable[[Traces], None], started: float,
+                    saver: CheckpointSaver) -> list[dict[str, Any]]:
     """Run `batch` (video jobs of one group); the jobs' ledger rows. Their traces go to
     `write_traces` before the videos are encoded (a job with an output has its trace). A job
     whose file cannot be read fails alone (StoreUnavailable, its store not answering, stops
@@ -56,7 +56,7 @@ def run_video_batch(wid: int, batch: Batch, runtime: Runtime, out_dir: Path, eve
     sources = [clip.part.source([str(s) for s in job.spec.styles], keep,
                                 regions=job.spec.regions) for job, clip in clips]
     saves = FrameCheckpoints(out_dir, [job.key for job, _ in clips], every, stopping,
-                             lambda text: emit(Log(wid, text)))
+                             lambda text: emit(Log(wid, text)), saver)
 
     def finished(frame: Frame) -> None:
         job, clip = clips[frame.clip]
@@ -160,8 +160,9 @@ class FrameCheckpoints:
     writes resumes the batch from it."""
 
     def __init__(self, out_dir: Path, keys: list[str], every: int, stop: Callable[[], bool],
-                 say: Callable[[str], None]):
+                 say: Callable[[str], None], saver: CheckpointSaver):
         self.out_dir, self.keys, self.every, self.stop, self.say = out_dir, keys, every, stop, say
+        self.saver = saver
         self.open: dict[int, tuple[Path, set[int]]] = {}  # by frame: its file, clips unwritten
 
     def __call__(self, i: int, todo: list[int]) -> Checkpointing:
@@ -173,7 +174,7 @@ class FrameCheckpoints:
         if resume is not None:
             self.say(f"resuming frame {i} of {len(todo)} video(s) from its checkpoint at "
                      f"iteration {resume[0]}")
-        return Checkpointing(save=checkpoint_saver(path, keys), every=self.every,
+        return Checkpointing(save=self.saver.saving(path, keys), every=self.every,
                              resume=resume, stop=self.stop)
 
     def finished(self, frame: Frame) -> None:

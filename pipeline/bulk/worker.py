@@ -63,7 +63,6 @@ from . import ledger, traces
 from .checkpoint import (
     CheckpointSaver,
     checkpoint_path,
-    checkpoint_saver,
     discard,
     job_checkpoint_path,
     load_checkpoint,
@@ -106,6 +105,7 @@ class WorkerConfig:
     runtime: RuntimeOptions
     run_id: str  # run.json's: proves the worker sees this run's folder
     trace_every: int = TRACE_EVERY
+    checkpoint_budget: float = 1.0  # RunOptions.checkpoint_budget
     # A run folder in object storage: its URL, and the --storage-option values, which a worker
     # on another machine has no other way to learn. Each worker then works in its machine's
     # own copy of the folder (io/mirror.attach), out_dir being the driver's.
@@ -116,12 +116,18 @@ class WorkerConfig:
 class Worker:
     def __init__(self, wid: int, runtime: Runtime, out_dir: Path, every: int, emit: Emit,
                  stopping: Callable[[], bool] = lambda: False,
-                 trace_every: int = TRACE_EVERY, own_copy: bool = False):
+                 trace_every: int = TRACE_EVERY, own_copy: bool = False,
+                 checkpoint_budget: float = 1.0):
         """`stopping()` true: checkpoint the batch and leave (asked to stop, or orphaned).
-        `own_copy`: out_dir is this machine's copy of the run folder, not the driver's."""
+        `own_copy`: out_dir is this machine's copy of the run folder, not the driver's.
+        `every`, `checkpoint_budget`: RunOptions.checkpoint_every and checkpoint_budget."""
         self.wid, self.runtime, self.out_dir, self.every = wid, runtime, out_dir, every
         self.emit, self.stopping, self.trace_every = emit, stopping, trace_every
-        self.own_copy = own_copy
+        self.own_copy, self.checkpoint_budget = own_copy, checkpoint_budget
+
+    def saver(self) -> CheckpointSaver:
+        """A batch's checkpoint writer."""
+        return CheckpointSaver(self.checkpoint_budget, self.stopping)
 
     def serve(self, batch: Batch) -> bool:
         """Run one batch; False when this worker must leave: it was stopped (Exited sent) or a
@@ -183,7 +189,8 @@ class Worker:
         fails its jobs, whose finished frames stay for a rerun."""
         try:
             return run_video_batch(self.wid, batch, self.runtime, self.out_dir, self.every,
-                                   self.emit, self.stopping, self.write_traces, started)
+                                   self.emit, self.stopping, self.write_traces, started,
+                                   self.saver())
         except VideoWriteFailed as e:
             raise WriteFailed(str(e)) from e
         except ENDS_THE_RUN:
@@ -243,7 +250,7 @@ class Worker:
             if jobs[i].id not in kept:
                 self.save_intermediate(jobs[i], it, image)
 
-        checkpointing = Checkpointing(save=checkpoint_saver(ckpt, keys), every=self.every,
+        checkpointing = Checkpointing(save=self.saver().saving(ckpt, keys), every=self.every,
                                       resume=resume, stop=self.stopping)
         device = str(self.runtime.device)
         try:
@@ -361,7 +368,7 @@ class SlotBatch:
         self.rows: list[dict[str, Any]] = []
         self.traces: Traces = {}
         self.part = ledger.part_name()
-        self.saver = CheckpointSaver()
+        self.saver = worker.saver()
         self.steps = 0
 
     def run(self) -> list[dict[str, Any]]:
@@ -527,4 +534,5 @@ def start_worker(wid: int, device: str, threads: int, config: WorkerConfig, emit
         return None
     emit(Ready(wid, str(runtime.device), runtime.precision, runtime.numerics))
     return Worker(wid, runtime, out_dir, config.checkpoint_every, emit, stopping,
-                  config.trace_every, own_copy=out_dir.resolve() != config.out_dir)
+                  config.trace_every, own_copy=out_dir.resolve() != config.out_dir,
+                  checkpoint_budget=config.checkpoint_budget)
