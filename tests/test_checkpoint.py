@@ -42,8 +42,10 @@ def test_periodic_checkpoints_keep_within_their_share_of_the_time(tmp_path, monk
     stopping[0] = True
     save(0, torch.zeros(1), {})
     assert written[-1] == now[0] - 1.0  # the stop's checkpoint, over budget or not
-    everyone = checkpoint.CheckpointSaver(1.0, clock=lambda: now[0]).saving(tmp_path / "b", [])
-    before = len(written)
-    for _ in range(5):
-        everyone(0, torch.zeros(1), {})
-    assert len(written) == before + 5
+    for budget, count in ((1.0, 5), (0.0, 0)):  # every one; none
+        before = len(written)
+        save = checkpoint.CheckpointSaver(budget, clock=lambda: now[0]).saving(tmp_path / "b", [])
+        for _ in range(5):
+            now[0] += 1.0
+            save(0, torch.zeros(1), {})
+        assert len(written) == before + count

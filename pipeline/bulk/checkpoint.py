@@ -109,8 +109,9 @@ class CheckpointSaver:
     def save(self, path: Path, keys: list[str], iteration: int, images: Tensor,
              state: dict[str, Any]) -> None:
         start = self.clock()
-        if (self.budget < 1 and self.spent + self.last > self.budget * (start - self.born)
-                and not self.stopping()):
+        within = self.budget >= 1 or (
+            self.budget > 0 and self.spent + self.last <= self.budget * (start - self.born))
+        if not within and not self.stopping():
             return
         try:
             save_checkpoint(path, keys, iteration, images, state)

@@ -87,8 +87,8 @@ class RunOptions:
                                             "due beyond it is left out (a checkpoint holds the "
                                             "job's whole L-BFGS history, 118 MB at 256x192; "
                                             "a fast GPU would spend most of its time writing "
-                                            "them). 1 = every one. Checkpoints when the run "
-                                            "stops are always written.", lo=0, hi=1)
+                                            "them). 1 = every one, 0 = none. Checkpoints when "
+                                            "the run stops are always written.", lo=0, hi=1)
     trace_every: int = option(TRACE_EVERY, TRACE_EVERY_HELP + " Kept in --out/traces/ as "
                                                             "Parquet, by job key.", lo=0)
     skip_bad_rows: bool = option(False, "Record invalid rows as failed and run the rest, "
