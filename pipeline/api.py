@@ -363,8 +363,9 @@ SlotJob = tuple[int, tuple[SizedImage, list[SizedImage]], SlotState | None]
 class SlotCalls:
     """What `stylize_in_slots` calls: `source()` for the next job (None: no more);
     `done(results)` with the jobs that ended at one step, each a StyleResult or the error that
-    failed it; `save(job, state)` every `every` iterations of a job and when `stop()` turns
-    true; `progress(steps)`, `save_image(iteration, job, image)` as in stylize_prepared."""
+    failed it; `save(job, state)` every `every` iterations of a job where `wants_periodic()`,
+    and when `stop()` turns true; `progress(steps)`, `save_image(iteration, job, image)` as in
+    stylize_prepared."""
 
     source: Callable[[], SlotJob | None]
     done: Callable[[list[tuple[int, StyleResult | str]]], None]
@@ -373,6 +374,7 @@ class SlotCalls:
     stop: Callable[[], bool] = lambda: False
     progress: Callable[[int], None] | None = None
     save_image: SaveImage | None = None
+    wants_periodic: Callable[[], bool] = lambda: True
 
 
 def stylize_in_slots(calls: SlotCalls, params: StyleParams, runtime: Runtime, slots: int,
@@ -420,7 +422,8 @@ def stylize_in_slots(calls: SlotCalls, params: StyleParams, runtime: Runtime, sl
     trunk, _ = trunk_for(params, runtime)
     run_slots(trunk, size, slots, params, runtime, SlotHooks(
         lambda: pending.pop() if pending else take(), finish, calls.save, calls.every,
-        calls.stop, calls.progress, snapshot if calls.save_image is not None else None),
+        calls.stop, calls.progress, snapshot if calls.save_image is not None else None,
+        calls.wants_periodic),
         history=fit.history, trace_every=trace_every)
 
 

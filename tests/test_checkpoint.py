@@ -20,9 +20,9 @@ def test_checkpoint_round_trips_and_a_foreign_format_is_dropped(tmp_path):
 
 def test_periodic_checkpoints_keep_within_their_share_of_the_time(tmp_path, monkeypatch):
     """Each write takes 1 s of a fake clock, and one falls due every second: at a budget of 5%,
-    a due one is written only once the writes so far (and the next, counted at the last one's
-    time) fit in 5% of the time since the saver was made. One written because the run stops
-    always is; at a budget of 1, every one is."""
+    a due one is wanted only once the writes so far (and the next, counted at the last one's
+    time) fit in 5% of the time since the saver was made. At a budget of 1 every one is, at 0
+    none; a save asked for anyway (the run stops) is written."""
     now = [0.0]
     written: list[float] = []
 
@@ -31,21 +31,17 @@ def test_periodic_checkpoints_keep_within_their_share_of_the_time(tmp_path, monk
         now[0] += 1.0
 
     monkeypatch.setattr(checkpoint, "save_checkpoint", write)
-    stopping = [False]
-    saver = checkpoint.CheckpointSaver(0.05, lambda: stopping[0], clock=lambda: now[0])
+    saver = checkpoint.CheckpointSaver(0.05, clock=lambda: now[0])
     save = saver.saving(tmp_path / "job.pt", ["k"])
     for _ in range(40):
-        save(0, torch.zeros(1), {})
+        if saver.wants_periodic():
+            save(0, torch.zeros(1), {})
         now[0] += 1.0
     assert written[:2] == [0.0, 40.0]  # 2 s spent: the next once 40 s have passed
     assert saver.spent <= 0.05 * (now[0] - saver.born) + 1.0  # one write's slack at most
-    stopping[0] = True
-    save(0, torch.zeros(1), {})
-    assert written[-1] == now[0] - 1.0  # the stop's checkpoint, over budget or not
-    for budget, count in ((1.0, 5), (0.0, 0)):  # every one; none
-        before = len(written)
-        save = checkpoint.CheckpointSaver(budget, clock=lambda: now[0]).saving(tmp_path / "b", [])
-        for _ in range(5):
-            now[0] += 1.0
-            save(0, torch.zeros(1), {})
-        assert len(written) == before + count
+    assert not saver.wants_periodic()
+    save(0, torch.zeros(1), {})  # the run stops: written over budget
+    assert written[-1] == now[0] - 1.0 and saver.spent == len(written)
+    for budget, wanted in ((1.0, True), (0.0, False)):
+        other = checkpoint.CheckpointSaver(budget, clock=lambda: now[0])
+        assert [other.wants_periodic() for _ in range(3)] == [wanted] * 3

@@ -6,7 +6,7 @@ from PIL import Image
 
 from pipeline import Runtime, StyleJob, StyleParams, stylize_batch
 from pipeline.api import prepare, setup_batch
-from pipeline.gatys.engine import Checkpointing, Objective, optimize, trunk_for
+from pipeline.gatys.engine import Checkpointing, Interrupted, Objective, optimize, trunk_for
 from pipeline.io.images import to_tensor
 from tests.conftest import make_painting, make_photo
 
@@ -139,6 +139,24 @@ def test_a_resume_leaves_the_state_it_was_given_untouched(cpu32):
         lambda *a: None, resume=resume))[0].image) for _ in range(2)]
     torch.testing.assert_close(images[0], images[1], atol=0, rtol=0)
     torch.testing.assert_close(resume[2], before, atol=0, rtol=0)
+
+
+def test_a_fixed_batch_writes_a_periodic_checkpoint_only_where_its_saver_wants_it(cpu32):
+    """Asked before the state is gathered; `wants_periodic` false: none but the stop's."""
+    job = StyleJob(make_photo(), [make_painting()])
+    params = StyleParams(size=32, iterations=6, tol=0)
+    for wanted, saves in ((True, [2, 4]), (False, [])):
+        saved: list[int] = []
+        stylize_batch([job], params, cpu32, checkpointing=Checkpointing(
+            lambda it, *_, saved=saved: saved.append(it), every=2,
+            wants_periodic=lambda w=wanted: w))
+        assert saved == saves
+    saved = []
+    with pytest.raises(Interrupted):
+        stylize_batch([job], params, cpu32, checkpointing=Checkpointing(
+            lambda it, *_: saved.append(it), every=2, wants_periodic=lambda: False,
+            stop=lambda: True))
+    assert saved == [1]
 
 
 def test_bf16_trunk_reads_fp32_pixels_and_leaves_the_target_trunk_fp32():

@@ -51,6 +51,23 @@ def _state_at(job, iteration, runtime):
     return saved["state"]
 
 
+def test_a_periodic_checkpoint_is_gathered_only_where_its_saver_wants_it(cpu64):
+    """The loop asks `wants_periodic()` before it gathers a job's state for a periodic
+    checkpoint (a copy of its whole L-BFGS history); a stop saves whatever it says."""
+    for wanted, saves in ((True, [5, 10, 15]), (False, [])):
+        saved: list[int] = []
+        asked: list[bool] = []
+        _in_slots([(0, _prepared(0), None)], cpu64, 1, params=replace(PARAMS, iterations=20),
+                  save=lambda _, state, saved=saved: saved.append(state.iteration), every=5,
+                  wants_periodic=lambda w=wanted, asked=asked: asked.append(w) or w)
+        assert saved == saves and len(asked) == 3  # due at 5, 10, 15; 20 ends the job
+    saved = []
+    with pytest.raises(Interrupted):
+        _in_slots([(0, _prepared(0), None)], cpu64, 1, save=lambda _, s: saved.append(s),
+                  every=5, wants_periodic=lambda: False, stop=lambda: len(saved) == 0)
+    assert [s.iteration for s in saved] == [1]
+
+
 def _assert_same(result, alone):
     assert torch.equal(to_tensor(result.image), to_tensor(alone.image))
     torch.testing.assert_close(result.pixels, alone.pixels, rtol=0, atol=1e-3)

@@ -92,27 +92,26 @@ def save_checkpoint(path: Path, keys: list[str], iteration: int, images: Tensor,
 
 
 class CheckpointSaver:
-    """Writes one batch's checkpoints (its own, or each of its jobs'). A periodic one that falls
-    due while writing checkpoints has taken more than `budget` of the time since the saver was
-    made (the last write's time counted ahead) is left out: a job's checkpoint holds its whole
-    L-BFGS history, hundreds of MB at 512 px, and a GPU optimizes 50 iterations of a batch in
-    less time than it takes to write them. One written because the run stops (`stopping()`) is
-    never left out. A write that fails (disk full) is said once and let go: the batch goes on,
-    only its resumability is lost."""
+    """Writes one batch's checkpoints (its own, or each of its jobs'), and keeps the periodic
+    ones within `budget` of the batch's time: `wants_periodic()` says whether one that falls
+    due now may be written, false while the writes so far (and the next, counted at the last
+    one's time) exceed that share of the time since the saver was made. A job's checkpoint
+    holds its whole L-BFGS history, hundreds of MB at 512 px, and a GPU optimizes 50
+    iterations of a batch in less time than it takes to write them. A write that fails (disk
+    full) is said once and let go: the batch goes on, only its resumability is lost."""
 
-    def __init__(self, budget: float = 1.0, stopping: Callable[[], bool] = lambda: False,
-                 clock: Callable[[], float] = time.monotonic):
-        self.budget, self.stopping, self.clock = budget, stopping, clock
+    def __init__(self, budget: float = 1.0, clock: Callable[[], float] = time.monotonic):
+        self.budget, self.clock = budget, clock
         self.born, self.spent, self.last = clock(), 0.0, 0.0
         self.warned = False
+
+    def wants_periodic(self) -> bool:
+        return self.budget >= 1 or (self.budget > 0 and self.spent + self.last
+                                    <= self.budget * (self.clock() - self.born))
 
     def save(self, path: Path, keys: list[str], iteration: int, images: Tensor,
              state: dict[str, Any]) -> None:
         start = self.clock()
-        within = self.budget >= 1 or (
-            self.budget > 0 and self.spent + self.last <= self.budget * (start - self.born))
-        if not within and not self.stopping():
-            return
         try:
             save_checkpoint(path, keys, iteration, images, state)
         except OSError as e:

@@ -175,7 +175,8 @@ class FrameCheckpoints:
             self.say(f"resuming frame {i} of {len(todo)} video(s) from its checkpoint at "
                      f"iteration {resume[0]}")
         return Checkpointing(save=self.saver.saving(path, keys), every=self.every,
-                             resume=resume, stop=self.stop)
+                             resume=resume, stop=self.stop,
+                             wants_periodic=self.saver.wants_periodic)
 
     def finished(self, frame: Frame) -> None:
         path, unwritten = self.open.get(frame.index, (None, set()))

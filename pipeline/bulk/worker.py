@@ -127,7 +127,7 @@ class Worker:
 
     def saver(self) -> CheckpointSaver:
         """A batch's checkpoint writer."""
-        return CheckpointSaver(self.checkpoint_budget, self.stopping)
+        return CheckpointSaver(self.checkpoint_budget)
 
     def serve(self, batch: Batch) -> bool:
         """Run one batch; False when this worker must leave: it was stopped (Exited sent) or a
@@ -250,8 +250,10 @@ class Worker:
             if jobs[i].id not in kept:
                 self.save_intermediate(jobs[i], it, image)
 
-        checkpointing = Checkpointing(save=self.saver().saving(ckpt, keys), every=self.every,
-                                      resume=resume, stop=self.stopping)
+        saver = self.saver()
+        checkpointing = Checkpointing(save=saver.saving(ckpt, keys), every=self.every,
+                                      resume=resume, stop=self.stopping,
+                                      wants_periodic=saver.wants_periodic)
         device = str(self.runtime.device)
         try:
             results = stylize_prepared(
@@ -377,7 +379,8 @@ class SlotBatch:
         w.emit(BatchStarted(w.wid, n, n * self.params.iterations, 0,
                             label=f"{n} job{'s' * (n > 1)} in {self.batch.slots} slots"))
         calls = SlotCalls(self.source, self.done, self.save, w.every, w.stopping,
-                          self.progress, self.intermediate if self.params.save_every else None)
+                          self.progress, self.intermediate if self.params.save_every else None,
+                          self.saver.wants_periodic)
         slots = self.batch.slots
         while self.waiting:
             try:

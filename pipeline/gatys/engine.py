@@ -129,14 +129,15 @@ def check_finite(total: Tensor, iteration: int, images: Tensor | None = None) ->
 @dataclass
 class Checkpointing:
     """Resumable optimization: `save(iteration, images, state)` runs every `every` iterations
-    and when `stop()` turns true (then Interrupted is raised); `resume` restarts from a saved
-    (iteration, images, state). The state is the loop's: the optimizer's, early stopping's and
-    the loss trace's."""
+    where `wants_periodic()` (asked before the state is gathered), and when `stop()` turns true
+    (then Interrupted is raised); `resume` restarts from a saved (iteration, images, state).
+    The state is the loop's: the optimizer's, early stopping's and the loss trace's."""
 
     save: Callable[[int, Tensor, dict[str, Any]], None]
     every: int = 0
     resume: tuple[int, Tensor, dict[str, Any]] | None = None
     stop: Callable[[], bool] = lambda: False
+    wants_periodic: Callable[[], bool] = lambda: True
 
 
 @functools.lru_cache(maxsize=4)
@@ -437,7 +438,8 @@ def _run_stage(trunk: VGG19Trunk, x0: Tensor, stage: Stage, index: int, start: i
             watch.snapshot(i + 1, run.x.detach(), (stop.last == i + 1) & stop.active)
         if checkpointing is not None and i + 1 < params.iterations:
             stopping = checkpointing.stop()
-            if stopping or (checkpointing.every and (i + 1) % checkpointing.every == 0):
+            if stopping or (checkpointing.every and (i + 1) % checkpointing.every == 0
+                            and checkpointing.wants_periodic()):
                 x = run.x.detach()
                 check_finite(terms["total"], i, x)  # a checkpoint only ever holds finite images
                 checkpointing.save(i + 1, x, watch.state_dict(run))

@@ -81,9 +81,10 @@ class Finished:
 class SlotHooks:
     """What the loop asks and tells its caller. `take()`: the next job, None when there is
     none; `finish(jobs)`: jobs that ended at this step; `save(job, state)`: every `every`
-    iterations of that job, and for every job when `stop()` turns true (then Interrupted is
-    raised); `progress(steps)`: iterations run (a job ending early counts the ones it skips);
-    `snapshot(job, iteration, image)`: every params.save_every iterations of a moving job."""
+    iterations of that job where `wants_periodic()` (asked before its state is gathered), and
+    for every job when `stop()` turns true (then Interrupted is raised); `progress(steps)`:
+    iterations run (a job ending early counts the ones it skips); `snapshot(job, iteration,
+    image)`: every params.save_every iterations of a moving job."""
 
     take: Callable[[], Entry | None]
     finish: Callable[[list[Finished]], None]
@@ -92,6 +93,7 @@ class SlotHooks:
     stop: Callable[[], bool] = lambda: False
     progress: Callable[[int], None] | None = None
     snapshot: Callable[[int, int, Tensor], None] | None = None
+    wants_periodic: Callable[[], bool] = lambda: True
 
 
 @dataclass
@@ -197,7 +199,7 @@ class _Batch:
                 self._finish(leaving)
             if self.hooks.save is not None:
                 for i in ([i for i, row in self.busy() if row.iteration] if saving else due):
-                    if i not in leaving:
+                    if i not in leaving and (saving or self.hooks.wants_periodic()):
                         self.hooks.save(self.rows[i].entry.job, self.state(i))  # type: ignore[union-attr]
             if saving:
                 raise Interrupted(f"stopped after {steps} steps")
