@@ -80,8 +80,9 @@ class RunOptions:
                                     "in any batch. Images made in one stage with lbfgs; "
                                     "--no-continuous: fixed batches, checkpointed and resumed "
                                     "whole.")
-    checkpoint_every: int = option(50, "Checkpoint each job (or fixed batch) every N iterations "
-                                       "(0: only when stopped).", lo=0)
+    checkpoint_every: int = option(50, "Checkpoint each job (or fixed batch) every N iterations, "
+                                       "within --checkpoint-budget (0: only when stopped).",
+                                   lo=0)
     checkpoint_budget: float = option(0.05, "The largest share of a batch's time that its "
                                             "periodic checkpoints may take: one that falls "
                                             "due beyond it is left out (a checkpoint holds the "
