@@ -8,7 +8,8 @@ import torch
 
 from pipeline import StyleJob, StyleParams
 from pipeline.api import SlotCalls, prepare, slot_plan, stylize_in_slots, stylize_prepared
-from pipeline.gatys.engine import Interrupted
+from pipeline.gatys.engine import FINITE_EVERY, Interrupted
+from pipeline.gatys.slots import _Batch
 from pipeline.io.images import to_tensor
 from tests.conftest import make_painting, make_photo
 
@@ -51,16 +52,24 @@ def _state_at(job, iteration, runtime):
     return saved["state"]
 
 
-def test_a_periodic_checkpoint_is_gathered_only_where_its_saver_wants_it(cpu64):
+def test_a_periodic_checkpoint_is_gathered_only_where_its_saver_wants_it(cpu64, monkeypatch):
     """The loop asks `wants_periodic()` before it gathers a job's state for a periodic
-    checkpoint (a copy of its whole L-BFGS history); a stop saves whatever it says."""
+    checkpoint (a copy of its whole L-BFGS history), and before it reads the losses on the
+    host for it (on a GPU that waits for the step); a stop saves whatever it says."""
+    monkeypatch.setitem(FINITE_EVERY, "cpu", 1000)  # as on a GPU: host reads only when needed
+    checks: list[bool] = []
+    leaving = _Batch._leaving
+    monkeypatch.setattr(_Batch, "_leaving", lambda self, busy, total, check:
+                        checks.append(check) or leaving(self, busy, total, check))
     for wanted, saves in ((True, [5, 10, 15]), (False, [])):
         saved: list[int] = []
         asked: list[bool] = []
+        checks.clear()
         _in_slots([(0, _prepared(0), None)], cpu64, 1, params=replace(PARAMS, iterations=20),
                   save=lambda _, state, saved=saved: saved.append(state.iteration), every=5,
                   wants_periodic=lambda w=wanted, asked=asked: asked.append(w) or w)
-        assert saved == saves and len(asked) == 3  # due at 5, 10, 15; 20 ends the job
+        assert saved == saves and len(asked) == (6 if wanted else 3)  # due at 5, 10, 15
+        assert [i + 1 for i, check in enumerate(checks) if check] == saves
     saved = []
     with pytest.raises(Interrupted):
         _in_slots([(0, _prepared(0), None)], cpu64, 1, save=lambda _, s: saved.append(s),

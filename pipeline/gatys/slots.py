@@ -188,7 +188,10 @@ class _Batch:
                 row.iteration += 1
             steps += 1
             saving = self.hooks.stop()
-            due = [i for i, row in busy if every and row.iteration % every == 0]
+            due = [i for i, row in busy
+                   if every and row.iteration % every == 0 and row.iteration < end]
+            if due and not saving and not self.hooks.wants_periodic():
+                due = []  # left out by the budget: no host check of the losses for it either
             leaving = self._leaving(busy, terms["total"],
                                     saving or bool(due) or steps % check_every == 0)
             if self.hooks.progress is not None:
