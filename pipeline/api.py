@@ -52,7 +52,7 @@ from .io.images import (
     check_output_path,
     fit_longest_side,
     intermediate_path,
-    read_rgb,
+    read_rgb_for,
     rescale,
     resize,
     save_image,
@@ -94,28 +94,30 @@ class StyleResult:
     pixels: torch.Tensor | None = None  # [3, H, W] fp32, 0-255: `image` before 8-bit rounding
 
 
-def _open(src: ImageSource) -> tuple[Image.Image, str, str]:
-    """(RGB image, digest of the source, display name)."""
+def _open(src: ImageSource, longest: int = 0) -> tuple[Image.Image, str, str, tuple[int, int]]:
+    """(RGB image, digest of the source, display name, size as given); a large JPEG file
+    comes decoded at a reduced scale for a resize to `longest` (io/images.read_rgb_for)."""
     if isinstance(src, Image.Image):
-        return to_rgb(src), image_digest(src), "<image>"
-    img, digest = read_rgb(src)
-    return img, digest, Path(src).name
+        img = to_rgb(src)
+        return img, image_digest(src), "<image>", img.size
+    img, digest, given = read_rgb_for(src, longest)
+    return img, digest, Path(src).name, given
 
 
 def _sized(src: ImageSource, longest: int, min_side: int, role: str,
            bucket: int = 0) -> tuple[SizedImage, tuple[int, int]]:
     """The image at its size for the transfer, and its size as given."""
-    img, digest, name = _open(src)
-    size = fit_longest_side(img.size, longest, bucket)
+    img, digest, name, given = _open(src, longest)
+    size = fit_longest_side(given, longest, bucket)
     label = name if isinstance(src, Image.Image) else str(src)
     if min(size) < min_side:
-        raise InputError(f"{label}: {role} image {img.size[0]}x{img.size[1]} would be "
+        raise InputError(f"{label}: {role} image {given[0]}x{given[1]} would be "
                          f"{size[0]}x{size[1]}, below the {min_side} px minimum side for these "
                          "layers; use a larger size or a less elongated image")
-    if max(size) > UPSCALE_WARNING * max(img.size):
+    if max(size) > UPSCALE_WARNING * max(given):
         log.warning("%s: %s image %dx%d upscaled %.0fx to %dx%d: it will look blurry", label,
-                    role, *img.size, max(size) / max(img.size), *size)
-    return SizedImage(to_tensor(resize(img, size)), digest, name), img.size
+                    role, *given, max(size) / max(given), *size)
+    return SizedImage(to_tensor(resize(img, size)), digest, name), given
 
 
 def prepare(job: StyleJob, params: StyleParams) -> tuple[SizedImage, list[SizedImage]]:
@@ -165,7 +167,7 @@ def _with_regions(regions: Regions, params: StyleParams,
 def _init_image(params: StyleParams, size: tuple[int, int]) -> torch.Tensor | None:
     if not params.init_is_file:
         return None
-    img, _, _ = _open(params.init)
+    img = _open(params.init, max(size))[0]
     return to_tensor(resize(img, size))[None]
 
 

@@ -4,7 +4,17 @@ from PIL import Image
 
 from pipeline import StyleJob, StyleParams, stylize_batch
 from pipeline.errors import InputError
-from pipeline.io.images import fit_longest_side, open_rgb, read_metadata, save_image, to_rgb
+from pipeline.io.images import (
+    fit_longest_side,
+    open_rgb,
+    read_metadata,
+    read_rgb,
+    read_rgb_for,
+    resize,
+    save_image,
+    to_rgb,
+)
+from tests.conftest import make_photo
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P", "CMYK", "I;16", "I", "F", "1"])
@@ -46,6 +56,30 @@ def test_exif_orientation_is_honoured(tmp_path):
     path = tmp_path / "rot.jpg"
     img.save(path, exif=exif)
     assert open_rgb(path).size == (20, 40)
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_near_its_full_decode(tmp_path, orientation):
+    """A JPEG over twice the size it is resized to comes at a DCT scale of at least twice that
+    size; the resized result is within a few levels of the full decode's, and its size as
+    given (EXIF orientation applied) is the file's."""
+    photo = make_photo((800, 600), seed=2)
+    exif = photo.getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / "big.jpg"
+    photo.save(path, quality=95, exif=exif)
+    full, digest = read_rgb(path)
+    drafted, same, given = read_rgb_for(path, 100)
+    assert same == digest and given == full.size == ((800, 600) if orientation == 1 else (600, 800))
+    assert drafted.size == ((200, 150) if orientation == 1 else (150, 200))  # 1/4 scale
+    assert read_rgb_for(path, 400)[0].size == full.size  # not over twice: decoded whole
+    size = fit_longest_side(given, 100)
+    diff = np.abs(np.asarray(resize(drafted, size), np.int16) - np.asarray(resize(full, size)))
+    assert diff.mean() < 1 and diff.max() <= 12
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(path.read_bytes()[:4000])
+    with pytest.raises(InputError, match=r"cut\.jpg: cannot decode"):
+        read_rgb_for(cut, 100)
 
 
 def test_missing_corrupt_and_truncated_files_name_the_file(tmp_path):

@@ -131,10 +131,27 @@ DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError,
                  Image.DecompressionBombError)
 
 
+# A JPEG much larger than the size it is resized to is decoded at a reduced DCT scale (1/2,
+# 1/4 or 1/8 of its side: libjpeg skips most of the work) no smaller than DRAFT_MARGIN times
+# that size, as Pillow's thumbnail() does: the Lanczos resize after it differs from one of the
+# full decode by a few levels of 255 at most, and a phone photo for a 512 px job decodes
+# several times faster (targets/cache.py's RESAMPLE names this decoding).
+DRAFT_MARGIN = 2
+
+
 def read_rgb(path: str | os.PathLike) -> tuple[Image.Image, str]:
     """Decode a file (or an object at a URL, storage.py) fully (so truncation shows up here),
     honour EXIF orientation; return the RGB image and the sha256 of the file's bytes, from one
     read of the file."""
+    img, digest, _ = read_rgb_for(path, 0)
+    return img, digest
+
+
+def read_rgb_for(path: str | os.PathLike, longest: int
+                 ) -> tuple[Image.Image, str, tuple[int, int]]:
+    """read_rgb for an image to be resized to `longest` px on its longest side (0: kept at
+    its size): a large JPEG comes at a reduced scale of at least DRAFT_MARGIN x that; also
+    its size as given (EXIF orientation applied)."""
     if is_url(path):
         data = local_copy(str(path)).read_bytes()
     else:
@@ -143,12 +160,19 @@ def read_rgb(path: str | os.PathLike) -> tuple[Image.Image, str]:
         data = path.read_bytes()
     try:
         with Image.open(io.BytesIO(data)) as img:
+            given = img.size
+            if longest and max(given) > DRAFT_MARGIN * longest:
+                scale = DRAFT_MARGIN * longest / max(given)
+                img.draft(None, (max(1, round(given[0] * scale)), max(1, round(given[1] * scale))))
             img.load()
+            stored = img.size
             img = ImageOps.exif_transpose(img)
+            if img.size != stored:  # turned a quarter
+                given = given[::-1]
             rgb = to_rgb(to_srgb(img, str(path)))
     except DECODE_ERRORS as e:
         raise _decode_error(path, e) from None
-    return rgb, hashlib.sha256(data).hexdigest()
+    return rgb, hashlib.sha256(data).hexdigest(), given
 
 
 def open_rgb(path: str | os.PathLike) -> Image.Image:

@@ -21,7 +21,7 @@ from PIL import Image
 from ..errors import InputError
 from ..io.fetch import local_copy
 from ..io.files import atomic_path
-from ..io.images import DECODE_ERRORS, open_rgb
+from ..io.images import DECODE_ERRORS, read_rgb_for
 from ..io.mirror import fetch_missing
 from ..io.storage import Location
 from ..io.video import is_video, poster
@@ -68,7 +68,7 @@ class Thumbnails:
         dest = self.folder / name
         if not dest.is_file():
             try:
-                img = poster(source) if is_video(source) else open_rgb(source)
+                img = poster(source) if is_video(source) else read_rgb_for(source, self.side)[0]
             except InputError as e:
                 log.debug("no thumbnail for %s: %s", source, e)
                 return None

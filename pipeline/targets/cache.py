@@ -32,7 +32,8 @@ from ..io.tensor_tree import tree_digest
 
 log = logging.getLogger("pipeline.targets")
 
-RESAMPLE = "lanczos"
+# How an image file becomes the pixels its targets are made from (io/images.read_rgb_for).
+RESAMPLE = "lanczos, jpeg drafted to 2x"
 
 
 def target_key(kind: str, image_digest: str, size: tuple[int, int], model: dict[str, str],
