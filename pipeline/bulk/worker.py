@@ -80,6 +80,7 @@ from .events import (
     Ready,
 )
 from .jobs import Batch, Job, check_unchanged, under
+from .reader import ReadAhead, read_depth
 from .run_state import RUN_INFO, output_is_done, read_run_info
 from .video_batch import VideoWriteFailed, run_video_batch, run_video_piece
 
@@ -353,8 +354,9 @@ def prepare_job(job: Job) -> Any:
 
 
 class SlotBatch:
-    """A worker's batch in slots (gatys/slots.py): each job decoded as it enters (a bad image
-    fails only its own job), resumed from its own checkpoint, and written as it ends: its trace,
+    """A worker's batch in slots (gatys/slots.py): each job decoded before it enters, the next
+    ones read ahead (reader.py; a bad image fails only its own job), resumed from its own
+    checkpoint, and written as it ends: its trace,
     output and ledger row (the batch's trace and ledger parts rewritten with the rows so far),
     then its checkpoint deleted. A job whose output is already there (its batch came back
     from a dead worker) is skipped. An error that ends the slots' run fails the jobs in them
@@ -365,6 +367,8 @@ class SlotBatch:
         self.worker, self.batch, self.fit, self.started = worker, batch, fit, started
         self.params = batch.jobs[0].spec.params
         self.waiting = deque(range(len(batch.jobs)))
+        self.reader = ReadAhead(self._read, read_depth(worker.runtime.device.type,
+                                                        torch.get_num_threads(), batch.slots))
         self.inside: list[int] = []  # jobs in the slots now
         self.resumed: dict[int, int] = {}
         self.rows: list[dict[str, Any]] = []
@@ -381,7 +385,14 @@ class SlotBatch:
         calls = SlotCalls(self.source, self.done, self.save, w.every, w.stopping,
                           self.progress, self.intermediate if self.params.save_every else None,
                           self.saver.wants_periodic)
-        slots = self.batch.slots
+        try:
+            self._slots(calls)
+        finally:
+            self.reader.close()
+        return []
+
+    def _slots(self, calls: SlotCalls) -> None:
+        w, slots = self.worker, self.batch.slots
         while self.waiting:
             try:
                 stylize_in_slots(calls, self.params, w.runtime, slots, self.fit, w.trace_every)
@@ -398,7 +409,6 @@ class SlotBatch:
                 self.inside.clear()
             except Exception as e:  # one batch's failure must not end the run
                 self._fail_inside(f"{type(e).__name__}: {e}".splitlines()[0])
-        return []
 
     def _fail_inside(self, error: str) -> None:
         device = str(self.worker.runtime.device)
@@ -406,22 +416,24 @@ class SlotBatch:
                                          error=error) for i in self.inside])
         self.inside.clear()
 
+    def _read(self, index: int) -> Any | None:
+        """Job `index`'s inputs, decoded (prepare_job); None when its output is there."""
+        job = self.batch.jobs[index]
+        return None if output_is_done(job.spec.output, job.key, None) else prepare_job(job)
+
     def source(self) -> SlotJob | None:
-        jobs = self.batch.jobs
         while self.waiting:
             index = self.waiting.popleft()
-            job = jobs[index]
-            if output_is_done(job.spec.output, job.key, None):
-                self.progress(self.params.iterations)
-                continue
             try:
-                prepared = prepare_job(job)
+                prepared = self.reader.take(index, self.waiting)
             except StoreUnavailable:
                 raise
             except InputError as e:
+                prepared = None
+                self._record([], [ledger.job_row(self.batch.jobs[index], ledger.FAILED,
+                                                 self.started, error=str(e))])
+            if prepared is None:
                 self.progress(self.params.iterations)
-                self._record([], [ledger.job_row(job, ledger.FAILED, self.started,
-                                                 error=str(e))])
                 continue
             self.inside.append(index)
             return index, prepared, self._resume(index)
