@@ -25,6 +25,7 @@ from pipeline.bulk.manifest import read_jobs, write_manifest
 from pipeline.bulk.runner import RunResult, exit_code
 from pipeline.cli import app
 from pipeline.gatys.engine import NonFinite
+from pipeline.io.images import save_image
 from tests.conftest import make_photo
 from tests.run_helpers import ROOT, cell, run_cli, runner, spawn_run, wait_for
 
@@ -270,13 +271,30 @@ def test_a_failed_output_or_ledger_write_stops_the_worker_and_records_nothing(
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    pair = tuple(j for j in jobs if j.size == jobs[0].size)[:2]
+    # a fixed batch, then one in slots
     for target in ("save_image", "ledger.append"):
-        with monkeypatch.context() as m:
-            m.setattr(worker_module if target == "save_image" else worker_module.ledger,
-                      target.split(".")[-1], full)
-            with pytest.raises(worker_module.WriteFailed, match="no space left on"):
-                worker.run(Batch((jobs[0],)))
+        for batch in (Batch((jobs[0],)), Batch(pair, slots=1)):
+            with monkeypatch.context() as m:
+                m.setattr(worker_module if target == "save_image" else worker_module.ledger,
+                          target.split(".")[-1], full)
+                with pytest.raises(worker_module.WriteFailed, match="no space left on"):
+                    worker.run(batch)
     assert not ledger.read(out)  # nothing recorded as failed: a plain rerun picks them up
+    written = []
+
+    def full_once(image, path, *args, **kwargs):  # the disk fills, then has room again
+        written.append(path)
+        if len(written) == 1:
+            full()
+        return save_image(image, path, *args, **kwargs)
+
+    for output in out.rglob("*.png"):  # written before a failed ledger write: done
+        output.unlink()
+    monkeypatch.setattr(worker_module, "save_image", full_once)
+    with pytest.raises(worker_module.WriteFailed, match="no space left on"):
+        worker.run(Batch(pair, slots=1))
+    assert len(written) == 1 and not list(out.rglob("*.png"))  # nothing after the failure
 
 
 def test_a_store_that_stops_answering_mid_batch_stops_the_worker_and_records_nothing(
