@@ -60,8 +60,8 @@ def test_exif_orientation_is_honoured(tmp_path):
 
 @pytest.mark.parametrize("orientation", [1, 6])
 def test_a_large_jpeg_is_decoded_at_a_reduced_scale_near_its_full_decode(tmp_path, orientation):
-    """A JPEG over twice the size it is resized to comes at a DCT scale of at least twice that
-    size; the resized result is within a few levels of the full decode's, and its size as
+    """A JPEG over four times the size it is resized to comes at a DCT scale of at least four
+    times that size; the resized result is within a few levels of the full decode's, and its size as
     given (EXIF orientation applied) is the file's."""
     photo = make_photo((800, 600), seed=2)
     exif = photo.getexif()
@@ -71,8 +71,8 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_scale_near_its_full_decode(tmp_pat
     full, digest = read_rgb(path)
     drafted, same, given = read_rgb_for(path, 100)
     assert same == digest and given == full.size == ((800, 600) if orientation == 1 else (600, 800))
-    assert drafted.size == ((200, 150) if orientation == 1 else (150, 200))  # 1/4 scale
-    assert read_rgb_for(path, 400)[0].size == full.size  # not over twice: decoded whole
+    assert drafted.size == ((400, 300) if orientation == 1 else (300, 400))  # 1/2 scale
+    assert read_rgb_for(path, 200)[0].size == full.size  # not over four times: whole
     size = fit_longest_side(given, 100)
     diff = np.abs(np.asarray(resize(drafted, size), np.int16) - np.asarray(resize(full, size)))
     assert diff.mean() < 1 and diff.max() <= 12

@@ -33,7 +33,7 @@ from ..io.tensor_tree import tree_digest
 log = logging.getLogger("pipeline.targets")
 
 # How an image file becomes the pixels its targets are made from (io/images.read_rgb_for).
-RESAMPLE = "lanczos, jpeg drafted to 2x"
+RESAMPLE = "lanczos, jpeg drafted to 4x"
 
 
 def target_key(kind: str, image_digest: str, size: tuple[int, int], model: dict[str, str],
