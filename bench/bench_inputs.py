@@ -12,9 +12,7 @@ photos and paintings in ../shared/data/images when there, else a generated 5000x
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from PIL import Image
 
 import pipeline.io.images as images
 from pipeline import StyleJob, StyleParams
+from pipeline.accel.machine import median_seconds
 from pipeline.api import prepare
 from pipeline.report.thumbs import Thumbnails
 
@@ -41,18 +40,6 @@ def inputs(folder: Path) -> tuple[list[Path], Path]:
     photo = folder / "photo.jpg"
     Image.fromarray(rgb.clip(0, 255).astype(np.uint8)).save(photo, quality=92)
     return [photo], photo
-
-
-def turns(variants: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
-    """Median ms of each variant, the variants taking turns (after one warm-up call each)."""
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for rep in range(reps + 1):
-        for name, fn in variants.items():
-            start = time.perf_counter()
-            fn()
-            if rep:
-                times[name].append((time.perf_counter() - start) * 1000)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def margin(value: int, fn: Callable[[], object]) -> Callable[[], object]:
@@ -90,7 +77,8 @@ def main() -> None:
                 for size in map(int, args.sizes.split(","))}
             work["thumbnail"] = lambda content=content: thumbnail(Path(tmp), content)
             for what, fn in work.items():
-                ms = turns({"full": margin(FULL, fn), "reduced": fn}, args.reps)
+                ms = {name: seconds * 1000 for name, seconds in median_seconds(
+                    {"full": margin(FULL, fn), "reduced": fn}, args.reps).items()}
                 print(f"| {label} | {what} | {ms['full']:.0f} | {ms['reduced']:.0f} | "
                       f"{ms['full'] / ms['reduced']:.2f}x |")
 
