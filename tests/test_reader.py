@@ -71,3 +71,34 @@ def test_without_depth_each_job_is_read_when_taken():
         assert [reader.take(i, range(i + 1, 4))[1] for i in range(4)] == ["MainThread"] * 4
     finally:
         reader.close()
+
+
+def test_a_batch_in_slots_reads_its_next_jobs_ahead(dataset, tmp_path, monkeypatch):
+    """A worker of several threads: every job after the first is decoded on the read-ahead
+    thread, and each is written."""
+    import torch
+
+    import pipeline.bulk.worker as worker_module
+    from pipeline.accel.runtime import Runtime
+    from pipeline.bulk.jobs import Batch, Inspector
+    from pipeline.bulk.manifest import read_jobs
+
+    out = tmp_path / "out"
+    jobs = [Inspector()(j) for j in read_jobs(dataset, out, {"size": 32, "iterations": 2})]
+    group = tuple(j for j in jobs if j.group == jobs[0].group)
+    assert len(group) >= 3
+    threads = {}
+    prepare_job = worker_module.prepare_job
+
+    def recorded(job):
+        threads[job.spec.row] = threading.current_thread().name
+        return prepare_job(job)
+
+    monkeypatch.setattr(worker_module, "prepare_job", recorded)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # read_depth's view of the worker
+    worker = worker_module.Worker(0, Runtime.create("cpu", "fp32", channels_last=False), out, 0,
+                                  [].append)
+    worker.run(Batch(group, slots=1))
+    first, *rest = (threads[job.spec.row] for job in group)
+    assert first == "MainThread" and all(name.startswith("read-ahead") for name in rest)
+    assert all(job.spec.output.is_file() for job in group)
