@@ -416,6 +416,37 @@ def test_failed_jobs_are_skipped_until_retry_failed(dataset, tmp_path):
     assert "from earlier runs" not in retried.output
 
 
+def test_a_run_whose_output_is_no_terminal_says_its_progress_in_plain_lines(
+        dataset, tmp_path, monkeypatch):
+    """In a log file or CI (CliRunner's output is no terminal) no bars are drawn: the jobs'
+    progress is a line (here at every iteration and every end: LOG_EVERY at 0), failures
+    counted, the workers' iterations beside it, the last one at the end."""
+    from pipeline.cli import progress
+
+    broken = dataset.parent / "content" / "c0.png"  # rows 0 and 1 fail
+    broken.write_bytes(broken.read_bytes()[:len(broken.read_bytes()) * 2 // 3])
+    monkeypatch.setattr(progress, "LOG_EVERY", 0.0)
+    result = run_cli(dataset, tmp_path / "out")
+    assert result.exit_code == 1, result.output
+    assert "━" not in result.output
+    said = [re.fullmatch(r"jobs (\d)/6 done(?:, (\d) failed)?(, [^;]*)?((?:; w0 \d+/\d+)?)",
+                         line) for line in result.output.splitlines() if line.startswith("jobs ")]
+    assert all(m is not None for m in said), result.output
+    ended = [(int(m[1]), int(m[2] or 0)) for m in said]
+    assert ended[-1] == (4, 2) and ended == sorted(ended), result.output
+    assert any(m[4] for m in said), result.output  # a worker's iterations while it runs
+    assert re.search(r"\d images/hour, eta 0:00:00$", said[-1][3]), said[-1][3]
+
+
+def test_status_line_counts_rates_and_eta():
+    from pipeline.cli.progress import status_line
+
+    assert status_line(3, 1, 10, 40.0, False) == "3/10 done, 1 failed, 270 images/hour, eta 0:01:00"
+    assert status_line(0, 2, 10, 5.0, True) == "0/10 done, 2 failed, eta 0:00:20"
+    assert status_line(2, 0, 2, 7200.0, True) == "2/2 done, 1 outputs/hour, eta 0:00:00"
+    assert status_line(0, 0, 5, 0.0, False) == "0/5 done"
+
+
 def test_out_of_memory_retries_once_at_half_the_batch(dataset, tmp_path, monkeypatch):
 
     import torch

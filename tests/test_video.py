@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -267,6 +268,9 @@ def test_video_end_to_end_keeps_rate_duration_and_audio(clip_file, tmp_path):
                            terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "audio copied" in result.output and "8 (0 from an earlier run)" in result.output
+    # Not a terminal: no bar, a plain line (at most a minute apart) and one at the end.
+    assert "━" not in result.output
+    assert re.search(r"^frames 8/8, frame 7: \d+ it, total \S+ ", result.output, re.M)
     got, want = probe(out), probe(source)
     assert got.fps == want.fps and got.has_audio
     assert abs(got.duration - want.duration) < 0.15

@@ -115,7 +115,7 @@ def print_errors(errors: list[RowError], limit: int = 100) -> None:
 def scanning() -> Iterator[Callable[[int], None]]:
     """A transient counter while manifest rows are checked; yields `advance(n)`. None into a
     log or a pipe, where all it would leave is a blank line."""
-    if not console.is_terminal:
+    if not console.is_interactive:
         yield lambda n: None
         return
     with Progress(SpinnerColumn(), TextColumn("[bold]checking rows"), TextColumn(

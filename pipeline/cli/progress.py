@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 from torch import Tensor
 
+from ..bulk import ledger
 from ..bulk.events import (
     BatchDone,
     BatchStarted,
@@ -122,8 +125,39 @@ class RateHourColumn(ProgressColumn):
         return Text(f"{rate:,.0f} img/h" if rate else "-- img/h", style="progress.data.speed")
 
 
+# A run's progress line where no bars are drawn: at most this often, in seconds.
+LOG_EVERY = 60.0
+
+
+class Pace:
+    """Where no bars are drawn (stderr no interactive terminal: a log file, CI, a scheduler's
+    output), progress is said in plain lines instead: at most every LOG_EVERY seconds."""
+
+    def __init__(self) -> None:
+        self.live = console.is_interactive
+        self.at = time.monotonic()
+
+    def due(self, last: bool = False) -> bool:
+        """Whether to say a line now (`last`: the work is done, said once more)."""
+        if self.live or not (last or time.monotonic() - self.at >= LOG_EVERY):
+            return False
+        self.at = time.monotonic()
+        return True
+
+
+def status_line(done: int, failed: int, total: int, seconds: float, videos: bool) -> str:
+    """`12/240 done, 2 failed, 350 images/hour, eta 0:41:10`: the jobs bar as one line."""
+    ended = done + failed
+    line = f"{done}/{total} done" + (f", {failed} failed" if failed else "")
+    if ended and seconds > 0:
+        eta = datetime.timedelta(seconds=round((total - ended) * seconds / ended))
+        line += (f", {ledger.rate(done, seconds, videos)}" if done else "") + f", eta {eta}"
+    return line
+
+
 class RunDisplay:
-    """Overall jobs bar plus one line per worker; fed the workers' events."""
+    """Overall jobs bar plus one line per worker; fed the workers' events. No bars where they
+    would not be redrawn: a plain line instead (Pace)."""
 
     def __init__(self, total: int, devices: list[str]):
         self.bar = Progress(TextColumn("{task.description}", style="bold", markup=False),
@@ -136,13 +170,18 @@ class RunDisplay:
                         for i, d in enumerate(devices)]
         self.labels = list(devices)
         self.devices = list(devices)  # relabelled with precision once workers report
+        self.pace = Pace()
+        self.failed = 0
+        self.videos = False  # the rate's unit: a video is one output
 
     def __enter__(self) -> RunDisplay:
-        self.bar.start()
+        if self.pace.live:
+            self.bar.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.bar.stop()
+        if self.pace.live:
+            self.bar.stop()
 
     def handle(self, event: Event) -> None:
         wid = event.worker
@@ -155,6 +194,7 @@ class RunDisplay:
                 self._started(event)
             case Iteration(iteration=iteration):
                 self.bar.update(task, completed=iteration)
+                self._log()
             case BatchDone(done=done, failures=failures):
                 self.bar.update(task, completed=self.bar.tasks[task].total)  # reports may be sparse
                 self._ended(done, failures)
@@ -174,11 +214,26 @@ class RunDisplay:
 
     def _ended(self, done: int, failures: list[tuple[int, str]]) -> None:
         self.bar.advance(self.overall, done + len(failures))
+        self.failed += len(failures)
         for row, error in failures:
             say("failed", "red", f"row {row}: {error}", self.bar.console)
+        self._log(finished=self.bar.tasks[self.overall].finished and bool(done or failures))
+
+    def _log(self, finished: bool = False) -> None:
+        """Without bars: the jobs' line and each busy worker's count, when due (a heartbeat
+        while long jobs run), and once all jobs have ended."""
+        if not self.pace.due(finished):
+            return
+        task = self.bar.tasks[self.overall]
+        line = status_line(int(task.completed) - self.failed, self.failed, int(task.total or 0),
+                           task.elapsed or 0.0, self.videos)
+        busy = [f"w{i} {w.completed:.0f}/{w.total:.0f}" for i, w in
+                enumerate(self.bar.tasks[t] for t in self.workers) if w.started and not w.finished]
+        say("jobs", "bold", "; ".join([line, *busy]), self.bar.console)
 
     def _started(self, event: BatchStarted) -> None:
         wid, n, total, start = event.worker, event.jobs, event.iterations, event.resumed_at
+        self.videos |= event.unit == "frames"
         if start and event.label:
             say(f"w{wid}:", "cyan", f"{event.label}: {start} of {total} {event.unit} kept by "
                 "an earlier run", self.bar.console)

@@ -16,7 +16,7 @@ from ..video.output import frames_location
 from ..video.params import VideoParams
 from .app import Terminated, app, reports_errors, say
 from .options import STORAGE_OPTION, with_options
-from .progress import console, format_losses, shown, summary_table
+from .progress import Pace, console, format_losses, shown, summary_table
 
 
 @app.command()
@@ -51,15 +51,20 @@ def video(
                    MofNCompleteColumn(), TimeRemainingColumn(),
                    TextColumn("{task.fields[note]}"), console=console, disable=quiet)
     task = bar.add_task("frames", total=None, note="")
+    pace = Pace()
 
     def on_start(count: int) -> None:  # shown once the inputs are checked
         bar.update(task, total=count)
-        bar.start()
+        if pace.live:
+            bar.start()
 
     def on_frame(frame: Frame) -> None:
         note = ("from an earlier run" if frame.resumed
                 else f"{frame.iterations} it, {format_losses(frame.losses)}")
         bar.update(task, advance=1, note=f"frame {frame.index}: {note}")
+        done, count = bar.tasks[task].completed, bar.tasks[task].total
+        if not quiet and pace.due(done == count):
+            say("frames", "bold", f"{done:.0f}/{count:.0f}, frame {frame.index}: {note}")
 
     try:
         result = stylize_video_file(location(source), [location(s) for s in styles],
