@@ -25,6 +25,9 @@ def test_stylize_end_to_end(photo_path, painting_path, tmp_path):
                                  "--size", "48", "--iterations", "3", "--device", "cpu",
                                  "--precision", "fp32", "--seed", "7"])
     assert result.exit_code == 0, result.output
+    # Not a terminal: no bar, a plain line (at most a minute apart) and one at the end.
+    assert "━" not in result.output
+    assert f"{photo_path.name} 3/3 iterations, loss " in result.output, result.output
     meta = read_metadata(out)
     assert meta["params"]["size"] == 48 and meta["params"]["seed"] == 7
     assert meta["precision"] == "fp32" and len(meta["weights_digest"]) == 64

@@ -98,14 +98,18 @@ def iteration_bar(description: str, total: int, quiet: bool = False) -> Iterator
                TextColumn("{task.fields[losses]}", markup=False)]
     bar = Progress(*columns, console=console, transient=False)
     task = bar.add_task(description, total=total, losses="")
+    pace = Pace()
 
     def update(iteration: int, terms: dict[str, Tensor]) -> None:
-        if not bar.live.is_started:  # shown from the first iteration, after inputs are checked
+        if pace.live and not bar.live.is_started:  # from the first iteration, inputs checked
             bar.start()
         fields = {}
         if iteration % LOSS_EVERY == 0 or iteration == total:  # all terms: in the summary
             fields["losses"] = f"loss {float(terms['total'][0]):.4g}"
         bar.update(task, completed=iteration, **fields)
+        if pace.due(iteration == total):
+            say(description, "bold", f"{iteration}/{total} iterations, loss "
+                f"{float(terms['total'][0]):.4g}")
 
     try:
         yield update
@@ -125,7 +129,7 @@ class RateHourColumn(ProgressColumn):
         return Text(f"{rate:,.0f} img/h" if rate else "-- img/h", style="progress.data.speed")
 
 
-# A run's progress line where no bars are drawn: at most this often, in seconds.
+# Where no bars are drawn, progress lines come at most this often, in seconds.
 LOG_EVERY = 60.0
 
 
