@@ -192,6 +192,32 @@ def test_jobs_in_slots_go_out_as_each_workers_share_of_their_group(dataset, tmp_
     assert capped is not None and (len(capped.jobs), capped.slots) == (2 * RUN_SLOTS, 2)
 
 
+def test_the_last_jobs_are_shared_out_in_proportion_to_the_workers_batch_sizes(dataset,
+                                                                              tmp_path):
+    """Fewer jobs left than fill every worker's batch: each worker that asks takes its part,
+    so none idles while another runs a whole batch of the last ones; a worker's part of a
+    group is in proportion to its batch size among all the workers' (`capacity`)."""
+    jobs = _jobs(dataset, tmp_path)
+    same = [j for j in jobs if j.group == jobs[0].group]
+    assert len(same) == 4
+    for continuous in (True, False):
+        queue = BatchQueue(same, workers=2, continuous=continuous)
+        first = queue.take(lambda job: 4)
+        second = queue.take(lambda job: 4, running=len(first.jobs))  # the first's still run
+        assert [len(b.jobs) for b in (first, second)] == [2, 2] and not queue, continuous
+        assert [b.slots for b in (first, second)] == ([2, 2] if continuous else [0, 0])
+    queue = BatchQueue(same, workers=8)  # fewer jobs than workers: one each
+    assert [len(queue.take(lambda job: 8, running=i).jobs) for i in range(4)] == [1] * 4
+    queue = BatchQueue(same * 3, workers=2)  # a GPU at batch 8 beside a CPU worker at 1
+    gpu = queue.take(lambda job: 8, lambda job: 9)
+    assert gpu is not None and (len(gpu.jobs), gpu.slots) == (11, 8)
+    cpu = queue.take(lambda job: 1, lambda job: 9)
+    assert cpu is not None and (len(cpu.jobs), cpu.slots) == (1, 1) and not queue
+    queue = BatchQueue(same * 8, workers=2)  # enough left: whole batches, as before
+    first = queue.take(lambda job: 4)
+    assert first is not None and (len(first.jobs), first.slots) == (16, 4)
+
+
 def test_a_worker_that_cannot_see_the_run_folder_says_so_and_does_not_start(tmp_path):
     from pipeline.accel.runtime import RuntimeOptions
     from pipeline.bulk.events import CouldNotStart

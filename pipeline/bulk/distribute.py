@@ -206,8 +206,13 @@ def _handle(event: Event, workers: Distributor, state: _State, display: Display)
 def _feed(wid: int, workers: Distributor, state: _State) -> None:
     """Worker wid's next batch. With none left while others still run, it waits: a batch
     whose worker dies comes back, and it may take it."""
+    live = [slot.batch_size(state.batch_size)
+            for i, slot in enumerate(workers.slots) if i not in state.gone]
+    running = sum(len(b.jobs) - state.reported.get(w, 0) for w, b in state.running.items()
+                  if w != wid)
     batch = None if state.stopping else state.queue.take(
-        workers.slots[wid].batch_size(state.batch_size))
+        workers.slots[wid].batch_size(state.batch_size),
+        lambda job: sum(size(job) for size in live), running)
     if batch is None and state.running and not state.stopping:
         state.idle.append(wid)
         return

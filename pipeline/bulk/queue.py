@@ -12,8 +12,11 @@ a multi-pass video goes out as the pieces of its passes (pass_plan.py), before t
 a pass waiting for its last piece leaves the other workers to the rest.
 
 Jobs that go through slots (continuous batching, gatys/slots.py) go out in runs longer than
-the batch size, so a row freed mid-run is refilled: each worker's share of the group, at most
-RUN_SLOTS times its batch size, at least one batch. A dead worker's run goes back and out
+the batch size, so a row freed mid-run is refilled: each worker's part of the group (in
+proportion to its batch size among the workers'), at most RUN_SLOTS times its batch size, at
+least one batch. At the run's end, with fewer jobs left than fill every worker's batch, each
+worker that asks takes its part of them, slots or not: none idles while another runs a whole
+batch of the last ones. A dead worker's run goes back and out
 first to whichever worker asks next, cut to that worker's batch size and run length: its
 jobs resume from their own checkpoints in any rows, so it never waits for a worker like the
 one that died."""
@@ -48,9 +51,13 @@ class BatchQueue:
         self._groups = deque(group for group in groups.values() if group)
         self._workers, self._continuous = workers, continuous
 
-    def take(self, batch_size: Callable[[Job], int]) -> Batch | None:
+    def take(self, batch_size: Callable[[Job], int],
+             capacity: Callable[[Job], int] | None = None, running: int = 0) -> Batch | None:
         """The next batch, of at most `batch_size(job)` jobs of one group (or frames of a
-        piece); None when none can go out now."""
+        piece); None when none can go out now. `capacity(job)`: the batch sizes of the run's
+        workers added up (None: this one's times the workers): a worker's part of the jobs
+        is in proportion to its batch size; `running`: the jobs the other workers have not
+        ended yet, which the run's end shares out with those left here."""
         if (batch := self._returned_fitting(batch_size)) is not None:
             return batch
         for plan in self._plans:
@@ -62,12 +69,19 @@ class BatchQueue:
             return self._returned.popleft() if self._returned else None
         group = self._groups[0]
         size = batch_size(group[0])
+        whole = capacity(group[0]) if capacity else size * self._workers
+
+        def part(jobs: int) -> int:  # this worker's part of `jobs`, rounded up
+            return -(-jobs * size // max(whole, size))
+
+        # Fewer jobs left than fill every worker's batch (the run's end): each takes its part,
+        # so none idles while another runs a whole batch of the last ones.
+        least = min(size, part(running + sum(len(g) for g in self._groups)))
         if self._continuous and slotted(group[0]):
-            share = -(-len(group) // self._workers)
-            n = min(len(group), max(size, min(share, size * RUN_SLOTS)))
+            n = min(len(group), max(least, min(part(len(group)), size * RUN_SLOTS)))
             batch = Batch(tuple(group.popleft() for _ in range(n)), slots=min(size, n))
         else:
-            batch = Batch(tuple(group.popleft() for _ in range(min(size, len(group)))))
+            batch = Batch(tuple(group.popleft() for _ in range(min(least, len(group)))))
         if not group:
             self._groups.popleft()
         return batch
