@@ -26,6 +26,41 @@ def two_threads():
     torch.set_num_threads(before)
 
 
+def test_a_shard_runs_on_its_thread_count_whatever_other_threads_set_meanwhile():
+    """A new shard thread sets its count before its first op; another thread storing a
+    different process value in between (a flow thread's first call does) must not change the
+    count the shard runs on."""
+    from pipeline.accel import cpu_shards
+
+    entered, stored, seen = threading.Event(), threading.Event(), {}
+
+    class Shard:
+        def __init__(self, n):
+            self.n, self.x = n, torch.zeros(1)
+
+        def step(self):
+            if self.n == 0:  # once shard 1 has set its count, another thread stores 3
+                assert entered.wait(30)
+                other = threading.Thread(target=torch.set_num_threads, args=(3,))
+                other.start()
+                other.join()
+                stored.set()
+            else:
+                entered.set()
+                assert stored.wait(30)
+            seen[self.n] = torch.get_num_threads()
+            return {"total": torch.ones(1)}
+
+    cpu_shards._pool.cache_clear()  # new threads, as in a new process
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cpu_shards.ShardedRun([Shard(0), Shard(1)]).step()
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {0: 1, 1: 1}
+
+
 @pytest.fixture
 def unsplit(cpu64):
     return dataclasses.replace(cpu64, split_batches=False)

@@ -59,7 +59,13 @@ def concat(trees: Sequence[Any]) -> Any:
 
 @functools.cache
 def _pool(threads: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(threads, thread_name_prefix="shard")
+    # A thread's first ATen call sets its intra-op threads to the process value of that
+    # moment (torch's lazy init), undoing a count set before it whenever another thread (the
+    # main one, a flow thread's first call) has just stored another: a shard's first step
+    # could run on all the cores, and round otherwise. The pool's threads make that call
+    # first, before any count is set.
+    return ThreadPoolExecutor(threads, thread_name_prefix="shard",
+                              initializer=torch.get_num_threads)
 
 
 class ShardedRun:
