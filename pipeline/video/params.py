@@ -50,7 +50,9 @@ class VideoParams:
                                      "would show them at that rate; none = the input's.",
                                above=0, hi=1000)
     crf: int = option(18, "H.264 quality (constant rate factor): lower is better and larger; "
-                          "18 is visually lossless for most clips.", lo=0, hi=51, key=False)
+                          "18 is visually lossless for most clips. (x264's macroblock tree is "
+                          "off, so the same frames always encode to the same bytes.)",
+                      lo=0, hi=51, key=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, tuples as lists."""
