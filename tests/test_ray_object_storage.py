@@ -78,6 +78,12 @@ def test_a_cluster_sharing_only_a_bucket_runs_a_manifest_and_survives_a_lost_nod
     for model in sorted((Path(_CACHE) / "models").glob("*.onnx*")):  # exported once, before
         if not model.name.endswith(".lock"):
             shutil.copyfile(model, shared / "models" / model.name)
+    # The reference's measured side of the L-BFGS history (history_probe.py), as a machine
+    # finds it in a shared cache: each node would measure it otherwise, and a timing taken
+    # while other tests run can pick the other side, which rounds otherwise.
+    (shared / "probes").mkdir()
+    for entry in (Path(_CACHE) / "probes").glob("history-*.json"):
+        shutil.copyfile(entry, shared / "probes" / entry.name)
     there = served / "bucket" / tmp_path.name / "out"  # the objects, as files
     removed, resumed = [], []
     saboteur = node_remover(c, list(caches), lambda: list((there / ".checkpoints").glob(
