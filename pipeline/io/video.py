@@ -206,7 +206,7 @@ def write_video(frames: Iterable[np.ndarray], dest: Path, fps: Fraction, crf: in
         video.pix_fmt = "yuv420p"
         # x264's macroblock tree gives another stream at each encode of the same frames (on
         # smooth, moving frames; measured with this build): off, a run or its resume writes
-        # the same video bytes. It costs about half a dB at the same size.
+        # the same video bytes, at a small cost in quality per byte (docs/video.md).
         video.options = {"crf": str(crf), "x264-params": "no-mbtree=1"}
         source = av.open(str(audio.path)) if audio is not None and audio.has_audio else None
         try:
