@@ -2,6 +2,6 @@
 
 import sys
 
-from pipeline.cli import app
+from pipeline.cli import main
 
-app(["export", *sys.argv[1:]], prog_name="python -m")
+main(["export", *sys.argv[1:]], prog_name="python -m")

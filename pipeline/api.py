@@ -438,7 +438,7 @@ def stylize(content: ImageSource, styles: ImageSource | Sequence[ImageSource],
     return stylize_batch([StyleJob(content, list(styles))], params, runtime, progress)[0].image
 
 
-CACHE_PARTS = {"weights": "dequantized weights", "models": "ONNX models",
+CACHE_PARTS = {"models": "ONNX models",
                "trt": "TensorRT engines", "targets": "content/style targets",
                "flows": "optical flows of video frames", "probes": "measured hardware defaults",
                "digests": "video files' sha256",
@@ -483,7 +483,7 @@ def export_trunk(layers: Sequence[str], weights: str = "caffe", pooling: str = "
 
     StyleParams(content_layers=(), content_weight=0, style_layers=tuple(layers),
                 pooling=pooling).validate()
-    path, sidecar = ensure_model(load_weights(weights, cache), pooling,
+    path, sidecar = ensure_model(load_weights(weights), pooling,
                                  cache_dir(cache) / "models", tuple(layers), force=force)
     if output is not None:
         for src, dst in ((path, output), (path.with_suffix(".json"),
@@ -531,7 +531,8 @@ def check_destinations(output: Location, inputs: Sequence[Location], bit_depth: 
 
 
 def stylize_file(content: Location, styles: Sequence[Location], output: Location,
-                 params: StyleParams = StyleParams(), runtime: Runtime | None = None,
+                 params: StyleParams = StyleParams(),
+                 runtime: Runtime | Callable[[], Runtime] | None = None,
                  progress: Progress | None = None, trace: Location | None = None,
                  trace_every: int = TRACE_EVERY, regions: Regions = NO_REGIONS
                  ) -> StyleResult:
@@ -539,7 +540,9 @@ def stylize_file(content: Location, styles: Sequence[Location], output: Location
     sRGB-tagged, parameters and job key embedded), the image every params.save_every
     iterations beside it, and with `trace` the loss terms every `trace_every` iterations in
     that Parquet file. Every destination is checked before any work. Inputs, the output and
-    the trace may be URLs (s3://..., io/storage.py): read whole, written as one object."""
+    the trace may be URLs (s3://..., io/storage.py): read whole, written as one object.
+    `runtime` may be a function that starts one, called once the inputs are read: a wrong path
+    then fails before the hardware probes run."""
     params.validate(n_styles=len(styles))
     regions.validate(len(styles), params)
     init = [location(params.init)] if params.init_is_file else []
@@ -549,6 +552,8 @@ def stylize_file(content: Location, styles: Sequence[Location], output: Location
     # The styles' file digests, as a bulk run keys them (a style's region is in `regions`).
     key = job_key(prepared[0].digest, [image_digest(s) for s in styles], params,
                   image_digest(init[0]) if init else None, regions.key(image_digest))
+    if callable(runtime):
+        runtime = runtime()
     result = stylize_prepared(
         [prepared], params, runtime, progress, trace_every=trace_every if trace else 0,
         save_image=lambda it, _, image: save_image(image, intermediate_path(output, it),

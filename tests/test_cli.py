@@ -74,10 +74,9 @@ def test_export_and_cache_commands(tmp_path):
 
     cache = tmp_path / "cache"
     ours = [cache / "targets" / "ab" / f"ab{'0' * 62}.safetensors",
-            cache / "models" / f"vgg19-caffe-{'1' * 16}-max-opset18.onnx",
-            cache / "weights" / f"vgg19-caffe-{'2' * 16}.safetensors"]
+            cache / "models" / f"vgg19-caffe-{'1' * 16}-max-opset18.onnx"]
     foreign = [cache / "models" / "my_model.ckpt", cache / "targets" / "ab" / "notes.txt",
-               cache / "weights" / "vgg19.safetensors"]
+               cache / "trt" / "vgg19.safetensors"]
     for path in ours + foreign:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"1234")

@@ -579,17 +579,9 @@ def test_a_damaged_ledger_part_is_set_aside_and_rebuilt_from_the_outputs(dataset
 
 # --- caches --------------------------------------------------------------------------------
 
-def test_a_damaged_weights_cache_is_rebuilt_and_non_finite_targets_are_never_cached(tmp_path):
-    from pipeline.gatys.weights import load_weights
+def test_non_finite_targets_are_never_cached(tmp_path):
     from pipeline.targets.cache import NonFiniteTargets, TargetCache
 
-    first = load_weights("caffe", tmp_path)
-    (cached,) = (tmp_path / "weights").glob("*.safetensors")
-    data = bytearray(cached.read_bytes())
-    data[len(data) // 2:len(data) // 2 + 64] = b"\xff" * 64  # NaNs in some weight
-    cached.write_bytes(bytes(data))
-    again = load_weights("caffe", tmp_path)
-    assert all(torch.equal(again.state[k], v) for k, v in first.state.items())
     cache = TargetCache(tmp_path / "targets")
     with pytest.raises(NonFiniteTargets, match="inf/NaN"):
         cache.get("k" * 64, lambda: {"relu1_1": torch.tensor([1.0, float("nan")])}, "style x")

@@ -105,7 +105,7 @@ def test_a_shared_cache_the_store_refuses_is_said_once_and_the_work_goes_on(
     mirror.mirror(run, "s3://bucket/run")
     assert mirror.remote_of(cache / "targets" / "ab" / "x.safetensors") == (
         "s3://bucket/cache/targets/ab/x.safetensors")
-    assert mirror.remote_of(cache / "weights" / "w.safetensors") is None  # each machine's own
+    assert mirror.remote_of(cache / "trt" / "engine") is None  # each machine's own
     with caplog.at_level("WARNING", "pipeline.storage"):
         mirror.fetch_missing(cache / "probes" / "p.json")
         atomic_write_bytes(cache / "targets" / "ab" / "x.safetensors", b"1")

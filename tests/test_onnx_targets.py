@@ -173,7 +173,7 @@ def test_two_processes_export_at_once(tmp_path):
         from pipeline.targets.onnx_export import ensure_model
         from pipeline.gatys.weights import load_weights
         cache = Path(sys.argv[1])
-        path, sidecar = ensure_model(load_weights("caffe", cache), "avg", cache / "models")
+        path, sidecar = ensure_model(load_weights("caffe"), "avg", cache / "models")
         print("MODEL", path, sidecar["model_sha256"])
     """)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

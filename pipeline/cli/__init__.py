@@ -4,6 +4,6 @@ display."""
 
 from . import stylize  # noqa: I001  (the order of --help)
 from . import video, run, manifest, cache
-from .app import app
+from .app import app, main
 
-__all__ = ["app", "cache", "manifest", "run", "stylize", "video"]
+__all__ = ["app", "cache", "main", "manifest", "run", "stylize", "video"]

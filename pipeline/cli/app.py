@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import logging
 import signal
 import threading
@@ -25,6 +26,14 @@ from .progress import console, say
 EXIT_CODES = ((SourceMissingError, 3), (InputError, 2), (NonFiniteError, 1))
 app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=None,
                   help="Batch neural style transfer (Gatys et al., CVPR 2016).")
+
+
+def main(args: list[str] | None = None, prog_name: str = "pipeline") -> None:
+    """The `pipeline` command. What was imported (torch's hundreds of thousands of objects) is
+    never garbage: frozen out of the collector, the interpreter's collections at exit skip it,
+    which took a third of a second of every command (BENCHMARKS.md, "Start-up")."""
+    gc.freeze()
+    app(args, prog_name=prog_name)
 
 
 def say_error(message: object) -> None:
@@ -93,7 +102,7 @@ def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @app.callback()
-def main(verbose: bool = typer.Option(True, "--verbose/--quiet-log",
+def logs(verbose: bool = typer.Option(True, "--verbose/--quiet-log",
                                       help="Log target and model events (provider chosen, "
                                            "cache hits, exports) to stderr.")) -> None:
     """Batch neural style transfer (Gatys et al., CVPR 2016)."""

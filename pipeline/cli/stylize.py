@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from pathlib import Path
@@ -58,7 +59,8 @@ def stylize(
     params.validate(n_styles=len(styles))
     regions.validate(len(styles), params)
     set_storage_options(storage_option)
-    runtime = Runtime.start(device, **dataclasses.asdict(options))
+    # Started once the inputs are read (stylize_file): a wrong path fails before any probe.
+    runtime = functools.cache(lambda: Runtime.start(device, **dataclasses.asdict(options)))
     start = time.perf_counter()
     with iteration_bar(name(content), params.iterations, quiet) as progress:
         result = stylize_file(location(content), [location(s) for s in styles],
@@ -66,6 +68,7 @@ def stylize(
                               None if trace is None else location(trace), trace_every, regions)
     if quiet:
         return
+    rt = runtime()
     table = summary_table("stylize")
     table.add_row("output", f"{output} ({result.image.width}x{result.image.height})")
     if regions.active:
@@ -73,9 +76,9 @@ def stylize(
             f"{name(style)} in {where}" for style, where in
             zip(styles, regions.masks or [f"{c} of {regions.segmentation}"
                                           for c in regions.colors], strict=True)))
-    table.add_row("device", f"{runtime.device} {runtime.precision}"
-                  f"{' channels_last' if runtime.channels_last else ''}")
-    table.add_row("precision", f"{runtime.precision} ({runtime.numerics})")
+    table.add_row("device", f"{rt.device} {rt.precision}"
+                  f"{' channels_last' if rt.channels_last else ''}")
+    table.add_row("precision", f"{rt.precision} ({rt.numerics})")
     stopped = (f", stopped early by --tol {params.tol}" if result.iterations < params.iterations
                else "")
     table.add_row("iterations", f"{result.iterations} ({params.optimizer}{stopped})")

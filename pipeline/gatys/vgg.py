@@ -100,9 +100,11 @@ class VGG19Trunk(nn.Module):
         for name in self.layer_names:
             if name.startswith("conv"):
                 weight = state[f"{name}.weight"]
-                conv = nn.Conv2d(weight.shape[1], weight.shape[0], 3, padding=1)
-                conv.weight.data.copy_(weight)
-                conv.bias.data.copy_(state[f"{name}.bias"])
+                # Made on the meta device: a random initialization, overwritten at once, took
+                # a quarter of loading the weights.
+                conv = nn.Conv2d(weight.shape[1], weight.shape[0], 3, padding=1, device="meta")
+                conv.weight = nn.Parameter(weight.clone())
+                conv.bias = nn.Parameter(state[f"{name}.bias"].clone())
                 layers[name] = conv
             elif name.startswith("relu"):
                 layers[name] = nn.ReLU(inplace=False)

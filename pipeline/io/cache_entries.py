@@ -14,7 +14,6 @@ from .storage import Location, is_url, object_sizes, remove_objects
 _HEX16, _HEX64 = "[0-9a-f]{16}", "[0-9a-f]{64}"
 # Each part: the name pattern of a file we write there, relative to the part's folder.
 ENTRIES = {
-    "weights": re.compile(rf"vgg19-caffe-{_HEX16}\.safetensors"),
     "models": re.compile(rf"vgg19-[a-z]+-{_HEX16}-(max|avg)-[a-z0-9_-]+\.(onnx|json|onnx\.lock)"),
     "trt": re.compile(r"TensorrtExecutionProvider_[^/]+"),  # ORT's engine and timing caches
     "targets": re.compile(rf"[0-9a-f]{{2}}/{_HEX64}\.safetensors"),

@@ -43,8 +43,8 @@ STATE = ("run.json", "ledger", "traces", ".checkpoints")
 # is the same. run.json and checkpoints are rewritten at the same size.
 GROWING = ("ledger", "traces")
 # The parts of a cache in object storage that machines share (the rest is each machine's own:
-# weights are a second's work from the package, TensorRT engines fit one GPU, digests and
-# fetched inputs name local files). Probes are keyed by the CPU model and torch's version.
+# TensorRT engines fit one GPU, digests and fetched inputs name local files). Probes are keyed
+# by the CPU model and torch's version.
 SHARED_CACHE = ("models", "targets", "flows", "probes")
 
 
