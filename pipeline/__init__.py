@@ -5,8 +5,8 @@
 
 import gc
 
-# Importing torch makes hundreds of thousands of objects, none of them garbage; the collector's
-# full passes over them during the import took a tenth of a second of every process.
+# Importing torch makes a great many objects, none of them garbage: the collector's full passes
+# over them during the import are time lost by every process (BENCHMARKS.md, "Start-up").
 _collecting = gc.isenabled()
 gc.disable()
 try:

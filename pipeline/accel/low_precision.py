@@ -30,8 +30,7 @@ def compute_trunk(trunk: VGG19Trunk, runtime: Settings) -> VGG19Trunk:
         return winograd_trunk(trunk, runtime.winograd == "on", cache_dir(runtime.cache))
     if runtime.precision == "fp64":
         return copy.deepcopy(trunk).double()
-    # The copy takes each weight in bf16 at once (the memo): copying the fp32 weights first
-    # took longer than the casts.
+    # The copy takes each weight in bf16 at once (the memo), without copying it in fp32 first.
     memo: dict[int, object] = {id(p): nn.Parameter(p.to(torch.bfloat16), requires_grad=False)
                                for name, layer in trunk.layers.items() if name != "conv1_1"
                                for p in layer.parameters()}

@@ -29,9 +29,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=N
 
 
 def main(args: list[str] | None = None, prog_name: str = "pipeline") -> None:
-    """The `pipeline` command. What was imported (torch's hundreds of thousands of objects) is
-    never garbage: frozen out of the collector, the interpreter's collections at exit skip it,
-    which took a third of a second of every command (BENCHMARKS.md, "Start-up")."""
+    """The `pipeline` command. What was imported (torch's many objects) is never garbage:
+    frozen out of the collector, the interpreter's collections at exit skip it, which were
+    most of the time the exit took (BENCHMARKS.md, "Start-up")."""
     gc.freeze()
     app(args, prog_name=prog_name)
 

@@ -100,8 +100,7 @@ class VGG19Trunk(nn.Module):
         for name in self.layer_names:
             if name.startswith("conv"):
                 weight = state[f"{name}.weight"]
-                # Made on the meta device: a random initialization, overwritten at once, took
-                # a quarter of loading the weights.
+                # Made on the meta device: no random initialization, overwritten at once.
                 conv = nn.Conv2d(weight.shape[1], weight.shape[0], 3, padding=1, device="meta")
                 conv.weight = nn.Parameter(weight.clone())
                 conv.bias = nn.Parameter(state[f"{name}.bias"].clone())
