@@ -49,6 +49,7 @@ def test_a_cluster_sharing_only_a_bucket_runs_a_manifest_and_survives_a_lost_nod
     import pyarrow.parquet as pq
     import torch
 
+    from pipeline.accel.machine import cpu_model, probe_entry
     from pipeline.accel.runtime import RuntimeOptions
     from pipeline.bulk import ledger
     from pipeline.bulk.manifest import parse_overrides
@@ -60,13 +61,26 @@ def test_a_cluster_sharing_only_a_bucket_runs_a_manifest_and_survives_a_lost_nod
     c, caches = nodes
     endpoint, served = s3_server
     manifest = make_dataset(tmp_path / "local")
+    # One cache for the reference run and, copied, the bucket's: the model (exported by an
+    # earlier test, else by the reference run), and one side of the L-BFGS history (history_probe.py) for every thread count.
+    # Each process would measure it otherwise, and a timing taken while other tests run can
+    # pick the other side, which rounds otherwise.
+    pinned = tmp_path / "pinned"
+    (pinned / "models").mkdir(parents=True)
+    for model in sorted((Path(_CACHE) / "models").glob("*")):
+        if model.suffix != ".lock":
+            shutil.copyfile(model, pinned / "models" / model.name)
+    (pinned / "probes").mkdir()
+    for threads in range(1, (os.cpu_count() or 1) + 1):
+        probe_entry(pinned, "history", [cpu_model(), torch.__version__, threads]).write_text(
+            '"left"')
     reference = tmp_path / "reference"
     # The convolutions pinned direct: a Winograd plan is measured per cache (winograd.py),
     # and this reference run's cache is not the bucket's that the nodes share.
     made = run_cli(manifest, reference, "--precision", "fp32", "--winograd", "off",
                    "--batch-size", "1", "--set",
                    "size=32", "--set", f"iterations={ITERATIONS}", "--workers",
-                   str(os.cpu_count() or 1))
+                   str(os.cpu_count() or 1), "--cache-dir", str(pinned))
     assert made.exit_code == 0, made.output
     use_server(monkeypatch, endpoint)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "driver"))
@@ -74,16 +88,9 @@ def test_a_cluster_sharing_only_a_bucket_runs_a_manifest_and_survives_a_lost_nod
     fs.put(str(manifest.parent) + "/", f"bucket/{tmp_path.name}/data/", recursive=True)
     url = f"s3://bucket/{tmp_path.name}"
     shared = served / "bucket" / tmp_path.name / "cache"
-    (shared / "models").mkdir(parents=True)
-    for model in sorted((Path(_CACHE) / "models").glob("*.onnx*")):  # exported once, before
-        if not model.name.endswith(".lock"):
-            shutil.copyfile(model, shared / "models" / model.name)
-    # The reference's measured side of the L-BFGS history (history_probe.py), as a machine
-    # finds it in a shared cache: each node would measure it otherwise, and a timing taken
-    # while other tests run can pick the other side, which rounds otherwise.
-    (shared / "probes").mkdir()
-    for entry in (Path(_CACHE) / "probes").glob("history-*.json"):
-        shutil.copyfile(entry, shared / "probes" / entry.name)
+    for part in ("models", "probes"):
+        shutil.copytree(pinned / part, shared / part,
+                        ignore=shutil.ignore_patterns("*.lock", "pixelcost-*"))
     there = served / "bucket" / tmp_path.name / "out"  # the objects, as files
     removed, resumed = [], []
     saboteur = node_remover(c, list(caches), lambda: list((there / ".checkpoints").glob(

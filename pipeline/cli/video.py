@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 
@@ -45,7 +46,8 @@ def video(
     if quiet:
         logging.getLogger("pipeline").setLevel(logging.WARNING)
     set_storage_options(storage_option)
-    runtime = Runtime.start(device, **dataclasses.asdict(options))
+    # Started once the inputs are checked (stylize_video_file): a wrong path fails first.
+    runtime = functools.cache(lambda: Runtime.start(device, **dataclasses.asdict(options)))
     started = time.perf_counter()
     bar = Progress(TextColumn("{task.description}", style="bold"), BarColumn(),
                    MofNCompleteColumn(), TimeRemainingColumn(),
@@ -85,8 +87,8 @@ def video(
     table.add_row("output", f"{shown(result.output)} ({result.size[0]}x{result.size[1]}, "
                   f"{float(result.fps):g} fps{', audio copied' if result.audio else ''})")
     table.add_row("frames", f"{result.frames} ({result.resumed} from an earlier run)")
-    table.add_row("device", f"{runtime.device} {runtime.precision} "
-                  f"({runtime.numerics})")
+    rt = runtime()
+    table.add_row("device", f"{rt.device} {rt.precision} ({rt.numerics})")
     if result.iterations and video.passes:
         mean = sum(result.iterations) / len(result.iterations)
         table.add_row("iterations", f"{mean:.0f} per frame over {video.passes} passes")

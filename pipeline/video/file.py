@@ -37,7 +37,7 @@ class VideoResult:
 
 def stylize_video_file(source: Location, styles: Sequence[Location], output: Location,
                        params: StyleParams = StyleParams(), video: VideoParams = VideoParams(),
-                       runtime: Runtime | None = None,
+                       runtime: Runtime | Callable[[], Runtime] | None = None,
                        on_start: Callable[[int], None] = lambda count: None,
                        on_frame: Callable[[Frame], None] = lambda f: None,
                        progress: Callable[[int], Progress | None] = lambda i: None,
@@ -48,7 +48,8 @@ def stylize_video_file(source: Location, styles: Sequence[Location], output: Loc
     frame as it is done; `progress(i)` is frame i's progress. `regions`: masks of the
     frames' shape, the same for every frame. Any of the files may be URLs (io/storage.py):
     a video output in object storage is uploaded whole at the end, its frames as they
-    finish (so that the same command resumes on any machine)."""
+    finish (so that the same command resumes on any machine). `runtime` may be a function
+    that starts one, called once the inputs are checked."""
     params.validate(n_styles=len(styles))
     regions.validate(len(styles), params)
     part = clip_part(source, video)
@@ -58,7 +59,7 @@ def stylize_video_file(source: Location, styles: Sequence[Location], output: Loc
         check_image_file(style)
     check_output(source, styles, output)
     init = image_digest(params.init) if params.init_is_file else None
-    runtime = runtime or Runtime.start()
+    runtime = runtime() if callable(runtime) else runtime or Runtime.start()
     key = clip_key(remembered_digest(part.info.path, runtime.cache), part,
                    [image_digest(s) for s in styles], params, video, init,
                    regions.key(image_digest))
