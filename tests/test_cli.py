@@ -93,6 +93,20 @@ def test_export_and_cache_commands(tmp_path):
     assert (cache_dir() / "models").is_dir()  # the shared test cache is untouched
 
 
+def test_a_wrong_path_fails_before_the_hardware_is_probed(painting_path, tmp_path, monkeypatch):
+    """The runtime (and the probes a first run on a machine makes) starts only once the
+    inputs are read: a mistyped path fails at once, whatever the cache holds."""
+    from pipeline.cli import stylize as command
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the runtime was started")
+
+    monkeypatch.setattr(command.Runtime, "start", refuse)
+    result = runner.invoke(app, ["stylize", str(tmp_path / "missing.png"), str(painting_path),
+                                 "-o", str(tmp_path / "o.png"), "--size", "32"])
+    assert result.exit_code == 2 and "missing.png: no such image file" in result.output
+
+
 def test_out_of_memory_is_one_line_not_a_traceback(photo_path, painting_path, tmp_path,
                                                    monkeypatch):
     import torch
