@@ -62,9 +62,9 @@ def test_a_cluster_sharing_only_a_bucket_runs_a_manifest_and_survives_a_lost_nod
     endpoint, served = s3_server
     manifest = make_dataset(tmp_path / "local")
     # One cache for the reference run and, copied, the bucket's: the model (exported by an
-    # earlier test, else by the reference run), and one side of the L-BFGS history (history_probe.py) for every thread count.
-    # Each process would measure it otherwise, and a timing taken while other tests run can
-    # pick the other side, which rounds otherwise.
+    # earlier test, else by the reference run), and one side of the L-BFGS history
+    # (history_probe.py) for every thread count. Each process would measure it otherwise, and
+    # a timing taken while other tests run can pick the other side, which rounds otherwise.
     pinned = tmp_path / "pinned"
     (pinned / "models").mkdir(parents=True)
     for model in sorted((Path(_CACHE) / "models").glob("*")):
