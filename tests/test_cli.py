@@ -93,6 +93,24 @@ def test_export_and_cache_commands(tmp_path):
     assert (cache_dir() / "models").is_dir()  # the shared test cache is untouched
 
 
+def test_the_command_freezes_what_was_imported_before_it_runs(monkeypatch):
+    """`pipeline` (main) moves every object made so far out of the collector's reach, so the
+    collections at the interpreter's exit skip them."""
+    import gc
+    import importlib
+
+    module = importlib.import_module("pipeline.cli.app")  # the module, not the Typer app
+
+    seen = []
+    monkeypatch.setattr(module, "app", lambda args, prog_name: seen.append(
+        (gc.get_freeze_count(), args)))
+    try:
+        module.main(["--help"])
+    finally:
+        gc.unfreeze()
+    assert seen and seen[0][0] > 1000 and seen[0][1] == ["--help"]
+
+
 def test_a_wrong_path_fails_before_the_hardware_is_probed(painting_path, tmp_path, monkeypatch):
     """The runtime (and the probes a first run on a machine makes) starts only once the
     inputs are read: a mistyped path fails at once, whatever the cache holds."""
