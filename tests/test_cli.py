@@ -19,6 +19,14 @@ def test_help_documents_every_option():
         assert option in result.output, option
 
 
+def test_cache_clear_help_names_exactly_the_parts_there_are():
+    from pipeline.api import CACHE_PARTS
+
+    result = runner.invoke(app, ["cache", "clear", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    assert f"Parts to empty: {', '.join(CACHE_PARTS)}." in result.output
+
+
 def test_stylize_end_to_end(photo_path, painting_path, tmp_path):
     out = tmp_path / "out" / "result.png"
     result = runner.invoke(app, ["stylize", str(photo_path), str(painting_path), "-o", str(out),

@@ -38,8 +38,8 @@ def cache_info(cache_dir: str | None = CACHE_OPTION) -> None:
 @cache_app.command("clear")
 @reports_errors
 def cache_clear(
-    parts: list[str] = typer.Argument(None, help="Parts to empty: weights, models, trt, "
-                                      "targets, flows, probes, digests, inputs. Default: all."),
+    parts: list[str] = typer.Argument(None, help=f"Parts to empty: {', '.join(CACHE_PARTS)}. "
+                                      "Default: all."),
     cache_dir: str | None = CACHE_OPTION,
 ) -> None:
     """Delete the files this program cached; everything is recomputed on demand. Files of
