@@ -190,6 +190,32 @@ def test_two_processes_export_at_once(tmp_path):
     assert sorted(p.suffix for p in path.parent.iterdir()) == [".json", ".lock", ".onnx"]
 
 
+def test_a_session_hands_back_the_memory_of_a_large_image(model):
+    """ONNX Runtime's CPU arena would keep a large image's buffers for the session's life (a
+    worker's), out of reach of the optimization after it."""
+    script = textwrap.dedent("""
+        import re, sys, torch
+        from pathlib import Path
+        from pipeline.targets.ort_session import create_session
+        from pipeline.targets.onnx_export import DEFAULT_LAYERS
+        def rss():
+            status = Path("/proc/self/status").read_text()
+            return int(re.search(r"VmRSS:\\s+(\\d+)", status).group(1)) * 1024
+        session = create_session(Path(sys.argv[1]), torch.device("cpu"), Path(sys.argv[2]))
+        session(torch.rand(1, 3, 32, 32) * 255, list(DEFAULT_LAYERS))
+        image, before = torch.rand(1, 3, 768, 1024) * 255, rss()
+        feats = session(image, list(DEFAULT_LAYERS))
+        del feats
+        print("GROWTH", rss() - before)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", script, str(model[1]), str(cache_dir())],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    growth = int(out.stdout.split("GROWTH")[1])
+    assert growth < 0.4e9, growth  # the arena: 0.8e9
+
+
 def test_a_provider_that_fails_to_load_is_a_clear_error(monkeypatch, tmp_path):
     """ORT quietly runs on its CPU provider when, say, CUDA's libraries are missing; asked for
     CUDA only, that is an error naming what loaded, not a silent CPU run (or a crash)."""

@@ -89,6 +89,11 @@ def create_session(model: Path, device: torch.device, cache: Path,
                                  f"onnxruntime build (it has {sorted(available)})")
     options = ort.SessionOptions()
     options.log_severity_level = 3  # ORT's warnings about dropped providers: we log our own
+    # ORT's CPU arena keeps its peak for the session's life, the worker's: GiBs after one
+    # 4096 px image, out of reach of the optimization that follows. Without it ORT's buffers
+    # go back to the process heap, where PyTorch reuses them (cpu_heap.py keeps that heap, so
+    # targets are computed as fast).
+    options.enable_cpu_mem_arena = False
     session = ort.InferenceSession(
         str(model), sess_options=options,
         providers=[(PROVIDER_NAMES[p], _provider_options(p, device, cache, trt_fp16))
