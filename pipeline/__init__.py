@@ -10,6 +10,9 @@ import gc
 _collecting = gc.isenabled()
 gc.disable()
 try:
+    from .accel import cpu_heap
+
+    cpu_heap.share_one_arena()  # before any library imported below starts a thread
     from .accel.runtime import Runtime, RuntimeOptions
     from .api import Regions, StyleJob, StyleResult, stylize, stylize_batch, stylize_file
     from .bulk.make_manifest import build_manifest

@@ -54,6 +54,29 @@ def test_kept_memory_is_reused_without_page_faults_and_released_on_request(threa
     assert kept["after_release"] * 2 > default["again"]  # handed back: new pages again
 
 
+ARENAS = """
+import ctypes, os, re, sys, tempfile, threading
+import pipeline
+threading.Thread(target=lambda: bytearray(1 << 20)).start()  # a thread of ours allocates
+libc = ctypes.CDLL("libc.so.6")
+libc.fopen.restype = ctypes.c_void_p
+path = os.path.join(tempfile.mkdtemp(), "malloc_info.xml")
+out = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, ctypes.c_void_p(out))
+libc.fclose(ctypes.c_void_p(out))
+print(len(re.findall(r'<heap nr="[0-9]+">', open(path).read())))
+"""
+
+
+def test_every_thread_allocates_in_one_arena_once_the_package_is_imported():
+    """Libraries start threads as they are imported (pyarrow: jemalloc's background thread);
+    the first allocation of each would otherwise make a glibc arena that later threads, the
+    CPU shards', can be handed, and that arena does not keep freed memory."""
+    out = subprocess.run([sys.executable, "-c", ARENAS], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parents[1])
+    assert out.stdout.split() == ["1"], out.stdout
+
+
 def test_runtime_keeps_cpu_memory_unless_told_not_to():
     assert Runtime.create("cpu", "fp32").keep_cpu_memory
     assert not Runtime.create("cpu", "fp32", keep_cpu_memory=False).keep_cpu_memory

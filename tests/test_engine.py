@@ -248,7 +248,9 @@ def test_lbfgs_keeps_pixels_in_range_and_the_report_is_the_written_image_s(cpu32
     """Unconstrained L-BFGS (lbfgs_clamp off, as the paper and pastiche) lets pixels drift
     outside 0-255, and the written image is clipped: its objective is what is reported, and
     it is well above the projected run's, whose pixels stay in range all along."""
-    params = StyleParams(size=64, iterations=30, content_weight=0.01, style_weight=10,
+    # 60 iterations: in the first 30 or so, fixed-step L-BFGS overshoots now and then (the
+    # objective of one iterate up to 6x the one before), and the last could be one of those.
+    params = StyleParams(size=64, iterations=60, content_weight=0.01, style_weight=10,
                          tv_weight=0)
     job = [prepare(StyleJob(make_photo(), [make_painting()]), params)]
     totals = {}

@@ -13,8 +13,10 @@ Threads get glibc arenas of their own, and those do not keep memory: an allocati
 wraps around, so a thread's heap is unmapped whenever its free top covers it. The shards of a
 CPU batch (cpu_shards.py) allocate on their own threads, and took 1.2-20k page faults per
 iteration at 256 px batch 4, against a steady 1,152 unsplit. So all threads share the main
-arena. A thread keeps the arena it got at its first allocation, so this has to happen before
-the process starts threads (Runtime.start does it before any model or target work).
+arena (`share_one_arena`). A thread keeps the arena it got at its first allocation, and glibc
+hands an existing arena to any thread that finds the main one busy, so the limit is set when
+the package is imported, before its libraries start threads: pyarrow's import starts jemalloc's
+background thread, which would otherwise make a second arena.
 """
 
 from __future__ import annotations
@@ -36,17 +38,24 @@ def _glibc() -> ctypes.CDLL | None:
     return libc
 
 
+def share_one_arena() -> bool:
+    """Every thread of the process allocates in glibc's main arena (pipeline/__init__ calls it
+    first). Returns whether it applied (glibc only)."""
+    libc = _glibc()
+    return libc is not None and bool(libc.mallopt(M_ARENA_MAX, 1))
+
+
 def keep_freed_memory(keep: bool = True) -> bool:
     """Serve large allocations from the heap and never trim it; process-wide. keep=False puts
     back what glibc does by default once its dynamic threshold has grown to its ceiling (what
     a run would get without this; benchmarks switch between the two). Returns whether it
     applied (glibc only; elsewhere the allocator is left as it is). The one shared arena stays
-    either way: glibc fixes the arena limit at the first thread that needs one."""
+    either way (share_one_arena)."""
     libc = _glibc()
     if libc is None:
         return False
     if keep:  # no mmap at all; a trim threshold of -1 never trims (mallopt(3))
-        settings = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: -1, M_ARENA_MAX: 1}
+        settings = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: -1}
     else:
         settings = {M_MMAP_MAX: 65536, M_MMAP_THRESHOLD: MMAP_CEILING,
                     M_TRIM_THRESHOLD: 2 * MMAP_CEILING}

@@ -6,7 +6,8 @@ keyword arguments, the CLI's options of `stylize` and `run` (with their help) an
 sent all come from it. Runtime is the resolved, hashable result for one device; building it
 (`create`) changes nothing in the process. The process-wide switches (cuDNN, tf32, the CPU
 heap) are set in one place, `apply_process_settings`, which `Runtime.start` calls for the
-process that will run the runtime.
+process that will run the runtime; only glibc's one-arena limit comes earlier, when the package
+is imported (cpu_heap.share_one_arena: it must precede every thread).
 """
 
 from __future__ import annotations
