@@ -31,7 +31,8 @@ default_gram_mse = losses.gram_mse
 @contextlib.contextmanager
 def fp32_grams() -> Iterator[None]:
     """loss_terms looks gram_mse up at call time; feed it fp32 features for the duration."""
-    losses.gram_mse = lambda features, target: default_gram_mse(features.float(), target)
+    losses.gram_mse = lambda features, target, guides=None: default_gram_mse(
+        features.float(), target, guides)
     try:
         yield
     finally:
