@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -6,6 +8,8 @@ from pipeline import StyleJob, StyleParams, stylize_batch
 from pipeline.errors import InputError
 from pipeline.io.images import (
     fit_longest_side,
+    intermediates,
+    intermediates_beside,
     open_rgb,
     read_metadata,
     read_rgb,
@@ -165,3 +169,33 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
         save_image(Image.new("RGB", (8, 8)), path, {"v": 2})
     assert read_metadata(path) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def test_intermediates_of_many_outputs_list_each_folder_once(tmp_path, monkeypatch):
+    """A report of N jobs in one folder once listed it per job (N^2); the names it picks
+    are those a glob per output picked."""
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    names = ["a.iter0003.png", "a.iter0010.png", "a.iter0003.jpg", "a.iterx.png",
+             "a.iter0003.iter0005.png", "ab.iter0002.png",
+             ".a.iter0004.png.x1.style-pipeline-tmp.png"]
+    for folder in (tmp_path, sub):
+        for n in names:
+            (folder / n).write_bytes(b"")
+    (tmp_path / "b.iter0007.png").write_bytes(b"")
+    listed = []
+    real_listdir = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda p: listed.append(p) or real_listdir(p))
+    outputs = [tmp_path / "a.png", tmp_path / "a.jpg", tmp_path / "a.iter0003.png",
+               tmp_path / "b.png", sub / "a.png", tmp_path / "missing" / "a.png"]
+    found = intermediates_beside((o, None) for o in outputs)
+    assert sorted(listed) == sorted([tmp_path, sub, tmp_path / "missing"])
+    assert {o.relative_to(tmp_path).as_posix(): [(i, p.name) for i, p in f]
+            for o, f in found.items()} == {
+        "a.png": [(3, "a.iter0003.png"), (10, "a.iter0010.png")],
+        "a.jpg": [(3, "a.iter0003.jpg")],
+        "a.iter0003.png": [(5, "a.iter0003.iter0005.png")],
+        "b.png": [(7, "b.iter0007.png")],
+        "sub/a.png": [(3, "a.iter0003.png"), (10, "a.iter0010.png")],
+        "missing/a.png": []}
+    assert found[outputs[0]] == intermediates(outputs[0])

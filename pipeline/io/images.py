@@ -4,14 +4,15 @@ by longest side, atomic PNG/JPEG/TIFF writes in 8 or 16 bits per channel, tagged
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import io
 import json
 import logging
 import os
+import re
 import struct
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -341,15 +342,34 @@ def intermediate_path(output: Path | str, iteration: int) -> Path | str:
     return output.with_name(f"{output.stem}.iter{iteration:04d}{output.suffix}")
 
 
+_INTERMEDIATE = re.compile(r"(.+)\.iter(\d+)(\.[^.]+)")  # stem, iteration, suffix
+
+
 def intermediates(output: Path, key: str | None = None) -> list[tuple[int, Path]]:
     """The intermediate images written beside `output`, by iteration; with `key`, only those
     of that job (an earlier job with the same output name may have left others there)."""
-    found = []
-    for path in output.parent.glob(f"{glob.escape(output.stem)}.iter*{output.suffix}"):
-        number = path.name[len(output.stem) + len(".iter"):-len(output.suffix)]
-        if number.isdigit() and (key is None or _header_key(path) == key):
-            found.append((int(number), path))
-    return sorted(found)
+    return intermediates_beside([(output, key)])[output]
+
+
+def intermediates_beside(outputs: Iterable[tuple[Path, str | None]]
+                         ) -> dict[Path, list[tuple[int, Path]]]:
+    """`intermediates` of many (output, key) pairs, each folder listed once: a run's
+    outputs share a few folders, and a listing per output made a report of N jobs in one
+    folder cost N^2."""
+    keys = dict(outputs)
+    wanted = {(o.parent, o.stem, o.suffix): o for o in keys}
+    found: dict[Path, list[tuple[int, Path]]] = {o: [] for o in keys}
+    for folder in {o.parent for o in keys}:
+        try:
+            names = os.listdir(folder)
+        except OSError:  # no folder, no intermediates
+            continue
+        for entry in names:
+            match = _INTERMEDIATE.fullmatch(entry)
+            output = match and wanted.get((folder, match[1], match[3]))
+            if output and (keys[output] is None or _header_key(folder / entry) == keys[output]):
+                found[output].append((int(match[2]), folder / entry))
+    return {o: sorted(f) for o, f in found.items()}
 
 
 def _header_key(path: Path) -> str | None:

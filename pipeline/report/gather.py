@@ -21,7 +21,7 @@ from ..bulk.manifest import REGION_COLUMNS, VIDEO_COLUMNS, read_rows, row_inputs
 from ..bulk.run_state import DONE, FAILED, PENDING, RunInfo, job_state, read_run_info
 from ..errors import InputError, RowError
 from ..gatys.params import StyleParams
-from ..io.images import intermediates
+from ..io.images import intermediates_beside
 from ..io.storage import location, parent
 from ..io.video import is_video
 from ..video.params import VideoParams
@@ -71,11 +71,11 @@ def gather(out_dir: Path) -> RunView:
         jobs = _from_run_info(out_dir, info, records)
         note = f"the manifest could not be read ({e}); showing the run's jobs only"
     found = traces.read(out_dir)
+    beside = intermediates_beside((job.output, job.record["key"]) for job in jobs
+                                  if job.output is not None and job.record.get("key"))
     for job in jobs:
-        key = job.record.get("key", "")
-        job.trace = found.get(key, [])
-        if job.output is not None and key:
-            job.intermediates = intermediates(job.output, key)
+        job.trace = found.get(job.record.get("key", ""), [])
+        job.intermediates = beside.get(job.output, []) if job.output is not None else []
     return RunView(out_dir, info.manifest, jobs, note)
 
 
