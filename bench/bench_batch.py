@@ -22,7 +22,6 @@ allocator handed back and took again (cpu_heap.py keeps it).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import resource
 import statistics
@@ -38,6 +37,8 @@ from pipeline.accel.cuda_graph import GraphedRun
 from pipeline.api import prepare, setup_batch
 from pipeline.gatys.engine import Run
 from pipeline.io.examples import landscape, swirls
+
+from .arguments import parser
 
 RUN_LENGTH = 500  # iterations of the run that images/hour is quoted for
 
@@ -111,7 +112,7 @@ def count_page_faults(run: Run) -> list[int]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--sizes", default="256,512")
     ap.add_argument("--batches", default="1,2,4,8")
     ap.add_argument("--unsplit", default="4",

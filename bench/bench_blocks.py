@@ -12,7 +12,6 @@ Usage: python -m bench.bench_blocks [--size 1024] [--blocks 512,1024] [--iterati
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from dataclasses import replace
@@ -24,16 +23,18 @@ from pipeline.api import prepare, setup_batch
 from pipeline.gatys.engine import StageRun
 from pipeline.io.examples import landscape, swirls
 
+from .arguments import parser
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--blocks", default="512,1024")
-    parser.add_argument("--iterations", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--precision", default="auto")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    ap = parser(__doc__)
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--blocks", default="512,1024")
+    ap.add_argument("--iterations", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
     runtime = Runtime.start(args.device, args.precision)
     params = StyleParams(size=args.size, iterations=100, tol=0)
     w, h = args.size, args.size * 3 // 4

@@ -19,7 +19,6 @@ Usage: python -m bench.bench_continuous [--sizes 96,128] [--batch 4] [--rounds 1
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,8 @@ from pipeline.bulk import ledger
 from pipeline.bulk.build import build_rows
 from pipeline.bulk.manifest import write_manifest
 from pipeline.io.examples import landscape, mosaic, swirls
+
+from .arguments import parser
 
 JOBS_PER_SIZE = 12
 CONFIGS = {  # name -> `pipeline run` options; the first is the baseline
@@ -89,7 +90,7 @@ def run(manifest: Path, out: Path, options: list[str], batch: int, device: str,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--sizes", default="96,128")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=1)

@@ -8,7 +8,6 @@ runs them, so Ray's start-up and its per-iteration event traffic are both in the
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -24,9 +23,11 @@ from pipeline.bulk.build import build_rows
 from pipeline.bulk.manifest import write_manifest
 from pipeline.io.examples import landscape, swirls
 
+from .arguments import parser
+
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--jobs", type=int, default=8)
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--iterations", type=int, default=40)

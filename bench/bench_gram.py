@@ -13,7 +13,6 @@ two runs are the same computation.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import torch
 from pipeline import Runtime, StyleParams
 from pipeline.gatys import losses
 
+from .arguments import parser
 from .bench_batch import start_run, timed_step
 
 default_gram_mse = losses.gram_mse
@@ -40,7 +40,7 @@ def fp32_grams() -> Iterator[None]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--batches", default="1,4")
     ap.add_argument("--iterations", type=int, default=60)

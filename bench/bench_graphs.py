@@ -19,7 +19,6 @@ per iteration and as a share of the iteration: where the gap to the floor goes.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import statistics
 
@@ -30,6 +29,7 @@ from pipeline import Runtime, StyleParams
 from pipeline.accel.cuda_graph import GraphedIteration
 from pipeline.gatys.engine import Run
 
+from .arguments import parser
 from .bench_batch import interleaved_seconds, start_run, timed_call
 from .flops import gpu_rates, iteration_flops
 
@@ -57,7 +57,7 @@ def kernel_table(name: str, run: Run, steps: int, top: int = 25) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--sizes", default="256,512")
     ap.add_argument("--batches", default="1,4,8")
     ap.add_argument("--iterations", type=int, default=110)

@@ -9,7 +9,6 @@ machine's drift falls on both alike. Page faults and kernel time come from getru
 
 from __future__ import annotations
 
-import argparse
 import resource
 import statistics
 import time
@@ -17,13 +16,14 @@ import time
 from pipeline import Runtime, StyleParams
 from pipeline.accel import cpu_heap
 
+from .arguments import parser
 from .bench_batch import start_run
 
 TIMED = 3  # iterations timed per block
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--cases", default="256x1,256x4,512x1", help="size x batch, comma-separated")
     ap.add_argument("--blocks", type=int, default=5, help="blocks of each allocator per case")
     ap.add_argument("--precision", default="auto")

@@ -11,7 +11,6 @@ photos and paintings in ../shared/data/images when there, else a generated 5000x
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,8 @@ from pipeline import StyleJob, StyleParams
 from pipeline.accel.machine import median_seconds
 from pipeline.api import prepare
 from pipeline.report.thumbs import Thumbnails
+
+from .arguments import parser
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
 FULL = 10**9  # a DRAFT_MARGIN no image exceeds: every JPEG decoded whole
@@ -60,7 +61,7 @@ def thumbnail(folder: Path, source: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--sizes", default="256,512", help="output longest sides")
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()

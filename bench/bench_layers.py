@@ -13,7 +13,6 @@ faster per image.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from collections.abc import Callable
 
@@ -23,6 +22,7 @@ from pipeline import Runtime, StyleParams
 from pipeline.gatys.engine import trunk_for
 from pipeline.gatys.vgg import CONV_NAMES, LAYER_INDEX
 
+from .arguments import parser
 from .bench_batch import timed_call
 
 
@@ -42,7 +42,7 @@ def layer_ops(conv: torch.nn.Conv2d, shape: tuple[int, int, int, int], runtime: 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--size", type=int, default=256, help="longest side; 4:3 landscape")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--reps", type=int, default=9)

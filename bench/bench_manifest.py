@@ -11,7 +11,6 @@ Usage: python -m bench.bench_manifest [--contents 2000] [--styles 50]
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -20,9 +19,11 @@ from pipeline.bulk.make_manifest import build_manifest
 from pipeline.bulk.runner import scan
 from pipeline.io.examples import landscape, swirls
 
+from .arguments import parser
+
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--contents", type=int, default=2000)
     ap.add_argument("--styles", type=int, default=50)
     args = ap.parse_args()

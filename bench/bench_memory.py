@@ -34,6 +34,8 @@ from pipeline.errors import InputError
 from pipeline.gatys.blockwise import Grid
 from pipeline.gatys.engine import trunk_for
 
+from .arguments import parser
+
 MEASURE = dict(iterations=8, lbfgs_history=5)
 ASPECT = (4, 3)  # landscape, as the demo and most photos
 
@@ -139,7 +141,7 @@ def plan_text(params: StyleParams, runtime: Runtime, memory: float, longest: int
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--sizes", default="512,1024,2048")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--block", type=int, default=512,

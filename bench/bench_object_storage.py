@@ -37,6 +37,8 @@ from pipeline.io.files import cache_dir
 from tests.conftest import make_photo
 from tests.s3_server import KEY, SECRET, serve_s3
 
+from .arguments import parser
+
 
 def _cpu() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -70,7 +72,7 @@ def run(manifest: str, out: str | Path, args: argparse.Namespace, env: dict) -> 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--jobs", type=int, default=200)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--iterations", type=int, default=10)

@@ -12,12 +12,11 @@ with one fp32 NCHW objective (as `engine.optimize` reports it).
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
 from pipeline import Runtime, StyleParams
 
+from .arguments import parser
 from .bench_batch import start_run, timed_step
 
 VARIANTS = {  # name -> Runtime.start options
@@ -28,7 +27,7 @@ VARIANTS = {  # name -> Runtime.start options
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--iterations", type=int, default=500)
     ap.add_argument("--every", type=int, default=100)

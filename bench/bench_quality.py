@@ -19,7 +19,6 @@ A run is NAME=FIELD:VALUE,... over the default StyleParams (empty: the default i
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import statistics
@@ -35,6 +34,8 @@ from pipeline import Runtime, StyleParams
 from pipeline.api import StyleJob, prepare, setup_batch
 from pipeline.gatys.engine import optimize
 from pipeline.io.images import to_image
+
+from .arguments import parser
 
 PHOTOS, PAINTINGS = ("boston", "tubingen"), ("starry_night", "the_scream")
 WITHIN = 0.005  # "the same objective": within 0.5% of the reference's
@@ -111,7 +112,7 @@ def figure(results: dict[str, dict[str, dict[str, Any]]], path: Path, size: int)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--images", type=Path, default=Path("../shared/data/images"))
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--runs", default=REFERENCE + ";default=")

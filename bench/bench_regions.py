@@ -16,7 +16,6 @@ starry_night,the_scream] [--size 512] [--iterations 400] [--ramp 0.3] [--figure 
 
 from __future__ import annotations
 
-import argparse
 import platform
 import subprocess
 import tempfile
@@ -33,6 +32,8 @@ from pipeline.gatys.engine import trunk_for
 from pipeline.gatys.guides import layer_guides
 from pipeline.gatys.losses import gram, guided_gram
 from pipeline.io.images import to_tensor
+
+from .arguments import parser
 
 
 def _cpu() -> str:
@@ -94,7 +95,7 @@ def seconds_per_iteration(job: StyleJob, params: StyleParams, runtime: Runtime) 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--images", type=Path, default=Path("../shared/data/images"))
     ap.add_argument("--content", default="tubingen")
     ap.add_argument("--styles", default="starry_night,the_scream")

@@ -12,12 +12,13 @@ Usage: python -m bench.bench_schedule [--size 256] [--runs 1x200,2x200,2x300,2x4
 
 from __future__ import annotations
 
-import argparse
 import bisect
 import time
 
 from pipeline import Runtime, StyleJob, StyleParams, stylize_batch
 from pipeline.io.examples import landscape, swirls
+
+from .arguments import parser
 
 
 def curve(job: StyleJob, params: StyleParams, runtime: Runtime
@@ -47,7 +48,7 @@ def reach(points: list[tuple[float, float]], objective: float) -> float | None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--runs", default="1x200,2x200,2x300,2x400")
     ap.add_argument("--device", default="cpu")

@@ -15,7 +15,6 @@ is the largest |a - b| / max |b| over the layers, against the PyTorch trunk.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from collections.abc import Callable
 
@@ -29,6 +28,7 @@ from pipeline.targets.builder import torch_features
 from pipeline.targets.onnx_export import ensure_model
 from pipeline.targets.ort_session import create_session
 
+from .arguments import parser
 from .bench_batch import timed_call
 
 FeatureFn = Callable[[torch.Tensor, tuple[str, ...]], dict[str, torch.Tensor]]
@@ -58,7 +58,7 @@ def timed_features(fn: FeatureFn, image: torch.Tensor, layers: tuple[str, ...]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--sizes", default="256,512,1024", help="longest sides; 4:3 landscape")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--device", default="cpu")

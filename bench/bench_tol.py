@@ -32,6 +32,8 @@ from PIL import Image
 from pipeline import Runtime, StyleParams
 from pipeline.api import StyleJob, prepare, stylize_prepared
 
+from .arguments import parser
+
 PHOTOS, PAINTINGS = ("boston", "tubingen"), ("starry_night", "the_scream")
 
 
@@ -109,7 +111,7 @@ def replay_quality(path: Path, tols: list[float], windows: list[int]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--images", type=Path, default=Path("../shared/data/images"))
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--iterations", type=int, default=500)

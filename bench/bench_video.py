@@ -21,7 +21,6 @@ independent frames beside the chain of the last weight, as a looping animated We
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import statistics
@@ -36,6 +35,8 @@ from pipeline.video.chain import stylize_clips
 from pipeline.video.frames import ClipSource, Frame
 from pipeline.video.params import VideoParams
 from pipeline.video.synthetic import Clip, camera_clip, stability
+
+from .arguments import parser
 
 
 def _cpu() -> str:
@@ -71,7 +72,7 @@ def run(clip, style: Path, params: StyleParams, video: VideoParams, runtime: Run
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--scene", type=Path, default=Path("../shared/data/images/boston.jpg"))
     ap.add_argument("--style", default="starry_night")
     ap.add_argument("--size", type=int, default=256)

@@ -12,7 +12,6 @@ Usage: python -m bench.bench_video_workers [--scene ../shared/data/images/boston
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from bench.bench_video import _cpu, benchmark_clip
 from pipeline.bulk.manifest import write_manifest
 from pipeline.video.synthetic import stability, write_clip
 
+from .arguments import parser
+
 
 def _frames(path: Path) -> list[np.ndarray]:
     with av.open(str(path)) as container:
@@ -35,7 +36,7 @@ def _frames(path: Path) -> list[np.ndarray]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--scene", type=Path, default=Path("../shared/data/images/boston.jpg"))
     ap.add_argument("--style", default="starry_night")
     ap.add_argument("--size", type=int, default=128)

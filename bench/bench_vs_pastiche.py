@@ -17,7 +17,6 @@ takes milliseconds, so the difference must span many of them to outweigh start-u
 
 from __future__ import annotations
 
-import argparse
 import math
 import platform
 import statistics
@@ -35,6 +34,8 @@ from pipeline.gatys.engine import Objective, trunk_for
 from pipeline.io.images import SizedImage, fit_longest_side, open_rgb, resize, to_tensor
 from pipeline.targets.builder import TargetBuilder, torch_features
 from pipeline.targets.cache import TargetCache
+
+from .arguments import parser
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "images"
@@ -127,7 +128,7 @@ def trunk_seconds(h: int, w: int, precision: str, channels_last: bool, device: s
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--short", type=int, default=10)
     ap.add_argument("--long", type=int, default=100)

@@ -11,7 +11,6 @@ and each keeps its median, so ratios compare timings taken seconds apart.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 from collections.abc import Callable
 
@@ -26,6 +25,7 @@ from pipeline.io.images import SizedImage
 from pipeline.targets.builder import TargetBuilder, torch_features
 from pipeline.targets.cache import TargetCache
 
+from .arguments import parser
 from .bench_batch import timed_call
 
 
@@ -89,7 +89,7 @@ def iteration_table(h: int, w: int, reps: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--size", type=int, default=256, help="longest side; 4:3 landscape")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=7)

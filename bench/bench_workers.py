@@ -13,7 +13,6 @@ Usage: python -m bench.bench_workers [--size 256] [--iterations 100]
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,8 @@ from pipeline.bulk import ledger
 from pipeline.bulk.build import build_rows
 from pipeline.bulk.manifest import write_manifest
 from pipeline.io.examples import landscape, swirls
+
+from .arguments import parser
 
 JOBS = 8
 
@@ -52,7 +53,7 @@ def images_per_hour(manifest: Path, out: Path, workers: int, batch: int, size: i
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--iterations", type=int, default=100)
     ap.add_argument("--configs", default="1x1,1x4,2x1,2x2")

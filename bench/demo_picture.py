@@ -6,12 +6,13 @@ the styles, then the outputs in ledger order, side by side at one height.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from PIL import Image
 
 from pipeline.bulk import ledger
+
+from .arguments import parser
 
 
 def picture(run: Path, height: int) -> Image.Image:
@@ -37,11 +38,11 @@ def picture(run: Path, height: int) -> Image.Image:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="a run folder")
-    parser.add_argument("out", type=Path, help="the picture (.jpg or .png)")
-    parser.add_argument("--height", type=int, default=192)
-    args = parser.parse_args()
+    ap = parser(__doc__)
+    ap.add_argument("run", type=Path, help="a run folder")
+    ap.add_argument("out", type=Path, help="the picture (.jpg or .png)")
+    ap.add_argument("--height", type=int, default=192)
+    args = ap.parse_args()
     picture(args.run, args.height).save(args.out, quality=88)
     print(f"wrote {args.out}")
 

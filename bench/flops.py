@@ -11,13 +11,14 @@ Usage: python -m bench.flops [--device cpu|cuda]
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import torch
 
 from pipeline.gatys.vgg import LAYER_NAMES, STYLE_LAYERS
+
+from .arguments import parser
 
 _CHANNELS = {1: 64, 2: 128, 3: 256, 4: 512, 5: 512}
 SIZES = ((256, 192), (256, 256), (512, 384), (512, 512), (1024, 768), (1024, 1024))
@@ -81,7 +82,7 @@ def cpu_rates() -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--device", default="cpu", help="cpu or cuda: whose matmul rates to measure")
     args = ap.parse_args()
     cuda = args.device.startswith("cuda")

@@ -5,7 +5,6 @@ those inside functions and under TYPE_CHECKING too."""
 from __future__ import annotations
 
 import ast
-import importlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent / "pipeline"
@@ -125,20 +124,3 @@ def test_no_import_cycles():
         cycle = visit(name, [])
         assert cycle is None, " -> ".join(cycle)
 
-
-def test_the_bench_and_export_scripts_import_names_the_package_has():
-    """`make bench` runs for hours; a script that imports a name the package no longer has
-    would fail only there. Every import counts, those inside functions too."""
-    missing = []
-    for path in sorted([*(ROOT.parent / "bench").glob("*.py"),
-                        *(ROOT.parent / "export").glob("*.py")]):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline"):
-                module = importlib.import_module(node.module)
-                missing += [f"{path.name}: {node.module}.{a.name}" for a in node.names
-                            if not hasattr(module, a.name)]
-            elif isinstance(node, ast.Import):
-                for a in node.names:
-                    if a.name.startswith("pipeline"):
-                        importlib.import_module(a.name)
-    assert not missing, missing
