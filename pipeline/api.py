@@ -441,7 +441,7 @@ def stylize(content: ImageSource, styles: ImageSource | Sequence[ImageSource],
 CACHE_PARTS = {"models": "ONNX models",
                "trt": "TensorRT engines", "targets": "content/style targets",
                "flows": "optical flows of video frames", "probes": "measured hardware defaults",
-               "digests": "video files' sha256",
+               "digests": "input files' sha256",
                "inputs": "images fetched from object storage"}
 
 

@@ -489,6 +489,49 @@ def test_an_input_rewritten_after_the_scan_fails_its_job_and_a_rerun_makes_the_n
         assert (len(again.done), len(again.todo), again.failed_before) == (1, 3, 0)
 
 
+def test_a_rerun_s_scan_reads_no_image_whole_and_a_stale_digest_is_read_again(
+        dataset, tmp_path, monkeypatch):
+    """`pipeline run` keys jobs by their files' bytes; a rerun of a large dataset must not
+    read it all again for that, so each digest is remembered by the file's identity. One
+    that went stale (a rewrite within the clock's resolution keeps the identity) fails its
+    job as a rewrite does, and is forgotten: the next scan reads the file and keys it anew."""
+    import pipeline.bulk.worker as worker_module
+    from pipeline.bulk.runner import plan, scan
+    from pipeline.io import files
+    from pipeline.io.cache_entries import entries
+
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    monkeypatch.setattr(files, "REMEMBER_FROM", 0)  # the drawn images are small
+    reads = []
+    digest = files.file_digest
+    monkeypatch.setattr(files, "file_digest", lambda p: reads.append(Path(p).name) or digest(p))
+
+    def keys():
+        found = scan(dataset, out, {"size": 32, "iterations": 2}, decode=False, cache=str(cache))
+        return found.jobs
+
+    first = keys()
+    inputs = {Path(f).name for job in first for f, _ in job.inputs}
+    assert sorted(reads) == sorted(inputs)  # each distinct file once
+    reads.clear()
+    assert [j.key for j in keys()] == [j.key for j in first] and reads == []
+    content = first[0].spec.content
+    (stale,) = [entry for name in entries(cache, "digests").ours
+                if (entry := cache / "digests" / name).read_text() == digest(content)]
+    stale.write_text("0" * 64)  # what a rewrite that kept the file's identity leaves
+    jobs = keys()
+    assert jobs[0].key != first[0].key
+    runtime = Runtime.create("cpu", "fp32", channels_last=False, cache=str(cache))
+    worker = worker_module.Worker(0, runtime, out, 0, lambda event: None)
+    assert worker.serve(Batch(tuple(j for j in jobs if j.spec.content == content)))
+    failed = [r for r in ledger.read(out).values() if r["status"] == ledger.FAILED]
+    assert failed and all("changed since the run's scan" in r["error"] for r in failed)
+    assert not stale.exists()
+    again = keys()
+    assert [j.key for j in again] == [j.key for j in first]
+    assert len(plan(again, out, retry_failed=False).todo) == len(first)
+
+
 def test_a_video_rewritten_after_the_scan_or_while_stylized_fails_its_job(tmp_path,
                                                                            monkeypatch):
     """The same for a video, whose frames are read as the job goes: rewritten before its job

@@ -90,9 +90,9 @@ def test_a_batch_in_slots_reads_its_next_jobs_ahead(dataset, tmp_path, monkeypat
     threads = {}
     prepare_job = worker_module.prepare_job
 
-    def recorded(job):
+    def recorded(job, cache):
         threads[job.spec.row] = threading.current_thread().name
-        return prepare_job(job)
+        return prepare_job(job, cache)
 
     monkeypatch.setattr(worker_module, "prepare_job", recorded)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # read_depth's view of the worker

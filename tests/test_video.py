@@ -434,14 +434,14 @@ def test_a_video_s_digest_is_read_once_and_again_when_the_file_changes(tmp_path,
     from pipeline.io.cache_entries import entries
 
     video, cache = tmp_path / "clip.mp4", tmp_path / "cache"
-    video.write_bytes(b"frames" * 1000)
+    video.write_bytes(b"frames" * files.REMEMBER_FROM)
     reads = []
     digest = files.file_digest
     monkeypatch.setattr(files, "file_digest", lambda p: reads.append(p) or digest(p))
     first = files.remembered_digest(video, cache)
     assert first == digest(video) and files.remembered_digest(video, cache) == first
     assert len(reads) == 1
-    video.write_bytes(b"other" * 1000)
+    video.write_bytes(b"other" * files.REMEMBER_FROM)
     os.utime(video, ns=(1, 1))  # a new modification time, as any write gives
     second = files.remembered_digest(video, cache)
     assert second == digest(video) != first and len(reads) == 2
@@ -450,6 +450,10 @@ def test_a_video_s_digest_is_read_once_and_again_when_the_file_changes(tmp_path,
     entry.write_text("not a digest")  # a damaged entry is read through, then replaced
     assert files.remembered_digest(video, cache) == second and len(reads) == 3
     assert entry.read_text() == second
+    small = tmp_path / "small.mp4"  # hashed sooner than an entry is written: each time
+    small.write_bytes(b"x" * (files.REMEMBER_FROM - 1))
+    assert files.remembered_digest(small, cache) == files.remembered_digest(small, cache)
+    assert len(reads) == 5 and len(entries(cache, "digests").ours) == 2
 
 
 def test_a_clip_read_from_a_later_frame_has_the_frames_read_from_its_start(tmp_path):

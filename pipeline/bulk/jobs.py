@@ -20,7 +20,7 @@ from ..api import job_key
 from ..errors import InputError, RowError, StoreUnavailable
 from ..gatys.vgg import min_input_side
 from ..io.fetch import local_copy
-from ..io.files import remembered_digest
+from ..io.files import forget_digest, remembered_digest
 from ..io.images import fit_longest_side, header_size, read_rgb
 from ..io.masks import check_shape
 from ..io.storage import Location, is_url, location
@@ -100,14 +100,14 @@ def check_unchanged(job: Job, cache: str | None = None) -> None:
     back. Checked after the job read its inputs, so a change before or during that read
     shows. A rerun keys the new version and makes it."""
     for where, digest in job.inputs:
-        try:
-            if is_video(where):  # hashed whole only if it changed (io/files.remembered_digest)
-                now = remembered_digest(local_copy(where) if is_url(where) else where, cache)
-            else:
-                now = image_digest(where)
+        try:  # a video is hashed whole only if it changed (io/files.remembered_digest)
+            path = local_copy(where) if is_url(where) else where
+            now = remembered_digest(path, cache) if is_video(where) else image_digest(path)
         except OSError as e:
             raise InputError(f"{where}: cannot read ({e.strerror or e})") from None
         if now != digest:
+            if not is_video(where):  # the scan's digest may be a remembered one, gone stale
+                forget_digest(path, cache)
             raise InputError(f"{where}: changed since the run's scan (the job's key names the "
                              "file as it was then); run again to stylize the new version")
 
@@ -124,8 +124,9 @@ class Inspector:
 
     `decode=True` (manifest validate) decodes every pixel; `decode=False` (pipeline run) reads
     only headers, so a 100k-row run starts in minutes, not hours: an image that is corrupt past
-    its header then fails its own job in the worker, with the same message. A video's digest
-    is remembered in the `cache` (io/files.remembered_digest). A store that does not answer
+    its header then fails its own job in the worker, with the same message, and each file's
+    digest is remembered in the `cache` (io/files.remembered_digest), so a rerun reads only
+    the headers (a video's is remembered either way). A store that does not answer
     is no row's fault: StoreUnavailable ends the scan instead of making every row invalid.
     """
 
@@ -141,8 +142,9 @@ class Inspector:
                     img, digest = read_rgb(path)
                     self._seen[path] = (digest, img.size)
                 else:  # the header first: it names a folder or a broken link clearly
-                    size = header_size(path)
-                    self._seen[path] = (image_digest(path), size)
+                    size = header_size(path)  # (of a URL, fetches its local copy)
+                    local = local_copy(path) if is_url(path) else path
+                    self._seen[path] = (remembered_digest(local, self.cache), size)
             except StoreUnavailable:  # the run's problem, not the row's: the scan stops
                 raise
             except InputError as e:

@@ -218,7 +218,7 @@ class Worker:
             ready: list[tuple[Job, Any]] = []
             for job in batch.jobs[lo:lo + step]:  # each alone: a bad image fails its own job
                 try:
-                    ready.append((job, prepare_job(job)))
+                    ready.append((job, prepare_job(job, self.runtime.cache)))
                 except StoreUnavailable:  # the store's fault, not the job's: ENDS_THE_RUN
                     raise
                 except InputError as e:  # a written one (Batch.kept) stays written
@@ -344,12 +344,12 @@ def _rerun_message(rows: list[int]) -> str:
             "resumes from its checkpoint")
 
 
-def prepare_job(job: Job) -> Any:
+def prepare_job(job: Job, cache: str | None) -> Any:
     """A job's images decoded and sized (InputError for a bad one, or one rewritten since the
-    scan)."""
+    scan; `cache`: where the scan remembered their digests)."""
     prepared = prepare(StyleJob(job.spec.content, list(job.spec.styles), job.spec.regions),
                        job.spec.params)
-    check_unchanged(job)
+    check_unchanged(job, cache)
     return prepared
 
 
@@ -419,7 +419,8 @@ class SlotBatch:
     def _read(self, index: int) -> Any | None:
         """Job `index`'s inputs, decoded (prepare_job); None when its output is there."""
         job = self.batch.jobs[index]
-        return None if output_is_done(job.spec.output, job.key, None) else prepare_job(job)
+        return (None if output_is_done(job.spec.output, job.key, None)
+                else prepare_job(job, self.worker.runtime.cache))
 
     def source(self) -> SlotJob | None:
         while self.waiting:

@@ -29,21 +29,45 @@ def file_digest(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+# Files this large have their digest remembered: an entry costs about 0.3 ms to write and
+# 0.04 ms to read, where hashing runs at 1.5-2 GB/s (BENCHMARKS.md, "Manifests"), so a
+# smaller file is hashed again sooner than its entry pays back.
+REMEMBER_FROM = 512 * 1024
+
+
 def remembered_digest(path: str | os.PathLike, cache: str | os.PathLike | None) -> str:
-    """file_digest, remembered in the cache by the file's identity (its real path, device,
-    inode, size and modification time in ns): a long video is read whole once, not at every
-    run start. A file written again gets a new modification time, so a new entry."""
+    """file_digest, remembered in the cache by the file's identity (_digest_entry): a long
+    video, or a dataset of large photos, is read whole once, not at every run start. A file
+    written again gets a new modification time, so a new entry."""
     st = os.stat(path)
-    identity = f"{os.path.realpath(path)}\0{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
-    entry = (cache_dir(cache) / "digests"
-             / f"{hashlib.sha256(identity.encode()).hexdigest()}.sha256")
+    if st.st_size < REMEMBER_FROM:
+        return file_digest(path)
+    entry = _digest_entry(path, st, cache)
     with contextlib.suppress(OSError, UnicodeDecodeError):
         if re.fullmatch("[0-9a-f]{64}", known := entry.read_text().strip()):
             return known
     digest = file_digest(path)
     with contextlib.suppress(OSError):  # a cache we cannot write costs a read next time
-        atomic_write_bytes(entry, digest.encode())
+        atomic_write_bytes(entry, digest.encode(), durable=False)  # checked when read
     return digest
+
+
+def forget_digest(path: str | os.PathLike, cache: str | os.PathLike | None) -> None:
+    """Drop what remembered_digest knows of the file as it is now: its bytes were found to be
+    others (rewritten within the clock's resolution, keeping its identity), so the next
+    run reads it again."""
+    with contextlib.suppress(OSError):
+        _digest_entry(path, os.stat(path), cache).unlink(missing_ok=True)
+
+
+def _digest_entry(path: str | os.PathLike, st: os.stat_result,
+                  cache: str | os.PathLike | None) -> Path:
+    """The entry of the file's identity: its real path, device, inode, size, and modification
+    and change times in ns (the change time cannot be set back, as `touch -d` sets the
+    other)."""
+    identity = (f"{os.path.realpath(path)}\0{st.st_dev}:{st.st_ino}:{st.st_size}:"
+                f"{st.st_mtime_ns}:{st.st_ctime_ns}")
+    return cache_dir(cache) / "digests" / f"{hashlib.sha256(identity.encode()).hexdigest()}.sha256"
 
 
 def _cache_root(override: str | os.PathLike | None) -> tuple[str, str]:
@@ -155,11 +179,14 @@ def check_writable_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(dest: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
     """Yield a temp path beside `dest`; rename it over `dest` only if the block succeeds.
 
     Readers never see a half-written file, and a crash leaves the old file (or none). A URL
     `dest` (storage.py): a local temp file, uploaded as one object when the block succeeds.
+    Not `durable`: no fsync before the rename, for a file that is checked when read and
+    made again if a crash left it empty (an fsync each would cost a first run over a large
+    dataset more than it saves).
     """
     if is_url(dest):
         with tempfile.TemporaryDirectory(prefix="style-pipeline-put-") as folder:
@@ -176,7 +203,8 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
             os.fchmod(f.fileno(), _default_mode())
         os.replace(tmp_path, dest)
     finally:
@@ -184,6 +212,6 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     uploaded(dest)  # a run folder in object storage (mirror.py): its copy there, whole
 
 
-def atomic_write_bytes(dest: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(dest) as tmp:
+def atomic_write_bytes(dest: str | os.PathLike, data: bytes, durable: bool = True) -> None:
+    with atomic_path(dest, durable) as tmp:
         tmp.write_bytes(data)
