@@ -185,8 +185,7 @@ def atomic_path(dest: str | os.PathLike, durable: bool = True) -> Iterator[Path]
     Readers never see a half-written file, and a crash leaves the old file (or none). A URL
     `dest` (storage.py): a local temp file, uploaded as one object when the block succeeds.
     Not `durable`: no fsync before the rename, for a file that is checked when read and
-    made again if a crash left it empty (an fsync each would cost a first run over a large
-    dataset more than it saves).
+    made again if a crash left it empty (the fsync about doubles a small file's cost).
     """
     if is_url(dest):
         with tempfile.TemporaryDirectory(prefix="style-pipeline-put-") as folder:
