@@ -366,7 +366,7 @@ def intermediates_beside(outputs: Iterable[tuple[Path, str | None]]
             continue
         for entry in names:
             match = _INTERMEDIATE.fullmatch(entry)
-            output = match and wanted.get((folder, match[1], match[3]))
+            output = wanted.get((folder, match[1], match[3])) if match else None
             if output and (keys[output] is None or _header_key(folder / entry) == keys[output]):
                 found[output].append((int(match[2]), folder / entry))
     return {o: sorted(f) for o, f in found.items()}
