@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..bulk import ledger
-from ..bulk.manifest import REGION_FILES
+from ..bulk.manifest import REGION_FILES, RealPaths
 from ..bulk.names import short_names
 from ..io.files import atomic_write_bytes
 from ..io.storage import Location
@@ -155,11 +155,12 @@ class _Links:
 
     def __init__(self, out_dir: Path, thumbs: Thumbnails):
         self.out_dir, self.thumbs = out_dir.resolve(), thumbs
+        self.real = RealPaths()  # each folder resolved once: a page links thousands of files
 
     def href(self, path: Location) -> str:
         if isinstance(path, str):  # an input in object storage
             return quote(path, safe=":/")
-        return quote(Path(os.path.relpath(path.resolve(), self.out_dir)).as_posix())
+        return quote(Path(os.path.relpath(self.real(path.absolute()), self.out_dir)).as_posix())
 
     def video(self, source: Path, title: str) -> str:
         """The output video, playable in place, its first frame shown before it plays."""

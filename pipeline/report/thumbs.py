@@ -50,11 +50,18 @@ class Thumbnails:
     def __init__(self, folder: Path, side: int = SIDE):
         self.folder, self.side = folder, side
         self.made: set[Path] = set()
+        self._known: dict[Location, Path | None] = {}
 
     def __call__(self, source: Location) -> Path | None:
         """The thumbnail of `source` (a video's first frame; an object in storage: of its
         local copy; an output of a run folder in storage: fetched from the bucket), made if
-        needed; None when it cannot be read."""
+        needed; None when it cannot be read. Found once per source: the page asks again for
+        each thumbnail make_all made."""
+        if source not in self._known:
+            self._known[source] = self._thumbnail(source)
+        return self._known[source]
+
+    def _thumbnail(self, source: Location) -> Path | None:
         try:
             if isinstance(source, str):
                 source = local_copy(source)
