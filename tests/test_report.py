@@ -10,6 +10,7 @@ from pipeline.bulk import traces
 from pipeline.cli import app
 from pipeline.report.gather import DONE, FAILED, PENDING, gather
 from pipeline.report.page import contact_sheet, varying_names
+from pipeline.report.thumbs import Thumbnails
 from tests.conftest import make_painting, make_photo
 from tests.run_helpers import cell, run_cli, runner
 
@@ -275,3 +276,21 @@ def test_a_run_json_that_is_not_a_run_s_is_one_line(dataset, tmp_path, text):
     status = runner.invoke(app, ["status", str(out)], terminal_width=300)
     assert status.exit_code == 0 and "Traceback" not in status.output
     assert "run.json is unreadable" in status.output and cell(status.output, "done") == "6"
+
+
+def test_a_page_finds_each_thumbnail_once(tmp_path, monkeypatch):
+    """make_all makes them on every core; the page then asks again for each one it shows,
+    and must get those answers, not stat, resolve and hash every file a second time."""
+    sources = []
+    for seed in range(3):
+        sources.append(tmp_path / f"p{seed}.png")
+        make_photo(seed=seed).save(sources[-1])
+    thumbs = Thumbnails(tmp_path / "thumbs")
+    (tmp_path / "thumbs").mkdir()
+    found, made = [], Thumbnails._thumbnail
+    monkeypatch.setattr(Thumbnails, "_thumbnail",
+                        lambda self, source: found.append(source) or made(self, source))
+    thumbs.make_all([*sources, sources[0], tmp_path / "missing.png"])
+    shown = [thumbs(s) for s in [*sources, tmp_path / "missing.png"]]
+    assert sorted(found) == sorted([*sources, tmp_path / "missing.png"])
+    assert all(t is not None and t.is_file() for t in shown[:3]) and shown[3] is None
