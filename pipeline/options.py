@@ -138,42 +138,49 @@ def range_sentence(s: Spec) -> str:
     return f" {words[0].upper()}{words[1:]}." if words else ""
 
 
+@functools.cache
+def _options(cls: type) -> tuple[tuple[str, Spec], ...]:
+    """(name, Spec) of each option of `cls`, in declaration order: found once per class, not
+    once per record (a large manifest checks and keys every row's)."""
+    return tuple((f.name, spec(f)) for f in declared(cls))
+
+
 def check(record: Any) -> None:
     """InputError naming the first option of `record` that is not finite or outside its
     declared range or choices (cross-field rules are the record's own)."""
-    for f in declared(type(record)):
-        value, s = getattr(record, f.name), spec(f)
+    for name, s in _options(type(record)):
+        value = getattr(record, name)
         if value is None or isinstance(value, tuple | str | bool):
             if s.choices is not None and value not in s.choices:
-                raise InputError(f"{f.name} must be {range_text(s)}, got {value!r}")
+                raise InputError(f"{name} must be {range_text(s)}, got {value!r}")
             continue
         if isinstance(value, float) and not math.isfinite(value):
-            raise InputError(f"{f.name} must be a finite number, got {value}")
+            raise InputError(f"{name} must be a finite number, got {value}")
         inside = ((s.lo is None or value >= s.lo) and (s.hi is None or value <= s.hi)
                   and (s.above is None or value > s.above)
                   and (s.under is None or value < s.under))
         if not inside or (s.choices is not None and value not in s.choices):
-            raise InputError(f"{f.name} must be {range_text(s)}, got {value}")
+            raise InputError(f"{name} must be {range_text(s)}, got {value}")
 
 
-def decides_result(record: Any, f: Field) -> bool:
-    """Whether this field's value in `record` decides the result (job keys hash it)."""
-    key = spec(f).key
-    return bool(key[0](record)) if isinstance(key, tuple) else key
+def decides_result(record: Any, s: Spec) -> bool:
+    """Whether the option `s` of `record` decides the result (job keys hash it)."""
+    return bool(s.key[0](record)) if isinstance(s.key, tuple) else s.key
 
 
 def as_dict(record: Any) -> dict[str, Any]:
     """Every field of a record of flat options, tuples as lists (JSON's arrays). Not
     dataclasses.asdict: its deep copy made this a third of checking a large manifest."""
-    values = ((f.name, getattr(record, f.name)) for f in fields(record))
+    values = ((name, getattr(record, name)) for name, _ in _options(type(record)))
     return {k: list(v) if isinstance(v, tuple) else v for k, v in values}
 
 
 def result_dict(record: Any) -> dict[str, Any]:
     """The fields that decide the result (what job keys and output names hash): each field's
     `key` says whether it does."""
-    values = as_dict(record)
-    return {f.name: values[f.name] for f in fields(record) if decides_result(record, f)}
+    values = ((name, getattr(record, name)) for name, s in _options(type(record))
+              if decides_result(record, s))
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values}
 
 
 __all__ = ["Spec", "as_dict", "base_type", "check", "coerce", "decides_result", "declared",

@@ -15,6 +15,7 @@ folder. Rows are numbered from 0, as pyarrow and pandas number them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -127,6 +128,7 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+@functools.lru_cache(maxsize=1 << 16)  # rows name the same contents and styles thousands of times
 def _resolve(base: Location, value: str) -> Location:
     """A cell's path: a URL as it is; else relative to the manifest's folder `base` (a URL
     for a manifest in object storage)."""
@@ -145,8 +147,14 @@ class RealPaths:
 
     def __init__(self) -> None:
         self._folders: dict[Path, Path] = {}
+        self._files: dict[Path, Path] = {}  # an input is checked against every row's output
 
     def __call__(self, path: Path) -> Path:
+        if (known := self._files.get(path)) is None:
+            known = self._files[path] = self._resolve(path)
+        return known
+
+    def _resolve(self, path: Path) -> Path:
         if path.name in ("", ".", ".."):
             return Path(os.path.realpath(path))
         folder = self._folders.get(path.parent)
