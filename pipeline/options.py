@@ -171,16 +171,19 @@ def decides_result(record: Any, s: Spec) -> bool:
 def as_dict(record: Any) -> dict[str, Any]:
     """Every field of a record of flat options, tuples as lists (JSON's arrays). Not
     dataclasses.asdict: its deep copy made this a third of checking a large manifest."""
-    values = ((name, getattr(record, name)) for name, _ in _options(type(record)))
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in values}
+    return _plain(record, (name for name, _ in _options(type(record))))
 
 
 def result_dict(record: Any) -> dict[str, Any]:
     """The fields that decide the result (what job keys and output names hash): each field's
     `key` says whether it does."""
-    values = ((name, getattr(record, name)) for name, s in _options(type(record))
-              if decides_result(record, s))
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in values}
+    return _plain(record, (name for name, s in _options(type(record))
+                           if decides_result(record, s)))
+
+
+def _plain(record: Any, names: Iterator[str]) -> dict[str, Any]:
+    return {name: list(v) if isinstance(v := getattr(record, name), tuple) else v
+            for name in names}
 
 
 __all__ = ["Spec", "as_dict", "base_type", "check", "coerce", "decides_result", "declared",
