@@ -71,8 +71,9 @@ class RuntimeOptions:
         "tensorrt,cuda,cpu, keeping those that load.")
     trt_fp16: bool = option(False, "TensorRT fp16 for targets (default fp32).")
     cache: str | None = option(
-        None, "Cache root for ONNX models, TensorRT engines, targets, video flows and "
-        "measured hardware defaults (`pipeline cache info` lists them); a URL "
+        None, "Cache root for ONNX models, TensorRT engines, targets, video flows, "
+        "measured hardware defaults and input files' digests (`pipeline cache info` lists "
+        "them); a URL "
         "(s3://bucket/cache) shares models, targets and probes among machines, each working "
         "in its own copy.  [default: the user cache dir]", flags=("--cache-dir",),
         envvar=CACHE_ENV)
