@@ -54,3 +54,24 @@ def use_server(monkeypatch, endpoint: str, secret: str = SECRET) -> None:
 
     monkeypatch.setenv(ENV_OPTIONS, json.dumps({"endpoint_url": endpoint, "key": KEY,
                                                 "secret": secret}))
+
+
+def upload(local: Path, url: str, attempts: int = 3) -> None:
+    """Put a file at `url`, or every file under a folder below `url`, as the pipeline puts
+    objects: one PUT each, with a deadline (storage.put_file). rclone serve s3 now and then
+    leaves a PUT unanswered (one held a CI run for good through the client's own upload,
+    which has no deadline): such a PUT is made again."""
+    from pipeline.errors import StoreUnavailable
+    from pipeline.io import storage
+
+    files = ([(p, f"{url}/{p.relative_to(local).as_posix()}")
+              for p in sorted(local.rglob("*")) if p.is_file()]
+             if local.is_dir() else [(local, url)])
+    for path, dest in files:
+        for attempt in range(attempts):
+            try:
+                storage.put_file(path, dest)
+                break
+            except StoreUnavailable:
+                if attempt == attempts - 1:
+                    raise

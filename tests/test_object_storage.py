@@ -14,7 +14,7 @@ from pipeline.cli import app
 from pipeline.io import storage
 from pipeline.io.images import read_metadata
 from tests.conftest import make_painting, make_photo
-from tests.s3_server import free_port, use_server
+from tests.s3_server import free_port, upload, use_server
 
 pytest.importorskip("s3fs", reason="the s3 extra: pip install -e '.[s3]'")
 runner = CliRunner()
@@ -34,8 +34,7 @@ def s3(s3_server, monkeypatch, tmp_path):
     mask = np.zeros((48, 64), np.uint8)
     mask[:, :32] = 255
     Image.fromarray(mask).save(local / "left.png")
-    fs, _ = storage.filesystem("s3://bucket")
-    fs.put(str(local) + "/", f"{prefix}/in/", recursive=True)
+    upload(local, f"s3://{prefix}/in")
     return f"s3://{prefix}", root / prefix, local
 
 
@@ -185,15 +184,14 @@ def test_a_manifest_in_object_storage_runs_its_rows_from_there(s3, tmp_path):
 
     url, _, local = s3
     (local / "broken.png").write_bytes((local / "photo.png").read_bytes()[:200])
-    fs, _ = storage.filesystem(url)
-    fs.put_file(str(local / "broken.png"), f"{url}/in/broken.png")
+    upload(local / "broken.png", f"{url}/in/broken.png")
     rows = [{"content": "in/photo.png", "style": "in/painting.png", "output": "plain.png"},
             {"content": "in/photo.png", "style": "in/painting.png", "masks": ["in/left.png"],
              "output": "masked.png"},
             {"content": "in/nope.png", "style": "in/painting.png", "output": "nope.png"},
             {"content": "in/broken.png", "style": "in/painting.png", "output": "broken.png"}]
     write_manifest(rows, tmp_path / "m.parquet")
-    fs.put_file(str(tmp_path / "m.parquet"), f"{url}/m.parquet")
+    upload(tmp_path / "m.parquet", f"{url}/m.parquet")
     out = tmp_path / "out"
     refused = run_cli(f"{url}/m.parquet", out)
     assert refused.exit_code == 2 and "row 2:" in refused.output
@@ -257,7 +255,7 @@ def test_a_run_folder_in_object_storage(s3, tmp_path):
              "output": f"styled-{s}.png"} for s in range(3)]
     write_manifest(rows, tmp_path / "m.parquet")
     fs, _ = storage.filesystem(url)
-    fs.put_file(str(tmp_path / "m.parquet"), f"{url}/m.parquet")
+    upload(tmp_path / "m.parquet", f"{url}/m.parquet")
     out = f"{url}/out"
     result = run_cli(f"{url}/m.parquet", out)
     assert result.exit_code == 0, result.output
@@ -312,13 +310,12 @@ def test_a_run_killed_on_one_machine_resumes_on_another_from_the_bucket(s3, tmp_
     url, folder, local = s3
     make_painting(seed=7).save(local / "other.png")
     make_photo((64, 48), seed=3).save(local / "photo2.png")
-    fs, _ = storage.filesystem(url)
     for name in ("other.png", "photo2.png"):
-        fs.put_file(str(local / name), f"{url}/in/{name}")
+        upload(local / name, f"{url}/in/{name}")
     rows = [{"content": f"in/{c}.png", "style": f"in/{s}.png", "output": f"{c}-{s}.png"}
             for c in ("photo", "photo2") for s in ("painting", "other")]
     write_manifest(rows, tmp_path / "m.parquet")
-    fs.put_file(str(tmp_path / "m.parquet"), f"{url}/m.parquet")
+    upload(tmp_path / "m.parquet", f"{url}/m.parquet")
     fp64 = ("--workers", "1", "--precision", "fp64", "--batch-size", "4", "--set", "tol=0")
     reference = spawn_run(f"{url}/m.parquet", f"{url}/ref", 150, fp64)
     assert reference.wait(timeout=600) == 0, reference.stdout.read()
@@ -372,7 +369,7 @@ def test_inputs_whose_store_stops_answering_stop_the_worker_and_fail_no_job(s3, 
     url, _, local = s3
     write_clip(camera_clip(drawn_scene((160, 120)), (48, 36), 2), local / "clip.mp4",
                Fraction(8))
-    storage.put_file(local / "clip.mp4", f"{url}/in/clip.mp4")
+    upload(local / "clip.mp4", f"{url}/in/clip.mp4")
     rows = [{"content": f"{url}/in/{content}", "style": f"{url}/in/painting.png",
              "output": f"{seed}-{content}", "seed": seed}
             for seed, content in enumerate(["photo.png", "photo.png", "clip.mp4"])]
@@ -406,14 +403,14 @@ def test_an_object_replaced_after_the_scan_fails_its_job_not_the_others(s3, tmp_
 
     url, _, local = s3
     make_painting(seed=4).save(local / "other.png")
-    storage.put_file(local / "other.png", f"{url}/in/other.png")
+    upload(local / "other.png", f"{url}/in/other.png")
     rows = [{"content": f"{url}/in/photo.png", "style": f"{url}/in/{style}", "output": style}
             for style in ("painting.png", "other.png")]
     out = tmp_path / "out"
     jobs = tuple(Inspector()(spec) for spec in read_jobs(
         write_manifest(rows, tmp_path / "m.parquet"), out, {"size": 32, "iterations": 2}))
     make_painting(seed=5).save(local / "other.png")
-    storage.put_file(local / "other.png", f"{url}/in/other.png")
+    upload(local / "other.png", f"{url}/in/other.png")
     assert Worker(0, Runtime.create("cpu", "fp32", channels_last=False), out, 0,
                   lambda event: None).serve(Batch(jobs))
     kept, replaced = (ledger.read(out)[job.id] for job in jobs)
@@ -443,8 +440,7 @@ def test_a_store_that_goes_away_mid_run_stops_it_and_a_rerun_after_finishes(tmp_
     there = root / "bucket" / "out"
     with serve_s3(root, port) as endpoint:
         use_server(monkeypatch, endpoint)
-        fs, _ = storage.filesystem("s3://bucket")
-        fs.put(str(manifest.parent) + "/", "bucket/data/", recursive=True)
+        upload(manifest.parent, "s3://bucket/data")
         proc = spawn_run("s3://bucket/data/manifest.parquet", "s3://bucket/out", 40)
         wait_for(lambda: list(there.glob("*.png")))
     text = proc.communicate(timeout=300)[0]
@@ -486,8 +482,7 @@ def test_a_second_machine_cannot_run_into_the_same_bucket_folder(s3, tmp_path, m
     rows = [{"content": "in/photo.png", "style": "in/painting.png", "seed": s,
              "output": f"styled-{s}.png"} for s in range(2)]
     write_manifest(rows, tmp_path / "m.parquet")
-    fs, _ = storage.filesystem(url)
-    fs.put_file(str(tmp_path / "m.parquet"), f"{url}/m.parquet")
+    upload(tmp_path / "m.parquet", f"{url}/m.parquet")
     first = spawn_run(f"{url}/m.parquet", f"{url}/out", 400)
     try:
         wait_for(lambda: (folder / "out" / ".run-lease").is_file())
@@ -524,11 +519,10 @@ def test_a_video_in_a_bucket_is_stylized_into_the_bucket(s3, tmp_path):
     url, folder, local = s3
     write_clip(camera_clip(drawn_scene((160, 120)), (48, 36), 3), local / "clip.mp4",
                Fraction(8))
-    fs, _ = storage.filesystem(url)
-    fs.put_file(str(local / "clip.mp4"), f"{url}/in/clip.mp4")
+    upload(local / "clip.mp4", f"{url}/in/clip.mp4")
     write_manifest([{"content": "in/clip.mp4", "style": "in/painting.png",
                      "output": "clip-styled.mp4"}], tmp_path / "m.parquet")
-    fs.put_file(str(tmp_path / "m.parquet"), f"{url}/m.parquet")
+    upload(tmp_path / "m.parquet", f"{url}/m.parquet")
     fast = ("--set", "frame_iterations=3", "--set", "tol=0")
     result = run_cli(f"{url}/m.parquet", f"{url}/out", *fast)
     assert result.exit_code == 0, result.output
@@ -556,7 +550,7 @@ def test_pipeline_video_reads_and_writes_object_storage_and_resumes_elsewhere(
     url, folder, local = s3
     write_clip(camera_clip(drawn_scene((160, 120)), (48, 36), 4), local / "clip.mp4",
                Fraction(8))
-    storage.put_file(local / "clip.mp4", f"{url}/in/clip.mp4")
+    upload(local / "clip.mp4", f"{url}/in/clip.mp4")
     args = ["video", f"{url}/in/clip.mp4", f"{url}/in/painting.png", "-o",
             f"{url}/out/styled.mp4", "--size", "40", "--iterations", "6", "--frame-iterations",
             "3", "--tol", "0", "--device", "cpu", "--precision", "fp32",
@@ -657,7 +651,7 @@ def test_a_cache_in_object_storage_is_shared_by_machines(s3, tmp_path, monkeypat
         m for m in made if m.startswith("targets/")}
     monkeypatch.setattr(ort_session, "create_session", session)  # a new image's targets:
     make_photo((56, 40), seed=3).save(tmp_path / "other.png")     # with the bucket's model
-    storage.put_file(tmp_path / "other.png", f"{url}/in/other.png")
+    upload(tmp_path / "other.png", f"{url}/in/other.png")
     on_machine("c", "other.png", "c.png")
     copy_c = next((tmp_path / "c" / "style-pipeline" / "shared").iterdir())
     assert list((copy_c / "models").glob("*.onnx"))
@@ -690,7 +684,7 @@ def test_a_run_reads_the_bucket_s_state_again_once_it_holds_the_lease(s3, tmp_pa
     url, _, _ = s3
     write_manifest([{"content": "in/photo.png", "style": "in/painting.png", "seed": s,
                      "output": f"styled-{s}.png"} for s in range(2)], tmp_path / "m.parquet")
-    storage.put_file(tmp_path / "m.parquet", f"{url}/m.parquet")
+    upload(tmp_path / "m.parquet", f"{url}/m.parquet")
     first = run_cli(f"{url}/m.parquet", f"{url}/out")
     assert first.exit_code == 0, first.output
     fs, _ = storage.filesystem(url)  # through the server: it caches what it lists
@@ -700,7 +694,7 @@ def test_a_run_reads_the_bucket_s_state_again_once_it_holds_the_lease(s3, tmp_pa
 
     @contextlib.contextmanager
     def finished_meanwhile(remote, run_id):
-        fs.put(str(tmp_path / "the-other-machine-s") + "/", f"{url}/out/", recursive=True)
+        upload(tmp_path / "the-other-machine-s", f"{url}/out")
         with lease(remote, run_id):
             yield
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.run_helpers import local_cluster
-from tests.s3_server import use_server
+from tests.s3_server import upload, use_server
 
 ray = pytest.importorskip("ray", reason="the ray extra: pip install -e '.[cpu,dev,ray]'")
 pytest.importorskip("s3fs", reason="the s3 extra: pip install -e '.[s3]'")
@@ -54,7 +54,6 @@ def test_a_cluster_sharing_only_a_bucket_runs_a_manifest_and_survives_a_lost_nod
     from pipeline.bulk import ledger
     from pipeline.bulk.manifest import parse_overrides
     from pipeline.bulk.runner import RunOptions, exit_code, run_manifest
-    from pipeline.io import storage
     from tests.conftest import _CACHE
     from tests.run_helpers import images_in, make_dataset, node_remover, run_cli
 
@@ -84,8 +83,7 @@ def test_a_cluster_sharing_only_a_bucket_runs_a_manifest_and_survives_a_lost_nod
     assert made.exit_code == 0, made.output
     use_server(monkeypatch, endpoint)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "driver"))
-    fs, _ = storage.filesystem("s3://bucket")
-    fs.put(str(manifest.parent) + "/", f"bucket/{tmp_path.name}/data/", recursive=True)
+    upload(manifest.parent, f"s3://bucket/{tmp_path.name}/data")
     url = f"s3://bucket/{tmp_path.name}"
     shared = served / "bucket" / tmp_path.name / "cache"
     for part in ("models", "probes"):
