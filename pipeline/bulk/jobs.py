@@ -19,11 +19,11 @@ from typing import Any
 from ..api import job_key
 from ..errors import InputError, RowError, StoreUnavailable
 from ..gatys.vgg import min_input_side
-from ..io.fetch import local_copy
+from ..io.fetch import local_file
 from ..io.files import forget_digest, remembered_digest
 from ..io.images import fit_longest_side, header_size, read_rgb
 from ..io.masks import check_shape
-from ..io.storage import Location, is_url, location
+from ..io.storage import Location, location
 from ..io.video import is_video
 from ..targets.cache import image_digest
 from ..video.clip import ClipPart, clip_key, clip_part
@@ -101,7 +101,7 @@ def check_unchanged(job: Job, cache: str | None = None) -> None:
     shows. A rerun keys the new version and makes it."""
     for where, digest in job.inputs:
         try:  # a video is hashed whole only if it changed (io/files.remembered_digest)
-            path = local_copy(where) if is_url(where) else where
+            path = local_file(where)
             now = remembered_digest(path, cache) if is_video(where) else image_digest(path)
         except OSError as e:
             raise InputError(f"{where}: cannot read ({e.strerror or e})") from None
@@ -143,8 +143,7 @@ class Inspector:
                     self._seen[path] = (digest, img.size)
                 else:  # the header first: it names a folder or a broken link clearly
                     size = header_size(path)  # (of a URL, fetches its local copy)
-                    local = local_copy(path) if is_url(path) else path
-                    self._seen[path] = (remembered_digest(local, self.cache), size)
+                    self._seen[path] = (remembered_digest(local_file(path), self.cache), size)
             except StoreUnavailable:  # the run's problem, not the row's: the scan stops
                 raise
             except InputError as e:

@@ -20,6 +20,11 @@ from .storage import filesystem, is_url, name, store_error
 FETCH_THREADS = 16
 
 
+def local_file(where: str | Path) -> Path:
+    """A local file as it is; an object in storage as its local copy (local_copy)."""
+    return local_copy(where) if is_url(where) else Path(where)
+
+
 def local_copy(url: str, cache: str | None = None) -> Path:
     """The object at `url` as a local file (InputError naming the URL if it cannot be read)."""
     fs, path = filesystem(url)

@@ -24,10 +24,9 @@ from safetensors.torch import load, save
 from torch import Tensor
 
 from ..errors import NonFiniteError
-from ..io.fetch import local_copy
+from ..io.fetch import local_file
 from ..io.files import atomic_write_bytes, file_digest
 from ..io.mirror import fetch_missing
-from ..io.storage import is_url
 from ..io.tensor_tree import tree_digest
 
 log = logging.getLogger("pipeline.targets")
@@ -130,7 +129,7 @@ def image_digest(source: object) -> str:
         h.update(source.tobytes())
         return h.hexdigest()
     # An object in storage: of its local copy, which reading the image made already.
-    return file_digest(local_copy(source) if is_url(source) else source)
+    return file_digest(local_file(source))
 
 
 __all__ = ["TargetCache", "image_digest", "target_key"]
