@@ -49,7 +49,6 @@ def report_folder(out_dir: Path, *parts: str) -> Path:
 class Thumbnails:
     def __init__(self, folder: Path, side: int = SIDE):
         self.folder, self.side = folder, side
-        self.made: set[Path] = set()
         self._known: dict[Location, Path | None] = {}
 
     def __call__(self, source: Location) -> Path | None:
@@ -82,7 +81,6 @@ class Thumbnails:
             img.thumbnail((self.side, self.side), Image.Resampling.LANCZOS)
             with atomic_path(dest) as tmp:
                 img.save(tmp, format="JPEG", quality=88, comment=MARK)
-        self.made.add(dest)
         return dest
 
     def make_all(self, sources: Iterable[Path]) -> None:
@@ -93,8 +91,9 @@ class Thumbnails:
 
     def sweep(self) -> None:
         """Remove the thumbnails this report no longer shows: files of ours alone."""
+        shown = set(self._known.values())
         for path in self.folder.iterdir():
-            if path not in self.made and NAME.fullmatch(path.name) and _ours(path):
+            if path not in shown and NAME.fullmatch(path.name) and _ours(path):
                 path.unlink(missing_ok=True)
 
 
