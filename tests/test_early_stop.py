@@ -15,7 +15,7 @@ from pipeline.cli import app
 from pipeline.gatys.convergence import EarlyStop
 from pipeline.gatys.engine import Checkpointing
 from pipeline.gatys.trace import read_traces
-from pipeline.io.images import intermediates, to_tensor
+from pipeline.io.images import intermediates_beside, to_tensor
 from tests.conftest import make_painting, make_photo
 from tests.run_helpers import run_cli, runner
 
@@ -132,7 +132,7 @@ def test_tol_and_save_every_as_manifest_columns_in_batches(dataset, tmp_path):
     found = traces.read(out)
     for record in ledger.read(out).values():
         output = out / record["output"]
-        saved = [it for it, _ in intermediates(output)]
+        saved = [it for it, _ in intermediates_beside([(output, None)])[output]]
         # Every 4 iterations while the job moves (the last one is the output itself).
         assert saved == list(range(4, record["iterations"], 4)), (record["row"], saved)
         assert found[record["key"]][-1]["iteration"] == record["iterations"]
@@ -150,7 +150,7 @@ def test_stylize_tol_save_every_and_trace(photo_path, painting_path, tmp_path):
     (points,) = read_traces(trace).values()
     used = points[-1]["iteration"]
     assert [p["iteration"] for p in points] == list(range(used + 1)) and used < 30
-    assert [it for it, _ in intermediates(out)] == list(range(5, used, 5))
+    assert [it for it, _ in intermediates_beside([(out, None)])[out]] == list(range(5, used, 5))
     bad = runner.invoke(app, ["stylize", str(photo_path), str(painting_path), "-o", str(out),
                               "--tol", "nan"])
     assert bad.exit_code == 2 and "tol must be a finite number" in bad.output

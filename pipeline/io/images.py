@@ -345,17 +345,12 @@ def intermediate_path(output: Path | str, iteration: int) -> Path | str:
 _INTERMEDIATE = re.compile(r"(.+)\.iter(\d+)(\.[^.]+)")  # stem, iteration, suffix
 
 
-def intermediates(output: Path, key: str | None = None) -> list[tuple[int, Path]]:
-    """The intermediate images written beside `output`, by iteration; with `key`, only those
-    of that job (an earlier job with the same output name may have left others there)."""
-    return intermediates_beside([(output, key)])[output]
-
-
 def intermediates_beside(outputs: Iterable[tuple[Path, str | None]]
                          ) -> dict[Path, list[tuple[int, Path]]]:
-    """`intermediates` of many (output, key) pairs, each folder listed once: a run's
-    outputs share a few folders, and a listing per output made a report of N jobs in one
-    folder cost N^2."""
+    """The intermediate images written beside each output, by iteration; with its key, only
+    those of that job (an earlier job with the same output name may have left others there).
+    Each folder is listed once: a run's outputs share a few folders, and a listing per output
+    made a report of N jobs in one folder cost N^2."""
     keys = dict(outputs)
     wanted = {(o.parent, o.stem, o.suffix): o for o in keys}
     found: dict[Path, list[tuple[int, Path]]] = {o: [] for o in keys}
