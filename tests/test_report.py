@@ -1,6 +1,9 @@
 """The run report: what it gathers, and the page as a person sees it in a real browser."""
 
+import html
+import re
 import shutil
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -8,6 +11,7 @@ import pytest
 
 from pipeline.bulk import traces
 from pipeline.cli import app
+from pipeline.report import write_report
 from pipeline.report.gather import DONE, FAILED, PENDING, gather
 from pipeline.report.page import contact_sheet, varying_names
 from pipeline.report.thumbs import Thumbnails
@@ -50,6 +54,48 @@ def test_the_report_places_every_row_and_its_state(dataset, tmp_path):
     assert "report.html" in status.output and cell(status.output, "report")
 
 
+def _pages(out):
+    return [out / "report.html", *sorted((out / "report_files" / "pages").glob("*.html"))]
+
+
+def _targets(page):
+    """Every file a page links or shows, as paths (anchors dropped)."""
+    found = re.findall(r'(?:href|src|poster)="([^"#]+)', page.read_text())
+    return [page.parent / unquote(html.unescape(target)) for target in found]
+
+
+def test_a_large_sheet_goes_on_in_pages_that_link_each_other(dataset, tmp_path):
+    out = tmp_path / "out"
+    _grid_run(dataset, out)
+    write_report(out, page_cells=4)  # the sheet has 4 columns: a content image a page
+    pages = _pages(out)
+    assert [p.name for p in pages] == ["report.html", "2.html", "3.html"]
+    texts = [p.read_text() for p in pages]
+    for number, (page, text) in enumerate(zip(pages, texts, strict=True), 1):
+        assert f"page {number} of 3" in text
+        assert re.findall(r'<div class="name">(c[0-9])</div>', text) == [f"c{number - 1}"]
+        assert len(re.findall(r'id="row-', text)) == 4  # its content image's 4 jobs
+        assert all(target.exists() for target in _targets(page)), page
+    rows = [int(r) for text in texts for r in re.findall(r'id="row-([0-9]+)"', text)]
+    assert sorted(rows) == list(range(12))
+    # c2 is broken: its 4 rows failed, and the first page lists them, linked to page 3
+    assert "<h2>4 failed</h2>" in texts[0]
+    for row in (4, 5, 10, 11):
+        assert f'href="report_files/pages/3.html#row-{row}"' in texts[0]
+        assert f'id="row-{row}"' in texts[2]
+    # A refresh on one page removes the pages it wrote, and only those.
+    folder = out / "report_files" / "pages"
+    (folder / "7.html").write_text("<html>the user's own</html>")
+    (folder / "notes.html").write_text("notes")
+    (folder / "8.html").symlink_to(pages[1])
+    write_report(out)
+    assert _pages(out) == [out / "report.html", *(folder / n for n in ("7.html", "8.html",
+                                                                       "notes.html"))]
+    assert (folder / "8.html").is_symlink() and not pages[1].exists()
+    text = (out / "report.html").read_text()
+    assert "page 1 of" not in text and len(re.findall(r'id="row-', text)) == 12
+
+
 def test_pending_rows_and_no_report(dataset, tmp_path):
     out = tmp_path / "out"
     result = run_cli(dataset, out, "--no-report")
@@ -79,16 +125,19 @@ def test_the_report_in_a_headless_browser(dataset, tmp_path, browser):
 
     out = tmp_path / "out"
     _grid_run(dataset, out)
+    def images_shown():
+        images = browser.find_elements(By.TAG_NAME, "img")
+        for img in images:  # lazy images load once scrolled to
+            browser.execute_script("arguments[0].scrollIntoView()", img)
+            WebDriverWait(browser, 20).until(
+                lambda b, img=img: b.execute_script("return arguments[0].complete", img))
+            assert browser.execute_script("return arguments[0].naturalWidth", img) > 0, \
+                img.get_attribute("src")
+        return len(images)
+
     browser.get((out / "report.html").as_uri())
-    images = browser.find_elements(By.TAG_NAME, "img")
     # 8 outputs, 8 intermediates, 2 contents (c2 has no preview), a style per column
-    assert len(images) == 8 + 8 + 2 + 4
-    for img in images:  # lazy images load once scrolled to
-        browser.execute_script("arguments[0].scrollIntoView()", img)
-        WebDriverWait(browser, 20).until(
-            lambda b, img=img: b.execute_script("return arguments[0].complete", img))
-        assert browser.execute_script("return arguments[0].naturalWidth", img) > 0, \
-            img.get_attribute("src")
+    assert images_shown() == 8 + 8 + 2 + 4
     failed = browser.find_elements(By.CSS_SELECTOR, ".failed")
     assert len(failed) == 4
     assert all("cannot decode image" in f.text and "c2.png" in f.text for f in failed)
@@ -97,6 +146,16 @@ def test_the_report_in_a_headless_browser(dataset, tmp_path, browser):
     for curve in curves:
         box = browser.execute_script("return arguments[0].getBBox()", curve)
         assert box["width"] > 100 and box["height"] > 0
+    # In pages, a content image each: the next page and its images, a failure's link
+    write_report(out, page_cells=4)
+    browser.get((out / "report.html").as_uri())
+    browser.find_element(By.PARTIAL_LINK_TEXT, "next").click()
+    assert browser.title.endswith("(page 2 of 3)")
+    assert images_shown() == 4 + 4 + 1 + 4  # c1's outputs and intermediates, the styles
+    browser.find_element(By.LINK_TEXT, "1").click()
+    browser.find_element(By.LINK_TEXT, "row 10").click()
+    assert browser.current_url.endswith("/report_files/pages/3.html#row-10")
+    assert "cannot decode image" in browser.find_element(By.ID, "row-10").text
 
 
 def test_names_that_look_like_markup_stay_text_in_a_browser(tmp_path, browser):

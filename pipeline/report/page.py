@@ -1,18 +1,21 @@
-"""report.html: a run on one page that opens from disk (no server, no network).
+"""report.html: a run in pages that open from disk (no server, no network).
 
-Layout: a header with the run's numbers; a contact sheet with a row per content image and a
-column per style (and per value of any parameter that varies across the manifest), the inputs'
-thumbnails at its edges; each cell links to the full output and shows its final loss, its
-iterations and seconds, its loss curve (curves.py) and the intermediate images if the job
-saved any. A video job's cell plays its output (its first frame as the poster) above its
-per-frame curves. Failed rows sit in their cell with their one-line error. Thumbnails live in
-report_files/ beside the page (thumbs.py).
+Layout: a header with the run's numbers and the failed rows, each linked to its cell; a
+contact sheet with a row per content image and a column per style (and per value of any
+parameter that varies across the manifest), the inputs' thumbnails at its edges; each cell
+links to the full output and shows its final loss, its iterations and seconds, its loss curve
+(curves.py) and the intermediate images if the job saved any. A video job's cell plays its
+output (its first frame as the poster) above its per-frame curves. Failed rows sit in their
+cell with their one-line error. A sheet of more than PAGE_CELLS cells goes on in
+report_files/pages/<n>.html, whole rows a page, each page linking the others. Thumbnails live
+in report_files/thumbs/ (thumbs.py).
 """
 
 from __future__ import annotations
 
 import datetime
 import os
+import re
 from collections.abc import Iterable
 from html import escape
 from pathlib import Path
@@ -23,6 +26,7 @@ from ..bulk import ledger
 from ..bulk.manifest import REGION_FILES, RealPaths
 from ..bulk.names import short_names
 from ..io.files import atomic_write_bytes
+from ..io.mirror import removed
 from ..io.storage import Location
 from ..io.storage import name as file_name
 from ..version import __version__
@@ -32,11 +36,17 @@ from .thumbs import Thumbnails, report_folder
 
 REPORT = "report.html"
 FILES = "report_files"
+PAGES = "pages"          # report_files/pages/<n>.html: the sheet's pages after the first
+PAGE_NAME = re.compile(r"([0-9]+)\.html")
+PAGE_CELLS = 500         # a page's cells, about 1 MB of page: it opens at once in a browser
+FAILURES_LISTED = 100    # failed rows listed atop the first page; `pipeline status` has all
+GENERATOR = "style-pipeline report"
 Column = tuple[tuple[Path, ...], tuple[tuple[str, Any], ...]]  # style files, varying params
 
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}
 h1{font-size:20px;margin:0 0 12px}
+h2{font-size:16px;margin:16px 0 6px}
 table.head td{padding:2px 14px 2px 0;vertical-align:top}
 table.head td:first-child{color:#666}
 .note{color:#a60}
@@ -56,6 +66,9 @@ img.mask{width:56px;vertical-align:middle;border:1px solid #ccc;margin-left:4px}
 .pending{color:#888;padding:6px}
 svg.curve{display:block;margin-top:4px;font:9px sans-serif;fill:#666}
 .legend span{margin-right:12px}
+table.failures td{padding:1px 12px 1px 0;vertical-align:top}
+table.failures td:last-child{color:#900;overflow-wrap:anywhere}
+p.pages a,p.pages b{margin:0 2px}
 """
 
 
@@ -70,18 +83,26 @@ def _h(value: object) -> str:
     return escape(str(value), quote=True)
 
 
-def write_report(out_dir: Path) -> Path:
-    """Write (or refresh) <out_dir>/report.html and its thumbnails; returns its path."""
+def write_report(out_dir: Path, page_cells: int = PAGE_CELLS) -> Path:
+    """Write (or refresh) <out_dir>/report.html, its further pages and its thumbnails; returns
+    its path."""
     view = gather(out_dir)
     thumbs = Thumbnails(report_folder(out_dir, FILES, "thumbs"))
-    page = render(view, thumbs)
-    thumbs.sweep()
+    pages = render(view, thumbs, page_cells)
+    if len(pages) > 1:
+        folder = report_folder(out_dir, FILES, PAGES)
+        for number, page in enumerate(pages[1:], start=2):
+            atomic_write_bytes(folder / f"{number}.html", page.encode())
     path = out_dir / REPORT
-    atomic_write_bytes(path, page.encode())
+    atomic_write_bytes(path, pages[0].encode())
+    thumbs.sweep()
+    _sweep_pages(out_dir / FILES / PAGES, len(pages))
     return path
 
 
-def render(view: RunView, thumbs: Thumbnails) -> str:
+def render(view: RunView, thumbs: Thumbnails, page_cells: int = PAGE_CELLS) -> list[str]:
+    """The report's pages, report.html first: each holds whole rows of the sheet, about
+    `page_cells` cells, so that a run of any size opens in a browser page by page."""
     varying = varying_names(view.jobs)
     columns, rows, cells = contact_sheet(view.jobs, varying)
     names = short_names(rows) | short_names(s for styles, _ in columns for s in styles)
@@ -89,34 +110,122 @@ def render(view: RunView, thumbs: Thumbnails) -> str:
                      *(j.output for j in view.jobs if j.status == DONE and j.output),
                      *(m for j in view.jobs for m in j.masks),
                      *(path for j in view.jobs for _, path in j.intermediates)])
-    link = _Links(view.out_dir, thumbs)
-    body = [f"<h1>style-pipeline run: {_h(view.out_dir)}</h1>", _header(view)]
-    if view.note:
-        body.append(f'<p class="note">{_h(view.note)}</p>')
+    per_page = max(1, page_cells // max(1, len(columns)))
+    chunks = [rows[i:i + per_page] for i in range(0, len(rows), per_page)] or [[]]
+    page_of = {content: number for number, chunk in enumerate(chunks, 1) for content in chunk}
     legend = "".join(f'<span style="color:{_h(c)}">&#9632; {_h(t)}</span>'
                      for t, c in COLORS.items())
-    body.append(f'<p class="legend">Loss curves (log scale, per job; per frame for a video): '
-                f'{legend}</p>')
-    body.append('<table class="sheet"><thead><tr><th></th>')
+    top = [f"<h1>style-pipeline run: {_h(view.out_dir)}</h1>", _header(view),
+           *([f'<p class="note">{_h(view.note)}</p>'] if view.note else [])]
+    shared = _Links(view.out_dir, thumbs)
+    pages = []
+    for number, chunk in enumerate(chunks, 1):
+        link = shared.at(_page_folder(view.out_dir, number))
+        nav = _nav(number, chunks, names)
+        failures = _failures(view, page_of, names) if number == 1 else ""
+        body = [*top, failures, nav,
+                f'<p class="legend">Loss curves (log scale, per job; per frame for a video): '
+                f'{legend}</p>', _sheet(chunk, columns, cells, names, link, varying), nav]
+        title = view.out_dir.name + (f" (page {number} of {len(chunks)})"
+                                     if len(chunks) > 1 else "")
+        pages.append(_document(title, "\n".join(part for part in body if part)))
+    return pages
+
+
+def _sheet(contents: list[Path], columns: list[Column],
+           cells: dict[tuple[Path, Column], list[JobView]], names: dict[Path, str],
+           link: _Links, varying: list[str]) -> str:
+    """The contact sheet's rows of `contents`, under a head row of every column."""
+    sheet = ['<table class="sheet"><thead><tr><th></th>']
     for styles, settings in columns:
         images = "".join(link.image(p, "input") for p in styles)
         label = _h(" + ".join(names[s] for s in styles)) + "".join(
             f"<br>{_h(k)}={_h(_text(v))}" for k, v in settings)
-        body.append(f'<th>{images}<div class="name">{label}</div></th>')
-    body.append("</tr></thead><tbody>")
-    for content in rows:
-        body.append(f'<tr><th>{link.image(content, "input")}'
-                    f'<div class="name">{_h(names[content])}</div></th>')
+        sheet.append(f'<th>{images}<div class="name">{label}</div></th>')
+    sheet.append("</tr></thead><tbody>")
+    for content in contents:
+        sheet.append(f'<tr><th>{link.image(content, "input")}'
+                     f'<div class="name">{_h(names[content])}</div></th>')
         for column in columns:
             jobs = cells.get((content, column), [])
-            body.append("<td>" + "".join(_cell(j, link, varying) for j in jobs) + "</td>")
-        body.append("</tr>")
-    body.append("</tbody></table>")
-    page = "\n".join(body)
+            sheet.append("<td>" + "".join(_cell(j, link, varying) for j in jobs) + "</td>")
+        sheet.append("</tr>")
+    sheet.append("</tbody></table>")
+    return "\n".join(sheet)
+
+
+def _page_folder(out_dir: Path, number: int) -> Path:
+    return out_dir if number == 1 else out_dir / FILES / PAGES
+
+
+def _page_href(frm: int, to: int) -> str:
+    """Page `to` as page `frm` links to it."""
+    if to == frm:
+        return ""
+    if to == 1:
+        return f"../../{REPORT}"
+    return f"{FILES}/{PAGES}/{to}.html" if frm == 1 else f"{to}.html"
+
+
+def _nav(number: int, chunks: list[list[Path]], names: dict[Path, str]) -> str:
+    """Links to the other pages, each titled with its first and last content image."""
+    if len(chunks) == 1:
+        return ""
+
+    def to(page: int, text: str) -> str:
+        chunk = chunks[page - 1]
+        span = _h(names[chunk[0]] + (f" ... {names[chunk[-1]]}" if len(chunk) > 1 else ""))
+        if page == number:
+            return f'<b title="{span}">{text}</b>'
+        return f'<a href="{_h(_page_href(number, page))}" title="{span}">{text}</a>'
+
+    steps = ([to(number - 1, "&lsaquo; previous")] if number > 1 else []) + (
+        [to(number + 1, "next &rsaquo;")] if number < len(chunks) else [])
+    pages = " ".join(to(page, str(page)) for page in range(1, len(chunks) + 1))
+    return (f'<p class="pages">page {number} of {len(chunks)} · {" · ".join(steps)} · '
+            f"pages: {pages}</p>")
+
+
+def _failures(view: RunView, page_of: dict[Path, int], names: dict[Path, str]) -> str:
+    """The failed rows atop the first page, each linked to its cell: in a run of thousands of
+    jobs they would otherwise hide among the pages."""
+    failed = [job for job in view.jobs if job.status == FAILED]
+    if not failed:
+        return ""
+    rows = "".join(f'<tr><td><a href="{_h(_page_href(1, page_of[job.content]))}#row-{job.row}">'
+                   f"row {_h(job.row)}</a></td><td>{_h(names[job.content])}</td>"
+                   f"<td>{_h(job.error)}</td></tr>" for job in failed[:FAILURES_LISTED])
+    more = (f"<p>and {len(failed) - FAILURES_LISTED:,} more: <code>pipeline status</code> "
+            "lists them all</p>" if len(failed) > FAILURES_LISTED else "")
+    return (f'<h2>{len(failed):,} failed</h2><table class="failures">{rows}</table>{more}')
+
+
+def _document(title: str, body: str) -> str:
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="generator" content="{GENERATOR}">'
             f'<meta http-equiv="Content-Security-Policy" content="{_h(CSP)}">'
-            f"<title>report: {_h(view.out_dir.name)}</title><style>{CSS}</style></head>"
-            f"<body>\n{page}\n</body></html>\n")
+            f"<title>report: {_h(title)}</title><style>{CSS}</style></head>"
+            f"<body>\n{body}\n</body></html>\n")
+
+
+def _sweep_pages(folder: Path, count: int) -> None:
+    """Remove the pages past the last (a sheet that shrank): pages this module wrote, in the
+    report's folder of its own."""
+    if folder.is_symlink() or not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if ((found := PAGE_NAME.fullmatch(path.name)) and int(found[1]) > count
+                and _page_of_ours(path)):
+            path.unlink(missing_ok=True)
+            removed(path)
+
+
+def _page_of_ours(path: Path) -> bool:
+    """A plain file (not a link) that this module wrote: its head names it as the generator."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    with path.open("rb") as f:
+        return f'<meta name="generator" content="{GENERATOR}">'.encode() in f.read(256)
 
 
 def varying_names(jobs: Iterable[JobView]) -> list[str]:
@@ -151,16 +260,20 @@ def contact_sheet(jobs: list[JobView], varying: list[str]
 
 
 class _Links:
-    """Paths as the page refers to them: relative to the run folder, URL-quoted."""
+    """Paths as a page refers to them: relative to the page's folder, URL-quoted."""
 
-    def __init__(self, out_dir: Path, thumbs: Thumbnails):
-        self.out_dir, self.thumbs = out_dir.resolve(), thumbs
-        self.real = RealPaths()  # each folder resolved once: a page links thousands of files
+    def __init__(self, out_dir: Path, thumbs: Thumbnails, real: RealPaths | None = None):
+        self.base, self.thumbs = out_dir.resolve(), thumbs
+        self.real = real or RealPaths()  # each folder resolved once: pages link many files
+
+    def at(self, folder: Path) -> _Links:
+        """The same links from a page in `folder`."""
+        return _Links(folder, self.thumbs, self.real)
 
     def href(self, path: Location) -> str:
         if isinstance(path, str):  # an input in object storage
             return quote(path, safe=":/")
-        return quote(Path(os.path.relpath(self.real(path.absolute()), self.out_dir)).as_posix())
+        return quote(Path(os.path.relpath(self.real(path.absolute()), self.base)).as_posix())
 
     def video(self, source: Path, title: str) -> str:
         """The output video, playable in place, its first frame shown before it plays."""
@@ -180,6 +293,11 @@ class _Links:
 
 
 def _cell(job: JobView, link: _Links, varying: list[str]) -> str:
+    """A job in its cell, its row number its anchor (the failures atop the report link it)."""
+    return f'<div id="row-{_h(job.row)}">{_job(job, link, varying)}</div>'
+
+
+def _job(job: JobView, link: _Links, varying: list[str]) -> str:
     if job.status == PENDING:
         return f'<div class="pending">row {_h(job.row)}: pending</div>'
     if job.status == FAILED:

@@ -22,7 +22,7 @@ from ..errors import InputError
 from ..io.fetch import local_copy
 from ..io.files import atomic_path
 from ..io.images import DECODE_ERRORS, read_rgb_for
-from ..io.mirror import fetch_missing
+from ..io.mirror import fetch_missing, removed
 from ..io.storage import Location
 from ..io.video import is_video, poster
 
@@ -95,6 +95,7 @@ class Thumbnails:
         for path in self.folder.iterdir():
             if path not in shown and NAME.fullmatch(path.name) and _ours(path):
                 path.unlink(missing_ok=True)
+                removed(path)  # its copy in the bucket, for a run folder there
 
 
 def _ours(path: Path) -> bool:
