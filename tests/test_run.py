@@ -74,6 +74,7 @@ def test_six_jobs_run_to_completion_and_rerun_skips_them(dataset, tmp_path):
     assert cell(again.output, "checkpoints removed").startswith("1 of finished batches")
     assert cell(again.output, "done now") == "0"
     assert cell(again.output, "done before (skipped)") == "6"
+    assert cell(again.output, "devices") == "none"  # no worker started
     assert {p: p.stat().st_mtime_ns for p in outputs} == mtimes
     assert sorted((out / "ledger").glob("*.parquet")) == parts
     status = runner.invoke(app, ["status", str(out)], terminal_width=200)

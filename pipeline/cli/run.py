@@ -93,7 +93,7 @@ def _summary(out: Path, result: RunResult) -> Table:
                   + (f" ({result.failed_before} from earlier runs; --retry-failed reruns them)"
                      if result.failed_before else ""))
     table.add_row("pending", str(result.pending))
-    table.add_row("devices", ", ".join(sorted(set(result.devices))))
+    table.add_row("devices", ", ".join(sorted(set(result.devices))) or "none")
     if result.pieces:
         table.add_row("pass pieces", f"{sum(result.pieces.values())} ("
                       + ", ".join(f"w{w} {n}" for w, n in sorted(result.pieces.items())) + ")")
