@@ -1,6 +1,7 @@
 """The run report: what it gathers, and the page as a person sees it in a real browser."""
 
 import html
+import math
 import re
 import shutil
 from urllib.parse import unquote
@@ -13,7 +14,7 @@ from pipeline.bulk import traces
 from pipeline.cli import app
 from pipeline.report import write_report
 from pipeline.report.gather import DONE, FAILED, PENDING, gather
-from pipeline.report.page import contact_sheet, varying_names
+from pipeline.report.page import _linked_pages, contact_sheet, varying_names
 from pipeline.report.thumbs import Thumbnails
 from tests.conftest import make_painting, make_photo
 from tests.run_helpers import cell, run_cli, runner
@@ -94,6 +95,16 @@ def test_a_large_sheet_goes_on_in_pages_that_link_each_other(dataset, tmp_path):
     assert (folder / "8.html").is_symlink() and not pages[1].exists()
     text = (out / "report.html").read_text()
     assert "page 1 of" not in text and len(re.findall(r'id="row-', text)) == 12
+
+
+@pytest.mark.parametrize("count", [2, 30, 31, 47, 300, 1234])
+def test_a_page_links_few_pages_yet_reaches_any_in_two_clicks(count):
+    for number in range(1, count + 1):
+        linked = _linked_pages(number, count)
+        assert linked == sorted(set(linked)) and {1, number, count} <= set(linked)
+        assert len(linked) <= max(30, 3 * math.isqrt(count) + 3)
+        reached = set().union(*(_linked_pages(p, count) for p in linked))
+        assert reached == set(range(1, count + 1))
 
 
 def test_pending_rows_and_no_report(dataset, tmp_path):

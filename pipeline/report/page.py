@@ -14,6 +14,7 @@ in report_files/thumbs/ (thumbs.py).
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import re
 from collections.abc import Iterable
@@ -41,6 +42,7 @@ PAGE_NAME = re.compile(r"([0-9]+)\.html")
 PAGE_CELLS = 500         # a page's cells, about 1 MB of page: it opens at once in a browser
 FAILURES_LISTED = 100    # failed rows listed atop the first page; `pipeline status` has all
 GENERATOR = "style-pipeline report"
+NAV_ALL = 30             # a sheet of up to this many pages links every page from each
 Column = tuple[tuple[Path, ...], tuple[tuple[str, Any], ...]]  # style files, varying params
 
 CSS = """
@@ -181,9 +183,22 @@ def _nav(number: int, chunks: list[list[Path]], names: dict[Path, str]) -> str:
 
     steps = ([to(number - 1, "&lsaquo; previous")] if number > 1 else []) + (
         [to(number + 1, "next &rsaquo;")] if number < len(chunks) else [])
-    pages = " ".join(to(page, str(page)) for page in range(1, len(chunks) + 1))
+    shown = _linked_pages(number, len(chunks))
+    pages = " ".join(("… " if page > 1 and page - 1 not in shown else "") + to(page, str(page))
+                     for page in shown)
     return (f'<p class="pages">page {number} of {len(chunks)} · {" · ".join(steps)} · '
             f"pages: {pages}</p>")
+
+
+def _linked_pages(number: int, count: int) -> list[int]:
+    """The pages a page links by number: all of a few; of many, the ends, every step-th and
+    the neighbours within half a step, so that any page is two clicks away (about
+    2 sqrt(count) links)."""
+    if count <= NAV_ALL:
+        return list(range(1, count + 1))
+    step = math.isqrt(count - 1) + 1
+    near = range(max(1, number - step // 2), min(count, number + step // 2) + 1)
+    return sorted({1, count, *range(step, count, step), *near})
 
 
 def _failures(view: RunView, page_of: dict[Path, int], names: dict[Path, str]) -> str:
