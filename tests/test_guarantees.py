@@ -532,6 +532,29 @@ def test_a_rerun_s_scan_reads_no_image_whole_and_a_stale_digest_is_read_again(
     assert len(plan(again, out, retry_failed=False).todo) == len(first)
 
 
+def test_a_failed_job_s_images_are_read_again_by_the_next_scan(dataset, tmp_path,
+                                                               monkeypatch):
+    """A job may fail for a stale remembered digest, which the worker that found it forgets in
+    its own cache: on a cluster, not the cache that keys the next run. So the run forgets the
+    failed jobs' digests where it scanned: here c2 is broken past its header, its 2 jobs fail
+    in the worker, and the next scan reads c2 and their styles again, nothing else."""
+    from pipeline.bulk.runner import scan
+    from pipeline.io import files
+
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    monkeypatch.setattr(files, "REMEMBER_FROM", 0)  # the drawn images are small
+    broken = dataset.parent / "content" / "c2.png"
+    broken.write_bytes(broken.read_bytes()[:200])
+    result = run_cli(dataset, out, "--cache-dir", str(cache))
+    assert result.exit_code == 1 and cell(result.output, "failed") == "2", result.output
+    reads = []
+    digest = files.file_digest
+    monkeypatch.setattr(files, "file_digest", lambda p: reads.append(Path(p).name) or digest(p))
+    again = scan(dataset, out, {"size": 32, "iterations": 6}, decode=False, cache=str(cache))
+    assert sorted(reads) == ["c2.png", "s0.png", "s1.png"]
+    assert len(again.jobs) == 6 and not again.errors
+
+
 def test_a_video_rewritten_after_the_scan_or_while_stylized_fails_its_job(tmp_path,
                                                                            monkeypatch):
     """The same for a video, whose frames are read as the job goes: rewritten before its job

@@ -23,7 +23,7 @@ from ..io.fetch import local_file
 from ..io.files import forget_digest, remembered_digest
 from ..io.images import fit_longest_side, header_size, read_rgb
 from ..io.masks import check_shape
-from ..io.storage import Location, location
+from ..io.storage import Location, is_url, location
 from ..io.video import is_video
 from ..targets.cache import image_digest
 from ..video.clip import ClipPart, clip_key, clip_part
@@ -110,6 +110,17 @@ def check_unchanged(job: Job, cache: str | None = None) -> None:
                 forget_digest(path, cache)
             raise InputError(f"{where}: changed since the run's scan (the job's key names the "
                              "file as it was then); run again to stylize the new version")
+
+
+def forget_input_digests(jobs: Iterable[Job], cache: str | None = None) -> None:
+    """Forget what this machine remembers of the jobs' local images (remembered_digest), so
+    that the next run reads them again: for jobs that failed. One may have failed for a stale
+    entry, which the worker that found it forgot in its own cache (check_unchanged); on
+    another machine that is not the cache that keys the next run."""
+    for job in jobs:
+        for where, _ in job.inputs:
+            if not is_url(where) and not is_video(where):
+                forget_digest(where, cache)
 
 
 def slotted(job: Job) -> bool:

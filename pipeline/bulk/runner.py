@@ -31,7 +31,7 @@ from .checkpoint import batch_checkpoints, checkpoint_dir, sweep_finished
 from .distribute import Distributor, Outcome, QuietDisplay, distribute
 from .distributors import NAMES as DISTRIBUTORS
 from .distributors import check_distributor, open_distributor
-from .jobs import Inspector, Job
+from .jobs import Inspector, Job, forget_input_digests
 from .locks import RunLocked, bucket_lease, folder_lock
 from .manifest import JobSpec, read_jobs
 from .queue import BatchQueue
@@ -326,6 +326,9 @@ def _run_locked(manifest: Location, opts: RunOptions, found: Scan, run_id: str,
             distribute(workers, queue, opts.batch_size, display,
                        lambda batch: all(output_is_done(j.spec.output, j.key, None)
                                          for j in batch.jobs), result)
+        failed = {row for row, _ in result.failed}
+        forget_input_digests((job for job in p.todo if job.spec.row in failed),
+                             opts.runtime.cache)
         try:  # what workers on other machines recorded, for the summary and the report
             refresh(out_dir, ("ledger", "traces"))
         except InputError as e:  # the store went away: the run says so, and stops as it is
