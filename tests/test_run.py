@@ -448,6 +448,34 @@ def test_status_line_counts_rates_and_eta():
     assert status_line(0, 0, 5, 0.0, False) == "0/5 done"
 
 
+def test_a_run_lists_its_first_failures_and_counts_the_rest(monkeypatch):
+    """A broken style in a run of thousands fails thousands of jobs: the first LISTED are
+    listed as they end, then one line says the rest are only counted."""
+    import io
+
+    from rich.console import Console
+
+    from pipeline.bulk.events import JobsDone
+    from pipeline.cli import progress
+    from pipeline.cli.progress import LISTED, RunDisplay
+
+    printed = io.StringIO()
+    monkeypatch.setattr(progress, "console", Console(file=printed, width=200))
+    display = RunDisplay(total=3 * LISTED, devices=["cpu"])
+    with display:
+        for first in range(0, 3 * LISTED, 50):  # jobs end 50 at a time, 10 of them done
+            display.handle(JobsDone(0, 10, [(row, "s.png: cannot decode image")
+                                             for row in range(first + 10, first + 50)]))
+    lines = printed.getvalue().splitlines()
+    failed = [line for line in lines if line.startswith("failed ")]
+    rows = [row for first in range(0, 3 * LISTED, 50) for row in range(first + 10, first + 50)]
+    assert failed[:LISTED] == [f"failed row {r}: s.png: cannot decode image"
+                               for r in rows[:LISTED]]
+    assert len(failed) == LISTED + 1 and "pipeline status lists them all" in failed[-1]
+    assert display.failed == len(rows) == 240
+    assert lines[-1].startswith(f"jobs 60/{3 * LISTED} done, 240 failed")
+
+
 def test_out_of_memory_retries_once_at_half_the_batch(dataset, tmp_path, monkeypatch):
 
     import torch

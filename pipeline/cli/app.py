@@ -20,7 +20,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from ..api import describe_os_error
 from ..errors import InputError, NonFiniteError, RowError, SourceMissingError
-from .progress import console, say
+from .progress import LISTED, console, say
 
 # Exit code per kind of error we expect (a NonFiniteError: the job diverged).
 EXIT_CODES = ((SourceMissingError, 3), (InputError, 2), (NonFiniteError, 1))
@@ -112,12 +112,12 @@ def logs(verbose: bool = typer.Option(True, "--verbose/--quiet-log",
     logging.getLogger("pipeline").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
-def print_errors(errors: list[RowError], limit: int = 100) -> None:
-    """One line per invalid row (grep-able, never wrapped)."""
-    for e in errors[:limit]:
+def print_errors(errors: list[RowError]) -> None:
+    """One line per invalid row (grep-able, never wrapped), the first LISTED of them."""
+    for e in errors[:LISTED]:
         say("invalid", "red", e)
-    if len(errors) > limit:
-        console.print(f"... and {len(errors) - limit} more")
+    if len(errors) > LISTED:
+        console.print(f"... and {len(errors) - LISTED} more")
 
 
 @contextlib.contextmanager

@@ -50,6 +50,9 @@ def say(label: str, style: str, message: object = "", target: Console | None = N
 
 # Reading loss values forces a device sync; do it only every this many iterations.
 LOSS_EVERY = 10
+# Rows listed one by one (invalid rows before a run, failed jobs as they end): past these a
+# terminal scrolls everything else away; `pipeline status` lists every failure.
+LISTED = 100
 
 
 class RateColumn(ProgressColumn):
@@ -218,9 +221,13 @@ class RunDisplay:
 
     def _ended(self, done: int, failures: list[tuple[int, str]]) -> None:
         self.bar.advance(self.overall, done + len(failures))
-        self.failed += len(failures)
         for row, error in failures:
-            say("failed", "red", f"row {row}: {error}", self.bar.console)
+            self.failed += 1
+            if self.failed <= LISTED:
+                say("failed", "red", f"row {row}: {error}", self.bar.console)
+            elif self.failed == LISTED + 1:
+                say("failed", "red", f"more than {LISTED} jobs: counted from here on, not "
+                    "listed (pipeline status lists them all)", self.bar.console)
         self._log(finished=self.bar.tasks[self.overall].finished and bool(done or failures))
 
     def _log(self, finished: bool = False) -> None:
