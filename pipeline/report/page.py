@@ -41,7 +41,7 @@ PAGES = "pages"          # report_files/pages/<n>.html: the sheet's pages after 
 PAGE_NAME = re.compile(r"([0-9]+)\.html")
 PAGE_CELLS = 500         # a page's cells, about 1 MB of page: it opens at once in a browser
 FAILURES_LISTED = 100    # failed rows listed atop the first page; `pipeline status` has all
-GENERATOR = "style-pipeline report"
+GENERATOR = '<meta name="generator" content="style-pipeline report">'  # marks our pages
 NAV_ALL = 30             # a sheet of up to this many pages links every page from each
 Column = tuple[tuple[Path, ...], tuple[tuple[str, Any], ...]]  # style files, varying params
 
@@ -183,7 +183,7 @@ def _nav(number: int, chunks: list[list[Path]], names: dict[Path, str]) -> str:
 
     steps = ([to(number - 1, "&lsaquo; previous")] if number > 1 else []) + (
         [to(number + 1, "next &rsaquo;")] if number < len(chunks) else [])
-    shown = _linked_pages(number, len(chunks))
+    shown = dict.fromkeys(_linked_pages(number, len(chunks)))  # in order, looked up
     pages = " ".join(("… " if page > 1 and page - 1 not in shown else "") + to(page, str(page))
                      for page in shown)
     return (f'<p class="pages">page {number} of {len(chunks)} · {" · ".join(steps)} · '
@@ -212,12 +212,12 @@ def _failures(view: RunView, page_of: dict[Path, int], names: dict[Path, str]) -
                    f"<td>{_h(job.error)}</td></tr>" for job in failed[:FAILURES_LISTED])
     more = (f"<p>and {len(failed) - FAILURES_LISTED:,} more: <code>pipeline status</code> "
             "lists them all</p>" if len(failed) > FAILURES_LISTED else "")
-    return (f'<h2>{len(failed):,} failed</h2><table class="failures">{rows}</table>{more}')
+    return f'<h2>{len(failed):,} failed</h2><table class="failures">{rows}</table>{more}'
 
 
 def _document(title: str, body: str) -> str:
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="generator" content="{GENERATOR}">'
+            f"{GENERATOR}"
             f'<meta http-equiv="Content-Security-Policy" content="{_h(CSP)}">'
             f"<title>report: {_h(title)}</title><style>{CSS}</style></head>"
             f"<body>\n{body}\n</body></html>\n")
@@ -240,7 +240,7 @@ def _page_of_ours(path: Path) -> bool:
     if path.is_symlink() or not path.is_file():
         return False
     with path.open("rb") as f:
-        return f'<meta name="generator" content="{GENERATOR}">'.encode() in f.read(256)
+        return GENERATOR.encode() in f.read(256)
 
 
 def varying_names(jobs: Iterable[JobView]) -> list[str]:
