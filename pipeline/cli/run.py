@@ -128,9 +128,10 @@ RUN_FOLDER = "Output folder of a run: a path, or a URL in object storage (s3://.
 @reports_errors
 def report_cmd(out: str = typer.Argument(..., help=RUN_FOLDER),
                storage_option: list[str] = STORAGE_OPTION) -> None:
-    """Write or refresh OUT/report.html: the run's numbers, a contact sheet (content images x
-    styles and varied parameters, each output linked, failed rows with their error), each
-    job's loss curve and its intermediate images. It opens from disk, with no server."""
+    """Write or refresh OUT/report.html: the run's numbers, the failed rows, a contact sheet
+    (content images x styles and varied parameters, each output linked, failed rows with
+    their error), each job's loss curve and its intermediate images. A sheet of more than 500
+    cells goes on in pages (OUT/report_files/pages/). It opens from disk, with no server."""
     set_storage_options(storage_option)
     written = write_report(run_folder(out))
     console.print(f"wrote {stored_at(written) or written}")
