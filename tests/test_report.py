@@ -370,7 +370,9 @@ def test_a_page_finds_each_thumbnail_once(tmp_path, monkeypatch):
     found, made = [], Thumbnails._thumbnail
     monkeypatch.setattr(Thumbnails, "_thumbnail",
                         lambda self, source: found.append(source) or made(self, source))
-    thumbs.make_all([*sources, sources[0], tmp_path / "missing.png"])
+    advanced = []
+    thumbs.make_all([*sources, sources[0], tmp_path / "missing.png"], advanced.append)
+    assert advanced == [1, 1, 1, 1]  # each distinct source counted once, made or not
     shown = [thumbs(s) for s in [*sources, tmp_path / "missing.png"]]
     assert sorted(found) == sorted([*sources, tmp_path / "missing.png"])
     assert all(t is not None and t.is_file() for t in shown[:3]) and shown[3] is None

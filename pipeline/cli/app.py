@@ -121,15 +121,16 @@ def print_errors(errors: list[RowError]) -> None:
 
 
 @contextlib.contextmanager
-def scanning() -> Iterator[Callable[[int], None]]:
-    """A transient counter while manifest rows are checked; yields `advance(n)`. None into a
-    log or a pipe, where all it would leave is a blank line."""
+def scanning(what: str = "checking rows") -> Iterator[Callable[[int], None]]:
+    """A transient counter while manifest rows are checked (or a report's thumbnails made);
+    yields `advance(n)`. None into a log or a pipe, where all it would leave is a blank
+    line."""
     if not console.is_interactive:
         yield lambda n: None
         return
-    with Progress(SpinnerColumn(), TextColumn("[bold]checking rows"), TextColumn(
+    with Progress(SpinnerColumn(), TextColumn(what, style="bold", markup=False), TextColumn(
             "{task.completed}"), TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task("rows", total=None)
+        task = bar.add_task(what, total=None)
         yield lambda n: bar.advance(task, n)
 
 

@@ -114,7 +114,7 @@ def _write_report(out: Path) -> str:
     """The report's path (its URL in object storage), or why there is none: a report that
     cannot be made does not fail the run whose results it shows."""
     try:
-        written = write_report(out)
+        written = _report(out)
         return stored_at(written) or str(written)
     except (InputError, OSError) as e:
         say("warning:", "yellow", f"no report: {e}")
@@ -133,8 +133,15 @@ def report_cmd(out: str = typer.Argument(..., help=RUN_FOLDER),
     their error), each job's loss curve and its intermediate images. A sheet of more than 500
     cells goes on in pages (OUT/report_files/pages/). It opens from disk, with no server."""
     set_storage_options(storage_option)
-    written = write_report(run_folder(out))
+    written = _report(run_folder(out))
     console.print(f"wrote {stored_at(written) or written}")
+
+
+def _report(folder: Path) -> Path:
+    """write_report, counting its thumbnails as they are made: a first report of a large run
+    makes thousands."""
+    with scanning("report: thumbnails") as advance:
+        return write_report(folder, advance=advance)
 
 
 @app.command()

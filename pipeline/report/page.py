@@ -17,7 +17,7 @@ import datetime
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -85,11 +85,17 @@ def _h(value: object) -> str:
     return escape(str(value), quote=True)
 
 
-def write_report(out_dir: Path, page_cells: int = PAGE_CELLS) -> Path:
+def write_report(out_dir: Path, page_cells: int = PAGE_CELLS,
+                 advance: Callable[[int], None] = lambda n: None) -> Path:
     """Write (or refresh) <out_dir>/report.html, its further pages and its thumbnails; returns
-    its path."""
+    its path. `advance(n)`: n more thumbnails made or found (a first report of a large run
+    makes one per input, output and intermediate image)."""
     view = gather(out_dir)
     thumbs = Thumbnails(report_folder(out_dir, FILES, "thumbs"))
+    thumbs.make_all([*(j.content for j in view.jobs), *(s for j in view.jobs for s in j.styles),
+                     *(j.output for j in view.jobs if j.status == DONE and j.output),
+                     *(m for j in view.jobs for m in j.masks),
+                     *(path for j in view.jobs for _, path in j.intermediates)], advance)
     pages = render(view, thumbs, page_cells)
     if len(pages) > 1:
         folder = report_folder(out_dir, FILES, PAGES)
@@ -104,14 +110,11 @@ def write_report(out_dir: Path, page_cells: int = PAGE_CELLS) -> Path:
 
 def render(view: RunView, thumbs: Thumbnails, page_cells: int = PAGE_CELLS) -> list[str]:
     """The report's pages, report.html first: each holds whole rows of the sheet, about
-    `page_cells` cells, so that a run of any size opens in a browser page by page."""
+    `page_cells` cells, so that a run of any size opens in a browser page by page. Each
+    thumbnail `thumbs` has not made yet is made as the page shows it."""
     varying = varying_names(view.jobs)
     columns, rows, cells = contact_sheet(view.jobs, varying)
     names = short_names(rows) | short_names(s for styles, _ in columns for s in styles)
-    thumbs.make_all([*rows, *(s for styles, _ in columns for s in styles),
-                     *(j.output for j in view.jobs if j.status == DONE and j.output),
-                     *(m for j in view.jobs for m in j.masks),
-                     *(path for j in view.jobs for _, path in j.intermediates)])
     per_page = max(1, page_cells // max(1, len(columns)))
     chunks = [rows[i:i + per_page] for i in range(0, len(rows), per_page)] or [[]]
     page_of = {content: number for number, chunk in enumerate(chunks, 1) for content in chunk}

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -83,11 +83,14 @@ class Thumbnails:
                 img.save(tmp, format="JPEG", quality=88, comment=MARK)
         return dest
 
-    def make_all(self, sources: Iterable[Path]) -> None:
+    def make_all(self, sources: Iterable[Location],
+                 advance: Callable[[int], None] = lambda n: None) -> None:
         """Make the thumbnails of `sources` on every core (decoding and resizing release the
-        GIL): a first report of a large run has one per output."""
+        GIL): a first report of a large run has one per output. `advance(1)` as each is
+        made or found."""
         with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-            list(pool.map(self, set(sources)))
+            for _ in pool.map(self, set(sources)):
+                advance(1)
 
     def sweep(self) -> None:
         """Remove the thumbnails this report no longer shows: files of ours alone."""
