@@ -376,3 +376,15 @@ def test_a_page_finds_each_thumbnail_once(tmp_path, monkeypatch):
     shown = [thumbs(s) for s in [*sources, tmp_path / "missing.png"]]
     assert sorted(found) == sorted([*sources, tmp_path / "missing.png"])
     assert all(t is not None and t.is_file() for t in shown[:3]) and shown[3] is None
+
+
+def test_a_thumbnail_a_crash_left_empty_is_made_again(tmp_path):
+    """Thumbnails are written without an fsync (a report makes thousands): a crash may leave
+    one empty under its name, and the next report makes it again."""
+    source = tmp_path / "p.png"
+    make_photo().save(source)
+    (tmp_path / "thumbs").mkdir()
+    made = Thumbnails(tmp_path / "thumbs")(source)
+    whole = made.read_bytes()
+    made.write_bytes(b"")
+    assert Thumbnails(tmp_path / "thumbs")(source) == made and made.read_bytes() == whole

@@ -72,14 +72,14 @@ class Thumbnails:
         name = hashlib.sha256(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|"
                               f"{self.side}".encode()).hexdigest()[:20] + ".jpg"
         dest = self.folder / name
-        if not dest.is_file():
+        if not (dest.is_file() and dest.stat().st_size):  # (empty: a crash cut its write)
             try:
                 img = poster(source) if is_video(source) else read_rgb_for(source, self.side)[0]
             except InputError as e:
                 log.debug("no thumbnail for %s: %s", source, e)
                 return None
             img.thumbnail((self.side, self.side), Image.Resampling.LANCZOS)
-            with atomic_path(dest) as tmp:
+            with atomic_path(dest, durable=False) as tmp:  # made again if a crash empties it
                 img.save(tmp, format="JPEG", quality=88, comment=MARK)
         return dest
 
