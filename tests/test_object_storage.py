@@ -704,3 +704,28 @@ def test_a_run_reads_the_bucket_s_state_again_once_it_holds_the_lease(s3, tmp_pa
     assert second.exit_code == 0, second.output
     assert cell(second.output, "done before (skipped)") == "2", second.output
     assert cell(second.output, "done now") == "0", second.output
+
+
+def test_a_report_s_pages_in_object_storage(s3, tmp_path):
+    """A report's further pages land in the bucket beside report.html, and a refresh that
+    needs fewer removes the bucket's copies of the others (only those)."""
+    from pipeline.bulk.manifest import write_manifest
+    from pipeline.bulk.runner import run_folder
+    from pipeline.report import write_report
+    from tests.run_helpers import run_cli
+
+    url, folder, _ = s3
+    write_manifest([{"content": content, "style": "in/painting.png", "output": f"{name}.png"}
+                    for content, name in (("in/photo.png", "a"), ("in/left.png", "b"))],
+                   tmp_path / "m.parquet")
+    upload(tmp_path / "m.parquet", f"{url}/m.parquet")
+    out = f"{url}/out"
+    assert run_cli(f"{url}/m.parquet", out, "--no-report").exit_code == 0
+    pages = folder / "out" / "report_files" / "pages"
+    write_report(run_folder(out), page_cells=1)  # a content image a page: 2 pages
+    assert (folder / "out" / "report.html").is_file() and sorted(
+        p.name for p in pages.iterdir()) == ["2.html"]
+    assert 'href="report_files/pages/2.html"' in (folder / "out" / "report.html").read_text()
+    upload(tmp_path / "m.parquet", f"{out}/report_files/pages/notes.parquet")  # not a page
+    write_report(run_folder(out))
+    assert sorted(p.name for p in pages.iterdir()) == ["notes.parquet"]
