@@ -19,7 +19,7 @@ ENTRIES = {
     "targets": re.compile(rf"[0-9a-f]{{2}}/{_HEX64}\.safetensors"),
     "flows": re.compile(rf"[0-9a-f]{{2}}/{_HEX64}\.safetensors"),
     "probes": re.compile(rf"[a-z0-9]+-{_HEX16}\.json(\.lock)?"),
-    "digests": re.compile(rf"{_HEX64}\.sha256"),
+    "digests": re.compile(rf"([0-9a-f]{{2}}/)?{_HEX64}\.sha256"),  # or flat, as written once
     "inputs": re.compile(r"[0-9a-f]{32}(\.[A-Za-z0-9]+)?"),  # io/fetch.py: objects, local
 }
 

@@ -64,10 +64,11 @@ def _digest_entry(path: str | os.PathLike, st: os.stat_result,
                   cache: str | os.PathLike | None) -> Path:
     """The entry of the file's identity: its real path, device, inode, size, and modification
     and change times in ns (the change time cannot be set back, as `touch -d` sets the
-    other)."""
+    other). In 256 folders, as the targets are: a dataset may have millions of files."""
     identity = (f"{os.path.realpath(path)}\0{st.st_dev}:{st.st_ino}:{st.st_size}:"
                 f"{st.st_mtime_ns}:{st.st_ctime_ns}")
-    return cache_dir(cache) / "digests" / f"{hashlib.sha256(identity.encode()).hexdigest()}.sha256"
+    name = hashlib.sha256(identity.encode()).hexdigest()
+    return cache_dir(cache) / "digests" / name[:2] / f"{name}.sha256"
 
 
 def _cache_root(override: str | os.PathLike | None) -> tuple[str, str]:
