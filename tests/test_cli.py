@@ -82,16 +82,18 @@ def test_export_and_cache_commands(tmp_path):
 
     cache = tmp_path / "cache"
     ours = [cache / "targets" / "ab" / f"ab{'0' * 62}.safetensors",
-            cache / "models" / f"vgg19-caffe-{'1' * 16}-max-opset18.onnx"]
+            cache / "models" / f"vgg19-caffe-{'1' * 16}-max-opset18.onnx",
+            cache / "digests" / "cd" / f"cd{'2' * 62}.sha256",
+            cache / "digests" / f"{'3' * 64}.sha256"]  # flat, as entries were written once
     foreign = [cache / "models" / "my_model.ckpt", cache / "targets" / "ab" / "notes.txt",
-               cache / "trt" / "vgg19.safetensors"]
+               cache / "trt" / "vgg19.safetensors", cache / "digests" / "cd" / "mine.sha256"]
     for path in ours + foreign:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"1234")
     result = runner.invoke(app, ["cache", "info", "--cache-dir", str(cache)], terminal_width=200)
     assert result.exit_code == 0 and "targets" in result.output and "ONNX models" in result.output
     result = runner.invoke(app, ["cache", "clear", "targets", "--cache-dir", str(cache)])
-    assert result.exit_code == 0 and not ours[0].exists() and ours[1].exists()
+    assert result.exit_code == 0 and not ours[0].exists() and all(p.exists() for p in ours[1:])
     result = runner.invoke(app, ["cache", "clear", "--cache-dir", str(cache)])
     assert result.exit_code == 0 and not any(p.exists() for p in ours)
     assert all(p.read_bytes() == b"1234" for p in foreign)  # a user's files are not ours
