@@ -67,6 +67,22 @@ def test_a_refused_run_writes_and_deletes_nothing(dataset, tmp_path):
     assert not fresh.exists()  # not even the folder
 
 
+def test_a_run_lists_the_first_invalid_rows_and_validate_lists_them_all(tmp_path):
+    from pipeline.cli.progress import LISTED
+
+    manifest = tmp_path / "m.parquet"
+    write_manifest([{"content": f"gone{i}.png", "style": "gone.png"} for i in range(LISTED + 5)],
+                   manifest)
+    run = run_cli(manifest, tmp_path / "out")
+    listed = [line for line in run.output.splitlines() if line.startswith("invalid row ")]
+    assert run.exit_code == 2 and len(listed) == LISTED, run.output
+    assert "... and 5 more (pipeline manifest validate lists them all)" in run.output
+    valid = runner.invoke(app, ["manifest", "validate", str(manifest)], terminal_width=300)
+    listed = [line for line in valid.output.splitlines() if line.startswith("invalid row ")]
+    assert valid.exit_code == 2 and len(listed) == LISTED + 5
+    assert f"gone{LISTED + 4}.png" in listed[-1]
+
+
 # --- never writes outside --out, never onto an input --------------------------------------
 
 def test_outputs_stay_inside_out_and_off_the_inputs(dataset, tmp_path):

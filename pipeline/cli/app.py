@@ -112,12 +112,14 @@ def logs(verbose: bool = typer.Option(True, "--verbose/--quiet-log",
     logging.getLogger("pipeline").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
-def print_errors(errors: list[RowError]) -> None:
-    """One line per invalid row (grep-able, never wrapped), the first LISTED of them."""
-    for e in errors[:LISTED]:
+def print_errors(errors: list[RowError], limit: int | None = LISTED, then: str = "") -> None:
+    """One line per invalid row (grep-able, never wrapped): the first `limit` (None: all),
+    then how many more, and `then` (where they are all listed)."""
+    shown = errors[:limit]
+    for e in shown:
         say("invalid", "red", e)
-    if len(errors) > LISTED:
-        console.print(f"... and {len(errors) - LISTED} more")
+    if len(errors) > len(shown):
+        console.print(f"... and {len(errors) - len(shown)} more{then}")
 
 
 @contextlib.contextmanager

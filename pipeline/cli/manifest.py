@@ -91,7 +91,7 @@ def manifest_validate(
     with scanning() as advance:
         found = scan(location(manifest), out, parse_overrides(set_ or []), advance)
     if found.errors:
-        print_errors(found.errors)
+        print_errors(found.errors, limit=None)  # its whole job: every one listed
     console.print(f"{manifest}: {len(found.jobs)} valid, {len(found.errors)} invalid row(s)")
     if found.errors:
         raise typer.Exit(2)

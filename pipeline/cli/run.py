@@ -67,7 +67,7 @@ def run(
     try:
         result = run_manifest(location(manifest), opts, RunDisplay, scanning)
     except ManifestInvalid as e:
-        print_errors(e.errors)
+        print_errors(e.errors, then=" (pipeline manifest validate lists them all)")
         say_error(f"{manifest}: {len(e.errors)} invalid row(s); fix them, or pass "
                   "--skip-bad-rows to run the rest")
         raise typer.Exit(2) from None
