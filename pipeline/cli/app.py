@@ -123,7 +123,7 @@ def print_errors(errors: list[RowError], limit: int | None = LISTED, then: str =
 
 
 @contextlib.contextmanager
-def scanning(what: str = "checking rows") -> Iterator[Callable[[int], None]]:
+def counting(what: str = "checking rows") -> Iterator[Callable[[int], None]]:
     """A transient counter while manifest rows are checked (or a report's thumbnails made);
     yields `advance(n)`. None into a log or a pipe, where all it would leave is a blank
     line."""
@@ -136,4 +136,4 @@ def scanning(what: str = "checking rows") -> Iterator[Callable[[int], None]]:
         yield lambda n: bar.advance(task, n)
 
 
-__all__ = ["app", "print_errors", "reports_errors", "say_error", "scanning"]
+__all__ = ["app", "counting", "print_errors", "reports_errors", "say_error"]

@@ -10,7 +10,7 @@ from ..api import location, set_storage_options
 from ..bulk.make_manifest import build_manifest
 from ..bulk.manifest import parse_overrides
 from ..bulk.runner import scan
-from .app import app, print_errors, reports_errors, scanning
+from .app import app, counting, print_errors, reports_errors
 from .options import STORAGE_OPTION
 from .progress import console, say
 from .run import SET_OPTION
@@ -88,7 +88,7 @@ def manifest_validate(
     """Check every row: columns, types, ranges, files exist and decode, duplicate outputs.
     Exit code 2 when any row is invalid."""
     set_storage_options(storage_option)
-    with scanning() as advance:
+    with counting() as advance:
         found = scan(location(manifest), out, parse_overrides(set_ or []), advance)
     if found.errors:
         print_errors(found.errors, limit=None)  # its whole job: every one listed

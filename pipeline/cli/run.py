@@ -32,7 +32,7 @@ from ..bulk.runner import (
 from ..errors import InputError
 from ..report import write_report
 from ..report.page import REPORT
-from .app import app, print_errors, reports_errors, say_error, scanning
+from .app import app, counting, print_errors, reports_errors, say_error
 from .options import STORAGE_OPTION, with_options
 from .progress import RunDisplay, console, say, shown, summary_table
 
@@ -65,7 +65,7 @@ def run(
     set_storage_options(storage_option)  # before the workers start: they inherit it
     opts = dataclasses.replace(opts, overrides=parse_overrides(set_ or []), runtime=options)
     try:
-        result = run_manifest(location(manifest), opts, RunDisplay, scanning)
+        result = run_manifest(location(manifest), opts, RunDisplay, counting)
     except ManifestInvalid as e:
         print_errors(e.errors, then=" (pipeline manifest validate lists them all)")
         say_error(f"{manifest}: {len(e.errors)} invalid row(s); fix them, or pass "
@@ -140,7 +140,7 @@ def report_cmd(out: str = typer.Argument(..., help=RUN_FOLDER),
 def _report(folder: Path) -> Path:
     """write_report, counting its thumbnails as they are made: a first report of a large run
     makes thousands."""
-    with scanning("report: thumbnails") as advance:
+    with counting("report: thumbnails") as advance:
         return write_report(folder, advance=advance)
 
 
