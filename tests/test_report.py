@@ -15,7 +15,7 @@ from pipeline.bulk import traces
 from pipeline.cli import app
 from pipeline.report import write_report
 from pipeline.report.gather import DONE, FAILED, PENDING, gather
-from pipeline.report.page import _linked_pages, _nav, contact_sheet, varying_names
+from pipeline.report.page import _linked_pages, _Links, _nav, contact_sheet, varying_names
 from pipeline.report.thumbs import Thumbnails
 from tests.conftest import make_painting, make_photo
 from tests.run_helpers import cell, run_cli, runner
@@ -108,9 +108,11 @@ def test_a_page_links_few_pages_yet_reaches_any_in_two_clicks(count):
         assert reached == set(range(1, count + 1))
 
 
-def test_a_page_s_links_mark_the_pages_they_skip():
+def test_a_page_s_links_mark_the_pages_they_skip(tmp_path):
     chunks = [[Path(f"c{i}.png")] for i in range(47)]
-    nav = _nav(20, chunks, {chunk[0]: chunk[0].stem for chunk in chunks})
+    out = tmp_path / "out"
+    link = _Links(out / "report_files" / "pages", Thumbnails(tmp_path / "thumbs"))
+    nav = _nav(20, chunks, {chunk[0]: chunk[0].stem for chunk in chunks}, link, out)
     numbers = re.findall(r"(… )?<(?:a|b) [^>]*>([0-9]+)<", nav)
     assert [int(n) for _, n in numbers] == _linked_pages(20, 47)
     assert [int(n) for gap, n in numbers if gap] == [7, 14, 17, 28, 35, 42, 47]  # after skips

@@ -98,14 +98,12 @@ def write_report(out_dir: Path, page_cells: int = PAGE_CELLS,
                      *(path for j in view.jobs for _, path in j.intermediates)], advance)
     pages = render(view, thumbs, page_cells)
     if len(pages) > 1:
-        folder = report_folder(out_dir, FILES, PAGES)
-        for number, page in enumerate(pages[1:], start=2):
-            atomic_write_bytes(folder / f"{number}.html", page.encode())
-    path = out_dir / REPORT
-    atomic_write_bytes(path, pages[0].encode())
+        report_folder(out_dir, FILES, PAGES)
+    for number in range(len(pages), 0, -1):  # report.html last: the pages it links are there
+        atomic_write_bytes(_page_path(out_dir, number), pages[number - 1].encode())
     thumbs.sweep()
     _sweep_pages(out_dir / FILES / PAGES, len(pages))
-    return path
+    return _page_path(out_dir, 1)
 
 
 def render(view: RunView, thumbs: Thumbnails, page_cells: int = PAGE_CELLS) -> list[str]:
@@ -125,9 +123,9 @@ def render(view: RunView, thumbs: Thumbnails, page_cells: int = PAGE_CELLS) -> l
     shared = _Links(view.out_dir, thumbs)
     pages = []
     for number, chunk in enumerate(chunks, 1):
-        link = shared.at(_page_folder(view.out_dir, number))
-        nav = _nav(number, chunks, names)
-        failures = _failures(view, page_of, names) if number == 1 else ""
+        link = shared.at(_page_path(view.out_dir, number).parent)
+        nav = _nav(number, chunks, names, link, view.out_dir)
+        failures = _failures(view, page_of, names, link) if number == 1 else ""
         body = [*top, failures, nav,
                 f'<p class="legend">Loss curves (log scale, per job; per frame for a video): '
                 f'{legend}</p>', _sheet(chunk, columns, cells, names, link, varying), nav]
@@ -159,20 +157,13 @@ def _sheet(contents: list[Path], columns: list[Column],
     return "\n".join(sheet)
 
 
-def _page_folder(out_dir: Path, number: int) -> Path:
-    return out_dir if number == 1 else out_dir / FILES / PAGES
+def _page_path(out_dir: Path, number: int) -> Path:
+    """Page `number`: report.html, then report_files/pages/<n>.html."""
+    return out_dir / REPORT if number == 1 else out_dir / FILES / PAGES / f"{number}.html"
 
 
-def _page_href(frm: int, to: int) -> str:
-    """Page `to` as page `frm` links to it."""
-    if to == frm:
-        return ""
-    if to == 1:
-        return f"../../{REPORT}"
-    return f"{FILES}/{PAGES}/{to}.html" if frm == 1 else f"{to}.html"
-
-
-def _nav(number: int, chunks: list[list[Path]], names: dict[Path, str]) -> str:
+def _nav(number: int, chunks: list[list[Path]], names: dict[Path, str], link: _Links,
+         out_dir: Path) -> str:
     """Links to the other pages, each titled with its first and last content image."""
     if len(chunks) == 1:
         return ""
@@ -182,7 +173,8 @@ def _nav(number: int, chunks: list[list[Path]], names: dict[Path, str]) -> str:
         span = _h(names[chunk[0]] + (f" ... {names[chunk[-1]]}" if len(chunk) > 1 else ""))
         if page == number:
             return f'<b title="{span}">{text}</b>'
-        return f'<a href="{_h(_page_href(number, page))}" title="{span}">{text}</a>'
+        return (f'<a href="{_h(link.href(_page_path(out_dir, page)))}" title="{span}">'
+                f"{text}</a>")
 
     steps = ([to(number - 1, "&lsaquo; previous")] if number > 1 else []) + (
         [to(number + 1, "next &rsaquo;")] if number < len(chunks) else [])
@@ -204,14 +196,18 @@ def _linked_pages(number: int, count: int) -> list[int]:
     return sorted({1, count, *range(step, count, step), *near})
 
 
-def _failures(view: RunView, page_of: dict[Path, int], names: dict[Path, str]) -> str:
-    """The failed rows atop the first page, each linked to its cell: in a run of thousands of
-    jobs they would otherwise hide among the pages."""
+def _failures(view: RunView, page_of: dict[Path, int], names: dict[Path, str],
+              link: _Links) -> str:
+    """The failed rows atop the first page (`link`: its links), each linked to its cell: in a
+    run of thousands of jobs they would otherwise hide among the pages."""
     failed = [job for job in view.jobs if job.status == FAILED]
     if not failed:
         return ""
-    rows = "".join(f'<tr><td><a href="{_h(_page_href(1, page_of[job.content]))}#row-{job.row}">'
-                   f"row {_h(job.row)}</a></td><td>{_h(names[job.content])}</td>"
+    def cell(job: JobView) -> str:
+        return _h(link.href(_page_path(view.out_dir, page_of[job.content]))) + f"#row-{job.row}"
+
+    rows = "".join(f'<tr><td><a href="{cell(job)}">row {_h(job.row)}</a></td>'
+                   f"<td>{_h(names[job.content])}</td>"
                    f"<td>{_h(job.error)}</td></tr>" for job in failed[:FAILURES_LISTED])
     more = (f"<p>and {len(failed) - FAILURES_LISTED:,} more: <code>pipeline status</code> "
             "lists them all</p>" if len(failed) > FAILURES_LISTED else "")
