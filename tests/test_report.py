@@ -14,6 +14,7 @@ import pytest
 from pipeline.bulk import traces
 from pipeline.cli import app
 from pipeline.report import write_report
+from pipeline.report.curves import loss_svg
 from pipeline.report.gather import DONE, FAILED, PENDING, gather
 from pipeline.report.page import _linked_pages, _Links, _nav, contact_sheet, varying_names
 from pipeline.report.thumbs import Thumbnails
@@ -140,6 +141,40 @@ def test_a_resumed_trace_is_read_from_its_latest_part_only(tmp_path):
                                     "style": 1.0, "tv": 1.0} for i in (0, 2, 4, 6)]})
     (points,) = traces.read(tmp_path).values()
     assert [p["iteration"] for p in points] == [0, 2, 4, 6] and points[0]["total"] == 2.0
+
+
+def test_traces_read_back_as_written_from_a_part_of_images_and_videos(tmp_path):
+    """A part read back gives each job's points as the engine wrote them (columns a job has
+    not got stay absent from its points), though they are held as one array."""
+    image = [{"iteration": i, "stage": int(i >= 4), "total": 10.0 ** -i, "content": 0.0,
+              "style": 1.5 * i, "tv": 2.0} for i in (0, 2, 4, 6)]
+    video = [{"iteration": 8, "stage": 0, "frame": f, "total": 3.0, "content": 1.0,
+              "style": 1.0, "tv": 1.0, **({"temporal": 0.5} if f else {})} for f in range(3)]
+    traces.append(tmp_path, {"image": image, "video": video, "one": image[:1]})
+    found = traces.read(tmp_path)
+    assert found == {"image": image, "video": video, "one": image[:1]}
+    assert found["image"][-1] == image[-1] and found["video"][1:] == video[1:]
+    assert found["image"].has("style") and not found["image"].has("frame")
+    assert type(found["video"][0]["frame"]) is int
+
+
+def test_a_loss_curve_floors_six_decades_and_marks_where_a_stage_begins(tmp_path):
+    # content 0 at first (a content-initialized image), then 1e-12: under the six-decade floor
+    points = [{"iteration": i, "stage": int(i >= 20), "total": 1e6 / (1 + i),
+               "content": 1e-12 if i else 0.0, "style": 1e5 / (1 + i), "tv": 10.0}
+              for i in range(0, 40, 10)]
+    traces.append(tmp_path, {"k": points})
+    svg = loss_svg(traces.read(tmp_path)["k"])
+    labels = re.findall(r">1e(-?\d+)</text>", svg)
+    assert labels[-1] == "6" and int(labels[0]) >= 0  # 1e0 .. 1e6 at most
+    stage = re.findall(r'<line x1="([\d.]+)" x2="[\d.]+" y1="4"[^>]*stroke-dasharray', svg)
+    assert stage == [f"{30 + 20 / 30 * 206:.1f}"]  # at iteration 20 of 0..30
+    content = re.search(r'class="content"[^>]*points="([^"]*)"', svg).group(1).split()
+    assert len(content) == 3  # the 0 is not drawn; 1e-12 sits on the bottom edge
+    assert {float(p.split(",")[1]) for p in content} == {90 - 14.0}
+    assert "<title>total loss 1e+06 at iteration 0 -&gt; 3.226e+04 at 30<" in svg
+    traces.append(tmp_path / "one", {"k": points[:1]})
+    assert loss_svg(traces.read(tmp_path / "one")["k"]) == loss_svg(None) == ""  # no line
 
 
 def test_the_report_in_a_headless_browser(dataset, tmp_path, browser):

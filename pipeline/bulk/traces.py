@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from ..gatys.trace import Traces, read_traces, write_traces
+from ..gatys.trace import Points, Traces, read_traces, write_traces
 from .ledger import part_name
 
 log = logging.getLogger("pipeline.run")
@@ -31,11 +31,11 @@ def append(out_dir: Path, traces: Traces, part: str = "") -> None:
         write_traces(trace_dir(out_dir) / (part or part_name()), traces)
 
 
-def read(out_dir: Path) -> Traces:
+def read(out_dir: Path) -> dict[str, Points]:
     """Each job's trace from the latest part that has it; an unreadable part is skipped with
     a warning."""
     folder = trace_dir(out_dir)
-    latest: Traces = {}
+    latest: dict[str, Points] = {}
     for part in sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []:
         try:
             latest.update(read_traces(part))

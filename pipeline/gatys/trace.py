@@ -8,10 +8,11 @@ re-evaluated in fp32, at the iteration of its final image.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -100,9 +101,60 @@ def write_traces(path: Path | str, traces: Traces) -> None:
         pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), tmp)
 
 
-def read_traces(path: Path) -> Traces:
-    traces: Traces = {}
-    for row in pq.read_table(path).to_pylist():
-        key = row.pop("key")
-        traces.setdefault(key, []).append({k: v for k, v in row.items() if v is not None})
-    return traces
+class Points(Sequence[dict[str, Any]]):
+    """A job's trace as read back: one array of numbers, not a dict per point, because a
+    run's report holds the trace of every job (a dict per point took about ten times the
+    memory). Indexing and iterating give the points as the engine wrote them."""
+
+    __slots__ = ("names", "values")
+
+    def __init__(self, names: tuple[str, ...], values: np.ndarray):
+        self.names, self.values = names, values  # values: [points, names]; NaN: absent
+
+    def column(self, name: str) -> np.ndarray:
+        return self.values[:, self.names.index(name)]
+
+    def has(self, name: str) -> bool:
+        """Whether some point has this column (a video's `frame`, its `temporal` term)."""
+        return name in self.names and not np.isnan(self.column(name)).all()
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(index, slice):
+            return [self._point(row) for row in self.values[index].tolist()]
+        return self._point(self.values[index].tolist())
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return map(self._point, self.values.tolist())
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == list(other) if isinstance(other, Sequence) else NotImplemented
+
+    def _point(self, row: list[float]) -> dict[str, Any]:
+        return {name: int(v) if name in _WHOLE else v
+                for name, v in zip(self.names, row, strict=True) if v == v}
+
+
+_WHOLE = {f.name for f in SCHEMA if pa.types.is_integer(f.type)}
+
+
+def read_traces(path: Path) -> dict[str, Points]:
+    """Each job's points in one file, in the order written."""
+    table = pq.read_table(path)
+    names = tuple(n for n in SCHEMA.names[1:] if n in table.column_names
+                  and table[n].null_count < len(table))  # a column no job of the file has
+    values = np.column_stack([table[n].cast(pa.float64()).to_numpy(zero_copy_only=False)
+                              for n in names]) if len(table) else np.empty((0, len(names)))
+    keys = table["key"].combine_chunks().dictionary_encode()
+    codes = keys.indices.to_numpy(zero_copy_only=False)
+    order = np.argsort(codes, kind="stable")  # each job's rows together, in order
+    values = values[order]
+    ends = np.searchsorted(codes[order], range(1, len(keys.dictionary) + 1)).tolist()
+    return {key: Points(names, values[start:end]) for key, start, end in
+            zip(keys.dictionary.to_pylist(), [0, *ends][:-1], ends, strict=True)}

@@ -12,51 +12,62 @@ import math
 from html import escape
 from typing import Any
 
+import numpy as np
+
+from ..gatys.trace import Points
+
 COLORS = {"total": "#111", "content": "#1f77b4", "style": "#d62728", "tv": "#2ca02c",
           "temporal": "#9467bd"}
 WIDTH, HEIGHT, LEFT, BOTTOM = 240, 90, 30, 14
 FLOOR_DECADES = 6
 
 
-def loss_svg(trace: list[dict[str, Any]]) -> str:
+def loss_svg(trace: Points | None) -> str:
     """The SVG markup; empty when there is nothing to draw."""
-    points = [p for p in trace if p["total"] and p["total"] > 0]
-    if len(points) < 2:
+    if trace is None or "total" not in trace.names:
         return ""
-    along, unit = ("frame", "frames") if "frame" in points[0] else ("iteration", "it")
-    values = [p[k] for p in points for k in COLORS if p.get(k) and p[k] > 0]
+    total = trace.column("total")
+    rows = trace.values[total > 0]  # NaN compares false: no point without a total
+    if len(rows) < 2:
+        return ""
+    along, unit = ("frame", "frames") if trace.has("frame") else ("iteration", "it")
+    at = rows[:, trace.names.index(along)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = {t: np.log10(rows[:, trace.names.index(t)]) for t in COLORS if trace.has(t)}
+    drawn = np.concatenate([v[np.isfinite(v)] for v in logs.values()])  # the terms > 0
     # Six decades at most: a term that starts at ~0 (the content loss of a content-initialized
     # image) would otherwise flatten every other curve; lower values sit on the bottom edge.
-    hi = math.ceil(math.log10(max(values)))
-    lo = min(max(math.floor(math.log10(min(values))), hi - FLOOR_DECADES), hi - 1)
-    first, last = points[0][along], max(points[-1][along], points[0][along] + 1)
+    hi = math.ceil(drawn.max())
+    lo = min(max(math.floor(drawn.min()), hi - FLOOR_DECADES), hi - 1)
+    first, last = int(at[0]), int(max(at[-1], at[0] + 1))
     plot_w, plot_h = WIDTH - LEFT - 4, HEIGHT - BOTTOM - 4
 
-    def x(it: float) -> float:
+    def x(it: Any) -> Any:
         return LEFT + (it - first) / (last - first) * plot_w
 
-    def y(v: float) -> float:
-        return 4 + (hi - max(math.log10(v), lo)) / (hi - lo) * plot_h
+    def y(log: Any) -> Any:
+        return 4 + (hi - np.maximum(log, lo)) / (hi - lo) * plot_h
 
     parts = [f'<svg class="curve" xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" '
              f'height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img">',
-             f"<title>{escape(_summary(points, along))}</title>"]
+             f"<title>{escape(_summary(trace, rows, along))}</title>"]
     step = max(1, (hi - lo) // 4)
     for decade in range(lo, hi + 1, step):
-        parts.append(f'<line x1="{LEFT}" x2="{WIDTH - 4}" y1="{y(10**decade):.1f}" '
-                     f'y2="{y(10**decade):.1f}" stroke="#ddd"/>'
-                     f'<text x="{LEFT - 2}" y="{y(10**decade) + 3:.1f}" text-anchor="end">'
+        parts.append(f'<line x1="{LEFT}" x2="{WIDTH - 4}" y1="{y(decade):.1f}" '
+                     f'y2="{y(decade):.1f}" stroke="#ddd"/>'
+                     f'<text x="{LEFT - 2}" y="{y(decade) + 3:.1f}" text-anchor="end">'
                      f"1e{decade}</text>")
-    stages = {p["stage"]: p[along] for p in reversed(points)}
-    for stage, start in stages.items():
-        if stage != points[0]["stage"]:
-            parts.append(f'<line x1="{x(start):.1f}" x2="{x(start):.1f}" y1="4" '
-                         f'y2="{HEIGHT - BOTTOM}" stroke="#999" stroke-dasharray="3 2"/>')
-    for term, color in COLORS.items():
-        coords = " ".join(f"{x(p[along]):.1f},{y(p[term]):.1f}" for p in points
-                          if p.get(term) and p[term] > 0)
+    stage = rows[:, trace.names.index("stage")]
+    for start in at[1:][stage[1:] != stage[:-1]]:  # where a coarse-to-fine stage begins
+        parts.append(f'<line x1="{x(start):.1f}" x2="{x(start):.1f}" y1="4" '
+                     f'y2="{HEIGHT - BOTTOM}" stroke="#999" stroke-dasharray="3 2"/>')
+    xs = x(at)
+    for term, log in logs.items():
+        shown = np.isfinite(log)
+        coords = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(
+            xs[shown].tolist(), y(log[shown]).tolist(), strict=True))
         if coords:
-            parts.append(f'<polyline class="{term}" fill="none" stroke="{color}" '
+            parts.append(f'<polyline class="{term}" fill="none" stroke="{COLORS[term]}" '
                          f'stroke-width="{1.6 if term == "total" else 1}" points="{coords}"/>')
     parts.append(f'<text x="{LEFT}" y="{HEIGHT - 2}">{first}</text>'
                  f'<text x="{WIDTH - 4}" y="{HEIGHT - 2}" text-anchor="end">{last} {unit}</text>')
@@ -64,7 +75,7 @@ def loss_svg(trace: list[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
-def _summary(points: list[dict[str, Any]], along: str) -> str:
-    start, end = points[0], points[-1]
-    return (f"total loss {start['total']:.4g} at {along} {start[along]} -> "
-            f"{end['total']:.4g} at {end[along]}")
+def _summary(trace: Points, rows: np.ndarray, along: str) -> str:
+    total, at = trace.names.index("total"), trace.names.index(along)
+    return (f"total loss {rows[0, total]:.4g} at {along} {rows[0, at]:.0f} -> "
+            f"{rows[-1, total]:.4g} at {rows[-1, at]:.0f}")

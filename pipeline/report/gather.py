@@ -21,6 +21,7 @@ from ..bulk.manifest import REGION_COLUMNS, VIDEO_COLUMNS, read_rows, row_inputs
 from ..bulk.run_state import DONE, FAILED, PENDING, RunInfo, job_state, read_run_info
 from ..errors import InputError, RowError
 from ..gatys.params import StyleParams
+from ..gatys.trace import Points
 from ..io.images import intermediates_beside
 from ..io.storage import location, parent
 from ..io.video import is_video
@@ -39,7 +40,7 @@ class JobView:
     status: str                      # done, failed, pending
     error: str = ""
     record: dict[str, Any] = field(default_factory=dict)  # its ledger row, if any
-    trace: list[dict[str, Any]] = field(default_factory=list)
+    trace: Points | None = None
     intermediates: list[tuple[int, Path]] = field(default_factory=list)
     video: bool = False              # a video job: its trace has a point per frame
     masks: tuple[Path, ...] = ()     # its content masks (or segmentation), shown beside it
@@ -74,7 +75,7 @@ def gather(out_dir: Path) -> RunView:
     beside = intermediates_beside((job.output, job.record["key"]) for job in jobs
                                   if job.output is not None and job.record.get("key"))
     for job in jobs:
-        job.trace = found.get(job.record.get("key", ""), [])
+        job.trace = found.get(job.record.get("key", ""))
         job.intermediates = beside.get(job.output, []) if job.output is not None else []
     return RunView(out_dir, info.manifest, jobs, note)
 

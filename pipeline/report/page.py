@@ -322,7 +322,7 @@ def _job(job: JobView, link: _Links, varying: list[str]) -> str:
     losses = " ".join(f"{t} {record.get('loss_' + t) or 0:.3g}"
                       for t in ("total", "content", "style", "tv"))
     settings = "".join(f" · {k}={_text(job.params[k])}" for k in varying if k in job.params)
-    frames = f"{len(job.trace)} frames · " if job.video else ""
+    frames = f"{len(job.trace or ())} frames · " if job.video else ""
     of = "" if job.video else f" of {job.params.get('iterations')}"
     title = (f"row {job.row} · {job.output.name}{settings} · {frames}loss {losses} · "
              f"{record.get('iterations')}{of} iterations · "
