@@ -136,6 +136,9 @@ class Points(Sequence[dict[str, Any]]):
     def __eq__(self, other: object) -> bool:
         return list(self) == list(other) if isinstance(other, Sequence) else NotImplemented
 
+    def __repr__(self) -> str:
+        return f"Points({list(self)!r})"
+
     def _point(self, row: list[float]) -> dict[str, Any]:
         return {name: int(v) if name in _WHOLE else v
                 for name, v in zip(self.names, row, strict=True) if v == v}
