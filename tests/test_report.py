@@ -143,6 +143,21 @@ def test_a_resumed_trace_is_read_from_its_latest_part_only(tmp_path):
     assert [p["iteration"] for p in points] == [0, 2, 4, 6] and points[0]["total"] == 2.0
 
 
+def test_traces_are_read_in_the_order_written_past_an_unreadable_part(tmp_path, caplog):
+    """Parts are read several at a time, yet the latest part of a job wins; a damaged part
+    is skipped with a warning that names it."""
+    for n in range(1, 12):
+        traces.append(tmp_path, {"k": [{"iteration": 0, "stage": 0, "total": float(n),
+                                        "content": 1.0, "style": 1.0, "tv": 1.0}],
+                                 f"j{n}": [{"iteration": 0, "stage": 0, "total": 1.0,
+                                            "content": 1.0, "style": 1.0, "tv": 1.0}]})
+    parts = sorted((tmp_path / "traces").glob("part-*.parquet"))
+    parts[5].write_bytes(parts[5].read_bytes()[:50])
+    found = traces.read(tmp_path)
+    assert found["k"][0]["total"] == 11.0 and "j6" not in found and len(found) == 11
+    assert f"trace part {parts[5].name} is unreadable" in caplog.text
+
+
 def test_traces_read_back_as_written_from_a_part_of_images_and_videos(tmp_path):
     """A part read back gives each job's points as the engine wrote them (columns a job has
     not got stay absent from its points), though they are held as one array."""

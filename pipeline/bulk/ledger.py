@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ import pyarrow.parquet as pq
 
 from ..io.files import atomic_path
 from ..io.video import is_video
+from .parts import part_name, read_parts
 
 if TYPE_CHECKING:
     from .jobs import Job
@@ -109,11 +109,6 @@ def throughput(done: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float]
     return timed, max(span, 1e-9)
 
 
-def part_name() -> str:
-    """A new part's name: parts sort by the time they were started."""
-    return f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
-
-
 def append(out_dir: Path, rows: list[dict[str, Any]], part: str = "") -> None:
     """A part of these rows; `part`: that part's name, rewritten whole (a batch in slots
     writes its rows so far as each job ends)."""
@@ -128,24 +123,20 @@ def read(out_dir: Path, quarantine: bool = False) -> dict[JobId, dict[str, Any]]
     """Latest row per job. A part that does not read is skipped with a warning, and with
     `quarantine` (the caller holds the run lock) moved to ledger/quarantine/."""
     folder = ledger_dir(out_dir)
-    parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
     empty = dict.fromkeys(SCHEMA.names)  # parts written before a column was added lack it
     latest: dict[JobId, dict[str, Any]] = {}
-    for part in parts:  # names sort by write time
-        try:
-            rows = pq.read_table(part).to_pylist()
-        except (pa.ArrowException, OSError) as e:
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    for part, table in read_parts(folder):
+        if isinstance(table, str):  # why it is unreadable
             if quarantine:
                 (folder / QUARANTINE).mkdir(exist_ok=True)
                 part.rename(folder / QUARANTINE / part.name)
                 log.warning("ledger part %s is unreadable (%s): moved to %s/; its jobs are "
-                            "taken from their outputs or run again", part.name, reason,
+                            "taken from their outputs or run again", part.name, table,
                             QUARANTINE)
             else:
-                log.warning("ledger part %s is unreadable (%s); skipped", part.name, reason)
+                log.warning("ledger part %s is unreadable (%s); skipped", part.name, table)
             continue
-        for row in rows:
+        for row in table.to_pylist():
             row = {**empty, **row}
             latest[(row["key"], row["output"])] = row
     return latest

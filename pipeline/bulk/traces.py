@@ -12,10 +12,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import pyarrow as pa
-
-from ..gatys.trace import Points, Traces, read_traces, write_traces
-from .ledger import part_name
+from ..gatys.trace import Points, Traces, traces_of, write_traces
+from .parts import part_name, read_parts
 
 log = logging.getLogger("pipeline.run")
 
@@ -34,12 +32,10 @@ def append(out_dir: Path, traces: Traces, part: str = "") -> None:
 def read(out_dir: Path) -> dict[str, Points]:
     """Each job's trace from the latest part that has it; an unreadable part is skipped with
     a warning."""
-    folder = trace_dir(out_dir)
     latest: dict[str, Points] = {}
-    for part in sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []:
-        try:
-            latest.update(read_traces(part))
-        except (pa.ArrowException, OSError) as e:
-            log.warning("trace part %s is unreadable (%s); skipped", part.name,
-                        str(e).splitlines()[0] if str(e) else type(e).__name__)
+    for part, table in read_parts(trace_dir(out_dir)):
+        if isinstance(table, str):
+            log.warning("trace part %s is unreadable (%s); skipped", part.name, table)
+            continue
+        latest.update(traces_of(table))
     return latest

@@ -80,6 +80,7 @@ from .events import (
     Ready,
 )
 from .jobs import Batch, Job, check_unchanged, under
+from .parts import part_name
 from .reader import ReadAhead, read_depth
 from .run_state import RUN_INFO, output_is_done, read_run_info
 from .video_batch import VideoWriteFailed, run_video_batch, run_video_piece
@@ -373,7 +374,7 @@ class SlotBatch:
         self.resumed: dict[int, int] = {}
         self.rows: list[dict[str, Any]] = []
         self.traces: Traces = {}
-        self.part = ledger.part_name()
+        self.part = part_name()
         self.saver = worker.saver()
         self.steps = 0
 

@@ -149,7 +149,11 @@ _WHOLE = {f.name for f in SCHEMA if pa.types.is_integer(f.type)}
 
 def read_traces(path: Path) -> dict[str, Points]:
     """Each job's points in one file, in the order written."""
-    table = pq.read_table(path)
+    return traces_of(pq.read_table(path))
+
+
+def traces_of(table: pa.Table) -> dict[str, Points]:
+    """Each job's points in a table of SCHEMA's columns (older ones may lack some)."""
     names = tuple(n for n in SCHEMA.names[1:] if n in table.column_names
                   and table[n].null_count < len(table))  # a column no job of the file has
     values = np.column_stack([table[n].cast(pa.float64()).to_numpy(zero_copy_only=False)
