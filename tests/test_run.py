@@ -1,5 +1,6 @@
 """Bulk runs, end to end through the CLI, on the CPU with 2 workers and tiny images."""
 
+import json
 import os
 import re
 import signal
@@ -95,6 +96,14 @@ def test_invalid_rows_are_listed_and_skip_bad_rows_runs_the_rest(dataset, tmp_pa
     assert len(list(out.glob("*.png"))) == 4
     status = runner.invoke(app, ["status", str(out)], terminal_width=200)
     assert "cannot decode" in status.output
+    # --json: the same numbers for scripts, alone on stdout (warnings go to stderr)
+    got = json.loads(runner.invoke(app, ["status", str(out), "--json"]).stdout)
+    assert [got[k] for k in ("jobs", "done", "failed", "pending")] == [
+        int(cell(status.output, k)) for k in ("jobs", "done", "failed", "pending")] == [6, 4, 2, 0]
+    assert [f["row"] for f in got["failures"]] == [2, 3] and all(
+        "c1.png: cannot decode" in f["error"] for f in got["failures"])
+    assert got["throughput"]["devices"] == ["cpu"] and got["throughput"]["outputs_per_hour"] > 0
+    assert got["report"] == str(out / "report.html") and got["resume_from_checkpoint"] == 0
 
 
 def test_a_job_whose_image_breaks_after_validation_fails_alone(dataset, tmp_path):
@@ -320,6 +329,8 @@ def test_a_fixed_batch_resumes_whole_at_another_batch_size_with_a_job_written_be
     status = runner.invoke(app, ["status", str(out)], terminal_width=200)
     assert cell(status.output, "pending") == (
         f"5 (3 resume from a checkpoint, at iteration {iteration})"), status.output
+    got = json.loads(runner.invoke(app, ["status", str(out), "--json"]).stdout)
+    assert (got["pending"], got["resume_from_checkpoint"]) == (5, 3)
 
     seen.clear()
     result = run_manifest(dataset, options(out, 6), Stopper)

@@ -4,7 +4,9 @@ what that folder holds."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -14,6 +16,7 @@ from ..bulk import ledger
 from ..bulk.manifest import parse_overrides
 from ..bulk.run_state import (
     Resumable,
+    RunState,
     ledger_only_info,
     read_run_info,
     resumable,
@@ -147,6 +150,9 @@ def _report(folder: Path) -> Path:
 @app.command()
 @reports_errors
 def status(out: str = typer.Argument(..., help=RUN_FOLDER),
+           as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead "
+                                        "of the tables, for scripts: the counts, every "
+                                        "failure, throughput, devices, report."),
            storage_option: list[str] = STORAGE_OPTION) -> None:
     """Ledger summary of a run: done / failed / pending, throughput, failures with reasons.
     A job counts as done only while its output is there and is its own, as `run` decides (in
@@ -161,20 +167,26 @@ def status(out: str = typer.Argument(..., help=RUN_FOLDER),
         say("warning:", "yellow", f"{e}; counting the ledger alone")
         info = ledger_only_info(folder)
     state = run_state(folder, info)
+    found = resumable(folder, state.pending)
+    ran = ledger.throughput(state.records)
+    report = stored_at(folder / REPORT)
+    if as_json:
+        typer.echo(json.dumps(_status_dict(info.manifest, info.total, state, found, ran, report)))
+        return
     table = summary_table(f"status {out}")
     table.add_row("manifest", shown(info.manifest))
     table.add_row("jobs", str(info.total))
     table.add_row("done", str(state.done))
     table.add_row("failed", str(len(state.failed)))
-    table.add_row("pending", _pending(len(state.pending), resumable(folder, state.pending)))
-    if (ran := ledger.throughput(state.records)) is not None:
+    table.add_row("pending", _pending(len(state.pending), found))
+    if ran is not None:
         timed, span = ran
         per_hour = ledger.rate(len(timed), span, ledger.any_video(timed))
         table.add_row("throughput", f"{per_hour} over "
                       f"{span:.0f} s; {sum(r['seconds'] for r in timed) / len(timed):.1f}"
                       " s per batch run")
         table.add_row("devices", ", ".join(sorted({r["device"] for r in timed})))
-    table.add_row("report", stored_at(folder / REPORT) or f"none yet (pipeline report {out})")
+    table.add_row("report", report or f"none yet (pipeline report {out})")
     console.print(table)
     if state.failed:
         failures = Table(title="failures")
@@ -183,6 +195,24 @@ def status(out: str = typer.Argument(..., help=RUN_FOLDER),
         for row, error in state.failed:
             failures.add_row(str(row), error)
         console.print(failures)
+
+
+def _status_dict(manifest: str, jobs: int, state: RunState, found: Resumable | None,
+                 ran: tuple[list[dict[str, Any]], float] | None, report: str | None
+                 ) -> dict[str, Any]:
+    """`status --json`: what the tables show, as numbers (null where a table says none)."""
+    throughput = None
+    if ran is not None:
+        timed, span = ran
+        throughput = {"outputs_per_hour": len(timed) / span * 3600, "seconds": span,
+                      "seconds_per_batch_run": sum(r["seconds"] for r in timed) / len(timed),
+                      "devices": sorted({r["device"] for r in timed})}
+    return {"manifest": str(manifest), "jobs": jobs, "done": state.done,
+            "failed": len(state.failed), "pending": len(state.pending),
+            "resume_from_checkpoint": len(found.iterations) if found else None,
+            "videos_with_frames_done": len(found.frames) if found else None,
+            "throughput": throughput, "report": report,
+            "failures": [{"row": row, "error": error} for row, error in state.failed]}
 
 
 def _pending(count: int, found: Resumable | None) -> str:
