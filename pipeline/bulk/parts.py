@@ -13,8 +13,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-# A run of 100,000 jobs leaves thousands of small parts, each read mostly in fixed costs
-# (opening, the footer) that a few threads overlap; more than this only contend.
+# A large run leaves thousands of small parts, each read mostly in fixed costs (opening, the
+# footer) that a few threads overlap; more than this only contend.
 READERS = 4
 
 
@@ -32,8 +32,8 @@ def read_parts(folder: Path) -> Iterator[tuple[Path, pa.Table | str]]:
 
 
 def _read(part: Path) -> pa.Table | str:
-    # ParquetFile, not read_table: read_table's dataset layer took twice the time of a read
-    # on parts this small.
+    # ParquetFile, not read_table: on parts this small read_table's dataset layer costs more
+    # than the read (BENCHMARKS.md, "Manifests").
     try:
         with pq.ParquetFile(part) as parquet:
             return parquet.read(use_threads=False)

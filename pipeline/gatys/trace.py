@@ -103,8 +103,8 @@ def write_traces(path: Path | str, traces: Traces) -> None:
 
 class Points(Sequence[dict[str, Any]]):
     """A job's trace as read back: one array of numbers, not a dict per point, because a
-    run's report holds the trace of every job (a dict per point took about ten times the
-    memory). Indexing and iterating give the points as the engine wrote them."""
+    run's report holds the trace of every job (BENCHMARKS.md, "Manifests"). Indexing and
+    iterating give the points as the engine wrote them."""
 
     __slots__ = ("names", "values")
 
