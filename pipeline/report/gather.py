@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from ..bulk import ledger, traces
-from ..bulk.manifest import REGION_COLUMNS, VIDEO_COLUMNS, read_rows, row_inputs, row_to_job
+from ..bulk.manifest import (
+    REGION_COLUMNS,
+    VIDEO_COLUMNS,
+    RealPaths,
+    read_rows,
+    row_inputs,
+    row_to_job,
+)
 from ..bulk.run_state import DONE, FAILED, PENDING, RunInfo, job_state, read_run_info
 from ..errors import InputError, RowError
 from ..gatys.params import StyleParams
@@ -87,12 +94,13 @@ def _from_manifest(out_dir: Path, info: RunInfo, records: dict[ledger.JobId, dic
     out_dir = out_dir.resolve()
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in info.overrides.items()}
     keys = {output: key for key, output in info.jobs}
+    real = RealPaths()  # each folder resolved once, as the run's scan does
     jobs = []
     for index, row in read_rows(manifest):
         try:
             if index in info.invalid:
                 raise RowError(index, info.invalid[index])
-            spec = row_to_job(row, index, base, out_dir, overrides)
+            spec = row_to_job(row, index, base, out_dir, overrides, real)
         except RowError as e:
             inputs = row_inputs(row, base, overrides)
             jobs.append(JobView(row=index, content=inputs[0] if inputs else base / "?",
