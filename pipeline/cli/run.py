@@ -150,9 +150,10 @@ def _report(folder: Path) -> Path:
 @app.command()
 @reports_errors
 def status(out: str = typer.Argument(..., help=RUN_FOLDER),
-           as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead "
-                                        "of the tables, for scripts: the counts, every "
-                                        "failure, throughput, devices, report."),
+           as_json: bool = typer.Option(False, "--json/--no-json", help="Print one JSON "
+                                        "object on stdout instead of the tables, for "
+                                        "scripts: the counts, every failure, throughput, "
+                                        "devices, report."),
            storage_option: list[str] = STORAGE_OPTION) -> None:
     """Ledger summary of a run: done / failed / pending, throughput, failures with reasons.
     A job counts as done only while its output is there and is its own, as `run` decides (in
