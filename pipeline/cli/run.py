@@ -171,8 +171,9 @@ def status(out: str = typer.Argument(..., help=RUN_FOLDER),
     found = resumable(folder, state.pending)
     ran = ledger.throughput(state.records)
     report = stored_at(folder / REPORT)
+    summary = _status_dict(info.manifest, info.total, state, found, ran, report)
     if as_json:
-        typer.echo(json.dumps(_status_dict(info.manifest, info.total, state, found, ran, report)))
+        typer.echo(json.dumps(summary))
         return
     table = summary_table(f"status {out}")
     table.add_row("manifest", shown(info.manifest))
@@ -181,12 +182,11 @@ def status(out: str = typer.Argument(..., help=RUN_FOLDER),
     table.add_row("failed", str(len(state.failed)))
     table.add_row("pending", _pending(len(state.pending), found))
     if ran is not None:
-        timed, span = ran
-        per_hour = ledger.rate(len(timed), span, ledger.any_video(timed))
-        table.add_row("throughput", f"{per_hour} over "
-                      f"{span:.0f} s; {sum(r['seconds'] for r in timed) / len(timed):.1f}"
-                      " s per batch run")
-        table.add_row("devices", ", ".join(sorted({r["device"] for r in timed})))
+        (timed, span), measured = ran, summary["throughput"]
+        table.add_row("throughput", f"{ledger.rate(len(timed), span, ledger.any_video(timed))}"
+                      f" over {span:.0f} s; {measured['seconds_per_batch_run']:.1f} s per "
+                      "batch run")
+        table.add_row("devices", ", ".join(measured["devices"]))
     table.add_row("report", report or f"none yet (pipeline report {out})")
     console.print(table)
     if state.failed:
