@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -27,8 +28,15 @@ def read_parts(folder: Path) -> Iterator[tuple[Path, pa.Table | str]]:
     """Each part in `folder` in the order written, with its table or, in one line, why it
     could not be read."""
     parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
-    with ThreadPoolExecutor(min(READERS, len(parts)) or 1) as pool:
-        yield from zip(parts, pool.map(_read, parts), strict=True)
+    with ThreadPoolExecutor(READERS) as pool:
+        ahead: deque[tuple[Path, Future[pa.Table | str]]] = deque()
+        for part in parts:  # a few parts ahead, not all: a run's traces take GBs as tables
+            ahead.append((part, pool.submit(_read, part)))
+            if len(ahead) > 2 * READERS:
+                oldest, read = ahead.popleft()
+                yield oldest, read.result()
+        for oldest, read in ahead:
+            yield oldest, read.result()
 
 
 def _read(part: Path) -> pa.Table | str:
