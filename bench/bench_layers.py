@@ -20,7 +20,7 @@ import torch
 
 from pipeline import Runtime, StyleParams
 from pipeline.gatys.engine import trunk_for
-from pipeline.gatys.vgg import CONV_NAMES, LAYER_INDEX
+from pipeline.gatys.layers import CONV_NAMES, LAYER_INDEX
 
 from .arguments import parser
 from .bench_batch import timed_call

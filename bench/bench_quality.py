@@ -33,7 +33,7 @@ from bench.bench_schedule import reach
 from pipeline import Runtime, StyleParams
 from pipeline.api import StyleJob, prepare, setup_batch
 from pipeline.gatys.engine import optimize
-from pipeline.io.images import to_image
+from pipeline.io.pixels import to_image
 
 from .arguments import parser
 

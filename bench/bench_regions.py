@@ -31,7 +31,7 @@ from pipeline.api import prepare, stylize_file, stylize_prepared
 from pipeline.gatys.engine import trunk_for
 from pipeline.gatys.guides import layer_guides
 from pipeline.gatys.losses import gram, guided_gram
-from pipeline.io.images import to_tensor
+from pipeline.io.pixels import to_tensor
 
 from .arguments import parser
 

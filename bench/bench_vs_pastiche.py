@@ -31,7 +31,8 @@ from bench.bench_batch import timed_call
 from bench.flops import cpu_rates, gpu_rates, iteration_flops
 from pipeline import Runtime, StyleParams
 from pipeline.gatys.engine import Objective, trunk_for
-from pipeline.io.images import SizedImage, fit_longest_side, open_rgb, resize, to_tensor
+from pipeline.io.images import fit_longest_side, open_rgb, resize
+from pipeline.io.pixels import SizedImage, to_tensor
 from pipeline.targets.builder import TargetBuilder, torch_features
 from pipeline.targets.cache import TargetCache
 

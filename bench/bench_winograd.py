@@ -20,8 +20,8 @@ from pipeline import Runtime, StyleParams
 from pipeline.accel import winograd
 from pipeline.accel.machine import cpu_model
 from pipeline.gatys.engine import Objective, evaluate_and_backward, trunk_for
-from pipeline.gatys.vgg import CONV_NAMES, feature_shape
-from pipeline.io.images import SizedImage
+from pipeline.gatys.layers import CONV_NAMES, feature_shape
+from pipeline.io.pixels import SizedImage
 from pipeline.targets.builder import TargetBuilder, torch_features
 from pipeline.targets.cache import TargetCache
 

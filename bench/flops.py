@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from pipeline.gatys.vgg import LAYER_NAMES, STYLE_LAYERS
+from pipeline.gatys.layers import LAYER_NAMES, STYLE_LAYERS
 
 from .arguments import parser
 

@@ -1,29 +1,43 @@
 """style-pipeline: batch neural style transfer (Gatys et al., CVPR 2016). Everything the
 `pipeline` command does, from Python: one image (`stylize`, `stylize_file`), a batch
 (`stylize_batch`), a manifest built (`build_manifest`) and run (`run_manifest`), its report
-(`write_report`)."""
+(`write_report`).
 
-import gc
+The names are imported when first used, so that what needs no torch (the CLI's `--help`,
+`status`, `report`, manifests) starts without it."""
 
-# Importing torch makes a great many objects, none of them garbage: the collector's full passes
-# over them during the import are time lost by every process (BENCHMARKS.md, "Start-up").
-_collecting = gc.isenabled()
-gc.disable()
-try:
-    from .accel import cpu_heap
+from __future__ import annotations
 
-    cpu_heap.share_one_arena()  # before any library imported below starts a thread
-    from .accel.runtime import Runtime, RuntimeOptions
-    from .api import Regions, StyleJob, StyleResult, stylize, stylize_batch, stylize_file
-    from .bulk.make_manifest import build_manifest
-    from .bulk.runner import RunOptions, exit_code, run_manifest
-    from .gatys.params import StyleParams
-    from .report import write_report
-    from .version import __version__
-finally:
-    if _collecting:
-        gc.enable()
-del _collecting
+import importlib
+from typing import Any
+
+from . import collector
+from .accel import cpu_heap
+from .version import __version__
+
+cpu_heap.share_one_arena()  # before any library imported later starts a thread
+
+# Each public name and the module it comes from.
+_FROM = {"Regions": ".gatys.region_params", "RunOptions": ".bulk.run_options",
+         "Runtime": ".accel.runtime", "RuntimeOptions": ".accel.options", "StyleJob": ".api",
+         "StyleParams": ".gatys.params", "StyleResult": ".api", "build_manifest":
+         ".bulk.make_manifest", "exit_code": ".bulk.runner", "run_manifest": ".bulk.runner",
+         "stylize": ".api", "stylize_batch": ".api", "stylize_file": ".api",
+         "write_report": ".report"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _FROM:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    with collector.paused():
+        value = getattr(importlib.import_module(_FROM[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_FROM})
+
 
 __all__ = ["Regions", "RunOptions", "Runtime", "RuntimeOptions", "StyleJob", "StyleParams",
            "StyleResult", "__version__", "build_manifest", "exit_code", "run_manifest",

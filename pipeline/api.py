@@ -31,38 +31,33 @@ from .gatys.engine import (
     resample,
     trunk_for,
 )
+from .gatys.layers import in_order, min_input_side
 from .gatys.params import StyleParams
 from .gatys.region_params import NO_REGIONS, Regions
 from .gatys.slots import Entry, Finished, SlotHooks, SlotState, run_slots
 from .gatys.temporal import Temporal
 from .gatys.trace import TRACE_EVERY, TRACE_EVERY_HELP, write_traces
-from .gatys.vgg import VGG19Trunk, in_order, min_input_side
+from .gatys.vgg import VGG19Trunk
 from .gatys.weights import load_weights
-from .io.cache_entries import Contents, clear_part, entries
+from .io.cache_entries import CACHE_PARTS, cache_contents, clear_cache
 from .io.files import (
     atomic_path,
     cache_dir,
-    cache_url,
     check_writable_dir,
     describe_os_error,
     overwrites,
 )
 from .io.images import (
-    SizedImage,
     check_output_path,
     fit_longest_side,
     intermediate_path,
     read_rgb_for,
-    rescale,
     resize,
-    save_image,
-    to_image,
     to_rgb,
-    to_tensor,
 )
 from .io.masks import read_mask, read_segmentation
-from .io.mirror import SHARED_CACHE
-from .io.storage import Location, check_store, is_url, location, name, set_storage_options
+from .io.pixels import SizedImage, rescale, save_image, to_image, to_tensor
+from .io.storage import Location, check_store, location, name, set_storage_options
 from .targets.builder import TargetBuilder, builder_for
 from .targets.cache import image_digest
 from .version import __version__
@@ -436,41 +431,6 @@ def stylize(content: ImageSource, styles: ImageSource | Sequence[ImageSource],
     if isinstance(styles, str | os.PathLike | Image.Image):
         styles = [styles]
     return stylize_batch([StyleJob(content, list(styles))], params, runtime, progress)[0].image
-
-
-CACHE_PARTS = {"models": "ONNX models",
-               "trt": "TensorRT engines", "targets": "content/style targets",
-               "flows": "optical flows of video frames", "probes": "measured hardware defaults",
-               "digests": "input files' sha256",
-               "inputs": "images fetched from object storage"}
-
-
-def _parts(parts: Sequence[str], cache: str | None) -> dict[str, list[Location]]:
-    """Where each part is kept: this machine's cache folder; for a cache in object storage,
-    its shared parts in the bucket first, then in this machine's copy."""
-    for part in parts:
-        if part not in CACHE_PARTS:
-            raise InputError(f"unknown cache part {part!r}; use {', '.join(CACHE_PARTS)}")
-    root, url = cache_dir(cache), cache_url(cache)
-    return {part: [url, root] if url and part in SHARED_CACHE else [root]
-            for part in parts or CACHE_PARTS}
-
-
-def cache_contents(cache: str | None = None) -> tuple[Location, dict[str, tuple[Location,
-                                                                                Contents]]]:
-    """The cache root (a shared cache's URL) and, per part, where it is kept and its files."""
-    found = {part: (where[0], entries(where[0], part))
-             for part, where in _parts((), cache).items()}
-    return cache_url(cache) or cache_dir(cache), found
-
-
-def clear_cache(parts: Sequence[str] = (), cache: str | None = None
-                ) -> list[tuple[Location, Contents]]:
-    """Empty these parts (all when none), deleting only files this program wrote, and a shared
-    part of a cache in object storage in the bucket and here; returns (folder, what there was)
-    per part and place. Everything is recomputed on demand."""
-    return [(f"{root}/{part}" if is_url(root) else Path(root) / part, clear_part(root, part))
-            for part, where in _parts(parts, cache).items() for root in where]
 
 
 def export_trunk(layers: Sequence[str], weights: str = "caffe", pooling: str = "max",

@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.io.images import to_tensor
+from pipeline.io.pixels import to_tensor
 from tests.conftest import make_painting, make_photo
 
 ROOT = Path(__file__).resolve().parents[1]

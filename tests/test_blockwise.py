@@ -13,7 +13,7 @@ from pipeline.errors import InputError
 from pipeline.gatys import blockwise
 from pipeline.gatys.blockwise import BlockObjective, Grid, blocks
 from pipeline.gatys.engine import Objective, evaluate_and_backward, loss_weights, trunk_for
-from pipeline.io.images import to_tensor
+from pipeline.io.pixels import to_tensor
 from pipeline.targets.builder import torch_features
 from tests.conftest import make_painting, make_photo, snapshots
 

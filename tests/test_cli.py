@@ -20,7 +20,7 @@ def test_help_documents_every_option():
 
 
 def test_cache_clear_help_names_exactly_the_parts_there_are():
-    from pipeline.api import CACHE_PARTS
+    from pipeline.io.cache_entries import CACHE_PARTS
 
     result = runner.invoke(app, ["cache", "clear", "--help"], terminal_width=200)
     assert result.exit_code == 0
@@ -124,12 +124,12 @@ def test_the_command_freezes_what_was_imported_before_it_runs(monkeypatch):
 def test_a_wrong_path_fails_before_the_hardware_is_probed(painting_path, tmp_path, monkeypatch):
     """The runtime (and the probes a first run on a machine makes) starts only once the
     inputs are read: a mistyped path fails at once, whatever the cache holds."""
-    from pipeline.cli import stylize as command
+    from pipeline.accel.runtime import Runtime
 
     def refuse(*args, **kwargs):
         raise AssertionError("the runtime was started")
 
-    monkeypatch.setattr(command.Runtime, "start", refuse)
+    monkeypatch.setattr(Runtime, "start", refuse)
     result = runner.invoke(app, ["stylize", str(tmp_path / "missing.png"), str(painting_path),
                                  "-o", str(tmp_path / "o.png"), "--size", "32"])
     assert result.exit_code == 2 and "missing.png: no such image file" in result.output

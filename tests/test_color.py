@@ -13,7 +13,8 @@ from pipeline import StyleJob, StyleParams, stylize_batch
 from pipeline.api import job_key
 from pipeline.errors import InputError
 from pipeline.gatys.color import luminance, match_colors, match_luminance
-from pipeline.io.images import SRGB_ICC, read_rgb, save_image, to_tensor
+from pipeline.io.images import SRGB_ICC, read_rgb
+from pipeline.io.pixels import save_image, to_tensor
 from tests.conftest import make_painting, make_photo
 
 

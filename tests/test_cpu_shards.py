@@ -12,7 +12,7 @@ from pipeline import StyleJob, StyleParams, stylize_batch
 from pipeline.accel.cpu_shards import concat, rows, shard_bounds
 from pipeline.gatys.engine import Checkpointing, StageRun
 from pipeline.gatys.lbfgs import BatchedLBFGS
-from pipeline.io.images import to_tensor
+from pipeline.io.pixels import to_tensor
 from tests.conftest import make_painting, make_photo
 
 JOBS = [StyleJob(make_photo(seed=s), [make_painting(seed=s + 1)]) for s in (0, 5, 9)]

@@ -15,7 +15,8 @@ from pipeline.cli import app
 from pipeline.gatys.convergence import EarlyStop
 from pipeline.gatys.engine import Checkpointing
 from pipeline.gatys.trace import read_traces
-from pipeline.io.images import intermediates_beside, to_tensor
+from pipeline.io.images import intermediates_beside
+from pipeline.io.pixels import to_tensor
 from tests.conftest import make_painting, make_photo
 from tests.run_helpers import run_cli, runner
 

@@ -7,7 +7,7 @@ from PIL import Image
 from pipeline import Runtime, StyleJob, StyleParams, stylize_batch
 from pipeline.api import prepare, setup_batch
 from pipeline.gatys.engine import Checkpointing, Interrupted, Objective, optimize, trunk_for
-from pipeline.io.images import to_tensor
+from pipeline.io.pixels import to_tensor
 from tests.conftest import make_painting, make_photo
 
 SMALL = dict(size=64, iterations=8)

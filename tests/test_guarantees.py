@@ -25,7 +25,7 @@ from pipeline.bulk.manifest import read_jobs, write_manifest
 from pipeline.bulk.runner import RunResult, exit_code
 from pipeline.cli import app
 from pipeline.gatys.engine import NonFinite
-from pipeline.io.images import save_image
+from pipeline.io.pixels import save_image
 from tests.conftest import make_photo
 from tests.run_helpers import ROOT, cell, run_cli, runner, spawn_run, wait_for
 

@@ -14,9 +14,9 @@ from pipeline.io.images import (
     read_rgb,
     read_rgb_for,
     resize,
-    save_image,
     to_rgb,
 )
+from pipeline.io.pixels import save_image
 from tests.conftest import make_photo
 
 

@@ -303,8 +303,8 @@ def test_a_run_killed_on_one_machine_resumes_on_another_from_the_bucket(s3, tmp_
 
     from pipeline.bulk.manifest import write_manifest
     from pipeline.io.files import cache_dir
-    from pipeline.io.images import to_tensor
     from pipeline.io.mirror import staging_folder
+    from pipeline.io.pixels import to_tensor
     from tests.run_helpers import spawn_run, wait_for
 
     url, folder, local = s3
@@ -710,7 +710,7 @@ def test_a_report_s_pages_in_object_storage(s3, tmp_path):
     """A report's further pages land in the bucket beside report.html, and a refresh that
     needs fewer removes the bucket's copies of the others (only those)."""
     from pipeline.bulk.manifest import write_manifest
-    from pipeline.bulk.runner import run_folder
+    from pipeline.bulk.run_state import run_folder
     from pipeline.report import write_report
     from tests.run_helpers import run_cli
 

@@ -12,10 +12,10 @@ import torch
 from pipeline import Runtime, StyleJob, StyleParams, stylize_batch
 from pipeline.accel.runtime import parse_providers
 from pipeline.errors import InputError, SourceMissingError
-from pipeline.gatys.vgg import LAYER_NAMES, STYLE_LAYERS, feature_shape
+from pipeline.gatys.layers import LAYER_NAMES, STYLE_LAYERS, feature_shape
 from pipeline.gatys.weights import load_weights
 from pipeline.io.files import cache_dir
-from pipeline.io.images import SizedImage, to_tensor
+from pipeline.io.pixels import SizedImage, to_tensor
 from pipeline.targets.builder import TargetBuilder, torch_features
 from pipeline.targets.cache import TargetCache, target_key
 from pipeline.targets.onnx_export import DEFAULT_LAYERS, ensure_model, read_sidecar

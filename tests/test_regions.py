@@ -21,7 +21,7 @@ from pipeline.gatys.engine import (
 )
 from pipeline.gatys.guides import layer_guides
 from pipeline.gatys.losses import gram, guided_gram
-from pipeline.io.images import to_tensor
+from pipeline.io.pixels import to_tensor
 from tests.conftest import make_painting, make_photo, snapshots
 
 SMALL = dict(size=64, iterations=8, tol=0)

@@ -3,7 +3,10 @@
 import json
 import os
 import re
+import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -22,6 +25,7 @@ from pipeline.cli import app
 from pipeline.io.images import read_metadata
 from tests.conftest import make_painting, make_photo
 from tests.run_helpers import (
+    ROOT,
     cell,
     images_in,
     make_dataset,
@@ -256,6 +260,35 @@ def _resumed(text, out):
     by_row = {r["row"]: r for r in ledger.read(out).values()}
     assert all(by_row[row]["resumed_from"] == it > 0 for row, it in resumed), resumed
     return resumed
+
+
+# Runs a `pipeline` command in a fresh interpreter, then says which heavy modules it loaded.
+LOADED = """
+import sys
+from pipeline.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+print("loaded", sorted(m for m in ("torch", "onnx", "onnxruntime") if m in sys.modules), code)
+"""
+
+
+def test_commands_that_compute_nothing_start_without_torch(uninterrupted, tmp_path):
+    """`--help`, `status`, `report` and `manifest build` load neither torch nor ONNX Runtime
+    (most of a start-up, and of the memory), so that a script can poll a run cheaply."""
+    dataset, reference = uninterrupted
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    data = dataset.parent
+    for args in (["--help"], ["run", "--help"], ["status", str(out)],
+                 ["status", str(out), "--json"], ["report", str(out)],
+                 ["manifest", "build", "--content", str(data / "content"), "--style",
+                  str(data / "style"), "-o", str(tmp_path / "m.parquet")]):
+        proc = subprocess.run([sys.executable, "-c", LOADED, *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.stdout.splitlines()[-1] == "loaded [] 0", (args, proc.stdout, proc.stderr)
+    assert (out / "report.html").is_file() and (tmp_path / "m.parquet").is_file()
 
 
 def test_killed_at_batch_4_jobs_resume_from_their_checkpoints_at_batch_3(tmp_path):

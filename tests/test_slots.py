@@ -10,7 +10,7 @@ from pipeline import StyleJob, StyleParams
 from pipeline.api import SlotCalls, prepare, slot_plan, stylize_in_slots, stylize_prepared
 from pipeline.gatys.engine import FINITE_EVERY, Interrupted
 from pipeline.gatys.slots import _Batch
-from pipeline.io.images import to_tensor
+from pipeline.io.pixels import to_tensor
 from tests.conftest import make_painting, make_photo
 
 PARAMS = StyleParams(size=48, iterations=40, tol=0)

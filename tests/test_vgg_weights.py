@@ -2,7 +2,7 @@ import torch
 from safetensors.torch import save_file
 
 from pipeline.gatys import weights as W
-from pipeline.gatys.vgg import CONV_NAMES, LAYER_NAMES, min_input_side
+from pipeline.gatys.layers import CONV_NAMES, LAYER_NAMES, min_input_side
 
 
 def test_layer_names_follow_gatys():

@@ -320,14 +320,14 @@ def _spawn(source, style, out):
 
 def test_sigterm_stops_pipeline_video_with_143_and_says_what_is_kept(clip_file, tmp_path,
                                                                      monkeypatch):
-    from pipeline.cli import video as video_cli
+    from pipeline.video import file as video_file  # the command imports it when it runs
 
     def terminated(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(30)  # the signal's handler raises here
         raise AssertionError("SIGTERM did not stop the command")
 
-    monkeypatch.setattr(video_cli, "stylize_video_file", terminated)
+    monkeypatch.setattr(video_file, "stylize_video_file", terminated)
     before = signal.getsignal(signal.SIGTERM)
     source, style = clip_file
     result = runner.invoke(app, ["video", str(source), str(style), "-o",

@@ -13,7 +13,8 @@ from pipeline import Runtime, StyleParams
 from pipeline.accel import winograd
 from pipeline.accel.winograd import Plan, WinogradConv, measure_layers, winograd_trunk
 from pipeline.errors import InputError
-from pipeline.gatys.vgg import CONV_NAMES, Normalize, VGG19Trunk
+from pipeline.gatys.layers import CONV_NAMES
+from pipeline.gatys.vgg import Normalize, VGG19Trunk
 
 needs_nnpack = pytest.mark.skipif(not winograd.available(),
                                   reason="NNPACK does not run on this CPU")

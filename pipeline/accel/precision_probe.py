@@ -44,7 +44,8 @@ def native_bf16() -> list[str]:
 def _probe_step(precision: str, size: tuple[int, int]) -> Callable[[], None]:
     """One forward and backward of VGG19 through relu3_1 (random weights: speed alone) on the
     code path an iteration takes in `precision`."""
-    from ..gatys.vgg import CONV_NAMES, Normalize, VGG19Trunk
+    from ..gatys.layers import CONV_NAMES
+    from ..gatys.vgg import Normalize, VGG19Trunk
 
     gen = torch.Generator().manual_seed(0)
     state, channels = {}, 3

@@ -1,7 +1,7 @@
 """Where and how the math runs: the runtime resolved for one device, and the speed switches
 around the trunk.
 
-Every setting a user can give is declared once, in RuntimeOptions (settings.py): Runtime.create's
+Every setting a user can give is declared once, in RuntimeOptions (options.py): Runtime.create's
 keyword arguments, the CLI's options of `stylize` and `run` (with their help) and what a worker is
 sent all come from it. Runtime is the resolved, hashable result for one device; building it
 (`create`) changes nothing in the process. The process-wide switches (cuDNN, tf32, the CPU
@@ -22,15 +22,15 @@ from ..io.files import cache_dir
 from . import cpu_heap, winograd
 from .history_probe import history_left
 from .low_precision import compute_trunk
-from .precision_probe import choose_cpu_precision
-from .settings import (
+from .options import (
     DEFAULT_PROVIDERS,
     MIN_BLOCK_SIZE,
     PROVIDER_NAMES,
     RuntimeOptions,
-    Settings,
     parse_providers,
 )
+from .precision_probe import choose_cpu_precision
+from .settings import Settings
 from .stage_runs import start_run
 
 

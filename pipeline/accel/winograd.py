@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..gatys.vgg import VGG19Trunk, pools_through
+from ..gatys.layers import pools_through
+from ..gatys.vgg import VGG19Trunk
 from .machine import cpu_model, probe_entry, remembered
 
 log = logging.getLogger("pipeline.runtime")

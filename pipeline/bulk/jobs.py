@@ -18,7 +18,7 @@ from typing import Any
 
 from ..api import job_key
 from ..errors import InputError, RowError, StoreUnavailable
-from ..gatys.vgg import min_input_side
+from ..gatys.layers import min_input_side
 from ..io.fetch import local_file
 from ..io.files import forget_digest, remembered_digest
 from ..io.images import fit_longest_side, header_size, read_rgb

@@ -37,7 +37,7 @@ from ..io.storage import Location, is_url, location, parent, read_bytes
 from ..io.storage import name as file_name
 from ..io.video import is_video
 from ..options import base_type, coerce, declared, spec
-from ..video.output import ENCODED
+from ..video.layout import ENCODED
 from ..video.params import VideoParams
 
 # Each parameter's column: its own name, or the one its option declares.

@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..io.files import atomic_write_bytes
+from ..io.files import atomic_write_bytes, cache_dir
 from ..io.images import carries_key
-from ..io.mirror import is_mirrored, remote_of, remote_size
-from ..io.storage import Location
+from ..io.mirror import STATE, attach, is_mirrored, remote_of, remote_size
+from ..io.storage import Location, check_store, is_url
 from ..io.video import is_video, video_metadata
-from ..video.output import frames_folder, frames_kept
+from ..video.layout import frames_folder, frames_kept
 from . import ledger
-from .checkpoint import checkpointed
 
 RUN_INFO = "run.json"
 DONE, FAILED, PENDING = "done", "failed", "pending"
@@ -196,7 +195,11 @@ def resumable(out_dir: Path, pending: Sequence[ledger.JobId]) -> Resumable | Non
     frames to look)."""
     if is_mirrored(out_dir):
         return None
-    saved = checkpointed(out_dir) if pending else {}
+    saved: dict[str, int] = {}
+    if pending:  # checkpoints are torch's files: torch is imported for a run that has some left
+        from .checkpoint import checkpointed
+
+        saved = checkpointed(out_dir)
     found = Resumable()
     for key, output in pending:
         folder = frames_folder(out_dir / output)
@@ -214,3 +217,18 @@ def ledger_only_info(out_dir: Path) -> RunInfo:
     records = ledger.read(out_dir)
     return RunInfo(manifest="unknown (run.json unreadable)", run_id="",
                    jobs=tuple(j for j, r in records.items() if r["status"] != ledger.INVALID))
+
+
+def run_folder(out: str) -> Path:
+    """A run folder to look at (`pipeline status`, `report`): the path, or this machine's copy
+    of one in object storage with the run's records pulled (what is written there is
+    uploaded)."""
+    return mirrored_folder(out, None, ("run.json", "ledger", "traces")) if is_url(out) else (
+        Path(out))
+
+
+def mirrored_folder(url: str, cache: str | None, parts: tuple[str, ...] = STATE) -> Path:
+    """The local folder a run into `url` works in, with the run's state (`parts` of it) pulled
+    from the bucket and every file written there uploaded (io/mirror.py)."""
+    check_store(url)
+    return attach(url, cache_dir(cache), parts)

@@ -18,24 +18,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..accel.runtime import RuntimeOptions
 from ..errors import InputError, RowError
-from ..gatys.trace import TRACE_EVERY, TRACE_EVERY_HELP
 from ..io.fetch import prefetch
-from ..io.files import cache_dir, check_writable_dir, describe_os_error, remove_stale_temps
-from ..io.mirror import STATE, attach, refresh
-from ..io.storage import Location, check_store, is_url, location, storage_options
-from ..options import check, option
+from ..io.files import check_writable_dir, describe_os_error, remove_stale_temps
+from ..io.mirror import STATE, refresh
+from ..io.storage import Location, storage_options
 from . import ledger, traces
 from .checkpoint import batch_checkpoints, checkpoint_dir, sweep_finished
 from .distribute import Distributor, Outcome, QuietDisplay, distribute
-from .distributors import NAMES as DISTRIBUTORS
 from .distributors import check_distributor, open_distributor
 from .jobs import Inspector, Job, forget_input_digests
 from .locks import RunLocked, bucket_lease, folder_lock
 from .manifest import JobSpec, read_jobs
 from .queue import BatchQueue
-from .run_state import new_run_id, output_is_done, recorded, write_run_info
+from .run_options import RunOptions
+from .run_state import mirrored_folder, new_run_id, output_is_done, recorded, write_run_info
 from .worker import WorkerConfig
 
 
@@ -43,74 +40,6 @@ class ManifestInvalid(InputError):
     def __init__(self, errors: list[RowError]):
         self.errors = errors
         super().__init__(f"{len(errors)} invalid row(s)")
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How a manifest is run. Each field is one option of `pipeline run` (options.py); the
-    manifest's own parameters come from its rows and `overrides` (--set)."""
-
-    # A str for the command line (a Path would fold a URL's //); a local one becomes a Path.
-    out_dir: str = option(..., "Output folder: images, ledger/, checkpoints, run.json. "
-                               "Rerunning on it resumes. A URL in object storage "
-                               "(s3://bucket/out) works in a local copy of it, each file "
-                               "uploaded as it is written.", flags=("--out",))
-    distributor: str = option("local", "Where workers run: local (one process per device of "
-                                       "this machine) or ray (one actor per GPU of every node "
-                                       "of a Ray cluster, or per CPU worker on nodes without "
-                                       "GPUs; needs the ray extra and a run folder every node "
-                                       "mounts at the same path).", choices=DISTRIBUTORS)
-    ray_address: str | None = option(None, "--distributor ray: the cluster to join, e.g. "
-                                           "10.0.0.1:6379.  [default: $RAY_ADDRESS, else a Ray "
-                                           "started on this machine]")
-    devices: str = option("auto", "--distributor local: auto (every GPU, else the CPU), or a "
-                                  "list such as cuda:0,cuda:1 or cpu. One worker process per "
-                                  "device.")
-    workers: int = option(0, "CPU workers per machine (on machines without GPUs), each with an "
-                             "equal share of the cores. 0 = 2 where the machine has 2+ cores "
-                             "and two of the largest jobs fit 4 x 512x384 px together, else 1.",
-                          lo=0)
-    batch_size: int = option(0, "Jobs optimized together (same size and parameters). 0 = per "
-                                "device: on CUDA 8 up to 512x384 px, else 1; on the CPU up to "
-                                "4 images per worker, 4 x 512x384 px in all over the CPU "
-                                "workers (1 at 1024 px).", lo=0)
-    continuous: bool = option(True, "Continuous batching: a job that ends (early stopping, a "
-                                    "failure) hands its place in the batch to the next job at "
-                                    "once, and each job is checkpointed on its own, resuming "
-                                    "in any batch. Images made in one stage with lbfgs; "
-                                    "--no-continuous: fixed batches, checkpointed and resumed "
-                                    "whole.")
-    checkpoint_every: int = option(50, "Checkpoint each job (or fixed batch) every N iterations, "
-                                       "within --checkpoint-budget (0: only when stopped).",
-                                   lo=0)
-    checkpoint_budget: float = option(0.05, "The largest share of a batch's time that its "
-                                            "periodic checkpoints may take: one that falls "
-                                            "due beyond it is left out (a checkpoint holds the "
-                                            "job's whole L-BFGS history, 118 MB at 256x192; "
-                                            "a fast GPU would spend most of its time writing "
-                                            "them). 1 = every one, 0 = none. Checkpoints when "
-                                            "the run stops are always written.", lo=0, hi=1)
-    trace_every: int = option(TRACE_EVERY, TRACE_EVERY_HELP + " Kept in --out/traces/ as "
-                                                            "Parquet, by job key.", lo=0)
-    skip_bad_rows: bool = option(False, "Record invalid rows as failed and run the rest, "
-                                        "instead of refusing to start.")
-    retry_failed: bool = option(False, "Run jobs that failed in an earlier run again (they are "
-                                       "skipped otherwise).")
-    overrides: dict[str, Any] = field(default_factory=dict)  # --set: column defaults
-    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "out_dir", location(self.out_dir))
-
-    def validate(self) -> None:
-        """InputError naming the first bad option, before anything is read or written."""
-        check(self)
-        self.runtime.validate()
-        if self.distributor != "local" and self.devices != "auto":
-            raise InputError(f"--devices is for --distributor local; --distributor "
-                             f"{self.distributor} uses every GPU of every node (else --workers "
-                             "CPU workers per node)")
-        check_distributor(self.distributor, self.devices)
 
 
 # Rows whose objects are fetched at once (io/fetch.py): enough to keep its threads busy.
@@ -231,6 +160,7 @@ def run_manifest(manifest: Location, opts: RunOptions,
     and the workers' devices found (a Ray cluster joined) first."""
     start = time.perf_counter()
     opts.validate()
+    check_distributor(opts.distributor, opts.devices)
     remote = opts.out_dir if isinstance(opts.out_dir, str) else None
     if remote is not None:  # object storage: a local copy of the run folder
         opts = dataclasses.replace(opts, out_dir=mirrored_folder(remote, opts.runtime.cache))
@@ -274,21 +204,6 @@ def run_manifest(manifest: Location, opts: RunOptions,
                                  display_factory)
     result.seconds, result.folder = time.perf_counter() - start, out_dir
     return result
-
-
-def run_folder(out: str) -> Path:
-    """A run folder to look at (`pipeline status`, `report`): the path, or this machine's copy
-    of one in object storage with the run's records pulled (what is written there is
-    uploaded)."""
-    return mirrored_folder(out, None, ("run.json", "ledger", "traces")) if is_url(out) else (
-        Path(out))
-
-
-def mirrored_folder(url: str, cache: str | None, parts: tuple[str, ...] = STATE) -> Path:
-    """The local folder a run into `url` works in, with the run's state (`parts` of it) pulled
-    from the bucket and every file written there uploaded (io/mirror.py)."""
-    check_store(url)
-    return attach(url, cache_dir(cache), parts)
 
 
 def _run_locked(manifest: Location, opts: RunOptions, found: Scan, run_id: str,
@@ -349,5 +264,5 @@ def exit_code(result: RunResult) -> int:
     return 0
 
 
-__all__ = ["ManifestInvalid", "RunLocked", "RunOptions", "RunResult", "exit_code", "run_folder",
+__all__ = ["ManifestInvalid", "RunLocked", "RunOptions", "RunResult", "exit_code",
            "run_manifest", "scan"]

@@ -49,7 +49,7 @@ from ..gatys.engine import Checkpointing, Interrupted, NonFinite
 from ..gatys.slots import SlotState
 from ..gatys.trace import TRACE_EVERY, Traces
 from ..io.files import cache_dir, describe_os_error
-from ..io.images import intermediate_path, save_image
+from ..io.images import intermediate_path
 from ..io.mirror import (
     UploadFailed,
     after_uploads,
@@ -58,6 +58,7 @@ from ..io.mirror import (
     flush_uploads,
     upload_in_background,
 )
+from ..io.pixels import save_image
 from ..io.storage import ENV_OPTIONS
 from . import ledger, traces
 from .checkpoint import (

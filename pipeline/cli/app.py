@@ -18,8 +18,9 @@ import typer
 from rich.logging import RichHandler
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from ..api import describe_os_error
+from ..collector import paused
 from ..errors import InputError, NonFiniteError, RowError, SourceMissingError
+from ..io.files import describe_os_error
 from .progress import LISTED, console, say
 
 # Exit code per kind of error we expect (a NonFiniteError: the job diverged).
@@ -29,11 +30,21 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, rich_markup_mode=N
 
 
 def main(args: list[str] | None = None, prog_name: str = "pipeline") -> None:
-    """The `pipeline` command. What was imported (torch's many objects) is never garbage:
-    frozen out of the collector, the interpreter's collections at exit skip it, which were
-    most of the time the exit took (BENCHMARKS.md, "Start-up")."""
+    """The `pipeline` command. What was imported is never garbage: frozen out of the
+    collector, the interpreter's collections at exit skip it (as `computing` does for torch)."""
     gc.freeze()
     app(args, prog_name=prog_name)
+
+
+@contextlib.contextmanager
+def computing() -> Iterator[None]:
+    """Around a command's imports of the modules that compute (torch and what is built on it),
+    which no other command loads: made with the collector paused, then frozen out of it, so
+    that the collections at exit skip their many objects, which were most of the time the exit
+    took (BENCHMARKS.md, "Start-up")."""
+    with paused():
+        yield
+    gc.freeze()
 
 
 def say_error(message: object) -> None:
@@ -136,4 +147,4 @@ def counting(what: str = "checking rows") -> Iterator[Callable[[int], None]]:
         yield lambda n: bar.advance(task, n)
 
 
-__all__ = ["app", "counting", "print_errors", "reports_errors", "say_error"]
+__all__ = ["app", "computing", "counting", "print_errors", "reports_errors", "say_error"]

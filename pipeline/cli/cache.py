@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from ..api import CACHE_PARTS, RuntimeOptions, cache_contents, clear_cache
+from ..accel.options import RuntimeOptions
+from ..io.cache_entries import CACHE_PARTS, cache_contents, clear_cache
 from .app import app, reports_errors
 from .options import field_option
 from .progress import console, shown

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import typer
 
-from ..api import location, set_storage_options
 from ..bulk.make_manifest import build_manifest
 from ..bulk.manifest import parse_overrides
-from ..bulk.runner import scan
-from .app import app, counting, print_errors, reports_errors
+from ..io.storage import location, set_storage_options
+from .app import app, computing, counting, print_errors, reports_errors
 from .options import STORAGE_OPTION
 from .progress import console, say
 from .run import SET_OPTION
@@ -88,6 +87,8 @@ def manifest_validate(
     """Check every row: columns, types, ranges, files exist and decode, duplicate outputs.
     Exit code 2 when any row is invalid."""
     set_storage_options(storage_option)
+    with computing():  # a job's key is the engine's (api.job_key)
+        from ..bulk.runner import scan
     with counting() as advance:
         found = scan(location(manifest), out, parse_overrides(set_ or []), advance)
     if found.errors:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import (
@@ -21,7 +22,6 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
-from torch import Tensor
 
 from ..bulk import ledger
 from ..bulk.events import (
@@ -37,6 +37,9 @@ from ..bulk.events import (
     Lost,
     Ready,
 )
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 # Markup off: file names and error messages are printed as they are (a[1].png stays a[1].png);
 # color goes through `say`.
@@ -83,7 +86,7 @@ def shown(path: str | Path) -> str:
 
 def format_losses(terms: dict[str, Tensor] | dict[str, float], index: int = 0) -> str:
     def value(v: Tensor | float) -> float:
-        return float(v[index]) if isinstance(v, Tensor) else float(v)
+        return float(v[index]) if getattr(v, "ndim", 0) else float(v)  # a tensor: [N]
 
     return "  ".join(f"{k} {value(terms[k]):.4g}" for k in ("total", "content", "style", "tv")
                      if k in terms)

@@ -8,8 +8,10 @@ import sys
 from dataclasses import Field
 from pathlib import Path
 
-from ..api import Regions, RuntimeOptions, StyleParams
-from ..bulk.runner import RunOptions
+from ..accel.options import RuntimeOptions
+from ..bulk.run_options import RunOptions
+from ..gatys.params import StyleParams
+from ..gatys.region_params import Regions
 from ..options import base_type, declared, default, range_sentence, spec
 from ..video.params import VideoParams
 from .options import cli_default, cli_fields, cli_name, help_text

@@ -6,38 +6,36 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
-from ..api import RuntimeOptions, location, set_storage_options
+from ..accel.options import RuntimeOptions
 from ..bulk import ledger
+from ..bulk.locks import RunLocked
 from ..bulk.manifest import parse_overrides
+from ..bulk.run_options import RunOptions
 from ..bulk.run_state import (
     Resumable,
     RunState,
     ledger_only_info,
     read_run_info,
     resumable,
+    run_folder,
     run_state,
     stored_at,
 )
-from ..bulk.runner import (
-    ManifestInvalid,
-    RunLocked,
-    RunOptions,
-    RunResult,
-    exit_code,
-    run_folder,
-    run_manifest,
-)
 from ..errors import InputError
+from ..io.storage import location, set_storage_options
 from ..report import write_report
 from ..report.page import REPORT
-from .app import app, counting, print_errors, reports_errors, say_error
+from .app import app, computing, counting, print_errors, reports_errors, say_error
 from .options import STORAGE_OPTION, with_options
 from .progress import RunDisplay, console, say, shown, summary_table
+
+if TYPE_CHECKING:
+    from ..bulk.runner import RunResult
 
 SET_OPTION = typer.Option(None, "--set", help="Column default name=value for rows that leave "
                           "it empty or lack the column (repeatable), e.g. --set size=256; video "
@@ -67,6 +65,8 @@ def run(
     resume)."""
     set_storage_options(storage_option)  # before the workers start: they inherit it
     opts = dataclasses.replace(opts, overrides=parse_overrides(set_ or []), runtime=options)
+    with computing():
+        from ..bulk.runner import ManifestInvalid, exit_code, run_manifest
     try:
         result = run_manifest(location(manifest), opts, RunDisplay, counting)
     except ManifestInvalid as e:

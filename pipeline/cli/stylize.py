@@ -10,21 +10,13 @@ from pathlib import Path
 
 import typer
 
-from ..api import (
-    TRACE_EVERY,
-    TRACE_EVERY_HELP,
-    Regions,
-    Runtime,
-    RuntimeOptions,
-    StyleParams,
-    export_trunk,
-    intermediate_path,
-    location,
-    name,
-    set_storage_options,
-    stylize_file,
-)
-from .app import app, reports_errors
+from ..accel.options import RuntimeOptions
+from ..gatys.params import StyleParams
+from ..gatys.region_params import Regions
+from ..gatys.trace import TRACE_EVERY, TRACE_EVERY_HELP
+from ..io.images import intermediate_path
+from ..io.storage import location, name, set_storage_options
+from .app import app, computing, reports_errors
 from .options import STORAGE_OPTION, field_option, with_options
 from .progress import console, format_losses, iteration_bar, shown, summary_table
 
@@ -59,6 +51,8 @@ def stylize(
     params.validate(n_styles=len(styles))
     regions.validate(len(styles), params)
     set_storage_options(storage_option)
+    with computing():
+        from ..api import Runtime, stylize_file
     # Started once the inputs are read (stylize_file): a wrong path fails before any probe.
     runtime = functools.cache(lambda: Runtime.start(device, **dataclasses.asdict(options)))
     start = time.perf_counter()
@@ -112,6 +106,8 @@ def export_cmd(
     against PyTorch. Runs export the model their layers need when it is missing; this command
     does it ahead of time (e.g. while building a GPU image)."""
     wanted = [name.strip() for name in layers.split(",") if name.strip()]
+    with computing():
+        from ..api import export_trunk
     path, sidecar = export_trunk(wanted, weights, pooling, cache_dir, output, force)
     table = summary_table("export")
     table.add_row("model", f"{shown(path)} ({path.stat().st_size / 1e6:.1f} MB, weights inside)")

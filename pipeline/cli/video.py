@@ -6,18 +6,23 @@ import dataclasses
 import functools
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from ..api import Regions, Runtime, RuntimeOptions, StyleParams, location, set_storage_options
-from ..video.file import stylize_video_file
-from ..video.frames import Frame
-from ..video.output import frames_location
+from ..accel.options import RuntimeOptions
+from ..gatys.params import StyleParams
+from ..gatys.region_params import Regions
+from ..io.storage import location, set_storage_options
+from ..video.layout import frames_location
 from ..video.params import VideoParams
-from .app import Terminated, app, reports_errors, say
+from .app import Terminated, app, computing, reports_errors, say
 from .options import STORAGE_OPTION, with_options
 from .progress import Pace, console, format_losses, shown, summary_table
+
+if TYPE_CHECKING:
+    from ..video.frames import Frame
 
 
 @app.command()
@@ -46,6 +51,9 @@ def video(
     if quiet:
         logging.getLogger("pipeline").setLevel(logging.WARNING)
     set_storage_options(storage_option)
+    with computing():
+        from ..api import Runtime
+        from ..video.file import stylize_video_file
     # Started once the inputs are checked (stylize_video_file): a wrong path fails first.
     runtime = functools.cache(lambda: Runtime.start(device, **dataclasses.asdict(options)))
     started = time.perf_counter()

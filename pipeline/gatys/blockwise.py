@@ -34,8 +34,9 @@ import torch
 from torch import Tensor
 
 from .guides import areas, pixel_weights
+from .layers import LAYER_INDEX, LAYER_NAMES, feature_shape, pools_through
 from .losses import LossWeights, Targets, gram_backward, pixel_terms, wide
-from .vgg import LAYER_INDEX, LAYER_NAMES, VGG19Trunk, feature_shape, pools_through
+from .vgg import VGG19Trunk
 
 Box = tuple[int, int, int, int]  # y0, y1, x0, x1
 

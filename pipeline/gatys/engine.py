@@ -27,12 +27,13 @@ from ..errors import NonFiniteError
 from ..io.tensor_tree import map_tensors
 from .blockwise import BlockObjective
 from .convergence import EarlyStop
+from .layers import LAYER_INDEX
 from .lbfgs import BatchedLBFGS
+from .loss_trace import LossTrace
 from .losses import LossWeights, SplitTarget, Targets, loss_terms
 from .params import StyleParams
 from .precondition import Spectral
-from .trace import LossTrace
-from .vgg import LAYER_INDEX, VGG19Trunk
+from .vgg import VGG19Trunk
 from .weights import WeightSet, load_weights
 
 Progress = Callable[[int, dict[str, Tensor]], None]

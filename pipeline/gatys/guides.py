@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .vgg import LAYER_INDEX, LAYER_NAMES, feature_shape
+from .layers import LAYER_INDEX, LAYER_NAMES, feature_shape
 
-MASK_MODES = ("inside", "simple", "all")
 INSIDE_EXTEND = 3  # positions an eroded guide grows back by (Gatys et al.'s notebook: k=3)
 
 

@@ -13,10 +13,10 @@ from typing import Any
 
 from ..errors import InputError
 from ..options import as_dict, check, option, result_dict
-from .guides import MASK_MODES
-from .vgg import CONTENT_LAYERS, LAYER_INDEX, STYLE_LAYERS
+from .layers import CONTENT_LAYERS, LAYER_INDEX, STYLE_LAYERS
 
 OPTIMIZERS = ("lbfgs", "adam")
+MASK_MODES = ("inside", "simple", "all")  # how guides.py brings a mask to a layer's grid
 LBFGS_SCALINGS = ("geometric", "standard")
 POOLINGS = ("max", "avg")
 COLORS = ("style", "luminance", "match")

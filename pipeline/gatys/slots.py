@@ -37,9 +37,10 @@ from .engine import (
     as_written,
     stage_terms,
 )
+from .loss_trace import LossTrace
 from .losses import Targets
 from .params import StyleParams
-from .trace import TERMS, LossTrace, with_final
+from .trace import TERMS, with_final
 from .vgg import VGG19Trunk
 
 

@@ -18,7 +18,8 @@ from torch import Tensor
 
 from ..errors import InputError, SourceMissingError
 from ..io.files import file_digest
-from .vgg import CONV_NAMES, Normalize, VGG19Trunk
+from .layers import CONV_NAMES
+from .vgg import Normalize, VGG19Trunk
 
 CAFFE_FILE = "vgg19_weights_tf_dim_ordering_tf_kernels_notop_q.bin"
 TORCHVISION_FILE = "vgg19-dcbb9e9d.pth"

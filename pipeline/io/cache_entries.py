@@ -5,10 +5,13 @@ in it are not ours to remove."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .files import is_our_temp
+from ..errors import InputError
+from .files import cache_dir, cache_url, is_our_temp
+from .mirror import SHARED_CACHE
 from .storage import Location, is_url, object_sizes, remove_objects
 
 _HEX16, _HEX64 = "[0-9a-f]{16}", "[0-9a-f]{64}"
@@ -67,3 +70,38 @@ def clear_part(root: Location, part: str) -> Contents:
         if not any(folder.iterdir()):
             folder.rmdir()
     return found
+
+
+CACHE_PARTS = {"models": "ONNX models",
+               "trt": "TensorRT engines", "targets": "content/style targets",
+               "flows": "optical flows of video frames", "probes": "measured hardware defaults",
+               "digests": "input files' sha256",
+               "inputs": "images fetched from object storage"}
+
+
+def _parts(parts: Sequence[str], cache: str | None) -> dict[str, list[Location]]:
+    """Where each part is kept: this machine's cache folder; for a cache in object storage,
+    its shared parts in the bucket first, then in this machine's copy."""
+    for part in parts:
+        if part not in CACHE_PARTS:
+            raise InputError(f"unknown cache part {part!r}; use {', '.join(CACHE_PARTS)}")
+    root, url = cache_dir(cache), cache_url(cache)
+    return {part: [url, root] if url and part in SHARED_CACHE else [root]
+            for part in parts or CACHE_PARTS}
+
+
+def cache_contents(cache: str | None = None) -> tuple[Location, dict[str, tuple[Location,
+                                                                                Contents]]]:
+    """The cache root (a shared cache's URL) and, per part, where it is kept and its files."""
+    found = {part: (where[0], entries(where[0], part))
+             for part, where in _parts((), cache).items()}
+    return cache_url(cache) or cache_dir(cache), found
+
+
+def clear_cache(parts: Sequence[str] = (), cache: str | None = None
+                ) -> list[tuple[Location, Contents]]:
+    """Empty these parts (all when none), deleting only files this program wrote, and a shared
+    part of a cache in object storage in the bucket and here; returns (folder, what there was)
+    per part and place. Everything is recomputed on demand."""
+    return [(f"{root}/{part}" if is_url(root) else Path(root) / part, clear_part(root, part))
+            for part, where in _parts(parts, cache).items() for root in where]

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from .images import fit_longest_side, read_rgb, resize_masks
+from .images import fit_longest_side, read_rgb
+from .pixels import resize_masks
 
 log = logging.getLogger("pipeline.images")
 # A mask whose aspect ratio is off by more than this is another picture's, not this one's.

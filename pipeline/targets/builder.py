@@ -22,7 +22,7 @@ from ..gatys.params import StyleParams
 from ..gatys.vgg import VGG19Trunk
 from ..gatys.weights import WeightSet
 from ..io.files import cache_dir
-from ..io.images import SizedImage
+from ..io.pixels import SizedImage
 from .cache import TargetCache, target_key
 
 FeatureFn = Callable[[Tensor, Sequence[str]], dict[str, Tensor]]

@@ -28,7 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import SourceMissingError
-from ..gatys.vgg import CONTENT_LAYERS, STYLE_LAYERS, VGG19Trunk, in_order
+from ..gatys.layers import CONTENT_LAYERS, STYLE_LAYERS, in_order
+from ..gatys.vgg import VGG19Trunk
 from ..gatys.weights import WeightSet
 from ..io.files import atomic_path, atomic_write_bytes, file_digest
 from ..io.mirror import fetch_missing
@@ -69,7 +70,7 @@ def model_stem(weights: WeightSet, pooling: str, layers: tuple[str, ...],
 def _verification_inputs() -> list[Tensor]:
     """Random and real-looking images, two sizes, batch 1 and 3."""
     from ..io.examples import landscape, swirls
-    from ..io.images import to_tensor
+    from ..io.pixels import to_tensor
 
     gen = torch.Generator().manual_seed(0)
     real = [to_tensor(img) for img in (landscape(72, 56), swirls(72, 56), landscape(72, 56))]

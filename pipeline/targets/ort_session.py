@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..accel.runtime import DEFAULT_PROVIDERS, PROVIDER_NAMES
 from ..errors import SourceMissingError
-from ..gatys.vgg import feature_shape
+from ..gatys.layers import feature_shape
 
 log = logging.getLogger("pipeline.targets")
 

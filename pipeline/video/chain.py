@@ -32,7 +32,7 @@ from ..api import Runtime, StyleJob, StyleParams, prepare, stylize_prepared
 from ..gatys.engine import Checkpointing, Progress
 from ..gatys.temporal import Temporal
 from ..io.files import cache_dir
-from ..io.images import SizedImage
+from ..io.pixels import SizedImage
 from ..targets.cache import TargetCache
 from .flow import Ahead, temporal_target
 from .frames import ClipSource, Frame, for_transfer, later_params, to_pixels, to_tensor

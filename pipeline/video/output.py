@@ -21,38 +21,18 @@ from PIL import Image
 
 from ..errors import InputError
 from ..io.files import atomic_path, cache_dir, check_writable_dir, describe_os_error, overwrites
-from ..io.images import open_keyed, save_image
+from ..io.images import open_keyed
 from ..io.mirror import attach, remove_tree, removed
+from ..io.pixels import save_image
 from ..io.storage import Location, check_store, name, parent
 from ..io.video import even_size, is_video, write_video
 from .clip import ClipPart, frame_key
 from .frames import Frame
+from .layout import ENCODED, frame_path, frames_folder
 from .passes import Made, PassState, PassStore
 
-ENCODED = (".mp4", ".m4v", ".mov", ".mkv")
 log = logging.getLogger(__name__)
 PASSES = "passes"  # the multi-pass scheme's batches of frames, a folder among the frames
-
-
-def frames_folder(output: Path) -> Path:
-    """Where the frames go: the output itself when it is a folder, else beside it."""
-    return output.with_name(output.name + ".frames") if is_video(output) else output
-
-
-def frames_location(output: Location) -> Location:
-    """Where the frames of `output` are kept until it is whole (a URL's: in the bucket)."""
-    if isinstance(output, Path):
-        return frames_folder(output)
-    return f"{parent(output)}/{frames_folder(Path(name(output))).name}"
-
-
-def frame_path(folder: Path, index: int) -> Path:
-    return folder / f"frame_{index:06d}.png"
-
-
-def frames_kept(folder: Path) -> int:
-    """How many frames `folder` holds (their keys are checked when they are read back)."""
-    return sum(1 for _ in folder.glob("frame_*.png"))
 
 
 def check_output(source: Location, styles: Sequence[Location], output: Location) -> None:

@@ -37,7 +37,7 @@ from torch import Tensor
 from ..api import Runtime, StyleJob, StyleParams, prepare, stylize_prepared
 from ..gatys.engine import Checkpointing
 from ..gatys.temporal import Temporal, consistency, warp
-from ..io.images import SizedImage
+from ..io.pixels import SizedImage
 from ..targets.cache import TargetCache
 from .flow import cached_flow_pair
 from .frames import ClipSource, Frame, for_transfer, to_pixels, to_tensor

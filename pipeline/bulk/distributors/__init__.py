@@ -14,9 +14,8 @@ from ...accel.runtime import resolve_device
 from ...errors import InputError
 from ..distribute import Distributor, Slot
 from ..jobs import auto_cpu_workers
+from ..run_options import DISTRIBUTORS
 from ..worker import WorkerConfig
-
-NAMES = ("local", "ray")
 
 
 def device_names(spec: str) -> list[str]:
@@ -53,7 +52,8 @@ def local_slots(spec: str, workers: int, sizes: list[tuple[int, int]]) -> list[S
 def check_distributor(name: str, devices: str) -> None:
     """Refuse a run whose workers could not start, before it writes anything (joining a Ray
     cluster is checked when the distributor opens, also before any write). `name` is one of
-    NAMES: RunOptions declares them as the distributor's choices and checks that first."""
+    DISTRIBUTORS: RunOptions declares them as the distributor's choices and checks that
+    first."""
     if name == "local":
         device_names(devices)
     else:
@@ -74,7 +74,7 @@ def open_distributor(name: str, config: WorkerConfig, devices: str, workers: int
 
         found = RayDistributor(ray_address, config, workers, sizes)
     else:
-        raise InputError(f"unknown distributor {name!r}; use {' or '.join(NAMES)}")
+        raise InputError(f"unknown distributor {name!r}; use {' or '.join(DISTRIBUTORS)}")
     try:
         yield found
     finally:
