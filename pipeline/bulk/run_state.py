@@ -1,5 +1,6 @@
 """What a run folder holds: run.json (the last run's manifest, id, jobs and refused rows) and
-each job's state read from the ledger and the output files.
+each job's state read from the ledger and the output files; and, for a run in object storage,
+the local copy that is looked at.
 
 `pipeline status`, the report and the run itself decide "done" here, the same way: a job is
 done when its output exists and is its own (the ledger's record of writing that very file,
