@@ -1,7 +1,13 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 from pipeline.bulk import checkpoint
 from pipeline.bulk.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.bulk.checkpoint_files import checkpoint_dir, checkpoint_path, job_checkpoint_path
 
 
 def test_checkpoint_round_trips_and_a_foreign_format_is_dropped(tmp_path):
@@ -45,3 +51,30 @@ def test_periodic_checkpoints_keep_within_their_share_of_the_time(tmp_path, monk
     for budget, wanted in ((1.0, True), (0.0, False)):
         other = checkpoint.CheckpointSaver(budget, clock=lambda: now[0])
         assert [other.wants_periodic() for _ in range(3)] == [wanted] * 3
+
+
+# In a fresh interpreter: what a run folder's checkpoints are for, and whether torch was loaded.
+PEEK = """
+import json, sys
+from pathlib import Path
+from pipeline.bulk.checkpoint_files import checkpointed
+print(json.dumps([checkpointed(Path(sys.argv[1])), "torch" in sys.modules]))
+"""
+
+
+def test_what_checkpoints_are_for_is_read_without_torch(tmp_path):
+    """`pipeline status` counts what a rerun resumes, so it reads each checkpoint's job keys and
+    iteration, and nothing else, without torch: a job's own, a batch's, one of another format
+    and a foreign file."""
+    folder = checkpoint_dir(tmp_path)
+    history = {"pairs": [torch.rand(2, 3, 8, 8).bfloat16() for _ in range(3)], "n": 4}
+    save_checkpoint(job_checkpoint_path(tmp_path, "a"), ["a"], 37, torch.rand(1, 3, 8, 8),
+                    history)
+    save_checkpoint(checkpoint_path(tmp_path, "batch"), ["b", "c"], 12, torch.rand(2, 3, 8, 8),
+                    history)
+    torch.save({"format": 1, "keys": ["d"], "iteration": 5}, folder / "old.pt")
+    (folder / "torn.pt").write_bytes(b"PK\x03\x04 torn")
+    torch.save({"keys": ["e"], "iteration": 5, "call": print}, folder / "foreign.pt")
+    out = subprocess.run([sys.executable, "-c", PEEK, str(tmp_path)], capture_output=True,
+                         text=True, check=True, cwd=Path(__file__).parents[1])
+    assert json.loads(out.stdout) == [{"a": 37, "b": 12, "c": 12}, False]

@@ -19,7 +19,8 @@ from PIL import Image
 
 from pipeline.accel.runtime import Runtime
 from pipeline.bulk import ledger
-from pipeline.bulk.checkpoint import load_checkpoint, save_checkpoint, saved_checkpoints
+from pipeline.bulk.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.bulk.checkpoint_files import saved_checkpoints
 from pipeline.bulk.jobs import Batch, Inspector
 from pipeline.bulk.manifest import read_jobs, write_manifest
 from pipeline.bulk.runner import RunResult, exit_code

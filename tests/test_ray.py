@@ -71,7 +71,7 @@ def test_ctrl_c_checkpoints_every_worker_of_the_cluster_and_the_resumed_run_equa
     alike end as the local run's bytes."""
     import signal
 
-    from pipeline.bulk.checkpoint import saved_checkpoints
+    from pipeline.bulk.checkpoint_files import saved_checkpoints
     from tests.run_helpers import cell, wait_for
 
     c, _ = cluster
@@ -112,7 +112,7 @@ def test_losing_a_node_mid_run_loses_and_repeats_nothing(cluster, dataset_module
     """The node running a batch is removed after a job's checkpoint at iteration 5: its batch
     goes to the other node's actor, which resumes the job from that checkpoint."""
     from pipeline.accel.runtime import RuntimeOptions
-    from pipeline.bulk.checkpoint import saved_checkpoints
+    from pipeline.bulk.checkpoint_files import saved_checkpoints
     from pipeline.bulk.manifest import parse_overrides
     from pipeline.bulk.runner import RunOptions, exit_code, run_manifest
     from tests.run_helpers import node_remover

@@ -16,7 +16,8 @@ from PIL import Image
 
 from pipeline.bulk import ledger, traces
 from pipeline.bulk.build import build_rows
-from pipeline.bulk.checkpoint import save_checkpoint, saved_checkpoints
+from pipeline.bulk.checkpoint import save_checkpoint
+from pipeline.bulk.checkpoint_files import saved_checkpoints
 from pipeline.bulk.events import Iteration
 from pipeline.bulk.jobs import Batch, Inspector, auto_cpu_workers, default_batch_size
 from pipeline.bulk.locks import folder_lock
@@ -324,7 +325,7 @@ def test_a_fixed_batch_resumes_whole_at_another_batch_size_with_a_job_written_be
     import shutil
 
     from pipeline.accel.runtime import RuntimeOptions
-    from pipeline.bulk.checkpoint import batch_checkpoints
+    from pipeline.bulk.checkpoint_files import batch_checkpoints
     from pipeline.bulk.events import BatchStarted, Log
     from pipeline.bulk.manifest import parse_overrides
     from pipeline.bulk.runner import RunOptions, run_manifest

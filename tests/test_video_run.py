@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.bulk import ledger, traces
-from pipeline.bulk.checkpoint import CheckpointSaver, saved_checkpoints
+from pipeline.bulk.checkpoint import CheckpointSaver
+from pipeline.bulk.checkpoint_files import saved_checkpoints
 from pipeline.bulk.manifest import write_manifest
 from pipeline.cli import app
 from tests.conftest import make_painting, make_photo

@@ -7,7 +7,7 @@ step together), named by the batch id (a hash of its job keys), which a rerun fo
 was (`batch_checkpoints`, queue.py). A checkpoint whose job keys,
 format or checksum do not match, or that fails to load, is ignored and deleted: its jobs then
 start over, which is slower but never wrong. One whose jobs are all done is swept at the end
-of a run (see `sweep_finished`).
+of a run (see `sweep_finished`). Where they are and what each is for: checkpoint_files.py.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -24,33 +24,11 @@ from torch import Tensor
 
 from ..gatys.engine import tree_to
 from ..io.files import atomic_path, describe_os_error
-from ..io.mirror import fetch_missing, removed
+from ..io.mirror import fetch_missing
 from ..io.tensor_tree import tree_digest
+from .checkpoint_files import FORMAT, discard
 
 log = logging.getLogger("pipeline.run")
-
-# Bumped when the layout changes (2: the compact L-BFGS history; 3: a checksum; 4: the loop's
-# state: optimizer, early stopping, loss trace; 5: per-sample steps and early-stopping rings);
-# another format is ignored like a foreign one.
-FORMAT = 5
-
-
-def checkpoint_dir(out_dir: Path) -> Path:
-    return out_dir / ".checkpoints"
-
-
-def checkpoint_path(out_dir: Path, batch_id: str) -> Path:
-    return checkpoint_dir(out_dir) / f"{batch_id}.pt"
-
-
-def job_checkpoint_path(out_dir: Path, key: str) -> Path:
-    return checkpoint_dir(out_dir) / f"job-{key}.pt"
-
-
-def saved_checkpoints(out_dir: Path) -> list[Path]:
-    """The checkpoint files, not the hidden temp file of one being written (which `*.pt` also
-    matches: files.atomic_path names it `.<name>.<random>.tmp.pt`)."""
-    return [p for p in checkpoint_dir(out_dir).glob("*.pt") if not p.name.startswith(".")]
 
 
 class _KeepWriteError:
@@ -148,63 +126,3 @@ def load_checkpoint(path: Path, keys: list[str]) -> tuple[int, Tensor, dict[str,
     return None
 
 
-def discard(path: Path) -> None:
-    """Delete a checkpoint (or another file of the run's own), and its copy in object storage
-    (io/mirror.py)."""
-    path.unlink(missing_ok=True)
-    removed(path)
-
-
-def sweep_finished(out_dir: Path, done_keys: Callable[[], set[str]]) -> tuple[int, int]:
-    """Delete the checkpoints whose jobs are all done; returns (files, bytes) removed.
-
-    A worker deletes its batch's checkpoint after writing the ledger, but a kill between the two,
-    or a rerun with other batching (another --batch-size, a batch halved after an out-of-memory
-    error) leaves files of ~100 MB per image that no batch id will ever match again. A checkpoint
-    with any job not done is kept: a later run may resume it. `done_keys` is only called when
-    there is something to check, so a clean folder costs no ledger read.
-    """
-    files = saved_checkpoints(out_dir)
-    if not files:
-        return 0, 0
-    done, removed, freed = done_keys(), 0, 0
-    for path in files:
-        if (peeked := _peek(path)) is not None and set(peeked[0]) <= done:
-            freed += path.stat().st_size
-            discard(path)
-            removed += 1
-    return removed, freed
-
-
-def batch_checkpoints(out_dir: Path) -> list[tuple[tuple[str, ...], int]]:
-    """The job keys and iteration of each fixed batch's checkpoint (not the jobs' own) of this
-    format, so a rerun can form those batches again at another batch size, and resume them."""
-    batches = [p for p in saved_checkpoints(out_dir) if not p.name.startswith("job-")]
-    return list(_current(batches))
-
-
-def checkpointed(out_dir: Path) -> dict[str, int]:
-    """Each job key a checkpoint of this format holds (its own or its batch's), and the
-    furthest iteration it holds it at: what a rerun can resume."""
-    found: dict[str, int] = {}
-    for keys, iteration in _current(saved_checkpoints(out_dir)):
-        for key in keys:
-            found[key] = max(found.get(key, 0), iteration)
-    return found
-
-
-def _current(paths: Iterable[Path]) -> Iterator[tuple[tuple[str, ...], int]]:
-    """The job keys and iteration of each of these checkpoints that is of this format."""
-    for path in paths:
-        if (peeked := _peek(path)) is not None and peeked[2] == FORMAT:
-            yield peeked[0], peeked[1]
-
-
-def _peek(path: Path) -> tuple[tuple[str, ...], int, Any] | None:
-    """A checkpoint's job keys, iteration and format; None for a torn or foreign one
-    (load_checkpoint deals with it if its batch comes)."""
-    try:  # mmap: only these are read, not the images or the L-BFGS history
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        return tuple(state["keys"]), int(state["iteration"]), state.get("format")
-    except Exception:
-        return None

@@ -38,7 +38,7 @@ class BatchQueue:
                  checkpointed: Iterable[tuple[Sequence[str], int]] = (),
                  written: Iterable[Job] = (), largest: Callable[[Job], int] | None = None):
         """`checkpointed`: the job keys and iteration of each fixed batch's checkpoint
-        (checkpoint.batch_checkpoints); `written`: the jobs done before, which they may hold;
+        (checkpoint_files.batch_checkpoints); `written`: the jobs done before, which they may hold;
         `largest(job)`: the largest batch size of any worker for that job (None: any)."""
         groups: dict[str, deque[Job]] = {}
         self._plans: list[PassPlan] = []

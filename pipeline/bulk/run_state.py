@@ -26,6 +26,7 @@ from ..io.storage import Location, check_store, is_url
 from ..io.video import is_video, video_metadata
 from ..video.layout import frames_folder, frames_kept
 from . import ledger
+from .checkpoint_files import checkpointed
 
 RUN_INFO = "run.json"
 DONE, FAILED, PENDING = "done", "failed", "pending"
@@ -196,11 +197,7 @@ def resumable(out_dir: Path, pending: Sequence[ledger.JobId]) -> Resumable | Non
     frames to look)."""
     if is_mirrored(out_dir):
         return None
-    saved: dict[str, int] = {}
-    if pending:  # checkpoints are torch's files: torch is imported for a run that has some left
-        from .checkpoint import checkpointed
-
-        saved = checkpointed(out_dir)
+    saved = checkpointed(out_dir) if pending else {}
     found = Resumable()
     for key, output in pending:
         folder = frames_folder(out_dir / output)

@@ -24,7 +24,7 @@ from ..io.files import check_writable_dir, describe_os_error, remove_stale_temps
 from ..io.mirror import STATE, refresh
 from ..io.storage import Location, storage_options
 from . import ledger, traces
-from .checkpoint import batch_checkpoints, checkpoint_dir, sweep_finished
+from .checkpoint_files import batch_checkpoints, checkpoint_dir, sweep_finished
 from .distribute import Distributor, Outcome, QuietDisplay, distribute
 from .distributors import check_distributor, open_distributor
 from .jobs import Inspector, Job, forget_input_digests

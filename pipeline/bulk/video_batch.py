@@ -28,7 +28,8 @@ from ..video.frames import Frame
 from ..video.output import ClipOutput, PassesNotKept
 from ..video.passes import stylize_piece
 from . import ledger
-from .checkpoint import CheckpointSaver, checkpoint_path, discard, load_checkpoint
+from .checkpoint import CheckpointSaver, load_checkpoint
+from .checkpoint_files import checkpoint_path, discard
 from .events import BatchStarted, Event, Iteration, Log
 from .jobs import Batch, Job, check_unchanged
 

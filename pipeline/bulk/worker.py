@@ -61,13 +61,8 @@ from ..io.mirror import (
 from ..io.pixels import save_image
 from ..io.storage import ENV_OPTIONS
 from . import ledger, traces
-from .checkpoint import (
-    CheckpointSaver,
-    checkpoint_path,
-    discard,
-    job_checkpoint_path,
-    load_checkpoint,
-)
+from .checkpoint import CheckpointSaver, load_checkpoint
+from .checkpoint_files import checkpoint_path, discard, job_checkpoint_path
 from .events import (
     BatchDone,
     BatchStarted,

@@ -22,7 +22,7 @@ from typing import Any
 from ...errors import InputError
 from ...io import mirror
 from ...io.files import atomic_write_bytes
-from ..checkpoint import checkpoint_dir, discard
+from ..checkpoint_files import checkpoint_dir, discard
 from ..distribute import Slot
 from ..events import Event, Exited, Iteration, Lost
 from ..jobs import Batch, auto_cpu_workers
