@@ -43,7 +43,7 @@ class LocalDistributor:
         if _QUIET_TRACKER not in sys.warnoptions:  # before the tracker starts
             sys.warnoptions.append(_QUIET_TRACKER)
         self._ctx = mp.get_context("forkserver")
-        self._ctx.set_forkserver_preload([__name__, "onnxruntime"])
+        self._ctx.set_forkserver_preload(["pipeline.bulk.fork_preload"])
         self._events, self._stop = self._ctx.Queue(), self._ctx.Event()
         self._procs: dict[int, Any] = {}
         self._tasks: dict[int, Any] = {}
