@@ -13,7 +13,7 @@ from typing import Any
 
 from . import collector
 from .accel import cpu_heap
-from .version import __version__
+from .version import __version__ as __version__  # re-exported: __all__ is made below
 
 cpu_heap.share_one_arena()  # before any library imported later starts a thread
 
@@ -39,6 +39,4 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_FROM})
 
 
-__all__ = ["Regions", "RunOptions", "Runtime", "RuntimeOptions", "StyleJob", "StyleParams",
-           "StyleResult", "__version__", "build_manifest", "exit_code", "run_manifest",
-           "stylize", "stylize_batch", "stylize_file", "write_report"]
+__all__ = sorted([*_FROM, "__version__"])
