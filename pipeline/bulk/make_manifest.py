@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..io.files import describe_os_error
-from ..io.storage import Location
+from ..io.storage import Location, check_store
 from .build import Walk, cross_product, expand_inputs, parse_grid, to_rows
 from .dataset import dataset_drafts
 from .manifest import write_manifest
@@ -33,6 +33,8 @@ def build_manifest(output: Location, content: Sequence[str], style: Sequence[str
     if folder or not str(output).lower().endswith(".parquet"):
         raise InputError(f"-o {output}: a manifest is a Parquet file; give a file name ending "
                          "in .parquet" + (" (this is a folder)" if folder else ""))
+    if isinstance(output, str):  # before the walk, which may list a large bucket
+        check_store(output)
     walk = Walk()
     grid = parse_grid(param)
     if dataset:

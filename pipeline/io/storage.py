@@ -28,6 +28,8 @@ _ENDPOINT = re.compile(r'Could not connect to the endpoint URL: "?([a-z]+://[^/"
 _UNANSWERED = {"ConnectionError", "HTTPClientError", "ClientConnectionError", "TimeoutError"}
 # The extra that brings each protocol's fsspec implementation.
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
+# Web servers: inputs only.
+WEB = ("http", "https")
 # Bounded: a dead endpoint fails in seconds, a flaky one is retried a few times with backoff
 # (by botocore alone: s3fs's own retries on top would multiply the attempts).
 S3_DEFAULTS: dict[str, Any] = {
@@ -35,6 +37,9 @@ S3_DEFAULTS: dict[str, Any] = {
                       "retries": {"max_attempts": 3, "mode": "standard"}},
 }
 S3_RETRIES = 1
+# A web server that accepts a connection and never answers would hold a row for aiohttp's
+# five minutes per request. No total: a large video downloads as long as its bytes flow.
+HTTP_TIMEOUTS_S = {"sock_connect": 10, "sock_read": 30}
 # A PUT to a store that accepts it and never answers waits forever in the client (its read
 # timeout covers responses to reads, not to a request whose body it sends): each upload has
 # a deadline of its own, long enough for its size at UPLOAD_MIN_RATE bytes/s.
@@ -108,6 +113,8 @@ def _filesystem(proto: str, options: str) -> Any:
     kwargs = json.loads(options)
     if proto in ("s3", "s3a"):
         kwargs = {**S3_DEFAULTS, **kwargs}
+    if proto in WEB:
+        kwargs = _with_http_timeouts(kwargs)
     try:
         fs = fsspec.filesystem(proto, **kwargs)
     except ImportError:
@@ -119,6 +126,16 @@ def _filesystem(proto: str, options: str) -> Any:
     if proto in ("s3", "s3a"):
         fs.retries = S3_RETRIES
     return fs
+
+
+def _with_http_timeouts(kwargs: dict[str, Any]) -> dict[str, Any]:
+    try:
+        import aiohttp  # fsspec's http client's
+    except ImportError:  # fsspec names what is missing
+        return kwargs
+    client = dict(kwargs.get("client_kwargs", {}))
+    client.setdefault("timeout", aiohttp.ClientTimeout(total=None, **HTTP_TIMEOUTS_S))
+    return {**kwargs, "client_kwargs": client}
 
 
 # A forked child makes its own: a client's event loop thread does not survive a fork.
@@ -144,17 +161,27 @@ def store_error(url: str, e: BaseException) -> InputError:
         return StoreUnavailable(f"{url}: the store did not answer in time (is it overloaded, "
                                 "or did the network go away?)")
     if isinstance(e, FileNotFoundError):
+        # fsspec's http client says FileNotFoundError for a server it could not reach too.
+        # One web server down among a manifest's many is that row's failure, not an outage.
+        if e.__cause__ is not None and _unanswered(e.__cause__):
+            return InputError(f"{url}: cannot fetch it: {_first_line(e.__cause__)}")
+        if protocol(url) in WEB:
+            return InputError(f"{url}: not found")
         return InputError(f"{url}: no such object (or no such bucket)")
     if isinstance(e, PermissionError):
         return InputError(f"{url}: access denied: check the credentials and the bucket's "
                           "permissions")
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    first = _first_line(e)
     if (endpoint := _ENDPOINT.search(first)) is not None:
         return StoreUnavailable(f"{url}: cannot reach the store at {endpoint.group(1)} (is it "
                                 "running, and is the endpoint right?)")
     if _unanswered(e):
         return StoreUnavailable(f"{url}: the store did not answer: {first}")
     return InputError(f"{url}: the store failed: {first}")
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def read_bytes(url: str) -> bytes:
@@ -165,8 +192,15 @@ def read_bytes(url: str) -> bytes:
         raise store_error(url, e) from None
 
 
+def writable(url: str) -> None:
+    if protocol(url) in WEB:
+        raise InputError(f"{url}: a web server's URL is read, not written: give a local path "
+                         "or an object store's URL (s3://...)")
+
+
 def put_file(local: str | os.PathLike, url: str) -> None:
     """Upload a complete local file as one object (a single PUT: seen whole or not at all)."""
+    writable(url)
     fs, path = filesystem(url)
     try:
         fs.put_file(os.fspath(local), path, **upload_deadline(fs, os.path.getsize(local)))
@@ -177,6 +211,7 @@ def put_file(local: str | os.PathLike, url: str) -> None:
 def check_store(url: str) -> None:
     """InputError unless the store answers and the URL's bucket (its first part) is there:
     before any work, not at the write."""
+    writable(url)
     fs, path = filesystem(url)
     bucket = path.split("/", 1)[0]
     try:
