@@ -114,6 +114,27 @@ def test_outputs_stay_inside_out_and_off_the_inputs(dataset, tmp_path):
     assert (out / "a.png").is_file()
 
 
+def test_rows_whose_default_names_clash_are_refused_with_the_way_out(tmp_path, painting_path):
+    """Default output names are made of the files' names, so x/photo.jpg and y/photo.jpg
+    land on one: the later row is refused, saying so; an output column names them apart."""
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+        make_photo(seed=len(folder)).save(tmp_path / folder / "photo.png")
+    rows = [{"content": f"{folder}/photo.png", "style": str(painting_path)}
+            for folder in ("x", "y", "x")]
+    clash = write_manifest(rows, tmp_path / "clash.parquet")
+    result = runner.invoke(app, ["manifest", "validate", str(clash)], terminal_width=400)
+    assert result.exit_code == 2
+    hint = "whose other inputs have the same file names: give an output column"
+    lines = result.output.splitlines()
+    assert "invalid row 1: output photo__painting__" in lines[0] and hint in lines[0]
+    assert lines[1].startswith("invalid row 2") and lines[1].endswith("duplicates row 0")
+    named = write_manifest([{**row, "output": f"{i}.png"} for i, row in enumerate(rows)],
+                           tmp_path / "named.parquet")
+    result = runner.invoke(app, ["manifest", "validate", str(named)])
+    assert result.exit_code == 0, result.output
+
+
 @pytest.mark.parametrize("spelling", ["itself", "through a folder not there yet", "a link"])
 def test_stylize_refuses_to_write_over_its_input(photo_path, painting_path, spelling):
     before = photo_path.read_bytes()

@@ -72,7 +72,7 @@ def scan(manifest: Location, out_dir: Path, overrides: dict[str, Any],
     inspect = Inspector(decode, cache)
     jobs: list[Job] = []
     errors: list[RowError] = []
-    outputs: dict[Path, int] = {}
+    outputs: dict[Path, JobSpec] = {}
     inputs: dict[Path, int] = {}
     for item in _fetched_ahead(read_jobs(manifest, out_dir, overrides, inputs)):
         if progress is not None:
@@ -85,8 +85,9 @@ def scan(manifest: Location, out_dir: Path, overrides: dict[str, Any],
         except RowError as e:
             errors.append(e)
             continue
-        if (first := outputs.setdefault(item.output, item.row)) != item.row:
-            errors.append(RowError(item.row, f"output {item.output_name} duplicates row {first}"))
+        if (first := outputs.setdefault(item.output, item)) is not item:
+            errors.append(RowError(item.row, f"output {item.output_name} duplicates row "
+                                   f"{first.row}" + _clash_hint(first, item)))
             continue
         jobs.append(job)
     # Only now: a later row may read what an earlier row would write.
@@ -97,6 +98,15 @@ def scan(manifest: Location, out_dir: Path, overrides: dict[str, Any],
     jobs = [job for job in jobs if job.spec.output not in inputs]
     errors.sort(key=lambda e: e.row)
     return Scan(jobs, errors)
+
+
+def _clash_hint(first: JobSpec, later: JobSpec) -> str:
+    """Where two rows of other inputs land on one name: default names are made of the files'
+    names, so x/photo.jpg and y/photo.jpg clash without an output column."""
+    if (first.content, first.styles) == (later.content, later.styles):
+        return ""
+    return (", whose other inputs have the same file names: give an output column (or make "
+            "the manifest with `pipeline manifest build`, which names them apart)")
 
 
 @dataclass
