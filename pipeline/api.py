@@ -517,8 +517,10 @@ def stylize_file(content: Location, styles: Sequence[Location], output: Location
     result = stylize_prepared(
         [prepared], params, runtime, progress, trace_every=trace_every if trace else 0,
         save_image=lambda it, _, image: save_image(image, intermediate_path(output, it),
-                                                   {"iteration": it, "job_key": key}))[0]
-    save_image(result.pixels, output, {**result.metadata, "job_key": key}, params.bit_depth)
+                                                   {"iteration": it, "job_key": key},
+                                                   jpeg_quality=params.jpeg_quality))[0]
+    save_image(result.pixels, output, {**result.metadata, "job_key": key}, params.bit_depth,
+               params.jpeg_quality)
     if trace is not None:
         write_traces(trace, {key: result.trace})
     return result

@@ -1,3 +1,4 @@
+import io
 import os
 
 import numpy as np
@@ -154,6 +155,48 @@ def test_save_is_atomic_with_metadata(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.jpg"]  # no temp files
     with pytest.raises(InputError, match=r"must end in \.png"):
         save_image(img, tmp_path / "c.gif")
+
+
+def _jpeg_quality(path) -> int:
+    """The quality a JPEG was written at: the one whose quantization tables Pillow makes."""
+    tables = Image.open(path).quantization
+    probe = Image.new("RGB", (8, 8))
+    for quality in range(1, 101):
+        probe.save(buffer := io.BytesIO(), format="JPEG", quality=quality)
+        if Image.open(buffer).quantization == tables:
+            return quality
+    raise AssertionError(f"{path}: no quality of Pillow's")
+
+
+def test_jpeg_quality_reaches_every_jpeg_written_and_leaves_the_key(tmp_path, photo_path,
+                                                                     painting_path):
+    """From `stylize` (its output and intermediates) and from a manifest's column in a run
+    (where a row without it gets the default); the job's key is the same at any quality."""
+    from pipeline.bulk.manifest import write_manifest
+    from pipeline.cli import app
+    from tests.run_helpers import run_cli, runner
+
+    made = {}
+    for quality in ("40", "95"):
+        made[quality] = tmp_path / f"q{quality}.jpg"
+        result = runner.invoke(app, ["stylize", str(photo_path), str(painting_path), "-o",
+                                     str(made[quality]), "--size", "32", "--iterations", "4",
+                                     "--save-every", "2", "--jpeg-quality", quality, "-q"])
+        assert result.exit_code == 0, result.output
+        assert _jpeg_quality(made[quality]) == int(quality)
+        assert _jpeg_quality(tmp_path / f"q{quality}.iter0002.jpg") == int(quality)
+    assert made["40"].stat().st_size < made["95"].stat().st_size
+    assert len({read_metadata(made[q])["job_key"] for q in made}) == 1
+
+    manifest = write_manifest([{"content": str(photo_path), "style": str(painting_path),
+                                "output": "low.jpg", "jpeg_quality": 30},
+                               {"content": str(photo_path), "style": str(painting_path),
+                                "output": "default.jpg"}],
+                              tmp_path / "m.parquet")
+    result = run_cli(manifest, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert _jpeg_quality(tmp_path / "out" / "low.jpg") == 30
+    assert _jpeg_quality(tmp_path / "out" / "default.jpg") == 95
 
 
 def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):

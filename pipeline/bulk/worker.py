@@ -299,8 +299,9 @@ class Worker:
                      ) -> dict[str, Any]:
         """A job's output (its trace written before); its ledger row."""
         try:
+            params = job.spec.params
             save_image(result.pixels, job.spec.output, {**result.metadata, "job_key": job.key},
-                       job.spec.params.bit_depth)
+                       params.bit_depth, params.jpeg_quality)
         except OSError as e:
             raise WriteFailed(f"cannot write {job.spec.output_name}: "
                               f"{describe_os_error(e, job.spec.output.parent)}") from e
@@ -326,7 +327,8 @@ class Worker:
     def save_intermediate(self, job: Job, iteration: int, image: Any) -> None:
         try:
             save_image(image, intermediate_path(job.spec.output, iteration),
-                       {"iteration": iteration, "job_key": job.key})
+                       {"iteration": iteration, "job_key": job.key},
+                       jpeg_quality=job.spec.params.jpeg_quality)
         except OSError as e:
             raise WriteFailed(f"cannot write an intermediate of {job.spec.output_name}: "
                               f"{describe_os_error(e, job.spec.output.parent)}") from e

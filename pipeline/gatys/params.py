@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import InputError
+from ..io.images import JPEG_QUALITY
 from ..options import as_dict, check, option, result_dict
 from .layers import CONTENT_LAYERS, LAYER_INDEX, STYLE_LAYERS
 
@@ -125,6 +126,12 @@ class StyleParams:
                                "fp32 result is rounded once, at the end). 0 = by extension: 16 "
                                "for .tif/.tiff, 8 otherwise. Outputs carry an sRGB ICC "
                                "profile.", choices=(0, 8, 16))
+    jpeg_quality: int = option(JPEG_QUALITY, "Quality of .jpg outputs on Pillow's scale: "
+                                             "lower makes smaller files with more artifacts. "
+                                             "Not used for PNG, TIFF or video. Changes the "
+                                             "file, not the image optimized: a done output is "
+                                             "not written again for it.",
+                               lo=1, hi=100, key=False)
     pooling: str = option("max", "VGG pooling: max (neural-style default) or avg (Gatys et "
                                  "al.).", choices=POOLINGS)
     mask_mode: str = option("inside", "With masks: how a mask is brought to each VGG19 "

@@ -24,6 +24,7 @@ from .storage import Location, is_url, name, parent
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF",
                   ".tiff": "TIFF"}
 METADATA_KEY = "style-pipeline"
+JPEG_QUALITY = 95  # Pillow's scale: above 95 the file grows much for little
 
 
 def _srgb_icc() -> bytes:

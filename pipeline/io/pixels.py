@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .files import atomic_path
 from .images import (
+    JPEG_QUALITY,
     METADATA_KEY,
     OUTPUT_FORMATS,
     SRGB_ICC,
@@ -77,7 +78,8 @@ def to_image(x: Tensor) -> Image.Image:
 
 
 def save_image(image: Image.Image | Tensor, path: str | os.PathLike,
-               metadata: dict | None = None, bit_depth: int = 0) -> str | os.PathLike:
+               metadata: dict | None = None, bit_depth: int = 0,
+               jpeg_quality: int = JPEG_QUALITY) -> str | os.PathLike:
     """Write PNG, JPEG or TIFF by extension, atomically, tagged sRGB, with `metadata` embedded
     as JSON. `image`: 8-bit RGB, or [3, H, W] on the 0-255 scale, rounded here once to the
     file's bit depth (output_bit_depth)."""
@@ -104,7 +106,7 @@ def save_image(image: Image.Image | Tensor, path: str | os.PathLike,
             info.add_text(METADATA_KEY, text)
             img.save(tmp, format="PNG", pnginfo=info, icc_profile=SRGB_ICC)
         else:
-            img.save(tmp, format="JPEG", quality=95, comment=text.encode(),
+            img.save(tmp, format="JPEG", quality=jpeg_quality, comment=text.encode(),
                      icc_profile=SRGB_ICC)
     return dest
 
