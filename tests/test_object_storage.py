@@ -486,11 +486,15 @@ def test_a_second_machine_cannot_run_into_the_same_bucket_folder(s3, tmp_path, m
     first = spawn_run(f"{url}/m.parquet", f"{url}/out", 400)
     try:
         wait_for(lambda: (folder / "out" / ".run-lease").is_file())
+        host = locks.socket.gethostname()
         monkeypatch.setenv("STYLE_PIPELINE_CACHE", str(tmp_path / "other-machine"))
         monkeypatch.setattr(locks.socket, "gethostname", lambda: "other-machine")
         refused = run_cli(f"{url}/m.parquet", f"{url}/out")
         assert refused.exit_code == 4, refused.output
         assert f"is using {url}/out: it renewed its lease" in " ".join(refused.output.split())
+        wait_for(lambda: (folder / "out" / "run.json").is_file())
+        status = runner.invoke(app, ["status", f"{url}/out"], terminal_width=200)
+        assert cell(status.output, "run") == f"running on {host}, process {first.pid}"
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()

@@ -219,6 +219,10 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(uninterrupted, tmp_
     out = tmp_path / "out"
     proc = spawn_run(dataset, out, KILLED_RUN_ITERATIONS)
     wait_for(lambda: _some_done_and_one_in_progress(out))
+    # `status` meanwhile: the run's process (from the lock it holds), and when it will end
+    going = json.loads(runner.invoke(app, ["status", str(out), "--json"]).stdout)
+    assert (going["running"], going["process"]["pid"]) == (True, proc.pid), going
+    assert going["pending"] > 0 and going["eta_seconds"] > 0, going
     if how == "sigkill":  # the whole run, workers included, as a crash or reboot would
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -228,6 +232,10 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(uninterrupted, tmp_
         text = proc.communicate(timeout=300)[0]
         assert proc.returncode == 128 + signum, text
         assert "resume with: pipeline run" in text
+    stopped = runner.invoke(app, ["status", str(out)], terminal_width=200)
+    assert cell(stopped.output, "run") == "not running"
+    with pytest.raises(AssertionError, match="'eta' not in"):
+        cell(stopped.output, "eta")
     done_before = {k: r["finished_at"] for k, r in ledger.read(out).items()
                    if r["status"] == "done"}
     assert 0 < len(done_before) < 6

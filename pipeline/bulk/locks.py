@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,41 @@ EXPIRES_S = float(os.environ.get("STYLE_PIPELINE_LEASE_EXPIRES_S") or 90)  # tes
 READ_BACK_S = 1.0
 
 
+# The kernel's table of the locks held (Linux): who holds a folder's lock, without taking it.
+PROC_LOCKS = Path("/proc/locks")
+
+
 class RunLocked(RuntimeError):
     """Another run uses this run folder (exit code 4)."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The run that uses a run folder now."""
+
+    pid: int
+    host: str
+
+
+def holder(out: str | Path) -> Holder | None:
+    """The run using the run folder `out` now (a path: the process holding its folder_lock;
+    a URL: the live lease's), found without taking either: a run starting at that moment
+    would find it taken and refuse. OSError where this cannot be told (no /proc/locks)."""
+    if isinstance(out, str):
+        where = f"{out.rstrip('/')}/{LEASE}"
+        fs, key = filesystem(where)
+        held = _read(fs, key, where)
+        if held is None or time.time() - float(held.get("renewed_at", 0)) >= EXPIRES_S:
+            return None
+        return Holder(int(held.get("pid", 0)), str(held.get("host", "")))
+    st = os.stat(out)
+    folder = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in PROC_LOCKS.read_text().splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 6069 fe:00:2580863 0 EOF"; a waiter's line has "->"
+        fields = line.split()
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == folder:
+            return Holder(int(fields[4]), socket.gethostname())
+    return None
 
 
 @contextmanager

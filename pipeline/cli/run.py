@@ -4,7 +4,10 @@ what that folder holds."""
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
+import socket
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +16,7 @@ from rich.table import Table
 
 from ..accel.options import RuntimeOptions
 from ..bulk import ledger
-from ..bulk.locks import RunLocked
+from ..bulk.locks import Holder, RunLocked, holder
 from ..bulk.manifest import parse_overrides
 from ..bulk.run_options import RunOptions
 from ..bulk.run_state import (
@@ -27,7 +30,7 @@ from ..bulk.run_state import (
     stored_at,
 )
 from ..errors import InputError
-from ..io.storage import location, set_storage_options
+from ..io.storage import is_url, location, set_storage_options
 from ..report import write_report
 from ..report.page import REPORT
 from .app import app, computing, counting, print_errors, reports_errors, say_error
@@ -171,16 +174,29 @@ def status(out: str = typer.Argument(..., help=RUN_FOLDER),
     found = resumable(folder, state.pending)
     ran = ledger.throughput(state.records)
     report = stored_at(folder / REPORT)
-    summary = _status_dict(info.manifest, info.total, state, found, ran, report)
+    try:
+        running, known = holder(out if is_url(out) else folder), True
+    except OSError:  # no table of locks on this machine
+        running, known = None, False
+    eta = _eta(state, info.started_at) if running is not None else None
+    summary = _status_dict(info.manifest, info.total, state, found, ran, report,
+                           running if known else False, eta)
     if as_json:
         typer.echo(json.dumps(summary))
         return
     table = summary_table(f"status {out}")
     table.add_row("manifest", shown(info.manifest))
+    if known:
+        table.add_row("run", _running(running, info.started_at))
     table.add_row("jobs", str(info.total))
     table.add_row("done", str(state.done))
     table.add_row("failed", str(len(state.failed)))
     table.add_row("pending", _pending(len(state.pending), found))
+    if eta is not None:
+        seconds, here = eta
+        pace = ledger.rate(len(here), time.time() - info.started_at, ledger.any_video(here))
+        table.add_row("eta", f"{datetime.timedelta(seconds=round(seconds))}, at this run's "
+                      f"{pace}")
     if ran is not None:
         (timed, span), measured = ran, summary["throughput"]
         table.add_row("throughput", f"{ledger.rate(len(timed), span, ledger.any_video(timed))}"
@@ -198,17 +214,42 @@ def status(out: str = typer.Argument(..., help=RUN_FOLDER),
         console.print(failures)
 
 
+def _running(running: Holder | None, started_at: float) -> str:
+    if running is None:
+        return "not running"
+    if running.host != socket.gethostname():
+        return f"running on {running.host}, process {running.pid}"
+    since = datetime.timedelta(seconds=round(time.time() - started_at))
+    return f"running: process {running.pid}, for {since}"
+
+
+def _eta(state: RunState, started_at: float) -> tuple[float, list[dict[str, Any]]] | None:
+    """(seconds left, the jobs done so far by the run that is going on) at that run's pace,
+    from its start; None until it has done one."""
+    here = [r for r in state.records if r["seconds"] and r["finished_at"] >= started_at]
+    if not here or not state.pending:
+        return None
+    return len(state.pending) * (time.time() - started_at) / len(here), here
+
+
 def _status_dict(manifest: str, jobs: int, state: RunState, found: Resumable | None,
-                 ran: tuple[list[dict[str, Any]], float] | None, report: str | None
-                 ) -> dict[str, Any]:
-    """`status --json`: what the tables show, as numbers (null where a table says none)."""
+                 ran: tuple[list[dict[str, Any]], float] | None, report: str | None,
+                 running: Holder | bool | None,
+                 eta: tuple[float, list[dict[str, Any]]] | None) -> dict[str, Any]:
+    """`status --json`: what the tables show, as numbers (null where a table says none).
+    `running`: the run using the folder, None if none, False where this machine cannot
+    tell (the JSON's running is then null)."""
     throughput = None
     if ran is not None:
         timed, span = ran
         throughput = {"outputs_per_hour": len(timed) / span * 3600, "seconds": span,
                       "seconds_per_batch_run": sum(r["seconds"] for r in timed) / len(timed),
                       "devices": sorted({r["device"] for r in timed})}
-    return {"manifest": str(manifest), "jobs": jobs, "done": state.done,
+    return {"manifest": str(manifest),
+            "running": None if running is False else running is not None,
+            "process": dataclasses.asdict(running) if isinstance(running, Holder) else None,
+            "eta_seconds": None if eta is None else eta[0],
+            "jobs": jobs, "done": state.done,
             "failed": len(state.failed), "pending": len(state.pending),
             "resume_from_checkpoint": len(found.iterations) if found else None,
             "videos_with_frames_done": len(found.frames) if found else None,
