@@ -188,7 +188,7 @@ def test_every_stylize_option_runs_end_to_end(photo_path, painting_path, tmp_pat
                      "--style-segmentations", str(masks["sseg"]), "--mask-mode", "all"]
     adam = ["--size", "48", "--size-bucket", "8", "--iterations", "3", "--scales", "2",
             "--tol", "0.5", "--tol-window", "2", "--save-every", "1", "--trace",
-            str(tmp_path / "trace.parquet"), "--trace-every", "2",
+            str(tmp_path / "trace.parquet"), "--trace-every", "2", "--jpeg-quality", "80",
             "--optimizer", "adam", "--lbfgs-clamp", "--lr", "5", "--content-weight", "2",
             "--style-weight", "50", "--tv-weight", "0.01", "--content-layers", "relu5_2",
             "--style-layers", "relu1_2,relu3_2", "--style-layer-weights", "1,2",
@@ -211,7 +211,7 @@ def test_every_stylize_option_runs_end_to_end(photo_path, painting_path, tmp_pat
     help_text = runner.invoke(app, ["stylize", "--help"], terminal_width=300).output
     options = set(re.findall(r"--[a-z0-9-]+", help_text)) - {"--help", "--output"}
     assert options <= {a for a in adam + lbfgs if a.startswith("--")}, options - set(adam + lbfgs)
-    for name, args, styles in (("adam.png", adam, [painting_path, second_style]),
+    for name, args, styles in (("adam.jpg", adam, [painting_path, second_style]),
                                ("lbfgs.png", lbfgs, [painting_path])):
         out = tmp_path / name
         result = runner.invoke(app, ["stylize", str(photo_path), *map(str, styles), "-o",
@@ -219,8 +219,9 @@ def test_every_stylize_option_runs_end_to_end(photo_path, painting_path, tmp_pat
         assert result.exit_code == 0, result.output
         meta = read_metadata(out)
         assert meta["params"]["size"] == int(args[1])
-    adam_meta, lbfgs_meta = read_metadata(tmp_path / "adam.png"), read_metadata(tmp_path /
+    adam_meta, lbfgs_meta = read_metadata(tmp_path / "adam.jpg"), read_metadata(tmp_path /
                                                                                 "lbfgs.png")
+    assert adam_meta["params"]["jpeg_quality"] == 80
     assert adam_meta["params"]["style_layers"] == ["relu1_2", "relu3_2"]
     assert adam_meta["params"]["content_layers"] == ["relu5_2"]
     assert adam_meta["precision"] == "bf16" and lbfgs_meta["precision"] == "fp64"
