@@ -494,7 +494,8 @@ def test_a_second_machine_cannot_run_into_the_same_bucket_folder(s3, tmp_path, m
         assert f"is using {url}/out: it renewed its lease" in " ".join(refused.output.split())
         wait_for(lambda: (folder / "out" / "run.json").is_file())
         status = runner.invoke(app, ["status", f"{url}/out"], terminal_width=200)
-        assert cell(status.output, "run") == f"running on {host}, process {first.pid}"
+        assert cell(status.output, "run").startswith(
+            f"running on {host}: process {first.pid}, for 0:"), status.output
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()

@@ -300,6 +300,23 @@ def test_commands_that_compute_nothing_start_without_torch(uninterrupted, tmp_pa
     assert (out / "report.html").is_file() and (tmp_path / "m.parquet").is_file()
 
 
+def test_status_names_a_run_that_is_still_checking_its_manifest(uninterrupted, tmp_path):
+    """A run holds the folder's lock from its start but writes run.json once its manifest is
+    checked: meanwhile run.json is the last run's, and status gives no eta from it."""
+    from pipeline.bulk.locks import folder_lock
+
+    _, reference = uninterrupted
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    with folder_lock(out):
+        status = runner.invoke(app, ["status", str(out)], terminal_width=200)
+    assert cell(status.output, "run") == f"running: process {os.getpid()}, checking its manifest"
+    with pytest.raises(AssertionError, match="'eta' not in"):
+        cell(status.output, "eta")
+    assert cell(runner.invoke(app, ["status", str(out)], terminal_width=200).output,
+                "run") == "not running"
+
+
 def test_killed_at_batch_4_jobs_resume_from_their_checkpoints_at_batch_3(tmp_path):
     """Each job is checkpointed on its own: a run killed at batch size 4 resumes at batch
     size 3 (other rows, another split over the cores), every job from its own checkpoint, to

@@ -11,6 +11,8 @@ again everywhere at once.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 import uuid
 from collections.abc import Sequence
@@ -27,6 +29,7 @@ from ..io.video import is_video, video_metadata
 from ..video.layout import frames_folder, frames_kept
 from . import ledger
 from .checkpoint_files import checkpointed
+from .locks import Holder
 
 RUN_INFO = "run.json"
 DONE, FAILED, PENDING = "done", "failed", "pending"
@@ -40,6 +43,7 @@ class RunInfo:
     invalid: dict[int, str] = field(default_factory=dict)  # rows refused at validation
     overrides: dict[str, Any] = field(default_factory=dict)  # --set, as the manifest's rows saw
     started_at: float = 0.0
+    started_by: Holder | None = None  # the run's process (none in an older run.json)
 
     @property
     def total(self) -> int:
@@ -58,7 +62,8 @@ def new_run_id() -> str:
 def write_run_info(out_dir: Path, run_id: str, manifest: Location, jobs: Sequence[ledger.JobId],
                    invalid: dict[int, str], overrides: dict[str, Any]) -> None:
     info = {"manifest": str(manifest if isinstance(manifest, str) else manifest.resolve()),
-            "run_id": run_id, "started_at": time.time(),
+            "run_id": run_id, "started_at": time.time(), "pid": os.getpid(),
+            "host": socket.gethostname(),
             "invalid": [[row, error] for row, error in sorted(invalid.items())],
             "overrides": {k: list(v) if isinstance(v, tuple) else v
                           for k, v in overrides.items()},
@@ -79,7 +84,9 @@ def read_run_info(out_dir: Path) -> RunInfo:
             jobs=tuple((_str(k), _str(o)) for k, o in _typed(raw, "jobs", list)),
             invalid={_int(r): _str(e) for r, e in _typed(raw, "invalid", list)},
             overrides=_typed(raw, "overrides", dict),
-            started_at=float(_typed(raw, "started_at", (int, float))))
+            started_at=float(_typed(raw, "started_at", (int, float))),
+            started_by=(Holder(_typed(raw, "pid", int), _typed(raw, "host", str))
+                        if "pid" in raw else None))
     except (OSError, ValueError, TypeError, KeyError) as e:
         reason = f"no {e.args[0]!r} field" if isinstance(e, KeyError) else str(e)
         raise InputError(f"{path} is unreadable ({reason or type(e).__name__}); a rerun of "

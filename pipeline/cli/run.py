@@ -178,7 +178,9 @@ def status(out: str = typer.Argument(..., help=RUN_FOLDER),
         running, known = holder(out if is_url(out) else folder), True
     except OSError:  # no table of locks on this machine
         running, known = None, False
-    eta = _eta(state, info.started_at) if running is not None else None
+    # A run that holds the folder but has not written its run.json yet checks its manifest.
+    checking = running is not None and running != info.started_by
+    eta = _eta(state, info.started_at) if running is not None and not checking else None
     summary = _status_dict(info.manifest, info.total, state, found, ran, report,
                            running if known else False, eta)
     if as_json:
@@ -187,7 +189,7 @@ def status(out: str = typer.Argument(..., help=RUN_FOLDER),
     table = summary_table(f"status {out}")
     table.add_row("manifest", shown(info.manifest))
     if known:
-        table.add_row("run", _running(running, info.started_at))
+        table.add_row("run", _running(running, None if checking else info.started_at))
     table.add_row("jobs", str(info.total))
     table.add_row("done", str(state.done))
     table.add_row("failed", str(len(state.failed)))
@@ -214,13 +216,15 @@ def status(out: str = typer.Argument(..., help=RUN_FOLDER),
         console.print(failures)
 
 
-def _running(running: Holder | None, started_at: float) -> str:
+def _running(running: Holder | None, started_at: float | None) -> str:
+    """Who runs in the folder; `started_at` None: a run checking its manifest."""
     if running is None:
         return "not running"
-    if running.host != socket.gethostname():
-        return f"running on {running.host}, process {running.pid}"
+    where = "" if running.host == socket.gethostname() else f" on {running.host}"
+    if started_at is None:
+        return f"running{where}: process {running.pid}, checking its manifest"
     since = datetime.timedelta(seconds=round(time.time() - started_at))
-    return f"running: process {running.pid}, for {since}"
+    return f"running{where}: process {running.pid}, for {since}"
 
 
 def _eta(state: RunState, started_at: float) -> tuple[float, list[dict[str, Any]]] | None:
