@@ -26,6 +26,7 @@ from pipeline.cli import app
 from pipeline.io.images import read_metadata
 from tests.conftest import make_painting, make_photo
 from tests.run_helpers import (
+    FAST,
     ROOT,
     cell,
     images_in,
@@ -298,6 +299,37 @@ def test_commands_that_compute_nothing_start_without_torch(uninterrupted, tmp_pa
                               capture_output=True, text=True, timeout=300)
         assert proc.stdout.splitlines()[-1] == "loaded [] 0", (args, proc.stdout, proc.stderr)
     assert (out / "report.html").is_file() and (tmp_path / "m.parquet").is_file()
+
+
+# `pipeline run` in a fresh interpreter, saying when its fork server started and which it used.
+EARLY = """
+import sys
+from multiprocessing import forkserver
+import pipeline.cli.run as command
+from pipeline.cli import main
+started = command.start_early
+def spy():
+    started()
+    print("early", "torch" in sys.modules, forkserver._forkserver._forkserver_pid, flush=True)
+command.start_early = spy
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    print("after", forkserver._forkserver._forkserver_pid, e.code)
+"""
+
+
+def test_the_workers_fork_server_starts_before_the_driver_imports_torch(dataset, tmp_path):
+    """Its imports then run beside the driver's (and its manifest check) instead of after
+    them; the run's workers fork from that server, not from a second one."""
+    proc = subprocess.run([sys.executable, "-c", EARLY, "run", str(dataset), "--out",
+                           str(tmp_path / "out"), *FAST, "--no-report"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    lines = [line.split() for line in proc.stdout.splitlines()
+             if line.startswith(("early", "after"))]
+    assert [line[0] for line in lines] == ["early", "after"], (proc.stdout, proc.stderr)
+    (_, torch_loaded, server), (_, used, code) = lines
+    assert torch_loaded == "False" and server == used != "None" and code == "0", lines
 
 
 def test_status_names_a_run_that_is_still_checking_its_manifest(uninterrupted, tmp_path):

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from ..accel.options import RuntimeOptions
 from ..bulk import ledger
+from ..bulk.fork_server import start_early
 from ..bulk.locks import Holder, RunLocked, holder
 from ..bulk.manifest import parse_overrides
 from ..bulk.run_options import RunOptions
@@ -68,6 +69,8 @@ def run(
     resume)."""
     set_storage_options(storage_option)  # before the workers start: they inherit it
     opts = dataclasses.replace(opts, overrides=parse_overrides(set_ or []), runtime=options)
+    if opts.distributor == "local":
+        start_early()  # its imports beside this process's, not after them
     with computing():
         from ..bulk.runner import ManifestInvalid, exit_code, run_manifest
     try:

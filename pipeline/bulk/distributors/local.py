@@ -13,19 +13,15 @@ import multiprocessing as mp
 import os
 import queue
 import signal
-import sys
 from collections.abc import Callable
 from typing import Any
 
 from ..distribute import Slot
 from ..events import Event, Exited, Lost
+from ..fork_server import fork_context
 from ..jobs import Batch
 from ..worker import WorkerConfig, forward_logs, start_worker
 
-# multiprocessing's resource tracker outlives a driver killed alone (kill -9 of its pid, the
-# OOM killer), frees the queues' semaphores, and warns about them with a file path and line:
-# noise under a run whose checkpoints are what matters. It takes this process's -W options.
-_QUIET_TRACKER = "ignore:resource_tracker:UserWarning"
 DRIVER_CHECK_S = 1.0  # how often a worker waiting for a batch checks that its driver lives
 
 
@@ -40,10 +36,7 @@ class LocalDistributor:
 
     def __init__(self, slots: list[Slot], config: WorkerConfig):
         self.slots, self.config = slots, config
-        if _QUIET_TRACKER not in sys.warnoptions:  # before the tracker starts
-            sys.warnoptions.append(_QUIET_TRACKER)
-        self._ctx = mp.get_context("forkserver")
-        self._ctx.set_forkserver_preload(["pipeline.bulk.fork_preload"])
+        self._ctx = fork_context()
         self._events, self._stop = self._ctx.Queue(), self._ctx.Event()
         self._procs: dict[int, Any] = {}
         self._tasks: dict[int, Any] = {}
