@@ -349,6 +349,29 @@ def test_status_names_a_run_that_is_still_checking_its_manifest(uninterrupted, t
                 "run") == "not running"
 
 
+def test_status_cannot_tell_that_no_run_holds_a_folder_other_machines_mount(
+        uninterrupted, tmp_path, monkeypatch):
+    """On NFS a run on another machine holds a lock this machine's table does not list: status
+    then says nothing of it (JSON: running null), but still sees a run on this machine."""
+    from pipeline.bulk import locks
+    from pipeline.bulk.locks import folder_lock
+
+    _, reference = uninterrupted
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"/dev/vda / ext4 rw 0 0\nserver:/export {tmp_path.resolve()} nfs4 rw 0 0\n")
+    monkeypatch.setattr(locks, "PROC_MOUNTS", mounts)
+    status = runner.invoke(app, ["status", str(out)], terminal_width=200)
+    assert status.exit_code == 0, status.output
+    with pytest.raises(AssertionError, match="'run' not in"):
+        cell(status.output, "run")
+    assert json.loads(runner.invoke(app, ["status", str(out), "--json"]).stdout)["running"] is None
+    with folder_lock(out):
+        status = runner.invoke(app, ["status", str(out)], terminal_width=200)
+    assert cell(status.output, "run").startswith(f"running: process {os.getpid()}")
+
+
 def test_killed_at_batch_4_jobs_resume_from_their_checkpoints_at_batch_3(tmp_path):
     """Each job is checkpointed on its own: a run killed at batch size 4 resumes at batch
     size 3 (other rows, another split over the cores), every job from its own checkpoint, to

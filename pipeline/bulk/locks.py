@@ -17,6 +17,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -33,8 +34,12 @@ EXPIRES_S = float(os.environ.get("STYLE_PIPELINE_LEASE_EXPIRES_S") or 90)  # tes
 READ_BACK_S = 1.0
 
 
-# The kernel's table of the locks held (Linux): who holds a folder's lock, without taking it.
-PROC_LOCKS = Path("/proc/locks")
+# The kernel's tables (Linux): the locks held (who holds a folder's lock, without taking it),
+# and the mounts (whether a lock elsewhere could hold it unseen).
+PROC_LOCKS, PROC_MOUNTS = Path("/proc/locks"), Path("/proc/mounts")
+# File systems that other machines mount too: their locks are not in this machine's table.
+SHARED_FILE_SYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs",
+                       "ceph", "glusterfs", "9p", "afs", "ocfs2", "gfs2", "pvfs2"}
 
 
 class RunLocked(RuntimeError):
@@ -52,7 +57,9 @@ class Holder:
 def holder(out: str | Path) -> Holder | None:
     """The run using the run folder `out` now (a path: the process holding its folder_lock;
     a URL: the live lease's), found without taking either: a run starting at that moment
-    would find it taken and refuse. OSError where this cannot be told (no /proc/locks)."""
+    would find it taken and refuse. OSError where this machine cannot tell: no /proc/locks,
+    or the folder is on a file system other machines mount, where a run there holds a lock
+    this machine does not see."""
     if isinstance(out, str):
         where = f"{out.rstrip('/')}/{LEASE}"
         fs, key = filesystem(where)
@@ -63,11 +70,29 @@ def holder(out: str | Path) -> Holder | None:
     st = os.stat(out)
     folder = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     for line in PROC_LOCKS.read_text().splitlines():
-        # "1: FLOCK  ADVISORY  WRITE 6069 fe:00:2580863 0 EOF"; a waiter's line has "->"
+        # "1: FLOCK  ADVISORY  WRITE 6069 fe:00:2580863 0 EOF"; a waiter's line has "->".
+        # On NFS a flock is kept as a POSIX lock of the whole file.
         fields = line.split()
-        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5] == folder:
+        if len(fields) > 5 and fields[1] in ("FLOCK", "POSIX") and fields[5] == folder:
             return Holder(int(fields[4]), socket.gethostname())
+    kind = file_system_type(out)
+    if kind in SHARED_FILE_SYSTEMS or kind.startswith("fuse"):
+        raise OSError(f"{out} is on {kind}, which other machines may mount")
     return None
+
+
+def file_system_type(path: Path) -> str:
+    """The type of the file system `path` is on, from the mount it is deepest under."""
+    real, found, depth = os.path.realpath(path), "", -1
+    for line in PROC_MOUNTS.read_text().splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= depth:  # the last of equal mounts is the one in use
+            found, depth = fields[2], len(point)
+    return found
 
 
 @contextmanager
