@@ -179,13 +179,12 @@ def status(out: str = typer.Argument(..., help=RUN_FOLDER),
     report = stored_at(folder / REPORT)
     try:
         running, known = holder(out if is_url(out) else folder), True
-    except OSError:  # no table of locks on this machine
+    except OSError:  # this machine cannot tell (locks.holder)
         running, known = None, False
-    # A run that holds the folder but has not written its run.json yet checks its manifest.
-    checking = running is not None and running != info.started_by
+    checking = running is not None and _checking(running, info.started_by)
     eta = _eta(state, info.started_at) if running is not None and not checking else None
     summary = _status_dict(info.manifest, info.total, state, found, ran, report,
-                           running if known else False, eta)
+                           running, known, eta)
     if as_json:
         typer.echo(json.dumps(summary))
         return
@@ -230,6 +229,14 @@ def _running(running: Holder | None, started_at: float | None) -> str:
     return f"running{where}: process {running.pid}, for {since}"
 
 
+def _checking(running: Holder, started_by: Holder | None) -> bool:
+    """Whether the run holding the folder is still checking its manifest: its run.json,
+    written once it has, is not there yet (the one there names another process on its host).
+    run.json naming another host than the lock's: a run seen from another container on the
+    same kernel, whose process numbers differ from this one's; taken as written."""
+    return started_by is None or (started_by != running and started_by.host == running.host)
+
+
 def _eta(state: RunState, started_at: float) -> tuple[float, list[dict[str, Any]]] | None:
     """(seconds left, the jobs done so far by the run that is going on) at that run's pace,
     from its start; None until it has done one."""
@@ -241,11 +248,10 @@ def _eta(state: RunState, started_at: float) -> tuple[float, list[dict[str, Any]
 
 def _status_dict(manifest: str, jobs: int, state: RunState, found: Resumable | None,
                  ran: tuple[list[dict[str, Any]], float] | None, report: str | None,
-                 running: Holder | bool | None,
+                 running: Holder | None, known: bool,
                  eta: tuple[float, list[dict[str, Any]]] | None) -> dict[str, Any]:
-    """`status --json`: what the tables show, as numbers (null where a table says none).
-    `running`: the run using the folder, None if none, False where this machine cannot
-    tell (the JSON's running is then null)."""
+    """`status --json`: what the tables show, as numbers (null where a table says none;
+    running: null where this machine cannot tell)."""
     throughput = None
     if ran is not None:
         timed, span = ran
@@ -253,8 +259,8 @@ def _status_dict(manifest: str, jobs: int, state: RunState, found: Resumable | N
                       "seconds_per_batch_run": sum(r["seconds"] for r in timed) / len(timed),
                       "devices": sorted({r["device"] for r in timed})}
     return {"manifest": str(manifest),
-            "running": None if running is False else running is not None,
-            "process": dataclasses.asdict(running) if isinstance(running, Holder) else None,
+            "running": running is not None if known else None,
+            "process": None if running is None else dataclasses.asdict(running),
             "eta_seconds": None if eta is None else eta[0],
             "jobs": jobs, "done": state.done,
             "failed": len(state.failed), "pending": len(state.pending),
