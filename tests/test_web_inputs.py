@@ -34,6 +34,12 @@ class _Quiet(SimpleHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
 
+    def send_head(self):  # what a private file of a web server answers
+        if self.path.startswith("/private/"):
+            self.send_error(403, "Forbidden")
+            return None
+        return super().send_head()
+
 
 @pytest.fixture
 def web(tmp_path) -> Iterator[tuple[str, Path]]:
@@ -84,6 +90,8 @@ def test_a_url_that_cannot_be_read_is_one_line_within_seconds(web, tmp_path, mon
     style = f"{url}/painting.png"
     out = ["-o", str(tmp_path / "a.png"), *FAST]
     _one_line_error(["stylize", f"{url}/nope.png", style, *out], f"{url}/nope.png: not found")
+    _one_line_error(["stylize", f"{url}/private/photo.png", style, *out],
+                    f"{url}/private/photo.png: the server answered HTTP 403 (Forbidden)")
     refused = f"http://127.0.0.1:{free_port()}/photo.png"  # nothing listens there
     _one_line_error(["stylize", refused, style, *out],
                     f"{refused}: cannot fetch it: Cannot connect to host")

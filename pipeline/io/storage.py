@@ -163,10 +163,14 @@ def store_error(url: str, e: BaseException) -> InputError:
     if isinstance(e, FileNotFoundError):
         # fsspec's http client says FileNotFoundError for a server it could not reach too.
         # One web server down among a manifest's many is that row's failure, not an outage.
-        if e.__cause__ is not None and _unanswered(e.__cause__):
-            return InputError(f"{url}: cannot fetch it: {_first_line(e.__cause__)}")
+        cause = e.__cause__
+        if cause is not None and _unanswered(cause):
+            return InputError(f"{url}: cannot fetch it: {_first_line(cause)}")
+        status = getattr(cause, "status", 404)  # and every other answer of the server
         if protocol(url) in WEB:
-            return InputError(f"{url}: not found")
+            return InputError(f"{url}: not found" if status == 404 else
+                              f"{url}: the server answered HTTP {status} "
+                              f"({getattr(cause, 'message', '')})")
         return InputError(f"{url}: no such object (or no such bucket)")
     if isinstance(e, PermissionError):
         return InputError(f"{url}: access denied: check the credentials and the bucket's "
