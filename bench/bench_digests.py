@@ -3,7 +3,7 @@ for its digest (how scans were before digests were remembered) against the diges
 remembered in the cache by each file's identity, on a first run and on a rerun.
 
 Makes COPIES distinct copies of PHOTO (each with a few bytes of its own appended, so no two
-share a digest), a manifest of them against one style, and times `runner.scan` as `pipeline
+share a digest), a manifest of them against one style, and times `scan.scan` as `pipeline
 run` makes it (headers only), the configurations taking turns, `--rounds` times; medians.
 With `--cold` (root only) the page cache is dropped before each scan, as after a reboot or
 on a dataset larger than memory.
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from pipeline.bulk.make_manifest import build_manifest
-from pipeline.bulk.runner import scan
+from pipeline.bulk.scan import scan
 from pipeline.io import files
 
 from .arguments import parser

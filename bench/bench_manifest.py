@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from pipeline.bulk.make_manifest import build_manifest
-from pipeline.bulk.runner import scan
+from pipeline.bulk.scan import scan
 from pipeline.io.examples import landscape, swirls
 
 from .arguments import parser

@@ -4,8 +4,6 @@ the command only parses its options and prints the summary."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -31,6 +29,7 @@ from .gatys.engine import (
     resample,
     trunk_for,
 )
+from .gatys.keys import job_key
 from .gatys.layers import in_order, min_input_side
 from .gatys.params import StyleParams
 from .gatys.region_params import NO_REGIONS, Regions
@@ -50,6 +49,7 @@ from .io.files import (
 from .io.images import (
     check_output_path,
     fit_longest_side,
+    image_digest,
     intermediate_path,
     read_rgb_for,
     resize,
@@ -59,7 +59,6 @@ from .io.masks import read_mask, read_segmentation
 from .io.pixels import SizedImage, rescale, save_image, to_image, to_tensor
 from .io.storage import Location, check_store, location, name, set_storage_options
 from .targets.builder import TargetBuilder, builder_for
-from .targets.cache import image_digest
 from .version import __version__
 
 ImageSource = str | os.PathLike | Image.Image
@@ -451,19 +450,6 @@ def export_trunk(layers: Sequence[str], weights: str = "caffe", pooling: str = "
             with atomic_path(dst) as tmp:
                 shutil.copyfile(src, tmp)
     return path, sidecar
-
-
-def job_key(content: str, styles: list[str], params: StyleParams, init: str | None = None,
-            regions: dict[str, Any] | None = None) -> str:
-    """The key of a job from its images' digests and the parameters that decide its image;
-    `regions`: Regions.key's."""
-    payload: dict[str, object] = {"content": content, "styles": styles,
-                                  "params": params.result_dict()}
-    if init is not None:  # an init image's bytes matter as the content's do
-        payload["init"] = init
-    if regions is not None:
-        payload["regions"] = regions
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def check_destinations(output: Location, inputs: Sequence[Location], bit_depth: int = 0,

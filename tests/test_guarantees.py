@@ -534,7 +534,8 @@ def test_a_rerun_s_scan_reads_no_image_whole_and_a_stale_digest_is_read_again(
     that went stale (a rewrite within the clock's resolution keeps the identity) fails its
     job as a rewrite does, and is forgotten: the next scan reads the file and keys it anew."""
     import pipeline.bulk.worker as worker_module
-    from pipeline.bulk.runner import plan, scan
+    from pipeline.bulk.runner import plan
+    from pipeline.bulk.scan import scan
     from pipeline.io import files
     from pipeline.io.cache_entries import entries
 
@@ -576,7 +577,7 @@ def test_a_failed_job_s_images_are_read_again_by_the_next_scan(dataset, tmp_path
     its own cache: on a cluster, not the cache that keys the next run. So the run forgets the
     failed jobs' digests where it scanned: here c2 is broken past its header, its 2 jobs fail
     in the worker, and the next scan reads c2 and their styles again, nothing else."""
-    from pipeline.bulk.runner import scan
+    from pipeline.bulk.scan import scan
     from pipeline.io import files
 
     cache, out = tmp_path / "cache", tmp_path / "out"

@@ -285,8 +285,9 @@ print("loaded", sorted(m for m in ("torch", "onnx", "onnxruntime") if m in sys.m
 
 
 def test_commands_that_compute_nothing_start_without_torch(uninterrupted, tmp_path):
-    """`--help`, `status`, `report` and `manifest build` load neither torch nor ONNX Runtime
-    (most of a start-up, and of the memory), so that a script can poll a run cheaply."""
+    """`--help`, `status`, `report`, `manifest build` and `manifest validate` load neither
+    torch nor ONNX Runtime (most of a start-up, and of the memory), so that a script can poll
+    a run, or check a manifest, cheaply."""
     dataset, reference = uninterrupted
     out = tmp_path / "run"
     shutil.copytree(reference, out)
@@ -294,7 +295,8 @@ def test_commands_that_compute_nothing_start_without_torch(uninterrupted, tmp_pa
     for args in (["--help"], ["run", "--help"], ["status", str(out)],
                  ["status", str(out), "--json"], ["report", str(out)],
                  ["manifest", "build", "--content", str(data / "content"), "--style",
-                  str(data / "style"), "-o", str(tmp_path / "m.parquet")]):
+                  str(data / "style"), "-o", str(tmp_path / "m.parquet")],
+                 ["manifest", "validate", str(dataset)]):
         proc = subprocess.run([sys.executable, "-c", LOADED, *args], cwd=ROOT,
                               capture_output=True, text=True, timeout=300)
         assert proc.stdout.splitlines()[-1] == "loaded [] 0", (args, proc.stdout, proc.stderr)
@@ -640,7 +642,7 @@ def test_out_of_memory_retries_once_at_half_the_batch(dataset, tmp_path, monkeyp
 
 
 def test_large_manifest_is_read_in_batches(dataset, tmp_path):
-    from pipeline.bulk.runner import scan
+    from pipeline.bulk.scan import scan
 
     base = pq.read_table(dataset).to_pylist()[0]
     rows = [{**base, "output": f"o{i}.png", "seed": i} for i in range(10_000)]
@@ -653,7 +655,7 @@ def test_large_manifest_is_read_in_batches(dataset, tmp_path):
 
 def test_size_bucket_lets_nearly_equal_shapes_share_a_batch(tmp_path):
     from pipeline.bulk.queue import BatchQueue
-    from pipeline.bulk.runner import scan
+    from pipeline.bulk.scan import scan
 
     images = tmp_path / "data"
     images.mkdir()

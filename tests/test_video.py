@@ -135,8 +135,9 @@ def test_a_stopped_multi_pass_clip_goes_on_inside_its_pass_in_batches_of_any_siz
 
     from pipeline.gatys.engine import Interrupted
     from pipeline.video import chain, passes
-    from pipeline.video.clip import clip_part
+    from pipeline.video.clip import clip_source
     from pipeline.video.output import PASSES, ClipOutput
+    from pipeline.video.part import clip_part
 
     source = tmp_path / "clip.mp4"
     write_clip(camera_clip(drawn_scene((320, 240)), (32, 24), 3), source, Fraction(8))
@@ -152,7 +153,7 @@ def test_a_stopped_multi_pass_clip_goes_on_inside_its_pass_in_batches_of_any_siz
         monkeypatch.setattr(chain, "stylize_passes",
                             functools.partial(passes.stylize_passes, batch=batch))
         got: list = []
-        stylize_clips([part.source([make_painting()], 1)], params, video, cpu64,
+        stylize_clips([clip_source(part, [make_painting()], 1)], params, video, cpu64,
                       lambda c, i: None, got.append, stop=stop,
                       stores=lambda c: out.pass_store())
         return got
@@ -460,7 +461,8 @@ def test_a_clip_read_from_a_later_frame_has_the_frames_read_from_its_start(tmp_p
     """A piece of a pass seeks to its first frame: the frames it gets are those of a read
     from the clip's start, also for a part at another rate (keyframes every 4 frames, so the
     seek lands before the frame and decodes forward)."""
-    from pipeline.video.clip import clip_part
+    from pipeline.video.clip import clip_source
+    from pipeline.video.part import clip_part
 
     source = tmp_path / "clip.mp4"
     write_clip(camera_clip(drawn_scene((320, 240)), (64, 48), 20), source, Fraction(8),
@@ -469,10 +471,10 @@ def test_a_clip_read_from_a_later_frame_has_the_frames_read_from_its_start(tmp_p
         assert sum(p.is_keyframe for p in container.demux(video=0) if p.size) == 5
     for video in (VideoParams(), VideoParams(start="0.3", fps=5.0)):
         part = clip_part(source, video)
-        whole = part.source([], 1)
+        whole = clip_source(part, [], 1)
         frames = [whole.frame(i).copy() for i in range(part.count)]
         for first in (1, 5, part.count - 2):
-            later = part.source([], 1, first)
+            later = clip_source(part, [], 1, first)
             for i in range(first, part.count):
                 assert np.array_equal(later.frame(i), frames[i]), (video, first, i)
 

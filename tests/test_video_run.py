@@ -104,7 +104,7 @@ def test_video_rows_run_beside_image_rows_as_whole_videos(video_dataset, finishe
 def test_an_init_image_s_bytes_are_in_a_video_job_s_key(video_dataset, tmp_path):
     """The first frame starts from the init image: other bytes at the same path, another job."""
     from pipeline.bulk.manifest import parse_overrides
-    from pipeline.bulk.runner import scan
+    from pipeline.bulk.scan import scan
 
     init = tmp_path / "init.png"
 

@@ -16,17 +16,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..api import job_key
 from ..errors import InputError, RowError, StoreUnavailable
+from ..gatys.keys import job_key
 from ..gatys.layers import min_input_side
 from ..io.fetch import local_file
 from ..io.files import forget_digest, remembered_digest
-from ..io.images import fit_longest_side, header_size, read_rgb
-from ..io.masks import check_shape
+from ..io.images import check_shape, fit_longest_side, header_size, image_digest, read_rgb
 from ..io.storage import Location, is_url, location
 from ..io.video import is_video
-from ..targets.cache import image_digest
-from ..video.clip import ClipPart, clip_key, clip_part
+from ..video.part import ClipPart, clip_key, clip_part
 from .manifest import JobSpec
 
 

@@ -9,17 +9,15 @@ sharing a folder could pick the same batch.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, RowError
-from ..io.fetch import prefetch
 from ..io.files import check_writable_dir, describe_os_error, remove_stale_temps
 from ..io.mirror import STATE, refresh
 from ..io.storage import Location, storage_options
@@ -27,12 +25,12 @@ from . import ledger, traces
 from .checkpoint_files import batch_checkpoints, checkpoint_dir, sweep_finished
 from .distribute import Distributor, Outcome, QuietDisplay, distribute
 from .distributors import check_distributor, open_distributor
-from .jobs import Inspector, Job, forget_input_digests
+from .jobs import Job, forget_input_digests
 from .locks import RunLocked, bucket_lease, folder_lock
-from .manifest import JobSpec, read_jobs
 from .queue import BatchQueue
 from .run_options import RunOptions
 from .run_state import mirrored_folder, new_run_id, output_is_done, recorded, write_run_info
+from .scan import Scan, scan
 from .worker import WorkerConfig
 
 
@@ -40,73 +38,6 @@ class ManifestInvalid(InputError):
     def __init__(self, errors: list[RowError]):
         self.errors = errors
         super().__init__(f"{len(errors)} invalid row(s)")
-
-
-# Rows whose objects are fetched at once (io/fetch.py): enough to keep its threads busy.
-PREFETCH = 256
-
-
-def _fetched_ahead(items: Iterator[JobSpec | RowError]) -> Iterator[JobSpec | RowError]:
-    """`items` as they come, each run of PREFETCH with its inputs in object storage fetched
-    first, concurrently."""
-    while chunk := list(itertools.islice(items, PREFETCH)):
-        prefetch(f for spec in chunk if isinstance(spec, JobSpec) for f in spec.inputs)
-        yield from chunk
-
-
-@dataclass
-class Scan:
-    jobs: list[Job]
-    errors: list[RowError]
-
-
-def scan(manifest: Location, out_dir: Path, overrides: dict[str, Any],
-         progress: Callable[[int], None] | None = None, decode: bool = True,
-         cache: str | None = None) -> Scan:
-    """Every row checked: columns, types, ranges, files exist and decode (or, with
-    decode=False, have a readable header), outputs inside --out, not duplicated and not any
-    row's input. `cache`: where videos' digests are remembered. Inputs in object storage
-    are fetched PREFETCH rows at a time, concurrently, before those rows are checked."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"--out {out_dir} is a file, not a folder")
-    inspect = Inspector(decode, cache)
-    jobs: list[Job] = []
-    errors: list[RowError] = []
-    outputs: dict[Path, JobSpec] = {}
-    inputs: dict[Path, int] = {}
-    for item in _fetched_ahead(read_jobs(manifest, out_dir, overrides, inputs)):
-        if progress is not None:
-            progress(1)
-        if isinstance(item, RowError):
-            errors.append(item)
-            continue
-        try:
-            job = inspect(item)
-        except RowError as e:
-            errors.append(e)
-            continue
-        if (first := outputs.setdefault(item.output, item)) is not item:
-            errors.append(RowError(item.row, f"output {item.output_name} duplicates row "
-                                   f"{first.row}" + _clash_hint(first, item)))
-            continue
-        jobs.append(job)
-    # Only now: a later row may read what an earlier row would write.
-    overwriting = [job for job in jobs if job.spec.output in inputs]
-    errors += [RowError(job.spec.row, f"output {job.spec.output_name} is an input image of "
-                                      f"row {inputs[job.spec.output]}; it would be overwritten")
-               for job in overwriting]
-    jobs = [job for job in jobs if job.spec.output not in inputs]
-    errors.sort(key=lambda e: e.row)
-    return Scan(jobs, errors)
-
-
-def _clash_hint(first: JobSpec, later: JobSpec) -> str:
-    """Where two rows of other inputs land on one name: default names are made of the files'
-    names, so x/photo.jpg and y/photo.jpg clash without an output column."""
-    if (first.content, first.styles) == (later.content, later.styles):
-        return ""
-    return (", whose other inputs have the same file names: give an output column (or make "
-            "the manifest with `pipeline manifest build`, which names them apart)")
 
 
 @dataclass

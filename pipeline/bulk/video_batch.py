@@ -23,9 +23,10 @@ from ..io.files import describe_os_error
 from ..io.images import check_image_file
 from ..targets.cache import TargetCache
 from ..video.chain import flow_folder, stylize_clips
-from ..video.clip import clip_part, frame_key
+from ..video.clip import clip_source
 from ..video.frames import Frame
 from ..video.output import ClipOutput, PassesNotKept
+from ..video.part import clip_part, frame_key
 from ..video.passes import stylize_piece
 from . import ledger
 from .checkpoint import CheckpointSaver, load_checkpoint
@@ -54,8 +55,8 @@ def run_video_batch(wid: int, batch: Batch, runtime: Runtime, out_dir: Path, eve
         return rows
     emit(BatchStarted(wid, len(clips), max(c.part.count for _, c in clips), 0, unit="frames"))
     keep = max(video.temporal_frames)
-    sources = [clip.part.source([str(s) for s in job.spec.styles], keep,
-                                regions=job.spec.regions) for job, clip in clips]
+    sources = [clip_source(clip.part, [str(s) for s in job.spec.styles], keep,
+                           regions=job.spec.regions) for job, clip in clips]
     saves = FrameCheckpoints(out_dir, [job.key for job, _ in clips], every, stopping,
                              lambda text: emit(Log(wid, text)), saver)
 
@@ -107,8 +108,8 @@ def run_video_piece(wid: int, batch: Batch, runtime: Runtime, emit: Callable[[Ev
         part = clip_part(job.spec.content, video)
         check_unchanged(job, runtime.cache)
         # from the piece's first neighbour on: a piece late in a long clip seeks, not decodes
-        clip = part.source([str(s) for s in job.spec.styles], 1, max(0, piece.first - 1),
-                           job.spec.regions)
+        clip = clip_source(part, [str(s) for s in job.spec.styles], 1,
+                           max(0, piece.first - 1), job.spec.regions)
         stylize_piece(clip, params, video, runtime, TargetCache(flow_folder(runtime), 0),
                       piece.index, range(piece.first, piece.stop), piece.batch,
                       ClipOutput(part, job.spec.output, job.key).pass_store(shared=True),

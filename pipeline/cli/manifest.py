@@ -8,8 +8,9 @@ import typer
 
 from ..bulk.make_manifest import build_manifest
 from ..bulk.manifest import parse_overrides
+from ..bulk.scan import scan
 from ..io.storage import location, set_storage_options
-from .app import app, computing, counting, print_errors, reports_errors
+from .app import app, counting, print_errors, reports_errors
 from .options import STORAGE_OPTION
 from .progress import console, say
 from .run import SET_OPTION
@@ -87,8 +88,6 @@ def manifest_validate(
     """Check every row: columns, types, ranges, files exist and decode, duplicate outputs.
     Exit code 2 when any row is invalid."""
     set_storage_options(storage_option)
-    with computing():  # a job's key is the engine's (api.job_key)
-        from ..bulk.runner import scan
     with counting() as advance:
         found = scan(location(manifest), out, parse_overrides(set_ or []), advance)
     if found.errors:

@@ -18,13 +18,16 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from ..errors import InputError
-from .fetch import local_copy
+from .fetch import local_copy, local_file
+from .files import file_digest
 from .storage import Location, is_url, name, parent
 
 OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF",
                   ".tiff": "TIFF"}
 METADATA_KEY = "style-pipeline"
 JPEG_QUALITY = 95  # Pillow's scale: above 95 the file grows much for little
+# A mask whose aspect ratio is off by more than this is another picture's, not this one's.
+ASPECT_TOLERANCE = 0.01
 
 
 def _srgb_icc() -> bytes:
@@ -297,3 +300,25 @@ def read_metadata(path: str | os.PathLike) -> dict:
     """The parameters we embedded in an output file (empty if none)."""
     with Image.open(path) as img:
         return _embedded(img)
+
+
+def check_shape(path: str | os.PathLike, size: tuple[int, int], like: tuple[int, int],
+                role: str) -> float:
+    """InputError unless a mask of `size` (w, h) has the aspect ratio of its image's `like`
+    within ASPECT_TOLERANCE; returns how far off it is."""
+    (w, h), (cw, ch) = size, like
+    off = abs(w * ch - h * cw) / (h * cw)
+    if off > ASPECT_TOLERANCE:
+        raise InputError(f"{path}: {role} {w}x{h} is not the shape of its image {cw}x{ch} "
+                         f"(aspect ratios differ by {off:.1%}); give it the image's shape")
+    return off
+
+
+def image_digest(source: object) -> str:
+    """sha256 of a file's bytes, or of a PIL image's mode, size and pixels."""
+    if isinstance(source, Image.Image):
+        h = hashlib.sha256(f"{source.mode}{source.size}".encode())
+        h.update(source.tobytes())
+        return h.hexdigest()
+    # An object in storage: of its local copy, which reading the image made already.
+    return file_digest(local_file(source))

@@ -12,28 +12,14 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from .images import fit_longest_side, read_rgb
+from .images import check_shape, fit_longest_side, read_rgb
 from .pixels import resize_masks
 
 log = logging.getLogger("pipeline.images")
-# A mask whose aspect ratio is off by more than this is another picture's, not this one's.
-ASPECT_TOLERANCE = 0.01
 # A segmentation pixel belongs to a colour within this many levels in every channel (JPEG
 # and antialiased edges shift colours a little).
 COLOR_TOLERANCE = 32
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as PIL's "L"
-
-
-def check_shape(path: str | os.PathLike, size: tuple[int, int], like: tuple[int, int],
-                role: str) -> float:
-    """InputError unless a mask of `size` (w, h) has the aspect ratio of its image's `like`
-    within ASPECT_TOLERANCE; returns how far off it is."""
-    (w, h), (cw, ch) = size, like
-    off = abs(w * ch - h * cw) / (h * cw)
-    if off > ASPECT_TOLERANCE:
-        raise InputError(f"{path}: {role} {w}x{h} is not the shape of its image {cw}x{ch} "
-                         f"(aspect ratios differ by {off:.1%}); give it the image's shape")
-    return off
 
 
 def _fit(masks: np.ndarray, path: str | os.PathLike, like: tuple[int, int], to: tuple[int, int],

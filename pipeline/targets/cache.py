@@ -24,8 +24,7 @@ from safetensors.torch import load, save
 from torch import Tensor
 
 from ..errors import NonFiniteError
-from ..io.fetch import local_file
-from ..io.files import atomic_write_bytes, file_digest
+from ..io.files import atomic_write_bytes
 from ..io.mirror import fetch_missing
 from ..io.tensor_tree import tree_digest
 
@@ -120,16 +119,4 @@ def _host(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
             for k, v in tensors.items()}
 
 
-def image_digest(source: object) -> str:
-    """sha256 of a file's bytes, or of a PIL image's mode, size and pixels."""
-    from PIL import Image
-
-    if isinstance(source, Image.Image):
-        h = hashlib.sha256(f"{source.mode}{source.size}".encode())
-        h.update(source.tobytes())
-        return h.hexdigest()
-    # An object in storage: of its local copy, which reading the image made already.
-    return file_digest(local_file(source))
-
-
-__all__ = ["TargetCache", "image_digest", "target_key"]
+__all__ = ["TargetCache", "target_key"]

@@ -10,15 +10,15 @@ from fractions import Fraction
 from ..api import NO_REGIONS, Regions, Runtime, StyleParams, image_digest
 from ..gatys.engine import Progress
 from ..io.files import remembered_digest
-from ..io.images import check_image_file, header_size
-from ..io.masks import check_shape
+from ..io.images import check_image_file, check_shape, header_size
 from ..io.storage import Location
 from ..io.video import is_video
 from .chain import stylize_clips
-from .clip import clip_key, clip_part
+from .clip import clip_source
 from .frames import Frame
 from .output import ClipOutput, check_output, output_here
 from .params import VideoParams
+from .part import clip_key, clip_part
 
 
 @dataclass
@@ -71,7 +71,7 @@ def stylize_video_file(source: Location, styles: Sequence[Location], output: Loc
         on_frame(frame)
 
     on_start(part.count)
-    stylize_clips([part.source([str(s) for s in styles], max(video.temporal_frames),
+    stylize_clips([clip_source(part, [str(s) for s in styles], max(video.temporal_frames),
                                regions=regions)], params,
                   video, runtime, lambda _c, i: clip.done(i), finished,
                   lambda _c, i: progress(i), stores=lambda _c: clip.pass_store())

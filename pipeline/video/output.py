@@ -26,9 +26,9 @@ from ..io.mirror import attach, remove_tree, removed
 from ..io.pixels import save_image
 from ..io.storage import Location, check_store, name, parent
 from ..io.video import even_size, is_video, write_video
-from .clip import ClipPart, frame_key
 from .frames import Frame
 from .layout import ENCODED, frame_path, frames_folder
+from .part import ClipPart, frame_key
 from .passes import Made, PassState, PassStore
 
 log = logging.getLogger(__name__)
