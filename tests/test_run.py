@@ -38,6 +38,23 @@ from tests.run_helpers import (
 )
 
 
+def test_an_empty_manifest_is_said_to_be_empty(tmp_path):
+    """Nothing failed, so the exit code is 0; but a manifest with no rows is more often a
+    query or a glob gone wrong than a plan."""
+    import pyarrow as pa
+
+    manifest = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"content": pa.array([], pa.string()),
+                             "style": pa.array([], pa.string())}), manifest)
+    checked = runner.invoke(app, ["manifest", "validate", str(manifest)])
+    assert checked.exit_code == 0
+    assert f"warning: {manifest} has no rows" in " ".join(checked.output.split())
+    ran = run_cli(manifest, tmp_path / "out", "--no-report")
+    assert ran.exit_code == 0, ran.output
+    assert f"warning: {manifest} has no rows: nothing to do" in " ".join(ran.output.split())
+    assert cell(ran.output, "jobs") == "0"
+
+
 def test_manifest_build_is_a_cross_product(dataset):
     table = pq.read_table(dataset)
     assert table.num_rows == 6 and set(table.column_names) == {"content", "style"}

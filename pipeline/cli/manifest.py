@@ -92,6 +92,8 @@ def manifest_validate(
         found = scan(location(manifest), out, parse_overrides(set_ or []), advance)
     if found.errors:
         print_errors(found.errors, limit=None)  # its whole job: every one listed
+    if not found.jobs and not found.errors:
+        say("warning:", "yellow", f"{manifest} has no rows")
     console.print(f"{manifest}: {len(found.jobs)} valid, {len(found.errors)} invalid row(s)")
     if found.errors:
         raise typer.Exit(2)

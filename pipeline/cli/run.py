@@ -83,6 +83,8 @@ def run(
     except RunLocked as e:
         say_error(e)
         raise typer.Exit(4) from None
+    if result.total == 0:
+        say("warning:", "yellow", f"{manifest} has no rows: nothing to do")
     table = _summary(opts.out_dir, result)
     if report:
         table.add_row("report", _write_report(result.folder or opts.out_dir))
