@@ -5,13 +5,13 @@ torch (clip.py decodes the frames)."""
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
 from ..errors import InputError
+from ..gatys.keys import hashed
 from ..gatys.params import StyleParams
 from ..io.fetch import local_copy
 from ..io.storage import Location
@@ -54,14 +54,9 @@ def clip_key(video_digest: str, part: ClipPart, styles: Sequence[str], params: S
     """What decides a video job's frames: the video's bytes, the part and its rate, the styles,
     every parameter that decides an image, the bytes of an init image where the first frame
     starts from one, and the regions (Regions.key) where it has masks."""
-    payload = {"video": video_digest, "part": [part.start, part.end, str(part.fps)],
-               "styles": list(styles), "params": params.result_dict(),
-               "video_params": video.result_dict()}
-    if init is not None:
-        payload["init"] = init
-    if regions is not None:
-        payload["regions"] = regions
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return hashed({"video": video_digest, "part": [part.start, part.end, str(part.fps)],
+                   "styles": list(styles), "params": params.result_dict(),
+                   "video_params": video.result_dict()}, init, regions)
 
 
 def frame_key(key: str, index: int) -> str:
