@@ -489,6 +489,29 @@ def test_rows_that_share_a_key_are_counted_apart(dataset, tmp_path):
     assert cell(status.output, "pending") == "0"
 
 
+def test_job_keys_are_what_earlier_versions_made():
+    """A finished output carries its job's key, and a rerun finds it done by that key: a key
+    that changed would have every run folder redo every job after an upgrade. So a parameter
+    added later must leave the key alone at its default (its declaration's `key`). These are
+    keys of jobs at today's defaults."""
+    from fractions import Fraction
+
+    from pipeline.gatys.keys import job_key
+    from pipeline.gatys.params import StyleParams
+    from pipeline.video.params import VideoParams
+    from pipeline.video.part import ClipPart, clip_key
+
+    params = StyleParams()
+    assert job_key("a" * 64, ["b" * 64], params) == (
+        "9bc196e50b60987fe4e69a313abb138ffded21b2876cf9ca6ee75f3819c1684b")
+    assert job_key("a" * 64, ["b" * 64, "c" * 64], params.replace(size=256), "d" * 64,
+                   {"masks": ["m"]}) == (
+        "b2a1089bdf64ae9063df51e8b376a9968b6bb5a0c49cd38ffbadbd2c1fd15be0")
+    part = ClipPart(None, Fraction(24000, 1001), 1.5, None, 10)
+    assert clip_key("v" * 64, part, ["s" * 64], params, VideoParams()) == (
+        "6188e7f09cc8b79bd6d74acc81a44990a8ac087635fc878dc10b137f27b9dfdd")
+
+
 # --- an output is made from the files its key names -------------------------------------------
 
 def test_an_input_rewritten_after_the_scan_fails_its_job_and_a_rerun_makes_the_new_one(
