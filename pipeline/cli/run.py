@@ -161,9 +161,10 @@ def status(out: str = typer.Argument(..., help=RUN_FOLDER),
            as_json: bool = typer.Option(False, "--json/--no-json", help="Print one JSON "
                                         "object on stdout instead of the tables, for "
                                         "scripts: the counts, every failure, throughput, "
-                                        "devices, report."),
+                                        "devices, report, the run going on and its eta."),
            storage_option: list[str] = STORAGE_OPTION) -> None:
-    """Ledger summary of a run: done / failed / pending, throughput, failures with reasons.
+    """Ledger summary of a run: done / failed / pending, throughput, failures with reasons;
+    while a run goes on, its process and when it will end at its pace.
     A job counts as done only while its output is there and is its own, as `run` decides (in
     object storage: while the bucket has it)."""
     set_storage_options(storage_option)
