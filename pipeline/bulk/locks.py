@@ -64,7 +64,7 @@ def holder(out: str | Path) -> Holder | None:
         where = f"{out.rstrip('/')}/{LEASE}"
         fs, key = filesystem(where)
         held = _read(fs, key, where)
-        if held is None or time.time() - float(held.get("renewed_at", 0)) >= EXPIRES_S:
+        if held is None or _run_over(held):
             return None
         return Holder(int(held.get("pid", 0)), str(held.get("host", "")))
     st = os.stat(out)
@@ -144,13 +144,18 @@ def bucket_lease(url: str | None, run_id: str) -> Iterator[None]:
             fs.rm_file(key)
 
 
-def _refuse_if_alive(held: dict[str, Any], url: str) -> None:
-    """RunLocked unless the lease's run is over: its lease expired, or it ran on this machine
-    and its process is gone (killed, or stopped by a store that went away)."""
-    age = time.time() - float(held.get("renewed_at", 0))
+def _run_over(held: dict[str, Any]) -> bool:
+    """Whether a lease's run is over: its lease expired, or it ran on this machine and its
+    process is gone (killed, or stopped by a store that went away)."""
     if held.get("host") == socket.gethostname() and not _alive(held.get("pid")):
-        return
-    if age < EXPIRES_S:
+        return True
+    return time.time() - float(held.get("renewed_at", 0)) >= EXPIRES_S
+
+
+def _refuse_if_alive(held: dict[str, Any], url: str) -> None:
+    """RunLocked unless the lease's run is over (_run_over)."""
+    if not _run_over(held):
+        age = time.time() - float(held.get("renewed_at", 0))
         raise RunLocked(f"another `pipeline run` (on {held.get('host')}, process "
                         f"{held.get('pid')}) is using {url}: it renewed its lease {age:.0f} s "
                         f"ago. Wait for it to finish; if it was killed, its lease expires in "
