@@ -16,10 +16,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-_CACHE = (Path(tempfile.gettempdir()) / f"style-pipeline-test-{_RUN}" if _RUN
-          else tempfile.mkdtemp(prefix="style-pipeline-test-"))
-os.environ.setdefault("STYLE_PIPELINE_CACHE", str(_CACHE))
+# The process pytest starts (xdist's controller, or the only one) makes the cache and removes
+# it when the session ends (pytest_unconfigure); the test processes it starts find it in their
+# environment. Each run's exports and targets take a few hundred MB.
+_OWNER = "STYLE_PIPELINE_TEST_CACHE" not in os.environ
+if _OWNER:
+    os.environ["STYLE_PIPELINE_TEST_CACHE"] = tempfile.mkdtemp(prefix="style-pipeline-test-")
+_CACHE = Path(os.environ["STYLE_PIPELINE_TEST_CACHE"])
+os.environ["STYLE_PIPELINE_CACHE"] = str(_CACHE)
 # The test processes and the runs they start share the cores: an OpenMP thread that spins at
 # each barrier, as libgomp's do by default, holds a core another process has work for.
 # Set before torch loads libgomp; inherited by every run, worker and Ray node started here.
@@ -99,6 +103,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: not item.nodeid.startswith(LONGEST))
 
 
+def pytest_unconfigure(config) -> None:
+    if _OWNER:
+        shutil.rmtree(_CACHE, ignore_errors=True)
+
+
 def pytest_xdist_make_scheduler(config, log):
     from xdist.scheduler import LoadScopeScheduling
 
@@ -117,7 +126,9 @@ CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 @pytest.fixture
 def browser():
-    """Debian's chromium, headless, through its chromedriver (selenium)."""
+    """Debian's chromium, headless, through its chromedriver (selenium). It gets a TMPDIR of
+    its own, removed after it quits: it leaves folders there. A short path, as its sockets'
+    paths must stay under 108 bytes."""
     if not (CHROMIUM and DRIVER):
         pytest.skip("needs Debian's chromium and chromium-driver (make test installs them "
                     "where apt-get is available)")
@@ -129,11 +140,13 @@ def browser():
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--window-size=1400,1000"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    with tempfile.TemporaryDirectory(prefix="chromium-") as tmp:
+        service = Service(DRIVER, env={**os.environ, "TMPDIR": tmp})
+        driver = webdriver.Chrome(service=service, options=options)
+        try:
+            yield driver
+        finally:
+            driver.quit()
 
 
 @pytest.fixture
