@@ -1,5 +1,17 @@
 """Error types that the CLI turns into one-line messages and exit codes."""
 
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the known name nearest a misspelt one, as click says it for
+    options; '' when none is near."""
+    near = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
 
 class InputError(ValueError):
     """Bad user input (file, image, parameter): reported in one line, exit code 2."""

@@ -154,6 +154,7 @@ def test_linked_subfolders_are_followed_once_and_run_folders_left_out(tmp_path, 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--param", "size="], "no values"),
+    (["--param", "iteratons=5"], "--param 'iteratons=5' (did you mean 'iterations'?)"),
     (["-o", "m.csv"], "a manifest is a Parquet file"),
     (["-o", "folder"], "this is a folder"),
 ])

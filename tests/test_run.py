@@ -185,7 +185,11 @@ def test_unknown_and_missing_columns(dataset, tmp_path):
     rows = pq.read_table(dataset).to_pylist()
     bad = write_manifest([{**r, "colour": 1} for r in rows], tmp_path / "u.parquet")
     result = runner.invoke(app, ["manifest", "validate", str(bad)], terminal_width=300)
-    assert result.exit_code == 2 and "unknown column(s) ['colour']" in result.output
+    assert result.exit_code == 2 and "unknown column(s) ['colour'] (did you mean 'color'?)" in (
+        result.output)
+    typo = run_cli(dataset, tmp_path / "o", "--set", "style_wieght=10")
+    assert typo.exit_code == 2
+    assert "--set 'style_wieght=10' (did you mean 'style_weight'?)" in typo.output
     bad = write_manifest([{"content": r["content"]} for r in rows], tmp_path / "m.parquet")
     result = runner.invoke(app, ["manifest", "validate", str(bad)], terminal_width=300)
     assert result.exit_code == 2 and "missing required column(s) ['style']" in result.output
@@ -590,6 +594,14 @@ def test_status_line_counts_rates_and_eta():
     assert status_line(0, 2, 10, 5.0, True) == "0/10 done, 2 failed, eta 0:00:20"
     assert status_line(2, 0, 2, 7200.0, True) == "2/2 done, 1 outputs/hour, eta 0:00:00"
     assert status_line(0, 0, 5, 0.0, False) == "0/5 done"
+
+
+def test_durations_read_as_seconds_then_hours():
+    from pipeline.cli.progress import duration
+
+    assert [duration(s) for s in (0.04, 13.44, 59.94, 59.96, 252.7, 36123.4)] == [
+        "0.0 s", "13.4 s", "59.9 s", "0:01:00", "0:04:13", "10:02:03"]
+    assert duration(46.4, 0) == "46 s" and duration(59.6, 0) == "0:01:00"
 
 
 def test_a_run_lists_its_first_failures_and_counts_the_rest(monkeypatch):

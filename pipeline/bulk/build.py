@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, did_you_mean
 from ..gatys.params import StyleParams
 from ..gatys.region_params import Regions
 from ..io.storage import Location, find_objects, is_url
@@ -159,8 +159,10 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
     for item in items:
         name, sep, values = item.partition("=")
         name = name.strip().replace("-", "_")
-        if not sep or name not in {*PARAM_COLUMNS, *REGION_COLUMNS} or name == "style_blend":
-            raise InputError(f"--param {item!r}: expected name=v1,v2 with name a parameter")
+        params = {*PARAM_COLUMNS, *REGION_COLUMNS} - {"style_blend"}
+        if not sep or name not in params:
+            raise InputError(f"--param {item!r}{did_you_mean(name, params)}: expected "
+                             f"name=v1,v2 with name a parameter")
         split = values.split(";") if name in LIST_COLUMNS else values.split(",")
         try:
             grid[name] = [coerce_param(name, v) for v in split if v.strip()]

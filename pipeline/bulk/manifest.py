@@ -28,7 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import InputError, RowError
+from ..errors import InputError, RowError, did_you_mean
 from ..gatys.params import INIT_WORDS, WEIGHT_SOURCES, StyleParams
 from ..gatys.region_params import NO_REGIONS, Regions
 from ..io.files import atomic_path
@@ -115,8 +115,8 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         name = name.strip().replace("-", "_")
         known = [*PARAM_COLUMNS, *VIDEO_COLUMNS, *REGION_COLUMNS]
         if not sep or name not in known:
-            raise InputError(f"--set {item!r}: expected name=value with name one of "
-                             f"{', '.join(sorted(known))}")
+            raise InputError(f"--set {item!r}{did_you_mean(name, known)}: expected name=value "
+                             f"with name one of {', '.join(sorted(known))}")
         try:
             out[name] = coerce_param(name, value)
         except ValueError as e:
@@ -277,7 +277,8 @@ def read_rows(path: Location) -> Iterator[tuple[int, dict[str, Any]]]:
         raise InputError(f"{path}: missing required column(s) {sorted(missing)}")
     unknown = names - COLUMNS
     if unknown:
-        raise InputError(f"{path}: unknown column(s) {sorted(unknown)}; known: "
+        hints = "".join(did_you_mean(u, COLUMNS) for u in sorted(unknown))
+        raise InputError(f"{path}: unknown column(s) {sorted(unknown)}{hints}; known: "
                          f"{', '.join(sorted(COLUMNS))}")
     index = 0
     for batch in parquet.iter_batches(batch_size=READ_BATCH):

@@ -72,6 +72,13 @@ def summary_table(title: str) -> Table:
     return table
 
 
+def duration(seconds: float, decimals: int = 1) -> str:
+    """'13.4 s' under a minute; '4:12:09' from there, as a run of hours is read."""
+    if round(seconds, decimals) < 60:
+        return f"{seconds:.{decimals}f} s"
+    return str(datetime.timedelta(seconds=round(seconds)))
+
+
 def shown(path: str | Path) -> str:
     """A path as a person reads it: relative to the working folder when it is below it, else
     from ~ when it is below the home folder; a URL as it is."""

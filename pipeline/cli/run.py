@@ -36,7 +36,7 @@ from ..report import write_report
 from ..report.page import REPORT
 from .app import app, computing, counting, print_errors, reports_errors, say_error
 from .options import STORAGE_OPTION, with_options
-from .progress import RunDisplay, console, say, shown, summary_table
+from .progress import RunDisplay, console, duration, say, shown, summary_table
 
 if TYPE_CHECKING:
     from ..bulk.runner import RunResult
@@ -110,7 +110,7 @@ def _summary(out: Path, result: RunResult) -> Table:
                       + ", ".join(f"w{w} {n}" for w, n in sorted(result.pieces.items())) + ")")
     for line in sorted(set(result.precision.values())):
         table.add_row("precision", line)
-    table.add_row("time", f"{result.seconds:.1f} s"
+    table.add_row("time", duration(result.seconds)
                   + (f" ({ledger.rate(result.done, result.seconds, result.videos > 0)})"
                      if result.done else ""))
     if result.swept[0]:
@@ -207,8 +207,8 @@ def status(out: str = typer.Argument(..., help=RUN_FOLDER),
     if ran is not None:
         (timed, span), measured = ran, summary["throughput"]
         table.add_row("throughput", f"{ledger.rate(len(timed), span, ledger.any_video(timed))}"
-                      f" over {span:.0f} s; {measured['seconds_per_batch_run']:.1f} s per "
-                      "batch run")
+                      f" over {duration(span, 0 if span >= 1 else 1)}; "
+                      f"{duration(measured['seconds_per_batch_run'])} per batch run")
         table.add_row("devices", ", ".join(measured["devices"]))
     table.add_row("report", report or f"none yet (pipeline report {out})")
     console.print(table)

@@ -18,7 +18,7 @@ from ..io.images import intermediate_path
 from ..io.storage import location, name, set_storage_options
 from .app import app, computing, reports_errors
 from .options import STORAGE_OPTION, field_option, with_options
-from .progress import console, format_losses, iteration_bar, shown, summary_table
+from .progress import console, duration, format_losses, iteration_bar, shown, summary_table
 
 
 @app.command()
@@ -77,8 +77,8 @@ def stylize(
                else "")
     table.add_row("iterations", f"{result.iterations} ({params.optimizer}{stopped})")
     s_per_it = result.seconds / max(1, result.iterations)
-    table.add_row("optimize", f"{result.seconds:.1f} s ({s_per_it:.3f} s/it)")
-    table.add_row("total", f"{time.perf_counter() - start:.1f} s")
+    table.add_row("optimize", f"{duration(result.seconds)} ({s_per_it:.3f} s/it)")
+    table.add_row("total", duration(time.perf_counter() - start))
     table.add_row("final loss", format_losses(result.losses))
     if params.save_every:
         table.add_row("intermediates", str(intermediate_path(location(output), params.save_every))

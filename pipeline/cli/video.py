@@ -19,7 +19,7 @@ from ..video.layout import frames_location
 from ..video.params import VideoParams
 from .app import Terminated, app, computing, reports_errors, say
 from .options import STORAGE_OPTION, with_options
-from .progress import Pace, console, format_losses, shown, summary_table
+from .progress import Pace, console, duration, format_losses, shown, summary_table
 
 if TYPE_CHECKING:
     from ..video.frames import Frame
@@ -101,13 +101,14 @@ def video(
         mean = sum(result.iterations) / len(result.iterations)
         table.add_row("iterations", f"{mean:.0f} per frame over {video.passes} passes")
     elif result.iterations:
-        first = f"first {result.iterations[0]}, " if result.resumed == 0 else ""
-        mean = sum(later) / len(later) if later else 0
-        table.add_row("iterations", f"{first}later frames {mean:.0f} on average")
-        table.add_row("optimize", f"{result.seconds:.1f} s "
+        said = [f"first {result.iterations[0]}"] if result.resumed == 0 else []
+        if later:
+            said.append(f"later frames {sum(later) / len(later):.0f} on average")
+        table.add_row("iterations", ", ".join(said))
+        table.add_row("optimize", f"{duration(result.seconds)} "
                       f"({3600 * len(result.iterations) / max(result.seconds, 1e-9):,.0f} "
                       "frames/hour)")
-    table.add_row("total", f"{time.perf_counter() - started:.1f} s")
+    table.add_row("total", duration(time.perf_counter() - started))
     console.print(table)
 
 
