@@ -5,9 +5,11 @@ beside them on another core instead of after them, when the first worker starts.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import sys
-from multiprocessing import forkserver
+from collections.abc import Iterator
+from multiprocessing import forkserver, spawn
 from typing import Any
 
 PRELOAD = ["pipeline.bulk.fork_preload"]
@@ -31,3 +33,26 @@ def start_early() -> None:
     it). Nothing is lost where the run is then refused: the server leaves with this process."""
     fork_context()
     forkserver.ensure_running()
+
+
+@contextlib.contextmanager
+def without_main() -> Iterator[None]:
+    """Processes started inside it skip the driver's main module. multiprocessing runs a
+    script's main module again in each child (as __mp_main__), so that objects pickled by
+    reference to it resolve there; a worker is given none (only the package's own), and a
+    user's script that calls run_manifest without an `if __name__ == "__main__"` guard would
+    start its whole run again in every worker, which then died on the folder's lock. The
+    stdlib has no option for it: the data its child prepares from is filtered while we start."""
+    prepare = spawn.get_preparation_data
+
+    def filtered(name: str) -> dict[str, Any]:
+        data = prepare(name)
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+        return data
+
+    spawn.get_preparation_data = filtered
+    try:
+        yield
+    finally:
+        spawn.get_preparation_data = prepare

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..distribute import Slot
 from ..events import Event, Exited, Lost
-from ..fork_server import fork_context
+from ..fork_server import fork_context, without_main
 from ..jobs import Batch
 from ..worker import WorkerConfig, forward_logs, start_worker
 
@@ -49,7 +49,8 @@ class LocalDistributor:
         proc = self._ctx.Process(target=_process, name=f"pipeline-worker-{wid}", daemon=True,
                                  args=(wid, slot.device, slot.threads, self.config, tasks,
                                        self._events, self._stop, dict(os.environ)))
-        proc.start()
+        with without_main():
+            proc.start()
         self._procs[wid], self._tasks[wid] = proc, tasks
         self._lost.discard(wid)
 
