@@ -224,10 +224,30 @@ def stylize_batch(jobs: Sequence[StyleJob], params: StyleParams = StyleParams(),
                   runtime: Runtime | None = None, progress: Progress | None = None,
                   checkpointing: Checkpointing | None = None, trace_every: int = 0,
                   save_image: SaveImage | None = None) -> list[StyleResult]:
-    """Stylize jobs that share parameters and output size as one batch (see
-    stylize_prepared)."""
-    return stylize_prepared([prepare(job, params) for job in jobs], params, runtime, progress,
-                            checkpointing, trace_every, save_image)
+    """Stylize jobs with one set of parameters: those of one output size as one batch (see
+    stylize_prepared), one size after another, so a folder's portraits and landscapes go in
+    one call; results in the jobs' order. `progress` starts again at each size, `save_image`
+    gets the job's index in `jobs`. A `checkpointing` call needs one size: its checkpoint
+    holds one batch."""
+    prepared = [prepare(job, params) for job in jobs]
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, (content, _) in enumerate(prepared):
+        by_size.setdefault(content.size, []).append(i)
+    if len(by_size) == 1 or checkpointing is not None:  # (setup_batch refuses the latter)
+        return stylize_prepared(prepared, params, runtime, progress, checkpointing,
+                                trace_every, save_image)
+    runtime = runtime or Runtime.start()
+    results: dict[int, StyleResult] = {}
+    for members in by_size.values():
+        def saved(iteration: int, index: int, image: Image.Image,
+                  members: list[int] = members) -> None:
+            assert save_image is not None
+            save_image(iteration, members[index], image)
+
+        done = stylize_prepared([prepared[i] for i in members], params, runtime, progress,
+                                None, trace_every, saved if save_image is not None else None)
+        results.update(zip(members, done, strict=True))
+    return [results[i] for i in range(len(prepared))]
 
 
 @dataclass

@@ -42,6 +42,23 @@ def test_batch_of_two_equals_each_alone(optimizer, cpu64):
         torch.testing.assert_close(trace2[:, i], trace1[:, 0], rtol=1e-9, atol=0)
 
 
+def test_jobs_of_other_sizes_run_size_by_size_in_one_call(cpu32):
+    """A portrait among landscapes: each size is a batch of its own, the results in the jobs'
+    order, each as its size's batch alone gives it; save_image gets the job's own index."""
+    jobs = [StyleJob(make_photo(seed=0), [make_painting()]),
+            StyleJob(make_photo((48, 64), seed=1), [make_painting()]),
+            StyleJob(make_photo(seed=2), [make_painting()])]
+    params = StyleParams(size=32, iterations=3, save_every=2)
+    saved: dict[int, Image.Image] = {}
+    mixed = stylize_batch(jobs, params, cpu32, save_image=lambda it, i, im: saved.update({i: im}))
+    assert [r.image.size for r in mixed] == [(32, 24), (24, 32), (32, 24)]
+    landscapes = stylize_batch([jobs[0], jobs[2]], params, cpu32)
+    (portrait,) = stylize_batch([jobs[1]], params, cpu32)
+    for ours, alone in zip(mixed, [landscapes[0], portrait, landscapes[1]], strict=True):
+        assert torch.equal(to_tensor(ours.image), to_tensor(alone.image))
+    assert {i: im.size for i, im in saved.items()} == {0: (32, 24), 1: (24, 32), 2: (32, 24)}
+
+
 def test_output_moves_toward_style(cpu32):
     """After optimizing, the image's Gram matrices are closer to the style's than the content's
     were, and it is no longer the content image."""
