@@ -82,6 +82,10 @@ def test_a_mirrored_manifest_runs_into_a_mirrored_tree(tmp_path, tree):
     (["--assign", "random", "--styles-per-image", "4"], "between 1 and the 3 styles"),
     (["--assign", "sideways"], "--assign must be one of"),
     (["--format", "gif", "--mirror"], "--format must be one of"),
+    (["--format", "jpg"], "--format: only with --mirror"),
+    (["--seed", "3"], "--seed: only with --assign random"),
+    (["--assign", "cycle", "--seed", "3"], "--seed: only with --assign random"),
+    (["--styles-per-image", "2"], "--styles-per-image: only with --assign random or cycle"),
 ])
 def test_bad_dataset_options_are_one_line_errors(tmp_path, tree, args, message):
     content, styles = tree
@@ -91,12 +95,44 @@ def test_bad_dataset_options_are_one_line_errors(tmp_path, tree, args, message):
     assert result.exit_code == 2 and message in result.output, result.output
 
 
-def test_mirror_needs_the_folders(tmp_path, tree):
+@pytest.mark.parametrize(("args", "message"), [
+    (["--mirror"], "--mirror: dataset mode only"),
+    (["--recursive"], "--recursive: dataset mode only (--content-dir and --style-dir); with "
+                      "--content, a pattern such as 'photos/**/*.jpg'"),
+    (["--assign", "random", "--seed", "2"], "--assign, --seed: dataset mode only"),
+])
+def test_dataset_options_need_the_folders(tmp_path, tree, args, message):
+    """Given with --content, they would change nothing: refused, never ignored."""
     content, styles = tree
     result = runner.invoke(app, ["manifest", "build", "--content", str(content / "cat"),
-                                 "--style", str(styles), "--mirror", "-o",
+                                 "--style", str(styles), *args, "-o",
                                  str(tmp_path / "m.parquet")], terminal_width=300)
-    assert result.exit_code == 2 and "need --content-dir and --style-dir" in result.output
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "m.parquet").exists()
+
+
+def test_hidden_files_and_folders_are_left_out_and_named(tmp_path, tree):
+    """macOS leaves ._a.jpg beside a.jpg on other file systems (its metadata, no image);
+    thumbnail tools leave hidden folders. A file named one by one is taken as named."""
+    content, styles = tree
+    (content / "cat" / "._a.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (content / ".thumbnails").mkdir()
+    make_photo((16, 16)).save(content / ".thumbnails" / "a.png")
+    result = runner.invoke(app, ["manifest", "build", "--content-dir", str(content),
+                                 "--style-dir", str(styles), "--recursive", "-o",
+                                 str(tmp_path / "m.parquet")], terminal_width=300)
+    assert result.exit_code == 0, result.output
+    assert "skipped 2 hidden image files and folders (names starting with '.')" in result.output
+    rows = pq.read_table(tmp_path / "m.parquet").to_pylist()
+    assert sorted({r["content"] for r in rows}) == [
+        "train/cat/a.jpg", "train/cat/b.png", "train/dog/c.png", "train/dog/deep/d.png"]
+    for spec, found in ((str(content / "cat"), ["train/cat/a.jpg", "train/cat/b.png"]),
+                        (str(content / ".thumbnails" / "a.png"), ["train/.thumbnails/a.png"])):
+        result = runner.invoke(app, ["manifest", "build", "--content", spec, "--style",
+                                     str(styles / "s0.png"), "-o", str(tmp_path / "n.parquet")],
+                               terminal_width=300)
+        assert result.exit_code == 0, result.output
+        assert [r["content"] for r in pq.read_table(tmp_path / "n.parquet").to_pylist()] == found
 
 
 # --- every row an output of its own; links followed; run folders left out -------------------

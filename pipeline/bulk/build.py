@@ -49,6 +49,7 @@ class Walk:
 
     skipped: list[Path] = field(default_factory=list)      # named like images, not files
     run_folders: list[Path] = field(default_factory=list)  # runs' output folders
+    hidden: list[Path] = field(default_factory=list)       # .name: image files, folders
 
 
 @dataclass(frozen=True)
@@ -64,10 +65,14 @@ class Draft:
 def image_files(candidates: Iterable[Path], walk: Walk, any_extension: bool = False,
                 videos: bool = False) -> list[Path]:
     """The candidates named like images (or videos, with `videos`; any name, with
-    `any_extension`) that are files, sorted; the others named so (folders, broken links) go
-    to `walk.skipped`."""
+    `any_extension`: files named one by one) that are files, sorted; the others named so
+    (folders, broken links) go to `walk.skipped`, and hidden ones (a name starting with '.',
+    as macOS's ._photo.jpg beside photo.jpg) to `walk.hidden`, unless named one by one."""
     kinds = IMAGE_EXTENSIONS | (VIDEO_SUFFIXES if videos else set())
     named = sorted(p for p in candidates if any_extension or p.suffix.lower() in kinds)
+    if not any_extension:
+        walk.hidden += [p for p in named if p.name.startswith(".")]
+        named = [p for p in named if not p.name.startswith(".")]
     walk.skipped += [p for p in named if not p.is_file()]
     return [p for p in named if p.is_file()]
 
@@ -92,7 +97,9 @@ def tree_files(folder: Path, recursive: bool, walk: Walk, videos: bool = False) 
         seen.add(real)
         keep = []
         for name in sorted(dirs):
-            if is_run_folder(here / name):
+            if name.startswith("."):
+                walk.hidden.append(here / name)
+            elif is_run_folder(here / name):
                 walk.run_folders.append(here / name)
             elif not (here == folder and name in RESERVED and is_run_folder(folder)):
                 keep.append(name)
@@ -212,9 +219,10 @@ def cross_product(contents: Sequence[Path], styles: Sequence[Path],
 
 def remote_images(url: str, recursive: bool = False) -> list[str]:
     """The images in object storage under a prefix or matching a pattern (videos are not
-    read from object storage yet)."""
+    read from object storage yet), hidden names left out as in a folder."""
     return [u for u in find_objects(url, recursive)
-            if Path(file_name(u)).suffix.lower() in IMAGE_EXTENSIONS]
+            if Path(file_name(u)).suffix.lower() in IMAGE_EXTENSIONS
+            and not file_name(u).startswith(".")]
 
 
 def relative_path(path: Location, relative_to: Path | None) -> str:

@@ -27,8 +27,10 @@ def build_manifest(output: Location, content: Sequence[str], style: Sequence[str
     dataset = content_dir is not None or style_dir is not None
     if dataset == bool(content or style) or (dataset and not (content_dir and style_dir)):
         raise InputError("give --content and --style, or --content-dir and --style-dir")
-    if not dataset and (mirror or assign != "cross"):
-        raise InputError("--assign and --mirror need --content-dir and --style-dir")
+    idle = _idle_options(dataset, recursive=recursive, assign=assign,
+                         styles_per_image=styles_per_image, seed=seed, mirror=mirror, fmt=fmt)
+    if idle:
+        raise InputError(idle)
     folder = isinstance(output, Path) and output.is_dir()
     if folder or not str(output).lower().endswith(".parquet"):
         raise InputError(f"-o {output}: a manifest is a Parquet file; give a file name ending "
@@ -52,6 +54,27 @@ def build_manifest(output: Location, content: Sequence[str], style: Sequence[str
     except OSError as e:
         raise InputError(f"-o {output}: {describe_os_error(e, Path(output).parent)}") from None
     return len(rows), walk
+
+
+def _idle_options(dataset: bool, *, recursive: bool, assign: str, styles_per_image: int,
+                  seed: int, mirror: bool, fmt: str) -> str | None:
+    """Why options given would change nothing here, or None: each is refused, not ignored
+    (a --recursive that left the subfolders out would be found only in the manifest)."""
+    if not dataset:
+        given = [name for name, on in (("--recursive", recursive), ("--assign", assign != "cross"),
+                                       ("--styles-per-image", styles_per_image != 1),
+                                       ("--seed", seed != 0), ("--mirror", mirror),
+                                       ("--format", fmt != "png")) if on]
+        return (f"{', '.join(given)}: dataset mode only (--content-dir and --style-dir)"
+                + ("; with --content, a pattern such as 'photos/**/*.jpg' takes the images of "
+                   "subfolders" if recursive else "")) if given else None
+    if fmt != "png" and not mirror:
+        return "--format: only with --mirror (the mirrored outputs' extension)"
+    if seed != 0 and assign != "random":
+        return "--seed: only with --assign random"
+    if styles_per_image != 1 and assign == "cross":
+        return "--styles-per-image: only with --assign random or cycle"
+    return None
 
 
 __all__ = ["build_manifest"]

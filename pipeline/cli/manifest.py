@@ -68,7 +68,9 @@ def manifest_build(
     for what, paths in (("entries that are not image files (folders, broken links)",
                          walk.skipped),
                         ("run folders (a run.json marks them: their outputs are not inputs)",
-                         walk.run_folders)):
+                         walk.run_folders),
+                        ("hidden image files and folders (names starting with '.')",
+                         walk.hidden)):
         if paths:
             say("warning:", "yellow", f"skipped {len(paths)} {what}: "
                 f"{', '.join(str(p) for p in paths[:10])}" + (" ..." if len(paths) > 10 else ""))
