@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from .files import atomic_path
+
 
 def landscape(w: int = 640, h: int = 480) -> Image.Image:
     yy = np.mgrid[0:h, 0:w][0].astype(np.float32)
@@ -68,7 +70,8 @@ def write_images(folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, draw in IMAGES.items():
-        draw().save(folder / name)
+        with atomic_path(folder / name) as tmp:
+            draw().save(tmp, format="PNG")
         paths.append(folder / name)
     return paths
 
