@@ -269,6 +269,7 @@ def test_video_end_to_end_keeps_rate_duration_and_audio(clip_file, tmp_path):
                            terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "audio copied" in result.output and "8 (0 from an earlier run)" in result.output
+    assert "styled.mp4 (48x36, 8 fps" in result.output
     # Not a terminal: no bar, a plain line (at most a minute apart) and one at the end.
     assert "━" not in result.output
     assert re.search(r"^frames 8/8, frame 7: \d+ it, total \S+ ", result.output, re.M)
@@ -301,6 +302,19 @@ def test_part_of_a_clip_at_another_rate_into_a_folder(clip_file, tmp_path):
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["frame_000000.png", "frame_000001.png"]
     assert "18 per frame over 3 passes" in result.output  # 12 + 2 x 3 each
+
+
+def test_the_summary_gives_the_size_written(clip_file, tmp_path):
+    """An odd side: H.264 (yuv420p) takes a pixel off it; frames in a folder keep it."""
+    source, style = clip_file
+    for out, size in ((tmp_path / "odd.mp4", "46x34"), (tmp_path / "odd", "47x35")):
+        result = runner.invoke(app, ["video", str(source), str(style), "-o", str(out), *FAST,
+                                     "--size", "47", "--end", "2f"], terminal_width=200)
+        assert result.exit_code == 0, result.output
+        assert f"{out.name} ({size}, 8 fps" in result.output, result.output
+    with av.open(str(tmp_path / "odd.mp4")) as container:
+        assert (container.streams.video[0].width, container.streams.video[0].height) == (46, 34)
+    assert Image.open(tmp_path / "odd" / "frame_000000.png").size == (47, 35)
 
 
 # Direct convolutions where a resumed run is compared byte for byte: a Winograd plan is
