@@ -177,7 +177,8 @@ def _transfer_style(style: SizedImage, content: SizedImage, params: StyleParams
                     ) -> SizedImage:
     """The style as the transfer sees it (gatys/color.py): its luminance matched to the
     content's, or its colours matched to the content's, or itself. A recoloured style's
-    digest names the content (and its size) it was matched to: its targets are its own."""
+    digest names the content (and its size) it was matched to: its targets are its own, and
+    cached where the content's are."""
     if params.color == "style":
         return style
     against = f"{content.digest}@{content.size[0]}x{content.size[1]}"
@@ -186,7 +187,8 @@ def _transfer_style(style: SizedImage, content: SizedImage, params: StyleParams
     else:
         pixels = match_colors(style.pixels, content.pixels, params.color_match)
         how = f"match-{params.color_match}"
-    return replace(style, pixels=pixels, digest=f"{how}:{style.digest}:{against}")
+    return replace(style, pixels=pixels, digest=f"{how}:{style.digest}:{against}",
+                   keep=style.keep and content.keep)
 
 
 def _stages(prepared: Sequence[tuple[SizedImage, list[SizedImage]]], params: StyleParams,

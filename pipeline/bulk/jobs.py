@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,9 @@ class Job:
     size: tuple[int, int]  # output (w, h)
     frames: int = 0  # of a video job's part
     inputs: tuple[tuple[str, str], ...] = ()  # (file, sha256) of each input, as keyed
+    # Whether its content's targets go to the disk cache: another job of the run reads them
+    # (scan.py). At 512 px they take more room than the photo; they cost one forward pass.
+    cache_content: bool = field(default=True, compare=False)
 
     @property
     def id(self) -> tuple[str, str]:

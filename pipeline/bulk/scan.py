@@ -5,8 +5,9 @@ outputs that clash found. Imports no torch: a check loads none."""
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,17 @@ def scan(manifest: Location, out_dir: Path, overrides: dict[str, Any],
                for job in overwriting]
     jobs = [job for job in jobs if job.spec.output not in inputs]
     errors.sort(key=lambda e: e.row)
-    return Scan(jobs, errors)
+    return Scan(_single_contents_uncached(jobs), errors)
+
+
+def _single_contents_uncached(jobs: list[Job]) -> list[Job]:
+    """A content that one job alone reads keeps its targets out of the disk cache: a run of
+    a dataset's images would otherwise leave each one's features there (several MB an image,
+    more than the image), to save a forward pass, less than one of its iterations, where
+    its job is resumed. A content with several styles or settings keeps them."""
+    uses = Counter(job.spec.content for job in jobs)
+    return [job if uses[job.spec.content] > 1 else replace(job, cache_content=False)
+            for job in jobs]
 
 
 def _clash_hint(first: JobSpec, later: JobSpec) -> str:

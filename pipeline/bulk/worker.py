@@ -345,11 +345,12 @@ def _rerun_message(rows: list[int]) -> str:
 
 def prepare_job(job: Job, cache: str | None) -> Any:
     """A job's images decoded and sized (InputError for a bad one, or one rewritten since the
-    scan; `cache`: where the scan remembered their digests)."""
-    prepared = prepare(StyleJob(job.spec.content, list(job.spec.styles), job.spec.regions),
-                       job.spec.params)
+    scan; `cache`: where the scan remembered their digests); its content's targets kept out
+    of the disk cache where no other job of the run reads it (Job.cache_content)."""
+    content, styles = prepare(StyleJob(job.spec.content, list(job.spec.styles),
+                                       job.spec.regions), job.spec.params)
     check_unchanged(job, cache)
-    return prepared
+    return (content if job.cache_content else dataclasses.replace(content, keep=False)), styles
 
 
 class SlotBatch:

@@ -78,7 +78,8 @@ class TargetBuilder:
             return {k: guided_gram(v, guides[k]) for k, v in feats.items()}
 
         return self.cache.get(key, lambda: {k: v[0] for k, v in compute().items()},
-                              f"style {image.name} {image.size[0]}x{image.size[1]}")
+                              f"style {image.name} {image.size[0]}x{image.size[1]}",
+                              store=image.keep)
 
     def batch(self, contents: Sequence[SizedImage], styles: Sequence[Sequence[SizedImage]],
               params: StyleParams, block: int = 0) -> Targets:
