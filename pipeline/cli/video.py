@@ -15,7 +15,6 @@ from ..accel.options import RuntimeOptions
 from ..gatys.params import StyleParams
 from ..gatys.region_params import Regions
 from ..io.storage import location, set_storage_options
-from ..io.video import even_size, is_video
 from ..video.layout import frames_location
 from ..video.params import VideoParams
 from .app import Terminated, app, computing, reports_errors, say
@@ -93,8 +92,7 @@ def video(
         return
     later = result.iterations[1:] if result.resumed == 0 else result.iterations
     table = summary_table("video")
-    # As encoded: H.264 in yuv420p has even sides (a folder of frames keeps them).
-    w, h = even_size(result.size) if is_video(result.output) else result.size
+    w, h = result.written_size
     table.add_row("output", f"{shown(result.output)} ({w}x{h}, "
                   f"{float(result.fps):g} fps{', audio copied' if result.audio else ''})")
     table.add_row("frames", f"{result.frames} ({result.resumed} from an earlier run)")

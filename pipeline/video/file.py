@@ -12,7 +12,7 @@ from ..gatys.engine import Progress
 from ..io.files import remembered_digest
 from ..io.images import check_image_file, check_shape, header_size
 from ..io.storage import Location
-from ..io.video import is_video
+from ..io.video import even_size, is_video
 from .chain import stylize_clips
 from .clip import clip_source
 from .frames import Frame
@@ -33,6 +33,11 @@ class VideoResult:
     iterations: list[int] = field(default_factory=list)  # per frame optimized now
     seconds: float = 0.0                     # optimizing
     audio: bool = False
+
+    @property
+    def written_size(self) -> tuple[int, int]:
+        """As written: H.264 in yuv420p has even sides; a folder of frames keeps them."""
+        return even_size(self.size) if is_video(self.output) else self.size
 
 
 def stylize_video_file(source: Location, styles: Sequence[Location], output: Location,
