@@ -124,6 +124,17 @@ def test_a_content_only_one_job_reads_keeps_its_targets_out_of_the_cache(dataset
         assert sum(all(t.dim() == 2 for t in k.values()) for k in kept) == styles, color
 
 
+def test_a_tilde_the_shell_left_is_the_home_folder(dataset, tmp_path, monkeypatch):
+    """`--out=~/x` reaches us unexpanded (the shell expands ~ only at a word's start): a
+    folder named ~ in the working folder is what a later `rm -rf ~` was made of."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    result = run_cli(dataset, "~/styled", "--no-report")
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "home" / "styled").glob("*.png"))) == 6
+    assert not (tmp_path / "~").exists()
+
+
 def test_invalid_rows_are_listed_and_skip_bad_rows_runs_the_rest(dataset, tmp_path):
     bad = dataset.parent / "content" / "c1.png"
     bad.write_bytes(b"not a png")

@@ -91,7 +91,7 @@ def manifest_validate(
     Exit code 2 when any row is invalid."""
     set_storage_options(storage_option)
     with counting() as advance:
-        found = scan(location(manifest), out, parse_overrides(set_ or []), advance)
+        found = scan(location(manifest), out.expanduser(), parse_overrides(set_ or []), advance)
     if found.errors:
         print_errors(found.errors, limit=None)  # its whole job: every one listed
     if not found.jobs and not found.errors:

@@ -108,7 +108,8 @@ def export_cmd(
     wanted = [name.strip() for name in layers.split(",") if name.strip()]
     with computing():
         from ..api import export_trunk
-    path, sidecar = export_trunk(wanted, weights, pooling, cache_dir, output, force)
+    path, sidecar = export_trunk(wanted, weights, pooling, cache_dir,
+                                 None if output is None else output.expanduser(), force)
     table = summary_table("export")
     table.add_row("model", f"{shown(path)} ({path.stat().st_size / 1e6:.1f} MB, weights inside)")
     table.add_row("weights", f"{sidecar['weights_source']} ({sidecar['weights_digest'][:16]}), "

@@ -267,8 +267,9 @@ def remove_objects(url: str, names: list[str]) -> None:
 
 
 def location(path: str | os.PathLike) -> Location:
-    """A URL as it is (a Path would fold its //), anything else as a local Path."""
-    return str(path) if is_url(path) else Path(path)
+    """A URL as it is (a Path would fold its //), anything else as a local Path, a leading ~
+    expanded: the shell leaves `--out=~/x` as it is, which would make a folder named ~."""
+    return str(path) if is_url(path) else Path(path).expanduser()
 
 
 def parent(url: str) -> str:
