@@ -133,6 +133,8 @@ def test_a_tilde_the_shell_left_is_the_home_folder(dataset, tmp_path, monkeypatc
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "home" / "styled").glob("*.png"))) == 6
     assert not (tmp_path / "~").exists()
+    status = runner.invoke(app, ["status", "~/styled"], terminal_width=200)
+    assert status.exit_code == 0 and cell(status.output, "done") == "6", status.output
 
 
 def test_invalid_rows_are_listed_and_skip_bad_rows_runs_the_rest(dataset, tmp_path):

@@ -229,7 +229,7 @@ def run_folder(out: str) -> Path:
     of one in object storage with the run's records pulled (what is written there is
     uploaded)."""
     return mirrored_folder(out, None, ("run.json", "ledger", "traces")) if is_url(out) else (
-        Path(out))
+        Path(out).expanduser())
 
 
 def mirrored_folder(url: str, cache: str | None, parts: tuple[str, ...] = STATE) -> Path:
