@@ -103,6 +103,50 @@ def test_export_and_cache_commands(tmp_path):
     assert (cache_dir() / "models").is_dir()  # the shared test cache is untouched
 
 
+def test_cache_clear_unused_for_days_goes_by_last_use(tmp_path, photo_path, painting_path):
+    """A cache hit marks its entry used (its modification time), so a cron job's
+    `cache clear --unused-for N` keeps what runs still read, however long ago it was made."""
+    import os
+    import time
+
+    from safetensors.torch import load_file
+
+    cache = tmp_path / "cache"
+
+    def stylize(content):
+        result = runner.invoke(app, ["stylize", str(content), str(painting_path), "-o",
+                                     str(tmp_path / "o.png"), "--size", "32", "--iterations",
+                                     "1", "--targets", "torch", "--precision", "fp32",
+                                     "--winograd", "off", "--cache-dir", str(cache)])
+        assert result.exit_code == 0, result.output
+
+    def targets():
+        return {p: next(iter(load_file(p).values())).dim() == 3  # a content's: [C, h, w]
+                for p in (cache / "targets").rglob("*.safetensors")}
+
+    stylize(photo_path)
+    weeks_ago = time.time() - 14 * 86400
+    for entry in targets():
+        os.utime(entry, (weeks_ago, weeks_ago))
+    stylize(painting_path)  # the painting's style targets read again; its content's made
+    photo = next(p for p, content in targets().items()
+                 if content and p.stat().st_mtime == weeks_ago)
+
+    def clear(*extra):
+        return runner.invoke(app, ["cache", "clear", "--cache-dir", str(cache), *extra])
+
+    cleared = clear("targets", "--unused-for", "7")
+    said = " ".join(cleared.output.split())  # (the console wraps at its own width)
+    assert cleared.exit_code == 0 and "1 file(s) removed" in said, said
+    assert not photo.exists() and len(targets()) == 2  # the style's, used today, kept
+    said = " ".join(clear("--unused-for", "2").output.split())  # every aged part
+    assert said.count("0 file(s) removed") == 4, said
+    assert len(targets()) == 2
+    refused = clear("models", "--unused-for", "2")
+    assert refused.exit_code == 2 and "models keep no time of use" in refused.output
+    assert clear("--unused-for", "nan").exit_code == 2
+
+
 def test_the_command_freezes_what_was_imported_before_it_runs(monkeypatch):
     """`pipeline` (main) moves every object made so far out of the collector's reach, so the
     collections at the interpreter's exit skip them."""

@@ -465,6 +465,8 @@ def test_a_video_s_digest_is_read_once_and_again_when_the_file_changes(tmp_path,
     entry.write_text("not a digest")  # a damaged entry is read through, then replaced
     assert files.remembered_digest(video, cache) == second and len(reads) == 3
     assert entry.read_text() == second
+    os.utime(entry, (1, 1))  # read again: marked used (`cache clear --unused-for`)
+    assert files.remembered_digest(video, cache) == second and entry.stat().st_mtime > 1
     small = tmp_path / "small.mp4"  # hashed sooner than an entry is written: each time
     small.write_bytes(b"x" * (files.REMEMBER_FROM - 1))
     assert files.remembered_digest(small, cache) == files.remembered_digest(small, cache)

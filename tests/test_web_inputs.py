@@ -85,6 +85,19 @@ def test_images_on_a_web_server_are_read_like_local_files(web, tmp_path):
     assert "1 valid, 1 invalid" in result.output
 
 
+def test_a_fetched_copy_read_again_is_marked_used(web):
+    """The copy of an object is fetched once; each later read marks it used, which `cache
+    clear --unused-for` goes by."""
+    import os
+
+    from pipeline.io.fetch import local_copy
+
+    url, _ = web
+    copy = local_copy(f"{url}/photo.png")
+    os.utime(copy, (1, 1))
+    assert local_copy(f"{url}/photo.png") == copy and copy.stat().st_mtime > 1
+
+
 def test_a_url_that_cannot_be_read_is_one_line_within_seconds(web, tmp_path, monkeypatch):
     url, _ = web
     style = f"{url}/painting.png"

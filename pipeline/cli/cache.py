@@ -6,7 +6,7 @@ import typer
 from rich.table import Table
 
 from ..accel.options import RuntimeOptions
-from ..io.cache_entries import CACHE_PARTS, cache_contents, clear_cache
+from ..io.cache_entries import AGED, CACHE_PARTS, cache_contents, clear_cache
 from .app import app, reports_errors
 from .options import field_option
 from .progress import console, shown
@@ -42,13 +42,20 @@ def cache_clear(
     parts: list[str] = typer.Argument(None, help=f"Parts to empty: {', '.join(CACHE_PARTS)}. "
                                       "Default: all."),
     cache_dir: str | None = CACHE_OPTION,
+    unused_for: float | None = typer.Option(
+        None, "--unused-for", metavar="DAYS",
+        help=f"Only the entries this machine has not used (written or read) for DAYS days, "
+             f"of the parts that grow with the data: {', '.join(AGED)} (all four when no part "
+             "is named). For a cron job on a long-lived machine. A cache in object storage: "
+             "this machine's copy only.  [default: every entry]"),
 ) -> None:
     """Delete the files this program cached; everything is recomputed on demand. Files of
     any other name in the cache folders are left alone (and counted). A cache in object
     storage: its shared parts are deleted in the bucket and in this machine's copy."""
-    for folder, found in clear_cache(parts or [], cache_dir):
+    for folder, found in clear_cache(parts or [], cache_dir, unused_for):
         kept = len(found.others)
-        console.print(f"cleared {shown(folder)}: {len(found.ours)} file(s) removed"
+        console.print(f"cleared {shown(folder)}: {len(found.ours)} file(s) removed "
+                      f"({sum(found.ours.values()) / 1e6:,.1f} MB)"
                       + (f", {kept} file(s) not written by style-pipeline left alone"
                          if kept else ""))
 

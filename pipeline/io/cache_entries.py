@@ -5,6 +5,7 @@ in it are not ours to remove."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,12 @@ ENTRIES = {
     "digests": re.compile(rf"([0-9a-f]{{2}}/)?{_HEX64}\.sha256"),  # or flat, as written once
     "inputs": re.compile(r"[0-9a-f]{32}(\.[A-Za-z0-9]+)?"),  # io/fetch.py: objects, local
 }
+
+
+# The parts that grow with the data a machine sees, and whose entries are marked at each use
+# (files.mark_used): `clear --unused-for` empties them of what has not been used lately.
+AGED = ("targets", "flows", "digests", "inputs")
+DAY_S = 86400.0
 
 
 def is_entry(part: str, relative: Path) -> bool:
@@ -54,13 +61,16 @@ def entries(root: Location, part: str) -> Contents:
                          for p in files if p.is_file()})
 
 
-def clear_part(root: Location, part: str) -> Contents:
-    """Delete our entries of one part, then the folders left empty; returns what there was."""
+def clear_part(root: Location, part: str, unused_for_s: float | None = None) -> Contents:
+    """Delete our entries of one part (with `unused_for_s`, those unused for that long), then
+    the folders left empty; returns what was deleted, and the files not ours."""
     found = entries(root, part)
     if is_url(root):
         remove_objects(f"{root}/{part}", list(found.ours))
         return found
     folder = Path(root) / part
+    if unused_for_s is not None:
+        found = Contents(_unused(folder, found.ours, time.time() - unused_for_s), found.others)
     for name in found.ours:
         (folder / name).unlink(missing_ok=True)
     if folder.is_dir():
@@ -70,6 +80,18 @@ def clear_part(root: Location, part: str) -> Contents:
         if not any(folder.iterdir()):
             folder.rmdir()
     return found
+
+
+def _unused(folder: Path, ours: dict[str, int], before: float) -> dict[str, int]:
+    """The entries last used (written, or read: files.mark_used) before `before`."""
+    out = {}
+    for name, size in ours.items():
+        try:
+            if (folder / name).stat().st_mtime < before:
+                out[name] = size
+        except OSError:  # gone meanwhile
+            pass
+    return out
 
 
 CACHE_PARTS = {"models": "ONNX models",
@@ -98,10 +120,22 @@ def cache_contents(cache: str | None = None) -> tuple[Location, dict[str, tuple[
     return cache_url(cache) or cache_dir(cache), found
 
 
-def clear_cache(parts: Sequence[str] = (), cache: str | None = None
-                ) -> list[tuple[Location, Contents]]:
+def clear_cache(parts: Sequence[str] = (), cache: str | None = None,
+                unused_for_days: float | None = None) -> list[tuple[Location, Contents]]:
     """Empty these parts (all when none), deleting only files this program wrote, and a shared
-    part of a cache in object storage in the bucket and here; returns (folder, what there was)
-    per part and place. Everything is recomputed on demand."""
+    part of a cache in object storage in the bucket and here; returns (folder, what was
+    deleted) per part and place. Everything is recomputed on demand. `unused_for_days`: only
+    what this machine has not used for that long, of the AGED parts (all of them when none is
+    named); a bucket keeps no time of use, so only this machine's copies."""
+    if unused_for_days is not None:
+        if not unused_for_days >= 0:
+            raise InputError(f"--unused-for must be a number of days >= 0, got {unused_for_days}")
+        idle = [p for p in parts if p not in AGED and p in CACHE_PARTS]
+        if idle:
+            raise InputError(f"--unused-for: {', '.join(idle)} keep no time of use; clear them "
+                             f"whole, or name some of {', '.join(AGED)}")
+        parts = parts or AGED
+        return [(Path(where[-1]) / part, clear_part(where[-1], part, unused_for_days * DAY_S))
+                for part, where in _parts(parts, cache).items()]
     return [(f"{root}/{part}" if is_url(root) else Path(root) / part, clear_part(root, part))
             for part, where in _parts(parts, cache).items() for root in where]

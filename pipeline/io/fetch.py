@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..errors import InputError
-from .files import atomic_path, cache_dir
+from .files import atomic_path, cache_dir, mark_used
 from .storage import filesystem, is_url, name, store_error
 
 # Downloads in flight at once: enough to hide a store's latency for small images.
@@ -37,12 +37,14 @@ def local_copy(url: str, cache: str | None = None) -> Path:
     version = info.get("ETag") or info.get("etag") or f"{info.get('size')}:{info.get('mtime')}"
     digest = hashlib.sha256(f"{url}\0{version}".encode()).hexdigest()[:32]
     dest = cache_dir(cache) / "inputs" / f"{digest}{Path(name(url)).suffix}"
-    if not dest.is_file():
-        try:
-            with atomic_path(dest) as tmp:
-                fs.get_file(path, str(tmp))
-        except Exception as e:
-            raise store_error(url, e) from None
+    if dest.is_file():
+        mark_used(dest)
+        return dest
+    try:
+        with atomic_path(dest) as tmp:
+            fs.get_file(path, str(tmp))
+    except Exception as e:
+        raise store_error(url, e) from None
     return dest
 
 

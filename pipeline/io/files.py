@@ -45,11 +45,19 @@ def remembered_digest(path: str | os.PathLike, cache: str | os.PathLike | None) 
     entry = _digest_entry(path, st, cache)
     with contextlib.suppress(OSError, UnicodeDecodeError):
         if re.fullmatch("[0-9a-f]{64}", known := entry.read_text().strip()):
+            mark_used(entry)
             return known
     digest = file_digest(path)
     with contextlib.suppress(OSError):  # a cache we cannot write costs a read next time
         atomic_write_bytes(entry, digest.encode(), durable=False)  # checked when read
     return digest
+
+
+def mark_used(entry: Path) -> None:
+    """A cache entry read again: its modification time becomes its last use, which
+    `pipeline cache clear --unused-for` goes by (many file systems keep no access times)."""
+    with contextlib.suppress(OSError):
+        os.utime(entry)
 
 
 def forget_digest(path: str | os.PathLike, cache: str | os.PathLike | None) -> None:

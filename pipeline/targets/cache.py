@@ -24,7 +24,7 @@ from safetensors.torch import load, save
 from torch import Tensor
 
 from ..errors import NonFiniteError
-from ..io.files import atomic_write_bytes
+from ..io.files import atomic_write_bytes, mark_used
 from ..io.mirror import fetch_missing
 from ..io.tensor_tree import tree_digest
 
@@ -70,6 +70,7 @@ class TargetCache:
             tensors = load(data)
             meta = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])["__metadata__"]
             if meta["key"] == key and meta["checksum"] == tree_digest(tensors):
+                mark_used(path)
                 return tensors
         except Exception:  # truncated, garbled, foreign: all the same to us
             pass
@@ -87,6 +88,8 @@ class TargetCache:
         if key in self.memo:
             self.memo.move_to_end(key)
             self.hits += 1
+            if self.root is not None:  # its entry on disk is in use too
+                mark_used(self.path(key))
             return self.memo[key]
         tensors = self._load(key)
         if tensors is not None:
