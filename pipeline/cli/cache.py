@@ -57,7 +57,7 @@ def cache_clear(
         console.print(f"cleared {shown(folder)}: {len(found.ours)} file(s) removed "
                       f"({sum(found.ours.values()) / 1e6:,.1f} MB)"
                       + (f", {kept} file(s) not written by style-pipeline left alone"
-                         if kept else ""))
+                         if kept else ""), soft_wrap=True)  # a line a log can grep
 
 
 __all__ = ["cache_clear", "cache_info"]
