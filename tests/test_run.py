@@ -288,7 +288,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(uninterrupted, tmp_
         proc.send_signal(signum)
         text = proc.communicate(timeout=300)[0]
         assert proc.returncode == 128 + signum, text
-        assert "resume with: pipeline run" in text
+        assert f"resume with: pipeline run {dataset} --out {out}\n" in text  # one line to copy
     stopped = runner.invoke(app, ["status", str(out)], terminal_width=200)
     assert cell(stopped.output, "run") == "not running"
     with pytest.raises(AssertionError, match="'eta' not in"):

@@ -130,7 +130,7 @@ def print_errors(errors: list[RowError], limit: int | None = LISTED, then: str =
     for e in shown:
         say("invalid", "red", e)
     if len(errors) > len(shown):
-        console.print(f"... and {len(errors) - len(shown)} more{then}")
+        console.print(f"... and {len(errors) - len(shown)} more{then}", soft_wrap=True)
 
 
 @contextlib.contextmanager

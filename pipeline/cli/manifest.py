@@ -74,7 +74,7 @@ def manifest_build(
         if paths:
             say("warning:", "yellow", f"skipped {len(paths)} {what}: "
                 f"{', '.join(str(p) for p in paths[:10])}" + (" ..." if len(paths) > 10 else ""))
-    console.print(f"wrote {output}: {rows} rows")
+    console.print(f"wrote {output}: {rows} rows", soft_wrap=True)
 
 
 @manifest_app.command("validate")
@@ -96,7 +96,8 @@ def manifest_validate(
         print_errors(found.errors, limit=None)  # its whole job: every one listed
     if not found.jobs and not found.errors:
         say("warning:", "yellow", f"{manifest} has no rows")
-    console.print(f"{manifest}: {len(found.jobs)} valid, {len(found.errors)} invalid row(s)")
+    console.print(f"{manifest}: {len(found.jobs)} valid, {len(found.errors)} invalid row(s)",
+                  soft_wrap=True)
     if found.errors:
         raise typer.Exit(2)
 

@@ -91,7 +91,8 @@ def run(
     console.print(table)
     if result.interrupted or result.errors or result.pending:
         console.print(f"{'interrupted' if result.interrupted else 'not finished'}; resume "
-                      f"with: pipeline run {manifest} --out {opts.out_dir}")
+                      f"with: pipeline run {manifest} --out {opts.out_dir}",
+                      soft_wrap=True)  # one line to copy, also from a log
     raise typer.Exit(exit_code(result))
 
 
@@ -145,7 +146,7 @@ def report_cmd(out: str = typer.Argument(..., help=RUN_FOLDER),
     cells goes on in pages (OUT/report_files/pages/). It opens from disk, with no server."""
     set_storage_options(storage_option)
     written = _report(run_folder(out))
-    console.print(f"wrote {stored_at(written) or written}")
+    console.print(f"wrote {stored_at(written) or written}", soft_wrap=True)
 
 
 def _report(folder: Path) -> Path:
