@@ -54,8 +54,11 @@ def cache_clear(
     storage: its shared parts are deleted in the bucket and in this machine's copy."""
     for folder, found in clear_cache(parts or [], cache_dir, unused_for):
         kept = len(found.others)
+        recent = (f", {len(found.recent)} used within {unused_for:g} days kept "
+                  f"({sum(found.recent.values()) / 1e6:,.1f} MB)" if unused_for is not None
+                  else "")
         console.print(f"cleared {shown(folder)}: {len(found.ours)} file(s) removed "
-                      f"({sum(found.ours.values()) / 1e6:,.1f} MB)"
+                      f"({sum(found.ours.values()) / 1e6:,.1f} MB){recent}"
                       + (f", {kept} file(s) not written by style-pipeline left alone"
                          if kept else ""), soft_wrap=True)  # a line a log can grep
 

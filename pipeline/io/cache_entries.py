@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
@@ -40,10 +40,12 @@ def is_entry(part: str, relative: Path) -> bool:
 
 @dataclass(frozen=True)
 class Contents:
-    """A part's files: this program's and the others, each by its path in the part -> size."""
+    """A part's files: this program's and the others, each by its path in the part -> size;
+    after a clear by age, `recent`: ours that were used too lately to go."""
 
     ours: dict[str, int]
     others: dict[str, int]
+    recent: dict[str, int] = field(default_factory=dict)
 
 
 def _split(part: str, sizes: dict[str, int]) -> Contents:
@@ -70,7 +72,9 @@ def clear_part(root: Location, part: str, unused_for_s: float | None = None) -> 
         return found
     folder = Path(root) / part
     if unused_for_s is not None:
-        found = Contents(_unused(folder, found.ours, time.time() - unused_for_s), found.others)
+        unused = _unused(folder, found.ours, time.time() - unused_for_s)
+        found = Contents(unused, found.others,
+                         {n: size for n, size in found.ours.items() if n not in unused})
     for name in found.ours:
         (folder / name).unlink(missing_ok=True)
     if folder.is_dir():
