@@ -72,6 +72,41 @@ def test_after_a_failed_upload_nothing_more_is_sent_or_reported(background, monk
         mirror.check_uploads()
 
 
+def test_an_output_is_dropped_here_once_it_and_its_ledger_rows_are_in_the_bucket(
+        background, tmp_path_factory):
+    """A bulk run's outputs in object storage would otherwise fill this machine's disk; one
+    whose upload failed stays (written here, not there), and so does a file of a folder that
+    is not mirrored."""
+    folder, made, gate = background
+    atomic_write_bytes(folder / "out.png", b"1")
+    atomic_write_bytes(folder / "ledger" / "part.parquet", b"2")
+    elsewhere = tmp_path_factory.mktemp("local") / "out.png"
+    atomic_write_bytes(elsewhere, b"3")
+    mirror.drop_local([folder / "out.png", elsewhere])
+    assert (folder / "out.png").is_file()  # its upload is still held at the gate
+    gate.set()
+    mirror.flush_uploads()
+    assert [url for url, _ in made] == ["s3://bucket/run/out.png",
+                                        "s3://bucket/run/ledger/part.parquet"]
+    assert not (folder / "out.png").exists() and (folder / "ledger" / "part.parquet").is_file()
+    assert elsewhere.read_bytes() == b"3"
+
+
+def test_an_output_whose_upload_failed_is_kept_here(background, monkeypatch):
+    folder, _, gate = background
+    gate.set()
+
+    def refuse(path, url):
+        raise InputError(f"{url}: cannot reach the store at http://127.0.0.1:1")
+
+    monkeypatch.setattr(mirror, "put_file", refuse)
+    atomic_write_bytes(folder / "out.png", b"1")
+    mirror.drop_local([folder / "out.png"])
+    with pytest.raises(mirror.UploadFailed):
+        mirror.flush_uploads()
+    assert (folder / "out.png").read_bytes() == b"1"
+
+
 def test_a_file_deleted_before_its_upload_ran_is_no_failure(background):
     folder, made, gate = background
     atomic_write_bytes(folder / ".checkpoints" / "job-1.pt", b"state")

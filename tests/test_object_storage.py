@@ -245,7 +245,9 @@ def test_a_run_folder_in_object_storage(s3, tmp_path):
     (the ledger pulled from the bucket, the outputs found there by size)."""
     import shutil
 
+    from pipeline.bulk import ledger
     from pipeline.bulk.manifest import write_manifest
+    from pipeline.bulk.run_state import output_is_done
     from pipeline.io.files import cache_dir
     from pipeline.io.mirror import staging_folder
     from tests.run_helpers import cell, run_cli
@@ -265,6 +267,12 @@ def test_a_run_folder_in_object_storage(s3, tmp_path):
         "styled-0.png", "styled-1.png", "styled-2.png"]
     assert list((there / "ledger").glob("*.parquet")) and (there / "run.json").is_file()
     assert (there / "report.html").is_file() and not list(there.glob(".*tmp*"))
+    staging = staging_folder(out, cache_dir())
+    assert not list(staging.glob("styled-*")), "outputs in the bucket are not kept here too"
+    records = ledger.read(staging)  # what a worker death or a handed-back batch goes by
+    assert len(records) == 3 and all(output_is_done(staging / output, key, record, fresh=True)
+                                     for (key, output), record in records.items())
+    assert len(list((there / "report_files" / "thumbs").glob("*.jpg"))) == 5  # 2 in, 3 out
     assert cell(run_cli(f"{url}/m.parquet", out).output, "done before (skipped)") == "3"
     shutil.rmtree(staging_folder(out, cache_dir()))  # another machine: no local copy
     again = run_cli(f"{url}/m.parquet", out)
@@ -282,7 +290,8 @@ def test_a_run_folder_in_object_storage(s3, tmp_path):
     assert report.exit_code == 0 and f"wrote {out}/report.html" in report.output, report.output
     assert (there / "report.html").is_file()
     thumbs = list((there / "report_files" / "thumbs").glob("*.jpg"))
-    assert len(thumbs) >= 5  # 2 inputs and the 3 outputs, fetched from the bucket for them
+    assert len(thumbs) == 5  # 2 inputs and the 3 outputs, fetched from the bucket for them
+    assert not list(staging.glob("styled-*")), "and not kept here"
     fs.rm_file(f"{out}/styled-1.png")  # an output gone from the bucket is pending again
     status = runner.invoke(app, ["status", out], terminal_width=200)
     assert cell(status.output, "done") == "2" and cell(status.output, "pending") == "1"
@@ -548,6 +557,7 @@ def test_pipeline_video_reads_and_writes_object_storage_and_resumes_elsewhere(
 
     pytest.importorskip("av", reason="the video extra: pip install -e '.[video]'")
     pytest.importorskip("cv2", reason="the video extra: pip install -e '.[video]'")
+    from pipeline.io.mirror import staging_folder
     from pipeline.io.video import probe, read_frames
     from pipeline.video import output
     from pipeline.video.synthetic import camera_clip, drawn_scene, write_clip
@@ -582,6 +592,8 @@ def test_pipeline_video_reads_and_writes_object_storage_and_resumes_elsewhere(
     made = folder / "out" / "styled.mp4"
     assert probe(made).frames == 4
     assert not [p for p in frames.rglob("*") if p.is_file()]
+    copy = staging_folder(f"{url}/out", tmp_path / "other-machine")
+    assert copy.is_dir() and not [p for p in copy.rglob("*") if p.is_file()]  # nothing kept
     here = tmp_path / "here.mp4"
     whole = runner.invoke(app, ["video", str(local / "clip.mp4"), str(local / "painting.png"),
                                 "-o", str(here), *args[5:]], terminal_width=200)

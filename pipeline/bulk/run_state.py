@@ -114,23 +114,25 @@ def _int(value: Any) -> int:
     return value
 
 
-def recorded(output: Path, record: dict[str, Any] | None) -> bool:
+def recorded(output: Path, record: dict[str, Any] | None, fresh: bool = False) -> bool:
     """The ledger's done record is of writing the very file now at `output` (a stat); for a
     run folder in object storage (io/mirror.py), of the bucket's copy (its size, from one
-    listing): a local copy that never reached the bucket is not done."""
+    listing, or with `fresh` asked of the store now): a local copy that never reached the
+    bucket is not done."""
     if not (record and record["status"] == ledger.DONE):
         return False
     if is_mirrored(output):
         return (record["output_bytes"] is not None
-                and remote_size(output) == record["output_bytes"])
+                and remote_size(output, fresh) == record["output_bytes"])
     return ledger.matches_file(record, output)
 
 
-def output_is_done(output: Path, key: str, record: dict[str, Any] | None) -> bool:
+def output_is_done(output: Path, key: str, record: dict[str, Any] | None,
+                   fresh: bool = False) -> bool:
     """The job's requested output exists and is its own: `recorded`, else (a file the ledger
     never saw, copied or touched since) the file decodes and carries the job's key, and in
     object storage the bucket has it (asked of the store: this is rare)."""
-    if recorded(output, record):
+    if recorded(output, record, fresh):
         return True
     if not (output.is_file() and output_carries_key(output, key)):
         return False

@@ -19,13 +19,13 @@ from typing import Any
 
 from ..errors import InputError, RowError
 from ..io.files import check_writable_dir, describe_os_error, remove_stale_temps
-from ..io.mirror import STATE, refresh
+from ..io.mirror import STATE, drop_local, refresh
 from ..io.storage import Location, storage_options
 from . import ledger, traces
 from .checkpoint_files import batch_checkpoints, checkpoint_dir, sweep_finished
 from .distribute import Distributor, Outcome, QuietDisplay, distribute
 from .distributors import check_distributor, open_distributor
-from .jobs import Job, forget_input_digests
+from .jobs import Batch, Job, forget_input_digests
 from .locks import RunLocked, bucket_lease, folder_lock
 from .queue import BatchQueue
 from .run_options import RunOptions
@@ -164,6 +164,7 @@ def _run_locked(manifest: Location, opts: RunOptions, found: Scan, run_id: str,
     ledger.append(out_dir, [ledger.job_row(j, ledger.DONE, now, written=j.spec.output,
                                            error="recovered from output file")
                             for j in p.recovered])
+    drop_local(j.spec.output for j in p.recovered)  # in a bucket: recorded there now
     result = RunResult(total=len(found.jobs) + len(found.errors), done_before=len(p.done),
                        failed_before=p.failed_before,
                        videos=sum(job.spec.video is not None for job in found.jobs))
@@ -180,8 +181,7 @@ def _run_locked(manifest: Location, opts: RunOptions, found: Scan, run_id: str,
         result.devices = [slot.label for slot in workers.slots]
         with display_factory(total=len(p.todo), devices=result.devices) as display:
             distribute(workers, queue, opts.batch_size, display,
-                       lambda batch: all(output_is_done(j.spec.output, j.key, None)
-                                         for j in batch.jobs), result)
+                       lambda batch: _all_written(batch, out_dir), result)
         failed = {row for row, _ in result.failed}
         forget_input_digests((job for job in p.todo if job.spec.row in failed),
                              opts.runtime.cache)
@@ -194,6 +194,15 @@ def _run_locked(manifest: Location, opts: RunOptions, found: Scan, run_id: str,
     result.swept = sweep_finished(out_dir, lambda: {
         key for (key, _), row in ledger.read(out_dir).items() if row["status"] == ledger.DONE})
     return result
+
+
+def _all_written(batch: Batch, out_dir: Path) -> bool:
+    """Asked when a batch's worker died: whether it wrote all its outputs (the ledger's rows of
+    them, where a run in object storage no longer keeps the outputs here, and the store asked
+    afresh: another process uploaded them)."""
+    records = ledger.read(out_dir)
+    return all(output_is_done(j.spec.output, j.key, records.get(j.id), fresh=True)
+               for j in batch.jobs)
 
 
 def exit_code(result: RunResult) -> int:

@@ -55,7 +55,9 @@ from ..io.mirror import (
     after_uploads,
     attach,
     check_uploads,
+    drop_local,
     flush_uploads,
+    is_mirrored,
     upload_in_background,
 )
 from ..io.pixels import save_image
@@ -158,6 +160,7 @@ class Worker:
         rows = (self._videos(batch, started) if batch.jobs[0].spec.video is not None
                 else self._images(batch, started))
         self.write_ledger(rows)
+        self.drop_outputs(rows)
         self.flush_uploads()
         failures = [(r["row"], r["error"]) for r in rows if r["status"] != ledger.DONE]
         self.emit(BatchDone(self.wid, len(rows) - len(failures), failures))
@@ -324,6 +327,11 @@ class Worker:
             raise WriteFailed(f"cannot write the ledger: "
                               f"{describe_os_error(e, ledger.ledger_dir(self.out_dir))}") from e
 
+    def drop_outputs(self, recorded: list[dict[str, Any]]) -> None:
+        """A run folder in object storage: the outputs these ledger rows (just written) record
+        are not kept here once the bucket has them and the rows."""
+        drop_local(self.out_dir / r["output"] for r in recorded if r["status"] == ledger.DONE)
+
     def save_intermediate(self, job: Job, iteration: int, image: Any) -> None:
         try:
             save_image(image, intermediate_path(job.spec.output, iteration),
@@ -372,6 +380,9 @@ class SlotBatch:
         self.inside: list[int] = []  # jobs in the slots now
         self.resumed: dict[int, int] = {}
         self.rows: list[dict[str, Any]] = []
+        # In object storage a written output is not kept here: the ledger says it was (a
+        # batch put back after its worker died has some)
+        self.records = ledger.read(worker.out_dir) if is_mirrored(worker.out_dir) else {}
         self.traces: Traces = {}
         self.part = part_name()
         self.saver = worker.saver()
@@ -419,7 +430,7 @@ class SlotBatch:
     def _read(self, index: int) -> Any | None:
         """Job `index`'s inputs, decoded (prepare_job); None when its output is there."""
         job = self.batch.jobs[index]
-        return (None if output_is_done(job.spec.output, job.key, None)
+        return (None if output_is_done(job.spec.output, job.key, self.records.get(job.id))
                 else prepare_job(job, self.worker.runtime.cache))
 
     def source(self) -> SlotJob | None:
@@ -471,6 +482,7 @@ class SlotBatch:
         self.worker.flush_uploads(wait=False)
         self.rows += written + failed
         self.worker.write_ledger(self.rows, self.part)
+        self.worker.drop_outputs(written)
         done = JobsDone(self.worker.wid, len(written), [(r["row"], r["error"]) for r in failed])
         after_uploads(lambda: self.worker.emit(done))  # its outputs in the bucket first
 

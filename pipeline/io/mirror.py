@@ -3,8 +3,9 @@ cache) and every file written there is uploaded to the same name under the URL a
 is complete (files.atomic_path calls `uploaded`), one PUT each: an output, a ledger part or a
 checkpoint appears in the bucket whole or not at all. A run starts by pulling the run's state
 (run.json, the ledger, traces, checkpoints) from the bucket, so a run killed on one machine
-resumes on another; outputs are not downloaded: an output the ledger records is done when
-the bucket has it with the recorded size (one listing of the prefix per process).
+resumes on another. Outputs are not downloaded, nor kept here once the bucket has them and
+the ledger records them (`drop_local`): an output the ledger records is done when the bucket
+has it with the recorded size (one listing of the prefix per process).
 
 The mapping local folder -> URL is kept in the environment, so the worker processes a run
 starts upload what they write too. A worker on another machine (Ray, no shared filesystem)
@@ -19,6 +20,7 @@ fetch the store refuses is said once and the work goes on with this machine's co
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
@@ -26,7 +28,8 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -213,6 +216,42 @@ def _put(path: Path, place: _Place) -> None:
         raise UploadFailed(errno.EIO, str(e)) from None
     if place.root in _LISTINGS:
         _LISTINGS[place.root][place.name] = size
+
+
+def drop_local(paths: Iterable[Path]) -> None:
+    """Once every upload asked so far is done (outputs, then the ledger rows that record them),
+    delete these files' copies here, under a mirrored run folder: the bucket has them, and a
+    bulk run's outputs kept here too would fill this machine's disk. After a failed upload
+    they stay (written here, not there: a rerun does them again)."""
+    here = [p for p in paths if (place := _mirrored(p)) is not None and not place.best_effort]
+    if here:
+        _in_order(functools.partial(_unlink, here))
+
+
+def _unlink(paths: list[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):  # one left here (a folder of frames) is harmless
+            path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def borrowed(path: Path) -> Iterator[Path]:
+    """A file of a mirrored folder to read once: its copy here, else the bucket's in a
+    temporary folder, deleted after (an output dropped here is not fetched back to stay).
+    FileNotFoundError when neither has it."""
+    if path.exists() or (place := _mirrored(path)) is None:
+        yield path
+        return
+    fs, key = filesystem(place.url)
+    with tempfile.TemporaryDirectory(prefix="style-pipeline-") as folder:
+        copy = Path(folder) / path.name
+        try:
+            fs.get_file(key, str(copy))
+        except FileNotFoundError:
+            raise
+        except Exception as e:
+            raise store_error(place.url, e) from None
+        yield copy
 
 
 def removed(path: Path) -> None:

@@ -1,9 +1,11 @@
 """Thumbnails for the report, in report_files/thumbs/ beside it.
 
-A thumbnail is named by its source's path, size and modification time, so a refreshed report
-makes only the new ones; those no longer shown are removed. Only files this module made are
-ever removed (named as it names them, marked inside as its own, not links), and only in a folder
-of the run's own: a report_files or thumbs that is a link elsewhere is refused.
+A thumbnail is named by its source's path, size and modification time (a file of a run folder
+in object storage: by its URL and size, the run keeping no copy of its outputs), so a
+refreshed report makes only the new ones; those no longer shown are removed. Only files this
+module made are ever removed (named as it names them, marked inside as its own, not links),
+and only in a folder of the run's own: a report_files or thumbs that is a link elsewhere is
+refused.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ..errors import InputError
 from ..io.fetch import local_copy
 from ..io.files import atomic_path
 from ..io.images import DECODE_ERRORS, read_rgb_for
-from ..io.mirror import fetch_missing, removed
+from ..io.mirror import borrowed, remote_of, remote_size, removed
 from ..io.storage import Location
 from ..io.video import is_video, poster
 
@@ -53,7 +55,7 @@ class Thumbnails:
 
     def __call__(self, source: Location) -> Path | None:
         """The thumbnail of `source` (a video's first frame; an object in storage: of its
-        local copy; an output of a run folder in storage: fetched from the bucket), made if
+        local copy; a file of a run folder in storage: named by the bucket's copy), made if
         needed; None when it cannot be read. Found once per source: the page asks again for
         each thumbnail make_all made."""
         if source not in self._known:
@@ -64,23 +66,33 @@ class Thumbnails:
         try:
             if isinstance(source, str):
                 source = local_copy(source)
+            if (size := remote_size(source)) is not None:  # a run folder's file in a bucket
+                identity = f"{remote_of(source)}|{size}"
             else:
-                fetch_missing(source)
-            stat = source.stat()
+                stat = source.stat()
+                identity = f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
         except (OSError, InputError):
             return None
-        name = hashlib.sha256(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|"
-                              f"{self.side}".encode()).hexdigest()[:20] + ".jpg"
+        return self._made(identity, source)
+
+    def _made(self, identity: str, source: Path) -> Path | None:
+        """The thumbnail named by `identity`, made from `source` unless it is there already
+        (an output the run dropped here is fetched for it, not kept: mirror.borrowed)."""
+        name = hashlib.sha256(f"{identity}|{self.side}".encode()).hexdigest()[:20] + ".jpg"
         dest = self.folder / name
-        if not (dest.is_file() and dest.stat().st_size):  # (empty: a crash cut its write)
-            try:
-                img = poster(source) if is_video(source) else read_rgb_for(source, self.side)[0]
-            except InputError as e:
-                log.debug("no thumbnail for %s: %s", source, e)
-                return None
-            img.thumbnail((self.side, self.side), Image.Resampling.LANCZOS)
-            with atomic_path(dest, durable=False) as tmp:  # made again if a crash empties it
-                img.save(tmp, format="JPEG", quality=88, comment=MARK)
+        if dest.is_file() and dest.stat().st_size:  # (empty: a crash cut its write)
+            return dest
+        try:
+            with borrowed(source) as path:
+                img = poster(path) if is_video(path) else read_rgb_for(path, self.side)[0]
+        except FileNotFoundError:  # gone since it was listed
+            return None
+        except InputError as e:
+            log.debug("no thumbnail for %s: %s", source, e)
+            return None
+        img.thumbnail((self.side, self.side), Image.Resampling.LANCZOS)
+        with atomic_path(dest, durable=False) as tmp:  # made again if a crash empties it
+            img.save(tmp, format="JPEG", quality=88, comment=MARK)
         return dest
 
     def make_all(self, sources: Iterable[Location],

@@ -11,6 +11,7 @@ from ..api import NO_REGIONS, Regions, Runtime, StyleParams, image_digest
 from ..gatys.engine import Progress
 from ..io.files import remembered_digest
 from ..io.images import check_image_file, check_shape, header_size
+from ..io.mirror import drop_local
 from ..io.storage import Location
 from ..io.video import even_size, is_video
 from .chain import stylize_clips
@@ -81,6 +82,7 @@ def stylize_video_file(source: Location, styles: Sequence[Location], output: Loc
                   video, runtime, lambda _c, i: clip.done(i), finished,
                   lambda _c, i: progress(i), stores=lambda _c: clip.pass_store())
     clip.finish(video.crf)
+    drop_local([clip.output])  # a video in object storage: there, not kept here too
     made = [r for _, r in sorted(clip.records.items()) if not r.resumed]
     return VideoResult(output, part.count, part.fps, clip.size,
                        resumed=part.count - len(made), iterations=[r.iterations for r in made],
