@@ -12,7 +12,8 @@ run (the model and the targets cached), the objects fetched anew each time (the 
 (`--out s3://...`: every output, ledger part and trace uploaded as it is written); the fourth
 also keeps the cache there (STYLE_PIPELINE_CACHE=s3://...) and runs as a machine that joins
 with an empty copy of it (its own XDG_CACHE_HOME each round): the ONNX model and the targets
-fetched from the bucket, none computed.
+fetched from the bucket, none computed. For the runs into the bucket, the size of the local
+copy of the run folder each leaves behind (its last round), and how many outputs it holds.
 
 Usage: python -m bench.bench_object_storage [--jobs 200] [--size 64] [--iterations 10]
 [--rounds 2]
@@ -71,6 +72,18 @@ def run(manifest: str, out: str | Path, args: argparse.Namespace, env: dict) -> 
     return time.perf_counter() - start
 
 
+def local_copy(out: str, env: dict) -> tuple[float, int]:
+    """The size in MB of this machine's copy of the run folder at `out` (where the run worked,
+    in the cache of `env`), and how many PNG files (outputs) it still holds."""
+    code = ("from pipeline.io.files import cache_dir; from pipeline.io.mirror import "
+            f"staging_folder; print(staging_folder({out!r}, cache_dir()))")
+    folder = Path(subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                                 capture_output=True, text=True).stdout.strip())
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    return (sum(p.stat().st_size for p in files) / 1e6,
+            sum(p.suffix == ".png" for p in files))
+
+
 def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--jobs", type=int, default=200)
@@ -101,17 +114,21 @@ def main() -> None:
                 "s3 cache": ("s3://bucket/data/m.parquet", lambda k: f"s3://bucket/outc{k}",
                              lambda k: {**shared, "XDG_CACHE_HOME": str(tmp / f"joins-{k}")})}
             times: dict[str, list[float]] = {name: [] for name in configs}
+            kept: dict[str, tuple[float, int]] = {}
             for k in range(args.rounds):
                 names = list(configs)
                 for name in names[k % len(names):] + names[:k % len(names)]:  # turns rotate
                     manifest, out, environment = configs[name]
                     shutil.rmtree(cache_dir() / "inputs", ignore_errors=True)
                     times[name].append(run(manifest, out(k), args, environment(k)))
+                    if isinstance(out(k), str):
+                        kept[name] = local_copy(out(k), environment(k))
     best = {k: min(v) for k, v in times.items()}
     print(f"\n{args.jobs} jobs at {args.size} px, {args.iterations} iterations, "
           f"{args.rounds} rounds taking turns; {_cpu()}, commit {commit}\n")
-    print("| inputs | outputs (run folder) | cache | wall time (best) | all rounds | vs local |")
-    print("|---|---|---|---|---|---|")
+    print("| inputs | outputs (run folder) | cache | wall time (best) | all rounds | vs local "
+          "| local copy of the run folder after |")
+    print("|---|---|---|---|---|---|---|")
     server = "S3 (rclone serve s3, 127.0.0.1)"
     for name, inputs, outputs, cache in (
             ("local", "local files", "local folder", "local, filled"),
@@ -119,8 +136,10 @@ def main() -> None:
             ("s3 out", server, server, "local, filled"),
             ("s3 cache", server, server, "S3, this machine's copy empty")):
         rounds = ", ".join(f"{t:.1f}" for t in times[name])
+        copy = (f"{kept[name][0]:.2f} MB, {kept[name][1]} of {args.jobs} outputs"
+                if name in kept else "-")
         print(f"| {inputs} | {outputs} | {cache} | {best[name]:.1f} s | {rounds} | "
-              f"{best[name] / best['local']:.2f}x |")
+              f"{best[name] / best['local']:.2f}x | {copy} |")
 
 
 if __name__ == "__main__":

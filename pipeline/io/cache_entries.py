@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import InputError
 from .files import cache_dir, cache_url, is_our_temp
 from .mirror import SHARED_CACHE
+from .run_copies import delete_unused
 from .storage import Location, is_url, object_sizes, remove_objects
 
 _HEX16, _HEX64 = "[0-9a-f]{16}", "[0-9a-f]{64}"
@@ -25,6 +26,7 @@ ENTRIES = {
     "probes": re.compile(rf"[a-z0-9]+-{_HEX16}\.json(\.lock)?"),
     "digests": re.compile(rf"([0-9a-f]{{2}}/)?{_HEX64}\.sha256"),  # or flat, as written once
     "inputs": re.compile(r"[0-9a-f]{32}(\.[A-Za-z0-9]+)?"),  # io/fetch.py: objects, local
+    "runs": re.compile(rf"{_HEX16}/.+"),  # io/mirror.py: a run folder's copy, all of it ours
 }
 
 
@@ -41,11 +43,13 @@ def is_entry(part: str, relative: Path) -> bool:
 @dataclass(frozen=True)
 class Contents:
     """A part's files: this program's and the others, each by its path in the part -> size;
-    after a clear by age, `recent`: ours that were used too lately to go."""
+    after a clear by age, `recent`: ours that were used too lately to go; after a clear of
+    `runs`, `in_use`: the files of the copies a process is working in."""
 
     ours: dict[str, int]
     others: dict[str, int]
     recent: dict[str, int] = field(default_factory=dict)
+    in_use: dict[str, int] = field(default_factory=dict)
 
 
 def _split(part: str, sizes: dict[str, int]) -> Contents:
@@ -75,6 +79,12 @@ def clear_part(root: Location, part: str, unused_for_s: float | None = None) -> 
         unused = _unused(folder, found.ours, time.time() - unused_for_s)
         found = Contents(unused, found.others,
                          {n: size for n, size in found.ours.items() if n not in unused})
+    if part == "runs":  # whole copies, each unless a process works in it
+        busy = {p.name for p in delete_unused(
+            sorted({folder / name.split("/")[0] for name in found.ours}))}
+        found = Contents({n: s for n, s in found.ours.items() if n.split("/")[0] not in busy},
+                         found.others,
+                         in_use={n: s for n, s in found.ours.items() if n.split("/")[0] in busy})
     for name in found.ours:
         (folder / name).unlink(missing_ok=True)
     if folder.is_dir():
@@ -102,7 +112,8 @@ CACHE_PARTS = {"models": "ONNX models",
                "trt": "TensorRT engines", "targets": "content/style targets",
                "flows": "optical flows of video frames", "probes": "measured hardware defaults",
                "digests": "input files' sha256",
-               "inputs": "images fetched from object storage"}
+               "inputs": "images fetched from object storage",
+               "runs": "local copies of bucket run folders"}
 
 
 def _parts(parts: Sequence[str], cache: str | None) -> dict[str, list[Location]]:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import InputError
+from .run_copies import hold
 from .storage import check_store, filesystem, object_sizes, parent, put_file, store_error
 
 log = logging.getLogger("pipeline.storage")
@@ -58,7 +59,8 @@ def mirrors() -> dict[str, tuple[str, bool]]:
 
 
 def staging_folder(url: str, cache: Path) -> Path:
-    """The local folder a run into `url` works in (one per URL, kept between runs)."""
+    """The local folder a run into `url` works in (one per URL, kept between runs, the
+    cache's `runs` part: `pipeline cache clear runs` deletes those not in use)."""
     return cache / "runs" / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
 
 
@@ -321,10 +323,11 @@ def refresh(local: Path, parts: tuple[str, ...]) -> None:
 
 
 def attach(url: str, cache: Path, parts: tuple[str, ...] = STATE) -> Path:
-    """This machine's folder for the run folder at `url` (its staging folder in `cache`),
-    mirrored, with `parts` of the run's state pulled from the bucket."""
+    """This machine's folder for the run folder at `url` (its staging folder in `cache`, in
+    use by this process from now on: run_copies.py), mirrored, with `parts` of the run's state
+    pulled from the bucket."""
     local = staging_folder(url, cache)
-    local.mkdir(parents=True, exist_ok=True)
+    hold(local)
     pull(url, local, parts)
     mirror(local, url)
     return local
