@@ -26,7 +26,11 @@ def hold(copy: Path) -> None:
             fd = os.open(copy / IN_USE, os.O_RDONLY | os.O_CREAT, 0o644)
         except FileNotFoundError:  # deleted by a clear between the two calls
             continue
-        fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a clear deletes this copy
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a clear deletes this copy
+        except OSError:  # a file system without flock: no clear can tell, so none deletes it
+            os.close(fd)
+            return
         if _same_file(fd, copy / IN_USE):
             _HELD[copy] = fd
         else:  # the copy was deleted while this process waited: hold the one made again
@@ -51,7 +55,7 @@ def unused(copy: Path) -> Iterator[bool]:
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError:  # held (or a file system without flock: it may be in use)
             yield False
             return
         yield True
