@@ -85,8 +85,9 @@ def clear_part(root: Location, part: str, unused_for_s: float | None = None) -> 
         found = Contents({n: s for n, s in found.ours.items() if n.split("/")[0] not in busy},
                          found.others,
                          in_use={n: s for n, s in found.ours.items() if n.split("/")[0] in busy})
-    for name in found.ours:
-        (folder / name).unlink(missing_ok=True)
+    else:
+        for name in found.ours:
+            (folder / name).unlink(missing_ok=True)
     if folder.is_dir():
         for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
             if not any(sub.iterdir()):
