@@ -250,6 +250,7 @@ def test_a_run_folder_in_object_storage(s3, tmp_path):
     from pipeline.bulk.run_state import output_is_done
     from pipeline.io.files import cache_dir
     from pipeline.io.mirror import staging_folder
+    from pipeline.io.run_copies import unused
     from tests.run_helpers import cell, run_cli
 
     url, folder, _ = s3
@@ -269,6 +270,8 @@ def test_a_run_folder_in_object_storage(s3, tmp_path):
     assert (there / "report.html").is_file() and not list(there.glob(".*tmp*"))
     staging = staging_folder(out, cache_dir())
     assert not list(staging.glob("styled-*")), "outputs in the bucket are not kept here too"
+    with unused(staging) as free:
+        assert free  # the run is over: this process (the API's caller) holds no lock on it
     records = ledger.read(staging)  # what a worker death or a handed-back batch goes by
     assert len(records) == 3 and all(output_is_done(staging / output, key, record, fresh=True)
                                      for (key, output), record in records.items())

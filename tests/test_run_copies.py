@@ -48,3 +48,19 @@ def test_cache_clear_runs_keeps_a_copy_in_use_and_deletes_the_others(tmp_path):
     said = clear()  # the command has ended
     assert "file(s) removed" in said and "in use" not in said, said
     assert not busy.exists() and (cache / "runs" / "notes.txt").read_text() == "the user's"
+
+
+def test_a_copy_is_in_use_from_its_hold_to_its_release(tmp_path):
+    """What a run into a bucket does with its copy: a process that goes on after the run (the
+    Python API running many) no longer holds it."""
+    from pipeline.io.run_copies import hold, release, unused
+
+    copy = staging_folder("s3://bucket/out", tmp_path)
+    hold(copy)
+    try:
+        with unused(copy) as free:
+            assert not free
+    finally:
+        release(copy)
+    with unused(copy) as free:
+        assert free

@@ -20,6 +20,7 @@ from typing import Any
 from ..errors import InputError, RowError
 from ..io.files import check_writable_dir, describe_os_error, remove_stale_temps
 from ..io.mirror import STATE, drop_local, refresh
+from ..io.run_copies import release
 from ..io.storage import Location, storage_options
 from . import ledger, traces
 from .checkpoint_files import batch_checkpoints, checkpoint_dir, sweep_finished
@@ -102,9 +103,22 @@ def run_manifest(manifest: Location, opts: RunOptions,
     start = time.perf_counter()
     opts.validate()
     check_distributor(opts.distributor, opts.devices)
-    remote = opts.out_dir if isinstance(opts.out_dir, str) else None
-    if remote is not None:  # object storage: a local copy of the run folder
-        opts = dataclasses.replace(opts, out_dir=mirrored_folder(remote, opts.runtime.cache))
+    if not isinstance(opts.out_dir, str):
+        return _run(manifest, opts, None, display_factory, scan_view, start)
+    remote = opts.out_dir  # object storage: the run works in a local copy of the folder
+    copy = mirrored_folder(remote, opts.runtime.cache)
+    try:
+        return _run(manifest, dataclasses.replace(opts, out_dir=copy), remote, display_factory,
+                    scan_view, start)
+    finally:
+        release(copy)  # a process that goes on (the Python API) holds no lock on it
+
+
+def _run(manifest: Location, opts: RunOptions, remote: str | None,
+         display_factory: Callable[..., Any],
+         scan_view: Callable[[], AbstractContextManager[Callable[[int], None]]], start: float
+         ) -> RunResult:
+    """run_manifest into opts.out_dir: the folder, or the copy of the one at `remote`."""
     out_dir = opts.out_dir
     with scan_view() as advance:
         found = scan(manifest, out_dir, opts.overrides, advance, decode=False,

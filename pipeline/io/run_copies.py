@@ -1,8 +1,9 @@
 """This machine's copies of run folders in object storage (the cache's `runs` part, io/mirror.py)
 are a cache too: the bucket has all they hold, so `pipeline cache clear runs` may delete them,
 but never one that a process is working in. Each process that attaches a copy holds a shared
-flock on its IN_USE file until it ends (the kernel lets go however it ends); a clear takes the
-exclusive lock, without waiting, and deletes only the copies it got."""
+flock on its IN_USE file until its work there ends (a run's, a video's) or the process does
+(the kernel lets go however it ends); a clear takes the exclusive lock, without waiting, and
+deletes only the copies it got."""
 
 from __future__ import annotations
 
@@ -35,6 +36,12 @@ def hold(copy: Path) -> None:
             _HELD[copy] = fd
         else:  # the copy was deleted while this process waited: hold the one made again
             os.close(fd)
+
+
+def release(copy: Path) -> None:
+    """This process no longer works in `copy` (a run it made has ended)."""
+    if (fd := _HELD.pop(copy.resolve(), None)) is not None:
+        os.close(fd)
 
 
 def _same_file(fd: int, path: Path) -> bool:

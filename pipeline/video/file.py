@@ -12,6 +12,7 @@ from ..gatys.engine import Progress
 from ..io.files import remembered_digest
 from ..io.images import check_image_file, check_shape, header_size
 from ..io.mirror import drop_local
+from ..io.run_copies import release
 from ..io.storage import Location
 from ..io.video import even_size, is_video
 from .chain import stylize_clips
@@ -77,12 +78,16 @@ def stylize_video_file(source: Location, styles: Sequence[Location], output: Loc
         on_frame(frame)
 
     on_start(part.count)
-    stylize_clips([clip_source(part, [str(s) for s in styles], max(video.temporal_frames),
-                               regions=regions)], params,
-                  video, runtime, lambda _c, i: clip.done(i), finished,
-                  lambda _c, i: progress(i), stores=lambda _c: clip.pass_store())
-    clip.finish(video.crf)
-    drop_local([clip.output])  # a video in object storage: there, not kept here too
+    try:
+        stylize_clips([clip_source(part, [str(s) for s in styles], max(video.temporal_frames),
+                                   regions=regions)], params,
+                      video, runtime, lambda _c, i: clip.done(i), finished,
+                      lambda _c, i: progress(i), stores=lambda _c: clip.pass_store())
+        clip.finish(video.crf)
+        drop_local([clip.output])  # a video in object storage: there, not kept here too
+    finally:
+        if isinstance(output, str):  # this machine's copy of its folder: no longer in use
+            release(clip.output.parent)
     made = [r for _, r in sorted(clip.records.items()) if not r.resumed]
     return VideoResult(output, part.count, part.fps, clip.size,
                        resumed=part.count - len(made), iterations=[r.iterations for r in made],
