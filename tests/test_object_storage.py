@@ -751,3 +751,20 @@ def test_a_report_s_pages_in_object_storage(s3, tmp_path):
     upload(tmp_path / "m.parquet", f"{out}/report_files/pages/notes.parquet")  # not a page
     write_report(run_folder(out))
     assert sorted(p.name for p in pages.iterdir()) == ["notes.parquet"]
+
+
+def test_a_video_job_s_frames_in_the_bucket_are_taken_up_on_another_machine(s3, tmp_path):
+    """A video job's finished frames, uploaded from one machine's copy of the run folder, are
+    found by a worker on another machine (another copy): it goes on from them."""
+    from pipeline.io.mirror import attach
+    from pipeline.video.frames import Frame
+    from pipeline.video.output import ClipOutput
+
+    url, _, _ = s3
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    here = attach(f"{url}/out", tmp_path / "machine-a")
+    ClipOutput(None, here / "v.mp4", "key").finished(Frame(0, 0, pixels, {"total": 1.0}, 6, 0.1))
+    there = attach(f"{url}/out", tmp_path / "machine-b")
+    later = ClipOutput(None, there / "v.mp4", "key")
+    assert np.array_equal(later.done(0), pixels) and later.done(1) is None
+    assert ClipOutput(None, there / "v.mp4", "other job").done(0) is None

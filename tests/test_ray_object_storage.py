@@ -22,6 +22,29 @@ ITERATIONS = 30  # long enough that a node's loss lands mid-batch, after a check
 SAME = {"size": 32, "iterations": ITERATIONS}  # fp32, batch 1: the local run's arithmetic
 
 
+def pinned_cache(pinned: Path, models: bool = True) -> Path:
+    """A cache with the model (exported by an earlier test, else by the first run that uses
+    the cache) and one side of the L-BFGS history (history_probe.py) for every thread count.
+    Each process would measure it otherwise, and a timing taken while other tests run can
+    pick the other side, which rounds otherwise."""
+    import shutil
+
+    import torch
+
+    from pipeline.accel.machine import cpu_model, probe_entry
+    from tests.conftest import _CACHE
+
+    (pinned / "models").mkdir(parents=True)
+    for model in sorted((Path(_CACHE) / "models").glob("*")) if models else ():
+        if model.suffix != ".lock":
+            shutil.copyfile(model, pinned / "models" / model.name)
+    (pinned / "probes").mkdir()
+    for threads in range(1, (os.cpu_count() or 1) + 1):
+        probe_entry(pinned, "history", [cpu_model(), torch.__version__, threads]).write_text(
+            '"left"')
+    return pinned
+
+
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory):
     """(cluster, {node: its user cache dir}); the nodes start before any test sets the S3
@@ -49,30 +72,17 @@ def test_a_cluster_sharing_only_a_bucket_runs_a_manifest_and_survives_a_lost_nod
     import pyarrow.parquet as pq
     import torch
 
-    from pipeline.accel.machine import cpu_model, probe_entry
     from pipeline.accel.runtime import RuntimeOptions
     from pipeline.bulk import ledger
     from pipeline.bulk.manifest import parse_overrides
     from pipeline.bulk.runner import RunOptions, exit_code, run_manifest
-    from tests.conftest import _CACHE
     from tests.run_helpers import images_in, make_dataset, node_remover, run_cli
 
     c, caches = nodes
     endpoint, served = s3_server
     manifest = make_dataset(tmp_path / "local")
-    # One cache for the reference run and, copied, the bucket's: the model (exported by an
-    # earlier test, else by the reference run), and one side of the L-BFGS history
-    # (history_probe.py) for every thread count. Each process would measure it otherwise, and
-    # a timing taken while other tests run can pick the other side, which rounds otherwise.
-    pinned = tmp_path / "pinned"
-    (pinned / "models").mkdir(parents=True)
-    for model in sorted((Path(_CACHE) / "models").glob("*")):
-        if model.suffix != ".lock":
-            shutil.copyfile(model, pinned / "models" / model.name)
-    (pinned / "probes").mkdir()
-    for threads in range(1, (os.cpu_count() or 1) + 1):
-        probe_entry(pinned, "history", [cpu_model(), torch.__version__, threads]).write_text(
-            '"left"')
+    # One cache for the reference run and, copied, the bucket's
+    pinned = pinned_cache(tmp_path / "pinned")
     reference = tmp_path / "reference"
     # The convolutions pinned direct: a Winograd plan is measured per cache (winograd.py),
     # and this reference run's cache is not the bucket's that the nodes share.
@@ -128,3 +138,66 @@ def test_a_cluster_sharing_only_a_bucket_runs_a_manifest_and_survives_a_lost_nod
             p.name for p in (shared / "models").glob("*.onnx")]
         here = {p.relative_to(copy).as_posix() for p in (copy / "targets").rglob("*.*")}
         assert here and here <= targets
+
+
+def test_a_multi_pass_video_spreads_over_nodes_that_share_only_a_bucket(
+        nodes, s3_server, monkeypatch, tmp_path):
+    """A clip's passes go out in pieces to both nodes. A piece needs its neighbours of the
+    previous pass, which the other node may have made: it reads them from the bucket, as it
+    cannot see that node's disk. No piece fails over to the clip made whole, and the video
+    equals the one a single local worker makes (fp64)."""
+    import shutil
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from pipeline.bulk.manifest import write_manifest
+    from pipeline.cli import app
+    from pipeline.video.synthetic import camera_clip, drawn_scene, write_clip
+    from tests.conftest import make_painting
+    from tests.run_helpers import cell
+
+    c, _ = nodes
+    endpoint, served = s3_server
+    data = tmp_path / "data"
+    data.mkdir()
+    write_clip(camera_clip(drawn_scene((160, 120)), (48, 36), 8), data / "clip.mp4",
+               Fraction(8))
+    make_painting().save(data / "style.png")
+    write_manifest([{"content": "clip.mp4", "style": "style.png", "output": "styled.mp4"}],
+                   data / "m.parquet")
+    passes = ["--precision", "fp64", "--targets", "torch", "--winograd", "off", "--set",
+              "size=32", "--set", "iterations=4", "--set", "passes=3", "--set",
+              "pass_iterations=3", "--set", "tol=0", "--batch-size", "2"]
+    runner = CliRunner()
+    pinned = pinned_cache(tmp_path / "pinned", models=False)
+    whole = runner.invoke(app, ["run", str(data / "m.parquet"), "--out", str(tmp_path / "whole"),
+                                "--devices", "cpu", "--workers", "1", "--cache-dir",
+                                str(pinned), *passes], terminal_width=200)
+    assert whole.exit_code == 0, whole.output
+    use_server(monkeypatch, endpoint)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "driver"))
+    url = f"s3://bucket/{tmp_path.name}"
+    upload(data, f"{url}/data")
+    # The cache in the bucket: each node then works in a copy of the run folder of its own
+    shutil.copytree(pinned / "probes", served / "bucket" / tmp_path.name / "cache" / "probes")
+    spread = runner.invoke(app, ["run", f"{url}/data/m.parquet", "--out", f"{url}/out",
+                                 "--distributor", "ray", "--ray-address", c.address,
+                                 "--cache-dir", f"{url}/cache", *passes], terminal_width=200)
+    assert spread.exit_code == 0, spread.output
+    assert "goes on whole" not in spread.output, spread.output
+    pieces = cell(spread.output, "pass pieces")
+    assert ", w1 " in pieces, pieces  # both nodes took pieces
+    there = served / "bucket" / tmp_path.name / "out"
+    assert not list(there.glob("*.frames"))  # the frames and passes gone once the video is
+
+    def frames(path):
+        with av.open(str(path)) as container:
+            return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+    made, alone = frames(there / "styled.mp4"), frames(tmp_path / "whole" / "styled.mp4")
+    assert len(made) == len(alone) == 8
+    for a, b in zip(made, alone, strict=True):
+        assert np.abs(a.astype(int) - b).mean() < 0.05

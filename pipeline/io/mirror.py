@@ -350,6 +350,21 @@ def fetch_missing(path: Path) -> None:
         _go_on_without(place, "fetch", store_error(place.url, e))
 
 
+def fetch_new(folder: Path) -> None:
+    """The files the bucket has under a mirrored `folder` and this machine does not, fetched:
+    what workers on other machines wrote there since (a video's frames, the passes of its
+    clip that other workers kept); nothing for a folder that is not mirrored."""
+    if (place := _mirrored(folder)) is None:
+        return
+    fs, root = _fresh(place.url)
+    try:
+        for key in fs.find(root):
+            if not (dest := folder / key[len(root) + 1:]).exists():
+                _get(fs, key, dest)
+    except Exception as e:
+        raise store_error(place.url, e) from None
+
+
 def exists(path: Path) -> bool:
     """The file is here, or (under a mirrored folder) in the bucket: looked up afresh."""
     return path.exists() or remote_size(path, fresh=True) is not None

@@ -22,7 +22,7 @@ from PIL import Image
 from ..errors import InputError
 from ..io.files import atomic_path, cache_dir, check_writable_dir, describe_os_error, overwrites
 from ..io.images import open_keyed
-from ..io.mirror import attach, remove_tree, removed
+from ..io.mirror import attach, fetch_new, remove_tree, removed
 from ..io.pixels import save_image
 from ..io.storage import Location, check_store, name, parent
 from ..io.video import even_size, is_video, write_video
@@ -92,13 +92,18 @@ class ClipOutput:
     records: dict[int, FrameRecord] = field(default_factory=dict)
     size: tuple[int, int] = (0, 0)  # of the frames
     pass_write_failed: bool = False  # said once
+    looked: bool = False  # for the frames another machine kept in the bucket
 
     @property
     def folder(self) -> Path:
         return frames_folder(self.output)
 
     def done(self, i: int) -> np.ndarray | None:
-        """Frame i if an earlier run finished it (its PNG carries its key)."""
+        """Frame i if an earlier run finished it (its PNG carries its key), here or, in a
+        bucket, on another machine."""
+        if not self.looked:
+            fetch_new(self.folder)
+            self.looked = True
         path = frame_path(self.folder, i)
         found = open_keyed(path, frame_key(self.key, i)) if path.is_file() else None
         if found is None:
@@ -160,6 +165,7 @@ class ClipOutput:
         first, last)` by their names (another job's are not resumed); `first_only`: from the
         first such file alone."""
         by_pass: dict[int, dict[int, Made]] = {}
+        fetch_new(self.folder / PASSES)  # in a bucket: those other machines' workers kept
         for path in sorted((self.folder / PASSES).glob("[0-9]*.pt")):
             if first_only and by_pass:
                 break
