@@ -180,6 +180,60 @@ def test_a_stopped_multi_pass_clip_goes_on_inside_its_pass_in_batches_of_any_siz
     assert not (clip.folder / PASSES).exists()
 
 
+def test_a_multi_pass_clip_resumed_past_frames_it_no_longer_decodes(cpu64, tmp_path,
+                                                                     monkeypatch):
+    """A clip longer than its decoded window (the last few frames) resumes from a store that
+    holds frames from its middle: pass 1's frames 0-1 and 4-5 (two pieces of another worker,
+    the clip then goes on whole on one), or pass 2's frames 0-3 (a run stopped there). The
+    next pass needs the frames the resumed pass skipped, long decoded past: they were made
+    when the frames after them were. Each run ends as an uninterrupted one (fp64)."""
+    import functools
+
+    from pipeline.gatys.engine import Interrupted
+    from pipeline.targets.cache import TargetCache
+    from pipeline.video import chain, passes
+    from pipeline.video.chain import flow_folder
+    from pipeline.video.clip import clip_source
+    from pipeline.video.output import ClipOutput
+    from pipeline.video.part import clip_part
+    from pipeline.video.passes import stylize_piece
+
+    source = tmp_path / "clip.mp4"
+    write_clip(camera_clip(drawn_scene((160, 120)), (24, 16), 8), source, Fraction(8))
+    params = StyleParams(size=24, iterations=4, tol=0)
+    video = VideoParams(passes=3, pass_iterations=3)
+    part = clip_part(source, video)
+    monkeypatch.setattr(chain, "stylize_passes", functools.partial(passes.stylize_passes,
+                                                                   batch=2))
+
+    def run(out: ClipOutput, stop=lambda: False) -> list[np.ndarray]:
+        got: list = []
+        stylize_clips([clip_source(part, [make_painting()], 1)], params, video, cpu64,
+                      lambda c, i: None, got.append, stop=stop,
+                      stores=lambda c: out.pass_store())
+        return [f.pixels for f in got]
+
+    whole = run(ClipOutput(part, tmp_path / "whole", "k"))
+    pieces = ClipOutput(part, tmp_path / "pieces", "k")
+    for first in (0, 4):
+        stylize_piece(clip_source(part, [make_painting()], 1, max(0, first - 1)), params,
+                      video, cpu64, TargetCache(flow_folder(cpu64), 0), 0,
+                      range(first, first + 2), 2, pieces.pass_store(shared=True))
+    stopped = ClipOutput(part, tmp_path / "stopped", "k")
+
+    def second_pass_half_done() -> bool:
+        kept = stopped.pass_store().load()
+        return kept is not None and kept.passes == 1 and len(kept.current) >= 4
+
+    with pytest.raises(Interrupted):
+        run(stopped, stop=second_pass_half_done)
+    for out, kept in ((pieces, (0, [0, 1, 4, 5])), (stopped, (1, [0, 1, 2, 3]))):
+        state = out.pass_store().load()
+        assert (state.passes, sorted(state.current)) == kept
+        for a, b in zip(run(out), whole, strict=True):
+            assert np.abs(a.astype(int) - b).max() <= 1
+
+
 def test_flows_are_computed_once_per_clip_and_size(tmp_path, monkeypatch):
     """The flows of a clip are cached by its frames' pixels: the same clip with another
     style computes none, and gets the same frames as with flows computed afresh."""

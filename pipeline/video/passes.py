@@ -90,18 +90,27 @@ def pass_params(params: StyleParams, video: VideoParams) -> StyleParams:
 class WorkingFrames:
     """A clip's frames prepared for the optimizer, each at the working size made once (a frame
     already at its size is not resized again: the same pixels): the flows and later passes
-    use them. Frames are asked for in increasing order, as the clip decodes them."""
+    use them. The clip decodes each frame once, in order, from frame `first` on."""
 
-    def __init__(self, clip: ClipSource, params: StyleParams, video: VideoParams):
+    def __init__(self, clip: ClipSource, params: StyleParams, video: VideoParams,
+                 first: int = 0):
         self.clip, self.first, self.later = clip, params, pass_params(params, video)
         self.content: dict[int, np.ndarray] = {}
+        self.next = first  # the first frame never asked for
 
     def prepared(self, i: int, p: int) -> tuple[SizedImage, list[SizedImage]]:
-        """Frame i and the styles, prepared for pass p."""
+        """Frame i and the styles, prepared for pass p. The frames before it never asked for
+        are made first: a pass resumed past some frames skips them, and the next pass needs
+        them after the clip has decoded past them."""
+        for skipped in range(self.next, i):
+            self._made(skipped, self.later)
+        self.next = max(self.next, i + 1)
+        return self._made(i, self.first if p == 0 else self.later)
+
+    def _made(self, i: int, params: StyleParams) -> tuple[SizedImage, list[SizedImage]]:
         source = self.content[i] if i in self.content else self.clip.frame(i)
         image, styles = prepare(StyleJob(Image.fromarray(source), list(self.clip.styles),
-                                         self.clip.regions),
-                                self.first if p == 0 else self.later)
+                                         self.clip.regions), params)
         self.content.setdefault(i, to_pixels(image.pixels))
         return dataclasses.replace(image, name=f"frame {i}", keep=False), styles
 
@@ -138,9 +147,10 @@ def stylize_piece(clip: ClipSource, params: StyleParams, video: VideoParams, run
                   begun: Callable[[int], None] = lambda kept: None,
                   progress: Callable[[int], None] = lambda done: None) -> None:
     """Frames `frames` of pass p alone (bulk/pass_plan.py: pass p - 1 is whole in `store`),
-    those the store lacks, `batch` at a time, each batch kept there. `begun(n)`: n of them
-    were kept by an earlier run (all of them once a later pass is kept); `progress(n)` after
-    each batch, with the frames done so far. PassMissing when the store lacks a neighbour."""
+    from `clip` decoded from their first neighbour on, those the store lacks, `batch` at a
+    time, each batch kept there. `begun(n)`: n of them were kept by an earlier run (all of
+    them once a later pass is kept); `progress(n)` after each batch, with the frames done so
+    far. PassMissing when the store lacks a neighbour."""
     made = ({i: Made(np.empty(0), {}) for i in frames} if store.beyond(p)
             else store.read(p, frames))
     begun(len(made))
@@ -151,8 +161,9 @@ def stylize_piece(clip: ClipSource, params: StyleParams, video: VideoParams, run
     if p > 0 and len(previous) < len(around):
         lacking = sorted(set(around) - set(previous))
         raise PassMissing(f"frames {lacking[0]}-{lacking[-1]} of the pass before are not kept")
-    _run_pass(p, frames, previous, made, WorkingFrames(clip, params, video), runtime, flows,
-              video, batch, store, stop, lambda: progress(sum(i in made for i in frames)))
+    _run_pass(p, frames, previous, made, WorkingFrames(clip, params, video, around.start),
+              runtime, flows, video, batch, store, stop,
+              lambda: progress(sum(i in made for i in frames)))
 
 
 def _run_pass(p: int, frames: range, previous: dict[int, Made], made: dict[int, Made],
