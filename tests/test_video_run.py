@@ -119,6 +119,35 @@ def test_an_init_image_s_bytes_are_in_a_video_job_s_key(video_dataset, tmp_path)
     assert len(set(keys)) == 3
 
 
+@pytest.mark.parametrize("mode", ["cross", "dataset"])
+def test_a_grid_over_video_options_multiplies_the_video_rows_only(video_dataset, tmp_path,
+                                                                   mode):
+    """--param temporal_weight=0,500 x size=32,48: four jobs per clip, each with its own
+    options and output, and two for the photo, which takes no video option. A value a video
+    job refuses is a one-line error naming it."""
+    from pipeline.bulk.scan import scan
+
+    content, style = video_dataset.parent / "content", video_dataset.parent / "style"
+    inputs = (["--content", str(content), "--style", str(style)] if mode == "cross" else
+              ["--content-dir", str(content), "--style-dir", str(style), "--mirror"])
+    grid = ["--param", "temporal_weight=0,500", "--param", "size=32,48"]
+    manifest = tmp_path / "grid.parquet"
+    result = runner.invoke(app, ["manifest", "build", *inputs, *grid, "-o", str(manifest)])
+    assert result.exit_code == 0, result.output
+    jobs = scan(manifest, tmp_path / "out", {}).jobs
+    made = sorted((job.spec.content.name, job.spec.params.size,
+                   job.spec.video and job.spec.video.temporal_weight) for job in jobs)
+    assert made == sorted([(clip, size, weight) for clip in ("a.mp4", "b.mp4")
+                           for size in (32, 48) for weight in (0.0, 500.0)]
+                          + [("p.png", 32, None), ("p.png", 48, None)])
+    assert len({job.spec.output for job in jobs}) == len(jobs) == 10
+    refused = runner.invoke(app, ["manifest", "build", *inputs, "--param", "passes=3,1",
+                                  "-o", str(tmp_path / "bad.parquet")])
+    assert refused.exit_code == 2
+    assert refused.output.strip().splitlines() == [
+        "error: --param: passes must be 0 (the frame chain) or at least 2, got 1"]
+
+
 def test_a_video_is_done_by_the_key_inside_it(finished, tmp_path):
     """Without the ledger, a video output counts as done by the job key in its metadata: the
     right job's video is done, another job's whole video in its place is pending."""

@@ -26,13 +26,15 @@ from ..gatys.params import StyleParams
 from ..gatys.region_params import Regions
 from ..io.storage import Location, find_objects, is_url
 from ..io.storage import name as file_name
-from ..io.video import VIDEO_SUFFIXES
+from ..io.video import VIDEO_SUFFIXES, is_video
+from ..video.params import VideoParams
 from .manifest import (
     LIST_COLUMNS,
     PARAM_COLUMNS,
     REGION_COLUMNS,
     REGION_FILES,
     RESERVED,
+    VIDEO_COLUMNS,
     coerce_param,
     default_output,
     params_tag,
@@ -166,7 +168,7 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
     for item in items:
         name, sep, values = item.partition("=")
         name = name.strip().replace("-", "_")
-        params = {*PARAM_COLUMNS, *REGION_COLUMNS} - {"style_blend"}
+        params = {*PARAM_COLUMNS, *REGION_COLUMNS, *VIDEO_COLUMNS} - {"style_blend"}
         if not sep or name not in params:
             raise InputError(f"--param {item!r}{did_you_mean(name, params)}: expected "
                              f"name=v1,v2 with name a parameter")
@@ -189,22 +191,28 @@ def _absolute(value: Any) -> Any:
     return str(Path(value).absolute())
 
 
-def split_setting(setting: Iterable[tuple[str, Any]]) -> tuple[StyleParams, Regions]:
-    """A grid point's job parameters and regions."""
+def split_setting(setting: Iterable[tuple[str, Any]]
+                  ) -> tuple[StyleParams, Regions, VideoParams]:
+    """A grid point's job parameters, regions and video options."""
     values = dict(setting)
     regions = {k: values.pop(k) for k in REGION_COLUMNS if k in values}
-    return StyleParams(**values), Regions(**regions)
+    video = {k: values.pop(k) for k in VIDEO_COLUMNS if k in values}
+    return StyleParams(**values), Regions(**regions), VideoParams(**video)
 
 
-def settings(grid: dict[str, list[Any]]) -> list[tuple[tuple[str, Any], ...]]:
+def settings(grid: dict[str, list[Any]], video: bool = True
+             ) -> list[tuple[tuple[str, Any], ...]]:
     """Every combination of the grid's values, each checked as a one-style job's parameters
-    would be."""
-    combos = [tuple(zip(grid, values, strict=True))
-              for values in itertools.product(*grid.values())]
+    would be; for an image (not `video`), of the values that are not video options: an image
+    is made once, whatever the video options."""
+    axes = {k: v for k, v in grid.items() if video or k not in VIDEO_COLUMNS}
+    combos = [tuple(zip(axes, values, strict=True))
+              for values in itertools.product(*axes.values())]
     for combo in combos:
         try:
-            params, regions = split_setting(combo)
+            params, regions, options = split_setting(combo)
             regions.validate(1, params.validate())
+            options.validate()
         except InputError as e:
             raise InputError(f"--param: {e}") from None
     return combos
@@ -212,9 +220,10 @@ def settings(grid: dict[str, list[Any]]) -> list[tuple[tuple[str, Any], ...]]:
 
 def cross_product(contents: Sequence[Path], styles: Sequence[Path],
                   grid: dict[str, list[Any]]) -> list[Draft]:
-    """contents x styles x parameter grid, one row each."""
-    return [Draft(content, (style,), setting) for content, style, setting
-            in itertools.product(contents, styles, settings(grid))]
+    """contents x styles x parameter grid (its video options for videos only), one row each."""
+    combos = {video: settings(grid, video) for video in (False, True)}
+    return [Draft(content, (style,), setting) for content in contents for style in styles
+            for setting in combos[is_video(content)]]
 
 
 def remote_images(url: str, recursive: bool = False) -> list[str]:
@@ -240,18 +249,19 @@ def to_rows(drafts: Sequence[Draft], relative_to: Path | None = None) -> list[di
     stems and its parameters' hash) clashes with another's is given a name from the parts of
     its paths that differ; InputError lists the rows that still clash."""
     tags = {}
-    for s in {d.setting for d in drafts}:
-        params, regions = split_setting(s)
-        tags[s] = params_tag(params, None, regions)
-    outputs = [d.output or default_output(d.content, d.styles, tags[d.setting]) for d in drafts]
+    for s, video in {(d.setting, is_video(d.content)) for d in drafts}:
+        params, regions, options = split_setting(s)
+        tags[s, video] = params_tag(params, options if video else None, regions)
+    outputs = [d.output or default_output(d.content, d.styles, tags[d.setting, is_video(d.content)])
+               for d in drafts]
     named = [d.output is not None for d in drafts]
     by_output = _rows_by_output(outputs)
     if len(by_output) < len(outputs):
         names = short_names(p for d in drafts for p in (d.content, *d.styles))
         for i, d in enumerate(drafts):
             if d.output is None and len(by_output[outputs[i]]) > 1:
-                outputs[i], named[i] = default_output(d.content, d.styles, tags[d.setting],
-                                                      names), True
+                tag = tags[d.setting, is_video(d.content)]
+                outputs[i], named[i] = default_output(d.content, d.styles, tag, names), True
         by_output = _rows_by_output(outputs)
     clashes = [(out, rows) for out, rows in by_output.items() if len(rows) > 1]
     if clashes:

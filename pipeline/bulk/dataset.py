@@ -72,7 +72,8 @@ def assign_styles(names: Sequence[str], styles: Sequence[Path], how: str, per_im
 def dataset_drafts(content_dir: Location, style_dir: Location, *, recursive: bool, assign: str,
                    per_image: int, seed: int, mirror: bool, fmt: str,
                    grid: dict[str, list[Any]], walk: Walk) -> list[Draft]:
-    """One row per content image, style and parameter setting. With `mirror`, each output is
+    """One row per content image, style and parameter setting (a video's: with the grid's
+    video options). With `mirror`, each output is
     the content's path relative to `content_dir` with the extension `fmt` (`mp4` for a video;
     images that differ
     only in their extension, a.jpg and a.png, keep it: a.jpg.png); an image with several
@@ -82,7 +83,7 @@ def dataset_drafts(content_dir: Location, style_dir: Location, *, recursive: boo
         raise InputError(f"--format must be one of {FORMATS}, got {fmt!r}")
     styles = list_images(style_dir, recursive, walk)
     check_assignment(assign, per_image, len(styles))  # before a long walk of the contents
-    combos = settings(grid)
+    combos = {video: settings(grid, video) for video in (False, True)}
     contents = list_images(content_dir, recursive, walk, videos=True)
     names = [_relative(p, content_dir) for p in contents]
     assigned = assign_styles([str(n) for n in names], styles, assign, per_image, seed)
@@ -90,12 +91,13 @@ def dataset_drafts(content_dir: Location, style_dir: Location, *, recursive: boo
     style_names = short_names(styles)
     drafts = []
     for content, name, its_styles in zip(contents, names, assigned, strict=True):
-        for style, (k, setting) in itertools.product(its_styles, enumerate(combos)):
+        its_combos = combos[is_video(content)]
+        for style, (k, setting) in itertools.product(its_styles, enumerate(its_combos)):
             output = None
             if mirror:
                 stem = (name.stem if clashing[name.with_suffix("")] == 1 else name.name) + (
                     f"__{style_names[style]}" if len(its_styles) > 1 else "") + (
-                    f"__{k}" if len(combos) > 1 else "")
+                    f"__{k}" if len(its_combos) > 1 else "")
                 output = str(name.with_name(f"{stem}.{'mp4' if is_video(content) else fmt}"))
             drafts.append(Draft(content, (style,), setting, output))
     return drafts

@@ -52,7 +52,9 @@ def manifest_build(
     fmt: str = typer.Option("png", "--format", help="Dataset mode with --mirror: png or jpg."),
     param: list[str] = typer.Option(None, "--param", help="Parameter grid axis name=v1,v2 "
                                     "(repeatable), e.g. --param style_weight=50,200; list "
-                                    "parameters separate values with ';'."),
+                                    "parameters separate values with ';'. A video option "
+                                    "(--param temporal_weight=0,1000) multiplies the video "
+                                    "rows only."),
     storage_option: list[str] = STORAGE_OPTION,
 ) -> None:
     """Write a manifest, one row per output: the cross product of --content x --style x the
