@@ -522,13 +522,15 @@ def test_a_second_machine_cannot_run_into_the_same_bucket_folder(s3, tmp_path, m
 
 
 def test_a_video_in_a_bucket_is_stylized_into_the_bucket(s3, tmp_path):
-    """A video row whose clip is an object: fetched once, stylized, written into the run
-    folder in the bucket as one object, and done on a rerun."""
+    """A clip under a prefix makes a video row (`manifest build`, as in a folder; styles are
+    images only), fetched once, stylized, written into the run folder in the bucket as one
+    object, and done on a rerun."""
     from fractions import Fraction
 
     pytest.importorskip("av", reason="the video extra: pip install -e '.[video]'")
     pytest.importorskip("cv2", reason="the video extra: pip install -e '.[video]'")
-    from pipeline.bulk.manifest import write_manifest
+    import pyarrow.parquet as pq
+
     from pipeline.io.video import probe
     from pipeline.video.synthetic import camera_clip, drawn_scene, write_clip
     from tests.run_helpers import cell, run_cli
@@ -536,14 +538,20 @@ def test_a_video_in_a_bucket_is_stylized_into_the_bucket(s3, tmp_path):
     url, folder, local = s3
     write_clip(camera_clip(drawn_scene((160, 120)), (48, 36), 3), local / "clip.mp4",
                Fraction(8))
-    upload(local / "clip.mp4", f"{url}/in/clip.mp4")
-    write_manifest([{"content": "in/clip.mp4", "style": "in/painting.png",
-                     "output": "clip-styled.mp4"}], tmp_path / "m.parquet")
-    upload(tmp_path / "m.parquet", f"{url}/m.parquet")
+    upload(local / "clip.mp4", f"{url}/clips/clip.mp4")
+    build = runner.invoke(app, ["manifest", "build", "--content", f"{url}/clips/", "--style",
+                                f"{url}/in/pa*", "-o", f"{url}/m.parquet"])
+    assert build.exit_code == 0, build.output
+    rows = pq.read_table(folder / "m.parquet").to_pylist()
+    assert [(r["content"], r["style"]) for r in rows] == [(f"{url}/clips/clip.mp4",
+                                                           f"{url}/in/painting.png")]
+    styles = runner.invoke(app, ["manifest", "build", "--content", f"{url}/clips/", "--style",
+                                 f"{url}/clips/", "-o", str(tmp_path / "s.parquet")])
+    assert styles.exit_code == 2 and f"{url}/clips/: no images found" in styles.output
     fast = ("--set", "frame_iterations=3", "--set", "tol=0")
     result = run_cli(f"{url}/m.parquet", f"{url}/out", *fast)
     assert result.exit_code == 0, result.output
-    made = folder / "out" / "clip-styled.mp4"
+    [made] = (folder / "out").glob("*.mp4")
     assert probe(made).frames == 3
     assert not [p for p in (folder / "out").rglob("*.frames/*") if p.is_file()]  # gone there too
     again = run_cli(f"{url}/m.parquet", f"{url}/out", *fast)

@@ -112,11 +112,11 @@ def tree_files(folder: Path, recursive: bool, walk: Walk, videos: bool = False) 
 
 def expand_inputs(spec: str, walk: Walk, videos: bool = False) -> list[Location]:
     """A file, a folder (its image files, and videos with `videos`) or a glob pattern (`**`
-    recurses), sorted; in object storage (a URL), the images under a prefix or matching a
-    pattern."""
+    recurses), sorted; in object storage (a URL), the images (and videos) under a prefix or
+    matching a pattern."""
     path = Path(os.path.expanduser(spec))
     if is_url(spec):
-        found: list[Location] = list(remote_images(spec))
+        found: list[Location] = list(remote_images(spec, videos=videos))
     elif path.is_dir():
         found = tree_files(path, False, walk, videos)
     else:
@@ -226,12 +226,12 @@ def cross_product(contents: Sequence[Path], styles: Sequence[Path],
             for setting in combos[is_video(content)]]
 
 
-def remote_images(url: str, recursive: bool = False) -> list[str]:
-    """The images in object storage under a prefix or matching a pattern (videos are not
-    read from object storage yet), hidden names left out as in a folder."""
+def remote_images(url: str, recursive: bool = False, videos: bool = False) -> list[str]:
+    """The images (and videos, with `videos`) in object storage under a prefix or matching a
+    pattern, hidden names left out as in a folder."""
+    kinds = IMAGE_EXTENSIONS | (VIDEO_SUFFIXES if videos else set())
     return [u for u in find_objects(url, recursive)
-            if Path(file_name(u)).suffix.lower() in IMAGE_EXTENSIONS
-            and not file_name(u).startswith(".")]
+            if Path(file_name(u)).suffix.lower() in kinds and not file_name(u).startswith(".")]
 
 
 def relative_path(path: Location, relative_to: Path | None) -> str:
