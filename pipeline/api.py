@@ -510,7 +510,11 @@ def stylize_file(content: Location, styles: Sequence[Location], output: Location
     that Parquet file. Every destination is checked before any work. Inputs, the output and
     the trace may be URLs (s3://..., io/storage.py): read whole, written as one object.
     `runtime` may be a function that starts one, called once the inputs are read: a wrong path
-    then fails before the hardware probes run."""
+    then fails before the hardware probes run. Each location is a path (str or Path) or a
+    URL."""
+    content, output = location(content), location(output)
+    styles = [location(s) for s in styles]
+    trace = None if trace is None else location(trace)
     params.validate(n_styles=len(styles))
     regions.validate(len(styles), params)
     init = [location(params.init)] if params.init_is_file else []

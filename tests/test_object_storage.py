@@ -563,7 +563,7 @@ def test_pipeline_video_reads_and_writes_object_storage_and_resumes_elsewhere(
     """`pipeline video s3://...clip.mp4 s3://...style.png -o s3://...out.mp4`: stopped after
     two frames, their PNGs are in the bucket (beside the output-to-be); the same command on
     another machine resumes from them, writes the video there as one object, and removes the
-    frames there. The frames equal a local run's."""
+    frames there; on a third, it finds the video done. The frames equal a local run's."""
     from fractions import Fraction
 
     pytest.importorskip("av", reason="the video extra: pip install -e '.[video]'")
@@ -607,6 +607,11 @@ def test_pipeline_video_reads_and_writes_object_storage_and_resumes_elsewhere(
     copy = staging_folder(f"{url}/out", tmp_path / "other-machine")
     assert copy.is_dir() and not [p for p in copy.rglob("*")  # nothing kept
                                   if p.is_file() and p.name != IN_USE]
+    before = made.stat().st_mtime_ns
+    monkeypatch.setenv("STYLE_PIPELINE_CACHE", str(tmp_path / "third-machine"))
+    again = runner.invoke(app, args, terminal_width=200)  # done: read from the bucket
+    assert again.exit_code == 0 and "4 (4 from an earlier run)" in again.output, again.output
+    assert made.stat().st_mtime_ns == before
     here = tmp_path / "here.mp4"
     whole = runner.invoke(app, ["video", str(local / "clip.mp4"), str(local / "painting.png"),
                                 "-o", str(here), *args[5:]], terminal_width=200)

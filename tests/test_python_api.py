@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 
 from pipeline.io.images import read_metadata
@@ -19,7 +20,8 @@ DOC = ROOT / "docs" / "python-api.md"
 # The doc's sizes and iteration counts, and what the test runs instead.
 SMALLER = [(r"size=512, iterations=300", "size=32, iterations=3"),
            (r'"size=256,512"\]', '"size=32,48", "iterations=3"]'),
-           (r"size=256", "size=32, iterations=3")]
+           (r"size=256", "size=32, iterations=3"),
+           (r"frame_iterations=150", "frame_iterations=2")]
 
 
 def _blocks() -> list[str]:
@@ -57,10 +59,10 @@ def _run(script: str, folder: Path) -> str:
 def test_the_docs_blocks_are_what_this_test_runs():
     """Each size in the doc is replaced: a block that changed would otherwise run at full size."""
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
-    assert len(blocks) == 2
-    for doc, _ in SMALLER:
+    assert len(blocks) == 3
+    for doc, _ in SMALLER[:-1]:
         assert re.search(doc, blocks[0]), doc
-    assert "size=256" in blocks[1]
+    assert "frame_iterations=150" in blocks[1] and "size=256" in blocks[2]
 
 
 def test_the_first_block_runs_as_a_script(tmp_path):
@@ -76,7 +78,26 @@ def test_the_first_block_runs_as_a_script(tmp_path):
 
 def test_the_slots_block_runs_as_a_script(tmp_path):
     _inputs(tmp_path)
-    printed = _run(_blocks()[1], tmp_path)
+    printed = _run(_blocks()[2], tmp_path)
     ended = [ast.literal_eval(line) for line in printed.splitlines()]
     assert sorted(i for batch in ended for i, _ in batch) == list(range(10))
     assert all(iterations == 3 for batch in ended for _, iterations in batch)
+
+
+def test_the_video_block_runs_as_a_script(tmp_path):
+    """From the top-level names alone: the video written, then done on a second call."""
+    from fractions import Fraction
+
+    pytest.importorskip("av", reason="the video extra: pip install -e '.[video]'")
+    pytest.importorskip("cv2", reason="the video extra: pip install -e '.[video]'")
+    from pipeline.io.video import probe
+    from pipeline.video.synthetic import camera_clip, drawn_scene, write_clip
+
+    _inputs(tmp_path)
+    write_clip(camera_clip(drawn_scene((160, 120)), (48, 36), 3), tmp_path / "clip.mp4",
+               Fraction(8))
+    printed = _run(_blocks()[1], tmp_path)
+    assert printed.splitlines() == ["3 0 [3, 2, 2]"], printed
+    assert probe(tmp_path / "clip-styled.mp4").frames == 3
+    again = _run(_blocks()[1], tmp_path)
+    assert again.splitlines() == ["3 3 []"], again

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..io.files import describe_os_error
-from ..io.storage import Location, check_store
+from ..io.storage import Location, check_store, location
 from .build import Walk, cross_product, expand_inputs, parse_grid, to_rows
 from .dataset import dataset_drafts
 from .manifest import write_manifest
@@ -23,7 +23,10 @@ def build_manifest(output: Location, content: Sequence[str], style: Sequence[str
     """`pipeline manifest build`: write `output`, one row per output image (the cross
     product of `content` x `style` specs x the `param` grid, or dataset mode under
     `content_dir`); returns the rows written and the walk (what it skipped). Inputs in object
-    storage are written as URLs, local ones relative to a local manifest's folder."""
+    storage are written as URLs, local ones relative to a local manifest's folder. Each
+    location is a path (str or Path) or a URL."""
+    output = location(output)
+    content_dir, style_dir = (None if d is None else location(d) for d in (content_dir, style_dir))
     dataset = content_dir is not None or style_dir is not None
     if dataset == bool(content or style) or (dataset and not (content_dir and style_dir)):
         raise InputError("give --content and --style, or --content-dir and --style-dir")

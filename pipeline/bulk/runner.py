@@ -21,7 +21,7 @@ from ..errors import InputError, RowError
 from ..io.files import check_writable_dir, describe_os_error, remove_stale_temps
 from ..io.mirror import STATE, drop_local, refresh
 from ..io.run_copies import release
-from ..io.storage import Location, storage_options
+from ..io.storage import Location, location, storage_options
 from . import ledger, traces
 from .checkpoint_files import batch_checkpoints, checkpoint_dir, sweep_finished
 from .distribute import Distributor, Outcome, QuietDisplay, distribute
@@ -99,8 +99,10 @@ def run_manifest(manifest: Location, opts: RunOptions,
     `display_factory(total=, devices=)` is a context manager fed the workers' events;
     `scan_view()` one that yields a row counter while the manifest is checked. Nothing is
     written (not even the folder) until the run is sure to start: the manifest is checked,
-    and the workers' devices found (a Ray cluster joined) first."""
+    and the workers' devices found (a Ray cluster joined) first. `manifest`: a path (str or
+    Path) or a URL."""
     start = time.perf_counter()
+    manifest = location(manifest)
     opts.validate()
     check_distributor(opts.distributor, opts.devices)
     if not isinstance(opts.out_dir, str):

@@ -47,7 +47,7 @@ def video(
     """Stylize SOURCE with STYLES into OUTPUT, frame by frame: each frame starts from the one
     before it warped by the optical flow and is held to it where the flow is consistent, so
     the result does not flicker. Stopped (Ctrl-C, a crash), the same command resumes at the
-    first frame not yet done."""
+    first frame not yet done; run again once the video is made, it does nothing."""
     if quiet:
         logging.getLogger("pipeline").setLevel(logging.WARNING)
     set_storage_options(storage_option)

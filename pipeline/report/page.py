@@ -26,6 +26,7 @@ from urllib.parse import quote
 from ..bulk import ledger
 from ..bulk.manifest import REGION_FILES, RealPaths
 from ..bulk.names import short_names
+from ..bulk.run_state import run_folder
 from ..io.files import atomic_write_bytes
 from ..io.mirror import removed
 from ..io.storage import Location
@@ -85,11 +86,13 @@ def _h(value: object) -> str:
     return escape(str(value), quote=True)
 
 
-def write_report(out_dir: Path, page_cells: int = PAGE_CELLS,
+def write_report(out_dir: Location, page_cells: int = PAGE_CELLS,
                  advance: Callable[[int], None] = lambda n: None) -> Path:
     """Write (or refresh) <out_dir>/report.html, its further pages and its thumbnails; returns
-    its path. `advance(n)`: n more thumbnails made or found (a first report of a large run
+    its path (of a run folder in object storage, a URL: in this machine's copy, each file
+    uploaded). `advance(n)`: n more thumbnails made or found (a first report of a large run
     makes one per input, output and intermediate image)."""
+    out_dir = out_dir if isinstance(out_dir, Path) else run_folder(out_dir)
     view = gather(out_dir)
     thumbs = Thumbnails(report_folder(out_dir, FILES, "thumbs"))
     thumbs.make_all([*(j.content for j in view.jobs), *(s for j in view.jobs for s in j.styles),

@@ -13,7 +13,7 @@ from ..io.files import remembered_digest
 from ..io.images import check_image_file, check_shape, header_size
 from ..io.mirror import drop_local
 from ..io.run_copies import release
-from ..io.storage import Location
+from ..io.storage import Location, location
 from ..io.video import even_size, is_video
 from .chain import stylize_clips
 from .clip import clip_source
@@ -56,7 +56,10 @@ def stylize_video_file(source: Location, styles: Sequence[Location], output: Loc
     frames' shape, the same for every frame. Any of the files may be URLs (io/storage.py):
     a video output in object storage is uploaded whole at the end, its frames as they
     finish (so that the same command resumes on any machine). `runtime` may be a function
-    that starts one, called once the inputs are checked."""
+    that starts one, called once the inputs are checked. An output video this job finished
+    (its key inside) is done: nothing is made again. Each location is a path (str or Path)
+    or a URL."""
+    source, output, styles = location(source), location(output), [location(s) for s in styles]
     params.validate(n_styles=len(styles))
     regions.validate(len(styles), params)
     part = clip_part(source, video)
@@ -71,7 +74,6 @@ def stylize_video_file(source: Location, styles: Sequence[Location], output: Loc
                    [image_digest(s) for s in styles], params, video, init,
                    regions.key(image_digest))
     clip = ClipOutput(part, output_here(output, runtime.cache), key)
-    clip.folder.mkdir(parents=True, exist_ok=True)
 
     def finished(frame: Frame) -> None:
         clip.finished(frame)
@@ -79,6 +81,10 @@ def stylize_video_file(source: Location, styles: Sequence[Location], output: Loc
 
     on_start(part.count)
     try:
+        if (size := clip.whole_video()) is not None:  # done: the same command run again
+            return VideoResult(output, part.count, part.fps, size, resumed=part.count,
+                               audio=part.info.has_audio)
+        clip.folder.mkdir(parents=True, exist_ok=True)
         stylize_clips([clip_source(part, [str(s) for s in styles], max(video.temporal_frames),
                                    regions=regions)], params,
                       video, runtime, lambda _c, i: clip.done(i), finished,

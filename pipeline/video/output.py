@@ -22,10 +22,10 @@ from PIL import Image
 from ..errors import InputError
 from ..io.files import atomic_path, cache_dir, check_writable_dir, describe_os_error, overwrites
 from ..io.images import open_keyed
-from ..io.mirror import attach, fetch_new, remove_tree, removed
+from ..io.mirror import attach, borrowed, fetch_new, remove_tree, removed
 from ..io.pixels import save_image
 from ..io.storage import Location, check_store, name, parent
-from ..io.video import even_size, is_video, write_video
+from ..io.video import even_size, is_video, probe, video_metadata, write_video
 from .frames import Frame
 from .layout import ENCODED, frame_path, frames_folder
 from .part import ClipPart, frame_key
@@ -97,6 +97,18 @@ class ClipOutput:
     @property
     def folder(self) -> Path:
         return frames_folder(self.output)
+
+    def whole_video(self) -> tuple[int, int] | None:
+        """The size of this job's video if an earlier run finished it (its key inside; in a
+        bucket, read from there), else None."""
+        if not is_video(self.output):
+            return None
+        try:
+            with borrowed(self.output) as path:
+                ours = video_metadata(path).get("job_key") == self.key
+                return probe(path).size if ours else None
+        except FileNotFoundError:
+            return None
 
     def done(self, i: int) -> np.ndarray | None:
         """Frame i if an earlier run finished it (its PNG carries its key), here or, in a
