@@ -73,12 +73,11 @@ def dataset_drafts(content_dir: Location, style_dir: Location, *, recursive: boo
                    per_image: int, seed: int, mirror: bool, fmt: str,
                    grid: dict[str, list[Any]], walk: Walk) -> list[Draft]:
     """One row per content image, style and parameter setting (a video's: with the grid's
-    video options). With `mirror`, each output is
-    the content's path relative to `content_dir` with the extension `fmt` (`mp4` for a video;
-    images that differ
-    only in their extension, a.jpg and a.png, keep it: a.jpg.png); an image with several
-    styles, or a grid of several settings, adds `__<style>` and `__<setting>` to the file name
-    so that no two rows share an output."""
+    video options). With `mirror`, each output is the content's path relative to
+    `content_dir` with the extension `fmt` (`mp4` for a video; images that differ only in
+    their extension, a.jpg and a.png, keep it: a.jpg.png); an image with several styles, or
+    a grid of several settings, adds `__<style>` and `__<setting>` to the file name so that
+    no two rows share an output."""
     if fmt not in FORMATS:
         raise InputError(f"--format must be one of {FORMATS}, got {fmt!r}")
     styles = list_images(style_dir, recursive, walk)
