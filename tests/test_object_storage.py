@@ -276,6 +276,7 @@ def test_a_run_folder_in_object_storage(s3, tmp_path):
     assert len(records) == 3 and all(output_is_done(staging / output, key, record, fresh=True)
                                      for (key, output), record in records.items())
     assert len(list((there / "report_files" / "thumbs").glob("*.jpg"))) == 5  # 2 in, 3 out
+    assert not list(staging.rglob("*.jpg")), "thumbnails in the bucket are not kept here too"
     assert cell(run_cli(f"{url}/m.parquet", out).output, "done before (skipped)") == "3"
     shutil.rmtree(staging_folder(out, cache_dir()))  # another machine: no local copy
     again = run_cli(f"{url}/m.parquet", out)
@@ -292,13 +293,21 @@ def test_a_run_folder_in_object_storage(s3, tmp_path):
     report = runner.invoke(app, ["report", out], terminal_width=200)
     assert report.exit_code == 0 and f"wrote {out}/report.html" in report.output, report.output
     assert (there / "report.html").is_file()
-    thumbs = list((there / "report_files" / "thumbs").glob("*.jpg"))
+    thumbs = {p: p.stat().st_mtime_ns for p in (there / "report_files" / "thumbs").glob("*")}
     assert len(thumbs) == 5  # 2 inputs and the 3 outputs, fetched from the bucket for them
-    assert not list(staging.glob("styled-*")), "and not kept here"
+    assert not list(staging.glob("styled-*")) and not list(staging.rglob("*.jpg")), \
+        "and not kept here"
+    shutil.rmtree(staging_folder(out, cache_dir()))  # yet another machine: found there
+    again = runner.invoke(app, ["report", out], terminal_width=200)
+    assert again.exit_code == 0, again.output
+    assert {p: p.stat().st_mtime_ns for p in (there / "report_files" / "thumbs").glob("*")} \
+        == thumbs
     fs.rm_file(f"{out}/styled-1.png")  # an output gone from the bucket is pending again
     status = runner.invoke(app, ["status", out], terminal_width=200)
     assert cell(status.output, "done") == "2" and cell(status.output, "pending") == "1"
     assert cell(status.output, "report") == f"{out}/report.html"
+    runner.invoke(app, ["report", out], terminal_width=200)  # its thumbnail is shown no more
+    assert len(list((there / "report_files" / "thumbs").glob("*.jpg"))) == 4
 
 
 

@@ -390,6 +390,16 @@ def _listing(url: str) -> dict[str, int]:
     return _LISTINGS[url]
 
 
+def remote_files(folder: Path) -> list[Path]:
+    """The files the bucket has directly in a mirrored `folder`, from the process's listing
+    (kept up to date with its own uploads and deletes); none for a folder not mirrored."""
+    if (place := _mirrored(folder)) is None:
+        return []
+    prefix = f"{place.name}/"
+    return [folder / key[len(prefix):] for key in _listing(place.root)
+            if key.startswith(prefix) and "/" not in key[len(prefix):]]
+
+
 def is_mirrored(path: Path) -> bool:
     return _mirrored(path) is not None
 

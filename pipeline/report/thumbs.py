@@ -1,11 +1,12 @@
 """Thumbnails for the report, in report_files/thumbs/ beside it.
 
-A thumbnail is named by its source's path, size and modification time (a file of a run folder
-in object storage: by its URL and size, the run keeping no copy of its outputs), so a
-refreshed report makes only the new ones; those no longer shown are removed. Only files this
-module made are ever removed (named as it names them, marked inside as its own, not links),
-and only in a folder of the run's own: a report_files or thumbs that is a link elsewhere is
-refused.
+A thumbnail is named by its source's path, size and modification time (an input in object
+storage: by its URL and version; a file of a run folder there: by its URL and size, the run
+keeping no copy of its outputs), so a refreshed report makes only the new ones; those no
+longer shown are removed. In a run folder in object storage they are kept in the bucket
+alone, as the outputs are: a report finds them in its listing. Only files this module made
+are ever removed (named as it names them, marked inside as its own, not links), and only in
+a folder of the run's own: a report_files or thumbs that is a link elsewhere is refused.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..errors import InputError
 from ..io.fetch import local_copy
 from ..io.files import atomic_path
 from ..io.images import DECODE_ERRORS, read_rgb_for
-from ..io.mirror import borrowed, remote_of, remote_size, removed
+from ..io.mirror import borrowed, drop_local, remote_files, remote_of, remote_size, removed
 from ..io.storage import Location
 from ..io.video import is_video, poster
 
@@ -65,8 +66,11 @@ class Thumbnails:
     def _thumbnail(self, source: Location) -> Path | None:
         try:
             if isinstance(source, str):
+                # an object: by its copy's name, made of its URL and version (the copy's time
+                # is its last use, which every read touches)
                 source = local_copy(source)
-            if (size := remote_size(source)) is not None:  # a run folder's file in a bucket
+                identity = source.name
+            elif (size := remote_size(source)) is not None:  # a run folder's file in a bucket
                 identity = f"{remote_of(source)}|{size}"
             else:
                 stat = source.stat()
@@ -80,6 +84,9 @@ class Thumbnails:
         (an output the run dropped here is fetched for it, not kept: mirror.borrowed)."""
         name = hashlib.sha256(f"{identity}|{self.side}".encode()).hexdigest()[:20] + ".jpg"
         dest = self.folder / name
+        if remote_size(dest):  # in a bucket's run folder: there, so not kept here too
+            drop_local([dest])
+            return dest
         if dest.is_file() and dest.stat().st_size:  # (empty: a crash cut its write)
             return dest
         try:
@@ -93,6 +100,7 @@ class Thumbnails:
         img.thumbnail((self.side, self.side), Image.Resampling.LANCZOS)
         with atomic_path(dest, durable=False) as tmp:  # made again if a crash empties it
             img.save(tmp, format="JPEG", quality=88, comment=MARK)
+        drop_local([dest])  # uploaded, under a bucket's run folder
         return dest
 
     def make_all(self, sources: Iterable[Location],
@@ -107,18 +115,19 @@ class Thumbnails:
     def sweep(self) -> None:
         """Remove the thumbnails this report no longer shows: files of ours alone."""
         shown = set(self._known.values())
-        for path in self.folder.iterdir():
+        for path in {*self.folder.iterdir(), *remote_files(self.folder)}:
             if path not in shown and NAME.fullmatch(path.name) and _ours(path):
                 path.unlink(missing_ok=True)
                 removed(path)  # its copy in the bucket, for a run folder there
 
 
 def _ours(path: Path) -> bool:
-    """A plain file (not a link) that this module wrote: its JPEG comment says so."""
-    if path.is_symlink() or not path.is_file():
+    """A plain file (not a link) that this module wrote: its JPEG comment says so (one in a
+    bucket alone: read from there)."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
         return False
     try:
-        with Image.open(path) as img:
+        with borrowed(path) as copy, Image.open(copy) as img:
             return img.info.get("comment") == MARK
-    except DECODE_ERRORS:
+    except (InputError, *DECODE_ERRORS):
         return False
