@@ -306,7 +306,10 @@ def test_a_run_folder_in_object_storage(s3, tmp_path):
     status = runner.invoke(app, ["status", out], terminal_width=200)
     assert cell(status.output, "done") == "2" and cell(status.output, "pending") == "1"
     assert cell(status.output, "report") == f"{out}/report.html"
-    runner.invoke(app, ["report", out], terminal_width=200)  # its thumbnail is shown no more
+    from pipeline import write_report  # from Python, by its URL: its thumbnail is shown no more
+    before = (there / "report.html").stat().st_mtime_ns
+    assert write_report(out).name == "report.html"
+    assert (there / "report.html").stat().st_mtime_ns != before
     assert len(list((there / "report_files" / "thumbs").glob("*.jpg"))) == 4
 
 
