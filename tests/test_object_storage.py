@@ -793,3 +793,43 @@ def test_a_video_job_s_frames_in_the_bucket_are_taken_up_on_another_machine(s3, 
     later = ClipOutput(None, there / "v.mp4", "key")
     assert np.array_equal(later.done(0), pixels) and later.done(1) is None
     assert ClipOutput(None, there / "v.mp4", "other job").done(0) is None
+
+
+def test_an_object_s_digest_is_read_once_though_each_use_touches_its_copy(s3, tmp_path,
+                                                                         monkeypatch):
+    """A large input in a bucket is hashed at the first scan only: its copy here is named by
+    its URL and version, and each use marks its time (the cache's last use), which must not
+    make it another file to the digest cache. Written again, it is a new object: hashed."""
+    import os
+
+    from pipeline.bulk.manifest import write_manifest
+    from pipeline.bulk.scan import scan
+    from pipeline.io import files
+
+    url, _, _ = s3
+    noise = np.random.default_rng(0).integers(0, 256, (400, 600, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "big.png")
+    assert (tmp_path / "big.png").stat().st_size >= files.REMEMBER_FROM
+    upload(tmp_path / "big.png", f"{url}/in/big.png")
+    write_manifest([{"content": "in/big.png", "style": "in/painting.png"}],
+                   tmp_path / "m.parquet")
+    upload(tmp_path / "m.parquet", f"{url}/m.parquet")
+    hashed: list[str] = []  # the large files read whole (a small one is, at every scan)
+    digest = files.file_digest
+
+    def counted(path) -> str:
+        if os.path.getsize(path) >= files.REMEMBER_FROM:
+            hashed.append(str(path))
+        return digest(path)
+
+    monkeypatch.setattr(files, "file_digest", counted)
+
+    def key() -> str:  # as `pipeline run` scans: headers read, digests remembered
+        return scan(f"{url}/m.parquet", tmp_path / "out", {}, decode=False).jobs[0].key
+
+    keys = [key() for _ in range(3)]
+    assert len(set(keys)) == 1 and len(hashed) == 1, hashed
+    Image.fromarray(255 - noise).save(tmp_path / "big.png")
+    upload(tmp_path / "big.png", f"{url}/in/big.png")
+    assert key() != keys[0]
+    assert len(hashed) == 2

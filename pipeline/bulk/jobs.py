@@ -103,12 +103,13 @@ def check_unchanged(job: Job, cache: str | None = None) -> None:
     for where, digest in job.inputs:
         try:  # a video is hashed whole only if it changed (io/files.remembered_digest)
             path = local_file(where)
-            now = remembered_digest(path, cache) if is_video(where) else image_digest(path)
+            now = (remembered_digest(path, cache, is_url(where)) if is_video(where)
+                   else image_digest(path))
         except OSError as e:
             raise InputError(f"{where}: cannot read ({e.strerror or e})") from None
         if now != digest:
             if not is_video(where):  # the scan's digest may be a remembered one, gone stale
-                forget_digest(path, cache)
+                forget_digest(path, cache, is_url(where))
             raise InputError(f"{where}: changed since the run's scan (the job's key names the "
                              "file as it was then); run again to stylize the new version")
 
@@ -155,7 +156,8 @@ class Inspector:
                     self._seen[path] = (digest, img.size)
                 else:  # the header first: it names a folder or a broken link clearly
                     size = header_size(path)  # (of a URL, fetches its local copy)
-                    self._seen[path] = (remembered_digest(local_file(path), self.cache), size)
+                    self._seen[path] = (remembered_digest(local_file(path), self.cache,
+                                                          is_url(path)), size)
             except StoreUnavailable:  # the run's problem, not the row's: the scan stops
                 raise
             except InputError as e:
@@ -181,7 +183,8 @@ class Inspector:
         assert spec.video is not None
         try:
             part = clip_part(spec.content, spec.video)  # of the local copy of a URL
-            return remembered_digest(part.info.path, self.cache), part.info.size, part
+            digest = remembered_digest(part.info.path, self.cache, is_url(spec.content))
+            return digest, part.info.size, part
         except StoreUnavailable:
             raise
         except InputError as e:

@@ -35,14 +35,17 @@ def file_digest(path: str | os.PathLike) -> str:
 REMEMBER_FROM = 512 * 1024
 
 
-def remembered_digest(path: str | os.PathLike, cache: str | os.PathLike | None) -> str:
+def remembered_digest(path: str | os.PathLike, cache: str | os.PathLike | None,
+                      fetched: bool = False) -> str:
     """file_digest, remembered in the cache by the file's identity (_digest_entry): a long
     video, or a dataset of large photos, is read whole once, not at every run start. A file
-    written again gets a new modification time, so a new entry."""
+    written again gets a new modification time, so a new entry. `fetched`: the copy of an
+    object in storage (io/fetch.py), named by its URL and version and never rewritten, whose
+    every use touches its times (its last use in the cache): known by its path and size."""
     st = os.stat(path)
     if st.st_size < REMEMBER_FROM:
         return file_digest(path)
-    entry = _digest_entry(path, st, cache)
+    entry = _digest_entry(path, st, cache, fetched)
     with contextlib.suppress(OSError, UnicodeDecodeError):
         if re.fullmatch("[0-9a-f]{64}", known := entry.read_text().strip()):
             mark_used(entry)
@@ -60,20 +63,23 @@ def mark_used(entry: Path) -> None:
         os.utime(entry)
 
 
-def forget_digest(path: str | os.PathLike, cache: str | os.PathLike | None) -> None:
+def forget_digest(path: str | os.PathLike, cache: str | os.PathLike | None,
+                  fetched: bool = False) -> None:
     """Drop what remembered_digest knows of the file as it is now: its bytes were found to be
     others (rewritten within the clock's resolution, keeping its identity), so the next
     run reads it again."""
     with contextlib.suppress(OSError):
-        _digest_entry(path, os.stat(path), cache).unlink(missing_ok=True)
+        _digest_entry(path, os.stat(path), cache, fetched).unlink(missing_ok=True)
 
 
 def _digest_entry(path: str | os.PathLike, st: os.stat_result,
-                  cache: str | os.PathLike | None) -> Path:
+                  cache: str | os.PathLike | None, fetched: bool = False) -> Path:
     """The entry of the file's identity: its real path, device, inode, size, and modification
     and change times in ns (the change time cannot be set back, as `touch -d` sets the
-    other). In 256 folders, as the targets are: a dataset may have millions of files."""
-    identity = (f"{os.path.realpath(path)}\0{st.st_dev}:{st.st_ino}:{st.st_size}:"
+    other); a fetched copy's: its real path and size. In 256 folders, as the targets are: a
+    dataset may have millions of files."""
+    identity = (f"{os.path.realpath(path)}\0{st.st_size}" if fetched else
+                f"{os.path.realpath(path)}\0{st.st_dev}:{st.st_ino}:{st.st_size}:"
                 f"{st.st_mtime_ns}:{st.st_ctime_ns}")
     name = hashlib.sha256(identity.encode()).hexdigest()
     return cache_dir(cache) / "digests" / name[:2] / f"{name}.sha256"

@@ -13,7 +13,7 @@ from ..io.files import remembered_digest
 from ..io.images import check_image_file, check_shape, header_size
 from ..io.mirror import drop_local
 from ..io.run_copies import release
-from ..io.storage import Location, location
+from ..io.storage import Location, is_url, location
 from ..io.video import even_size, is_video
 from .chain import stylize_clips
 from .clip import clip_source
@@ -70,7 +70,7 @@ def stylize_video_file(source: Location, styles: Sequence[Location], output: Loc
     check_output(source, styles, output)
     init = image_digest(params.init) if params.init_is_file else None
     runtime = runtime() if callable(runtime) else runtime or Runtime.start()
-    key = clip_key(remembered_digest(part.info.path, runtime.cache), part,
+    key = clip_key(remembered_digest(part.info.path, runtime.cache, is_url(source)), part,
                    [image_digest(s) for s in styles], params, video, init,
                    regions.key(image_digest))
     clip = ClipOutput(part, output_here(output, runtime.cache), key)
