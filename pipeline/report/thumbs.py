@@ -85,7 +85,8 @@ class Thumbnails:
         name = hashlib.sha256(f"{identity}|{self.side}".encode()).hexdigest()[:20] + ".jpg"
         dest = self.folder / name
         if remote_size(dest):  # in a bucket's run folder: there, so not kept here too
-            drop_local([dest])
+            if dest.exists():
+                drop_local([dest])
             return dest
         if dest.is_file() and dest.stat().st_size:  # (empty: a crash cut its write)
             return dest
