@@ -218,10 +218,16 @@ def settings(grid: dict[str, list[Any]], video: bool = True
     return combos
 
 
+def settings_by_kind(grid: dict[str, list[Any]]
+                     ) -> dict[bool, list[tuple[tuple[str, Any], ...]]]:
+    """The grid's settings of an image (False) and of a video (True, with its video options)."""
+    return {video: settings(grid, video) for video in (False, True)}
+
+
 def cross_product(contents: Sequence[Path], styles: Sequence[Path],
                   grid: dict[str, list[Any]]) -> list[Draft]:
     """contents x styles x parameter grid (its video options for videos only), one row each."""
-    combos = {video: settings(grid, video) for video in (False, True)}
+    combos = settings_by_kind(grid)
     return [Draft(content, (style,), setting) for content in contents for style in styles
             for setting in combos[is_video(content)]]
 

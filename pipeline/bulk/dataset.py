@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import InputError
 from ..io.storage import Location
 from ..io.video import is_video
-from .build import Draft, Walk, remote_images, settings, tree_files
+from .build import Draft, Walk, remote_images, settings_by_kind, tree_files
 from .names import short_names
 
 ASSIGNMENTS = ("cross", "random", "cycle")
@@ -82,7 +82,7 @@ def dataset_drafts(content_dir: Location, style_dir: Location, *, recursive: boo
         raise InputError(f"--format must be one of {FORMATS}, got {fmt!r}")
     styles = list_images(style_dir, recursive, walk)
     check_assignment(assign, per_image, len(styles))  # before a long walk of the contents
-    combos = {video: settings(grid, video) for video in (False, True)}
+    combos = settings_by_kind(grid)
     contents = list_images(content_dir, recursive, walk, videos=True)
     names = [_relative(p, content_dir) for p in contents]
     assigned = assign_styles([str(n) for n in names], styles, assign, per_image, seed)

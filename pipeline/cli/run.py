@@ -31,7 +31,7 @@ from ..bulk.run_state import (
     stored_at,
 )
 from ..errors import InputError
-from ..io.storage import is_url, location, set_storage_options
+from ..io.storage import Location, is_url, location, set_storage_options
 from ..report import write_report
 from ..report.page import REPORT
 from .app import app, computing, counting, print_errors, reports_errors, say_error
@@ -145,11 +145,11 @@ def report_cmd(out: str = typer.Argument(..., help=RUN_FOLDER),
     their error), each job's loss curve and its intermediate images. A sheet of more than 500
     cells goes on in pages (OUT/report_files/pages/). It opens from disk, with no server."""
     set_storage_options(storage_option)
-    written = _report(run_folder(out))
+    written = _report(location(out))  # a URL: its copy here (report.write_report)
     console.print(f"wrote {stored_at(written) or written}", soft_wrap=True)
 
 
-def _report(folder: Path) -> Path:
+def _report(folder: Location) -> Path:
     """write_report, counting its thumbnails as they are made: a first report of a large run
     makes thousands."""
     with counting("report: thumbnails") as advance:
