@@ -142,7 +142,7 @@ def test_cache_clear_unused_for_days_goes_by_last_use(tmp_path, photo_path, pain
                      cleared.output), cleared.output
     assert not photo.exists() and len(targets()) == 2  # the style's, used today, kept
     said = clear("--unused-for", "2").output  # every aged part
-    assert said.count("0 file(s) removed") == 4, said
+    assert said.count("0 file(s) removed") == 5, said
     assert len(targets()) == 2
     refused = clear("models", "--unused-for", "2")
     assert refused.exit_code == 2 and "models keep no time of use" in refused.output

@@ -242,7 +242,8 @@ def test_manifest_build_finds_images_in_object_storage(s3, tmp_path):
 def test_a_run_folder_in_object_storage(s3, tmp_path):
     """--out s3://...: outputs, ledger, run.json and report land in the bucket (each file
     whole); a rerun redoes nothing, also on a machine that has no local copy of the folder
-    (the ledger pulled from the bucket, the outputs found there by size)."""
+    (the ledger pulled from the bucket, the outputs found there by size) and none of its
+    inputs (what the scan needs of them is remembered; the thumbnails are in the bucket)."""
     import shutil
 
     from pipeline.bulk import ledger
@@ -279,9 +280,11 @@ def test_a_run_folder_in_object_storage(s3, tmp_path):
     assert not list(staging.rglob("*.jpg")), "thumbnails in the bucket are not kept here too"
     assert cell(run_cli(f"{url}/m.parquet", out).output, "done before (skipped)") == "3"
     shutil.rmtree(staging_folder(out, cache_dir()))  # another machine: no local copy
+    assert runner.invoke(app, ["cache", "clear", "inputs"]).exit_code == 0
     again = run_cli(f"{url}/m.parquet", out)
     assert again.exit_code == 0, again.output
     assert cell(again.output, "done before (skipped)") == "3", again.output
+    assert not list((cache_dir() / "inputs").iterdir()), "no input downloaded again"
     # status and report of the folder in the bucket, from a machine without its copy
     shutil.rmtree(staging_folder(out, cache_dir()))
     fs.rm([f"{out}/report.html", f"{out}/report_files"], recursive=True)  # through the server
@@ -298,8 +301,10 @@ def test_a_run_folder_in_object_storage(s3, tmp_path):
     assert not list(staging.glob("styled-*")) and not list(staging.rglob("*.jpg")), \
         "and not kept here"
     shutil.rmtree(staging_folder(out, cache_dir()))  # yet another machine: found there
+    assert runner.invoke(app, ["cache", "clear", "inputs"]).exit_code == 0
     again = runner.invoke(app, ["report", out], terminal_width=200)
     assert again.exit_code == 0, again.output
+    assert not list((cache_dir() / "inputs").iterdir()), "no input downloaded for them"
     assert {p: p.stat().st_mtime_ns for p in (there / "report_files" / "thumbs").glob("*")} \
         == thumbs
     fs.rm_file(f"{out}/styled-1.png")  # an output gone from the bucket is pending again
@@ -795,41 +800,44 @@ def test_a_video_job_s_frames_in_the_bucket_are_taken_up_on_another_machine(s3, 
     assert ClipOutput(None, there / "v.mp4", "other job").done(0) is None
 
 
-def test_an_object_s_digest_is_read_once_though_each_use_touches_its_copy(s3, tmp_path,
-                                                                         monkeypatch):
-    """A large input in a bucket is hashed at the first scan only: its copy here is named by
-    its URL and version, and each use marks its time (the cache's last use), which must not
-    make it another file to the digest cache. Written again, it is a new object: hashed."""
-    import os
-
+def test_a_scan_reads_an_object_once_on_every_machine_that_shares_the_cache(s3, tmp_path,
+                                                                           monkeypatch):
+    """A run's scan downloads and hashes an input object once: its digest and size are
+    remembered by its URL and version, so a scan again, one after `cache clear inputs`, and
+    one on another machine sharing the cache (STYLE_PIPELINE_CACHE at a URL) download none
+    of its bytes. Written again, it is a new version: read again, a new key."""
     from pipeline.bulk.manifest import write_manifest
     from pipeline.bulk.scan import scan
-    from pipeline.io import files
+    from pipeline.io import files, objects
 
-    url, _, _ = s3
-    noise = np.random.default_rng(0).integers(0, 256, (400, 600, 3), dtype=np.uint8)
-    Image.fromarray(noise).save(tmp_path / "big.png")
-    assert (tmp_path / "big.png").stat().st_size >= files.REMEMBER_FROM
-    upload(tmp_path / "big.png", f"{url}/in/big.png")
-    write_manifest([{"content": "in/big.png", "style": "in/painting.png"}],
-                   tmp_path / "m.parquet")
+    url, _, local = s3
+    make_photo((64, 40), seed=2).save(local / "wide.png")
+    upload(local / "wide.png", f"{url}/in/wide.png")
+    write_manifest([{"content": f"in/{name}", "style": "in/painting.png", "size": 32}
+                    for name in ("photo.png", "wide.png")], tmp_path / "m.parquet")
     upload(tmp_path / "m.parquet", f"{url}/m.parquet")
-    hashed: list[str] = []  # the large files read whole (a small one is, at every scan)
-    digest = files.file_digest
+    monkeypatch.setenv("STYLE_PIPELINE_CACHE", f"{url}/cache")
+    hashed: list[str] = []
+    digest = objects.file_digest
+    monkeypatch.setattr(objects, "file_digest", lambda path: hashed.append(path) or digest(path))
 
-    def counted(path) -> str:
-        if os.path.getsize(path) >= files.REMEMBER_FROM:
-            hashed.append(str(path))
-        return digest(path)
+    def scanned(machine: str) -> list[tuple[str, tuple[int, int]]]:
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / machine))
+        jobs = scan(f"{url}/m.parquet", tmp_path / "out", {}, decode=False).jobs
+        return [(job.key, job.size) for job in jobs]
 
-    monkeypatch.setattr(files, "file_digest", counted)
+    def copies() -> list[str]:
+        return sorted(p.name for p in (files.cache_dir() / "inputs").glob("*"))
 
-    def key() -> str:  # as `pipeline run` scans: headers read, digests remembered
-        return scan(f"{url}/m.parquet", tmp_path / "out", {}, decode=False).jobs[0].key
-
-    keys = [key() for _ in range(3)]
-    assert len(set(keys)) == 1 and len(hashed) == 1, hashed
-    Image.fromarray(255 - noise).save(tmp_path / "big.png")
-    upload(tmp_path / "big.png", f"{url}/in/big.png")
-    assert key() != keys[0]
-    assert len(hashed) == 2
+    first = scanned("a")
+    assert [size for _, size in first] == [(32, 24), (32, 20)]
+    assert len(hashed) == 3 and len(copies()) == 3  # the photos and the painting
+    assert scanned("a") == first and len(hashed) == 3
+    assert runner.invoke(app, ["cache", "clear", "inputs"]).exit_code == 0
+    assert scanned("a") == first and len(hashed) == 3 and copies() == []
+    assert scanned("b") == first and len(hashed) == 3 and copies() == []
+    make_photo((64, 40), seed=5).save(local / "wide.png")
+    upload(local / "wide.png", f"{url}/in/wide.png")
+    again = scanned("b")
+    assert again[0] == first[0] and again[1] != first[1]
+    assert len(hashed) == 4 and len(copies()) == 1  # the new version only

@@ -19,9 +19,10 @@ from typing import Any
 from ..errors import InputError, RowError, StoreUnavailable
 from ..gatys.keys import job_key
 from ..gatys.layers import min_input_side
-from ..io.fetch import local_file
+from ..io.fetch import concurrently, local_copy, local_file
 from ..io.files import forget_digest, remembered_digest
 from ..io.images import check_shape, fit_longest_side, header_size, image_digest, read_rgb
+from ..io.objects import image_facts, scan_ahead
 from ..io.storage import Location, is_url, location
 from ..io.video import is_video
 from ..video.part import ClipPart, clip_key, clip_part
@@ -139,7 +140,9 @@ class Inspector:
     only headers, so a 100k-row run starts in minutes, not hours: an image that is corrupt past
     its header then fails its own job in the worker, with the same message, and each file's
     digest is remembered in the `cache` (io/files.remembered_digest), so a rerun reads only
-    the headers (a video's is remembered either way). A store that does not answer
+    the headers (a video's is remembered either way); an object's digest and size are
+    remembered by its URL and version (io/objects.py), so a rerun reads none of its bytes.
+    A store that does not answer
     is no row's fault: StoreUnavailable ends the scan instead of making every row invalid.
     """
 
@@ -154,10 +157,11 @@ class Inspector:
                 if self.decode:  # one read: decode and hash the same bytes
                     img, digest = read_rgb(path)
                     self._seen[path] = (digest, img.size)
+                elif is_url(path):
+                    self._seen[path] = image_facts(str(path), self.cache)
                 else:  # the header first: it names a folder or a broken link clearly
-                    size = header_size(path)  # (of a URL, fetches its local copy)
-                    self._seen[path] = (remembered_digest(local_file(path), self.cache,
-                                                          is_url(path)), size)
+                    size = header_size(path)
+                    self._seen[path] = (remembered_digest(path, self.cache), size)
             except StoreUnavailable:  # the run's problem, not the row's: the scan stops
                 raise
             except InputError as e:
@@ -165,6 +169,16 @@ class Inspector:
             except OSError as e:  # unreadable after the header was read
                 raise RowError(row, f"{path}: cannot read ({e.strerror or e})") from None
         return self._seen[path]
+
+    def ask_ahead(self, images: list[Location], videos: list[Location]) -> None:
+        """What the next rows need of the objects among their images and videos, asked at
+        once (a round trip each, all in flight together): with `decode`, their copies; else
+        an image's digest and size, and a video's copy (its probe reads it)."""
+        if self.decode:
+            concurrently(local_copy, [*images, *videos])
+        else:
+            self._seen.update(scan_ahead([f for f in images if f not in self._seen], videos,
+                                         self.cache))
 
     def _destination(self, output: Path, row: int) -> None:
         """The output can be written: not a folder, and no file where a folder must be."""

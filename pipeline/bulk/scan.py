@@ -1,6 +1,6 @@
 """A manifest's check (`pipeline manifest validate`, and `pipeline run` before anything is
-written): every row made a job and inspected, its inputs fetched ahead where they are objects,
-outputs that clash found. Imports no torch: a check loads none."""
+written): every row made a job and inspected, what it needs of its inputs in object storage
+asked ahead, outputs that clash found. Imports no torch: a check loads none."""
 
 from __future__ import annotations
 
@@ -12,20 +12,23 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, RowError
-from ..io.fetch import prefetch
 from ..io.storage import Location
 from .jobs import Inspector, Job
 from .manifest import JobSpec, read_jobs
 
-# Rows whose objects are fetched at once (io/fetch.py): enough to keep its threads busy.
-PREFETCH = 256
+# Rows whose objects are asked at once (io/fetch.py): enough to keep its threads busy.
+AHEAD = 256
 
 
-def _fetched_ahead(items: Iterator[JobSpec | RowError]) -> Iterator[JobSpec | RowError]:
-    """`items` as they come, each run of PREFETCH with its inputs in object storage fetched
-    first, concurrently."""
-    while chunk := list(itertools.islice(items, PREFETCH)):
-        prefetch(f for spec in chunk if isinstance(spec, JobSpec) for f in spec.inputs)
+def _asked_ahead(items: Iterator[JobSpec | RowError], inspect: Inspector
+                 ) -> Iterator[JobSpec | RowError]:
+    """`items` as they come, each run of AHEAD with what the inspector needs of its inputs in
+    object storage asked first, concurrently (io/objects.scan_ahead)."""
+    while chunk := list(itertools.islice(items, AHEAD)):
+        specs = [spec for spec in chunk if isinstance(spec, JobSpec)]
+        videos = [spec.content for spec in specs if spec.video is not None]
+        images = [f for spec in specs for f in spec.inputs[spec.video is not None:]]
+        inspect.ask_ahead(images, videos)
         yield from chunk
 
 
@@ -40,8 +43,8 @@ def scan(manifest: Location, out_dir: Path, overrides: dict[str, Any],
          cache: str | None = None) -> Scan:
     """Every row checked: columns, types, ranges, files exist and decode (or, with
     decode=False, have a readable header), outputs inside --out, not duplicated and not any
-    row's input. `cache`: where videos' digests are remembered. Inputs in object storage
-    are fetched PREFETCH rows at a time, concurrently, before those rows are checked."""
+    row's input. `cache`: where digests are remembered. What is needed of inputs in object
+    storage is asked AHEAD rows at a time, concurrently, before those rows are checked."""
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir} is a file, not a folder")
     inspect = Inspector(decode, cache)
@@ -49,7 +52,7 @@ def scan(manifest: Location, out_dir: Path, overrides: dict[str, Any],
     errors: list[RowError] = []
     outputs: dict[Path, JobSpec] = {}
     inputs: dict[Path, int] = {}
-    for item in _fetched_ahead(read_jobs(manifest, out_dir, overrides, inputs)):
+    for item in _asked_ahead(read_jobs(manifest, out_dir, overrides, inputs), inspect):
         if progress is not None:
             progress(1)
         if isinstance(item, RowError):

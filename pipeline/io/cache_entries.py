@@ -26,13 +26,14 @@ ENTRIES = {
     "probes": re.compile(rf"[a-z0-9]+-{_HEX16}\.json(\.lock)?"),
     "digests": re.compile(rf"([0-9a-f]{{2}}/)?{_HEX64}\.sha256"),  # or flat, as written once
     "inputs": re.compile(r"[0-9a-f]{32}(\.[A-Za-z0-9]+)?"),  # io/fetch.py: objects, local
+    "objects": re.compile(rf"[0-9a-f]{{2}}/{_HEX64}\.json"),  # io/objects.py
     "runs": re.compile(rf"{_HEX16}/.+"),  # io/mirror.py: a run folder's copy, all of it ours
 }
 
 
 # The parts that grow with the data a machine sees, and whose entries are marked at each use
 # (files.mark_used): `clear --unused-for` empties them of what has not been used lately.
-AGED = ("targets", "flows", "digests", "inputs")
+AGED = ("targets", "flows", "digests", "inputs", "objects")
 DAY_S = 86400.0
 
 
@@ -114,6 +115,7 @@ CACHE_PARTS = {"models": "ONNX models",
                "flows": "optical flows of video frames", "probes": "measured hardware defaults",
                "digests": "input files' sha256",
                "inputs": "images fetched from object storage",
+               "objects": "input objects' sha256 and size",
                "runs": "local copies of bucket run folders"}
 
 

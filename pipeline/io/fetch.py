@@ -1,23 +1,55 @@
 """Inputs in object storage as local files: each object downloaded once into the cache's
 `inputs` folder, named by its URL and its version (ETag, else size and time), so an object
 written again is fetched again and a run on the same machine never downloads one twice.
-`prefetch` downloads many at once on threads: a manifest's inputs arrive while the scan and
-the first batches run, instead of one round trip per file."""
+`concurrently` asks many objects at once on threads: a manifest's inputs arrive while the
+scan runs, instead of one round trip per file."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from ..errors import InputError
 from .files import atomic_path, cache_dir, mark_used
 from .storage import filesystem, is_url, name, store_error
 
-# Downloads in flight at once: enough to hide a store's latency for small images.
+# Requests in flight at once: enough to hide a store's latency for small images.
 FETCH_THREADS = 16
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Version:
+    """An object as the store has it now: what names its copy and what it is remembered by."""
+
+    url: str
+    tag: str  # ETag, else size and modification time
+    fs: Any
+    path: str
+
+    @property
+    def identity(self) -> str:
+        return hashlib.sha256(f"{self.url}\0{self.tag}".encode()).hexdigest()
+
+
+def current(url: str) -> Version:
+    """The object at `url` as it is now (one request; InputError naming the URL if it cannot
+    be read, or is a prefix)."""
+    fs, path = filesystem(url)
+    try:
+        info = fs.info(path)
+    except Exception as e:
+        raise store_error(url, e) from None
+    if info.get("type") == "directory":
+        raise InputError(f"{url}: is a folder (a prefix), not a file")
+    tag = info.get("ETag") or info.get("etag") or f"{info.get('size')}:{info.get('mtime')}"
+    return Version(url, str(tag), fs, path)
 
 
 def local_file(where: str | Path) -> Path:
@@ -27,37 +59,39 @@ def local_file(where: str | Path) -> Path:
 
 def local_copy(url: str, cache: str | None = None) -> Path:
     """The object at `url` as a local file (InputError naming the URL if it cannot be read)."""
-    fs, path = filesystem(url)
-    try:
-        info = fs.info(path)
-    except Exception as e:
-        raise store_error(url, e) from None
-    if info.get("type") == "directory":
-        raise InputError(f"{url}: is a folder (a prefix), not a file")
-    version = info.get("ETag") or info.get("etag") or f"{info.get('size')}:{info.get('mtime')}"
-    digest = hashlib.sha256(f"{url}\0{version}".encode()).hexdigest()[:32]
-    dest = cache_dir(cache) / "inputs" / f"{digest}{Path(name(url)).suffix}"
+    return copy_of(current(url), cache)
+
+
+def copy_of(obj: Version, cache: str | None = None) -> Path:
+    """`obj`'s local copy, downloaded unless this machine has it."""
+    dest = cache_dir(cache) / "inputs" / copy_name(obj)
     if dest.is_file():
         mark_used(dest)
         return dest
     try:
         with atomic_path(dest) as tmp:
-            fs.get_file(path, str(tmp))
+            obj.fs.get_file(obj.path, str(tmp))
     except Exception as e:
-        raise store_error(url, e) from None
+        raise store_error(obj.url, e) from None
     return dest
 
 
-def prefetch(locations: Iterable[object], cache: str | None = None) -> None:
-    """Download every URL among `locations` (concurrently); errors wait for the reader, which
-    gets them with the row that reads the object."""
+def copy_name(obj: Version) -> str:
+    return f"{obj.identity[:32]}{Path(name(obj.url)).suffix}"
+
+
+def concurrently(ask: Callable[[str], T], locations: Iterable[object]) -> dict[str, T]:
+    """`ask(url)` of every URL among `locations`, many at once; the URLs it raised InputError
+    for are left out: their reader gets the error again, with the row that reads them."""
     urls = list(dict.fromkeys(str(p) for p in locations if is_url(p)))
     if not urls:
-        return
+        return {}
+    answers: dict[str, T] = {}
+
+    def one(url: str) -> None:
+        with contextlib.suppress(InputError):
+            answers[url] = ask(url)
+
     with ThreadPoolExecutor(min(FETCH_THREADS, len(urls))) as pool:
-        list(pool.map(lambda u: _quietly(u, cache), urls))
-
-
-def _quietly(url: str, cache: str | None) -> None:
-    with contextlib.suppress(InputError):
-        local_copy(url, cache)
+        list(pool.map(one, urls))
+    return answers

@@ -103,7 +103,7 @@ def check_image_file(path: Location) -> None:
     raise InputError(f"{path}: no such image file")
 
 
-def _decode_error(path: Path, e: Exception) -> InputError:
+def _decode_error(path: Location, e: Exception) -> InputError:
     # PIL names the BytesIO it was handed (`<_io.BytesIO object at 0x...>`), not the file.
     reason = ("not an image format Pillow can read" if isinstance(e, UnidentifiedImageError)
               else f"{type(e).__name__}: {e}")
@@ -168,10 +168,13 @@ def header_size(path: str | os.PathLike) -> tuple[int, int]:
     """(w, h) as displayed (EXIF rotation applied), from the header alone: no pixel decode
     (of an object in storage: of its local copy, io/fetch.py)."""
     if is_url(path):
-        source = local_copy(str(path))
-    else:
-        source = path = Path(path)
-        check_image_file(path)
+        return displayed_size(local_copy(str(path)), str(path))
+    check_image_file(path := Path(path))
+    return displayed_size(path, path)
+
+
+def displayed_size(source: Path, path: Location) -> tuple[int, int]:
+    """header_size of the file `source`, whose errors name `path` (the object it copies)."""
     try:
         with Image.open(source) as img:
             w, h = img.size

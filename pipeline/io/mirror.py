@@ -48,8 +48,8 @@ STATE = ("run.json", "ledger", "traces", ".checkpoints")
 GROWING = ("ledger", "traces")
 # The parts of a cache in object storage that machines share (the rest is each machine's own:
 # TensorRT engines fit one GPU, digests and fetched inputs name local files). Probes are keyed
-# by the CPU model and torch's version.
-SHARED_CACHE = ("models", "targets", "flows", "probes")
+# by the CPU model and torch's version; objects by their URL and version.
+SHARED_CACHE = ("models", "targets", "flows", "probes", "objects")
 
 
 def mirrors() -> dict[str, tuple[str, bool]]:

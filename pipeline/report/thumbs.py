@@ -22,7 +22,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import InputError
-from ..io.fetch import local_copy
+from ..io.fetch import Version, copy_name, copy_of, current
 from ..io.files import atomic_path
 from ..io.images import DECODE_ERRORS, read_rgb_for
 from ..io.mirror import borrowed, drop_local, remote_files, remote_of, remote_size, removed
@@ -67,9 +67,9 @@ class Thumbnails:
         try:
             if isinstance(source, str):
                 # an object: by its copy's name, made of its URL and version (the copy's time
-                # is its last use, which every read touches)
-                source = local_copy(source)
-                identity = source.name
+                # is its last use, which every read touches); fetched only to be made
+                source = current(source)
+                identity = copy_name(source)
             elif (size := remote_size(source)) is not None:  # a run folder's file in a bucket
                 identity = f"{remote_of(source)}|{size}"
             else:
@@ -79,9 +79,10 @@ class Thumbnails:
             return None
         return self._made(identity, source)
 
-    def _made(self, identity: str, source: Path) -> Path | None:
+    def _made(self, identity: str, source: Path | Version) -> Path | None:
         """The thumbnail named by `identity`, made from `source` unless it is there already
-        (an output the run dropped here is fetched for it, not kept: mirror.borrowed)."""
+        (an output the run dropped here is fetched for it, not kept: mirror.borrowed; an
+        object, into its local copy)."""
         name = hashlib.sha256(f"{identity}|{self.side}".encode()).hexdigest()[:20] + ".jpg"
         dest = self.folder / name
         if remote_size(dest):  # in a bucket's run folder: there, so not kept here too
@@ -91,12 +92,12 @@ class Thumbnails:
         if dest.is_file() and dest.stat().st_size:  # (empty: a crash cut its write)
             return dest
         try:
-            with borrowed(source) as path:
+            with borrowed(copy_of(source) if isinstance(source, Version) else source) as path:
                 img = poster(path) if is_video(path) else read_rgb_for(path, self.side)[0]
         except FileNotFoundError:  # gone since it was listed
             return None
         except InputError as e:
-            log.debug("no thumbnail for %s: %s", source, e)
+            log.debug("no thumbnail for %s: %s", getattr(source, "url", source), e)
             return None
         img.thumbnail((self.side, self.side), Image.Resampling.LANCZOS)
         with atomic_path(dest, durable=False) as tmp:  # made again if a crash empties it
