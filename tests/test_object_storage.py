@@ -420,6 +420,31 @@ def test_inputs_whose_store_stops_answering_stop_the_worker_and_fail_no_job(s3, 
             Inspector()(job.spec)
 
 
+def test_a_rerun_fetches_the_inputs_of_its_pending_jobs_alone(s3, tmp_path, monkeypatch):
+    """After `cache clear inputs`, a rerun whose first job is done fetches the objects of
+    the pending one alone, all at once before its workers take them, not one by one."""
+    from pipeline.bulk.manifest import write_manifest
+    from pipeline.io import objects
+    from tests.run_helpers import cell, run_cli
+
+    url, _, local = s3
+    make_photo((64, 40), seed=2).save(local / "wide.png")
+    upload(local / "wide.png", f"{url}/in/wide.png")
+    rows = [{"content": f"{url}/in/{name}", "style": f"{url}/in/painting.png",
+             "output": name} for name in ("photo.png", "wide.png")]
+    out = tmp_path / "out"
+    assert run_cli(write_manifest(rows[:1], tmp_path / "one.parquet"), out).exit_code == 0
+    assert runner.invoke(app, ["cache", "clear", "inputs"]).exit_code == 0
+    fetched: list[str] = []
+    copy_of = objects.copy_of
+    monkeypatch.setattr(objects, "copy_of",
+                        lambda obj, cache=None: fetched.append(obj.url) or copy_of(obj, cache))
+    again = run_cli(write_manifest(rows, tmp_path / "two.parquet"), out)
+    assert again.exit_code == 0, again.output
+    assert cell(again.output, "done before (skipped)") == "1"
+    assert sorted(set(fetched)) == [f"{url}/in/painting.png", f"{url}/in/wide.png"]
+
+
 def test_an_object_replaced_after_the_scan_fails_its_job_not_the_others(s3, tmp_path):
     """A style object overwritten in the bucket between the run's scan and the job's read (a
     new version): the job fails naming the object, as a local file rewritten does, and the

@@ -22,7 +22,7 @@ from ..gatys.layers import min_input_side
 from ..io.fetch import concurrently, local_copy, local_file
 from ..io.files import forget_digest, remembered_digest
 from ..io.images import check_shape, fit_longest_side, header_size, image_digest, read_rgb
-from ..io.objects import image_facts, scan_ahead
+from ..io.objects import ImageObject, image_object, scan_ahead
 from ..io.storage import Location, is_url, location
 from ..io.video import is_video
 from ..video.part import ClipPart, clip_key, clip_part
@@ -149,6 +149,7 @@ class Inspector:
     def __init__(self, decode: bool = True, cache: str | None = None) -> None:
         self.decode, self.cache = decode, cache
         self._seen: dict[Location, tuple[str, tuple[int, int]]] = {}
+        self.objects: dict[str, ImageObject] = {}  # the image objects, by URL
         self._folders: dict[Path, Path | None] = {}  # output folder -> a file blocking it
 
     def _image(self, path: Location, row: int) -> tuple[str, tuple[int, int]]:
@@ -158,7 +159,7 @@ class Inspector:
                     img, digest = read_rgb(path)
                     self._seen[path] = (digest, img.size)
                 elif is_url(path):
-                    self._seen[path] = image_facts(str(path), self.cache)
+                    self._remember(image_object(str(path), self.cache))
                 else:  # the header first: it names a folder or a broken link clearly
                     size = header_size(path)
                     self._seen[path] = (remembered_digest(path, self.cache), size)
@@ -176,9 +177,14 @@ class Inspector:
         an image's digest and size, and a video's copy (its probe reads it)."""
         if self.decode:
             concurrently(local_copy, [*images, *videos])
-        else:
-            self._seen.update(scan_ahead([f for f in images if f not in self._seen], videos,
-                                         self.cache))
+            return
+        for obj in scan_ahead([f for f in images if f not in self._seen], videos,
+                              self.cache).values():
+            self._remember(obj)
+
+    def _remember(self, obj: ImageObject) -> None:
+        self.objects[obj.version.url] = obj
+        self._seen[obj.version.url] = (obj.digest, obj.size)
 
     def _destination(self, output: Path, row: int) -> None:
         """The output can be written: not a folder, and no file where a folder must be."""

@@ -31,7 +31,7 @@ from .locks import RunLocked, bucket_lease, folder_lock
 from .queue import BatchQueue
 from .run_options import RunOptions
 from .run_state import mirrored_folder, new_run_id, output_is_done, recorded, write_run_info
-from .scan import Scan, scan
+from .scan import Scan, fetch_inputs, scan
 from .worker import WorkerConfig
 
 
@@ -186,6 +186,8 @@ def _run_locked(manifest: Location, opts: RunOptions, found: Scan, run_id: str,
                        videos=sum(job.spec.video is not None for job in found.jobs))
     result.failed += [(e.row, str(e)) for e in found.errors]
     if p.todo:
+        if opts.distributor == "local":  # (a Ray worker fetches its own, on its machine)
+            fetch_inputs(found, p.todo)
         workers = workers_for(p.todo)
         sizes = [slot.batch_size(opts.batch_size) for slot in workers.slots]
         queue = BatchQueue(p.todo, len(workers.slots), opts.continuous,

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, RowError
+from ..io.objects import ImageObject, fetch_copies
 from ..io.storage import Location
 from .jobs import Inspector, Job
 from .manifest import JobSpec, read_jobs
@@ -36,6 +37,14 @@ def _asked_ahead(items: Iterator[JobSpec | RowError], inspect: Inspector
 class Scan:
     jobs: list[Job]
     errors: list[RowError]
+    objects: dict[str, ImageObject] = field(default_factory=dict)  # image objects, by URL
+
+
+def fetch_inputs(found: Scan, jobs: Iterable[Job]) -> None:
+    """The local copies of the `jobs`' image objects, for the workers of this machine, at
+    once (a scan reads none of those it remembers: io/objects.py)."""
+    fetch_copies(found.objects[f] for job in jobs for f in job.spec.inputs
+                 if isinstance(f, str) and f in found.objects)
 
 
 def scan(manifest: Location, out_dir: Path, overrides: dict[str, Any],
@@ -75,7 +84,7 @@ def scan(manifest: Location, out_dir: Path, overrides: dict[str, Any],
                for job in overwriting]
     jobs = [job for job in jobs if job.spec.output not in inputs]
     errors.sort(key=lambda e: e.row)
-    return Scan(_single_contents_uncached(jobs), errors)
+    return Scan(_single_contents_uncached(jobs), errors, inspect.objects)
 
 
 def _single_contents_uncached(jobs: list[Job]) -> list[Job]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .fetch import Version, concurrently, copy_of, current, local_copy
@@ -18,30 +19,43 @@ from .images import displayed_size
 from .mirror import fetch_missing
 from .storage import Location
 
-Facts = tuple[str, tuple[int, int]]  # sha256 of the bytes, (w, h) as displayed
+
+@dataclass(frozen=True)
+class ImageObject:
+    version: Version  # as the store had it when asked: its copy's name
+    digest: str  # sha256 of its bytes
+    size: tuple[int, int]  # (w, h) as displayed
 
 
-def image_facts(url: str, cache: str | None = None) -> Facts:
-    """The image object's Facts: remembered, else from its local copy (downloaded), and
-    remembered. InputError naming the URL when it cannot be read or decoded."""
+def image_object(url: str, cache: str | None = None) -> ImageObject:
+    """What is remembered of the image object, else read from its local copy (downloaded)
+    and remembered. InputError naming the URL when it cannot be read or decoded."""
     obj = current(url)
     entry = _entry(obj, cache)
     if (known := _known(entry, obj)) is not None:
         return known
     copy = copy_of(obj)  # where the workers of this machine read it (io/images.py)
-    facts = file_digest(copy), displayed_size(copy, url)
-    record = {"url": obj.url, "version": obj.tag, "sha256": facts[0], "size": facts[1]}
+    found = ImageObject(obj, file_digest(copy), displayed_size(copy, url))
+    record = {"url": obj.url, "version": obj.tag, "sha256": found.digest, "size": found.size}
     with contextlib.suppress(OSError):  # a cache we cannot write costs a download next time
         atomic_write_bytes(entry, json.dumps(record).encode(), durable=False)
-    return facts
+    return found
 
 
 def scan_ahead(images: Iterable[Location], videos: Iterable[Location],
-               cache: str | None = None) -> dict[str, Facts]:
-    """The Facts of the image objects among `images`, and the local copies of the video
-    objects among `videos` (whose probe reads them), many at once."""
+               cache: str | None = None) -> dict[str, ImageObject]:
+    """The image objects among `images`, and the local copies of the video objects among
+    `videos` (whose probe reads them), many at once."""
     concurrently(local_copy, videos)
-    return concurrently(lambda url: image_facts(url, cache), images)
+    return concurrently(lambda url: image_object(url, cache), images)
+
+
+def fetch_copies(objects: Iterable[ImageObject]) -> None:
+    """The local copies of `objects` this machine lacks, many at once: the inputs of the
+    jobs a run has left to do, where they arrive on threads instead of one at a time in
+    the workers (the others' copies are not needed)."""
+    by_url = {obj.version.url: obj.version for obj in objects}
+    concurrently(lambda url: copy_of(by_url[url]), by_url)
 
 
 def _entry(obj: Version, cache: str | None) -> Path:
@@ -49,9 +63,9 @@ def _entry(obj: Version, cache: str | None) -> Path:
     return cache_dir(cache) / "objects" / obj.identity[:2] / f"{obj.identity}.json"
 
 
-def _known(entry: Path, obj: Version) -> Facts | None:
-    """The entry's Facts if it is whole and of this very version (a cache in object storage:
-    another machine's entry, fetched)."""
+def _known(entry: Path, obj: Version) -> ImageObject | None:
+    """What the entry says if it is whole and of this very version (a cache in object
+    storage: another machine's entry, fetched)."""
     fetch_missing(entry)
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
         record = json.loads(entry.read_text())
@@ -59,5 +73,5 @@ def _known(entry: Path, obj: Version) -> Facts | None:
         if (record["url"], record["version"]) == (obj.url, obj.tag) and \
                 isinstance(record["sha256"], str) and len(record["sha256"]) == 64:
             mark_used(entry)
-            return record["sha256"], (int(w), int(h))
+            return ImageObject(obj, record["sha256"], (int(w), int(h)))
     return None
