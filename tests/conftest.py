@@ -178,10 +178,12 @@ def cpu64() -> Runtime:
 
 
 @pytest.fixture(autouse=True)
-def _mirrors_end_with_their_test(monkeypatch):
+def _process_settings_end_with_their_test(monkeypatch):
     """A run into a bucket (or a cache in one) mirrors folders for its process and those it
-    starts (pipeline/io/mirror.py, in the environment): not for the tests after it."""
+    starts (pipeline/io/mirror.py), and a --cache-dir becomes their cache (io/files.use_cache),
+    both in the environment: not for the tests after it."""
     monkeypatch.delenv("STYLE_PIPELINE_MIRRORS", raising=False)
+    monkeypatch.setenv("STYLE_PIPELINE_CACHE", str(_CACHE))
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,13 @@ runner = CliRunner()
 FAST = ["--size", "40", "--iterations", "4", "--device", "cpu", "--precision", "fp32", "-q"]
 
 
+def copied(url: str, cache) -> bool:
+    """Whether `cache` holds a local copy of the object at `url` as it is now (io/fetch.py)."""
+    from pipeline.io.fetch import copy_name, current
+
+    return (cache / "inputs" / copy_name(current(url))).is_file()
+
+
 @pytest.fixture
 def s3(s3_server, monkeypatch, tmp_path):
     """The server with this test's inputs uploaded under s3://bucket/<test>/in/."""
@@ -60,6 +67,33 @@ def test_stylize_reads_and_writes_object_storage(s3, tmp_path):
     remote = folder / "out" / "styled.png"
     assert read_metadata(remote)["job_key"] == read_metadata(here)["job_key"]
     assert np.array_equal(np.asarray(Image.open(remote)), np.asarray(Image.open(here)))
+
+
+def test_cache_dir_holds_the_copies_of_the_objects_a_command_fetches(s3, tmp_path):
+    """--cache-dir, not the default cache, gets the local copies of input objects and what
+    is remembered of them: of `pipeline stylize` (read before its runtime starts) and of
+    `pipeline run` (its scan and its workers)."""
+    from pipeline.bulk.manifest import write_manifest
+    from pipeline.io.files import cache_dir
+    from tests.run_helpers import run_cli
+
+    url, _, _ = s3
+    default = cache_dir()  # (a command given --cache-dir makes it its process's)
+    given = tmp_path / "given"
+    result = runner.invoke(app, ["stylize", f"{url}/in/photo.png", f"{url}/in/painting.png",
+                                 "-o", str(tmp_path / "o.png"), "--cache-dir", str(given),
+                                 *FAST])
+    assert result.exit_code == 0, result.output
+    assert len(list((given / "inputs").glob("*.png"))) == 2
+    other = tmp_path / "other"
+    rows = [{"content": f"{url}/in/photo.png", "style": f"{url}/in/painting.png"}]
+    result = run_cli(write_manifest(rows, tmp_path / "m.parquet"), tmp_path / "out",
+                     "--cache-dir", str(other))
+    assert result.exit_code == 0, result.output
+    assert len(list((other / "inputs").glob("*.png"))) == 2
+    assert len(list((other / "objects").rglob("*.json"))) == 2
+    assert not copied(f"{url}/in/photo.png", default) and \
+        not copied(f"{url}/in/painting.png", default)
 
 
 def test_store_errors_are_one_line_each(s3, s3_server, monkeypatch, tmp_path):
@@ -284,7 +318,7 @@ def test_a_run_folder_in_object_storage(s3, tmp_path):
     again = run_cli(f"{url}/m.parquet", out)
     assert again.exit_code == 0, again.output
     assert cell(again.output, "done before (skipped)") == "3", again.output
-    assert not list((cache_dir() / "inputs").glob("*")), "no input downloaded again"
+    assert not copied(f"{url}/in/photo.png", cache_dir()), "no input downloaded again"
     # status and report of the folder in the bucket, from a machine without its copy
     shutil.rmtree(staging_folder(out, cache_dir()))
     fs.rm([f"{out}/report.html", f"{out}/report_files"], recursive=True)  # through the server
@@ -304,7 +338,7 @@ def test_a_run_folder_in_object_storage(s3, tmp_path):
     assert runner.invoke(app, ["cache", "clear", "inputs"]).exit_code == 0
     again = runner.invoke(app, ["report", out], terminal_width=200)
     assert again.exit_code == 0, again.output
-    assert not list((cache_dir() / "inputs").glob("*")), "no input downloaded for them"
+    assert not copied(f"{url}/in/photo.png", cache_dir()), "no input downloaded for them"
     assert {p: p.stat().st_mtime_ns for p in (there / "report_files" / "thumbs").glob("*")} \
         == thumbs
     fs.rm_file(f"{out}/styled-1.png")  # an output gone from the bucket is pending again

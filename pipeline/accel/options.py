@@ -67,9 +67,9 @@ class RuntimeOptions:
     trt_fp16: bool = option(False, "TensorRT fp16 for targets (default fp32).")
     cache: str | None = option(
         None, "Cache root for ONNX models, TensorRT engines, targets, video flows, "
-        "measured hardware defaults and input files' digests (`pipeline cache info` lists "
-        "them); a URL "
-        "(s3://bucket/cache) shares models, targets and probes among machines, each working "
+        "measured hardware defaults, input files' digests and the copies of input objects "
+        "(`pipeline cache info` lists them); a URL (s3://bucket/cache) shares models, "
+        "targets, probes and what is known of input objects among machines, each working "
         "in its own copy.  [default: the user cache dir]", flags=("--cache-dir",),
         envvar=CACHE_ENV)
     cache_targets: bool = option(True, "Keep computed targets (and video flows) in the cache.")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError
-from ..io.files import cache_dir
+from ..io.files import cache_dir, use_cache
 from . import cpu_heap, winograd
 from .history_probe import history_left
 from .low_precision import compute_trunk
@@ -110,8 +110,10 @@ class Runtime(Settings):
     @classmethod
     def start(cls, device: str = "auto", *args: Any, **kwargs: Any) -> Runtime:
         """`create`, for the process that runs it: its process-wide switches are applied first
-        (apply_process_settings), before the CPU precision probe does any torch work."""
+        (apply_process_settings), before the CPU precision probe does any torch work, and its
+        cache is the process's (files.use_cache)."""
         options = RuntimeOptions(*args, **kwargs)
+        use_cache(options.cache)
         kept = apply_process_settings(resolve_device(device), options)
         return cls.resolve(device, options, kept)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, RowError
-from ..io.files import check_writable_dir, describe_os_error, remove_stale_temps
+from ..io.files import check_writable_dir, describe_os_error, remove_stale_temps, use_cache
 from ..io.mirror import STATE, drop_local, refresh
 from ..io.run_copies import release
 from ..io.storage import Location, location, storage_options
@@ -104,6 +104,7 @@ def run_manifest(manifest: Location, opts: RunOptions,
     start = time.perf_counter()
     manifest = location(manifest)
     opts.validate()
+    use_cache(opts.runtime.cache)  # the scan's copies of objects go there, as the workers'
     check_distributor(opts.distributor, opts.devices)
     if not isinstance(opts.out_dir, str):
         return _run(manifest, opts, None, display_factory, scan_view, start)

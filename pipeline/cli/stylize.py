@@ -14,6 +14,7 @@ from ..accel.options import RuntimeOptions
 from ..gatys.params import StyleParams
 from ..gatys.region_params import Regions
 from ..gatys.trace import TRACE_EVERY, TRACE_EVERY_HELP
+from ..io.files import use_cache
 from ..io.images import intermediate_path
 from ..io.storage import location, name, set_storage_options
 from .app import app, computing, reports_errors
@@ -51,6 +52,7 @@ def stylize(
     params.validate(n_styles=len(styles))
     regions.validate(len(styles), params)
     set_storage_options(storage_option)
+    use_cache(options.cache)  # objects fetched before the runtime starts: there too
     with computing():
         from ..api import Runtime, stylize_file
     # Started once the inputs are read (stylize_file): a wrong path fails before any probe.

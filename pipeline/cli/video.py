@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..accel.options import RuntimeOptions
 from ..gatys.params import StyleParams
 from ..gatys.region_params import Regions
+from ..io.files import use_cache
 from ..io.storage import location, set_storage_options
 from ..video.layout import frames_location
 from ..video.params import VideoParams
@@ -51,6 +52,7 @@ def video(
     if quiet:
         logging.getLogger("pipeline").setLevel(logging.WARNING)
     set_storage_options(storage_option)
+    use_cache(options.cache)  # objects fetched before the runtime starts: there too
     with computing():
         from ..api import Runtime
         from ..video.file import stylize_video_file

@@ -119,6 +119,15 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
     return path
 
 
+def use_cache(cache: str | os.PathLike | None) -> None:
+    """Make `cache` (a command's --cache-dir) the cache of this process and of those it starts
+    wherever none is named: the copies of objects fetched from storage (io/fetch.py) go
+    there too, not to the default cache. Checked first, so that a bad one is named as given."""
+    if cache:
+        cache_dir(cache)
+        os.environ[CACHE_ENV] = str(cache)
+
+
 # atomic_path's temp files: ".<name>.<8 random chars>.style-pipeline-tmp<suffix>". Only a name
 # of exactly this shape is ever swept, so a user's own ".notes.tmp.docx" is never touched.
 TEMP_TAG = ".style-pipeline-tmp"
