@@ -28,7 +28,8 @@ def _asked_ahead(items: Iterator[JobSpec | RowError], inspect: Inspector
     while chunk := list(itertools.islice(items, AHEAD)):
         specs = [spec for spec in chunk if isinstance(spec, JobSpec)]
         videos = [spec.content for spec in specs if spec.video is not None]
-        images = [f for spec in specs for f in spec.inputs[spec.video is not None:]]
+        images = [f for spec in specs  # (a video's content is no image)
+                  for f in (spec.inputs[1:] if spec.video is not None else spec.inputs)]
         inspect.ask_ahead(images, videos)
         yield from chunk
 

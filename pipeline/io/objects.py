@@ -34,7 +34,7 @@ def image_object(url: str, cache: str | None = None) -> ImageObject:
     entry = _entry(obj, cache)
     if (known := _known(entry, obj)) is not None:
         return known
-    copy = copy_of(obj)  # where the workers of this machine read it (io/images.py)
+    copy = copy_of(obj, cache)  # where the workers of this machine read it (io/images.py)
     found = ImageObject(obj, file_digest(copy), displayed_size(copy, url))
     record = {"url": obj.url, "version": obj.tag, "sha256": found.digest, "size": found.size}
     with contextlib.suppress(OSError):  # a cache we cannot write costs a download next time
