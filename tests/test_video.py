@@ -444,7 +444,8 @@ def test_bad_videos_are_one_line_errors(clip_file, tmp_path):
         container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     cases = [(empty, "not a video FFmpeg can read"), (garbage, "not a video FFmpeg can read"),
-             (sound, "no video stream"), (tmp_path / "missing.mp4", "no such file")]
+             (sound, "no video stream"), (tmp_path / "missing.mp4", "no such file"),
+             (style, "is an image, not a video")]  # FFmpeg would read it as a 1-frame clip
     for path, message in cases:
         result = runner.invoke(app, ["video", str(path), str(style), "-o",
                                      str(tmp_path / "o.mp4"), *FAST])

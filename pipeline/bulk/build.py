@@ -24,6 +24,7 @@ from typing import Any
 from ..errors import InputError, did_you_mean
 from ..gatys.params import StyleParams
 from ..gatys.region_params import Regions
+from ..io.images import IMAGE_SUFFIXES
 from ..io.storage import Location, find_objects, is_url
 from ..io.storage import name as file_name
 from ..io.video import VIDEO_SUFFIXES, is_video
@@ -41,8 +42,6 @@ from .manifest import (
 )
 from .names import short_names
 from .run_state import is_run_folder
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 @dataclass
@@ -70,7 +69,7 @@ def image_files(candidates: Iterable[Path], walk: Walk, any_extension: bool = Fa
     `any_extension`: files named one by one) that are files, sorted; the others named so
     (folders, broken links) go to `walk.skipped`, and hidden ones (a name starting with '.',
     as macOS's ._photo.jpg beside photo.jpg) to `walk.hidden`, unless named one by one."""
-    kinds = IMAGE_EXTENSIONS | (VIDEO_SUFFIXES if videos else set())
+    kinds = IMAGE_SUFFIXES | (VIDEO_SUFFIXES if videos else set())
     named = sorted(p for p in candidates if any_extension or p.suffix.lower() in kinds)
     if not any_extension:
         walk.hidden += [p for p in named if p.name.startswith(".")]
@@ -235,7 +234,7 @@ def cross_product(contents: Sequence[Path], styles: Sequence[Path],
 def remote_images(url: str, recursive: bool = False, videos: bool = False) -> list[str]:
     """The images (and videos, with `videos`) in object storage under a prefix or matching a
     pattern, hidden names left out as in a folder."""
-    kinds = IMAGE_EXTENSIONS | (VIDEO_SUFFIXES if videos else set())
+    kinds = IMAGE_SUFFIXES | (VIDEO_SUFFIXES if videos else set())
     return [u for u in find_objects(url, recursive)
             if Path(file_name(u)).suffix.lower() in kinds and not file_name(u).startswith(".")]
 

@@ -103,6 +103,10 @@ def check_image_file(path: Location) -> None:
     raise InputError(f"{path}: no such image file")
 
 
+# The files a folder or a prefix gives as images (bulk/build.py), and that are no video.
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+
+
 def _decode_error(path: Location, e: Exception) -> InputError:
     # PIL names the BytesIO it was handed (`<_io.BytesIO object at 0x...>`), not the file.
     reason = ("not an image format Pillow can read" if isinstance(e, UnidentifiedImageError)

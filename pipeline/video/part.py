@@ -8,13 +8,15 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import PurePath
 from typing import Any
 
 from ..errors import InputError
 from ..gatys.keys import hashed
 from ..gatys.params import StyleParams
 from ..io.fetch import local_copy
-from ..io.storage import Location
+from ..io.images import IMAGE_SUFFIXES
+from ..io.storage import Location, name
 from ..io.video import VideoInfo, frame_count, parse_time, probe
 from .params import VideoParams
 
@@ -34,6 +36,9 @@ def clip_part(source: Location, video: VideoParams) -> ClipPart:
     """The part of `source` (a path, or a URL: its local copy) that `video` asks for;
     InputError naming the file when the file is no video or the part holds no frame."""
     video.validate()
+    if PurePath(name(str(source))).suffix.lower() in IMAGE_SUFFIXES:  # FFmpeg reads one frame
+        raise InputError(f"{source}: is an image, not a video (an image is stylized by "
+                         "`pipeline stylize`)")
     info = probe(local_copy(source) if isinstance(source, str) else source)
     fps = Fraction(video.fps).limit_denominator(1001) if video.fps else info.fps
     start = parse_time(video.start, info.fps)
