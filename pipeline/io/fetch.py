@@ -82,14 +82,15 @@ def copy_name(obj: Version) -> str:
 
 def concurrently(ask: Callable[[str], T], locations: Iterable[object]) -> dict[str, T]:
     """`ask(url)` of every URL among `locations`, many at once; the URLs it raised InputError
-    for are left out: their reader gets the error again, with the row that reads them."""
+    or OSError for are left out: their reader gets the error again, with the row that reads
+    them."""
     urls = list(dict.fromkeys(str(p) for p in locations if is_url(p)))
     if not urls:
         return {}
     answers: dict[str, T] = {}
 
     def one(url: str) -> None:
-        with contextlib.suppress(InputError):
+        with contextlib.suppress(InputError, OSError):
             answers[url] = ask(url)
 
     with ThreadPoolExecutor(min(FETCH_THREADS, len(urls))) as pool:
