@@ -479,6 +479,33 @@ def test_a_rerun_fetches_the_inputs_of_its_pending_jobs_alone(s3, tmp_path, monk
     assert sorted(set(fetched)) == [f"{url}/in/painting.png", f"{url}/in/wide.png"]
 
 
+def test_a_wrong_remembered_digest_fails_its_job_once(s3, tmp_path):
+    """What a scan remembers of an object, if wrong (a garbled entry, or a store whose
+    versions do not tell a rewrite), makes its job's key another: the worker, which hashes
+    what it reads, fails the job, and remembers the object again, so a rerun makes it."""
+    import json
+
+    from pipeline.bulk.manifest import write_manifest
+    from pipeline.io.fetch import current
+    from pipeline.io.files import cache_dir
+    from tests.run_helpers import cell, run_cli
+
+    url, _, _ = s3
+    rows = [{"content": f"{url}/in/photo.png", "style": f"{url}/in/painting.png"}]
+    manifest, out = write_manifest(rows, tmp_path / "m.parquet"), tmp_path / "out"
+    identity = current(f"{url}/in/painting.png").identity
+    entry = cache_dir() / "objects" / identity[:2] / f"{identity}.json"
+    assert run_cli(manifest, tmp_path / "first").exit_code == 0  # remembered
+    record = json.loads(entry.read_text())
+    entry.write_text(json.dumps({**record, "sha256": "0" * 64}))
+    failed = run_cli(manifest, out)
+    assert failed.exit_code == 1 and cell(failed.output, "failed") == "1", failed.output
+    assert "painting.png: changed since the run's scan" in failed.output
+    assert not entry.exists() or json.loads(entry.read_text())["sha256"] == record["sha256"]
+    again = run_cli(manifest, out, "--retry-failed")
+    assert again.exit_code == 0 and cell(again.output, "done now") == "1", again.output
+
+
 def test_an_object_replaced_after_the_scan_fails_its_job_not_the_others(s3, tmp_path):
     """A style object overwritten in the bucket between the run's scan and the job's read (a
     new version): the job fails naming the object, as a local file rewritten does, and the

@@ -9,9 +9,10 @@ formed again as it was (queue.py).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from ..gatys.layers import min_input_side
 from ..io.fetch import concurrently, local_copy, local_file
 from ..io.files import forget_digest, remembered_digest
 from ..io.images import check_shape, fit_longest_side, header_size, image_digest, read_rgb
-from ..io.objects import ImageObject, image_object, scan_ahead
+from ..io.objects import ImageObject, forget, image_object, scan_ahead
 from ..io.storage import Location, is_url, location
 from ..io.video import is_video
 from ..video.part import ClipPart, clip_key, clip_part
@@ -109,21 +110,29 @@ def check_unchanged(job: Job, cache: str | None = None) -> None:
         except OSError as e:
             raise InputError(f"{where}: cannot read ({e.strerror or e})") from None
         if now != digest:
-            if not is_video(where):  # the scan's digest may be a remembered one, gone stale
-                forget_digest(path, cache, is_url(where))
+            if is_url(where) and not is_video(where):  # what the scan remembered of it may
+                with contextlib.suppress(InputError, OSError):  # be wrong: read it again
+                    image_object(where, cache, fresh=True)
+            elif not is_video(where):  # the scan's digest may be a remembered one, gone stale
+                forget_digest(path, cache)
             raise InputError(f"{where}: changed since the run's scan (the job's key names the "
                              "file as it was then); run again to stylize the new version")
 
 
-def forget_input_digests(jobs: Iterable[Job], cache: str | None = None) -> None:
-    """Forget what this machine remembers of the jobs' local images (remembered_digest), so
-    that the next run reads them again: for jobs that failed. One may have failed for a stale
-    entry, which the worker that found it forgot in its own cache (check_unchanged); on
-    another machine that is not the cache that keys the next run."""
+def forget_input_digests(jobs: Iterable[Job], objects: Mapping[str, ImageObject],
+                         cache: str | None = None) -> None:
+    """Forget what this machine remembers of the jobs' images (remembered_digest; of those
+    in `objects`, the scan's image objects, io/objects.py), so that the next run reads them
+    again: for jobs that failed. One may have failed for a stale entry, which the worker that
+    found it forgot in its own cache (check_unchanged); on another machine that is not the
+    cache that keys the next run."""
+    jobs = list(jobs)
     for job in jobs:
         for where, _ in job.inputs:
             if not is_url(where) and not is_video(where):
                 forget_digest(where, cache)
+    forget((objects[where] for job in jobs for where, _ in job.inputs if where in objects),
+           cache)
 
 
 def slotted(job: Job) -> bool:

@@ -203,7 +203,7 @@ def _run_locked(manifest: Location, opts: RunOptions, found: Scan, run_id: str,
                        lambda batch: _all_written(batch, out_dir), result)
         failed = {row for row, _ in result.failed}
         forget_input_digests((job for job in p.todo if job.spec.row in failed),
-                             opts.runtime.cache)
+                             found.objects, opts.runtime.cache)
         try:  # what workers on other machines recorded, for the summary and the report
             refresh(out_dir, ("ledger", "traces"))
         except InputError as e:  # the store went away: the run says so, and stops as it is

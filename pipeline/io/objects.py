@@ -27,12 +27,13 @@ class ImageObject:
     size: tuple[int, int]  # (w, h) as displayed
 
 
-def image_object(url: str, cache: str | None = None) -> ImageObject:
+def image_object(url: str, cache: str | None = None, fresh: bool = False) -> ImageObject:
     """What is remembered of the image object, else read from its local copy (downloaded)
-    and remembered. InputError naming the URL when it cannot be read or decoded."""
+    and remembered; `fresh`: read and remembered again, over what was (found to be wrong).
+    InputError naming the URL when it cannot be read or decoded."""
     obj = current(url)
     entry = _entry(obj, cache)
-    if (known := _known(entry, obj)) is not None:
+    if not fresh and (known := _known(entry, obj)) is not None:
         return known
     copy = copy_of(obj, cache)  # where the workers of this machine read it (io/images.py)
     found = ImageObject(obj, file_digest(copy), displayed_size(copy, url))
@@ -56,6 +57,13 @@ def fetch_copies(objects: Iterable[ImageObject]) -> None:
     the workers (the others' copies are not needed)."""
     by_url = {obj.version.url: obj.version for obj in objects}
     concurrently(lambda url: copy_of(by_url[url]), by_url)
+
+
+def forget(objects: Iterable[ImageObject], cache: str | None = None) -> None:
+    """Drop this machine's entries of `objects`, so that the next scan reads them again (or
+    takes a shared cache's, which the worker that found one wrong wrote again)."""
+    for obj in objects:
+        _entry(obj.version, cache).unlink(missing_ok=True)
 
 
 def _entry(obj: Version, cache: str | None) -> Path:
