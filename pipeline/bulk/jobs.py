@@ -110,10 +110,12 @@ def check_unchanged(job: Job, cache: str | None = None) -> None:
         except OSError as e:
             raise InputError(f"{where}: cannot read ({e.strerror or e})") from None
         if now != digest:
-            if is_url(where) and not is_video(where):  # what the scan remembered of it may
-                with contextlib.suppress(InputError, OSError):  # be wrong: read it again
+            # The scan's digest may be a remembered one, gone stale: a file's is forgotten, an
+            # object's read again (io/objects.py). A video's is keyed by what changed.
+            if is_url(where) and not is_video(where):
+                with contextlib.suppress(InputError, OSError):
                     image_object(where, cache, fresh=True)
-            elif not is_video(where):  # the scan's digest may be a remembered one, gone stale
+            elif not is_video(where):
                 forget_digest(path, cache)
             raise InputError(f"{where}: changed since the run's scan (the job's key names the "
                              "file as it was then); run again to stylize the new version")
@@ -126,13 +128,12 @@ def forget_input_digests(jobs: Iterable[Job], objects: Mapping[str, ImageObject]
     again: for jobs that failed. One may have failed for a stale entry, which the worker that
     found it forgot in its own cache (check_unchanged); on another machine that is not the
     cache that keys the next run."""
-    jobs = list(jobs)
     for job in jobs:
         for where, _ in job.inputs:
-            if not is_url(where) and not is_video(where):
+            if where in objects:
+                forget([objects[where]], cache)
+            elif not is_url(where) and not is_video(where):
                 forget_digest(where, cache)
-    forget((objects[where] for job in jobs for where, _ in job.inputs if where in objects),
-           cache)
 
 
 def slotted(job: Job) -> bool:
