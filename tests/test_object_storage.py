@@ -894,8 +894,11 @@ def test_a_scan_reads_an_object_once_on_every_machine_that_shares_the_cache(s3, 
     of its bytes. Written again, it is a new version: read again, a new key."""
     from pipeline.bulk.manifest import write_manifest
     from pipeline.bulk.scan import scan
-    from pipeline.io import files, objects
+    from pipeline.io import files, mirror, objects
 
+    # A driver's uploads, as written (a worker run in this process before would have left
+    # them in the background, where machine b could look before machine a's arrived).
+    monkeypatch.setattr(mirror, "_BACKGROUND", None)
     url, _, local = s3
     make_photo((64, 40), seed=2).save(local / "wide.png")
     upload(local / "wide.png", f"{url}/in/wide.png")
@@ -909,6 +912,7 @@ def test_a_scan_reads_an_object_once_on_every_machine_that_shares_the_cache(s3, 
 
     def scanned(machine: str) -> list[tuple[str, tuple[int, int]]]:
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / machine))
+        storage.filesystem(url)[0].invalidate_cache()  # a process of its own: no listings
         jobs = scan(f"{url}/m.parquet", tmp_path / "out", {}, decode=False).jobs
         return [(job.key, job.size) for job in jobs]
 
