@@ -63,13 +63,18 @@ class Draft:
     output: str | None = None
 
 
+def _suffixes(videos: bool) -> frozenset[str]:
+    """The file name suffixes of inputs: images, and videos with `videos`."""
+    return IMAGE_SUFFIXES | VIDEO_SUFFIXES if videos else IMAGE_SUFFIXES
+
+
 def image_files(candidates: Iterable[Path], walk: Walk, any_extension: bool = False,
                 videos: bool = False) -> list[Path]:
     """The candidates named like images (or videos, with `videos`; any name, with
     `any_extension`: files named one by one) that are files, sorted; the others named so
     (folders, broken links) go to `walk.skipped`, and hidden ones (a name starting with '.',
     as macOS's ._photo.jpg beside photo.jpg) to `walk.hidden`, unless named one by one."""
-    kinds = IMAGE_SUFFIXES | (VIDEO_SUFFIXES if videos else set())
+    kinds = _suffixes(videos)
     named = sorted(p for p in candidates if any_extension or p.suffix.lower() in kinds)
     if not any_extension:
         walk.hidden += [p for p in named if p.name.startswith(".")]
@@ -234,7 +239,7 @@ def cross_product(contents: Sequence[Path], styles: Sequence[Path],
 def remote_images(url: str, recursive: bool = False, videos: bool = False) -> list[str]:
     """The images (and videos, with `videos`) in object storage under a prefix or matching a
     pattern, hidden names left out as in a folder."""
-    kinds = IMAGE_SUFFIXES | (VIDEO_SUFFIXES if videos else set())
+    kinds = _suffixes(videos)
     return [u for u in find_objects(url, recursive)
             if Path(file_name(u)).suffix.lower() in kinds and not file_name(u).startswith(".")]
 

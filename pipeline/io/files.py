@@ -63,13 +63,12 @@ def mark_used(entry: Path) -> None:
         os.utime(entry)
 
 
-def forget_digest(path: str | os.PathLike, cache: str | os.PathLike | None,
-                  fetched: bool = False) -> None:
+def forget_digest(path: str | os.PathLike, cache: str | os.PathLike | None) -> None:
     """Drop what remembered_digest knows of the file as it is now: its bytes were found to be
     others (rewritten within the clock's resolution, keeping its identity), so the next
     run reads it again."""
     with contextlib.suppress(OSError):
-        _digest_entry(path, os.stat(path), cache, fetched).unlink(missing_ok=True)
+        _digest_entry(path, os.stat(path), cache).unlink(missing_ok=True)
 
 
 def _digest_entry(path: str | os.PathLike, st: os.stat_result,
