@@ -69,12 +69,15 @@ def test_stylize_reads_and_writes_object_storage(s3, tmp_path):
     assert np.array_equal(np.asarray(Image.open(remote)), np.asarray(Image.open(here)))
 
 
-def test_cache_dir_holds_the_copies_of_the_objects_a_command_fetches(s3, tmp_path):
+def test_cache_dir_holds_the_copies_of_the_objects_a_command_fetches(s3, tmp_path,
+                                                                    monkeypatch):
     """--cache-dir, not the default cache, gets the local copies of input objects and what
     is remembered of them: of `pipeline stylize` (read before its runtime starts) and of
-    `pipeline run` (its scan and its workers)."""
+    `pipeline run` (its scan and its workers); and the copy of a run folder in a bucket that
+    `status`, `report` and `manifest validate` look at, given as a relative path."""
     from pipeline.bulk.manifest import write_manifest
-    from pipeline.io.files import cache_dir
+    from pipeline.io.files import CACHE_ENV, cache_dir
+    from pipeline.io.mirror import staging_folder
     from tests.run_helpers import run_cli
 
     url, _, _ = s3
@@ -87,13 +90,21 @@ def test_cache_dir_holds_the_copies_of_the_objects_a_command_fetches(s3, tmp_pat
     assert len(list((given / "inputs").glob("*.png"))) == 2
     other = tmp_path / "other"
     rows = [{"content": f"{url}/in/photo.png", "style": f"{url}/in/painting.png"}]
-    result = run_cli(write_manifest(rows, tmp_path / "m.parquet"), tmp_path / "out",
-                     "--cache-dir", str(other))
+    manifest = write_manifest(rows, tmp_path / "m.parquet")
+    result = run_cli(manifest, f"{url}/out", "--cache-dir", str(other), "--no-report")
     assert result.exit_code == 0, result.output
     assert len(list((other / "inputs").glob("*.png"))) == 2
     assert len(list((other / "objects").rglob("*.json"))) == 2
     assert not copied(f"{url}/in/photo.png", default) and \
         not copied(f"{url}/in/painting.png", default)
+    monkeypatch.chdir(tmp_path)
+    for command in (["status", f"{url}/out"], ["report", f"{url}/out"],
+                    ["manifest", "validate", str(manifest), "--out", f"{url}/out"]):
+        monkeypatch.setenv(CACHE_ENV, str(default))  # as a new process would have it
+        looked = runner.invoke(app, [*command, "--cache-dir", "other"])
+        assert looked.exit_code == 0, looked.output
+    assert (staging_folder(f"{url}/out", other) / "report.html").is_file()
+    assert not staging_folder(f"{url}/out", default).exists()
 
 
 def test_store_errors_are_one_line_each(s3, s3_server, monkeypatch, tmp_path):
@@ -105,6 +116,8 @@ def test_store_errors_are_one_line_each(s3, s3_server, monkeypatch, tmp_path):
         ([f"{url}/in/photo.png", f"{url}/in/painting.png", "-o", "s3://nobucket/a.png"],
          "s3://nobucket/a.png: no such bucket 'nobucket'"),
         ([f"{url}/in/photo.png", f"{url}/in/painting.png", "-o", f"{url}/in/photo.png"],
+         "the output would overwrite one of the input images"),
+        ([f"{url}/in/photo.png", f"{url}/in/painting.png", "-o", f"{url}/x/../in//photo.png"],
          "the output would overwrite one of the input images"),
         ([f"{url}/in/photo.png", f"{url}/in/painting.png", "-o", str(tmp_path / "d.png"),
           "--cache-dir", "s3://nobucket/cache"], "s3://nobucket/cache: no such bucket"),
@@ -241,6 +254,36 @@ def test_a_manifest_in_object_storage_runs_its_rows_from_there(s3, tmp_path):
     assert cell(again.output, "done before (skipped)") == "2", again.output
     page = (out / "report.html").read_text()
     assert f"{url}/in/photo.png" in page
+
+
+def test_a_run_into_a_bucket_never_writes_over_an_input_object(s3, tmp_path):
+    """--out in the bucket of the inputs: a row whose output is an input object (however the
+    folder is spelled) is refused by the run and by `manifest validate` alike, and the input
+    is left as it was; the other rows run with --skip-bad-rows."""
+    from pipeline.bulk.manifest import write_manifest
+    from tests.run_helpers import run_cli
+
+    url, folder, _ = s3
+    rows = [{"content": "photo.png", "style": "painting.png", "output": "photo.png"},
+            {"content": "photo.png", "style": "painting.png", "output": "styled.png"},
+            {"content": "left.png", "style": "painting.png", "output": "sub/../painting.png"}]
+    write_manifest(rows, tmp_path / "m.parquet")
+    upload(tmp_path / "m.parquet", f"{url}/in/m.parquet")
+    before = {p.name: p.read_bytes() for p in (folder / "in").iterdir()}
+    for out in (f"{url}/in", f"{url}//in/", f"{url}/x/../in"):
+        checked = runner.invoke(app, ["manifest", "validate", f"{url}/in/m.parquet",
+                                      "--out", out], terminal_width=200)
+        assert checked.exit_code == 2, checked.output
+        assert "row 0: output photo.png is an input image of row 0" in checked.output
+        assert "row 2: output painting.png is an input image of row 0" in checked.output
+    # (rclone refuses the other spellings as run folders; a store that took them is checked
+    # as validate is)
+    refused = run_cli(f"{url}/in/m.parquet", f"{url}/in")
+    assert refused.exit_code == 2 and "it would be overwritten" in refused.output
+    result = run_cli(f"{url}/in/m.parquet", f"{url}/in", "--skip-bad-rows")
+    assert result.exit_code == 1, result.output  # the refused rows count as failed
+    assert {name: (folder / "in" / name).read_bytes() for name in before} == before
+    assert read_metadata(folder / "in" / "styled.png")["job_key"]
 
 
 def test_manifest_build_finds_images_in_object_storage(s3, tmp_path):

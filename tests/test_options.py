@@ -89,3 +89,11 @@ def test_run_options_are_checked_before_anything_runs(tmp_path):
         RunOptions(tmp_path, batch_size=-1).validate()
     with pytest.raises(InputError, match="distributor must be one of local, ray"):
         RunOptions(tmp_path, distributor="slurm").validate()
+
+
+def test_a_relative_cache_is_the_command_s_folder_s(tmp_path, monkeypatch):
+    """Made absolute where it is given: a worker or a Ray actor starts in another folder."""
+    monkeypatch.chdir(tmp_path)
+    assert RuntimeOptions(cache="c").cache == str(tmp_path / "c")
+    assert RuntimeOptions(cache="s3://bucket/cache").cache == "s3://bucket/cache"
+    assert RuntimeOptions().cache is None

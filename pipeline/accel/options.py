@@ -5,9 +5,11 @@ importing torch."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import InputError
 from ..io.files import CACHE_ENV
+from ..io.storage import is_url
 from ..options import check, option
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp64")
@@ -73,6 +75,11 @@ class RuntimeOptions:
         "in its own copy.  [default: the user cache dir]", flags=("--cache-dir",),
         envvar=CACHE_ENV)
     cache_targets: bool = option(True, "Keep computed targets (and video flows) in the cache.")
+
+    def __post_init__(self) -> None:
+        # A relative cache is the command's folder's: a worker or Ray actor starts elsewhere.
+        if self.cache and not is_url(self.cache):
+            object.__setattr__(self, "cache", str(Path(self.cache).expanduser().absolute()))
 
     def validate(self) -> tuple[str, ...]:
         """InputError naming the first bad setting, before any work; the providers parsed."""

@@ -33,7 +33,7 @@ from ..gatys.params import INIT_WORDS, WEIGHT_SOURCES, StyleParams
 from ..gatys.region_params import NO_REGIONS, Regions
 from ..io.files import atomic_path
 from ..io.images import OUTPUT_FORMATS, output_bit_depth
-from ..io.storage import Location, is_url, location, parent, read_bytes
+from ..io.storage import Location, is_url, location, object_identity, parent, read_bytes
 from ..io.storage import name as file_name
 from ..io.video import is_video
 from ..options import base_type, coerce, declared, spec
@@ -301,18 +301,18 @@ def row_inputs(row: dict[str, Any], base: Location, overrides: dict[str, Any]
 
 
 def read_jobs(path: Location, out_dir: Path, overrides: dict[str, Any] | None = None,
-              inputs: dict[Path, int] | None = None) -> Iterator[JobSpec | RowError]:
+              inputs: dict[Location, int] | None = None) -> Iterator[JobSpec | RowError]:
     """Every row as a JobSpec, or the RowError that explains why it is not one. `inputs`, if
-    given, collects every row's local input images (links resolved) with the first row
-    reading each."""
+    given, collects every row's input images (files with links resolved, objects by
+    storage.object_identity) with the first row reading each."""
     base = parent(path) if isinstance(path, str) else path.resolve().parent
     out_dir = Path(os.path.realpath(out_dir))
     real = RealPaths()
     for index, row in read_rows(path):
         if inputs is not None:
             for image in row_inputs(row, base, overrides or {}):
-                if isinstance(image, Path):  # a local --out cannot hold an object
-                    inputs.setdefault(real(image), index)
+                inputs.setdefault(real(image) if isinstance(image, Path)
+                                  else object_identity(image), index)
         try:
             yield row_to_job(row, index, base, out_dir, overrides or {}, real)
         except RowError as e:

@@ -125,7 +125,7 @@ def _run(manifest: Location, opts: RunOptions, remote: str | None,
     out_dir = opts.out_dir
     with scan_view() as advance:
         found = scan(manifest, out_dir, opts.overrides, advance, decode=False,
-                     cache=opts.runtime.cache)
+                     cache=opts.runtime.cache, remote=remote)
     if found.errors and not opts.skip_bad_rows:
         raise ManifestInvalid(found.errors)
     # Absolute: a worker elsewhere has another working folder.

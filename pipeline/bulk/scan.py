@@ -5,6 +5,7 @@ asked ahead, outputs that clash found. Imports no torch: a check loads none."""
 from __future__ import annotations
 
 import itertools
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -13,7 +14,7 @@ from typing import Any
 
 from ..errors import InputError, RowError
 from ..io.objects import ImageObject, fetch_copies
-from ..io.storage import Location
+from ..io.storage import Location, object_identity
 from .jobs import Inspector, Job
 from .manifest import JobSpec, read_jobs
 
@@ -50,18 +51,20 @@ def fetch_inputs(found: Scan, jobs: Iterable[Job]) -> None:
 
 def scan(manifest: Location, out_dir: Path, overrides: dict[str, Any],
          progress: Callable[[int], None] | None = None, decode: bool = True,
-         cache: str | None = None) -> Scan:
+         cache: str | None = None, remote: str | None = None) -> Scan:
     """Every row checked: columns, types, ranges, files exist and decode (or, with
     decode=False, have a readable header), outputs inside --out, not duplicated and not any
-    row's input. `cache`: where digests are remembered. What is needed of inputs in object
-    storage is asked AHEAD rows at a time, concurrently, before those rows are checked."""
+    row's input. `cache`: where digests are remembered. `remote`: the URL of a run folder in
+    object storage that `out_dir` stands for, where the outputs land. What is needed of
+    inputs in object storage is asked AHEAD rows at a time, concurrently, before those rows
+    are checked."""
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir} is a file, not a folder")
     inspect = Inspector(decode, cache)
     jobs: list[Job] = []
     errors: list[RowError] = []
     outputs: dict[Path, JobSpec] = {}
-    inputs: dict[Path, int] = {}
+    inputs: dict[Location, int] = {}
     for item in _asked_ahead(read_jobs(manifest, out_dir, overrides, inputs), inspect):
         if progress is not None:
             progress(1)
@@ -79,13 +82,23 @@ def scan(manifest: Location, out_dir: Path, overrides: dict[str, Any],
             continue
         jobs.append(job)
     # Only now: a later row may read what an earlier row would write.
-    overwriting = [job for job in jobs if job.spec.output in inputs]
+    replaces = _replaced(out_dir, remote)
+    overwriting = [job for job in jobs if replaces(job.spec.output) in inputs]
     errors += [RowError(job.spec.row, f"output {job.spec.output_name} is an input image of "
-                                      f"row {inputs[job.spec.output]}; it would be overwritten")
-               for job in overwriting]
-    jobs = [job for job in jobs if job.spec.output not in inputs]
+                                      f"row {inputs[replaces(job.spec.output)]}; it would be "
+                                      "overwritten") for job in overwriting]
+    jobs = [job for job in jobs if replaces(job.spec.output) not in inputs]
     errors.sort(key=lambda e: e.row)
     return Scan(_single_contents_uncached(jobs), errors, inspect.objects)
+
+
+def _replaced(out_dir: Path, remote: str | None) -> Callable[[Path], Location]:
+    """What writing an output replaces: its file, or in a run folder in object storage the
+    object it is uploaded to (an input of the same bucket)."""
+    if remote is None:
+        return lambda output: output
+    here = Path(os.path.realpath(out_dir))
+    return lambda output: object_identity(f"{remote}/{output.relative_to(here).as_posix()}")
 
 
 def _single_contents_uncached(jobs: list[Job]) -> list[Job]:

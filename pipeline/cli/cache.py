@@ -5,15 +5,13 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from ..accel.options import RuntimeOptions
 from ..io.cache_entries import AGED, CACHE_PARTS, cache_contents, clear_cache
 from .app import app, reports_errors
-from .options import field_option
+from .options import CACHE_OPTION
 from .progress import console, shown
 
 cache_app = typer.Typer(no_args_is_help=True, help="Show or empty the cache.")
 app.add_typer(cache_app, name="cache")
-CACHE_OPTION = field_option(RuntimeOptions, "cache")
 
 
 @cache_app.command("info")

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from ..bulk.make_manifest import build_manifest
 from ..bulk.manifest import parse_overrides
 from ..bulk.scan import scan
+from ..io.files import cache_dir, use_cache
+from ..io.mirror import staging_folder
 from ..io.storage import location, set_storage_options
 from .app import app, counting, print_errors, reports_errors
-from .options import STORAGE_OPTION
+from .options import CACHE_OPTION, STORAGE_OPTION
 from .progress import console, say
 from .run import SET_OPTION
 
@@ -84,16 +84,23 @@ def manifest_build(
 def manifest_validate(
     manifest: str = typer.Argument(..., help="Manifest (.parquet): a path, or a URL in object "
                                    "storage."),
-    out: Path = typer.Option(Path("out"), "--out", help="Output folder the run would use "
-                             "(relative `output` cells resolve against it)."),
+    out: str = typer.Option("out", "--out", help="Output folder the run would use, a path or "
+                            "a URL in object storage (relative `output` cells resolve against "
+                            "it)."),
     set_: list[str] = SET_OPTION,
     storage_option: list[str] = STORAGE_OPTION,
+    cache: str | None = CACHE_OPTION,
 ) -> None:
     """Check every row: columns, types, ranges, files exist and decode, duplicate outputs.
     Exit code 2 when any row is invalid."""
     set_storage_options(storage_option)
+    use_cache(cache)  # input files' digests and objects, remembered for the run
+    target = location(out)
+    # A folder in object storage: its outputs named as in the copy a run would work in.
+    folder = staging_folder(target, cache_dir()) if isinstance(target, str) else target
     with counting() as advance:
-        found = scan(location(manifest), out.expanduser(), parse_overrides(set_ or []), advance)
+        found = scan(location(manifest), folder, parse_overrides(set_ or []), advance,
+                     remote=target if isinstance(target, str) else None)
     if found.errors:
         print_errors(found.errors, limit=None)  # its whole job: every one listed
     if not found.jobs and not found.errors:

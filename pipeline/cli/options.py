@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 
+from ..accel.options import RuntimeOptions
 from ..errors import InputError
 from ..options import base_type, coerce, declared, default, range_sentence, spec
 
@@ -117,4 +118,9 @@ def field_option(owner: type, name: str) -> Any:
     return typer_option(owner, next(f for f in fields(owner) if f.name == name))
 
 
-__all__ = ["STORAGE_OPTION", "field_option", "help_text", "with_options"]
+# For the commands that take no other runtime option but read the cache: where a run keeps
+# its copy of a run folder in a bucket, the copies of input objects and their digests.
+CACHE_OPTION = field_option(RuntimeOptions, "cache")
+
+
+__all__ = ["CACHE_OPTION", "STORAGE_OPTION", "field_option", "help_text", "with_options"]

@@ -31,11 +31,12 @@ from ..bulk.run_state import (
     stored_at,
 )
 from ..errors import InputError
+from ..io.files import use_cache
 from ..io.storage import Location, is_url, location, set_storage_options
 from ..report import write_report
 from ..report.page import REPORT
 from .app import app, computing, counting, print_errors, reports_errors, say_error
-from .options import STORAGE_OPTION, with_options
+from .options import CACHE_OPTION, STORAGE_OPTION, with_options
 from .progress import RunDisplay, console, duration, say, shown, summary_table
 
 if TYPE_CHECKING:
@@ -139,12 +140,14 @@ RUN_FOLDER = "Output folder of a run: a path, or a URL in object storage (s3://.
 @app.command("report")
 @reports_errors
 def report_cmd(out: str = typer.Argument(..., help=RUN_FOLDER),
-               storage_option: list[str] = STORAGE_OPTION) -> None:
+               storage_option: list[str] = STORAGE_OPTION,
+               cache_dir: str | None = CACHE_OPTION) -> None:
     """Write or refresh OUT/report.html: the run's numbers, the failed rows, a contact sheet
     (content images x styles and varied parameters, each output linked, failed rows with
     their error), each job's loss curve and its intermediate images. A sheet of more than 500
     cells goes on in pages (OUT/report_files/pages/). It opens from disk, with no server."""
     set_storage_options(storage_option)
+    use_cache(cache_dir)
     written = _report(location(out))  # a URL: its copy here (report.write_report)
     console.print(f"wrote {stored_at(written) or written}", soft_wrap=True)
 
@@ -163,12 +166,14 @@ def status(out: str = typer.Argument(..., help=RUN_FOLDER),
                                         "object on stdout instead of the tables, for "
                                         "scripts: the counts, every failure, throughput, "
                                         "devices, report, the run going on and its eta."),
-           storage_option: list[str] = STORAGE_OPTION) -> None:
+           storage_option: list[str] = STORAGE_OPTION,
+           cache_dir: str | None = CACHE_OPTION) -> None:
     """Ledger summary of a run: done / failed / pending, throughput, failures with reasons;
     while a run goes on, its process and when it will end at its pace.
     A job counts as done only while its output is there and is its own, as `run` decides (in
     object storage: while the bucket has it)."""
     set_storage_options(storage_option)
+    use_cache(cache_dir)
     folder = run_folder(out)
     try:
         info = read_run_info(folder)

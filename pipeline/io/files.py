@@ -15,7 +15,7 @@ import platformdirs
 
 from ..errors import InputError
 from .mirror import UploadFailed, attach_cache, uploaded
-from .storage import is_url, name, put_file
+from .storage import is_url, name, object_identity, put_file
 
 CACHE_ENV = "STYLE_PIPELINE_CACHE"
 
@@ -180,7 +180,8 @@ def overwrites(output: str | Path, inputs: Iterable[str | Path]) -> bool:
     links and `..` are resolved (`new/../a.png` is a.png once `new` is made for the output),
     or a hard link of one."""
     if isinstance(output, str):
-        return output in inputs
+        return object_identity(output) in {object_identity(p) for p in inputs
+                                           if isinstance(p, str)}
     target = output.resolve()
     return any(isinstance(p, Path) and (p.resolve() == target or (
         p.exists() and output.exists() and output.samefile(p))) for p in inputs)
