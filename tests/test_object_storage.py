@@ -395,7 +395,6 @@ def test_a_run_folder_in_object_storage(s3, tmp_path):
     assert len(list((there / "report_files" / "thumbs").glob("*.jpg"))) == 4
 
 
-
 def test_a_run_killed_on_one_machine_resumes_on_another_from_the_bucket(s3, tmp_path):
     """kill -9 of a run into s3://...; the local copy of the run folder is then lost (another
     machine): the rerun pulls the ledger and each job's checkpoint from the bucket, resumes

@@ -124,8 +124,8 @@ def _run(manifest: Location, opts: RunOptions, remote: str | None,
     """run_manifest into opts.out_dir: the folder, or the copy of the one at `remote`."""
     out_dir = opts.out_dir
     with scan_view() as advance:
-        found = scan(manifest, out_dir, opts.overrides, advance, decode=False,
-                     cache=opts.runtime.cache, remote=remote)
+        found = scan(manifest, remote or out_dir, opts.overrides, advance, decode=False,
+                     cache=opts.runtime.cache)
     if found.errors and not opts.skip_bad_rows:
         raise ManifestInvalid(found.errors)
     # Absolute: a worker elsewhere has another working folder.

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, RowError
+from ..io.files import cache_dir
+from ..io.mirror import staging_folder
 from ..io.objects import ImageObject, fetch_copies
 from ..io.storage import Location, object_identity
 from .jobs import Inspector, Job
@@ -49,15 +51,18 @@ def fetch_inputs(found: Scan, jobs: Iterable[Job]) -> None:
                  if isinstance(f, str) and f in found.objects)
 
 
-def scan(manifest: Location, out_dir: Path, overrides: dict[str, Any],
+def scan(manifest: Location, out: Location, overrides: dict[str, Any],
          progress: Callable[[int], None] | None = None, decode: bool = True,
-         cache: str | None = None, remote: str | None = None) -> Scan:
+         cache: str | None = None) -> Scan:
     """Every row checked: columns, types, ranges, files exist and decode (or, with
     decode=False, have a readable header), outputs inside --out, not duplicated and not any
-    row's input. `cache`: where digests are remembered. `remote`: the URL of a run folder in
-    object storage that `out_dir` stands for, where the outputs land. What is needed of
-    inputs in object storage is asked AHEAD rows at a time, concurrently, before those rows
-    are checked."""
+    row's input. `cache`: where digests are remembered. `out` at a URL: the outputs are
+    named in this machine's copy of that run folder (mirror.staging_folder; nothing is made
+    here) and checked against the input objects by the objects they are uploaded to. What is
+    needed of inputs in object storage is asked AHEAD rows at a time, concurrently, before
+    those rows are checked."""
+    remote = out if isinstance(out, str) else None
+    out_dir = staging_folder(out, cache_dir(cache)) if isinstance(out, str) else out
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir} is a file, not a folder")
     inspect = Inspector(decode, cache)

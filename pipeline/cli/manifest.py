@@ -7,8 +7,7 @@ import typer
 from ..bulk.make_manifest import build_manifest
 from ..bulk.manifest import parse_overrides
 from ..bulk.scan import scan
-from ..io.files import cache_dir, use_cache
-from ..io.mirror import staging_folder
+from ..io.files import use_cache
 from ..io.storage import location, set_storage_options
 from .app import app, counting, print_errors, reports_errors
 from .options import CACHE_OPTION, STORAGE_OPTION
@@ -95,12 +94,8 @@ def manifest_validate(
     Exit code 2 when any row is invalid."""
     set_storage_options(storage_option)
     use_cache(cache)  # input files' digests and objects, remembered for the run
-    target = location(out)
-    # A folder in object storage: its outputs named as in the copy a run would work in.
-    folder = staging_folder(target, cache_dir()) if isinstance(target, str) else target
     with counting() as advance:
-        found = scan(location(manifest), folder, parse_overrides(set_ or []), advance,
-                     remote=target if isinstance(target, str) else None)
+        found = scan(location(manifest), location(out), parse_overrides(set_ or []), advance)
     if found.errors:
         print_errors(found.errors, limit=None)  # its whole job: every one listed
     if not found.jobs and not found.errors:
