@@ -333,13 +333,14 @@ class Worker:
         drop_local(self.out_dir / r["output"] for r in recorded if r["status"] == ledger.DONE)
 
     def save_intermediate(self, job: Job, iteration: int, image: Any) -> None:
+        path = intermediate_path(job.spec.output, iteration)
         try:
-            save_image(image, intermediate_path(job.spec.output, iteration),
-                       {"iteration": iteration, "job_key": job.key},
+            save_image(image, path, {"iteration": iteration, "job_key": job.key},
                        jpeg_quality=job.spec.params.jpeg_quality)
         except OSError as e:
             raise WriteFailed(f"cannot write an intermediate of {job.spec.output_name}: "
                               f"{describe_os_error(e, job.spec.output.parent)}") from e
+        drop_local([path])  # in a bucket's run folder, once uploaded: not kept here
 
 
 def _rerun_message(rows: list[int]) -> str:

@@ -48,8 +48,10 @@ def current(url: str) -> Version:
         raise store_error(url, e) from None
     if info.get("type") == "directory":
         raise InputError(f"{url}: is a folder (a prefix), not a file")
-    tag = info.get("ETag") or info.get("etag") or f"{info.get('size')}:{info.get('mtime')}"
-    return Version(url, str(tag), fs, path)
+    etag = str(info.get("ETag") or info.get("etag") or "")
+    # s3fs gives a HEAD's ETag quoted and a listing's bare: one version, whichever it asked
+    tag = etag.removeprefix("W/").strip('"') or f"{info.get('size')}:{info.get('mtime')}"
+    return Version(url, tag, fs, path)
 
 
 def local_file(where: str | Path) -> Path:

@@ -11,14 +11,15 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from ..errors import InputError
-from .fetch import local_copy, local_file
+from .fetch import FETCH_THREADS, local_copy, local_file
 from .files import file_digest
 from .storage import Location, is_url, name, parent
 
@@ -246,29 +247,40 @@ def intermediate_path(output: Path | str, iteration: int) -> Path | str:
 _INTERMEDIATE = re.compile(r"(.+)\.iter(\d+)(\.[^.]+)")  # stem, iteration, suffix
 
 
-def intermediates_beside(outputs: Iterable[tuple[Path, str | None]]
+def intermediates_beside(outputs: Iterable[tuple[Path, str | None]],
+                         names: Callable[[Path], Iterable[str]] | None = None,
+                         carries: Callable[[Path, str], bool] | None = None
                          ) -> dict[Path, list[tuple[int, Path]]]:
     """The intermediate images written beside each output, by iteration; with its key, only
     those of that job (an earlier job with the same output name may have left others there).
-    Each folder is listed once: a run's outputs share a few folders, and a listing per output
-    made a report of N jobs in one folder cost N^2."""
+    Each folder is listed once (`names`, default os.listdir): a run's outputs share a few
+    folders, and a listing per output made a report of N jobs in one folder cost N^2.
+    `carries(path, key)` tells a job's own (default: the key in its header), many at once:
+    in a bucket, a check may have to fetch the image."""
     keys = dict(outputs)
     wanted = {(o.parent, o.stem, o.suffix): o for o in keys}
-    found: dict[Path, list[tuple[int, Path]]] = {o: [] for o in keys}
+    candidates: list[tuple[Path, int, Path]] = []
     for folder in {o.parent for o in keys}:
         try:
-            names = os.listdir(folder)
+            listed = set((names or os.listdir)(folder))
         except OSError:  # no folder, no intermediates
             continue
-        for entry in names:
+        for entry in listed:
             match = _INTERMEDIATE.fullmatch(entry)
-            output = wanted.get((folder, match[1], match[3])) if match else None
-            if output and (keys[output] is None or _header_key(folder / entry) == keys[output]):
-                found[output].append((int(match[2]), folder / entry))
+            if match and (output := wanted.get((folder, match[1], match[3]))):
+                candidates.append((output, int(match[2]), folder / entry))
+    check = carries or (lambda path, key: header_key(path) == key)
+    with ThreadPoolExecutor(FETCH_THREADS) as pool:
+        own = list(pool.map(lambda c: keys[c[0]] is None or check(c[2], keys[c[0]]),
+                            candidates))
+    found: dict[Path, list[tuple[int, Path]]] = {o: [] for o in keys}
+    for (output, iteration, path), ok in zip(candidates, own, strict=True):
+        if ok:
+            found[output].append((iteration, path))
     return {o: sorted(f) for o, f in found.items()}
 
 
-def _header_key(path: Path) -> str | None:
+def header_key(path: Path) -> str | None:
     """The job key embedded in an image's header (no pixels decoded)."""
     try:
         return read_metadata(path).get("job_key")

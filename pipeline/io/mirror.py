@@ -395,7 +395,7 @@ def remote_files(folder: Path) -> list[Path]:
     (kept up to date with its own uploads and deletes); none for a folder not mirrored."""
     if (place := _mirrored(folder)) is None:
         return []
-    prefix = f"{place.name}/"
+    prefix = "" if place.name == "." else f"{place.name}/"  # the mirrored folder itself: ""
     return [folder / key[len(prefix):] for key in _listing(place.root)
             if key.startswith(prefix) and "/" not in key[len(prefix):]]
 

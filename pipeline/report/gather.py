@@ -11,7 +11,9 @@ row's present parameters. Without a readable manifest the run's jobs alone are s
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from ..errors import InputError, RowError
 from ..gatys.params import StyleParams
 from ..gatys.trace import Points
 from ..io.images import intermediates_beside
+from ..io.mirror import remote_files
 from ..io.storage import location, parent
 from ..io.video import is_video
 from ..video.params import VideoParams
@@ -69,7 +72,9 @@ class RunView:
         return [j.record for j in self.jobs if j.status == DONE and j.record]
 
 
-def gather(out_dir: Path) -> RunView:
+def gather(out_dir: Path, carries: Callable[[Path, str], bool] | None = None) -> RunView:
+    """The run's view; `carries(path, key)`: whether an intermediate image is of the job of
+    `key` (io/images.intermediates_beside; the report's thumbnails know it)."""
     info = read_run_info(out_dir)
     records = ledger.read(out_dir)
     try:
@@ -79,12 +84,20 @@ def gather(out_dir: Path) -> RunView:
         jobs = _from_run_info(out_dir, info, records)
         note = f"the manifest could not be read ({e}); showing the run's jobs only"
     found = traces.read(out_dir)
-    beside = intermediates_beside((job.output, job.record["key"]) for job in jobs
-                                  if job.output is not None and job.record.get("key"))
+    beside = intermediates_beside(((job.output, job.record["key"]) for job in jobs
+                                   if job.output is not None and job.record.get("key")),
+                                  _names, carries)
     for job in jobs:
         job.trace = found.get(job.record.get("key", ""))
         job.intermediates = beside.get(job.output, []) if job.output is not None else []
     return RunView(out_dir, info.manifest, jobs, note)
+
+
+def _names(folder: Path) -> set[str]:
+    """A folder's files here and, in a run folder in a bucket, there: a run keeps no copy of
+    its intermediate images, as of its outputs."""
+    here = os.listdir(folder) if folder.is_dir() else []
+    return {*here, *(path.name for path in remote_files(folder))}
 
 
 def _from_manifest(out_dir: Path, info: RunInfo, records: dict[ledger.JobId, dict[str, Any]]

@@ -93,8 +93,8 @@ def write_report(out_dir: Location, page_cells: int = PAGE_CELLS,
     uploaded). `advance(n)`: n more thumbnails made or found (a first report of a large run
     makes one per input, output and intermediate image)."""
     out_dir = out_dir if isinstance(out_dir, Path) else run_folder(out_dir)
-    view = gather(out_dir)
     thumbs = Thumbnails(report_folder(out_dir, FILES, "thumbs"))
+    view = gather(out_dir, thumbs.carries)
     thumbs.make_all([*(j.content for j in view.jobs), *(s for j in view.jobs for s in j.styles),
                      *(j.output for j in view.jobs if j.status == DONE and j.output),
                      *(m for j in view.jobs for m in j.masks),
@@ -105,6 +105,7 @@ def write_report(out_dir: Location, page_cells: int = PAGE_CELLS,
     for number in range(len(pages), 0, -1):  # report.html last: the pages it links are there
         atomic_write_bytes(_page_path(out_dir, number), pages[number - 1].encode())
     thumbs.sweep()
+    thumbs.keep_keys()
     _sweep_pages(out_dir / FILES / PAGES, len(pages))
     return _page_path(out_dir, 1)
 

@@ -4,14 +4,18 @@ A thumbnail is named by its source's path, size and modification time (an input 
 storage: by its URL and version; a file of a run folder there: by its URL and size, the run
 keeping no copy of its outputs), so a refreshed report makes only the new ones; those no
 longer shown are removed. In a run folder in object storage they are kept in the bucket
-alone, as the outputs are: a report finds them in its listing. Only files this module made
+alone, as the outputs are: a report finds them in its listing. Which intermediate images
+are a job's own is read from their headers once and kept beside the thumbnails (KEYS), so a
+later report downloads none of a bucket's to know it. Only files this module made
 are ever removed (named as it names them, marked inside as its own, not links), and only in
 a folder of the run's own: a report_files or thumbs that is a link elsewhere is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
 import os
 import re
@@ -23,9 +27,17 @@ from PIL import Image
 
 from ..errors import InputError
 from ..io.fetch import Version, copy_name, copy_of, current
-from ..io.files import atomic_path
-from ..io.images import DECODE_ERRORS, read_rgb_for
-from ..io.mirror import borrowed, drop_local, remote_files, remote_of, remote_size, removed
+from ..io.files import atomic_path, atomic_write_bytes
+from ..io.images import DECODE_ERRORS, header_key, read_rgb_for
+from ..io.mirror import (
+    borrowed,
+    drop_local,
+    fetch_missing,
+    remote_files,
+    remote_of,
+    remote_size,
+    removed,
+)
 from ..io.storage import Location
 from ..io.video import is_video, poster
 
@@ -33,6 +45,7 @@ log = logging.getLogger("pipeline.report")
 SIDE = 320  # px, longest side: sharp at the sheet's display size on a 2x screen
 NAME = re.compile(r"[0-9a-f]{20}\.jpg")
 MARK = b"style-pipeline report thumbnail"  # the JPEG comment of every thumbnail made here
+KEYS = "keys.json"  # the job key in each intermediate image checked, by its thumbnail's identity
 
 
 def report_folder(out_dir: Path, *parts: str) -> Path:
@@ -53,6 +66,32 @@ class Thumbnails:
     def __init__(self, folder: Path, side: int = SIDE):
         self.folder, self.side = folder, side
         self._known: dict[Location, Path | None] = {}
+        self._keys = _read_keys(folder / KEYS)  # of the images checked by an earlier report
+        self._checked: dict[str, str] = {}
+
+    def carries(self, source: Path, key: str) -> bool:
+        """Whether `source`, an intermediate image beside an output, is of the job of `key`
+        (an earlier job with the same output name may have left others there). The job key
+        in its header is read once and kept in KEYS by what names its thumbnail, so a later
+        report reads none again (from a bucket it would download each); an image fetched
+        from a bucket for it has its thumbnail made at once (and is not kept here)."""
+        try:
+            identity = self._identity(source)
+            if (found := self._keys.get(identity)) is None:
+                with borrowed(source) as copy:
+                    found = header_key(copy) or ""
+                    if copy != source and found == key:
+                        self._known[source] = self._made(identity, copy)
+        except (OSError, InputError):
+            return False
+        self._checked[identity] = found
+        return found == key
+
+    def keep_keys(self) -> None:
+        """Write KEYS with the images this report checked (those gone are dropped)."""
+        if self._checked != self._keys:
+            atomic_write_bytes(self.folder / KEYS, json.dumps(self._checked).encode(),
+                               durable=False)
 
     def __call__(self, source: Location) -> Path | None:
         """The thumbnail of `source` (a video's first frame; an object in storage: of its
@@ -70,14 +109,20 @@ class Thumbnails:
                 # is its last use, which every read touches); fetched only to be made
                 source = current(source)
                 identity = copy_name(source)
-            elif (size := remote_size(source)) is not None:  # a run folder's file in a bucket
-                identity = f"{remote_of(source)}|{size}"
             else:
-                stat = source.stat()
-                identity = f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+                identity = self._identity(source)
         except (OSError, InputError):
             return None
         return self._made(identity, source)
+
+    @staticmethod
+    def _identity(source: Path) -> str:
+        """What names a file's thumbnail: in a bucket's run folder its URL and size, the run
+        keeping no copy of it; else its path, size and modification time. OSError when gone."""
+        if (size := remote_size(source)) is not None:
+            return f"{remote_of(source)}|{size}"
+        stat = source.stat()
+        return f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
 
     def _made(self, identity: str, source: Path | Version) -> Path | None:
         """The thumbnail named by `identity`, made from `source` unless it is there already
@@ -121,6 +166,17 @@ class Thumbnails:
             if path not in shown and NAME.fullmatch(path.name) and _ours(path):
                 path.unlink(missing_ok=True)
                 removed(path)  # its copy in the bucket, for a run folder there
+
+
+def _read_keys(path: Path) -> dict[str, str]:
+    """KEYS as an earlier report wrote it (in a bucket's run folder: fetched); empty when it
+    is missing or damaged (the images' headers are read again)."""
+    with contextlib.suppress(OSError, InputError, ValueError):
+        fetch_missing(path)
+        keys = json.loads(path.read_bytes())
+        if isinstance(keys, dict) and all(isinstance(v, str) for v in keys.values()):
+            return keys
+    return {}
 
 
 def _ours(path: Path) -> bool:
