@@ -1,6 +1,7 @@
 """The run report: what it gathers, and the page as a person sees it in a real browser."""
 
 import html
+import json
 import math
 import re
 import shutil
@@ -375,6 +376,11 @@ def test_only_this_job_s_intermediates_are_shown(dataset, tmp_path):
     assert (out / "a.iter0004.png").is_file()  # the earlier job's, left as it was
     (job,) = gather(out).jobs
     assert [it for it, _ in job.intermediates] == [3]
+    for _ in range(2):  # the keys read once are kept (report_files/thumbs/keys.json)
+        page = (out / "report.html").read_text()
+        assert "iteration 3" in page and "iteration 4" not in page
+        assert runner.invoke(app, ["report", str(out)]).exit_code == 0
+    assert len(json.loads((out / "report_files" / "thumbs" / "keys.json").read_text())) == 2
 
 
 def test_styles_with_the_same_name_get_their_own_columns(dataset, tmp_path):
