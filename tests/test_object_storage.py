@@ -316,6 +316,43 @@ def test_manifest_build_finds_images_in_object_storage(s3, tmp_path):
         "left.png", "painting.png", "photo.png"]
 
 
+def test_manifest_build_leaves_out_run_folders_in_a_bucket(s3, tmp_path):
+    """A run kept under the dataset's prefix (a run.json marks it) gives no content: by a
+    recursive prefix and by a pattern, as in a folder; from the run folder itself, its
+    outputs but not its thumbnails."""
+    import pyarrow.parquet as pq
+
+    url, _, local = s3
+    tree = tmp_path / "tree"
+    (tree / "cats").mkdir(parents=True)
+    (tree / "out" / "cats").mkdir(parents=True)
+    (tree / "out" / "report_files" / "thumbs").mkdir(parents=True)
+    (tree / "cats" / "a.png").write_bytes((local / "photo.png").read_bytes())
+    for name in ("out/cats/a.png", "out/report_files/thumbs/0123.png"):
+        (tree / name).write_bytes((local / "painting.png").read_bytes())
+    (tree / "out" / "run.json").write_text("{}")
+    upload(tree, f"{url}/data")
+
+    def contents(*args: str) -> tuple[list[str], str]:
+        result = runner.invoke(app, ["manifest", "build", *args, "-o", str(tmp_path / "m.parquet")],
+                               terminal_width=300)
+        assert result.exit_code == 0, result.output
+        return sorted(r["content"] for r in pq.read_table(tmp_path / "m.parquet").to_pylist()), \
+            " ".join(result.output.split())
+
+    style = ["--style-dir", f"{url}/in"]
+    found, said = contents("--content-dir", f"{url}/data", *style, "--recursive", "--assign",
+                           "cycle")
+    assert found == [f"{url}/data/cats/a.png"]
+    assert f"skipped 1 run folders (a run.json marks them: their outputs are not inputs): " \
+           f"{url}/data/out" in said
+    found, said = contents("--content", f"{url}/data/**/*.png", "--style", f"{url}/in/photo.png")
+    assert found == [f"{url}/data/cats/a.png"] and f"{url}/data/out" in said
+    found, _ = contents("--content-dir", f"{url}/data/out", *style, "--recursive", "--assign",
+                        "cycle")
+    assert found == [f"{url}/data/out/cats/a.png"]
+
+
 def test_a_run_folder_in_object_storage(s3, tmp_path):
     """--out s3://...: outputs, ledger, run.json and report land in the bucket (each file
     whole); a rerun redoes nothing, also on a machine that has no local copy of the folder

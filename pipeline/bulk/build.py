@@ -41,7 +41,7 @@ from .manifest import (
     params_tag,
 )
 from .names import short_names
-from .run_state import is_run_folder
+from .run_state import RUN_INFO, is_run_folder
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Walk:
     """What finding the images left out, for the user to hear about."""
 
     skipped: list[Path] = field(default_factory=list)      # named like images, not files
-    run_folders: list[Path] = field(default_factory=list)  # runs' output folders
+    run_folders: list[Location] = field(default_factory=list)  # runs' output folders
     hidden: list[Path] = field(default_factory=list)       # .name: image files, folders
 
 
@@ -120,7 +120,7 @@ def expand_inputs(spec: str, walk: Walk, videos: bool = False) -> list[Location]
     matching a pattern."""
     path = Path(os.path.expanduser(spec))
     if is_url(spec):
-        found: list[Location] = list(remote_images(spec, videos=videos))
+        found: list[Location] = list(remote_images(spec, walk, videos=videos))
     elif path.is_dir():
         found = tree_files(path, False, walk, videos)
     else:
@@ -236,12 +236,45 @@ def cross_product(contents: Sequence[Path], styles: Sequence[Path],
             for setting in combos[is_video(content)]]
 
 
-def remote_images(url: str, recursive: bool = False, videos: bool = False) -> list[str]:
+def remote_images(url: str, walk: Walk, recursive: bool = False, videos: bool = False
+                  ) -> list[str]:
     """The images (and videos, with `videos`) in object storage under a prefix or matching a
-    pattern, hidden names left out as in a folder."""
+    pattern, as in a folder: hidden names left out, and run folders below the prefix too (to
+    `walk.run_folders`); the prefix a run folder itself, its outputs but not its own
+    folders."""
     kinds = _suffixes(videos)
-    return [u for u in find_objects(url, recursive)
-            if Path(file_name(u)).suffix.lower() in kinds and not file_name(u).startswith(".")]
+    found = find_objects(url, recursive)
+    root = _literal_root(url)
+    runs = _remote_runs(found, root, pattern=root != url.rstrip("/"))
+    below = runs - {root}
+    walk.run_folders += sorted(below)
+    own = tuple(f"{root}/{name}/" for name in RESERVED) if root in runs else ()
+    return [u for u in found
+            if Path(file_name(u)).suffix.lower() in kinds and not file_name(u).startswith(".")
+            and not u.startswith(own) and not any(f in below for f in _folders(u, root))]
+
+
+def _literal_root(url: str) -> str:
+    """The prefix a URL's listing or pattern starts from: itself, or the folders before its
+    first wildcard."""
+    parts = url.rstrip("/").split("/")
+    return "/".join(itertools.takewhile(lambda p: not glob.has_magic(p), parts))
+
+
+def _folders(url: str, root: str) -> list[str]:
+    """The folders of `url` below `root` (root itself not among them)."""
+    parts = url[len(root) + 1:].split("/")[:-1]
+    return [f"{root}/{'/'.join(parts[:i])}" for i in range(1, len(parts) + 1)]
+
+
+def _remote_runs(found: list[str], root: str, pattern: bool) -> set[str]:
+    """The run folders (a run.json marks them) among `root` and the folders of `found` below
+    it: a listing holds their run.json; a pattern's matches do not, so each folder is asked."""
+    listed = {u[: -len(RUN_INFO) - 1] for u in found if file_name(u) == RUN_INFO}
+    if not pattern:
+        return listed
+    folders = {f for u in found for f in _folders(u, root)} | {root}
+    return listed | {f for f in folders - listed if find_objects(f"{f}/{RUN_INFO}")}
 
 
 def relative_path(path: Location, relative_to: Path | None) -> str:

@@ -33,7 +33,8 @@ def list_images(folder: Location, recursive: bool, walk: Walk, videos: bool = Fa
     """The image files (and videos, with `videos`) in `folder` (and below it, with
     `recursive`), sorted (build.tree_files; in object storage, build.remote_images); an error
     when there are none."""
-    found: list[Location] = (remote_images(folder, recursive, videos) if isinstance(folder, str)
+    found: list[Location] = (remote_images(folder, walk, recursive, videos)
+                             if isinstance(folder, str)
                              else list(tree_files(folder, recursive, walk, videos)))
     if not found:
         raise InputError(f"{folder}: no images found" + ("" if recursive else
