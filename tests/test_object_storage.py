@@ -276,6 +276,9 @@ def test_a_run_into_a_bucket_never_writes_over_an_input_object(s3, tmp_path):
         assert checked.exit_code == 2, checked.output
         assert "row 0: output photo.png is an input image of row 0" in checked.output
         assert "row 2: output painting.png is an input image of row 0" in checked.output
+    nowhere = runner.invoke(app, ["manifest", "validate", f"{url}/in/m.parquet", "--out",
+                                  "s3://nobucket/out"])
+    assert nowhere.exit_code == 2 and "no such bucket 'nobucket'" in nowhere.output
     # (rclone refuses the other spellings as run folders; a store that took them is checked
     # as validate is)
     refused = run_cli(f"{url}/in/m.parquet", f"{url}/in")

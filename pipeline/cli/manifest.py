@@ -8,7 +8,7 @@ from ..bulk.make_manifest import build_manifest
 from ..bulk.manifest import parse_overrides
 from ..bulk.scan import scan
 from ..io.files import use_cache
-from ..io.storage import location, set_storage_options
+from ..io.storage import check_store, is_url, location, set_storage_options
 from .app import app, counting, print_errors, reports_errors
 from .options import CACHE_OPTION, STORAGE_OPTION
 from .progress import console, say
@@ -94,6 +94,8 @@ def manifest_validate(
     Exit code 2 when any row is invalid."""
     set_storage_options(storage_option)
     use_cache(cache)  # input files' digests and objects, remembered for the run
+    if is_url(out):
+        check_store(out)  # as the run would, before its rows
     with counting() as advance:
         found = scan(location(manifest), location(out), parse_overrides(set_ or []), advance)
     if found.errors:
