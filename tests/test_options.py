@@ -93,7 +93,13 @@ def test_run_options_are_checked_before_anything_runs(tmp_path):
 
 def test_a_relative_cache_is_the_command_s_folder_s(tmp_path, monkeypatch):
     """Made absolute where it is given: a worker or a Ray actor starts in another folder."""
+    import os
+
+    from pipeline.io.files import CACHE_ENV, use_cache
+
     monkeypatch.chdir(tmp_path)
     assert RuntimeOptions(cache="c").cache == str(tmp_path / "c")
     assert RuntimeOptions(cache="s3://bucket/cache").cache == "s3://bucket/cache"
     assert RuntimeOptions().cache is None
+    use_cache("d")  # a command's --cache-dir, for the processes it starts
+    assert os.environ[CACHE_ENV] == str(tmp_path / "d")

@@ -124,7 +124,8 @@ def use_cache(cache: str | os.PathLike | None) -> None:
     there too, not to the default cache. Checked first, so that a bad one is named as given."""
     if cache:
         cache_dir(cache)
-        os.environ[CACHE_ENV] = str(cache)
+        os.environ[CACHE_ENV] = (str(cache) if is_url(cache)  # a child may start elsewhere
+                                 else str(Path(cache).expanduser().absolute()))
 
 
 # atomic_path's temp files: ".<name>.<8 random chars>.style-pipeline-tmp<suffix>". Only a name
