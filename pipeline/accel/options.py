@@ -5,11 +5,9 @@ importing torch."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..errors import InputError
-from ..io.files import CACHE_ENV
-from ..io.storage import is_url
+from ..io.files import CACHE_ENV, absolute_cache
 from ..options import check, option
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp64")
@@ -78,8 +76,8 @@ class RuntimeOptions:
 
     def __post_init__(self) -> None:
         # A relative cache is the command's folder's: a worker or Ray actor starts elsewhere.
-        if self.cache and not is_url(self.cache):
-            object.__setattr__(self, "cache", str(Path(self.cache).expanduser().absolute()))
+        if self.cache:
+            object.__setattr__(self, "cache", absolute_cache(self.cache))
 
     def validate(self) -> tuple[str, ...]:
         """InputError naming the first bad setting, before any work; the providers parsed."""

@@ -124,8 +124,13 @@ def use_cache(cache: str | os.PathLike | None) -> None:
     there too, not to the default cache. Checked first, so that a bad one is named as given."""
     if cache:
         cache_dir(cache)
-        os.environ[CACHE_ENV] = (str(cache) if is_url(cache)  # a child may start elsewhere
-                                 else str(Path(cache).expanduser().absolute()))
+        os.environ[CACHE_ENV] = absolute_cache(cache)
+
+
+def absolute_cache(cache: str | os.PathLike) -> str:
+    """A cache root as a process started elsewhere (a worker, a Ray actor) must be given it:
+    a URL as it is, a path absolute."""
+    return str(cache) if is_url(cache) else str(Path(cache).expanduser().absolute())
 
 
 # atomic_path's temp files: ".<name>.<8 random chars>.style-pipeline-tmp<suffix>". Only a name
