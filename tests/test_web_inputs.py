@@ -23,6 +23,7 @@ from pipeline.cli import app
 from pipeline.io import storage
 from pipeline.io.images import read_metadata
 from tests.conftest import make_painting, make_photo
+from tests.run_helpers import run_cli
 from tests.s3_server import free_port
 
 pytest.importorskip("aiohttp", reason="fsspec's http client: pip install -e '.[s3]'")
@@ -83,6 +84,9 @@ def test_images_on_a_web_server_are_read_like_local_files(web, tmp_path):
     assert result.exit_code == 2, result.output
     assert f"invalid row 1: {url}/nope.png: not found" in result.output
     assert "1 valid, 1 invalid" in result.output
+    ran = run_cli(f"{url}/m.parquet", tmp_path / "out", "--skip-bad-rows")
+    assert ran.exit_code == 1, ran.output  # the row refused
+    assert f'href="{url}/photo.png"' in (tmp_path / "out" / "report.html").read_text()
 
 
 def test_a_fetched_copy_read_again_is_marked_used(web):

@@ -305,9 +305,12 @@ class _Links:
         called = file_name(source) if isinstance(source, str) else source.name
         if thumb is None:
             return f'<div class="pending">no preview of {_h(called)}</div>'
-        return (f'<a href="{_h(self.href(source))}"><img class="{_h(css)}" loading="lazy" '
-                f'src="{_h(self.href(thumb))}" alt="{_h(called)}" '
-                f'title="{_h(title or called)}"></a>')
+        # an object's s3:// (gs://, ...) URL opens in no browser: named in full, not linked
+        opaque = isinstance(source, str) and not source.lower().startswith(("http://",
+                                                                            "https://"))
+        img = (f'<img class="{_h(css)}" loading="lazy" src="{_h(self.href(thumb))}" '
+               f'alt="{_h(called)}" title="{_h(title or (source if opaque else called))}">')
+        return img if opaque else f'<a href="{_h(self.href(source))}">{img}</a>'
 
 
 def _cell(job: JobView, link: _Links, varying: list[str]) -> str:
