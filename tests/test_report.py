@@ -446,3 +446,14 @@ def test_a_thumbnail_a_crash_left_empty_is_made_again(tmp_path):
     whole = made.read_bytes()
     made.write_bytes(b"")
     assert Thumbnails(tmp_path / "thumbs")(source) == made and made.read_bytes() == whole
+
+
+def test_a_report_of_a_folder_that_is_no_run_s_is_refused_and_makes_nothing(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for where in (folder, tmp_path / "nowhere"):
+        result = runner.invoke(app, ["report", str(where)])
+        assert result.exit_code == 2, result.output
+        assert "no run.json here" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+    assert not list(folder.iterdir()) and not (tmp_path / "nowhere").exists()

@@ -72,10 +72,12 @@ class RunView:
         return [j.record for j in self.jobs if j.status == DONE and j.record]
 
 
-def gather(out_dir: Path, carries: Callable[[Path, str], bool] | None = None) -> RunView:
+def gather(out_dir: Path, carries: Callable[[Path, str], bool] | None = None,
+           info: RunInfo | None = None) -> RunView:
     """The run's view; `carries(path, key)`: whether an intermediate image is of the job of
-    `key` (io/images.intermediates_beside; the report's thumbnails know it)."""
-    info = read_run_info(out_dir)
+    `key` (io/images.intermediates_beside; the report's thumbnails know it). `info`: the
+    run's run.json, when the caller has read it."""
+    info = info or read_run_info(out_dir)
     records = ledger.read(out_dir)
     try:
         jobs = _from_manifest(out_dir, info, records)

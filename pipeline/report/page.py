@@ -26,7 +26,7 @@ from urllib.parse import quote
 from ..bulk import ledger
 from ..bulk.manifest import REGION_FILES, RealPaths
 from ..bulk.names import short_names
-from ..bulk.run_state import run_folder
+from ..bulk.run_state import read_run_info, run_folder
 from ..io.files import atomic_write_bytes
 from ..io.mirror import removed
 from ..io.storage import Location
@@ -93,8 +93,9 @@ def write_report(out_dir: Location, page_cells: int = PAGE_CELLS,
     uploaded). `advance(n)`: n more thumbnails made or found (a first report of a large run
     makes one per input, output and intermediate image)."""
     out_dir = out_dir if isinstance(out_dir, Path) else run_folder(out_dir)
+    info = read_run_info(out_dir)  # a folder that is no run's is said so, and nothing made
     thumbs = Thumbnails(report_folder(out_dir, FILES, "thumbs"))
-    view = gather(out_dir, thumbs.carries)
+    view = gather(out_dir, thumbs.carries, info)
     thumbs.make_all([*(j.content for j in view.jobs), *(s for j in view.jobs for s in j.styles),
                      *(j.output for j in view.jobs if j.status == DONE and j.output),
                      *(m for j in view.jobs for m in j.masks),
