@@ -137,6 +137,19 @@ def test_store_errors_are_one_line_each(s3, s3_server, monkeypatch, tmp_path):
     assert gone.exit_code == 2 and "cannot reach the store at http://127.0.0.1:" in gone.output
 
 
+def test_a_prefix_that_is_no_run_folder_is_named_by_its_url(s3):
+    """`status` and `report` of a prefix without a run.json: one line naming the URL (not
+    this machine's copy of it), exit 2, nothing written there."""
+    url, folder, _ = s3
+    before = sorted(folder.rglob("*"))
+    for command in ("status", "report"):
+        result = runner.invoke(app, [command, f"{url}/in"])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip() == (f"error: {url}/in: no run.json here; is this a "
+                                         "`pipeline run --out` folder?")
+    assert sorted(folder.rglob("*")) == before
+
+
 def test_a_store_that_never_answers_an_upload_is_one_line_not_a_hang(tmp_path, monkeypatch):
     """A store that takes a PUT and never answers (a read-only rclone; a network gone away
     mid-upload): the client's own timeouts do not end that wait, the upload's deadline does,

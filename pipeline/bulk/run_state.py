@@ -75,8 +75,9 @@ def read_run_info(out_dir: Path) -> RunInfo:
     """run.json, checked field by field: InputError (one line) when it is missing or is not
     what a run writes."""
     path = out_dir / RUN_INFO
-    if not path.is_file():
-        raise InputError(f"{out_dir}: no {RUN_INFO} here; is this a `pipeline run --out` folder?")
+    if not path.is_file():  # (a run folder in object storage named by its URL, not its copy)
+        raise InputError(f"{remote_of(out_dir) or out_dir}: no {RUN_INFO} here; is this a "
+                         "`pipeline run --out` folder?")
     try:
         raw = json.loads(path.read_text())
         return RunInfo(

@@ -84,7 +84,7 @@ class _Place(NamedTuple):
 
     @property
     def url(self) -> str:
-        return f"{self.root}/{self.name}"
+        return self.root if self.name == "." else f"{self.root}/{self.name}"  # "." the root
 
 
 def _mirrored(path: Path) -> _Place | None:
