@@ -151,3 +151,30 @@ def test_a_shared_cache_the_store_refuses_is_said_once_and_the_work_goes_on(
     assert (cache / "targets" / "ab" / "x.safetensors").read_bytes() == b"1"
     with pytest.raises(mirror.UploadFailed, match="cannot reach the store"):
         atomic_write_bytes(run / "out.png", b"3")
+
+
+def test_threads_that_attach_a_shared_cache_at_once_each_see_every_part(tmp_path,
+                                                                        monkeypatch):
+    """A scan's threads reach a cache in object storage together: one that went on while
+    another was mirroring its parts neither fetched nor uploaded the entries of the parts
+    not mirrored yet (a shared cache's entry read again on another machine)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(mirror, "check_store", lambda url: None)
+    real = mirror.mirror
+
+    def slowly(local, url, best_effort=False):  # the time a part takes, made visible
+        time.sleep(0.01)
+        real(local, url, best_effort)
+
+    monkeypatch.setattr(mirror, "mirror", slowly)
+    local = tmp_path / "copy"
+
+    def attached(i: int) -> bool:
+        time.sleep(0.004 * i)  # arriving while the first is half way
+        mirror.attach_cache("s3://bucket/cache", local)
+        return all(mirror.is_mirrored(local / part / "entry") for part in mirror.SHARED_CACHE)
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(attached, range(8)))

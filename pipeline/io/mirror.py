@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -69,11 +70,16 @@ class UploadFailed(OSError):
     full disk is (its strerror the store's one-line error)."""
 
 
+# The mirrors are one variable of the environment, rewritten whole: threads take turns.
+_REGISTERING = threading.RLock()
+
+
 def mirror(local: Path, url: str, best_effort: bool = False) -> None:
     """From now on (and in processes started from now on), files written under `local` are
     uploaded under `url`."""
-    os.environ[ENV] = json.dumps({**mirrors(), str(local.resolve()): (url.rstrip("/"),
-                                                                       best_effort)})
+    with _REGISTERING:
+        os.environ[ENV] = json.dumps({**mirrors(), str(local.resolve()): (url.rstrip("/"),
+                                                                           best_effort)})
     _LISTINGS.clear()  # a new run looks again
 
 
@@ -103,13 +109,16 @@ def remote_of(path: Path) -> str | None:
 
 def attach_cache(url: str, local: Path) -> None:
     """Mirror the SHARED_CACHE parts of `local` (this machine's copy of the cache at `url`) to
-    the bucket, once per process tree; InputError if the store does not answer."""
+    the bucket, once per process tree; InputError if the store does not answer. The scan's
+    threads come here at once: none goes on before every part is mirrored (one that did
+    neither fetched nor uploaded its entries)."""
     url = url.rstrip("/")
-    if str((local / SHARED_CACHE[0]).resolve()) in mirrors():
-        return
-    check_store(url)
-    for part in SHARED_CACHE:
-        mirror(local / part, f"{url}/{part}", best_effort=True)
+    with _REGISTERING:
+        if str((local / SHARED_CACHE[-1]).resolve()) in mirrors():
+            return
+        check_store(url)
+        for part in SHARED_CACHE:
+            mirror(local / part, f"{url}/{part}", best_effort=True)
 
 
 # The shared caches a store refused this process: not asked again (each ask could wait for
