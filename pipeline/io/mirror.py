@@ -90,7 +90,12 @@ class _Place(NamedTuple):
 
     @property
     def url(self) -> str:
-        return self.root if self.name == "." else f"{self.root}/{self.name}"  # "." the root
+        return self.root if self.name == "." else f"{self.root}/{self.name}"  # ".": the root
+
+    @property
+    def prefix(self) -> str:
+        """How the keys of the files in this folder begin, below the root."""
+        return "" if self.name == "." else f"{self.name}/"
 
 
 def _mirrored(path: Path) -> _Place | None:
@@ -404,7 +409,7 @@ def remote_files(folder: Path) -> list[Path]:
     (kept up to date with its own uploads and deletes); none for a folder not mirrored."""
     if (place := _mirrored(folder)) is None:
         return []
-    prefix = "" if place.name == "." else f"{place.name}/"  # the mirrored folder itself: ""
+    prefix = place.prefix
     return [folder / key[len(prefix):] for key in _listing(place.root)
             if key.startswith(prefix) and "/" not in key[len(prefix):]]
 
