@@ -88,11 +88,12 @@ def scan(manifest: Location, out: Location, overrides: dict[str, Any],
         jobs.append(job)
     # Only now: a later row may read what an earlier row would write.
     replaces = _replaced(out_dir, remote)
-    overwriting = [job for job in jobs if replaces(job.spec.output) in inputs]
+    reader = {job.spec.row: row for job in jobs
+              if (row := inputs.get(replaces(job.spec.output))) is not None}
     errors += [RowError(job.spec.row, f"output {job.spec.output_name} is an input image of "
-                                      f"row {inputs[replaces(job.spec.output)]}; it would be "
-                                      "overwritten") for job in overwriting]
-    jobs = [job for job in jobs if replaces(job.spec.output) not in inputs]
+                                      f"row {reader[job.spec.row]}; it would be overwritten")
+               for job in jobs if job.spec.row in reader]
+    jobs = [job for job in jobs if job.spec.row not in reader]
     errors.sort(key=lambda e: e.row)
     return Scan(_single_contents_uncached(jobs), errors, inspect.objects)
 
