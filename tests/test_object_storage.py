@@ -1088,3 +1088,70 @@ def test_a_scan_reads_an_object_once_on_every_machine_that_shares_the_cache(s3, 
     again = scanned("b")
     assert again[0] == first[0] and again[1] != first[1]
     assert len(hashed) == 4 and len(copies()) == 1  # the new version only
+
+
+def _cache_beside_the_tests(tmp_path):
+    """A cache of the test's own (its `inputs` are the test's to measure) sharing the tests'
+    models and probes, so that nothing is exported again."""
+    from pipeline.io.files import cache_dir
+
+    cache = tmp_path / "cache"
+    cache.mkdir(parents=True)
+    for part in ("models", "probes"):
+        (cache_dir() / part).mkdir(exist_ok=True)
+        (cache / part).symlink_to(cache_dir() / part)
+    return cache
+
+
+def test_a_dataset_larger_than_the_inputs_budget_runs_within_it(s3, tmp_path, monkeypatch):
+    """With room for three of its images, a bucket dataset of photos and a clip runs whole:
+    the least recently used copies are trimmed as new ones arrive (by the scan and by each
+    worker), the jobs fetch again those they need, the clip's copy is kept through its
+    passes, and every output equals that of a run that kept every copy."""
+    from fractions import Fraction
+
+    pytest.importorskip("av", reason="the video extra: pip install -e '.[video]'")
+    pytest.importorskip("cv2", reason="the video extra: pip install -e '.[video]'")
+    from pipeline.bulk.manifest import write_manifest
+    from pipeline.io.copy_budget import INPUTS_MAX_ENV
+    from pipeline.io.files import CACHE_ENV
+    from pipeline.video.synthetic import camera_clip, drawn_scene, write_clip
+    from tests.run_helpers import cell, run_cli
+
+    url, _, local = s3
+    names = [f"p{i}.png" for i in range(6)]
+    rng = np.random.default_rng(0)
+    for name in names:  # noise: PNGs of some size, beside which the clip is small
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), np.uint8)).save(local / name)
+        upload(local / name, f"{url}/in/{name}")
+    write_clip(camera_clip(drawn_scene((160, 120)), (48, 36), 3), local / "clip.mp4",
+               Fraction(8))
+    upload(local / "clip.mp4", f"{url}/in/clip.mp4")
+    rows = [{"content": f"{url}/in/{name}", "style": f"{url}/in/painting.png",
+             "output": name} for name in [*names, "clip.mp4"]]
+    manifest = write_manifest(rows, tmp_path / "m.parquet")
+    budget = 3 * max((local / name).stat().st_size for name in names)
+    assert (local / "clip.mp4").stat().st_size < budget  # (held whole while it is read)
+    fast = ("--set", "frame_iterations=3", "--set", "tol=0", "--set", "passes=2",
+            "--workers", "2", "--batch-size", "2")
+    made = {}
+    for name, limit in (("small", str(budget)), ("whole", None)):
+        cache = _cache_beside_the_tests(tmp_path / name)
+        monkeypatch.setenv(CACHE_ENV, str(cache))
+        if limit:
+            monkeypatch.setenv(INPUTS_MAX_ENV, limit)
+        else:
+            monkeypatch.delenv(INPUTS_MAX_ENV, raising=False)
+        result = run_cli(manifest, tmp_path / name / "out", *fast)
+        assert result.exit_code == 0, result.output
+        assert cell(result.output, "done now") == "7", result.output
+        copies = [p for p in (cache / "inputs").iterdir() if p.is_file()]
+        held = sum(p.stat().st_size for p in copies)
+        assert (held <= budget) == bool(limit), (name, held, budget)
+        assert not list((cache / "inputs" / ".pins").iterdir())  # every reader's link gone
+        made[name] = {p.name: p.read_bytes() if p.suffix == ".mp4" else
+                      np.asarray(Image.open(p)) for p in (tmp_path / name / "out").iterdir()
+                      if p.suffix in (".png", ".mp4")}
+    assert made["small"].keys() == made["whole"].keys() and len(made["small"]) == 7
+    for name, pixels in made["small"].items():
+        assert np.array_equal(pixels, made["whole"][name]), name

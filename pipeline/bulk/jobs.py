@@ -104,9 +104,8 @@ def check_unchanged(job: Job, cache: str | None = None) -> None:
     shows. A rerun keys the new version and makes it."""
     for where, digest in job.inputs:
         try:  # a video is hashed whole only if it changed (io/files.remembered_digest)
-            path = local_file(where)
-            now = (remembered_digest(path, cache, is_url(where)) if is_video(where)
-                   else image_digest(path))
+            now = (remembered_digest(local_file(where), cache, is_url(where))
+                   if is_video(where) else image_digest(where))
         except OSError as e:
             raise InputError(f"{where}: cannot read ({e.strerror or e})") from None
         if now != digest:
@@ -116,7 +115,7 @@ def check_unchanged(job: Job, cache: str | None = None) -> None:
                 with contextlib.suppress(InputError, OSError):
                     image_object(where, cache, fresh=True)
             elif not is_video(where):
-                forget_digest(path, cache)
+                forget_digest(where, cache)
             raise InputError(f"{where}: changed since the run's scan (the job's key names the "
                              "file as it was then); run again to stylize the new version")
 

@@ -10,6 +10,7 @@ the frame's iterations); its ledger row carries the frames' mean losses and tota
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,7 @@ from ..video.chain import flow_folder, stylize_clips
 from ..video.clip import clip_source
 from ..video.frames import Frame
 from ..video.output import ClipOutput, PassesNotKept
-from ..video.part import clip_part, frame_key
+from ..video.part import clip_part, frame_key, kept_part
 from ..video.passes import stylize_piece
 from . import ledger
 from .checkpoint import CheckpointSaver, load_checkpoint
@@ -50,45 +51,46 @@ def run_video_batch(wid: int, batch: Batch, runtime: Runtime, out_dir: Path, eve
     written."""
     video, params = batch.jobs[0].spec.video, batch.jobs[0].spec.params
     assert video is not None
-    clips, rows = _open(batch, started, runtime.cache)
-    if not clips:
+    with contextlib.ExitStack() as kept:  # copies of objects: till the videos are made
+        clips, rows = _open(batch, started, runtime.cache, kept)
+        if not clips:
+            return rows
+        emit(BatchStarted(wid, len(clips), max(c.part.count for _, c in clips), 0, unit="frames"))
+        keep = max(video.temporal_frames)
+        sources = [clip_source(clip.part, [str(s) for s in job.spec.styles], keep,
+                               regions=job.spec.regions) for job, clip in clips]
+        saves = FrameCheckpoints(out_dir, [job.key for job, _ in clips], every, stopping,
+                                 lambda text: emit(Log(wid, text)), saver)
+
+        def finished(frame: Frame) -> None:
+            job, clip = clips[frame.clip]
+            try:
+                clip.finished(frame)
+            except OSError as e:
+                raise VideoWriteFailed(f"cannot write frame {frame.index} of {job.spec.output_name}"
+                                       f": {describe_os_error(e, out_dir)}") from e
+            saves.finished(frame)
+            emit(Iteration(wid, frame.index + 1))
+
+        stylize_clips(sources, params, video, runtime, lambda c, i: clips[c][1].done(i), finished,
+                      checkpointing=saves, stop=stopping, stores=lambda c: clips[c][1].pass_store())
+        write_traces({job.key: [{"frame": i, "iteration": r.iterations, "stage": 0, **r.losses}
+                                for i, r in sorted(clip.records.items())] for job, clip in clips})
+        for job, clip in clips:
+            try:  # its frames were read as it went: a file rewritten meanwhile fails the job
+                check_unchanged(job, runtime.cache)
+            except StoreUnavailable:
+                raise
+            except InputError as e:
+                rows.append(ledger.job_row(job, ledger.FAILED, started, error=str(e)))
+                continue
+            try:
+                clip.finish(video.crf)
+            except OSError as e:
+                raise VideoWriteFailed(f"cannot write {job.spec.output_name}: "
+                                       f"{describe_os_error(e, job.spec.output.parent)}") from e
+            rows.append(_done_row(job, clip, started, runtime))
         return rows
-    emit(BatchStarted(wid, len(clips), max(c.part.count for _, c in clips), 0, unit="frames"))
-    keep = max(video.temporal_frames)
-    sources = [clip_source(clip.part, [str(s) for s in job.spec.styles], keep,
-                           regions=job.spec.regions) for job, clip in clips]
-    saves = FrameCheckpoints(out_dir, [job.key for job, _ in clips], every, stopping,
-                             lambda text: emit(Log(wid, text)), saver)
-
-    def finished(frame: Frame) -> None:
-        job, clip = clips[frame.clip]
-        try:
-            clip.finished(frame)
-        except OSError as e:
-            raise VideoWriteFailed(f"cannot write frame {frame.index} of {job.spec.output_name}"
-                                   f": {describe_os_error(e, out_dir)}") from e
-        saves.finished(frame)
-        emit(Iteration(wid, frame.index + 1))
-
-    stylize_clips(sources, params, video, runtime, lambda c, i: clips[c][1].done(i), finished,
-                  checkpointing=saves, stop=stopping, stores=lambda c: clips[c][1].pass_store())
-    write_traces({job.key: [{"frame": i, "iteration": r.iterations, "stage": 0, **r.losses}
-                            for i, r in sorted(clip.records.items())] for job, clip in clips})
-    for job, clip in clips:
-        try:  # its frames were read as it went: a file rewritten meanwhile fails the job
-            check_unchanged(job, runtime.cache)
-        except StoreUnavailable:
-            raise
-        except InputError as e:
-            rows.append(ledger.job_row(job, ledger.FAILED, started, error=str(e)))
-            continue
-        try:
-            clip.finish(video.crf)
-        except OSError as e:
-            raise VideoWriteFailed(f"cannot write {job.spec.output_name}: "
-                                   f"{describe_os_error(e, job.spec.output.parent)}") from e
-        rows.append(_done_row(job, clip, started, runtime))
-    return rows
 
 
 def run_video_piece(wid: int, batch: Batch, runtime: Runtime, emit: Callable[[Event], None],
@@ -105,17 +107,17 @@ def run_video_piece(wid: int, batch: Batch, runtime: Runtime, emit: Callable[[Ev
     try:
         for style in job.spec.styles:
             check_image_file(style)
-        part = clip_part(job.spec.content, video)
-        check_unchanged(job, runtime.cache)
-        # from the piece's first neighbour on: a piece late in a long clip seeks, not decodes
-        clip = clip_source(part, [str(s) for s in job.spec.styles], 1,
-                           max(0, piece.first - 1), job.spec.regions)
-        stylize_piece(clip, params, video, runtime, TargetCache(flow_folder(runtime), 0),
-                      piece.index, range(piece.first, piece.stop), piece.batch,
-                      ClipOutput(part, job.spec.output, job.key).pass_store(shared=True),
-                      stopping,
-                      lambda kept: emit(BatchStarted(wid, 1, count, kept, "frames", what)),
-                      lambda n: emit(Iteration(wid, n)))
+        with kept_part(job.spec.content, clip_part(job.spec.content, video)) as part:
+            check_unchanged(job, runtime.cache)
+            # from the piece's first neighbour on: a piece late in a long clip seeks
+            clip = clip_source(part, [str(s) for s in job.spec.styles], 1,
+                               max(0, piece.first - 1), job.spec.regions)
+            stylize_piece(clip, params, video, runtime, TargetCache(flow_folder(runtime), 0),
+                          piece.index, range(piece.first, piece.stop), piece.batch,
+                          ClipOutput(part, job.spec.output, job.key).pass_store(shared=True),
+                          stopping,
+                          lambda kept: emit(BatchStarted(wid, 1, count, kept, "frames", what)),
+                          lambda n: emit(Iteration(wid, n)))
     except PassesNotKept as e:
         raise VideoWriteFailed(f"cannot keep {what} of {job.spec.output_name}: {e}") from e
     except (Interrupted, StoreUnavailable):  # the run's to handle, not the job's
@@ -125,17 +127,18 @@ def run_video_piece(wid: int, batch: Batch, runtime: Runtime, emit: Callable[[Ev
     return ""
 
 
-def _open(batch: Batch, started: float, cache: str | None
+def _open(batch: Batch, started: float, cache: str | None, kept: contextlib.ExitStack
           ) -> tuple[list[tuple[Job, ClipOutput]], list[dict[str, Any]]]:
     """The jobs whose video and styles can be read, each with its output; the failed rows of
-    the others."""
+    the others. `kept` holds their videos' copies (video/part.kept_part)."""
     clips, rows = [], []
     for job in batch.jobs:
         try:
             for style in job.spec.styles:
                 check_image_file(style)
             assert job.spec.video is not None
-            part = clip_part(job.spec.content, job.spec.video)
+            part = kept.enter_context(kept_part(job.spec.content,
+                                                clip_part(job.spec.content, job.spec.video)))
             check_unchanged(job, cache)
             clips.append((job, ClipOutput(part, job.spec.output, job.key)))
         except StoreUnavailable:  # not the job's fault: the worker stops the run

@@ -25,7 +25,8 @@ ENTRIES = {
     "flows": re.compile(rf"[0-9a-f]{{2}}/{_HEX64}\.safetensors"),
     "probes": re.compile(rf"[a-z0-9]+-{_HEX16}\.json(\.lock)?"),
     "digests": re.compile(rf"([0-9a-f]{{2}}/)?{_HEX64}\.sha256"),  # or flat, as written once
-    "inputs": re.compile(r"[0-9a-f]{32}(\.[A-Za-z0-9]+)?"),  # io/fetch.py: objects, local
+    # io/fetch.py: objects' local copies, and readers' links to them (io/copy_budget.py)
+    "inputs": re.compile(r"(\.pins/[0-9]+-[0-9a-f]{8}-)?[0-9a-f]{32}(\.[A-Za-z0-9]+)?"),
     "objects": re.compile(rf"[0-9a-f]{{2}}/{_HEX64}\.json"),  # io/objects.py
     "runs": re.compile(rf"{_HEX16}/.+"),  # io/mirror.py: a run folder's copy, all of it ours
 }

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import InputError
+from .copy_budget import added, pinned
 from .files import atomic_path, cache_dir, mark_used
 from .storage import filesystem, is_url, name, store_error
 
@@ -32,6 +33,7 @@ class Version:
     tag: str  # ETag, else size and modification time
     fs: Any
     path: str
+    size: int | None = None  # bytes, where the store says
 
     @property
     def identity(self) -> str:
@@ -51,7 +53,7 @@ def current(url: str) -> Version:
     etag = str(info.get("ETag") or info.get("etag") or "")
     # s3fs gives a HEAD's ETag quoted and a listing's bare: one version, whichever it asked
     tag = etag.removeprefix("W/").strip('"') or f"{info.get('size')}:{info.get('mtime')}"
-    return Version(url, tag, fs, path)
+    return Version(url, tag, fs, path, info.get("size"))
 
 
 def local_file(where: str | Path) -> Path:
@@ -60,22 +62,45 @@ def local_file(where: str | Path) -> Path:
 
 
 def local_copy(url: str, cache: str | None = None) -> Path:
-    """The object at `url` as a local file (InputError naming the URL if it cannot be read)."""
+    """The object at `url` as a local file (InputError naming the URL if it cannot be read);
+    a later copy may trim it: a reader takes it through `reading_url`."""
     return copy_of(current(url), cache)
 
 
+def reading_url(url: str) -> contextlib.AbstractContextManager[Path]:
+    """`reading` of the object at `url` as it is now."""
+    return reading(current(url))
+
+
 def copy_of(obj: Version, cache: str | None = None) -> Path:
-    """`obj`'s local copy, downloaded unless this machine has it."""
-    dest = cache_dir(cache) / "inputs" / copy_name(obj)
-    if dest.is_file():
-        mark_used(dest)
-        return dest
-    try:
-        with atomic_path(dest) as tmp:
-            obj.fs.get_file(obj.path, str(tmp))
-    except Exception as e:
-        raise store_error(obj.url, e) from None
-    return dest
+    """`obj`'s local copy, downloaded unless this machine has it; a later copy may trim it
+    (io/copy_budget.py): a reader takes it through `reading`."""
+    with reading(obj, cache):
+        return _dest(obj, cache)
+
+
+@contextlib.contextmanager
+def reading(obj: Version, cache: str | None = None) -> Iterator[Path]:
+    """`obj`'s local copy as a file the block reads, downloaded unless this machine has it,
+    whose bytes no process's trim deletes before the block ends (copy_budget.pinned)."""
+    dest = _dest(obj, cache)
+    with contextlib.ExitStack() as stack:
+        try:
+            path = stack.enter_context(pinned(dest))
+            mark_used(dest)
+        except FileNotFoundError:  # not here (or trimmed a moment ago)
+            try:
+                with atomic_path(dest) as tmp:
+                    obj.fs.get_file(obj.path, str(tmp))
+                    path = stack.enter_context(pinned(tmp, dest.name))  # before it appears
+            except Exception as e:
+                raise store_error(obj.url, e) from None
+            added(dest)
+        yield path
+
+
+def _dest(obj: Version, cache: str | None) -> Path:
+    return cache_dir(cache) / "inputs" / copy_name(obj)
 
 
 def copy_name(obj: Version) -> str:

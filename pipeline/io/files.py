@@ -14,6 +14,7 @@ from pathlib import Path
 import platformdirs
 
 from ..errors import InputError
+from .copy_budget import configured_max
 from .mirror import UploadFailed, attach_cache, uploaded
 from .storage import is_url, name, object_identity, put_file
 
@@ -121,7 +122,9 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
 def use_cache(cache: str | os.PathLike | None) -> None:
     """Make `cache` (a command's --cache-dir) the cache of this process and of those it starts
     wherever none is named: the copies of objects fetched from storage (io/fetch.py) go
-    there too, not to the default cache. Checked first, so that a bad one is named as given."""
+    there too, not to the default cache. Checked first, so that a bad one is named as given
+    (and the copies' budget, io/copy_budget.py)."""
+    configured_max()
     if cache:
         cache_dir(cache)
         os.environ[CACHE_ENV] = absolute_cache(cache)

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from ..errors import InputError
-from .fetch import FETCH_THREADS, local_copy, local_file
+from .fetch import FETCH_THREADS, local_copy, reading_url
 from .files import file_digest
 from .storage import Location, is_url, name, parent
 
@@ -143,7 +143,8 @@ def read_rgb_for(path: str | os.PathLike, longest: int
     its size): a large JPEG comes at a reduced scale of at least DRAFT_MARGIN x that; also
     its size as given (EXIF orientation applied)."""
     if is_url(path):
-        data = local_copy(str(path)).read_bytes()
+        with reading_url(str(path)) as copy:
+            data = copy.read_bytes()
     else:
         path = Path(path)
         check_image_file(path)
@@ -173,7 +174,8 @@ def header_size(path: str | os.PathLike) -> tuple[int, int]:
     """(w, h) as displayed (EXIF rotation applied), from the header alone: no pixel decode
     (of an object in storage: of its local copy, io/fetch.py)."""
     if is_url(path):
-        return displayed_size(local_copy(str(path)), str(path))
+        with reading_url(str(path)) as copy:
+            return displayed_size(copy, str(path))
     check_image_file(path := Path(path))
     return displayed_size(path, path)
 
@@ -339,5 +341,7 @@ def image_digest(source: object) -> str:
         h = hashlib.sha256(f"{source.mode}{source.size}".encode())
         h.update(source.tobytes())
         return h.hexdigest()
-    # An object in storage: of its local copy, which reading the image made already.
-    return file_digest(local_file(source))
+    if is_url(source):  # of its local copy, which reading the image made already
+        with reading_url(str(source)) as copy:
+            return file_digest(copy)
+    return file_digest(Path(str(source)))

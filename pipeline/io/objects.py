@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .fetch import Version, concurrently, copy_of, current, local_copy
+from .copy_budget import fetched_ahead
+from .fetch import Version, concurrently, copy_name, copy_of, current, local_copy, reading
 from .files import atomic_write_bytes, cache_dir, file_digest, mark_used
 from .images import displayed_size
 from .mirror import fetch_missing
@@ -35,8 +36,8 @@ def image_object(url: str, cache: str | None = None, fresh: bool = False) -> Ima
     entry = _entry(obj, cache)
     if not fresh and (known := _known(entry, obj)) is not None:
         return known
-    copy = copy_of(obj, cache)  # where the workers of this machine read it (io/images.py)
-    found = ImageObject(obj, file_digest(copy), displayed_size(copy, url))
+    with reading(obj, cache) as copy:  # where the workers of this machine read it
+        found = ImageObject(obj, file_digest(copy), displayed_size(copy, url))
     record = {"url": obj.url, "version": obj.tag, "sha256": found.digest, "size": found.size}
     with contextlib.suppress(OSError):  # a cache we cannot write costs a download next time
         atomic_write_bytes(entry, json.dumps(record).encode(), durable=False)
@@ -55,7 +56,10 @@ def fetch_copies(objects: Iterable[ImageObject]) -> None:
     """The local copies of `objects` this machine lacks, many at once: the inputs of the
     jobs a run has left to do, where they arrive on threads instead of one at a time in
     the workers (the others' copies are not needed)."""
-    by_url = {obj.version.url: obj.version for obj in objects}
+    folder = cache_dir() / "inputs"
+    missing = [obj.version for obj in {obj.version.url: obj for obj in objects}.values()
+               if not (folder / copy_name(obj.version)).is_file()]
+    by_url = {v.url: v for v in missing[:fetched_ahead(folder, [v.size for v in missing])]}
     concurrently(lambda url: copy_of(by_url[url]), by_url)
 
 

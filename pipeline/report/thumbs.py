@@ -26,7 +26,7 @@ from pathlib import Path
 from PIL import Image
 
 from ..errors import InputError
-from ..io.fetch import Version, copy_name, copy_of, current
+from ..io.fetch import Version, copy_name, current, reading
 from ..io.files import atomic_path, atomic_write_bytes
 from ..io.images import DECODE_ERRORS, header_key, read_rgb_for
 from ..io.mirror import (
@@ -137,7 +137,7 @@ class Thumbnails:
         if dest.is_file() and dest.stat().st_size:  # (empty: a crash cut its write)
             return dest
         try:
-            with borrowed(copy_of(source) if isinstance(source, Version) else source) as path:
+            with (reading(source) if isinstance(source, Version) else borrowed(source)) as path:
                 img = poster(path) if is_video(path) else read_rgb_for(path, self.side)[0]
         except FileNotFoundError:  # gone since it was listed
             return None

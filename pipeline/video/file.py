@@ -20,7 +20,7 @@ from .clip import clip_source
 from .frames import Frame
 from .output import ClipOutput, check_output, output_here
 from .params import VideoParams
-from .part import clip_key, clip_part
+from .part import clip_key, clip_part, kept_part
 
 
 @dataclass
@@ -73,29 +73,30 @@ def stylize_video_file(source: Location, styles: Sequence[Location], output: Loc
     key = clip_key(remembered_digest(part.info.path, runtime.cache, is_url(source)), part,
                    [image_digest(s) for s in styles], params, video, init,
                    regions.key(image_digest))
-    clip = ClipOutput(part, output_here(output, runtime.cache), key)
+    with kept_part(source, part) as part:  # an object's copy: kept till the clip is made
+        clip = ClipOutput(part, output_here(output, runtime.cache), key)
 
-    def finished(frame: Frame) -> None:
-        clip.finished(frame)
-        on_frame(frame)
+        def finished(frame: Frame) -> None:
+            clip.finished(frame)
+            on_frame(frame)
 
-    on_start(part.count)
-    try:
-        if (size := clip.whole_video()) is not None:  # done: the same command run again
-            return VideoResult(output, part.count, part.fps, size, resumed=part.count,
-                               audio=part.info.has_audio)
-        clip.folder.mkdir(parents=True, exist_ok=True)
-        stylize_clips([clip_source(part, [str(s) for s in styles], max(video.temporal_frames),
-                                   regions=regions)], params,
-                      video, runtime, lambda _c, i: clip.done(i), finished,
-                      lambda _c, i: progress(i), stores=lambda _c: clip.pass_store())
-        clip.finish(video.crf)
-        drop_local([clip.output])  # a video in object storage: there, not kept here too
-    finally:
-        if isinstance(output, str):  # this machine's copy of its folder: no longer in use
-            release(clip.output.parent)
-    made = [r for _, r in sorted(clip.records.items()) if not r.resumed]
-    return VideoResult(output, part.count, part.fps, clip.size,
-                       resumed=part.count - len(made), iterations=[r.iterations for r in made],
-                       seconds=sum(r.seconds for r in made),
-                       audio=part.info.has_audio and is_video(output))
+        on_start(part.count)
+        try:
+            if (size := clip.whole_video()) is not None:  # done: the same command run again
+                return VideoResult(output, part.count, part.fps, size, resumed=part.count,
+                                   audio=part.info.has_audio)
+            clip.folder.mkdir(parents=True, exist_ok=True)
+            stylize_clips([clip_source(part, [str(s) for s in styles], max(video.temporal_frames),
+                                       regions=regions)], params,
+                          video, runtime, lambda _c, i: clip.done(i), finished,
+                          lambda _c, i: progress(i), stores=lambda _c: clip.pass_store())
+            clip.finish(video.crf)
+            drop_local([clip.output])  # a video in object storage: there, not kept here too
+        finally:
+            if isinstance(output, str):  # this machine's copy of its folder: no longer in use
+                release(clip.output.parent)
+        made = [r for _, r in sorted(clip.records.items()) if not r.resumed]
+        return VideoResult(output, part.count, part.fps, clip.size,
+                           resumed=part.count - len(made), iterations=[r.iterations for r in made],
+                           seconds=sum(r.seconds for r in made),
+                           audio=part.info.has_audio and is_video(output))

@@ -4,9 +4,10 @@ torch (clip.py decodes the frames)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import PurePath
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from ..errors import InputError
 from ..gatys.keys import hashed
 from ..gatys.params import StyleParams
+from ..io.copy_budget import pinned
 from ..io.fetch import local_copy
 from ..io.images import IMAGE_SUFFIXES
 from ..io.storage import Location, name
@@ -51,6 +53,22 @@ def clip_part(source: Location, video: VideoParams) -> ClipPart:
     if count == 0:
         raise InputError(f"{source}: no frame between --start and --end at {float(fps):g} fps")
     return ClipPart(info, fps, start, end, count)
+
+
+@contextlib.contextmanager
+def kept_part(source: Location, part: ClipPart) -> Iterator[ClipPart]:
+    """`part` for a job that reads `source` for long (opened again at each pass, its audio
+    at the end): of an object, its local copy kept from trims (io/copy_budget.py) as a file
+    of the job's own."""
+    if not isinstance(source, str):
+        yield part
+        return
+    with contextlib.ExitStack() as stack:
+        try:
+            path = stack.enter_context(pinned(part.info.path))
+        except FileNotFoundError:  # trimmed since the probe: fetched again
+            path = stack.enter_context(pinned(local_copy(source)))
+        yield replace(part, info=replace(part.info, path=path))
 
 
 def clip_key(video_digest: str, part: ClipPart, styles: Sequence[str], params: StyleParams,

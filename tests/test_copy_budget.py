@@ -1,0 +1,146 @@
+"""The local copies of input objects stay within their budget (io/copy_budget.py): least
+recently used first out, a copy being read never, a setting that is no size named."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections import namedtuple
+
+import pytest
+
+from pipeline.errors import InputError
+from pipeline.io import copy_budget
+from pipeline.io.copy_budget import INPUTS_MAX_ENV, added, fetched_ahead, parse_size, pinned
+
+Usage = namedtuple("Usage", "total used free")
+
+
+@pytest.fixture
+def inputs(tmp_path, monkeypatch):
+    """An `inputs` folder on a roomy disk, with no part this process measured before."""
+    monkeypatch.setattr(copy_budget, "_PARTS", {})
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: Usage(10**12, 0, 10**12))
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    return folder
+
+
+def _copy(folder, n: int, size: int = 1000, used: float | None = None):
+    path = folder / f"{n:032x}.png"
+    path.write_bytes(b"x" * size)
+    if used is not None:
+        os.utime(path, (used, used))
+    return path
+
+
+def test_sizes_are_read_with_their_units_and_a_bad_one_is_named(monkeypatch):
+    assert parse_size("2000") == 2000
+    assert parse_size("50GB") == 50 * 10**9
+    assert parse_size(" 1.5 MiB ") == 1572864
+    for bad in ("lots", "-3GB", "5 parsecs", ""):
+        with pytest.raises(InputError, match=INPUTS_MAX_ENV):
+            parse_size(bad)
+    monkeypatch.setenv(INPUTS_MAX_ENV, "ten")
+    from pipeline.io.files import use_cache
+
+    with pytest.raises(InputError, match=f"{INPUTS_MAX_ENV}='ten'"):
+        use_cache(None)  # every command checks it at its start, before any work
+
+
+def test_the_least_recently_used_copies_go_first(inputs, monkeypatch):
+    monkeypatch.setenv(INPUTS_MAX_ENV, "5000")
+    now = time.time()
+    for n in range(5):
+        added(_copy(inputs, n, used=now - 100 + n))  # 0 is the oldest
+    assert len(list(inputs.iterdir())) == 5  # at the limit, not over it
+    newest = _copy(inputs, 5, used=now)
+    added(newest)
+    left = sorted(p.name for p in inputs.iterdir())
+    # under the limit by its headroom: 4,500 bytes, so 4 copies; the oldest two went
+    assert left == [f"{n:032x}.png" for n in (2, 3, 4, 5)]
+
+
+def test_the_copy_just_written_stays_however_small_the_budget(inputs, monkeypatch):
+    monkeypatch.setenv(INPUTS_MAX_ENV, "10")
+    old = _copy(inputs, 0, used=time.time() - 50)
+    added(old)
+    assert old.exists()  # over the budget alone, but just written: its reader needs it
+    new = _copy(inputs, 1)
+    added(new)
+    assert new.exists() and not old.exists()
+
+
+def test_a_copy_being_read_keeps_its_bytes_till_its_reader_ends(inputs, monkeypatch):
+    monkeypatch.setenv(INPUTS_MAX_ENV, "1500")
+    read = _copy(inputs, 0, used=time.time() - 100)
+    with pinned(read) as link, pinned(read) as other:
+        assert link != other and link.read_bytes() == read.read_bytes()
+        added(_copy(inputs, 1))
+        assert not read.exists()  # the oldest: trimmed, its name
+        assert link.read_bytes() == b"x" * 1000 == other.read_bytes()  # its bytes: kept
+    assert not link.exists() and not other.exists()
+    assert not any((inputs / ".pins").iterdir())
+    with pytest.raises(FileNotFoundError), pinned(read):  # its reader fetches it again
+        pass
+
+
+def test_the_links_of_a_killed_reader_go_at_the_next_trim(inputs, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.setenv(INPUTS_MAX_ENV, "1500")
+    copy = _copy(inputs, 0, used=time.time() - 100)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (inputs / ".pins").mkdir()
+    os.link(copy, inputs / ".pins" / f"{dead}-0badc0de-{copy.name}")
+    with pinned(copy) as alive:
+        added(_copy(inputs, 1))
+        assert [p.name for p in (inputs / ".pins").iterdir()] == [alive.name]
+
+
+def test_a_user_s_file_is_never_linked(tmp_path):
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(b"x")
+    with pytest.raises(AssertionError), pinned(photo):
+        pass
+
+
+def test_copies_leave_a_tenth_of_the_disk_free(inputs, monkeypatch):
+    monkeypatch.delenv(INPUTS_MAX_ENV, raising=False)
+    now = time.time()
+    copies = [_copy(inputs, n, used=now - 10 + n) for n in range(4)]
+    for copy in copies:
+        added(copy)
+    assert all(c.exists() for c in copies)
+    # 4,000 bytes of copies on a disk of 20,000 with 2,500 free: 10% is 2,000, so the
+    # copies may hold 4,500 and stay; with 1,500 free, 3,500, less its headroom: 3,150
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: Usage(20000, 17500, 2500))
+    added(_copy(inputs, 4, size=1))
+    assert all(c.exists() for c in copies)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: Usage(20000, 18500, 1500))
+    added(_copy(inputs, 5, size=1))
+    assert [c.exists() for c in copies] == [False, True, True, True]
+
+
+def test_others_files_and_downloads_under_way_are_not_touched(inputs, monkeypatch):
+    monkeypatch.setenv(INPUTS_MAX_ENV, "100")
+    mine = inputs / "notes.txt"
+    mine.write_bytes(b"x" * 5000)
+    temp = inputs / f".{0:032x}.png.abcd1234.style-pipeline-tmp.png"
+    temp.write_bytes(b"x" * 5000)
+    added(_copy(inputs, 1, size=50))
+    assert mine.exists() and temp.exists()
+
+
+def test_what_is_fetched_ahead_fits_in_half_the_budget(inputs, monkeypatch):
+    monkeypatch.setenv(INPUTS_MAX_ENV, "10000")
+    # half of it, 5,000: the older copies make room (trimmed first), those fetched ahead
+    # never trim each other
+    _copy(inputs, 0, size=2000)
+    assert fetched_ahead(inputs, [1500, 1500, 1500, 1500]) == 3
+    assert fetched_ahead(inputs, [None, None]) == 2  # sizes unknown: fetched, trimmed later
+    monkeypatch.delenv(INPUTS_MAX_ENV)
+    assert fetched_ahead(inputs, [1500] * 100) == 100
