@@ -144,3 +144,21 @@ def test_what_is_fetched_ahead_fits_in_half_the_budget(inputs, monkeypatch):
     assert fetched_ahead(inputs, [None, None]) == 2  # sizes unknown: fetched, trimmed later
     monkeypatch.delenv(INPUTS_MAX_ENV)
     assert fetched_ahead(inputs, [1500] * 100) == 100
+
+
+def test_cache_clear_leaves_the_copies_being_read(tmp_path, monkeypatch):
+    """`pipeline cache clear inputs` while a job reads a copy: the job's link stays (its
+    bytes with it), the rest goes."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    monkeypatch.setenv("STYLE_PIPELINE_CACHE", str(tmp_path))
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    copy = _copy(inputs, 0)
+    with pinned(copy) as link:
+        result = CliRunner().invoke(app, ["cache", "clear", "inputs"], terminal_width=200)
+        assert result.exit_code == 0, result.output
+        assert "1 file(s) removed" in result.output and "1 in use" in result.output
+        assert not copy.exists() and link.read_bytes() == b"x" * 1000

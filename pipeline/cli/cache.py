@@ -49,14 +49,16 @@ def cache_clear(
 ) -> None:
     """Delete the files this program cached; everything is recomputed on demand. Files of
     any other name in the cache folders are left alone (and counted), and so are the copies
-    of run folders in object storage that a running command works in. A cache in object
-    storage: its shared parts are deleted in the bucket and in this machine's copy."""
+    of run folders in object storage that a running command works in and the input copies it
+    reads. A cache in object storage: its shared parts are deleted in the bucket and in this
+    machine's copy."""
     for folder, found in clear_cache(parts or [], cache_dir, unused_for):
         kept = len(found.others)
         recent = (f", {len(found.recent)} used within {unused_for:g} days kept "
                   f"({sum(found.recent.values()) / 1e6:,.1f} MB)" if unused_for is not None
                   else "")
-        copies = len({name.split("/")[0] for name in found.in_use})
+        copies = len({name.split("/")[0] if str(folder).endswith("runs") else name
+                      for name in found.in_use})  # the copies of run folders, or files
         busy = (f", {copies} in use by a running command kept "
                 f"({sum(found.in_use.values()) / 1e6:,.1f} MB)" if copies else "")
         console.print(f"cleared {shown(folder)}: {len(found.ours)} file(s) removed "

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
+from .copy_budget import reading_now
 from .files import cache_dir, cache_url, is_our_temp
 from .mirror import SHARED_CACHE
 from .run_copies import delete_unused
@@ -46,7 +47,8 @@ def is_entry(part: str, relative: Path) -> bool:
 class Contents:
     """A part's files: this program's and the others, each by its path in the part -> size;
     after a clear by age, `recent`: ours that were used too lately to go; after a clear of
-    `runs`, `in_use`: the files of the copies a process is working in."""
+    `runs` or `inputs`, `in_use`: the files of the copies a process is working in or
+    reading."""
 
     ours: dict[str, int]
     others: dict[str, int]
@@ -88,6 +90,10 @@ def clear_part(root: Location, part: str, unused_for_s: float | None = None) -> 
                          found.others,
                          in_use={n: s for n, s in found.ours.items() if n.split("/")[0] in busy})
     else:
+        if part == "inputs":  # a reader's link: its file, till it ends (io/copy_budget.py)
+            found = Contents({n: s for n, s in found.ours.items() if not reading_now(n)},
+                             found.others, found.recent,
+                             {n: s for n, s in found.ours.items() if reading_now(n)})
         for name in found.ours:
             (folder / name).unlink(missing_ok=True)
     if folder.is_dir():

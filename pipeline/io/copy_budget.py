@@ -153,10 +153,15 @@ def _drop_dead_pins(folder: Path) -> None:
     """The pins of this machine's processes that are gone (a cache folder is one machine's)."""
     with contextlib.suppress(OSError), os.scandir(folder) as it:
         for entry in it:
-            pid = entry.name.split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            if entry.name.split("-", 1)[0].isdigit() and not reading_now(f"{PINS}/{entry.name}"):
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
+
+
+def reading_now(name: str) -> bool:
+    """Whether `name`, a file of the part, is the pin of a reader that goes on."""
+    pid = name.removeprefix(f"{PINS}/").split("-", 1)[0]
+    return name.startswith(f"{PINS}/") and pid.isdigit() and _alive(int(pid))
 
 
 def _alive(pid: int) -> bool:
