@@ -601,7 +601,7 @@ def test_a_rerun_fetches_the_inputs_of_its_pending_jobs_alone(s3, tmp_path, monk
     """After `cache clear inputs`, a rerun whose first job is done fetches the objects of
     the pending one alone, all at once before its workers take them, not one by one."""
     from pipeline.bulk.manifest import write_manifest
-    from pipeline.io import objects
+    from pipeline.io import fetch
     from tests.run_helpers import cell, run_cli
 
     url, _, local = s3
@@ -612,14 +612,14 @@ def test_a_rerun_fetches_the_inputs_of_its_pending_jobs_alone(s3, tmp_path, monk
     out = tmp_path / "out"
     assert run_cli(write_manifest(rows[:1], tmp_path / "one.parquet"), out).exit_code == 0
     assert runner.invoke(app, ["cache", "clear", "inputs"]).exit_code == 0
-    fetched: list[str] = []
-    copy_of = objects.copy_of
-    monkeypatch.setattr(objects, "copy_of",
-                        lambda obj, cache=None: fetched.append(obj.url) or copy_of(obj, cache))
+    fetched: list[str] = []  # the copies downloaded, by name (io/fetch.copy_name)
+    added = fetch.added
+    monkeypatch.setattr(fetch, "added", lambda copy: fetched.append(copy.name) or added(copy))
     again = run_cli(write_manifest(rows, tmp_path / "two.parquet"), out)
     assert again.exit_code == 0, again.output
     assert cell(again.output, "done before (skipped)") == "1"
-    assert sorted(set(fetched)) == [f"{url}/in/painting.png", f"{url}/in/wide.png"]
+    assert sorted(fetched) == sorted(fetch.copy_name(fetch.current(f"{url}/in/{name}"))
+                                     for name in ("painting.png", "wide.png"))
 
 
 def test_a_wrong_remembered_digest_fails_its_job_once(s3, tmp_path):
@@ -1073,7 +1073,7 @@ def test_a_scan_reads_an_object_once_on_every_machine_that_shares_the_cache(s3, 
         return [(job.key, job.size) for job in jobs]
 
     def copies() -> list[str]:
-        return sorted(p.name for p in (files.cache_dir() / "inputs").glob("*"))
+        return sorted(p.name for p in (files.cache_dir() / "inputs").glob("*") if p.is_file())
 
     first = scanned("a")
     assert [size for _, size in first] == [(32, 24), (32, 20)]
