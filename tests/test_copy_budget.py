@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.errors import InputError
 from pipeline.io import copy_budget
-from pipeline.io.copy_budget import INPUTS_MAX_ENV, added, fetched_ahead, parse_size, pinned
+from pipeline.io.copy_budget import INPUTS_MAX_ENV, arriving, fetched_ahead, parse_size, pinned
 
 Usage = namedtuple("Usage", "total used free")
 
@@ -35,6 +35,12 @@ def _copy(folder, n: int, size: int = 1000, used: float | None = None):
     return path
 
 
+def _arrive(folder, n: int, size: int = 1000, used: float | None = None):
+    """A copy downloaded, as io/fetch.py does it."""
+    with arriving(folder / f"{n:032x}.png", size):
+        return _copy(folder, n, size, used)
+
+
 def test_sizes_are_read_with_their_units_and_a_bad_one_is_named(monkeypatch):
     assert parse_size("2000") == 2000
     assert parse_size("50GB") == 50 * 10**9
@@ -53,10 +59,9 @@ def test_the_least_recently_used_copies_go_first(inputs, monkeypatch):
     monkeypatch.setenv(INPUTS_MAX_ENV, "5000")
     now = time.time()
     for n in range(5):
-        added(_copy(inputs, n, used=now - 100 + n))  # 0 is the oldest
+        _arrive(inputs, n, used=now - 100 + n)  # 0 is the oldest
     assert len(list(inputs.iterdir())) == 5  # at the limit, not over it
-    newest = _copy(inputs, 5, used=now)
-    added(newest)
+    _arrive(inputs, 5, used=now)
     left = sorted(p.name for p in inputs.iterdir())
     # under the limit by its headroom: 4,500 bytes, so 4 copies; the oldest two went
     assert left == [f"{n:032x}.png" for n in (2, 3, 4, 5)]
@@ -64,11 +69,9 @@ def test_the_least_recently_used_copies_go_first(inputs, monkeypatch):
 
 def test_the_copy_just_written_stays_however_small_the_budget(inputs, monkeypatch):
     monkeypatch.setenv(INPUTS_MAX_ENV, "10")
-    old = _copy(inputs, 0, used=time.time() - 50)
-    added(old)
+    old = _arrive(inputs, 0, used=time.time() - 50)
     assert old.exists()  # over the budget alone, but just written: its reader needs it
-    new = _copy(inputs, 1)
-    added(new)
+    new = _arrive(inputs, 1)
     assert new.exists() and not old.exists()
 
 
@@ -77,7 +80,7 @@ def test_a_copy_being_read_keeps_its_bytes_till_its_reader_ends(inputs, monkeypa
     read = _copy(inputs, 0, used=time.time() - 100)
     with pinned(read) as link, pinned(read) as other:
         assert link != other and link.read_bytes() == read.read_bytes()
-        added(_copy(inputs, 1))
+        _arrive(inputs, 1)
         assert not read.exists()  # the oldest: trimmed, its name
         assert link.read_bytes() == b"x" * 1000 == other.read_bytes()  # its bytes: kept
     assert not link.exists() and not other.exists()
@@ -97,7 +100,7 @@ def test_the_links_of_a_killed_reader_go_at_the_next_trim(inputs, monkeypatch):
     (inputs / ".pins").mkdir()
     os.link(copy, inputs / ".pins" / f"{dead}-0badc0de-{copy.name}")
     with pinned(copy) as alive:
-        added(_copy(inputs, 1))
+        _arrive(inputs, 1)
         assert [p.name for p in (inputs / ".pins").iterdir()] == [alive.name]
 
 
@@ -111,17 +114,23 @@ def test_a_user_s_file_is_never_linked(tmp_path):
 def test_copies_leave_a_tenth_of_the_disk_free(inputs, monkeypatch):
     monkeypatch.delenv(INPUTS_MAX_ENV, raising=False)
     now = time.time()
-    copies = [_copy(inputs, n, used=now - 10 + n) for n in range(4)]
-    for copy in copies:
-        added(copy)
+    copies = [_arrive(inputs, n, used=now - 10 + n) for n in range(4)]
     assert all(c.exists() for c in copies)
-    # 4,000 bytes of copies on a disk of 20,000 with 2,500 free: 10% is 2,000, so the
-    # copies may hold 4,500 and stay; with 1,500 free, 3,500, less its headroom: 3,150
-    monkeypatch.setattr(shutil, "disk_usage", lambda _: Usage(20000, 17500, 2500))
-    added(_copy(inputs, 4, size=1))
+
+    def disk(others: int):
+        """A disk of 20,000 bytes holding `others` besides the copies."""
+        def usage(_):
+            held = sum(p.stat().st_size for p in inputs.iterdir() if p.is_file())
+            return Usage(20000, others + held, 20000 - others - held)
+        return usage
+
+    # 4,000 bytes of copies with 2,500 free: 10% is 2,000, so the copies may hold 4,500 and
+    # stay; with 1,500 free, 3,500, less its headroom: 3,150
+    monkeypatch.setattr(shutil, "disk_usage", disk(13500))
+    _arrive(inputs, 4, size=1)
     assert all(c.exists() for c in copies)
-    monkeypatch.setattr(shutil, "disk_usage", lambda _: Usage(20000, 18500, 1500))
-    added(_copy(inputs, 5, size=1))
+    monkeypatch.setattr(shutil, "disk_usage", disk(14500))
+    _arrive(inputs, 5, size=1)
     assert [c.exists() for c in copies] == [False, True, True, True]
 
 
@@ -131,7 +140,7 @@ def test_others_files_and_downloads_under_way_are_not_touched(inputs, monkeypatc
     mine.write_bytes(b"x" * 5000)
     temp = inputs / f".{0:032x}.png.abcd1234.style-pipeline-tmp.png"
     temp.write_bytes(b"x" * 5000)
-    added(_copy(inputs, 1, size=50))
+    _arrive(inputs, 1, size=150)
     assert mine.exists() and temp.exists()
 
 

@@ -613,8 +613,9 @@ def test_a_rerun_fetches_the_inputs_of_its_pending_jobs_alone(s3, tmp_path, monk
     assert run_cli(write_manifest(rows[:1], tmp_path / "one.parquet"), out).exit_code == 0
     assert runner.invoke(app, ["cache", "clear", "inputs"]).exit_code == 0
     fetched: list[str] = []  # the copies downloaded, by name (io/fetch.copy_name)
-    added = fetch.added
-    monkeypatch.setattr(fetch, "added", lambda copy: fetched.append(copy.name) or added(copy))
+    arriving = fetch.arriving
+    monkeypatch.setattr(fetch, "arriving", lambda copy, size: fetched.append(copy.name)
+                        or arriving(copy, size))
     again = run_cli(write_manifest(rows, tmp_path / "two.parquet"), out)
     assert again.exit_code == 0, again.output
     assert cell(again.output, "done before (skipped)") == "1"

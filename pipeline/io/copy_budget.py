@@ -58,7 +58,8 @@ def limit(folder: Path, total: int) -> int:
 
 @dataclass
 class _Part:
-    total: int  # bytes: as last listed, plus what this process wrote since
+    total: int  # bytes of the copies: as last listed, plus those this process wrote since
+    coming: int = 0  # bytes of this process's downloads under way
 
 
 _LOCK = threading.Lock()
@@ -102,19 +103,32 @@ def fetched_ahead(folder: Path, sizes: list[int | None]) -> int:
     return len(sizes)
 
 
-def added(copy: Path) -> None:
-    """`copy` was just written into its part: the least recently used others deleted if the
-    part is now over its limit."""
-    folder = copy.parent
+@contextlib.contextmanager
+def arriving(copy: Path, size: int | None) -> Iterator[None]:
+    """The block downloads `copy` (`size` bytes, where the store says): room is made for it
+    first, so that the copies and the downloads under way stay within the limit together;
+    then it is counted (at its size on disk), the least recently used others deleted if the
+    part is over its limit."""
+    folder, coming = copy.parent, size or 0
     with _LOCK:
         part = _PARTS.get(folder)
         if part is None:
             part = _PARTS[folder] = _Part(sum(size for _, size in _listing(folder).values()))
-        else:
-            with contextlib.suppress(OSError):
+        part.coming += coming
+        _fit(folder, part, keep=None)
+    try:
+        yield
+    finally:
+        with _LOCK:
+            part.coming -= coming
+            with contextlib.suppress(OSError):  # (not there: the download failed)
                 part.total += copy.stat().st_size
-        if part.total > limit(folder, part.total):
-            part.total = _trim(folder, keep=copy)
+            _fit(folder, part, keep=copy)
+
+
+def _fit(folder: Path, part: _Part, keep: Path | None) -> None:
+    if part.total + part.coming > limit(folder, part.total):
+        part.total = _trim(folder, keep, part.coming)
 
 
 def _listing(folder: Path) -> dict[Path, tuple[float, int]]:
@@ -130,14 +144,15 @@ def _listing(folder: Path) -> dict[Path, tuple[float, int]]:
     return found
 
 
-def _trim(folder: Path, keep: Path) -> int:
-    """Delete the least recently used copies but `keep` until the part is HEADROOM under
-    its limit (a pinned one's bytes stay till its reader ends), and the pins of readers
-    that ended without removing them (killed); returns what the copies hold then."""
+def _trim(folder: Path, keep: Path | None, coming: int) -> int:
+    """Delete the least recently used copies but `keep` until they and the `coming` bytes
+    are HEADROOM under the limit (a pinned one's bytes stay till its reader ends), and the
+    pins of readers that ended without removing them (killed); returns what the copies
+    hold then."""
     _drop_dead_pins(folder / PINS)
     copies = _listing(folder)
     total = sum(size for _, size in copies.values())
-    target = int(limit(folder, total) * (1 - HEADROOM))
+    target = int(limit(folder, total) * (1 - HEADROOM)) - coming
     for path, (_, size) in sorted(copies.items(), key=lambda c: c[1][0]):
         if total <= target:
             break

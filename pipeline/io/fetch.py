@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import InputError
-from .copy_budget import added, pinned
+from .copy_budget import arriving, pinned
 from .files import atomic_path, cache_dir, mark_used
 from .storage import filesystem, is_url, name, store_error
 
@@ -90,12 +90,11 @@ def reading(obj: Version, cache: str | None = None) -> Iterator[Path]:
             mark_used(dest)
         except FileNotFoundError:  # not here (or trimmed a moment ago)
             try:
-                with atomic_path(dest) as tmp:
+                with arriving(dest, obj.size), atomic_path(dest) as tmp:
                     obj.fs.get_file(obj.path, str(tmp))
                     path = stack.enter_context(pinned(tmp, dest.name))  # before it appears
             except Exception as e:
                 raise store_error(obj.url, e) from None
-            added(dest)
         yield path
 
 
