@@ -171,3 +171,19 @@ def test_cache_clear_leaves_the_copies_being_read(tmp_path, monkeypatch):
         assert result.exit_code == 0, result.output
         assert "1 file(s) removed" in result.output and "1 in use" in result.output
         assert not copy.exists() and link.read_bytes() == b"x" * 1000
+
+
+def test_cache_info_says_what_the_copies_may_hold(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    monkeypatch.setenv(INPUTS_MAX_ENV, "1MB")
+    result = CliRunner().invoke(app, ["cache", "info", "--cache-dir", str(tmp_path)],
+                                terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert f"inputs may hold 0.00 GB ({INPUTS_MAX_ENV}=1MB)" in result.output
+    monkeypatch.delenv(INPUTS_MAX_ENV)
+    result = CliRunner().invoke(app, ["cache", "info", "--cache-dir", str(tmp_path)],
+                                terminal_width=200)
+    assert "(to leave 10% of the disk free)" in result.output

@@ -6,6 +6,7 @@ import typer
 from rich.table import Table
 
 from ..io.cache_entries import AGED, CACHE_PARTS, cache_contents, clear_cache
+from ..io.copy_budget import said_limit
 from .app import app, reports_errors
 from .options import CACHE_OPTION
 from .progress import console, shown
@@ -31,7 +32,10 @@ def cache_info(cache_dir: str | None = CACHE_OPTION) -> None:
                       f"{sum(found.ours.values()) / 1e6:.1f} MB", str(len(found.others)),
                       *(("the bucket" if "://" in str(where) else "this machine",)
                         if shared else ()))
+    limit = said_limit(own / "inputs")
     console.print(table)
+    console.print(f"inputs may hold {limit}; least recently used copies go first",
+                  soft_wrap=True)
 
 
 @cache_app.command("clear")

@@ -48,6 +48,15 @@ def configured_max() -> int | None:
     return parse_size(text) if text else None
 
 
+def said_limit(folder: Path) -> str:
+    """What the copies in `folder` may hold now, and why (for `pipeline cache info`)."""
+    total = sum(size for _, size in _listing(folder).values())
+    room, cap = limit(folder, total), configured_max()
+    why = (f"{INPUTS_MAX_ENV}={os.environ[INPUTS_MAX_ENV].strip()}" if cap is not None
+           and cap <= room else f"to leave {FREE_SHARE:.0%} of the disk free")
+    return f"{room / 1e9:,.2f} GB ({why})"
+
+
 def limit(folder: Path, total: int) -> int:
     """What the part in `folder`, holding `total` bytes now, may hold."""
     disk = shutil.disk_usage(folder if folder.is_dir() else folder.parent)
