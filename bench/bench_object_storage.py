@@ -12,8 +12,11 @@ run (the model and the targets cached), the objects fetched anew each time (the 
 (`--out s3://...`: every output, ledger part and trace uploaded as it is written); the fourth
 also keeps the cache there (STYLE_PIPELINE_CACHE=s3://...) and runs as a machine that joins
 with an empty copy of it (its own XDG_CACHE_HOME each round): the ONNX model and the targets
-fetched from the bucket, none computed. For the runs into the bucket, the size of the local
-copy of the run folder each leaves behind (its last round), and how many outputs it holds.
+fetched from the bucket, none computed. The second configuration is also run with the local
+copies of the input objects held within a third of their total size (STYLE_PIPELINE_INPUTS_MAX):
+the run fetches ahead what fits in half of that, the workers the rest as they come to it.
+For the runs into the bucket, the size of the local copy of the run folder each leaves behind
+(its last round), and how many outputs it holds.
 
 Usage: python -m bench.bench_object_storage [--jobs 200] [--size 64] [--iterations 10]
 [--rounds 2]
@@ -33,6 +36,7 @@ import time
 from pathlib import Path
 
 from pipeline.bulk.manifest import write_manifest
+from pipeline.io.copy_budget import INPUTS_MAX_ENV
 from pipeline.io.examples import swirls
 from pipeline.io.files import cache_dir
 from tests.conftest import make_photo
@@ -103,12 +107,15 @@ def main() -> None:
             env = {**os.environ, "STYLE_PIPELINE_STORAGE_OPTIONS": json.dumps(
                 {"endpoint_url": endpoint, "key": KEY, "secret": SECRET})}
             shared = {**env, "STYLE_PIPELINE_CACHE": "s3://bucket/cache"}
+            third = sum(p.stat().st_size for p in (local / "in").iterdir()) // 3
             run(str(local / "m.parquet"), tmp / "warm", args, env)  # model, targets cached
             run(str(local / "m.parquet"), tmp / "warm-shared", args,  # ... and in the bucket
                 {**shared, "XDG_CACHE_HOME": str(tmp / "first-machine")})
             configs = {  # name -> (manifest, --out of round k, environment of round k)
                 "local": (str(local / "m.parquet"), lambda k: tmp / f"l{k}", lambda k: env),
                 "s3": ("s3://bucket/data/m.parquet", lambda k: tmp / f"s{k}", lambda k: env),
+                "s3 limit": ("s3://bucket/data/m.parquet", lambda k: tmp / f"b{k}",
+                             lambda k: {**env, INPUTS_MAX_ENV: str(third)}),
                 "s3 out": ("s3://bucket/data/m.parquet", lambda k: f"s3://bucket/out{k}",
                            lambda k: env),
                 "s3 cache": ("s3://bucket/data/m.parquet", lambda k: f"s3://bucket/outc{k}",
@@ -133,6 +140,8 @@ def main() -> None:
     for name, inputs, outputs, cache in (
             ("local", "local files", "local folder", "local, filled"),
             ("s3", server, "local folder", "local, filled"),
+            ("s3 limit", f"{server}, local copies within a third of their size",
+             "local folder", "local, filled"),
             ("s3 out", server, server, "local, filled"),
             ("s3 cache", server, server, "S3, this machine's copy empty")):
         rounds = ", ".join(f"{t:.1f}" for t in times[name])

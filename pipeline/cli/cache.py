@@ -5,8 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from ..io.cache_entries import AGED, CACHE_PARTS, cache_contents, clear_cache
-from ..io.copy_budget import said_limit
+from ..io.cache_entries import AGED, CACHE_PARTS, cache_contents, clear_cache, inputs_limit
 from .app import app, reports_errors
 from .options import CACHE_OPTION
 from .progress import console, shown
@@ -32,7 +31,7 @@ def cache_info(cache_dir: str | None = CACHE_OPTION) -> None:
                       f"{sum(found.ours.values()) / 1e6:.1f} MB", str(len(found.others)),
                       *(("the bucket" if "://" in str(where) else "this machine",)
                         if shared else ()))
-    limit = said_limit(own / "inputs")
+    limit = inputs_limit(cache_dir)
     console.print(table)
     console.print(f"inputs may hold {limit}; least recently used copies go first",
                   soft_wrap=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
-from .copy_budget import reading_now
+from .copy_budget import reading_now, said_limit
 from .files import cache_dir, cache_url, is_our_temp
 from .mirror import SHARED_CACHE
 from .run_copies import delete_unused
@@ -143,6 +143,11 @@ def cache_contents(cache: str | None = None) -> tuple[Location, dict[str, tuple[
     found = {part: (where[0], entries(where[0], part))
              for part, where in _parts((), cache).items()}
     return cache_url(cache) or cache_dir(cache), found
+
+
+def inputs_limit(cache: str | None = None) -> str:
+    """What this machine's copies of input objects may hold now, and why."""
+    return said_limit(cache_dir(cache) / "inputs")
 
 
 def clear_cache(parts: Sequence[str] = (), cache: str | None = None,

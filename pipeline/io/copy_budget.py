@@ -50,7 +50,7 @@ def configured_max() -> int | None:
 
 def said_limit(folder: Path) -> str:
     """What the copies in `folder` may hold now, and why (for `pipeline cache info`)."""
-    total = sum(size for _, size in _listing(folder).values())
+    total = _held(folder)
     room, cap = limit(folder, total), configured_max()
     why = (f"{INPUTS_MAX_ENV}={os.environ[INPUTS_MAX_ENV].strip()}" if cap is not None
            and cap <= room else f"to leave {FREE_SHARE:.0%} of the disk free")
@@ -103,7 +103,7 @@ def fetched_ahead(folder: Path, sizes: list[int | None]) -> int:
     """How many of the copies of `sizes` (bytes, in the order jobs need them) to fetch at
     once: those that fit in half of what the part may hold; the jobs fetch the others as
     they come to them, so that none fetched ahead is trimmed before it is read."""
-    total = sum(size for _, size in _listing(folder).values())
+    total = _held(folder)
     room = limit(folder, total) // 2
     for n, size in enumerate(sizes):
         room -= size or 0
@@ -122,7 +122,7 @@ def arriving(copy: Path, size: int | None) -> Iterator[None]:
     with _LOCK:
         part = _PARTS.get(folder)
         if part is None:
-            part = _PARTS[folder] = _Part(sum(size for _, size in _listing(folder).values()))
+            part = _PARTS[folder] = _Part(_held(folder))
         part.coming += coming
         _fit(folder, part, keep=None)
     try:
@@ -151,6 +151,10 @@ def _listing(folder: Path) -> dict[Path, tuple[float, int]]:
                     st = entry.stat()
                     found[Path(entry.path)] = (st.st_mtime, st.st_size)
     return found
+
+
+def _held(folder: Path) -> int:
+    return sum(size for _, size in _listing(folder).values())
 
 
 def _trim(folder: Path, keep: Path | None, coming: int) -> int:
@@ -193,6 +197,6 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:  # another user's: alive
-        return True
+    except PermissionError:  # another user's
+        pass
     return True
