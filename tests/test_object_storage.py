@@ -1156,3 +1156,35 @@ def test_a_dataset_larger_than_the_inputs_budget_runs_within_it(s3, tmp_path, mo
     assert made["small"].keys() == made["whole"].keys() and len(made["small"]) == 7
     for name, pixels in made["small"].items():
         assert np.array_equal(pixels, made["whole"][name]), name
+
+
+def test_pipeline_video_keeps_its_clip_s_copy_however_small_the_limit(s3, tmp_path,
+                                                                      monkeypatch):
+    """With room for no copy at all, `pipeline video` of a clip in a bucket: fetching its
+    style trims the clip's copy's name, yet the job reads the clip it probed (its own link),
+    remembers its digest under the copy's name, and a second run finds the video done."""
+    from fractions import Fraction
+
+    pytest.importorskip("av", reason="the video extra: pip install -e '.[video]'")
+    pytest.importorskip("cv2", reason="the video extra: pip install -e '.[video]'")
+    from pipeline.io.copy_budget import INPUTS_MAX_ENV
+    from pipeline.io.files import CACHE_ENV
+    from pipeline.video.synthetic import camera_clip, drawn_scene, write_clip
+
+    url, _, local = s3
+    write_clip(camera_clip(drawn_scene((160, 120)), (48, 36), 3), local / "clip.mp4",
+               Fraction(8))
+    upload(local / "clip.mp4", f"{url}/in/clip.mp4")
+    cache = _cache_beside_the_tests(tmp_path)
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    monkeypatch.setenv(INPUTS_MAX_ENV, "1")
+    args = ["video", f"{url}/in/clip.mp4", f"{url}/in/painting.png", "-o",
+            str(tmp_path / "styled.mp4"), "--size", "40", "--iterations", "4",
+            "--frame-iterations", "2", "--device", "cpu", "--precision", "fp32"]
+    first = runner.invoke(app, args, terminal_width=200)
+    assert first.exit_code == 0, first.output
+    assert (tmp_path / "styled.mp4").is_file()
+    again = runner.invoke(app, args, terminal_width=200)
+    assert again.exit_code == 0, again.output
+    assert "3 (3 from an earlier run)" in " ".join(again.output.split()), again.output
+    assert not list((cache / "inputs" / ".pins").iterdir())

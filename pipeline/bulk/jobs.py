@@ -26,7 +26,7 @@ from ..io.images import check_shape, fit_longest_side, header_size, image_digest
 from ..io.objects import ImageObject, forget, image_object, scan_ahead
 from ..io.storage import Location, is_url, location
 from ..io.video import is_video
-from ..video.part import ClipPart, clip_key, clip_part
+from ..video.part import ClipPart, clip_key, clip_part, kept_part
 from .manifest import JobSpec
 
 
@@ -212,7 +212,8 @@ class Inspector:
         assert spec.video is not None
         try:
             part = clip_part(spec.content, spec.video)  # of the local copy of a URL
-            digest = remembered_digest(part.info.path, self.cache, is_url(spec.content))
+            with kept_part(spec.content, part) as kept:  # (its name may be trimmed meanwhile)
+                digest = remembered_digest(kept.info.path, self.cache, is_url(spec.content))
             return digest, part.info.size, part
         except StoreUnavailable:
             raise

@@ -99,6 +99,13 @@ def pinned(path: Path, name: str | None = None) -> Iterator[Path]:
             link.unlink(missing_ok=True)
 
 
+def linked_copy(path: Path) -> Path:
+    """The copy that `path`, a reader's link (pinned), reads; any other path: itself."""
+    if path.parent.name != PINS:
+        return path
+    return path.parent.parent / path.name.split("-", 2)[-1]
+
+
 def fetched_ahead(folder: Path, sizes: list[int | None]) -> int:
     """How many of the copies of `sizes` (bytes, in the order jobs need them) to fetch at
     once: those that fit in half of what the part may hold; the jobs fetch the others as

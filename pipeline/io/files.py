@@ -14,7 +14,7 @@ from pathlib import Path
 import platformdirs
 
 from ..errors import InputError
-from .copy_budget import configured_max
+from .copy_budget import configured_max, linked_copy
 from .mirror import UploadFailed, attach_cache, uploaded
 from .storage import is_url, name, object_identity, put_file
 
@@ -76,9 +76,9 @@ def _digest_entry(path: str | os.PathLike, st: os.stat_result,
                   cache: str | os.PathLike | None, fetched: bool = False) -> Path:
     """The entry of the file's identity: its real path, device, inode, size, and modification
     and change times in ns (the change time cannot be set back, as `touch -d` sets the
-    other); a fetched copy's: its real path and size. In 256 folders, as the targets are: a
-    dataset may have millions of files."""
-    identity = (f"{os.path.realpath(path)}\0{st.st_size}" if fetched else
+    other); a fetched copy's: its real path and size (a reader's link: its copy's). In 256
+    folders, as the targets are: a dataset may have millions of files."""
+    identity = (f"{os.path.realpath(linked_copy(Path(path)))}\0{st.st_size}" if fetched else
                 f"{os.path.realpath(path)}\0{st.st_dev}:{st.st_ino}:{st.st_size}:"
                 f"{st.st_mtime_ns}:{st.st_ctime_ns}")
     name = hashlib.sha256(identity.encode()).hexdigest()

@@ -62,18 +62,17 @@ def stylize_video_file(source: Location, styles: Sequence[Location], output: Loc
     source, output, styles = location(source), location(output), [location(s) for s in styles]
     params.validate(n_styles=len(styles))
     regions.validate(len(styles), params)
-    part = clip_part(source, video)
-    for mask in regions.content_files():
-        check_shape(mask, header_size(mask), part.info.size, "mask")
-    for style in styles:
-        check_image_file(style)
-    check_output(source, styles, output)
-    init = image_digest(params.init) if params.init_is_file else None
-    runtime = runtime() if callable(runtime) else runtime or Runtime.start()
-    key = clip_key(remembered_digest(part.info.path, runtime.cache, is_url(source)), part,
-                   [image_digest(s) for s in styles], params, video, init,
-                   regions.key(image_digest))
-    with kept_part(source, part) as part:  # an object's copy: kept till the clip is made
+    with kept_part(source, clip_part(source, video)) as part:  # an object's copy: kept
+        for mask in regions.content_files():
+            check_shape(mask, header_size(mask), part.info.size, "mask")
+        for style in styles:
+            check_image_file(style)
+        check_output(source, styles, output)
+        init = image_digest(params.init) if params.init_is_file else None
+        runtime = runtime() if callable(runtime) else runtime or Runtime.start()
+        key = clip_key(remembered_digest(part.info.path, runtime.cache, is_url(source)), part,
+                       [image_digest(s) for s in styles], params, video, init,
+                       regions.key(image_digest))
         clip = ClipOutput(part, output_here(output, runtime.cache), key)
 
         def finished(frame: Frame) -> None:
