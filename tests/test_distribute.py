@@ -350,3 +350,22 @@ def test_a_checkpointed_fixed_batch_is_formed_again_with_its_written_jobs(datase
                            largest=lambda job, n=largest: n)
         usual = queue.take(lambda job: 2)
         assert usual is not None and usual.jobs[:2] == (b, c) and not usual.kept
+
+
+def test_a_worker_on_another_machine_takes_the_run_s_limit_on_input_copies(tmp_path,
+                                                                            monkeypatch):
+    """STYLE_PIPELINE_INPUTS_MAX set where the run starts reaches a worker whose machine
+    has none in its environment (a Ray node), as the storage options do."""
+    import dataclasses
+
+    from pipeline.accel.runtime import RuntimeOptions
+    from pipeline.bulk.worker import WorkerConfig, start_worker
+    from pipeline.io.copy_budget import INPUTS_MAX_ENV, configured_max
+
+    monkeypatch.delenv(INPUTS_MAX_ENV, raising=False)
+    config = WorkerConfig(tmp_path / "elsewhere", 0, RuntimeOptions(precision="fp32"), "abc")
+    start_worker(0, "cpu", 1, config, lambda _: None, lambda: False)
+    assert configured_max() is None
+    start_worker(0, "cpu", 1, dataclasses.replace(config, inputs_max="5GB"), lambda _: None,
+                 lambda: False)
+    assert configured_max() == 5 * 10**9

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, RowError
+from ..io.copy_budget import INPUTS_MAX_ENV
 from ..io.files import check_writable_dir, describe_os_error, remove_stale_temps, use_cache
 from ..io.mirror import STATE, drop_local, refresh
 from ..io.run_copies import release
@@ -133,7 +134,8 @@ def _run(manifest: Location, opts: RunOptions, remote: str | None,
                           checkpoint_every=opts.checkpoint_every, runtime=opts.runtime,
                           run_id=new_run_id(), trace_every=opts.trace_every,
                           checkpoint_budget=opts.checkpoint_budget, remote=remote,
-                          storage_options=storage_options())
+                          storage_options=storage_options(),
+                          inputs_max=os.environ.get(INPUTS_MAX_ENV))
 
     def open_for(todo: list[Job]) -> AbstractContextManager[Distributor]:
         return open_distributor(opts.distributor, config, opts.devices, opts.workers,

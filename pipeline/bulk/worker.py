@@ -48,6 +48,7 @@ from ..errors import InputError, StoreUnavailable
 from ..gatys.engine import Checkpointing, Interrupted, NonFinite
 from ..gatys.slots import SlotState
 from ..gatys.trace import TRACE_EVERY, Traces
+from ..io.copy_budget import INPUTS_MAX_ENV
 from ..io.files import cache_dir, describe_os_error
 from ..io.images import intermediate_path
 from ..io.mirror import (
@@ -111,6 +112,9 @@ class WorkerConfig:
     # own copy of the folder (io/mirror.attach), out_dir being the driver's.
     remote: str | None = None
     storage_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # The driver's limit on each machine's copies of input objects (io/copy_budget.py), where
+    # it set one: a worker on another machine would not see it otherwise.
+    inputs_max: str | None = None
 
 
 class Worker:
@@ -546,6 +550,8 @@ def start_worker(wid: int, device: str, threads: int, config: WorkerConfig, emit
     """Set up a worker in this process (threads, runtime) and say Ready; or say CouldNotStart
     and return None."""
     torch.set_num_threads(threads)
+    if config.inputs_max:
+        os.environ[INPUTS_MAX_ENV] = config.inputs_max
     try:
         out_dir = run_folder_here(config)
     except InputError as e:
