@@ -1,6 +1,8 @@
 """Inputs in object storage as local files: each object downloaded once into the cache's
 `inputs` folder, named by its URL and its version (ETag, else size and time), so an object
-written again is fetched again and a run on the same machine never downloads one twice.
+written again is fetched again and a run on the same machine downloads one again only
+once its copy was trimmed (io/copy_budget.py: the copies stay within a limit of the disk).
+Each reader reads a link of its own to the copy (`reading`), which no trim takes from it.
 `concurrently` asks many objects at once on threads: a manifest's inputs arrive while the
 scan runs, instead of one round trip per file."""
 

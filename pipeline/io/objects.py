@@ -55,7 +55,8 @@ def scan_ahead(images: Iterable[Location], videos: Iterable[Location],
 def fetch_copies(objects: Iterable[ImageObject]) -> None:
     """The local copies of `objects` this machine lacks, many at once: the inputs of the
     jobs a run has left to do, where they arrive on threads instead of one at a time in
-    the workers (the others' copies are not needed)."""
+    the workers (the others' copies are not needed); the first of them, as many as fit in
+    half the copies' limit (io/copy_budget.py), the workers fetching the rest."""
     folder = cache_dir() / "inputs"
     missing = [obj.version for obj in {obj.version.url: obj for obj in objects}.values()
                if not (folder / copy_name(obj.version)).is_file()]
