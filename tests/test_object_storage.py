@@ -28,6 +28,19 @@ def copied(url: str, cache) -> bool:
     return (cache / "inputs" / copy_name(current(url))).is_file()
 
 
+def clip_in_bucket(s3, frames: int, prefix: str = "in") -> None:
+    """A drawn clip of `frames` frames at 8 fps, 48x36, uploaded as <prefix>/clip.mp4 under
+    the test's prefix (its local file: clip.mp4 beside the test's inputs)."""
+    from fractions import Fraction
+
+    from pipeline.video.synthetic import camera_clip, drawn_scene, write_clip
+
+    url, _, local = s3
+    write_clip(camera_clip(drawn_scene((160, 120)), (48, 36), frames), local / "clip.mp4",
+               Fraction(8))
+    upload(local / "clip.mp4", f"{url}/{prefix}/clip.mp4")
+
+
 @pytest.fixture
 def s3(s3_server, monkeypatch, tmp_path):
     """The server with this test's inputs uploaded under s3://bucket/<test>/in/."""
@@ -560,7 +573,6 @@ def test_inputs_whose_store_stops_answering_stop_the_worker_and_fail_no_job(s3, 
     """The store goes away between the run's scan and a job's start: the job is not at fault,
     so it is not recorded as failed (a plain rerun picks it up); the worker stops, as for a
     failed write, which stops the run. In fixed batches, in slots and for a video alike."""
-    from fractions import Fraction
 
     import pipeline.bulk.worker as worker_module
     from pipeline import Runtime
@@ -569,13 +581,10 @@ def test_inputs_whose_store_stops_answering_stop_the_worker_and_fail_no_job(s3, 
     from pipeline.bulk.jobs import Batch, Inspector
     from pipeline.bulk.manifest import read_jobs, write_manifest
     from pipeline.errors import StoreUnavailable
-    from pipeline.video.synthetic import camera_clip, drawn_scene, write_clip
 
     pytest.importorskip("av", reason="the video extra: pip install -e '.[video]'")
-    url, _, local = s3
-    write_clip(camera_clip(drawn_scene((160, 120)), (48, 36), 2), local / "clip.mp4",
-               Fraction(8))
-    upload(local / "clip.mp4", f"{url}/in/clip.mp4")
+    url, _, _ = s3
+    clip_in_bucket(s3, 2)
     rows = [{"content": f"{url}/in/{content}", "style": f"{url}/in/painting.png",
              "output": f"{seed}-{content}", "seed": seed}
             for seed, content in enumerate(["photo.png", "photo.png", "clip.mp4"])]
@@ -772,20 +781,16 @@ def test_a_video_in_a_bucket_is_stylized_into_the_bucket(s3, tmp_path):
     """A clip under a prefix makes a video row (`manifest build`, as in a folder; styles are
     images only), fetched once, stylized, written into the run folder in the bucket as one
     object, and done on a rerun."""
-    from fractions import Fraction
 
     pytest.importorskip("av", reason="the video extra: pip install -e '.[video]'")
     pytest.importorskip("cv2", reason="the video extra: pip install -e '.[video]'")
     import pyarrow.parquet as pq
 
     from pipeline.io.video import probe
-    from pipeline.video.synthetic import camera_clip, drawn_scene, write_clip
     from tests.run_helpers import cell, run_cli
 
-    url, folder, local = s3
-    write_clip(camera_clip(drawn_scene((160, 120)), (48, 36), 3), local / "clip.mp4",
-               Fraction(8))
-    upload(local / "clip.mp4", f"{url}/clips/clip.mp4")
+    url, folder, _ = s3
+    clip_in_bucket(s3, 3, "clips")
     build = runner.invoke(app, ["manifest", "build", "--content", f"{url}/clips/", "--style",
                                 f"{url}/in/pa*", "-o", f"{url}/m.parquet"])
     assert build.exit_code == 0, build.output
@@ -811,7 +816,6 @@ def test_pipeline_video_reads_and_writes_object_storage_and_resumes_elsewhere(
     two frames, their PNGs are in the bucket (beside the output-to-be); the same command on
     another machine resumes from them, writes the video there as one object, and removes the
     frames there; on a third, it finds the video done. The frames equal a local run's."""
-    from fractions import Fraction
 
     pytest.importorskip("av", reason="the video extra: pip install -e '.[video]'")
     pytest.importorskip("cv2", reason="the video extra: pip install -e '.[video]'")
@@ -819,12 +823,9 @@ def test_pipeline_video_reads_and_writes_object_storage_and_resumes_elsewhere(
     from pipeline.io.run_copies import IN_USE
     from pipeline.io.video import probe, read_frames
     from pipeline.video import output
-    from pipeline.video.synthetic import camera_clip, drawn_scene, write_clip
 
     url, folder, local = s3
-    write_clip(camera_clip(drawn_scene((160, 120)), (48, 36), 4), local / "clip.mp4",
-               Fraction(8))
-    upload(local / "clip.mp4", f"{url}/in/clip.mp4")
+    clip_in_bucket(s3, 4)
     args = ["video", f"{url}/in/clip.mp4", f"{url}/in/painting.png", "-o",
             f"{url}/out/styled.mp4", "--size", "40", "--iterations", "6", "--frame-iterations",
             "3", "--tol", "0", "--device", "cpu", "--precision", "fp32",
@@ -1109,14 +1110,12 @@ def test_a_dataset_larger_than_the_inputs_budget_runs_within_it(s3, tmp_path, mo
     the least recently used copies are trimmed as new ones arrive (by the scan and by each
     worker), the jobs fetch again those they need, the clip's copy is kept through its
     passes, and every output equals that of a run that kept every copy."""
-    from fractions import Fraction
 
     pytest.importorskip("av", reason="the video extra: pip install -e '.[video]'")
     pytest.importorskip("cv2", reason="the video extra: pip install -e '.[video]'")
     from pipeline.bulk.manifest import write_manifest
     from pipeline.io.copy_budget import INPUTS_MAX_ENV
     from pipeline.io.files import CACHE_ENV
-    from pipeline.video.synthetic import camera_clip, drawn_scene, write_clip
     from tests.run_helpers import cell, run_cli
 
     url, _, local = s3
@@ -1125,9 +1124,7 @@ def test_a_dataset_larger_than_the_inputs_budget_runs_within_it(s3, tmp_path, mo
     for name in names:  # noise: PNGs of some size, beside which the clip is small
         Image.fromarray(rng.integers(0, 256, (48, 64, 3), np.uint8)).save(local / name)
         upload(local / name, f"{url}/in/{name}")
-    write_clip(camera_clip(drawn_scene((160, 120)), (48, 36), 3), local / "clip.mp4",
-               Fraction(8))
-    upload(local / "clip.mp4", f"{url}/in/clip.mp4")
+    clip_in_bucket(s3, 3)
     rows = [{"content": f"{url}/in/{name}", "style": f"{url}/in/painting.png",
              "output": name} for name in [*names, "clip.mp4"]]
     manifest = write_manifest(rows, tmp_path / "m.parquet")
@@ -1163,18 +1160,14 @@ def test_pipeline_video_keeps_its_clip_s_copy_however_small_the_limit(s3, tmp_pa
     """With room for no copy at all, `pipeline video` of a clip in a bucket: fetching its
     style trims the clip's copy's name, yet the job reads the clip it probed (its own link),
     remembers its digest under the copy's name, and a second run finds the video done."""
-    from fractions import Fraction
 
     pytest.importorskip("av", reason="the video extra: pip install -e '.[video]'")
     pytest.importorskip("cv2", reason="the video extra: pip install -e '.[video]'")
     from pipeline.io.copy_budget import INPUTS_MAX_ENV
     from pipeline.io.files import CACHE_ENV
-    from pipeline.video.synthetic import camera_clip, drawn_scene, write_clip
 
-    url, _, local = s3
-    write_clip(camera_clip(drawn_scene((160, 120)), (48, 36), 3), local / "clip.mp4",
-               Fraction(8))
-    upload(local / "clip.mp4", f"{url}/in/clip.mp4")
+    url, _, _ = s3
+    clip_in_bucket(s3, 3)
     cache = _cache_beside_the_tests(tmp_path)
     monkeypatch.setenv(CACHE_ENV, str(cache))
     monkeypatch.setenv(INPUTS_MAX_ENV, "1")
