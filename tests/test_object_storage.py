@@ -1181,3 +1181,34 @@ def test_pipeline_video_keeps_its_clip_s_copy_however_small_the_limit(s3, tmp_pa
     assert again.exit_code == 0, again.output
     assert "3 (3 from an earlier run)" in " ".join(again.output.split()), again.output
     assert not list((cache / "inputs" / ".pins").iterdir())
+
+
+def test_a_video_job_checks_its_clip_by_its_version_not_by_a_second_download(s3, tmp_path,
+                                                                           monkeypatch):
+    """At its end a video job checks that its clip is still the one it read. Where the
+    clip's copy was trimmed meanwhile, the job's own link stands for it as long as the
+    object is that version: nothing is downloaded. A clip written again fails the check."""
+    pytest.importorskip("av", reason="the video extra: pip install -e '.[video]'")
+    from pipeline.bulk.jobs import Job, check_unchanged
+    from pipeline.errors import InputError
+    from pipeline.io import fetch
+    from pipeline.io.copy_budget import pinned
+    from pipeline.io.files import CACHE_ENV, remembered_digest
+
+    url, _, _ = s3
+    clip_in_bucket(s3, 3)
+    monkeypatch.setenv(CACHE_ENV, str(_cache_beside_the_tests(tmp_path)))
+    copy = fetch.local_copy(f"{url}/in/clip.mp4")
+    job = Job(None, "key", (48, 36), 3,  # type: ignore[arg-type]
+              ((f"{url}/in/clip.mp4", remembered_digest(copy, None, fetched=True)),))
+    with pinned(copy) as link:
+        copy.unlink()  # trimmed while the job ran
+        downloads = []
+        arriving = fetch.arriving
+        monkeypatch.setattr(fetch, "arriving", lambda *a: downloads.append(a) or 1 / 0)
+        check_unchanged(job, None, link)
+        assert downloads == []
+        monkeypatch.setattr(fetch, "arriving", arriving)
+        clip_in_bucket(s3, 4)  # written again: another version
+        with pytest.raises(InputError, match="changed since the run's scan"):
+            check_unchanged(job, None, link)

@@ -20,7 +20,8 @@ from typing import Any
 from ..errors import InputError, RowError, StoreUnavailable
 from ..gatys.keys import job_key
 from ..gatys.layers import min_input_side
-from ..io.fetch import concurrently, local_copy, local_file
+from ..io.copy_budget import linked_copy
+from ..io.fetch import concurrently, copy_name, current, local_copy, local_file
 from ..io.files import forget_digest, remembered_digest
 from ..io.images import check_shape, fit_longest_side, header_size, image_digest, read_rgb
 from ..io.objects import ImageObject, forget, image_object, scan_ahead
@@ -97,15 +98,17 @@ def under(batch: Batch, out_dir: Path) -> Batch:
         for job in batch.jobs))
 
 
-def check_unchanged(job: Job, cache: str | None = None) -> None:
+def check_unchanged(job: Job, cache: str | None = None, held: Path | None = None) -> None:
     """InputError when a file the job reads is no longer the one its key was made from: its
     output would carry that key over other pixels, and be taken as done if the file came
     back. Checked after the job read its inputs, so a change before or during that read
-    shows. A rerun keys the new version and makes it."""
+    shows. A rerun keys the new version and makes it. `held`: the job's own link to its
+    video's copy (video/part.kept_part), read where the object is still that version, so
+    that a copy trimmed meanwhile is not downloaded again to be checked."""
     for where, digest in job.inputs:
         try:  # a video is hashed whole only if it changed (io/files.remembered_digest)
-            now = (remembered_digest(local_file(where), cache, is_url(where))
-                   if is_video(where) else image_digest(where))
+            now = (_video_digest(where, cache, held) if is_video(where)
+                   else image_digest(where))
         except OSError as e:
             raise InputError(f"{where}: cannot read ({e.strerror or e})") from None
         if now != digest:
@@ -118,6 +121,13 @@ def check_unchanged(job: Job, cache: str | None = None) -> None:
                 forget_digest(where, cache)
             raise InputError(f"{where}: changed since the run's scan (the job's key names the "
                              "file as it was then); run again to stylize the new version")
+
+
+def _video_digest(where: Location, cache: str | None, held: Path | None) -> str:
+    if is_url(where) and held is not None and \
+            linked_copy(held).name == copy_name(current(str(where))):
+        return remembered_digest(held, cache, fetched=True)
+    return remembered_digest(local_file(where), cache, is_url(where))
 
 
 def forget_input_digests(jobs: Iterable[Job], objects: Mapping[str, ImageObject],

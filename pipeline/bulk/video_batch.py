@@ -78,7 +78,7 @@ def run_video_batch(wid: int, batch: Batch, runtime: Runtime, out_dir: Path, eve
                                 for i, r in sorted(clip.records.items())] for job, clip in clips})
         for job, clip in clips:
             try:  # its frames were read as it went: a file rewritten meanwhile fails the job
-                check_unchanged(job, runtime.cache)
+                check_unchanged(job, runtime.cache, clip.part.info.path)
             except StoreUnavailable:
                 raise
             except InputError as e:
