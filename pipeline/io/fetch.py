@@ -78,14 +78,14 @@ def copy_of(obj: Version, cache: str | None = None) -> Path:
     """`obj`'s local copy, downloaded unless this machine has it; a later copy may trim it
     (io/copy_budget.py): a reader takes it through `reading`."""
     with reading(obj, cache):
-        return _dest(obj, cache)
+        return copy_path(obj, cache)
 
 
 @contextlib.contextmanager
 def reading(obj: Version, cache: str | None = None) -> Iterator[Path]:
     """`obj`'s local copy as a file the block reads, downloaded unless this machine has it,
     whose bytes no process's trim deletes before the block ends (copy_budget.pinned)."""
-    dest = _dest(obj, cache)
+    dest = copy_path(obj, cache)
     with contextlib.ExitStack() as stack:
         try:
             path = stack.enter_context(pinned(dest))
@@ -100,7 +100,8 @@ def reading(obj: Version, cache: str | None = None) -> Iterator[Path]:
         yield path
 
 
-def _dest(obj: Version, cache: str | None) -> Path:
+def copy_path(obj: Version, cache: str | None = None) -> Path:
+    """Where `obj`'s local copy is (whether this machine has it or not)."""
     return cache_dir(cache) / "inputs" / copy_name(obj)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .copy_budget import fetched_ahead
-from .fetch import Version, concurrently, copy_name, copy_of, current, local_copy, reading
+from .fetch import Version, concurrently, copy_of, copy_path, current, local_copy, reading
 from .files import atomic_write_bytes, cache_dir, file_digest, mark_used
 from .images import displayed_size
 from .mirror import fetch_missing
@@ -57,9 +57,11 @@ def fetch_copies(objects: Iterable[ImageObject]) -> None:
     jobs a run has left to do, where they arrive on threads instead of one at a time in
     the workers (the others' copies are not needed); the first of them, as many as fit in
     half the copies' limit (io/copy_budget.py), the workers fetching the rest."""
-    folder = cache_dir() / "inputs"
     missing = [obj.version for obj in {obj.version.url: obj for obj in objects}.values()
-               if not (folder / copy_name(obj.version)).is_file()]
+               if not copy_path(obj.version).is_file()]
+    if not missing:
+        return
+    folder = copy_path(missing[0]).parent
     by_url = {v.url: v for v in missing[:fetched_ahead(folder, [v.size for v in missing])]}
     concurrently(lambda url: copy_of(by_url[url]), by_url)
 
