@@ -71,6 +71,8 @@ def test_ctrl_c_checkpoints_every_worker_of_the_cluster_and_the_resumed_run_equa
     alike end as the local run's bytes."""
     import signal
 
+    import torch
+
     from pipeline.bulk.checkpoint_files import saved_checkpoints
     from tests.run_helpers import cell, wait_for
 
@@ -83,8 +85,14 @@ def test_ctrl_c_checkpoints_every_worker_of_the_cluster_and_the_resumed_run_equa
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "COLUMNS": "200"})
+    def early(path):  # a checkpoint with most of its job still to run
+        try:
+            return torch.load(path, weights_only=True)["iteration"] <= ITERATIONS // 3
+        except (OSError, RuntimeError, EOFError):  # gone (its job ended) or being replaced
+            return False
+
     try:
-        wait_for(lambda: len(saved_checkpoints(out)) >= 2, timeout=300)
+        wait_for(lambda: sum(map(early, saved_checkpoints(out))) >= 2, timeout=300)
         proc.send_signal(signal.SIGINT)
         text = proc.communicate(timeout=120)[0]
     finally:
@@ -93,8 +101,9 @@ def test_ctrl_c_checkpoints_every_worker_of_the_cluster_and_the_resumed_run_equa
     assert proc.returncode == 130, text
     assert "each worker saves a checkpoint" in text
     assert int(cell(text, "pending")) == 6 - int(cell(text, "done now"))
-    # A job a few iterations from its end may finish before its worker sees the stop (the
-    # flag is looked up once a second): each job still checkpointed resumes.
+    # Two jobs were caught two thirds from their end, and the workers look for the stop at
+    # each iteration here (a local folder): both are saved, unless the driver took longer to
+    # pass the stop on than they took to end. Each job checkpointed resumes.
     kept = len(saved_checkpoints(out))
     assert kept >= 1
     again = _pipeline(*args)
@@ -105,6 +114,23 @@ def test_ctrl_c_checkpoints_every_worker_of_the_cluster_and_the_resumed_run_equa
     rows = ledger.read(out).values()
     assert len(rows) == 6 and all(r["status"] == "done" for r in rows)
     _assert_equal(out, reference)
+
+
+def test_a_ray_worker_sees_a_stop_in_a_local_folder_within_moments(tmp_path):
+    """Looking a local file up costs microseconds: a worker that looked a tenth of a second ago
+    (a few iterations) looks again, so a job near its end is saved, not finished past the stop.
+    """
+    import time
+
+    from pipeline.bulk.distributors.ray_cluster import RayWorker, stop_file
+
+    worker = RayWorker(0, 1, None, None)
+    worker.stop_file = stop_file(tmp_path, "run")
+    assert not worker.stopping()
+    worker.stop_file.parent.mkdir(parents=True)
+    worker.stop_file.touch()
+    time.sleep(0.2)
+    assert worker.stopping()
 
 
 def test_losing_a_node_mid_run_loses_and_repeats_nothing(cluster, dataset_module, reference,

@@ -39,7 +39,11 @@ except ImportError as e:  # the optional extra
 
 # An actor reports its iteration at most this often: each report is a call to the driver.
 ITERATION_EVERY_S = 0.5
+# A stop is looked for as often as the lookups take at most a 50th of a worker's time, and at
+# least once a second: each iteration in a local or NFS folder, about once a second in a bucket
+# (a HEAD). A job can otherwise end between the stop and its worker's next look, unsaved.
 STOP_LOOK_EVERY_S = 1.0
+STOP_LOOK_SHARE = 50
 PROBE_TIMEOUT_S = 5.0
 # Ray's settings (RAY_<name>, read when it connects) that bound joining a cluster to about
 # 15 s where it would retry for minutes, and keep its C++ connection warnings off stderr; a
@@ -99,11 +103,12 @@ class RayWorker:
         self.events.put(event)
 
     def stopping(self) -> bool:
-        """Looked up at most once a second: on shared storage a lookup can be a round trip."""
+        """Looked up as often as its cost allows: in a bucket a lookup is a round trip."""
         now = time.monotonic()
         if not self.stopped and self.stop_file is not None and now >= self.next_look:
-            self.next_look = now + STOP_LOOK_EVERY_S
             self.stopped = mirror.exists(self.stop_file)
+            cost = time.monotonic() - now
+            self.next_look = now + min(STOP_LOOK_EVERY_S, STOP_LOOK_SHARE * cost)
         return self.stopped
 
     def start(self) -> bool:
