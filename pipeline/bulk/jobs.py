@@ -21,10 +21,11 @@ from ..errors import InputError, RowError, StoreUnavailable
 from ..gatys.keys import job_key
 from ..gatys.layers import min_input_side
 from ..io.copy_budget import linked_copy
-from ..io.fetch import concurrently, copy_name, current, local_copy, local_file
+from ..io.fetch import Version, concurrently, copy_name, current, local_file
 from ..io.files import forget_digest, remembered_digest
 from ..io.images import check_shape, fit_longest_side, header_size, image_digest, read_rgb
-from ..io.objects import ImageObject, forget, image_object, scan_ahead
+from ..io.listing import Lister
+from ..io.objects import ImageObject, copied, forget, image_object, scan_ahead
 from ..io.storage import Location, is_url, location
 from ..io.video import is_video
 from ..video.part import ClipPart, clip_key, clip_part, kept_part
@@ -169,13 +170,15 @@ class Inspector:
         self.decode, self.cache = decode, cache
         self._seen: dict[Location, tuple[str, tuple[int, int]]] = {}
         self.objects: dict[str, ImageObject] = {}  # the image objects, by URL
+        self._asked: dict[str, Version] = {}  # with `decode`: the objects asked ahead, copied
+        self._lister = Lister()
         self._folders: dict[Path, Path | None] = {}  # output folder -> a file blocking it
 
     def _image(self, path: Location, row: int) -> tuple[str, tuple[int, int]]:
         if path not in self._seen:
             try:
                 if self.decode:  # one read: decode and hash the same bytes
-                    img, digest = read_rgb(path)
+                    img, digest = read_rgb(self._asked.pop(str(path), path))
                     self._seen[path] = (digest, img.size)
                 elif is_url(path):
                     self._remember(image_object(str(path), self.cache))
@@ -193,12 +196,15 @@ class Inspector:
     def ask_ahead(self, images: list[Location], videos: list[Location]) -> None:
         """What the next rows need of the objects among their images and videos, asked at
         once (a round trip each, all in flight together): with `decode`, their copies; else
-        an image's digest and size, and a video's copy (its probe reads it)."""
+        an image's digest and size, and a video's copy (its probe reads it). The versions of
+        many images of one folder come from its listing (io/listing.py)."""
+        images = [f for f in images if f not in self._seen]
+        listed = self._lister.versions(images)
         if self.decode:
-            concurrently(local_copy, [*images, *videos])
+            self._asked |= concurrently(lambda url: copied(url, listed.get(url)), images)
+            concurrently(copied, videos)
             return
-        for obj in scan_ahead([f for f in images if f not in self._seen], videos,
-                              self.cache).values():
+        for obj in scan_ahead(images, videos, self.cache, listed).values():
             self._remember(obj)
 
     def _remember(self, obj: ImageObject) -> None:

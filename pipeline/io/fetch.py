@@ -52,10 +52,16 @@ def current(url: str) -> Version:
         raise store_error(url, e) from None
     if info.get("type") == "directory":
         raise InputError(f"{url}: is a folder (a prefix), not a file")
-    etag = str(info.get("ETag") or info.get("etag") or "")
-    # s3fs gives a HEAD's ETag quoted and a listing's bare: one version, whichever it asked
-    tag = etag.removeprefix("W/").strip('"') or f"{info.get('size')}:{info.get('mtime')}"
-    return Version(url, tag, fs, path, info.get("size"))
+    return version_of(url, fs, path, info.get("ETag") or info.get("etag"), info.get("size"),
+                      info.get("mtime"))
+
+
+def version_of(url: str, fs: Any, path: str, etag: object, size: int | None,
+               mtime: object) -> Version:
+    """The version a HEAD's or a listing's answer names."""
+    # A HEAD's ETag comes quoted and some listings' bare: one version, whichever was asked
+    tag = str(etag or "").removeprefix("W/").strip('"') or f"{size}:{mtime}"
+    return Version(url, tag, fs, path, size)
 
 
 def local_file(where: str | Path) -> Path:

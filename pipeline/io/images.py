@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from ..errors import InputError
-from .fetch import FETCH_THREADS, local_copy, reading_url
+from .fetch import FETCH_THREADS, Version, local_copy, reading, reading_url
 from .files import file_digest
 from .storage import Location, is_url, name, parent
 
@@ -129,20 +129,24 @@ DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError,
 DRAFT_MARGIN = 4
 
 
-def read_rgb(path: str | os.PathLike) -> tuple[Image.Image, str]:
-    """Decode a file (or an object at a URL, storage.py) fully (so truncation shows up here),
-    honour EXIF orientation; return the RGB image and the sha256 of the file's bytes, from one
-    read of the file."""
+def read_rgb(path: str | os.PathLike | Version) -> tuple[Image.Image, str]:
+    """Decode a file (or an object at a URL, storage.py, or of a version just asked)
+    fully (so truncation shows up here), honour EXIF orientation; return the RGB image and
+    the sha256 of the file's bytes, from one read of the file."""
     img, digest, _ = read_rgb_for(path, 0)
     return img, digest
 
 
-def read_rgb_for(path: str | os.PathLike, longest: int
+def read_rgb_for(path: str | os.PathLike | Version, longest: int
                  ) -> tuple[Image.Image, str, tuple[int, int]]:
     """read_rgb for an image to be resized to `longest` px on its longest side (0: kept at
     its size): a large JPEG comes at a reduced scale of at least DRAFT_MARGIN x that; also
     its size as given (EXIF orientation applied)."""
-    if is_url(path):
+    if isinstance(path, Version):
+        with reading(path) as copy:
+            data = copy.read_bytes()
+        path = path.url
+    elif is_url(path):
         with reading_url(str(path)) as copy:
             data = copy.read_bytes()
     else:

@@ -28,11 +28,13 @@ class ImageObject:
     size: tuple[int, int]  # (w, h) as displayed
 
 
-def image_object(url: str, cache: str | None = None, fresh: bool = False) -> ImageObject:
+def image_object(url: str, cache: str | None = None, fresh: bool = False,
+                 known: Version | None = None) -> ImageObject:
     """What is remembered of the image object, else read from its local copy (downloaded)
-    and remembered; `fresh`: read and remembered again, over what was (found to be wrong).
-    InputError naming the URL when it cannot be read or decoded."""
-    obj = current(url)
+    and remembered; `fresh`: read and remembered again, over what was (found to be wrong);
+    `known`: its version as a listing just named it (io/listing.py), else asked. InputError
+    naming the URL when it cannot be read or decoded."""
+    obj = known or current(url)
     entry = _entry(obj, cache)
     if not fresh and (known := _known(entry, obj)) is not None:
         return known
@@ -45,11 +47,20 @@ def image_object(url: str, cache: str | None = None, fresh: bool = False) -> Ima
 
 
 def scan_ahead(images: Iterable[Location], videos: Iterable[Location],
-               cache: str | None = None) -> dict[str, ImageObject]:
+               cache: str | None = None, listed: dict[str, Version] | None = None
+               ) -> dict[str, ImageObject]:
     """The image objects among `images`, and the local copies of the video objects among
-    `videos` (whose probe reads them), many at once."""
+    `videos` (whose probe reads them), many at once; `listed`: versions already known."""
+    known = listed or {}
     concurrently(local_copy, videos)
-    return concurrently(lambda url: image_object(url, cache), images)
+    return concurrently(lambda url: image_object(url, cache, known=known.get(url)), images)
+
+
+def copied(url: str, known: Version | None = None) -> Version:
+    """The object at `url` (of version `known`, else as it is now), with a local copy."""
+    obj = known or current(url)
+    copy_of(obj)
+    return obj
 
 
 def fetch_copies(objects: Iterable[ImageObject]) -> None:
