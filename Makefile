@@ -90,6 +90,8 @@ bench: install  ## print every CPU table of BENCHMARKS.md (hours)
 	$(PY) -m bench.bench_manifest
 	$(PY) -m bench.bench_digests --photo $(BENCH_IMAGES)/boston.jpg --style $(BENCH_IMAGES)/starry_night.jpg
 	$(PY) -m bench.bench_report
+	$(PY) -m bench.bench_object_storage --rounds 3
+	$(PY) -m bench.bench_scan
 	$(PY) -m bench.bench_distributors
 	$(PY) -m bench.bench_distributors --iterations 160
 	$(PY) -m bench.bench_video --size 128 --frames 8 --weights 0,200,1000,5000

@@ -38,13 +38,13 @@ def _rows(url: str, names: list[str]) -> list[dict]:
 
 
 def _asked(monkeypatch, url: str) -> tuple[list[str], list[dict]]:
-    """The URLs asked by HEAD during a scan, and the listing requests made."""
+    """The URLs asked by HEAD during a scan (whoever asks), and the listing requests made."""
     heads: list[str] = []
     lists: list[dict] = []
-    current = objects.current
-    monkeypatch.setattr(objects, "current", lambda u: heads.append(u) or current(u))
     fs = storage.filesystem(url)[0]
-    call = fs.call_s3
+    info, call = fs.info, fs.call_s3
+    monkeypatch.setattr(fs, "info", lambda path, **kw: heads.append(f"s3://{path}")
+                        or info(path, **kw))
 
     def counted(method, *args, **kwargs):
         if method == "list_objects_v2":
