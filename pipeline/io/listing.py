@@ -1,8 +1,8 @@
 """The versions of many objects of one S3 folder from the folder's listing, instead of a HEAD
-request each: a listing page names up to a thousand objects with their ETags and sizes for the
-cost of a few HEADs (a client's time goes into signing and parsing each request, and a page is
-one round trip), so the scan of a bucket dataset, which every rerun makes, asks the store far
-less often.
+request each: a listing page names up to a thousand objects with their ETags and sizes in one
+round trip, for the client's CPU time of a few dozen HEADs (signing and parsing a request
+costs more than parsing a listed object), so the scan of a bucket dataset, which every rerun
+makes, asks the store far less often and costs far less CPU.
 
 A scan asks for its rows' objects a few hundred at a time (bulk/scan.py). Each folder with
 enough of them is listed from just before its first needed key, in key order, and the listing
@@ -28,7 +28,8 @@ log = logging.getLogger("pipeline.storage")
 
 PAGE = 1000  # the most keys S3 gives a page
 # A page is worth its request where it finds at least as many needed objects as the HEADs
-# that it saves would take in one round trip all together.
+# that it saves would take in one round trip all together. A page asks for about twice the
+# objects still needed, so that it costs less CPU than their HEADs wherever it is that dense.
 WORTH_LISTING = FETCH_THREADS
 # Listings of a folder in a row that found too few: then it is asked object by object. One
 # alone may be the edge between two runs of a manifest's objects, far apart in the folder.

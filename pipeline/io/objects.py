@@ -29,12 +29,12 @@ class ImageObject:
 
 
 def image_object(url: str, cache: str | None = None, fresh: bool = False,
-                 known: Version | None = None) -> ImageObject:
+                 version: Version | None = None) -> ImageObject:
     """What is remembered of the image object, else read from its local copy (downloaded)
     and remembered; `fresh`: read and remembered again, over what was (found to be wrong);
-    `known`: its version as a listing just named it (io/listing.py), else asked. InputError
-    naming the URL when it cannot be read or decoded."""
-    obj = known or current(url)
+    `version`: as a listing just named it (io/listing.py), else asked. InputError naming the
+    URL when it cannot be read or decoded."""
+    obj = version or current(url)
     entry = _entry(obj, cache)
     if not fresh and (known := _known(entry, obj)) is not None:
         return known
@@ -53,7 +53,7 @@ def scan_ahead(images: Iterable[Location], videos: Iterable[Location],
     `videos` (whose probe reads them), many at once; `listed`: versions already known."""
     known = listed or {}
     concurrently(local_copy, videos)
-    return concurrently(lambda url: image_object(url, cache, known=known.get(url)), images)
+    return concurrently(lambda url: image_object(url, cache, version=known.get(url)), images)
 
 
 def copied(url: str, known: Version | None = None) -> Version:

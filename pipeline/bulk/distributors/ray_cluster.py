@@ -40,8 +40,8 @@ except ImportError as e:  # the optional extra
 # An actor reports its iteration at most this often: each report is a call to the driver.
 ITERATION_EVERY_S = 0.5
 # A stop is looked for as often as the lookups take at most a 50th of a worker's time, and at
-# least once a second: each iteration in a local or NFS folder, about once a second in a bucket
-# (a HEAD). A job can otherwise end between the stop and its worker's next look, unsaved.
+# least once a second: each iteration in a local folder, about once a second in a bucket (a
+# HEAD). A job can otherwise end between the stop and its worker's next look, unsaved.
 STOP_LOOK_EVERY_S = 1.0
 STOP_LOOK_SHARE = 50
 PROBE_TIMEOUT_S = 5.0
