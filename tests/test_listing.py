@@ -38,16 +38,23 @@ def _rows(url: str, names: list[str]) -> list[dict]:
 
 
 def _asked(monkeypatch, url: str) -> tuple[list[str], list[dict]]:
-    """The URLs asked by HEAD during a scan (whoever asks), and the listing requests made."""
+    """The URLs under `url` asked by HEAD during a scan (whoever asks: not another test's
+    thread), and the listing requests made."""
     heads: list[str] = []
     lists: list[dict] = []
     fs = storage.filesystem(url)[0]
     info, call = fs.info, fs.call_s3
-    monkeypatch.setattr(fs, "info", lambda path, **kw: heads.append(f"s3://{path}")
-                        or info(path, **kw))
+
+    def head(path, **kwargs):
+        if f"s3://{path}".startswith(f"{url}/"):
+            heads.append(f"s3://{path}")
+        return info(path, **kwargs)
+
+    monkeypatch.setattr(fs, "info", head)
 
     def counted(method, *args, **kwargs):
-        if method == "list_objects_v2":
+        listed = f"s3://{kwargs.get('Bucket')}/{kwargs.get('Prefix')}"
+        if method == "list_objects_v2" and listed.startswith(f"{url}/"):
             lists.append(kwargs)
         return call(method, *args, **kwargs)
 
