@@ -85,6 +85,7 @@ def test_ctrl_c_checkpoints_every_worker_of_the_cluster_and_the_resumed_run_equa
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "COLUMNS": "200"})
+
     def early(path):  # a checkpoint with most of its job still to run
         try:
             return torch.load(path, weights_only=True)["iteration"] <= ITERATIONS // 3
@@ -117,7 +118,7 @@ def test_ctrl_c_checkpoints_every_worker_of_the_cluster_and_the_resumed_run_equa
 
 
 def test_a_ray_worker_sees_a_stop_in_a_local_folder_within_moments(tmp_path):
-    """Looking a local file up costs microseconds: a worker that looked a tenth of a second ago
+    """Looking a local file up costs microseconds: a worker that looked a fifth of a second ago
     (a few iterations) looks again, so a job near its end is saved, not finished past the stop.
     """
     import time
