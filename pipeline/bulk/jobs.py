@@ -21,7 +21,7 @@ from ..errors import InputError, RowError, StoreUnavailable
 from ..gatys.keys import job_key
 from ..gatys.layers import min_input_side
 from ..io.copy_budget import linked_copy
-from ..io.fetch import Version, concurrently, copy_name, current, local_file
+from ..io.fetch import Version, concurrently, copy_name, current, local_copy, local_file
 from ..io.files import forget_digest, remembered_digest
 from ..io.images import check_shape, fit_longest_side, header_size, image_digest, read_rgb
 from ..io.listing import Lister
@@ -202,7 +202,7 @@ class Inspector:
         listed = self._lister.versions(images)
         if self.decode:
             self._asked |= concurrently(lambda url: copied(url, listed.get(url)), images)
-            concurrently(copied, videos)
+            concurrently(local_copy, videos)
             return
         for obj in scan_ahead(images, videos, self.cache, listed).values():
             self._remember(obj)
