@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -121,20 +122,37 @@ def test_ctrl_c_checkpoints_every_worker_of_the_cluster_and_the_resumed_run_equa
     _assert_equal(out, reference)
 
 
-def test_a_ray_worker_sees_a_stop_in_a_local_folder_within_moments(tmp_path):
-    """Looking a local file up costs microseconds: a worker that looked a fifth of a second ago
-    (a few iterations) looks again, so a job near its end is saved, not finished past the stop.
-    """
-    import time
+@pytest.mark.parametrize("cost_s, gap_s", [(20e-6, 1e-3), (0.02, 1.0)])
+def test_a_ray_worker_looks_for_a_stop_as_often_as_the_lookup_cost_allows(
+        tmp_path, monkeypatch, cost_s, gap_s):
+    """A local file's lookup (microseconds) is made about every millisecond, so a job a few
+    iterations from its end is saved, not finished past the stop; a bucket's (a round trip)
+    about once a second. On a clock of its own, so the machine's speed decides nothing."""
+    import types
 
-    from pipeline.bulk.distributors.ray_cluster import RayWorker, stop_file
+    from pipeline.bulk.distributors import ray_cluster
 
-    worker = RayWorker(0, 1, None, None)
-    worker.stop_file = stop_file(tmp_path, "run")
-    assert not worker.stopping()
+    clock = [0.0]
+    looks = []
+
+    def exists(path):
+        looks.append(clock[0])
+        clock[0] += cost_s
+        return path.exists()
+
+    monkeypatch.setattr(ray_cluster, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(ray_cluster.mirror, "exists", exists)
+    worker = ray_cluster.RayWorker(0, 1, None, None)
+    worker.stop_file = ray_cluster.stop_file(tmp_path, "run")
+    iteration_s = 1e-4
+    while clock[0] < 3.0:
+        assert not worker.stopping()
+        clock[0] += iteration_s
+    gaps = [b - a for a, b in itertools.pairwise(looks)]
+    assert gap_s * 0.999 <= min(gaps) and max(gaps) <= gap_s + cost_s + iteration_s
     worker.stop_file.parent.mkdir(parents=True)
     worker.stop_file.touch()
-    time.sleep(0.2)
+    clock[0] = looks[-1] + ray_cluster.STOP_LOOK_EVERY_S
     assert worker.stopping()
 
 
