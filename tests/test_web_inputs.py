@@ -23,7 +23,7 @@ from pipeline.cli import app
 from pipeline.io import storage
 from pipeline.io.images import read_metadata
 from tests.conftest import make_painting, make_photo
-from tests.run_helpers import run_cli
+from tests.run_helpers import cell, run_cli
 from tests.s3_server import free_port
 
 pytest.importorskip("aiohttp", reason="fsspec's http client: pip install -e '.[s3]'")
@@ -34,6 +34,10 @@ FAST = ["--size", "40", "--iterations", "4", "--device", "cpu", "--precision", "
 class _Quiet(SimpleHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
+
+    def send_header(self, keyword: str, value: str) -> None:
+        if not (keyword == "Last-Modified" and self.path.startswith("/unversioned/")):
+            super().send_header(keyword, value)  # (a server that names no version of these)
 
     def send_head(self):  # what a private file of a web server answers
         if self.path.startswith("/private/"):
@@ -100,6 +104,45 @@ def test_a_fetched_copy_read_again_is_marked_used(web):
     copy = local_copy(f"{url}/photo.png")
     os.utime(copy, (1, 1))
     assert local_copy(f"{url}/photo.png") == copy and copy.stat().st_mtime > 1
+
+
+@pytest.mark.parametrize("where", ["", "unversioned/"])
+def test_an_image_written_again_at_its_size_is_stylized_again(web, tmp_path, where):
+    """A web server may name a file's version by its time alone (Last-Modified, no ETag), or
+    not at all: a photo replaced by another of the very same byte size is read again and its
+    job made again, under the new bytes' key, and its thumbnail in the report; unchanged, it
+    is found done."""
+    import os
+
+    url, folder = web
+    (folder / where).mkdir(exist_ok=True)
+    photo = folder / where / "same-size.png"
+    make_photo((48, 40), seed=5).save(photo, compress_level=0)
+    size = photo.stat().st_size
+    pq.write_table(pa.table({"content": [f"{url}/{where}same-size.png"],
+                             "style": [f"{url}/painting.png"], "output": ["o.png"]}),
+                   tmp_path / "m.parquet")
+    out = tmp_path / "out"
+
+    def run() -> tuple[str, str]:
+        ran = run_cli(tmp_path / "m.parquet", out)
+        assert ran.exit_code == 0, ran.output
+        return cell(ran.output, "done now"), read_metadata(out / "o.png")["job_key"]
+
+    def thumbnails() -> set[bytes]:
+        return {p.read_bytes() for p in (out / "report_files" / "thumbs").glob("*.jpg")}
+
+    done, first = run()
+    assert done == "1"
+    before = thumbnails()
+    make_photo((48, 40), seed=6).save(photo, compress_level=0)
+    assert photo.stat().st_size == size
+    later = photo.stat().st_mtime + 10  # in a second of its own: Last-Modified's grain
+    os.utime(photo, (later, later))
+    done, second = run()
+    assert done == "1" and second != first
+    assert len(before & thumbnails()) == 1  # the painting's: the photo's and output's are new
+    assert run() == ("0", second)
 
 
 def test_a_url_that_cannot_be_read_is_one_line_within_seconds(web, tmp_path, monkeypatch):

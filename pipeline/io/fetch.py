@@ -1,10 +1,11 @@
 """Inputs in object storage as local files: each object downloaded once into the cache's
 `inputs` folder, named by its URL and its version (ETag, else size and time), so an object
 written again is fetched again and a run on the same machine downloads one again only
-once its copy was trimmed (io/copy_budget.py: the copies stay within a limit of the disk).
-Each reader reads a link of its own to the copy (`reading`), which no trim takes from it.
-`concurrently` asks many objects at once on threads: a manifest's inputs arrive while the
-scan runs, instead of one round trip per file."""
+once its copy was trimmed (io/copy_budget.py: the copies stay within a limit of the disk);
+one whose server names neither is fetched at each read. Each reader reads a link of its
+own to the copy (`reading`), which no trim takes from it. `concurrently` asks many objects
+at once on threads: a manifest's inputs arrive while the scan runs, instead of one round
+trip per file."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ from .storage import filesystem, is_url, name, store_error
 FETCH_THREADS = 16
 
 T = TypeVar("T")
+# Where fsspec's file systems put an object's modification time: gcsfs and others, s3fs,
+# HTTP's header.
+MODIFIED = ("mtime", "LastModified", "Last-Modified")
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,7 @@ class Version:
     """An object as the store has it now: what names its copy and what it is remembered by."""
 
     url: str
-    tag: str  # ETag, else size and modification time
+    tag: str  # ETag, else size and modification time; "" where the store names neither
     fs: Any
     path: str
     size: int | None = None  # bytes, where the store says
@@ -40,6 +44,13 @@ class Version:
     @property
     def identity(self) -> str:
         return hashlib.sha256(f"{self.url}\0{self.tag}".encode()).hexdigest()
+
+    @property
+    def known(self) -> bool:
+        """Whether the store names this version. Else a copy or a digest kept from an earlier
+        read may be of other bytes (a web server that sends neither ETag nor Last-Modified):
+        the object is read anew each time."""
+        return bool(self.tag)
 
 
 def current(url: str) -> Version:
@@ -53,14 +64,16 @@ def current(url: str) -> Version:
     if info.get("type") == "directory":
         raise InputError(f"{url}: is a folder (a prefix), not a file")
     return version_of(url, fs, path, info.get("ETag") or info.get("etag"), info.get("size"),
-                      info.get("mtime"))
+                      next((info[k] for k in MODIFIED if info.get(k)), None))
 
 
 def version_of(url: str, fs: Any, path: str, etag: object, size: int | None,
                mtime: object) -> Version:
     """The version a HEAD's or a listing's answer names."""
     # A HEAD's ETag comes quoted and some listings' bare: one version, whichever was asked
-    tag = str(etag or "").removeprefix("W/").strip('"') or f"{size}:{mtime}"
+    tag = str(etag or "").removeprefix("W/").strip('"')
+    if not tag and mtime:
+        tag = f"{size}:{mtime}"  # a time of one second's grain, as a browser's cache has it
     return Version(url, tag, fs, path, size)
 
 
@@ -89,14 +102,17 @@ def copy_of(obj: Version, cache: str | None = None) -> Path:
 
 @contextlib.contextmanager
 def reading(obj: Version, cache: str | None = None) -> Iterator[Path]:
-    """`obj`'s local copy as a file the block reads, downloaded unless this machine has it,
-    whose bytes no process's trim deletes before the block ends (copy_budget.pinned)."""
+    """`obj`'s local copy as a file the block reads, downloaded unless this machine has it
+    (of a version the store names), whose bytes no process's trim deletes before the block
+    ends (copy_budget.pinned)."""
     dest = copy_path(obj, cache)
     with contextlib.ExitStack() as stack:
-        try:
-            path = stack.enter_context(pinned(dest))
-            mark_used(dest)
-        except FileNotFoundError:  # not here (or trimmed a moment ago)
+        path = None
+        if obj.known:
+            with contextlib.suppress(FileNotFoundError):  # not here (or trimmed a moment ago)
+                path = stack.enter_context(pinned(dest))
+                mark_used(dest)
+        if path is None:
             try:
                 with arriving(dest, obj.size), atomic_path(dest) as tmp:
                     obj.fs.get_file(obj.path, str(tmp))

@@ -76,7 +76,7 @@ class Lister:
                 for e in hits:
                     url = wanted[e["Key"]]
                     found[url] = version_of(url, fs, f"{bucket}/{e['Key']}",
-                                            e.get("ETag"), e.get("Size"), None)
+                                            e.get("ETag"), e.get("Size"), e.get("LastModified"))
                 if len(found) == len(keys) or not page.get("IsTruncated") or \
                         (entries and entries[-1]["Key"] >= keys[-1]):
                     self.sparse.pop(where, None)

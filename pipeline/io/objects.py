@@ -3,7 +3,7 @@ remembered in the cache's `objects` part by the object's URL and version. A reru
 on another machine that shares the cache, then needs none of the bytes of the jobs it finds
 done: a bucket dataset is not downloaded again to learn that most of it is finished, and its
 local copies (`inputs`) can be cleared at any time. An object written again is a new version,
-so it is read again."""
+so it is read again; one whose server names no version is read at each run."""
 
 from __future__ import annotations
 
@@ -36,10 +36,12 @@ def image_object(url: str, cache: str | None = None, fresh: bool = False,
     URL when it cannot be read or decoded."""
     obj = version or current(url)
     entry = _entry(obj, cache)
-    if not fresh and (known := _known(entry, obj)) is not None:
-        return known
+    if not fresh and obj.known and (remembered := _known(entry, obj)) is not None:
+        return remembered
     with reading(obj, cache) as copy:  # where the workers of this machine read it
         found = ImageObject(obj, file_digest(copy), displayed_size(copy, url))
+    if not obj.known:  # another read may find other bytes
+        return found
     record = {"url": obj.url, "version": obj.tag, "sha256": found.digest, "size": found.size}
     with contextlib.suppress(OSError):  # a cache we cannot write costs a download next time
         atomic_write_bytes(entry, json.dumps(record).encode(), durable=False)

@@ -134,7 +134,10 @@ class Thumbnails:
             if dest.exists():
                 drop_local([dest])
             return dest
-        if dest.is_file() and dest.stat().st_size:  # (empty: a crash cut its write)
+        # Kept unless empty (a crash cut its write) or of an object whose server names no
+        # version (it may hold other bytes now).
+        if dest.is_file() and dest.stat().st_size and \
+                not (isinstance(source, Version) and not source.known):
             return dest
         try:
             with (reading(source) if isinstance(source, Version) else borrowed(source)) as path:
