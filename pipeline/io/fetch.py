@@ -73,7 +73,7 @@ def version_of(url: str, fs: Any, path: str, etag: object, size: int | None,
     # A HEAD's ETag comes quoted and some listings' bare: one version, whichever was asked
     tag = str(etag or "").removeprefix("W/").strip('"')
     if not tag and mtime:
-        tag = f"{size}:{mtime}"  # a time of one second's grain, as a browser's cache has it
+        tag = f"{size}:{mtime}"  # (HTTP's Last-Modified is to the second, as browsers go by)
     return Version(url, tag, fs, path, size)
 
 

@@ -136,8 +136,7 @@ class Thumbnails:
             return dest
         # Kept unless empty (a crash cut its write) or of an object whose server names no
         # version (it may hold other bytes now).
-        if dest.is_file() and dest.stat().st_size and \
-                not (isinstance(source, Version) and not source.known):
+        if dest.is_file() and dest.stat().st_size and (isinstance(source, Path) or source.known):
             return dest
         try:
             with (reading(source) if isinstance(source, Version) else borrowed(source)) as path:
