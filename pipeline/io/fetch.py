@@ -26,9 +26,9 @@ from .storage import filesystem, is_url, name, store_error
 FETCH_THREADS = 16
 
 T = TypeVar("T")
-# Where fsspec's file systems put an object's modification time: gcsfs and others, s3fs,
-# HTTP's header.
-MODIFIED = ("mtime", "LastModified", "Last-Modified")
+# Where fsspec's file systems put an object's modification time: fsspec's own, s3fs, adlfs,
+# and its HTTP client (the server's header).
+MODIFIED = ("mtime", "LastModified", "last_modified", "Last-Modified")
 
 
 @dataclass(frozen=True)
