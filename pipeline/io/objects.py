@@ -59,9 +59,11 @@ def scan_ahead(images: Iterable[Location], videos: Iterable[Location],
 
 
 def copied(url: str, known: Version | None = None) -> Version:
-    """The object at `url` (of version `known`, else as it is now), with a local copy."""
+    """The object at `url` (of version `known`, else as it is now), with a local copy where
+    the store names its version (else its reader fetches it anew: `reading`)."""
     obj = known or current(url)
-    copy_of(obj)
+    if obj.known:
+        copy_of(obj)
     return obj
 
 
