@@ -160,6 +160,50 @@ def test_invalid_rows_are_listed_and_skip_bad_rows_runs_the_rest(dataset, tmp_pa
     assert got["report"] == str(out / "report.html") and got["resume_from_checkpoint"] == 0
 
 
+def test_a_quiet_run_says_its_skipped_rows_and_failures_and_nothing_else(dataset, tmp_path):
+    """-q for scripts and cron: no bars, table or lines that only inform (a worker's provider),
+    but each row left out, each job that failed and, on a rerun, why the exit code is 1."""
+    content = dataset.parent / "content"
+    (content / "c1.png").write_bytes(b"not a png")  # rows 2 and 3: invalid, left out
+    whole = (content / "c2.png").read_bytes()
+    (content / "c2.png").write_bytes(whole[:len(whole) // 2])  # rows 4, 5: fail as they decode
+    out = tmp_path / "out"
+    first = run_cli(dataset, out, "--skip-bad-rows", "-q")
+    assert first.exit_code == 1, first.output
+    lines = first.output.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "WARNING  skipped row 2", "WARNING  skipped row 3", "failed row 4", "failed row 5"], lines
+    assert "c1.png: cannot decode" in lines[0] and "c2.png: cannot decode" in lines[2]
+    assert len(list(out.glob("*.png"))) == 2 and (out / "report.html").is_file()
+    again = run_cli(dataset, out, "--skip-bad-rows", "-q")
+    assert again.exit_code == 1, again.output
+    assert again.output.splitlines()[2:] == [
+        "failed 2 jobs in an earlier run (pipeline status lists why; --retry-failed reruns "
+        "them)"], again.output
+    told = run_cli(dataset, out, "--skip-bad-rows")  # the same, said in full
+    assert told.exit_code == 1, told.output
+    assert cell(told.output, "failed") == "4 (2 from earlier runs; --retry-failed reruns them)"
+
+
+def test_a_quiet_display_says_warnings_failures_and_lost_workers_only():
+    from pipeline.bulk.events import BatchStarted, JobsDone, Log, Lost, Ready
+    from pipeline.cli.progress import RunDisplay, console
+
+    with console.capture() as captured, RunDisplay(4, ["cpu", "cpu"], quiet=True) as display:
+        for event in (Ready(0, "cpu", "fp32", "auto"), BatchStarted(0, 2, 40, 25),
+                      Log(0, "targets: ONNX Runtime provider CPUExecutionProvider"),
+                      Log(1, "cannot keep the passes of a.mp4", warning=True),
+                      JobsDone(0, 1, [(3, "a.png: cannot decode image")]), Lost(1, "killed")):
+            display.handle(event)
+        display.worker_restarted(1)
+        display.interrupted()
+    assert captured.get().splitlines() == [
+        "w1: cannot keep the passes of a.mp4", "failed row 3: a.png: cannot decode image",
+        "worker 1 died (killed)",
+        "w1: a new worker starts in its place; its batch goes to the next worker free",
+        "stopping: each worker saves a checkpoint of its batch... (Ctrl-C again to quit now)"]
+
+
 def test_a_job_whose_image_breaks_after_validation_fails_alone(dataset, tmp_path):
 
     from pipeline.accel.runtime import Runtime
@@ -784,4 +828,4 @@ def test_a_worker_forwards_the_provider_and_warnings_not_per_image_lines():
     finally:
         logger.removeHandler(handler)
     assert sent == [Log(3, "targets: ONNX Runtime provider CPUExecutionProvider"),
-                    Log(3, "cannot keep the passes of a.mp4")]
+                    Log(3, "cannot keep the passes of a.mp4", warning=True)]

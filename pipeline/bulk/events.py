@@ -57,6 +57,7 @@ class JobsDone:
 class Log:
     worker: int
     message: str
+    warning: bool = False  # shown also where the run is quiet (run --quiet)
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,8 @@ class RunOptions:
     trace_every: int = option(TRACE_EVERY, TRACE_EVERY_HELP + " Kept in --out/traces/ as "
                                                             "Parquet, by job key.", lo=0)
     skip_bad_rows: bool = option(False, "Record invalid rows as failed and run the rest, "
-                                        "instead of refusing to start.")
+                                        "instead of refusing to start (each named in a "
+                                        "warning line first).")
     retry_failed: bool = option(False, "Run jobs that failed in an earlier run again (they are "
                                        "skipped otherwise).")
     overrides: dict[str, Any] = field(default_factory=dict)  # --set: column defaults

@@ -9,6 +9,7 @@ sharing a folder could pick the same batch.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -34,6 +35,10 @@ from .run_options import RunOptions
 from .run_state import mirrored_folder, new_run_id, output_is_done, recorded, write_run_info
 from .scan import Scan, fetch_inputs, scan
 from .worker import WorkerConfig
+
+log = logging.getLogger("pipeline.run")
+# Rows that --skip-bad-rows leaves out are named one by one up to this many, then counted.
+SKIPPED_LISTED = 100
 
 
 class ManifestInvalid(InputError):
@@ -129,6 +134,7 @@ def _run(manifest: Location, opts: RunOptions, remote: str | None,
                      cache=opts.runtime.cache)
     if found.errors and not opts.skip_bad_rows:
         raise ManifestInvalid(found.errors)
+    _say_skipped(found.errors)
     # Absolute: a worker elsewhere has another working folder.
     config = WorkerConfig(out_dir=Path(os.path.realpath(out_dir)),
                           checkpoint_every=opts.checkpoint_every, runtime=opts.runtime,
@@ -164,6 +170,16 @@ def _run(manifest: Location, opts: RunOptions, remote: str | None,
                                  display_factory)
     result.seconds, result.folder = time.perf_counter() - start, out_dir
     return result
+
+
+def _say_skipped(errors: list[RowError]) -> None:
+    """--skip-bad-rows: which rows the run leaves out and why, before it starts (each is
+    recorded as failed, so `pipeline status` and the report list them too)."""
+    for e in errors[:SKIPPED_LISTED]:
+        log.warning("skipped %s", e)
+    if len(errors) > SKIPPED_LISTED:
+        log.warning("skipped %d more invalid rows (pipeline status lists them all)",
+                    len(errors) - SKIPPED_LISTED)
 
 
 def _run_locked(manifest: Location, opts: RunOptions, found: Scan, run_id: str,

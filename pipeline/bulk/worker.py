@@ -185,7 +185,7 @@ class Worker:
         except VideoWriteFailed as e:
             raise WriteFailed(str(e)) from e
         if error:
-            self.emit(Log(self.wid, f"{error}; the clip goes on whole on one worker"))
+            self.emit(Log(self.wid, f"{error}; the clip goes on whole on one worker", True))
         self.flush_uploads()
         self.emit(BatchDone(self.wid, 0, [], piece_failed=bool(error)))
 
@@ -514,8 +514,9 @@ class ForwardLog(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
-        if record.levelno >= logging.WARNING or "provider" in message:
-            self.send(Log(self.wid, message))
+        warning = record.levelno >= logging.WARNING
+        if warning or "provider" in message:
+            self.send(Log(self.wid, message, warning))
 
 
 def forward_logs(wid: int, emit: Emit) -> None:

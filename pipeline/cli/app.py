@@ -47,6 +47,12 @@ def computing() -> Iterator[None]:
     gc.freeze()
 
 
+def only_warnings(quiet: bool) -> None:
+    """--quiet: the package's log lines that only inform are not said."""
+    if quiet:
+        logging.getLogger("pipeline").setLevel(logging.WARNING)
+
+
 def say_error(message: object) -> None:
     say("error:", "red", message)
 
@@ -117,7 +123,12 @@ def logs(verbose: bool = typer.Option(True, "--verbose/--quiet-log",
                                       help="Log target and model events (provider chosen, "
                                            "cache hits, exports) to stderr.")) -> None:
     """Batch neural style transfer (Gatys et al., CVPR 2016)."""
-    handler = RichHandler(console=console, show_path=False, show_time=False)
+    handler: logging.Handler
+    if console.is_interactive:
+        handler = RichHandler(console=console, show_path=False, show_time=False)
+    else:  # a log file, a pipe, CI: a message is one line, whole for grep, never wrapped
+        handler = logging.StreamHandler(console.file)
+        handler.setFormatter(logging.Formatter("%(levelname)-8s %(message)s"))
     logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler],
                         force=True)
     logging.getLogger("pipeline").setLevel(logging.INFO if verbose else logging.WARNING)
@@ -134,11 +145,12 @@ def print_errors(errors: list[RowError], limit: int | None = LISTED, then: str =
 
 
 @contextlib.contextmanager
-def counting(what: str = "checking rows") -> Iterator[Callable[[int], None]]:
+def counting(what: str = "checking rows", shown: bool = True
+             ) -> Iterator[Callable[[int], None]]:
     """A transient counter while manifest rows are checked (or a report's thumbnails made);
     yields `advance(n)`. None into a log or a pipe, where all it would leave is a blank
-    line."""
-    if not console.is_interactive:
+    line, nor where the command is quiet (`shown` False)."""
+    if not (shown and console.is_interactive):
         yield lambda n: None
         return
     with Progress(SpinnerColumn(), TextColumn(what, style="bold", markup=False), TextColumn(
@@ -147,4 +159,5 @@ def counting(what: str = "checking rows") -> Iterator[Callable[[int], None]]:
         yield lambda n: bar.advance(task, n)
 
 
-__all__ = ["app", "computing", "counting", "print_errors", "reports_errors", "say_error"]
+__all__ = ["app", "computing", "counting", "only_warnings", "print_errors", "reports_errors",
+           "say_error"]

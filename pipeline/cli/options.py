@@ -113,6 +113,14 @@ STORAGE_OPTION = typer.Option(None, "--storage-option", help="For s3:// (any fss
                               "~/.config/fsspec.")
 
 
+# For the commands that stylize one input on one device.
+DEVICE_OPTION = typer.Option("auto", help="auto (first GPU, else CPU), cpu, cuda or cuda:N.")
+# For scripts, schedulers and cron: silent on success, the exit code telling the outcome.
+QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bars, summary or lines "
+                            "that only inform (INFO log lines); warnings and errors are still "
+                            "said on stderr, and the exit code tells the outcome.")
+
+
 def field_option(owner: type, name: str) -> Any:
     """The Typer option of one declared field, for a command that takes only it."""
     return typer_option(owner, next(f for f in fields(owner) if f.name == name))
@@ -123,4 +131,5 @@ def field_option(owner: type, name: str) -> Any:
 CACHE_OPTION = field_option(RuntimeOptions, "cache")
 
 
-__all__ = ["CACHE_OPTION", "STORAGE_OPTION", "field_option", "help_text", "with_options"]
+__all__ = ["CACHE_OPTION", "DEVICE_OPTION", "QUIET_OPTION", "STORAGE_OPTION", "field_option",
+           "help_text", "with_options"]

@@ -148,15 +148,17 @@ LOG_EVERY = 60.0
 
 class Pace:
     """Where no bars are drawn (stderr no interactive terminal: a log file, CI, a scheduler's
-    output), progress is said in plain lines instead: at most every LOG_EVERY seconds."""
+    output), progress is said in plain lines instead: at most every LOG_EVERY seconds.
+    `shown` False (--quiet): neither."""
 
-    def __init__(self) -> None:
-        self.live = console.is_interactive
+    def __init__(self, shown: bool = True) -> None:
+        self.shown = shown
+        self.live = shown and console.is_interactive
         self.at = time.monotonic()
 
     def due(self, last: bool = False) -> bool:
         """Whether to say a line now (`last`: the work is done, said once more)."""
-        if self.live or not (last or time.monotonic() - self.at >= LOG_EVERY):
+        if not self.shown or self.live or not (last or time.monotonic() - self.at >= LOG_EVERY):
             return False
         self.at = time.monotonic()
         return True
@@ -174,9 +176,10 @@ def status_line(done: int, failed: int, total: int, seconds: float, videos: bool
 
 class RunDisplay:
     """Overall jobs bar plus one line per worker; fed the workers' events. No bars where they
-    would not be redrawn: a plain line instead (Pace)."""
+    would not be redrawn: a plain line instead (Pace). `quiet`: neither, nor the lines that
+    only inform; failures, warnings and what a stop does are still said."""
 
-    def __init__(self, total: int, devices: list[str]):
+    def __init__(self, total: int, devices: list[str], quiet: bool = False):
         self.bar = Progress(TextColumn("{task.description}", style="bold", markup=False),
                             BarColumn(),
                             MofNCompleteColumn(), RateHourColumn(), RateColumn(),
@@ -187,7 +190,7 @@ class RunDisplay:
                         for i, d in enumerate(devices)]
         self.labels = list(devices)
         self.devices = list(devices)  # relabelled with precision once workers report
-        self.pace = Pace()
+        self.pace = Pace(not quiet)
         self.failed = 0
         self.videos = False  # the rate's unit: a video is one output
 
@@ -221,8 +224,8 @@ class RunDisplay:
                 say(f"worker {wid} could not start:", "red", message, self.bar.console)
             case CannotWrite(message=message):
                 say("stopping:", "red", message, self.bar.console)
-            case Log(message=message):
-                say(f"w{wid}:", "cyan", message, self.bar.console)
+            case Log(message=message, warning=warning):
+                self._say(wid, message, warning)
             case Exited():
                 self.bar.update(task, description=f"  w{wid} {self.devices[wid]}: finished")
             case Lost(how=how):
@@ -256,22 +259,27 @@ class RunDisplay:
         wid, n, total, start = event.worker, event.jobs, event.iterations, event.resumed_at
         self.videos |= event.unit == "frames"
         if start and event.label:
-            say(f"w{wid}:", "cyan", f"{event.label}: {start} of {total} {event.unit} kept by "
-                "an earlier run", self.bar.console)
+            self._say(wid, f"{event.label}: {start} of {total} {event.unit} kept by an "
+                      "earlier run")
         elif start:
-            say(f"w{wid}:", "cyan", f"resuming a batch of {n} from its checkpoint at "
-                f"iteration {start}/{total}", self.bar.console)
+            self._say(wid, f"resuming a batch of {n} from its checkpoint at iteration "
+                      f"{start}/{total}")
         what = event.label or (f"{n} video{'s' * (n > 1)}, frames" if event.unit == "frames"
                                else f"batch of {n}")
         resumed = f", resumed at {start}" if start else ""
         self.bar.reset(self.workers[wid], total=total, completed=start,
                        description=f"  w{wid} {self.devices[wid]}: {what}{resumed}")
 
+    def _say(self, wid: int, message: str, warning: bool = False) -> None:
+        """A worker's line: where the run is quiet, only a warning."""
+        if warning or self.pace.shown:
+            say(f"w{wid}:", "cyan", message, self.bar.console)
+
     def worker_restarted(self, wid: int) -> None:
         # Its jobs say where they resume (row N: resuming from its checkpoint ...), or start
         # over where none was saved yet.
-        say(f"w{wid}:", "cyan", "a new worker starts in its place; its batch goes to the next "
-            "worker free", self.bar.console)
+        self._say(wid, "a new worker starts in its place; its batch goes to the next worker "
+                  "free", warning=True)
         self.bar.update(self.workers[wid], description=f"  w{wid} {self.devices[wid]}: starting")
 
     def interrupted(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import socket
 import time
@@ -35,8 +36,16 @@ from ..io.files import use_cache
 from ..io.storage import Location, is_url, location, set_storage_options
 from ..report import write_report
 from ..report.page import REPORT
-from .app import app, computing, counting, print_errors, reports_errors, say_error
-from .options import CACHE_OPTION, STORAGE_OPTION, with_options
+from .app import (
+    app,
+    computing,
+    counting,
+    only_warnings,
+    print_errors,
+    reports_errors,
+    say_error,
+)
+from .options import CACHE_OPTION, QUIET_OPTION, STORAGE_OPTION, with_options
 from .progress import RunDisplay, console, duration, say, shown, summary_table
 
 if TYPE_CHECKING:
@@ -59,6 +68,7 @@ def run(
                                 "the end."),
     set_: list[str] = SET_OPTION,
     storage_option: list[str] = STORAGE_OPTION,
+    quiet: bool = QUIET_OPTION,
     *,
     opts: RunOptions,
     options: RuntimeOptions,
@@ -68,6 +78,7 @@ def run(
     jobs failed or are still pending (a worker died, a write failed), 2 invalid manifest or
     options, 4 the folder is in use, 130 Ctrl-C, 143 SIGTERM (both: checkpointed, rerun to
     resume)."""
+    only_warnings(quiet)
     set_storage_options(storage_option)  # before the workers start: they inherit it
     opts = dataclasses.replace(opts, overrides=parse_overrides(set_ or []), runtime=options)
     if opts.distributor == "local":
@@ -75,7 +86,9 @@ def run(
     with computing():
         from ..bulk.runner import ManifestInvalid, exit_code, run_manifest
     try:
-        result = run_manifest(location(manifest), opts, RunDisplay, counting)
+        result = run_manifest(location(manifest), opts,
+                              functools.partial(RunDisplay, quiet=quiet),
+                              functools.partial(counting, shown=not quiet))
     except ManifestInvalid as e:
         print_errors(e.errors, then=" (pipeline manifest validate lists them all)")
         say_error(f"{manifest}: {len(e.errors)} invalid row(s); fix them, or pass "
@@ -88,8 +101,11 @@ def run(
         say("warning:", "yellow", f"{manifest} has no rows: nothing to do")
     table = _summary(opts.out_dir, result)
     if report:
-        table.add_row("report", _write_report(result.folder or opts.out_dir))
-    console.print(table)
+        table.add_row("report", _write_report(result.folder or opts.out_dir, quiet))
+    if quiet:
+        _say_why(result)
+    else:
+        console.print(table)
     if result.interrupted or result.errors or result.pending:
         console.print(f"{'interrupted' if result.interrupted else 'not finished'}; resume "
                       f"with: pipeline run {manifest} --out {opts.out_dir}",
@@ -123,11 +139,22 @@ def _summary(out: Path, result: RunResult) -> Table:
     return table
 
 
-def _write_report(out: Path) -> str:
+def _say_why(result: RunResult) -> None:
+    """--quiet: what of the summary a non-zero exit code stands for and nothing else said
+    (failed jobs and skipped rows were said as they came)."""
+    for error in result.errors:
+        say("stopped:", "red", error)
+    if n := result.failed_before:
+        say("failed", "red", f"{n} job{'s' * (n > 1)} in an earlier run (pipeline status lists "
+            "why; --retry-failed reruns "
+            f"{'them' if n > 1 else 'it'})")
+
+
+def _write_report(out: Path, quiet: bool) -> str:
     """The report's path (its URL in object storage), or why there is none: a report that
     cannot be made does not fail the run whose results it shows."""
     try:
-        written = _report(out)
+        written = _report(out, quiet)
         return stored_at(written) or str(written)
     except (InputError, OSError) as e:
         say("warning:", "yellow", f"no report: {e}")
@@ -152,10 +179,10 @@ def report_cmd(out: str = typer.Argument(..., help=RUN_FOLDER),
     console.print(f"wrote {stored_at(written) or written}", soft_wrap=True)
 
 
-def _report(folder: Location) -> Path:
+def _report(folder: Location, quiet: bool = False) -> Path:
     """write_report, counting its thumbnails as they are made: a first report of a large run
     makes thousands."""
-    with counting("report: thumbnails") as advance:
+    with counting("report: thumbnails", shown=not quiet) as advance:
         return write_report(folder, advance=advance)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import time
 from pathlib import Path
 
@@ -17,8 +16,8 @@ from ..gatys.trace import TRACE_EVERY, TRACE_EVERY_HELP
 from ..io.files import use_cache
 from ..io.images import intermediate_path
 from ..io.storage import location, name, set_storage_options
-from .app import app, computing, reports_errors
-from .options import STORAGE_OPTION, field_option, with_options
+from .app import app, computing, only_warnings, reports_errors
+from .options import DEVICE_OPTION, QUIET_OPTION, STORAGE_OPTION, field_option, with_options
 from .progress import console, duration, format_losses, iteration_bar, shown, summary_table
 
 
@@ -38,17 +37,15 @@ def stylize(
                                      "every --trace-every iterations) to this Parquet file "
                                      "(a path or a URL)."),
     trace_every: int = typer.Option(TRACE_EVERY, min=0, help=TRACE_EVERY_HELP),
-    device: str = typer.Option("auto", help="auto (first GPU, else CPU), cpu, cuda or cuda:N."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, summary or "
-                               "INFO log lines."),
+    device: str = DEVICE_OPTION,
+    quiet: bool = QUIET_OPTION,
     *,
     params: StyleParams,
     regions: Regions,
     options: RuntimeOptions,
 ) -> None:
     """Stylize CONTENT with one or more STYLES and write OUTPUT."""
-    if quiet:
-        logging.getLogger("pipeline").setLevel(logging.WARNING)
+    only_warnings(quiet)
     params.validate(n_styles=len(styles))
     regions.validate(len(styles), params)
     set_storage_options(storage_option)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -18,8 +17,8 @@ from ..io.files import use_cache
 from ..io.storage import location, set_storage_options
 from ..video.layout import frames_location
 from ..video.params import VideoParams
-from .app import Terminated, app, computing, reports_errors, say
-from .options import STORAGE_OPTION, with_options
+from .app import Terminated, app, computing, only_warnings, reports_errors, say
+from .options import DEVICE_OPTION, QUIET_OPTION, STORAGE_OPTION, with_options
 from .progress import Pace, console, duration, format_losses, shown, summary_table
 
 if TYPE_CHECKING:
@@ -37,8 +36,8 @@ def video(
                                "H.264 at --crf, the input's audio copied, written whole at "
                                "the end), or a folder for PNG frames; a path or a URL."),
     storage_option: list[str] = STORAGE_OPTION,
-    device: str = typer.Option("auto", help="auto (first GPU, else CPU), cpu, cuda or cuda:N."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    device: str = DEVICE_OPTION,
+    quiet: bool = QUIET_OPTION,
     *,
     params: StyleParams,
     regions: Regions,
@@ -49,8 +48,7 @@ def video(
     before it warped by the optical flow and is held to it where the flow is consistent, so
     the result does not flicker. Stopped (Ctrl-C, a crash), the same command resumes at the
     first frame not yet done; run again once the video is made, it does nothing."""
-    if quiet:
-        logging.getLogger("pipeline").setLevel(logging.WARNING)
+    only_warnings(quiet)
     set_storage_options(storage_option)
     use_cache(options.cache)  # objects fetched before the runtime starts: there too
     with computing():
@@ -63,7 +61,7 @@ def video(
                    MofNCompleteColumn(), TimeRemainingColumn(),
                    TextColumn("{task.fields[note]}"), console=console, disable=quiet)
     task = bar.add_task("frames", total=None, note="")
-    pace = Pace()
+    pace = Pace(not quiet)
 
     def on_start(count: int) -> None:  # shown once the inputs are checked
         bar.update(task, total=count)
@@ -75,7 +73,7 @@ def video(
                 else f"{frame.iterations} it, {format_losses(frame.losses)}")
         bar.update(task, advance=1, note=f"frame {frame.index}: {note}")
         done, count = bar.tasks[task].completed, bar.tasks[task].total
-        if not quiet and pace.due(done == count):
+        if pace.due(done == count):
             say("frames", "bold", f"{done:.0f}/{count:.0f}, frame {frame.index}: {note}")
 
     try:
