@@ -118,17 +118,27 @@ def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+class LineHandler(logging.Handler):
+    """A log record as one line, whole for grep, never wrapped, as RichHandler would (into a
+    log file or a pipe it wraps at 80 columns); through the console, so that it goes to
+    whatever stderr is when it is said."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(levelname)-8s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        console.print(self.format(record), soft_wrap=True, highlight=False)
+
+
 @app.callback()
 def logs(verbose: bool = typer.Option(True, "--verbose/--quiet-log",
                                       help="Log target and model events (provider chosen, "
                                            "cache hits, exports) to stderr.")) -> None:
     """Batch neural style transfer (Gatys et al., CVPR 2016)."""
-    handler: logging.Handler
-    if console.is_interactive:
-        handler = RichHandler(console=console, show_path=False, show_time=False)
-    else:  # a log file, a pipe, CI: a message is one line, whole for grep, never wrapped
-        handler = logging.StreamHandler(console.file)
-        handler.setFormatter(logging.Formatter("%(levelname)-8s %(message)s"))
+    handler: logging.Handler = RichHandler(console=console, show_path=False, show_time=False)
+    if not console.is_interactive:  # a log file, a pipe, CI
+        handler = LineHandler()
     logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler],
                         force=True)
     logging.getLogger("pipeline").setLevel(logging.INFO if verbose else logging.WARNING)
