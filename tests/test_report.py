@@ -457,3 +457,49 @@ def test_a_report_of_a_folder_that_is_no_run_s_is_refused_and_makes_nothing(tmp_
         assert "no run.json here" in result.output
         assert len(result.output.strip().splitlines()) == 1
     assert not list(folder.iterdir()) and not (tmp_path / "nowhere").exists()
+
+
+def test_two_reports_at_once_take_turns_and_the_newer_stands(dataset, tmp_path, monkeypatch):
+    """A refresh by hand while the run writes its own (its last job just done): the two take
+    turns, each reading the run when its turn comes. At once, each removed the thumbnails
+    the other had made for jobs it did not see done, and the older page could be written last."""
+    import threading
+
+    from pipeline.report import page
+
+    out = tmp_path / "out"
+    assert run_cli(dataset, out, "--no-report").exit_code == 0
+    last = sorted(out.glob("*.png"))[0]
+    written = last.read_bytes()
+    last.unlink()  # not done yet when the first report reads the run
+    first_paused, go_on, second_waits = threading.Event(), threading.Event(), threading.Event()
+    make_all = Thumbnails.make_all
+
+    def pausing(self, sources, advance=lambda n: None):
+        if not first_paused.is_set():
+            first_paused.set()
+            go_on.wait(300)
+        make_all(self, sources, advance)
+
+    class Said:
+        @staticmethod
+        def info(*args):
+            second_waits.set()
+
+    monkeypatch.setattr(Thumbnails, "make_all", pausing)
+    monkeypatch.setattr(page, "log", Said)
+    first = threading.Thread(target=write_report, args=(out,))
+    first.start()
+    assert first_paused.wait(300)
+    last.write_bytes(written)  # the run's last job is done: its own report starts
+    second = threading.Thread(target=write_report, args=(out,))
+    second.start()
+    waited = second_waits.wait(300)
+    go_on.set()
+    first.join(), second.join()
+    assert waited, "the second report did not wait for the first"
+    assert [gather(out).count(s) for s in (DONE, FAILED, PENDING)] == [6, 0, 0]
+    text = (out / "report.html").read_text()
+    assert not re.search(r"row \d+: pending", text)  # the older page, had it been written last
+    thumbs = re.findall(r"report_files/thumbs/[0-9a-f]{20}\.jpg", text)
+    assert thumbs and all((out / t).is_file() for t in thumbs)

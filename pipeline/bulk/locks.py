@@ -1,5 +1,6 @@
 """One run per run folder: on this machine a lock on the folder, and for a run folder in object
-storage a lease in the bucket, which runs on other machines see.
+storage a lease in the bucket, which runs on other machines see. Reports of a run folder are
+written one after the other (a lock on their folder, waited for).
 
 An object store has no lock, so the lease is an object (`.run-lease`: the run's id, host,
 process and when it last renewed it) that a run claims at its start and renews while it runs.
@@ -21,7 +22,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,21 +97,43 @@ def file_system_type(path: Path) -> str:
 
 
 @contextmanager
-def folder_lock(out_dir: Path) -> Iterator[None]:
+def _flocked(folder: Path, taken: Callable[[int], None]) -> Iterator[None]:
     """An exclusive flock on the folder itself: released by the kernel when this process ends,
-    however it ends, and not defeated by deleting a file."""
-    fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY)
+    however it ends, and not defeated by deleting a file. `taken(fd)` where another holds it:
+    raises, or waits for it."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             if e.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
-            raise RunLocked(f"another `pipeline run` is using {out_dir}; wait for it to "
-                            "finish, or use another --out folder") from None
+            taken(fd)
         yield
     finally:
         os.close(fd)
+
+
+def folder_lock(out_dir: Path) -> contextlib.AbstractContextManager[None]:
+    """The run's: a second run on the folder is refused."""
+
+    def refuse(fd: int) -> None:
+        raise RunLocked(f"another `pipeline run` is using {out_dir}; wait for it to finish, "
+                        "or use another --out folder")
+
+    return _flocked(out_dir, refuse)
+
+
+def taking_turns(folder: Path, waiting: Callable[[], None]
+                 ) -> contextlib.AbstractContextManager[None]:
+    """Writers of `folder` one after the other: each waits for the one before it to finish,
+    `waiting()` said first."""
+
+    def wait(fd: int) -> None:
+        waiting()
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+    return _flocked(folder, wait)
 
 
 @contextmanager

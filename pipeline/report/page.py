@@ -14,6 +14,7 @@ in report_files/thumbs/ (thumbs.py).
 from __future__ import annotations
 
 import datetime
+import logging
 import math
 import os
 import re
@@ -24,9 +25,10 @@ from typing import Any
 from urllib.parse import quote
 
 from ..bulk import ledger
+from ..bulk.locks import taking_turns
 from ..bulk.manifest import REGION_FILES, RealPaths
 from ..bulk.names import short_names
-from ..bulk.run_state import read_run_info, run_folder
+from ..bulk.run_state import RunInfo, read_run_info, run_folder
 from ..io.files import atomic_write_bytes
 from ..io.mirror import removed
 from ..io.storage import Location
@@ -37,6 +39,7 @@ from .gather import DONE, FAILED, PENDING, JobView, RunView, gather
 from .thumbs import Thumbnails, report_folder
 
 REPORT = "report.html"
+log = logging.getLogger("pipeline.report")
 FILES = "report_files"
 PAGES = "pages"          # report_files/pages/<n>.html: the sheet's pages after the first
 PAGE_NAME = re.compile(r"([0-9]+)\.html")
@@ -94,6 +97,16 @@ def write_report(out_dir: Location, page_cells: int = PAGE_CELLS,
     makes one per input, output and intermediate image)."""
     out_dir = out_dir if isinstance(out_dir, Path) else run_folder(out_dir)
     info = read_run_info(out_dir)  # a folder that is no run's is said so, and nothing made
+    # One report at a time, each reading the run once the one before it is written: two at
+    # once (a refresh by hand as the run ends) would each remove the other's new thumbnails,
+    # and the one written last, maybe the older, would stand.
+    with taking_turns(report_folder(out_dir, FILES), lambda: log.info(
+            "report: waiting for another report of %s to finish", out_dir)):
+        return _write(out_dir, info, page_cells, advance)
+
+
+def _write(out_dir: Path, info: RunInfo, page_cells: int, advance: Callable[[int], None]
+           ) -> Path:
     thumbs = Thumbnails(report_folder(out_dir, FILES, "thumbs"))
     view = gather(out_dir, thumbs.carries, info)
     thumbs.make_all([*(j.content for j in view.jobs), *(s for j in view.jobs for s in j.styles),
