@@ -189,7 +189,8 @@ def test_linked_subfolders_are_followed_once_and_run_folders_left_out(tmp_path, 
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--param", "size="], "no values"),
+    (["--param", "size="], "--param 'size=': no values; give size=v1,v2"),
+    (["--param", "size"], "--param 'size': no values; give size=v1,v2"),  # not "did you mean"
     (["--param", "iteratons=5"], "--param 'iteratons=5' (did you mean 'iterations'?)"),
     (["-o", "m.csv"], "a manifest is a Parquet file"),
     (["-o", "folder"], "this is a folder"),

@@ -265,6 +265,9 @@ def test_unknown_and_missing_columns(dataset, tmp_path):
     typo = run_cli(dataset, tmp_path / "o", "--set", "style_wieght=10")
     assert typo.exit_code == 2
     assert "--set 'style_wieght=10' (did you mean 'style_weight'?)" in typo.output
+    bare = run_cli(dataset, tmp_path / "o", "--set", "style_weight")  # the name right, no value
+    assert bare.exit_code == 2
+    assert "error: --set 'style_weight': no value; give style_weight=value" in bare.output
     bad = write_manifest([{"content": r["content"]} for r in rows], tmp_path / "m.parquet")
     result = runner.invoke(app, ["manifest", "validate", str(bad)], terminal_width=300)
     assert result.exit_code == 2 and "missing required column(s) ['style']" in result.output

@@ -173,6 +173,8 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
         name, sep, values = item.partition("=")
         name = name.strip().replace("-", "_")
         params = {*PARAM_COLUMNS, *REGION_COLUMNS, *VIDEO_COLUMNS} - {"style_blend"}
+        if not sep and name in params:
+            raise InputError(f"--param {item!r}: no values; give {name}=v1,v2")
         if not sep or name not in params:
             raise InputError(f"--param {item!r}{did_you_mean(name, params)}: expected "
                              f"name=v1,v2 with name a parameter")
@@ -182,7 +184,7 @@ def parse_grid(items: Sequence[str]) -> dict[str, list[Any]]:
         except ValueError as e:
             raise InputError(f"--param {item!r}: {e}") from None
         if not grid[name]:
-            raise InputError(f"--param {item!r}: no values; give name=v1,v2")
+            raise InputError(f"--param {item!r}: no values; give {name}=v1,v2")
         if name in REGION_FILES:
             grid[name] = [_absolute(v) for v in grid[name]]
     return grid

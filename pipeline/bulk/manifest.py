@@ -114,6 +114,8 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         name, sep, value = item.partition("=")
         name = name.strip().replace("-", "_")
         known = [*PARAM_COLUMNS, *VIDEO_COLUMNS, *REGION_COLUMNS]
+        if not sep and name in known:
+            raise InputError(f"--set {item!r}: no value; give {name}=value")
         if not sep or name not in known:
             raise InputError(f"--set {item!r}{did_you_mean(name, known)}: expected name=value "
                              f"with name one of {', '.join(sorted(known))}")
