@@ -13,7 +13,7 @@ from pipeline.api import RuntimeOptions, StyleParams
 from pipeline.bulk.manifest import COLUMNS, coerce_param
 from pipeline.bulk.runner import RunOptions
 from pipeline.cli import app
-from pipeline.cli.options import with_options
+from pipeline.cli.options import typed_again, with_options
 from pipeline.cli.reference import cli_table, manifest_table, rendered
 from pipeline.errors import InputError
 from pipeline.options import check, coerce, option
@@ -53,6 +53,31 @@ def test_a_new_option_is_one_field():
     assert "| `glow` | float | `0.25` | How much the output glows. Between 0 and 1. |" in (
         manifest_table(Glow))
     assert "| `--passes` | `1,2` | Passes to glow in. Comma-separated. |" in cli_table(Glow)
+
+
+@pytest.mark.parametrize("records", [
+    (Glow(0.5, (3, 4)), RuntimeOptions(precision="fp32", channels_last=False, winograd=True,
+                                        cuda_graphs=False, trt_fp16=True, block_size=512)),
+    (Glow(), RuntimeOptions()),  # nothing to repeat
+    (Glow(passes=(7,)), RuntimeOptions(channels_last=True, providers="cuda,cpu")),
+])
+def test_options_typed_again_are_parsed_back_to_the_same_records(records, monkeypatch):
+    """A resume hint repeats the options a command was given (typed_again): typed as it says,
+    they give the same records, words (on/off/auto), lists and --no- flags included."""
+    monkeypatch.delenv("STYLE_PIPELINE_CACHE", raising=False)  # the tests' cache: not typed
+    seen = []
+    cli = typer.Typer(rich_markup_mode=None)
+
+    @cli.command()
+    @with_options(extra=Glow, options=RuntimeOptions)
+    def show(*, extra: Glow, options: RuntimeOptions) -> None:
+        seen.append((extra, options))
+
+    words = typed_again(*records)
+    result = runner.invoke(cli, words)
+    assert result.exit_code == 0, (words, result.output)
+    assert seen == [records], words
+    assert (words == []) == (records == (Glow(), RuntimeOptions()))
 
 
 def test_every_parameter_is_an_option_a_column_and_documented():

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -327,6 +328,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(uninterrupted, tmp_
     going = json.loads(runner.invoke(app, ["status", str(out), "--json"]).stdout)
     assert (going["running"], going["process"]["pid"]) == (True, proc.pid), going
     assert going["pending"] > 0 and going["eta_seconds"] > 0, going
+    hint = None
     if how == "sigkill":  # the whole run, workers included, as a crash or reboot would
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -335,7 +337,10 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(uninterrupted, tmp_
         proc.send_signal(signum)
         text = proc.communicate(timeout=300)[0]
         assert proc.returncode == 128 + signum, text
-        assert f"resume with: pipeline run {dataset} --out {out}\n" in text  # one line to copy
+        # one line to copy, with the --set items and options the run was given: the rerun
+        # below runs it, and gets the bytes of the uninterrupted run
+        hint = shlex.split(re.search(r"resume with: (.*)\n", text).group(1))
+        assert hint[:5] == ["pipeline", "run", str(dataset), "--out", str(out)], hint
     stopped = runner.invoke(app, ["status", str(out)], terminal_width=200)
     assert cell(stopped.output, "run") == "not running"
     with pytest.raises(AssertionError, match="'eta' not in"):
@@ -345,7 +350,9 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(uninterrupted, tmp_
     assert 0 < len(done_before) < 7
     assert saved_checkpoints(out)
 
-    proc = spawn_run(dataset, out, KILLED_RUN_ITERATIONS)
+    proc = spawn_run(dataset, out, KILLED_RUN_ITERATIONS) if hint is None else subprocess.Popen(
+        [sys.executable, "-m", *hint], cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, start_new_session=True, text=True)
     text = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, text
     assert _resumed(text, out), text

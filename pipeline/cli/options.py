@@ -33,14 +33,35 @@ def help_text(owner: type, f: Field) -> str:
     return s.help + "".join(extra)
 
 
-def cli_default(owner: type, f: Field) -> Any:
-    """The default as the command line spells it: a word, a comma-separated list, or itself."""
-    value, words = default(f), spec(f).words
+def cli_value(owner: type, f: Field, value: Any) -> Any:
+    """A value as the command line spells it: a word, a comma-separated list, or itself."""
+    words = spec(f).words
     if words:
         return next(w for w, v in words.items() if v == value)
     if base_type(owner, f.name)[1] and value is not None:
         return ",".join(map(str, value))
     return value
+
+
+def cli_default(owner: type, f: Field) -> Any:
+    return cli_value(owner, f, default(f))
+
+
+def typed_again(*records: Any) -> list[str]:
+    """The options of `records` that differ from their defaults, as the command line spells
+    them: what a command to type again must repeat to mean the same (a resume hint)."""
+    words: list[str] = []
+    for record in records:
+        owner = type(record)
+        for f in cli_fields(owner):
+            value = getattr(record, f.name)
+            if value == default(f) or (value is None and not spec(f).words):
+                continue
+            if isinstance(value, bool) and not spec(f).words:  # --name/--no-name
+                words.append(cli_name(f) if value else f"--no-{cli_name(f)[2:]}")
+            else:
+                words += [cli_name(f), str(cli_value(owner, f, value))]
+    return words
 
 
 def typer_option(owner: type, f: Field) -> Any:
@@ -132,4 +153,4 @@ CACHE_OPTION = field_option(RuntimeOptions, "cache")
 
 
 __all__ = ["CACHE_OPTION", "DEVICE_OPTION", "QUIET_OPTION", "STORAGE_OPTION", "field_option",
-           "help_text", "with_options"]
+           "help_text", "typed_again", "with_options"]

@@ -7,6 +7,8 @@ import dataclasses
 import datetime
 import functools
 import json
+import re
+import shlex
 import socket
 import time
 from pathlib import Path
@@ -45,7 +47,7 @@ from .app import (
     reports_errors,
     say_error,
 )
-from .options import CACHE_OPTION, QUIET_OPTION, STORAGE_OPTION, with_options
+from .options import CACHE_OPTION, QUIET_OPTION, STORAGE_OPTION, typed_again, with_options
 from .progress import RunDisplay, console, duration, say, shown, summary_table
 
 if TYPE_CHECKING:
@@ -107,10 +109,28 @@ def run(
     else:
         console.print(table)
     if result.interrupted or result.errors or result.pending:
+        again = _run_again(manifest, opts, options, set_ or [], storage_option or [], report,
+                           quiet)
         console.print(f"{'interrupted' if result.interrupted else 'not finished'}; resume "
-                      f"with: pipeline run {manifest} --out {opts.out_dir}",
-                      soft_wrap=True)  # one line to copy, also from a log
+                      f"with: {again}", soft_wrap=True)  # one line to copy, also from a log
     raise typer.Exit(exit_code(result))
+
+
+# Storage options not repeated in a line that may go into a log: credentials.
+SECRET = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
+
+
+def _run_again(manifest: str, opts: RunOptions, options: RuntimeOptions, sets: list[str],
+               storage: list[str], report: bool, quiet: bool) -> str:
+    """The command that resumes this run: the same manifest, folder and options (--set
+    changes the jobs themselves; the others how they run, or whether the run starts)."""
+    hidden = [item for item in storage if SECRET.search(item.partition("=")[0])]
+    words = ["pipeline", "run", manifest, *typed_again(opts, options),
+             *(w for item in sets for w in ("--set", item)),
+             *(w for item in storage if item not in hidden for w in ("--storage-option", item)),
+             *([] if report else ["--no-report"]), *(["-q"] if quiet else [])]
+    return shlex.join(words) + (" (and the credentials given by --storage-option)"
+                                if hidden else "")
 
 
 def _summary(out: Path, result: RunResult) -> Table:
