@@ -165,9 +165,9 @@ def _say_why(result: RunResult) -> None:
     for error in result.errors:
         say("stopped:", "red", error)
     if n := result.failed_before:
-        say("failed", "red", f"{n} job{'s' * (n > 1)} in an earlier run (pipeline status lists "
-            "why; --retry-failed reruns "
-            f"{'them' if n > 1 else 'it'})")
+        jobs, them = ("jobs", "them") if n > 1 else ("job", "it")
+        say("failed", "red", f"{n} {jobs} in an earlier run (pipeline status lists why; "
+            f"--retry-failed reruns {them})")
 
 
 def _write_report(out: Path, quiet: bool) -> str:
