@@ -5,6 +5,8 @@ result as done, and exits 0 only when every job is done."""
 import errno
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -77,8 +79,14 @@ def test_a_run_lists_the_first_invalid_rows_and_validate_lists_them_all(tmp_path
     run = run_cli(manifest, tmp_path / "out")
     listed = [line for line in run.output.splitlines() if line.startswith("invalid row ")]
     assert run.exit_code == 2 and len(listed) == LISTED, run.output
-    assert "... and 5 more (pipeline manifest validate lists them all)" in run.output
-    valid = runner.invoke(app, ["manifest", "validate", str(manifest)], terminal_width=300)
+    # the command that lists them all, as the run saw them (its --out and --set): run as said
+    said = re.search(r"\.\.\. and 5 more \((pipeline manifest validate .*) lists them all\)",
+                     run.output)
+    assert said, run.output
+    command = shlex.split(said.group(1))
+    assert command[3:] == [str(manifest), "--out", str(tmp_path / "out"), "--set", "size=32",
+                           "--set", "iterations=6"], command
+    valid = runner.invoke(app, command[1:], terminal_width=300)
     listed = [line for line in valid.output.splitlines() if line.startswith("invalid row ")]
     assert valid.exit_code == 2 and len(listed) == LISTED + 5
     assert f"gone{LISTED + 4}.png" in listed[-1]

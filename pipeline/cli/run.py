@@ -92,7 +92,9 @@ def run(
                               functools.partial(RunDisplay, quiet=quiet),
                               functools.partial(counting, shown=not quiet))
     except ManifestInvalid as e:
-        print_errors(e.errors, then=" (pipeline manifest validate lists them all)")
+        validate = _again(["pipeline", "manifest", "validate", manifest, "--out",
+                           str(opts.out_dir)], set_ or [], storage_option or [])
+        print_errors(e.errors, then=f" ({validate} lists them all)")
         say_error(f"{manifest}: {len(e.errors)} invalid row(s); fix them, or pass "
                   "--skip-bad-rows to run the rest")
         raise typer.Exit(2) from None
@@ -109,8 +111,9 @@ def run(
     else:
         console.print(table)
     if result.interrupted or result.errors or result.pending:
-        again = _run_again(manifest, opts, options, set_ or [], storage_option or [], report,
-                           quiet)
+        again = _again(["pipeline", "run", manifest, *typed_again(opts, options),
+                        *([] if report else ["--no-report"]), *(["-q"] if quiet else [])],
+                       set_ or [], storage_option or [])
         console.print(f"{'interrupted' if result.interrupted else 'not finished'}; resume "
                       f"with: {again}", soft_wrap=True)  # one line to copy, also from a log
     raise typer.Exit(exit_code(result))
@@ -120,15 +123,13 @@ def run(
 SECRET = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
 
 
-def _run_again(manifest: str, opts: RunOptions, options: RuntimeOptions, sets: list[str],
-               storage: list[str], report: bool, quiet: bool) -> str:
-    """The command that resumes this run: the same manifest, folder and options (--set
-    changes the jobs themselves; the others how they run, or whether the run starts)."""
+def _again(words: list[str], sets: list[str], storage: list[str]) -> str:
+    """A command to copy that means what this run meant (to resume it, to list its invalid
+    rows): `words`, then each --set (it makes the jobs what they are) and --storage-option
+    given, but credentials."""
     hidden = [item for item in storage if SECRET.search(item.partition("=")[0])]
-    words = ["pipeline", "run", manifest, *typed_again(opts, options),
-             *(w for item in sets for w in ("--set", item)),
-             *(w for item in storage if item not in hidden for w in ("--storage-option", item)),
-             *([] if report else ["--no-report"]), *(["-q"] if quiet else [])]
+    words = [*words, *(w for item in sets for w in ("--set", item)),
+             *(w for item in storage if item not in hidden for w in ("--storage-option", item))]
     return shlex.join(words) + (" (and the credentials given by --storage-option)"
                                 if hidden else "")
 
