@@ -3,6 +3,7 @@ manifest's columns and the docs' tables are all made from the declaration."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, fields
 
 import pytest
@@ -78,6 +79,8 @@ def test_options_typed_again_are_parsed_back_to_the_same_records(records, monkey
     assert result.exit_code == 0, (words, result.output)
     assert seen == [records], words
     assert (words == []) == (records == (Glow(), RuntimeOptions()))
+    monkeypatch.setenv("STYLE_PIPELINE_CACHE", "/elsewhere")  # given by the environment
+    assert typed_again(records[0], dataclasses.replace(records[1], cache="/elsewhere")) == words
 
 
 def test_every_parameter_is_an_option_a_column_and_documented():

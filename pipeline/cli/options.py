@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import Field, fields
 from typing import Any
@@ -49,13 +50,15 @@ def cli_default(owner: type, f: Field) -> Any:
 
 def typed_again(*records: Any) -> list[str]:
     """The options of `records` that differ from their defaults, as the command line spells
-    them: what a command to type again must repeat to mean the same (a resume hint)."""
+    them: what a command to type again must repeat to mean the same (a resume hint). One its
+    environment variable gives is not repeated: the environment gives it again."""
     words: list[str] = []
     for record in records:
         owner = type(record)
         for f in cli_fields(owner):
-            value = getattr(record, f.name)
-            if value == default(f) or (value is None and not spec(f).words):
+            value, envvar = getattr(record, f.name), spec(f).envvar
+            if value == default(f) or (value is None and not spec(f).words) or (
+                    envvar and value == os.environ.get(envvar)):
                 continue
             if isinstance(value, bool) and not spec(f).words:  # --name/--no-name
                 words.append(cli_name(f) if value else f"--no-{cli_name(f)[2:]}")
