@@ -70,6 +70,18 @@ def test_a_refused_run_writes_and_deletes_nothing(dataset, tmp_path):
     assert not fresh.exists()  # not even the folder
 
 
+@pytest.mark.parametrize("name", ["a[1].png", "a:bee:.png", "[red]a[/red].png"])
+def test_a_file_is_named_as_it_is_in_every_line_said(tmp_path, name):
+    """Rich would read markup ([red]) and emoji codes (:bee:) in a message: a file's name in an
+    error, a warning or a log line must stay the name, for the user and for grep."""
+    manifest = write_manifest([{"content": name, "style": "s.png"}], tmp_path / "m.parquet")
+    refused = run_cli(manifest, tmp_path / "out")
+    assert refused.exit_code == 2 and f"invalid row 0: {tmp_path / name}: no such" in (
+        refused.output), refused.output
+    skipped = run_cli(manifest, tmp_path / "out", "--skip-bad-rows")
+    assert f"skipped row 0: {tmp_path / name}: no such" in skipped.output, skipped.output
+
+
 def test_a_run_lists_the_first_invalid_rows_and_validate_lists_them_all(tmp_path):
     from pipeline.cli.progress import LISTED
 

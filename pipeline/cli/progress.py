@@ -41,9 +41,9 @@ from ..bulk.events import (
 if TYPE_CHECKING:
     from torch import Tensor
 
-# Markup off: file names and error messages are printed as they are (a[1].png stays a[1].png);
-# color goes through `say`.
-console = Console(stderr=True, markup=False)
+# Markup and emoji codes off: file names and error messages are printed as they are (a[1].png
+# stays a[1].png, a:bee:.png is not a bee); color goes through `say`.
+console = Console(stderr=True, markup=False, emoji=False)
 
 
 def say(label: str, style: str, message: object = "", target: Console | None = None) -> None:
