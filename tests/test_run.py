@@ -328,6 +328,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(uninterrupted, tmp_
     going = json.loads(runner.invoke(app, ["status", str(out), "--json"]).stdout)
     assert (going["running"], going["process"]["pid"]) == (True, proc.pid), going
     assert going["pending"] > 0 and going["eta_seconds"] > 0, going
+    assert going["resume_command"] is None  # nothing to resume while it runs
     hint = None
     if how == "sigkill":  # the whole run, workers included, as a crash or reboot would
         os.killpg(proc.pid, signal.SIGKILL)
@@ -345,6 +346,11 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(uninterrupted, tmp_
     assert cell(stopped.output, "run") == "not running"
     with pytest.raises(AssertionError, match="'eta' not in"):
         cell(stopped.output, "eta")
+    # after a crash no run said how to resume: status does, with the run's --set items
+    said = json.loads(runner.invoke(app, ["status", str(out), "--json"]).stdout)
+    assert shlex.split(said["resume_command"]) == [
+        "pipeline", "run", str(dataset), "--out", str(out), "--set", "size=32", "--set",
+        f"iterations={KILLED_RUN_ITERATIONS}"], said
     done_before = {k: r["finished_at"] for k, r in ledger.read(out).items()
                    if r["status"] == "done"}
     assert 0 < len(done_before) < 7
@@ -839,3 +845,17 @@ def test_a_worker_forwards_the_provider_and_warnings_not_per_image_lines():
         logger.removeHandler(handler)
     assert sent == [Log(3, "targets: ONNX Runtime provider CPUExecutionProvider"),
                     Log(3, "cannot keep the passes of a.mp4", warning=True)]
+
+
+def test_status_types_the_last_run_s_set_items_again_as_they_were_read(tmp_path):
+    """`status`'s resume command repeats run.json's --set values: read back, they are the same
+    (numbers, words, lists and paths)."""
+    from pipeline.bulk.manifest import parse_overrides
+    from pipeline.bulk.run_state import read_run_info, write_run_info
+    from pipeline.cli.run import _set_items
+
+    given = parse_overrides(["size=256", "style_weight=1e-05", "lbfgs_clamp=false", "tol=0.1",
+                             "style_layers=relu1_1,relu3_1", "optimizer=adam",
+                             f"init={tmp_path / 'start here.png'}"])
+    write_run_info(tmp_path, "id", tmp_path / "m.parquet", [], {}, given)
+    assert parse_overrides(_set_items(read_run_info(tmp_path).overrides)) == given

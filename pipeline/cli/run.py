@@ -240,8 +240,13 @@ def status(out: str = typer.Argument(..., help=RUN_FOLDER),
         running, known = None, False
     checking = running is not None and _checking(running, info.started_by)
     eta = _eta(state, info.started_at) if running is not None and not checking else None
+    resume = None  # after a crash or a reboot, no run said it
+    if state.pending and known and running is None:
+        resume = _again(["pipeline", "run", shown(info.manifest), "--out", out,
+                         *(["--skip-bad-rows"] if info.invalid else [])],
+                        _set_items(info.overrides), [])
     summary = _status_dict(info.manifest, info.total, state, found, ran, report,
-                           running, known, eta)
+                           running, known, eta, resume)
     if as_json:
         typer.echo(json.dumps(summary))
         return
@@ -253,6 +258,8 @@ def status(out: str = typer.Argument(..., help=RUN_FOLDER),
     table.add_row("done", str(state.done))
     table.add_row("failed", str(len(state.failed)))
     table.add_row("pending", _pending(len(state.pending), found))
+    if resume:
+        table.add_row("resume", resume)
     if eta is not None:
         seconds, here = eta
         pace = ledger.rate(len(here), time.time() - info.started_at, ledger.any_video(here))
@@ -303,10 +310,24 @@ def _eta(state: RunState, started_at: float) -> tuple[float, list[dict[str, Any]
     return len(state.pending) * (time.time() - started_at) / len(here), here
 
 
+def _set_items(overrides: dict[str, Any]) -> list[str]:
+    """run.json's --set values typed again (`name=value`, as parse_overrides reads them)."""
+
+    def text(value: Any) -> str:
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, list | tuple):
+            return ",".join(map(text, value))
+        return repr(value) if isinstance(value, float) else str(value)
+
+    return [f"{name}={text(value)}" for name, value in overrides.items()]
+
+
 def _status_dict(manifest: str, jobs: int, state: RunState, found: Resumable | None,
                  ran: tuple[list[dict[str, Any]], float] | None, report: str | None,
                  running: Holder | None, known: bool,
-                 eta: tuple[float, list[dict[str, Any]]] | None) -> dict[str, Any]:
+                 eta: tuple[float, list[dict[str, Any]]] | None,
+                 resume: str | None) -> dict[str, Any]:
     """`status --json`: what the tables show, as numbers (null where a table says none;
     running: null where this machine cannot tell)."""
     throughput = None
@@ -323,6 +344,7 @@ def _status_dict(manifest: str, jobs: int, state: RunState, found: Resumable | N
             "failed": len(state.failed), "pending": len(state.pending),
             "resume_from_checkpoint": len(found.iterations) if found else None,
             "videos_with_frames_done": len(found.frames) if found else None,
+            "resume_command": resume,
             "throughput": throughput, "report": report,
             "failures": [{"row": row, "error": error} for row, error in state.failed]}
 
