@@ -341,15 +341,25 @@ def test_a_checkpointed_fixed_batch_is_formed_again_with_its_written_jobs(datase
     assert [batch.jobs for batch in iter(lambda: queue.take(lambda job: 4), None)] == [
         (c, d), (b,)]
     # Too early (3 jobs for almost all iterations > 2 jobs for all), a job gone, or jobs
-    # that now go through slots (their own checkpoints): the batches are cut as usual. So is
-    # a batch larger than any worker's batch size now (memory).
-    for early, written, continuous, largest in [(1, [a], False, 4), (half, [], False, 4),
-                                                (half, [a], True, 4), (half, [a], False, 2)]:
+    # that now go through slots and have checkpoints of their own as far: the batches are
+    # cut as usual. So is a batch larger than any worker's batch size now (memory).
+    for early, written, continuous, largest, own in [
+            (1, [a], False, 4, {}), (half, [], False, 4, {}), (half, [a], False, 2, {}),
+            (half, [a], True, 4, {c.key: half}), (half, [a], True, 4, {b.key: half + 5})]:
         queue = BatchQueue([b, c, d], continuous=continuous,
                            checkpointed=[((b.key, a.key, c.key), early)], written=written,
-                           largest=lambda job, n=largest: n)
+                           largest=lambda job, n=largest: n, own=own)
         usual = queue.take(lambda job: 2)
         assert usual is not None and usual.jobs[:2] == (b, c) and not usual.kept
+    # A run stopped with --no-continuous and resumed in slots: the jobs have no checkpoint of
+    # their own (or older ones), so the fixed batch resumes whole, then the rest in slots.
+    for own in ({}, {b.key: half - 1}):
+        queue = BatchQueue([b, c, d], continuous=True, checkpointed=saved, written=[a],
+                           own=own)
+        first = queue.take(lambda job: 4)
+        assert first is not None and first.jobs == (b, a, c) and not first.slots, own
+        rest = queue.take(lambda job: 4)
+        assert rest is not None and rest.jobs == (d,) and rest.slots and not queue
 
 
 def test_a_worker_on_another_machine_takes_the_run_s_limit_on_input_copies(tmp_path,

@@ -581,6 +581,52 @@ def test_a_fixed_batch_resumes_whole_at_another_batch_size_with_a_job_written_be
         assert torch.equal(img, ref_images[name]), name
 
 
+def test_a_run_stopped_in_fixed_batches_resumes_them_in_a_run_in_slots(dataset, tmp_path):
+    """Stopped with --no-continuous, rerun without it (as `status` and a hint from before
+    said): the jobs have no checkpoints of their own, so their batch resumes whole from its
+    checkpoint, not from iteration 0, to the images of an uninterrupted run (fp64)."""
+    from pipeline.accel.runtime import RuntimeOptions
+    from pipeline.bulk.checkpoint_files import batch_checkpoints
+    from pipeline.bulk.events import BatchStarted
+    from pipeline.bulk.manifest import parse_overrides
+    from pipeline.bulk.runner import RunOptions, run_manifest
+    from pipeline.cli.progress import RunDisplay
+
+    def options(out, continuous):
+        return RunOptions(out, devices="cpu", workers=1, batch_size=6, checkpoint_every=5,
+                          checkpoint_budget=1, continuous=continuous,
+                          overrides=parse_overrides(["size=32", "iterations=40", "tol=0"]),
+                          runtime=RuntimeOptions(precision="fp64"))
+
+    seen, stopped = [], [True]
+
+    class Stopper(RunDisplay):
+        def handle(self, event):
+            super().handle(event)
+            seen.append(event)
+            if isinstance(event, Iteration) and event.iteration >= 15 and not stopped:
+                stopped.append(True)
+                os.kill(os.getpid(), signal.SIGINT)
+
+    assert not run_manifest(dataset, options(tmp_path / "ref", False), Stopper).failed
+    stopped.clear()
+    out = tmp_path / "out"
+    assert run_manifest(dataset, options(out, False), Stopper).interrupted
+    batches = batch_checkpoints(out)
+    assert batches and all(15 <= iteration < 40 for _, iteration in batches), batches
+    seen.clear()
+    result = run_manifest(dataset, options(out, True), Stopper)
+    assert not result.failed and result.done + result.done_before == 6
+    resumed = {iteration for _, iteration in batches}
+    assert {e.resumed_at for e in seen if isinstance(e, BatchStarted)} & resumed, seen
+    rows = {r["key"]: r for r in ledger.read(out).values()}
+    assert {rows[k]["resumed_from"] for keys, _ in batches for k in keys} <= resumed
+    ref_images, images = images_in(tmp_path / "ref"), images_in(out)
+    assert ref_images.keys() == images.keys() and len(images) == 6
+    for name, img in images.items():
+        assert torch.equal(img, ref_images[name]), name
+
+
 def test_ctrl_c_with_hundreds_of_batches_queued_exits_at_once(dataset, tmp_path):
     """More queued batches than a pipe holds: a stopped run must not wait to hand them over."""
     rows = pq.read_table(dataset).to_pylist()

@@ -73,6 +73,12 @@ def batch_checkpoints(out_dir: Path) -> list[tuple[tuple[str, ...], int]]:
     return list(_current(batches))
 
 
+def job_checkpoints(out_dir: Path) -> dict[str, int]:
+    """The iteration of each job's own checkpoint (continuous batching), by its key."""
+    own = [p for p in saved_checkpoints(out_dir) if p.name.startswith("job-")]
+    return {keys[0]: iteration for keys, iteration in _current(own) if len(keys) == 1}
+
+
 def checkpointed(out_dir: Path) -> dict[str, int]:
     """Each job key a checkpoint of this format holds (its own or its batch's), and the
     furthest iteration it holds it at: what a rerun can resume."""

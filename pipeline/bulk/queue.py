@@ -36,10 +36,12 @@ RUN_SLOTS = 8
 class BatchQueue:
     def __init__(self, jobs: Iterable[Job], workers: int = 1, continuous: bool = True,
                  checkpointed: Iterable[tuple[Sequence[str], int]] = (),
-                 written: Iterable[Job] = (), largest: Callable[[Job], int] | None = None):
+                 written: Iterable[Job] = (), largest: Callable[[Job], int] | None = None,
+                 own: dict[str, int] | None = None):
         """`checkpointed`: the job keys and iteration of each fixed batch's checkpoint
         (checkpoint_files.batch_checkpoints); `written`: the jobs done before, which they may hold;
-        `largest(job)`: the largest batch size of any worker for that job (None: any)."""
+        `largest(job)`: the largest batch size of any worker for that job (None: any); `own`:
+        the iteration of each job's own checkpoint, by key (checkpoint_files.job_checkpoints)."""
         groups: dict[str, deque[Job]] = {}
         self._plans: list[PassPlan] = []
         for job in jobs:
@@ -47,7 +49,8 @@ class BatchQueue:
                 self._plans.append(PassPlan(job, workers))
             else:
                 groups.setdefault(job.group, deque()).append(job)
-        self._returned = deque(_resumed(groups, checkpointed, written, continuous, largest))
+        self._returned = deque(_resumed(groups, checkpointed, written, continuous, largest,
+                                        own or {}))
         self._groups = deque(group for group in groups.values() if group)
         self._workers, self._continuous = workers, continuous
 
@@ -129,12 +132,15 @@ class BatchQueue:
 
 
 def _resumed(groups: dict[str, deque[Job]], checkpointed: Iterable[tuple[Sequence[str], int]],
-             written: Iterable[Job], continuous: bool, largest: Callable[[Job], int] | None
-             ) -> list[Batch]:
+             written: Iterable[Job], continuous: bool, largest: Callable[[Job], int] | None,
+             own: dict[str, int]) -> list[Batch]:
     """The checkpointed fixed batches that are worth forming again, their pending jobs taken
     out of `groups`. Resuming runs every job of the batch for the iterations left; starting
     over runs only the pending ones, for all of them. A batch larger than any worker's batch
-    size now is not formed: a smaller --batch-size is often asked for memory."""
+    size now is not formed: a smaller --batch-size is often asked for memory. Jobs that would
+    go through slots (a run stopped with --no-continuous, resumed without it) resume as the
+    fixed batch unless one of them has a checkpoint of its own as far (a later run in slots
+    took it further)."""
     pending = _by_key(job for group in groups.values() for job in group)
     done = _by_key(written)
     batches = []
@@ -146,7 +152,8 @@ def _resumed(groups: dict[str, deque[Job]], checkpointed: Iterable[tuple[Sequenc
             continue  # a job is gone (its row, or failed since), or the manifest changed
         first = jobs[0]
         left = [job for job in jobs if job in pending.get(job.key, ())]
-        fixed = first.spec.video is None and not (continuous and slotted(first))
+        ahead = all(own.get(job.key, -1) < iteration for job in left)
+        fixed = first.spec.video is None and (ahead or not (continuous and slotted(first)))
         fits = largest is None or len(jobs) <= largest(first)
         total = first.spec.params.iterations
         if fixed and fits and left and len(jobs) * (total - iteration) <= len(left) * total:

@@ -25,7 +25,12 @@ from ..io.mirror import STATE, drop_local, refresh
 from ..io.run_copies import release
 from ..io.storage import Location, location, storage_options
 from . import ledger, traces
-from .checkpoint_files import batch_checkpoints, checkpoint_dir, sweep_finished
+from .checkpoint_files import (
+    batch_checkpoints,
+    checkpoint_dir,
+    job_checkpoints,
+    sweep_finished,
+)
 from .distribute import Distributor, Outcome, QuietDisplay, distribute
 from .distributors import check_distributor, open_distributor
 from .jobs import Batch, Job, forget_input_digests
@@ -211,7 +216,8 @@ def _run_locked(manifest: Location, opts: RunOptions, found: Scan, run_id: str,
         sizes = [slot.batch_size(opts.batch_size) for slot in workers.slots]
         queue = BatchQueue(p.todo, len(workers.slots), opts.continuous,
                            batch_checkpoints(out_dir), p.done,
-                           lambda job: max(size(job) for size in sizes))
+                           lambda job: max(size(job) for size in sizes),
+                           job_checkpoints(out_dir))
         # A worker with no batch would only start up.
         workers.slots = workers.slots[:max(1, queue.count(
             workers.slots[0].batch_size(opts.batch_size)))]
