@@ -3,10 +3,10 @@ CPU worker each get what suits them). Groups are cut in manifest order, so worke
 batch sizes always form the same batches from the same unfinished jobs. A fixed batch handed
 back (its worker died) goes out first and whole, to a worker whose batch size holds it (to any
 once nothing else is left: a GPU's batch waits for a GPU while a CPU has other work): it
-resumes from its checkpoint. So does a fixed
-batch that an earlier run checkpointed (coarse-to-fine, Adam, by blocks, or any batch of a
---no-continuous run: its jobs step together, so they resume together), formed again as it was
-where a worker's batch size holds it: a job of it written before the run ended runs again with it, its output kept, where that
+resumes from its checkpoint. So does a fixed batch that an earlier run checkpointed
+(coarse-to-fine, Adam, by blocks, or any batch of a --no-continuous run: its jobs step
+together, so they resume together), formed again as it was where a worker's batch size holds
+it: a job of it written before the run ended runs again with it, its output kept, where that
 costs less than starting the others over. On several workers
 a multi-pass video goes out as the pieces of its passes (pass_plan.py), before the groups:
 a pass waiting for its last piece leaves the other workers to the rest.
