@@ -514,6 +514,22 @@ def test_killed_at_batch_4_jobs_resume_from_their_checkpoints_at_batch_3(tmp_pat
         assert torch.equal(img, ref_images[name]), name
 
 
+def _stopper(iteration: int, seen: list, stopped: list) -> type:
+    """A run display that keeps what the workers say, and presses Ctrl-C once a batch reaches
+    `iteration` while `stopped` is empty."""
+    from pipeline.cli.progress import RunDisplay
+
+    class Stopper(RunDisplay):
+        def handle(self, event):
+            super().handle(event)
+            seen.append(event)
+            if isinstance(event, Iteration) and event.iteration >= iteration and not stopped:
+                stopped.append(True)
+                os.kill(os.getpid(), signal.SIGINT)
+
+    return Stopper
+
+
 def test_a_fixed_batch_resumes_whole_at_another_batch_size_with_a_job_written_before(
         dataset, tmp_path):
     """Adam steps a batch's jobs together, so they checkpoint and resume together. Stopped,
@@ -527,7 +543,6 @@ def test_a_fixed_batch_resumes_whole_at_another_batch_size_with_a_job_written_be
     from pipeline.bulk.events import BatchStarted, Log
     from pipeline.bulk.manifest import parse_overrides
     from pipeline.bulk.runner import RunOptions, run_manifest
-    from pipeline.cli.progress import RunDisplay
 
     def options(out, batch):
         return RunOptions(out, devices="cpu", workers=1, batch_size=batch, checkpoint_every=5,
@@ -535,19 +550,8 @@ def test_a_fixed_batch_resumes_whole_at_another_batch_size_with_a_job_written_be
                           overrides=parse_overrides(["size=32", "iterations=60", "optimizer=adam"]),
                           runtime=RuntimeOptions(precision="fp64"))
 
-    seen = []
-
-    class Stopper(RunDisplay):
-        """Ctrl-C once the first batch is a quarter of the way; keeps what workers say."""
-
-        def handle(self, event):
-            super().handle(event)
-            seen.append(event)
-            if isinstance(event, Iteration) and event.iteration >= 20 and not stopped:
-                stopped.append(True)
-                os.kill(os.getpid(), signal.SIGINT)
-
-    stopped = [True]  # not the reference
+    seen, stopped = [], [True]  # not the reference
+    Stopper = _stopper(20, seen, stopped)  # a quarter of the way
     assert not run_manifest(dataset, options(tmp_path / "ref", 4), Stopper).failed
     stopped.clear()
     out = tmp_path / "out"
@@ -590,7 +594,6 @@ def test_a_run_stopped_in_fixed_batches_resumes_them_in_a_run_in_slots(dataset, 
     from pipeline.bulk.events import BatchStarted
     from pipeline.bulk.manifest import parse_overrides
     from pipeline.bulk.runner import RunOptions, run_manifest
-    from pipeline.cli.progress import RunDisplay
 
     def options(out, continuous):
         return RunOptions(out, devices="cpu", workers=1, batch_size=6, checkpoint_every=5,
@@ -598,16 +601,8 @@ def test_a_run_stopped_in_fixed_batches_resumes_them_in_a_run_in_slots(dataset, 
                           overrides=parse_overrides(["size=32", "iterations=40", "tol=0"]),
                           runtime=RuntimeOptions(precision="fp64"))
 
-    seen, stopped = [], [True]
-
-    class Stopper(RunDisplay):
-        def handle(self, event):
-            super().handle(event)
-            seen.append(event)
-            if isinstance(event, Iteration) and event.iteration >= 15 and not stopped:
-                stopped.append(True)
-                os.kill(os.getpid(), signal.SIGINT)
-
+    seen, stopped = [], [True]  # not the reference
+    Stopper = _stopper(15, seen, stopped)
     assert not run_manifest(dataset, options(tmp_path / "ref", False), Stopper).failed
     stopped.clear()
     out = tmp_path / "out"
