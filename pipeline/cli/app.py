@@ -136,9 +136,8 @@ def logs(verbose: bool = typer.Option(True, "--verbose/--quiet-log",
                                       help="Log target and model events (provider chosen, "
                                            "cache hits, exports) to stderr.")) -> None:
     """Batch neural style transfer (Gatys et al., CVPR 2016)."""
-    handler: logging.Handler = RichHandler(console=console, show_path=False, show_time=False)
-    if not console.is_interactive:  # a log file, a pipe, CI
-        handler = LineHandler()
+    handler = (RichHandler(console=console, show_path=False, show_time=False)
+               if console.is_interactive else LineHandler())  # else a log file, a pipe, CI
     logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[handler],
                         force=True)
     logging.getLogger("pipeline").setLevel(logging.INFO if verbose else logging.WARNING)
