@@ -585,13 +585,16 @@ def test_a_fixed_batch_resumes_whole_at_another_batch_size_with_a_job_written_be
         assert torch.equal(img, ref_images[name]), name
 
 
-def test_a_run_stopped_in_fixed_batches_resumes_them_in_a_run_in_slots(dataset, tmp_path):
+@pytest.mark.parametrize("first", ["fixed", "slots"])
+def test_a_run_stopped_resumes_its_checkpoints_with_continuous_batching_switched(
+        first, dataset, tmp_path):
     """Stopped with --no-continuous, rerun without it (as `status` and a hint from before
     said): the jobs have no checkpoints of their own, so their batch resumes whole from its
-    checkpoint, not from iteration 0, to the images of an uninterrupted run (fp64)."""
+    checkpoint. Stopped in slots, rerun with --no-continuous: each job resumes from its own
+    checkpoint (a fixed batch cannot hold jobs at different iterations). Neither starts from
+    iteration 0, and both give the images of an uninterrupted run (fp64)."""
     from pipeline.accel.runtime import RuntimeOptions
-    from pipeline.bulk.checkpoint_files import batch_checkpoints
-    from pipeline.bulk.events import BatchStarted
+    from pipeline.bulk.checkpoint_files import batch_checkpoints, job_checkpoints
     from pipeline.bulk.manifest import parse_overrides
     from pipeline.bulk.runner import RunOptions, run_manifest
 
@@ -603,19 +606,22 @@ def test_a_run_stopped_in_fixed_batches_resumes_them_in_a_run_in_slots(dataset, 
 
     seen, stopped = [], [True]  # not the reference
     Stopper = _stopper(15, seen, stopped)
-    assert not run_manifest(dataset, options(tmp_path / "ref", False), Stopper).failed
+    continuous = first == "slots"
+    assert not run_manifest(dataset, options(tmp_path / "ref", continuous), Stopper).failed
     stopped.clear()
     out = tmp_path / "out"
-    assert run_manifest(dataset, options(out, False), Stopper).interrupted
-    batches = batch_checkpoints(out)
-    assert batches and all(15 <= iteration < 40 for _, iteration in batches), batches
-    seen.clear()
-    result = run_manifest(dataset, options(out, True), Stopper)
+    assert run_manifest(dataset, options(out, continuous), Stopper).interrupted
+    if continuous:
+        assert not batch_checkpoints(out)
+        resumed = job_checkpoints(out)
+    else:
+        assert not job_checkpoints(out)
+        resumed = {key: iteration for keys, iteration in batch_checkpoints(out) for key in keys}
+    assert resumed and all(0 < i < 40 for i in resumed.values()), resumed
+    result = run_manifest(dataset, options(out, not continuous), Stopper)
     assert not result.failed and result.done + result.done_before == 6
-    resumed = {iteration for _, iteration in batches}
-    assert {e.resumed_at for e in seen if isinstance(e, BatchStarted)} & resumed, seen
     rows = {r["key"]: r for r in ledger.read(out).values()}
-    assert {rows[k]["resumed_from"] for keys, _ in batches for k in keys} <= resumed
+    assert {key: rows[key]["resumed_from"] for key in resumed} == resumed
     ref_images, images = images_in(tmp_path / "ref"), images_in(out)
     assert ref_images.keys() == images.keys() and len(images) == 6
     for name, img in images.items():

@@ -7,7 +7,8 @@ resumes from its checkpoint. So does a fixed batch that an earlier run checkpoin
 (coarse-to-fine, Adam, by blocks, or any batch of a --no-continuous run: its jobs step
 together, so they resume together), formed again as it was where a worker's batch size holds
 it: a job of it written before the run ended runs again with it, its output kept, where that
-costs less than starting the others over. On several workers
+costs less than starting the others over. A --no-continuous run still sends the jobs that a
+run in slots checkpointed through slots, each from its own checkpoint. On several workers
 a multi-pass video goes out as the pieces of its passes (pass_plan.py), before the groups:
 a pass waiting for its last piece leaves the other workers to the rest.
 
@@ -43,6 +44,7 @@ class BatchQueue:
         `largest(job)`: the largest batch size of any worker for that job (None: any); `own`:
         the iteration of each job's own checkpoint, by key (checkpoint_files.job_checkpoints)."""
         groups: dict[str, deque[Job]] = {}
+        own = own or {}
         self._plans: list[PassPlan] = []
         for job in jobs:
             if splits(job, workers):
@@ -50,7 +52,9 @@ class BatchQueue:
             else:
                 groups.setdefault(job.group, deque()).append(job)
         self._returned = deque(_resumed(groups, checkpointed, written, continuous, largest,
-                                        own or {}))
+                                        own))
+        if not continuous:
+            self._returned.extend(_own_checkpoints(groups, own))
         self._groups = deque(group for group in groups.values() if group)
         self._workers, self._continuous = workers, continuous
 
@@ -162,6 +166,20 @@ def _resumed(groups: dict[str, deque[Job]], checkpointed: Iterable[tuple[Sequenc
                 pending[job.key].remove(job)
             kept = frozenset(job.id for job in jobs if job not in left)
             batches.append(Batch(tuple(jobs), kept=kept))
+    return batches
+
+
+def _own_checkpoints(groups: dict[str, deque[Job]], own: dict[str, int]) -> list[Batch]:
+    """In a --no-continuous run, the jobs that a run in slots checkpointed, taken out of
+    `groups`: a fixed batch steps its jobs together from one iteration, so they go through
+    slots still, each resuming from its own checkpoint, not from iteration 0."""
+    batches = []
+    for group in groups.values():
+        jobs = tuple(job for job in group if job.key in own and slotted(job))
+        for job in jobs:
+            group.remove(job)
+        if jobs:
+            batches.append(Batch(jobs, slots=1))  # cut to a worker's batch size when taken
     return batches
 
 

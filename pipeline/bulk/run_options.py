@@ -49,7 +49,8 @@ class RunOptions:
                                     "once, and each job is checkpointed on its own, resuming "
                                     "in any batch. Images made in one stage with lbfgs; "
                                     "--no-continuous: fixed batches, checkpointed and resumed "
-                                    "whole.")
+                                    "whole (the jobs a run in slots checkpointed still resume "
+                                    "in slots).")
     checkpoint_every: int = option(50, "Checkpoint each job (or fixed batch) every N iterations, "
                                        "within --checkpoint-budget (0: only when stopped).",
                                    lo=0)
