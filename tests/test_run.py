@@ -28,6 +28,7 @@ from pipeline.io.images import read_metadata
 from tests.conftest import make_painting, make_photo
 from tests.run_helpers import (
     FAST,
+    ONE_BY_ONE,
     ROOT,
     cell,
     images_in,
@@ -346,19 +347,29 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(uninterrupted, tmp_
     assert cell(stopped.output, "run") == "not running"
     with pytest.raises(AssertionError, match="'eta' not in"):
         cell(stopped.output, "eta")
-    # after a crash no run said how to resume: status does, with the run's --set items
+    # after a crash no run said how to resume: status does, as the run would have (the rerun
+    # below after kill -9 runs status's command)
     said = json.loads(runner.invoke(app, ["status", str(out), "--json"]).stdout)
-    assert shlex.split(said["resume_command"]) == [
-        "pipeline", "run", str(dataset), "--out", str(out), "--set", "size=32", "--set",
-        f"iterations={KILLED_RUN_ITERATIONS}"], said
+    again = shlex.split(said["resume_command"])
+    assert again == (hint or again), (hint, again)
+    assert f"\nresume with: {said['resume_command']}\n" in stopped.output  # on one line
+    head, options, sets = again[:5], again[5:-4], again[-4:]
+    assert head == ["pipeline", "run", str(dataset), "--out", str(out)], again
+    assert sets == ["--set", "size=32", "--set", f"iterations={KILLED_RUN_ITERATIONS}"], again
+    given = ["--devices", "cpu", "--checkpoint-every", "2", "--checkpoint-budget", "1",
+             *ONE_BY_ONE]  # spawn_run's, in another order
+
+    def pairs(words):
+        return dict(zip(words[::2], words[1::2], strict=True))
+
+    assert pairs(options) == pairs(given) | {"--checkpoint-budget": "1.0"}, again  # a float
     done_before = {k: r["finished_at"] for k, r in ledger.read(out).items()
                    if r["status"] == "done"}
     assert 0 < len(done_before) < 7
     assert saved_checkpoints(out)
 
-    proc = spawn_run(dataset, out, KILLED_RUN_ITERATIONS) if hint is None else subprocess.Popen(
-        [sys.executable, "-m", *hint], cwd=ROOT, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, start_new_session=True, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", *again], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True, text=True)
     text = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, text
     assert _resumed(text, out), text
@@ -897,12 +908,55 @@ def test_a_worker_forwards_the_provider_and_warnings_not_per_image_lines():
 def test_status_types_the_last_run_s_set_items_again_as_they_were_read(tmp_path):
     """`status`'s resume command repeats run.json's --set values: read back, they are the same
     (numbers, words, lists and paths)."""
+    from pipeline.bulk.again import set_items
     from pipeline.bulk.manifest import parse_overrides
     from pipeline.bulk.run_state import read_run_info, write_run_info
-    from pipeline.cli.run import _set_items
 
     given = parse_overrides(["size=256", "style_weight=1e-05", "lbfgs_clamp=false", "tol=0.1",
                              "style_layers=relu1_1,relu3_1", "optimizer=adam",
                              f"init={tmp_path / 'start here.png'}"])
     write_run_info(tmp_path, "id", tmp_path / "m.parquet", [], {}, given)
-    assert parse_overrides(_set_items(read_run_info(tmp_path).overrides)) == given
+    assert parse_overrides(set_items(read_run_info(tmp_path).overrides)) == given
+
+
+def test_status_resumes_with_the_options_the_run_was_given_but_credentials(tmp_path):
+    """run.json keeps the options a command line gave (status repeats them; a run from
+    Python, or an older run.json, has none: --skip-bad-rows only, where rows were left out),
+    the storage options but credentials, and says that credentials were left out."""
+    from pipeline.bulk.again import Again, again
+    from pipeline.bulk.run_state import read_run_info, write_run_info
+
+    given = again(["--precision", "fp32", "--no-report"],
+                  ["endpoint_url=http://h:9000", "key=AKIA", "client_kwargs.region_name=x",
+                   "secret=s3cr3t", "session_token=t"])
+    assert given == Again(("--precision", "fp32", "--no-report",
+                           "--storage-option", "endpoint_url=http://h:9000",
+                           "--storage-option", "client_kwargs.region_name=x"), True)
+    write_run_info(tmp_path, "id", tmp_path / "m.parquet", [], {1: "bad"}, {"size": 64}, given)
+    info = read_run_info(tmp_path)
+    assert info.again == given
+    said = info.again.command(["pipeline", "run", "m.parquet", "--out", "o"], ["size=64"])
+    assert said == ("pipeline run m.parquet --out o --precision fp32 --no-report "
+                    "--storage-option endpoint_url=http://h:9000 --storage-option "
+                    "client_kwargs.region_name=x --set size=64 (and the credentials given by "
+                    "--storage-option)")
+    assert "AKIA" not in (tmp_path / "run.json").read_text()
+    for invalid, words in (({}, ()), ({1: "bad"}, ("--skip-bad-rows",))):
+        write_run_info(tmp_path, "id", tmp_path / "m.parquet", [], invalid, {})
+        assert read_run_info(tmp_path).again == Again(words)
+
+
+def test_status_s_resume_command_names_a_manifest_in_the_home_folder_so_a_shell_finds_it(
+        tmp_path, monkeypatch):
+    """Not `~/m.parquet`: quoted (as a path with a space must be), a shell would not expand it."""
+    from pipeline.bulk.run_state import write_run_info
+
+    home, out, elsewhere = tmp_path / "my home", tmp_path / "my home" / "out", tmp_path / "x"
+    out.mkdir(parents=True)
+    elsewhere.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(elsewhere)
+    write_run_info(out, "id", home / "m.parquet", [("k" * 64, "a.png")], {}, {})
+    said = json.loads(runner.invoke(app, ["status", str(out), "--json"]).stdout)
+    assert shlex.split(said["resume_command"]) == [
+        "pipeline", "run", str(home / "m.parquet"), "--out", str(out)], said

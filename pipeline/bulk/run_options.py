@@ -11,6 +11,7 @@ from ..errors import InputError
 from ..gatys.trace import TRACE_EVERY, TRACE_EVERY_HELP
 from ..io.storage import location
 from ..options import check, option
+from .again import Again
 
 DISTRIBUTORS = ("local", "ray")  # distributors/
 
@@ -70,6 +71,9 @@ class RunOptions:
                                        "skipped otherwise).")
     overrides: dict[str, Any] = field(default_factory=dict)  # --set: column defaults
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    # The options a command resuming the run repeats, kept in run.json for `pipeline status`
+    # (the command line's; None: only --skip-bad-rows where it left rows out).
+    again: Again | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", location(self.out_dir))

@@ -10,6 +10,7 @@ again everywhere at once.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -28,6 +29,7 @@ from ..io.storage import Location, check_store, is_url
 from ..io.video import is_video, video_metadata
 from ..video.layout import frames_folder, frames_kept
 from . import ledger
+from .again import Again
 from .checkpoint_files import checkpointed
 from .locks import Holder
 
@@ -44,6 +46,7 @@ class RunInfo:
     overrides: dict[str, Any] = field(default_factory=dict)  # --set, as the manifest's rows saw
     started_at: float = 0.0
     started_by: Holder | None = None  # the run's process (none in an older run.json)
+    again: Again = field(default_factory=Again)  # what a command resuming it repeats
 
     @property
     def total(self) -> int:
@@ -60,13 +63,15 @@ def new_run_id() -> str:
 
 
 def write_run_info(out_dir: Path, run_id: str, manifest: Location, jobs: Sequence[ledger.JobId],
-                   invalid: dict[int, str], overrides: dict[str, Any]) -> None:
+                   invalid: dict[int, str], overrides: dict[str, Any],
+                   again: Again | None = None) -> None:
     info = {"manifest": str(manifest if isinstance(manifest, str) else manifest.resolve()),
             "run_id": run_id, "started_at": time.time(), "pid": os.getpid(),
             "host": socket.gethostname(),
             "invalid": [[row, error] for row, error in sorted(invalid.items())],
             "overrides": {k: list(v) if isinstance(v, tuple) else v
                           for k, v in overrides.items()},
+            **({"again": dataclasses.asdict(again)} if again else {}),
             "jobs": [list(j) for j in jobs]}
     atomic_write_bytes(out_dir / RUN_INFO, json.dumps(info).encode())
 
@@ -80,14 +85,16 @@ def read_run_info(out_dir: Path) -> RunInfo:
                          "`pipeline run --out` folder?")
     try:
         raw = json.loads(path.read_text())
+        invalid = {_int(r): _str(e) for r, e in _typed(raw, "invalid", list)}
         return RunInfo(
             manifest=_typed(raw, "manifest", str), run_id=_typed(raw, "run_id", str),
             jobs=tuple((_str(k), _str(o)) for k, o in _typed(raw, "jobs", list)),
-            invalid={_int(r): _str(e) for r, e in _typed(raw, "invalid", list)},
+            invalid=invalid,
             overrides=_typed(raw, "overrides", dict),
             started_at=float(_typed(raw, "started_at", (int, float))),
             started_by=(Holder(_typed(raw, "pid", int), _typed(raw, "host", str))
-                        if "pid" in raw else None))
+                        if "pid" in raw else None),
+            again=_again(raw, invalid))
     except (OSError, ValueError, TypeError, KeyError) as e:
         reason = f"no {e.args[0]!r} field" if isinstance(e, KeyError) else str(e)
         raise InputError(f"{path} is unreadable ({reason or type(e).__name__}); a rerun of "
@@ -101,6 +108,17 @@ def _typed(raw: Any, name: str, kind: type | tuple[type, ...]) -> Any:
     if not isinstance(value, kind) or isinstance(value, bool):
         raise TypeError(f"{name} is a {type(value).__name__}")
     return value
+
+
+def _again(raw: dict[str, Any], invalid: dict[int, str]) -> Again:
+    """run.json's; one written by a run from Python (or by an older version) has none: only
+    --skip-bad-rows then, where the run left rows out."""
+    if "again" not in raw:
+        return Again(("--skip-bad-rows",) if invalid else ())
+    given = _typed(raw, "again", dict)
+    if not isinstance(hidden := given.get("credentials_left_out"), bool):
+        raise TypeError(f"credentials_left_out is a {type(hidden).__name__}")
+    return Again(tuple(map(_str, _typed(given, "options", list))), hidden)
 
 
 def _str(value: Any) -> str:

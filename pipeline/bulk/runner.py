@@ -195,7 +195,7 @@ def _run_locked(manifest: Location, opts: RunOptions, found: Scan, run_id: str,
     refresh(out_dir, STATE)  # in a bucket: as it is now that this run holds the lease
     remove_stale_temps(_own_folders(out_dir, found.jobs))  # of a run that was killed
     write_run_info(out_dir, run_id, manifest, [j.id for j in found.jobs],
-                   {e.row: e.reason for e in found.errors}, opts.overrides)
+                   {e.row: e.reason for e in found.errors}, opts.overrides, opts.again)
     p = plan(found.jobs, out_dir, opts.retry_failed)
     now = time.time()
     ledger.append(out_dir, [

@@ -48,16 +48,18 @@ def cli_default(owner: type, f: Field) -> Any:
     return cli_value(owner, f, default(f))
 
 
-def typed_again(*records: Any) -> list[str]:
+def typed_again(*records: Any, but: tuple[str, ...] = ()) -> list[str]:
     """The options of `records` that differ from their defaults, as the command line spells
-    them: what a command to type again must repeat to mean the same (a resume hint). One its
-    environment variable gives is not repeated: the environment gives it again."""
+    them: what a command to type again must repeat to mean the same (a resume hint), `but`
+    the fields named. One its environment variable gives is not repeated: the environment
+    gives it again."""
     words: list[str] = []
     for record in records:
         owner = type(record)
         for f in cli_fields(owner):
             value, envvar = getattr(record, f.name), spec(f).envvar
-            if value == default(f) or (value is None and not spec(f).words) or (
+            if f.name in but or value == default(f) or (
+                    value is None and not spec(f).words) or (
                     envvar and value == os.environ.get(envvar)):
                 continue
             if isinstance(value, bool) and not spec(f).words:  # --name/--no-name

@@ -7,8 +7,6 @@ import dataclasses
 import datetime
 import functools
 import json
-import re
-import shlex
 import socket
 import time
 from pathlib import Path
@@ -19,6 +17,7 @@ from rich.table import Table
 
 from ..accel.options import RuntimeOptions
 from ..bulk import ledger
+from ..bulk.again import again, set_items
 from ..bulk.fork_server import start_early
 from ..bulk.locks import Holder, RunLocked, holder
 from ..bulk.manifest import parse_overrides
@@ -82,7 +81,11 @@ def run(
     resume)."""
     only_warnings(quiet)
     set_storage_options(storage_option)  # before the workers start: they inherit it
-    opts = dataclasses.replace(opts, overrides=parse_overrides(set_ or []), runtime=options)
+    resume = again([*typed_again(opts, options, but=("out_dir",)),
+                    *([] if report else ["--no-report"]), *(["-q"] if quiet else [])],
+                   storage_option or [])
+    opts = dataclasses.replace(opts, overrides=parse_overrides(set_ or []), runtime=options,
+                               again=resume)
     if opts.distributor == "local":
         start_early()  # its imports beside this process's, not after them
     with computing():
@@ -92,8 +95,8 @@ def run(
                               functools.partial(RunDisplay, quiet=quiet),
                               functools.partial(counting, shown=not quiet))
     except ManifestInvalid as e:
-        validate = _again(["pipeline", "manifest", "validate", manifest, "--out",
-                           str(opts.out_dir)], set_ or [], storage_option or [])
+        validate = again([], storage_option or []).command(
+            ["pipeline", "manifest", "validate", manifest, "--out", str(opts.out_dir)], set_ or [])
         print_errors(e.errors, then=f" ({validate} lists them all)")
         say_error(f"{manifest}: {len(e.errors)} invalid row(s); fix them, or pass "
                   "--skip-bad-rows to run the rest")
@@ -111,27 +114,11 @@ def run(
     else:
         console.print(table)
     if result.interrupted or result.errors or result.pending:
-        again = _again(["pipeline", "run", manifest, *typed_again(opts, options),
-                        *([] if report else ["--no-report"]), *(["-q"] if quiet else [])],
-                       set_ or [], storage_option or [])
+        said = resume.command(["pipeline", "run", manifest, "--out", str(opts.out_dir)],
+                              set_ or [])
         console.print(f"{'interrupted' if result.interrupted else 'not finished'}; resume "
-                      f"with: {again}", soft_wrap=True)  # one line to copy, also from a log
+                      f"with: {said}", soft_wrap=True)  # one line to copy, also from a log
     raise typer.Exit(exit_code(result))
-
-
-# Storage options not repeated in a line that may go into a log: credentials.
-SECRET = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
-
-
-def _again(words: list[str], sets: list[str], storage: list[str]) -> str:
-    """A command to copy that means what this run meant (to resume it, to list its invalid
-    rows): `words`, then each --set (it makes the jobs what they are) and --storage-option
-    given, but credentials."""
-    hidden = [item for item in storage if SECRET.search(item.partition("=")[0])]
-    words = [*words, *(w for item in sets for w in ("--set", item)),
-             *(w for item in storage if item not in hidden for w in ("--storage-option", item))]
-    return shlex.join(words) + (" (and the credentials given by --storage-option)"
-                                if hidden else "")
 
 
 def _summary(out: Path, result: RunResult) -> Table:
@@ -242,9 +229,8 @@ def status(out: str = typer.Argument(..., help=RUN_FOLDER),
     eta = _eta(state, info.started_at) if running is not None and not checking else None
     resume = None  # after a crash or a reboot, no run said it
     if state.pending and known and running is None:
-        resume = _again(["pipeline", "run", shown(info.manifest), "--out", out,
-                         *(["--skip-bad-rows"] if info.invalid else [])],
-                        _set_items(info.overrides), [])
+        resume = info.again.command(["pipeline", "run", shown(info.manifest, home=False),
+                                     "--out", out], set_items(info.overrides))
     summary = _status_dict(info.manifest, info.total, state, found, ran, report,
                            running, known, eta, resume)
     if as_json:
@@ -258,8 +244,6 @@ def status(out: str = typer.Argument(..., help=RUN_FOLDER),
     table.add_row("done", str(state.done))
     table.add_row("failed", str(len(state.failed)))
     table.add_row("pending", _pending(len(state.pending), found))
-    if resume:
-        table.add_row("resume", resume)
     if eta is not None:
         seconds, here = eta
         pace = ledger.rate(len(here), time.time() - info.started_at, ledger.any_video(here))
@@ -273,6 +257,8 @@ def status(out: str = typer.Argument(..., help=RUN_FOLDER),
         table.add_row("devices", ", ".join(measured["devices"]))
     table.add_row("report", report or f"none yet (pipeline report {out})")
     console.print(table)
+    if resume:  # one line to copy, not a table's cell folded over several
+        console.print(f"resume with: {resume}", soft_wrap=True)
     if state.failed:
         failures = Table(title="failures")
         failures.add_column("row", justify="right")
@@ -308,19 +294,6 @@ def _eta(state: RunState, started_at: float) -> tuple[float, list[dict[str, Any]
     if not here or not state.pending:
         return None
     return len(state.pending) * (time.time() - started_at) / len(here), here
-
-
-def _set_items(overrides: dict[str, Any]) -> list[str]:
-    """run.json's --set values typed again (`name=value`, as parse_overrides reads them)."""
-
-    def text(value: Any) -> str:
-        if isinstance(value, bool):
-            return str(value).lower()
-        if isinstance(value, list | tuple):
-            return ",".join(map(text, value))
-        return repr(value) if isinstance(value, float) else str(value)
-
-    return [f"{name}={text(value)}" for name, value in overrides.items()]
 
 
 def _status_dict(manifest: str, jobs: int, state: RunState, found: Resumable | None,
