@@ -1,3 +1,6 @@
+import platform
+import re
+
 import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
@@ -17,6 +20,21 @@ def test_help_documents_every_option():
                    "--preserve-colors", "--pooling", "--device", "--precision", "--weights",
                    "--channels-last", "[default: 512]"):
         assert option in result.output, option
+
+
+def test_version_says_ours_as_installed_and_what_computes_for_it():
+    """One version, pipeline/version.py's: the installed package's metadata reads it too."""
+    from importlib import metadata
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    ours = metadata.version("style-pipeline")
+    torch, python = metadata.version("torch"), platform.python_version()
+    assert re.fullmatch(rf"style-pipeline {re.escape(ours)} \(torch {re.escape(torch)}, "
+                        rf"onnxruntime(-gpu)? [0-9][^,]*, Python {re.escape(python)}\)\n",
+                        result.output), result.output
+    from pipeline.version import __version__
+    assert __version__ == ours
 
 
 def test_cache_clear_help_names_exactly_the_parts_there_are():

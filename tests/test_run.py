@@ -412,14 +412,14 @@ print("loaded", sorted(m for m in ("torch", "onnx", "onnxruntime") if m in sys.m
 
 
 def test_commands_that_compute_nothing_start_without_torch(uninterrupted, tmp_path):
-    """`--help`, `status`, `report`, `manifest build` and `manifest validate` load neither
-    torch nor ONNX Runtime (most of a start-up, and of the memory), so that a script can poll
-    a run, or check a manifest, cheaply."""
+    """`--help`, `--version`, `status`, `report`, `manifest build` and `manifest validate`
+    load neither torch nor ONNX Runtime (most of a start-up, and of the memory), so that a
+    script can poll a run, or check a manifest, cheaply."""
     dataset, reference = uninterrupted
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     data = dataset.parent
-    for args in (["--help"], ["run", "--help"], ["status", str(out)],
+    for args in (["--help"], ["--version"], ["run", "--help"], ["status", str(out)],
                  ["status", str(out), "--json"], ["report", str(out)],
                  ["manifest", "build", "--content", str(data / "content"), "--style",
                   str(data / "style"), "-o", str(tmp_path / "m.parquet")],

@@ -8,6 +8,7 @@ import contextlib
 import functools
 import gc
 import logging
+import platform
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from ..collector import paused
 from ..errors import InputError, NonFiniteError, RowError, SourceMissingError
 from ..io.files import describe_os_error
+from ..version import __version__
 from .progress import LISTED, console, say
 
 # Exit code per kind of error we expect (a NonFiniteError: the job diverged).
@@ -131,10 +133,34 @@ class LineHandler(logging.Handler):
         console.print(self.format(record), soft_wrap=True, highlight=False)
 
 
+def _version(asked: bool) -> None:
+    """`pipeline --version`: ours and what computes for it, the lines a bug report needs (read
+    from the installed packages' metadata: nothing imported)."""
+    if not asked:
+        return
+    from importlib import metadata
+
+    def installed(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    ort = next(((n, v) for n in ("onnxruntime-gpu", "onnxruntime") if (v := installed(n))),
+               ("onnxruntime", "not installed"))
+    found = [("torch", installed("torch") or "not installed"), ort,
+             ("Python", platform.python_version())]
+    typer.echo(f"style-pipeline {__version__} ({', '.join(f'{n} {v}' for n, v in found)})")
+    raise typer.Exit()
+
+
 @app.callback()
 def logs(verbose: bool = typer.Option(True, "--verbose/--quiet-log",
                                       help="Log target and model events (provider chosen, "
-                                           "cache hits, exports) to stderr.")) -> None:
+                                           "cache hits, exports) to stderr."),
+         version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                      help="Print the version (and torch's, ONNX Runtime's "
+                                           "and Python's) and exit.")) -> None:
     """Batch neural style transfer (Gatys et al., CVPR 2016)."""
     handler = (RichHandler(console=console, show_path=False, show_time=False)
                if console.is_interactive else LineHandler())  # else a log file, a pipe, CI
