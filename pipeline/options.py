@@ -149,18 +149,26 @@ def check(record: Any) -> None:
     """InputError naming the first option of `record` that is not finite or outside its
     declared range or choices (cross-field rules are the record's own)."""
     for name, s in _options(type(record)):
-        value = getattr(record, name)
-        if value is None or isinstance(value, tuple | str | bool):
-            if s.choices is not None and value not in s.choices:
-                raise InputError(f"{name} must be {range_text(s)}, got {value!r}")
-            continue
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InputError(f"{name} must be a finite number, got {value}")
-        inside = ((s.lo is None or value >= s.lo) and (s.hi is None or value <= s.hi)
-                  and (s.above is None or value > s.above)
-                  and (s.under is None or value < s.under))
-        if not inside or (s.choices is not None and value not in s.choices):
-            raise InputError(f"{name} must be {range_text(s)}, got {value}")
+        _check(name, s, getattr(record, name))
+
+
+def check_field(owner: type, name: str, value: Any) -> None:
+    """`check` for one option's value alone (a default for many records, such as --set)."""
+    _check(name, dict(_options(owner))[name], value)
+
+
+def _check(name: str, s: Spec, value: Any) -> None:
+    if value is None or isinstance(value, tuple | str | bool):
+        if s.choices is not None and value not in s.choices:
+            raise InputError(f"{name} must be {range_text(s)}, got {value!r}")
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{name} must be a finite number, got {value}")
+    inside = ((s.lo is None or value >= s.lo) and (s.hi is None or value <= s.hi)
+              and (s.above is None or value > s.above)
+              and (s.under is None or value < s.under))
+    if not inside or (s.choices is not None and value not in s.choices):
+        raise InputError(f"{name} must be {range_text(s)}, got {value}")
 
 
 def decides_result(record: Any, s: Spec) -> bool:

@@ -270,6 +270,17 @@ def test_unknown_and_missing_columns(dataset, tmp_path):
     bare = run_cli(dataset, tmp_path / "o", "--set", "style_weight")  # the name right, no value
     assert bare.exit_code == 2
     assert "error: --set 'style_weight': no value; give style_weight=value" in bare.output
+    # a value out of its range: said once for the --set, not once per row it fills; nothing
+    # written (the folder is not made)
+    for item, said in (("size=100000", "size must be between 16 and 16384, got 100000"),
+                       ("tol=nan", "tol must be a finite number, got nan"),
+                       ("optimizer=sgd", "optimizer must be one of lbfgs, adam, got 'sgd'")):
+        for command in (["run", str(dataset), "--out", str(tmp_path / "o")],
+                        ["manifest", "validate", str(dataset)]):
+            result = runner.invoke(app, [*command, "--set", item], terminal_width=300)
+            assert result.exit_code == 2, result.output
+            assert result.output.splitlines() == [f"error: --set {item!r}: {said}"]
+    assert not (tmp_path / "o").exists()
     bad = write_manifest([{"content": r["content"]} for r in rows], tmp_path / "m.parquet")
     result = runner.invoke(app, ["manifest", "validate", str(bad)], terminal_width=300)
     assert result.exit_code == 2 and "missing required column(s) ['style']" in result.output

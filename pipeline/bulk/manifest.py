@@ -36,7 +36,7 @@ from ..io.images import OUTPUT_FORMATS, output_bit_depth
 from ..io.storage import Location, is_url, location, object_identity, parent, read_bytes
 from ..io.storage import name as file_name
 from ..io.video import is_video
-from ..options import base_type, coerce, declared, spec
+from ..options import base_type, check_field, coerce, declared, spec
 from ..video.layout import ENCODED
 from ..video.params import VideoParams
 
@@ -119,9 +119,10 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
         if not sep or name not in known:
             raise InputError(f"--set {item!r}{did_you_mean(name, known)}: expected name=value "
                              f"with name one of {', '.join(sorted(known))}")
-        try:
+        try:  # its range too, here, not in every row it fills (cross-field rules there)
             out[name] = coerce_param(name, value)
-        except ValueError as e:
+            check_field(_record(name), name, out[name])
+        except (ValueError, InputError) as e:
             raise InputError(f"--set {item!r}: {e}") from None
         if name in FILE_PARAMS and out[name] not in FILE_PARAMS[name]:  # against the cwd
             out[name] = str(Path(os.path.expanduser(out[name])).absolute())
