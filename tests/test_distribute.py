@@ -173,6 +173,24 @@ def test_a_run_of_slots_handed_back_goes_to_the_next_worker_cut_to_its_size(data
     assert after is not None and set(after.jobs) <= set(other)
 
 
+def test_without_continuous_batching_jobs_with_their_own_checkpoints_still_go_through_slots(
+        dataset, tmp_path):
+    """--no-continuous after a run in slots: a fixed batch steps its jobs from one iteration,
+    so the jobs checkpointed on their own go out in slots (first, cut to the worker's batch
+    size), each resuming from its checkpoint; the others in fixed batches. Counted as batches
+    of the worker's size, so a run keeps a worker for each."""
+    jobs = _jobs(dataset, tmp_path)
+    same = [j for j in jobs if j.group == jobs[0].group]
+    assert len(same) == 4
+    queue = BatchQueue(same, workers=2, continuous=False,
+                       own={j.key: 5 for j in same[:3]})
+    assert queue.count(lambda job: 1) == 4 and queue.count(lambda job: 2) == 3
+    first = queue.take(lambda job: 2)
+    assert first is not None and (first.jobs, first.slots) == (tuple(same[:3]), 2)
+    last = queue.take(lambda job: 2)
+    assert last is not None and (last.jobs, last.slots) == ((same[3],), 0) and not queue
+
+
 def test_jobs_in_slots_go_out_as_each_workers_share_of_their_group(dataset, tmp_path):
     """Continuous batching: a worker's batch is its share of the group (at most RUN_SLOTS
     times its batch size, at least one batch), to run through batch-size slots."""

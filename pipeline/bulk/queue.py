@@ -127,8 +127,10 @@ class BatchQueue:
 
     def count(self, batch_size: Callable[[Job], int]) -> int:
         """How many batches remain (at most, for a plan: a pass's pieces) if every one is cut
-        with `batch_size`."""
-        return (len(self._returned) + sum(-(-len(g) // batch_size(g[0])) for g in self._groups)
+        with `batch_size`: jobs in slots count as batches of their size too."""
+        return (sum(-(-len(b.jobs) // batch_size(b.jobs[0])) if b.slots else 1
+                    for b in self._returned)
+                + sum(-(-len(g) // batch_size(g[0])) for g in self._groups)
                 + sum(p.pieces(batch_size(p.job)) for p in self._plans))
 
     def __bool__(self) -> bool:
