@@ -232,6 +232,7 @@ def test_a_job_whose_image_breaks_after_validation_fails_alone(dataset, tmp_path
     ({"tv_weight": "nan"}, "tv_weight must be a finite"),
     ({"optimizer": "sgd"}, "optimizer must be one of"),
     ({"output": "x.gif"}, "must end in .png"),
+    ({"output": "sub/.png"}, "output 'sub/.png' has no name before its extension"),
     ({"output": "same.png"}, "duplicates row"),
     ({"style_weights": "1,2"}, "style_weights has 2 values but needs 1"),
     ({"style": ""}, "style must be a path"),

@@ -179,6 +179,8 @@ def output_path(out_dir: Path, value: str, inputs: Sequence[Location],
                          f"{out_dir}")
     if path.relative_to(out_dir).parts[0] in RESERVED:
         raise ValueError(f"output {value!r} is inside the run's own {RESERVED} folders")
+    if path.name.startswith(".") and not path.suffix:  # `.png`: a hidden file, no extension
+        raise ValueError(f"output {value!r} has no name before its extension")
     if video and path.suffix.lower() not in ENCODED:
         raise ValueError(f"output {value!r} of a video must end in {', '.join(ENCODED)}")
     if not video and path.suffix.lower() not in OUTPUT_FORMATS:
