@@ -61,6 +61,7 @@ def test_a_new_option_is_one_field():
                                         cuda_graphs=False, trt_fp16=True, block_size=512)),
     (Glow(), RuntimeOptions()),  # nothing to repeat
     (Glow(passes=(7,)), RuntimeOptions(channels_last=True, providers="cuda,cpu")),
+    (Glow(1.0), RuntimeOptions()),  # typed `--glow 1`
 ])
 def test_options_typed_again_are_parsed_back_to_the_same_records(records, monkeypatch):
     """A resume hint repeats the options a command was given (typed_again): typed as it says,
@@ -79,6 +80,7 @@ def test_options_typed_again_are_parsed_back_to_the_same_records(records, monkey
     assert result.exit_code == 0, (words, result.output)
     assert seen == [records], words
     assert (words == []) == (records == (Glow(), RuntimeOptions()))
+    assert "1.0" not in words
     monkeypatch.setenv("STYLE_PIPELINE_CACHE", "/elsewhere")  # given by the environment
     assert typed_again(records[0], dataclasses.replace(records[1], cache="/elsewhere")) == words
 

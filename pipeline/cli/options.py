@@ -65,8 +65,13 @@ def typed_again(*records: Any, but: tuple[str, ...] = ()) -> list[str]:
             if isinstance(value, bool) and not spec(f).words:  # --name/--no-name
                 words.append(cli_name(f) if value else f"--no-{cli_name(f)[2:]}")
             else:
-                words += [cli_name(f), str(cli_value(owner, f, value))]
+                words += [cli_name(f), _typed(cli_value(owner, f, value))]
     return words
+
+
+def _typed(value: Any) -> str:
+    """A value as a person types it: 1, not 1.0 (a float option reads either)."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def typer_option(owner: type, f: Field) -> Any:
