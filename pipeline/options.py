@@ -114,6 +114,14 @@ def _scalar(kind: type, value: Any) -> Any:
     return int(number)
 
 
+def typed(value: Any) -> str:
+    """A value as a person types it, read back the same: 1, not 1.0 (a float option reads
+    either); any other float exactly."""
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value)
+
+
 def _num(x: float) -> str:
     return str(x) if isinstance(x, int) else f"{x:g}"
 

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..options import typed
+
 # Storage options not repeated in a line that may go into a log: credentials.
 SECRET = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
 
@@ -45,6 +47,6 @@ def set_items(overrides: dict[str, Any]) -> list[str]:
             return str(value).lower()
         if isinstance(value, list | tuple):
             return ",".join(map(text, value))
-        return repr(value) if isinstance(value, float) else str(value)
+        return typed(value)
 
     return [f"{name}={text(value)}" for name, value in overrides.items()]

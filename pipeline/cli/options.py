@@ -15,7 +15,7 @@ import typer
 
 from ..accel.options import RuntimeOptions
 from ..errors import InputError
-from ..options import base_type, coerce, declared, default, range_sentence, spec
+from ..options import base_type, coerce, declared, default, range_sentence, spec, typed
 
 
 def cli_name(f: Field) -> str:
@@ -65,13 +65,8 @@ def typed_again(*records: Any, but: tuple[str, ...] = ()) -> list[str]:
             if isinstance(value, bool) and not spec(f).words:  # --name/--no-name
                 words.append(cli_name(f) if value else f"--no-{cli_name(f)[2:]}")
             else:
-                words += [cli_name(f), _typed(cli_value(owner, f, value))]
+                words += [cli_name(f), typed(cli_value(owner, f, value))]
     return words
-
-
-def _typed(value: Any) -> str:
-    """A value as a person types it: 1, not 1.0 (a float option reads either)."""
-    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def typer_option(owner: type, f: Field) -> Any:
