@@ -145,7 +145,7 @@ def test_a_grid_over_video_options_multiplies_the_video_rows_only(video_dataset,
                                   "-o", str(tmp_path / "bad.parquet")])
     assert refused.exit_code == 2
     assert refused.output.strip().splitlines() == [
-        "error: --param: passes must be 0 (the frame chain) or at least 2, got 1"]
+        "error: --param passes=1: passes must be 0 (the frame chain) or at least 2, got 1"]
 
 
 def test_a_video_is_done_by_the_key_inside_it(finished, tmp_path):

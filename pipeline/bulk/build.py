@@ -29,6 +29,7 @@ from ..io.storage import Location, find_objects, is_url
 from ..io.storage import name as file_name
 from ..io.video import VIDEO_SUFFIXES, is_video
 from ..video.params import VideoParams
+from .again import set_items
 from .manifest import (
     LIST_COLUMNS,
     PARAM_COLUMNS,
@@ -219,8 +220,8 @@ def settings(grid: dict[str, list[Any]], video: bool = True
             params, regions, options = split_setting(combo)
             regions.validate(1, params.validate())
             options.validate()
-        except InputError as e:
-            raise InputError(f"--param: {e}") from None
+        except InputError as e:  # named by the combination: a rule may join two axes
+            raise InputError(f"--param {' '.join(set_items(dict(combo)))}: {e}") from None
     return combos
 
 
