@@ -1,7 +1,7 @@
 """style-pipeline: batch neural style transfer (Gatys et al., CVPR 2016). Everything the
 `pipeline` command does, from Python: one image (`stylize`, `stylize_file`), a batch
 (`stylize_batch`), a video (`stylize_video_file`), a manifest built (`build_manifest`) and run
-(`run_manifest`), its report (`write_report`).
+(`run_manifest`), its report (`write_report`) and its state (`run_status`).
 
 The names are imported when first used, so that what needs no torch (the CLI's `--help`,
 `status`, `report`, manifests) starts without it."""
@@ -22,8 +22,9 @@ _FROM = {"Regions": ".gatys.region_params", "RunOptions": ".bulk.run_options",
          "Runtime": ".accel.runtime", "RuntimeOptions": ".accel.options", "StyleJob": ".api",
          "StyleParams": ".gatys.params", "StyleResult": ".api", "build_manifest":
          ".bulk.make_manifest", "exit_code": ".bulk.runner", "run_manifest": ".bulk.runner",
-         "stylize": ".api", "stylize_batch": ".api", "stylize_file": ".api",
-         "stylize_video_file": ".video.file", "VideoParams": ".video.params",
+         "run_status": ".report.status", "stylize": ".api", "stylize_batch": ".api",
+         "stylize_file": ".api", "stylize_video_file": ".video.file",
+         "VideoParams": ".video.params",
          "write_report": ".report"}
 
 

@@ -362,6 +362,8 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(uninterrupted, tmp_
     # after a crash no run said how to resume: status does, as the run would have (the rerun
     # below after kill -9 runs status's command)
     said = json.loads(runner.invoke(app, ["status", str(out), "--json"]).stdout)
+    from pipeline import run_status  # the same from Python
+    assert json.loads(json.dumps(run_status(str(out)).as_dict())) == said
     again = shlex.split(said["resume_command"])
     assert again == (hint or again), (hint, again)
     assert f"\nresume with: {said['resume_command']}\n" in stopped.output  # on one line

@@ -6,9 +6,10 @@ import typer
 from rich.table import Table
 
 from ..io.cache_entries import AGED, CACHE_PARTS, cache_contents, clear_cache, inputs_limit
+from ..io.files import shown
 from .app import app, reports_errors
 from .options import CACHE_OPTION
-from .progress import console, shown
+from .progress import console
 
 cache_app = typer.Typer(no_args_is_help=True, help="Show or empty the cache.")
 app.add_typer(cache_app, name="cache")

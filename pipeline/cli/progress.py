@@ -6,7 +6,6 @@ import datetime
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -77,19 +76,6 @@ def duration(seconds: float, decimals: int = 1) -> str:
     if round(seconds, decimals) < 60:
         return f"{seconds:.{decimals}f} s"
     return str(datetime.timedelta(seconds=round(seconds)))
-
-
-def shown(path: str | Path, home: bool = True) -> str:
-    """A path as a person reads it: relative to the working folder when it is below it, else
-    from ~ when it is below the home folder (`home`: not in a command to copy, where a quoted
-    ~ is not expanded); a URL as it is."""
-    if "://" in str(path):
-        return str(path)
-    path = Path(path)
-    for base, prefix in ((Path.cwd(), ""), *([(Path.home(), "~/")] if home else [])):
-        if path.is_absolute() and path.is_relative_to(base) and path != base:
-            return prefix + path.relative_to(base).as_posix()
-    return str(path)
 
 
 def format_losses(terms: dict[str, Tensor] | dict[str, float], index: int = 0) -> str:

@@ -10,33 +10,24 @@ import json
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from ..accel.options import RuntimeOptions
 from ..bulk import ledger
-from ..bulk.again import again, set_items
+from ..bulk.again import again
 from ..bulk.fork_server import start_early
-from ..bulk.locks import Holder, RunLocked, holder
+from ..bulk.locks import Holder, RunLocked
 from ..bulk.manifest import parse_overrides
 from ..bulk.run_options import RunOptions
-from ..bulk.run_state import (
-    Resumable,
-    RunState,
-    ledger_only_info,
-    read_run_info,
-    resumable,
-    run_folder,
-    run_state,
-    stored_at,
-)
+from ..bulk.run_state import Resumable, stored_at
 from ..errors import InputError
-from ..io.files import use_cache
-from ..io.storage import Location, is_url, location, set_storage_options
+from ..io.files import shown, use_cache
+from ..io.storage import Location, location, set_storage_options
 from ..report import write_report
-from ..report.page import REPORT
+from ..report.status import run_status
 from .app import (
     app,
     computing,
@@ -47,7 +38,7 @@ from .app import (
     say_error,
 )
 from .options import CACHE_OPTION, QUIET_OPTION, STORAGE_OPTION, typed_again, with_options
-from .progress import RunDisplay, console, duration, say, shown, summary_table
+from .progress import RunDisplay, console, duration, say, summary_table
 
 if TYPE_CHECKING:
     from ..bulk.runner import RunResult
@@ -209,56 +200,34 @@ def status(out: str = typer.Argument(..., help=RUN_FOLDER),
     object storage: while the bucket has it)."""
     set_storage_options(storage_option)
     use_cache(cache_dir)
-    folder = run_folder(out)
-    try:
-        info = read_run_info(folder)
-    except InputError as e:
-        if not (folder / "run.json").is_file():
-            raise
-        say("warning:", "yellow", f"{e}; counting the ledger alone")
-        info = ledger_only_info(folder)
-    state = run_state(folder, info)
-    found = resumable(folder, state.pending)
-    ran = ledger.throughput(state.records)
-    report = stored_at(folder / REPORT)
-    try:
-        running, known = holder(out if is_url(out) else folder), True
-    except OSError:  # this machine cannot tell (locks.holder)
-        running, known = None, False
-    checking = running is not None and _checking(running, info.started_by)
-    eta = _eta(state, info.started_at) if running is not None and not checking else None
-    resume = None  # after a crash or a reboot, no run said it
-    if state.pending and known and running is None:
-        resume = info.again.command(["pipeline", "run", shown(info.manifest, home=False),
-                                     "--out", out], set_items(info.overrides))
-    summary = _status_dict(info.manifest, info.total, state, found, ran, report,
-                           running, known, eta, resume)
+    now = run_status(out)
     if as_json:
-        typer.echo(json.dumps(summary))
+        typer.echo(json.dumps(now.as_dict()))
         return
+    info, state = now.info, now.state
     table = summary_table(f"status {out}")
     table.add_row("manifest", shown(info.manifest))
-    if known:
-        table.add_row("run", _running(running, None if checking else info.started_at))
+    if now.known:
+        table.add_row("run", _running(now.running, None if now.checking else info.started_at))
     table.add_row("jobs", str(info.total))
     table.add_row("done", str(state.done))
     table.add_row("failed", str(len(state.failed)))
-    table.add_row("pending", _pending(len(state.pending), found))
-    if eta is not None:
-        seconds, here = eta
+    table.add_row("pending", _pending(len(state.pending), now.found))
+    if now.eta is not None:
+        seconds, here = now.eta
         pace = ledger.rate(len(here), time.time() - info.started_at, ledger.any_video(here))
         table.add_row("eta", f"{datetime.timedelta(seconds=round(seconds))}, at this run's "
                       f"{pace}")
-    if ran is not None:
-        (timed, span), measured = ran, summary["throughput"]
+    if now.ran is not None:
+        (timed, span), measured = now.ran, now.as_dict()["throughput"]
         table.add_row("throughput", f"{ledger.rate(len(timed), span, ledger.any_video(timed))}"
                       f" over {duration(span, 0 if span >= 1 else 1)}; "
                       f"{duration(measured['seconds_per_batch_run'])} per batch run")
         table.add_row("devices", ", ".join(measured["devices"]))
-    table.add_row("report", report or f"none yet (pipeline report {out})")
+    table.add_row("report", now.report or f"none yet (pipeline report {out})")
     console.print(table)
-    if resume:  # one line to copy, not a table's cell folded over several
-        console.print(f"resume with: {resume}", soft_wrap=True)
+    if now.resume:  # one line to copy, not a table's cell folded over several
+        console.print(f"resume with: {now.resume}", soft_wrap=True)
     if state.failed:
         failures = Table(title="failures")
         failures.add_column("row", justify="right")
@@ -277,49 +246,6 @@ def _running(running: Holder | None, started_at: float | None) -> str:
         return f"running{where}: process {running.pid}, checking its manifest"
     since = datetime.timedelta(seconds=round(time.time() - started_at))
     return f"running{where}: process {running.pid}, for {since}"
-
-
-def _checking(running: Holder, started_by: Holder | None) -> bool:
-    """Whether the run holding the folder is still checking its manifest: its run.json,
-    written once it has, is not there yet (the one there names another process on its host).
-    run.json naming another host than the lock's: a run seen from another container on the
-    same kernel, whose process numbers differ from this one's; taken as written."""
-    return started_by is None or (started_by != running and started_by.host == running.host)
-
-
-def _eta(state: RunState, started_at: float) -> tuple[float, list[dict[str, Any]]] | None:
-    """(seconds left, the jobs done so far by the run that is going on) at that run's pace,
-    from its start; None until it has done one."""
-    here = [r for r in state.records if r["seconds"] and r["finished_at"] >= started_at]
-    if not here or not state.pending:
-        return None
-    return len(state.pending) * (time.time() - started_at) / len(here), here
-
-
-def _status_dict(manifest: str, jobs: int, state: RunState, found: Resumable | None,
-                 ran: tuple[list[dict[str, Any]], float] | None, report: str | None,
-                 running: Holder | None, known: bool,
-                 eta: tuple[float, list[dict[str, Any]]] | None,
-                 resume: str | None) -> dict[str, Any]:
-    """`status --json`: what the tables show, as numbers (null where a table says none;
-    running: null where this machine cannot tell)."""
-    throughput = None
-    if ran is not None:
-        timed, span = ran
-        throughput = {"outputs_per_hour": len(timed) / span * 3600, "seconds": span,
-                      "seconds_per_batch_run": sum(r["seconds"] for r in timed) / len(timed),
-                      "devices": sorted({r["device"] for r in timed})}
-    return {"manifest": str(manifest),
-            "running": running is not None if known else None,
-            "process": None if running is None else dataclasses.asdict(running),
-            "eta_seconds": None if eta is None else eta[0],
-            "jobs": jobs, "done": state.done,
-            "failed": len(state.failed), "pending": len(state.pending),
-            "resume_from_checkpoint": len(found.iterations) if found else None,
-            "videos_with_frames_done": len(found.frames) if found else None,
-            "resume_command": resume,
-            "throughput": throughput, "report": report,
-            "failures": [{"row": row, "error": error} for row, error in state.failed]}
 
 
 def _pending(count: int, found: Resumable | None) -> str:

@@ -13,12 +13,12 @@ from ..accel.options import RuntimeOptions
 from ..gatys.params import StyleParams
 from ..gatys.region_params import Regions
 from ..gatys.trace import TRACE_EVERY, TRACE_EVERY_HELP
-from ..io.files import use_cache
+from ..io.files import shown, use_cache
 from ..io.images import intermediate_path
 from ..io.storage import location, name, set_storage_options
 from .app import app, computing, only_warnings, reports_errors
 from .options import DEVICE_OPTION, QUIET_OPTION, STORAGE_OPTION, field_option, with_options
-from .progress import console, duration, format_losses, iteration_bar, shown, summary_table
+from .progress import console, duration, format_losses, iteration_bar, summary_table
 
 
 @app.command()

@@ -13,13 +13,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..accel.options import RuntimeOptions
 from ..gatys.params import StyleParams
 from ..gatys.region_params import Regions
-from ..io.files import use_cache
+from ..io.files import shown, use_cache
 from ..io.storage import location, set_storage_options
 from ..video.layout import frames_location
 from ..video.params import VideoParams
 from .app import Terminated, app, computing, only_warnings, reports_errors, say
 from .options import DEVICE_OPTION, QUIET_OPTION, STORAGE_OPTION, with_options
-from .progress import Pace, console, duration, format_losses, shown, summary_table
+from .progress import Pace, console, duration, format_losses, summary_table
 
 if TYPE_CHECKING:
     from ..video.frames import Frame

@@ -247,3 +247,16 @@ def atomic_path(dest: str | os.PathLike, durable: bool = True) -> Iterator[Path]
 def atomic_write_bytes(dest: str | os.PathLike, data: bytes, durable: bool = True) -> None:
     with atomic_path(dest, durable) as tmp:
         tmp.write_bytes(data)
+
+
+def shown(path: str | Path, home: bool = True) -> str:
+    """A path as a person reads it: relative to the working folder when it is below it, else
+    from ~ when it is below the home folder (`home`: not in a command to copy, where a quoted
+    ~ is not expanded); a URL as it is."""
+    if "://" in str(path):
+        return str(path)
+    path = Path(path)
+    for base, prefix in ((Path.cwd(), ""), *([(Path.home(), "~/")] if home else [])):
+        if path.is_absolute() and path.is_relative_to(base) and path != base:
+            return prefix + path.relative_to(base).as_posix()
+    return str(path)
