@@ -723,6 +723,9 @@ def test_a_damaged_ledger_part_is_set_aside_and_rebuilt_from_the_outputs(dataset
     status = runner.invoke(app, ["status", str(out)], terminal_width=300)
     assert status.exit_code == 0 and "run.json is unreadable" in status.output
     assert cell(status.output, "done") == "6"
+    next(out.glob("*.png")).unlink()  # pending again: no command names an unknown manifest
+    status = runner.invoke(app, ["status", str(out)], terminal_width=300)
+    assert cell(status.output, "pending") == "1" and "resume with" not in status.output
 
 
 # --- caches --------------------------------------------------------------------------------

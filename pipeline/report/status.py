@@ -80,20 +80,20 @@ def run_status(out: str) -> RunStatus:
     said in a warning, and the ledger alone counted."""
     folder = run_folder(out)
     try:
-        info = read_run_info(folder)
+        info, damaged = read_run_info(folder), False
     except InputError as e:
         if not (folder / RUN_INFO).is_file():
             raise
         log.warning("%s; counting the ledger alone", e)
-        info = ledger_only_info(folder)
+        info, damaged = ledger_only_info(folder), True
     state = run_state(folder, info)
     try:
         running, known = holder(out if is_url(out) else folder), True
     except OSError:  # this machine cannot tell (locks.holder)
         running, known = None, False
     checking = running is not None and _checking(running, info.started_by)
-    resume = None
-    if state.pending and known and running is None:
+    resume = None  # none without the manifest's name
+    if state.pending and known and running is None and not damaged:
         resume = info.again.command(["pipeline", "run", shown(info.manifest, home=False),
                                      "--out", out], set_items(info.overrides))
     return RunStatus(out, info, state, resumable(folder, state.pending),
