@@ -899,6 +899,19 @@ def test_two_cpu_workers_only_where_two_of_the_largest_jobs_fit_the_pixel_budget
     assert auto_cpu_workers([*small, (1024, 768)], cores=16) == 1
 
 
+def test_cpu_workers_are_at_most_one_per_core_and_a_larger_number_is_said(monkeypatch, caplog):
+    """`--workers 100` on 2 cores ran 100 processes, each holding a model, on one thread
+    each: now 2, with a warning; a GPU device list is not the CPU's."""
+    from pipeline.bulk.distributors import local_slots
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    slots = local_slots("cpu", 100, [(64, 64)])
+    assert [(s.device, s.threads) for s in slots] == [("cpu", 1), ("cpu", 1)]
+    assert "--workers 100: this machine has 2 cores; running 2 CPU workers" in caplog.text
+    caplog.clear()
+    assert len(local_slots("cpu", 2, [(64, 64)])) == 2 and not caplog.text
+
+
 def test_a_worker_forwards_the_provider_and_warnings_not_per_image_lines():
     import logging
 

@@ -38,8 +38,9 @@ class RunOptions:
                                   "list such as cuda:0,cuda:1 or cpu. One worker process per "
                                   "device.")
     workers: int = option(0, "CPU workers per machine (on machines without GPUs), each with an "
-                             "equal share of the cores. 0 = 2 where the machine has 2+ cores "
-                             "and two of the largest jobs fit 4 x 512x384 px together, else 1.",
+                             "equal share of the cores, at most one per core. 0 = 2 where the "
+                             "machine has 2+ cores and two of the largest jobs fit 4 x 512x384 "
+                             "px together, else 1.",
                           lo=0)
     batch_size: int = option(0, "Jobs optimized together (same size and parameters). 0 = per "
                                 "device: on CUDA 8 up to 512x384 px, else 1; on the CPU up to "

@@ -4,6 +4,7 @@ machine) and `ray` (actors over a Ray cluster). The run loop (distribute.py) is 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,8 @@ from ..distribute import Distributor, Slot
 from ..jobs import auto_cpu_workers
 from ..run_options import DISTRIBUTORS
 from ..worker import WorkerConfig
+
+log = logging.getLogger("pipeline.run")
 
 
 def device_names(spec: str) -> list[str]:
@@ -36,11 +39,15 @@ def device_names(spec: str) -> list[str]:
 
 def local_slots(spec: str, workers: int, sizes: list[tuple[int, int]]) -> list[Slot]:
     """The devices of `spec` (device_names). The CPU gets `workers` processes (0:
-    auto_cpu_workers), each with an equal share of the cores."""
-    cores = os.cpu_count() or 1
-    cpu_workers = max(1, workers or auto_cpu_workers(sizes, cores))
+    auto_cpu_workers), each with an equal share of the cores: at most one per core, as a
+    Ray node's (more would only share the cores and hold a model each)."""
+    cores, names = os.cpu_count() or 1, device_names(spec)
+    if workers > cores and "cpu" in names:
+        log.warning("--workers %d: this machine has %d cores; running %d CPU workers",
+                    workers, cores, cores)
+    cpu_workers = max(1, min(cores, workers or auto_cpu_workers(sizes, cores)))
     out: list[Slot] = []
-    for name in device_names(spec):
+    for name in names:
         if name == "cpu":
             out += [Slot("cpu", "cpu", max(1, cores // cpu_workers), cpu_workers)] * cpu_workers
         else:
