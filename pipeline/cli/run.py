@@ -219,7 +219,7 @@ def status(out: str = typer.Argument(..., help=RUN_FOLDER),
         table.add_row("eta", f"{datetime.timedelta(seconds=round(seconds))}, at this run's "
                       f"{pace}")
     if now.ran is not None:
-        (timed, span), measured = now.ran, now.as_dict()["throughput"]
+        (timed, span), measured = now.ran, now.throughput()
         table.add_row("throughput", f"{ledger.rate(len(timed), span, ledger.any_video(timed))}"
                       f" over {duration(span, 0 if span >= 1 else 1)}; "
                       f"{duration(measured['seconds_per_batch_run'])} per batch run")

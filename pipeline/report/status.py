@@ -52,15 +52,18 @@ class RunStatus:
     eta: tuple[float, Rows] | None  # (seconds left, the jobs this run has done) at its pace
     resume: str | None  # the command that resumes the pending jobs, while no run goes on
 
+    def throughput(self) -> dict[str, Any] | None:
+        """Of the done jobs that ran: their rate, span, mean time per batch run, devices."""
+        if self.ran is None:
+            return None
+        timed, span = self.ran
+        return {"outputs_per_hour": len(timed) / span * 3600, "seconds": span,
+                "seconds_per_batch_run": sum(r["seconds"] for r in timed) / len(timed),
+                "devices": sorted({r["device"] for r in timed})}
+
     def as_dict(self) -> dict[str, Any]:
         """What the tables show, as numbers (null where a table says none; running: null where
         this machine cannot tell)."""
-        throughput = None
-        if self.ran is not None:
-            timed, span = self.ran
-            throughput = {"outputs_per_hour": len(timed) / span * 3600, "seconds": span,
-                          "seconds_per_batch_run": sum(r["seconds"] for r in timed) / len(timed),
-                          "devices": sorted({r["device"] for r in timed})}
         state, found = self.state, self.found
         return {"manifest": str(self.info.manifest),
                 "running": self.running is not None if self.known else None,
@@ -71,7 +74,7 @@ class RunStatus:
                 "resume_from_checkpoint": len(found.iterations) if found else None,
                 "videos_with_frames_done": len(found.frames) if found else None,
                 "resume_command": self.resume,
-                "throughput": throughput, "report": self.report,
+                "throughput": self.throughput(), "report": self.report,
                 "failures": [{"row": row, "error": error} for row, error in state.failed]}
 
 
