@@ -40,7 +40,6 @@ Rows = list[dict[str, Any]]
 class RunStatus:
     """A run folder as `pipeline status` shows it; `as_dict()` is its `--json`."""
 
-    out: str  # the folder as it was named
     info: RunInfo
     state: RunState
     found: Resumable | None  # None for a folder in object storage (not looked at)
@@ -99,7 +98,7 @@ def run_status(out: str) -> RunStatus:
     if state.pending and known and running is None and not damaged:
         resume = info.again.command(["pipeline", "run", shown(info.manifest, home=False),
                                      "--out", out], set_items(info.overrides))
-    return RunStatus(out, info, state, resumable(folder, state.pending),
+    return RunStatus(info, state, resumable(folder, state.pending),
                      ledger.throughput(state.records), stored_at(folder / REPORT), running,
                      known, checking,
                      _eta(state, info.started_at) if running is not None and not checking
