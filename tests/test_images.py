@@ -155,6 +155,8 @@ def test_save_is_atomic_with_metadata(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.jpg"]  # no temp files
     with pytest.raises(InputError, match=r"must end in \.png"):
         save_image(img, tmp_path / "c.gif")
+    with pytest.raises(InputError, match=r"\.png: output has no name before its extension"):
+        save_image(img, tmp_path / ".png")
 
 
 def _jpeg_quality(path) -> int:

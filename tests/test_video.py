@@ -344,6 +344,11 @@ def test_video_refuses_an_output_that_resolves_to_its_source(clip_file):
     assert result.exit_code == 2
     assert "the output would overwrite one of the inputs" in result.output
     assert source.read_bytes() == before
+    # `.mp4` names no video, and is no folder of frames to make either
+    hidden = source.parent / ".mp4"
+    result = runner.invoke(app, ["video", str(source), str(style), "-o", str(hidden), *FAST])
+    assert result.exit_code == 2 and not hidden.exists()
+    assert "output has no name before its extension" in result.output
 
 
 def test_part_of_a_clip_at_another_rate_into_a_folder(clip_file, tmp_path):

@@ -32,7 +32,7 @@ from ..errors import InputError, RowError, did_you_mean
 from ..gatys.params import INIT_WORDS, WEIGHT_SOURCES, StyleParams
 from ..gatys.region_params import NO_REGIONS, Regions
 from ..io.files import atomic_path
-from ..io.images import OUTPUT_FORMATS, output_bit_depth
+from ..io.images import OUTPUT_FORMATS, nameless, output_bit_depth
 from ..io.storage import Location, is_url, location, object_identity, parent, read_bytes
 from ..io.storage import name as file_name
 from ..io.video import is_video
@@ -179,7 +179,7 @@ def output_path(out_dir: Path, value: str, inputs: Sequence[Location],
                          f"{out_dir}")
     if path.relative_to(out_dir).parts[0] in RESERVED:
         raise ValueError(f"output {value!r} is inside the run's own {RESERVED} folders")
-    if path.name.startswith(".") and not path.suffix:  # `.png`: a hidden file, no extension
+    if nameless(path):
         raise ValueError(f"output {value!r} has no name before its extension")
     if video and path.suffix.lower() not in ENCODED:
         raise ValueError(f"output {value!r} of a video must end in {', '.join(ENCODED)}")

@@ -224,9 +224,16 @@ def resize(img: Image.Image, size: tuple[int, int]) -> Image.Image:
     return img if img.size == size else img.resize(size, Image.Resampling.LANCZOS)
 
 
+def nameless(path: Path) -> bool:
+    """`.png`: a hidden file without an extension, not an image named by its extension."""
+    return path.name.startswith(".") and not path.suffix
+
+
 def check_output_path(path: str | os.PathLike, bit_depth: int = 0) -> Path:
     """Fail before any work is done if we cannot write this kind of file."""
     shown, path = path, Path(name(str(path)) if is_url(path) else path)
+    if nameless(path):
+        raise InputError(f"{shown}: output has no name before its extension")
     if path.suffix.lower() not in OUTPUT_FORMATS:
         raise InputError(f"{shown}: output must end in .png, .jpg, .jpeg, .tif or .tiff")
     output_bit_depth(path, bit_depth)

@@ -21,7 +21,7 @@ from PIL import Image
 
 from ..errors import InputError
 from ..io.files import atomic_path, cache_dir, check_writable_dir, describe_os_error, overwrites
-from ..io.images import open_keyed
+from ..io.images import nameless, open_keyed
 from ..io.mirror import attach, borrowed, fetch_new, remove_tree, removed
 from ..io.pixels import save_image
 from ..io.storage import Location, check_store, name, parent
@@ -41,6 +41,8 @@ def check_output(source: Location, styles: Sequence[Location], output: Location)
     if overwrites(output, (source, *styles)):
         raise InputError(f"{output}: the output would overwrite one of the inputs")
     named = Path(name(str(output)))
+    if nameless(named):  # `.mp4` is no folder of frames to make
+        raise InputError(f"{output}: output has no name before its extension")
     if is_video(named) and named.suffix.lower() not in ENCODED:
         raise InputError(f"{output}: write {', '.join(ENCODED)} (H.264), or give a folder "
                          "for PNG frames")
