@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -122,6 +123,48 @@ def typed(value: Any) -> str:
     return str(value)
 
 
+# How the command line spells an option: what a command to type again (a resume hint, or
+# `pipeline status`'s for a run started from Python) repeats.
+
+def cli_fields(owner: type) -> list[Field]:
+    return [f for f in declared(owner) if spec(f).cli]
+
+
+def cli_name(f: Field) -> str:
+    return spec(f).flags[0] if spec(f).flags else f"--{f.name.replace('_', '-')}"
+
+
+def cli_value(owner: type, f: Field, value: Any) -> Any:
+    """A value as the command line spells it: a word, a comma-separated list, or itself."""
+    words = spec(f).words
+    if words:
+        return next(w for w, v in words.items() if v == value)
+    if base_type(owner, f.name)[1] and value is not None:
+        return ",".join(map(str, value))
+    return value
+
+
+def typed_again(*records: Any, but: tuple[str, ...] = ()) -> list[str]:
+    """The options of `records` that differ from their defaults, as the command line spells
+    them: what a command to type again must repeat to mean the same (a resume hint), `but`
+    the fields named. One its environment variable gives is not repeated: the environment
+    gives it again."""
+    words: list[str] = []
+    for record in records:
+        owner = type(record)
+        for f in cli_fields(owner):
+            value, envvar = getattr(record, f.name), spec(f).envvar
+            if f.name in but or value == default(f) or (
+                    value is None and not spec(f).words) or (
+                    envvar and value == os.environ.get(envvar)):
+                continue
+            if isinstance(value, bool) and not spec(f).words:  # --name/--no-name
+                words.append(cli_name(f) if value else f"--no-{cli_name(f)[2:]}")
+            else:
+                words += [cli_name(f), typed(cli_value(owner, f, value))]
+    return words
+
+
 def _num(x: float) -> str:
     return str(x) if isinstance(x, int) else f"{x:g}"
 
@@ -202,5 +245,6 @@ def _plain(record: Any, names: Iterator[str]) -> dict[str, Any]:
             for name in names}
 
 
-__all__ = ["Spec", "as_dict", "base_type", "check", "coerce", "decides_result", "declared",
-           "default", "option", "range_sentence", "range_text", "result_dict", "spec"]
+__all__ = ["Spec", "as_dict", "base_type", "check", "cli_fields", "cli_name", "cli_value",
+           "coerce", "decides_result", "declared", "default", "option", "range_sentence",
+           "range_text", "result_dict", "spec", "typed", "typed_again"]

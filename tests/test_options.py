@@ -14,10 +14,10 @@ from pipeline.api import RuntimeOptions, StyleParams
 from pipeline.bulk.manifest import COLUMNS, coerce_param
 from pipeline.bulk.runner import RunOptions
 from pipeline.cli import app
-from pipeline.cli.options import typed_again, with_options
+from pipeline.cli.options import with_options
 from pipeline.cli.reference import cli_table, manifest_table, rendered
 from pipeline.errors import InputError
-from pipeline.options import check, coerce, option
+from pipeline.options import check, coerce, option, typed_again
 
 runner = CliRunner()
 

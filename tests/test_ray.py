@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import subprocess
 import sys
 
@@ -82,7 +83,7 @@ def test_ctrl_c_checkpoints_every_worker_of_the_cluster_and_the_resumed_run_equa
     out = tmp_path / "ray"
     args = [str(dataset), "--out", str(out), "--distributor", "ray", "--ray-address", c.address,
             "--set", f"iterations={ITERATIONS}", "--checkpoint-every", "5",
-            "--checkpoint-budget", "1", *SAME]
+            "--checkpoint-budget", "1", "--workers", "2", *SAME]
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "COLUMNS": "200"})
@@ -117,6 +118,8 @@ def test_ctrl_c_checkpoints_every_worker_of_the_cluster_and_the_resumed_run_equa
     assert again.returncode == 0, text
     assert text.count("resuming from its checkpoint at iteration") == kept, text
     assert "node " in text  # the workers are named by node in the display and summary
+    assert re.search(r"--workers 2: node \w+ has 1 core; running one CPU worker per core",
+                     text), text  # a node of one CPU runs one, and says so
     rows = ledger.read(out).values()
     assert len(rows) == 6 and all(r["status"] == "done" for r in rows)
     _assert_equal(out, reference)

@@ -592,6 +592,10 @@ def test_a_fixed_batch_resumes_whole_at_another_batch_size_with_a_job_written_be
         f"5 (3 resume from a checkpoint, at iteration {iteration})"), status.output
     got = json.loads(runner.invoke(app, ["status", str(out), "--json"]).stdout)
     assert (got["pending"], got["resume_from_checkpoint"]) == (5, 3)
+    said = f"{got['resume_command']} "  # a run from Python: its options as typed
+    for words in ("--devices cpu", "--workers 1", "--batch-size 4", "--checkpoint-every 5",
+                  "--checkpoint-budget 1", "--precision fp64", "--set optimizer=adam"):
+        assert f" {words} " in said, said
 
     seen.clear()
     result = run_manifest(dataset, options(out, 6), Stopper)
@@ -907,7 +911,8 @@ def test_cpu_workers_are_at_most_one_per_core_and_a_larger_number_is_said(monkey
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     slots = local_slots("cpu", 100, [(64, 64)])
     assert [(s.device, s.threads) for s in slots] == [("cpu", 1), ("cpu", 1)]
-    assert "--workers 100: this machine has 2 cores; running 2 CPU workers" in caplog.text
+    assert ("--workers 100: this machine has 2 cores; running one CPU worker per core"
+            in caplog.text)
     caplog.clear()
     assert len(local_slots("cpu", 2, [(64, 64)])) == 2 and not caplog.text
 
@@ -947,8 +952,8 @@ def test_status_types_the_last_run_s_set_items_again_as_they_were_read(tmp_path)
 
 
 def test_status_resumes_with_the_options_the_run_was_given_but_credentials(tmp_path):
-    """run.json keeps the options a command line gave (status repeats them; a run from
-    Python, or an older run.json, has none: --skip-bad-rows only, where rows were left out),
+    """run.json keeps the options a command line gave (status repeats them; an older
+    run.json has none: --skip-bad-rows only, where rows were left out),
     the storage options but credentials, and says that credentials were left out."""
     from pipeline.bulk.again import Again, again
     from pipeline.bulk.run_state import read_run_info, write_run_info

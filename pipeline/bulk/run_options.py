@@ -10,7 +10,7 @@ from ..accel.options import RuntimeOptions
 from ..errors import InputError
 from ..gatys.trace import TRACE_EVERY, TRACE_EVERY_HELP
 from ..io.storage import location
-from ..options import check, option
+from ..options import check, option, typed_again
 from .again import Again
 
 DISTRIBUTORS = ("local", "ray")  # distributors/
@@ -72,12 +72,18 @@ class RunOptions:
                                        "skipped otherwise).")
     overrides: dict[str, Any] = field(default_factory=dict)  # --set: column defaults
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
-    # The options a command resuming the run repeats, kept in run.json for `pipeline status`
-    # (the command line's; None: only --skip-bad-rows where it left rows out).
+    # The options a command resuming the run repeats, kept in run.json for `pipeline status`:
+    # the command line's (with its --no-report, -q and storage options); None: `typed()`.
     again: Again | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out_dir", location(self.out_dir))
+
+    def typed(self) -> list[str]:
+        """These options but --out as the command line spells them (those not at their
+        defaults): what a command resuming the run repeats, also for a run started from
+        Python."""
+        return typed_again(self, self.runtime, but=("out_dir",))
 
     def validate(self) -> None:
         """InputError naming the first bad option, before anything is read or written (the

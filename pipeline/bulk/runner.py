@@ -25,6 +25,7 @@ from ..io.mirror import STATE, drop_local, refresh
 from ..io.run_copies import release
 from ..io.storage import Location, location, storage_options
 from . import ledger, traces
+from .again import Again
 from .checkpoint_files import (
     batch_checkpoints,
     checkpoint_dir,
@@ -195,7 +196,8 @@ def _run_locked(manifest: Location, opts: RunOptions, found: Scan, run_id: str,
     refresh(out_dir, STATE)  # in a bucket: as it is now that this run holds the lease
     remove_stale_temps(_own_folders(out_dir, found.jobs))  # of a run that was killed
     write_run_info(out_dir, run_id, manifest, [j.id for j in found.jobs],
-                   {e.row: e.reason for e in found.errors}, opts.overrides, opts.again)
+                   {e.row: e.reason for e in found.errors}, opts.overrides,
+                   opts.again or Again(tuple(opts.typed())))
     p = plan(found.jobs, out_dir, opts.retry_failed)
     now = time.time()
     ledger.append(out_dir, [

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import os
 from collections.abc import Callable
 from dataclasses import Field, fields
 from typing import Any
@@ -15,11 +14,16 @@ import typer
 
 from ..accel.options import RuntimeOptions
 from ..errors import InputError
-from ..options import base_type, coerce, declared, default, range_sentence, spec, typed
-
-
-def cli_name(f: Field) -> str:
-    return spec(f).flags[0] if spec(f).flags else f"--{f.name.replace('_', '-')}"
+from ..options import (
+    base_type,
+    cli_fields,
+    cli_name,
+    cli_value,
+    coerce,
+    default,
+    range_sentence,
+    spec,
+)
 
 
 def help_text(owner: type, f: Field) -> str:
@@ -34,39 +38,8 @@ def help_text(owner: type, f: Field) -> str:
     return s.help + "".join(extra)
 
 
-def cli_value(owner: type, f: Field, value: Any) -> Any:
-    """A value as the command line spells it: a word, a comma-separated list, or itself."""
-    words = spec(f).words
-    if words:
-        return next(w for w, v in words.items() if v == value)
-    if base_type(owner, f.name)[1] and value is not None:
-        return ",".join(map(str, value))
-    return value
-
-
 def cli_default(owner: type, f: Field) -> Any:
     return cli_value(owner, f, default(f))
-
-
-def typed_again(*records: Any, but: tuple[str, ...] = ()) -> list[str]:
-    """The options of `records` that differ from their defaults, as the command line spells
-    them: what a command to type again must repeat to mean the same (a resume hint), `but`
-    the fields named. One its environment variable gives is not repeated: the environment
-    gives it again."""
-    words: list[str] = []
-    for record in records:
-        owner = type(record)
-        for f in cli_fields(owner):
-            value, envvar = getattr(record, f.name), spec(f).envvar
-            if f.name in but or value == default(f) or (
-                    value is None and not spec(f).words) or (
-                    envvar and value == os.environ.get(envvar)):
-                continue
-            if isinstance(value, bool) and not spec(f).words:  # --name/--no-name
-                words.append(cli_name(f) if value else f"--no-{cli_name(f)[2:]}")
-            else:
-                words += [cli_name(f), typed(cli_value(owner, f, value))]
-    return words
 
 
 def typer_option(owner: type, f: Field) -> Any:
@@ -97,10 +70,6 @@ def from_cli(owner: type, f: Field, value: Any) -> Any:
         return coerce(owner, f.name, value)
     except ValueError as e:
         raise InputError(f"{cli_name(f)} {value!r}: {e}") from None
-
-
-def cli_fields(owner: type) -> list[Field]:
-    return [f for f in declared(owner) if spec(f).cli]
 
 
 def with_options(**records: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -157,5 +126,5 @@ def field_option(owner: type, name: str) -> Any:
 CACHE_OPTION = field_option(RuntimeOptions, "cache")
 
 
-__all__ = ["CACHE_OPTION", "DEVICE_OPTION", "QUIET_OPTION", "STORAGE_OPTION", "field_option",
-           "help_text", "typed_again", "with_options"]
+__all__ = ["CACHE_OPTION", "DEVICE_OPTION", "QUIET_OPTION", "STORAGE_OPTION", "cli_default",
+           "field_option", "help_text", "with_options"]

@@ -12,9 +12,9 @@ from ..accel.options import RuntimeOptions
 from ..bulk.run_options import RunOptions
 from ..gatys.params import StyleParams
 from ..gatys.region_params import Regions
-from ..options import base_type, declared, default, range_sentence, spec
+from ..options import base_type, cli_fields, cli_name, declared, default, range_sentence, spec
 from ..video.params import VideoParams
-from .options import cli_default, cli_fields, cli_name, help_text
+from .options import cli_default, help_text
 
 ROOT = Path(__file__).resolve().parents[2]
 # How a default reads in a table where it is not a value to type.

@@ -37,7 +37,7 @@ from .app import (
     reports_errors,
     say_error,
 )
-from .options import CACHE_OPTION, QUIET_OPTION, STORAGE_OPTION, typed_again, with_options
+from .options import CACHE_OPTION, QUIET_OPTION, STORAGE_OPTION, with_options
 from .progress import RunDisplay, console, duration, say, summary_table
 
 if TYPE_CHECKING:
@@ -72,11 +72,10 @@ def run(
     resume)."""
     only_warnings(quiet)
     set_storage_options(storage_option)  # before the workers start: they inherit it
-    resume = again([*typed_again(opts, options, but=("out_dir",)),
-                    *([] if report else ["--no-report"]), *(["-q"] if quiet else [])],
-                   storage_option or [])
-    opts = dataclasses.replace(opts, overrides=parse_overrides(set_ or []), runtime=options,
-                               again=resume)
+    opts = dataclasses.replace(opts, overrides=parse_overrides(set_ or []), runtime=options)
+    resume = again([*opts.typed(), *([] if report else ["--no-report"]),
+                    *(["-q"] if quiet else [])], storage_option or [])
+    opts = dataclasses.replace(opts, again=resume)
     if opts.distributor == "local":
         start_early()  # its imports beside this process's, not after them
     with computing():

@@ -37,19 +37,24 @@ def device_names(spec: str) -> list[str]:
     return names
 
 
+def cpu_workers(workers: int, cores: int, sizes: list[tuple[int, int]], where: str) -> int:
+    """How many CPU workers a machine of `cores` cores runs for `--workers` (0:
+    auto_cpu_workers): at most one per core (more would only share the cores and hold a model
+    each), said where more were asked for."""
+    if workers > cores:
+        log.warning("--workers %d: %s has %d core%s; running one CPU worker per core",
+                    workers, where, cores, "s" * (cores != 1))
+    return max(1, min(cores, workers or auto_cpu_workers(sizes, cores)))
+
+
 def local_slots(spec: str, workers: int, sizes: list[tuple[int, int]]) -> list[Slot]:
-    """The devices of `spec` (device_names). The CPU gets `workers` processes (0:
-    auto_cpu_workers), each with an equal share of the cores: at most one per core, as a
-    Ray node's (more would only share the cores and hold a model each)."""
-    cores, names = os.cpu_count() or 1, device_names(spec)
-    if workers > cores and "cpu" in names:
-        log.warning("--workers %d: this machine has %d cores; running %d CPU workers",
-                    workers, cores, cores)
-    cpu_workers = max(1, min(cores, workers or auto_cpu_workers(sizes, cores)))
-    out: list[Slot] = []
-    for name in names:
+    """The devices of `spec` (device_names). The CPU gets `cpu_workers` processes, each with
+    an equal share of the cores."""
+    cores, out = os.cpu_count() or 1, list[Slot]()
+    for name in device_names(spec):
         if name == "cpu":
-            out += [Slot("cpu", "cpu", max(1, cores // cpu_workers), cpu_workers)] * cpu_workers
+            k = cpu_workers(workers, cores, sizes, "this machine")
+            out += [Slot("cpu", "cpu", max(1, cores // k), k)] * k
         else:
             device = name if ":" in name else "cuda:0"
             out.append(Slot(device, device, 1))

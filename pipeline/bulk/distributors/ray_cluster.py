@@ -25,8 +25,9 @@ from ...io.files import atomic_write_bytes
 from ..checkpoint_files import checkpoint_dir, discard
 from ..distribute import Slot
 from ..events import Event, Exited, Iteration, Lost
-from ..jobs import Batch, auto_cpu_workers
+from ..jobs import Batch
 from ..worker import Worker, WorkerConfig, forward_logs, start_worker
+from . import cpu_workers
 
 try:
     import ray
@@ -153,7 +154,7 @@ class RayDistributor:
                 per = {"num_gpus": 1, "num_cpus": 1 if cpus >= gpus else 0}
                 self._add(node, [Slot("cuda", f"{name} cuda", 1)] * gpus, per)
             elif cpus:
-                k = min(cpus, workers or auto_cpu_workers(sizes, cpus))
+                k = cpu_workers(workers, cpus, sizes, name)
                 per = {"num_gpus": 0, "num_cpus": cpus // k}
                 self._add(node, [Slot("cpu", f"{name} cpu", cpus // k, k)] * k, per)
         if not self.slots:
