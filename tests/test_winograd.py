@@ -117,6 +117,42 @@ def test_the_real_measurement_decides_every_conv_both_ways():
 
 
 @needs_nnpack
+def test_a_plan_is_kept_only_where_a_whole_pass_with_it_beats_the_direct_trunk(monkeypatch):
+    """Layers measured faster one by one can make a whole pass slower: the plan is then every
+    conv direct. The two passes timed are the trunk's forward and backward to the pixels, one
+    by the plan, one direct: the same gradient to fp32 rounding."""
+    fast = winograd_trunk(random_trunk("relu2_1"), False, None)
+    found = {"conv1_1": (False, False), "conv1_2": (True, True), "conv2_1": (True, False)}
+    direct = dict.fromkeys(found, (False, False))
+    used: list[bool] = []
+    real = winograd._winograd
+    monkeypatch.setattr(winograd, "_winograd", lambda *a: used.append(True) or real(*a))
+    timed = []
+
+    def fastest(plan_s, direct_s):
+        def run(calls, rounds):
+            grads = {}
+            for name, call in calls.items():
+                used.clear()
+                (grads[name],) = call()
+                timed.append((name, len(used), rounds))
+            assert relative(grads["plan"], grads["direct"]) < 1e-3
+            return {"plan": plan_s, "direct": direct_s}
+        return run
+
+    assert winograd.whole_pass_check(fast, found, 24, 32, fastest(1.0, 1.2)) == found
+    assert timed == [("plan", 3, winograd.ROUNDS + 1), ("direct", 0, winograd.ROUNDS + 1)]
+    assert winograd.whole_pass_check(fast, found, 24, 32, fastest(1.0, 1.01)) == direct
+    assert winograd.whole_pass_check(fast, direct, 24, 32, lambda *a: pytest.fail("timed")) \
+        == direct  # nothing to check
+    # measured for real, from the trunk's first call (under the plan's lock, which the
+    # passes it times do not take): either outcome, every conv planned
+    fast(torch.rand(1, 3, 24, 32), ("relu2_1",))
+    plan = fast.layers["conv1_1"].plan
+    assert {key[0] for key in plan.choices} == set(found)
+
+
+@needs_nnpack
 def test_winograd_applies_to_the_fp32_nchw_trunk_on_the_cpu_only():
     assert Runtime.create("cpu", "fp32", channels_last=False).winograd == "auto"
     assert Runtime.create("cpu", "fp32", channels_last=False, winograd=True).winograd == "on"

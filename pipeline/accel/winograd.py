@@ -8,7 +8,10 @@ instead of 324, at the cost of transforms per call. It wins on the mid-sized lay
 thread and loses on small maps, where the per-call kernel transform dominates; on more threads
 oneDNN scales and NNPACK (one thread here, see `available`) does not (BENCHMARKS.md, "Winograd
 convolutions"). So `auto` times both per layer, direction and image size (`measure_layers`),
-once per machine.
+then keeps that plan only where a whole forward and backward pass of the trunk with it beats
+the direct trunk (`whole_pass_check`), once per machine: layers that each won alone can lose
+together (on two threads, a plan of per-layer wins measured slower in the pass than none),
+and of many small measured wins, some are noise.
 
 The backward needs only the gradient to the input (the weights are frozen): a 3x3
 convolution of the output's gradient with the kernel flipped and its channels swapped, which
@@ -113,7 +116,7 @@ class Plan:
 
     def __init__(self, trunk: VGG19Trunk, always: bool, cache: Path | None):
         self.trunk, self.always, self.cache = trunk, always, cache
-        self.measure: Callable[..., dict[str, Choice]] = measure_layers
+        self.measure: Callable[..., dict[str, Choice]] = self.measure_checked
         self.choices: dict[tuple[str, int, int, int], Choice] = {}
         self.lock = threading.Lock()
 
@@ -127,6 +130,10 @@ class Plan:
                     self._plan(h, w, key[3])
         return self.choices.get(key, (False, False))  # a block's odd crop: direct
 
+    def measure_checked(self, convs: dict[str, WinogradConv], h: int, w: int
+                        ) -> dict[str, Choice]:
+        return whole_pass_check(self.trunk, measure_layers(convs, h, w), h, w)
+
     def _plan(self, h: int, w: int, threads: int) -> None:
         convs = {name: layer for name, layer in self.trunk.layers.items()
                  if isinstance(layer, WinogradConv)}
@@ -136,13 +143,66 @@ class Plan:
             self.choices[(name, h >> pools, w >> pools, threads)] = choice
 
 
-def _fastest(calls: dict[str, Callable[[], object]]) -> dict[str, float]:
-    """Seconds of each call, taking turns after one warm-up each; the fastest of ROUNDS
+class FixedPlan:
+    """Choices given per conv, whatever the size: a candidate `whole_pass_check` times."""
+
+    def __init__(self, choices: dict[str, Choice]):
+        self.choices = choices
+
+    def choice(self, name: str, h: int, w: int) -> Choice:
+        return self.choices.get(name, (False, False))
+
+
+def planned(trunk: VGG19Trunk, plan: Plan | FixedPlan) -> VGG19Trunk:
+    """A copy of the Winograd `trunk` (weights shared) whose convs run by `plan`."""
+    memo: dict[int, object] = {id(t): t for t in (*trunk.parameters(), *trunk.buffers())}
+    for layer in trunk.layers.values():
+        if isinstance(layer, WinogradConv):
+            memo[id(layer.plan)] = plan
+    return copy.deepcopy(trunk, memo)
+
+
+def whole_pass(trunk: VGG19Trunk, h: int, w: int) -> Callable[[], object]:
+    """The trunk's forward and backward to the input for an h x w image, as an iteration runs
+    it (the weights are frozen: the gradient reaches the pixels only)."""
+    x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)) * 255
+    x.requires_grad_(True)
+    last = trunk.layer_names[-1]
+
+    def run() -> object:
+        with torch.enable_grad():
+            return torch.autograd.grad(trunk(x, (last,))[last].sum(), x)
+
+    return run
+
+
+def whole_pass_check(trunk: VGG19Trunk, found: dict[str, Choice], h: int, w: int,
+                     fastest: Callable[..., dict[str, float]] | None = None
+                     ) -> dict[str, Choice]:
+    """`found` where the whole pass with it beats the direct trunk's by MARGIN, else every
+    conv direct."""
+    direct = dict.fromkeys(found, (False, False))
+    if found == direct:
+        return found
+    t = (fastest or _fastest)({
+        "plan": whole_pass(planned(trunk, FixedPlan(found)), h, w),
+        "direct": whole_pass(planned(trunk, FixedPlan(direct)), h, w)}, ROUNDS + 1)
+    if t["direct"] >= MARGIN * t["plan"]:
+        return found
+    log.info("winograd at %dx%d px on %d thread(s): the layers measured faster alone made a "
+             "whole pass no faster (%.3f s against %.3f s direct); every layer direct", w, h,
+             torch.get_num_threads(), t["plan"], t["direct"])
+    return direct
+
+
+def _fastest(calls: dict[str, Callable[[], object]], rounds: int = ROUNDS
+             ) -> dict[str, float]:
+    """Seconds of each call, taking turns after one warm-up each; the fastest of `rounds`
     (noise only ever adds time)."""
     for call in calls.values():
         call()
     best = dict.fromkeys(calls, float("inf"))
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         for key, call in calls.items():
             start = time.perf_counter()
             call()
