@@ -35,8 +35,9 @@ class RuntimeOptions:
         None, "CPU, fp32 trunk: 3x3 convolutions by Winograd's minimal filtering (NNPACK, "
         "about 5x fewer multiplies; rounding about 1e-5 relative per layer). auto: each "
         "layer's forward and backward where a probe at the first image of each size, cached "
-        "per machine, measures it faster than the direct convolution; on: every layer; off: "
-        "none. Not used with bf16, fp64, channels_last or on a GPU.",
+        "per machine, measures it faster than the direct convolution, if a whole pass of the "
+        "trunk with those measures faster too; on: every layer; off: none. Not used with "
+        "bf16, fp64, channels_last or on a GPU.",
         words={"auto": None, "on": True, "off": False})
     cudnn_benchmark: bool = option(
         True, "Let cuDNN autotune conv algorithms per image size (CUDA only).")
