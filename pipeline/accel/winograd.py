@@ -44,6 +44,8 @@ MARGIN = 1.05  # Winograd must beat the direct convolution by this much to be ch
 ROUNDS = 2     # timed rounds per layer and direction after a warm-up; the fastest counts
 
 Choice = tuple[bool, bool]  # (forward by Winograd, backward by Winograd)
+# In the cache key: plans cached before the whole-pass check are measured again, not kept.
+CHECKED = "whole pass"
 
 
 @functools.cache
@@ -170,10 +172,16 @@ def whole_pass(trunk: VGG19Trunk, h: int, w: int) -> Callable[[], object]:
     last = trunk.layer_names[-1]
 
     def run() -> object:
-        with torch.enable_grad():
+        # Hooks of the caller's pass (the memory probe counts what autograd saves) are not
+        # for this one: its own, which keep each tensor as it is, take their place.
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_same, _same):
             return torch.autograd.grad(trunk(x, (last,))[last].sum(), x)
 
     return run
+
+
+def _same(t: Tensor) -> Tensor:
+    return t
 
 
 def whole_pass_check(trunk: VGG19Trunk, found: dict[str, Choice], h: int, w: int,
@@ -244,7 +252,8 @@ def _cached(cache: Path | None, h: int, w: int, threads: int,
     turns, a plan timed while another process measures would be skewed)."""
     if cache is None:
         return measure()
-    entry = probe_entry(cache, "winograd", [cpu_model(), torch.__version__, threads, h, w])
+    entry = probe_entry(cache, "winograd", [cpu_model(), torch.__version__, threads, h, w,
+                                            CHECKED])
     found, measured = remembered(entry, measure, lambda kept: {
         name: (bool(f), bool(b)) for name, (f, b) in kept.items()}, lambda plan: plan)
     if measured:
