@@ -155,7 +155,7 @@ class FixedPlan:
         return self.choices.get(name, (False, False))
 
 
-def planned(trunk: VGG19Trunk, plan: Plan | FixedPlan) -> VGG19Trunk:
+def planned(trunk: VGG19Trunk, plan: FixedPlan) -> VGG19Trunk:
     """A copy of the Winograd `trunk` (weights shared) whose convs run by `plan`."""
     memo: dict[int, object] = {id(t): t for t in (*trunk.parameters(), *trunk.buffers())}
     for layer in trunk.layers.values():
