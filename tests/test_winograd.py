@@ -146,10 +146,20 @@ def test_a_plan_is_kept_only_where_a_whole_pass_with_it_beats_the_direct_trunk(m
     assert winograd.whole_pass_check(fast, direct, 24, 32, lambda *a: pytest.fail("timed")) \
         == direct  # nothing to check
     # measured for real, from the trunk's first call (under the plan's lock, which the
-    # passes it times do not take): either outcome, every conv planned
-    fast(torch.rand(1, 3, 24, 32), ("relu2_1",))
+    # passes it times do not take): either outcome, every conv planned; and what the check's
+    # passes save for their backward stays out of the caller's hooks (the memory probe's)
+    counts = [0, 0]
+    for call in range(2):  # planned in the first call, not in the second
+
+        def count(t, call=call):
+            counts[call] += 1
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
+            fast(torch.rand(1, 3, 24, 32, requires_grad=True), ("relu2_1",))
     plan = fast.layers["conv1_1"].plan
     assert {key[0] for key in plan.choices} == set(found)
+    assert counts[0] == counts[1] > 0
 
 
 @needs_nnpack
