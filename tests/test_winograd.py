@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline import Runtime, StyleParams
-from pipeline.accel import winograd
+from pipeline.accel import memory, winograd
 from pipeline.accel.winograd import Plan, WinogradConv, measure_layers, winograd_trunk
 from pipeline.errors import InputError
 from pipeline.gatys.layers import CONV_NAMES
@@ -105,6 +105,19 @@ def test_the_plan_is_measured_once_per_size_and_thread_count_and_cached(tmp_path
     assert len(calls) == 2
     # an unplanned size (a block's crop seen first by a deeper layer) runs directly
     assert plan.choice("conv2_1", 7, 9) == (False, False)
+
+
+@needs_nnpack
+def test_the_memory_probe_plans_nothing_and_counts_what_the_convs_save():
+    """The memory probe's pass runs at a size no image uses (memory.PROBE px): a trunk's
+    first call there measures no Winograd plan, and counts what its convs save either way."""
+    fast = winograd_trunk(random_trunk("relu5_1"), False, None)
+    fast.layers["conv1_1"].plan.measure = lambda *a: pytest.fail("planned for the probe")
+    params = StyleParams()
+    args = (params.layers, params.content_layers, False, torch.device("cpu"))
+    every = winograd.planned(fast, winograd.FixedPlan(dict.fromkeys(CONV_NAMES, (True, True))))
+    assert memory._probe(fast, *args) == memory._probe(every, *args)
+    assert fast.layers["conv1_1"].plan.choices == {}
 
 
 @needs_nnpack

@@ -26,6 +26,7 @@ from ..gatys.vgg import VGG19Trunk
 from ..io.files import atomic_write_bytes
 from ..io.mirror import fetch_missing
 from .machine import probe_entry
+from .winograd import FixedPlan, planned
 
 PROBE = 128          # probe side: every layer through relu5_1 is at least 8x8
 SAFETY = 0.8         # use at most this share of the free memory...
@@ -93,6 +94,10 @@ def _probe(net: VGG19Trunk, layers: tuple[str, ...], content_layers: tuple[str, 
             saved[storage.data_ptr()] = storage.nbytes()
         return t
 
+    # A Winograd trunk's convs save nothing for the backward whichever way they run (the
+    # weights are frozen): all direct, the bytes are the same and no plan is measured for
+    # the probe's size, which no run uses.
+    net = planned(net, FixedPlan({}))
     x = torch.zeros(1, 3, PROBE, PROBE, device=device, requires_grad=True)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
