@@ -26,6 +26,38 @@ def test_trunk_shapes_and_truncation():
     assert feats["relu5_1"].shape == (2, 512, 4, 3)
 
 
+def test_a_relu_only_a_max_pool_reads_runs_after_the_pool_with_the_same_numbers():
+    """Max pooling commutes with ReLU, so the trunk pools first where no one reads the ReLU
+    (vgg.py): its features and the gradient to the pixels are the layer-by-layer order's, bit
+    for bit; average pooling does not commute and keeps the order."""
+    ws = W.load_weights("caffe")
+    trunk = ws.trunk(last_layer="relu5_1")
+    assert trunk.pooled_first == {"relu1_2", "relu2_2", "relu3_4", "relu4_4"}
+    assert not ws.trunk(pooling="avg").pooled_first
+    wanted = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"]
+
+    def gradient(features: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return torch.autograd.grad([f.square().sum() for f in features.values()], x)[0]
+
+    x = (torch.rand(2, 3, 48, 40, generator=torch.Generator().manual_seed(0)) * 255
+         ).requires_grad_(True)
+    seen = []
+    trunk.layers["relu1_2"].register_forward_hook(lambda m, args, out: seen.append(out.shape))
+    ours = trunk(x, wanted)
+    assert seen == [(2, 64, 24, 20)]  # pool1's output: a quarter of conv1_2's pixels
+    plain, y = {}, trunk.normalize(x)
+    for name in trunk.layer_names:
+        y = trunk.layers[name](y)
+        if name in wanted:
+            plain[name] = y
+    assert all(torch.equal(ours[k], plain[k]) for k in wanted)
+    assert torch.equal(gradient(ours, x), gradient(plain, x))
+    # a pool's own ReLU asked for is returned as it is, before the pool
+    asked = trunk(x, ["relu1_2", "conv1_2"])
+    assert torch.equal(asked["relu1_2"], torch.relu(asked["conv1_2"]))
+    assert seen[-1] == (2, 64, 48, 40)
+
+
 def test_dequantized_weights_match_quantized_file():
     q = torch.load(W.caffe_quantized_path(), map_location="cpu", weights_only=True)
     state = W.load_weights("caffe").state

@@ -7,6 +7,7 @@ same thing whichever weights are loaded.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -64,6 +65,11 @@ class VGG19Trunk(nn.Module):
                 pool = nn.MaxPool2d if pooling == "max" else nn.AvgPool2d
                 layers[name] = pool(kernel_size=2, stride=2)
         self.layers = nn.ModuleDict(layers)
+        # Max pooling commutes with ReLU: a ReLU whose output only a max pool reads runs after
+        # the pool, on a quarter of the pixels, forward and backward (the same numbers).
+        self.pooled_first = frozenset(
+            name for name, after in itertools.pairwise(self.layer_names)
+            if pooling == "max" and name.startswith("relu") and after.startswith("pool"))
         self.requires_grad_(False)
         self.eval()
 
@@ -76,11 +82,17 @@ class VGG19Trunk(nn.Module):
         deepest = max(LAYER_INDEX[name] for name in wanted)
         feats: dict[str, Tensor] = {}
         x = self.normalize(image)
+        relu: nn.Module | None = None
         for name in self.layer_names[: deepest + 1]:
             layer = self.layers[name]
             if isinstance(layer, nn.Conv2d):
                 x = x.to(layer.weight.dtype)  # a bf16 trunk reads fp32 pixels
+            if name in self.pooled_first and name not in wanted:
+                relu = layer
+                continue
             x = layer(x)
+            if relu is not None:
+                x, relu = relu(x), None
             if name in wanted:
                 feats[name] = x
         return feats
