@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.accel.machine import cpu_model
 from pipeline.bulk.manifest import write_manifest
 from pipeline.io.copy_budget import INPUTS_MAX_ENV
 from pipeline.io.examples import swirls
@@ -43,13 +43,6 @@ from tests.conftest import make_photo
 from tests.s3_server import KEY, SECRET, serve_s3
 
 from .arguments import parser
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def dataset(folder: Path, jobs: int) -> list[dict]:
@@ -132,7 +125,7 @@ def main() -> None:
                         kept[name] = local_copy(out(k), environment(k))
     best = {k: min(v) for k, v in times.items()}
     print(f"\n{args.jobs} jobs at {args.size} px, {args.iterations} iterations, "
-          f"{args.rounds} rounds taking turns; {_cpu()}, commit {commit}\n")
+          f"{args.rounds} rounds taking turns; {cpu_model()}, commit {commit}\n")
     print("| inputs | outputs (run folder) | cache | wall time (best) | all rounds | vs local "
           "| local copy of the run folder after |")
     print("|---|---|---|---|---|---|---|")

@@ -16,7 +16,6 @@ starry_night,the_scream] [--size 512] [--iterations 400] [--ramp 0.3] [--figure 
 
 from __future__ import annotations
 
-import platform
 import subprocess
 import tempfile
 import time
@@ -27,6 +26,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from pipeline import Regions, Runtime, StyleJob, StyleParams
+from pipeline.accel.machine import cpu_model
 from pipeline.api import prepare, stylize_file, stylize_prepared
 from pipeline.gatys.engine import trunk_for
 from pipeline.gatys.guides import layer_guides
@@ -34,13 +34,6 @@ from pipeline.gatys.losses import gram, guided_gram
 from pipeline.io.pixels import to_tensor
 
 from .arguments import parser
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def soft_halves(content: Path, ramp: float, folder: Path) -> tuple[Path, Path]:
@@ -130,7 +123,7 @@ def main() -> None:
             plain_s.append(seconds_per_iteration(plain, timed, runtime))
     print(f"\n{content.name} at {args.size} px, {result.iterations} iterations, soft masks "
           f"(ramp {args.ramp:.0%} of the width); {runtime.device} {runtime.precision}, "
-          f"{_cpu()}, commit {commit}\n")
+          f"{cpu_model()}, commit {commit}\n")
     print("| region | loss vs " + " | loss vs ".join(s.stem for s in styles)
           + " | other / own |")
     print("|---|" + "---|" * (len(styles) + 1))

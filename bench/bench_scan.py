@@ -31,13 +31,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pipeline.accel.machine import cpu_model
 from pipeline.bulk.manifest import write_manifest
 from pipeline.bulk.scan import scan
 from pipeline.io import listing, storage
 from tests.s3_server import KEY, SECRET, free_port, serve_s3
 
 from .arguments import parser
-from .bench_object_storage import _cpu
 
 
 def delaying_proxy(target: int, delay_s: float) -> int:
@@ -113,7 +113,7 @@ def main() -> None:
     ap.add_argument("--rtt-ms", default="0,20", help="comma-separated request delays")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    print(f"CPU: {_cpu()}, {os.cpu_count()} cores")
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         bucket(work / "s3", args.objects)

@@ -22,7 +22,6 @@ independent frames beside the chain of the last weight, as a looping animated We
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -31,19 +30,13 @@ import numpy as np
 from PIL import Image
 
 from pipeline import Runtime, StyleParams
+from pipeline.accel.machine import cpu_model
 from pipeline.video.chain import stylize_clips
 from pipeline.video.frames import ClipSource, Frame
 from pipeline.video.params import VideoParams
 from pipeline.video.synthetic import Clip, camera_clip, stability
 
 from .arguments import parser
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def benchmark_clip(scene_path: Path, longest: int, frames: int) -> tuple[Clip, tuple[int, int]]:
@@ -99,7 +92,7 @@ def main() -> None:
     results = [run(clip, style, params, video, runtime, label) for video, label in runs]
     base = results[0]
     print(f"{args.scene.name} x {style.name}, {size[0]}x{size[1]}, {args.frames} frames, "
-          f"{runtime.precision}, {_cpu()}")
+          f"{runtime.precision}, {cpu_model()}")
     print("| temporal weight | stability | vs independent | objective vs independent (mean, "
           "worst) | later frames' iterations / first's | frames/hour |")
     print("|---|---|---|---|---|---|")
@@ -116,7 +109,7 @@ def main() -> None:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         runs = [{k: v for k, v in r.items() if k != "frames"} for r in results]
-        args.json.write_text(json.dumps({"size": size, "cpu": _cpu(), "runs": runs}))
+        args.json.write_text(json.dumps({"size": size, "cpu": cpu_model(), "runs": runs}))
 
 
 def speed(r: dict, size: tuple[int, int], runtime: Runtime) -> None:
@@ -126,7 +119,7 @@ def speed(r: dict, size: tuple[int, int], runtime: Runtime) -> None:
           f"it) | {statistics.mean(later):.1f} s ({iterations:.0f} it) | "
           f"{3600 / statistics.mean(later):,.0f} | "
           f"{3600 * len(r['frame_seconds']) / r['seconds']:,.0f} ({len(later) + 1} frames) | "
-          f"{_cpu()} |")
+          f"{cpu_model()} |")
 
 
 def preview(left: list[np.ndarray], right: list[np.ndarray], path: Path) -> None:

@@ -23,7 +23,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from bench.bench_video import _cpu, benchmark_clip
+from bench.bench_video import benchmark_clip
+from pipeline.accel.machine import cpu_model
 from pipeline.bulk.manifest import write_manifest
 from pipeline.video.synthetic import stability, write_clip
 
@@ -81,7 +82,7 @@ def main() -> None:
                 steadiness[name] = stability(_frames(out / "clip.mp4"), clip)
     chain = steadiness["chain, 1 worker"]
     print(f"{args.scene.name} x {style.name}, {size[0]}x{size[1]}, {args.frames} frames, "
-          f"{args.rounds} round(s), {_cpu()}")
+          f"{args.rounds} round(s), {cpu_model()}")
     print("| run | wall (median) | frames/hour | stability | vs the chain |")
     print("|---|---|---|---|---|")
     for name, times in seconds.items():

@@ -18,7 +18,6 @@ takes milliseconds, so the difference must span many of them to outweigh start-u
 from __future__ import annotations
 
 import math
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import torch
 from bench.bench_batch import timed_call
 from bench.flops import cpu_rates, gpu_rates, iteration_flops
 from pipeline import Runtime, StyleParams
+from pipeline.accel.machine import cpu_model
 from pipeline.gatys.engine import Objective, trunk_for
 from pipeline.io.images import fit_longest_side, open_rgb, resize
 from pipeline.io.pixels import SizedImage, to_tensor
@@ -179,7 +179,7 @@ def main() -> None:
     base_t, base_obj = rows[0][1], objectives[0]
     cuda = args.device.startswith("cuda")
     where = (torch.cuda.get_device_name(args.device) if cuda else
-             f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+             f"{cpu_model()}, {torch.get_num_threads()} threads")
     # On a GPU, the floor of an iteration is its FLOPs at the measured bf16 matmul rate.
     bf16_rate = gpu_rates(torch.device(args.device))["bf16"] * 1e12 if cuda else None
     print(f"\n{where}; {w}x{h} px, {args.long} L-BFGS iterations; one iteration = "
