@@ -237,3 +237,21 @@ def test_ray_without_the_extra_is_a_one_line_error(dataset, tmp_path, monkeypatc
     assert result.exit_code == 2
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and '.[ray]' in errors[0], result.output
+
+
+def test_an_actor_imports_torch_with_the_collector_paused_and_freezes_it():
+    """A Ray actor's process imports the distributors, torch among them, to make its worker:
+    with no full collection over torch's objects as it does (collector.py), and the actor
+    freezes what the imports made, as a local run's fork server does."""
+    code = ("import gc, sys, ray\n"
+            "full = []\n"
+            "gc.callbacks.append(lambda phase, info: phase == 'start' and info['generation'] == 2"
+            " and full.append(1))\n"
+            "from pipeline.bulk.distributors.ray_cluster import RayWorker\n"
+            "assert 'torch' in sys.modules\n"
+            "RayWorker(0, 1, None, None)\n"
+            "print(len(full), gc.get_freeze_count())\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, check=True)
+    full, frozen = map(int, done.stdout.split())
+    assert full == 0 and frozen > 100_000, done.stdout

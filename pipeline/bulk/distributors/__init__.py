@@ -9,14 +9,19 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import torch
+from ...collector import paused
 
-from ...accel.runtime import resolve_device
-from ...errors import InputError
-from ..distribute import Distributor, Slot
-from ..jobs import auto_cpu_workers
-from ..run_options import DISTRIBUTORS
-from ..worker import WorkerConfig
+# A Ray actor's process imports torch here first, to make its worker: with the collector
+# paused, as every process that computes does (collector.py).
+with paused():
+    import torch
+
+    from ...accel.runtime import resolve_device
+    from ...errors import InputError
+    from ..distribute import Distributor, Slot
+    from ..jobs import auto_cpu_workers
+    from ..run_options import DISTRIBUTORS
+    from ..worker import WorkerConfig
 
 log = logging.getLogger("pipeline.run")
 

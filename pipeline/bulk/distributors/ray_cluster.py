@@ -12,6 +12,7 @@ folder (or in the bucket).
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -89,6 +90,7 @@ class RayWorker:
     """A worker as a Ray actor."""
 
     def __init__(self, wid: int, threads: int, config: WorkerConfig, events: Queue):
+        gc.freeze()  # what the imports made is no garbage: the actor's collections skip it
         self.wid, self.threads, self.config, self.events = wid, threads, config, events
         self.worker: Worker | None = None
         self.last_iteration = 0.0
